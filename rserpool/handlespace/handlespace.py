@@ -1,0 +1,634 @@
+"""The handlespace store: pools, pool elements, owners, checksums, deadlines.
+
+Pure Python (no Twisted, no clock, no wire framing): every call that needs
+the time takes ``now`` in float seconds.  Rules follow RFC 5352 section 3.1
+(registration, re-registration, consistency of policy type, transport type
+and data/control use), section 3.2 (deregistration), 3.3 (handle
+resolution), 3.5 (unreachability reports) and RFC 5353 sections 3.6.2
+(PE checksum per owner, kept incrementally) and 3.9 (takeover).  Refusals
+raise ``HandlespaceError`` with the RFC 5354 cause code and change nothing.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+from rserpool.handlespace.timers import DeadlineQueue
+from rserpool.handlespace.types import PolicySettings, SelectionPolicy
+from rserpool.wire.checksum import finish, pe_checksum, pe_sum
+
+__all__ = [
+    "CAUSE_INVALID_VALUES",
+    "CAUSE_NON_UNIQUE_PE_ID",
+    "CAUSE_INCONSISTENT_POLICY",
+    "CAUSE_LACK_OF_RESOURCES",
+    "CAUSE_INCONSISTENT_TRANSPORT",
+    "CAUSE_INCONSISTENT_DATA_CONTROL",
+    "CAUSE_UNKNOWN_POOL_HANDLE",
+    "CAUSE_SECURITY",
+    "TRANSPORT_DCCP",
+    "TRANSPORT_SCTP",
+    "TRANSPORT_TCP",
+    "TRANSPORT_UDP",
+    "TRANSPORT_UDP_LITE",
+    "TRANSPORT_OPAQUE",
+    "USE_DATA_ONLY",
+    "USE_DATA_AND_CONTROL",
+    "INFINITE_LIFE",
+    "HandlespaceError",
+    "HandlespaceLimits",
+    "PoolElementEntry",
+    "PoolInfo",
+    "Registered",
+    "Handlespace",
+]
+
+# RFC 5354 section 3.12 cause codes used here.
+CAUSE_INVALID_VALUES = 0x3
+CAUSE_NON_UNIQUE_PE_ID = 0x4
+CAUSE_INCONSISTENT_POLICY = 0x5
+CAUSE_LACK_OF_RESOURCES = 0x6
+CAUSE_INCONSISTENT_TRANSPORT = 0x7
+CAUSE_INCONSISTENT_DATA_CONTROL = 0x8
+CAUSE_UNKNOWN_POOL_HANDLE = 0x9
+CAUSE_SECURITY = 0xA
+
+# RFC 5354 parameter types of the user transport.
+TRANSPORT_DCCP = 0x3
+TRANSPORT_SCTP = 0x4
+TRANSPORT_TCP = 0x5
+TRANSPORT_UDP = 0x6
+TRANSPORT_UDP_LITE = 0x7
+TRANSPORT_OPAQUE = 0x10
+TRANSPORT_TYPES = frozenset(
+    {TRANSPORT_DCCP, TRANSPORT_SCTP, TRANSPORT_TCP, TRANSPORT_UDP, TRANSPORT_UDP_LITE, TRANSPORT_OPAQUE}
+)
+
+# Transport Use (RFC 5354 section 3.3).
+USE_DATA_ONLY = 0
+USE_DATA_AND_CONTROL = 1
+
+INFINITE_LIFE = -1
+_MAX_INT32 = 0x7FFFFFFF
+_MAX_UINT32 = 0xFFFFFFFF
+
+
+class HandlespaceError(Exception):
+    """A refused operation; ``cause`` is the RFC 5354 cause code."""
+
+    def __init__(self, cause: int, detail: str) -> None:
+        super().__init__(f"cause 0x{cause:x}: {detail}")
+        self.cause = cause
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class HandlespaceLimits:
+    """Bounds on everything a registering party controls.
+
+    ``max_pes_per_identity`` counts PEs bound to one authenticated identity
+    (PEs with no identity, e.g. learned from ENRP peers, are not counted
+    there, only in ``max_pes``).  ``max_unreachable_reporters`` bounds the
+    distinct reporters remembered per PE; ``unreachable_window`` is how long
+    (seconds) a series of reports counts before it starts again.
+    """
+
+    max_pools: int = 10_000
+    max_pes_per_pool: int = 100_000
+    max_pes: int = 1_000_000
+    max_pes_per_identity: int = 1_000
+    max_pool_handle_length: int = 64
+    max_registration_life: int = _MAX_INT32
+    max_unreachable_reporters: int = 16
+    unreachable_window: float = 60.0
+
+    def __post_init__(self) -> None:
+        for name in (
+            "max_pools",
+            "max_pes_per_pool",
+            "max_pes",
+            "max_pes_per_identity",
+            "max_pool_handle_length",
+            "max_registration_life",
+            "max_unreachable_reporters",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        if self.unreachable_window <= 0:
+            raise ValueError("unreachable_window must be positive")
+
+
+class PoolElementEntry:
+    """One registered pool element (implements the policies' ``Member``).
+
+    Mutated only by its ``Handlespace`` (and ``policy_state`` only by the
+    pool's policy); others read it.  ``payload`` is opaque here: the
+    registrar keeps the wire Pool Element parameter there.
+    """
+
+    __slots__ = (
+        "pool_handle",
+        "pe_id",
+        "settings",
+        "policy_state",
+        "transport_type",
+        "transport_use",
+        "registration_life",
+        "home_server_id",
+        "identity",
+        "payload",
+        "expires_at",
+        "keepalive_due",
+        "unreachable",
+        "_expiry_token",
+        "_keepalive_token",
+    )
+
+    def __init__(
+        self,
+        pool_handle: bytes,
+        pe_id: int,
+        settings: PolicySettings,
+        transport_type: int,
+        transport_use: int,
+        registration_life: int,
+        home_server_id: int,
+        identity: str | None = None,
+        payload: Any = None,
+    ) -> None:
+        self.pool_handle = pool_handle
+        self.pe_id = pe_id
+        self.settings = settings
+        self.policy_state: Any = None
+        self.transport_type = transport_type
+        self.transport_use = transport_use
+        self.registration_life = registration_life
+        self.home_server_id = home_server_id
+        self.identity = identity
+        self.payload = payload
+        self.expires_at: float | None = None
+        self.keepalive_due: float | None = None
+        # None, or (first report time, tuple of distinct reporters).
+        self.unreachable: tuple[float, tuple[Any, ...]] | None = None
+        self._expiry_token: int | None = None
+        self._keepalive_token: int | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"PoolElementEntry(pool_handle={self.pool_handle!r}, pe_id=0x{self.pe_id:08x}, "
+            f"policy=0x{self.settings.policy_type:08x}, home=0x{self.home_server_id:08x})"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class PoolInfo:
+    """The pool-wide settings fixed by its first PE (for error causes and
+    resolution responses)."""
+
+    pool_handle: bytes
+    policy_type: int
+    transport_type: int
+    transport_use: int
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class Registered:
+    """The outcome of an accepted registration."""
+
+    entry: PoolElementEntry
+    created: bool  # a new PE (False: re-registration in place)
+    previous_owner: int | None  # owner before a re-registration
+
+
+class _Pool:
+    __slots__ = ("handle", "policy", "policy_type", "transport_type", "transport_use", "members", "handle_sum")
+
+    def __init__(self, handle: bytes, policy: SelectionPolicy, policy_type: int, transport_type: int, use: int):
+        self.handle = handle
+        self.policy = policy
+        self.policy_type = policy_type
+        self.transport_type = transport_type
+        self.transport_use = use
+        self.members: dict[int, PoolElementEntry] = {}
+        # pe_sum is linear: pe_sum(h, id) == pe_sum(h, 0) + (id >> 16) + (id & 0xffff).
+        self.handle_sum = pe_sum(handle, 0)
+
+
+class _Owner:
+    __slots__ = ("members", "total")
+
+    def __init__(self) -> None:
+        self.members: dict[PoolElementEntry, None] = {}
+        self.total = 0
+
+
+PolicyFactory = Callable[[int], SelectionPolicy]
+
+
+def _default_factory(rng: random.Random) -> PolicyFactory:
+    from rserpool.handlespace.policies import make_policy  # imported late: written in parallel
+
+    def factory(policy_type: int) -> SelectionPolicy:
+        return make_policy(policy_type, rng)
+
+    return factory
+
+
+class Handlespace:
+    """All pools of one registrar, with owners, checksums and deadlines."""
+
+    def __init__(
+        self,
+        limits: HandlespaceLimits | None = None,
+        rng: random.Random | None = None,
+        policy_factory: PolicyFactory | None = None,
+    ) -> None:
+        self.limits = limits if limits is not None else HandlespaceLimits()
+        self._rng = rng if rng is not None else random.Random()
+        self._factory = policy_factory if policy_factory is not None else _default_factory(self._rng)
+        self._pools: dict[bytes, _Pool] = {}
+        self._owners: dict[int, _Owner] = {}
+        self._identity_counts: dict[str, int] = {}
+        self._count = 0
+        self._expiry: DeadlineQueue[PoolElementEntry] = DeadlineQueue("_expiry_token")
+        self._keepalives: DeadlineQueue[PoolElementEntry] = DeadlineQueue("_keepalive_token")
+
+    # ------------------------------------------------------------------ reads
+
+    def __len__(self) -> int:
+        """The number of PEs in all pools."""
+        return self._count
+
+    @property
+    def pool_count(self) -> int:
+        return len(self._pools)
+
+    def pool_handles(self) -> list[bytes]:
+        return list(self._pools)
+
+    def pool_info(self, pool_handle: bytes) -> PoolInfo | None:
+        pool = self._pools.get(pool_handle)
+        if pool is None:
+            return None
+        return PoolInfo(pool.handle, pool.policy_type, pool.transport_type, pool.transport_use, len(pool.members))
+
+    def pool_size(self, pool_handle: bytes) -> int:
+        pool = self._pools.get(pool_handle)
+        return 0 if pool is None else len(pool.members)
+
+    def get(self, pool_handle: bytes, pe_id: int) -> PoolElementEntry | None:
+        pool = self._pools.get(pool_handle)
+        return None if pool is None else pool.members.get(pe_id)
+
+    def pool_members(self, pool_handle: bytes) -> list[PoolElementEntry]:
+        """All PEs of a pool in registration order (no policy involved)."""
+        pool = self._pools.get(pool_handle)
+        if pool is None:
+            raise HandlespaceError(CAUSE_UNKNOWN_POOL_HANDLE, "unknown pool handle")
+        return list(pool.members.values())
+
+    def entries(self) -> Iterator[PoolElementEntry]:
+        """Every PE, pool by pool."""
+        for pool in self._pools.values():
+            yield from pool.members.values()
+
+    def owner_identity(self, pool_handle: bytes, pe_id: int) -> str | None:
+        """The authenticated identity bound to a PE (None: unbound or unknown)."""
+        entry = self.get(pool_handle, pe_id)
+        return None if entry is None else entry.identity
+
+    def identity_count(self, identity: str) -> int:
+        return self._identity_counts.get(identity, 0)
+
+    # -------------------------------------------------------------- ownership
+
+    def owners(self) -> list[int]:
+        """Server ids owning at least one PE."""
+        return list(self._owners)
+
+    def pes_owned_by(self, server_id: int) -> list[PoolElementEntry]:
+        """The PEs whose home ENRP server is ``server_id``."""
+        owner = self._owners.get(server_id)
+        return [] if owner is None else list(owner.members)
+
+    def owned_count(self, server_id: int) -> int:
+        owner = self._owners.get(server_id)
+        return 0 if owner is None else len(owner.members)
+
+    def checksum(self, server_id: int) -> int:
+        """The RFC 5353 PE checksum of ``server_id``'s PEs (0xffff if none)."""
+        owner = self._owners.get(server_id)
+        return finish(0 if owner is None else owner.total)
+
+    def checksum_total(self, server_id: int) -> int:
+        """The unfolded running total behind ``checksum``."""
+        owner = self._owners.get(server_id)
+        return 0 if owner is None else owner.total
+
+    def recompute_checksum(self, server_id: int) -> int:
+        """Full recomputation over all pools, independent of the owner index."""
+        return pe_checksum(
+            (entry.pool_handle, entry.pe_id) for entry in self.entries() if entry.home_server_id == server_id
+        )
+
+    def set_owner(self, pool_handle: bytes, pe_id: int, server_id: int) -> PoolElementEntry:
+        """Move one PE to another home ENRP server."""
+        pool = self._pools.get(pool_handle)
+        if pool is None:
+            raise HandlespaceError(CAUSE_UNKNOWN_POOL_HANDLE, "unknown pool handle")
+        entry = pool.members.get(pe_id)
+        if entry is None:
+            raise KeyError(pe_id)
+        _check_uint32("home_server_id", server_id)
+        self._move_owner(pool, entry, server_id)
+        return entry
+
+    def take_over(self, old_server_id: int, new_server_id: int) -> list[PoolElementEntry]:
+        """Make ``new_server_id`` the home of every PE of ``old_server_id``
+        (RFC 5353 section 3.9); returns the moved PEs."""
+        _check_uint32("new_server_id", new_server_id)
+        moved = self.pes_owned_by(old_server_id)
+        if old_server_id == new_server_id:
+            return moved
+        for entry in moved:
+            self._move_owner(self._pools[entry.pool_handle], entry, new_server_id)
+        return moved
+
+    # ------------------------------------------------------------ registration
+
+    def register(
+        self,
+        now: float,
+        *,
+        pool_handle: bytes,
+        pe_id: int,
+        settings: PolicySettings,
+        transport_type: int,
+        transport_use: int,
+        registration_life: int,
+        home_server_id: int,
+        identity: str | None = None,
+        payload: Any = None,
+    ) -> Registered:
+        """Register a PE or re-register it in place (RFC 5352 section 3.1).
+
+        The PE's owner becomes ``home_server_id`` (ownership moves on a
+        re-registration).  Identity binding: a PE bound to an identity can
+        only be re-registered by that identity (cause 0xa); ``identity=None``
+        (e.g. an update learned from an ENRP peer) keeps the existing
+        binding; an unbound PE becomes bound to the first identity given.
+        Raises ``HandlespaceError`` and changes nothing on refusal.
+        """
+        limits = self.limits
+        # Validation (cause 0x3) and the handle length limit (0x6).
+        if not isinstance(pool_handle, bytes) or not pool_handle:
+            raise HandlespaceError(CAUSE_INVALID_VALUES, "empty or non-bytes pool handle")
+        if len(pool_handle) > limits.max_pool_handle_length:
+            raise HandlespaceError(CAUSE_LACK_OF_RESOURCES, "pool handle too long")
+        _check_uint32("pe_id", pe_id)
+        _check_uint32("home_server_id", home_server_id)
+        if transport_type not in TRANSPORT_TYPES:
+            raise HandlespaceError(CAUSE_INVALID_VALUES, f"unknown transport type 0x{transport_type:x}")
+        if transport_use not in (USE_DATA_ONLY, USE_DATA_AND_CONTROL):
+            raise HandlespaceError(CAUSE_INVALID_VALUES, f"invalid transport use {transport_use}")
+        if registration_life != INFINITE_LIFE and not 0 <= registration_life <= _MAX_INT32:
+            raise HandlespaceError(CAUSE_INVALID_VALUES, f"invalid registration life {registration_life}")
+        # A finite max_registration_life also bounds an infinite life.
+        registration_life_used = registration_life
+        if registration_life == INFINITE_LIFE:
+            if limits.max_registration_life < _MAX_INT32:
+                registration_life_used = limits.max_registration_life
+        elif registration_life > limits.max_registration_life:
+            registration_life_used = limits.max_registration_life
+
+        pool = self._pools.get(pool_handle)
+        entry = None if pool is None else pool.members.get(pe_id)
+
+        # Identity binding (cause 0xa).
+        if entry is not None and entry.identity is not None and identity is not None and identity != entry.identity:
+            raise HandlespaceError(CAUSE_SECURITY, "PE identifier bound to another identity")
+
+        # Consistency with the pool (RFC 5352 section 3.1 rules 2 and 3).
+        if pool is not None:
+            if settings.policy_type != pool.policy_type:
+                raise HandlespaceError(CAUSE_INCONSISTENT_POLICY, "policy type differs from the pool's")
+            if transport_type != pool.transport_type:
+                raise HandlespaceError(CAUSE_INCONSISTENT_TRANSPORT, "transport type differs from the pool's")
+            if transport_use != pool.transport_use:
+                raise HandlespaceError(CAUSE_INCONSISTENT_DATA_CONTROL, "transport use differs from the pool's")
+
+        # Limits (cause 0x6), all checked before anything changes.
+        new_identity = identity if identity is not None else (entry.identity if entry is not None else None)
+        if entry is None:
+            if pool is None and len(self._pools) >= limits.max_pools:
+                raise HandlespaceError(CAUSE_LACK_OF_RESOURCES, "too many pools")
+            if pool is not None and len(pool.members) >= limits.max_pes_per_pool:
+                raise HandlespaceError(CAUSE_LACK_OF_RESOURCES, "pool is full")
+            if self._count >= limits.max_pes:
+                raise HandlespaceError(CAUSE_LACK_OF_RESOURCES, "handlespace is full")
+        if new_identity is not None and (entry is None or entry.identity != new_identity):
+            if self._identity_counts.get(new_identity, 0) >= limits.max_pes_per_identity:
+                raise HandlespaceError(CAUSE_LACK_OF_RESOURCES, "too many PEs for this identity")
+
+        created_pool = False
+        if pool is None:
+            try:
+                policy = self._factory(settings.policy_type)
+            except ValueError as exc:
+                raise HandlespaceError(CAUSE_INVALID_VALUES, f"unusable policy: {exc}") from exc
+            pool = _Pool(pool_handle, policy, settings.policy_type, transport_type, transport_use)
+            created_pool = True
+
+        if entry is None:
+            entry = PoolElementEntry(
+                pool_handle,
+                pe_id,
+                settings,
+                transport_type,
+                transport_use,
+                registration_life_used,
+                home_server_id,
+                new_identity,
+                payload,
+            )
+            pool.policy.add(entry)  # the one call that may fail: nothing is changed yet
+            if created_pool:
+                self._pools[pool_handle] = pool
+            pool.members[pe_id] = entry
+            self._count += 1
+            self._owner_add(pool, entry, home_server_id)
+            if new_identity is not None:
+                self._identity_counts[new_identity] = self._identity_counts.get(new_identity, 0) + 1
+            previous_owner = None
+            created = True
+        else:
+            pool.policy.update(entry, settings)
+            entry.transport_type = transport_type
+            entry.transport_use = transport_use
+            entry.registration_life = registration_life_used
+            entry.payload = payload
+            entry.unreachable = None
+            if new_identity != entry.identity:  # only None -> identity here
+                self._identity_counts[new_identity] = self._identity_counts.get(new_identity, 0) + 1
+                entry.identity = new_identity
+            previous_owner = entry.home_server_id
+            self._move_owner(pool, entry, home_server_id)
+            created = False
+
+        if registration_life_used == INFINITE_LIFE:
+            entry.expires_at = None
+            self._expiry.cancel(entry)
+        else:
+            entry.expires_at = now + registration_life_used
+            self._expiry.schedule(entry, entry.expires_at)
+        return Registered(entry, created, previous_owner)
+
+    def deregister(self, pool_handle: bytes, pe_id: int, identity: str | None = None) -> PoolElementEntry | None:
+        """Remove a PE (RFC 5352 section 3.2); ``None`` if it is unknown
+        (the registrar answers that as success).  With ``identity`` given, a
+        PE bound to another identity is refused with cause 0xa."""
+        entry = self.get(pool_handle, pe_id)
+        if entry is None:
+            return None
+        if identity is not None and entry.identity is not None and identity != entry.identity:
+            raise HandlespaceError(CAUSE_SECURITY, "PE identifier bound to another identity")
+        self._remove(entry)
+        return entry
+
+    def expire(self, now: float, limit: int | None = None) -> list[PoolElementEntry]:
+        """Remove and return the PEs whose registration life has run out
+        (deadline ``<= now``), earliest first, at most ``limit``."""
+        removed = self._expiry.pop_due(now, limit)
+        for entry in removed:
+            self._remove(entry)
+        return removed
+
+    def next_deadline(self) -> float | None:
+        """The earliest expiry or keep-alive deadline (to arm one timer)."""
+        times = [t for t in (self._expiry.next_deadline(), self._keepalives.next_deadline()) if t is not None]
+        return min(times) if times else None
+
+    # ------------------------------------------------------------- resolution
+
+    def resolve(self, pool_handle: bytes, n: int | None = None) -> list[PoolElementEntry]:
+        """Select up to ``n`` PEs of a pool through its policy (``None``:
+        all of them, still in the policy's order).  Unknown pool: cause 0x9."""
+        pool = self._pools.get(pool_handle)
+        if pool is None:
+            raise HandlespaceError(CAUSE_UNKNOWN_POOL_HANDLE, "unknown pool handle")
+        if n is None:
+            n = len(pool.members)
+        elif n < 1:
+            raise ValueError("n must be at least 1")
+        return list(pool.policy.select(n))
+
+    # ------------------------------------------------------------- keep-alive
+
+    def schedule_keepalive(self, pool_handle: bytes, pe_id: int, due: float) -> None:
+        entry = self._require(pool_handle, pe_id)
+        entry.keepalive_due = due
+        self._keepalives.schedule(entry, due)
+
+    def cancel_keepalive(self, pool_handle: bytes, pe_id: int) -> None:
+        entry = self.get(pool_handle, pe_id)
+        if entry is not None:
+            entry.keepalive_due = None
+            self._keepalives.cancel(entry)
+
+    def due_keepalives(self, now: float, limit: int | None = None) -> list[PoolElementEntry]:
+        """Pop the PEs whose keep-alive is due (each is returned once; the
+        caller schedules the next one)."""
+        due = self._keepalives.pop_due(now, limit)
+        for entry in due:
+            entry.keepalive_due = None
+        return due
+
+    # ---------------------------------------------------------- unreachability
+
+    def report_unreachable(self, pool_handle: bytes, pe_id: int, reporter: Any, now: float) -> int:
+        """Count an ASAP_ENDPOINT_UNREACHABLE report (RFC 5352 section 3.5).
+
+        Returns the number of distinct reporters within the current window
+        (``limits.unreachable_window`` from the first report; bounded by
+        ``limits.max_unreachable_reporters``); 0 for an unknown PE.  The
+        registrar compares it with MAX-BAD-PE-REPORT.  A re-registration or
+        ``clear_unreachable`` resets it.
+        """
+        entry = self.get(pool_handle, pe_id)
+        if entry is None:
+            return 0
+        state = entry.unreachable
+        if state is None or now - state[0] > self.limits.unreachable_window or now < state[0]:
+            entry.unreachable = (now, (reporter,))
+            return 1
+        first, reporters = state
+        if reporter not in reporters and len(reporters) < self.limits.max_unreachable_reporters:
+            reporters = reporters + (reporter,)
+            entry.unreachable = (first, reporters)
+        return len(reporters)
+
+    def clear_unreachable(self, pool_handle: bytes, pe_id: int) -> None:
+        entry = self.get(pool_handle, pe_id)
+        if entry is not None:
+            entry.unreachable = None
+
+    # --------------------------------------------------------------- internals
+
+    def _require(self, pool_handle: bytes, pe_id: int) -> PoolElementEntry:
+        pool = self._pools.get(pool_handle)
+        if pool is None:
+            raise HandlespaceError(CAUSE_UNKNOWN_POOL_HANDLE, "unknown pool handle")
+        entry = pool.members.get(pe_id)
+        if entry is None:
+            raise KeyError(pe_id)
+        return entry
+
+    def _owner_add(self, pool: _Pool, entry: PoolElementEntry, server_id: int) -> None:
+        owner = self._owners.get(server_id)
+        if owner is None:
+            owner = self._owners[server_id] = _Owner()
+        owner.members[entry] = None
+        pe_id = entry.pe_id
+        owner.total += pool.handle_sum + (pe_id >> 16) + (pe_id & 0xFFFF)
+        entry.home_server_id = server_id
+
+    def _owner_remove(self, pool: _Pool, entry: PoolElementEntry) -> None:
+        server_id = entry.home_server_id
+        owner = self._owners[server_id]
+        del owner.members[entry]
+        pe_id = entry.pe_id
+        owner.total -= pool.handle_sum + (pe_id >> 16) + (pe_id & 0xFFFF)
+        if not owner.members:
+            del self._owners[server_id]
+
+    def _move_owner(self, pool: _Pool, entry: PoolElementEntry, server_id: int) -> None:
+        if entry.home_server_id != server_id:
+            self._owner_remove(pool, entry)
+            self._owner_add(pool, entry, server_id)
+
+    def _remove(self, entry: PoolElementEntry) -> None:
+        pool = self._pools[entry.pool_handle]
+        pool.policy.remove(entry)
+        del pool.members[entry.pe_id]
+        self._count -= 1
+        self._owner_remove(pool, entry)
+        identity = entry.identity
+        if identity is not None:
+            left = self._identity_counts[identity] - 1
+            if left:
+                self._identity_counts[identity] = left
+            else:
+                del self._identity_counts[identity]
+        self._expiry.cancel(entry)
+        self._keepalives.cancel(entry)
+        entry.keepalive_due = None
+        if not pool.members:
+            del self._pools[entry.pool_handle]
+
+
+def _check_uint32(name: str, value: int) -> None:
+    if not isinstance(value, int) or not 0 <= value <= _MAX_UINT32:
+        raise HandlespaceError(CAUSE_INVALID_VALUES, f"{name} out of the 32-bit range")
