@@ -1,0 +1,625 @@
+"""A small PKI for development and tests, built with ``cryptography``.
+
+Everything here is pure apart from the explicit file helpers: no Twisted, no
+hidden clock reads (every builder takes ``now``), randomness only for keys and
+default serial numbers.  :func:`ensure_dev_pki` is the one convenience that
+touches the file system; it reads the clock only when ``now`` is omitted.
+
+Certificate profiles:
+
+- CA: ``basicConstraints CA:TRUE`` (critical), keyCertSign + cRLSign.
+- Registrar (server): SAN DNS names and IP addresses, EKU serverAuth and
+  clientAuth (registrars will authenticate each other with the same
+  certificate), optional AIA OCSP URL and CRL distribution point.
+- PE / PU (client): subject CN and a URI SAN ``urn:rserpool:<role>:<name>``,
+  EKU clientAuth.
+- OCSP responder: EKU OCSPSigning and the id-pkix-ocsp-nocheck extension.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import ipaddress
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Union
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+__all__ = [
+    "CertificateProfileError",
+    "DevPKIPaths",
+    "IssuedCertificate",
+    "KeyType",
+    "PrivateKey",
+    "create_ca",
+    "create_client_certificate",
+    "create_crl",
+    "create_ocsp_responder_certificate",
+    "create_server_certificate",
+    "ensure_dev_pki",
+    "generate_private_key",
+    "load_certificate",
+    "load_certificates",
+    "load_crl",
+    "load_private_key",
+    "subject_alt_names",
+    "write_certificate",
+    "write_crl",
+    "write_private_key",
+]
+
+KeyType = Literal["ec", "rsa"]
+PrivateKey = Union[ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey]
+PathLike = Union[str, "os.PathLike[str]"]
+
+DEFAULT_CA_DAYS = 3650
+DEFAULT_LEAF_DAYS = 825
+#: Certificates start this much before ``now`` to tolerate clock skew.
+DEFAULT_BACKDATE = _dt.timedelta(minutes=5)
+PE_URI_PREFIX = "urn:rserpool:pe:"
+PU_URI_PREFIX = "urn:rserpool:pu:"
+
+
+class CertificateProfileError(ValueError):
+    """A certificate request that makes no sense (bad name, bad window...)."""
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedCertificate:
+    """A certificate together with its private key (and the issuing chain)."""
+
+    certificate: x509.Certificate
+    private_key: PrivateKey
+    #: Issuer certificates above this one, nearest first (not the root when
+    #: the issuer is a root: a root is a trust anchor, not chain material).
+    chain: tuple[x509.Certificate, ...] = ()
+
+    @property
+    def serial(self) -> int:
+        return self.certificate.serial_number
+
+    def cert_pem(self, with_chain: bool = True) -> bytes:
+        certs = (self.certificate, *self.chain) if with_chain else (self.certificate,)
+        return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs)
+
+    def key_pem(self) -> bytes:
+        return self.private_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+
+
+def generate_private_key(key_type: KeyType = "ec", rsa_bits: int = 3072) -> PrivateKey:
+    """A fresh ECDSA P-256 key (default) or an RSA key of ``rsa_bits``."""
+    if key_type == "ec":
+        return ec.generate_private_key(ec.SECP256R1())
+    if key_type == "rsa":
+        if rsa_bits < 2048:
+            raise CertificateProfileError("RSA keys shorter than 2048 bits are refused")
+        return rsa.generate_private_key(public_exponent=65537, key_size=rsa_bits)
+    raise CertificateProfileError(f"unknown key type {key_type!r}")
+
+
+def _utc(moment: _dt.datetime) -> _dt.datetime:
+    if moment.tzinfo is None:
+        raise CertificateProfileError("datetimes must be timezone-aware (UTC)")
+    return moment.astimezone(_dt.timezone.utc)
+
+
+def _window(
+    now: _dt.datetime,
+    days: int,
+    not_before: _dt.datetime | None,
+    not_after: _dt.datetime | None,
+) -> tuple[_dt.datetime, _dt.datetime]:
+    start = _utc(not_before) if not_before is not None else _utc(now) - DEFAULT_BACKDATE
+    end = _utc(not_after) if not_after is not None else _utc(now) + _dt.timedelta(days=days)
+    if end <= start:
+        raise CertificateProfileError("not_after must be later than not_before")
+    return start, end
+
+
+def _name(common_name: str, organization: str | None = "rserpool") -> x509.Name:
+    if not common_name or len(common_name) > 64:
+        raise CertificateProfileError("common name must be 1-64 characters")
+    attrs = []
+    if organization:
+        attrs.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization))
+    attrs.append(x509.NameAttribute(NameOID.COMMON_NAME, common_name))
+    return x509.Name(attrs)
+
+
+def _key_usage(key: PrivateKey, *, ca: bool = False) -> x509.KeyUsage:
+    is_rsa = isinstance(key, rsa.RSAPrivateKey)
+    return x509.KeyUsage(
+        digital_signature=True,
+        content_commitment=False,
+        key_encipherment=is_rsa and not ca,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=ca,
+        crl_sign=ca,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
+def _general_name(name: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(name))
+    except ValueError:
+        pass
+    if not name or len(name) > 253 or any(c.isspace() for c in name):
+        raise CertificateProfileError(f"invalid DNS name {name!r}")
+    return x509.DNSName(name)
+
+
+def _builder(
+    subject: x509.Name,
+    public_key: object,
+    issuer: IssuedCertificate | None,
+    window: tuple[_dt.datetime, _dt.datetime],
+    serial: int | None,
+) -> x509.CertificateBuilder:
+    issuer_name = issuer.certificate.subject if issuer is not None else subject
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer_name)
+        .public_key(public_key)  # type: ignore[arg-type]
+        .serial_number(serial if serial is not None else x509.random_serial_number())
+        .not_valid_before(window[0])
+        .not_valid_after(window[1])
+        .add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(public_key),  # type: ignore[arg-type]
+            critical=False,
+        )
+    )
+    if issuer is not None:
+        builder = builder.add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(
+                issuer.certificate.public_key()  # type: ignore[arg-type]
+            ),
+            critical=False,
+        )
+    return builder
+
+
+def _add_revocation_pointers(
+    builder: x509.CertificateBuilder, ocsp_url: str | None, crl_url: str | None
+) -> x509.CertificateBuilder:
+    if ocsp_url:
+        builder = builder.add_extension(
+            x509.AuthorityInformationAccess(
+                [
+                    x509.AccessDescription(
+                        x509.oid.AuthorityInformationAccessOID.OCSP,
+                        x509.UniformResourceIdentifier(ocsp_url),
+                    )
+                ]
+            ),
+            critical=False,
+        )
+    if crl_url:
+        builder = builder.add_extension(
+            x509.CRLDistributionPoints(
+                [
+                    x509.DistributionPoint(
+                        full_name=[x509.UniformResourceIdentifier(crl_url)],
+                        relative_name=None,
+                        reasons=None,
+                        crl_issuer=None,
+                    )
+                ]
+            ),
+            critical=False,
+        )
+    return builder
+
+
+def _sign(builder: x509.CertificateBuilder, key: PrivateKey) -> x509.Certificate:
+    return builder.sign(key, hashes.SHA256())
+
+
+def _chain_for(issuer: IssuedCertificate) -> tuple[x509.Certificate, ...]:
+    """Chain material a leaf issued by ``issuer`` should present."""
+    cert = issuer.certificate
+    if cert.issuer == cert.subject:
+        return ()
+    return (cert, *issuer.chain)
+
+
+def create_ca(
+    common_name: str,
+    now: _dt.datetime,
+    *,
+    issuer: IssuedCertificate | None = None,
+    days: int = DEFAULT_CA_DAYS,
+    not_before: _dt.datetime | None = None,
+    not_after: _dt.datetime | None = None,
+    key_type: KeyType = "ec",
+    key: PrivateKey | None = None,
+    serial: int | None = None,
+    path_length: int | None = None,
+    organization: str | None = "rserpool",
+) -> IssuedCertificate:
+    """A self-signed root CA, or an intermediate CA when ``issuer`` is given."""
+    key = key if key is not None else generate_private_key(key_type)
+    window = _window(now, days, not_before, not_after)
+    builder = _builder(
+        _name(common_name, organization), key.public_key(), issuer, window, serial
+    )
+    builder = builder.add_extension(
+        x509.BasicConstraints(ca=True, path_length=path_length), critical=True
+    ).add_extension(_key_usage(key, ca=True), critical=True)
+    signer = issuer.private_key if issuer is not None else key
+    chain = _chain_for(issuer) if issuer is not None else ()
+    return IssuedCertificate(_sign(builder, signer), key, chain)
+
+
+def create_server_certificate(
+    ca: IssuedCertificate,
+    names: Sequence[str],
+    now: _dt.datetime,
+    *,
+    common_name: str | None = None,
+    client_auth: bool = True,
+    days: int = DEFAULT_LEAF_DAYS,
+    not_before: _dt.datetime | None = None,
+    not_after: _dt.datetime | None = None,
+    ocsp_url: str | None = None,
+    crl_url: str | None = None,
+    key_type: KeyType = "ec",
+    key: PrivateKey | None = None,
+    serial: int | None = None,
+) -> IssuedCertificate:
+    """A registrar certificate for DNS names and IP addresses in ``names``.
+
+    EKU serverAuth, plus clientAuth unless ``client_auth`` is false (registrars
+    authenticate each other with it over ENRP).
+    """
+    if not names:
+        raise CertificateProfileError("a server certificate needs at least one name")
+    sans = [_general_name(n) for n in names]
+    key = key if key is not None else generate_private_key(key_type)
+    window = _window(now, days, not_before, not_after)
+    cn = common_name if common_name is not None else names[0]
+    builder = _builder(_name(cn), key.public_key(), ca, window, serial)
+    usages = [ExtendedKeyUsageOID.SERVER_AUTH]
+    if client_auth:
+        usages.append(ExtendedKeyUsageOID.CLIENT_AUTH)
+    builder = (
+        builder.add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(_key_usage(key), critical=True)
+        .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    )
+    builder = _add_revocation_pointers(builder, ocsp_url, crl_url)
+    return IssuedCertificate(_sign(builder, ca.private_key), key, _chain_for(ca))
+
+
+def create_client_certificate(
+    ca: IssuedCertificate,
+    name: str,
+    now: _dt.datetime,
+    *,
+    role: str = "pe",
+    uris: Sequence[str] | None = None,
+    dns_names: Sequence[str] = (),
+    emails: Sequence[str] = (),
+    days: int = DEFAULT_LEAF_DAYS,
+    not_before: _dt.datetime | None = None,
+    not_after: _dt.datetime | None = None,
+    ocsp_url: str | None = None,
+    crl_url: str | None = None,
+    key_type: KeyType = "ec",
+    key: PrivateKey | None = None,
+    serial: int | None = None,
+) -> IssuedCertificate:
+    """A PE or PU client certificate: CN ``name`` and URI SAN ``urn:rserpool:<role>:<name>``.
+
+    Pass ``uris=()`` for a certificate without URI SAN, or an explicit list to
+    replace the default one.  EKU clientAuth only.
+    """
+    if not role.isalnum():
+        raise CertificateProfileError(f"invalid role {role!r}")
+    uri_list = list(uris) if uris is not None else [f"urn:rserpool:{role}:{name}"]
+    sans: list[x509.GeneralName] = [x509.UniformResourceIdentifier(u) for u in uri_list]
+    sans += [_general_name(d) for d in dns_names]
+    sans += [x509.RFC822Name(e) for e in emails]
+    key = key if key is not None else generate_private_key(key_type)
+    window = _window(now, days, not_before, not_after)
+    builder = _builder(_name(name), key.public_key(), ca, window, serial)
+    builder = (
+        builder.add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(_key_usage(key), critical=True)
+        .add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
+        )
+    )
+    if sans:
+        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    builder = _add_revocation_pointers(builder, ocsp_url, crl_url)
+    return IssuedCertificate(_sign(builder, ca.private_key), key, _chain_for(ca))
+
+
+def create_ocsp_responder_certificate(
+    ca: IssuedCertificate,
+    now: _dt.datetime,
+    *,
+    common_name: str = "rserpool OCSP responder",
+    days: int = DEFAULT_LEAF_DAYS,
+    not_before: _dt.datetime | None = None,
+    not_after: _dt.datetime | None = None,
+    key_type: KeyType = "ec",
+    key: PrivateKey | None = None,
+    serial: int | None = None,
+) -> IssuedCertificate:
+    """A delegated OCSP signer for ``ca`` (EKU OCSPSigning, OCSP no-check)."""
+    key = key if key is not None else generate_private_key(key_type)
+    window = _window(now, days, not_before, not_after)
+    builder = _builder(_name(common_name), key.public_key(), ca, window, serial)
+    builder = (
+        builder.add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(_key_usage(key), critical=True)
+        .add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.OCSP_SIGNING]), critical=False
+        )
+        .add_extension(x509.OCSPNoCheck(), critical=False)
+    )
+    return IssuedCertificate(_sign(builder, ca.private_key), key, _chain_for(ca))
+
+
+def create_crl(
+    ca: IssuedCertificate,
+    revoked: Iterable[int | tuple[int, _dt.datetime]],
+    now: _dt.datetime,
+    *,
+    next_update: _dt.timedelta = _dt.timedelta(days=7),
+    crl_number: int = 1,
+    reason: x509.ReasonFlags | None = None,
+) -> x509.CertificateRevocationList:
+    """A CRL signed by ``ca`` revoking the given serials.
+
+    Each item is a serial (revoked at ``now``) or ``(serial, revocation_date)``.
+    """
+    if crl_number < 0:
+        raise CertificateProfileError("CRL number must not be negative")
+    this_update = _utc(now)
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca.certificate.subject)
+        .last_update(this_update)
+        .next_update(this_update + next_update)
+        .add_extension(x509.CRLNumber(crl_number), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(
+                ca.certificate.public_key()  # type: ignore[arg-type]
+            ),
+            critical=False,
+        )
+    )
+    seen: set[int] = set()
+    for item in revoked:
+        serial, when = (item, this_update) if isinstance(item, int) else item
+        if serial in seen:
+            continue
+        seen.add(serial)
+        entry = (
+            x509.RevokedCertificateBuilder()
+            .serial_number(serial)
+            .revocation_date(_utc(when))
+        )
+        if reason is not None:
+            entry = entry.add_extension(x509.CRLReason(reason), critical=False)
+        builder = builder.add_revoked_certificate(entry.build())
+    return builder.sign(ca.private_key, hashes.SHA256())
+
+
+def subject_alt_names(cert: x509.Certificate) -> list[x509.GeneralName]:
+    """The certificate's SAN entries (empty if it has none)."""
+    try:
+        ext = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    except x509.ExtensionNotFound:
+        return []
+    return list(ext.value)
+
+
+# --- files -----------------------------------------------------------------
+
+
+def _write_bytes(path: PathLike, data: bytes, mode: int) -> Path:
+    """Write atomically (temp file + rename) with ``mode`` set from creation on."""
+    target = Path(path)
+    tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, target)
+    return target
+
+
+def write_private_key(path: PathLike, key: PrivateKey) -> Path:
+    """Write an unencrypted PKCS#8 PEM key, mode 0600."""
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    return _write_bytes(path, pem, 0o600)
+
+
+def write_certificate(path: PathLike, *certs: x509.Certificate) -> Path:
+    """Write one or more certificates (leaf first) as PEM, mode 0644."""
+    if not certs:
+        raise CertificateProfileError("nothing to write")
+    data = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs)
+    return _write_bytes(path, data, 0o644)
+
+
+def write_crl(path: PathLike, crl: x509.CertificateRevocationList) -> Path:
+    return _write_bytes(path, crl.public_bytes(serialization.Encoding.PEM), 0o644)
+
+
+def load_certificates(path: PathLike) -> list[x509.Certificate]:
+    """All PEM certificates in a file (a bundle or a leaf plus its chain)."""
+    certs = x509.load_pem_x509_certificates(Path(path).read_bytes())
+    return list(certs)
+
+
+def load_certificate(path: PathLike) -> x509.Certificate:
+    """The first PEM certificate in a file."""
+    return load_certificates(path)[0]
+
+
+def load_private_key(path: PathLike) -> PrivateKey:
+    key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
+    if not isinstance(key, (ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey)):
+        raise CertificateProfileError("only EC and RSA private keys are supported")
+    return key
+
+
+def load_crl(path: PathLike) -> x509.CertificateRevocationList:
+    data = Path(path).read_bytes()
+    if b"-----BEGIN" in data:
+        return x509.load_pem_x509_crl(data)
+    return x509.load_der_x509_crl(data)
+
+
+# --- development PKI -------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DevPKIPaths:
+    """Where :func:`ensure_dev_pki` keeps its files."""
+
+    directory: Path
+    ca_cert: Path
+    ca_key: Path
+    server_cert: Path
+    server_key: Path
+    pe_cert: Path
+    pe_key: Path
+    pu_cert: Path
+    pu_key: Path
+    created: bool  # True if anything was (re)issued on this call
+
+    @classmethod
+    def in_directory(cls, directory: Path, created: bool = False) -> DevPKIPaths:
+        return cls(
+            directory=directory,
+            ca_cert=directory / "ca.pem",
+            ca_key=directory / "ca.key",
+            server_cert=directory / "registrar.pem",
+            server_key=directory / "registrar.key",
+            pe_cert=directory / "pe.pem",
+            pe_key=directory / "pe.key",
+            pu_cert=directory / "pu.pem",
+            pu_key=directory / "pu.key",
+            created=created,
+        )
+
+
+def _usable(cert_path: Path, key_path: Path, now: _dt.datetime, margin: _dt.timedelta) -> bool:
+    if not (cert_path.is_file() and key_path.is_file()):
+        return False
+    try:
+        cert = load_certificate(cert_path)
+        load_private_key(key_path)
+    except (ValueError, CertificateProfileError):
+        return False
+    return cert.not_valid_before_utc <= now and now + margin < cert.not_valid_after_utc
+
+
+def _server_covers(cert_path: Path, names: Sequence[str]) -> bool:
+    wanted = {_general_name(n) for n in names}
+    return wanted <= set(subject_alt_names(load_certificate(cert_path)))
+
+
+def ensure_dev_pki(
+    directory: PathLike,
+    server_names: Sequence[str] = ("localhost", "127.0.0.1", "::1"),
+    *,
+    now: _dt.datetime | None = None,
+    pe_name: str = "pe1",
+    pu_name: str = "pu1",
+    key_type: KeyType = "ec",
+) -> DevPKIPaths:
+    """Create a development CA plus registrar, PE and PU certificates once, reuse them later.
+
+    Reuses whatever is still valid for at least a day; re-issues leaf
+    certificates that are missing, about to expire, or (for the registrar) do
+    not cover ``server_names``; creates a new CA (and so new leaves) only when
+    the CA itself is unusable.  The directory is created with mode 0700 and
+    keys are written with mode 0600.  ``now`` defaults to the current time.
+    """
+    moment = _utc(now) if now is not None else _dt.datetime.now(_dt.timezone.utc)
+    root = Path(directory)
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    paths = DevPKIPaths.in_directory(root)
+    day = _dt.timedelta(days=1)
+    created = False
+
+    if _usable(paths.ca_cert, paths.ca_key, moment, _dt.timedelta(days=30)):
+        ca = IssuedCertificate(load_certificate(paths.ca_cert), load_private_key(paths.ca_key))
+    else:
+        ca = create_ca("rserpool development CA", moment, key_type=key_type)
+        write_private_key(paths.ca_key, ca.private_key)
+        write_certificate(paths.ca_cert, ca.certificate)
+        for stale in (paths.server_cert, paths.pe_cert, paths.pu_cert):
+            stale.unlink(missing_ok=True)
+        created = True
+
+    def issued_by_ca(cert_path: Path) -> bool:
+        cert = load_certificate(cert_path)
+        return cert.issuer == ca.certificate.subject and (
+            _aki(cert) == _ski(ca.certificate)
+        )
+
+    def needs(cert_path: Path, key_path: Path) -> bool:
+        return not (_usable(cert_path, key_path, moment, day) and issued_by_ca(cert_path))
+
+    if needs(paths.server_cert, paths.server_key) or not _server_covers(
+        paths.server_cert, server_names
+    ):
+        leaf = create_server_certificate(ca, list(server_names), moment, key_type=key_type)
+        write_private_key(paths.server_key, leaf.private_key)
+        write_certificate(paths.server_cert, leaf.certificate)
+        created = True
+    for name, role, cert_path, key_path in (
+        (pe_name, "pe", paths.pe_cert, paths.pe_key),
+        (pu_name, "pu", paths.pu_cert, paths.pu_key),
+    ):
+        if needs(cert_path, key_path):
+            leaf = create_client_certificate(ca, name, moment, role=role, key_type=key_type)
+            write_private_key(key_path, leaf.private_key)
+            write_certificate(cert_path, leaf.certificate)
+            created = True
+    return DevPKIPaths.in_directory(root, created=created)
+
+
+def _ski(cert: x509.Certificate) -> bytes | None:
+    try:
+        return cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
+    except x509.ExtensionNotFound:
+        return None
+
+
+def _aki(cert: x509.Certificate) -> bytes | None:
+    try:
+        ext = cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier)
+    except x509.ExtensionNotFound:
+        return None
+    return ext.value.key_identifier
