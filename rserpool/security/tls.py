@@ -205,11 +205,10 @@ def _install_crls(
 
 def _load_identity(
     cert_path: PathLike, key_path: PathLike
-) -> tuple[crypto.PKey, crypto.X509, list[crypto.X509]]:
+) -> tuple[pki.PrivateKey, x509.Certificate, list[x509.Certificate]]:
+    """Key, leaf and chain (pyOpenSSL 26 takes ``cryptography`` objects directly)."""
     certs = pki.load_certificates(cert_path)
-    key = pki.load_private_key(key_path)
-    x509s = [crypto.X509.from_cryptography(c) for c in certs]
-    return crypto.PKey.from_cryptography_key(key), x509s[0], x509s[1:]
+    return pki.load_private_key(key_path), certs[0], certs[1:]
 
 
 def _finish_context(
