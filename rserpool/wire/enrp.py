@@ -1,0 +1,356 @@
+"""ENRP messages (RFC 5353 section 2), PPID 12.
+
+Every ENRP message starts with the sending and receiving server IDs.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import ClassVar
+
+from rserpool.wire import codes
+from rserpool.wire.messages import Message, expect, register
+from rserpool.wire.params import (
+    OperationError, PeChecksum, PoolElement, ServerInformation, check32, encode_pool_handle,
+)
+from rserpool.wire.tlv import Ctx, invalid, walk
+
+__all__ = [
+    "EnrpPresence", "EnrpHandleTableRequest", "EnrpHandleTableResponse", "PoolEntry",
+    "EnrpHandleUpdate", "EnrpListRequest", "EnrpListResponse", "EnrpInitTakeover",
+    "EnrpInitTakeoverAck", "EnrpTakeoverServer", "EnrpError",
+]
+
+_IDS = struct.Struct("!II")
+_IDS_ACTION = struct.Struct("!IIHH")
+_IDS_TARGET = struct.Struct("!III")
+H = codes.PARAM_POOL_HANDLE
+PE = codes.PARAM_POOL_ELEMENT
+
+
+class _Enrp:
+    __slots__ = ()
+    PPID: ClassVar[int] = codes.PPID_ENRP
+
+    def _check_ids(self) -> None:
+        check32("sender_id", self.sender_id)
+        check32("receiver_id", self.receiver_id)
+
+    @classmethod
+    def _ids(cls, data: bytes, length: int, size: int = 12) -> tuple:
+        if length < size:
+            raise invalid(f"{cls.name} shorter than its {size - 4} bytes of fixed fields",
+                          data[:length])
+        return _IDS.unpack_from(data, 4)
+
+
+@register
+@dataclass(frozen=True, slots=True, repr=False)
+class EnrpPresence(_Enrp, Message):
+    """``pe_checksum`` SHOULD be present (RFC 5353 2.1) and may be None;
+    ``reply_required`` is flag bit 0x01 (named in the text, not drawn)."""
+
+    sender_id: int
+    receiver_id: int
+    pe_checksum: int | None
+    server_info: ServerInformation | None = None
+    reply_required: bool = False
+    TYPE: ClassVar[int] = codes.ENRP_PRESENCE
+    name: ClassVar[str] = "ENRP_PRESENCE"
+    FLAGS: ClassVar[tuple[tuple[str, int], ...]] = (("reply_required", codes.FLAG_REPLY_REQUIRED),)
+
+    def __post_init__(self) -> None:
+        self._check_ids()
+        if self.pe_checksum is not None:
+            PeChecksum(self.pe_checksum)
+        if self.server_info is not None and type(self.server_info) is not ServerInformation:
+            raise ValueError(f"not a ServerInformation: {self.server_info!r}")
+
+    def _body(self):
+        parts = []
+        if self.pe_checksum is not None:
+            parts.append(PeChecksum(self.pe_checksum).encode())
+        if self.server_info is not None:
+            parts.append(self.server_info.encode())
+        return _IDS.pack(self.sender_id, self.receiver_id), parts
+
+    @classmethod
+    def _decode(cls, data: bytes, flags: int, length: int, ctx: Ctx):
+        sender, receiver = cls._ids(data, length)
+        subs = walk(data, 12, length, 1, ctx)
+        checksum, info = expect(subs, ((codes.PARAM_PE_CHECKSUM, "?"),
+                                       (codes.PARAM_SERVER_INFORMATION, "?")),
+                                data, length, cls.name)
+        return cls(sender, receiver, None if checksum is None else checksum.value, info,
+                   bool(flags & codes.FLAG_REPLY_REQUIRED))
+
+
+class _IdsOnly(_Enrp):
+    __slots__ = ()
+
+    def __post_init__(self) -> None:
+        self._check_ids()
+
+    def _body(self):
+        return _IDS.pack(self.sender_id, self.receiver_id), []
+
+    @classmethod
+    def _decode(cls, data: bytes, flags: int, length: int, ctx: Ctx):
+        sender, receiver = cls._ids(data, length)
+        subs = walk(data, 12, length, 1, ctx)
+        expect(subs, (), data, length, cls.name)
+        if cls.FLAGS:
+            return cls(sender, receiver, bool(flags & cls.FLAGS[0][1]))
+        return cls(sender, receiver)
+
+
+@register
+@dataclass(frozen=True, slots=True, repr=False)
+class EnrpHandleTableRequest(_IdsOnly, Message):
+    sender_id: int
+    receiver_id: int
+    own_children_only: bool = False
+    TYPE: ClassVar[int] = codes.ENRP_HANDLE_TABLE_REQUEST
+    name: ClassVar[str] = "ENRP_HANDLE_TABLE_REQUEST"
+    FLAGS: ClassVar[tuple[tuple[str, int], ...]] = (
+        ("own_children_only", codes.FLAG_OWN_CHILDREN_ONLY),)
+
+
+@register
+@dataclass(frozen=True, slots=True, repr=False)
+class EnrpListRequest(_IdsOnly, Message):
+    sender_id: int
+    receiver_id: int
+    TYPE: ClassVar[int] = codes.ENRP_LIST_REQUEST
+    name: ClassVar[str] = "ENRP_LIST_REQUEST"
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class PoolEntry:
+    """One pool of a handle table response: its handle and one or more PEs."""
+
+    pool_handle: bytes
+    pool_elements: tuple[PoolElement, ...]
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.pool_handle, bytes) or not self.pool_handle:
+            raise ValueError("pool_handle must be non-empty bytes")
+        if not isinstance(self.pool_elements, tuple):
+            object.__setattr__(self, "pool_elements", tuple(self.pool_elements))
+        if not self.pool_elements:
+            raise ValueError("a pool entry needs at least one pool element")
+        for pe in self.pool_elements:
+            if type(pe) is not PoolElement:
+                raise ValueError(f"not a PoolElement: {pe!r}")
+
+    def __str__(self) -> str:
+        from rserpool.wire.params import format_handle
+        return f"{format_handle(self.pool_handle)}: [{', '.join(map(str, self.pool_elements))}]"
+
+    __repr__ = __str__
+
+
+@register
+@dataclass(frozen=True, slots=True, repr=False)
+class EnrpHandleTableResponse(_Enrp, Message):
+    """Flags M (``more``, 0x02) and R (``reject``, 0x01)."""
+
+    sender_id: int
+    receiver_id: int
+    entries: tuple[PoolEntry, ...] = ()
+    more: bool = False
+    reject: bool = False
+    TYPE: ClassVar[int] = codes.ENRP_HANDLE_TABLE_RESPONSE
+    name: ClassVar[str] = "ENRP_HANDLE_TABLE_RESPONSE"
+    FLAGS: ClassVar[tuple[tuple[str, int], ...]] = (
+        ("more", codes.FLAG_MORE_TO_SEND), ("reject", codes.FLAG_REJECT))
+
+    def __post_init__(self) -> None:
+        self._check_ids()
+        if not isinstance(self.entries, tuple):
+            object.__setattr__(self, "entries", tuple(self.entries))
+        for e in self.entries:
+            if type(e) is not PoolEntry:
+                raise ValueError(f"not a PoolEntry: {e!r}")
+
+    def _body(self):
+        parts = []
+        for e in self.entries:
+            parts.append(encode_pool_handle(e.pool_handle))
+            parts.extend(pe.encode() for pe in e.pool_elements)
+        return _IDS.pack(self.sender_id, self.receiver_id), parts
+
+    @classmethod
+    def _decode(cls, data: bytes, flags: int, length: int, ctx: Ctx):
+        sender, receiver = cls._ids(data, length)
+        subs = walk(data, 12, length, 1, ctx)
+        entries = []
+        i, n = 0, len(subs)
+        while i < n:
+            if subs[i][0] != H:
+                raise invalid(f"{cls.name}: a pool entry must start with a pool handle",
+                              data[:length])
+            j = i + 1
+            while j < n and subs[j][0] == PE:
+                j += 1
+            if j == i + 1:
+                raise invalid(f"{cls.name}: pool entry without a pool element", data[:length])
+            entries.append(PoolEntry(subs[i][1], tuple(v for _, v, _ in subs[i + 1:j])))
+            i = j
+        return cls(sender, receiver, tuple(entries), bool(flags & codes.FLAG_MORE_TO_SEND),
+                   bool(flags & codes.FLAG_REJECT))
+
+
+@register
+@dataclass(frozen=True, slots=True, repr=False)
+class EnrpHandleUpdate(_Enrp, Message):
+    """Update action ADD_PE (0) or DEL_PE (1); the reserved word is sent 0
+    and ignored on receipt."""
+
+    sender_id: int
+    receiver_id: int
+    action: int
+    pool_handle: bytes
+    pool_element: PoolElement
+    TYPE: ClassVar[int] = codes.ENRP_HANDLE_UPDATE
+    name: ClassVar[str] = "ENRP_HANDLE_UPDATE"
+
+    def __post_init__(self) -> None:
+        self._check_ids()
+        if self.action not in codes.UPDATE_ACTION_NAMES:
+            raise ValueError(f"update action must be ADD_PE (0) or DEL_PE (1): {self.action!r}")
+        if not isinstance(self.pool_handle, bytes) or not self.pool_handle:
+            raise ValueError("pool_handle must be non-empty bytes")
+        if type(self.pool_element) is not PoolElement:
+            raise ValueError(f"not a PoolElement: {self.pool_element!r}")
+
+    def _body(self):
+        return (_IDS_ACTION.pack(self.sender_id, self.receiver_id, self.action, 0),
+                [encode_pool_handle(self.pool_handle), self.pool_element.encode()])
+
+    @classmethod
+    def _decode(cls, data: bytes, flags: int, length: int, ctx: Ctx):
+        if length < 16:
+            raise invalid(f"{cls.name} shorter than its fixed fields", data[:length])
+        sender, receiver, action, _ = _IDS_ACTION.unpack_from(data, 4)
+        if action not in codes.UPDATE_ACTION_NAMES:
+            raise invalid(f"{cls.name}: unknown update action 0x{action:04x}", data[:length])
+        subs = walk(data, 16, length, 1, ctx)
+        handle, pe = expect(subs, ((H, "1"), (PE, "1")), data, length, cls.name)
+        return cls(sender, receiver, action, handle, pe)
+
+    def __str__(self) -> str:
+        return Message.__str__(self).replace(
+            f"action={self.action}", f"action={codes.UPDATE_ACTION_NAMES[self.action]}")
+
+    __repr__ = __str__
+
+
+@register
+@dataclass(frozen=True, slots=True, repr=False)
+class EnrpListResponse(_Enrp, Message):
+    """R flag (``reject``); Server Information of each known peer."""
+
+    sender_id: int
+    receiver_id: int
+    servers: tuple[ServerInformation, ...] = ()
+    reject: bool = False
+    TYPE: ClassVar[int] = codes.ENRP_LIST_RESPONSE
+    name: ClassVar[str] = "ENRP_LIST_RESPONSE"
+    FLAGS: ClassVar[tuple[tuple[str, int], ...]] = (("reject", codes.FLAG_REJECT),)
+
+    def __post_init__(self) -> None:
+        self._check_ids()
+        if not isinstance(self.servers, tuple):
+            object.__setattr__(self, "servers", tuple(self.servers))
+        for s in self.servers:
+            if type(s) is not ServerInformation:
+                raise ValueError(f"not a ServerInformation: {s!r}")
+
+    def _body(self):
+        return _IDS.pack(self.sender_id, self.receiver_id), [s.encode() for s in self.servers]
+
+    @classmethod
+    def _decode(cls, data: bytes, flags: int, length: int, ctx: Ctx):
+        sender, receiver = cls._ids(data, length)
+        subs = walk(data, 12, length, 1, ctx)
+        (servers,) = expect(subs, ((codes.PARAM_SERVER_INFORMATION, "*"),),
+                            data, length, cls.name)
+        return cls(sender, receiver, servers, bool(flags & codes.FLAG_REJECT))
+
+
+class _Takeover(_Enrp):
+    __slots__ = ()
+
+    def __post_init__(self) -> None:
+        self._check_ids()
+        check32("target_id", self.target_id)
+
+    def _body(self):
+        return _IDS_TARGET.pack(self.sender_id, self.receiver_id, self.target_id), []
+
+    @classmethod
+    def _decode(cls, data: bytes, flags: int, length: int, ctx: Ctx):
+        if length < 16:
+            raise invalid(f"{cls.name} shorter than its 12 bytes of fixed fields",
+                          data[:length])
+        sender, receiver, target = _IDS_TARGET.unpack_from(data, 4)
+        subs = walk(data, 16, length, 1, ctx)
+        expect(subs, (), data, length, cls.name)
+        return cls(sender, receiver, target)
+
+
+@register
+@dataclass(frozen=True, slots=True, repr=False)
+class EnrpInitTakeover(_Takeover, Message):
+    sender_id: int
+    receiver_id: int
+    target_id: int
+    TYPE: ClassVar[int] = codes.ENRP_INIT_TAKEOVER
+    name: ClassVar[str] = "ENRP_INIT_TAKEOVER"
+
+
+@register
+@dataclass(frozen=True, slots=True, repr=False)
+class EnrpInitTakeoverAck(_Takeover, Message):
+    sender_id: int
+    receiver_id: int
+    target_id: int
+    TYPE: ClassVar[int] = codes.ENRP_INIT_TAKEOVER_ACK
+    name: ClassVar[str] = "ENRP_INIT_TAKEOVER_ACK"
+
+
+@register
+@dataclass(frozen=True, slots=True, repr=False)
+class EnrpTakeoverServer(_Takeover, Message):
+    sender_id: int
+    receiver_id: int
+    target_id: int
+    TYPE: ClassVar[int] = codes.ENRP_TAKEOVER_SERVER
+    name: ClassVar[str] = "ENRP_TAKEOVER_SERVER"
+
+
+@register
+@dataclass(frozen=True, slots=True, repr=False)
+class EnrpError(_Enrp, Message):
+    sender_id: int
+    receiver_id: int
+    error: OperationError
+    TYPE: ClassVar[int] = codes.ENRP_ERROR
+    name: ClassVar[str] = "ENRP_ERROR"
+
+    def __post_init__(self) -> None:
+        self._check_ids()
+        if type(self.error) is not OperationError:
+            raise ValueError(f"not an OperationError: {self.error!r}")
+
+    def _body(self):
+        return _IDS.pack(self.sender_id, self.receiver_id), [self.error.encode()]
+
+    @classmethod
+    def _decode(cls, data: bytes, flags: int, length: int, ctx: Ctx):
+        sender, receiver = cls._ids(data, length)
+        subs = walk(data, 12, length, 1, ctx)
+        (error,) = expect(subs, ((codes.PARAM_OPERATION_ERROR, "1"),), data, length, cls.name)
+        return cls(sender, receiver, error)

@@ -1,0 +1,83 @@
+"""The codec's single error type and its resource limits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["WireError", "Limits", "DEFAULT_LIMITS"]
+
+
+class WireError(Exception):
+    """A message that cannot be decoded (or must not be processed further).
+
+    ``cause`` is the RFC 5354 error cause code a receiver reports, or None
+    when the RFC says to discard the message silently.  ``detail`` is for
+    humans; ``offending`` holds the offending bytes (a TLV or the message),
+    which become the cause-specific information of the report.
+    ``prior`` holds "skip and report" causes collected before the stop, so
+    that one report carries every unrecognized parameter (RFC 5354 3.12.2).
+    """
+
+    def __init__(
+        self,
+        cause: int | None,
+        detail: str,
+        offending: bytes = b"",
+        prior: tuple = (),
+    ) -> None:
+        super().__init__(detail)
+        self.cause = cause
+        self.detail = detail
+        self.offending = bytes(offending)
+        self.prior = tuple(prior)
+
+    @property
+    def report(self):
+        """The error causes a peer would send back, or None (silent discard)."""
+        if self.cause is None:
+            return None
+        from rserpool.wire.params import ErrorCause
+
+        info = self.offending if self.cause in _CAUSES_WITH_INFO else b""
+        return self.prior + (ErrorCause(self.cause, info),)
+
+    def __str__(self) -> str:
+        code = "silent" if self.cause is None else f"cause 0x{self.cause:x}"
+        return f"{self.detail} ({code})"
+
+    def __repr__(self) -> str:
+        return f"WireError({self.cause!r}, {self.detail!r}, {len(self.offending)} bytes)"
+
+
+# Causes whose cause-specific information is the offending bytes.
+_CAUSES_WITH_INFO = frozenset({0x1, 0x2, 0x3})
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Limits on what an attacker controls in one message.
+
+    ``max_message_size`` counts the message with its padding (65535 is the
+    16-bit maximum of the Message Length field plus up to 3 bytes padding is
+    not allowed beyond it).  ``max_parameters`` counts every TLV, nested
+    ones included; ``max_depth`` is the TLV nesting depth (message-level
+    parameters have depth 1, an address inside a PE's transport depth 3).
+    """
+
+    max_message_size: int = 65535
+    max_parameters: int = 8192
+    max_depth: int = 4
+    max_addresses: int = 64
+    max_pool_handle: int = 255
+    max_causes: int = 64
+
+    def __post_init__(self) -> None:
+        if not 4 <= self.max_message_size <= 65535 + 3:
+            raise ValueError("max_message_size must be within 4..65538")
+        for name in ("max_parameters", "max_depth", "max_addresses",
+                     "max_pool_handle", "max_causes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive")
+
+
+DEFAULT_LIMITS = Limits()

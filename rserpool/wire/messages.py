@@ -1,0 +1,234 @@
+"""Message framing, the message base class, decode/encode and error replies.
+
+The ASAP and ENRP message classes live in ``asap.py`` and ``enrp.py``;
+this module holds what they share (RFC 5354 section 4).
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar, Iterable
+
+from rserpool.wire import codes
+from rserpool.wire.errors import DEFAULT_LIMITS, Limits, WireError
+from rserpool.wire.params import ErrorCause, OperationError, format_handle
+from rserpool.wire.tlv import PADDING, Ctx, invalid, last_padding, walk
+
+__all__ = ["Message", "decode_message", "encode_message", "error_reply", "REGISTRY"]
+
+MSG_HDR = struct.Struct("!BBH")
+MAX_MESSAGE = 0xFFFF
+
+# (ppid, type) -> message class; filled by asap.py and enrp.py.
+REGISTRY: dict[tuple[int, int], type] = {}
+_BY_PPID: dict[int, dict[int, type]] = {codes.PPID_ASAP: {}, codes.PPID_ENRP: {}}
+
+
+def register(cls: type) -> type:
+    REGISTRY[(cls.PPID, cls.TYPE)] = cls
+    _BY_PPID[cls.PPID][cls.TYPE] = cls
+    return cls
+
+
+def _fmt(name: str, value: Any) -> str | None:
+    if value is None or value is False:
+        return None
+    if value is True:
+        return name
+    if isinstance(value, bytes):
+        return f"{name}={format_handle(value) if 'handle' in name else value.hex()}"
+    if isinstance(value, int) and name.endswith("_id"):
+        return f"{name[:-3]}=0x{value:08x}"
+    if isinstance(value, tuple):
+        return f"{name}=[{', '.join(str(v) for v in value)}]"
+    return f"{name}={value}"
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class Message:
+    """Base of every ASAP and ENRP message.
+
+    ``unrecognized`` holds the "skip and report" error causes met while
+    decoding (RFC 5354 3): the receiver processes the message and sends
+    ``error_reply()`` back.  It is not part of equality nor of the encoding.
+    """
+
+    unrecognized: tuple[ErrorCause, ...] = field(default=(), compare=False, kw_only=True)
+    PPID: ClassVar[int]
+    TYPE: ClassVar[int]
+    name: ClassVar[str]
+    FLAGS: ClassVar[tuple[tuple[str, int], ...]] = ()
+
+    @property
+    def protocol(self) -> str:
+        return "asap" if self.PPID == codes.PPID_ASAP else "enrp"
+
+    @property
+    def flags(self) -> int:
+        value = 0
+        for fname, mask in self.FLAGS:
+            if getattr(self, fname):
+                value |= mask
+        return value
+
+    def _body(self) -> tuple[bytes, list[bytes]]:
+        raise NotImplementedError
+
+    def encode(self) -> bytes:
+        fixed, parts = self._body()
+        return frame_message(self.TYPE, self.flags, fixed, parts)
+
+    def error_reply(self, sender_id: int = 0, receiver_id: int = 0) -> "Message | None":
+        """The ASAP_ERROR/ENRP_ERROR reporting ``unrecognized``, or None."""
+        if not self.unrecognized:
+            return None
+        return error_reply(self.unrecognized, self.PPID, sender_id, receiver_id)
+
+    def __str__(self) -> str:
+        items = [self.name]
+        for f in fields(self):
+            if f.name == "unrecognized":
+                continue
+            text = _fmt(f.name, getattr(self, f.name))
+            if text is not None:
+                items.append(text)
+        if self.unrecognized:
+            items.append(f"unrecognized={list(self.unrecognized)}")
+        return " ".join(items)
+
+    __repr__ = __str__
+
+
+def frame_message(mtype: int, flags: int, fixed: bytes, parts: list[bytes]) -> bytes:
+    body = fixed + b"".join(parts)
+    n = 4 + len(body) - last_padding(parts)
+    if n > MAX_MESSAGE:
+        raise ValueError(f"message too long: {n} bytes")
+    return MSG_HDR.pack(mtype, flags, n) + body + PADDING[n & 3]
+
+
+def encode_message(msg: Message) -> bytes:
+    return msg.encode()
+
+
+def decode_message(data: bytes, ppid: int, limits: Limits = DEFAULT_LIMITS) -> Message:
+    """Decode one ASAP (PPID 11) or ENRP (PPID 12) message.
+
+    ``data`` is one whole message, with or without its final padding.
+    Raises only ``WireError``.
+    """
+    if type(data) is not bytes:
+        try:
+            data = bytes(data)
+        except Exception:
+            raise WireError(None, "message data is not bytes") from None
+    table = _BY_PPID.get(ppid)
+    if table is None:
+        raise WireError(None, f"unknown payload protocol identifier {ppid!r}")
+    size = len(data)
+    if size > limits.max_message_size:
+        raise WireError(0x6, f"message of {size} bytes exceeds {limits.max_message_size}")
+    if size < 4:
+        raise invalid(f"message of {size} bytes is shorter than its header", data)
+    mtype, flags, length = MSG_HDR.unpack_from(data, 0)
+    if length < 4 or length > size or size - length > 3:
+        raise invalid(f"message length {length} does not match the {size} bytes received", data)
+    cls = table.get(mtype)
+    if cls is None:
+        return _unknown_message(data, mtype, ppid)
+    ctx = Ctx(limits)
+    try:
+        msg = cls._decode(data, flags, length, ctx)
+    except WireError:
+        raise
+    except (ValueError, IndexError, struct.error) as exc:  # defensive: never leak these
+        raise invalid(f"invalid value in {cls.name}: {exc}", data[:length]) from None
+    if ctx.unrecognized:
+        object.__setattr__(msg, "unrecognized", tuple(ctx.unrecognized))
+    return msg
+
+
+def _unknown_message(data: bytes, mtype: int, ppid: int) -> Message:
+    proto = "ASAP" if ppid == codes.PPID_ASAP else "ENRP"
+    if mtype & 0xC0 == codes.UNKNOWN_MESSAGE_REPORT:
+        raise WireError(codes.CAUSE_UNRECOGNIZED_MESSAGE,
+                        f"unknown {proto} message type 0x{mtype:02x} (discard, report)", data)
+    raise WireError(None, f"unknown {proto} message type 0x{mtype:02x} (discard)", data)
+
+
+def expect(subs: list, pattern: tuple[tuple[int, str], ...], data: bytes, length: int,
+           what: str) -> list:
+    """Match decoded parameters against ``pattern`` of (type, kind) pairs.
+
+    kind is "1" (exactly one), "?" (optional), "*" (any number) or "+"
+    (one or more).  Returns one value per pattern entry (None for a missing
+    optional one, a tuple for repeated ones).  Missing, duplicated or
+    misplaced parameters raise Invalid Values with the message.
+    """
+    out = []
+    i = 0
+    n = len(subs)
+    for ptype, kind in pattern:
+        if kind == "1":
+            if i < n and subs[i][0] == ptype:
+                out.append(subs[i][1])
+                i += 1
+            else:
+                raise invalid(f"{what}: missing or misplaced parameter 0x{ptype:04x}",
+                              data[:length])
+        elif kind == "?":
+            if i < n and subs[i][0] == ptype:
+                out.append(subs[i][1])
+                i += 1
+            else:
+                out.append(None)
+        else:
+            j = i
+            while j < n and subs[j][0] == ptype:
+                j += 1
+            if kind == "+" and j == i:
+                raise invalid(f"{what}: needs at least one parameter 0x{ptype:04x}",
+                              data[:length])
+            out.append(tuple(v for _, v, _ in subs[i:j]))
+            i = j
+    if i != n:
+        raise invalid(f"{what}: unexpected parameter 0x{subs[i][0]:04x}", data[:length])
+    return out
+
+
+def error_reply(err_or_causes: WireError | OperationError | Iterable[ErrorCause], ppid: int,
+                sender_id: int = 0, receiver_id: int = 0) -> Message:
+    """An ASAP_ERROR (PPID 11) or ENRP_ERROR (PPID 12) carrying the causes.
+
+    A WireError gives its ``report`` (ValueError when the RFC says to
+    discard silently).  Cause information too long to fit in one message
+    (e.g. a whole 64 KiB unrecognized message) is truncated.
+    """
+    if isinstance(err_or_causes, WireError):
+        causes = err_or_causes.report
+        if causes is None:
+            raise ValueError("this error must be discarded silently, not reported")
+    elif isinstance(err_or_causes, OperationError):
+        causes = err_or_causes.causes
+    else:
+        causes = tuple(err_or_causes)
+    room = MAX_MESSAGE - 4 - 8 - 4 - (8 if ppid == codes.PPID_ENRP else 0)
+    fitted = []
+    for c in causes:
+        room -= 4
+        if room < 0:
+            break
+        info = c.info[:room]
+        room -= (len(info) + 3) & ~3
+        fitted.append(ErrorCause(c.code, info) if len(info) != len(c.info) else c)
+    error = OperationError(tuple(fitted))
+    if ppid == codes.PPID_ASAP:
+        return REGISTRY[(ppid, codes.ASAP_ERROR)](error)
+    if ppid == codes.PPID_ENRP:
+        return REGISTRY[(ppid, codes.ENRP_ERROR)](sender_id, receiver_id, error)
+    raise ValueError(f"unknown payload protocol identifier {ppid!r}")
+
+
+def walk_body(data: bytes, pos: int, length: int, ctx: Ctx) -> list:
+    return walk(data, pos, length, 1, ctx)
