@@ -1,0 +1,283 @@
+"""rserpool.security.pki: certificate profiles, CRLs, files and the development PKI.
+
+Pure tests use a fixed ``NOW``; the ``openssl verify`` cross-checks at the end
+use the wall clock because OpenSSL does.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import os
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from rserpool.security import pki
+from tests.conftest import require_tool
+
+NOW = dt.datetime(2030, 5, 17, 12, 0, tzinfo=dt.timezone.utc)
+DAY = dt.timedelta(days=1)
+
+
+@pytest.fixture(scope="module")
+def ca() -> pki.IssuedCertificate:
+    return pki.create_ca("test CA", NOW)
+
+
+def ext(cert: x509.Certificate, cls: type) -> object:
+    return cert.extensions.get_extension_for_class(cls)
+
+
+def eku(cert: x509.Certificate) -> set[x509.ObjectIdentifier]:
+    return set(ext(cert, x509.ExtendedKeyUsage).value)
+
+
+def test_root_ca_profile(ca: pki.IssuedCertificate) -> None:
+    cert = ca.certificate
+    cert.verify_directly_issued_by(cert)
+    bc = ext(cert, x509.BasicConstraints)
+    assert bc.critical and bc.value.ca
+    ku = ext(cert, x509.KeyUsage).value
+    assert ku.key_cert_sign and ku.crl_sign
+    assert isinstance(ca.private_key, ec.EllipticCurvePrivateKey)
+    assert ca.private_key.curve.name == "secp256r1"
+    assert cert.not_valid_before_utc == NOW - pki.DEFAULT_BACKDATE
+    assert cert.not_valid_after_utc == NOW + dt.timedelta(days=pki.DEFAULT_CA_DAYS)
+    assert ca.chain == ()
+
+
+def test_server_certificate(ca: pki.IssuedCertificate) -> None:
+    leaf = pki.create_server_certificate(
+        ca, ["enrp1.rserpool.test", "127.0.0.1", "::1"], NOW,
+        ocsp_url="http://127.0.0.1:8888/", crl_url="http://127.0.0.1/ca.crl",
+    )
+    cert = leaf.certificate
+    cert.verify_directly_issued_by(ca.certificate)
+    sans = ext(cert, x509.SubjectAlternativeName).value
+    assert sans.get_values_for_type(x509.DNSName) == ["enrp1.rserpool.test"]
+    assert sans.get_values_for_type(x509.IPAddress) == [
+        ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1")]
+    assert eku(cert) == {ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH}
+    assert not ext(cert, x509.BasicConstraints).value.ca
+    aia = ext(cert, x509.AuthorityInformationAccess).value
+    assert aia[0].access_location.value == "http://127.0.0.1:8888/"
+    cdp = ext(cert, x509.CRLDistributionPoints).value
+    assert cdp[0].full_name[0].value == "http://127.0.0.1/ca.crl"
+    assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "enrp1.rserpool.test"
+
+
+def test_server_certificate_without_client_auth(ca: pki.IssuedCertificate) -> None:
+    cert = pki.create_server_certificate(ca, ["a.test"], NOW, client_auth=False).certificate
+    assert eku(cert) == {ExtendedKeyUsageOID.SERVER_AUTH}
+    with pytest.raises(x509.ExtensionNotFound):
+        ext(cert, x509.AuthorityInformationAccess)
+
+
+def test_client_certificates(ca: pki.IssuedCertificate) -> None:
+    pe = pki.create_client_certificate(ca, "pe1", NOW).certificate
+    pe.verify_directly_issued_by(ca.certificate)
+    assert eku(pe) == {ExtendedKeyUsageOID.CLIENT_AUTH}
+    sans = ext(pe, x509.SubjectAlternativeName).value
+    assert sans.get_values_for_type(x509.UniformResourceIdentifier) == ["urn:rserpool:pe:pe1"]
+    assert pe.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "pe1"
+    pu = pki.create_client_certificate(ca, "pu7", NOW, role="pu", emails=["pu7@example.org"],
+                                       dns_names=["pu7.example.org"]).certificate
+    sans = ext(pu, x509.SubjectAlternativeName).value
+    assert sans.get_values_for_type(x509.UniformResourceIdentifier) == ["urn:rserpool:pu:pu7"]
+    assert sans.get_values_for_type(x509.RFC822Name) == ["pu7@example.org"]
+    assert sans.get_values_for_type(x509.DNSName) == ["pu7.example.org"]
+    bare = pki.create_client_certificate(ca, "cn-only", NOW, uris=()).certificate
+    with pytest.raises(x509.ExtensionNotFound):
+        ext(bare, x509.SubjectAlternativeName)
+
+
+def test_ocsp_responder_certificate(ca: pki.IssuedCertificate) -> None:
+    cert = pki.create_ocsp_responder_certificate(ca, NOW).certificate
+    assert eku(cert) == {ExtendedKeyUsageOID.OCSP_SIGNING}
+    assert isinstance(ext(cert, x509.OCSPNoCheck).value, x509.OCSPNoCheck)
+
+
+def test_validity_windows(ca: pki.IssuedCertificate) -> None:
+    expired = pki.create_client_certificate(
+        ca, "old", NOW, not_before=NOW - 30 * DAY, not_after=NOW - DAY).certificate
+    assert expired.not_valid_after_utc < NOW
+    future = pki.create_client_certificate(
+        ca, "new", NOW, not_before=NOW + DAY, not_after=NOW + 9 * DAY).certificate
+    assert future.not_valid_before_utc > NOW
+    short = pki.create_client_certificate(ca, "short", NOW, days=2).certificate
+    assert short.not_valid_after_utc == NOW + 2 * DAY
+
+
+def test_intermediate_ca_chain(ca: pki.IssuedCertificate) -> None:
+    inter = pki.create_ca("intermediate", NOW, issuer=ca, path_length=0)
+    inter.certificate.verify_directly_issued_by(ca.certificate)
+    assert inter.chain == ()  # the root is a trust anchor, not chain material
+    leaf = pki.create_client_certificate(inter, "pe9", NOW)
+    assert leaf.chain == (inter.certificate,)
+    pems = x509.load_pem_x509_certificates(leaf.cert_pem())
+    assert pems == [leaf.certificate, inter.certificate]
+    assert x509.load_pem_x509_certificates(leaf.cert_pem(with_chain=False)) == [leaf.certificate]
+
+
+def test_rsa_keys(ca: pki.IssuedCertificate) -> None:
+    leaf = pki.create_server_certificate(ca, ["rsa.test"], NOW, key_type="rsa")
+    assert isinstance(leaf.private_key, rsa.RSAPrivateKey)
+    assert ext(leaf.certificate, x509.KeyUsage).value.key_encipherment
+    with pytest.raises(pki.CertificateProfileError):
+        pki.generate_private_key("rsa", rsa_bits=1024)
+    with pytest.raises(pki.CertificateProfileError):
+        pki.generate_private_key("dsa")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"names": []},
+    {"names": ["bad name"]},
+    {"names": ["a.test"], "not_before": NOW, "not_after": NOW},
+    {"names": ["a.test"], "now": NOW.replace(tzinfo=None)},
+])
+def test_bad_requests_refused(ca: pki.IssuedCertificate, kwargs: dict) -> None:
+    args = {"names": ["a.test"], "now": NOW} | kwargs
+    with pytest.raises(pki.CertificateProfileError):
+        pki.create_server_certificate(ca, args.pop("names"), args.pop("now"), **args)
+
+
+def test_crl(ca: pki.IssuedCertificate) -> None:
+    when = NOW - DAY
+    crl = pki.create_crl(ca, [11, (12, when), 11], NOW, crl_number=5,
+                         reason=x509.ReasonFlags.key_compromise)
+    assert crl.is_signature_valid(ca.certificate.public_key())
+    assert crl.issuer == ca.certificate.subject
+    assert crl.last_update_utc == NOW
+    assert crl.next_update_utc == NOW + 7 * DAY
+    assert ext(crl, x509.CRLNumber).value.crl_number == 5  # type: ignore[arg-type]
+    assert len(crl) == 2
+    assert crl.get_revoked_certificate_by_serial_number(12).revocation_date_utc == when
+    assert crl.get_revoked_certificate_by_serial_number(13) is None
+    entry = crl.get_revoked_certificate_by_serial_number(11)
+    assert entry.extensions.get_extension_for_class(x509.CRLReason).value.reason == \
+        x509.ReasonFlags.key_compromise
+    other = pki.create_ca("other", NOW)
+    assert not crl.is_signature_valid(other.certificate.public_key())
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(revoked=st.sets(st.integers(min_value=1, max_value=2**159 - 1), max_size=8),
+       probe=st.integers(min_value=1, max_value=2**159 - 1))
+def test_crl_lists_exactly_the_revoked_serials(
+    ca: pki.IssuedCertificate, revoked: set[int], probe: int
+) -> None:
+    crl = x509.load_der_x509_crl(
+        pki.create_crl(ca, sorted(revoked), NOW).public_bytes(serialization.Encoding.DER))
+    assert {r.serial_number for r in crl} == revoked
+    assert (crl.get_revoked_certificate_by_serial_number(probe) is not None) == (probe in revoked)
+
+
+def test_files_round_trip_and_modes(tmp_path: Path, ca: pki.IssuedCertificate) -> None:
+    key_path = pki.write_private_key(tmp_path / "ca.key", ca.private_key)
+    cert_path = pki.write_certificate(tmp_path / "ca.pem", ca.certificate)
+    assert stat.S_IMODE(os.stat(key_path).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(cert_path).st_mode) == 0o644
+    assert pki.load_certificate(cert_path) == ca.certificate
+    loaded = pki.load_private_key(key_path)
+    assert loaded.private_numbers() == ca.private_key.private_numbers()  # type: ignore[union-attr]
+    crl = pki.create_crl(ca, [3], NOW)
+    pem_path = pki.write_crl(tmp_path / "crl.pem", crl)
+    der_path = tmp_path / "crl.der"
+    der_path.write_bytes(crl.public_bytes(serialization.Encoding.DER))
+    assert pki.load_crl(pem_path) == crl == pki.load_crl(der_path)
+    # Overwriting an existing world-readable file still ends up 0600.
+    loose = tmp_path / "loose.key"
+    loose.write_bytes(b"x")
+    loose.chmod(0o666)
+    pki.write_private_key(loose, ca.private_key)
+    assert stat.S_IMODE(os.stat(loose).st_mode) == 0o600
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def _bytes(paths: pki.DevPKIPaths) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in paths.directory.iterdir()}
+
+
+def test_ensure_dev_pki_creates_then_reuses(tmp_path: Path) -> None:
+    directory = tmp_path / "pki"
+    first = pki.ensure_dev_pki(directory, now=NOW)
+    assert first.created
+    assert stat.S_IMODE(os.stat(directory).st_mode) == 0o700
+    for key in (first.ca_key, first.server_key, first.pe_key, first.pu_key):
+        assert stat.S_IMODE(os.stat(key).st_mode) == 0o600
+    server = pki.load_certificate(first.server_cert)
+    server.verify_directly_issued_by(pki.load_certificate(first.ca_cert))
+    sans = ext(server, x509.SubjectAlternativeName).value
+    assert sans.get_values_for_type(x509.DNSName) == ["localhost"]
+    assert ipaddress.ip_address("::1") in sans.get_values_for_type(x509.IPAddress)
+    before = _bytes(first)
+    second = pki.ensure_dev_pki(directory, now=NOW + 10 * DAY)
+    assert not second.created
+    assert _bytes(second) == before
+
+
+def test_ensure_dev_pki_reissues_what_is_stale(tmp_path: Path) -> None:
+    paths = pki.ensure_dev_pki(tmp_path, now=NOW)
+    before = _bytes(paths)
+    # A new name: only the registrar certificate changes.
+    renamed = pki.ensure_dev_pki(tmp_path, ("localhost", "127.0.0.1", "::1", "enrp.test"), now=NOW)
+    after = _bytes(renamed)
+    assert renamed.created
+    assert {n for n in before if before[n] != after[n]} == {"registrar.pem", "registrar.key"}
+    # Leaves expire after 825 days; the CA lasts 10 years.
+    later = NOW + 900 * DAY
+    refreshed = pki.ensure_dev_pki(tmp_path, ("localhost", "127.0.0.1", "::1", "enrp.test"), now=later)
+    changed = {n for n, data in _bytes(refreshed).items() if after[n] != data}
+    assert changed == {"registrar.pem", "registrar.key", "pe.pem", "pe.key", "pu.pem", "pu.key"}
+    # An expired CA means a new CA and new leaves issued by it.
+    much_later = NOW + 4000 * DAY
+    reborn = pki.ensure_dev_pki(tmp_path, now=much_later)
+    ca = pki.load_certificate(reborn.ca_cert)
+    assert ca.not_valid_before_utc > NOW
+    for cert_path in (reborn.server_cert, reborn.pe_cert, reborn.pu_cert):
+        pki.load_certificate(cert_path).verify_directly_issued_by(ca)
+
+
+def test_ensure_dev_pki_replaces_leaf_from_foreign_ca(tmp_path: Path) -> None:
+    paths = pki.ensure_dev_pki(tmp_path, now=NOW)
+    foreign = pki.create_ca("foreign", NOW)
+    leaf = pki.create_client_certificate(foreign, "pe1", NOW)
+    pki.write_certificate(paths.pe_cert, leaf.certificate)
+    pki.write_private_key(paths.pe_key, leaf.private_key)
+    again = pki.ensure_dev_pki(tmp_path, now=NOW)
+    assert again.created
+    pki.load_certificate(again.pe_cert).verify_directly_issued_by(
+        pki.load_certificate(again.ca_cert))
+
+
+@pytest.mark.integration
+def test_openssl_agrees(tmp_path: Path) -> None:
+    """``openssl verify`` accepts the dev PKI for the right purposes, and honours a CRL."""
+    openssl = require_tool("openssl")
+    now = dt.datetime.now(dt.timezone.utc)
+    paths = pki.ensure_dev_pki(tmp_path, now=now)
+
+    def verify(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([openssl, "verify", "-CAfile", str(paths.ca_cert), *args],
+                              capture_output=True, text=True, timeout=30)
+
+    assert verify("-purpose", "sslserver", str(paths.server_cert)).returncode == 0
+    assert verify("-purpose", "sslclient", str(paths.server_cert)).returncode == 0
+    assert verify("-purpose", "sslclient", str(paths.pe_cert)).returncode == 0
+    assert verify("-purpose", "sslserver", str(paths.pe_cert)).returncode != 0
+    ca = pki.IssuedCertificate(pki.load_certificate(paths.ca_cert),
+                               pki.load_private_key(paths.ca_key))
+    pe_serial = pki.load_certificate(paths.pe_cert).serial_number
+    crl_path = pki.write_crl(tmp_path / "crl.pem", pki.create_crl(ca, [pe_serial], now))
+    revoked = verify("-crl_check", "-CRLfile", str(crl_path), str(paths.pe_cert))
+    assert revoked.returncode != 0 and "revoked" in revoked.stdout + revoked.stderr
+    assert verify("-crl_check", "-CRLfile", str(crl_path), str(paths.pu_cert)).returncode == 0
