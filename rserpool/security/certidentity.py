@@ -101,6 +101,8 @@ class IdentityPolicy:
     order: tuple[IdentitySource, ...] = (
         IdentitySource.MAPPING,
         IdentitySource.URI,
+        IdentitySource.DNS,
+        IdentitySource.EMAIL,
         IdentitySource.CN,
     )
     uri_prefix: str = "urn:rserpool:pe:"
@@ -111,7 +113,7 @@ class IdentityPolicy:
     @classmethod
     def create(
         cls,
-        order: Iterable[IdentitySource | str] = ("mapping", "uri", "cn"),
+        order: Iterable[IdentitySource | str] = ("mapping", "uri", "dns", "email", "cn"),
         *,
         uri_prefix: str = "urn:rserpool:pe:",
         by_fingerprint: Mapping[str, str] | None = None,

@@ -331,9 +331,12 @@ def create_client_certificate(
     if not role.isalnum():
         raise CertificateProfileError(f"invalid role {role!r}")
     uri_list = list(uris) if uris is not None else [f"urn:rserpool:{role}:{name}"]
-    sans: list[x509.GeneralName] = [x509.UniformResourceIdentifier(u) for u in uri_list]
-    sans += [_general_name(d) for d in dns_names]
-    sans += [x509.RFC822Name(e) for e in emails]
+    try:
+        sans: list[x509.GeneralName] = [x509.UniformResourceIdentifier(u) for u in uri_list]
+        sans += [_general_name(d) for d in dns_names]
+        sans += [x509.RFC822Name(e) for e in emails]
+    except ValueError as exc:  # non-ASCII URI or e-mail address
+        raise CertificateProfileError(str(exc)) from exc
     key = key if key is not None else generate_private_key(key_type)
     window = _window(now, days, not_before, not_after)
     builder = _builder(_name(name), key.public_key(), ca, window, serial)
