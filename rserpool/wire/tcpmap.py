@@ -456,6 +456,12 @@ class ChunkDecoder:
         return len(self._buf)
 
     def feed(self, data: bytes) -> list[Chunk]:
+        """The chunks completed by ``data`` (any bytes-like object)."""
+        return self._feed(data, False)
+
+    def _feed(self, data: bytes, raw: bool) -> list[Any]:
+        """With ``raw``, a DATA chunk is returned as the tuple
+        ``(header fields, payload, omit flags)`` (the connection's fast path)."""
         if self._error is not None:
             raise TcpMapError(f"stream unusable after a framing error: {self._error.detail}")
         buf = self._buf
@@ -471,7 +477,7 @@ class ChunkDecoder:
                 return []
             work = data if type(data) is bytes else bytes(data)
         try:
-            chunks, offset = self._parse(work)
+            chunks, offset = self._parse(work, raw)
         except TcpMapError as exc:
             self._error = exc
             self._buf = bytearray()
@@ -480,8 +486,8 @@ class ChunkDecoder:
             self._buf = bytearray(memoryview(work)[offset:])
         return chunks
 
-    def _parse(self, work: bytes) -> tuple[list[Chunk], int]:
-        out: list[Chunk] = []
+    def _parse(self, work: bytes, raw: bool) -> tuple[list[Any], int]:
+        out: list[Any] = []
         offset = 0
         size = len(work)
         limit = self._max
@@ -508,7 +514,10 @@ class ChunkDecoder:
                         f"DATA chunk length {length} is shorter than its {hsize}-byte header "
                         f"(INIT flags 0x{self._omit:02x})"
                     )
-                chunk: Chunk = _build_data(layout.unpack_from(work, offset), self._omit, work[offset + hsize : end])
+                if raw:
+                    chunk: Any = (layout.unpack_from(work, offset), work[offset + hsize : end], self._omit)
+                else:
+                    chunk = _build_data(layout.unpack_from(work, offset), self._omit, work[offset + hsize : end])
             else:
                 chunk = _parse_control(chunk_type, flags, work, offset, end)
                 if chunk_type == CHUNK_INIT:
@@ -736,21 +745,23 @@ class TcpMapConnection:
 
     def receive_data(self, data: bytes, now: float | None = None) -> list[Event]:
         """Feed bytes from the peer; return the events they complete."""
-        chunks = self._decoder.feed(data)
+        items = self._decoder._feed(data, True)
         if now is not None and data:
             self.last_received_at = now
         events: list[Event] = []
-        for chunk in chunks:
-            try:
-                events.append(self._handle(chunk, now))
-            except TcpMapError as exc:
-                self._decoder._error = exc
-                raise
+        append = events.append
+        try:
+            for item in items:
+                if type(item) is tuple:
+                    append(self._handle_data(*item))
+                else:
+                    append(self._handle(item, now))
+        except TcpMapError as exc:
+            self._decoder._error = exc
+            raise
         return events
 
     def _handle(self, chunk: Chunk, now: float | None) -> Event:
-        if type(chunk) is DataChunk:
-            return self._handle_data(chunk)
         if type(chunk) is AckChunk:
             return self._handle_ack(chunk)
         if type(chunk) is HeartbeatChunk:
@@ -763,26 +774,36 @@ class TcpMapConnection:
             return InitReceived(chunk.omit_flags)
         raise TcpMapError(f"unknown chunk type {chunk.type}")  # type: ignore[union-attr]
 
-    def _handle_data(self, chunk: DataChunk) -> MessageReceived:
+    def _handle_data(self, fields: tuple[int, ...], payload: bytes, omit: int) -> MessageReceived:
+        """Deliver one DATA chunk (header ``fields`` as unpacked with the
+        layout of INIT flags ``omit``) and queue its ACK."""
         tsn = self._recv_tsn
-        if chunk.tsn is not None and chunk.tsn != tsn:
-            raise TcpMapError(f"DATA chunk TSN {chunk.tsn} out of sequence (expected {tsn})")
-        self._recv_tsn = (tsn + 1) % _SERIAL_32
-        stream_id = chunk.stream_id or 0
-        if chunk.unordered:
+        if omit == 0:
+            _, flags, _, sent_tsn, stream_id, sent_seq, ppid = fields
+        else:
+            chunk = _build_data(fields, omit, payload)
+            flags = DATA_FLAG_UNORDERED if chunk.unordered else 0
+            sent_tsn, sent_seq = chunk.tsn, chunk.stream_seq
+            stream_id, ppid = chunk.stream_id or 0, chunk.ppid or 0
+        if sent_tsn is not None and sent_tsn != tsn:
+            raise TcpMapError(f"DATA chunk TSN {sent_tsn} out of sequence (expected {tsn})")
+        self._recv_tsn = (tsn + 1) & 0xFFFFFFFF
+        unordered = bool(flags & DATA_FLAG_UNORDERED)
+        if unordered:
             seq = 0
         else:
-            seq = self._recv_seq.get(stream_id, 0)
-            if chunk.stream_seq is not None and chunk.stream_seq != seq:
+            recv_seq = self._recv_seq
+            seq = recv_seq.get(stream_id, 0)
+            if sent_seq is not None and sent_seq != seq:
                 raise TcpMapError(
-                    f"DATA chunk stream {stream_id} sequence {chunk.stream_seq} out of order (expected {seq})"
+                    f"DATA chunk stream {stream_id} sequence {sent_seq} out of order (expected {seq})"
                 )
-            self._recv_seq[stream_id] = (seq + 1) % _SERIAL_16
-        if self._decoder.omit_flags & INIT_OMIT_TSN:
+            recv_seq[stream_id] = (seq + 1) & 0xFFFF
+        if self._decoder._omit & INIT_OMIT_TSN:
             self._pending.append(b"\x03\x00\x00\x04")
         else:
             self._pending.append(_ACK_TSN.pack(CHUNK_ACK, 0, 8, tsn))
-        return MessageReceived(chunk.ppid or 0, chunk.payload, tsn, stream_id, seq, chunk.unordered)
+        return MessageReceived(ppid, payload, tsn, stream_id, seq, unordered)
 
     def _handle_ack(self, chunk: AckChunk) -> AckReceived:
         if self._unacked == 0:

@@ -1,0 +1,61 @@
+"""The ``rserpool`` operator command: an argparse dispatcher.
+
+Each subcommand lives in its own module, listed in :data:`SUBCOMMANDS`.
+Such a module defines ``register(subparsers)``, which adds its parser with
+``subparsers.add_parser(...)`` and sets ``func`` to a handler
+``(args: argparse.Namespace) -> int`` (the exit status).  Handlers read
+``sys.stdin`` and write ``sys.stdout`` / ``sys.stderr`` when they run, and
+import heavy modules inside the handler so ``rserpool --help`` stays fast.
+
+To add a command, write ``rserpool/<area>/tool.py`` with ``register`` and
+append its module name here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Sequence
+
+from rserpool import __version__
+
+__all__ = ["SUBCOMMANDS", "build_parser", "main"]
+
+#: Modules providing ``register(subparsers)``, in the order of ``--help``.
+SUBCOMMANDS: tuple[str, ...] = (
+    "rserpool.wire.tool",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rserpool",
+        description="Operator tools for rserpool, secure Reliable Server Pooling (RFC 5351-5356).",
+    )
+    parser.add_argument("--version", action="version", version=f"rserpool {__version__}")
+    subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
+    for name in SUBCOMMANDS:
+        importlib.import_module(name).register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line ``argv`` (default ``sys.argv[1:]``); returns the
+    exit status (argparse usage errors exit with status 2)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func = getattr(args, "func", None)
+    if func is None:
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return int(func(args))
+    except BrokenPipeError:  # e.g. piped into head(1)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
