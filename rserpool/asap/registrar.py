@@ -1,0 +1,567 @@
+"""The registrar's ASAP side (RFC 5352 section 3), sans-IO.
+
+``RegistrarCore`` holds the handlespace and one ``AsapSession`` per ASAP
+channel.  The shell calls it with messages and the current time and carries
+out what comes back:
+
+- ``Send(session, message)``: write a message on a session's channel;
+- ``Authorize(token, session, action, pool_handle)``: ask the authorizer
+  whether ``session.identity`` may do ``action`` on ``pool_handle``; the
+  answer comes back through ``authorization_done(token, allowed, now)``;
+- ``Close(session, reason)``: drop a session's channel;
+- ``PoolElementAdded`` / ``PoolElementRemoved``: handlespace changes, for
+  logging and (later) ENRP handle updates to peers.
+
+The security gate (threats 2.1-2.4, RFC 5355 2.15) sits in front of every
+change: a registration or deregistration is refused with cause 0xa unless
+the session runs over TLS and carries an authenticated identity that the
+authorizer allowed for the pool; a PE identifier is bound to the identity
+that registered it; rate limits apply per identity and per source address.
+Nothing in the handlespace changes before all of that succeeded.
+
+Timers: ``next_deadline()`` is the earliest time ``on_timer(now)`` must run
+(registration expiry, keep-alive transmission and keep-alive timeout).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any, Callable, Union
+
+from rserpool.handlespace import (
+    Handlespace,
+    HandlespaceError,
+    PoolElementEntry,
+    PolicySettings,
+)
+from rserpool.handlespace.types import ROUND_ROBIN
+from rserpool.security.ratelimit import RateLimit, RateLimiter
+from rserpool.wire import (
+    AsapDeregistration,
+    AsapDeregistrationResponse,
+    AsapEndpointKeepAlive,
+    AsapEndpointKeepAliveAck,
+    AsapEndpointUnreachable,
+    AsapHandleResolution,
+    AsapHandleResolutionResponse,
+    AsapRegistration,
+    AsapRegistrationResponse,
+    AsapServerAnnounce,
+    ErrorCause,
+    OperationError,
+    PoolElement,
+    WireError,
+    error_reply,
+)
+from rserpool.wire import codes
+from rserpool.wire.policy import OpaquePolicy
+from rserpool.wire.transports import TcpTransport
+
+__all__ = [
+    "ACTION_REGISTER",
+    "ACTION_DEREGISTER",
+    "ACTION_RESOLVE",
+    "AsapSession",
+    "Authorize",
+    "Close",
+    "PoolElementAdded",
+    "PoolElementRemoved",
+    "RegistrarCore",
+    "RegistrarSettings",
+    "Send",
+    "policy_settings",
+]
+
+ACTION_REGISTER = "register"
+ACTION_DEREGISTER = "deregister"
+ACTION_RESOLVE = "resolve"
+
+
+# -- outputs -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    session: "AsapSession"
+    message: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Authorize:
+    token: int
+    session: "AsapSession"
+    action: str
+    pool_handle: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    session: "AsapSession"
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class PoolElementAdded:
+    entry: PoolElementEntry
+    created: bool
+
+
+@dataclass(frozen=True, slots=True)
+class PoolElementRemoved:
+    entry: PoolElementEntry
+    reason: str
+
+
+Output = Union[Send, Authorize, Close, PoolElementAdded, PoolElementRemoved]
+
+
+# -- configuration and per-channel state -------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RegistrarSettings:
+    server_id: int
+    keepalive_interval: float = 5.0
+    keepalive_timeout: float = 5.0
+    max_bad_pe_reports: int = 3
+    max_resolution_items: int = 3  # 0: all PEs of the pool
+    allow_insecure_channels: bool = False  # INSECURE: accept non-TLS channels
+    allow_unauthenticated: bool = False  # INSECURE: accept PEs without identity
+    authorize_resolution: bool = False
+    check_pe_addresses: bool = True  # a PE may register only its own address
+    max_pending_per_session: int = 32
+    # Per authenticated identity, and per source address (threat 2.1).
+    registration_rate: RateLimit = RateLimit(rate=50.0, burst=100.0)
+    registration_rate_per_address: RateLimit = RateLimit(rate=500.0, burst=1000.0)
+    # Per identity, or per source address for anonymous pool users.
+    resolution_rate: RateLimit = RateLimit(rate=2000.0, burst=4000.0)
+    unreachable_rate: RateLimit = RateLimit(rate=1.0, burst=10.0)
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.server_id <= 0xFFFFFFFF:
+            raise ValueError("the server ID is a non-zero 32-bit number")
+
+
+@dataclass(eq=False)
+class AsapSession:
+    """One ASAP channel: who is on it and what it registered.
+
+    ``channel`` is the shell's handle (the Twisted protocol); ``identity``
+    is the authenticated identity (client certificate, TLS-PSK, SRP or CHAP)
+    or None; ``secure`` says the channel is TLS-protected; ``address`` is
+    the peer's IP address as text.
+    """
+
+    channel: Any
+    address: str
+    secure: bool
+    identity: str | None = None
+    pes: set = field(default_factory=set)  # {(pool_handle, pe_id)}
+    allowed: dict = field(default_factory=dict)  # {(action, pool_handle): bool}
+    pending: dict = field(default_factory=dict)  # {token: (action, handle, message)}
+    closed: bool = False
+
+    @property
+    def rate_key(self) -> str:
+        return self.identity if self.identity is not None else "addr:" + self.address
+
+
+def policy_settings(policy: Any) -> PolicySettings:
+    """The handlespace's view of a wire Pool Member Selection Policy."""
+    if type(policy) is OpaquePolicy:
+        return PolicySettings(policy.policy_type, opaque=policy.data)
+    return PolicySettings(
+        policy.POLICY_TYPE,
+        weight=getattr(policy, "weight", 0),
+        priority=getattr(policy, "priority", 0),
+        load=getattr(policy, "load", 0),
+        load_degradation=getattr(policy, "load_degradation", 0),
+    )
+
+
+def _transport_use(transport: Any) -> int:
+    # RFC 5354 calls TCP's second word reserved and TCP "data only"; over the
+    # TCP mapping the control channel is multiplexed by PPID (RFC 5355 2.16),
+    # so the word is honoured as Transport Use, as Wireshark and rsplib read it.
+    return getattr(transport, "transport_use", 0)
+
+
+def _addresses(transport: Any) -> tuple:
+    addresses = getattr(transport, "addresses", None)
+    if addresses is None:
+        address = getattr(transport, "address", None)
+        return () if address is None else (address,)
+    return addresses
+
+
+def _cause(code: int, info: bytes = b"") -> OperationError:
+    return OperationError((ErrorCause(code, info),))
+
+
+_CAUSE_SECURITY = codes.CAUSE_SECURITY
+_CAUSE_RESOURCES = codes.CAUSE_LACK_OF_RESOURCES
+
+
+class RegistrarCore:
+    """ASAP registrar procedures over one handlespace (no I/O, no clock)."""
+
+    def __init__(
+        self,
+        settings: RegistrarSettings,
+        handlespace: Handlespace,
+        rng: random.Random | None = None,
+        log: Callable[..., None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.handlespace = handlespace
+        self.rng = rng or random.Random()
+        self._log = log or (lambda *args, **kwargs: None)
+        self._next_token = 1
+        self._channel_of: dict[tuple[bytes, int], AsapSession] = {}
+        self._awaiting_ack: dict[tuple[bytes, int], float] = {}
+        self._registration_limiter = RateLimiter(settings.registration_rate)
+        self._address_limiter = RateLimiter(settings.registration_rate_per_address)
+        self._resolution_limiter = RateLimiter(settings.resolution_rate)
+        self._unreachable_limiter = RateLimiter(settings.unreachable_rate)
+        self.sessions: set[AsapSession] = set()
+        self.stats = {"registrations": 0, "reregistrations": 0, "deregistrations": 0,
+                      "resolutions": 0, "refused": 0, "removed": 0}
+
+    # -- sessions --------------------------------------------------------------------
+
+    def open_session(self, channel: Any, address: str, secure: bool, identity: str | None) -> AsapSession:
+        session = AsapSession(channel, address, secure, identity)
+        self.sessions.add(session)
+        return session
+
+    def close_session(self, session: AsapSession, now: float) -> list[Output]:
+        """The channel is gone: its PEs can no longer be kept alive."""
+        session.closed = True
+        self.sessions.discard(session)
+        out: list[Output] = []
+        for key in list(session.pes):
+            if self._channel_of.get(key) is session:
+                entry = self.handlespace.get(*key)
+                if entry is not None:
+                    self._remove(entry, "ASAP channel lost", out)
+        session.pes.clear()
+        session.pending.clear()
+        return out
+
+    # -- input -----------------------------------------------------------------------
+
+    def message_received(self, session: AsapSession, message: Any, now: float) -> list[Output]:
+        handler = self._handlers.get(type(message))
+        if handler is None:
+            self._log("ignoring {message} from {address}", message=message.name, address=session.address)
+            return []
+        out: list[Output] = []
+        handler(self, session, message, now, out)
+        report = message.error_reply() if message.unrecognized else None
+        if report is not None:
+            out.append(Send(session, report))
+        return out
+
+    def wire_error(self, session: AsapSession, error: WireError) -> list[Output]:
+        """A message that did not decode: report it (RFC 5354) or drop it."""
+        if error.report is None:
+            return []
+        return [Send(session, error_reply(error, codes.PPID_ASAP))]
+
+    # -- registration ------------------------------------------------------------------
+
+    def _gate(self, session: AsapSession, now: float) -> int | None:
+        """The security checks every state change passes; a cause or None."""
+        settings = self.settings
+        if not session.secure and not settings.allow_insecure_channels:
+            return _CAUSE_SECURITY  # RFC 5355 2.15: nothing unsecured reaches a secure registrar
+        if session.identity is None and not settings.allow_unauthenticated:
+            return _CAUSE_SECURITY
+        if not self._address_limiter.allow(session.address, now):
+            return _CAUSE_RESOURCES
+        if session.identity is not None and not self._registration_limiter.allow(session.identity, now):
+            return _CAUSE_RESOURCES
+        return None
+
+    def _on_registration(self, session: AsapSession, msg: AsapRegistration, now: float, out: list) -> None:
+        handle, pe = msg.pool_handle, msg.pool_element
+        cause = self._gate(session, now)
+        if cause is None and self.settings.check_pe_addresses:
+            for address in _addresses(pe.user_transport):
+                if str(address) != session.address:
+                    self._log("refusing registration of {pe_id:08x}: address {address} is not the"
+                              " channel's {peer}", pe_id=pe.pe_id, address=address, peer=session.address)
+                    cause = codes.CAUSE_INVALID_VALUES
+                    break
+        if cause is not None:
+            self.stats["refused"] += 1
+            out.append(Send(session, AsapRegistrationResponse(handle, pe.pe_id, True, _cause(cause))))
+            return
+        self._authorized_then(session, ACTION_REGISTER, handle, msg, now, out)
+
+    def _complete_registration(self, session: AsapSession, msg: AsapRegistration, now: float, out: list) -> None:
+        handle, pe = msg.pool_handle, msg.pool_element
+        settings = self.settings
+        stored = PoolElement(pe.pe_id, settings.server_id, pe.registration_life, pe.user_transport, pe.policy)
+        try:
+            result = self.handlespace.register(
+                now,
+                pool_handle=handle,
+                pe_id=pe.pe_id,
+                settings=policy_settings(pe.policy),
+                transport_type=pe.user_transport.PARAM_TYPE,
+                transport_use=_transport_use(pe.user_transport),
+                registration_life=pe.registration_life,
+                home_server_id=settings.server_id,
+                identity=session.identity if session.identity is not None else "addr:" + session.address,
+                payload=stored,
+            )
+        except HandlespaceError as exc:
+            self.stats["refused"] += 1
+            info = b""
+            if exc.cause == codes.CAUSE_INCONSISTENT_POLICY:
+                info = self._pool_policy_bytes(handle)
+            out.append(Send(session, AsapRegistrationResponse(handle, pe.pe_id, True, _cause(exc.cause, info))))
+            return
+        entry = result.entry
+        key = (handle, pe.pe_id)
+        previous = self._channel_of.get(key)
+        if previous is not None and previous is not session:
+            previous.pes.discard(key)
+        self._channel_of[key] = session
+        session.pes.add(key)
+        self._awaiting_ack.pop(key, None)
+        self.handlespace.clear_unreachable(handle, pe.pe_id)
+        self.handlespace.schedule_keepalive(handle, pe.pe_id, now + self._keepalive_delay())
+        self.stats["registrations" if result.created else "reregistrations"] += 1
+        out.append(Send(session, AsapRegistrationResponse(handle, pe.pe_id)))
+        out.append(PoolElementAdded(entry, result.created))
+
+    def _pool_policy_bytes(self, handle: bytes) -> bytes:
+        members = self.handlespace.pool_members(handle)
+        if members:
+            payload = members[0].payload
+            if isinstance(payload, PoolElement):
+                return payload.policy.encode()
+        return b""
+
+    # -- deregistration -----------------------------------------------------------------
+
+    def _on_deregistration(self, session: AsapSession, msg: AsapDeregistration, now: float, out: list) -> None:
+        cause = self._gate(session, now)
+        if cause is not None:
+            self.stats["refused"] += 1
+            out.append(Send(session, AsapDeregistrationResponse(msg.pool_handle, msg.pe_id, _cause(cause))))
+            return
+        self._authorized_then(session, ACTION_DEREGISTER, msg.pool_handle, msg, now, out)
+
+    def _complete_deregistration(self, session: AsapSession, msg: AsapDeregistration, now: float, out: list) -> None:
+        handle, pe_id = msg.pool_handle, msg.pe_id
+        identity = session.identity if session.identity is not None else "addr:" + session.address
+        try:
+            entry = self.handlespace.deregister(handle, pe_id, identity)
+        except HandlespaceError as exc:
+            self.stats["refused"] += 1
+            self._log("refusing deregistration of {pe_id:08x} in {handle!r} by {identity}: {detail}",
+                      pe_id=pe_id, handle=handle, identity=identity, detail=exc.detail)
+            out.append(Send(session, AsapDeregistrationResponse(handle, pe_id, _cause(exc.cause))))
+            return
+        if entry is not None:
+            self.stats["deregistrations"] += 1
+            self._forget(entry)
+            out.append(PoolElementRemoved(entry, "deregistered"))
+        # RFC 5352 3.2: an unknown PE counts as deregistered.
+        out.append(Send(session, AsapDeregistrationResponse(handle, pe_id)))
+
+    # -- authorization -----------------------------------------------------------------------
+
+    def _authorized_then(self, session: AsapSession, action: str, handle: bytes, msg: Any,
+                         now: float, out: list) -> None:
+        decided = session.allowed.get((action, handle))
+        if decided is True:
+            self._complete(session, action, msg, now, out)
+            return
+        if decided is False:
+            self._refuse(session, action, msg, _CAUSE_SECURITY, out)
+            return
+        if len(session.pending) >= self.settings.max_pending_per_session:
+            self._refuse(session, action, msg, _CAUSE_RESOURCES, out)
+            return
+        token = self._next_token
+        self._next_token += 1
+        session.pending[token] = (action, handle, msg)
+        out.append(Authorize(token, session, action, handle))
+
+    def authorization_done(self, session: AsapSession, token: int, allowed: bool, now: float) -> list[Output]:
+        """The authorizer's answer to ``Authorize(token, ...)``."""
+        out: list[Output] = []
+        pending = session.pending.pop(token, None)
+        if pending is None or session.closed:
+            return out
+        action, handle, msg = pending
+        if (action, handle) not in session.allowed and len(session.allowed) < 1024:
+            session.allowed[(action, handle)] = bool(allowed)
+        if allowed:
+            self._complete(session, action, msg, now, out)
+        else:
+            self._log("{identity} is not authorized to {action} in pool {handle!r}",
+                      identity=session.identity, action=action, handle=handle)
+            self._refuse(session, action, msg, _CAUSE_SECURITY, out)
+        return out
+
+    def _complete(self, session: AsapSession, action: str, msg: Any, now: float, out: list) -> None:
+        if action == ACTION_REGISTER:
+            self._complete_registration(session, msg, now, out)
+        elif action == ACTION_DEREGISTER:
+            self._complete_deregistration(session, msg, now, out)
+        else:
+            self._complete_resolution(session, msg, out)
+
+    def _refuse(self, session: AsapSession, action: str, msg: Any, cause: int, out: list) -> None:
+        self.stats["refused"] += 1
+        if action == ACTION_REGISTER:
+            reply = AsapRegistrationResponse(msg.pool_handle, msg.pool_element.pe_id, True, _cause(cause))
+        elif action == ACTION_DEREGISTER:
+            reply = AsapDeregistrationResponse(msg.pool_handle, msg.pe_id, _cause(cause))
+        else:
+            reply = AsapHandleResolutionResponse(msg.pool_handle, error=_cause(cause))
+        out.append(Send(session, reply))
+
+    # -- handle resolution ------------------------------------------------------------------
+
+    def _on_resolution(self, session: AsapSession, msg: AsapHandleResolution, now: float, out: list) -> None:
+        if not self._resolution_limiter.allow(session.rate_key, now):
+            self.stats["refused"] += 1
+            out.append(Send(session, AsapHandleResolutionResponse(msg.pool_handle, error=_cause(_CAUSE_RESOURCES))))
+            return
+        if self.settings.authorize_resolution:
+            self._authorized_then(session, ACTION_RESOLVE, msg.pool_handle, msg, now, out)
+        else:
+            self._complete_resolution(session, msg, out)
+
+    def _complete_resolution(self, session: AsapSession, msg: AsapHandleResolution, out: list) -> None:
+        handle = msg.pool_handle
+        items = self.settings.max_resolution_items
+        try:
+            entries = self.handlespace.resolve(handle, items or None)
+        except HandlespaceError as exc:
+            out.append(Send(session, AsapHandleResolutionResponse(handle, error=_cause(exc.cause))))
+            return
+        self.stats["resolutions"] += 1
+        pes = tuple(entry.payload for entry in entries)
+        policy = None
+        if entries and entries[0].settings.policy_type != ROUND_ROBIN:
+            # RFC 5352 3.3: the pool's overall policy when it is not RR.
+            policy = self._overall_policy(entries[0])
+        out.append(Send(session, AsapHandleResolutionResponse(handle, pes, policy)))
+
+    @staticmethod
+    def _overall_policy(entry: PoolElementEntry) -> Any:
+        return entry.payload.policy
+
+    # -- keep-alive and unreachability -----------------------------------------------------------
+
+    def _keepalive_delay(self) -> float:
+        # RFC 5352 3.5: vary the interval randomly by plus/minus 50 percent.
+        return self.settings.keepalive_interval * (0.5 + self.rng.random())
+
+    def _on_keepalive_ack(self, session: AsapSession, msg: AsapEndpointKeepAliveAck, now: float, out: list) -> None:
+        key = (msg.pool_handle, msg.pe_id)
+        if self._channel_of.get(key) is not session:
+            return  # not this channel's PE: ignore
+        if self._awaiting_ack.pop(key, None) is None:
+            return
+        self.handlespace.schedule_keepalive(msg.pool_handle, msg.pe_id, now + self._keepalive_delay())
+
+    def _on_unreachable(self, session: AsapSession, msg: AsapEndpointUnreachable, now: float, out: list) -> None:
+        # Threat 2.13 / RFC 5355 2.13: reports are rate limited per reporter
+        # and only distinct reporters count towards MAX-BAD-PE-REPORT.
+        if not self._unreachable_limiter.allow(session.rate_key, now):
+            self.stats["refused"] += 1
+            return
+        entry = self.handlespace.get(msg.pool_handle, msg.pe_id)
+        if entry is None:
+            return
+        count = self.handlespace.report_unreachable(msg.pool_handle, msg.pe_id, session.rate_key, now)
+        if count >= self.settings.max_bad_pe_reports:
+            self._remove(entry, f"{count} unreachability reports", out)
+            return
+        # RFC 5352 3.5: probe the PE at once; no ACK in time removes it.
+        self._send_keepalive(entry, now, out)
+
+    def _send_keepalive(self, entry: PoolElementEntry, now: float, out: list) -> None:
+        key = (entry.pool_handle, entry.pe_id)
+        if key in self._awaiting_ack:
+            return  # a probe is already outstanding
+        session = self._channel_of.get(key)
+        if session is None or session.closed:
+            self._remove(entry, "no ASAP channel for keep-alive", out)
+            return
+        self._awaiting_ack[key] = now + self.settings.keepalive_timeout
+        self.handlespace.schedule_keepalive(entry.pool_handle, entry.pe_id, now + self.settings.keepalive_timeout)
+        out.append(Send(session, AsapEndpointKeepAlive(self.settings.server_id, entry.pool_handle)))
+
+    # -- timers -------------------------------------------------------------------------
+
+    def next_deadline(self) -> float | None:
+        return self.handlespace.next_deadline()
+
+    def on_timer(self, now: float, budget: int = 10_000) -> list[Output]:
+        """Run what is due: expiries, keep-alives, keep-alive timeouts."""
+        out: list[Output] = []
+        for entry in self.handlespace.expire(now, budget):
+            self._forget(entry)
+            self.stats["removed"] += 1
+            out.append(PoolElementRemoved(entry, "registration life expired"))
+            session = self._channel_of.pop((entry.pool_handle, entry.pe_id), None)
+            if session is not None and not session.closed:
+                # RFC 5352 3.2: tell the PE its registration ended.
+                out.append(Send(session, AsapDeregistrationResponse(entry.pool_handle, entry.pe_id)))
+        for entry in self.handlespace.due_keepalives(now, budget):
+            key = (entry.pool_handle, entry.pe_id)
+            deadline = self._awaiting_ack.get(key)
+            if deadline is not None and deadline <= now:
+                self._remove(entry, "no ENDPOINT_KEEP_ALIVE_ACK", out)
+            elif deadline is not None:
+                self.handlespace.schedule_keepalive(entry.pool_handle, entry.pe_id, deadline)
+            else:
+                self._send_keepalive(entry, now, out)
+        return out
+
+    # -- removal ------------------------------------------------------------------------
+
+    def _remove(self, entry: PoolElementEntry, reason: str, out: list) -> None:
+        if self.handlespace.get(entry.pool_handle, entry.pe_id) is not entry:
+            return
+        self.handlespace.deregister(entry.pool_handle, entry.pe_id)
+        self._forget(entry)
+        self.stats["removed"] += 1
+        self._log("removed PE {pe_id:08x} from pool {handle!r}: {reason}",
+                  pe_id=entry.pe_id, handle=entry.pool_handle, reason=reason)
+        out.append(PoolElementRemoved(entry, reason))
+
+    def _forget(self, entry: PoolElementEntry) -> None:
+        key = (entry.pool_handle, entry.pe_id)
+        self._awaiting_ack.pop(key, None)
+        session = self._channel_of.pop(key, None)
+        if session is not None:
+            session.pes.discard(key)
+
+    # -- announces ------------------------------------------------------------------------
+
+    def server_announce(self, transports: tuple = ()) -> AsapServerAnnounce:
+        return AsapServerAnnounce(self.settings.server_id, tuple(transports))
+
+    _handlers: dict = {
+        AsapRegistration: _on_registration,
+        AsapDeregistration: _on_deregistration,
+        AsapHandleResolution: _on_resolution,
+        AsapEndpointKeepAliveAck: _on_keepalive_ack,
+        AsapEndpointUnreachable: _on_unreachable,
+    }
+
+
+def announce_transport(port: int, address: Any) -> TcpTransport:
+    """The TCP transport a SERVER_ANNOUNCE carries for a TCP-mapped ASAP listener."""
+    return TcpTransport(port, address)

@@ -1,0 +1,213 @@
+"""The registrar's ini configuration: one schema, typed values, clear errors.
+
+Every key the registrar understands is declared in ``SCHEMA`` with its type,
+default and a one-line description.  Unknown sections or keys are errors (a
+misspelt security option must never be silently ignored), and so are values
+of the wrong type.  ``etc/registrar.ini`` is the annotated example and
+``docs/configuration.md`` is generated from the same schema
+(``rserpool config-doc``).
+
+Relative paths in the file are resolved against the file's directory.
+"""
+
+from __future__ import annotations
+
+import configparser
+import os
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Mapping
+
+__all__ = ["ConfigError", "Option", "SCHEMA", "Config", "load_config", "schema_markdown"]
+
+
+class ConfigError(ValueError):
+    """A configuration file or value is invalid."""
+
+
+def _bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "yes", "true", "on"):
+        return True
+    if value in ("0", "no", "false", "off"):
+        return False
+    raise ValueError(f"not a boolean: {text!r} (use yes or no)")
+
+
+def _list(text: str) -> tuple[str, ...]:
+    items = []
+    for line in text.replace(",", "\n").splitlines():
+        line = line.strip()
+        if line:
+            items.append(line)
+    return tuple(items)
+
+
+def _server_id(text: str) -> int:
+    text = text.strip().lower()
+    if text in ("", "auto", "random"):
+        return 0
+    value = int(text, 0)
+    if not 1 <= value <= 0xFFFFFFFF:
+        raise ValueError("a server ID is a non-zero 32-bit number")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise ValueError("must be greater than 0")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text, 0)
+    if value < 1:
+        raise ValueError("must be at least 1")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text, 0)
+    if value < 0:
+        raise ValueError("must not be negative")
+    return value
+
+
+@dataclass(frozen=True)
+class Option:
+    parse: Callable[[str], Any]
+    default: str
+    help: str
+    path: bool = False  # values are file paths, resolved against the file's directory
+
+
+_S = Option
+SCHEMA: dict[str, dict[str, Option]] = {
+    "registrar": {
+        "server_id": _S(_server_id, "auto", "ENRP server ID: a non-zero 32-bit number, or auto for a random one"),
+        "asap_listen": _S(_list, "tcp:port=3864:interface=127.0.0.1",
+                          "Twisted endpoint strings (one per line) the ASAP service listens on; TLS is added on top"),
+        "enrp_listen": _S(_list, "", "Twisted endpoint strings for ENRP peers (empty: no ENRP listener)"),
+        "state_dir": _S(str, "var", "directory for generated state (development PKI, caches)", path=True),
+    },
+    "tls": {
+        "enabled": _S(_bool, "yes", "TLS on every channel; 'no' is insecure and logged as such"),
+        "certificate": _S(str, "", "PEM certificate chain of this registrar (empty: development PKI in state_dir)", path=True),
+        "private_key": _S(str, "", "PEM private key of this registrar", path=True),
+        "ca_certificates": _S(_list, "", "PEM files of the CAs that issue PE, PU and peer certificates", path=True),
+        "crls": _S(_list, "", "PEM or DER CRL files checked on every client certificate", path=True),
+        "require_client_certificate": _S(_bool, "no",
+                                         "refuse TLS clients without a certificate (scenario A only)"),
+        "server_name": _S(str, "localhost", "host name clients use to reach this registrar (development PKI SAN)"),
+    },
+    "asap": {
+        "keepalive_interval": _S(_positive_float, "5.0", "seconds between ENDPOINT_KEEP_ALIVE to each PE (with jitter)"),
+        "keepalive_timeout": _S(_positive_float, "5.0", "seconds to wait for ENDPOINT_KEEP_ALIVE_ACK before removing the PE"),
+        "max_bad_pe_reports": _S(_positive_int, "3", "ENDPOINT_UNREACHABLE reports that remove a PE (MAX-BAD-PE-REPORT)"),
+        "max_resolution_items": _S(_positive_int, "3", "PEs returned per handle resolution unless the pool holds fewer"),
+        "max_registration_life": _S(_positive_int, "3600", "upper bound on a PE's registration life in seconds"),
+        "heartbeat_interval": _S(_positive_float, "10.0", "seconds between TCP-mapping HEARTBEATs on an idle channel"),
+        "heartbeat_timeout": _S(_positive_float, "20.0", "seconds without any data before a channel is closed as dead"),
+        "max_message_size": _S(_positive_int, "65535", "largest ASAP message accepted"),
+    },
+    "announce": {
+        "targets": _S(_list, "", "host:port UDP unicast targets of ASAP SERVER_ANNOUNCE (one per line)"),
+        "interval": _S(_positive_float, "1.0", "seconds between announces (T6), with +/-12.5 % jitter"),
+        "multicast_group": _S(str, "", "multicast group to announce to as well (never used by tests)"),
+        "multicast_ttl": _S(_positive_int, "1", "TTL of multicast announces"),
+    },
+    "limits": {
+        "max_pools": _S(_positive_int, "10000", "pools in the handlespace"),
+        "max_pes_per_pool": _S(_positive_int, "100000", "PEs in one pool"),
+        "max_pes_per_identity": _S(_positive_int, "1000", "PEs registered by one authenticated identity"),
+        "max_connections": _S(_positive_int, "10000", "simultaneous ASAP connections"),
+        "max_connections_per_address": _S(_positive_int, "256", "simultaneous ASAP connections from one IP address"),
+    },
+    "security": {
+        "allow_unauthenticated": _S(_bool, "no", "INSECURE: accept registrations from unauthenticated PEs"),
+        "authenticators": _S(_list, "certificate", "PE authentication mechanisms, by plugin name"),
+        "authorizer": _S(str, "file", "pool authorization plugin name"),
+        "authorize_resolution": _S(_bool, "no", "also authorize pool users' handle resolutions"),
+    },
+}
+
+
+class Config:
+    """Typed access to a parsed configuration: ``config["asap"]["keepalive_interval"]``."""
+
+    def __init__(self, values: Mapping[str, Mapping[str, Any]], source: str | None = None):
+        self._values = {section: dict(keys) for section, keys in values.items()}
+        self.source = source
+
+    def __getitem__(self, section: str) -> Mapping[str, Any]:
+        return self._values[section]
+
+    def get(self, section: str, key: str) -> Any:
+        return self._values[section][key]
+
+    def with_overrides(self, overrides: Iterable[tuple[str, str, str]]) -> "Config":
+        """A copy with ``(section, key, raw value)`` overrides (command-line options)."""
+        values = {s: dict(k) for s, k in self._values.items()}
+        for section, key, raw in overrides:
+            values[section][key] = _parse_value(section, key, raw, None, self.source or "<command line>")
+        return Config(values, self.source)
+
+
+def _parse_value(section: str, key: str, raw: str, base: str | None, source: str) -> Any:
+    option = SCHEMA[section][key]
+    try:
+        value = option.parse(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{source}: [{section}] {key} = {raw!r}: {exc}") from None
+    if option.path and base is not None:
+        if isinstance(value, tuple):
+            value = tuple(os.path.normpath(os.path.join(base, v)) for v in value)
+        elif value:
+            value = os.path.normpath(os.path.join(base, value))
+    return value
+
+
+def load_config(path: str | None = None, text: str | None = None) -> Config:
+    """Parse ``path`` (or ``text``) against ``SCHEMA``; missing keys take defaults."""
+    parser = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=("#", ";"))
+    parser.optionxform = str  # keys are case-sensitive
+    source = path or "<text>"
+    base = os.path.dirname(os.path.abspath(path)) if path else os.getcwd()
+    try:
+        if path is not None:
+            with open(path, encoding="utf-8") as handle:
+                parser.read_file(handle, source=path)
+        elif text is not None:
+            parser.read_string(text, source=source)
+    except (OSError, configparser.Error) as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    for section in parser.sections():
+        if section not in SCHEMA:
+            raise ConfigError(f"{source}: unknown section [{section}] (known: {', '.join(SCHEMA)})")
+        for key in parser[section]:
+            if key not in SCHEMA[section]:
+                raise ConfigError(f"{source}: unknown key {key!r} in [{section}] "
+                                  f"(known: {', '.join(SCHEMA[section])})")
+    values: dict[str, dict[str, Any]] = {}
+    for section, options in SCHEMA.items():
+        values[section] = {}
+        for key, option in options.items():
+            if parser.has_option(section, key):
+                raw, where = parser.get(section, key), base
+            else:
+                raw, where = option.default, base
+            values[section][key] = _parse_value(section, key, raw, where, source)
+    return Config(values, source)
+
+
+def schema_markdown() -> str:
+    """The reference table of every section and key, for docs/configuration.md."""
+    lines = ["# Registrar configuration reference", "",
+             "Generated from `rserpool.config.SCHEMA` (`rserpool config-doc`).", ""]
+    for section, options in SCHEMA.items():
+        lines += [f"## [{section}]", "", "| key | default | meaning |", "|---|---|---|"]
+        for key, option in options.items():
+            default = option.default.replace("\n", " ") or "(empty)"
+            lines.append(f"| `{key}` | `{default}` | {option.help} |")
+        lines.append("")
+    return "\n".join(lines)

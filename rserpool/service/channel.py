@@ -1,0 +1,221 @@
+"""One ASAP/ENRP channel over TCP (+TLS): the thin Twisted shell around the
+TCP-mapping connection (``rserpool.wire.tcpmap``) and the message codec.
+
+A ``Channel`` is a Twisted ``Protocol``.  It only moves bytes and time:
+
+- incoming bytes go into ``TcpMapConnection.receive_data``; each delivered
+  DATA chunk with PPID 11 (ASAP) or 12 (ENRP) is decoded and handed to the
+  ``ChannelHandler``; other PPIDs (the application's data on a PU-PE session,
+  RFC 5355 section 2.16) are handed over as bytes;
+- ``send(message)`` encodes and frames a message, ``send_data(ppid, bytes)``
+  frames application data;
+- a heartbeat timer on the injected clock sends a HEARTBEAT when the channel
+  has been idle for ``heartbeat_interval`` and closes the channel when
+  nothing at all arrived for ``dead_after`` seconds (the draft leaves failure
+  detection to the implementation; see docs/tcp-mapping.md).
+
+Framing errors are fatal for that one connection only: the channel is
+aborted and the handler told why.  A message that does not decode is given
+to the handler (``wire_error``), which answers it as RFC 5354 says; the
+channel stays up.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol as TypingProtocol
+
+from twisted.internet.interfaces import IDelayedCall, IHandshakeListener, IReactorTime
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from rserpool.wire import DEFAULT_LIMITS, Limits, WireError, decode_message
+from rserpool.wire.codes import PPID_ASAP, PPID_ENRP
+from rserpool.wire.tcpmap import (
+    HeartbeatAckReceived,
+    MessageReceived,
+    TcpMapConnection,
+    TcpMapError,
+)
+
+__all__ = ["Channel", "ChannelHandler", "ChannelSettings"]
+
+_log = Logger()
+
+
+class ChannelHandler(TypingProtocol):
+    """What a channel reports to.  All methods are called on the reactor thread."""
+
+    def channel_ready(self, channel: "Channel") -> None:
+        """The channel is up (after the TLS handshake when TLS is used)."""
+
+    def message_received(self, channel: "Channel", message: Any, now: float) -> None:
+        """A decoded ASAP or ENRP message."""
+
+    def wire_error(self, channel: "Channel", ppid: int, error: WireError, now: float) -> None:
+        """A message that could not be decoded (``error.cause`` says why)."""
+
+    def data_received(self, channel: "Channel", ppid: int, payload: bytes, now: float) -> None:
+        """Application data (a PPID other than ASAP's and ENRP's)."""
+
+    def channel_closed(self, channel: "Channel", reason: Failure) -> None:
+        """The channel is gone; no more calls follow."""
+
+
+class ChannelSettings:
+    """Timing and limits of a channel; one instance is shared by a factory."""
+
+    __slots__ = ("heartbeat_interval", "dead_after", "limits", "max_chunk_size")
+
+    def __init__(
+        self,
+        heartbeat_interval: float = 10.0,
+        dead_after: float = 30.0,
+        limits: Limits = DEFAULT_LIMITS,
+        max_chunk_size: int | None = None,
+    ) -> None:
+        if heartbeat_interval <= 0 or dead_after <= heartbeat_interval:
+            raise ValueError("need 0 < heartbeat_interval < dead_after")
+        self.heartbeat_interval = heartbeat_interval
+        self.dead_after = dead_after
+        self.limits = limits
+        # A DATA chunk holds one message: its header is at most 16 bytes.
+        self.max_chunk_size = max_chunk_size or min(0xFFFF, limits.max_message_size + 16)
+
+
+@implementer(IHandshakeListener)
+class Channel(Protocol):
+    """A TCP-mapping channel carrying ASAP/ENRP messages (and session data)."""
+
+    def __init__(
+        self,
+        handler: ChannelHandler,
+        clock: IReactorTime,
+        settings: ChannelSettings,
+        *,
+        tls: bool = True,
+        initiator: bool = False,
+    ) -> None:
+        self.handler = handler
+        self.clock = clock
+        self.settings = settings
+        self.tls = tls
+        self.initiator = initiator
+        self.mapping = TcpMapConnection(max_chunk_size=settings.max_chunk_size)
+        self.ready = False
+        self.closed = False
+        self.peer: Any = None
+        self.session: Any = None  # the handler's per-channel state
+        self._timer: IDelayedCall | None = None
+        self._last_heard = 0.0
+
+    # -- Twisted callbacks ----------------------------------------------------
+
+    def connectionMade(self) -> None:
+        self.peer = self.transport.getPeer()
+        self._last_heard = self.clock.seconds()
+        self._arm_timer()
+        if self.initiator:
+            self.transport.write(self.mapping.initiate())
+        if not self.tls:
+            self._become_ready()
+
+    def handshakeCompleted(self) -> None:
+        if self.tls and not self.closed:
+            self._become_ready()
+
+    def _become_ready(self) -> None:
+        if not self.ready:
+            self.ready = True
+            self.handler.channel_ready(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.closed:
+            return
+        now = self.clock.seconds()
+        self._last_heard = now
+        try:
+            events = self.mapping.receive_data(data, now)
+        except TcpMapError as exc:
+            _log.warn("closing channel from {peer}: framing error: {error}", peer=self.peer, error=exc)
+            self.abort()
+            return
+        handler = self.handler
+        limits = self.settings.limits
+        for event in events:
+            if type(event) is MessageReceived:
+                ppid = event.ppid
+                if ppid == PPID_ASAP or ppid == PPID_ENRP:
+                    try:
+                        message = decode_message(event.payload, ppid, limits)
+                    except WireError as exc:
+                        handler.wire_error(self, ppid, exc, now)
+                    else:
+                        handler.message_received(self, message, now)
+                else:
+                    handler.data_received(self, ppid, event.payload, now)
+                if self.closed:
+                    return
+            elif type(event) is HeartbeatAckReceived:
+                pass  # any data counts as a sign of life
+        pending = self.mapping.data_to_send()
+        if pending:
+            self.transport.write(pending)
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self.closed = True
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        self.handler.channel_closed(self, reason)
+
+    # -- sending ----------------------------------------------------------------
+
+    def send(self, message: Any) -> None:
+        """Encode and send one ASAP or ENRP message."""
+        if self.closed:
+            return
+        self.transport.write(self.mapping.send_message(message.PPID, message.encode()))
+
+    def send_encoded(self, ppid: int, payload: bytes) -> None:
+        """Send an already encoded message (or application data) with ``ppid``."""
+        if self.closed:
+            return
+        self.transport.write(self.mapping.send_message(ppid, payload))
+
+    send_data = send_encoded
+
+    def close(self) -> None:
+        """Close gracefully (after pending writes)."""
+        if not self.closed and self.transport is not None:
+            self.transport.loseConnection()
+
+    def abort(self) -> None:
+        """Drop the connection at once."""
+        if self.closed or self.transport is None:
+            return
+        abort = getattr(self.transport, "abortConnection", None)
+        if abort is not None:
+            abort()
+        else:
+            self.transport.loseConnection()
+
+    # -- liveness -----------------------------------------------------------------
+
+    def _arm_timer(self) -> None:
+        self._timer = self.clock.callLater(self.settings.heartbeat_interval, self._tick)
+
+    def _tick(self) -> None:
+        self._timer = None
+        if self.closed:
+            return
+        now = self.clock.seconds()
+        idle = now - self._last_heard
+        if idle >= self.settings.dead_after:
+            _log.info("closing channel to {peer}: nothing heard for {idle:.1f} s", peer=self.peer, idle=idle)
+            self.abort()
+            return
+        if idle >= self.settings.heartbeat_interval:
+            self.transport.write(self.mapping.heartbeat(now=now))
+        self._arm_timer()
