@@ -359,6 +359,15 @@ class KeyLogTests(TLSTestCase):
         self.assertTrue(result.ok)
         self.assertIn("SERVER_TRAFFIC_SECRET_0", self.keylog.read_text())
 
+    @defer.inlineCallbacks
+    def test_tls12_key_log_uses_client_random(self) -> Any:
+        client = self.client(keylog_path=self.keylog, max_version=tls.TLSVersion.TLSv1_2)
+        result = yield self.connect(self.server(), client)
+        self.assertTrue(result.ok)
+        [line] = self.keylog.read_text().splitlines()
+        label, _random, master = line.split()
+        self.assertEqual((label, len(master)), ("CLIENT_RANDOM", 96))
+
     def test_process_environment_is_read_by_default(self) -> None:
         self.patch(os, "environ", {"SSLKEYLOGFILE": str(self.keylog)})
         client = tls.client_options("localhost", self.pki.ca.cert)
