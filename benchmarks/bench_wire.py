@@ -36,6 +36,13 @@ import sys
 import time
 from typing import Callable
 
+#: Rates use the process's CPU time, not the wall clock: on a machine shared
+#: with other work (this one has 2 cores for several engineers) the wall
+#: clock measures the contention.  ``cpu_share`` in the output says how much
+#: of the wall-clock time the benchmark actually ran.
+clock = time.process_time
+_wall = {"cpu": 0.0, "wall": 0.0}
+
 from rserpool.wire import decode_message, encode_message
 from rserpool.wire.tcpmap import TcpMapConnection
 
@@ -72,6 +79,11 @@ HRR10 = message(
 )
 
 
+def _account(cpu: float, wall: float) -> None:
+    _wall["cpu"] += cpu
+    _wall["wall"] += wall
+
+
 def rate(func: Callable[[], object], count: int, repeat: int) -> float:
     """Best of ``repeat`` runs of ``count`` calls, in calls per second."""
     best = float("inf")
@@ -80,10 +92,12 @@ def rate(func: Callable[[], object], count: int, repeat: int) -> float:
     gc.disable()
     try:
         for _ in range(repeat):
-            start = time.perf_counter()
+            wall, start = time.perf_counter(), clock()
             for _ in loop:
                 func()
-            best = min(best, time.perf_counter() - start)
+            elapsed = clock() - start
+            _account(elapsed, time.perf_counter() - wall)
+            best = min(best, elapsed)
     finally:
         if gc_was_enabled:
             gc.enable()
@@ -96,17 +110,21 @@ def tcpmap_rates(count: int, repeat: int) -> dict[str, float]:
     for _ in range(repeat):
         sender, receiver = TcpMapConnection(), TcpMapConnection()
         send = sender.send_message
-        start = time.perf_counter()
+        wall, start = time.perf_counter(), clock()
         frames = [send(PPID_ASAP, payload) for _ in range(count)]
-        best_frame = min(best_frame, time.perf_counter() - start)
+        elapsed = clock() - start
+        _account(elapsed, time.perf_counter() - wall)
+        best_frame = min(best_frame, elapsed)
         stream = b"".join(frames)
         reads = [stream[i : i + 65536] for i in range(0, len(stream), 65536)]
         received = 0
-        start = time.perf_counter()
+        wall, start = time.perf_counter(), clock()
         for data in reads:
             received += len(receiver.receive_data(data))
             receiver.data_to_send()
-        best_decode = min(best_decode, time.perf_counter() - start)
+        elapsed = clock() - start
+        _account(elapsed, time.perf_counter() - wall)
+        best_decode = min(best_decode, elapsed)
         assert received == count + 1  # + the INIT
     return {
         "tcpmap_frame_per_s": count / best_frame,
@@ -135,6 +153,8 @@ def run(quick: bool) -> dict[str, float | int | str | bool]:
     results["target_met"] = (
         results["registration_decode_per_s"] >= TARGET and results["registration_encode_per_s"] >= TARGET
     )
+    results["cpu_share"] = round(_wall["cpu"] / _wall["wall"], 3) if _wall["wall"] else 1.0
+    results["clock"] = "process_time"
     results["quick"] = quick
     results["python"] = platform.python_version()
     return results
@@ -147,12 +167,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     results = run(args.quick)
     for key, value in results.items():
-        if isinstance(value, float):
+        if isinstance(value, float) and value > 100:
             print(f"{key:32} {value:>12,.0f}")
         else:
             print(f"{key:32} {value!s:>12}")
     if args.json:
-        print(json.dumps({k: round(v) if isinstance(v, float) else v for k, v in results.items()}))
+        print(json.dumps({k: round(v) if isinstance(v, float) and v > 100 else v for k, v in results.items()}))
     return 0
 
 

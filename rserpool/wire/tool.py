@@ -163,8 +163,9 @@ def _decode_one(lineno: int, line: str, as_json: bool) -> tuple[str | None, bool
         return json.dumps(obj), True
     text = _one_line(str(message))
     if warnings:
-        causes = ", ".join(str(c) for c in warnings)
-        text += f"  [warning: skipped, to report: {causes}; reply: {protocol} {reply}]"
+        if "unrecognized=" not in text:
+            text += f" unrecognized=[{', '.join(str(c) for c in warnings)}]"
+        text += f"  [warning: {len(warnings)} parameter(s) skipped, to report; reply: {protocol} {reply}]"
     return text, True
 
 
@@ -190,7 +191,6 @@ def _json_lines(stdin: TextIO) -> Iterable[tuple[int, str]]:
 
 def _encode_one(text: str) -> str:
     from rserpool.wire import WireError, encode_message
-    from rserpool.wire.jsonform import message_from_json
 
     try:
         obj = json.loads(text)
@@ -201,6 +201,8 @@ def _encode_one(text: str) -> str:
     if "error" in obj:
         raise InputError("this line records a decoding error, not a message")
     obj = {k: v for k, v in obj.items() if k not in _DECORATION}
+    from rserpool.wire.jsonform import message_from_json
+
     try:
         message = message_from_json(obj)
         data = encode_message(message)
