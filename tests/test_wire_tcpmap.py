@@ -502,3 +502,32 @@ def test_connection_split_everywhere() -> None:
         server = TcpMapConnection()
         events = server.receive_data(wire[:cut]) + server.receive_data(wire[cut:])
         assert events == reference
+
+
+# ---------------------------------------------------------------------------
+# UDP: one message per datagram, no mapping
+
+REGISTRATION = bytes.fromhex(
+    "0100003c0009000c4563686f506f6f6c000a002c123456785e4f3d2c0000012c"
+    "000500101f410000000100087f0000010008000c4000000100001000"
+)
+
+
+def test_udp_datagram_is_one_message() -> None:
+    from rserpool.wire import WireError, decode_message
+
+    message = tcpmap.decode_datagram(REGISTRATION, 11)
+    assert message == decode_message(REGISTRATION, 11)
+    assert tcpmap.encode_datagram(message) == REGISTRATION
+    # two messages in one datagram are not a message
+    with pytest.raises(WireError):
+        tcpmap.decode_datagram(REGISTRATION + REGISTRATION, 11)
+
+
+def test_message_carried_through_the_mapping() -> None:
+    from rserpool.wire import decode_message
+
+    client, server = _pair()
+    wire = client.send_message(11, REGISTRATION)
+    (_, event) = server.receive_data(wire)
+    assert decode_message(event.payload, event.ppid) == decode_message(REGISTRATION, 11)
