@@ -164,7 +164,9 @@ def test_client_answers_once() -> None:
     identifier=st.integers(0, 255),
     nonce=st.binary(min_size=32, max_size=32),
 )
-def test_random_secrets_round_trip(secret: bytes, other: bytes, identifier: int, nonce: bytes) -> None:
+def test_random_secrets_round_trip(
+    secret: bytes, other: bytes, identifier: int, nonce: bytes
+) -> None:
     server = ChapServer("x", CB, now=0.0, nonce=nonce, identifier=identifier)
     response = ChapClient(secret, CB).respond(identifier, nonce)
     request = server.response_received(response, now=0.0)

@@ -25,7 +25,6 @@ from rserpool.security.exchange import (
     AuthFailure,
     AuthSucceeded,
     AuthSuccess,
-    ChapChallenge,
     ChapResponse,
     ClientAuthenticated,
     ClientExchange,
@@ -392,6 +391,10 @@ def test_server_refuses_weak_configuration(store: Store) -> None:
         ServerExchange(store, b"x", SERVER_SECRET, 0.0)
     with pytest.raises(ValueError):
         ServerExchange(store, CB, SERVER_SECRET, 0.0, mechanisms=("SRP-6a-SHA1-1024",))
+    with pytest.raises(ValueError):
+        ClientExchange("pe1", "pw", CB, preferences=("SRP-6a-SHA1-1024",))
+    with pytest.raises(ValueError):
+        ClientExchange("pe1", "pw", b"short")
 
 
 def test_client_detects_server_without_verifier(store: Store) -> None:

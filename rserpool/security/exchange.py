@@ -29,7 +29,7 @@ import hashlib
 import hmac
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Protocol, Union
+from typing import Protocol
 
 from rserpool.security import chap as _chap
 from rserpool.security import srp as _srp
@@ -158,10 +158,10 @@ class AuthFailure:
     may_retry: bool
 
 
-Message = Union[
-    MechanismOffer, ClientHello, SrpChallenge, SrpProof, ChapChallenge,
-    ChapResponse, AuthSuccess, AuthFailure,
-]
+Message = (
+    MechanismOffer | ClientHello | SrpChallenge | SrpProof | ChapChallenge
+    | ChapResponse | AuthSuccess | AuthFailure
+)
 
 # ----------------------------------------------------------------- events
 
@@ -211,8 +211,8 @@ class ClientFailed:
     may_retry: bool = False
 
 
-ServerEvent = Union[Send, VerifyChap, AuthSucceeded, AuthFailed]
-ClientEvent = Union[Send, ClientAuthenticated, ClientFailed]
+ServerEvent = Send | VerifyChap | AuthSucceeded | AuthFailed
+ClientEvent = Send | ClientAuthenticated | ClientFailed
 
 
 # ------------------------------------------------------------------ store
@@ -597,6 +597,9 @@ class ClientExchange:
             raise ValueError("bad identity")
         self._identity = normalized
         self._secret = _srp.normalize_text(secret, _srp.MAX_PASSWORD_LEN, "secret")
+        unknown = [m for m in preferences if m != MECH_CHAP_MD5 and m not in _srp.GROUPS]
+        if unknown or not preferences:
+            raise ValueError(f"bad mechanism preferences {preferences!r}")
         self._cb = bytes(channel_binding)
         self._preferences = tuple(preferences)
         self._offer: tuple[str, ...] | None = None

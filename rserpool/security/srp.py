@@ -27,7 +27,8 @@ import hmac
 import secrets
 import unicodedata
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 try:  # pragma: no cover - which branch runs depends on the installation
     import gmpy2 as _gmpy2
@@ -158,7 +159,7 @@ class SrpGroup:
         gb = self.g.to_bytes(n_len, "big")
         hn = hashlib.new(self.hash_name, nb).digest()
         hg = hashlib.new(self.hash_name, gb).digest()
-        object.__setattr__(self, "h_ng", bytes(a ^ b for a, b in zip(hn, hg)))
+        object.__setattr__(self, "h_ng", bytes(a ^ b for a, b in zip(hn, hg, strict=True)))
         object.__setattr__(
             self, "k", int.from_bytes(hashlib.new(self.hash_name, nb + gb).digest(), "big")
         )
