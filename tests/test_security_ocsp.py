@@ -7,6 +7,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 from cryptography import x509
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509 import ocsp as x509_ocsp
@@ -605,3 +607,29 @@ def test_decision_table(outcome, policy: FailurePolicy, allowed: bool, soft_fail
     assert decision.allowed is allowed
     assert decision.soft_failed is soft_failed
     assert decision.reason
+
+
+# --------------------------------------------------------------------------
+# Robustness: any input gives a verified result or an OcspError, never
+# another exception; a mutated response never turns GOOD into REVOKED.
+
+
+@settings(max_examples=150, deadline=None)
+@given(data=st.binary(max_size=600))
+def test_random_bytes_only_raise_ocsp_error(pki: Pki, data: bytes) -> None:
+    with pytest.raises(OcspError):
+        verify_response(data, pki.client, pki.ca, NOW)
+
+
+@settings(max_examples=150, deadline=None)
+@given(position=st.integers(min_value=0), value=st.integers(min_value=1, max_value=255))
+def test_mutated_response(pki: Pki, position: int, value: int) -> None:
+    der = bytearray(make_response(pki, signer=pki.responder, signer_key=pki.responder_key, include=[pki.responder]))
+    der[position % len(der)] ^= value
+    try:
+        result = verify_response(bytes(der), pki.client, pki.ca, NOW)
+    except OcspError:
+        return
+    # Only bytes outside the signed data and the checked certificates may
+    # change without detection (e.g. the signature's DER encoding slack).
+    assert result.status is OcspStatus.GOOD

@@ -493,7 +493,13 @@ def _find_signer(
                 return candidate
         elif name is not None and candidate.subject == name:
             return candidate
-    raise OcspError(OcspFailure.UNKNOWN_RESPONDER, "the responder ID matches neither the CA nor an included certificate")
+    raise OcspError(
+        OcspFailure.UNKNOWN_RESPONDER, "the responder ID matches neither the CA nor an included certificate"
+    )
+
+
+def _unauthorized(detail: str) -> OcspError:
+    return OcspError(OcspFailure.UNAUTHORIZED_RESPONDER, detail)
 
 
 def _authorize_delegate(
@@ -502,23 +508,21 @@ def _authorize_delegate(
     try:
         signer.verify_directly_issued_by(issuer)
     except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
-        raise OcspError(
-            OcspFailure.UNAUTHORIZED_RESPONDER, "the responder certificate is not issued by the certificate's CA"
-        ) from None
+        raise _unauthorized("the responder certificate is not issued by the certificate's CA") from None
     try:
         eku = signer.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     except x509.ExtensionNotFound:
         eku = None
     if eku is None or ExtendedKeyUsageOID.OCSP_SIGNING not in eku:
-        raise OcspError(OcspFailure.UNAUTHORIZED_RESPONDER, "the responder certificate lacks id-kp-OCSPSigning")
+        raise _unauthorized("the responder certificate lacks id-kp-OCSPSigning")
     try:
         key_usage = signer.extensions.get_extension_for_class(x509.KeyUsage).value
     except x509.ExtensionNotFound:
         key_usage = None
     if key_usage is not None and not key_usage.digital_signature:
-        raise OcspError(OcspFailure.UNAUTHORIZED_RESPONDER, "the responder key may not sign (key usage)")
+        raise _unauthorized("the responder key may not sign (key usage)")
     if not _within_validity(signer, now, options.clock_skew):
-        raise OcspError(OcspFailure.UNAUTHORIZED_RESPONDER, "the responder certificate is outside its validity")
+        raise _unauthorized("the responder certificate is outside its validity")
 
 
 def _matches(single: x509_ocsp.OCSPSingleResponse, cert: x509.Certificate, issuer: x509.Certificate) -> bool:
