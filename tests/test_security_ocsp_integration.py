@@ -10,8 +10,10 @@ listens on all interfaces; the checker only talks to 127.0.0.1.
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from datetime import datetime, timedelta, timezone
 
@@ -84,8 +86,9 @@ class OpensslResponderTests(unittest.TestCase):
         from twisted.internet import reactor
 
         self.reactor = reactor
-        self.dir = os.path.abspath(self.mktemp())
-        os.makedirs(self.dir)
+        # Not self.mktemp(): under pytest it would write into the checkout.
+        self.dir = tempfile.mkdtemp(prefix="rserpool-ocsp-")
+        self.addCleanup(shutil.rmtree, self.dir, True)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
         now = datetime.now(timezone.utc).replace(microsecond=0)
