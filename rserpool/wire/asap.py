@@ -11,7 +11,7 @@ from rserpool.wire.params import (
     Cookie, OperationError, PoolElement, check32, encode_pe_id, encode_pool_handle,
 )
 from rserpool.wire.policy import LeastUsedPolicy
-from rserpool.wire.tlv import PADDING, U32, Ctx, invalid, walk
+from rserpool.wire.tlv import DECODERS, HDR as _HDR, PADDING, U32, Ctx, invalid, walk
 from rserpool.wire.transports import SctpTransport, TcpTransport, Transport
 from rserpool.wire.messages import MSG_HDR, Message, expect, register
 
@@ -58,6 +58,8 @@ class _Asap:
 
 
 _REG_HEAD = struct.Struct("!BBHHH")
+_DEC_HANDLE = DECODERS[H]
+_DEC_PE = DECODERS[PE]
 
 
 @register
@@ -88,10 +90,22 @@ class AsapRegistration(_Asap, Message):
 
     @classmethod
     def _decode(cls, data: bytes, flags: int, length: int, ctx: Ctx):
+        # Fast path: exactly a pool handle then a pool element.
+        if length >= 16:
+            t1, l1 = _HDR.unpack_from(data, 4)
+            p2 = 4 + ((l1 + 3) & ~3)
+            if t1 == H and l1 >= 4 and p2 + 4 <= length:
+                t2, l2 = _HDR.unpack_from(data, p2)
+                if t2 == PE and p2 + l2 <= length <= p2 + ((l2 + 3) & ~3) and l2 >= 4:
+                    ctx.count += 2
+                    if ctx.count <= ctx.limits.max_parameters:
+                        return cls._make(_DEC_HANDLE(data, 8, 4 + l1, 1, ctx),
+                                         _DEC_PE(data, p2 + 4, p2 + l2, 1, ctx))
+                    ctx.count -= 2
         subs = walk(data, 4, length, 1, ctx)
         if len(subs) != 2 or subs[0][0] != H or subs[1][0] != PE:
             expect(subs, ((H, "1"), (PE, "1")), data, length, cls.name)
-        return cls(subs[0][1], subs[1][1])
+        return cls._make(subs[0][1], subs[1][1])
 
 
 class _HandlePeId(_Asap):
@@ -108,7 +122,7 @@ class _HandlePeId(_Asap):
     def _decode(cls, data: bytes, flags: int, length: int, ctx: Ctx):
         subs = walk(data, 4, length, 1, ctx)
         handle, pe_id = expect(subs, ((H, "1"), (PEID, "1")), data, length, cls.name)
-        return cls(handle, pe_id)
+        return cls._make(handle, pe_id)
 
 
 @register
@@ -167,7 +181,7 @@ class AsapRegistrationResponse(_Asap, Message):
         subs = walk(data, 4, length, 1, ctx)
         handle, pe_id, error = expect(subs, ((H, "1"), (PEID, "1"), (OPERR, "?")),
                                       data, length, cls.name)
-        return cls(handle, pe_id, bool(flags & codes.FLAG_REGISTRATION_REJECT), error)
+        return cls._make(handle, pe_id, bool(flags & codes.FLAG_REGISTRATION_REJECT), error)
 
 
 @register
@@ -195,7 +209,7 @@ class AsapDeregistrationResponse(_Asap, Message):
         subs = walk(data, 4, length, 1, ctx)
         handle, pe_id, error = expect(subs, ((H, "1"), (PEID, "1"), (OPERR, "?")),
                                       data, length, cls.name)
-        return cls(handle, pe_id, error)
+        return cls._make(handle, pe_id, error)
 
 
 @register
@@ -219,7 +233,7 @@ class AsapHandleResolution(_Asap, Message):
     def _decode(cls, data: bytes, flags: int, length: int, ctx: Ctx):
         subs = walk(data, 4, length, 1, ctx)
         (handle,) = expect(subs, ((H, "1"),), data, length, cls.name)
-        return cls(handle, bool(flags & codes.FLAG_SUBSCRIBE))
+        return cls._make(handle, bool(flags & codes.FLAG_SUBSCRIBE))
 
 
 @register
@@ -256,7 +270,7 @@ class AsapHandleResolutionResponse(_Asap, Message):
         subs = walk(data, 4, length, 1, ctx)
         handle, policy, pes, error = expect(
             subs, ((H, "1"), (POLICY, "?"), (PE, "*"), (OPERR, "?")), data, length, cls.name)
-        return cls(handle, pes, policy, error, bool(flags & codes.FLAG_ACCEPT))
+        return cls._make(handle, pes, policy, error, bool(flags & codes.FLAG_ACCEPT))
 
 
 def _check_policy(policy: object) -> None:
@@ -304,7 +318,7 @@ class AsapEndpointKeepAlive(_Asap, Message):
             raise invalid(f"{cls.name} without a server identifier", data[:length])
         subs = walk(data, 8, length, 1, ctx)
         handle, pe_id = expect(subs, ((H, "1"), (PEID, "?")), data, length, cls.name)
-        return cls(U32.unpack_from(data, 4)[0], handle, bool(flags & codes.FLAG_HOME), pe_id)
+        return cls._make(U32.unpack_from(data, 4)[0], handle, bool(flags & codes.FLAG_HOME), pe_id)
 
 
 @register
@@ -337,7 +351,7 @@ class AsapServerAnnounce(_Asap, Message):
             if ptype not in (codes.PARAM_SCTP_TRANSPORT, codes.PARAM_TCP_TRANSPORT):
                 raise invalid(f"{cls.name}: parameter 0x{ptype:04x} is not an SCTP or"
                               " TCP transport", data[:length])
-        return cls(U32.unpack_from(data, 4)[0], tuple(v for _, v, _ in subs))
+        return cls._make(U32.unpack_from(data, 4)[0], tuple(v for _, v, _ in subs))
 
 
 class _CookieMessage(_Asap):
@@ -355,7 +369,7 @@ class _CookieMessage(_Asap):
     def _decode(cls, data: bytes, flags: int, length: int, ctx: Ctx):
         subs = walk(data, 4, length, 1, ctx)
         (cookie,) = expect(subs, ((COOKIE, "1"),), data, length, cls.name)
-        return cls(cookie.data)
+        return cls._make(cookie.data)
 
 
 @register
@@ -408,7 +422,7 @@ class AsapBusinessCard(_Asap, Message):
         subs = walk(data, 4, length, 1, ctx)
         handle, policy, pes = expect(subs, ((H, "1"), (POLICY, "?"), (PE, "+")),
                                      data, length, cls.name)
-        return cls(handle, pes, policy)
+        return cls._make(handle, pes, policy)
 
 
 @register
@@ -428,4 +442,4 @@ class AsapError(_Asap, Message):
     def _decode(cls, data: bytes, flags: int, length: int, ctx: Ctx):
         subs = walk(data, 4, length, 1, ctx)
         (error,) = expect(subs, ((OPERR, "1"),), data, length, cls.name)
-        return cls(error)
+        return cls._make(error)

@@ -14,7 +14,7 @@ from rserpool.wire.messages import Message, expect, register
 from rserpool.wire.params import (
     OperationError, PeChecksum, PoolElement, ServerInformation, check32, encode_pool_handle,
 )
-from rserpool.wire.tlv import Ctx, invalid, walk
+from rserpool.wire.tlv import Ctx, fast_constructor, invalid, walk
 
 __all__ = [
     "EnrpPresence", "EnrpHandleTableRequest", "EnrpHandleTableResponse", "PoolEntry",
@@ -82,7 +82,7 @@ class EnrpPresence(_Enrp, Message):
         checksum, info = expect(subs, ((codes.PARAM_PE_CHECKSUM, "?"),
                                        (codes.PARAM_SERVER_INFORMATION, "?")),
                                 data, length, cls.name)
-        return cls(sender, receiver, None if checksum is None else checksum.value, info,
+        return cls._make(sender, receiver, None if checksum is None else checksum.value, info,
                    bool(flags & codes.FLAG_REPLY_REQUIRED))
 
 
@@ -101,8 +101,8 @@ class _IdsOnly(_Enrp):
         subs = walk(data, 12, length, 1, ctx)
         expect(subs, (), data, length, cls.name)
         if cls.FLAGS:
-            return cls(sender, receiver, bool(flags & cls.FLAGS[0][1]))
-        return cls(sender, receiver)
+            return cls._make(sender, receiver, bool(flags & cls.FLAGS[0][1]))
+        return cls._make(sender, receiver)
 
 
 @register
@@ -151,6 +151,9 @@ class PoolEntry:
     __repr__ = __str__
 
 
+_MK_ENTRY = fast_constructor(PoolEntry)
+
+
 @register
 @dataclass(frozen=True, slots=True, repr=False)
 class EnrpHandleTableResponse(_Enrp, Message):
@@ -196,9 +199,9 @@ class EnrpHandleTableResponse(_Enrp, Message):
                 j += 1
             if j == i + 1:
                 raise invalid(f"{cls.name}: pool entry without a pool element", data[:length])
-            entries.append(PoolEntry(subs[i][1], tuple(v for _, v, _ in subs[i + 1:j])))
+            entries.append(_MK_ENTRY(subs[i][1], tuple(v for _, v, _ in subs[i + 1:j])))
             i = j
-        return cls(sender, receiver, tuple(entries), bool(flags & codes.FLAG_MORE_TO_SEND),
+        return cls._make(sender, receiver, tuple(entries), bool(flags & codes.FLAG_MORE_TO_SEND),
                    bool(flags & codes.FLAG_REJECT))
 
 
@@ -238,7 +241,7 @@ class EnrpHandleUpdate(_Enrp, Message):
             raise invalid(f"{cls.name}: unknown update action 0x{action:04x}", data[:length])
         subs = walk(data, 16, length, 1, ctx)
         handle, pe = expect(subs, ((H, "1"), (PE, "1")), data, length, cls.name)
-        return cls(sender, receiver, action, handle, pe)
+        return cls._make(sender, receiver, action, handle, pe)
 
     def __str__(self) -> str:
         return Message.__str__(self).replace(
@@ -277,7 +280,7 @@ class EnrpListResponse(_Enrp, Message):
         subs = walk(data, 12, length, 1, ctx)
         (servers,) = expect(subs, ((codes.PARAM_SERVER_INFORMATION, "*"),),
                             data, length, cls.name)
-        return cls(sender, receiver, servers, bool(flags & codes.FLAG_REJECT))
+        return cls._make(sender, receiver, servers, bool(flags & codes.FLAG_REJECT))
 
 
 class _Takeover(_Enrp):
@@ -298,7 +301,7 @@ class _Takeover(_Enrp):
         sender, receiver, target = _IDS_TARGET.unpack_from(data, 4)
         subs = walk(data, 16, length, 1, ctx)
         expect(subs, (), data, length, cls.name)
-        return cls(sender, receiver, target)
+        return cls._make(sender, receiver, target)
 
 
 @register
@@ -353,4 +356,4 @@ class EnrpError(_Enrp, Message):
         sender, receiver = cls._ids(data, length)
         subs = walk(data, 12, length, 1, ctx)
         (error,) = expect(subs, ((codes.PARAM_OPERATION_ERROR, "1"),), data, length, cls.name)
-        return cls(sender, receiver, error)
+        return cls._make(sender, receiver, error)

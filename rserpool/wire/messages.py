@@ -13,7 +13,7 @@ from typing import Any, ClassVar, Iterable
 from rserpool.wire import codes
 from rserpool.wire.errors import DEFAULT_LIMITS, Limits, WireError
 from rserpool.wire.params import ErrorCause, OperationError, format_handle
-from rserpool.wire.tlv import PADDING, Ctx, invalid, last_padding, walk
+from rserpool.wire.tlv import PADDING, Ctx, fast_constructor, invalid, last_padding, walk
 
 __all__ = ["Message", "decode_message", "encode_message", "error_reply", "REGISTRY"]
 
@@ -26,6 +26,7 @@ _BY_PPID: dict[int, dict[int, type]] = {codes.PPID_ASAP: {}, codes.PPID_ENRP: {}
 
 
 def register(cls: type) -> type:
+    cls._make = staticmethod(fast_constructor(cls))
     REGISTRY[(cls.PPID, cls.TYPE)] = cls
     _BY_PPID[cls.PPID][cls.TYPE] = cls
     return cls
@@ -105,7 +106,7 @@ def frame_message(mtype: int, flags: int, fixed: bytes, parts: list[bytes]) -> b
     n = 4 + len(body) - last_padding(parts)
     if n > MAX_MESSAGE:
         raise ValueError(f"message too long: {n} bytes")
-    return MSG_HDR.pack(mtype, flags, n) + body + PADDING[n & 3]
+    return MSG_HDR.pack(mtype, flags, n) + body  # body ends with the last padding
 
 
 def encode_message(msg: Message) -> bytes:
@@ -142,10 +143,10 @@ def decode_message(data: bytes, ppid: int, limits: Limits = DEFAULT_LIMITS) -> M
         msg = cls._decode(data, flags, length, ctx)
     except WireError:
         raise
-    except (ValueError, IndexError, struct.error) as exc:  # defensive: never leak these
+    except (ValueError, TypeError, IndexError, struct.error) as exc:  # defensive: never leak these
         raise invalid(f"invalid value in {cls.name}: {exc}", data[:length]) from None
     if ctx.unrecognized:
-        object.__setattr__(msg, "unrecognized", tuple(ctx.unrecognized))
+        object.__setattr__(msg, "unrecognized", ctx.unrecognized)
     return msg
 
 

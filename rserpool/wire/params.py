@@ -13,7 +13,8 @@ from rserpool.wire import codes
 from rserpool.wire.errors import WireError
 from rserpool.wire.policy import OpaquePolicy, POLICY_CLASSES, Policy
 from rserpool.wire.tlv import (
-    DECODERS, HDR, PADDING, U16, U32, Ctx, frame, invalid, last_padding, nest, walk,
+    DECODERS, HDR, PADDING, U16, U32, Ctx, fast_constructor, frame, invalid, last_padding,
+    nest, walk,
 )
 from rserpool.wire.transports import (
     DccpTransport, OpaqueTransport, SctpTransport, TcpTransport, Transport, TRANSPORT_TYPES,
@@ -197,7 +198,7 @@ class PoolElement:
         if n > 0xFFFF:
             raise ValueError("pool element parameter too long")
         return (_PE_HDR.pack(10, n, self.pe_id, self.home_server_id, self.registration_life)
-                + body + PADDING[n & 3])
+                + body)
 
     def __str__(self) -> str:
         life = "inf" if self.registration_life == -1 else f"{self.registration_life}s"
@@ -235,6 +236,13 @@ class ServerInformation:
 
 # ---- decoders --------------------------------------------------------------
 
+_MK_CAUSE = fast_constructor(ErrorCause)
+_MK_ERROR = fast_constructor(OperationError)
+_MK_COOKIE = fast_constructor(Cookie)
+_MK_CHECKSUM = fast_constructor(PeChecksum)
+_MK_PE = fast_constructor(PoolElement)
+_MK_SERVER = fast_constructor(ServerInformation)
+
 def _dec_handle(data: bytes, s: int, e: int, depth: int, ctx: Ctx) -> bytes:
     n = e - s
     if n == 0 or n > ctx.limits.max_pool_handle:
@@ -252,24 +260,38 @@ def _dec_pe_id(data: bytes, s: int, e: int, depth: int, ctx: Ctx) -> int:
 def _dec_checksum(data: bytes, s: int, e: int, depth: int, ctx: Ctx) -> PeChecksum:
     if e - s != 2:
         raise invalid("PE checksum parameter must have length 6", data[s - 4:e])
-    return PeChecksum(U16.unpack_from(data, s)[0])
+    return _MK_CHECKSUM(U16.unpack_from(data, s)[0])
 
 
 def _dec_cookie(data: bytes, s: int, e: int, depth: int, ctx: Ctx) -> Cookie:
-    return Cookie(data[s:e])
+    return _MK_COOKIE(data[s:e])
 
 
 def _dec_pool_element(data: bytes, s: int, e: int, depth: int, ctx: Ctx) -> PoolElement:
     if e - s < 12:
         raise invalid("pool element parameter too short", data[s - 4:e])
     pe_id, home, life = _PE_FIXED.unpack_from(data, s)
+    # Fast path: a known user transport then a policy and nothing else.
+    p = s + 12
+    if e - p >= 16 and depth + 1 <= ctx.limits.max_depth:
+        t1, l1 = HDR.unpack_from(data, p)
+        p2 = p + ((l1 + 3) & ~3)
+        if t1 in TRANSPORT_TYPES and l1 >= 4 and p2 + 4 <= e:
+            t2, l2 = HDR.unpack_from(data, p2)
+            if t2 == 8 and p2 + l2 <= e <= p2 + ((l2 + 3) & ~3) and l2 >= 4:
+                ctx.count += 2
+                if ctx.count <= ctx.limits.max_parameters:
+                    transport = DECODERS[t1](data, p + 4, p + l1, depth + 1, ctx)
+                    policy = DECODERS[8](data, p2 + 4, p2 + l2, depth + 1, ctx)
+                    return _MK_PE(pe_id, home, life, transport, policy, None)
+                ctx.count -= 2
     subs = walk(data, s + 12, e, depth + 1, ctx)
     n = len(subs)
     if n < 2 or n > 3 or subs[0][0] not in TRANSPORT_TYPES or subs[1][0] != 8 or (
             n == 3 and subs[2][0] != codes.PARAM_SCTP_TRANSPORT):
         raise invalid("pool element needs a user transport, a policy and"
                       " optionally an SCTP ASAP transport", data[s - 4:e])
-    return PoolElement(pe_id, home, life, subs[0][1], subs[1][1],
+    return _MK_PE(pe_id, home, life, subs[0][1], subs[1][1],
                        subs[2][1] if n == 3 else None)
 
 
@@ -279,7 +301,7 @@ def _dec_server_info(data: bytes, s: int, e: int, depth: int, ctx: Ctx) -> Serve
     subs = walk(data, s + 4, e, depth + 1, ctx)
     if len(subs) != 1 or subs[0][0] != codes.PARAM_SCTP_TRANSPORT:
         raise invalid("server information needs exactly one SCTP transport", data[s - 4:e])
-    return ServerInformation(U32.unpack_from(data, s)[0], subs[0][1])
+    return _MK_SERVER(U32.unpack_from(data, s)[0], subs[0][1])
 
 
 def _dec_operation_error(data: bytes, s: int, e: int, depth: int, ctx: Ctx) -> OperationError:
@@ -293,13 +315,13 @@ def _dec_operation_error(data: bytes, s: int, e: int, depth: int, ctx: Ctx) -> O
         cend = pos + clen
         if clen < 4 or cend > e:
             raise invalid("error cause length exceeds the operation error", data[s - 4:e])
-        causes.append(ErrorCause(code, data[pos + 4:cend]))
+        causes.append(_MK_CAUSE(code, data[pos + 4:cend]))
         if len(causes) > limit:
             raise WireError(0x6, f"more than {limit} error causes")
         pos = (cend + 3) & ~3
     if not causes:
         raise invalid("operation error without a cause", data[s - 4:e])
-    return OperationError(tuple(causes))
+    return _MK_ERROR(tuple(causes))
 
 
 DECODERS.update({

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import ClassVar, Union
 
 from rserpool.wire import codes
-from rserpool.wire.tlv import DECODERS, U32, Ctx, frame, invalid
+from rserpool.wire.tlv import DECODERS, U32, Ctx, fast_constructor, frame, invalid
 
 __all__ = [
     "RoundRobinPolicy", "WeightedRoundRobinPolicy", "RandomPolicy",
@@ -65,7 +65,7 @@ class _NoValue(_PolicyBase):
 
     @classmethod
     def _from_value(cls, data: bytes, s: int, e: int):
-        return cls()
+        return cls._make()
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -89,7 +89,7 @@ class _OneValue(_PolicyBase):
 
     @classmethod
     def _from_value(cls, data: bytes, s: int, e: int):
-        return cls(_V1.unpack_from(data, s)[0])
+        return cls._make(_V1.unpack_from(data, s)[0])
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -143,7 +143,7 @@ class _TwoValues(_PolicyBase):
 
     @classmethod
     def _from_value(cls, data: bytes, s: int, e: int):
-        return cls(*_V2.unpack_from(data, s))
+        return cls._make(*_V2.unpack_from(data, s))
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -202,6 +202,10 @@ POLICY_CLASSES: dict[int, type] = {
                 LeastUsedDegradationPolicy, PriorityLeastUsedPolicy,
                 RandomizedLeastUsedPolicy)
 }
+for _cls in POLICY_CLASSES.values():
+    _cls._make = staticmethod(fast_constructor(_cls))
+_MK_LU = fast_constructor(LeastUsedPolicy)
+_MK_OPAQUE = fast_constructor(OpaquePolicy)
 # Value length (after the policy type) of each known policy.
 _VALUE_LENGTH = {t: 4 * len(c.FIELDS) for t, c in POLICY_CLASSES.items()}
 
@@ -211,10 +215,10 @@ def decode_policy(data: bytes, s: int, e: int, depth: int, ctx: Ctx):
         raise invalid("policy parameter without a policy type", data[s - 4:e])
     ptype = U32.unpack_from(data, s)[0]
     if ptype == 0x40000001 and e - s == 8:  # LU, the common case
-        return LeastUsedPolicy(U32.unpack_from(data, s + 4)[0])
+        return _MK_LU(U32.unpack_from(data, s + 4)[0])
     cls = POLICY_CLASSES.get(ptype)
     if cls is None:
-        return OpaquePolicy(ptype, bytes(data[s + 4:e]))
+        return _MK_OPAQUE(ptype, data[s + 4:e])
     if e - s - 4 != _VALUE_LENGTH[ptype]:
         raise invalid(f"{codes.POLICY_NAMES[ptype]} policy with a wrong length", data[s - 4:e])
     return cls._from_value(data, s + 4, e)

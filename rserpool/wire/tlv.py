@@ -36,7 +36,7 @@ class Ctx:
     def __init__(self, limits: Limits = DEFAULT_LIMITS) -> None:
         self.limits = limits
         self.count = 0
-        self.unrecognized: list = []
+        self.unrecognized: tuple = ()
 
 
 def invalid(detail: str, offending: bytes | memoryview = b"") -> WireError:
@@ -57,8 +57,8 @@ def walk(data: bytes, pos: int, end: int, depth: int, ctx: Ctx) -> list[tuple[in
     unpack = HDR.unpack_from
     decoders = DECODERS
     while pos < end:
-        if end - pos < 4:
-            raise invalid("truncated parameter header", data[pos:end])
+        # Fewer than 4 bytes before ``end`` give plen >= 4 > end - pos below,
+        # or struct.error at the end of the data (decode_message maps it).
         ptype, plen = unpack(data, pos)
         tend = pos + plen
         if plen < 4 or tend > end:
@@ -86,9 +86,9 @@ def unknown_parameter(data: bytes, pos: int, tend: int, ptype: int, ctx: Ctx) ->
     if action == 0x4000:
         raise WireError(UNRECOGNIZED_PARAMETER,
                         f"unknown parameter type 0x{ptype:04x} (stop, discard, report)",
-                        raw, tuple(ctx.unrecognized))
+                        raw, ctx.unrecognized)
     if action == 0xC000:
-        ctx.unrecognized.append(ErrorCause(UNRECOGNIZED_PARAMETER, raw))
+        ctx.unrecognized += (ErrorCause(UNRECOGNIZED_PARAMETER, raw),)
 
 
 def tlv_bytes(data: bytes, start: int) -> bytes:
@@ -123,4 +123,31 @@ def nest(ptype: int, fixed: bytes, parts: list[bytes] | tuple[bytes, ...]) -> by
     n = 4 + len(body) - last_padding(parts)
     if n > 0xFFFF:
         raise ValueError(f"parameter 0x{ptype:04x} too long: {n} bytes")
-    return HDR.pack(ptype, n) + body + PADDING[n & 3]
+    return HDR.pack(ptype, n) + body  # body already ends with the last padding
+
+
+def fast_constructor(cls: type) -> Callable[..., Any]:
+    """A constructor for a frozen slotted dataclass that skips validation.
+
+    Decoders use it for values whose ranges the wire layout already
+    guarantees (fixed-width fields); user code goes through ``__init__``.
+    """
+    from dataclasses import MISSING, fields
+
+    ns: dict[str, Any] = {"new": object.__new__, "cls": cls}
+    params, body = [], ["    o = new(cls)"]
+    for f in fields(cls):
+        ns["set_" + f.name] = getattr(cls, f.name).__set__
+        if f.kw_only:
+            ns["d_" + f.name] = f.default
+            body.append(f"    set_{f.name}(o, d_{f.name})")
+            continue
+        if f.default is not MISSING:
+            ns["d_" + f.name] = f.default
+            params.append(f"{f.name}=d_{f.name}")
+        else:
+            params.append(f.name)
+        body.append(f"    set_{f.name}(o, {f.name})")
+    src = f"def make({', '.join(params)}):\n" + "\n".join(body) + "\n    return o\n"
+    exec(src, ns)
+    return ns["make"]

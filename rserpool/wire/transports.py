@@ -16,7 +16,7 @@ from ipaddress import IPv4Address, IPv6Address
 from typing import ClassVar, Union
 
 from rserpool.wire import codes
-from rserpool.wire.tlv import DECODERS, Ctx, frame, invalid, nest, walk
+from rserpool.wire.tlv import DECODERS, Ctx, fast_constructor, frame, invalid, nest, walk
 
 __all__ = [
     "IPv4Address", "IPv6Address", "IPAddress", "SctpTransport", "TcpTransport",
@@ -216,16 +216,31 @@ TRANSPORT_TYPES = frozenset({codes.PARAM_DCCP_TRANSPORT, codes.PARAM_SCTP_TRANSP
 
 # ---- decoders --------------------------------------------------------------
 
+# Decoded addresses are immutable, so equal ones are shared (bounded cache).
+_ADDR_CACHE: dict[bytes, IPAddress] = {}
+_ADDR_CACHE_MAX = 4096
+
+
+def _address(packed: bytes) -> IPAddress:
+    a = _ADDR_CACHE.get(packed)
+    if a is None:
+        a = IPv4Address(packed) if len(packed) == 4 else IPv6Address(packed)
+        if len(_ADDR_CACHE) >= _ADDR_CACHE_MAX:
+            _ADDR_CACHE.clear()
+        _ADDR_CACHE[packed] = a
+    return a
+
+
 def _dec_ipv4(data: bytes, s: int, e: int, depth: int, ctx: Ctx) -> IPv4Address:
     if e - s != 4:
         raise invalid("IPv4 address parameter must have length 8", data[s - 4:e])
-    return IPv4Address(data[s:e])
+    return _address(data[s:e])
 
 
 def _dec_ipv6(data: bytes, s: int, e: int, depth: int, ctx: Ctx) -> IPv6Address:
     if e - s != 16:
         raise invalid("IPv6 address parameter must have length 20", data[s - 4:e])
-    return IPv6Address(data[s:e])
+    return _address(data[s:e])
 
 
 def _addresses(data: bytes, s: int, e: int, depth: int, ctx: Ctx, what: str) -> list:
@@ -246,10 +261,12 @@ def _dec_sctp(data: bytes, s: int, e: int, depth: int, ctx: Ctx) -> SctpTranspor
     addrs = _addresses(data, s + 4, e, depth, ctx, "SCTP transport")
     if not addrs:
         raise invalid("SCTP transport without an address", data[s - 4:e])
-    return SctpTransport(port, tuple(addrs), use)
+    return _MK_SCTP(port, tuple(addrs), use)
 
 
 def _one_address(cls: type, fixed: int, name: str):
+    make = fast_constructor(cls)
+
     def dec(data: bytes, s: int, e: int, depth: int, ctx: Ctx):
         if e - s < fixed:
             raise invalid(f"{name} transport too short", data[s - 4:e])
@@ -258,8 +275,8 @@ def _one_address(cls: type, fixed: int, name: str):
             raise invalid(f"{name} transport needs exactly one address", data[s - 4:e])
         port, second = _PORT_USE.unpack_from(data, s)
         if fixed == 8:
-            return cls(port, U32_AT(data, s + 4), addrs[0], second)
-        return cls(port, addrs[0], second)
+            return make(port, U32_AT(data, s + 4), addrs[0], second)
+        return make(port, addrs[0], second)
     return dec
 
 
@@ -267,6 +284,9 @@ def U32_AT(data: bytes, pos: int) -> int:
     return struct.unpack_from("!I", data, pos)[0]
 
 
+_MK_SCTP = fast_constructor(SctpTransport)
+_MK_TCP = fast_constructor(TcpTransport)
+_MK_OPAQUE = fast_constructor(OpaqueTransport)
 _A4_VALUE = struct.Struct("!HHHHHH4s")
 
 
@@ -277,7 +297,7 @@ def _dec_tcp(data: bytes, s: int, e: int, depth: int, ctx: Ctx) -> TcpTransport:
         if atype == 1 and alen == 8:
             ctx.count += 1
             if ctx.count <= ctx.limits.max_parameters:
-                return TcpTransport(port, IPv4Address(packed), use)
+                return _MK_TCP(port, _address(packed), use)
             ctx.count -= 1
     return _dec_tcp_slow(data, s, e, depth, ctx)
 
@@ -286,7 +306,7 @@ _dec_tcp_slow = _one_address(TcpTransport, 4, "TCP")
 
 
 def _dec_opaque(data: bytes, s: int, e: int, depth: int, ctx: Ctx) -> OpaqueTransport:
-    return OpaqueTransport(bytes(data[s:e]))
+    return _MK_OPAQUE(data[s:e])
 
 
 DECODERS.update({
