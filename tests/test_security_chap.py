@@ -172,3 +172,27 @@ def test_random_secrets_round_trip(
     request = server.response_received(response, now=0.0)
     assert verify_locally(secret, request).ok
     assert verify_locally(other, request).ok is (other == secret)
+
+
+def test_pyrad_accepts_the_request_as_radius_chap() -> None:
+    # Independent implementation: pyrad's RADIUS-side CHAP check
+    # (CHAP-Password = ident || response, CHAP-Challenge = challenge).
+    import io
+
+    from pyrad import packet
+    from pyrad.dictionary import Dictionary
+
+    dictionary = Dictionary(io.StringIO(
+        "ATTRIBUTE User-Name 1 string\n"
+        "ATTRIBUTE CHAP-Password 3 octets\n"
+        "ATTRIBUTE CHAP-Challenge 60 octets\n"
+    ))
+    server = ChapServer("pe1", CB, now=0.0)
+    response = ChapClient(SECRET, CB).respond(server.identifier, server.nonce)
+    request = server.response_received(response, now=0.0)
+    pkt = packet.AuthPacket(dict=dictionary, secret=b"radius-shared-secret")
+    pkt["User-Name"] = request.identity
+    pkt["CHAP-Password"] = bytes((request.identifier,)) + request.response
+    pkt["CHAP-Challenge"] = request.challenge
+    assert pkt.VerifyChapPasswd(SECRET.decode())
+    assert not pkt.VerifyChapPasswd("wrong")
