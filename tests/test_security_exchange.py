@@ -459,3 +459,17 @@ def test_random_identities_round_trip(identity: str, password: str) -> None:
         server = server_for(store)
         client = ClientExchange(identity, password, CB, preferences=(mechanism,))
         assert run(server, client, store)[0] == [AuthSucceeded(name, mechanism)]
+
+
+def test_late_chap_verdict_after_timeout_is_ignored(store: Store) -> None:
+    server = server_for(store, step_lifetime=5.0)
+    server.start()
+    challenge = sends(server.receive(ClientHello(MECH_CHAP_MD5, "pe1"), 0.0))[0]
+    (request,) = server.receive(ChapResponse(challenge.identifier, b"\x00" * 16), 1.0)
+    assert isinstance(request, VerifyChap)
+    events = server.timer_expired(6.0)
+    assert sends(events) == [AuthFailure(FAIL_UNAVAILABLE, False)]
+    assert server.chap_verified(ChapVerdict(True), 7.0) == ()
+    assert server.authenticated_identity is None
+    with pytest.raises(RuntimeError):
+        server_for(store).chap_verified(ChapVerdict(True), 0.0)

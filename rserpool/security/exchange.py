@@ -404,7 +404,13 @@ class ServerExchange:
         )
 
     def chap_verified(self, verdict: _chap.ChapVerdict, now: float) -> tuple[ServerEvent, ...]:
-        """The answer to the pending :class:`VerifyChap`."""
+        """The answer to the pending :class:`VerifyChap`.
+
+        A late answer, after the exchange was closed (timeout, protocol
+        error), is ignored and returns no event.
+        """
+        if self._state == _CLOSED:
+            return ()
         if self._state != _CHAP_VERIFYING or self._chap is None:
             raise RuntimeError("no CHAP verification pending")
         self._chap.verification_result(verdict.ok)
@@ -415,6 +421,8 @@ class ServerExchange:
 
     def chap_unavailable(self, reason: str, now: float) -> tuple[ServerEvent, ...]:
         """The verification backend failed (not a credential failure)."""
+        if self._state == _CLOSED:
+            return ()
         if self._state != _CHAP_VERIFYING or self._chap is None:
             raise RuntimeError("no CHAP verification pending")
         self._chap = None
