@@ -494,3 +494,37 @@ def test_limits_validation() -> None:
         HandlespaceLimits(max_pools=0)
     with pytest.raises(ValueError):
         HandlespaceLimits(unreachable_window=0)
+
+
+# ------------------------------------------------- with the real policies
+
+
+def test_reserved_policy_types_are_invalid_values() -> None:
+    hs = Handlespace(HandlespaceLimits(), random.Random(1))
+    for policy_type in (0x00000000, 0x40000000):
+        with pytest.raises(HandlespaceError) as info:
+            reg(hs, settings=PolicySettings(policy_type))
+        assert info.value.cause == CAUSE_INVALID_VALUES
+    assert hs.pool_count == 0
+
+
+def test_default_factory_uses_make_policy_least_used() -> None:
+    hs = Handlespace(HandlespaceLimits(), random.Random(1))
+    for pe_id, load in ((1, 50), (2, 10), (3, 30), (4, 20)):
+        reg(hs, pe_id=pe_id, settings=PolicySettings(LEAST_USED, load=load))
+    assert [e.pe_id for e in hs.resolve(b"pool", 3)] == [2, 4, 3]
+    # A re-registration with a new load re-ranks the PE in place.
+    reg(hs, pe_id=1, settings=PolicySettings(LEAST_USED, load=0), now=1.0)
+    assert hs.resolve(b"pool", 1)[0].pe_id == 1
+    assert hs.get(b"pool", 1).settings.load == 0
+    hs.deregister(b"pool", 1)
+    assert [e.pe_id for e in hs.resolve(b"pool")] == [2, 4, 3]
+
+
+def test_default_factory_round_robin_rotates() -> None:
+    hs = Handlespace(HandlespaceLimits(), random.Random(1))
+    for pe_id in (1, 2, 3):
+        reg(hs, pe_id=pe_id)
+    firsts = [hs.resolve(b"pool", 1)[0].pe_id for _ in range(6)]
+    assert sorted(firsts) == [1, 1, 2, 2, 3, 3]
+    assert firsts[:3] == firsts[3:]

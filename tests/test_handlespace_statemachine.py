@@ -34,12 +34,6 @@ from rserpool.handlespace import (
     PolicySettings,
 )
 from rserpool.wire.checksum import pe_checksum
-from tests.test_handlespace_handlespace import StandInPolicy
-
-
-def policy_factory() -> Any:
-    return StandInPolicy
-
 
 LIMITS = HandlespaceLimits(
     max_pools=3,
@@ -62,7 +56,7 @@ SETTINGS = [
 class HandlespaceMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
-        self.hs = Handlespace(LIMITS, random.Random(0), policy_factory())
+        self.hs = Handlespace(LIMITS, random.Random(0))  # the real make_policy
         self.now = 0.0
         # handle -> {"policy", "transport", "use", "pes": {pe_id: dict}}
         self.model: dict[bytes, dict[str, Any]] = {}

@@ -15,6 +15,7 @@ import random
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
+from rserpool.handlespace.policies import is_reserved_policy_type, make_policy
 from rserpool.handlespace.timers import DeadlineQueue
 from rserpool.handlespace.types import PolicySettings, SelectionPolicy
 from rserpool.wire.checksum import finish, pe_checksum, pe_sum
@@ -229,8 +230,6 @@ PolicyFactory = Callable[[int], SelectionPolicy]
 
 
 def _default_factory(rng: random.Random) -> PolicyFactory:
-    from rserpool.handlespace.policies import make_policy  # imported late: written in parallel
-
     def factory(policy_type: int) -> SelectionPolicy:
         return make_policy(policy_type, rng)
 
@@ -403,6 +402,9 @@ class Handlespace:
                 registration_life_used = limits.max_registration_life
         elif registration_life > limits.max_registration_life:
             registration_life_used = limits.max_registration_life
+
+        if is_reserved_policy_type(settings.policy_type):
+            raise HandlespaceError(CAUSE_INVALID_VALUES, "reserved policy type (RFC 5356 section 7.1)")
 
         pool = self._pools.get(pool_handle)
         entry = None if pool is None else pool.members.get(pe_id)
