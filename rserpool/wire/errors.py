@@ -38,7 +38,8 @@ class WireError(Exception):
             return None
         from rserpool.wire.params import ErrorCause
 
-        info = self.offending if self.cause in _CAUSES_WITH_INFO else b""
+        # A cause holds at most 65531 bytes; error_reply() trims further to fit.
+        info = self.offending[:0xFFFF - 4] if self.cause in _CAUSES_WITH_INFO else b""
         return self.prior + (ErrorCause(self.cause, info),)
 
     def __str__(self) -> str:

@@ -1,0 +1,224 @@
+"""Unknown types (RFC 5354 3 and 4), structure errors, limits, error replies."""
+
+import pytest
+
+from rserpool.wire import (
+    DEFAULT_LIMITS, PPID_ASAP, PPID_ENRP, AsapError, AsapHandleResolution, AsapRegistration,
+    EnrpError, ErrorCause, IPv4Address, LeastUsedPolicy, Limits, OperationError, PoolElement,
+    TcpTransport, WireError, decode_message, error_reply,
+)
+from rserpool.wire import codes
+
+HR = bytes.fromhex("05 00 000c 0009 0008 6563686f")  # HANDLE_RESOLUTION "echo"
+
+
+def with_param(tlv: bytes, before: bool = False) -> bytes:
+    """HANDLE_RESOLUTION "echo" with an extra TLV (padded) after (or before) the handle."""
+    n = len(tlv)
+    padded = tlv + b"\x00" * (-n % 4)
+    body = (padded + HR[4:]) if before else (HR[4:] + padded)
+    length = 4 + len(body) - (0 if before else -n % 4)
+    return bytes([5, 0]) + length.to_bytes(2, "big") + body
+
+
+UNKNOWN = {bits: bytes.fromhex(f"{bits:04x}0006beef") for bits in (0x3abc, 0x7abc, 0xbabc, 0xfabc)}
+
+
+def test_param_00_stop_silently():
+    with pytest.raises(WireError) as info:
+        decode_message(with_param(UNKNOWN[0x3abc]), PPID_ASAP)
+    assert info.value.cause is None and info.value.report is None
+
+
+def test_param_01_stop_and_report():
+    with pytest.raises(WireError) as info:
+        decode_message(with_param(UNKNOWN[0x7abc]), PPID_ASAP)
+    err = info.value
+    assert err.cause == codes.CAUSE_UNRECOGNIZED_PARAMETER
+    assert err.report == (ErrorCause(1, UNKNOWN[0x7abc]),)  # the whole TLV, no padding
+    reply = error_reply(err, PPID_ASAP)
+    assert reply == AsapError(OperationError((ErrorCause(1, UNKNOWN[0x7abc]),)))
+
+
+def test_param_10_skip():
+    msg = decode_message(with_param(UNKNOWN[0xbabc]), PPID_ASAP)
+    assert msg == AsapHandleResolution(b"echo") and msg.unrecognized == ()
+    assert msg.error_reply() is None
+
+
+def test_param_11_skip_and_report():
+    msg = decode_message(with_param(UNKNOWN[0xfabc], before=True), PPID_ASAP)
+    assert msg == AsapHandleResolution(b"echo")
+    assert msg.unrecognized == (ErrorCause(1, UNKNOWN[0xfabc]),)
+    assert msg.error_reply() == AsapError(OperationError(msg.unrecognized))
+    enrp = error_reply(msg.unrecognized, PPID_ENRP, sender_id=1, receiver_id=2)
+    assert enrp == EnrpError(1, 2, OperationError(msg.unrecognized))
+
+
+def test_skip_and_report_then_stop_and_report_reports_both():
+    data = with_param(UNKNOWN[0x7abc], before=False)
+    data = with_param(UNKNOWN[0xfabc], before=True)[:4] + UNKNOWN[0xfabc] + b"\0\0" + data[4:]
+    data = bytes([5, 0]) + (len(data) - 2).to_bytes(2, "big") + data[4:]
+    with pytest.raises(WireError) as info:
+        decode_message(data, PPID_ASAP)
+    assert [c.info for c in info.value.report] == [UNKNOWN[0xfabc], UNKNOWN[0x7abc]]
+
+
+def test_unknown_nested_parameter_skipped_inside_transport():
+    pe = PoolElement(1, 0, 30, TcpTransport(80, IPv4Address("10.0.0.1")), LeastUsedPolicy(0))
+    data = AsapRegistration(b"x", pe).encode()
+    # Insert a skip-and-report TLV after the address in the TCP transport.
+    tcp = data.index(bytes.fromhex("0005 0010"))
+    extra = bytes.fromhex("c001 0004")
+    new = bytearray(data[:tcp + 16] + extra + data[tcp + 16:])
+    new[tcp + 2:tcp + 4] = (16 + 4).to_bytes(2, "big")
+    pe_at = data.index(bytes.fromhex("000a"), 4)
+    new[pe_at + 2:pe_at + 4] = (int.from_bytes(data[pe_at + 2:pe_at + 4], "big") + 4).to_bytes(2, "big")
+    new[2:4] = (len(new)).to_bytes(2, "big")
+    msg = decode_message(bytes(new), PPID_ASAP)
+    assert msg.pool_element == pe and msg.unrecognized == (ErrorCause(1, extra),)
+
+
+@pytest.mark.parametrize("mtype", [0x0F, 0x3F, 0x00])
+def test_message_00_discard_silently(mtype):
+    with pytest.raises(WireError) as info:
+        decode_message(bytes([mtype, 0, 0, 4]), PPID_ASAP)
+    assert info.value.cause is None and info.value.report is None
+    with pytest.raises(ValueError):
+        error_reply(info.value, PPID_ASAP)
+
+
+@pytest.mark.parametrize("ppid", [PPID_ASAP, PPID_ENRP])
+def test_message_01_discard_and_report(ppid):
+    data = bytes.fromhex("4f 00 0008 01020304")
+    with pytest.raises(WireError) as info:
+        decode_message(data, ppid)
+    assert info.value.cause == codes.CAUSE_UNRECOGNIZED_MESSAGE
+    assert info.value.report == (ErrorCause(2, data),)
+
+
+def test_enrp_type_beyond_range_is_unknown():
+    with pytest.raises(WireError):
+        decode_message(bytes([0x0B, 0, 0, 12]) + bytes(8), PPID_ENRP)
+
+
+@pytest.mark.parametrize("data,what", [
+    (bytes.fromhex("01 00 000c 0009 0008 6563686f"), "missing PE"),
+    (bytes.fromhex("05 00 0014 0009 0008 6563686f 0009 0008 6563686f"), "duplicate handle"),
+    (bytes.fromhex("08 00 0018 000e 0008 12345678 0009 0008 4563686f"), "wrong order"),
+    (bytes.fromhex("05 00 0004"), "no handle"),
+    (bytes.fromhex("05 00 0008 0009 0004"), "empty handle"),
+    (bytes.fromhex("05 00 000c 0009 0009 6563686f"), "param beyond message"),
+    (bytes.fromhex("05 00 000d 0009 0008 6563686f 00"), "trailing garbage"),
+    (bytes.fromhex("05 00 0010 0009 0008 6563686f"), "length beyond data"),
+    (bytes.fromhex("05 00 0003"), "length below 4"),
+    (bytes.fromhex("0e 00 0008 000c 0004"), "operation error without cause"),
+    (bytes.fromhex("0e 00 000c 000d 0008 00000000"), "cookie instead of error"),
+])
+def test_structure_errors_are_invalid_values(data, what):
+    with pytest.raises(WireError) as info:
+        decode_message(data, PPID_ASAP)
+    assert info.value.cause == codes.CAUSE_INVALID_VALUES, what
+    assert info.value.report[0].code == 3
+
+
+def test_enrp_fixed_fields_and_update_action():
+    with pytest.raises(WireError) as info:
+        decode_message(bytes.fromhex("02 00 0008 00000001"), PPID_ENRP)
+    assert info.value.cause == 3
+    bad_action = bytes.fromhex("04 00 0010 00000001 00000000 0002 0000")
+    with pytest.raises(WireError) as info:
+        decode_message(bad_action, PPID_ENRP)
+    assert info.value.cause == 3
+
+
+def test_known_policy_with_wrong_length_is_invalid():
+    pe = PoolElement(1, 0, 30, TcpTransport(80, IPv4Address("10.0.0.1")), LeastUsedPolicy(0))
+    data = bytearray(AsapRegistration(b"echo", pe).encode())
+    pol = data.index(bytes.fromhex("0008 000c 40000001"))
+    data[pol + 4:pol + 8] = bytes.fromhex("00000001")  # RR needs length 8, not 12
+    with pytest.raises(WireError) as info:
+        decode_message(bytes(data), PPID_ASAP)
+    assert info.value.cause == 3
+    assert info.value.offending == bytes(data[pol:pol + 12])
+
+
+def test_limits_message_size():
+    with pytest.raises(WireError) as info:
+        decode_message(HR, PPID_ASAP, Limits(max_message_size=8))
+    assert info.value.cause == codes.CAUSE_LACK_OF_RESOURCES
+    with pytest.raises(WireError):
+        decode_message(HR + bytes(65536), PPID_ASAP)
+
+
+def test_limits_parameter_count():
+    many = HR[4:] + bytes.fromhex("8001 0004") * 20
+    data = bytes([5, 0]) + (4 + len(many)).to_bytes(2, "big") + many
+    assert decode_message(data, PPID_ASAP) == AsapHandleResolution(b"echo")
+    with pytest.raises(WireError) as info:
+        decode_message(data, PPID_ASAP, Limits(max_parameters=10))
+    assert info.value.cause == codes.CAUSE_LACK_OF_RESOURCES
+
+
+def test_limits_depth_addresses_handle():
+    pe = PoolElement(1, 0, 30, TcpTransport(80, IPv4Address("10.0.0.1")), LeastUsedPolicy(0))
+    data = AsapRegistration(b"echo", pe).encode()
+    assert decode_message(data, PPID_ASAP, Limits(max_depth=3))
+    with pytest.raises(WireError) as info:
+        decode_message(data, PPID_ASAP, Limits(max_depth=2))
+    assert info.value.cause == 3
+    with pytest.raises(WireError):
+        decode_message(data, PPID_ASAP, Limits(max_pool_handle=3))
+    from rserpool.wire import SctpTransport
+    pe2 = PoolElement(1, 0, 30, SctpTransport(80, [IPv4Address(f"10.0.0.{i}") for i in range(5)]),
+                      LeastUsedPolicy(0))
+    data2 = AsapRegistration(b"echo", pe2).encode()
+    assert decode_message(data2, PPID_ASAP, Limits(max_addresses=5))
+    with pytest.raises(WireError):
+        decode_message(data2, PPID_ASAP, Limits(max_addresses=4))
+
+
+def test_default_limits_are_sane():
+    assert DEFAULT_LIMITS.max_message_size == 65535
+    with pytest.raises(ValueError):
+        Limits(max_parameters=0)
+
+
+def test_unknown_ppid_and_non_bytes():
+    with pytest.raises(WireError):
+        decode_message(HR, 99)
+    assert decode_message(bytearray(HR), PPID_ASAP) == AsapHandleResolution(b"echo")
+    with pytest.raises(WireError):
+        decode_message(12345, PPID_ASAP)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("make", [
+    lambda: TcpTransport(65536, IPv4Address("1.2.3.4")),
+    lambda: TcpTransport(1, "1.2.3.4"),
+    lambda: PoolElement(1, 0, 2**31, TcpTransport(1, IPv4Address("1.2.3.4")), LeastUsedPolicy(0)),
+    lambda: PoolElement(-1, 0, 1, TcpTransport(1, IPv4Address("1.2.3.4")), LeastUsedPolicy(0)),
+    lambda: LeastUsedPolicy(2**32),
+    lambda: AsapHandleResolution(b""),
+    lambda: OperationError(()),
+    lambda: ErrorCause(0x10000),
+    lambda: AsapRegistration(b"x", None),
+])
+def test_invalid_objects_raise_value_error(make):
+    with pytest.raises(ValueError):
+        make()
+
+
+def test_encoding_too_long_raises_value_error():
+    from rserpool.wire import AsapCookie
+    with pytest.raises(ValueError):
+        AsapCookie(bytes(65532)).encode()
+
+
+def test_error_reply_truncates_huge_reports():
+    data = bytes([0x4F, 0, 0xFF, 0xFF]) + bytes(65531)
+    with pytest.raises(WireError) as info:
+        decode_message(data, PPID_ENRP)
+    reply = error_reply(info.value, PPID_ENRP, 1, 2)
+    data = reply.encode()
+    assert len(data) <= 65535
+    assert decode_message(data, PPID_ENRP) == reply
