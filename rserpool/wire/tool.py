@@ -198,8 +198,11 @@ def _encode_one(text: str) -> str:
         raise InputError(f"invalid JSON: {exc}") from None
     if not isinstance(obj, dict):
         raise InputError(f"expected a JSON object, got {type(obj).__name__}")
-    if "error" in obj:
-        raise InputError("this line records a decoding error, not a message")
+    if "type" not in obj and isinstance(obj.get("error"), dict):
+        # decode --json's record of a failed line (messages carry "type";
+        # ASAP/ENRP_ERROR and some responses have a field named "error")
+        where = f" of line {obj['line']}" if isinstance(obj.get("line"), int) else ""
+        raise InputError(f"this line records a decoding error{where}, not a message")
     obj = {k: v for k, v in obj.items() if k not in _DECORATION}
     from rserpool.wire.jsonform import message_from_json
 
