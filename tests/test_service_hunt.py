@@ -1,0 +1,470 @@
+"""rserpool.service.hunt: the server hunt shell.
+
+Unit tests run on ``twisted.internet.task.Clock`` with fake endpoints and a
+fake resolver.  ``HuntLoopbackTest`` (integration) uses a real twisted.names
+DNS server, real TLS listeners and a real announce datagram on 127.0.0.1;
+its TLS handshakes need the real clock, so it is a trial TestCase.
+"""
+
+from __future__ import annotations
+
+import random
+import socket
+from typing import Any
+
+import pytest
+from twisted.internet import defer
+from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.logger import globalLogPublisher
+from twisted.names import dns
+from twisted.names.error import DNSNameError
+from twisted.python.failure import Failure
+
+from rserpool.asap.hunt import AnnounceTable, Candidate, Origin, StaticEntry
+from rserpool.service.channel import Channel, ChannelSettings
+from rserpool.service.hunt import (
+    SRV_SERVICE, AnnounceReceiver, RegistrarCandidates, ServerHunt, describe_failure,
+    make_channel_factory,
+)
+from rserpool.wire import AsapHandleResolution, AsapServerAnnounce, IPv4Address, TcpTransport
+from rserpool.wire import SctpTransport
+
+
+def cand(n: int, origin: Origin = Origin.STATIC) -> Candidate:
+    return Candidate(f"127.0.0.{n}", 4000 + n, f"r{n}.test", origin)
+
+
+# --- fakes ---------------------------------------------------------------------------
+
+
+class ListSource:
+    """A candidate source returning a fixed list; counts rounds and their times."""
+
+    def __init__(self, clock: Clock, candidates: list[Candidate]) -> None:
+        self.clock = clock
+        self.items = candidates
+        self.calls: list[float] = []
+        self.listeners: list[Any] = []
+
+    def candidates(self) -> defer.Deferred[list[Candidate]]:
+        self.calls.append(self.clock.seconds())
+        return defer.succeed(list(self.items))
+
+    def add_listener(self, listener: Any) -> None:
+        self.listeners.append(listener)
+
+    def remove_listener(self, listener: Any) -> None:
+        self.listeners.remove(listener)
+
+
+class AbortingTransport(StringTransport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.protocol: Any = None
+        self.aborted = False
+
+    def abortConnection(self) -> None:
+        if not self.aborted:
+            self.aborted = True
+            self.protocol.connectionLost(Failure(ConnectionRefusedError("aborted")))
+
+    loseConnection = abortConnection
+
+
+class Network:
+    """Fake endpoints: every connect waits until the test decides."""
+
+    def __init__(self, refuse: bool = False) -> None:
+        self.refuse = refuse
+        self.pending: dict[tuple[str, int], tuple[defer.Deferred[Any], Any]] = {}
+        self.started: list[Candidate] = []
+        self.cancelled: list[tuple[str, int]] = []
+        self.peak = 0
+
+    def endpoint(self, candidate: Candidate) -> Any:
+        network = self
+
+        class Endpoint:
+            def connect(self, factory: Any) -> defer.Deferred[Any]:
+                network.started.append(candidate)
+                if network.refuse:
+                    return defer.fail(ConnectionRefusedError("refused"))
+                d: defer.Deferred[Any] = defer.Deferred(
+                    lambda _: network.cancelled.append(candidate.key))
+                network.pending[candidate.key] = (d, factory)
+                d.addBoth(network._done, candidate.key)
+                network.peak = max(network.peak, len(network.pending))
+                return d
+
+        return Endpoint()
+
+    def _done(self, result: Any, key: tuple[str, int]) -> Any:
+        self.pending.pop(key, None)
+        return result
+
+    def refuse_one(self, key: tuple[str, int]) -> None:
+        d, _ = self.pending[key]
+        d.errback(ConnectionRefusedError("refused"))
+
+    def connect(self, key: tuple[str, int]) -> tuple[Channel, AbortingTransport]:
+        d, factory = self.pending[key]
+        protocol = factory.buildProtocol(None)
+        transport = AbortingTransport()
+        transport.protocol = protocol
+        protocol.makeConnection(transport)
+        d.callback(protocol)
+        return protocol, transport
+
+
+class RecordingHandler:
+    def __init__(self, events: list[tuple[str, Any]], candidate: Candidate) -> None:
+        self.events = events
+        self.candidate = candidate
+
+    def channel_ready(self, channel: Channel) -> None:
+        self.events.append(("ready", self.candidate.key))
+
+    def channel_closed(self, channel: Channel, reason: Failure) -> None:
+        self.events.append(("closed", self.candidate.key))
+
+    def message_received(self, channel: Channel, message: Any, now: float) -> None:
+        self.events.append(("message", message))
+
+
+class Rig:
+    def __init__(self, candidates: list[Candidate], refuse: bool = False, **kwargs: Any) -> None:
+        self.clock = Clock()
+        self.network = Network(refuse)
+        self.source = ListSource(self.clock, candidates)
+        self.events: list[tuple[str, Any]] = []
+        factory = make_channel_factory(lambda c: RecordingHandler(self.events, c), self.clock,
+                                       ChannelSettings(heartbeat_interval=5, dead_after=15))
+        self.hunt = ServerHunt(self.clock, self.source, lambda name: None, factory,
+                               endpoint_factory=self.network.endpoint, **kwargs)
+        self.results: list[Any] = []
+
+    def find(self, **kwargs: Any) -> defer.Deferred[Channel]:
+        d = self.hunt.find(**kwargs)
+        d.addBoth(self.results.append)
+        return d
+
+
+@pytest.fixture
+def logged() -> Any:
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    yield events
+    globalLogPublisher.removeObserver(events.append)
+
+
+def texts(events: list[dict[str, Any]]) -> str:
+    from twisted.logger import formatEvent
+
+    return "\n".join(formatEvent(e) for e in events)
+
+
+# --- the hunt on a fake network ------------------------------------------------------------
+
+
+def test_at_most_three_attempts_in_flight_in_order() -> None:
+    rig = Rig([cand(n) for n in range(1, 8)])
+    rig.find()
+    assert [c.key for c in rig.network.started] == [cand(n).key for n in (1, 2, 3)]
+    rig.network.refuse_one(cand(2).key)
+    assert rig.network.started[-1] == cand(4)
+    assert rig.hunt.in_flight == 3
+    for n in (1, 3, 4, 5):
+        rig.network.refuse_one(cand(n).key)
+        assert rig.hunt.in_flight <= 3
+    assert rig.network.peak == 3
+    assert [c.key for c in rig.network.started] == [cand(n).key for n in range(1, 8)]
+
+
+def test_max_parallel_is_capped_by_sh1() -> None:
+    with pytest.raises(ValueError):
+        Rig([], max_parallel=4)
+    rig = Rig([cand(n) for n in range(1, 5)], max_parallel=1)
+    rig.find()
+    assert len(rig.network.pending) == 1
+
+
+def test_first_authenticated_channel_wins_and_others_are_closed() -> None:
+    rig = Rig([cand(n) for n in range(1, 5)])
+    rig.find()
+    slow, slow_transport = rig.network.connect(cand(1).key)  # TCP up, TLS still pending
+    winner, _ = rig.network.connect(cand(2).key)
+    assert rig.results == []
+    winner.handshakeCompleted()  # the server certificate checked out
+    assert rig.results == [winner]
+    assert winner.handler.__class__ is RecordingHandler and winner.ready
+    assert slow_transport.aborted and slow.closed
+    assert cand(3).key in rig.network.cancelled  # never connected: its connect was cancelled
+    assert rig.network.pending == {}
+    assert rig.events == [("ready", cand(2).key)]  # losers' handlers heard nothing
+    assert not rig.hunt.hunting
+    # a late handshake of a loser cannot change anything
+    slow.handshakeCompleted()
+    assert rig.results == [winner]
+
+
+def test_tls_failure_after_connect_tries_next_and_logs_why(logged: list[dict[str, Any]]) -> None:
+    from service_identity import VerificationError
+
+    rig = Rig([cand(1), cand(2)], max_parallel=1)
+    rig.find()
+    channel, _ = rig.network.connect(cand(1).key)
+    channel.connectionLost(Failure(VerificationError("DNS-ID mismatch r1.test")))
+    assert [c.key for c in rig.network.started] == [cand(1).key, cand(2).key]
+    assert "does not match the expected name" in texts(logged)
+    assert "r1.test" in texts(logged)
+    assert rig.events == []
+
+
+def test_t5_back_off_timing_when_everything_fails() -> None:
+    rig = Rig([cand(1), cand(2)], refuse=True)
+    rig.find()
+    rig.clock.advance(0)
+    for _ in range(6 * 60):
+        rig.clock.advance(1)
+    assert rig.source.calls == [0, 10, 30, 70, 130, 190, 250, 310]
+    assert len(rig.network.started) == 2 * len(rig.source.calls)
+    assert rig.results == []
+
+
+def test_custom_t5_and_reset_after_success() -> None:
+    rig = Rig([cand(1)], refuse=True, t5_initial=1, t5_max=3)
+    rig.find()
+    rig.clock.pump([0.5] * 20)
+    assert rig.source.calls == [0, 1, 3, 6, 9]
+    rig.network.refuse = False
+    rig.clock.advance(3)  # round at t=12
+    channel, _ = rig.network.connect(cand(1).key)
+    channel.handshakeCompleted()
+    assert rig.results == [channel] and rig.hunt.backoff.current == 3
+    rig.network.refuse = True
+    rig.find()
+    assert rig.hunt.backoff.current == 1  # SH3: reset for a new hunt
+
+
+def test_t5_expiry_stops_attempts_and_prefers_other_addresses() -> None:
+    rig = Rig([cand(n) for n in range(1, 6)], attempt_timeout=None)
+    rig.find()
+    assert set(rig.network.pending) == {cand(1).key, cand(2).key, cand(3).key}
+    rig.clock.advance(10)  # nothing answered: SH5
+    assert {cand(1).key, cand(2).key, cand(3).key} <= set(rig.network.cancelled)
+    assert set(rig.network.pending) == {cand(4).key, cand(5).key, cand(1).key}
+    assert rig.hunt.backoff.current == 20
+
+
+def test_attempt_timeout_frees_the_slot() -> None:
+    rig = Rig([cand(1), cand(2)], max_parallel=1, attempt_timeout=2.0)
+    rig.find()
+    channel, transport = rig.network.connect(cand(1).key)  # TLS never completes
+    rig.clock.advance(2.0)
+    assert transport.aborted
+    assert rig.network.started[-1] == cand(2)
+
+
+def test_cancel_stops_everything() -> None:
+    rig = Rig([cand(n) for n in range(1, 5)])
+    d = rig.find()
+    channel, transport = rig.network.connect(cand(1).key)
+    d.cancel()
+    assert isinstance(rig.results[0], Failure) and rig.results[0].check(defer.CancelledError)
+    assert transport.aborted and rig.network.pending == {}
+    assert rig.clock.getDelayedCalls() == []  # no T5, no attempt timer, no heartbeat left
+    assert rig.source.listeners == []
+    assert rig.events == []
+    rig.clock.advance(100)
+    assert rig.source.calls == [0]  # no more rounds
+
+
+def test_only_one_hunt_at_a_time_but_reusable() -> None:
+    rig = Rig([cand(1), cand(2)])
+    d = rig.find()
+    with pytest.raises(RuntimeError):
+        rig.hunt.find()
+    d.cancel()
+    rig.find(avoid=[cand(1)])
+    assert rig.network.started[-2:] == [cand(2), cand(1)]
+
+
+def test_no_candidates_then_an_announce_is_tried_at_once() -> None:
+    rig = Rig([])
+    rig.find()
+    assert rig.network.started == []
+    rig.clock.advance(3)
+    for listener in list(rig.source.listeners):
+        listener([cand(9, Origin.ANNOUNCE)])
+    assert rig.network.started == [cand(9, Origin.ANNOUNCE)]
+    channel, _ = rig.network.connect(cand(9).key)
+    channel.handshakeCompleted()
+    assert rig.results == [channel] and rig.source.listeners == []
+
+
+def test_failing_source_is_an_empty_round(logged: list[dict[str, Any]]) -> None:
+    rig = Rig([])
+    rig.source.candidates = lambda: defer.fail(RuntimeError("boom"))  # type: ignore[method-assign]
+    rig.find()
+    rig.clock.advance(10)
+    assert rig.results == [] and rig.hunt.rounds == 2
+
+
+def test_describe_failure() -> None:
+    assert describe_failure(Failure(ConnectionRefusedError("x"))).startswith("ConnectionRefused")
+    assert describe_failure(Failure(defer.CancelledError())) == "cancelled"
+
+
+# --- announces --------------------------------------------------------------------------------
+
+
+class UdpTransport:
+    def __init__(self) -> None:
+        self.groups: list[str] = []
+
+    def joinGroup(self, group: str) -> None:
+        self.groups.append(group)
+
+
+def receiver(clock: Clock, **kwargs: Any) -> AnnounceReceiver:
+    r = AnnounceReceiver(clock, **kwargs)
+    r.makeConnection(UdpTransport())
+    return r
+
+
+def announce(*transports: Any, server_id: int = 0x1234) -> bytes:
+    return AsapServerAnnounce(server_id, tuple(transports)).encode()
+
+
+def test_announce_without_transport_uses_source_and_iana_port() -> None:
+    clock = Clock()
+    r = receiver(clock)
+    r.datagramReceived(announce(), ("127.0.0.5", 40000))
+    [c] = r.candidates()
+    assert (c.host, c.port, c.tls_name, c.origin, c.server_id) == (
+        "127.0.0.5", 3864, "127.0.0.5", Origin.ANNOUNCE, 0x1234)
+
+
+def test_announce_rsplib_style_source_port() -> None:
+    r = receiver(Clock(), default_port=None, server_name="registrar.test")
+    r.datagramReceived(announce(), ("127.0.0.5", 40000))
+    [c] = r.candidates()
+    assert (c.port, c.tls_name) == (40000, "registrar.test")
+
+
+def test_announce_tcp_transports_and_address_checks() -> None:
+    r = receiver(Clock())
+    here = TcpTransport(5001, IPv4Address("127.0.0.7"))
+    wildcard = TcpTransport(5002, IPv4Address("0.0.0.0"))
+    elsewhere = TcpTransport(5003, IPv4Address("192.0.2.1"))
+    sctp = SctpTransport(5004, (IPv4Address("127.0.0.7"),))
+    r.datagramReceived(announce(here, wildcard, elsewhere), ("127.0.0.7", 1))
+    r.datagramReceived(announce(sctp), ("127.0.0.7", 1))
+    assert [(c.host, c.port) for c in r.candidates()] == [("127.0.0.7", 5001), ("127.0.0.7", 5002)]
+    trusting = receiver(Clock(), trust_announced_addresses=True)
+    trusting.datagramReceived(announce(elsewhere), ("127.0.0.7", 1))
+    assert [(c.host, c.port) for c in trusting.candidates()] == [("192.0.2.1", 5003)]
+
+
+def test_announce_garbage_is_dropped() -> None:
+    r = receiver(Clock(), allowed_sources=["127.0.0.0/8"], max_datagram=64)
+    r.datagramReceived(b"\x0a\x00\x00\x05xyz", ("127.0.0.1", 1))
+    r.datagramReceived(AsapHandleResolution(b"pool").encode(), ("127.0.0.1", 1))
+    r.datagramReceived(announce() + b"\0" * 100, ("127.0.0.1", 1))
+    r.datagramReceived(announce(), ("10.0.0.1", 1))
+    assert r.candidates() == [] and r.dropped == 4 and r.received == 4
+    r.datagramReceived(announce(), ("127.0.0.1", 1))
+    assert len(r.candidates()) == 1
+
+
+def test_announce_flood_is_bounded_and_expires() -> None:
+    clock = Clock()
+    listened: list[list[Candidate]] = []
+    r = receiver(clock, table=AnnounceTable(lifetime=5, max_entries=4, max_per_source=2))
+    r.listeners.append(listened.append)
+    for n in range(1, 50):
+        r.datagramReceived(announce(TcpTransport(6000 + n, IPv4Address("0.0.0.0"))),
+                           (f"127.0.1.{n}", 1))
+    assert len(r.candidates()) == 4 and r.dropped == 45 and len(listened) == 4
+    clock.advance(5)
+    assert r.candidates() == []
+
+
+def test_announce_multicast_is_optional() -> None:
+    assert receiver(Clock()).transport.groups == []
+    assert receiver(Clock(), multicast_group="224.0.1.185").transport.groups == ["224.0.1.185"]
+
+
+# --- candidate gathering with a fake resolver ----------------------------------------------------
+
+
+class FakeResolver:
+    def __init__(self, zone: dict[tuple[str, int], list[Any]]) -> None:
+        self.zone = zone
+        self.queries: list[tuple[str, int]] = []
+
+    def _lookup(self, name: str, qtype: int) -> defer.Deferred[Any]:
+        self.queries.append((name, qtype))
+        if (name, qtype) not in self.zone:
+            return defer.fail(DNSNameError(name))
+        answers = [dns.RRHeader(name, qtype, payload=p) for p in self.zone[(name, qtype)]]
+        return defer.succeed((answers, [], []))
+
+    def lookupAddress(self, name: str, timeout: Any = None) -> defer.Deferred[Any]:
+        return self._lookup(name, dns.A)
+
+    def lookupIPV6Address(self, name: str, timeout: Any = None) -> defer.Deferred[Any]:
+        return self._lookup(name, dns.AAAA)
+
+    def lookupService(self, name: str, timeout: Any = None) -> defer.Deferred[Any]:
+        return self._lookup(name, dns.SRV)
+
+
+def gathered(source: RegistrarCandidates) -> list[Candidate]:
+    out: list[list[Candidate]] = []
+    source.candidates().addCallback(out.append)
+    return out[0]
+
+
+def test_candidates_in_defined_order() -> None:
+    srv = f"{SRV_SERVICE}.example.test"
+    resolver = FakeResolver({
+        ("static.example.test", dns.A): [dns.Record_A("127.0.0.2")],
+        ("static.example.test", dns.AAAA): [dns.Record_AAAA("::1")],
+        (srv, dns.SRV): [dns.Record_SRV(20, 0, 7002, "b.example.test"),
+                         dns.Record_SRV(10, 0, 7001, "a.example.test")],
+        ("a.example.test", dns.A): [dns.Record_A("127.0.0.3")],
+        ("b.example.test", dns.A): [dns.Record_A("127.0.0.4")],
+    })
+    clock = Clock()
+    announces = receiver(clock)
+    announces.datagramReceived(announce(), ("127.0.0.9", 1))
+    source = RegistrarCandidates(
+        static=["127.0.0.1:3000 reg.example.test", "static.example.test:3001", "nowhere.test:1"],
+        srv_names=["example.test"], announces=announces, resolver=resolver,
+        rng=random.Random(0))
+    got = [(c.host, c.port, c.tls_name, c.origin) for c in gathered(source)]
+    assert got == [
+        ("127.0.0.1", 3000, "reg.example.test", Origin.STATIC),
+        ("127.0.0.2", 3001, "static.example.test", Origin.STATIC),
+        ("::1", 3001, "static.example.test", Origin.STATIC),
+        ("127.0.0.3", 7001, "a.example.test", Origin.SRV),
+        ("127.0.0.4", 7002, "b.example.test", Origin.SRV),
+        ("127.0.0.9", 3864, "127.0.0.9", Origin.ANNOUNCE),
+    ]
+    domain = RegistrarCandidates(srv_names=[srv], resolver=resolver, srv_name_check="domain")
+    assert {c.tls_name for c in gathered(domain)} == {"example.test"}
+    with pytest.raises(ValueError):
+        RegistrarCandidates(srv_name_check="whatever")
+
+
+def test_static_entry_objects_and_duplicates() -> None:
+    source = RegistrarCandidates(static=[StaticEntry("127.0.0.1", 1), "127.0.0.1:1 other"])
+    [c] = gathered(source)
+    assert c.tls_name == "127.0.0.1"
+
+
+# --- real loopback: DNS server, TLS listeners, an announce datagram ------------------------------
+
