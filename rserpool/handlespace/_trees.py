@@ -6,11 +6,11 @@ line onto the slot that covers it, so drawing ``r`` uniformly selects a slot
 with probability ``weight / total``.  Slots of weight 0 cover nothing and are
 never found.
 
-Layout: every node has ``FANOUT`` (32) children and stores their running
+Layout: every node has ``FANOUT`` (16) children and stores their running
 (prefix) sums in one flat ``array('Q')`` per level, so ``find`` does one C
-``bisect_right`` per level (4 levels for a million slots) and touches a few
+``bisect_right`` per level (5 levels for a million slots) and touches a few
 cache lines per level; ``set`` adds the change to the prefix sums right of the
-slot in each level (at most 32 per level).  Costs: ``set`` and ``find``
+slot in each level (at most 16 per level).  Costs: ``set`` and ``find``
 O(FANOUT * log_FANOUT capacity) = O(log n); ``allocate``/``release``
 amortised O(1) (the capacity doubles when full and shrinks, by a compacting
 rebuild the owner is told about, when three quarters are free).
@@ -22,7 +22,7 @@ from array import array
 from bisect import bisect_right
 from typing import Callable
 
-FANOUT = 32
+FANOUT = 16
 _MIN_CAPACITY = FANOUT
 
 

@@ -18,7 +18,7 @@ Rules as implemented (the details and the reasons are in docs/policies.md):
   incremented; (re-)registration resets it).
 * WRR is stride scheduling: the key is ``(pass << 64) | seq``; the head is
   the member with the smallest pass, and advancing it adds
-  ``2**63 // weight`` to its pass.  The circular list of RFC 5356 4.2.2 is
+  ``lcm(1..64) // weight`` to its pass.  The circular list of RFC 5356 4.2.2 is
   the sequence of heads.  With equal weights it is exactly RR.
 * RAND keeps an array and draws by a partial Fisher-Yates shuffle.
 * WRAND and RLU keep a Fenwick sum tree (``_trees.SumTree``); RLU's weight
@@ -28,6 +28,7 @@ Rules as implemented (the details and the reasons are in docs/policies.md):
 
 from __future__ import annotations
 
+import math
 import random
 from typing import Any, Sequence
 
@@ -71,9 +72,11 @@ __all__ = [
 _SEQ_BITS = 64
 _SEQ_MASK = (1 << _SEQ_BITS) - 1
 _RANK_MASK = ~_SEQ_MASK
-# WRR: pass increment of a PE of weight w is _STRIDE_ONE // w.  2**63 keeps
-# the relative rounding error of a stride below 2**-31 for any 32-bit weight.
-_STRIDE_ONE = 1 << 63
+# WRR: pass increment of a PE of weight w is _STRIDE_ONE // w.  lcm(1..64)
+# (about 2**88) makes the strides of all weights up to 64 (and of every
+# divisor of it) exact, so such weights produce exact ties, and keeps the
+# relative rounding error of any 32-bit weight's stride below 2**-55.
+_STRIDE_ONE = math.lcm(*range(1, 65))
 _ZERO_WEIGHT = -1  # WRR policy_state of a member that is never selected
 # WRAND: rejected duplicate draws per response before switching to exact
 # exclusion (taking the drawn members' weights out of the tree).
@@ -327,7 +330,7 @@ class WeightedRoundRobinPolicy(_SortedPolicy):
     ``(pass << 64) | seq``).  A response lists the n distinct members of
     smallest pass, i.e. the next n distinct members of the circular list
     from the head; then the head's pass grows by its stride
-    ``2**63 // w`` and it gets a fresh ``seq`` (goes behind the members with
+    ``lcm(1..64) // w`` and it gets a fresh ``seq`` (goes behind the members with
     the same pass).  The virtual time is the head's pass at its last
     selection; a new member starts at ``virtual time + stride``; a weight
     change rescales the member's remaining distance to the virtual time.
