@@ -8,28 +8,35 @@ its TLS handshakes need the real clock, so it is a trial TestCase.
 
 from __future__ import annotations
 
+import atexit
 import random
+import shutil
 import socket
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import pytest
-from twisted.internet import defer
+from twisted.internet import defer, endpoints, protocol
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import globalLogPublisher
-from twisted.names import dns
+from twisted.names import authority, client, dns, server
 from twisted.names.error import DNSNameError
 from twisted.python.failure import Failure
+from twisted.trial import unittest
 
 from rserpool.asap.hunt import AnnounceTable, Candidate, Origin, StaticEntry
+from rserpool.security import tls
 from rserpool.service.channel import Channel, ChannelSettings
 from rserpool.service.hunt import (
     SRV_SERVICE, AnnounceReceiver, RegistrarCandidates, ServerHunt, describe_failure,
-    make_channel_factory,
+    listen_for_announces, make_channel_factory,
 )
 from rserpool.wire import AsapHandleResolution, AsapServerAnnounce, IPv4Address, TcpTransport
 from rserpool.wire import SctpTransport
+from tests.tlshelpers import TestPKI, make_test_pki
 
 
 def cand(n: int, origin: Origin = Origin.STATIC) -> Candidate:
@@ -468,3 +475,166 @@ def test_static_entry_objects_and_duplicates() -> None:
 
 # --- real loopback: DNS server, TLS listeners, an announce datagram ------------------------------
 
+_PKI: TestPKI | None = None
+DOMAIN = "rserpool.test"
+GOOD = "registrar.rserpool.test"  # in the test server certificate's SANs
+BAD = "bad.rserpool.test"  # not in them
+
+
+def shared_pki() -> TestPKI:
+    global _PKI
+    if _PKI is None:
+        directory = tempfile.mkdtemp(prefix="rserpool-hunt-test-")
+        atexit.register(shutil.rmtree, directory, True)
+        _PKI = make_test_pki(Path(directory))
+    return _PKI
+
+
+class MemoryAuthority(authority.FileAuthority):
+    """An authoritative zone given as ``[(name, record), ...]`` (first one the SOA)."""
+
+    def loadFile(self, zone: list[tuple[str, Any]]) -> None:  # type: ignore[override]
+        self.soa = (dns.domainString(zone[0][0]), zone[0][1])
+        self.records = {}
+        for name, record in zone:
+            self.records.setdefault(dns.domainString(name).lower(), []).append(record)
+
+
+class ServerSide:
+    """What a registrar's listener needs for these tests: accept TLS, say nothing."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.ready: list[Channel] = []
+        self.closed: list[defer.Deferred[None]] = []
+
+    def channel_ready(self, channel: Channel) -> None:
+        self.ready.append(channel)
+
+    def channel_closed(self, channel: Channel, reason: Failure) -> None:
+        channel.session.callback(None)
+
+    def message_received(self, channel: Channel, message: Any, now: float) -> None:
+        pass
+
+
+class _ServerFactory(protocol.Factory):
+    def __init__(self, reactor: Any, side: ServerSide) -> None:
+        self.reactor = reactor
+        self.side = side
+
+    def buildProtocol(self, addr: Any) -> Channel:
+        channel = Channel(self.side, self.reactor, ChannelSettings(), tls=True)
+        channel.session = defer.Deferred()
+        self.side.closed.append(channel.session)
+        return channel
+
+
+@pytest.mark.integration
+class HuntLoopbackTest(unittest.TestCase):
+    timeout = 30
+
+    @defer.inlineCallbacks
+    def setUp(self) -> Any:
+        from twisted.internet import reactor
+
+        self.reactor = reactor
+        self.pki = shared_pki()
+        self.sides: list[ServerSide] = []
+        self.ports = {}
+        for name in (GOOD, BAD):
+            side = ServerSide(name)
+            self.sides.append(side)
+            options = tls.server_options(self.pki.server.cert, self.pki.server.key,
+                                         self.pki.ca.cert, environ={})
+            endpoint = endpoints.SSL4ServerEndpoint(reactor, 0, options, interface="127.0.0.1")
+            port = yield endpoint.listen(_ServerFactory(reactor, side))
+            self.addCleanup(port.stopListening)
+            self.ports[name] = port.getHost().port
+        zone = [
+            (DOMAIN, dns.Record_SOA(mname="ns." + DOMAIN, rname="root." + DOMAIN, serial=1)),
+            (f"{SRV_SERVICE}.{DOMAIN}", dns.Record_SRV(10, 0, self.ports[BAD], BAD)),
+            (f"{SRV_SERVICE}.{DOMAIN}", dns.Record_SRV(20, 0, self.ports[GOOD], GOOD)),
+            (GOOD, dns.Record_A("127.0.0.1")),
+            (BAD, dns.Record_A("127.0.0.1")),
+        ]
+        factory = server.DNSServerFactory(authorities=[MemoryAuthority(zone)])
+        dns_port = reactor.listenUDP(0, dns.DNSDatagramProtocol(controller=factory),
+                                     interface="127.0.0.1")
+        self.addCleanup(dns_port.stopListening)
+        self.resolver = client.Resolver(servers=[("127.0.0.1", dns_port.getHost().port)],
+                                        reactor=reactor)
+        self.logged: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(self.logged.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.logged.append)
+
+    def hunt(self, source: Any, **kwargs: Any) -> ServerHunt:
+        def tls_options(name: str) -> Any:
+            return tls.client_options(name, self.pki.ca.cert, client_cert=self.pki.pe1.pair,
+                                      environ={})
+
+        self.client_events: list[tuple[str, Any]] = []
+        factory = make_channel_factory(lambda c: RecordingHandler(self.client_events, c),
+                                       self.reactor)
+        return ServerHunt(self.reactor, source, tls_options, factory, **kwargs)
+
+    @defer.inlineCallbacks
+    def finish(self, channel: Channel) -> Any:
+        """Close the winner and wait until every server-side channel is gone."""
+        channel.close()
+        for side in self.sides:
+            yield defer.gatherResults(list(side.closed))
+
+    @defer.inlineCallbacks
+    def test_srv_better_priority_with_wrong_certificate_is_rejected(self) -> Any:
+        source = RegistrarCandidates(srv_names=[DOMAIN], resolver=self.resolver)
+        hunt = self.hunt(source, max_parallel=1)
+        channel = yield hunt.find()
+        try:
+            self.assertTrue(channel.ready)
+            self.assertEqual(channel.transport.getPeer().port, self.ports[GOOD])
+            self.assertIsNotNone(tls.peer_certificate(channel.transport))
+            self.assertEqual(self.client_events, [("ready", (channel.transport.getPeer().host,
+                                                             self.ports[GOOD]))])
+            text = texts(self.logged)
+            self.assertIn(f"name {BAD!r}", text)
+            self.assertIn("does not match the expected name", text)
+            self.assertLess(text.index(BAD), text.index("home registrar"))
+        finally:
+            yield self.finish(channel)
+        good, bad = self.sides
+        self.assertEqual(len(good.ready), 1)
+        self.assertEqual(bad.ready, [])  # its handshake never completed
+        self.assertEqual(len(bad.closed), 1)  # but it was tried, first
+
+    @defer.inlineCallbacks
+    def test_static_dns_name_and_parallel_attempts(self) -> Any:
+        source = RegistrarCandidates(
+            static=[f"127.0.0.1:{self.ports[BAD]} {BAD}", f"{GOOD}:{self.ports[GOOD]}"],
+            resolver=self.resolver)
+        channel = yield self.hunt(source).find()
+        try:
+            self.assertEqual(channel.transport.getPeer().port, self.ports[GOOD])
+        finally:
+            yield self.finish(channel)
+
+    @defer.inlineCallbacks
+    def test_announce_datagram_finds_a_registrar(self) -> Any:
+        receiver = AnnounceReceiver(self.reactor)  # TLS name: the announced IP
+        udp = listen_for_announces(self.reactor, 0, receiver, "127.0.0.1")
+        self.addCleanup(udp.stopListening)
+        source = RegistrarCandidates(announces=receiver, resolver=self.resolver)
+        hunt = self.hunt(source)
+        found = hunt.find()
+        self.assertEqual(hunt.in_flight, 0)  # nothing known yet
+        message = AsapServerAnnounce(0xC0FFEE, (TcpTransport(self.ports[GOOD],
+                                                             IPv4Address("127.0.0.1")),))
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+            sender.sendto(message.encode(), ("127.0.0.1", udp.getHost().port))
+        channel = yield found
+        try:
+            self.assertEqual(channel.transport.getPeer().port, self.ports[GOOD])
+            [known] = receiver.candidates()
+            self.assertEqual((known.server_id, known.tls_name), (0xC0FFEE, "127.0.0.1"))
+        finally:
+            yield self.finish(channel)
