@@ -185,9 +185,10 @@ def test_round_robin_update_keeps_the_position() -> None:
 def test_weighted_round_robin_pattern_1_2_3() -> None:
     policy = filled(WEIGHTED_ROUND_ROBIN, pes(WEIGHTED_ROUND_ROBIN, weight=[1, 2, 3]))
     heads = [policy.select(1)[0].pe_id for _ in range(12)]
-    assert heads == [3, 2, 3, 1, 2, 3] * 2
+    assert heads == [3, 2, 1, 3, 2, 3] * 2
     # A response lists the next distinct members of the circle from the head.
     assert ids(policy.select(3)) == [3, 2, 1]
+    assert ids(policy.select(3)) == [2, 1, 3]
 
 
 def test_weighted_round_robin_with_equal_weights_is_round_robin() -> None:
@@ -505,24 +506,81 @@ def test_sorted_policies_match_the_naive_model(code: int, script: Any) -> None:
     drive(code, script, check)
 
 
-@settings(max_examples=40, deadline=None)
+class NaiveStride:
+    """WRR's stride rule with explicit pass values and a linear scan."""
+
+    def __init__(self) -> None:
+        self.passes: dict[int, tuple[int, int]] = {}  # pe_id -> (pass, seq)
+        self.members: dict[int, PE] = {}
+        self.vtime = 0
+        self.seq = 0
+
+    def stride(self, m: PE) -> int:
+        return pol._STRIDE_ONE // m.settings.weight
+
+    def add(self, m: PE) -> None:
+        self.members[m.pe_id] = m
+        if m.settings.weight:
+            self.seq += 1
+            self.passes[m.pe_id] = (self.vtime + self.stride(m) // 2, self.seq)
+
+    def remove(self, m: PE) -> None:
+        del self.members[m.pe_id]
+        self.passes.pop(m.pe_id, None)
+
+    def update(self, m: PE, old: PolicySettings) -> None:
+        new_w, old_w = m.settings.weight, old.weight
+        if new_w == old_w:
+            return
+        entry = self.passes.pop(m.pe_id, None)
+        if not new_w:
+            return
+        if not old_w or entry is None:
+            self.seq += 1
+            self.passes[m.pe_id] = (self.vtime + self.stride(m) // 2, self.seq)
+            return
+        s_one = pol._STRIDE_ONE
+        remaining = (entry[0] - self.vtime) * (s_one // new_w) // (s_one // old_w)
+        self.passes[m.pe_id] = (self.vtime + remaining, entry[1])
+
+    def select(self, n: int) -> list[PE]:
+        if n <= 0 or not self.passes:
+            return []
+        order = sorted(self.passes, key=self.passes.__getitem__)[:n]
+        head = order[0]
+        self.vtime = self.passes[head][0]
+        self.seq += 1
+        self.passes[head] = (self.vtime + self.stride(self.members[head]), self.seq)
+        return [self.members[i] for i in order]
+
+
+@settings(max_examples=60, deadline=None)
 @given(ops)
-def test_weighted_round_robin_with_equal_weights_matches_the_circle(script: Any) -> None:
+def test_weighted_round_robin_matches_the_naive_stride_model(script: Any) -> None:
     policy = pol.WeightedRoundRobinPolicy()
-    circle = NaiveCircle()
+    model = NaiveStride()
     live: list[PE] = []
-    for op, a, _, _ in script:
-        if op in ("add", "update") or not live:
-            m = PE(len(live) + 100 * a + 1000 * len(script), PolicySettings(WEIGHTED_ROUND_ROBIN, weight=3))
+    next_id = 1
+    for op, a, b, c in script:
+        new = PolicySettings(WEIGHTED_ROUND_ROBIN, weight=[0, 1, 2, 3, 5, 97, 2**32 - 1][c])
+        if op == "add" or (op != "select" and not live):
+            m = PE(next_id, new)
+            next_id += 1
             live.append(m)
             policy.add(m)
-            circle.add(m)
+            model.add(m)
         elif op == "remove":
             m = live.pop(a % len(live))
             policy.remove(m)
-            circle.remove(m)
+            model.remove(m)
+        elif op == "update":
+            m = live[b % len(live)]
+            old = m.settings
+            policy.update(m, new)
+            model.update(m, old)
         else:
-            assert ids(policy.select(a)) == ids(circle.select(a))
+            assert ids(policy.select(a)) == ids(model.select(a))
+        assert len(policy) == len(live)
 
 
 @settings(max_examples=60, deadline=None)

@@ -18,7 +18,7 @@ Rules as implemented (the details and the reasons are in docs/policies.md):
   incremented; (re-)registration resets it).
 * WRR is stride scheduling: the key is ``(pass << 64) | seq``; the head is
   the member with the smallest pass, and advancing it adds
-  ``lcm(1..64) // weight`` to its pass.  The circular list of RFC 5356 4.2.2 is
+  ``2 * lcm(1..64) // weight`` to its pass.  The circular list of RFC 5356 4.2.2 is
   the sequence of heads.  With equal weights it is exactly RR.
 * RAND keeps an array and draws by a partial Fisher-Yates shuffle.
 * WRAND and RLU keep a Fenwick sum tree (``_trees.SumTree``); RLU's weight
@@ -72,11 +72,11 @@ __all__ = [
 _SEQ_BITS = 64
 _SEQ_MASK = (1 << _SEQ_BITS) - 1
 _RANK_MASK = ~_SEQ_MASK
-# WRR: pass increment of a PE of weight w is _STRIDE_ONE // w.  lcm(1..64)
-# (about 2**88) makes the strides of all weights up to 64 (and of every
-# divisor of it) exact, so such weights produce exact ties, and keeps the
-# relative rounding error of any 32-bit weight's stride below 2**-55.
-_STRIDE_ONE = math.lcm(*range(1, 65))
+# WRR: pass increment of a PE of weight w is _STRIDE_ONE // w.  2 * lcm(1..64)
+# (about 2**89) makes the strides (and half strides) of all weights up to 64
+# exact, so such weights produce exact ties, and keeps the relative rounding
+# error of any 32-bit weight's stride below 2**-55.
+_STRIDE_ONE = 2 * math.lcm(*range(1, 65))
 _ZERO_WEIGHT = -1  # WRR policy_state of a member that is never selected
 # WRAND: rejected duplicate draws per response before switching to exact
 # exclusion (taking the drawn members' weights out of the tree).
@@ -330,10 +330,13 @@ class WeightedRoundRobinPolicy(_SortedPolicy):
     ``(pass << 64) | seq``).  A response lists the n distinct members of
     smallest pass, i.e. the next n distinct members of the circular list
     from the head; then the head's pass grows by its stride
-    ``lcm(1..64) // w`` and it gets a fresh ``seq`` (goes behind the members with
+    ``2 * lcm(1..64) // w`` and it gets a fresh ``seq`` (goes behind the members with
     the same pass).  The virtual time is the head's pass at its last
-    selection; a new member starts at ``virtual time + stride``; a weight
-    change rescales the member's remaining distance to the virtual time.
+    selection; a new member starts half a stride after it (its first turn
+    is the midpoint of its first period, which keeps every member's count
+    of turns within about one of its share at every point of the list); a
+    weight change rescales the member's remaining distance to the virtual
+    time.
     Weight 0: kept aside, never selected.
     """
 
@@ -358,7 +361,7 @@ class WeightedRoundRobinPolicy(_SortedPolicy):
             self._zero += 1
             return
         self._seq += 1
-        start = self._vtime + _STRIDE_ONE // weight
+        start = self._vtime + (_STRIDE_ONE // weight >> 1)
         self._insert(member, (start << _SEQ_BITS) | self._seq)
 
     def add(self, member: Member) -> None:
