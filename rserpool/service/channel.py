@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol as TypingProtocol
 
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IHandshakeListener, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
@@ -109,6 +110,7 @@ class Channel(Protocol):
         self.session: Any = None  # the handler's per-channel state
         self._timer: IDelayedCall | None = None
         self._last_heard = 0.0
+        self._on_close: list[Deferred] = []
 
     # -- Twisted callbacks ----------------------------------------------------
 
@@ -168,7 +170,20 @@ class Channel(Protocol):
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
-        self.handler.channel_closed(self, reason)
+        try:
+            self.handler.channel_closed(self, reason)
+        finally:
+            waiting, self._on_close = self._on_close, []
+            for d in waiting:
+                d.callback(None)
+
+    def closed_deferred(self) -> Deferred:
+        """A Deferred that fires (with None) once the connection is gone."""
+        if self.closed:
+            return succeed(None)
+        d: Deferred = Deferred()
+        self._on_close.append(d)
+        return d
 
     # -- sending ----------------------------------------------------------------
 

@@ -461,6 +461,7 @@ class ServerHunt:
         self.endpoint_factory = endpoint_factory or self._default_endpoint
         self.rounds = 0
         self.round: HuntRound | None = None
+        self.home: Candidate | None = None  # the last hunt's winner
         self._result: defer.Deferred[Channel] | None = None
         self._attempts: dict[tuple[str, int], _Attempt] = {}
         self._t5: IDelayedCall | None = None
@@ -612,6 +613,7 @@ class ServerHunt:
         result = self._finish()
         channel = attempt.channel
         channel.handler = attempt.handler
+        self.home = attempt.candidate
         _log.info("home registrar: {candidate} (round {n})",
                   candidate=attempt.candidate.describe(), n=self.rounds)
         attempt.handler.channel_ready(channel)

@@ -1,0 +1,128 @@
+"""Pool authorization rules: who may do what in which pool (default deny).
+
+The embedded authorizer reads a rules file, one rule per line::
+
+    # subject           actions                pool-handle patterns
+    pe1                 register,deregister    echo
+    @echo-servers       register,deregister    echo echo-*
+    *                   resolve                *
+    enrp1               enrp                   *
+
+- *subject* is an identity name, ``@group`` (a group the identity belongs to,
+  e.g. from a certificate mapping, LDAP or RADIUS), or ``*`` (any
+  authenticated identity; for ``resolve`` also an anonymous pool user).
+- *actions*: ``register``, ``deregister``, ``resolve``, ``enrp`` (act as an
+  ENRP peer), or ``all``.
+- *patterns* are shell-style globs (``fnmatch``, case-sensitive) over the pool
+  handle, which is read as UTF-8; a handle that is not valid UTF-8 only
+  matches ``*`` or a ``hex:`` pattern such as ``hex:0a0b*``.
+- A line starting with ``deny`` (``deny pe2 register echo``) refuses
+  explicitly; the first matching rule decides, and when no rule matches the
+  answer is no.
+
+Pure: no I/O except ``load_rules(path)``, no clock.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from dataclasses import dataclass
+from typing import Iterable
+
+__all__ = ["ACTIONS", "Rule", "RulesError", "RulesAuthorizer", "parse_rules", "load_rules"]
+
+ACTIONS = frozenset({"register", "deregister", "resolve", "enrp"})
+_MAX_RULES = 100_000
+
+
+class RulesError(ValueError):
+    """A malformed rules file (with its line number)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    allow: bool
+    subject: str  # name, "@group" or "*"
+    actions: frozenset[str]
+    patterns: tuple[str, ...]
+    line: int
+
+    def matches(self, identity: str | None, groups: frozenset[str], action: str, handle: bytes) -> bool:
+        if action not in self.actions:
+            return False
+        subject = self.subject
+        if subject == "*":
+            if identity is None and action != "resolve":
+                return False
+        elif subject.startswith("@"):
+            if subject[1:] not in groups:
+                return False
+        elif subject != identity:
+            return False
+        return any(_match(pattern, handle) for pattern in self.patterns)
+
+
+def _match(pattern: str, handle: bytes) -> bool:
+    if pattern == "*":
+        return True
+    if pattern.startswith("hex:"):
+        return fnmatch.fnmatchcase(handle.hex(), pattern[4:].lower())
+    try:
+        text = handle.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return fnmatch.fnmatchcase(text, pattern)
+
+
+_NAME = re.compile(r"^(\*|@?[^\s,#]+)$")
+
+
+def parse_rules(text: str, source: str = "<rules>") -> tuple[Rule, ...]:
+    rules = []
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        words = line.split()
+        allow = True
+        if words[0] in ("allow", "deny"):
+            allow = words.pop(0) == "allow"
+        if len(words) < 3:
+            raise RulesError(f"{source}:{number}: expected 'subject actions pattern...'")
+        subject, actions_text, patterns = words[0], words[1], tuple(words[2:])
+        if not _NAME.match(subject):
+            raise RulesError(f"{source}:{number}: bad subject {subject!r}")
+        actions = set()
+        for action in actions_text.split(","):
+            action = action.strip()
+            if action == "all":
+                actions |= ACTIONS
+            elif action in ACTIONS:
+                actions.add(action)
+            else:
+                raise RulesError(f"{source}:{number}: unknown action {action!r} "
+                                 f"(known: {', '.join(sorted(ACTIONS))}, all)")
+        rules.append(Rule(allow, subject, frozenset(actions), patterns, number))
+        if len(rules) > _MAX_RULES:
+            raise RulesError(f"{source}: more than {_MAX_RULES} rules")
+    return tuple(rules)
+
+
+def load_rules(path: str) -> tuple[Rule, ...]:
+    with open(path, encoding="utf-8") as handle:
+        return parse_rules(handle.read(), path)
+
+
+class RulesAuthorizer:
+    """First matching rule decides; no match means no."""
+
+    def __init__(self, rules: Iterable[Rule]) -> None:
+        self.rules = tuple(rules)
+
+    def decide(self, identity: str | None, groups: Iterable[str], action: str, pool_handle: bytes) -> bool:
+        group_set = frozenset(groups)
+        for rule in self.rules:
+            if rule.matches(identity, group_set, action, pool_handle):
+                return rule.allow
+        return False

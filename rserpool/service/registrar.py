@@ -1,0 +1,353 @@
+"""The registrar's Twisted service: listeners, TLS, timers and announces
+around ``rserpool.asap.registrar.RegistrarCore``.
+
+Everything protocol-related happens in the core; this module only
+
+- listens on Twisted endpoint strings and wraps every connection in TLS with
+  the configured server options (client certificates requested; required
+  only when configured),
+- turns a finished TLS handshake into an ``AsapSession`` (the identity comes
+  from the verified client certificate, if any),
+- feeds messages and the reactor's time into the core and carries out what
+  it returns (send, close, ask the authorizer),
+- keeps one timer armed at the core's next deadline,
+- sends ASAP_SERVER_ANNOUNCE over UDP to configured unicast targets (and a
+  multicast group only when configured).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+from typing import Any, Callable, Iterable, Protocol as TypingProtocol
+
+from twisted.application.service import MultiService, Service
+from twisted.internet import defer
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.protocol import DatagramProtocol, Factory
+from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python.failure import Failure
+
+from rserpool.asap.registrar import (
+    AsapSession,
+    Authorize,
+    Close,
+    PoolElementAdded,
+    PoolElementRemoved,
+    RegistrarCore,
+    RegistrarSettings,
+    Send,
+)
+from rserpool.handlespace import Handlespace, HandlespaceLimits
+from rserpool.security.certidentity import CertIdentityError, IdentityPolicy, identity_from_certificate
+from rserpool.security.tls import NotTLSError, peer_certificate
+from rserpool.service.channel import Channel, ChannelSettings
+from rserpool.wire import WireError
+from rserpool.wire.transports import TcpTransport
+
+__all__ = ["PoolAuthorizer", "RegistrarService", "AnnounceProtocol"]
+
+_log = Logger()
+
+
+class PoolAuthorizer(TypingProtocol):
+    """May ``identity`` do ``action`` in pool ``pool_handle``?  A bool or a
+    Deferred firing with one.  An exception (or a failed Deferred) counts as
+    "no" and is logged as a backend failure, not as a refusal."""
+
+    def authorize(self, identity: str | None, groups: frozenset[str], action: str,
+                  pool_handle: bytes) -> bool | defer.Deferred: ...
+
+
+class _RegistrarFactory(Factory):
+    def __init__(self, service: "RegistrarService", tls: bool) -> None:
+        self.service = service
+        self.tls = tls
+
+    def buildProtocol(self, addr: Any) -> Channel | None:
+        service = self.service
+        if len(service.channels) >= service.max_connections:
+            _log.warn("refusing ASAP connection from {addr}: {n} connections open", addr=addr,
+                      n=len(service.channels))
+            return None
+        host = getattr(addr, "host", "")
+        per_address = service.connections_per_address.get(host, 0)
+        if per_address >= service.max_connections_per_address:
+            _log.warn("refusing ASAP connection from {addr}: too many from this address", addr=addr)
+            return None
+        channel = Channel(service, service.clock, service.channel_settings, tls=self.tls)
+        return channel
+
+
+class RegistrarService(MultiService):
+    """An ENRP server's ASAP service (the ENRP side comes in a later issue)."""
+
+    def __init__(
+        self,
+        settings: RegistrarSettings,
+        *,
+        reactor: Any,
+        listen: Iterable[str],
+        tls_options: Any | None,
+        authorizer: PoolAuthorizer,
+        limits: HandlespaceLimits | None = None,
+        channel_settings: ChannelSettings | None = None,
+        identity_policy: IdentityPolicy | None = None,
+        groups_of: Callable[[str], Iterable[str]] | None = None,
+        announce_targets: Iterable[tuple[str, int]] = (),
+        announce_interval: float = 1.0,
+        announce_multicast: tuple[str, int] | None = None,
+        announce_ttl: int = 1,
+        rng: random.Random | None = None,
+        max_connections: int = 10_000,
+        max_connections_per_address: int = 256,
+    ) -> None:
+        super().__init__()
+        self.reactor = reactor
+        self.clock: IReactorTime = reactor
+        self.listen = tuple(listen)
+        self.tls_options = tls_options
+        self.authorizer = authorizer
+        self.rng = rng or random.SystemRandom()
+        self.channel_settings = channel_settings or ChannelSettings()
+        self.identity_policy = identity_policy or IdentityPolicy()
+        self.groups_of = groups_of or (lambda identity: ())
+        self.handlespace = Handlespace(limits or HandlespaceLimits(), rng=random.Random(self.rng.random()))
+        self.core = RegistrarCore(settings, self.handlespace, rng=random.Random(self.rng.random()),
+                                  log=lambda fmt, **kw: _log.info(fmt, **kw))
+        self.announce_targets = tuple(announce_targets)
+        self.announce_interval = announce_interval
+        self.announce_multicast = announce_multicast
+        self.announce_ttl = announce_ttl
+        self.max_connections = max_connections
+        self.max_connections_per_address = max_connections_per_address
+        self.channels: set[Channel] = set()
+        self.connections_per_address: dict[str, int] = {}
+        self.ports: list[Any] = []
+        self.listening_addresses: list[Any] = []
+        self._timer: IDelayedCall | None = None
+        self._timer_at: float | None = None
+        self._announce_call: IDelayedCall | None = None
+        self._announce_port: Any = None
+        if tls_options is None:
+            _log.critical("INSECURE: the ASAP listener runs WITHOUT TLS; anyone on the network "
+                          "can read and forge registrations")
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    @property
+    def server_id(self) -> int:
+        return self.core.settings.server_id
+
+    @defer.inlineCallbacks
+    def startService(self):
+        super().startService()
+        for description in self.listen:
+            factory: Any = _RegistrarFactory(self, tls=self.tls_options is not None)
+            if self.tls_options is not None:
+                factory = TLSMemoryBIOFactory(self.tls_options, False, factory)
+            endpoint = serverFromString(self.reactor, description)
+            port = yield endpoint.listen(factory)
+            self.ports.append(port)
+            self.listening_addresses.append(port.getHost())
+            _log.info("registrar {server_id:08x} listening for ASAP on {address} ({tls})",
+                      server_id=self.server_id, address=port.getHost(),
+                      tls="TLS" if self.tls_options is not None else "PLAINTEXT")
+        if self.announce_multicast:
+            _log.info("announcing to multicast group {group}", group=self.announce_multicast)
+            self._announce_port = self.reactor.listenMulticast(0, AnnounceProtocol())
+            self._announce_port.setTTL(self.announce_ttl)
+        elif self.announce_targets:
+            interface = "127.0.0.1" if self._loopback_only() else ""
+            self._announce_port = self.reactor.listenUDP(0, AnnounceProtocol(), interface=interface)
+        if self._announce_port is not None:
+            self._schedule_announce()
+
+    def _loopback_only(self) -> bool:
+        hosts = [h for h, _ in self.announce_targets]
+        if self.announce_multicast:
+            return False
+        try:
+            return all(ipaddress.ip_address(h).is_loopback for h in hosts)
+        except ValueError:
+            return False
+
+    @defer.inlineCallbacks
+    def stopService(self):
+        if self._announce_call is not None and self._announce_call.active():
+            self._announce_call.cancel()
+        self._announce_call = None
+        if self._announce_port is not None:
+            yield self._announce_port.stopListening()
+            self._announce_port = None
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        ports, self.ports = self.ports, []
+        yield defer.gatherResults([defer.maybeDeferred(p.stopListening) for p in ports], consumeErrors=True)
+        closing = [channel.closed_deferred() for channel in self.channels]
+        for channel in list(self.channels):
+            channel.abort()
+        yield defer.DeferredList(closing)
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        yield defer.maybeDeferred(super().stopService)
+
+    # -- ChannelHandler ---------------------------------------------------------------
+
+    def channel_ready(self, channel: Channel) -> None:
+        address = getattr(channel.peer, "host", "")
+        identity = None
+        if channel.tls:
+            try:
+                cert = peer_certificate(channel.transport)
+            except NotTLSError:
+                cert = None
+            if cert is not None:
+                try:
+                    identity = identity_from_certificate(cert, self.identity_policy).name
+                except CertIdentityError as exc:
+                    _log.warn("client certificate from {address} yields no identity: {error}",
+                              address=address, error=exc)
+        channel.session = self.core.open_session(channel, address, channel.tls, identity)
+        self.channels.add(channel)
+        self.connections_per_address[address] = self.connections_per_address.get(address, 0) + 1
+        _log.debug("ASAP channel from {address} ready (identity {identity})", address=address, identity=identity)
+
+    def message_received(self, channel: Channel, message: Any, now: float) -> None:
+        session = channel.session
+        if session is None:
+            return
+        self._carry_out(self.core.message_received(session, message, now))
+
+    def wire_error(self, channel: Channel, ppid: int, error: WireError, now: float) -> None:
+        session = channel.session
+        _log.info("undecodable message from {peer}: {error}", peer=channel.peer, error=error)
+        if session is not None:
+            self._carry_out(self.core.wire_error(session, error))
+
+    def data_received(self, channel: Channel, ppid: int, payload: bytes, now: float) -> None:
+        _log.info("closing channel from {peer}: unexpected PPID {ppid}", peer=channel.peer, ppid=ppid)
+        channel.abort()
+
+    def channel_closed(self, channel: Channel, reason: Failure) -> None:
+        session = channel.session
+        if channel in self.channels:
+            self.channels.discard(channel)
+            address = session.address if session is not None else ""
+            left = self.connections_per_address.get(address, 1) - 1
+            if left > 0:
+                self.connections_per_address[address] = left
+            else:
+                self.connections_per_address.pop(address, None)
+        if session is not None:
+            self._carry_out(self.core.close_session(session, self.clock.seconds()))
+
+    # -- carrying out the core's decisions ---------------------------------------------------
+
+    def _carry_out(self, outputs: list) -> None:
+        for output in outputs:
+            kind = type(output)
+            if kind is Send:
+                session = output.session
+                if not session.closed:
+                    session.channel.send(output.message)
+            elif kind is Authorize:
+                self._authorize(output)
+            elif kind is Close:
+                output.session.channel.close()
+            elif kind is PoolElementAdded:
+                if output.created:
+                    _log.info("PE {pe_id:08x} registered in pool {handle!r} by {identity}",
+                              pe_id=output.entry.pe_id, handle=output.entry.pool_handle,
+                              identity=output.entry.identity)
+            elif kind is PoolElementRemoved:
+                _log.info("PE {pe_id:08x} left pool {handle!r}: {reason}", pe_id=output.entry.pe_id,
+                          handle=output.entry.pool_handle, reason=output.reason)
+        self._arm_timer()
+
+    def _authorize(self, request: Authorize) -> None:
+        session: AsapSession = request.session
+        identity = session.identity
+        try:
+            groups = frozenset(self.groups_of(identity)) if identity is not None else frozenset()
+            result = defer.maybeDeferred(self.authorizer.authorize, identity, groups, request.action,
+                                         request.pool_handle)
+        except Exception:
+            result = defer.fail()
+
+        def done(allowed: Any) -> None:
+            self._carry_out(self.core.authorization_done(session, request.token, allowed is True,
+                                                         self.clock.seconds()))
+
+        def failed(failure: Failure) -> None:
+            _log.failure("authorization backend failed for {identity} ({action} {handle!r}); refusing",
+                         failure, identity=identity, action=request.action, handle=request.pool_handle)
+            self._carry_out(self.core.authorization_done(session, request.token, False, self.clock.seconds()))
+
+        result.addCallbacks(done, failed)
+
+    # -- timers --------------------------------------------------------------------------
+
+    def _arm_timer(self) -> None:
+        if not self.running:
+            return
+        deadline = self.core.next_deadline()
+        if deadline is None:
+            return
+        if self._timer is not None and self._timer.active():
+            if self._timer_at is not None and self._timer_at <= deadline:
+                return
+            self._timer.cancel()
+        delay = max(0.0, deadline - self.clock.seconds())
+        self._timer_at = deadline
+        self._timer = self.clock.callLater(delay, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        self._carry_out(self.core.on_timer(self.clock.seconds()))
+
+    # -- announces ------------------------------------------------------------------------
+
+    def _schedule_announce(self) -> None:
+        # T6 with +/-12.5 % jitter so that registrars do not synchronise.
+        delay = self.announce_interval * (0.875 + 0.25 * self.rng.random())
+        self._announce_call = self.clock.callLater(delay, self._announce)
+
+    def announce_message(self) -> Any:
+        transports = []
+        for address in self.listening_addresses:
+            host = getattr(address, "host", None)
+            try:
+                ip = ipaddress.ip_address(host)
+            except (TypeError, ValueError):
+                continue
+            if ip.is_unspecified:
+                continue
+            transports.append(TcpTransport(address.port, ip))
+        return self.core.server_announce(tuple(transports))
+
+    def _announce(self) -> None:
+        self._announce_call = None
+        if self._announce_port is None:
+            return
+        data = self.announce_message().encode()
+        for target in self.announce_targets:
+            try:
+                self._announce_port.write(data, target)
+            except Exception as exc:  # a bad target must not stop the others
+                _log.warn("announce to {target} failed: {error}", target=target, error=exc)
+        if self.announce_multicast:
+            self._announce_port.write(data, self.announce_multicast)
+        self._schedule_announce()
+
+
+class AnnounceProtocol(DatagramProtocol):
+    """The registrar's announce socket: it only sends."""
+
+    def datagramReceived(self, data: bytes, addr: Any) -> None:
+        pass

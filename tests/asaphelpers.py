@@ -1,0 +1,144 @@
+"""Test helpers: a raw ASAP client over a real (TLS) channel, and a registrar
+started on a loopback port.  Used by the registrar, PE and PU tests."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from twisted.internet import defer, endpoints
+from twisted.internet.protocol import Factory
+
+from rserpool.asap.registrar import RegistrarSettings
+from rserpool.security import tls
+from rserpool.service.channel import Channel, ChannelSettings
+from rserpool.service.registrar import RegistrarService
+from rserpool.wire import (
+    LeastUsedPolicy, PoolElement, RoundRobinPolicy, TcpTransport,
+)
+from ipaddress import IPv4Address
+
+
+class AllowAll:
+    """Test authorizer: says yes to everything (never use outside tests)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+
+    def authorize(self, identity, groups, action, pool_handle):
+        self.calls.append((identity, action, pool_handle))
+        return True
+
+
+class RulesFromDict:
+    def __init__(self, allowed: set[tuple[str, str, bytes]]) -> None:
+        self.allowed = allowed
+
+    def authorize(self, identity, groups, action, pool_handle):
+        return (identity, action, pool_handle) in self.allowed
+
+
+class RawClient:
+    """A ChannelHandler that queues every message; ``next()`` waits for one."""
+
+    def __init__(self) -> None:
+        self.channel: Channel | None = None
+        self.ready = defer.Deferred()
+        self.closed = defer.Deferred()
+        self.messages: list[Any] = []
+        self._waiting: list[defer.Deferred] = []
+        self.data: list[tuple[int, bytes]] = []
+        self.auto_ack_keepalives = False
+
+    def channel_ready(self, channel: Channel) -> None:
+        self.channel = channel
+        self.ready.callback(self)
+
+    def message_received(self, channel: Channel, message: Any, now: float) -> None:
+        from rserpool.wire import AsapEndpointKeepAlive, AsapEndpointKeepAliveAck
+        if self.auto_ack_keepalives and type(message) is AsapEndpointKeepAlive and self.pe_ids:
+            for handle, pe_id in self.pe_ids:
+                if handle == message.pool_handle:
+                    channel.send(AsapEndpointKeepAliveAck(handle, pe_id))
+            return
+        if self._waiting:
+            self._waiting.pop(0).callback(message)
+        else:
+            self.messages.append(message)
+
+    pe_ids: list[tuple[bytes, int]] = []
+
+    def wire_error(self, channel, ppid, error, now) -> None:
+        self.message_received(channel, error, now)
+
+    def data_received(self, channel, ppid, payload, now) -> None:
+        self.data.append((ppid, payload))
+
+    def channel_closed(self, channel, reason) -> None:
+        if not self.closed.called:
+            self.closed.callback(None)
+        while self._waiting:
+            self._waiting.pop(0).errback(reason)
+
+    def next(self) -> defer.Deferred:
+        if self.messages:
+            return defer.succeed(self.messages.pop(0))
+        d = defer.Deferred()
+        self._waiting.append(d)
+        return d
+
+    def send(self, message: Any) -> None:
+        assert self.channel is not None
+        self.channel.send(message)
+
+    @defer.inlineCallbacks
+    def request(self, message: Any):
+        self.send(message)
+        reply = yield self.next()
+        return reply
+
+
+def connect_raw(reactor, port: int, client_creator, *, settings: ChannelSettings | None = None,
+                host: str = "127.0.0.1") -> defer.Deferred:
+    """Connect a RawClient over TLS; fires with the client once the channel is ready."""
+    client = RawClient()
+    settings = settings or ChannelSettings()
+    factory = Factory.forProtocol(lambda: Channel(client, reactor, settings, tls=client_creator is not None,
+                                                  initiator=True))
+    endpoint = endpoints.TCP4ClientEndpoint(reactor, host, port)
+    if client_creator is not None:
+        endpoint = endpoints.wrapClientTLS(client_creator, endpoint)
+    d = endpoint.connect(factory)
+
+    def wait(_):
+        return client.ready
+
+    d.addCallback(wait)
+    return d
+
+
+def make_pe(pe_id: int, port: int = 7, *, policy=None, life: int = 30, address: str = "127.0.0.1") -> PoolElement:
+    return PoolElement(pe_id, 0, life, TcpTransport(port, IPv4Address(address)),
+                       policy if policy is not None else RoundRobinPolicy())
+
+
+def start_registrar(reactor, pki, *, authorizer=None, settings: RegistrarSettings | None = None,
+                    require_client_cert: bool = False, **kwargs) -> defer.Deferred:
+    """A RegistrarService on 127.0.0.1:0 with the test PKI; fires with it once listening."""
+    options = tls.server_options(pki.server.cert, pki.server.key, [pki.ca.cert],
+                                 require_client_cert=require_client_cert)
+    service = RegistrarService(
+        settings or RegistrarSettings(server_id=random.randrange(1, 2**32)),
+        reactor=reactor,
+        listen=["tcp:0:interface=127.0.0.1"],
+        tls_options=options,
+        authorizer=authorizer or AllowAll(),
+        **kwargs,
+    )
+    d = defer.maybeDeferred(service.startService)
+    d.addCallback(lambda _: service)
+    return d
+
+
+def registrar_port(service: RegistrarService) -> int:
+    return service.listening_addresses[0].port

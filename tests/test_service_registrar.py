@@ -1,0 +1,134 @@
+"""The registrar service over real loopback TLS."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from twisted.internet import defer, reactor
+from twisted.trial import unittest
+
+from rserpool.asap.registrar import RegistrarSettings
+from rserpool.security import tls
+from rserpool.wire import (
+    AsapDeregistration, AsapDeregistrationResponse, AsapEndpointKeepAlive, AsapHandleResolution,
+    AsapHandleResolutionResponse, AsapRegistration, AsapRegistrationResponse, AsapError,
+    LeastUsedPolicy, WireError,
+)
+from rserpool.wire.codes import CAUSE_SECURITY, CAUSE_UNKNOWN_POOL_HANDLE, PPID_ASAP
+from tests.asaphelpers import (
+    AllowAll, RulesFromDict, connect_raw, make_pe, registrar_port, start_registrar,
+)
+from tests.tlshelpers import make_test_pki
+
+
+class RegistrarOverTLS(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls._tmp = tempfile.TemporaryDirectory()
+        cls.pki = make_test_pki(Path(cls._tmp.name))
+
+    @classmethod
+    def tearDownClass(cls):
+        cls._tmp.cleanup()
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        self.authorizer = AllowAll()
+        self.registrar = yield start_registrar(reactor, self.pki, authorizer=self.authorizer)
+        self.clients = []
+
+    @defer.inlineCallbacks
+    def tearDown(self):
+        for client in self.clients:
+            if client.channel is not None and not client.channel.closed:
+                client.channel.abort()
+                yield client.closed
+        yield self.registrar.stopService()
+
+    @defer.inlineCallbacks
+    def connect(self, cert=None):
+        creator = tls.client_options("localhost", [self.pki.ca.cert],
+                                     client_cert=cert.pair if cert is not None else None)
+        client = yield connect_raw(reactor, registrar_port(self.registrar), creator)
+        self.clients.append(client)
+        return client
+
+    @defer.inlineCallbacks
+    def test_register_resolve_deregister(self):
+        pe = yield self.connect(self.pki.pe1)
+        reply = yield pe.request(AsapRegistration(b"echo", make_pe(0x1234, policy=LeastUsedPolicy(5))))
+        self.assertIsInstance(reply, AsapRegistrationResponse)
+        self.assertFalse(reply.reject, reply)
+        self.assertEqual(reply.pe_id, 0x1234)
+        self.assertEqual(self.authorizer.calls, [("pe1", "register", b"echo")])
+        entry = self.registrar.handlespace.get(b"echo", 0x1234)
+        self.assertEqual(entry.identity, "pe1")
+        self.assertEqual(entry.home_server_id, self.registrar.server_id)
+
+        pu = yield self.connect()
+        answer = yield pu.request(AsapHandleResolution(b"echo"))
+        self.assertIsInstance(answer, AsapHandleResolutionResponse)
+        self.assertEqual([p.pe_id for p in answer.pool_elements], [0x1234])
+        self.assertEqual(answer.pool_elements[0].home_server_id, self.registrar.server_id)
+        self.assertEqual(answer.policy, LeastUsedPolicy(5))
+
+        missing = yield pu.request(AsapHandleResolution(b"nope"))
+        self.assertEqual(missing.error.causes[0].code, CAUSE_UNKNOWN_POOL_HANDLE)
+
+        gone = yield pe.request(AsapDeregistration(b"echo", 0x1234))
+        self.assertIsInstance(gone, AsapDeregistrationResponse)
+        self.assertIsNone(gone.error)
+        self.assertIsNone(self.registrar.handlespace.get(b"echo", 0x1234))
+
+    @defer.inlineCallbacks
+    def test_unauthenticated_registration_creates_no_state(self):
+        anonymous = yield self.connect()
+        for pe_id in range(1, 51):
+            reply = yield anonymous.request(AsapRegistration(b"echo", make_pe(pe_id)))
+            self.assertTrue(reply.reject)
+            self.assertEqual(reply.error.causes[0].code, CAUSE_SECURITY)
+        self.assertEqual(len(self.registrar.handlespace), 0)
+        self.assertEqual(self.authorizer.calls, [])
+
+    @defer.inlineCallbacks
+    def test_spoofed_deregistration_refused(self):
+        owner = yield self.connect(self.pki.pe1)
+        reply = yield owner.request(AsapRegistration(b"echo", make_pe(77)))
+        self.assertFalse(reply.reject)
+        attacker = yield self.connect(self.pki.pe2)
+        refused = yield attacker.request(AsapDeregistration(b"echo", 77))
+        self.assertEqual(refused.error.causes[0].code, CAUSE_SECURITY)
+        self.assertIsNotNone(self.registrar.handlespace.get(b"echo", 77))
+        hijack = yield attacker.request(AsapRegistration(b"echo", make_pe(77, port=9999)))
+        self.assertTrue(hijack.reject)
+        self.assertEqual(hijack.error.causes[0].code, CAUSE_SECURITY)
+        self.assertEqual(self.registrar.handlespace.get(b"echo", 77).payload.user_transport.port, 7)
+
+    @defer.inlineCallbacks
+    def test_malformed_input_reported_and_other_clients_unaffected(self):
+        good = yield self.connect(self.pki.pe1)
+        bad = yield self.connect(self.pki.pe2)
+        # An unknown message type with the "report" bit: ASAP_ERROR cause 0x2.
+        bad.channel.send_encoded(PPID_ASAP, bytes([0x7F, 0, 0, 8, 1, 2, 3, 4]))
+        report = yield bad.next()
+        self.assertIsInstance(report, AsapError)
+        self.assertEqual(report.error.causes[0].code, 0x2)
+        # A truncated registration: cause 0x3 (invalid values), channel stays up.
+        bad.channel.send_encoded(PPID_ASAP, bytes([0x01, 0, 0, 12, 0, 9, 0, 8, 0x65, 0x63]))
+        report = yield bad.next()
+        self.assertIsInstance(report, AsapError)
+        reply = yield good.request(AsapRegistration(b"echo", make_pe(5)))
+        self.assertFalse(reply.reject)
+        # Garbage framing kills only the offender's connection.
+        bad.channel.transport.write(b"\xff\x00\x00\x08\x00\x00\x00\x00")
+        yield bad.closed
+        answer = yield good.request(AsapHandleResolution(b"echo"))
+        self.assertEqual([p.pe_id for p in answer.pool_elements], [5])
+
+    @defer.inlineCallbacks
+    def test_registered_address_must_be_the_channels(self):
+        pe = yield self.connect(self.pki.pe1)
+        reply = yield pe.request(AsapRegistration(b"echo", make_pe(9, address="192.0.2.7")))
+        self.assertTrue(reply.reject)
+        self.assertEqual(len(self.registrar.handlespace), 0)
