@@ -128,6 +128,12 @@ SCHEMA: dict[str, dict[str, Option]] = {
         "authenticators": _S(_list, "certificate", "PE authentication mechanisms, by plugin name"),
         "authorizer": _S(str, "file", "pool authorization plugin name"),
         "authorize_resolution": _S(_bool, "no", "also authorize pool users' handle resolutions"),
+        "rules": _S(str, "authz.rules", "rules file of the file authorizer (see docs/authorization.md)", path=True),
+        "check_pe_addresses": _S(_bool, "yes", "a PE may register only the address its ASAP channel comes from"),
+        "registration_rate": _S(_positive_float, "50", "registrations per second per identity (burst: twice that)"),
+        "registration_rate_per_address": _S(_positive_float, "500", "registrations per second per source address"),
+        "resolution_rate": _S(_positive_float, "2000", "handle resolutions per second per identity or address"),
+        "unreachable_rate": _S(_positive_float, "1", "ENDPOINT_UNREACHABLE reports per second per reporter"),
     },
 }
 

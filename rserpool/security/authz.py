@@ -126,3 +126,7 @@ class RulesAuthorizer:
             if rule.matches(identity, group_set, action, pool_handle):
                 return rule.allow
         return False
+
+    def authorize(self, identity: str | None, groups: Iterable[str], action: str, pool_handle: bytes) -> bool:
+        """The registrar's authorizer interface (synchronous here)."""
+        return self.decide(identity, groups, action, pool_handle)

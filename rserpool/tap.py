@@ -1,0 +1,179 @@
+"""``twistd rserpool-registrar``: options and service construction.
+
+    twistd -n rserpool-registrar --config etc/registrar.ini
+    twistd -n rserpool-registrar --config etc/registrar.ini \\
+        --listen tcp:port=3864:interface=127.0.0.1 --announce 127.0.0.1:3863
+
+Command-line options override the configuration file.  Without a
+certificate in the configuration, a development PKI is created (once) in
+``state_dir/pki`` and its location is logged.
+"""
+
+from __future__ import annotations
+
+import random
+import secrets
+from pathlib import Path
+from typing import Any
+
+from twisted.application.service import IService
+from twisted.logger import Logger
+from twisted.python import usage
+
+from rserpool.config import Config, ConfigError, load_config
+
+__all__ = ["Options", "makeService", "build_registrar"]
+
+_log = Logger()
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = "An RSerPool registrar (ENRP server): ASAP over TLS for pool elements and pool users."
+
+    optParameters = [
+        ["config", "c", None, "the registrar's ini configuration file (see etc/registrar.ini)"],
+        ["server-id", None, None, "ENRP server ID (a non-zero 32-bit number; default: random)"],
+        ["state-dir", None, None, "directory for generated state such as the development PKI"],
+    ]
+    optFlags = [
+        ["insecure-plaintext", None, "INSECURE: run ASAP without TLS (for protocol debugging only)"],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["listen"] = []
+        self["announce"] = []
+
+    def opt_listen(self, description: str) -> None:
+        """Twisted endpoint string to listen on for ASAP (repeatable), e.g.
+        tcp:port=3864:interface=127.0.0.1 (TLS is added on top)."""
+        self["listen"].append(description)
+
+    def opt_announce(self, target: str) -> None:
+        """host:port to send ASAP SERVER_ANNOUNCE datagrams to (repeatable)."""
+        self["announce"].append(target)
+
+    def postOptions(self) -> None:
+        try:
+            config = load_config(self["config"]) if self["config"] else load_config(text="")
+            overrides = []
+            if self["listen"]:
+                overrides.append(("registrar", "asap_listen", "\n".join(self["listen"])))
+            if self["announce"]:
+                overrides.append(("announce", "targets", "\n".join(self["announce"])))
+            if self["server-id"]:
+                overrides.append(("registrar", "server_id", self["server-id"]))
+            if self["state-dir"]:
+                overrides.append(("registrar", "state_dir", str(Path(self["state-dir"]).absolute())))
+            if self["insecure-plaintext"]:
+                overrides.append(("tls", "enabled", "no"))
+            self.config = config.with_overrides(overrides)
+        except ConfigError as exc:
+            raise usage.UsageError(str(exc)) from None
+
+
+def _target(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    host = host.strip("[]")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"announce target {text!r} is not host:port")
+    return host, int(port)
+
+
+def build_registrar(config: Config, reactor: Any = None) -> Any:
+    """The RegistrarService described by ``config``."""
+    from rserpool.asap.registrar import RegistrarSettings
+    from rserpool.handlespace import HandlespaceLimits
+    from rserpool.security import pki, tls
+    from rserpool.security.authz import RulesAuthorizer, load_rules
+    from rserpool.security.ratelimit import RateLimit
+    from rserpool.service.channel import ChannelSettings
+    from rserpool.service.registrar import RegistrarService
+    from rserpool.wire import Limits
+
+    if reactor is None:
+        from twisted.internet import reactor as default_reactor
+
+        reactor = default_reactor
+    registrar, tls_conf, asap, security = config["registrar"], config["tls"], config["asap"], config["security"]
+    server_id = registrar["server_id"] or (secrets.randbits(32) or 1)
+
+    tls_options = None
+    if tls_conf["enabled"]:
+        cert, key, cas = tls_conf["certificate"], tls_conf["private_key"], tls_conf["ca_certificates"]
+        if not cert:
+            paths = pki.ensure_dev_pki(Path(registrar["state_dir"]) / "pki",
+                                       server_names=(tls_conf["server_name"], "localhost", "127.0.0.1", "::1"))
+            cert, key = str(paths.server_cert), str(paths.server_key)
+            cas = cas or (str(paths.ca_cert),)
+            _log.warn("using the DEVELOPMENT PKI in {directory} (CA {ca}; PE certificate {pe}, PU certificate "
+                      "{pu}); configure [tls] certificate for production", directory=paths.directory,
+                      ca=paths.ca_cert, pe=paths.pe_cert, pu=paths.pu_cert)
+        tls_options = tls.server_options(cert, key, cas, require_client_cert=tls_conf["require_client_certificate"],
+                                         crls=tls_conf["crls"])
+    else:
+        _log.critical("INSECURE: TLS is disabled by configuration")
+
+    if security["allow_unauthenticated"]:
+        _log.critical("INSECURE: registrations from unauthenticated pool elements are accepted")
+    rules_path = security["rules"]
+    if security["authorizer"] != "file":
+        raise ConfigError(f"unknown authorizer {security['authorizer']!r} (available: file)")
+    if rules_path and Path(rules_path).exists():
+        authorizer = RulesAuthorizer(load_rules(rules_path))
+        _log.info("pool authorization rules from {path}: {n} rules", path=rules_path, n=len(authorizer.rules))
+    else:
+        authorizer = RulesAuthorizer(())
+        _log.warn("no authorization rules file ({path}): every registration will be refused", path=rules_path)
+
+    limits = config["limits"]
+    settings = RegistrarSettings(
+        server_id=server_id,
+        keepalive_interval=asap["keepalive_interval"],
+        keepalive_timeout=asap["keepalive_timeout"],
+        max_bad_pe_reports=asap["max_bad_pe_reports"],
+        max_resolution_items=asap["max_resolution_items"],
+        allow_insecure_channels=not tls_conf["enabled"],
+        allow_unauthenticated=security["allow_unauthenticated"],
+        authorize_resolution=security["authorize_resolution"],
+        check_pe_addresses=security["check_pe_addresses"],
+        registration_rate=RateLimit(security["registration_rate"], 2 * security["registration_rate"]),
+        registration_rate_per_address=RateLimit(security["registration_rate_per_address"],
+                                                2 * security["registration_rate_per_address"]),
+        resolution_rate=RateLimit(security["resolution_rate"], 2 * security["resolution_rate"]),
+        unreachable_rate=RateLimit(security["unreachable_rate"], max(1.0, 10 * security["unreachable_rate"])),
+    )
+    handlespace_limits = HandlespaceLimits(
+        max_pools=limits["max_pools"],
+        max_pes_per_pool=limits["max_pes_per_pool"],
+        max_pes_per_identity=limits["max_pes_per_identity"],
+        max_registration_life=asap["max_registration_life"],
+    )
+    channel_settings = ChannelSettings(
+        heartbeat_interval=asap["heartbeat_interval"],
+        dead_after=asap["heartbeat_timeout"],
+        limits=Limits(max_message_size=asap["max_message_size"]),
+    )
+    announce = config["announce"]
+    multicast = _target(announce["multicast_group"]) if announce["multicast_group"] else None
+    return RegistrarService(
+        settings,
+        reactor=reactor,
+        listen=registrar["asap_listen"],
+        tls_options=tls_options,
+        authorizer=authorizer,
+        limits=handlespace_limits,
+        channel_settings=channel_settings,
+        announce_targets=[_target(t) for t in announce["targets"]],
+        announce_interval=announce["interval"],
+        announce_multicast=multicast,
+        announce_ttl=announce["multicast_ttl"],
+        rng=random.SystemRandom(),
+        max_connections=limits["max_connections"],
+        max_connections_per_address=limits["max_connections_per_address"],
+    )
+
+
+def makeService(options: Options) -> IService:
+    return build_registrar(options.config)
