@@ -204,7 +204,7 @@ def test_first_authenticated_channel_wins_and_others_are_closed() -> None:
     winner, _ = rig.network.connect(cand(2).key)
     assert rig.results == []
     winner.handshakeCompleted()  # the server certificate checked out
-    assert rig.results == [winner]
+    assert rig.results == [winner] and rig.hunt.home == cand(2)
     assert winner.handler.__class__ is RecordingHandler and winner.ready
     assert slow_transport.aborted and slow.closed
     assert cand(3).key in rig.network.cancelled  # never connected: its connect was cancelled
