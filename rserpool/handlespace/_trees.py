@@ -20,14 +20,11 @@ from __future__ import annotations
 
 from array import array
 from bisect import bisect_right
+from itertools import accumulate
 from typing import Callable
 
 FANOUT = 16
 _MIN_CAPACITY = FANOUT
-
-
-def _zeros(n: int) -> array:
-    return array("Q", bytes(8 * n))
 
 
 class SumTree:
@@ -151,17 +148,15 @@ class SumTree:
         while True:
             count = len(sums)
             padded = -(-count // FANOUT) * FANOUT
-            pre = _zeros(padded)
-            parents = []
-            for base in range(0, count, FANOUT):
-                acc = 0
-                for j in range(base, min(base + FANOUT, count)):
-                    acc += sums[j]
-                    pre[j] = acc
-                for j in range(min(base + FANOUT, count), base + FANOUT):
-                    pre[j] = acc
-                parents.append(acc)
-            levels.append(pre)
+            prefix: list[int] = []
+            parents: list[int] = []
+            for base in range(0, padded, FANOUT):
+                chunk = list(accumulate(sums[base : base + FANOUT]))
+                last = chunk[-1]
+                chunk.extend([last] * (FANOUT - len(chunk)))
+                prefix.extend(chunk)
+                parents.append(last)
+            levels.append(array("Q", prefix))
             if len(parents) == 1:
                 break
             sums = parents
