@@ -511,10 +511,10 @@ class RegistrarCore:
         """Run what is due: expiries, keep-alives, keep-alive timeouts."""
         out: list[Output] = []
         for entry in self.handlespace.expire(now, budget):
+            session = self._channel_of.get((entry.pool_handle, entry.pe_id))
             self._forget(entry)
             self.stats["removed"] += 1
             out.append(PoolElementRemoved(entry, "registration life expired"))
-            session = self._channel_of.pop((entry.pool_handle, entry.pe_id), None)
             if session is not None and not session.closed:
                 # RFC 5352 3.2: tell the PE its registration ended.
                 out.append(Send(session, AsapDeregistrationResponse(entry.pool_handle, entry.pe_id)))

@@ -326,8 +326,8 @@ class RegistrarService(MultiService):
                 ip = ipaddress.ip_address(host)
             except (TypeError, ValueError):
                 continue
-            if ip.is_unspecified:
-                continue
+            # A wildcard address stands for "the address this datagram came
+            # from"; receivers substitute the sender's address.
             transports.append(TcpTransport(address.port, ip))
         return self.core.server_announce(tuple(transports))
 

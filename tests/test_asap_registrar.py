@@ -1,0 +1,280 @@
+"""RegistrarCore, the sans-IO registrar: every rule with time passed in."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from rserpool.asap.registrar import (
+    Authorize, PoolElementAdded, PoolElementRemoved, RegistrarCore, RegistrarSettings, Send,
+)
+from rserpool.handlespace import Handlespace, HandlespaceLimits
+from rserpool.security.ratelimit import RateLimit
+from rserpool.wire import (
+    AsapDeregistration, AsapDeregistrationResponse, AsapEndpointKeepAlive, AsapEndpointKeepAliveAck,
+    AsapEndpointUnreachable, AsapError, AsapHandleResolution, AsapHandleResolutionResponse,
+    AsapRegistration, AsapRegistrationResponse, LeastUsedPolicy, RandomPolicy, RoundRobinPolicy,
+    WireError, decode_message,
+)
+from rserpool.wire.codes import (
+    CAUSE_INCONSISTENT_POLICY, CAUSE_INVALID_VALUES, CAUSE_LACK_OF_RESOURCES, CAUSE_SECURITY,
+    CAUSE_UNKNOWN_POOL_HANDLE, PPID_ASAP,
+)
+from tests.asaphelpers import make_pe
+
+SERVER = 0x5EED
+
+
+def make_core(**overrides):
+    settings = RegistrarSettings(server_id=SERVER, **overrides)
+    return RegistrarCore(settings, Handlespace(HandlespaceLimits(), rng=random.Random(1)), rng=random.Random(2))
+
+
+def sends(outputs, session=None):
+    return [o.message for o in outputs if type(o) is Send and (session is None or o.session is session)]
+
+
+def authorize_all(core, session, outputs, now, allowed=True):
+    """Answer every Authorize output; returns everything that followed."""
+    result = [o for o in outputs if type(o) is not Authorize]
+    for o in outputs:
+        if type(o) is Authorize:
+            result += authorize_all(core, session, core.authorization_done(o.session, o.token, allowed, now),
+                                    now, allowed)
+    return result
+
+
+def register(core, session, pe_id, now=0.0, handle=b"echo", **pe_kwargs):
+    out = core.message_received(session, AsapRegistration(handle, make_pe(pe_id, **pe_kwargs)), now)
+    return authorize_all(core, session, out, now)
+
+
+@pytest.fixture
+def core():
+    return make_core()
+
+
+@pytest.fixture
+def pe_session(core):
+    return core.open_session(object(), "127.0.0.1", secure=True, identity="pe1")
+
+
+def test_registration_is_authorized_before_any_state(core, pe_session):
+    out = core.message_received(pe_session, AsapRegistration(b"echo", make_pe(1)), 0.0)
+    assert [type(o) for o in out] == [Authorize]
+    assert out[0].action == "register" and out[0].pool_handle == b"echo"
+    assert len(core.handlespace) == 0  # nothing before the answer
+    done = core.authorization_done(pe_session, out[0].token, True, 0.0)
+    (reply,) = sends(done)
+    assert isinstance(reply, AsapRegistrationResponse) and not reply.reject
+    assert any(type(o) is PoolElementAdded for o in done)
+    entry = core.handlespace.get(b"echo", 1)
+    assert entry.identity == "pe1" and entry.home_server_id == SERVER
+    assert entry.payload.home_server_id == SERVER
+
+
+def test_refused_authorization_creates_nothing_and_is_cached(core, pe_session):
+    out = register_refused = core.message_received(pe_session, AsapRegistration(b"secret", make_pe(1)), 0.0)
+    done = core.authorization_done(pe_session, out[0].token, False, 0.0)
+    (reply,) = sends(done)
+    assert reply.reject and reply.error.causes[0].code == CAUSE_SECURITY
+    assert len(core.handlespace) == 0
+    # The decision is cached for the session: no second Authorize.
+    again = core.message_received(pe_session, AsapRegistration(b"secret", make_pe(2)), 1.0)
+    assert [type(o) for o in again] == [Send]
+    assert register_refused is not again
+
+
+def test_insecure_or_anonymous_sessions_are_refused_with_0xa(core):
+    plain = core.open_session(object(), "127.0.0.1", secure=False, identity="pe1")
+    anonymous = core.open_session(object(), "127.0.0.1", secure=True, identity=None)
+    for session in (plain, anonymous):
+        (reply,) = sends(core.message_received(session, AsapRegistration(b"echo", make_pe(1)), 0.0))
+        assert reply.reject and reply.error.causes[0].code == CAUSE_SECURITY
+        (dereg,) = sends(core.message_received(session, AsapDeregistration(b"echo", 1), 0.0))
+        assert dereg.error.causes[0].code == CAUSE_SECURITY
+    assert len(core.handlespace) == 0
+
+
+def test_insecure_options_allow_it_explicitly():
+    core = make_core(allow_insecure_channels=True, allow_unauthenticated=True)
+    session = core.open_session(object(), "127.0.0.1", secure=False, identity=None)
+    (reply,) = sends(register(core, session, 1))
+    assert not reply.reject
+    assert core.handlespace.get(b"echo", 1).identity == "addr:127.0.0.1"
+
+
+def test_address_must_match_channel(core, pe_session):
+    (reply,) = sends(register(core, pe_session, 1, address="10.1.2.3"))
+    assert reply.reject and reply.error.causes[0].code == CAUSE_INVALID_VALUES
+    assert len(core.handlespace) == 0
+
+
+def test_pe_identifier_bound_to_identity(core, pe_session):
+    register(core, pe_session, 7)
+    other = core.open_session(object(), "127.0.0.1", secure=True, identity="pe2")
+    (reply,) = sends(register(core, other, 7, port=99))
+    assert reply.reject and reply.error.causes[0].code == CAUSE_SECURITY
+    (dereg,) = sends(authorize_all(core, other, core.message_received(other, AsapDeregistration(b"echo", 7), 0), 0))
+    assert dereg.error.causes[0].code == CAUSE_SECURITY
+    assert core.handlespace.get(b"echo", 7).payload.user_transport.port == 7
+
+
+def test_inconsistent_policy_reports_pool_policy(core, pe_session):
+    register(core, pe_session, 1, policy=LeastUsedPolicy(3))
+    (reply,) = sends(register(core, pe_session, 2, policy=RandomPolicy()))
+    assert reply.reject
+    cause = reply.error.causes[0]
+    assert cause.code == CAUSE_INCONSISTENT_POLICY
+    assert cause.info == LeastUsedPolicy(3).encode()
+
+
+def test_reregistration_updates_in_place(core, pe_session):
+    register(core, pe_session, 1, policy=LeastUsedPolicy(3))
+    out = register(core, pe_session, 1, policy=LeastUsedPolicy(9))
+    added = [o for o in out if type(o) is PoolElementAdded]
+    assert added and not added[0].created
+    assert core.handlespace.get(b"echo", 1).settings.load == 9
+    assert core.stats["reregistrations"] == 1
+
+
+def test_resolution_answers_policy_and_unknown_handle(core, pe_session):
+    register(core, pe_session, 1, policy=LeastUsedPolicy(3))
+    register(core, pe_session, 2, policy=LeastUsedPolicy(1))
+    pu = core.open_session(object(), "127.0.0.2", secure=True, identity=None)
+    (answer,) = sends(core.message_received(pu, AsapHandleResolution(b"echo"), 0.0))
+    assert [p.pe_id for p in answer.pool_elements] == [2, 1]
+    assert answer.policy is not None
+    (missing,) = sends(core.message_received(pu, AsapHandleResolution(b"none"), 0.0))
+    assert missing.error.causes[0].code == CAUSE_UNKNOWN_POOL_HANDLE
+
+
+def test_round_robin_response_omits_policy(core, pe_session):
+    register(core, pe_session, 1, policy=RoundRobinPolicy())
+    pu = core.open_session(object(), "127.0.0.2", secure=True, identity=None)
+    (answer,) = sends(core.message_received(pu, AsapHandleResolution(b"echo"), 0.0))
+    assert answer.policy is None
+
+
+def test_resolution_authorization_optional():
+    core = make_core(authorize_resolution=True)
+    pu = core.open_session(object(), "127.0.0.2", secure=True, identity="pu1")
+    out = core.message_received(pu, AsapHandleResolution(b"echo"), 0.0)
+    assert [type(o) for o in out] == [Authorize] and out[0].action == "resolve"
+    (answer,) = sends(core.authorization_done(pu, out[0].token, False, 0.0))
+    assert answer.error.causes[0].code == CAUSE_SECURITY
+
+
+def test_keepalive_cycle_and_timeout(core, pe_session):
+    register(core, pe_session, 1)
+    interval = core.settings.keepalive_interval
+    deadline = core.next_deadline()
+    assert 0.5 * interval <= deadline <= 1.5 * interval  # RFC 5352 3.5: +/- 50 %
+    (ka,) = sends(core.on_timer(deadline))
+    assert isinstance(ka, AsapEndpointKeepAlive) and ka.server_id == SERVER and not ka.home
+    # The ACK schedules the next keep-alive.
+    core.message_received(pe_session, AsapEndpointKeepAliveAck(b"echo", 1), deadline + 0.1)
+    nxt = core.next_deadline()
+    assert deadline + 0.1 + 0.5 * interval <= nxt <= deadline + 0.1 + 1.5 * interval
+    (ka,) = sends(core.on_timer(nxt))
+    # No ACK: removed when the timeout passes, not before.
+    assert sends(core.on_timer(nxt + core.settings.keepalive_timeout - 0.01)) == []
+    assert core.handlespace.get(b"echo", 1) is not None
+    out = core.on_timer(nxt + core.settings.keepalive_timeout)
+    assert any(type(o) is PoolElementRemoved for o in out)
+    assert core.handlespace.get(b"echo", 1) is None
+
+
+def test_keepalive_ack_from_other_session_ignored(core, pe_session):
+    register(core, pe_session, 1)
+    deadline = core.next_deadline()
+    core.on_timer(deadline)
+    intruder = core.open_session(object(), "127.0.0.1", secure=True, identity="pe2")
+    core.message_received(intruder, AsapEndpointKeepAliveAck(b"echo", 1), deadline)
+    core.on_timer(deadline + core.settings.keepalive_timeout)
+    assert core.handlespace.get(b"echo", 1) is None
+
+
+def test_closed_channel_removes_its_pes(core, pe_session):
+    register(core, pe_session, 1)
+    register(core, pe_session, 2)
+    out = core.close_session(pe_session, 1.0)
+    assert len([o for o in out if type(o) is PoolElementRemoved]) == 2
+    assert len(core.handlespace) == 0
+
+
+def test_expiry_sends_deregistration_response(core, pe_session):
+    register(core, pe_session, 1, life=3)
+    out = core.on_timer(3.0)
+    assert any(isinstance(m, AsapDeregistrationResponse) for m in sends(out))
+    assert len(core.handlespace) == 0
+
+
+def test_unreachable_probe_then_distinct_reporters_remove():
+    core = make_core(max_bad_pe_reports=3)
+    pe = core.open_session(object(), "127.0.0.1", secure=True, identity="pe1")
+    register(core, pe, 1)
+    pus = [core.open_session(object(), f"127.0.0.{i}", secure=True, identity=None) for i in (2, 3, 4)]
+    out = core.message_received(pus[0], AsapEndpointUnreachable(b"echo", 1), 1.0)
+    (probe,) = sends(out, pe)
+    assert isinstance(probe, AsapEndpointKeepAlive)  # RFC 5352 3.5: immediate probe
+    core.message_received(pe, AsapEndpointKeepAliveAck(b"echo", 1), 1.01)
+    core.message_received(pus[1], AsapEndpointUnreachable(b"echo", 1), 1.1)
+    assert core.handlespace.get(b"echo", 1) is not None
+    out = core.message_received(pus[2], AsapEndpointUnreachable(b"echo", 1), 1.2)
+    assert any(type(o) is PoolElementRemoved for o in out)
+
+
+def test_unreachable_flood_from_one_reporter_does_not_remove_healthy_pe():
+    core = make_core(max_bad_pe_reports=3)
+    pe = core.open_session(object(), "127.0.0.1", secure=True, identity="pe1")
+    register(core, pe, 1)
+    attacker = core.open_session(object(), "127.0.0.9", secure=True, identity=None)
+    now = 1.0
+    probes = 0
+    for i in range(1000):
+        now += 0.001
+        for message in sends(core.message_received(attacker, AsapEndpointUnreachable(b"echo", 1), now), pe):
+            probes += 1
+            core.message_received(pe, AsapEndpointKeepAliveAck(b"echo", 1), now)
+    assert core.handlespace.get(b"echo", 1) is not None
+    assert probes <= 10  # the rate limit bounds the probes the flood can cause
+    assert core.stats["refused"] >= 990
+
+
+def test_registration_rate_limited_per_identity():
+    core = make_core(registration_rate=RateLimit(1.0, 5.0))
+    session = core.open_session(object(), "127.0.0.1", secure=True, identity="pe1")
+    replies = [sends(register(core, session, i, now=0.0))[0] for i in range(1, 11)]
+    accepted = [r for r in replies if not r.reject]
+    refused = [r for r in replies if r.reject]
+    assert len(accepted) == 5
+    assert all(r.error.causes[0].code == CAUSE_LACK_OF_RESOURCES for r in refused)
+    assert len(core.handlespace) == 5
+
+
+def test_pending_authorizations_bounded(core, pe_session):
+    outs = [core.message_received(pe_session, AsapRegistration(f"p{i}".encode(), make_pe(i + 1)), 0.0)
+            for i in range(core.settings.max_pending_per_session + 3)]
+    authorizes = [o for out in outs for o in out if type(o) is Authorize]
+    assert len(authorizes) == core.settings.max_pending_per_session
+    refusals = [m for out in outs for m in sends(out)]
+    assert len(refusals) == 3 and all(m.error.causes[0].code == CAUSE_LACK_OF_RESOURCES for m in refusals)
+
+
+def test_wire_errors_answered_per_rfc5354(core, pe_session):
+    with pytest.raises(WireError) as report:
+        decode_message(bytes([0x7F, 0, 0, 8, 1, 2, 3, 4]), PPID_ASAP)
+    (reply,) = sends(core.wire_error(pe_session, report.value))
+    assert isinstance(reply, AsapError) and reply.error.causes[0].code == 0x2
+    with pytest.raises(WireError) as silent:
+        decode_message(bytes([0x3F, 0, 0, 4]), PPID_ASAP)
+    assert core.wire_error(pe_session, silent.value) == []
+
+
+def test_answer_after_session_closed_is_dropped(core, pe_session):
+    out = core.message_received(pe_session, AsapRegistration(b"echo", make_pe(1)), 0.0)
+    core.close_session(pe_session, 0.5)
+    assert core.authorization_done(pe_session, out[0].token, True, 1.0) == []
+    assert len(core.handlespace) == 0
