@@ -325,7 +325,9 @@ class KeyLogTests(TLSTestCase):
         globalLogPublisher.addObserver(self.events.append)
         self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
         self.addCleanup(tls.close_keylog_writers)
-        self.keylog = Path(self.mktemp())
+        keylog_dir = tempfile.mkdtemp(prefix="rserpool-keylog-")
+        self.addCleanup(shutil.rmtree, keylog_dir, True)
+        self.keylog = Path(keylog_dir) / "keys.log"
 
     def warnings(self) -> list[dict[str, Any]]:
         return [e for e in self.events if e.get("log_level") == LogLevel.warn
