@@ -1,0 +1,486 @@
+"""The pool element's ASAP side (RFC 5352 sections 3.1, 3.2, 3.4, 3.7), sans-IO.
+
+``PoolElementSession`` is one PE registration in one pool.  It opens no
+sockets and reads no clock: the shell (``rserpool.service.pe``) passes the
+time in as ``now`` and carries out what each call returns, a list of
+
+- ``Send(channel, message)``: write an ASAP message on a channel;
+- ``CloseChannel(channel, reason)``: drop a channel the PE gave up on;
+- events for the application: ``NeedServer`` (start a server hunt, then
+  call ``channel_up``), ``Registered``, ``RegistrationRefused``,
+  ``HomeChanged``, ``RegistrationLost``, ``Deregistered``, ``Failed`` and
+  ``Ignored`` (something was dropped; for the log).
+
+Channels are opaque tokens to the core (the shell's ``Channel`` objects);
+the core remembers which one leads to the home registrar.
+
+Timers (RFC 5352 section 7; ``PeSettings``): T2-registration (30 s) guards
+every (re-)registration, T3-deregistration (30 s) the deregistration,
+T4-reregistration (10 min, or the life minus 20 s when that is smaller;
+half the life for lives under 40 s) schedules the next re-registration,
+counted from when the previous registration was *sent*, so it never falls
+after the life the registrar granted.  ``next_deadline()`` is the earliest
+time ``timer(now)`` must run.
+"""
+
+from __future__ import annotations
+
+import enum
+import secrets
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Union
+
+from rserpool.wire import (
+    AsapDeregistration,
+    AsapDeregistrationResponse,
+    AsapEndpointKeepAlive,
+    AsapEndpointKeepAliveAck,
+    AsapError,
+    AsapRegistration,
+    AsapRegistrationResponse,
+    OperationError,
+    PoolElement,
+    REGISTRATION_LIFE_INFINITE,
+)
+from rserpool.wire.transports import Transport
+
+__all__ = [
+    "PeSettings", "PeState", "PoolElementSession", "reregistration_delay", "random_pe_id",
+    "Send", "CloseChannel", "NeedServer", "Registered", "RegistrationRefused", "HomeChanged",
+    "RegistrationLost", "Deregistered", "Failed", "Ignored", "Output",
+]
+
+
+# -- configuration --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PeSettings:
+    """RFC 5352 section 7 timers and thresholds (seconds).
+
+    ``max_reg_attempts``: registration attempts (T2 expiries or channels lost
+    while waiting for the response) after which the PE reports ``Failed``
+    and stops (section 3.1); ``None`` retries for ever.
+    """
+
+    t2_registration: float = 30.0
+    t3_deregistration: float = 30.0
+    t4_max: float = 600.0
+    t4_margin: float = 20.0
+    max_reg_attempts: int | None = 2
+
+    def __post_init__(self) -> None:
+        if self.t2_registration <= 0 or self.t3_deregistration <= 0:
+            raise ValueError("T2 and T3 must be positive")
+        if self.t4_max <= 0 or self.t4_margin < 0:
+            raise ValueError("T4 must be positive and its margin not negative")
+        if self.max_reg_attempts is not None and self.max_reg_attempts < 1:
+            raise ValueError("MAX-REG-ATTEMPT must be at least 1")
+
+
+def reregistration_delay(life: int, settings: PeSettings) -> float:
+    """T4: min(t4_max, life - margin); half the life when the life is shorter
+    than twice the margin (the two meet at life = 2 * margin); t4_max for an
+    infinite life."""
+    if life == REGISTRATION_LIFE_INFINITE or life < 0:
+        return settings.t4_max
+    if life >= 2 * settings.t4_margin:
+        return min(settings.t4_max, life - settings.t4_margin)
+    return min(settings.t4_max, life / 2.0)
+
+
+def random_pe_id(randbits: Callable[[int], int] = secrets.randbits) -> int:
+    """A random non-zero 32-bit PE identifier (R2.2; ``secrets`` by default)."""
+    for _ in range(64):
+        value = randbits(32) & 0xFFFFFFFF
+        if value:
+            return value
+    raise RuntimeError("the random source keeps returning zero")
+
+
+class PeState(enum.Enum):
+    IDLE = "idle"  # not started
+    HUNTING = "hunting"  # no home registrar: waiting for channel_up
+    REGISTERING = "registering"  # ASAP_REGISTRATION sent, T2 running
+    REGISTERED = "registered"  # T4 running
+    REFUSED = "refused"  # rejected: waits for update() (section 3.1)
+    FAILED = "failed"  # MAX-REG-ATTEMPT reached: waits for retry()
+    DEREGISTERING = "deregistering"  # ASAP_DEREGISTRATION sent (or to send), T3 running
+    STOPPED = "stopped"
+
+
+# -- outputs --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    channel: Any
+    message: Any
+
+
+@dataclass(frozen=True, slots=True)
+class CloseChannel:
+    channel: Any
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class NeedServer:
+    """Find a (new) home registrar and call ``channel_up``.  ``failover``:
+    the PE was registered and lost its home registrar."""
+
+    reason: str
+    failover: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Registered:
+    """A (re-)registration succeeded.  ``server_id`` is the home registrar's
+    identifier when known (it is learnt from its keep-alives); ``warning``
+    an Operation Error the registrar sent along with the success."""
+
+    pe_id: int
+    server_id: int | None
+    reregistration: bool
+    failover: bool = False
+    warning: OperationError | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RegistrationRefused:
+    """The registrar rejected the registration; the PE does not retry until
+    ``update()`` corrects it (RFC 5352 section 3.1)."""
+
+    cause: OperationError | None
+
+
+@dataclass(frozen=True, slots=True)
+class HomeChanged:
+    """KA2.4: a keep-alive with the H flag made ``server_id`` the home registrar;
+    re-registrations go over ``channel`` from now on."""
+
+    server_id: int
+    previous: int | None
+    channel: Any
+
+
+@dataclass(frozen=True, slots=True)
+class RegistrationLost:
+    """The registrar sent an unsolicited ASAP_DEREGISTRATION_RESPONSE (the
+    registration life ended there); the PE re-registers at once."""
+
+    error: OperationError | None
+
+
+@dataclass(frozen=True, slots=True)
+class Deregistered:
+    """Stopped.  ``confirmed``: the registrar answered the deregistration
+    (False: T3 expired or there was no registrar to ask; the registration
+    then ends when its life does)."""
+
+    confirmed: bool
+    error: OperationError | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """MAX-REG-ATTEMPT registration attempts failed in a row."""
+
+    reason: str
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class Ignored:
+    message: Any
+    reason: str
+
+
+Output = Union[Send, CloseChannel, NeedServer, Registered, RegistrationRefused, HomeChanged,
+               RegistrationLost, Deregistered, Failed, Ignored]
+
+
+# -- the state machine --------------------------------------------------------------------
+
+
+class PoolElementSession:
+    """One PE in one pool (sans-IO)."""
+
+    def __init__(
+        self,
+        pool_handle: bytes,
+        user_transport: Transport,
+        policy: Any,
+        registration_life: int,
+        settings: PeSettings | None = None,
+        *,
+        pe_id: int | None = None,
+        randbits: Callable[[int], int] = secrets.randbits,
+    ) -> None:
+        if not isinstance(pool_handle, bytes) or not pool_handle:
+            raise ValueError("pool_handle must be non-empty bytes")
+        self.pool_handle = pool_handle
+        self.settings = settings or PeSettings()
+        self.pe_id = pe_id if pe_id is not None else random_pe_id(randbits)
+        # Validates the identifier, transport, policy and life at once.
+        self._element = PoolElement(self.pe_id, 0, registration_life, user_transport, policy)
+        if not 1 <= self.pe_id <= 0xFFFFFFFF:
+            raise ValueError("the PE identifier is a non-zero 32-bit number")
+        self.state = PeState.IDLE
+        self.home: Any = None  # the home registrar's channel
+        self.home_server_id: int | None = None
+        self.attempts = 0  # registration attempts since the last success
+        self.registered = False  # the last registration succeeded and was not lost
+        self.ever_registered = False
+        self._t2: float | None = None
+        self._t3: float | None = None
+        self._t4: float | None = None
+        self._sent_at = 0.0
+        self._pending_update = False
+        self._failover = False
+
+    # -- what is registered ------------------------------------------------------------
+
+    @property
+    def element(self) -> PoolElement:
+        return self._element
+
+    @property
+    def policy(self) -> Any:
+        return self._element.policy
+
+    @property
+    def registration_life(self) -> int:
+        return self._element.registration_life
+
+    def registration_message(self) -> AsapRegistration:
+        return AsapRegistration(self.pool_handle, self._element)
+
+    # -- timers --------------------------------------------------------------------
+
+    def next_deadline(self) -> float | None:
+        times = [t for t in (self._t2, self._t3, self._t4) if t is not None]
+        return min(times) if times else None
+
+    def timer(self, now: float) -> list[Output]:
+        out: list[Output] = []
+        if self._t3 is not None and now >= self._t3:
+            self._t3 = None
+            self._stop_now(out, confirmed=False, error=None)
+            return out
+        if self._t2 is not None and now >= self._t2:
+            self._t2 = None
+            self._attempt_failed("T2-registration expired", out)
+        if self._t4 is not None and now >= self._t4 and self.state is PeState.REGISTERED:
+            self._t4 = None
+            self._register(now, out)
+        return out
+
+    # -- inputs --------------------------------------------------------------------
+
+    def start(self, now: float) -> list[Output]:
+        if self.state is not PeState.IDLE:
+            raise RuntimeError(f"start() in state {self.state.value}")
+        self.state = PeState.HUNTING
+        self.attempts = 0
+        return [NeedServer("starting")]
+
+    def channel_up(self, channel: Any, now: float, server_id: int | None = None) -> list[Output]:
+        """A channel to a registrar is ready (the hunt found one)."""
+        out: list[Output] = []
+        state = self.state
+        if state is PeState.HUNTING:
+            self._adopt(channel, server_id)
+            self._register(now, out)
+        elif state is PeState.DEREGISTERING and self.home is None:
+            self._adopt(channel, server_id)
+            out.append(Send(channel, AsapDeregistration(self.pool_handle, self.pe_id)))
+        elif channel is not self.home:
+            out.append(CloseChannel(channel, f"not needed ({state.value})"))
+        return out
+
+    def channel_down(self, channel: Any, now: float) -> list[Output]:
+        """A channel closed (connection lost, or dead-peer detection)."""
+        out: list[Output] = []
+        if channel is not self.home or channel is None:
+            return out
+        self.home = None
+        self.home_server_id = None
+        state = self.state
+        if state is PeState.REGISTERING:
+            self._t2 = None
+            self._attempt_failed("home registrar's channel closed during registration", out,
+                                 close=False)
+        elif state is PeState.REGISTERED:
+            self._t4 = None
+            self.registered = False
+            self._failover = True
+            self.state = PeState.HUNTING
+            out.append(NeedServer("home registrar's channel closed", failover=True))
+        elif state is PeState.DEREGISTERING:
+            # RFC 5352 3.2: deregister through another registrar, still within T3.
+            out.append(NeedServer("home registrar's channel closed during deregistration"))
+        return out
+
+    def message_received(self, channel: Any, message: Any, now: float) -> list[Output]:
+        out: list[Output] = []
+        kind = type(message)
+        if kind is AsapEndpointKeepAlive:
+            self._on_keepalive(channel, message, out)
+        elif kind is AsapRegistrationResponse:
+            self._on_registration_response(channel, message, now, out)
+        elif kind is AsapDeregistrationResponse:
+            self._on_deregistration_response(channel, message, now, out)
+        elif kind is AsapError:
+            out.append(Ignored(message, "ASAP_ERROR from the registrar"))
+        else:
+            out.append(Ignored(message, "unexpected message"))
+        return out
+
+    def update(self, now: float, *, policy: Any = None, registration_life: int | None = None,
+               user_transport: Transport | None = None) -> list[Output]:
+        """Change what is registered and re-register (section 3.1).  This is
+        also how a refused registration is retried after correcting it."""
+        changes: dict[str, Any] = {}
+        if policy is not None:
+            changes["policy"] = policy
+        if registration_life is not None:
+            changes["registration_life"] = registration_life
+        if user_transport is not None:
+            changes["user_transport"] = user_transport
+        if changes:
+            self._element = replace(self._element, **changes)
+        out: list[Output] = []
+        state = self.state
+        if state is PeState.REGISTERED:
+            self._t4 = None
+            self._register(now, out)
+        elif state is PeState.REGISTERING:
+            self._pending_update = True
+        elif state in (PeState.REFUSED, PeState.FAILED):
+            self.attempts = 0
+            if self.home is not None:
+                self._register(now, out)
+            else:
+                self.state = PeState.HUNTING
+                out.append(NeedServer("retrying the registration"))
+        return out
+
+    retry = update  # after Failed: try again (counts reset)
+
+    def stop(self, now: float) -> list[Output]:
+        """Deregister (D1-D4) and stop; T3 bounds the wait."""
+        out: list[Output] = []
+        state = self.state
+        if state in (PeState.STOPPED, PeState.DEREGISTERING):
+            return out
+        self._t2 = self._t4 = None
+        self._pending_update = False
+        if state in (PeState.REGISTERED, PeState.REGISTERING) and self.home is not None:
+            self.state = PeState.DEREGISTERING
+            self._t3 = now + self.settings.t3_deregistration
+            out.append(Send(self.home, AsapDeregistration(self.pool_handle, self.pe_id)))
+        else:
+            # Nothing registered that a registrar we can reach knows about.
+            self._stop_now(out, confirmed=not (self.registered or self._failover), error=None)
+        return out
+
+    # -- internals -----------------------------------------------------------------
+
+    def _adopt(self, channel: Any, server_id: int | None) -> None:
+        self.home = channel
+        self.home_server_id = server_id
+
+    def _register(self, now: float, out: list[Output]) -> None:
+        self.state = PeState.REGISTERING
+        self.attempts += 1
+        self._pending_update = False
+        self._sent_at = now
+        self._t2 = now + self.settings.t2_registration
+        out.append(Send(self.home, self.registration_message()))
+
+    def _attempt_failed(self, reason: str, out: list[Output], close: bool = True) -> None:
+        if self.state is not PeState.REGISTERING:
+            return
+        self.registered = False
+        limit = self.settings.max_reg_attempts
+        if close and self.home is not None:
+            out.append(CloseChannel(self.home, reason))
+        self.home = None
+        self.home_server_id = None
+        if limit is not None and self.attempts >= limit:
+            self.state = PeState.FAILED
+            out.append(Failed(reason, self.attempts))
+            return
+        # Section 3.1: hunt for another registrar, then register again.
+        self.state = PeState.HUNTING
+        out.append(NeedServer(reason, failover=self.ever_registered))
+
+    def _on_keepalive(self, channel: Any, msg: AsapEndpointKeepAlive, out: list[Output]) -> None:
+        if msg.pool_handle != self.pool_handle:
+            out.append(Ignored(msg, "keep-alive for another pool handle (KA1)"))
+            return
+        if self.state in (PeState.IDLE, PeState.STOPPED):
+            out.append(Ignored(msg, "keep-alive while not registered"))
+            return
+        if msg.pe_id is not None and msg.pe_id != self.pe_id:
+            out.append(Ignored(msg, "keep-alive for another PE identifier"))
+            return
+        out.append(Send(channel, AsapEndpointKeepAliveAck(self.pool_handle, self.pe_id)))  # KA2.1-2.3
+        if msg.home and msg.server_id != self.home_server_id:
+            previous = self.home_server_id
+            self.home_server_id = msg.server_id
+            self.home = channel
+            out.append(HomeChanged(msg.server_id, previous, channel))  # KA2.4
+        elif channel is self.home and self.home_server_id is None:
+            self.home_server_id = msg.server_id  # learn the home registrar's ID
+
+    def _on_registration_response(self, channel: Any, msg: AsapRegistrationResponse, now: float,
+                                  out: list[Output]) -> None:
+        if msg.pool_handle != self.pool_handle or msg.pe_id != self.pe_id:
+            out.append(Ignored(msg, "registration response for another PE"))
+            return
+        if self.state is not PeState.REGISTERING or channel is not self.home:
+            out.append(Ignored(msg, "unexpected registration response"))
+            return
+        self._t2 = None
+        if msg.reject:
+            self.registered = False
+            self.state = PeState.REFUSED
+            out.append(RegistrationRefused(msg.error))
+            return
+        reregistration = self.ever_registered
+        self.state = PeState.REGISTERED
+        self.attempts = 0
+        self.registered = self.ever_registered = True
+        self._t4 = self._sent_at + reregistration_delay(self.registration_life, self.settings)
+        out.append(Registered(self.pe_id, self.home_server_id, reregistration, self._failover, msg.error))
+        self._failover = False
+        if self._pending_update:
+            self._t4 = None
+            self._register(now, out)
+
+    def _on_deregistration_response(self, channel: Any, msg: AsapDeregistrationResponse, now: float,
+                                    out: list[Output]) -> None:
+        if msg.pool_handle != self.pool_handle or msg.pe_id != self.pe_id:
+            out.append(Ignored(msg, "deregistration response for another PE"))
+            return
+        state = self.state
+        if state is PeState.DEREGISTERING:
+            self._t3 = None
+            self._stop_now(out, confirmed=True, error=msg.error)
+        elif state in (PeState.REGISTERED, PeState.REGISTERING) and channel is self.home:
+            # Section 3.2: the registrar dropped us (life expired): register again.
+            self.registered = False
+            out.append(RegistrationLost(msg.error))
+            self._t2 = self._t4 = None
+            self.attempts = 0
+            self._register(now, out)
+        else:
+            out.append(Ignored(msg, "unexpected deregistration response"))
+
+    def _stop_now(self, out: list[Output], *, confirmed: bool, error: OperationError | None) -> None:
+        self.state = PeState.STOPPED
+        self.registered = False
+        self._t2 = self._t3 = self._t4 = None
+        out.append(Deregistered(confirmed, error))
