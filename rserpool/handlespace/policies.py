@@ -7,9 +7,9 @@ Twisted, no clock; randomness only from the injected ``random.Random``.
 
 Rules as implemented (the details and the reasons are in docs/policies.md):
 
-* Round Robin and every sorted policy keep the members' integer keys in a
-  ``SortedList`` (plus a dict key -> member); the key is ``(rank << 64) | seq``.  ``seq`` is a
-  per-pool counter: a member gets a fresh one when it is added and when it
+* Round Robin and every sorted policy keep the members' integer keys
+  ``(rank << 64) | seq`` in a ``SortedList`` (plus a dict key -> member).
+  ``seq`` is a per-pool counter: a member gets a fresh one when it is added and when it
   is the first member of a response ("the head advances by one"), which
   moves it behind the members of equal rank.  Ranks: RR 0 (the sorted list
   is then the circular list, index 0 its head), PRIO ``2**32-1 - priority``,
@@ -18,10 +18,11 @@ Rules as implemented (the details and the reasons are in docs/policies.md):
   incremented; (re-)registration resets it).
 * WRR is stride scheduling: the key is ``(pass << 64) | seq``; the head is
   the member with the smallest pass, and advancing it adds
-  ``2 * lcm(1..64) // weight`` to its pass.  The circular list of RFC 5356 4.2.2 is
-  the sequence of heads.  With equal weights it is exactly RR.
+  ``2 * lcm(1..64) // weight`` to its pass; a new member starts half a
+  stride after the virtual time.  The circular list of RFC 5356 4.2.2 is
+  the sequence of heads.  With equal weights it is a plain round robin.
 * RAND keeps an array and draws by a partial Fisher-Yates shuffle.
-* WRAND and RLU keep a Fenwick sum tree (``_trees.SumTree``); RLU's weight
+* WRAND and RLU keep a 16-ary prefix-sum tree (``_trees.SumTree``); RLU's weight
   is ``0xffffffff - load``.  Weight 0 is never selected.
 * Unknown, private and reserved policy types are served as Round Robin.
 """
@@ -330,8 +331,8 @@ class WeightedRoundRobinPolicy(_SortedPolicy):
     ``(pass << 64) | seq``).  A response lists the n distinct members of
     smallest pass, i.e. the next n distinct members of the circular list
     from the head; then the head's pass grows by its stride
-    ``2 * lcm(1..64) // w`` and it gets a fresh ``seq`` (goes behind the members with
-    the same pass).  The virtual time is the head's pass at its last
+    ``2 * lcm(1..64) // w`` and it gets a fresh ``seq`` (goes behind the
+    members with the same pass).  The virtual time is the head's pass at its last
     selection; a new member starts half a stride after it (its first turn
     is the midpoint of its first period, which keeps every member's count
     of turns within about one of its share at every point of the list); a
