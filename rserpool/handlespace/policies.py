@@ -496,7 +496,7 @@ class WeightedRandomPolicy:
     """RFC 5356 4.4: up to n distinct members, each draw with probability
     weight / (sum of the weights not yet drawn).  Weight 0: never selected.
 
-    ``policy_state`` is the member's slot in a Fenwick sum tree.  Duplicate
+    ``policy_state`` is the member's slot in a prefix-sum tree.  Duplicate
     draws are rejected (which gives the same distribution as drawing from
     the remaining weight); after a few misses per response the drawn
     members' weights are taken out of the tree until the response is done,
