@@ -1,0 +1,1 @@
+"""Demo services built on the RSerPool libraries (the echo pool element)."""

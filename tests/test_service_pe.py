@@ -1,0 +1,496 @@
+"""The PE library's Twisted shell (rserpool.service.pe) and the demo echo PE:
+deterministic tests with task.Clock, and integration tests over loopback TLS
+against RegistrarService."""
+
+from __future__ import annotations
+
+import random
+import tempfile
+from ipaddress import IPv4Address
+from pathlib import Path
+
+import pytest
+from twisted.internet import address, defer, task
+from twisted.internet.error import ConnectionLost
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+from twisted.trial import unittest
+
+from rserpool.asap.pe import (
+    Deregistered, HomeChanged, NeedServer, PeSettings, PeState, Registered,
+)
+from rserpool.asap.registrar import RegistrarSettings
+from rserpool.demo.echo_pe import EchoPoolElement
+from rserpool.security import tls
+from rserpool.service.channel import Channel, ChannelSettings
+from rserpool.service.hunt import RegistrarCandidates
+from rserpool.service.pe import (
+    PoolElementService, PoolElementStopped, RegistrationFailedError, RegistrationRefusedError,
+)
+from rserpool.wire import (
+    AsapDeregistration, AsapDeregistrationResponse, AsapEndpointKeepAlive,
+    AsapEndpointKeepAliveAck, AsapRegistration, AsapRegistrationResponse, LeastUsedPolicy,
+    OperationError, TcpTransport, decode_message,
+)
+from rserpool.wire.codes import CAUSE_SECURITY, PPID_ASAP
+from rserpool.wire.tcpmap import MessageReceived, TcpMapConnection
+from tests.asaphelpers import registrar_port, start_registrar
+from tests.tlshelpers import make_test_pki
+
+H = b"echo"
+TRANSPORT = TcpTransport(7, IPv4Address("127.0.0.1"))
+
+
+# -- deterministic tests ---------------------------------------------------------------
+
+
+class FakeChannel:
+    """Stands in for a Channel: records what is sent."""
+
+    def __init__(self, port: int = 3864) -> None:
+        self.peer = address.IPv4Address("TCP", "127.0.0.1", port)
+        self.sent: list = []
+        self.closed = False
+        self.handler = None
+
+    def send(self, message) -> None:
+        assert not self.closed
+        self.sent.append(message)
+
+    def abort(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.handler.channel_closed(self, Failure(ConnectionLost()))
+
+    close = abort
+
+    def closed_deferred(self):
+        return defer.succeed(None)
+
+
+class Hunts:
+    """An injected hunt: each call waits for the test to hand over a channel."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[tuple, defer.Deferred]] = []
+
+    def __call__(self, avoid):
+        d = defer.Deferred()
+        self.calls.append((avoid, d))
+        return d
+
+    def deliver(self, channel) -> None:
+        avoid, d = self.calls[-1]
+        assert not d.called
+        d.callback(channel)
+
+
+def make_service(clock, hunts, **kw) -> PoolElementService:
+    kw.setdefault("randbits", random.Random(3).getrandbits)
+    return PoolElementService(clock, H, TRANSPORT, LeastUsedPolicy(1), hunt=hunts, **kw)
+
+
+def answer_registration(pe, channel, reject=False, error=None) -> None:
+    reg = channel.sent[-1]
+    assert isinstance(reg, AsapRegistration)
+    pe.message_received(channel, AsapRegistrationResponse(H, reg.pool_element.pe_id, reject, error),
+                        pe.reactor.seconds())
+
+
+@pytest.fixture
+def setup():
+    clock = task.Clock()
+    hunts = Hunts()
+    pe = make_service(clock, hunts, registration_life=60)
+    events: list = []
+    pe.add_observer(events.append)
+    return clock, hunts, pe, events
+
+
+def test_register_keepalive_and_t4(setup):
+    clock, hunts, pe, events = setup
+    pe.startService()
+    assert len(hunts.calls) == 1 and hunts.calls[0][0] == ()
+    waiting = pe.registered()
+    assert not waiting.called
+    a = FakeChannel()
+    hunts.deliver(a)
+    assert a.handler is pe and pe.channels == {a}
+    (reg,) = a.sent
+    assert reg.pool_element.pe_id == pe.pe_id and reg.pool_element.registration_life == 60
+    clock.advance(1)
+    answer_registration(pe, a)
+    assert waiting.called and waiting.result.pe_id == pe.pe_id
+    assert pe.is_registered
+    pe.message_received(a, AsapEndpointKeepAlive(0xABC, H), clock.seconds())
+    assert a.sent[-1] == AsapEndpointKeepAliveAck(H, pe.pe_id)
+    assert pe.home_server_id == 0xABC
+    # T4 = life - 20 s = 40 s after the registration was sent (at 0).
+    clock.advance(38.9)
+    assert len([m for m in a.sent if isinstance(m, AsapRegistration)]) == 1
+    clock.advance(0.2)
+    assert isinstance(a.sent[-1], AsapRegistration)
+    nxt = pe.next_registration()
+    answer_registration(pe, a)
+    assert nxt.result.reregistration
+    assert pe.registered().result is nxt.result  # registered now: at once
+
+
+def test_failover_reregisters_with_the_same_id(setup):
+    clock, hunts, pe, events = setup
+    pe.startService()
+    a = FakeChannel(port=1111)
+    hunts.deliver(a)
+    answer_registration(pe, a)
+    waiting = pe.next_registration()
+    a.abort()  # the home registrar died
+    assert any(isinstance(e, NeedServer) and e.failover for e in events)
+    assert len(hunts.calls) == 2 and hunts.calls[1][0] == (("127.0.0.1", 1111),)
+    assert not pe.is_registered
+    b = FakeChannel(port=2222)
+    hunts.deliver(b)
+    assert b.sent[0].pool_element.pe_id == pe.pe_id
+    answer_registration(pe, b)
+    assert waiting.result.failover
+    assert pe.home_channel is b
+
+
+def test_update_policy_fires_after_the_registration_carrying_it(setup):
+    clock, hunts, pe, events = setup
+    pe.startService()
+    a = FakeChannel()
+    hunts.deliver(a)
+    d = pe.update_policy(LeastUsedPolicy(9))  # while the first registration is pending
+    answer_registration(pe, a)
+    assert not d.called
+    assert a.sent[-1].pool_element.policy == LeastUsedPolicy(9)
+    answer_registration(pe, a)
+    assert d.called
+    d2 = pe.update_policy(LeastUsedPolicy(10))
+    assert a.sent[-1].pool_element.policy == LeastUsedPolicy(10)
+    answer_registration(pe, a)
+    assert d2.called
+
+
+def test_refusal_fails_waiters_and_stops_retrying(setup):
+    clock, hunts, pe, events = setup
+    pe.startService()
+    d = pe.registered()
+    a = FakeChannel()
+    hunts.deliver(a)
+    answer_registration(pe, a, reject=True, error=OperationError.of(CAUSE_SECURITY))
+    failure = unittest.TestCase().failureResultOf(d, RegistrationRefusedError)
+    assert failure.value.cause.causes[0].code == CAUSE_SECURITY
+    clock.advance(3600)
+    assert len(a.sent) == 1 and len(hunts.calls) == 1
+    retried = pe.update_policy(LeastUsedPolicy(2))
+    assert len(a.sent) == 2
+    answer_registration(pe, a)
+    assert retried.called
+
+
+def test_max_reg_attempt_fails(setup):
+    clock, hunts, pe, events = setup
+    pe.startService()
+    d = pe.registered()
+    hunts.deliver(FakeChannel())
+    clock.advance(30)  # T2
+    assert len(hunts.calls) == 2
+    hunts.deliver(FakeChannel())
+    clock.advance(30)
+    unittest.TestCase().failureResultOf(d, RegistrationFailedError)
+    assert pe.state is PeState.FAILED and len(hunts.calls) == 2
+
+
+def test_home_change_reported(setup):
+    clock, hunts, pe, events = setup
+    pe.startService()
+    a = FakeChannel()
+    hunts.deliver(a)
+    answer_registration(pe, a)
+    pe.message_received(a, AsapEndpointKeepAlive(5, H, home=True), 0.0)
+    assert HomeChanged(5, None, a) in events
+
+
+def test_stop_deregisters_and_closes(setup):
+    clock, hunts, pe, events = setup
+    pe.startService()
+    a = FakeChannel()
+    hunts.deliver(a)
+    answer_registration(pe, a)
+    stopped = pe.stopService()
+    assert a.sent[-1] == AsapDeregistration(H, pe.pe_id)
+    assert not stopped.called
+    pe.message_received(a, AsapDeregistrationResponse(H, pe.pe_id), 0.0)
+    assert stopped.called and a.closed
+    assert Deregistered(True) in events
+    assert clock.getDelayedCalls() == []
+
+
+def test_stop_is_bounded_by_t3(setup):
+    clock, hunts, pe, events = setup
+    pe.startService()
+    a = FakeChannel()
+    hunts.deliver(a)
+    answer_registration(pe, a)
+    stopped = pe.stopService()
+    clock.advance(29.9)
+    assert not stopped.called
+    clock.advance(0.1)
+    assert stopped.called and Deregistered(False) in events
+    assert clock.getDelayedCalls() == []
+
+
+def test_stop_while_hunting_cancels_the_hunt(setup):
+    clock, hunts, pe, events = setup
+    pe.startService()
+    waiting = pe.registered()
+    stopped = pe.stopService()
+    assert stopped.called
+    assert hunts.calls[0][1].called  # cancelled
+    unittest.TestCase().failureResultOf(waiting, PoolElementStopped)
+
+
+def test_failed_hunt_is_retried_with_backoff():
+    clock = task.Clock()
+    calls = []
+
+    def hunt(avoid):
+        calls.append(clock.seconds())
+        return defer.fail(RuntimeError("no registrar"))
+
+    pe = PoolElementService(clock, H, TRANSPORT, LeastUsedPolicy(0), hunt=hunt, hunt_retry=(1.0, 4.0))
+    pe.startService()
+    clock.pump([0.5] * 30)
+    assert calls[:5] == [0.0, 1.0, 3.0, 7.0, 11.0]
+    pe.stopService()
+    assert clock.getDelayedCalls() == []
+
+
+class _Connecting:
+    """The channel's handler until the PE takes it over."""
+
+    def channel_ready(self, channel) -> None:
+        pass
+
+
+def test_real_channel_bytes_over_string_transport():
+    """The shell over a real Channel: TCP-mapping framed ASAP on the wire."""
+    clock = task.Clock()
+    transport = StringTransport()
+    channel = Channel(_Connecting(), clock, ChannelSettings(heartbeat_interval=5, dead_after=15),
+                      tls=False, initiator=True)
+
+    def hunt(avoid):
+        channel.makeConnection(transport)
+        return defer.succeed(channel)
+
+    pe = PoolElementService(clock, H, TRANSPORT, LeastUsedPolicy(0), hunt=hunt, pe_id=0x42)
+    pe.startService()
+    registrar = TcpMapConnection()
+    received = [decode_message(e.payload, e.ppid) for e in
+                registrar.receive_data(transport.value(), 0.0) if isinstance(e, MessageReceived)]
+    transport.clear()
+    assert [type(m) for m in received] == [AsapRegistration]
+    channel.dataReceived(registrar.data_to_send()
+                         + registrar.send_message(PPID_ASAP, AsapRegistrationResponse(H, 0x42).encode())
+                         + registrar.send_message(PPID_ASAP, AsapEndpointKeepAlive(9, H).encode()))
+    assert pe.is_registered
+    answers = [decode_message(e.payload, e.ppid) for e in
+               registrar.receive_data(transport.value(), 1.0) if isinstance(e, MessageReceived)]
+    assert answers == [AsapEndpointKeepAliveAck(H, 0x42)]
+    # Dead-peer detection: nothing heard for 15 s closes the channel -> failover hunt.
+    hunts_before = pe.core.state
+    assert hunts_before is PeState.REGISTERED
+    clock.advance(5)
+    clock.advance(5)
+    clock.advance(5)
+    assert channel.closed or transport.disconnecting
+    if not channel.closed:
+        channel.connectionLost(Failure(ConnectionLost()))
+    assert pe.core.state in (PeState.HUNTING, PeState.REGISTERING)
+
+
+# -- integration over loopback TLS ---------------------------------------------------------
+
+
+def within(d: defer.Deferred, seconds: float, reactor) -> defer.Deferred:
+    return d.addTimeout(seconds, reactor)
+
+
+@pytest.mark.integration
+class PoolElementOverTLS(unittest.TestCase):
+    timeout = 30
+
+    @classmethod
+    def setUpClass(cls):
+        cls._tmp = tempfile.TemporaryDirectory()
+        cls.pki = make_test_pki(Path(cls._tmp.name))
+
+    @classmethod
+    def tearDownClass(cls):
+        cls._tmp.cleanup()
+
+    def setUp(self):
+        from twisted.internet import reactor
+        self.reactor = reactor
+        self.registrars = []
+        self.services = []
+
+    @defer.inlineCallbacks
+    def tearDown(self):
+        for service in self.services:
+            if service.running:
+                yield service.stopService()
+        for registrar in self.registrars:
+            if registrar.running:
+                yield registrar.stopService()
+
+    @defer.inlineCallbacks
+    def registrar(self, **settings):
+        settings.setdefault("keepalive_interval", 0.2)
+        settings.setdefault("keepalive_timeout", 0.2)
+        service = yield start_registrar(
+            self.reactor, self.pki,
+            settings=RegistrarSettings(server_id=random.randrange(1, 2**32), **settings))
+        self.registrars.append(service)
+        return service
+
+    def client_tls(self, name):
+        return tls.client_options(name, [self.pki.ca.cert], client_cert=self.pki.pe1.pair)
+
+    def pe_options(self, *registrars):
+        return dict(
+            candidates=RegistrarCandidates(
+                static=[f"127.0.0.1:{registrar_port(r)} localhost" for r in registrars]),
+            tls_options_factory=self.client_tls,
+            hunt_options=dict(t5_initial=1.0, t5_max=2.0, attempt_timeout=2.0),
+            channel_settings=ChannelSettings(heartbeat_interval=0.5, dead_after=2.0),
+        )
+
+    def make_pe(self, *registrars, port=7, **kw) -> PoolElementService:
+        pe = PoolElementService(self.reactor, H, TcpTransport(port, IPv4Address("127.0.0.1")),
+                                LeastUsedPolicy(1), registration_life=30,
+                                **self.pe_options(*registrars), **kw)
+        self.services.append(pe)
+        return pe
+
+    @defer.inlineCallbacks
+    def test_register_keepalives_update_and_deregister(self):
+        registrar = yield self.registrar()
+        pe = self.make_pe(registrar)
+        keepalives = []
+        enough = defer.Deferred()
+        original = pe.message_received
+
+        def counting(channel, message, now):
+            original(channel, message, now)
+            if isinstance(message, AsapEndpointKeepAlive):
+                keepalives.append(now)
+                if len(keepalives) == 5 and not enough.called:
+                    enough.callback(None)
+
+        pe.message_received = counting
+        pe.startService()
+        event = yield within(pe.registered(), 10, self.reactor)
+        self.assertEqual(event.pe_id, pe.pe_id)
+        entry = registrar.handlespace.get(H, pe.pe_id)
+        self.assertIsNotNone(entry)
+        self.assertEqual(entry.identity, "pe1")
+        self.assertEqual(entry.home_server_id, registrar.server_id)
+        # Five keep-alives answered, each within the 0.2 s timeout: still registered.
+        yield within(enough, 10, self.reactor)
+        self.assertIs(registrar.handlespace.get(H, pe.pe_id), entry)
+        self.assertEqual(pe.home_server_id, registrar.server_id)
+        # A new load through a re-registration.
+        yield within(pe.update_policy(LeastUsedPolicy(77)), 10, self.reactor)
+        self.assertEqual(registrar.handlespace.get(H, pe.pe_id).payload.policy, LeastUsedPolicy(77))
+        self.assertEqual(registrar.core.stats["reregistrations"], 1)
+        # Stop: deregistered at the registrar.
+        yield within(pe.stopService(), 10, self.reactor)
+        self.assertIsNone(registrar.handlespace.get(H, pe.pe_id))
+        self.assertEqual(pe.last_deregistered, Deregistered(True))
+        self.assertEqual(registrar.core.stats["deregistrations"], 1)
+
+    @defer.inlineCallbacks
+    def test_failover_to_a_second_registrar(self):
+        first = yield self.registrar()
+        second = yield self.registrar()
+        pe = self.make_pe(first, second)
+        pe.startService()
+        yield within(pe.registered(), 10, self.reactor)
+        home = first if first.handlespace.get(H, pe.pe_id) is not None else second
+        other = second if home is first else first
+        self.assertIsNone(other.handlespace.get(H, pe.pe_id))
+        again = pe.next_registration()
+        started = self.reactor.seconds()
+        yield home.stopService()  # kill the home registrar
+        event = yield within(again, 10, self.reactor)
+        elapsed = self.reactor.seconds() - started
+        self.assertTrue(event.failover)
+        entry = other.handlespace.get(H, pe.pe_id)
+        self.assertIsNotNone(entry)
+        self.assertEqual(entry.home_server_id, other.server_id)
+        self.assertLess(elapsed, 5.0)
+        yield within(pe.stopService(), 10, self.reactor)
+        self.assertIsNone(other.handlespace.get(H, pe.pe_id))
+
+    @defer.inlineCallbacks
+    def test_refused_registration_reported(self):
+        registrar = yield self.registrar()
+        # The registrar checks that the registered address is the channel's source.
+        pe = PoolElementService(self.reactor, H, TcpTransport(7, IPv4Address("192.0.2.1")),
+                                LeastUsedPolicy(1), **self.pe_options(registrar))
+        self.services.append(pe)
+        pe.startService()
+        with self.assertRaises(RegistrationRefusedError):
+            yield within(pe.registered(), 10, self.reactor)
+        self.assertEqual(len(registrar.handlespace), 0)
+
+    @defer.inlineCallbacks
+    def test_echo_pe_registers_and_echoes(self):
+        registrar = yield self.registrar()
+        server_options = tls.server_options(self.pki.server.cert, self.pki.server.key,
+                                            [self.pki.ca.cert], require_client_cert=False)
+        echo = EchoPoolElement(self.reactor, server_tls_options=server_options,
+                               **self.pe_options(registrar))
+        self.services.append(echo)
+        yield echo.start()
+        yield within(echo.pe.registered(), 10, self.reactor)
+        (entry,) = registrar.handlespace.pool_members(b"echo")
+        port = entry.payload.user_transport.port
+        self.assertEqual(port, echo.address[1])
+        reply = yield within(echo_once(self.reactor, port, self.pki, b"hello pool\n"), 10, self.reactor)
+        self.assertEqual(reply, b"hello pool\n")
+        yield within(echo.stopService(), 10, self.reactor)
+        self.assertEqual(len(registrar.handlespace), 0)
+
+
+class _EchoClient(Protocol):
+    def __init__(self, payload: bytes, done: defer.Deferred) -> None:
+        self.payload = payload
+        self.done = done
+        self.buffer = b""
+
+    def connectionMade(self) -> None:
+        self.transport.write(self.payload)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.buffer += data
+        if len(self.buffer) >= len(self.payload):
+            self.transport.loseConnection()
+
+    def connectionLost(self, reason=None) -> None:
+        if not self.done.called:
+            self.done.callback(self.buffer)
+
+
+def echo_once(reactor, port: int, pki, payload: bytes) -> defer.Deferred:
+    from twisted.internet import endpoints
+    done: defer.Deferred = defer.Deferred()
+    endpoint = endpoints.wrapClientTLS(tls.client_options("127.0.0.1", [pki.ca.cert]),
+                                       endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port))
+    connecting = endpoints.connectProtocol(endpoint, _EchoClient(payload, done))
+    connecting.addErrback(lambda f: done.errback(f) if not done.called else None)
+    return done
