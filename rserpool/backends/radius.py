@@ -1,0 +1,754 @@
+"""RADIUS backend: CHAP verification and pool authorization through RADIUS.
+
+pyrad is used only as the packet codec and dictionary
+(:class:`pyrad.packet.AuthPacket`, :class:`pyrad.dictionary.Dictionary`).
+The transport is our own :class:`DatagramProtocol` on the injected reactor;
+timers run on that reactor's clock, so unit tests drive everything with
+``task.Clock`` and a fake datagram transport.
+
+Behaviour (see ``docs/radius.md``):
+
+- Every Access-Request carries a Message-Authenticator, and a reply without
+  one, or with a wrong one, or with a wrong Response Authenticator, or from
+  another address than the server asked, is dropped and logged
+  (BlastRADIUS, CVE-2024-3596).  A dropped reply does not end the request.
+- Request ids: 256 per socket (one socket per address family).  At most
+  ``max_in_flight`` requests are outstanding; further ones wait in a queue of
+  at most ``max_queue``; beyond that a request fails at once with
+  :class:`RadiusOverloaded` (a :class:`BackendUnavailable`).
+- A request is sent to the first live server, retransmitted unchanged (same
+  id, same bytes, RFC 5080 section 2.2.1) every ``timeout`` seconds
+  ``retries`` times, then the server is marked dead for ``dead_time``
+  seconds and the request is re-encoded for the next server (new
+  authenticator, that server's secret).  When every server is dead the dead
+  ones are still tried (oldest failure first), so service resumes as soon as
+  one answers.  No answer from any server: :class:`BackendUnavailable`,
+  which is *not* a refusal.  Worst case:
+  ``len(servers) * (retries + 1) * timeout`` seconds.
+- Shared secrets are never logged (``RadiusServer`` hides them from repr).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import ipaddress
+import os
+import secrets
+import socket
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+from pyrad import packet as _packet
+from pyrad.dictionary import Dictionary
+from twisted.internet import defer
+from twisted.internet.protocol import DatagramProtocol
+from twisted.logger import Logger
+
+from rserpool.security.chap import CHALLENGE_LEN, RESPONSE_LEN, ChapVerdict, VerifyChap
+
+__all__ = [
+    "AUTHORIZATION_SOURCES",
+    "BackendUnavailable",
+    "DEFAULT_DICTIONARY",
+    "RadiusAuthorizer",
+    "RadiusChapVerifier",
+    "RadiusClient",
+    "RadiusDecision",
+    "RadiusError",
+    "RadiusOverloaded",
+    "RadiusServer",
+    "decision_from_attributes",
+    "load_dictionary",
+    "parse_servers",
+]
+
+_log = Logger()
+
+#: The dictionary shipped with the package.
+DEFAULT_DICTIONARY = os.path.join(os.path.dirname(__file__), "radius_dictionary")
+#: Where rserpool reads authorization from: the Class attribute
+#: (``rserpool:pools=a,b;groups=c``), Filter-Id (a group name) or the
+#: RSerPool-Allowed-Pool / RSerPool-Group vendor attributes.
+AUTHORIZATION_SOURCES = frozenset({"class", "filter-id", "vsa"})
+
+MAX_PACKET = 4096  # RFC 2865 section 3
+MAX_IDS = 256
+MAX_USER_NAME = 253
+MAX_POOLS = 64
+MAX_GROUPS = 64
+MAX_ATTRIBUTE_VALUES = 64
+RCVBUF_BYTES = 1 << 20
+_LOG_INTERVAL = 10.0  # seconds between two logs of the same dropped-reply reason
+
+SERVICE_TYPE_AUTHORIZE_ONLY = "Authorize-Only"  # 17, RFC 5176 section 3.6
+
+
+class RadiusError(Exception):
+    """Misuse of the RADIUS client (bad argument, client stopped)."""
+
+
+class BackendUnavailable(RadiusError):
+    """No RADIUS server answered in time: the backend is down, not a "no".
+
+    Callers fail closed (RFC 5354 cause, "backend down" in the log) and must
+    never report it as a wrong password.
+    """
+
+
+class RadiusOverloaded(BackendUnavailable):
+    """The request queue is full; the request was not sent."""
+
+
+@dataclass(frozen=True, slots=True)
+class RadiusServer:
+    """One RADIUS server: an IP literal (no DNS lookup on the reactor)."""
+
+    host: str
+    port: int
+    secret: bytes = field(repr=False)
+
+    def __post_init__(self) -> None:
+        ipaddress.ip_address(self.host)  # raises ValueError for a name
+        if not 0 < self.port < 65536:
+            raise ValueError(f"bad RADIUS port {self.port}")
+        if not isinstance(self.secret, bytes) or not self.secret:
+            raise ValueError("a RADIUS shared secret (non-empty bytes) is required")
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return (self.host, self.port)
+
+    @property
+    def family(self) -> int:
+        return socket.AF_INET6 if ":" in self.host else socket.AF_INET
+
+
+def parse_servers(text: str, secret: bytes) -> tuple[RadiusServer, ...]:
+    """``"127.0.0.1:1812, [::1]:1812"`` -> servers (port 1812 by default)."""
+    servers = []
+    for item in text.replace(",", " ").split():
+        if item.startswith("["):
+            host, _, rest = item[1:].partition("]")
+            port = int(rest[1:]) if rest.startswith(":") else 1812
+        elif item.count(":") == 1:
+            host, port_text = item.split(":")
+            port = int(port_text)
+        else:
+            host, port = item, 1812
+        servers.append(RadiusServer(host, port, secret))
+    if not servers:
+        raise ValueError("no RADIUS server configured")
+    return tuple(servers)
+
+
+def load_dictionary(path: str | None = None) -> Dictionary:
+    return Dictionary(path or DEFAULT_DICTIONARY)
+
+
+# ------------------------------------------------------------- decisions
+
+@dataclass(frozen=True, slots=True)
+class RadiusDecision:
+    """The outcome of an Access-Request.
+
+    ``attributes`` maps attribute names to their decoded values (a tuple
+    each); it is informational and not hashable.
+    """
+
+    accepted: bool
+    identity: str
+    groups: frozenset[str] = frozenset()
+    pools: tuple[str, ...] = ()
+    attributes: Mapping[str, tuple[Any, ...]] = field(default_factory=dict, compare=False)
+
+
+def _text(value: Any) -> str | None:
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    return value if isinstance(value, str) else None
+
+
+def _names(text: str) -> list[str]:
+    """Comma-separated names; empty items and items with blanks inside are skipped."""
+    names = []
+    for item in text.split(","):
+        item = item.strip()
+        if item and not any(char.isspace() for char in item):
+            names.append(item)
+    return names
+
+
+def decision_from_attributes(
+    identity: str,
+    accepted: bool,
+    attributes: Mapping[str, Sequence[Any]],
+    sources: Iterable[str] = AUTHORIZATION_SOURCES,
+    class_prefix: str = "rserpool:",
+) -> RadiusDecision:
+    """Read pools and groups from reply attributes; a refusal carries none.
+
+    - ``class``: each Class value starting with ``class_prefix`` holds
+      ``key=v1,v2`` items separated by ``;`` (keys ``pools`` and ``groups``);
+      other Class values are ignored.
+    - ``filter-id``: each Filter-Id is a group name.
+    - ``vsa``: RSerPool-Allowed-Pool values are pool-handle patterns,
+      RSerPool-Group values are group names.
+
+    At most MAX_POOLS patterns and MAX_GROUPS groups are kept.
+    """
+    sources = frozenset(sources)
+    unknown = sources - AUTHORIZATION_SOURCES
+    if unknown:
+        raise ValueError(f"unknown authorization source(s) {sorted(unknown)}")
+    attrs = {name: tuple(values) for name, values in attributes.items()}
+    if not accepted:
+        return RadiusDecision(False, identity, frozenset(), (), attrs)
+    pools: list[str] = []
+    groups: list[str] = []
+    if "class" in sources:
+        for raw in attrs.get("Class", ()):
+            text = _text(raw)
+            if text is None or not text.startswith(class_prefix):
+                continue
+            for item in text[len(class_prefix):].split(";"):
+                key, sep, rest = item.partition("=")
+                if not sep:
+                    continue
+                if key.strip() == "pools":
+                    pools.extend(_names(rest))
+                elif key.strip() == "groups":
+                    groups.extend(_names(rest))
+    if "filter-id" in sources:
+        for raw in attrs.get("Filter-Id", ()):
+            text = _text(raw)
+            if text:
+                groups.extend(_names(text))
+    if "vsa" in sources:
+        for raw in attrs.get("RSerPool-Allowed-Pool", ()):
+            text = _text(raw)
+            if text:
+                pools.extend(_names(text))
+        for raw in attrs.get("RSerPool-Group", ()):
+            text = _text(raw)
+            if text:
+                groups.extend(_names(text))
+    unique_pools = tuple(dict.fromkeys(pools))[:MAX_POOLS]
+    unique_groups = frozenset(tuple(dict.fromkeys(groups))[:MAX_GROUPS])
+    return RadiusDecision(True, identity, unique_groups, unique_pools, attrs)
+
+
+def pool_matches(pattern: str, handle: bytes) -> bool:
+    """Shell-glob match of a pool handle (UTF-8), or ``hex:`` over its hex."""
+    if pattern == "*":
+        return True
+    if pattern.startswith("hex:"):
+        return fnmatch.fnmatchcase(handle.hex(), pattern[4:].lower())
+    try:
+        return fnmatch.fnmatchcase(handle.decode("utf-8"), pattern)
+    except UnicodeDecodeError:
+        return False
+
+
+# ------------------------------------------------------------- the client
+
+class _Request:
+    __slots__ = ("identity", "attributes", "deferred", "tried", "server", "packet",
+                 "raw", "ident", "sends", "timer", "sock")
+
+    def __init__(self, identity: str, attributes: list[tuple[str, Any]]) -> None:
+        self.identity = identity
+        self.attributes = attributes
+        self.deferred: defer.Deferred[RadiusDecision] = defer.Deferred()
+        self.tried: list[RadiusServer] = []
+        self.server: RadiusServer | None = None
+        self.packet: _packet.AuthPacket | None = None
+        self.raw = b""
+        self.ident = -1
+        self.sends = 0
+        self.timer: Any = None
+        self.sock: _Socket | None = None
+
+
+class _Socket(DatagramProtocol):
+    """One UDP socket and its 256 request ids."""
+
+    def __init__(self, client: "RadiusClient", family: int) -> None:
+        self.client = client
+        self.family = family
+        self.port: Any = None
+        self.by_id: dict[int, _Request] = {}
+        self._next = secrets.randbelow(MAX_IDS)
+
+    def allocate(self, request: _Request) -> bool:
+        if len(self.by_id) >= MAX_IDS:
+            return False
+        while self._next in self.by_id:
+            self._next = (self._next + 1) % MAX_IDS
+        request.ident = self._next
+        self.by_id[self._next] = request
+        self._next = (self._next + 1) % MAX_IDS
+        return True
+
+    def release(self, request: _Request) -> None:
+        if self.by_id.get(request.ident) is request:
+            del self.by_id[request.ident]
+
+    def datagramReceived(self, datagram: bytes, addr: Any) -> None:  # noqa: N802 (Twisted)
+        self.client._reply_received(self, datagram, addr)
+
+
+class RadiusClient:
+    """An asynchronous RADIUS authentication client on the injected reactor."""
+
+    def __init__(
+        self,
+        reactor: Any,
+        servers: Sequence[RadiusServer],
+        *,
+        dictionary: Dictionary | str | None = None,
+        timeout: float = 1.0,
+        retries: int = 2,
+        max_in_flight: int = 64,
+        max_queue: int = 1024,
+        dead_time: float = 30.0,
+        nas_identifier: str = "rserpool",
+        bind_address: str | None = None,
+    ) -> None:
+        if not servers:
+            raise ValueError("at least one RADIUS server is required")
+        if timeout <= 0 or retries < 0 or dead_time < 0:
+            raise ValueError("timeout must be > 0, retries and dead_time >= 0")
+        if not 1 <= max_in_flight <= MAX_IDS:
+            raise ValueError(f"max_in_flight must be in 1..{MAX_IDS}")
+        if max_queue < 0:
+            raise ValueError("max_queue must be >= 0")
+        self.reactor = reactor
+        self.servers = tuple(servers)
+        if isinstance(dictionary, Dictionary):
+            self.dictionary = dictionary
+        else:
+            self.dictionary = load_dictionary(dictionary)
+        self.timeout = float(timeout)
+        self.retries = int(retries)
+        self.max_in_flight = int(max_in_flight)
+        self.max_queue = int(max_queue)
+        self.dead_time = float(dead_time)
+        self.nas_identifier = nas_identifier
+        self.bind_address = bind_address
+        self._sockets: dict[int, _Socket] = {}
+        self._queue: deque[_Request] = deque()
+        self._in_flight = 0
+        self._dead_until: dict[RadiusServer, float] = {}
+        self._last_log: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+        self._running = False
+        self.stats: dict[str, int] = {
+            "requests": 0, "sent": 0, "retransmits": 0, "failovers": 0, "accepts": 0,
+            "rejects": 0, "unavailable": 0, "overloaded": 0, "dropped": 0,
+        }
+
+    # -- life cycle
+    def start(self) -> None:
+        """Open the sockets (one per address family of the servers)."""
+        if self._running:
+            return
+        self._running = True
+        for family in sorted({server.family for server in self.servers}):
+            sock = _Socket(self, family)
+            interface = self.bind_address or ("::" if family == socket.AF_INET6 else "0.0.0.0")
+            sock.port = self.reactor.listenUDP(0, sock, interface=interface, maxPacketSize=MAX_PACKET)
+            raw = getattr(sock.port, "socket", None)
+            if raw is not None:
+                try:
+                    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF_BYTES)
+                except OSError as exc:  # pragma: no cover - depends on the host
+                    _log.warn("could not raise SO_RCVBUF of the RADIUS socket: {error}", error=exc)
+            self._sockets[family] = sock
+
+    def stop(self) -> defer.Deferred[None]:
+        """Fail everything pending with BackendUnavailable, close the sockets."""
+        self._running = False
+        pending = list(self._queue)
+        self._queue.clear()
+        for sock in self._sockets.values():
+            pending.extend(sock.by_id.values())
+            sock.by_id.clear()
+        self._in_flight = 0
+        for request in pending:
+            if request.timer is not None and request.timer.active():
+                request.timer.cancel()
+            request.timer = None
+            if not request.deferred.called:
+                request.deferred.errback(BackendUnavailable("RADIUS client stopped"))
+        stops = [defer.maybeDeferred(sock.port.stopListening) for sock in self._sockets.values()
+                 if sock.port is not None]
+        self._sockets.clear()
+        return defer.gatherResults(stops).addCallback(lambda _: None)
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    def is_dead(self, server: RadiusServer) -> bool:
+        return self._dead_until.get(server, 0.0) > self.reactor.seconds()
+
+    # -- public requests
+    def chap_verify(self, identity: str, identifier: int, challenge: bytes,
+                    response: bytes) -> defer.Deferred[RadiusDecision]:
+        """Access-Request with CHAP-Password = identifier || response and
+        CHAP-Challenge = challenge.  Fires with an accepted or refused
+        decision, or fails with BackendUnavailable."""
+        if not 0 <= identifier <= 255:
+            return defer.fail(RadiusError("CHAP identifier must be one byte"))
+        if len(challenge) != CHALLENGE_LEN or len(response) != RESPONSE_LEN:
+            return defer.fail(RadiusError("CHAP challenge and response must be 16 bytes"))
+        return self._request(identity, [
+            ("CHAP-Password", bytes((identifier,)) + bytes(response)),
+            ("CHAP-Challenge", bytes(challenge)),
+        ])
+
+    def authorize_only(self, identity: str) -> defer.Deferred[RadiusDecision]:
+        """Access-Request with Service-Type = Authorize-Only (17) and no
+        credentials, for identities authenticated by certificate or SRP; the
+        server's site must accept it (docs/radius.md)."""
+        return self._request(identity, [("Service-Type", SERVICE_TYPE_AUTHORIZE_ONLY)])
+
+    # -- internals
+    def _request(self, identity: str, attributes: list[tuple[str, Any]]) -> defer.Deferred[RadiusDecision]:
+        try:
+            encoded = identity.encode("utf-8")
+        except (AttributeError, UnicodeEncodeError):
+            return defer.fail(RadiusError("identity must be a UTF-8 string"))
+        if not encoded or len(encoded) > MAX_USER_NAME or b"\x00" in encoded:
+            return defer.fail(RadiusError(f"identity must be 1..{MAX_USER_NAME} bytes without NUL"))
+        self.start()
+        self.stats["requests"] += 1
+        request = _Request(identity, attributes)
+        if self._in_flight < self.max_in_flight and not self._queue:
+            self._dispatch(request)
+        elif len(self._queue) < self.max_queue:
+            self._queue.append(request)
+        else:
+            self.stats["overloaded"] += 1
+            _log.warn("RADIUS request queue full ({n} waiting): refusing request for {identity}",
+                      n=len(self._queue), identity=identity)
+            return defer.fail(RadiusOverloaded(
+                f"RADIUS request queue full ({self.max_queue} waiting, {self._in_flight} in flight)"))
+        return request.deferred
+
+    def _next_server(self, request: _Request) -> RadiusServer | None:
+        now = self.reactor.seconds()
+        untried = [server for server in self.servers if server not in request.tried]
+        alive = [server for server in untried if self._dead_until.get(server, 0.0) <= now]
+        if alive:
+            return alive[0]
+        if untried:
+            return min(untried, key=lambda server: self._dead_until.get(server, 0.0))
+        return None
+
+    def _dispatch(self, request: _Request) -> None:
+        self._in_flight += 1
+        self._send_to_next(request)
+
+    def _send_to_next(self, request: _Request) -> None:
+        server = self._next_server(request)
+        if request.sock is not None:
+            request.sock.release(request)
+            request.sock = None
+        if server is None:
+            self._finish(request, failure=BackendUnavailable(
+                f"no RADIUS server answered ({len(request.tried)} tried)"))
+            return
+        sock = self._sockets.get(server.family)
+        if sock is None or not sock.allocate(request):
+            # all ids of this socket busy (max_in_flight <= 256 makes this rare:
+            # only when several servers share a socket); treat as unavailable
+            request.tried.append(server)
+            self._send_to_next(request)
+            return
+        if request.tried:
+            self.stats["failovers"] += 1
+        request.tried.append(server)
+        request.server = server
+        request.sock = sock
+        pkt = _packet.AuthPacket(
+            code=_packet.AccessRequest, id=request.ident, secret=server.secret,
+            authenticator=secrets.token_bytes(16), dict=self.dictionary,
+        )
+        pkt.add_message_authenticator()
+        pkt["User-Name"] = request.identity
+        pkt["NAS-Identifier"] = self.nas_identifier
+        for name, value in request.attributes:
+            pkt[name] = value
+        request.packet = pkt
+        request.raw = pkt.RequestPacket()
+        request.sends = 0
+        self._transmit(request)
+
+    def _transmit(self, request: _Request) -> None:
+        assert request.sock is not None and request.server is not None
+        if request.sends:
+            self.stats["retransmits"] += 1
+        else:
+            self.stats["sent"] += 1
+        request.sends += 1
+        request.sock.transport.write(request.raw, request.server.address)
+        request.timer = self.reactor.callLater(self.timeout, self._timed_out, request)
+
+    def _timed_out(self, request: _Request) -> None:
+        request.timer = None
+        if request.deferred.called:
+            return
+        if request.sends <= self.retries:
+            self._transmit(request)
+            return
+        server = request.server
+        assert server is not None
+        if not self.is_dead(server):
+            _log.warn("RADIUS server {host}:{port} did not answer ({sends} sends); marking it dead "
+                      "for {dead_time}s", host=server.host, port=server.port, sends=request.sends,
+                      dead_time=self.dead_time)
+        self._dead_until[server] = self.reactor.seconds() + self.dead_time
+        self._send_to_next(request)
+
+    def _finish(self, request: _Request, decision: RadiusDecision | None = None,
+                failure: Exception | None = None) -> None:
+        if request.timer is not None and request.timer.active():
+            request.timer.cancel()
+        request.timer = None
+        if request.sock is not None:
+            request.sock.release(request)
+            request.sock = None
+        self._in_flight -= 1
+        if failure is not None:
+            self.stats["unavailable"] += 1
+            _log.error("RADIUS backend unavailable for {identity}: {reason}",
+                       identity=request.identity, reason=str(failure))
+            request.deferred.errback(failure)
+        else:
+            request.deferred.callback(decision)
+        self._pump()
+
+    def _pump(self) -> None:
+        while self._queue and self._in_flight < self.max_in_flight and self._running:
+            self._dispatch(self._queue.popleft())
+
+    def _drop(self, reason: str, addr: Any) -> None:
+        self.stats["dropped"] += 1
+        now = self.reactor.seconds()
+        last = self._last_log.get(reason)
+        if last is not None and now - last < _LOG_INTERVAL:
+            self._suppressed[reason] = self._suppressed.get(reason, 0) + 1
+            return
+        self._last_log[reason] = now
+        _log.warn("dropped RADIUS reply from {addr}: {reason} ({suppressed} similar drops not logged)",
+                  addr=addr, reason=reason, suppressed=self._suppressed.pop(reason, 0))
+
+    def _reply_received(self, sock: _Socket, data: bytes, addr: Any) -> None:
+        if len(data) < 20:
+            self._drop("too short", addr)
+            return
+        request = sock.by_id.get(data[1])
+        if request is None or request.packet is None or request.server is None:
+            self._drop("no request with this id", addr)
+            return
+        if (addr[0], addr[1]) != request.server.address:
+            self._drop("wrong source address", addr)
+            return
+        if data[0] not in (_packet.AccessAccept, _packet.AccessReject):
+            self._drop(f"unexpected code {data[0]}", addr)
+            return
+        try:
+            reply = request.packet.CreateReply(packet=data)
+        except Exception:
+            self._drop("malformed packet", addr)
+            return
+        if not reply.message_authenticator:
+            self._drop("no Message-Authenticator", addr)
+            return
+        try:
+            valid = request.packet.VerifyReply(reply, data, enforce_ma=True)
+        except Exception:
+            valid = False
+        if not valid:
+            self._drop("bad Response Authenticator or Message-Authenticator", addr)
+            return
+        self._dead_until.pop(request.server, None)
+        accepted = data[0] == _packet.AccessAccept
+        self.stats["accepts" if accepted else "rejects"] += 1
+        decision = RadiusDecision(accepted, request.identity, attributes=self._attributes(reply))
+        self._finish(request, decision=decision)
+
+    @staticmethod
+    def _attributes(reply: _packet.Packet) -> dict[str, tuple[Any, ...]]:
+        attributes: dict[str, tuple[Any, ...]] = {}
+        for key in reply.keys():
+            if not isinstance(key, str) or key == "Message-Authenticator":
+                continue  # unknown to the dictionary, or not informative
+            try:
+                values = tuple(reply[key])[:MAX_ATTRIBUTE_VALUES]
+            except Exception:
+                continue  # undecodable value: ignore the attribute
+            attributes[key] = values
+        return attributes
+
+
+# ---------------------------------------------------------- registrar glue
+
+class RadiusChapVerifier:
+    """Answers the registrar's :class:`VerifyChap` through RADIUS.
+
+    ``verify(request)`` fires with a :class:`ChapVerdict` (an Access-Reject,
+    unknown user or wrong response alike, gives ``ok=False``) or fails with
+    :class:`BackendUnavailable` (call ``chap_unavailable``).  An accepted
+    decision is handed to ``authorizer.remember`` so that the following
+    registration is authorized from the same reply.
+    """
+
+    def __init__(self, client: RadiusClient, sources: Iterable[str] = AUTHORIZATION_SOURCES,
+                 authorizer: "RadiusAuthorizer | None" = None) -> None:
+        self.client = client
+        self.sources = frozenset(sources)
+        self.authorizer = authorizer
+
+    def verify(self, request: VerifyChap) -> defer.Deferred[ChapVerdict]:
+        d = self.client.chap_verify(request.identity, request.identifier, request.challenge,
+                                    request.response)
+
+        def decided(decision: RadiusDecision) -> ChapVerdict:
+            if not decision.accepted:
+                return ChapVerdict(False, "RADIUS Access-Reject")
+            if self.authorizer is not None:
+                self.authorizer.remember(decision_from_attributes(
+                    decision.identity, True, decision.attributes, self.sources))
+            return ChapVerdict(True, "")
+
+        return d.addCallback(decided)
+
+
+class RadiusAuthorizer:
+    """The registrar's pool authorizer, from RADIUS reply attributes.
+
+    ``authorize(identity, groups, action, pool_handle)`` fires with True when
+    the identity's (cached, or fetched by an authorize-only request) decision
+    is an accept and either ``action`` is one of ``pool_actions`` and a pool
+    pattern of the decision matches, or the optional ``rules`` authorizer
+    says yes for the identity with its groups plus the RADIUS groups.  A
+    refused decision denies everything; an unknown identity (None) is left to
+    ``rules`` (default deny).  A backend failure fails the Deferred (the
+    registrar logs it and refuses).
+
+    Accepts are cached ``ttl`` seconds, refusals ``negative_ttl``; at most
+    ``max_entries`` identities (least recently used evicted).
+    """
+
+    def __init__(
+        self,
+        client: RadiusClient | None,
+        clock: Any,
+        *,
+        sources: Iterable[str] = AUTHORIZATION_SOURCES,
+        ttl: float = 300.0,
+        negative_ttl: float = 30.0,
+        max_entries: int = 10_000,
+        pool_actions: Iterable[str] = ("register", "deregister"),
+        rules: Any = None,
+        authorize_only: bool = True,
+    ) -> None:
+        if max_entries < 1:
+            raise ValueError("max_entries must be >= 1")
+        self.client = client
+        self.clock = clock
+        self.sources = frozenset(sources)
+        decision_from_attributes("-", False, {}, self.sources)  # validates the sources
+        self.ttl = float(ttl)
+        self.negative_ttl = float(negative_ttl)
+        self.max_entries = int(max_entries)
+        self.pool_actions = frozenset(pool_actions)
+        self.rules = rules
+        self.use_authorize_only = authorize_only and client is not None
+        self._cache: OrderedDict[str, tuple[float, RadiusDecision]] = OrderedDict()
+        self._waiting: dict[str, list[defer.Deferred[RadiusDecision]]] = {}
+
+    def __len__(self) -> int:
+        return len(self._cache)
+
+    def remember(self, decision: RadiusDecision) -> None:
+        ttl = self.ttl if decision.accepted else self.negative_ttl
+        if ttl <= 0:
+            return
+        self._cache[decision.identity] = (self.clock.seconds() + ttl, decision)
+        self._cache.move_to_end(decision.identity)
+        while len(self._cache) > self.max_entries:
+            self._cache.popitem(last=False)
+
+    def forget(self, identity: str) -> None:
+        self._cache.pop(identity, None)
+
+    def cached(self, identity: str) -> RadiusDecision | None:
+        entry = self._cache.get(identity)
+        if entry is None:
+            return None
+        if entry[0] <= self.clock.seconds():
+            del self._cache[identity]
+            return None
+        self._cache.move_to_end(identity)
+        return entry[1]
+
+    def decision_for(self, identity: str) -> defer.Deferred[RadiusDecision]:
+        decision = self.cached(identity)
+        if decision is not None:
+            return defer.succeed(decision)
+        if not self.use_authorize_only or self.client is None:
+            return defer.succeed(RadiusDecision(False, identity))
+        waiter: defer.Deferred[RadiusDecision] = defer.Deferred()
+        waiters = self._waiting.get(identity)
+        if waiters is not None:
+            waiters.append(waiter)
+            return waiter
+        self._waiting[identity] = [waiter]
+
+        def done(result: Any) -> None:
+            waiting = self._waiting.pop(identity, [])
+            if isinstance(result, RadiusDecision):
+                result = decision_from_attributes(identity, result.accepted, result.attributes,
+                                                  self.sources)
+                self.remember(result)
+            for each in waiting:
+                if isinstance(result, RadiusDecision):
+                    each.callback(result)
+                else:
+                    each.errback(result)
+
+        self.client.authorize_only(identity).addBoth(done)
+        return waiter
+
+    def authorize(self, identity: str | None, groups: Iterable[str], action: str,
+                  pool_handle: bytes) -> defer.Deferred[bool]:
+        if identity is None:
+            return defer.succeed(self._rules(None, frozenset(groups), action, pool_handle))
+
+        def decide(decision: RadiusDecision) -> bool:
+            if not decision.accepted:
+                return False
+            if action in self.pool_actions and any(
+                    pool_matches(pattern, pool_handle) for pattern in decision.pools):
+                return True
+            return self._rules(identity, frozenset(groups) | decision.groups, action, pool_handle)
+
+        return self.decision_for(identity).addCallback(decide)
+
+    def _rules(self, identity: str | None, groups: frozenset[str], action: str,
+               pool_handle: bytes) -> bool:
+        if self.rules is None:
+            return False
+        decide: Callable[..., bool] = getattr(self.rules, "decide", None) or self.rules.authorize
+        return decide(identity, groups, action, pool_handle) is True
