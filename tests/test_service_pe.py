@@ -17,11 +17,9 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
-from rserpool.asap.pe import (
-    Deregistered, HomeChanged, NeedServer, PeSettings, PeState, Registered,
-)
+from rserpool.asap.pe import Deregistered, HomeChanged, NeedServer, PeState
 from rserpool.asap.registrar import RegistrarSettings
-from rserpool.demo.echo_pe import EchoPoolElement
+from rserpool.demo.echo_pe import EchoPoolElement, echo_pool_element
 from rserpool.security import tls
 from rserpool.service.channel import Channel, ChannelSettings
 from rserpool.service.hunt import RegistrarCandidates
@@ -281,8 +279,12 @@ def test_real_channel_bytes_over_string_transport():
     transport = StringTransport()
     channel = Channel(_Connecting(), clock, ChannelSettings(heartbeat_interval=5, dead_after=15),
                       tls=False, initiator=True)
+    hunts = []
 
     def hunt(avoid):
+        hunts.append(avoid)
+        if len(hunts) > 1:
+            return defer.Deferred()  # the failover hunt: left pending
         channel.makeConnection(transport)
         return defer.succeed(channel)
 
@@ -300,16 +302,30 @@ def test_real_channel_bytes_over_string_transport():
     answers = [decode_message(e.payload, e.ppid) for e in
                registrar.receive_data(transport.value(), 1.0) if isinstance(e, MessageReceived)]
     assert answers == [AsapEndpointKeepAliveAck(H, 0x42)]
-    # Dead-peer detection: nothing heard for 15 s closes the channel -> failover hunt.
-    hunts_before = pe.core.state
-    assert hunts_before is PeState.REGISTERED
-    clock.advance(5)
-    clock.advance(5)
-    clock.advance(5)
-    assert channel.closed or transport.disconnecting
-    if not channel.closed:
-        channel.connectionLost(Failure(ConnectionLost()))
-    assert pe.core.state in (PeState.HUNTING, PeState.REGISTERING)
+    # Dead-peer detection: nothing heard for 15 s aborts the channel -> failover hunt.
+    clock.pump([5, 5, 5])
+    assert transport.disconnecting
+    channel.connectionLost(Failure(ConnectionLost()))  # what the reactor does after the abort
+    assert pe.core.state is PeState.HUNTING
+    assert hunts == [(), (("192.168.1.1", 54321),)]  # StringTransport's peer, tried last
+
+
+def test_hunt_returning_a_closed_channel_is_retried_later():
+    clock = task.Clock()
+    calls = []
+    closed = FakeChannel()
+    closed.closed = True
+
+    def hunt(avoid):
+        calls.append(clock.seconds())
+        return defer.succeed(closed)
+
+    pe = PoolElementService(clock, H, TRANSPORT, LeastUsedPolicy(0), hunt=hunt, hunt_retry=(1.0, 1.0))
+    pe.startService()
+    clock.pump([1.0] * 3)
+    assert calls == [0.0, 1.0, 2.0, 3.0]
+    pe.stopService()
+    unittest.TestCase().failureResultOf(pe.registered(), PoolElementStopped)
 
 
 # -- integration over loopback TLS ---------------------------------------------------------
@@ -453,18 +469,43 @@ class PoolElementOverTLS(unittest.TestCase):
         registrar = yield self.registrar()
         server_options = tls.server_options(self.pki.server.cert, self.pki.server.key,
                                             [self.pki.ca.cert], require_client_cert=False)
-        echo = EchoPoolElement(self.reactor, server_tls_options=server_options,
-                               **self.pe_options(registrar))
+        echo = echo_pool_element(
+            self.reactor, registrars=[f"127.0.0.1:{registrar_port(registrar)} localhost"],
+            ca=self.pki.ca.cert, cert=self.pki.pe1.cert, key=self.pki.pe1.key,
+            server_cert=self.pki.server.cert, server_key=self.pki.server.key,
+            hunt_options=dict(t5_initial=1.0, attempt_timeout=2.0))
         self.services.append(echo)
         yield echo.start()
         yield within(echo.pe.registered(), 10, self.reactor)
         (entry,) = registrar.handlespace.pool_members(b"echo")
+        self.assertEqual(entry.identity, "pe1")
         port = entry.payload.user_transport.port
         self.assertEqual(port, echo.address[1])
         reply = yield within(echo_once(self.reactor, port, self.pki, b"hello pool\n"), 10, self.reactor)
         self.assertEqual(reply, b"hello pool\n")
         yield within(echo.stopService(), 10, self.reactor)
         self.assertEqual(len(registrar.handlespace), 0)
+        self.assertIsNone(echo.listening_port)
+
+    @defer.inlineCallbacks
+    def test_echo_pe_protocol_is_pluggable(self):
+        registrar = yield self.registrar()
+        server_options = tls.server_options(self.pki.server.cert, self.pki.server.key,
+                                            [self.pki.ca.cert], require_client_cert=False)
+        echo = EchoPoolElement(self.reactor, server_tls_options=server_options, pool_handle=b"upper",
+                               protocol_factory=Factory.forProtocol(_Upper),
+                               **self.pe_options(registrar))
+        self.services.append(echo)
+        yield echo.start()
+        yield within(echo.pe.registered(), 10, self.reactor)
+        self.assertEqual(len(registrar.handlespace.pool_members(b"upper")), 1)
+        reply = yield within(echo_once(self.reactor, echo.address[1], self.pki, b"abc"), 10, self.reactor)
+        self.assertEqual(reply, b"ABC")
+
+
+class _Upper(Protocol):
+    def dataReceived(self, data: bytes) -> None:
+        self.transport.write(data.upper())
 
 
 class _EchoClient(Protocol):

@@ -211,6 +211,8 @@ class PoolElementService(Service):
         ``PoolElementStopped``."""
         if self.core.state is PeState.REGISTERED and self.last_registered is not None:
             return defer.succeed(self.last_registered)
+        if self.core.state is PeState.STOPPED:
+            return defer.fail(PoolElementStopped())
         d: defer.Deferred[Registered] = defer.Deferred()
         self._waiting_registered.append(d)
         return d
@@ -294,8 +296,7 @@ class PoolElementService(Service):
         self._hunt_retry = self._hunt_retry_initial
         channel.handler = self
         if channel.closed:
-            _log.info("the registrar's channel closed before use; hunting again")
-            self._carry_out([NeedServer("channel closed before use")])
+            self._hunt_failed(Failure(PoolElementError("the registrar's channel closed before use")))
             return
         self.channels.add(channel)
         _log.info("PE {pe_id:08x}: registrar channel to {peer} ready", pe_id=self.pe_id, peer=channel.peer)
@@ -303,7 +304,7 @@ class PoolElementService(Service):
 
     def _hunt_failed(self, failure: Failure) -> None:
         self._hunting = None
-        if failure.check(defer.CancelledError):
+        if failure.check(defer.CancelledError) or not self.running:
             return
         _log.failure("server hunt failed; retrying in {delay:g} s", failure, delay=self._hunt_retry)
         delay = self._hunt_retry
