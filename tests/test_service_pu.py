@@ -23,7 +23,7 @@ from rserpool.security import tls
 from rserpool.service.pu import PoolUser
 from rserpool.wire import (
     AsapEndpointUnreachable, AsapHandleResolution, AsapHandleResolutionResponse,
-    AsapRegistration, ErrorCause, OperationError, PriorityPolicy, RoundRobinPolicy,
+    AsapRegistration, ErrorCause, OperationError, PriorityPolicy,
 )
 from rserpool.wire.codes import CAUSE_SECURITY, CAUSE_UNKNOWN_POOL_HANDLE
 from tests.asaphelpers import AllowAll, connect_raw, make_pe, registrar_port, start_registrar
