@@ -244,7 +244,10 @@ class PoolUser:
         try:
             if find is not None:
                 if getattr(self.hunt, "hunting", False):
-                    return  # somebody else's hunt on the same object
+                    # Somebody else's hunt on a shared object: try again at the next T1.
+                    _log.warn("pool user: the server hunt object is busy elsewhere")
+                    self.core.hunt_over()
+                    return
                 last = getattr(self.hunt, "home", None)
                 hunting = find(avoid=[last] if last is not None else [])
             else:
