@@ -347,3 +347,29 @@ class PoolUserOverTLS(unittest.TestCase):
         self.assertEqual(len(pes), 3)
         identities = {s.identity for s in (c.session for c in self.registrar.channels)}
         self.assertIn("pu1", identities)
+
+    @defer.inlineCallbacks
+    def test_fails_over_to_another_registrar_when_home_dies(self):
+        second = yield start_registrar(reactor, self.pki, authorizer=AllowAll())
+        try:
+            seen: list = []
+            original = second.core.message_received
+            second.core.message_received = lambda s, m, now: seen.append(m) or original(s, m, now)
+            pu = PoolUser.connecting_to(
+                reactor, [f"127.0.0.1:{self.port}", f"127.0.0.1:{registrar_port(second)}"],
+                [self.pki.ca.cert], server_name="localhost", settings=PuSettings(stale_cache_value=0.0))
+            self.users.append(pu)
+            pes = yield pu.resolve(H)
+            self.assertEqual(len(pes), 3)
+            self.assertEqual(seen, [])
+            closed = pu.home.closed_deferred()
+            yield self.registrar.stopService()
+            yield closed
+            self.assertIsNone(pu.home)
+            # The PE was registered only at the first registrar: the second one
+            # answers, so the hunt found it.
+            with self.assertRaises(UnknownPool):
+                yield pu.resolve(H)
+            self.assertEqual(seen, [AsapHandleResolution(H)])
+        finally:
+            yield second.stopService()
