@@ -19,7 +19,7 @@ from twisted.trial import unittest
 
 from rserpool.asap.pe import Deregistered, HomeChanged, NeedServer, PeState
 from rserpool.asap.registrar import RegistrarSettings
-from rserpool.demo.echo_pe import EchoPoolElement, echo_pool_element
+from rserpool.demo.echo_pe import EchoPoolElement, EchoProtocol, echo_pool_element
 from rserpool.security import tls
 from rserpool.service.channel import Channel, ChannelSettings
 from rserpool.service.hunt import RegistrarCandidates
@@ -326,6 +326,15 @@ def test_hunt_returning_a_closed_channel_is_retried_later():
     assert calls == [0.0, 1.0, 2.0, 3.0]
     pe.stopService()
     unittest.TestCase().failureResultOf(pe.registered(), PoolElementStopped)
+
+
+def test_echo_protocol_pauses_reading_when_the_peer_does_not_read():
+    transport = StringTransport()
+    echo = EchoProtocol()
+    echo.makeConnection(transport)
+    assert transport.producer is transport and transport.streaming
+    echo.dataReceived(b"ping")
+    assert transport.value() == b"ping"
 
 
 # -- integration over loopback TLS ---------------------------------------------------------

@@ -38,7 +38,15 @@ _MAX_CONNECTIONS = 1024
 
 
 class EchoProtocol(Protocol):
-    """Sends every byte back."""
+    """Sends every byte back.  Reading pauses while the peer does not read
+    what was echoed (the TCP connection is registered as the producer of
+    the echo, so a full send buffer stops the reads)."""
+
+    def connectionMade(self) -> None:
+        tcp = getattr(self.transport, "transport", None)  # under TLS: the TCP connection
+        source = tcp if hasattr(tcp, "pauseProducing") else self.transport
+        if hasattr(source, "pauseProducing") and getattr(self.transport, "producer", None) is None:
+            self.transport.registerProducer(source, True)
 
     def dataReceived(self, data: bytes) -> None:
         self.transport.write(data)
