@@ -189,5 +189,27 @@ class RadiusAgainstFreeRadius(unittest.TestCase):
         return defer.ensureDeferred(run())
 
 
+    def test_unsigned_replies_are_dropped(self) -> defer.Deferred:
+        """A FreeRADIUS 3.2.1 site without the Message-Authenticator lines
+        answers unsigned: every reply is dropped, the request fails as
+        unavailable (never as accepted or refused)."""
+        own = FreeRadius(self.tmp / "unsigned", executable=self.radius.executable)
+        own.configure()
+        site = own.raddb / "sites-enabled" / "rserpool"
+        text = site.read_text()
+        self.assertEqual(text.count("&Message-Authenticator := 0x00"), 2)
+        site.write_text(text.replace("&Message-Authenticator := 0x00", '&Reply-Message := "unsigned"'))
+        own.start()
+        self.addCleanup(own.stop)
+        client = self.make_client([own.server])
+
+        async def run() -> None:
+            with self.assertRaises(BackendUnavailable):
+                await client.chap_verify(*_fields(chap_request("pe1", b"pe1-secret")))
+            self.assertEqual(client.stats["dropped"], RETRIES + 1)
+            self.assertEqual(client.stats["accepts"] + client.stats["rejects"], 0)
+
+        return defer.ensureDeferred(run())
+
 def _fields(request: Any) -> tuple[str, int, bytes, bytes]:
     return request.identity, request.identifier, request.challenge, request.response
