@@ -25,6 +25,7 @@ __all__ = ["SUBCOMMANDS", "build_parser", "main"]
 #: Modules providing ``register(subparsers)``, in the order of ``--help``.
 SUBCOMMANDS: tuple[str, ...] = (
     "rserpool.wire.tool",
+    "rserpool.demo.echo_client",
     "rserpool.pu_tool",
 )
 

@@ -266,3 +266,184 @@ class SessionOverTLS(unittest.TestCase):
         self.assertEqual(reports, [(POOL, 0xA)])  # B was reachable: not reported
         self.assertNotIn(("data", b"z"), app_b.events)
         self.assertEqual(client.current_pe.pe_id, 0xC)
+
+
+# --------------------------------------------------------------------------
+# With the real registrar, PU library and echo PEs
+
+
+class _RecordingEcho:
+    """Wraps an EchoSessionApplication and records what each session saw."""
+
+    def __init__(self, inner, name: bytes) -> None:
+        self.inner = inner
+        self.name = name
+        self.events: list[tuple] = []
+
+    def __getattr__(self, attr):
+        method = getattr(self.inner, attr)
+
+        def call(session, *args):
+            self.events.append((attr, *args))
+            return method(session, *args)
+
+        return call
+
+
+class _CliProcess:
+    """Process protocol: writes stdin, collects stdout/stderr, fires on exit."""
+
+    def __init__(self, stdin: bytes) -> None:
+        from twisted.internet import protocol
+
+        self.stdin = stdin
+        self.out = b""
+        self.err = b""
+        self.ended = defer.Deferred()
+        outer = self
+
+        class _P(protocol.ProcessProtocol):
+            def connectionMade(self):
+                self.transport.write(outer.stdin)
+                self.transport.closeStdin()
+
+            def outReceived(self, data):
+                outer.out += data
+
+            def errReceived(self, data):
+                outer.err += data
+
+            def processEnded(self, reason):
+                outer.ended.callback(reason.value.exitCode)
+
+        self.protocol = _P()
+
+
+class SessionWithRegistrar(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls._tmp = tempfile.TemporaryDirectory()
+        cls.pki = make_test_pki(Path(cls._tmp.name))
+
+    @classmethod
+    def tearDownClass(cls):
+        cls._tmp.cleanup()
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        from tests.asaphelpers import registrar_port, start_registrar
+
+        self.registrar = yield start_registrar(reactor, self.pki)
+        self.registrar_port = registrar_port(self.registrar)
+        self.stoppables = []
+
+    @defer.inlineCallbacks
+    def tearDown(self):
+        for item in reversed(self.stoppables):
+            yield item()
+        yield self.registrar.stopService()
+        yield task.deferLater(reactor, 0.05, lambda: None)
+
+    @defer.inlineCallbacks
+    def start_echo_pe(self, name: bytes, identity, key: bytes):
+        from rserpool.demo.echo_pe import EchoPoolElement
+        from rserpool.demo.echo_session import echo_session_server
+        from rserpool.service.hunt import RegistrarCandidates
+
+        server = echo_session_server(reactor, cookie_key=key)
+        recorder = _RecordingEcho(server.application, name)
+        server.application = recorder
+        options = tls.server_options(self.pki.server.cert, self.pki.server.key,
+                                     require_client_cert=False)
+        echo = EchoPoolElement(
+            reactor, server_tls_options=options, protocol_factory=server,
+            candidates=RegistrarCandidates(static=[f"127.0.0.1:{self.registrar_port} localhost"]),
+            tls_options_factory=lambda host: tls.client_options(host, [self.pki.ca.cert],
+                                                                client_cert=identity.pair),
+            hunt_options=dict(t5_initial=1.0, attempt_timeout=2.0))
+        yield echo.start()
+        yield echo.pe.registered().addTimeout(10, reactor)
+
+        @defer.inlineCallbacks
+        def stop():
+            server.abort_all()
+            if echo.running:
+                yield echo.stopService()
+
+        self.stoppables.append(stop)
+        return echo, server, recorder
+
+    @defer.inlineCallbacks
+    def test_pool_user_fails_over_between_registered_echo_pes(self):
+        from rserpool.demo.echo_client import EchoSession
+        from rserpool.service.pu import PoolUser
+
+        key = b"shared pool cookie key 0123456789"
+        pes = {}
+        for name, identity in ((b"A", self.pki.pe1), (b"B", self.pki.pe2)):
+            echo, server, recorder = yield self.start_echo_pe(name, identity, key)
+            pes[echo.pe.pe_id] = (echo, server, recorder)
+        pu = PoolUser.connecting_to(reactor, [f"127.0.0.1:{self.registrar_port}"],
+                                    [self.pki.ca.cert], server_name="localhost")
+        self.stoppables.append(pu.stop)
+        failovers = []
+        session = EchoSession(
+            reactor, selector=pu.select, report_unreachable=pu.report_unreachable,
+            tls_options_for=pe_tls_options([self.pki.ca.cert]),
+            settings=PuSessionSettings(backoff_initial=0.05, backoff_max=0.2),
+            on_failover=lambda old, new, echoed: failovers.append((old.pe_id, new.pe_id, echoed)))
+        self.stoppables.append(session.close)
+        first = yield session.start().addTimeout(10, reactor)
+        for word in (b"one", b"two"):
+            echo = yield session.send(word).addTimeout(10, reactor)
+            self.assertEqual(echo, word)
+        first_echo, first_server, _ = pes[first.pe_id]
+        (other_id,) = [pe_id for pe_id in pes if pe_id != first.pe_id]
+        second_echo, _, second_recorder = pes[other_id]
+
+        # The first PE dies: its sessions drop, then it goes away.
+        first_server.abort_all()
+        yield first_echo.stopService()
+        echo = yield session.send(b"three").addTimeout(15, reactor)
+        self.assertEqual(echo, b"three")
+        self.assertEqual(failovers, [(first.pe_id, other_id, True)])
+        self.assertEqual(session.client.current_pe.pe_id, other_id)
+        # The new PE saw the sealed cookie first, accepted it and kept counting.
+        kinds = [event[0] for event in second_recorder.events]
+        self.assertEqual(kinds[:3], ["session_started", "cookie_echoed", "data_received"])
+        self.assertEqual(second_recorder.inner.cookies_accepted, 1)
+        server_session = next(iter(pes[other_id][1].sessions))
+        self.assertEqual(server_session.state, 3)  # two on A, one on B
+        echo = yield session.send(b"four").addTimeout(10, reactor)
+        self.assertEqual(echo, b"four")
+        self.assertEqual(pu.cached(b"echo") is None or all(
+            pe.pe_id != first.pe_id for pe in pu.cached(b"echo")), True)
+
+    @defer.inlineCallbacks
+    def test_forged_cookie_is_refused_by_the_echo_pe(self):
+        from rserpool.wire import AsapCookieEcho
+
+        echo, server, recorder = yield self.start_echo_pe(b"A", self.pki.pe1, b"k" * 32)
+        from tests.asaphelpers import connect_raw
+
+        raw = yield connect_raw(reactor, echo.address[1],
+                                tls.client_options("127.0.0.1", [self.pki.ca.cert]))
+        raw.send(AsapCookieEcho(b"forged" * 10))
+        yield raw.closed.addTimeout(10, reactor)
+        self.assertEqual(recorder.inner.cookies_refused, 1)
+
+    @defer.inlineCallbacks
+    def test_echo_command(self):
+        import os
+        import sys
+
+        yield self.start_echo_pe(b"A", self.pki.pe1, b"k" * 32)
+        proc = _CliProcess(b"hello\nsecond line\n")
+        args = [sys.executable, "-m", "rserpool.cli", "echo", "--registrar",
+                f"127.0.0.1:{self.registrar_port}", "--registrar-name", "localhost",
+                "--ca", str(self.pki.ca.cert), "--timeout", "10"]
+        reactor.spawnProcess(proc.protocol, sys.executable, args, env=dict(os.environ))
+        code = yield proc.ended.addTimeout(60, reactor)
+        self.assertEqual(code, 0, proc.err.decode())
+        self.assertEqual(proc.out, b"hello\nsecond line\n")
+        self.assertIn(b"# connected to PE", proc.err)
