@@ -21,8 +21,6 @@ from rserpool.backends.radius import (
     MAX_POOLS,
     RCVBUF_BYTES,
     BackendUnavailable,
-    RadiusAuthorizer,
-    RadiusChapVerifier,
     RadiusClient,
     RadiusDecision,
     RadiusError,
@@ -33,8 +31,6 @@ from rserpool.backends.radius import (
     parse_servers,
     pool_matches,
 )
-from rserpool.security.authz import RulesAuthorizer, parse_rules
-from rserpool.security.chap import ChapVerdict, VerifyChap
 
 DICT = load_dictionary()
 A = RadiusServer("127.0.0.1", 18121, b"secret-a")
@@ -107,6 +103,13 @@ def reply_to(data: bytes, server: RadiusServer = A, *, code: int = _packet.Acces
 
 def deliver(reactor: FakeReactor, data: bytes, source: tuple[str, int] = A.address) -> None:
     reactor.ports[0].protocol.datagramReceived(data, source)
+
+
+def result_of(d: Any) -> Any:
+    out: list[Any] = []
+    d.addBoth(out.append)
+    assert out, "Deferred has not fired"
+    return out[0]
 
 
 def chap(client: RadiusClient, identity: str = "pe1"):
@@ -426,89 +429,6 @@ def test_pool_matches() -> None:
     assert not pool_matches("e*", b"\xff") and pool_matches("hex:ff*", b"\xff\x01")
 
 
-# ---------------------------------------------------------------- authorizer, verifier
-
-class FakeClient:
-    def __init__(self) -> None:
-        from twisted.internet import defer
-        self.defer = defer
-        self.calls: list[str] = []
-        self.pending: list[Any] = []
-
-    def authorize_only(self, identity: str):
-        self.calls.append(identity)
-        d = self.defer.Deferred()
-        self.pending.append(d)
-        return d
-
-
-def result_of(d: Any) -> Any:
-    out: list[Any] = []
-    d.addBoth(out.append)
-    assert out, "Deferred has not fired"
-    return out[0]
-
-
-def test_authorizer_cache_coalescing_ttl() -> None:
-    clock = task.Clock()
-    client = FakeClient()
-    authz = RadiusAuthorizer(client, clock, ttl=60, negative_ttl=5, sources=["vsa"])
-    d1 = authz.authorize("pe-cert", frozenset(), "register", b"daytime-1")
-    d2 = authz.authorize("pe-cert", frozenset(), "register", b"echo")
-    assert client.calls == ["pe-cert"] and not d1.called
-    client.pending[0].callback(RadiusDecision(True, "pe-cert", attributes={
-        "RSerPool-Allowed-Pool": ("daytime-*",)}))
-    assert result_of(d1) is True and result_of(d2) is False
-    assert result_of(authz.authorize("pe-cert", frozenset(), "deregister", b"daytime-2")) is True
-    assert result_of(authz.authorize("pe-cert", frozenset(), "resolve", b"daytime-2")) is False
-    assert client.calls == ["pe-cert"]
-    clock.advance(60)
-    authz.authorize("pe-cert", frozenset(), "register", b"daytime-1")
-    assert client.calls == ["pe-cert", "pe-cert"]
-
-
-def test_authorizer_refusal_rules_and_errors() -> None:
-    clock = task.Clock()
-    client = FakeClient()
-    rules = RulesAuthorizer(parse_rules("@ops resolve *\n* register public-*\n"))
-    authz = RadiusAuthorizer(client, clock, rules=rules, max_entries=2)
-    authz.remember(RadiusDecision(True, "a", frozenset({"ops"})))
-    assert result_of(authz.authorize("a", frozenset(), "resolve", b"x")) is True
-    assert result_of(authz.authorize("a", frozenset(), "register", b"public-1")) is True
-    authz.remember(RadiusDecision(False, "b"))
-    assert result_of(authz.authorize("b", frozenset(), "register", b"public-1")) is False
-    assert result_of(authz.authorize(None, frozenset(), "register", b"public-1")) is False
-    authz.remember(RadiusDecision(True, "c"))
-    assert len(authz) == 2 and authz.cached("a") is None  # LRU bound
-    d = authz.authorize("d", frozenset(), "register", b"public-1")
-    client.pending[-1].errback(BackendUnavailable("down"))
-    failure = result_of(d)
-    assert failure.check(BackendUnavailable)
-    assert authz.cached("d") is None
-
-
-def test_authorizer_without_authorize_only() -> None:
-    authz = RadiusAuthorizer(FakeClient(), task.Clock(), authorize_only=False)
-    assert result_of(authz.authorize("pe1", frozenset(), "register", b"echo")) is False
-
-
-def test_chap_verifier_maps_decisions() -> None:
-    client, reactor = make_client()
-    authz = RadiusAuthorizer(None, reactor, sources=["class"])
-    verifier = RadiusChapVerifier(client, ["class"], authz)
-    request = VerifyChap("pe1", 7, CHALLENGE, RESPONSE)
-    d = verifier.verify(request)
-    deliver(reactor, reply_to(writes(reactor)[0][0], Class=b"rserpool:pools=echo"))
-    assert result_of(d) == ChapVerdict(True, "")
-    assert authz.cached("pe1").pools == ("echo",)
-    d = verifier.verify(request)
-    deliver(reactor, reply_to(writes(reactor)[1][0], code=_packet.AccessReject))
-    assert result_of(d).ok is False
-    d = verifier.verify(request)
-    reactor.pump([1.0] * 3)
-    assert result_of(d).check(BackendUnavailable)
-
-
 def test_shipped_dictionary_matches_freeradius_addition() -> None:
     def vendor_block(text: str) -> list[tuple[str, ...]]:
         lines = [line.split("#")[0].split() for line in text.splitlines()]
@@ -522,3 +442,4 @@ def test_shipped_dictionary_matches_freeradius_addition() -> None:
     for name in ("User-Name", "CHAP-Password", "CHAP-Challenge", "Class", "Filter-Id",
                  "Message-Authenticator", "NAS-Identifier", "Service-Type", "RSerPool-Group"):
         assert name in DICT.attributes
+

@@ -22,11 +22,10 @@ from twisted.trial import unittest
 
 from rserpool.backends.radius import (
     BackendUnavailable,
-    RadiusAuthorizer,
-    RadiusChapVerifier,
     RadiusClient,
     RadiusServer,
 )
+from rserpool.backends.radius_authz import RadiusAuthorizer, RadiusChapVerifier
 from rserpool.security.chap import ChapClient, ChapServer, ChapVerdict
 from tests.conftest import require_tool
 from tests.radius_fixture import FreeRadius, free_udp_port

@@ -26,6 +26,9 @@ Behaviour (see ``docs/radius.md``):
   which is *not* a refusal.  Worst case:
   ``len(servers) * (retries + 1) * timeout`` seconds.
 - Shared secrets are never logged (``RadiusServer`` hides them from repr).
+
+The registrar-facing glue (CHAP verifier, pool authorizer, configuration)
+is in :mod:`rserpool.backends.radius_authz`.
 """
 
 from __future__ import annotations
@@ -35,9 +38,9 @@ import ipaddress
 import os
 import secrets
 import socket
-from collections import OrderedDict, deque
+from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from pyrad import packet as _packet
 from pyrad.dictionary import Dictionary
@@ -45,14 +48,12 @@ from twisted.internet import defer
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
-from rserpool.security.chap import CHALLENGE_LEN, RESPONSE_LEN, ChapVerdict, VerifyChap
+from rserpool.security.chap import CHALLENGE_LEN, RESPONSE_LEN
 
 __all__ = [
     "AUTHORIZATION_SOURCES",
     "BackendUnavailable",
     "DEFAULT_DICTIONARY",
-    "RadiusAuthorizer",
-    "RadiusChapVerifier",
     "RadiusClient",
     "RadiusDecision",
     "RadiusError",
@@ -61,6 +62,7 @@ __all__ = [
     "decision_from_attributes",
     "load_dictionary",
     "parse_servers",
+    "pool_matches",
 ]
 
 _log = Logger()
@@ -599,156 +601,3 @@ class RadiusClient:
                 continue  # undecodable value: ignore the attribute
             attributes[key] = values
         return attributes
-
-
-# ---------------------------------------------------------- registrar glue
-
-class RadiusChapVerifier:
-    """Answers the registrar's :class:`VerifyChap` through RADIUS.
-
-    ``verify(request)`` fires with a :class:`ChapVerdict` (an Access-Reject,
-    unknown user or wrong response alike, gives ``ok=False``) or fails with
-    :class:`BackendUnavailable` (call ``chap_unavailable``).  An accepted
-    decision is handed to ``authorizer.remember`` so that the following
-    registration is authorized from the same reply.
-    """
-
-    def __init__(self, client: RadiusClient, sources: Iterable[str] = AUTHORIZATION_SOURCES,
-                 authorizer: "RadiusAuthorizer | None" = None) -> None:
-        self.client = client
-        self.sources = frozenset(sources)
-        self.authorizer = authorizer
-
-    def verify(self, request: VerifyChap) -> defer.Deferred[ChapVerdict]:
-        d = self.client.chap_verify(request.identity, request.identifier, request.challenge,
-                                    request.response)
-
-        def decided(decision: RadiusDecision) -> ChapVerdict:
-            if not decision.accepted:
-                return ChapVerdict(False, "RADIUS Access-Reject")
-            if self.authorizer is not None:
-                self.authorizer.remember(decision_from_attributes(
-                    decision.identity, True, decision.attributes, self.sources))
-            return ChapVerdict(True, "")
-
-        return d.addCallback(decided)
-
-
-class RadiusAuthorizer:
-    """The registrar's pool authorizer, from RADIUS reply attributes.
-
-    ``authorize(identity, groups, action, pool_handle)`` fires with True when
-    the identity's (cached, or fetched by an authorize-only request) decision
-    is an accept and either ``action`` is one of ``pool_actions`` and a pool
-    pattern of the decision matches, or the optional ``rules`` authorizer
-    says yes for the identity with its groups plus the RADIUS groups.  A
-    refused decision denies everything; an unknown identity (None) is left to
-    ``rules`` (default deny).  A backend failure fails the Deferred (the
-    registrar logs it and refuses).
-
-    Accepts are cached ``ttl`` seconds, refusals ``negative_ttl``; at most
-    ``max_entries`` identities (least recently used evicted).
-    """
-
-    def __init__(
-        self,
-        client: RadiusClient | None,
-        clock: Any,
-        *,
-        sources: Iterable[str] = AUTHORIZATION_SOURCES,
-        ttl: float = 300.0,
-        negative_ttl: float = 30.0,
-        max_entries: int = 10_000,
-        pool_actions: Iterable[str] = ("register", "deregister"),
-        rules: Any = None,
-        authorize_only: bool = True,
-    ) -> None:
-        if max_entries < 1:
-            raise ValueError("max_entries must be >= 1")
-        self.client = client
-        self.clock = clock
-        self.sources = frozenset(sources)
-        decision_from_attributes("-", False, {}, self.sources)  # validates the sources
-        self.ttl = float(ttl)
-        self.negative_ttl = float(negative_ttl)
-        self.max_entries = int(max_entries)
-        self.pool_actions = frozenset(pool_actions)
-        self.rules = rules
-        self.use_authorize_only = authorize_only and client is not None
-        self._cache: OrderedDict[str, tuple[float, RadiusDecision]] = OrderedDict()
-        self._waiting: dict[str, list[defer.Deferred[RadiusDecision]]] = {}
-
-    def __len__(self) -> int:
-        return len(self._cache)
-
-    def remember(self, decision: RadiusDecision) -> None:
-        ttl = self.ttl if decision.accepted else self.negative_ttl
-        if ttl <= 0:
-            return
-        self._cache[decision.identity] = (self.clock.seconds() + ttl, decision)
-        self._cache.move_to_end(decision.identity)
-        while len(self._cache) > self.max_entries:
-            self._cache.popitem(last=False)
-
-    def forget(self, identity: str) -> None:
-        self._cache.pop(identity, None)
-
-    def cached(self, identity: str) -> RadiusDecision | None:
-        entry = self._cache.get(identity)
-        if entry is None:
-            return None
-        if entry[0] <= self.clock.seconds():
-            del self._cache[identity]
-            return None
-        self._cache.move_to_end(identity)
-        return entry[1]
-
-    def decision_for(self, identity: str) -> defer.Deferred[RadiusDecision]:
-        decision = self.cached(identity)
-        if decision is not None:
-            return defer.succeed(decision)
-        if not self.use_authorize_only or self.client is None:
-            return defer.succeed(RadiusDecision(False, identity))
-        waiter: defer.Deferred[RadiusDecision] = defer.Deferred()
-        waiters = self._waiting.get(identity)
-        if waiters is not None:
-            waiters.append(waiter)
-            return waiter
-        self._waiting[identity] = [waiter]
-
-        def done(result: Any) -> None:
-            waiting = self._waiting.pop(identity, [])
-            if isinstance(result, RadiusDecision):
-                result = decision_from_attributes(identity, result.accepted, result.attributes,
-                                                  self.sources)
-                self.remember(result)
-            for each in waiting:
-                if isinstance(result, RadiusDecision):
-                    each.callback(result)
-                else:
-                    each.errback(result)
-
-        self.client.authorize_only(identity).addBoth(done)
-        return waiter
-
-    def authorize(self, identity: str | None, groups: Iterable[str], action: str,
-                  pool_handle: bytes) -> defer.Deferred[bool]:
-        if identity is None:
-            return defer.succeed(self._rules(None, frozenset(groups), action, pool_handle))
-
-        def decide(decision: RadiusDecision) -> bool:
-            if not decision.accepted:
-                return False
-            if action in self.pool_actions and any(
-                    pool_matches(pattern, pool_handle) for pattern in decision.pools):
-                return True
-            return self._rules(identity, frozenset(groups) | decision.groups, action, pool_handle)
-
-        return self.decision_for(identity).addCallback(decide)
-
-    def _rules(self, identity: str | None, groups: frozenset[str], action: str,
-               pool_handle: bytes) -> bool:
-        if self.rules is None:
-            return False
-        decide: Callable[..., bool] = getattr(self.rules, "decide", None) or self.rules.authorize
-        return decide(identity, groups, action, pool_handle) is True
