@@ -1,0 +1,244 @@
+"""Conformance against Wireshark's ASAP and ENRP dissectors.
+
+Every message of ``all_samples()`` (all 14 ASAP and 10 ENRP types, every
+parameter, transport, address family, cause and policy) is encoded, wrapped
+by ``text2pcap -S`` into one SCTP DATA chunk per packet (ASAP: ports 3863,
+PPID 11; ENRP: ports 9901, PPID 12) and dissected by ``tshark -T json``.
+The test fails on a malformed packet or expert error, a message type the
+dissector does not name, a parameter/policy/cause it decodes as unknown,
+or any difference between the (type, length) sequence of parameters and
+causes Wireshark read and the one we wrote.
+
+Documented exceptions, where Wireshark 4.0 is behind the RFC (docs/wire.md):
+- Opaque Transport (RFC 5354 3.16, type 0x0010) is unknown to the dissector,
+  which shows its value raw (``parameter_value``).
+- The opaque (private) policy sample is shown raw
+  (``pool_member_selection_policy_value``), as our codec keeps it.
+- The Unrecognized Parameter cause (0x1) of the ASAP_ERROR sample carries an
+  unknown TLV on purpose; Wireshark shows that TLV's value raw.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import pytest
+
+from rserpool.wire import OpaquePolicy, PPID_ASAP
+from rserpool.wire.samples import all_samples
+from tests.conftest import require_tool
+
+pytestmark = pytest.mark.integration
+
+TRANSPORT = {"asap": "3863,3863,11", "enrp": "9901,9901,12"}
+PI_ERROR = 0x00800000
+WS_KNOWN_PARAMS = set(range(0x1, 0x10)) | {0x803F}
+NESTED_PREFIX = {0x3: 8, 0x4: 4, 0x5: 4, 0x6: 4, 0x7: 4, 0xA: 12, 0xB: 4}
+FIELDS = ["message_type", "message_flags", "message_length", "parameter_type",
+          "parameter_length", "parameter_value", "cause_code", "cause_length", "cause_info",
+          "pool_member_selection_policy_type", "pool_member_selection_policy_value",
+          "pool_element_pe_identifier", "pool_handle_pool_handle", "parameter_padding",
+          "cause_padding"]
+
+
+class Expected:
+    """What we wrote, walked independently of the codec (pre-order like Wireshark)."""
+
+    def __init__(self) -> None:
+        self.message_types: list[int] = []
+        self.params: list[tuple[int, int]] = []
+        self.causes: list[tuple[int, int]] = []
+        self.policies: list[int] = []
+        self.raw_values: list[tuple[str, bool]] = []  # (value hex, allowed exception)
+        self.pe_ids: list[int] = []
+        self.handles: list[str] = []
+        self.broken: list[str] = []  # TLVs our own walk could not follow
+
+    def message(self, data: bytes, fixed: int) -> None:
+        self.message_types.append(data[0])
+        length = int.from_bytes(data[2:4], "big")
+        self.walk(data, 4 + fixed, length, in_cause1=False)
+
+    def walk(self, data: bytes, pos: int, end: int, in_cause1: bool) -> None:
+        end = min(end, len(data))
+        while pos + 4 <= end:
+            ptype = int.from_bytes(data[pos:pos + 2], "big")
+            plen = int.from_bytes(data[pos + 2:pos + 4], "big")
+            if plen < 4:
+                self.broken.append(f"parameter 0x{ptype:04x} of length {plen}")
+                return
+            value = data[pos + 4:pos + plen]
+            self.params.append((ptype, plen))
+            if ptype in NESTED_PREFIX:
+                if ptype == 0xA:
+                    self.pe_ids.append(int.from_bytes(value[:4], "big"))
+                self.walk(data, pos + 4 + NESTED_PREFIX[ptype], pos + plen, in_cause1)
+            elif ptype == 0x8:
+                self.policies.append(int.from_bytes(value[:4], "big"))
+            elif ptype == 0x9:
+                self.handles.append(value.hex())
+            elif ptype == 0xC:
+                self.walk_causes(data, pos + 4, pos + plen)
+            elif ptype not in WS_KNOWN_PARAMS:
+                self.raw_values.append((value.hex(), ptype == 0x10 or in_cause1))
+            pos += (plen + 3) & ~3
+
+    def walk_causes(self, data: bytes, pos: int, end: int) -> None:
+        while pos + 4 <= end:
+            code = int.from_bytes(data[pos:pos + 2], "big")
+            clen = int.from_bytes(data[pos + 2:pos + 4], "big")
+            if clen < 4:
+                self.broken.append(f"cause 0x{code:04x} of length {clen}")
+                return
+            self.causes.append((code, clen))
+            if code in (1, 3, 5, 7):  # the info is a TLV
+                self.walk(data, pos + 4, pos + clen, in_cause1=code == 1)
+            elif code == 2:  # the info is a message (our sample's has no body)
+                self.message(data[pos + 4:pos + clen], 0)
+            pos += (clen + 3) & ~3
+
+
+def fixed_size(msg) -> int:
+    """Bytes of fixed fields after the message header (RFC 5352 2.2, RFC 5353 2)."""
+    if msg.PPID == PPID_ASAP:
+        return 4 if msg.name in ("ASAP_ENDPOINT_KEEP_ALIVE", "ASAP_SERVER_ANNOUNCE") else 0
+    if msg.name in ("ENRP_HANDLE_UPDATE", "ENRP_INIT_TAKEOVER", "ENRP_INIT_TAKEOVER_ACK",
+                    "ENRP_TAKEOVER_SERVER"):
+        return 12
+    return 8
+
+
+def hexdump(messages: list[bytes]) -> str:
+    lines = []
+    for data in messages:
+        for off in range(0, len(data), 16):
+            lines.append("%06x %s" % (off, " ".join("%02x" % b for b in data[off:off + 16])))
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def dissect(proto: str, messages: list[bytes], tmp: str) -> list[dict]:
+    text = os.path.join(tmp, proto + ".txt")
+    pcap = os.path.join(tmp, proto + ".pcap")
+    with open(text, "w") as f:
+        f.write(hexdump(messages))
+    subprocess.run([require_tool("text2pcap"), "-q", "-S", TRANSPORT[proto], text, pcap],
+                   check=True, capture_output=True, timeout=120)
+    cmd = [require_tool("tshark"), "-n", "-r", pcap, "-T", "json"]
+    for fld in ["frame.number", "frame.protocols", "_ws.col.Info", "_ws.malformed",
+                "_ws.expert.message", "_ws.expert.severity"] + [f"{proto}.{f}" for f in FIELDS]:
+        cmd += ["-e", fld]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120,
+                         env=dict(os.environ, WIRESHARK_CONFIG_DIR=tmp))
+    assert res.returncode == 0, res.stderr
+    frames = {}
+    for pkt in json.loads(res.stdout or "[]"):
+        layers = pkt["_source"]["layers"]
+        frames[int(layers["frame.number"][0])] = layers
+    return [frames.get(i + 1, {}) for i in range(len(messages))]
+
+
+def ints(values: list[str]) -> list[int]:
+    return [int(v, 0) for v in values]
+
+
+def problems_of(proto: str, msg, data: bytes, layers: dict) -> list[str]:
+    problems = []
+    if proto not in layers.get("frame.protocols", [""])[0].split(":"):
+        return [f"no {proto} layer"]
+    for text, sev in zip(layers.get("_ws.expert.message", []), layers.get("_ws.expert.severity", [])):
+        if int(sev) >= PI_ERROR:
+            problems.append(f"expert error: {text}")
+    if "_ws.malformed" in layers:
+        problems.append(f"malformed: {layers['_ws.malformed']}")
+    info = layers.get("_ws.col.Info", [""])[0]
+    if not info.upper().startswith(proto.upper()) or "UNKNOWN" in info.upper():
+        problems.append(f"message not recognised: {info!r}")
+    f = {k[len(proto) + 1:]: v for k, v in layers.items() if k.startswith(proto + ".")}
+    exp = Expected()
+    exp.message(data, fixed_size(msg))
+    problems += [f"bad TLV in the bytes sent: {b}" for b in exp.broken]
+    checks = [
+        ("message_type", ints(f.get("message_type", [])), exp.message_types),
+        ("message_length", ints(f.get("message_length", []))[:1],
+         [int.from_bytes(data[2:4], "big")]),
+        ("message_flags", ints(f.get("message_flags", []))[:1], [data[1]]),
+        ("parameters", list(zip(ints(f.get("parameter_type", [])),
+                                ints(f.get("parameter_length", [])))), exp.params),
+        ("causes", list(zip(ints(f.get("cause_code", [])), ints(f.get("cause_length", [])))),
+         exp.causes),
+        ("policy types", ints(f.get("pool_member_selection_policy_type", [])), exp.policies),
+        ("PE ids", ints(f.get("pool_element_pe_identifier", [])), exp.pe_ids),
+        ("pool handles", [h.replace(":", "") for h in f.get("pool_handle_pool_handle", [])],
+         exp.handles),
+    ]
+    mlen = int.from_bytes(data[2:4], "big")
+    if mlen < 4 or (mlen + 3) & ~3 != len(data):
+        problems.append(f"message length {mlen} does not match the {len(data)} bytes sent")
+    for what, got, want in checks:
+        if got != want:
+            problems.append(f"{what}: wireshark {got} != ours {want}")
+    raw = [v.replace(":", "") for v in f.get("parameter_value", [])]
+    if raw != [v for v, _ in exp.raw_values]:
+        problems.append(f"unknown parameters {raw} != expected {exp.raw_values}")
+    problems += [f"parameter shown raw without a documented reason: {v}"
+                 for v, allowed in exp.raw_values if not allowed]
+    opaque = [pe.policy.data.hex() for pe in getattr(msg, "pool_elements", ())
+              if isinstance(pe.policy, OpaquePolicy)]
+    got = [v.replace(":", "") for v in f.get("pool_member_selection_policy_value", [])]
+    if got != opaque:
+        problems.append(f"policies shown raw {got} != our opaque policies {opaque}")
+    if f.get("cause_info"):
+        problems.append(f"unknown cause shown raw: {f['cause_info']}")
+    for pad in f.get("parameter_padding", []) + f.get("cause_padding", []):
+        if pad.replace(":", "").strip("0"):
+            problems.append(f"non-zero padding {pad}")
+    return problems
+
+
+def test_samples_cover_everything():
+    from rserpool.wire import codes
+    exp = Expected()
+    types = {"asap": set(), "enrp": set()}
+    for ppid, msg in all_samples():
+        data = msg.encode()
+        proto = "asap" if ppid == PPID_ASAP else "enrp"
+        types[proto].add(msg.TYPE)
+        exp.message(data, fixed_size(msg))
+    assert exp.broken == []
+    assert types["asap"] == set(range(1, 15)) and types["enrp"] == set(range(1, 11))
+    assert {t for t, _ in exp.params} >= set(range(1, 0x11))
+    assert {c for c, _ in exp.causes} >= set(range(0, 0xB))
+    assert set(exp.policies) >= set(codes.POLICY_NAMES) | {0xB0001003}
+
+
+def test_wireshark_dissects_every_sample(tmp_path):
+    samples = all_samples()
+    failures = []
+    for proto, ppid in (("asap", 11), ("enrp", 12)):
+        msgs = [m for p, m in samples if p == ppid]
+        datas = [m.encode() for m in msgs]
+        for msg, data, layers in zip(msgs, datas, dissect(proto, datas, str(tmp_path))):
+            for problem in problems_of(proto, msg, data, layers):
+                failures.append(f"{msg.name}: {problem}")
+    assert not failures, "\n".join(failures)
+
+
+def test_conformance_check_catches_broken_messages(tmp_path):
+    """The checker itself must fail on bad bytes (no test that cannot fail)."""
+    msg = dict((m.name, m) for _, m in all_samples())["ASAP_REGISTRATION"]
+    good = msg.encode()
+    lie = bytearray(good)
+    lie[2:4] = (int.from_bytes(good[2:4], "big") + 8).to_bytes(2, "big")  # length too long
+    unknown = bytearray(good)
+    at = good.index(bytes.fromhex("0005 0010"))
+    unknown[at:at + 2] = bytes.fromhex("0011")  # the TCP transport becomes an unknown type
+    short = bytearray(good)
+    short[at + 2:at + 4] = bytes.fromhex("000c")  # TCP transport claims 12, holds 16 bytes
+    datas = [good, bytes(lie), bytes(unknown), bytes(short)]
+    results = [problems_of("asap", msg, d, layers)
+               for d, layers in zip(datas, dissect("asap", datas, str(tmp_path)))]
+    assert results[0] == []
+    assert all(results[1:]), results
