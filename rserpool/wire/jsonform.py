@@ -140,7 +140,16 @@ _FIELD = {
 
 
 def message_from_json(obj: dict[str, Any]) -> Message:
-    """The message of a JSON form; ValueError (or KeyError/TypeError) if invalid."""
+    """The message of a JSON form; raises only ValueError if it is invalid."""
+    try:
+        return _message_from_json(obj)
+    except ValueError:
+        raise
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"invalid message in JSON form: {exc!r}") from None
+
+
+def _message_from_json(obj: dict[str, Any]) -> Message:
     if not isinstance(obj, dict):
         raise ValueError("a message in JSON form must be an object")
     cls = _BY_NAME.get(obj.get("type"))
