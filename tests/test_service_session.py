@@ -97,9 +97,9 @@ class SessionOverTLS(unittest.TestCase):
         yield task.deferLater(reactor, 0.05, lambda: None)
 
     @defer.inlineCallbacks
-    def start_pe(self, name: bytes, pe_id: int, card=None):
+    def start_pe(self, name: bytes, pe_id: int, card=None, channel_settings=None):
         app = EchoApp(name, card)
-        server = SessionServer(app, reactor=reactor)
+        server = SessionServer(app, reactor=reactor, channel_settings=channel_settings)
         options = tls.server_options(self.pki.server.cert, self.pki.server.key,
                                      require_client_cert=False)
         port = yield listen_sessions(reactor, "tcp:0:interface=127.0.0.1", server, options)
@@ -204,6 +204,30 @@ class SessionOverTLS(unittest.TestCase):
         self.assertEqual(client.core.cookie, b"cookie-B")  # B's own cookie replaced A's
         self.assertEqual(client.failovers, 1)
         self.assertEqual(reports, [(POOL, 0xA)])
+
+    @defer.inlineCallbacks
+    def test_silent_pe_is_detected_by_heartbeats(self):
+        # A hangs: it stops reading and never sends a heartbeat of its own;
+        # the TCP connection stays open.  The PU's heartbeats go unanswered
+        # and after dead_after (2 s here) it fails over.
+        quiet = ChannelSettings(heartbeat_interval=100.0, dead_after=200.0)
+        app_a, server_a, _, pe_a = yield self.start_pe(b"A", 0xA, channel_settings=quiet)
+        app_b, _, _, pe_b = yield self.start_pe(b"B", 0xB)
+        offers = [pe_a, pe_b]
+        reports = []
+        client = self.make_client(lambda handle: offers.pop(0), reports)
+        yield client.start()
+        client.send(b"x")
+        yield self.wait_data(b"A:x")
+        (session,) = server_a.sessions
+        session.channel.transport.pauseProducing()
+        started = reactor.seconds()
+        yield app_b.wait(lambda ev: ("echo", b"cookie-A") in ev)
+        self.assertGreaterEqual(reactor.seconds() - started, 1.5)
+        self.assertEqual(reports, [(POOL, 0xA)])
+        yield self.wait_established(client, 0xB)
+        client.send(b"y")
+        yield self.wait_data(b"B:y")
 
     @defer.inlineCallbacks
     def test_business_card_order_is_followed(self):
