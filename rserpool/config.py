@@ -66,6 +66,20 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise ValueError("must not be negative")
+    return value
+
+
+def _in_flight(text: str) -> int:
+    value = int(text, 0)
+    if not 1 <= value <= 256:
+        raise ValueError("must be within 1..256 (one RADIUS identifier space)")
+    return value
+
+
 def _non_negative_int(text: str) -> int:
     value = int(text, 0)
     if value < 0:
@@ -134,6 +148,23 @@ SCHEMA: dict[str, dict[str, Option]] = {
         "registration_rate_per_address": _S(_positive_float, "500", "registrations per second per source address"),
         "resolution_rate": _S(_positive_float, "2000", "handle resolutions per second per identity or address"),
         "unreachable_rate": _S(_positive_float, "1", "ENDPOINT_UNREACHABLE reports per second per reporter"),
+    },
+    "radius": {
+        "servers": _S(_list, "", "RADIUS servers host:port (IP literals), tried in order with failover"),
+        "secret_file": _S(str, "", "file whose first line is the RADIUS shared secret (not world-readable)", path=True),
+        "authorization": _S(str, "class,filter-id,vsa", "reply attributes that carry pools and groups"),
+        "authorize_only": _S(_bool, "yes", "ask RADIUS (Service-Type Authorize-Only) about identities "
+                                            "authenticated by certificate or SRP"),
+        "timeout": _S(_positive_float, "1.0", "seconds before a request is retransmitted"),
+        "retries": _S(_non_negative_int, "2", "retransmissions per server before failing over"),
+        "dead_time": _S(_non_negative_float, "30", "seconds a failed server is tried last"),
+        "max_in_flight": _S(_in_flight, "64", "requests outstanding at once"),
+        "max_queue": _S(_non_negative_int, "1024", "requests waiting for an identifier"),
+        "nas_identifier": _S(str, "rserpool", "NAS-Identifier sent in every request"),
+        "cache_ttl": _S(_non_negative_float, "300", "seconds an Access-Accept's authorization is cached"),
+        "negative_cache_ttl": _S(_non_negative_float, "30", "seconds a refusal is cached"),
+        "cache_size": _S(_positive_int, "10000", "identities kept in the authorization cache"),
+        "dictionary": _S(str, "", "extra RADIUS dictionary file (empty: the one shipped)", path=True),
     },
 }
 
