@@ -1,0 +1,134 @@
+"""Find rserpool plugins (built-in and site) and build them by name.
+
+Built-in plugins live in :mod:`rserpool.plugins`; third-party packages may
+add modules to the ``rserpool/plugins/`` directory of any ``sys.path`` entry
+(``twisted.plugin.pluginPackagePaths`` semantics, as for ``twisted/plugins``).
+Site plugins are modules in directories named by the configuration (for
+example ``/etc/rserpool/plugins``): each directory is loaded as its own
+private package, so one site's modules never shadow another's or the
+built-ins'.  Discovery is ``twisted.plugin.getPlugins``.
+
+Importing a plugin module runs its code with the registrar's privileges, so
+a site directory, every module in it and its ``dropin.cache`` (a pickle that
+Twisted loads) must be owned by root or by the user running rserpool and
+must not be writable by group or others; otherwise
+:class:`~rserpool.errors.UnsafePluginDirectory` is raised and nothing in it
+is imported.  See ``docs/plugins.md``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+import sys
+import types
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from twisted.plugin import getPlugins
+
+from rserpool.errors import PluginError, PluginNotFound, UnsafePluginDirectory
+from rserpool.interfaces import KIND_INTERFACES, KINDS, IBackendFactory
+
+__all__ = ["check_site_directory", "find_factories", "find_plugins", "load_named", "site_package"]
+
+_SITE_PREFIX = "_rserpool_site_plugins_"
+_MAX_ENTRIES = 10_000
+
+
+def _unsafe(path: str, st: os.stat_result) -> str | None:
+    if st.st_uid not in (0, os.geteuid()):
+        return f"{path} is owned by uid {st.st_uid}, not root or the current user"
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return f"{path} is writable by group or others (mode {st.st_mode & 0o777:o})"
+    return None
+
+
+def check_site_directory(directory: str) -> str:
+    """The absolute path of a safe site plugin directory, or
+    :class:`UnsafePluginDirectory` (also for a missing directory)."""
+    path = os.path.abspath(directory)
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise UnsafePluginDirectory(f"plugin directory {path}: {exc.strerror}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise UnsafePluginDirectory(f"plugin directory {path} is not a directory")
+    problem = _unsafe(path, st)
+    if problem:
+        raise UnsafePluginDirectory(f"refusing plugin directory: {problem}")
+    seen = 0
+    for root, dirs, files in os.walk(path):
+        for entry in dirs + files:
+            seen += 1
+            if seen > _MAX_ENTRIES:
+                raise UnsafePluginDirectory(f"plugin directory {path} holds more than {_MAX_ENTRIES} entries")
+            child = os.path.join(root, entry)
+            try:
+                problem = _unsafe(child, os.stat(child))
+            except OSError as exc:
+                problem = f"{child}: {exc.strerror}"
+            if problem:
+                raise UnsafePluginDirectory(f"refusing plugin directory {path}: {problem}")
+    return path
+
+
+def site_package(directory: str) -> types.ModuleType:
+    """A private package whose ``__path__`` is the (checked) directory."""
+    path = check_site_directory(directory)
+    name = _SITE_PREFIX + hashlib.sha256(path.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+    module = sys.modules.get(name)
+    if module is None:
+        module = types.ModuleType(name, f"rserpool site plugins from {path}")
+        module.__path__ = [path]
+        module.__file__ = os.path.join(path, "__init__.py")
+        sys.modules[name] = module
+    return module
+
+
+def find_plugins(interface: Any, site_dirs: Iterable[str] = ()) -> list[Any]:
+    """Every plugin providing ``interface``: built-ins first, then each site
+    directory in order.  Raises UnsafePluginDirectory before importing
+    anything from an unsafe directory."""
+    import rserpool.plugins
+
+    packages = [rserpool.plugins] + [site_package(d) for d in site_dirs]
+    found: list[Any] = []
+    for package in packages:
+        found.extend(getPlugins(interface, package))
+    return found
+
+
+def find_factories(kind: str | None = None, site_dirs: Iterable[str] = ()) -> list[Any]:
+    """The :class:`IBackendFactory` plugins, optionally of one ``kind``."""
+    if kind is not None and kind not in KINDS:
+        raise PluginError(f"unknown plugin kind {kind!r} (known: {', '.join(KINDS)})")
+    return [f for f in find_plugins(IBackendFactory, site_dirs) if kind is None or f.kind == kind]
+
+
+def load_named(kind: str, name: str, options: Mapping[str, str] | None = None,
+               reactor: Any = None, site_dirs: Iterable[str] = ()) -> Any:
+    """Build the ``kind`` plugin called ``name`` with ``options``.
+
+    Raises :class:`PluginNotFound` (listing the available names) for an
+    unknown name, :class:`PluginError` when two plugins claim the name or
+    the factory fails or builds something that does not provide the kind's
+    interface.
+    """
+    factories = find_factories(kind, site_dirs)
+    matching = [f for f in factories if f.name == name]
+    if not matching:
+        raise PluginNotFound(kind, name, tuple(sorted({f.name for f in factories})))
+    if len(matching) > 1:
+        raise PluginError(f"{len(matching)} {kind} plugins are called {name!r}; remove all but one")
+    factory = matching[0]
+    try:
+        provider = factory.build(dict(options or {}), reactor)
+    except (ValueError, OSError) as exc:
+        raise PluginError(f"{kind} plugin {name!r}: {exc}") from exc
+    interface = KIND_INTERFACES[kind]
+    if not interface.providedBy(provider):
+        raise PluginError(f"{kind} plugin {name!r} built {provider!r}, which does not provide "
+                          f"{interface.__name__}")
+    return provider
