@@ -97,10 +97,10 @@ class AsapRegistration(_Asap, Message):
             if t1 == H and l1 >= 4 and p2 + 4 <= length:
                 t2, l2 = _HDR.unpack_from(data, p2)
                 if t2 == PE and p2 + l2 <= length <= p2 + ((l2 + 3) & ~3) and l2 >= 4:
+                    limits = ctx.limits
                     ctx.count += 2
-                    if ctx.count <= ctx.limits.max_parameters:
-                        return cls._make(_DEC_HANDLE(data, 8, 4 + l1, 1, ctx),
-                                         _DEC_PE(data, p2 + 4, p2 + l2, 1, ctx))
+                    if 4 < l1 <= limits.max_pool_handle + 4 and ctx.count <= limits.max_parameters:
+                        return cls._make(data[8:4 + l1], _DEC_PE(data, p2 + 4, p2 + l2, 1, ctx))
                     ctx.count -= 2
         subs = walk(data, 4, length, 1, ctx)
         if len(subs) != 2 or subs[0][0] != H or subs[1][0] != PE:

@@ -13,7 +13,7 @@ from typing import Any, ClassVar, Iterable
 from rserpool.wire import codes
 from rserpool.wire.errors import DEFAULT_LIMITS, Limits, WireError
 from rserpool.wire.params import ErrorCause, OperationError, format_handle
-from rserpool.wire.tlv import PADDING, Ctx, fast_constructor, invalid, last_padding, walk
+from rserpool.wire.tlv import Ctx, fast_constructor, invalid, last_padding, new_ctx, walk
 
 __all__ = ["Message", "decode_message", "encode_message", "error_reply", "REGISTRY"]
 
@@ -138,7 +138,7 @@ def decode_message(data: bytes, ppid: int, limits: Limits = DEFAULT_LIMITS) -> M
     cls = table.get(mtype)
     if cls is None:
         return _unknown_message(data, mtype, ppid)
-    ctx = Ctx(limits)
+    ctx = new_ctx(limits)
     try:
         msg = cls._decode(data, flags, length, ctx)
     except WireError:

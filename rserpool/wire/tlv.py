@@ -29,14 +29,21 @@ DECODERS: dict[int, Decoder] = {}
 
 
 class Ctx:
-    """Per-message decoding state: limits, TLV count, skip-and-report causes."""
+    """Per-message decoding state: limits, TLV count, skip-and-report causes.
 
-    __slots__ = ("limits", "count", "unrecognized")
+    No ``__init__`` and class-level defaults: creating one per message is
+    on the hot path.  Use ``new_ctx(limits)``.
+    """
 
-    def __init__(self, limits: Limits = DEFAULT_LIMITS) -> None:
-        self.limits = limits
-        self.count = 0
-        self.unrecognized: tuple = ()
+    limits: Limits = DEFAULT_LIMITS
+    count: int = 0
+    unrecognized: tuple = ()
+
+
+def new_ctx(limits: Limits = DEFAULT_LIMITS) -> Ctx:
+    ctx = Ctx()
+    ctx.limits = limits
+    return ctx
 
 
 def invalid(detail: str, offending: bytes | memoryview = b"") -> WireError:
