@@ -10,10 +10,9 @@ from rserpool.wire import codes
 from rserpool.wire.params import (
     Cookie, OperationError, PoolElement, check32, encode_pe_id, encode_pool_handle,
 )
-from rserpool.wire.policy import LeastUsedPolicy
 from rserpool.wire.tlv import DECODERS, HDR as _HDR, PADDING, U32, Ctx, invalid, walk
-from rserpool.wire.transports import SctpTransport, TcpTransport, Transport
-from rserpool.wire.messages import MSG_HDR, Message, expect, register
+from rserpool.wire.transports import SctpTransport, TcpTransport
+from rserpool.wire.messages import Message, expect, register
 
 __all__ = [
     "AsapRegistration", "AsapDeregistration", "AsapRegistrationResponse",
