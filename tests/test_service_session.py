@@ -230,6 +230,35 @@ class SessionOverTLS(unittest.TestCase):
         yield self.wait_data(b"B:y")
 
     @defer.inlineCallbacks
+    def test_close_during_the_failover_callback_and_session_limit(self):
+        app_a, server_a, port_a, pe_a = yield self.start_pe(b"A", 0xA)
+        app_b, server_b, _, pe_b = yield self.start_pe(b"B", 0xB)
+        server_b.max_sessions = 0  # B refuses every session
+        app_c, _, _, pe_c = yield self.start_pe(b"C", 0xC)
+        offers = [pe_a, pe_b, pe_c]
+        pending = defer.Deferred()
+        called = defer.Deferred()
+
+        def failover(old, new, echoed):
+            reactor.callLater(0, called.callback, new.pe_id)  # resume the test afterwards
+            return pending
+
+        reports = []
+        client = self.make_client(lambda handle: offers.pop(0), reports, failover)
+        yield client.start()
+        yield self.kill(server_a, port_a)
+        new_id = yield called.addTimeout(10, reactor)
+        self.assertEqual(new_id, 0xC)  # B dropped the connection: reported, skipped
+        self.assertEqual(reports, [(POOL, 0xA), (POOL, 0xB)])
+        client.send(b"held")
+        yield client.close()
+        self.assertTrue(pending.called)  # cancelled: no timer outlives the session
+        self.assertEqual(client.state, PuState.CLOSED)
+        with self.assertRaises(SessionClosedError):
+            client.send(b"late")
+        self.assertNotIn(("data", b"held"), app_c.events)
+
+    @defer.inlineCallbacks
     def test_business_card_order_is_followed(self):
         # C is in the card but dead (its port is closed): tried, reported, skipped.
         _, server_c, port_c, pe_c = yield self.start_pe(b"C", 0xC)

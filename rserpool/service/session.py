@@ -32,7 +32,7 @@ from typing import Any, Protocol as TypingProtocol
 
 from twisted.internet import defer, endpoints
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.internet.protocol import Factory
+from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
@@ -187,6 +187,7 @@ class SessionClient:
         self._started: defer.Deferred[PoolElement] | None = None
         self._closing: list[defer.Deferred[None]] = []
         self._generation = 0
+        self._callback_running: defer.Deferred[Any] | None = None
         self.ended: defer.Deferred[None] = defer.Deferred()
 
     # -- public API -----------------------------------------------------------
@@ -224,6 +225,9 @@ class SessionClient:
         self._generation += 1
         self._cancel_timers()
         conn, self._conn = self._conn, None
+        running, self._callback_running = self._callback_running, None
+        if running is not None and not running.called:
+            running.cancel()  # its timeout must not outlive the session
         done: defer.Deferred[None] = defer.succeed(None)
         if conn is not None and not conn.lost:
             done = defer.Deferred()
@@ -364,6 +368,9 @@ class SessionClient:
         if self._handshake_timer is not None and self._handshake_timer.active():
             self._handshake_timer.cancel()
         self._handshake_timer = None
+        running, self._callback_running = self._callback_running, None
+        if running is not None and not running.called:
+            running.cancel()  # re-keying with a dead PE is moot
         _log.info("connection to PE 0x{pe_id:08x} lost: {reason}", pe_id=conn.pe.pe_id,
                   reason=reason.getErrorMessage())
         self._carry_out(self.core.connection_lost(self.clock.seconds()))
@@ -398,13 +405,20 @@ class SessionClient:
             return
         d = defer.maybeDeferred(self.failover_callback, action.old_pe, action.new_pe,
                                 action.cookie_echoed)
+        if conn is not self._conn:  # closed or lost from inside the callback
+            d.cancel()
+            d.addErrback(lambda _: None)
+            return
         d.addTimeout(self.failover_timeout, self.clock)
+        self._callback_running = d
 
         def done(_: Any) -> None:
+            self._callback_running = None
             if conn is self._conn:
                 self._carry_out(self.core.failover_complete(self.clock.seconds()))
 
         def refused(failure: Failure) -> None:
+            self._callback_running = None
             if conn is not self._conn or conn is None:
                 return
             self._conn = None  # its close is no longer a failure to report
@@ -520,6 +534,17 @@ class ServerSession:
             self.server.application.session_ended(self, reason)
 
 
+class _Refuse(Protocol):
+    """Drops the connection at once (over the session limit)."""
+
+    def connectionMade(self) -> None:
+        abort = getattr(self.transport, "abortConnection", None)
+        if abort is not None:
+            abort()
+        else:
+            self.transport.loseConnection()
+
+
 class SessionServer(Factory):
     """A factory of PE-side session channels (wrap it in TLS: :func:`listen_sessions`)."""
 
@@ -543,10 +568,11 @@ class SessionServer(Factory):
         self.max_sessions = max_sessions
         self.sessions: set[ServerSession] = set()
 
-    def buildProtocol(self, addr: Any) -> Channel | None:
+    def buildProtocol(self, addr: Any) -> Protocol:
         if len(self.sessions) >= self.max_sessions:
+            # Not None: a TLS wrapping factory cannot wrap "no protocol".
             _log.warn("refusing session from {addr}: {n} sessions open", addr=addr, n=len(self.sessions))
-            return None
+            return _Refuse()
         session = ServerSession(self)
         self.sessions.add(session)
         channel = Channel(session, self.reactor, self.channel_settings, tls=self.tls)
