@@ -58,11 +58,13 @@ _CAUSES_WITH_INFO = frozenset({0x1, 0x2, 0x3})
 class Limits:
     """Limits on what an attacker controls in one message.
 
-    ``max_message_size`` counts the message with its padding (65535 is the
-    16-bit maximum of the Message Length field plus up to 3 bytes padding is
-    not allowed beyond it).  ``max_parameters`` counts every TLV, nested
-    ones included; ``max_depth`` is the TLV nesting depth (message-level
-    parameters have depth 1, an address inside a PE's transport depth 3).
+    ``max_message_size`` bounds the bytes handed to ``decode_message``
+    (65535 is the 16-bit Message Length maximum).  ``max_parameters``
+    counts every TLV, nested ones included; ``max_depth`` is the TLV
+    nesting depth (message-level parameters have depth 1, an address inside
+    a PE's transport depth 3).  ``max_addresses`` applies per transport,
+    ``max_pool_handle`` to the handle's bytes, ``max_causes`` per
+    Operation Error.
     """
 
     max_message_size: int = 65535
