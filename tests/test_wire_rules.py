@@ -222,3 +222,45 @@ def test_error_reply_truncates_huge_reports():
     data = reply.encode()
     assert len(data) <= 65535
     assert decode_message(data, PPID_ENRP) == reply
+
+
+def _fixed_size(msg) -> int:
+    if msg.PPID == PPID_ASAP:
+        return 4 if msg.name in ("ASAP_ENDPOINT_KEEP_ALIVE", "ASAP_SERVER_ANNOUNCE") else 0
+    if msg.name in ("ENRP_HANDLE_UPDATE", "ENRP_INIT_TAKEOVER", "ENRP_INIT_TAKEOVER_ACK",
+                    "ENRP_TAKEOVER_SERVER"):
+        return 12
+    return 8
+
+
+def _insert_first(data: bytes, fixed: int, tlv: bytes) -> bytes:
+    padded = tlv + b"\0" * (-len(tlv) % 4)
+    at = 4 + fixed
+    out = bytearray(data[:at] + padded + data[at:])
+    length = int.from_bytes(data[2:4], "big") + len(padded)
+    out[2:4] = length.to_bytes(2, "big")
+    return bytes(out)
+
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+from tests.test_wire_roundtrip import messages  # noqa: E402
+
+
+@settings(max_examples=150, deadline=None)
+@given(messages, st.sampled_from([0x0000, 0x4000, 0x8000, 0xC000]),
+       st.integers(0x11, 0x3FFF), st.binary(max_size=9))
+def test_unknown_parameter_rules_on_any_message(msg, bits, low, value):
+    tlv = (bits | low).to_bytes(2, "big") + (4 + len(value)).to_bytes(2, "big") + value
+    data = _insert_first(msg.encode(), _fixed_size(msg), tlv)
+    if bits in (0x0000, 0x4000):
+        with pytest.raises(WireError) as info:
+            decode_message(data, msg.PPID)
+        if bits == 0x0000:
+            assert info.value.report is None
+        else:
+            assert info.value.report == (ErrorCause(1, tlv),)
+    else:
+        decoded = decode_message(data, msg.PPID)
+        assert decoded == msg
+        assert decoded.unrecognized == (() if bits == 0x8000 else (ErrorCause(1, tlv),))
