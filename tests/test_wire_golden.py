@@ -124,6 +124,6 @@ def test_flag_bits_ignored_when_undefined():
 def test_readable_str():
     msg = GOLDEN[0][1]
     text = str(msg)
-    assert text.startswith("ASAP_REGISTRATION pool_handle='echo'")
+    assert text.startswith("ASAP_REGISTRATION handle='echo' pe={pe=0x12345678")
     assert "pe=0x12345678" in text and "tcp:127.0.0.1:8080" in text and "LU(load=7)" in text
     assert repr(msg) == text

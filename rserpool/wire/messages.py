@@ -32,13 +32,22 @@ def register(cls: type) -> type:
     return cls
 
 
+_SHORT = {"pool_handle": "handle", "pool_element": "pe", "pool_elements": "pes"}
+
+
 def _fmt(name: str, value: Any) -> str | None:
     if value is None or value is False:
         return None
     if value is True:
         return name
+    if name in _SHORT:
+        name = _SHORT[name]
     if isinstance(value, bytes):
-        return f"{name}={format_handle(value) if 'handle' in name else value.hex()}"
+        return f"{name}={format_handle(value) if name == 'handle' else value.hex()}"
+    if name == "pe_checksum":
+        return f"checksum=0x{value:04x}"
+    if name == "error":
+        return f"error=[{', '.join(str(c) for c in value.causes)}]"
     if isinstance(value, int) and name.endswith("_id"):
         return f"{name[:-3]}=0x{value:08x}"
     if isinstance(value, tuple):
