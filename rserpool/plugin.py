@@ -4,13 +4,16 @@ Built-in plugins live in :mod:`rserpool.plugins`; third-party packages may
 add modules to the ``rserpool/plugins/`` directory of any ``sys.path`` entry
 (``twisted.plugin.pluginPackagePaths`` semantics, as for ``twisted/plugins``).
 Site plugins are modules in directories named by the configuration (for
-example ``/etc/rserpool/plugins``): each directory is loaded as its own
-private package, so one site's modules never shadow another's or the
-built-ins'.  Discovery is ``twisted.plugin.getPlugins``.
+example ``/etc/rserpool/plugins``): each module of such a directory is
+imported as a submodule of a private package named after the directory, so
+one site's modules never shadow another's or the built-ins'.  Built-ins are
+discovered with ``twisted.plugin.getPlugins``; site modules are scanned the
+same way (module-level objects providing ``IPlugin`` and the interface)
+but without Twisted's ``dropin.cache``, a pickle, so nothing is unpickled
+from a site directory.
 
 Importing a plugin module runs its code with the registrar's privileges, so
-a site directory, every module in it and its ``dropin.cache`` (a pickle that
-Twisted loads) must be owned by root or by the user running rserpool and
+a site directory and everything in it must be owned by root or by the user running rserpool and
 must not be writable by group or others; otherwise
 :class:`~rserpool.errors.UnsafePluginDirectory` is raised and nothing in it
 is imported.  See ``docs/plugins.md``.
@@ -19,6 +22,7 @@ is imported.  See ``docs/plugins.md``.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 import stat
 import sys
@@ -26,12 +30,12 @@ import types
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from twisted.plugin import getPlugins
+from twisted.plugin import IPlugin, getPlugins
 
 from rserpool.errors import PluginError, PluginNotFound, UnsafePluginDirectory
 from rserpool.interfaces import KIND_INTERFACES, KINDS, IBackendFactory
 
-__all__ = ["check_site_directory", "find_factories", "find_plugins", "load_named", "site_package"]
+__all__ = ["check_site_directory", "find_factories", "find_plugins", "load_named", "site_modules"]
 
 _SITE_PREFIX = "_rserpool_site_plugins_"
 _MAX_ENTRIES = 10_000
@@ -74,29 +78,64 @@ def check_site_directory(directory: str) -> str:
     return path
 
 
-def site_package(directory: str) -> types.ModuleType:
-    """A private package whose ``__path__`` is the (checked) directory."""
-    path = check_site_directory(directory)
-    name = _SITE_PREFIX + hashlib.sha256(path.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+def _load_module(package: str, path: str) -> types.ModuleType:
+    """Import ``path`` as ``package.<stem>`` (again only when it changed)."""
+    name = f"{package}.{os.path.basename(path)[:-3]}"
+    st = os.stat(path)
+    stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
     module = sys.modules.get(name)
-    if module is None:
-        module = types.ModuleType(name, f"rserpool site plugins from {path}")
-        module.__path__ = [path]
-        module.__file__ = os.path.join(path, "__init__.py")
-        sys.modules[name] = module
+    if module is not None and getattr(module, "__rserpool_stamp__", None) == stamp:
+        return module
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:  # pragma: no cover - a .py file always has one
+        raise PluginError(f"cannot import {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        del sys.modules[name]
+        raise PluginError(f"site plugin {path} failed to import: {exc!r}") from exc
+    module.__rserpool_stamp__ = stamp  # type: ignore[attr-defined]
     return module
 
 
+def site_modules(directory: str) -> list[types.ModuleType]:
+    """Import every ``*.py`` module of a (checked) site directory, in name
+    order, each as a submodule of a private package named after the
+    directory.  Twisted's ``dropin.cache`` (a pickle) is never read here."""
+    path = check_site_directory(directory)
+    package = _SITE_PREFIX + hashlib.sha256(path.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+    if package not in sys.modules:
+        holder = types.ModuleType(package, f"rserpool site plugins from {path}")
+        holder.__path__ = []  # a namespace for the site modules only; nothing is searched
+        sys.modules[package] = holder
+    files = sorted(e for e in os.listdir(path) if e.endswith(".py") and e.isascii()
+                   and e[:-3].isidentifier())
+    return [_load_module(package, os.path.join(path, f)) for f in files]
+
+
+def _site_plugins(interface: Any, directory: str) -> list[Any]:
+    found = []
+    for module in site_modules(directory):
+        for value in list(vars(module).values()):
+            if IPlugin.providedBy(value):
+                adapted = interface(value, None)
+                if adapted is not None:
+                    found.append(adapted)
+    return found
+
+
 def find_plugins(interface: Any, site_dirs: Iterable[str] = ()) -> list[Any]:
-    """Every plugin providing ``interface``: built-ins first, then each site
-    directory in order.  Raises UnsafePluginDirectory before importing
-    anything from an unsafe directory."""
+    """Every plugin providing ``interface``: the built-ins (with
+    ``twisted.plugin.getPlugins``), then each site directory in order.
+    Raises UnsafePluginDirectory before importing anything from an unsafe
+    directory, PluginError when a site module fails to import."""
     import rserpool.plugins
 
-    packages = [rserpool.plugins] + [site_package(d) for d in site_dirs]
-    found: list[Any] = []
-    for package in packages:
-        found.extend(getPlugins(interface, package))
+    found: list[Any] = list(getPlugins(interface, rserpool.plugins))
+    for directory in site_dirs:
+        found.extend(_site_plugins(interface, directory))
     return found
 
 
