@@ -27,6 +27,7 @@ SUBCOMMANDS: tuple[str, ...] = (
     "rserpool.wire.tool",
     "rserpool.demo.echo_client",
     "rserpool.pu_tool",
+    "rserpool.security.filestore_tool",
 )
 
 
