@@ -291,6 +291,8 @@ def parse_credentials(text: str, source: str = "<credentials>") -> CredentialsDa
         except FileStoreError as exc:
             raise FileStoreError(f"{where}: {exc}") from None
     for identity, extra in cert_groups.items():
+        if not extra:
+            continue
         merged = groups.get(identity, frozenset()) | extra
         if len(merged) > MAX_GROUPS:
             raise FileStoreError(f"{source}: {identity!r} has more than {MAX_GROUPS} groups")
