@@ -154,3 +154,29 @@ POLICY_NAMES = {
     POLICY_PRIORITY_LEAST_USED: "PLU",
     POLICY_RANDOMIZED_LEAST_USED: "RLU",
 }
+
+# ASAP authentication extension (rserpool, docs/asap-auth-extension.md).
+# Message types have the upper bits 01 (0x40-0x7f): a peer knowing only the
+# RFCs discards them and reports Unrecognized Message (RFC 5354 section 4).
+ASAP_AUTH_REQUEST = 0x70
+ASAP_AUTH_OFFER = 0x71
+ASAP_AUTH_HELLO = 0x72
+ASAP_AUTH_SRP_CHALLENGE = 0x73
+ASAP_AUTH_SRP_PROOF = 0x74
+ASAP_AUTH_CHAP_CHALLENGE = 0x75
+ASAP_AUTH_CHAP_RESPONSE = 0x76
+ASAP_AUTH_SUCCESS = 0x77
+ASAP_AUTH_FAILURE = 0x78
+FLAG_AUTH_MAY_RETRY = 0x01  # ASAP_AUTH_FAILURE 'R'
+
+# Their parameters have the upper bits 01 (stop, discard, report): every one
+# is security-relevant, so a receiver must not act on a message it only
+# partly understands, and the sender learns why.
+PARAM_AUTH_MECHANISM = 0x7F01
+PARAM_AUTH_IDENTITY = 0x7F02
+PARAM_SRP_SALT = 0x7F03
+PARAM_SRP_PUBLIC = 0x7F04
+PARAM_SRP_PROOF = 0x7F05
+PARAM_CHAP_CHALLENGE = 0x7F06
+PARAM_CHAP_RESPONSE = 0x7F07
+PARAM_AUTH_FAILURE_CODE = 0x7F08

@@ -31,7 +31,10 @@ _POLICIES = {codes.POLICY_NAMES[t]: c for t, c in POLICY_CLASSES.items()}
 _POLICY_NAMES = {c: n for n, c in _POLICIES.items()}
 _BY_NAME = {cls.name: cls for cls in REGISTRY.values()}
 
-_BYTES_FIELDS = {"pool_handle", "cookie", "data", "info"}
+_BYTES_FIELDS = {"pool_handle", "cookie", "data", "info",
+                 # the authentication extension (rserpool.wire.auth)
+                 "salt", "server_public", "client_public", "client_proof", "server_proof",
+                 "nonce", "response"}
 
 
 def bytes_to_json(value: bytes) -> dict[str, str]:
@@ -153,6 +156,8 @@ def _message_from_json(obj: dict[str, Any]) -> Message:
     if not isinstance(obj, dict):
         raise ValueError("a message in JSON form must be an object")
     cls = _BY_NAME.get(obj.get("type"))
+    if cls is None:  # registered after this module was imported (rserpool.wire.auth)
+        cls = next((c for c in REGISTRY.values() if c.name == obj.get("type")), None)
     if cls is None:
         raise ValueError(f"unknown message type {obj.get('type')!r}")
     proto = obj.get("protocol")

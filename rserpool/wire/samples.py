@@ -32,7 +32,7 @@ from rserpool.wire.transports import (
     DccpTransport, OpaqueTransport, SctpTransport, TcpTransport, UdpLiteTransport, UdpTransport,
 )
 
-__all__ = ["all_samples", "OPAQUE_POLICY_TYPE"]
+__all__ = ["all_samples", "auth_samples", "OPAQUE_POLICY_TYPE"]
 
 # A private policy type (bit 31 set) that the codec keeps opaque.  It is
 # rsplib's PriorityLeastUsedDegradation (load, load degradation), which
@@ -121,3 +121,32 @@ def all_samples() -> list[tuple[int, Message]]:
             ErrorCause(codes.CAUSE_UNRECOGNIZED_MESSAGE, unknown_msg),))),
     ]
     return [(a, m) for m in asap] + [(e, m) for m in enrp]
+
+
+def auth_samples() -> list[tuple[int, Message]]:
+    """One instance of every authentication extension message (PPID 11).
+
+    Deliberately *not* part of :func:`all_samples`: those are the RFC
+    messages the Wireshark conformance test dissects field by field, and
+    Wireshark does not know the extension types (0x70-0x78).  The extension
+    has its own conformance check in tests/test_wire_auth.py: Wireshark must
+    report these samples as an unknown message type, not as malformed.
+    """
+    from rserpool.wire.auth import (
+        AsapAuthChapChallenge, AsapAuthChapResponse, AsapAuthFailure, AsapAuthHello,
+        AsapAuthOffer, AsapAuthRequest, AsapAuthSrpChallenge, AsapAuthSrpProof,
+        AsapAuthSuccess,
+    )
+
+    msgs: list[Message] = [
+        AsapAuthRequest(),
+        AsapAuthOffer(("SRP-6a-SHA256-2048", "CHAP-MD5")),
+        AsapAuthHello("SRP-6a-SHA256-2048", "pe1@example"),
+        AsapAuthSrpChallenge(bytes(range(16)), bytes(range(256))),
+        AsapAuthSrpProof(bytes(range(255, -1, -1)), bytes(range(32))),
+        AsapAuthChapChallenge(0x2A, bytes(range(32, 64))),
+        AsapAuthChapResponse(0x2A, bytes(range(16))),
+        AsapAuthSuccess("SRP-6a-SHA256-2048", bytes(range(64, 96))),
+        AsapAuthFailure(1, may_retry=True),
+    ]
+    return [(codes.PPID_ASAP, m) for m in msgs]

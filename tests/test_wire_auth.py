@@ -1,0 +1,224 @@
+"""The authentication extension messages: layouts, limits, RFC-only peers."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from rserpool.wire import AsapError, WireError, codes, decode_message, error_reply
+from rserpool.wire import messages as wire_messages
+from rserpool.wire.auth import (
+    AUTH_MESSAGE_CLASSES, AUTH_MESSAGE_TYPES, AsapAuthChapChallenge, AsapAuthChapResponse,
+    AsapAuthFailure, AsapAuthHello, AsapAuthOffer, AsapAuthRequest, AsapAuthSrpChallenge,
+    AsapAuthSrpProof, AsapAuthSuccess,
+)
+from rserpool.wire.jsonform import message_from_json, message_to_json
+from rserpool.wire.samples import all_samples, auth_samples
+
+ASAP = codes.PPID_ASAP
+
+
+def h(text: str) -> bytes:
+    return bytes.fromhex("".join(text.split()))
+
+
+GOLDEN = [
+    (AsapAuthRequest(), "70 00 0004"),
+    (AsapAuthOffer(("SRP-6a-SHA256-2048", "CHAP-MD5")),
+     "71 00 0028"
+     " 7f01 0016 5352502d36612d5348413235362d32303438 0000"
+     " 7f01 000c 434841502d4d4435"),
+    (AsapAuthHello("CHAP-MD5", "pé"),
+     "72 00 0017  7f01 000c 434841502d4d4435  7f02 0007 70c3a9 00"),
+    (AsapAuthChapChallenge(0x2A, bytes(range(32))),
+     "75 00 002c  7f06 0028 2a000000" + bytes(range(32)).hex()),
+    (AsapAuthChapResponse(0xFF, bytes(range(16))),
+     "76 00 001c  7f07 0018 ff000000" + bytes(range(16)).hex()),
+    (AsapAuthSuccess("CHAP-MD5"), "77 00 0010  7f01 000c 434841502d4d4435"),
+    (AsapAuthSuccess("SRP-6a-SHA256-2048", bytes(range(32))),
+     "77 00 0040  7f01 0016 5352502d36612d5348413235362d32303438 0000"
+     " 7f05 0024" + bytes(range(32)).hex()),
+    (AsapAuthFailure(4, may_retry=True),
+     "78 01 0014  7f08 0008 04000000  000c 0008 000a 0004"),
+    (AsapAuthFailure(6),
+     "78 00 0014  7f08 0008 06000000  000c 0008 000a 0004"),
+    (AsapAuthSrpChallenge(b"\x11" * 16, b"\x22" * 256),
+     "73 00 011c  7f03 0014" + "11" * 16 + " 7f04 0104" + "22" * 256),
+    (AsapAuthSrpProof(b"\x33" * 256, b"\x44" * 32),
+     "74 00 012c  7f04 0104" + "33" * 256 + " 7f05 0024" + "44" * 32),
+]
+
+
+@pytest.mark.parametrize("msg,hexdata", GOLDEN, ids=[m.name for m, _ in GOLDEN])
+def test_golden_bytes(msg, hexdata):
+    data = h(hexdata)
+    # The encoder pads the last parameter; the header length excludes it.
+    assert msg.encode() == data + b"\x00" * (-len(data) % 4)
+    assert decode_message(data, ASAP) == msg
+    assert decode_message(msg.encode(), ASAP) == msg
+
+
+def test_every_message_has_a_golden_and_a_sample():
+    assert {type(m) for m, _ in GOLDEN} == set(AUTH_MESSAGE_CLASSES)
+    assert {type(m) for _, m in auth_samples()} == set(AUTH_MESSAGE_CLASSES)
+    assert {cls.TYPE for cls in AUTH_MESSAGE_CLASSES} == AUTH_MESSAGE_TYPES
+
+
+def test_types_make_rfc_only_peers_discard_and_report():
+    for cls in AUTH_MESSAGE_CLASSES:
+        assert cls.TYPE & 0xC0 == codes.UNKNOWN_MESSAGE_REPORT, cls.name
+    for ptype in (codes.PARAM_AUTH_MECHANISM, codes.PARAM_AUTH_IDENTITY, codes.PARAM_SRP_SALT,
+                  codes.PARAM_SRP_PUBLIC, codes.PARAM_SRP_PROOF, codes.PARAM_CHAP_CHALLENGE,
+                  codes.PARAM_CHAP_RESPONSE, codes.PARAM_AUTH_FAILURE_CODE):
+        assert ptype & 0xC000 == codes.UNKNOWN_PARAM_STOP_REPORT
+
+
+def test_samples_stay_out_of_the_rfc_conformance_set():
+    rfc_types = {m.TYPE for p, m in all_samples() if p == ASAP}
+    assert not rfc_types & AUTH_MESSAGE_TYPES
+
+
+@pytest.mark.parametrize("ppid,msg", auth_samples(), ids=[m.name for _, m in auth_samples()])
+def test_json_round_trip(ppid, msg):
+    form = message_to_json(msg)
+    assert message_from_json(json.loads(json.dumps(form))) == msg
+    assert form["type"] == msg.name
+
+
+def test_rfc_only_decoder_reports_unrecognized_message(monkeypatch):
+    """Our codec without the extension registered behaves as RFC 5354 section 4 says."""
+    table = dict(wire_messages._BY_PPID[ASAP])
+    for t in AUTH_MESSAGE_TYPES:
+        table.pop(t, None)
+    monkeypatch.setitem(wire_messages._BY_PPID, ASAP, table)
+    request = AsapAuthRequest().encode()
+    with pytest.raises(WireError) as info:
+        decode_message(request, ASAP)
+    assert info.value.cause == codes.CAUSE_UNRECOGNIZED_MESSAGE
+    reply = error_reply(info.value, ASAP)
+    assert isinstance(reply, AsapError)
+    cause = reply.error.causes[0]
+    assert cause.code == codes.CAUSE_UNRECOGNIZED_MESSAGE
+    assert cause.info == request  # the whole message, so the PE can tell which one
+
+
+def test_raw_upper_bits_of_a_foreign_decoder():
+    # What any RFC 5354 decoder does with our bytes, decided by the first byte alone.
+    for _, msg in auth_samples():
+        first = msg.encode()[0]
+        assert first >> 6 == 0b01  # "discard the message and report it"
+
+
+@pytest.mark.parametrize("data,cause", [
+    # SRP public value of 255 bytes
+    ("74 00 012b 7f04 0103" + "33" * 255 + "00 7f05 0024" + "44" * 32, codes.CAUSE_INVALID_VALUES),
+    # salt of 7 bytes
+    ("73 00 0117 7f03 000b" + "11" * 7 + "00 7f04 0104" + "22" * 256, codes.CAUSE_INVALID_VALUES),
+    # SRP proof of 31 bytes in a success
+    ("77 00 0033 7f01 000c 434841502d4d4435 7f05 0023" + "44" * 31, codes.CAUSE_INVALID_VALUES),
+    # CHAP response of 15 bytes
+    ("76 00 001b 7f07 0017 07000000" + "72" * 15, codes.CAUSE_INVALID_VALUES),
+    # identity not UTF-8
+    ("72 00 0015 7f01 000c 434841502d4d4435 7f02 0005 ff", codes.CAUSE_INVALID_VALUES),
+    # empty identity
+    ("72 00 0014 7f01 000c 434841502d4d4435 7f02 0004", codes.CAUSE_INVALID_VALUES),
+    # mechanism with a space
+    ("72 00 0015 7f01 0005 20 000000 7f02 0005 61", codes.CAUSE_INVALID_VALUES),
+    # hello without identity
+    ("72 00 0010 7f01 000c 434841502d4d4435", codes.CAUSE_INVALID_VALUES),
+    # offer with nine mechanisms
+    ("71 00 004c" + "7f01 0005 41 000000" * 9, codes.CAUSE_INVALID_VALUES),
+    # failure code parameter of 5 bytes
+    ("78 00 0015 000c 0008 000a 0004 7f08 0009 0400000000", codes.CAUSE_INVALID_VALUES),
+    # unknown parameter with bits 01 in a request: stop, discard, report
+    ("70 00 0008 7f7f 0004", codes.CAUSE_UNRECOGNIZED_PARAMETER),
+    # a parameter overrunning the message
+    ("70 00 0008 bf7f 0008", codes.CAUSE_INVALID_VALUES),
+])
+def test_malformed_messages_raise_wire_errors(data, cause):
+    with pytest.raises(WireError) as info:
+        decode_message(h(data), ASAP)
+    assert info.value.cause == cause
+
+
+def test_unknown_skip_parameters_are_skipped_and_reported():
+    # 0xBFxx: skip silently; 0xFFxx: skip and report (future optional parameters).
+    data = h("70 00 0010 bf7f 0004 ff7f 0006 abcd 0000")
+    msg = decode_message(data, ASAP)
+    assert isinstance(msg, AsapAuthRequest)
+    assert [c.code for c in msg.unrecognized] == [codes.CAUSE_UNRECOGNIZED_PARAMETER]
+    assert msg.error_reply() is not None
+
+
+def test_rfc_parameters_are_not_accepted_in_place_of_ours():
+    # A Pool Handle where the Auth Mechanism belongs.
+    with pytest.raises(WireError) as info:
+        decode_message(h("72 00 0014 0009 0008 6563686f 7f02 0005 61"), ASAP)
+    assert info.value.cause == codes.CAUSE_INVALID_VALUES
+
+
+@pytest.mark.parametrize("build", [
+    lambda: AsapAuthOffer(()),
+    lambda: AsapAuthOffer(("A",) * 9),
+    lambda: AsapAuthOffer(("x" * 33,)),
+    lambda: AsapAuthHello("CHAP-MD5", ""),
+    lambda: AsapAuthHello("CHAP-MD5", "é" * 128),
+    lambda: AsapAuthHello("CHAP MD5", "pe"),
+    lambda: AsapAuthSrpChallenge(b"s" * 7, b"B" * 256),
+    lambda: AsapAuthSrpChallenge(b"s" * 16, b"B" * 255),
+    lambda: AsapAuthSrpProof(b"A" * 256, b"M" * 33),
+    lambda: AsapAuthChapChallenge(256, b"n" * 32),
+    lambda: AsapAuthChapChallenge(1, b"n" * 31),
+    lambda: AsapAuthChapResponse(-1, b"r" * 16),
+    lambda: AsapAuthSuccess("SRP-6a-SHA256-2048", b"m" * 31),
+    lambda: AsapAuthFailure(300),
+    lambda: AsapAuthFailure(1, may_retry=1),
+])
+def test_constructors_refuse_bad_values(build):
+    with pytest.raises(ValueError):
+        build()
+
+
+def test_failure_sizes_do_not_depend_on_the_code():
+    sizes = {len(AsapAuthFailure(code, retry).encode()) for code in range(1, 7)
+             for retry in (False, True)}
+    assert sizes == {20}
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.binary(min_size=0, max_size=400), st.sampled_from(sorted(AUTH_MESSAGE_TYPES)),
+       st.integers(0, 255))
+def test_garbage_bodies_raise_only_wire_errors(body, mtype, flags):
+    data = bytes((mtype, flags)) + (4 + len(body)).to_bytes(2, "big") + body
+    try:
+        msg = decode_message(data, ASAP)
+    except WireError:
+        return
+    assert decode_message(msg.encode(), ASAP) == msg
+
+
+@pytest.mark.integration
+def test_wireshark_reports_the_extension_as_unknown_not_malformed(tmp_path):
+    from tests.test_wire_conformance import dissect
+
+    samples = auth_samples()
+    datas = [m.encode() for _, m in samples]
+    for (_, msg), data, layers in zip(samples, datas, dissect("asap", datas, str(tmp_path))):
+        assert "asap" in layers.get("frame.protocols", [""])[0].split(":"), msg.name
+        assert "_ws.malformed" not in layers, msg.name
+        assert not layers.get("_ws.expert.message"), (msg.name, layers.get("_ws.expert.message"))
+        assert layers["_ws.col.Info"][0].startswith("Unknown ASAP type"), msg.name
+        assert int(layers["asap.message_type"][0]) == msg.TYPE
+        # The generic TLV walk agrees with our layout.
+        assert [int(t, 16) for t in layers.get("asap.parameter_type", [])] == _param_types(data)
+
+
+def _param_types(data: bytes) -> list[int]:
+    out, pos, end = [], 4, int.from_bytes(data[2:4], "big")
+    while pos < end:
+        ptype, plen = int.from_bytes(data[pos:pos + 2], "big"), int.from_bytes(data[pos + 2:pos + 4], "big")
+        out.append(ptype)  # an Operation Error's causes are not parameters: not entered
+        pos += (plen + 3) & ~3
+    return out
