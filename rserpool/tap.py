@@ -38,6 +38,7 @@ class Options(usage.Options):
     ]
     optFlags = [
         ["insecure-plaintext", None, "INSECURE: run ASAP without TLS (for protocol debugging only)"],
+        ["demo", None, "also run two echo PEs and a PU session against this registrar (development PKI only)"],
     ]
 
     def __init__(self) -> None:
@@ -176,4 +177,17 @@ def build_registrar(config: Config, reactor: Any = None) -> Any:
 
 
 def makeService(options: Options) -> IService:
-    return build_registrar(options.config)
+    registrar = build_registrar(options.config)
+    if not options["demo"]:
+        return registrar
+    from twisted.application.service import MultiService
+    from twisted.internet import reactor
+
+    from rserpool.demo.showcase import DemoService
+
+    if options.config["tls"]["certificate"]:
+        raise usage.UsageError("--demo runs with the development PKI only (leave [tls] certificate empty)")
+    top = MultiService()
+    registrar.setServiceParent(top)
+    DemoService(registrar, Path(options.config["registrar"]["state_dir"]) / "pki", reactor).setServiceParent(top)
+    return top

@@ -162,6 +162,11 @@ class EchoPoolElement(MultiService):
         d = defer.maybeDeferred(MultiService.stopService, self)
 
         def stop_listening(_: Any) -> Any:
+            # The registering service belongs to this listener: a restart
+            # listens anew and registers a new PE.
+            if self.pe is not None:
+                self.removeService(self.pe)
+                self.pe = None
             port, self.listening_port = self.listening_port, None
             if port is not None:
                 return port.stopListening()
