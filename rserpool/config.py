@@ -143,11 +143,16 @@ SCHEMA: dict[str, dict[str, Option]] = {
         "authorizer": _S(str, "file", "pool authorization plugin name"),
         "authorize_resolution": _S(_bool, "no", "also authorize pool users' handle resolutions"),
         "rules": _S(str, "authz.rules", "rules file of the file authorizer (see docs/authorization.md)", path=True),
+        "credentials": _S(str, "", "embedded credentials file: SRP verifiers, CHAP secrets, certificate "
+                                   "mappings, groups (see docs/plugins.md)", path=True),
         "check_pe_addresses": _S(_bool, "yes", "a PE may register only the address its ASAP channel comes from"),
         "registration_rate": _S(_positive_float, "50", "registrations per second per identity (burst: twice that)"),
         "registration_rate_per_address": _S(_positive_float, "500", "registrations per second per source address"),
         "resolution_rate": _S(_positive_float, "2000", "handle resolutions per second per identity or address"),
         "unreachable_rate": _S(_positive_float, "1", "ENDPOINT_UNREACHABLE reports per second per reporter"),
+    },
+    "plugins": {
+        "directories": _S(_list, "", "site plugin directories (root-owned, not group/world-writable)", path=True),
     },
     "radius": {
         "servers": _S(_list, "", "RADIUS servers host:port (IP literals), tried in order with failover"),
@@ -169,12 +174,30 @@ SCHEMA: dict[str, dict[str, Option]] = {
 }
 
 
+#: Sections ``[<kind>:<name>]`` carry free-form options for the plugin
+#: ``name`` of that kind (``[authorizer:ldap]``, ``[authenticator:chap]``);
+#: the plugin's factory rejects options it does not know.
+PLUGIN_SECTION_KINDS = ("authorizer", "authenticator", "srp-store", "chap-store", "chap-verifier",
+                        "cert-mapping", "groups")
+
+
+def _is_path_option(key: str) -> bool:
+    last = key.rsplit(".", 1)[-1]
+    return last in ("path", "rules") or last.endswith("_file") or last.endswith("_path")
+
+
 class Config:
     """Typed access to a parsed configuration: ``config["asap"]["keepalive_interval"]``."""
 
-    def __init__(self, values: Mapping[str, Mapping[str, Any]], source: str | None = None):
+    def __init__(self, values: Mapping[str, Mapping[str, Any]], source: str | None = None,
+                 plugin_options: Mapping[tuple[str, str], Mapping[str, str]] | None = None):
         self._values = {section: dict(keys) for section, keys in values.items()}
         self.source = source
+        self._plugin_options = {k: dict(v) for k, v in (plugin_options or {}).items()}
+
+    def plugin_options(self, kind: str, name: str) -> dict[str, str]:
+        """The options of ``[kind:name]`` (empty when the section is absent)."""
+        return dict(self._plugin_options.get((kind, name), {}))
 
     def __getitem__(self, section: str) -> Mapping[str, Any]:
         return self._values[section]
@@ -187,7 +210,7 @@ class Config:
         values = {s: dict(k) for s, k in self._values.items()}
         for section, key, raw in overrides:
             values[section][key] = _parse_value(section, key, raw, None, self.source or "<command line>")
-        return Config(values, self.source)
+        return Config(values, self.source, self._plugin_options)
 
 
 def _parse_value(section: str, key: str, raw: str, base: str | None, source: str) -> Any:
@@ -218,9 +241,20 @@ def load_config(path: str | None = None, text: str | None = None) -> Config:
             parser.read_string(text, source=source)
     except (OSError, configparser.Error) as exc:
         raise ConfigError(f"{source}: {exc}") from None
+    plugin_options: dict[tuple[str, str], dict[str, str]] = {}
     for section in parser.sections():
+        kind, colon, name = section.partition(":")
+        if colon and kind in PLUGIN_SECTION_KINDS and name:
+            options = {}
+            for key, raw in parser[section].items():
+                if _is_path_option(key) and raw.strip() and not os.path.isabs(raw.strip()):
+                    raw = os.path.normpath(os.path.join(base, raw.strip()))
+                options[key] = raw
+            plugin_options[(kind, name)] = options
+            continue
         if section not in SCHEMA:
-            raise ConfigError(f"{source}: unknown section [{section}] (known: {', '.join(SCHEMA)})")
+            raise ConfigError(f"{source}: unknown section [{section}] (known: {', '.join(SCHEMA)}, "
+                              f"and [<kind>:<plugin>] with kind one of {', '.join(PLUGIN_SECTION_KINDS)})")
         for key in parser[section]:
             if key not in SCHEMA[section]:
                 raise ConfigError(f"{source}: unknown key {key!r} in [{section}] "
@@ -234,7 +268,7 @@ def load_config(path: str | None = None, text: str | None = None) -> Config:
             else:
                 raw, where = option.default, base
             values[section][key] = _parse_value(section, key, raw, where, source)
-    return Config(values, source)
+    return Config(values, source, plugin_options)
 
 
 def schema_markdown() -> str:

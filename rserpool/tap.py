@@ -87,7 +87,8 @@ def build_registrar(config: Config, reactor: Any = None) -> Any:
     from rserpool.asap.registrar import RegistrarSettings
     from rserpool.handlespace import HandlespaceLimits
     from rserpool.security import pki, tls
-    from rserpool.security.authz import RulesAuthorizer, load_rules
+    from rserpool.errors import PluginError
+    from rserpool.plugin import load_named
     from rserpool.security.ratelimit import RateLimit
     from rserpool.service.channel import ChannelSettings
     from rserpool.service.registrar import RegistrarService
@@ -118,15 +119,25 @@ def build_registrar(config: Config, reactor: Any = None) -> Any:
 
     if security["allow_unauthenticated"]:
         _log.critical("INSECURE: registrations from unauthenticated pool elements are accepted")
-    rules_path = security["rules"]
-    if security["authorizer"] != "file":
-        raise ConfigError(f"unknown authorizer {security['authorizer']!r} (available: file)")
-    if rules_path and Path(rules_path).exists():
-        authorizer = RulesAuthorizer(load_rules(rules_path))
-        _log.info("pool authorization rules from {path}: {n} rules", path=rules_path, n=len(authorizer.rules))
-    else:
-        authorizer = RulesAuthorizer(())
-        _log.warn("no authorization rules file ({path}): every registration will be refused", path=rules_path)
+    site_dirs = config["plugins"]["directories"]
+    authorizer_name = security["authorizer"]
+    authorizer_options = config.plugin_options("authorizer", authorizer_name)
+    if authorizer_name == "file":
+        rules_path = authorizer_options.setdefault("rules", security["rules"])
+        if not rules_path or not Path(rules_path).exists():
+            raise ConfigError(f"the rules file {rules_path!r} of the file authorizer does not exist "
+                              "(an empty file refuses everything)")
+    try:
+        authorizer = load_named("authorizer", authorizer_name, authorizer_options, reactor, site_dirs)
+    except PluginError as exc:
+        raise ConfigError(str(exc)) from None
+    _log.info("pool authorization by the {name!r} plugin ({authorizer!r})", name=authorizer_name,
+              authorizer=authorizer)
+    groups_of = None
+    if security["credentials"]:
+        from rserpool.backends.filestore import FileStore
+
+        groups_of = FileStore.shared(security["credentials"]).groups
 
     limits = config["limits"]
     settings = RegistrarSettings(
@@ -164,6 +175,7 @@ def build_registrar(config: Config, reactor: Any = None) -> Any:
         listen=registrar["asap_listen"],
         tls_options=tls_options,
         authorizer=authorizer,
+        groups_of=groups_of,
         limits=handlespace_limits,
         channel_settings=channel_settings,
         announce_targets=[_target(t) for t in announce["targets"]],

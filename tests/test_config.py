@@ -47,4 +47,22 @@ def test_tap_options_build_a_registrar(tmp_path):
     assert service.announce_targets == (("127.0.0.1", 3863),)
     assert service.tls_options is not None
     assert (tmp_path / "var" / "pki" / "ca.pem").exists()
-    assert service.authorizer.decide("pe1", (), "register", b"echo")
+    assert service.authorizer.authorize("pe1", frozenset(), "register", b"echo") is True
+    assert service.authorizer.authorize("pe2", frozenset(), "register", b"echo") is False
+
+
+def test_missing_rules_file_is_an_error(tmp_path):
+    ini = tmp_path / "r.ini"
+    ini.write_text(f"[registrar]\nstate_dir = {tmp_path}/var\n[security]\nrules = missing.rules\n")
+    options = Options()
+    options.parseOptions(["--config", str(ini)])
+    with pytest.raises(ConfigError):
+        build_registrar(options.config)
+
+
+def test_plugin_sections(tmp_path):
+    config = load_config(text="[authorizer:ldap]\nuri = ldap://127.0.0.1\nbind_password_file = pw\n")
+    options = config.plugin_options("authorizer", "ldap")
+    assert options["uri"] == "ldap://127.0.0.1"
+    assert options["bind_password_file"].endswith("/pw") and options["bind_password_file"].startswith("/")
+    assert config.plugin_options("authorizer", "file") == {}

@@ -42,6 +42,8 @@ from rserpool.asap.registrar import (
 )
 from rserpool.handlespace import Handlespace, HandlespaceLimits
 from rserpool.security.certidentity import CertIdentityError, IdentityPolicy, identity_from_certificate
+from rserpool.security.psk import MECHANISM as PSK_MECHANISM, psk_identity
+from rserpool.security.revocation import RevocationGate, verified_chain
 from rserpool.security.tls import NotTLSError, peer_certificate
 from rserpool.service.channel import Channel, ChannelSettings
 from rserpool.wire import WireError
@@ -95,7 +97,7 @@ class RegistrarService(MultiService):
         limits: HandlespaceLimits | None = None,
         channel_settings: ChannelSettings | None = None,
         identity_policy: IdentityPolicy | None = None,
-        groups_of: Callable[[str], Iterable[str]] | None = None,
+        groups_of: Callable[[str], Iterable[str] | defer.Deferred] | None = None,
         announce_targets: Iterable[tuple[str, int]] = (),
         announce_interval: float = 1.0,
         announce_multicast: tuple[str, int] | None = None,
@@ -103,8 +105,15 @@ class RegistrarService(MultiService):
         rng: random.Random | None = None,
         max_connections: int = 10_000,
         max_connections_per_address: int = 256,
+        revocation: RevocationGate | None = None,
+        max_queued_during_check: int = 16,
     ) -> None:
         super().__init__()
+        # OCSP gate: no session (so no state) until the client certificate's
+        # check allowed it; up to max_queued_during_check messages wait.
+        self.revocation = revocation
+        self.max_queued_during_check = max_queued_during_check
+        self._checking: dict[Channel, tuple[defer.Deferred, list]] = {}
         self.reactor = reactor
         self.clock: IReactorTime = reactor
         self.listen = tuple(listen)
@@ -201,6 +210,8 @@ class RegistrarService(MultiService):
     def channel_ready(self, channel: Channel) -> None:
         address = getattr(channel.peer, "host", "")
         identity = None
+        mechanism = None
+        cert = None
         if channel.tls:
             try:
                 cert = peer_certificate(channel.transport)
@@ -209,24 +220,86 @@ class RegistrarService(MultiService):
             if cert is not None:
                 try:
                     identity = identity_from_certificate(cert, self.identity_policy).name
+                    mechanism = "certificate"
                 except CertIdentityError as exc:
                     _log.warn("client certificate from {address} yields no identity: {error}",
                               address=address, error=exc)
-        channel.session = self.core.open_session(channel, address, channel.tls, identity)
+            else:
+                identity = psk_identity(channel.transport)
+                mechanism = PSK_MECHANISM if identity is not None else None
         self.channels.add(channel)
         self.connections_per_address[address] = self.connections_per_address.get(address, 0) + 1
-        _log.debug("ASAP channel from {address} ready (identity {identity})", address=address, identity=identity)
+        gate = self.revocation
+        if cert is not None and gate is not None and gate.enabled:
+            # Nothing is created for this channel before OCSP allows it.
+            check = gate.check(cert, verified_chain(channel.transport))
+            self._checking[channel] = (check, [])
+            check.addCallbacks(self._revocation_checked, self._revocation_failed,
+                               callbackArgs=(channel, address, identity, mechanism),
+                               errbackArgs=(channel,))
+            return
+        self._open_session(channel, address, identity, mechanism)
+
+    def _open_session(self, channel: Channel, address: str, identity: str | None,
+                      mechanism: str | None) -> None:
+        channel.session = self.core.open_session(channel, address, channel.tls, identity)
+        _log.debug("ASAP channel from {address} ready (identity {identity}, {mechanism})", address=address,
+                   identity=identity, mechanism=mechanism or "unauthenticated")
+
+    def _revocation_checked(self, decision: Any, channel: Channel, address: str, identity: str | None,
+                            mechanism: str | None) -> None:
+        _, queued = self._checking.pop(channel, (None, []))
+        if channel.closed:
+            return
+        if not decision.allowed:
+            _log.warn("closing ASAP channel from {address} ({identity}): {reason}", address=address,
+                      identity=identity, reason=decision.reason)
+            channel.close()
+            return
+        self._open_session(channel, address, identity, mechanism)
+        for kind, item, ppid in queued:
+            if channel.closed:
+                break
+            now = self.clock.seconds()
+            if kind == "message":
+                self.message_received(channel, item, now)
+            else:
+                self.wire_error(channel, ppid, item, now)
+
+    def _revocation_failed(self, failure: Failure, channel: Channel) -> None:
+        self._checking.pop(channel, None)
+        if failure.check(defer.CancelledError):
+            return  # the channel went away first
+        _log.failure("revocation check failed; closing the channel", failure)
+        channel.abort()
+
+    def _hold(self, channel: Channel, kind: str, item: Any, ppid: int = 0) -> bool:
+        """Queue input of a channel whose revocation check is pending."""
+        pending = self._checking.get(channel)
+        if pending is None:
+            return False
+        queued = pending[1]
+        if len(queued) >= self.max_queued_during_check:
+            _log.warn("closing ASAP channel from {peer}: over {n} messages before its certificate "
+                      "check finished", peer=channel.peer, n=self.max_queued_during_check)
+            channel.abort()
+        else:
+            queued.append((kind, item, ppid))
+        return True
 
     def message_received(self, channel: Channel, message: Any, now: float) -> None:
         session = channel.session
         if session is None:
+            self._hold(channel, "message", message)
             return
         self._carry_out(self.core.message_received(session, message, now))
 
     def wire_error(self, channel: Channel, ppid: int, error: WireError, now: float) -> None:
         session = channel.session
         _log.info("undecodable message from {peer}: {error}", peer=channel.peer, error=error)
-        if session is not None:
+        if session is None:
+            self._hold(channel, "wire", error, ppid)
+        else:
             self._carry_out(self.core.wire_error(session, error))
 
     def data_received(self, channel: Channel, ppid: int, payload: bytes, now: float) -> None:
@@ -235,9 +308,12 @@ class RegistrarService(MultiService):
 
     def channel_closed(self, channel: Channel, reason: Failure) -> None:
         session = channel.session
+        checking = self._checking.pop(channel, None)
+        if checking is not None:
+            checking[0].cancel()
         if channel in self.channels:
             self.channels.discard(channel)
-            address = session.address if session is not None else ""
+            address = session.address if session is not None else getattr(channel.peer, "host", "")
             left = self.connections_per_address.get(address, 1) - 1
             if left > 0:
                 self.connections_per_address[address] = left
@@ -272,12 +348,12 @@ class RegistrarService(MultiService):
     def _authorize(self, request: Authorize) -> None:
         session: AsapSession = request.session
         identity = session.identity
-        try:
-            groups = frozenset(self.groups_of(identity)) if identity is not None else frozenset()
-            result = defer.maybeDeferred(self.authorizer.authorize, identity, groups, request.action,
-                                         request.pool_handle)
-        except Exception:
-            result = defer.fail()
+        if identity is not None:
+            result = defer.maybeDeferred(self.groups_of, identity)
+        else:
+            result = defer.succeed(())
+        result.addCallback(lambda groups: self.authorizer.authorize(
+            identity, frozenset(groups or ()), request.action, request.pool_handle))
 
         def done(allowed: Any) -> None:
             self._carry_out(self.core.authorization_done(session, request.token, allowed is True,
