@@ -528,3 +528,11 @@ def test_default_factory_round_robin_rotates() -> None:
     firsts = [hs.resolve(b"pool", 1)[0].pe_id for _ in range(6)]
     assert sorted(firsts) == [1, 1, 2, 2, 3, 3]
     assert firsts[:3] == firsts[3:]
+
+
+def test_entries_are_slotted() -> None:
+    hs = make_hs()
+    entry = reg(hs).entry
+    assert not hasattr(entry, "__dict__")
+    with pytest.raises(AttributeError):
+        entry.extra = 1  # type: ignore[attr-defined]
