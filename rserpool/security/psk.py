@@ -1,0 +1,464 @@
+"""TLS-PSK (RFC 5355 section 4: "TLS with PSK is mandatory to implement").
+
+pyOpenSSL 26 has no PSK API.  This module drives OpenSSL's PSK callbacks
+through the **private** cffi bindings pyOpenSSL itself uses
+(``OpenSSL.SSL._lib`` / ``_ffi``, a ``Context``'s ``SSL_CTX*`` in
+``ctx._context``, a ``Connection``'s ``SSL*`` in ``conn._ssl``).  Every
+symbol is checked before use (:func:`require_bindings`); when one is missing
+enabling PSK raises :class:`PskUnavailableError` naming it, never falls back
+to something weaker.
+
+What is negotiated:
+
+- **TLS 1.3**: the PSK is used with (EC)DHE (OpenSSL's default ``psk_dhe_ke``
+  mode, forward secrecy).  OpenSSL accepts the legacy callbacks only with a
+  SHA-256 cipher suite, so ``TLS_AES_128_GCM_SHA256`` stays enabled.
+- **TLS 1.2**: ECDHE-PSK suites only (:data:`TLS12_PSK_CIPHERS`); plain PSK,
+  DHE-PSK and RSA-PSK suites are never offered nor accepted.
+
+Server side (:func:`enable_server_psk`): a PSK identity is looked up in a
+:class:`PskKeyStore` (any object with ``psk_key(identity) -> bytes | None``,
+e.g. :class:`FilePskStore`).  An unknown identity gets a random key, so it
+fails exactly like a wrong key (the binder or Finished check).  The
+identity whose key completed the handshake is then available through
+:func:`psk_identity` and becomes the session's authenticated identity
+(mechanism :data:`MECHANISM`).
+
+Client side (:func:`client_options`): a PSK-only client (a PE or PU that
+holds an identity and key).  Knowing the key authenticates the server as
+well, so no certificate is expected; a server that answers with a
+certificate instead of the PSK is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import stat
+import weakref
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Protocol, Union
+
+from OpenSSL import SSL
+from twisted.internet.interfaces import (
+    IOpenSSLClientConnectionCreator,
+    IOpenSSLServerConnectionCreator,
+)
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from rserpool.security import tls
+
+__all__ = [
+    "MECHANISM",
+    "MIN_KEY_LENGTH",
+    "TLS12_PSK_CIPHERS",
+    "TLS13_PSK_SUITES",
+    "FilePskStore",
+    "PskClientOptions",
+    "PskError",
+    "PskKeyStore",
+    "PskServerOptions",
+    "PskUnavailableError",
+    "client_options",
+    "enable_server_psk",
+    "load_psk_file",
+    "negotiated_cipher",
+    "psk_identity",
+    "require_bindings",
+    "server_options",
+]
+
+_log = Logger()
+
+#: The authentication mechanism name of a PSK-authenticated session.
+MECHANISM = "tls-psk"
+#: Shortest key accepted (128 bits).
+MIN_KEY_LENGTH = 16
+#: Longest key (OpenSSL's PSK_MAX_PSK_LEN).
+MAX_KEY_LENGTH = 512
+#: Longest identity (RFC 4279: up to 2^16-1 octets; OpenSSL takes 128).
+MAX_IDENTITY_LENGTH = 128
+#: TLS 1.2 suites: ECDHE-PSK only (forward secrecy).
+TLS12_PSK_CIPHERS = (
+    "ECDHE-PSK-CHACHA20-POLY1305",
+    "ECDHE-PSK-AES256-CBC-SHA384",
+    "ECDHE-PSK-AES128-CBC-SHA256",
+)
+#: TLS 1.3 suites a PSK client offers (the legacy callbacks need SHA-256).
+TLS13_PSK_SUITES = ("TLS_AES_128_GCM_SHA256", "TLS_CHACHA20_POLY1305_SHA256")
+#: TLS 1.2 certificate suites kept on a server that also does PSK.
+_TLS12_CERT_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!eNULL"
+
+_REQUIRED_SYMBOLS = (
+    "SSL_CTX_set_psk_server_callback",
+    "SSL_CTX_set_psk_client_callback",
+    "SSL_CTX_use_psk_identity_hint",
+    "SSL_CTX_set_cipher_list",
+    "SSL_CTX_set_ciphersuites",
+)
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+class PskError(ValueError):
+    """A PSK file, identity or key is invalid."""
+
+
+class PskUnavailableError(RuntimeError):
+    """The OpenSSL bindings needed for TLS-PSK are not there (or changed)."""
+
+
+class PskKeyStore(Protocol):
+    def psk_key(self, identity: str) -> bytes | None:
+        """The key of ``identity``, or None if it has none."""
+
+
+# --- the private bindings ----------------------------------------------------------
+
+
+def _bindings() -> tuple[Any, Any]:
+    try:
+        from OpenSSL.SSL import _ffi, _lib  # type: ignore[attr-defined]
+    except ImportError as exc:  # pragma: no cover - depends on pyOpenSSL internals
+        raise PskUnavailableError(f"pyOpenSSL no longer exposes its cffi bindings: {exc}") from None
+    return _lib, _ffi
+
+
+def require_bindings(lib: Any = None) -> None:
+    """Raise :class:`PskUnavailableError` unless every symbol PSK needs exists."""
+    if lib is None:
+        lib, _ = _bindings()
+    missing = [name for name in _REQUIRED_SYMBOLS if not hasattr(lib, name)]
+    if missing:
+        raise PskUnavailableError(
+            "TLS-PSK needs OpenSSL functions that pyOpenSSL's private bindings do not "
+            f"expose: {', '.join(missing)} (pyOpenSSL/cryptography upgrade?); refusing to run "
+            "without PSK rather than silently weaker"
+        )
+
+
+def _ctx_pointer(context: SSL.Context) -> Any:
+    pointer = getattr(context, "_context", None)
+    if pointer is None:
+        raise PskUnavailableError("pyOpenSSL Context has no _context (SSL_CTX*) attribute any more")
+    return pointer
+
+
+def _ssl_key(ffi: Any, ssl: Any) -> int:
+    return int(ffi.cast("uintptr_t", ssl))
+
+
+def _check(result: int, what: str) -> None:
+    if result != 1:
+        raise PskUnavailableError(f"OpenSSL refused {what}")
+
+
+# --- identities and keys -------------------------------------------------------------
+
+
+def _valid_identity(identity: str) -> str:
+    encoded = identity.encode("utf-8")
+    if not 1 <= len(encoded) <= MAX_IDENTITY_LENGTH:
+        raise PskError(f"a PSK identity has 1 to {MAX_IDENTITY_LENGTH} bytes")
+    if not identity.isprintable() or any(c.isspace() for c in identity):
+        raise PskError("a PSK identity is printable and has no white space")
+    return identity
+
+
+def _valid_key(key: bytes) -> bytes:
+    if not MIN_KEY_LENGTH <= len(key) <= MAX_KEY_LENGTH:
+        raise PskError(f"a PSK has {MIN_KEY_LENGTH} to {MAX_KEY_LENGTH} bytes")
+    return key
+
+
+class FilePskStore:
+    """Identities and keys in memory, looked up without comparing identities
+    byte by byte: the table is keyed by an HMAC of the identity under a
+    per-process random key, so lookup time does not depend on how much of a
+    guessed identity matches a real one."""
+
+    def __init__(self, keys: Mapping[str, bytes]) -> None:
+        self._salt = os.urandom(32)
+        self._keys: dict[bytes, bytes] = {}
+        for identity, key in keys.items():
+            self._keys[self._index(_valid_identity(identity))] = _valid_key(bytes(key))
+
+    def _index(self, identity: str) -> bytes:
+        return hmac.new(self._salt, identity.encode("utf-8", "surrogatepass"), hashlib.sha256).digest()
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def psk_key(self, identity: str) -> bytes | None:
+        return self._keys.get(self._index(identity))
+
+    @classmethod
+    def from_file(cls, path: PathLike, *, check_mode: bool = True) -> "FilePskStore":
+        return cls(load_psk_file(path, check_mode=check_mode))
+
+
+def load_psk_file(path: PathLike, *, check_mode: bool = True) -> dict[str, bytes]:
+    """``identity key-hex`` per line (``#`` comments, blank lines).
+
+    The file must not be readable by group or others (mode 0600 or
+    stricter) unless ``check_mode`` is false.
+    """
+    path = Path(path)
+    with open(path, "rb") as handle:
+        mode = os.fstat(handle.fileno()).st_mode
+        if check_mode and mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise PskError(f"{path}: PSK file is accessible by group or others "
+                           f"(mode {stat.S_IMODE(mode):04o}); chmod 600 it")
+        data = handle.read(1024 * 1024 + 1)
+    if len(data) > 1024 * 1024:
+        raise PskError(f"{path}: PSK file over 1 MiB")
+    keys: dict[str, bytes] = {}
+    for number, raw in enumerate(data.decode("utf-8").splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = line.split()
+        if len(parts) != 2:
+            raise PskError(f"{path}:{number}: expected 'identity key-hex'")
+        identity, key_hex = parts
+        try:
+            key = bytes.fromhex(key_hex)
+        except ValueError:
+            raise PskError(f"{path}:{number}: the key is not hexadecimal") from None
+        if identity in keys:
+            raise PskError(f"{path}:{number}: duplicate identity {identity!r}")
+        try:
+            keys[_valid_identity(identity)] = _valid_key(key)
+        except PskError as exc:
+            raise PskError(f"{path}:{number}: {exc}") from None
+    return keys
+
+
+# --- server ----------------------------------------------------------------------------
+
+# SSL* address -> Connection, while the Connection lives (an entry vanishes
+# before OpenSSL can reuse the address for another connection).
+_server_connections: "weakref.WeakValueDictionary[int, SSL.Connection]" = weakref.WeakValueDictionary()
+# Connection -> the PSK identity whose key it accepted.
+_identities: "weakref.WeakKeyDictionary[SSL.Connection, str]" = weakref.WeakKeyDictionary()
+
+
+def psk_identity(transport_or_connection: Any) -> str | None:
+    """The PSK identity a server connection authenticated, or None."""
+    connection = transport_or_connection
+    if not isinstance(connection, SSL.Connection):
+        try:
+            connection = tls.tls_connection(transport_or_connection)
+        except tls.NotTLSError:
+            return None
+    if connection.get_finished() is None:
+        return None
+    return _identities.get(connection)
+
+
+class _ServerCallback:
+    """The server's PSK callback; kept alive (with its cffi handle) by the options."""
+
+    def __init__(self, store: PskKeyStore, ffi: Any) -> None:
+        self.store = store
+        self.ffi = ffi
+
+    def __call__(self, ssl: Any, identity: Any, psk: Any, max_psk_len: int) -> int:
+        try:
+            if identity == self.ffi.NULL:
+                return 0
+            raw = self.ffi.string(identity, MAX_IDENTITY_LENGTH + 1)
+            name: str | None
+            try:
+                name = raw.decode("utf-8") if len(raw) <= MAX_IDENTITY_LENGTH else None
+            except UnicodeDecodeError:
+                name = None
+            key = None
+            if name is not None:
+                try:
+                    key = self.store.psk_key(name)
+                except Exception:
+                    _log.failure("PSK key store failed; refusing the handshake")
+                    return 0
+            if key is None or not MIN_KEY_LENGTH <= len(key) <= max_psk_len:
+                # Unknown identity: a random key makes it fail like a wrong key.
+                key = os.urandom(32)
+                name = None
+            self.ffi.memmove(psk, key, len(key))
+            connection = _server_connections.get(_ssl_key(self.ffi, ssl))
+            if connection is not None:
+                if name is None:
+                    _identities.pop(connection, None)
+                else:
+                    _identities[connection] = name
+            return len(key)
+        except BaseException:  # never raise into OpenSSL
+            _log.failure("in the TLS-PSK server callback")
+            return 0
+
+
+def _server_cipher_list() -> bytes:
+    return (_TLS12_CERT_CIPHERS + ":" + ":".join(TLS12_PSK_CIPHERS)).encode("ascii")
+
+
+def enable_server_psk(context: SSL.Context, store: PskKeyStore, hint: str | None = None) -> Any:
+    """Install PSK on a server context that has not made a connection yet.
+
+    Returns the cffi callback handle: keep it referenced as long as the
+    context (:class:`PskServerOptions` does).
+    """
+    lib, ffi = _bindings()
+    require_bindings(lib)
+    ctx = _ctx_pointer(context)
+    handle = ffi.callback("unsigned int(*)(SSL *, char *, unsigned char *, unsigned int)",
+                          _ServerCallback(store, ffi))
+    _check(lib.SSL_CTX_set_cipher_list(ctx, _server_cipher_list()), "the ECDHE-PSK cipher list")
+    if hint is not None:
+        _check(lib.SSL_CTX_use_psk_identity_hint(ctx, _valid_identity(hint).encode()), "the identity hint")
+    lib.SSL_CTX_set_psk_server_callback(ctx, handle)
+    return handle
+
+
+@implementer(IOpenSSLServerConnectionCreator)
+class PskServerOptions:
+    """Server creator: certificates as configured in ``base`` plus TLS-PSK.
+
+    ``base`` must be fresh (no connection made from its context yet).
+    """
+
+    def __init__(self, base: tls.ServerTLSOptions, store: PskKeyStore, hint: str | None = None) -> None:
+        self.base = base
+        self.store = store
+        self.context = base.context
+        self._callback = enable_server_psk(self.context, store, hint)
+        _, self._ffi = _bindings()
+
+    @property
+    def settings(self) -> tls.ServerTLSSettings:
+        return self.base.settings
+
+    def serverConnectionForTLS(self, tlsProtocol: object) -> SSL.Connection:
+        connection = SSL.Connection(self.context, None)
+        ssl = getattr(connection, "_ssl", None)
+        if ssl is None:  # pragma: no cover - pyOpenSSL internals changed
+            raise PskUnavailableError("pyOpenSSL Connection has no _ssl (SSL*) attribute any more")
+        _server_connections[_ssl_key(self._ffi, ssl)] = connection
+        return connection
+
+
+def server_options(
+    cert_path: PathLike,
+    key_path: PathLike,
+    trust_roots: tls.TrustRoots = (),
+    *,
+    psk_store: PskKeyStore,
+    hint: str | None = None,
+    require_client_cert: bool = False,
+    **kwargs: Any,
+) -> PskServerOptions:
+    """:func:`rserpool.security.tls.server_options` plus TLS-PSK.
+
+    A client authenticates with a certificate or a PSK, so client
+    certificates are optional by default (``require_client_cert=True`` still
+    admits PSK clients: they prove a key instead).
+    """
+    base = tls.server_options(cert_path, key_path, trust_roots,
+                              require_client_cert=require_client_cert, **kwargs)
+    return PskServerOptions(base, psk_store, hint)
+
+
+# --- client ----------------------------------------------------------------------------
+
+
+class _ClientCallback:
+    def __init__(self, identity: bytes, key: bytes, ffi: Any) -> None:
+        self.identity = identity
+        self.key = key
+        self.ffi = ffi
+
+    def __call__(self, ssl: Any, hint: Any, identity: Any, max_identity_len: int, psk: Any,
+                 max_psk_len: int) -> int:
+        try:
+            if len(self.identity) + 1 > max_identity_len or len(self.key) > max_psk_len:
+                return 0
+            self.ffi.memmove(identity, self.identity + b"\0", len(self.identity) + 1)
+            self.ffi.memmove(psk, self.key, len(self.key))
+            return len(self.key)
+        except BaseException:  # never raise into OpenSSL
+            _log.failure("in the TLS-PSK client callback")
+            return 0
+
+
+@dataclass(frozen=True, slots=True)
+class PskClientSettings:
+    identity: str
+    min_version: Any = tls.MINIMUM_VERSION
+    max_version: Any = None
+    server_name: str | None = None
+
+
+_PROTOCOL_VERSIONS: dict[Any, int] = {
+    tls.TLSVersion.TLSv1_2: SSL.TLS1_2_VERSION,
+    tls.TLSVersion.TLSv1_3: SSL.TLS1_3_VERSION,
+}
+
+
+@implementer(IOpenSSLClientConnectionCreator)
+class PskClientOptions:
+    """A PSK-only client creator (no certificates either way)."""
+
+    def __init__(self, identity: str, key: bytes, *, min_version: Any = tls.MINIMUM_VERSION,
+                 max_version: Any = None, server_name: str | None = None,
+                 keylog_path: PathLike | None = None, environ: Mapping[str, str] | None = None) -> None:
+        lib, ffi = _bindings()
+        require_bindings(lib)
+        tls._check_versions(min_version, max_version)
+        identity = _valid_identity(identity)
+        key = _valid_key(bytes(key))
+        self.settings = PskClientSettings(identity, min_version, max_version, server_name)
+        context = SSL.Context(SSL.TLS_METHOD)
+        context.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_NO_TICKET)
+        context.set_min_proto_version(_PROTOCOL_VERSIONS[min_version])
+        if max_version is not None:
+            context.set_max_proto_version(_PROTOCOL_VERSIONS[max_version])
+        context.set_cipher_list(":".join(TLS12_PSK_CIPHERS).encode("ascii"))
+        ctx = _ctx_pointer(context)
+        _check(lib.SSL_CTX_set_ciphersuites(ctx, ":".join(TLS13_PSK_SUITES).encode("ascii")),
+               "the TLS 1.3 PSK cipher suites")
+        self._callback = ffi.callback(
+            "unsigned int(*)(SSL *, char *, char *, unsigned int, unsigned char *, unsigned int)",
+            _ClientCallback(identity.encode("utf-8"), key, ffi))
+        lib.SSL_CTX_set_psk_client_callback(ctx, self._callback)
+        # A server that did not take the PSK and sends a certificate instead
+        # is not the holder of the key: refuse it.
+        context.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, _refuse_certificate)
+        writer = tls.keylog_writer(keylog_path, environ)
+        if writer is not None:
+            context.set_keylog_callback(writer)
+        self.context = context
+        self._sni = server_name.encode("idna") if server_name else None
+
+    def clientConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
+        connection = SSL.Connection(self.context, None)
+        if self._sni is not None:
+            connection.set_tlsext_host_name(self._sni)
+        return connection
+
+
+def _refuse_certificate(conn: SSL.Connection, cert: Any, errno: int, depth: int, ok: int) -> bool:
+    return False
+
+
+def client_options(identity: str, key: bytes, **kwargs: Any) -> PskClientOptions:
+    """A PSK client creator; usable as a hunt's ``tls_options_factory`` with
+    ``lambda name: psk.client_options(identity, key)`` (the key, not the
+    name, authenticates the registrar)."""
+    return PskClientOptions(identity, key, **kwargs)
+
+
+def negotiated_cipher(transport: Any) -> str | None:
+    """The cipher suite name of an established TLS connection."""
+    return tls.tls_connection(transport).get_cipher_name()
