@@ -28,6 +28,7 @@ SUBCOMMANDS: tuple[str, ...] = (
     "rserpool.demo.echo_client",
     "rserpool.pu_tool",
     "rserpool.security.filestore_tool",
+    "rserpool.config_tool",
 )
 
 

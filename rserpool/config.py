@@ -101,7 +101,6 @@ SCHEMA: dict[str, dict[str, Option]] = {
         "server_id": _S(_server_id, "auto", "ENRP server ID: a non-zero 32-bit number, or auto for a random one"),
         "asap_listen": _S(_list, "tcp:port=3864:interface=127.0.0.1",
                           "Twisted endpoint strings (one per line) the ASAP service listens on; TLS is added on top"),
-        "enrp_listen": _S(_list, "", "Twisted endpoint strings for ENRP peers (empty: no ENRP listener)"),
         "state_dir": _S(str, "var", "directory for generated state (development PKI, caches)", path=True),
     },
     "tls": {

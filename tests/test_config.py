@@ -66,3 +66,20 @@ def test_plugin_sections(tmp_path):
     assert options["uri"] == "ldap://127.0.0.1"
     assert options["bind_password_file"].endswith("/pw") and options["bind_password_file"].startswith("/")
     assert config.plugin_options("authorizer", "file") == {}
+
+
+def test_configuration_reference_is_current():
+    """docs/configuration.md is generated: regenerate it with
+    `rserpool config-doc > docs/configuration.md` after changing the schema."""
+    from pathlib import Path
+
+    doc = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
+    assert doc.read_text() == schema_markdown()
+
+
+def test_shipped_configuration_is_valid():
+    from pathlib import Path
+
+    etc = Path(__file__).resolve().parent.parent / "etc"
+    for ini in sorted(etc.glob("*.ini")):
+        load_config(str(ini))
