@@ -433,7 +433,8 @@ class LdapDirectory(Service):
 
     # ------------------------------------------------------------ lifecycle
     @property
-    def running(self) -> bool:
+    def started(self) -> bool:
+        """Started by :meth:`start` (``running`` is the IService flag)."""
         return self._running
 
     def start(self) -> None:
