@@ -127,6 +127,11 @@ def build_registrar(config: Config, reactor: Any = None) -> Any:
         if not rules_path or not Path(rules_path).exists():
             raise ConfigError(f"the rules file {rules_path!r} of the file authorizer does not exist "
                               "(an empty file refuses everything)")
+    elif authorizer_name == "radius":
+        # [radius] holds the RADIUS settings; [authorizer:radius] may override them.
+        from rserpool.plugins.radius import options_from_section
+
+        authorizer_options = {**options_from_section(config["radius"]), **authorizer_options}
     try:
         authorizer = load_named("authorizer", authorizer_name, authorizer_options, reactor, site_dirs)
     except PluginError as exc:
@@ -169,7 +174,7 @@ def build_registrar(config: Config, reactor: Any = None) -> Any:
     )
     announce = config["announce"]
     multicast = _target(announce["multicast_group"]) if announce["multicast_group"] else None
-    return RegistrarService(
+    service = RegistrarService(
         settings,
         reactor=reactor,
         listen=registrar["asap_listen"],
@@ -186,6 +191,11 @@ def build_registrar(config: Config, reactor: Any = None) -> Any:
         max_connections=limits["max_connections"],
         max_connections_per_address=limits["max_connections_per_address"],
     )
+    if IService.providedBy(authorizer):
+        # A plugin with resources (a RADIUS socket, a thread pool) starts and
+        # stops with the registrar.
+        authorizer.setServiceParent(service)
+    return service
 
 
 def makeService(options: Options) -> IService:

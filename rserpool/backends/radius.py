@@ -48,6 +48,7 @@ from twisted.internet import defer
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
+from rserpool.errors import BackendUnavailable
 from rserpool.security.chap import CHALLENGE_LEN, RESPONSE_LEN
 
 __all__ = [
@@ -90,12 +91,11 @@ class RadiusError(Exception):
     """Misuse of the RADIUS client (bad argument, client stopped)."""
 
 
-class BackendUnavailable(RadiusError):
-    """No RADIUS server answered in time: the backend is down, not a "no".
-
-    Callers fail closed (RFC 5354 cause, "backend down" in the log) and must
-    never report it as a wrong password.
-    """
+# No RADIUS server answered in time: the backend is down, not a "no".  The
+# canonical :class:`rserpool.errors.BackendUnavailable` (re-exported here):
+# callers fail closed (RFC 5354 cause 0xa, "backend unavailable" in the log)
+# and never report it as a wrong password.  It is deliberately *not* a
+# RadiusError (a misuse of the client).
 
 
 class RadiusOverloaded(BackendUnavailable):

@@ -16,6 +16,7 @@ from collections import OrderedDict
 from typing import Any, Callable, Iterable, Mapping
 
 from twisted.internet import defer
+from zope.interface import implementer
 
 from rserpool.backends.radius import (
     AUTHORIZATION_SOURCES,
@@ -25,13 +26,30 @@ from rserpool.backends.radius import (
     parse_servers,
     pool_matches,
 )
+from rserpool.interfaces import IChapVerifier, Identity, IPoolAuthorizer
 from rserpool.security.chap import ChapVerdict, VerifyChap
 
-__all__ = ["RadiusAuthorizer", "RadiusChapVerifier", "radius_from_config", "read_secret_file"]
+#: The mechanism name of identities proven by RADIUS CHAP (as
+#: :data:`rserpool.security.credentials.MECH_CHAP`).
+MECHANISM = "CHAP-MD5"
+#: Reply attributes copied into :attr:`Identity.attributes` (strings only).
+IDENTITY_ATTRIBUTES = ("Class", "Filter-Id", "RSerPool-Allowed-Pool", "RSerPool-Group")
+
+__all__ = [
+    "MECHANISM",
+    "RadiusAuthorizer",
+    "RadiusChapVerifier",
+    "identity_attributes",
+    "radius_from_config",
+    "read_secret_file",
+]
 
 
+@implementer(IChapVerifier)
 class RadiusChapVerifier:
-    """Answers the registrar's :class:`VerifyChap` through RADIUS.
+    """Answers the registrar's :class:`VerifyChap` through RADIUS
+    (``verify``) and provides :class:`~rserpool.interfaces.IChapVerifier`
+    (``verify_chap``) for :class:`rserpool.security.credentials.ChapChecker`.
 
     ``verify(request)`` fires with a :class:`ChapVerdict` (an Access-Reject,
     unknown user or wrong response alike, gives ``ok=False``) or fails with
@@ -60,7 +78,48 @@ class RadiusChapVerifier:
 
         return d.addCallback(decided)
 
+    def verify_chap(self, identity: str, identifier: int, challenge: bytes,
+                    response: bytes) -> defer.Deferred[Identity | None]:
+        """:class:`IChapVerifier`: an :class:`Identity` (groups and pools
+        from the Accept's attributes) when RADIUS accepts, ``None`` for an
+        Access-Reject (wrong response and unknown identity alike), or a
+        failure with :class:`~rserpool.errors.BackendUnavailable`."""
+        d = self.client.chap_verify(identity, identifier, challenge, response)
 
+        def decided(decision: RadiusDecision) -> Identity | None:
+            if not decision.accepted:
+                return None
+            full = decision_from_attributes(decision.identity, True, decision.attributes,
+                                            self.sources)
+            if self.authorizer is not None:
+                self.authorizer.remember(full)
+            return Identity.create(full.identity, MECHANISM, full.groups,
+                                   identity_attributes(full))
+
+        return d.addCallback(decided)
+
+
+def identity_attributes(decision: RadiusDecision) -> dict[str, tuple[str, ...]]:
+    """The informative string attributes of a decision, for the log."""
+    attributes: dict[str, tuple[str, ...]] = {}
+    for name in IDENTITY_ATTRIBUTES:
+        values = []
+        for value in decision.attributes.get(name, ()):
+            if isinstance(value, bytes):
+                try:
+                    value = value.decode("utf-8")
+                except UnicodeDecodeError:
+                    continue
+            if isinstance(value, str) and value.isprintable():
+                values.append(value)
+        if values:
+            attributes[name] = tuple(values)
+    if decision.pools:
+        attributes["pools"] = decision.pools
+    return attributes
+
+
+@implementer(IPoolAuthorizer)
 class RadiusAuthorizer:
     """The registrar's pool authorizer, from RADIUS reply attributes.
 
@@ -107,6 +166,18 @@ class RadiusAuthorizer:
 
     def __len__(self) -> int:
         return len(self._cache)
+
+    def with_rules(self, rules: Any) -> "RadiusAuthorizer":
+        """An authorizer with other ``rules`` that shares this one's client,
+        settings, cache and in-flight lookups (one cache per RADIUS
+        configuration, whoever asks)."""
+        other = RadiusAuthorizer(
+            self.client, self.clock, sources=self.sources, ttl=self.ttl,
+            negative_ttl=self.negative_ttl, max_entries=self.max_entries,
+            pool_actions=self.pool_actions, rules=rules, authorize_only=self.use_authorize_only)
+        other._cache = self._cache
+        other._waiting = self._waiting
+        return other
 
     def remember(self, decision: RadiusDecision) -> None:
         ttl = self.ttl if decision.accepted else self.negative_ttl
