@@ -527,3 +527,18 @@ def test_entry_value() -> None:
     entry = LdapEntry("uid=x", "x", salt=b"s" * 16)
     assert entry.srp is None
     assert LdapEntry("uid=x", "x", salt=b"s", verifier=b"v").srp == (b"s", b"v")
+
+
+def test_example_ldif_verifier_is_for_the_documented_password() -> None:
+    import base64
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parent.parent / "etc" / "ldap" / "example.ldif").read_text()
+    unfolded = text.replace("\n ", "")
+    values = {}
+    for line in unfolded.splitlines():
+        for name in ("rserpoolSrpSalt", "rserpoolSrpVerifier"):
+            if line.startswith(name + ":: "):
+                values[name] = base64.b64decode(line.split(":: ", 1)[1])
+    salt = values["rserpoolSrpSalt"]
+    assert make_verifier("pe1", "pe1-secret", salt=salt) == (salt, values["rserpoolSrpVerifier"])
