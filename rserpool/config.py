@@ -87,6 +87,13 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
+def _ocsp_mode(text: str) -> str:
+    value = text.strip().lower()
+    if value not in ("off", "soft", "hard"):
+        raise ValueError("must be off, soft or hard")
+    return value
+
+
 @dataclass(frozen=True)
 class Option:
     parse: Callable[[str], Any]
@@ -112,6 +119,18 @@ SCHEMA: dict[str, dict[str, Option]] = {
         "require_client_certificate": _S(_bool, "no",
                                          "refuse TLS clients without a certificate (scenario A only)"),
         "server_name": _S(str, "localhost", "host name clients use to reach this registrar (development PKI SAN)"),
+        "crl_check_interval": _S(_non_negative_float, "60",
+                                 "seconds between checks of the CRL files: reload when changed, warn before "
+                                 "and after expiry (0: never)"),
+        "crl_warn_days": _S(_non_negative_float, "7", "warn this many days before a loaded CRL expires"),
+        "ocsp": _S(_ocsp_mode, "off", "OCSP check of PE/PU client certificates after the handshake: off, "
+                                      "soft (allow, with a warning, when the responder cannot answer) or hard"),
+        "ocsp_responder": _S(str, "", "OCSP responder URL used instead of the certificates' AIA URLs"),
+        "ocsp_timeout": _S(_positive_float, "5.0", "seconds to wait for the OCSP responder"),
+        "ocsp_allow_remote": _S(_bool, "yes", "query OCSP responders on non-loopback hosts (no: loopback only)"),
+        "psk_file": _S(str, "", "TLS-PSK keys, 'identity key-hex' per line, mode 0600 (empty: no TLS-PSK)",
+                       path=True),
+        "psk_identity_hint": _S(str, "", "TLS-PSK identity hint sent to clients (empty: none)"),
     },
     "asap": {
         "keepalive_interval": _S(_positive_float, "5.0", "seconds between ENDPOINT_KEEP_ALIVE to each PE (with jitter)"),

@@ -86,7 +86,7 @@ def build_registrar(config: Config, reactor: Any = None) -> Any:
     """The RegistrarService described by ``config``."""
     from rserpool.asap.registrar import RegistrarSettings
     from rserpool.handlespace import HandlespaceLimits
-    from rserpool.security import pki, tls
+    from rserpool.security import pki
     from rserpool.errors import PluginError
     from rserpool.plugin import load_named
     from rserpool.security.ratelimit import RateLimit
@@ -101,7 +101,7 @@ def build_registrar(config: Config, reactor: Any = None) -> Any:
     registrar, tls_conf, asap, security = config["registrar"], config["tls"], config["asap"], config["security"]
     server_id = registrar["server_id"] or (secrets.randbits(32) or 1)
 
-    tls_options = None
+    tls_options = revocation = crl_monitor = None
     if tls_conf["enabled"]:
         cert, key, cas = tls_conf["certificate"], tls_conf["private_key"], tls_conf["ca_certificates"]
         if not cert:
@@ -112,8 +112,7 @@ def build_registrar(config: Config, reactor: Any = None) -> Any:
             _log.warn("using the DEVELOPMENT PKI in {directory} (CA {ca}; PE certificate {pe}, PU certificate "
                       "{pu}); configure [tls] certificate for production", directory=paths.directory,
                       ca=paths.ca_cert, pe=paths.pe_cert, pu=paths.pu_cert)
-        tls_options = tls.server_options(cert, key, cas, require_client_cert=tls_conf["require_client_certificate"],
-                                         crls=tls_conf["crls"])
+        tls_options, revocation, crl_monitor = _server_security(tls_conf, cert, key, cas, reactor)
     else:
         _log.critical("INSECURE: TLS is disabled by configuration")
 
@@ -190,12 +189,47 @@ def build_registrar(config: Config, reactor: Any = None) -> Any:
         rng=random.SystemRandom(),
         max_connections=limits["max_connections"],
         max_connections_per_address=limits["max_connections_per_address"],
+        revocation=revocation,
     )
+    if crl_monitor is not None:
+        crl_monitor.setServiceParent(service)
     if IService.providedBy(authorizer):
         # A plugin with resources (a RADIUS socket, a thread pool) starts and
         # stops with the registrar.
         authorizer.setServiceParent(service)
     return service
+
+
+def _server_security(tls_conf: Any, cert: str, key: str, cas: Any, reactor: Any) -> tuple[Any, Any, Any]:
+    """Server TLS options (TLS-PSK when ``psk_file`` is set; CRLs reloadable),
+    the OCSP gate (``ocsp``) and the CRL monitor service (``crl_check_interval``)."""
+    from datetime import timedelta
+
+    from rserpool.security import psk, tls
+    from rserpool.security.revocation import CrlMonitor, CrlMonitorService, gate_from_config
+
+    store = None
+    if tls_conf["psk_file"]:
+        try:
+            store = psk.FilePskStore.from_file(tls_conf["psk_file"])
+        except (OSError, psk.PskError) as exc:
+            raise ConfigError(f"[tls] psk_file: {exc}") from None
+        _log.info("TLS-PSK on: {n} identities from {path}", n=len(store), path=tls_conf["psk_file"])
+    hint = tls_conf["psk_identity_hint"] or None
+
+    def build(crls: Any) -> Any:
+        base = tls.server_options(cert, key, cas, require_client_cert=tls_conf["require_client_certificate"],
+                                  crls=crls)
+        return psk.PskServerOptions(base, store, hint) if store is not None else base
+
+    options = tls.ReloadableServerOptions(build(tls_conf["crls"]))
+    monitor = None
+    if tls_conf["crls"] and tls_conf["crl_check_interval"] > 0:
+        monitor = CrlMonitorService(CrlMonitor(
+            reactor, tls_conf["crls"], lambda crls: options.replace(build(crls)),
+            interval=tls_conf["crl_check_interval"], warn_before=timedelta(days=tls_conf["crl_warn_days"])))
+    gate = gate_from_config(tls_conf, reactor, tls.load_trust_roots(cas) if cas else ())
+    return options, gate, monitor
 
 
 def makeService(options: Options) -> IService:

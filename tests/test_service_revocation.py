@@ -422,3 +422,75 @@ def test_ocsp_mode_parsing():
     assert OcspMode.HARD.policy is FailurePolicy.HARD_FAIL
     with pytest.raises(ValueError):
         OcspMode.parse("maybe")
+
+
+# -- configuration ([tls] ocsp, crl_*, psk_*) ------------------------------------------------
+
+
+def test_build_registrar_wires_ocsp_crl_monitor_and_psk(tmp_path):
+    from rserpool.config import load_config
+    from rserpool.security.psk import PskServerOptions
+    from rserpool.security.revocation import CrlMonitorService
+    from rserpool.tap import build_registrar
+
+    pki = make_test_pki(tmp_path / "pki")
+    keys = tmp_path / "psk.keys"
+    keys.write_text("pe-psk " + bytes(range(16)).hex() + "\n")
+    keys.chmod(0o600)
+    (tmp_path / "authz.rules").write_text("")
+    ini = tmp_path / "registrar.ini"
+    ini.write_text(f"""
+[tls]
+certificate = {pki.server.cert}
+private_key = {pki.server.key}
+ca_certificates = {pki.ca.cert}
+crls = {pki.crl_revoked}
+crl_check_interval = 30
+crl_warn_days = 2
+ocsp = hard
+ocsp_responder = http://127.0.0.1:9/
+ocsp_timeout = 1.5
+psk_file = {keys}
+psk_identity_hint = rserpool
+""")
+    clock = task.Clock()
+    clock.advance(time.time())
+    service = build_registrar(load_config(str(ini)), reactor=clock)
+    gate = service.revocation
+    assert gate is not None and gate.enabled
+    assert gate.checker.policy is FailurePolicy.HARD_FAIL
+    assert gate.checker.timeout == 1.5
+    assert gate.checker.responder_override == "http://127.0.0.1:9/"
+    assert [c.serial_number for c in gate.trust_roots] == [pki.ca.issued.certificate.serial_number]
+    assert isinstance(service.tls_options, tls.ReloadableServerOptions)
+    assert isinstance(service.tls_options.current, PskServerOptions)
+    (monitor,) = [s for s in service if isinstance(s, CrlMonitorService)]
+    assert monitor.monitor.interval == 30 and monitor.monitor.warn_before == timedelta(days=2)
+    # A reload builds PSK-enabled options again.
+    before = service.tls_options.current
+    monitor.monitor.on_reload(tls.load_crls([pki.crl_empty]))
+    assert isinstance(service.tls_options.current, PskServerOptions)
+    assert service.tls_options.current is not before
+
+
+def test_config_defaults_and_errors(tmp_path):
+    from rserpool.config import ConfigError, load_config
+    from rserpool.tap import build_registrar
+
+    conf = load_config(text="")
+    assert conf["tls"]["ocsp"] == "off" and conf["tls"]["psk_file"] == ""
+    with pytest.raises(ConfigError, match="off, soft or hard"):
+        load_config(text="[tls]\nocsp = sometimes\n")
+    pki = make_test_pki(tmp_path / "pki")
+    keys = tmp_path / "psk.keys"
+    keys.write_text("pe-psk " + bytes(range(16)).hex() + "\n")
+    keys.chmod(0o644)
+    (tmp_path / "authz.rules").write_text("")
+    ini = tmp_path / "registrar.ini"
+    ini.write_text(f"[tls]\ncertificate = {pki.server.cert}\nprivate_key = {pki.server.key}\n"
+                   f"ca_certificates = {pki.ca.cert}\npsk_file = {keys}\n")
+    with pytest.raises(ConfigError, match="chmod 600"):
+        build_registrar(load_config(str(ini)), reactor=task.Clock())
+    keys.chmod(0o600)
+    service = build_registrar(load_config(str(ini)), reactor=task.Clock())
+    assert service.revocation is None

@@ -29,6 +29,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Iterable, Sequence
 
 from cryptography import x509
+from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
@@ -38,11 +39,13 @@ from rserpool.security.ocsp import FailurePolicy, OcspDecision, OcspError, OcspF
 
 __all__ = [
     "CrlMonitor",
+    "CrlMonitorService",
     "CrlWarning",
     "OcspMode",
     "RevocationGate",
     "crl_warning",
     "find_issuer",
+    "gate_from_config",
     "verified_chain",
 ]
 
@@ -255,3 +258,38 @@ class CrlMonitor:
         self.crls = crls
         self.reloads += 1
         _log.info("reloaded {n} CRL file(s): {paths}", n=len(self.paths), paths=", ".join(self.paths))
+
+
+class CrlMonitorService(Service):
+    """Runs a :class:`CrlMonitor` while the registrar runs."""
+
+    def __init__(self, monitor: CrlMonitor) -> None:
+        self.monitor = monitor
+
+    def startService(self) -> None:
+        super().startService()
+        self.monitor.start()
+
+    def stopService(self) -> None:
+        self.monitor.stop()
+        super().stopService()
+
+
+def gate_from_config(tls_conf: Any, reactor: Any,
+                     trust_roots: Sequence[x509.Certificate]) -> RevocationGate | None:
+    """The OCSP gate for ``[tls] ocsp`` (None when off)."""
+    mode = OcspMode.parse(tls_conf["ocsp"])
+    if mode is OcspMode.OFF:
+        return None
+    from rserpool.security.ocsp_client import OcspChecker
+
+    checker = OcspChecker(
+        reactor,
+        timeout=tls_conf["ocsp_timeout"],
+        policy=mode.policy,
+        responder_override=tls_conf["ocsp_responder"] or None,
+        allow_remote=tls_conf["ocsp_allow_remote"],
+    )
+    _log.info("OCSP check of client certificates: {mode} fail, responder {responder}", mode=mode.value,
+              responder=tls_conf["ocsp_responder"] or "from each certificate's AIA")
+    return RevocationGate(checker, trust_roots)
