@@ -71,7 +71,8 @@ class SyncPool:
     def __init__(self) -> None:
         self.jobs = 0
 
-    def callInThreadWithCallback(self, on_result: Any, f: Any, *args: Any, **kw: Any) -> None:  # noqa: N802
+    def callInThreadWithCallback(  # noqa: N802 (ThreadPool's name)
+            self, on_result: Any, f: Any, *args: Any, **kw: Any) -> None:
         self.jobs += 1
         try:
             result = f(*args, **kw)
@@ -88,7 +89,8 @@ class HeldPool(SyncPool):
         super().__init__()
         self.held: list[tuple[Any, ...]] = []
 
-    def callInThreadWithCallback(self, on_result: Any, f: Any, *args: Any, **kw: Any) -> None:  # noqa: N802
+    def callInThreadWithCallback(  # noqa: N802 (ThreadPool's name)
+            self, on_result: Any, f: Any, *args: Any, **kw: Any) -> None:
         self.held.append((on_result, f, args, kw))
 
     def run_all(self) -> None:
@@ -151,7 +153,8 @@ class CountingFactory:
         return conn
 
 
-def make(pool: Any = None, factory: Any = None, **kwargs: Any) -> tuple[LdapDirectory, ThreadlessClock]:
+def make(pool: Any = None, factory: Any = None,
+         **kwargs: Any) -> tuple[LdapDirectory, ThreadlessClock]:
     clock = ThreadlessClock()
     directory = LdapDirectory(clock, "ldap://127.0.0.1:1", SVC_DN, SVC_PW, BASE,
                               connection_factory=factory or CountingFactory(),
