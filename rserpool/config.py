@@ -199,6 +199,11 @@ PLUGIN_SECTION_KINDS = ("authorizer", "authenticator", "srp-store", "chap-store"
                         "cert-mapping", "groups")
 
 
+#: Free-form sections validated by their backend rather than by SCHEMA
+#: (their keys and defaults are documented with the backend).
+FREEFORM_SECTIONS = {"ldap": "docs/ldap.md"}
+
+
 def _is_path_option(key: str) -> bool:
     last = key.rsplit(".", 1)[-1]
     return last in ("path", "rules") or last.endswith("_file") or last.endswith("_path")
@@ -213,8 +218,9 @@ class Config:
         self.source = source
         self._plugin_options = {k: dict(v) for k, v in (plugin_options or {}).items()}
 
-    def plugin_options(self, kind: str, name: str) -> dict[str, str]:
-        """The options of ``[kind:name]`` (empty when the section is absent)."""
+    def plugin_options(self, kind: str, name: str = "") -> dict[str, str]:
+        """The options of ``[kind:name]``, or of a free-form section such as
+        ``[ldap]`` with ``name`` empty (empty when the section is absent)."""
         return dict(self._plugin_options.get((kind, name), {}))
 
     def __getitem__(self, section: str) -> Mapping[str, Any]:
@@ -262,7 +268,9 @@ def load_config(path: str | None = None, text: str | None = None) -> Config:
     plugin_options: dict[tuple[str, str], dict[str, str]] = {}
     for section in parser.sections():
         kind, colon, name = section.partition(":")
-        if colon and kind in PLUGIN_SECTION_KINDS and name:
+        if not colon and section in FREEFORM_SECTIONS:
+            kind, name = section, ""
+        if (colon and kind in PLUGIN_SECTION_KINDS and name) or section in FREEFORM_SECTIONS:
             options = {}
             for key, raw in parser[section].items():
                 if _is_path_option(key) and raw.strip() and not os.path.isabs(raw.strip()):
@@ -299,4 +307,10 @@ def schema_markdown() -> str:
             default = option.default.replace("\n", " ") or "(empty)"
             lines.append(f"| `{key}` | `{default}` | {option.help} |")
         lines.append("")
+    for section, doc in FREEFORM_SECTIONS.items():
+        lines += [f"## [{section}]", "", f"Keys are checked by the backend; see [{doc}]({doc[5:]}).", ""]
+    lines += ["## [<kind>:<name>]", "",
+              "Options of the plugin `name` of that kind (" + ", ".join(PLUGIN_SECTION_KINDS) + "), "
+              "checked by the plugin; see [plugins.md](plugins.md). Relative values of keys ending in "
+              "`path`, `_file` or named `rules` are resolved against the configuration file.", ""]
     return "\n".join(lines)
