@@ -64,7 +64,9 @@ def test_builtins_are_found() -> None:
 
 def test_site_plugin_from_outside_the_package(site_dir) -> None:
     factories = find_factories("authorizer", site_dirs=[str(site_dir)])
-    assert {f.name for f in factories} == {"file", "own-pool"}
+    names = {f.name for f in factories}
+    assert {"file", "own-pool"} <= names
+    assert "own-pool" not in {f.name for f in find_factories("authorizer")}
     clock = Clock()
     authorizer = load_named("authorizer", "own-pool", {"suffix": "-pool"}, clock, [str(site_dir)])
     assert verifyObject(IPoolAuthorizer, authorizer)
@@ -78,9 +80,10 @@ def test_site_plugin_from_outside_the_package(site_dir) -> None:
 
 def test_unknown_name_lists_the_available_ones(site_dir) -> None:
     with pytest.raises(PluginNotFound) as info:
-        load_named("authorizer", "ldap", site_dirs=[str(site_dir)])
-    assert str(info.value) == "unknown authorizer plugin 'ldap' (available: file, own-pool)"
-    assert info.value.available == ("file", "own-pool")
+        load_named("authorizer", "nosuch", site_dirs=[str(site_dir)])
+    available = info.value.available
+    assert {"file", "own-pool"} <= set(available) and list(available) == sorted(available)
+    assert str(info.value) == f"unknown authorizer plugin 'nosuch' (available: {', '.join(available)})"
     with pytest.raises(PluginError, match="unknown plugin kind"):
         load_named("wizard", "file")
 
