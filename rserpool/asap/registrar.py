@@ -157,6 +157,7 @@ class AsapSession:
     address: str
     secure: bool
     identity: str | None = None
+    mechanism: str | None = None  # set with ``identity`` by SRP/CHAP (rserpool.service.auth)
     pes: set = field(default_factory=set)  # {(pool_handle, pe_id)}
     allowed: dict = field(default_factory=dict)  # {(action, pool_handle): bool}
     pending: dict = field(default_factory=dict)  # {token: (action, handle, message)}
@@ -254,6 +255,13 @@ class RegistrarCore:
     def message_received(self, session: AsapSession, message: Any, now: float) -> list[Output]:
         handler = self._handlers.get(type(message))
         if handler is None:
+            if message.TYPE & 0xC0 == codes.UNKNOWN_MESSAGE_REPORT:
+                # RFC 5354 section 4: a type this registrar does not process (e.g. the
+                # authentication extension when it is disabled): discard and report.
+                self._log("reporting unrecognized {message} from {address}", message=message.name,
+                          address=session.address)
+                cause = ErrorCause(codes.CAUSE_UNRECOGNIZED_MESSAGE, message.encode())
+                return [Send(session, error_reply((cause,), codes.PPID_ASAP))]
             self._log("ignoring {message} from {address}", message=message.name, address=session.address)
             return []
         out: list[Output] = []
@@ -393,14 +401,17 @@ class RegistrarCore:
         session.pending[token] = (action, handle, msg)
         out.append(Authorize(token, session, action, handle))
 
-    def authorization_done(self, session: AsapSession, token: int, allowed: bool, now: float) -> list[Output]:
-        """The authorizer's answer to ``Authorize(token, ...)``."""
+    def authorization_done(self, session: AsapSession, token: int, allowed: bool | None,
+                           now: float) -> list[Output]:
+        """The authorizer's answer to ``Authorize(token, ...)``: True, False,
+        or None when no decision could be had (a backend outage): that is
+        refused like False but not remembered, so a retry asks again."""
         out: list[Output] = []
         pending = session.pending.pop(token, None)
         if pending is None or session.closed:
             return out
         action, handle, msg = pending
-        if (action, handle) not in session.allowed and len(session.allowed) < 1024:
+        if allowed is not None and (action, handle) not in session.allowed and len(session.allowed) < 1024:
             session.allowed[(action, handle)] = bool(allowed)
         if allowed:
             self._complete(session, action, msg, now, out)

@@ -49,7 +49,7 @@ from rserpool.wire.transports import Transport
 
 __all__ = [
     "PoolElementService", "PoolElement", "Hunt", "PoolElementError", "RegistrationRefusedError",
-    "RegistrationFailedError", "PoolElementStopped", "static_hunt",
+    "RegistrationFailedError", "PoolElementStopped", "static_hunt", "AuthenticationFailedError",
 ]
 
 _log = Logger()
@@ -79,6 +79,17 @@ class RegistrationFailedError(PoolElementError):
         self.event = event
 
 
+class AuthenticationFailedError(PoolElementError):
+    """The registrar refused the PE's SRP/CHAP authentication (or does not
+    support it); the PE does not hunt again until ``retry()``."""
+
+    def __init__(self, error: Any) -> None:
+        super().__init__(f"authentication failed: {error}")
+        self.error = error  # rserpool.service.auth.AuthenticationError
+        self.event = error.event  # rserpool.asap.auth.AuthenticationFailed
+        self.unsupported = error.unsupported
+
+
 class PoolElementStopped(PoolElementError):
     def __init__(self) -> None:
         super().__init__("the pool element stopped")
@@ -104,8 +115,13 @@ class PoolElementService(Service):
         pe_id: int | None = None,
         randbits: Callable[[int], int] = secrets.randbits,
         hunt_retry: tuple[float, float] = (1.0, 60.0),
+        authenticator: Any = None,
     ) -> None:
         self.reactor = reactor
+        # SRP/CHAP before registering (rserpool.service.auth.PeAuthenticator), on
+        # every new registrar channel (so again after a failover).
+        self.authenticator = authenticator
+        self._auth_blocked = False
         self.channel_settings = channel_settings or ChannelSettings()
         self.core = PoolElementSession(pool_handle, user_transport, policy, registration_life,
                                        settings, pe_id=pe_id, randbits=randbits)
@@ -240,6 +256,11 @@ class PoolElementService(Service):
 
     def retry(self) -> defer.Deferred[Registered]:
         """After ``Failed`` or a refusal: try again (attempts counted anew)."""
+        if self._auth_blocked:
+            self._auth_blocked = False
+            d = self.next_registration()
+            self._start_hunt()
+            return d
         return self.update()
 
     def deregister(self) -> defer.Deferred[Deregistered]:
@@ -282,6 +303,8 @@ class PoolElementService(Service):
     # -- the hunt --------------------------------------------------------------------------
 
     def _start_hunt(self) -> None:
+        if self._auth_blocked:
+            return
         if self._hunting is not None or self._hunt_retry_call is not None:
             return
         try:
@@ -300,7 +323,44 @@ class PoolElementService(Service):
             return
         self.channels.add(channel)
         _log.info("PE {pe_id:08x}: registrar channel to {peer} ready", pe_id=self.pe_id, peer=channel.peer)
+        if self.authenticator is not None:
+            d = self.authenticator.authenticate(channel)
+            d.addCallbacks(self._authenticated, self._authentication_failed,
+                           callbackArgs=(channel,), errbackArgs=(channel,))
+            return
         self._carry_out(self.core.channel_up(channel, self.reactor.seconds()))
+
+    def _authenticated(self, event: Any, channel: Channel) -> None:
+        if channel.closed or channel not in self.channels:
+            return
+        _log.info("PE {pe_id:08x} authenticated to {peer} by {mechanism}", pe_id=self.pe_id,
+                  peer=channel.peer, mechanism=event.mechanism)
+        self._carry_out(self.core.channel_up(channel, self.reactor.seconds()))
+
+    def _authentication_failed(self, failure: Failure, channel: Channel) -> None:
+        self.channels.discard(channel)
+        error = failure.value
+        address = _address_of(channel)
+        self._avoid = (address,) if address is not None else ()
+        if not self.running or not hasattr(error, "transient"):
+            if self.running:
+                self._hunt_failed(failure)
+            return
+        if error.transient:
+            _log.warn("PE {pe_id:08x}: authentication to {peer} did not complete ({reason}); "
+                      "hunting again", pe_id=self.pe_id, peer=channel.peer, reason=error)
+            self._hunt_failed(failure)
+            return
+        _log.error("PE {pe_id:08x}: authentication to registrar {peer} failed: {reason}; "
+                   "not registering until retry()", pe_id=self.pe_id, peer=channel.peer,
+                   reason=error)
+        self._auth_blocked = True
+        for observer in list(self._observers):
+            try:
+                observer(error.event)
+            except Exception:
+                _log.failure("PE observer {observer!r} failed", observer=observer)
+        self._fail_waiters(AuthenticationFailedError(error))
 
     def _hunt_failed(self, failure: Failure) -> None:
         self._hunting = None

@@ -107,8 +107,12 @@ class RegistrarService(MultiService):
         max_connections_per_address: int = 256,
         revocation: RevocationGate | None = None,
         max_queued_during_check: int = 16,
+        authenticator: Any = None,
     ) -> None:
         super().__init__()
+        # SRP/CHAP over the ASAP extension (rserpool.service.auth.RegistrarAuthenticator);
+        # None: the extension is disabled and its messages are reported as unrecognized.
+        self.authenticator = authenticator
         # OCSP gate: no session (so no state) until the client certificate's
         # check allowed it; up to max_queued_during_check messages wait.
         self.revocation = revocation
@@ -292,6 +296,9 @@ class RegistrarService(MultiService):
         if session is None:
             self._hold(channel, "message", message)
             return
+        if self.authenticator is not None and self.authenticator.handles(message):
+            self.authenticator.message_received(channel, message, now)
+            return
         self._carry_out(self.core.message_received(session, message, now))
 
     def wire_error(self, channel: Channel, ppid: int, error: WireError, now: float) -> None:
@@ -308,6 +315,8 @@ class RegistrarService(MultiService):
 
     def channel_closed(self, channel: Channel, reason: Failure) -> None:
         session = channel.session
+        if self.authenticator is not None:
+            self.authenticator.channel_closed(channel)
         checking = self._checking.pop(channel, None)
         if checking is not None:
             checking[0].cancel()
@@ -362,7 +371,7 @@ class RegistrarService(MultiService):
         def failed(failure: Failure) -> None:
             _log.failure("authorization backend failed for {identity} ({action} {handle!r}); refusing",
                          failure, identity=identity, action=request.action, handle=request.pool_handle)
-            self._carry_out(self.core.authorization_done(session, request.token, False, self.clock.seconds()))
+            self._carry_out(self.core.authorization_done(session, request.token, None, self.clock.seconds()))
 
         result.addCallbacks(done, failed)
 

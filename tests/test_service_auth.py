@@ -1,0 +1,490 @@
+"""SRP and CHAP over the ASAP extension, over real loopback TLS, with attacks:
+a relayed SRP exchange, a replayed CHAP response, wrong and unknown
+identities, bounded attempts, backend outages, an RFC-only registrar."""
+
+from __future__ import annotations
+
+import random
+import tempfile
+from ipaddress import IPv4Address
+from pathlib import Path
+
+import pytest
+from twisted.internet import defer, endpoints
+from twisted.internet.protocol import Factory
+from twisted.trial import unittest
+
+from rserpool.asap.auth import AuthenticationFailed
+from rserpool.asap.registrar import RegistrarSettings
+from rserpool.errors import BackendUnavailable
+from rserpool.security import exchange as ex
+from rserpool.security import tls
+from rserpool.security.srp import make_verifier
+from rserpool.service import auth as service_auth
+from rserpool.service.auth import (
+    AuthenticationError, PeAuthenticator, RegistrarAuthenticator, channel_binding, read_secret,
+)
+from rserpool.service.channel import Channel, ChannelSettings
+from rserpool.service.hunt import RegistrarCandidates
+from rserpool.service.pe import AuthenticationFailedError, PoolElementService
+from rserpool.wire import AsapError, AsapRegistration, AsapRegistrationResponse, LeastUsedPolicy
+from rserpool.wire import TcpTransport, codes
+from rserpool.wire.auth import (
+    AsapAuthChapResponse, AsapAuthFailure, AsapAuthHello, AsapAuthRequest, AsapAuthSuccess,
+)
+from tests.asaphelpers import RawClient, connect_raw, make_pe, registrar_port, start_registrar
+from tests.tlshelpers import make_test_pki
+
+pytestmark = pytest.mark.integration
+
+H = b"auth-pool"
+SRP = ex.MECH_SRP_SHA256_2048
+CHAP = ex.MECH_CHAP_MD5
+SERVER_SECRET = b"0123456789abcdef-registrar"
+
+
+class Stores:
+    """SRP verifiers (Deferred interface) and CHAP secrets (sync), counting lookups."""
+
+    def __init__(self) -> None:
+        self.srp = {"pe-srp": make_verifier("pe-srp", "correct horse battery")}
+        self.chap = {"pe-chap": b"chap secret 0123"}
+        self.srp_lookups: list[str] = []
+
+    def srp_verifier(self, identity):
+        self.srp_lookups.append(identity)
+        return defer.succeed(self.srp.get(identity))
+
+    def lookup_chap_secret(self, identity):
+        return self.chap.get(identity)
+
+
+class DownVerifier:
+    def verify(self, request):
+        return defer.fail(BackendUnavailable("RADIUS: no answer from any server"))
+
+
+def within(d: defer.Deferred, seconds: float, reactor) -> defer.Deferred:
+    return d.addTimeout(seconds, reactor)
+
+
+class AuthOverTLS(unittest.TestCase):
+    timeout = 20
+
+    @classmethod
+    def setUpClass(cls):
+        cls._tmp = tempfile.TemporaryDirectory()
+        cls.pki = make_test_pki(Path(cls._tmp.name))
+
+    @classmethod
+    def tearDownClass(cls):
+        cls._tmp.cleanup()
+
+    def setUp(self):
+        from twisted.internet import reactor
+        self.reactor = reactor
+        self.stores = Stores()
+        self.registrars = []
+        self.services = []
+        self.clients = []
+        self.ports = []
+
+    @defer.inlineCallbacks
+    def tearDown(self):
+        for service in self.services:
+            if service.running:
+                yield service.stopService()
+        for client in self.clients:
+            if client.channel is not None and not client.channel.closed:
+                client.channel.abort()
+                yield client.closed
+        for port in self.ports:
+            yield port.stopListening()
+        for registrar in self.registrars:
+            if registrar.running:
+                yield registrar.stopService()
+
+    # -- helpers
+    def authenticator(self, **kw) -> RegistrarAuthenticator:
+        kw.setdefault("srp_store", self.stores)
+        kw.setdefault("chap_store", self.stores)
+        return RegistrarAuthenticator(self.reactor, SERVER_SECRET, **kw)
+
+    @defer.inlineCallbacks
+    def registrar(self, authenticator="default"):
+        if authenticator == "default":
+            authenticator = self.authenticator()
+        service = yield start_registrar(
+            self.reactor, self.pki, authenticator=authenticator,
+            settings=RegistrarSettings(server_id=random.randrange(1, 2**32),
+                                       keepalive_interval=0.5, keepalive_timeout=0.5))
+        self.registrars.append(service)
+        return service
+
+    def client_tls(self, name="localhost", **kw):
+        return tls.client_options(name, [self.pki.ca.cert], **kw)  # no client certificate
+
+    @defer.inlineCallbacks
+    def connect(self, port: int, **kw) -> RawClient:
+        client = yield connect_raw(self.reactor, port, self.client_tls(**kw))
+        self.clients.append(client)
+        return client
+
+    def pe_service(self, registrars, authenticator) -> PoolElementService:
+        pe = PoolElementService(
+            self.reactor, H, TcpTransport(7, IPv4Address("127.0.0.1")), LeastUsedPolicy(1),
+            registration_life=30,
+            candidates=RegistrarCandidates(
+                static=[f"127.0.0.1:{registrar_port(r)} localhost" for r in registrars]),
+            tls_options_factory=lambda name: self.client_tls(name),
+            hunt_options=dict(t5_initial=1.0, t5_max=2.0, attempt_timeout=2.0),
+            channel_settings=ChannelSettings(heartbeat_interval=0.5, dead_after=2.0),
+            authenticator=authenticator, hunt_retry=(0.2, 0.5))
+        self.services.append(pe)
+        return pe
+
+    def pe_auth(self, identity, secret, *prefs) -> PeAuthenticator:
+        return PeAuthenticator(self.reactor, identity, secret, preferences=prefs or (SRP, CHAP),
+                               timeout=10.0)
+
+    @defer.inlineCallbacks
+    def register_raw(self, client: RawClient, pe_id: int):
+        reply = yield within(client.request(AsapRegistration(H, make_pe(pe_id))), 10, self.reactor)
+        return reply
+
+    @defer.inlineCallbacks
+    def transcript(self, port, identity, secret, *prefs):
+        """Authenticate with a spy on both directions; returns (sent, received, result)."""
+        client = yield self.connect(port)
+        channel = client.channel
+        sent, received = [], []
+        original_send = channel.send
+
+        def spy_send(message):
+            sent.append(message)
+            original_send(message)
+
+        channel.send = spy_send
+        d = self.pe_auth(identity, secret, *prefs).authenticate(channel)
+        handler = channel.handler
+        original_receive = handler.message_received
+
+        def spy_receive(ch, message, now):
+            received.append(message)
+            original_receive(ch, message, now)
+
+        handler.message_received = spy_receive
+        try:
+            result = yield within(d, 10, self.reactor)
+        except AuthenticationError as exc:
+            result = exc
+        return client, sent, received, result
+
+    # -- the PE library, end to end
+    @defer.inlineCallbacks
+    def test_pe_authenticates_with_srp_and_registers(self):
+        registrar = yield self.registrar()
+        pe = self.pe_service([registrar], self.pe_auth("pe-srp", "correct horse battery", SRP))
+        pe.startService()
+        yield within(pe.registered(), 10, self.reactor)
+        entry = registrar.handlespace.get(H, pe.pe_id)
+        self.assertEqual(entry.identity, "pe-srp")
+        session = next(iter(registrar.core.sessions))
+        self.assertEqual((session.identity, session.mechanism), ("pe-srp", SRP))
+        self.assertEqual(registrar.authenticator.stats["succeeded"], 1)
+
+    @defer.inlineCallbacks
+    def test_pe_authenticates_with_chap_and_registers(self):
+        registrar = yield self.registrar()
+        pe = self.pe_service([registrar], self.pe_auth("pe-chap", b"chap secret 0123", CHAP, SRP))
+        pe.startService()
+        yield within(pe.registered(), 10, self.reactor)
+        self.assertEqual(registrar.handlespace.get(H, pe.pe_id).identity, "pe-chap")
+        self.assertEqual(self.stores.srp_lookups, [])
+
+    @defer.inlineCallbacks
+    def test_wrong_password_is_refused_and_creates_no_state(self):
+        registrar = yield self.registrar()
+        pe = self.pe_service([registrar], self.pe_auth("pe-srp", "wrong password", SRP))
+        events = []
+        pe.add_observer(events.append)
+        pe.startService()
+        with self.assertRaises(AuthenticationFailedError) as caught:
+            yield within(pe.registered(), 10, self.reactor)
+        self.assertEqual(caught.exception.event.code, ex.FAIL_AUTHENTICATION)
+        self.assertFalse(caught.exception.unsupported)
+        self.assertIn(caught.exception.event, events)
+        self.assertEqual(len(registrar.handlespace), 0)
+        self.assertEqual(registrar.core.stats["registrations"], 0)
+        self.assertEqual(registrar.authenticator.stats["succeeded"], 0)
+
+    @defer.inlineCallbacks
+    def test_registration_before_authentication_is_refused(self):
+        registrar = yield self.registrar()
+        client = yield self.connect(registrar_port(registrar))
+        reply = yield self.register_raw(client, 0x51)
+        self.assertTrue(reply.reject)
+        self.assertEqual(reply.error.causes[0].code, codes.CAUSE_SECURITY)
+        yield within(self.pe_auth("pe-srp", "correct horse battery").authenticate(client.channel),
+                     10, self.reactor)
+        reply = yield self.register_raw(client, 0x51)
+        self.assertFalse(reply.reject, reply)
+        self.assertEqual(registrar.handlespace.get(H, 0x51).identity, "pe-srp")
+
+    @defer.inlineCallbacks
+    def test_unknown_identity_gets_the_same_answer_as_a_wrong_password(self):
+        registrar = yield self.registrar()
+        port = registrar_port(registrar)
+        for prefs in ((SRP,), (CHAP,)):
+            self.stores.chap["pe-srp"] = b"some chap secret"
+            _, sent_w, got_w, wrong = yield self.transcript(port, "pe-srp", "wrong", *prefs)
+            _, sent_u, got_u, unknown = yield self.transcript(port, "nobody-xy", "wrong", *prefs)
+            shape = lambda msgs: [(m.name, len(m.encode()), m.flags) for m in msgs]  # noqa: E731
+            self.assertEqual(shape(got_w), shape(got_u))
+            self.assertEqual(got_w[-1].encode(), got_u[-1].encode())
+            self.assertEqual(type(got_w[-1]), AsapAuthFailure)
+            self.assertEqual(wrong.event, unknown.event)
+        self.assertEqual(len(registrar.handlespace), 0)
+
+    @defer.inlineCallbacks
+    def test_replayed_chap_response_is_rejected(self):
+        registrar = yield self.registrar()
+        port = registrar_port(registrar)
+        # The genuine PE authenticates; the attacker records its CHAP response.
+        genuine, sent, _, result = yield self.transcript(port, "pe-chap", b"chap secret 0123", CHAP)
+        self.assertEqual(result.mechanism, CHAP)
+        (captured,) = [m for m in sent if type(m) is AsapAuthChapResponse]
+        # Replayed on the same channel: the challenge was single-use.
+        genuine.send(captured)
+        failure = yield within(genuine.next(), 10, self.reactor)
+        self.assertEqual(type(failure), AsapAuthFailure)
+        # Replayed on a new channel, for a new challenge (identifier copied).
+        attacker = yield self.connect(port)
+        offer = yield within(attacker.request(AsapAuthRequest()), 10, self.reactor)
+        self.assertIn(CHAP, offer.mechanisms)
+        challenge = yield within(attacker.request(AsapAuthHello(CHAP, "pe-chap")), 10, self.reactor)
+        answer = yield within(
+            attacker.request(AsapAuthChapResponse(challenge.identifier, captured.response)),
+            10, self.reactor)
+        self.assertEqual(type(answer), AsapAuthFailure)
+        self.assertEqual(answer.code, ex.FAIL_AUTHENTICATION)
+        self.assertEqual(answer.error.causes[0].code, codes.CAUSE_SECURITY)
+        reply = yield self.register_raw(attacker, 0x66)
+        self.assertTrue(reply.reject)
+        self.assertEqual(reply.error.causes[0].code, codes.CAUSE_SECURITY)
+        self.assertIsNone(registrar.handlespace.get(H, 0x66))
+
+    @defer.inlineCallbacks
+    def test_srp_exchange_relayed_across_two_tls_sessions_fails(self):
+        """A man in the middle terminates the PE's TLS (with a certificate the PE
+        accepts) and relays every exchange message verbatim over its own TLS
+        session to the registrar: the channel bindings differ, so the registrar
+        refuses the proof."""
+        registrar = yield self.registrar()
+        relay = Relay(self.reactor, registrar_port(registrar), self.client_tls())
+        options = tls.server_options(self.pki.server.cert, self.pki.server.key, [self.pki.ca.cert],
+                                     require_client_cert=False)
+        factory = Factory.forProtocol(lambda: Channel(relay, self.reactor, ChannelSettings(),
+                                                      tls=True))
+        from twisted.protocols.tls import TLSMemoryBIOFactory
+        port = yield endpoints.serverFromString(self.reactor, "tcp:0:interface=127.0.0.1").listen(
+            TLSMemoryBIOFactory(options, False, factory))
+        self.ports.append(port)
+        pe_side = yield self.connect(port.getHost().port)
+        with self.assertRaises(AuthenticationError) as caught:
+            yield within(self.pe_auth("pe-srp", "correct horse battery", SRP)
+                         .authenticate(pe_side.channel), 10, self.reactor)
+        self.assertEqual(caught.exception.event.code, ex.FAIL_AUTHENTICATION)
+        # The messages really went through: offer, challenge, failure relayed back.
+        self.assertEqual([m.name for m in relay.to_pe],
+                         ["ASAP_AUTH_OFFER", "ASAP_AUTH_SRP_CHALLENGE", "ASAP_AUTH_FAILURE"])
+        self.assertEqual([m.name for m in relay.to_registrar],
+                         ["ASAP_AUTH_REQUEST", "ASAP_AUTH_HELLO", "ASAP_AUTH_SRP_PROOF"])
+        self.assertEqual(registrar.authenticator.stats["succeeded"], 0)
+        self.assertTrue(all(s.identity is None for s in registrar.core.sessions))
+        # The relay cannot use its registrar channel: registration refused.
+        reply = yield self.register_raw(relay.back, 0x77)
+        self.assertTrue(reply.reject)
+        self.assertEqual(reply.error.causes[0].code, codes.CAUSE_SECURITY)
+        relay.close()
+        # Control: the same PE talking to the registrar directly succeeds.
+        direct = yield self.connect(registrar_port(registrar))
+        yield within(self.pe_auth("pe-srp", "correct horse battery", SRP).authenticate(direct.channel),
+                     10, self.reactor)
+
+    @defer.inlineCallbacks
+    def test_attempts_are_bounded_per_channel_and_per_identity(self):
+        authenticator = self.authenticator(max_attempts=2,
+                                           limiter=ex.AttemptLimiter(capacity=3, refill_interval=600))
+        registrar = yield self.registrar(authenticator)
+        client = yield self.connect(registrar_port(registrar))
+        yield within(client.request(AsapAuthRequest()), 10, self.reactor)
+        answers = []
+        for _ in range(2):
+            challenge = yield within(client.request(AsapAuthHello(CHAP, "pe-chap")), 10, self.reactor)
+            answer = yield within(client.request(
+                AsapAuthChapResponse(challenge.identifier, b"\x00" * 16)), 10, self.reactor)
+            answers.append((answer.code, answer.may_retry))
+        self.assertEqual(answers, [(ex.FAIL_AUTHENTICATION, True), (ex.FAIL_AUTHENTICATION, False)])
+        yield within(client.closed, 10, self.reactor)  # the registrar closed the channel
+        # One more failure uses the identity's last token; then even the right secret is limited.
+        _, _, _, third = yield self.transcript(registrar_port(registrar), "pe-chap", b"bad", CHAP)
+        self.assertEqual(third.event.code, ex.FAIL_AUTHENTICATION)
+        _, _, _, limited = yield self.transcript(registrar_port(registrar), "pe-chap",
+                                                 b"chap secret 0123", CHAP)
+        self.assertEqual(limited.event.code, ex.FAIL_RATE_LIMITED)
+        self.assertTrue(limited.transient)
+        self.assertEqual(len(registrar.handlespace), 0)
+
+    @defer.inlineCallbacks
+    def test_chap_backend_outage_fails_closed(self):
+        authenticator = self.authenticator(chap_verifier=DownVerifier())
+        registrar = yield self.registrar(authenticator)
+        client, _, received, result = yield self.transcript(
+            registrar_port(registrar), "pe-chap", b"chap secret 0123", CHAP)
+        self.assertIsInstance(result, AuthenticationError)
+        self.assertEqual(result.event.code, ex.FAIL_UNAVAILABLE)
+        self.assertTrue(result.transient)
+        self.assertEqual(received[-1].error.causes[0].code, codes.CAUSE_SECURITY)
+        self.assertFalse(received[-1].may_retry)
+        self.assertEqual(authenticator.stats["unavailable"], 1)
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    @defer.inlineCallbacks
+    def test_registrar_without_the_extension_reports_unrecognized_message(self):
+        registrar = yield self.registrar(authenticator=None)
+        client = yield self.connect(registrar_port(registrar))
+        request = AsapAuthRequest()
+        reply = yield within(client.request(request), 10, self.reactor)
+        self.assertIsInstance(reply, AsapError)
+        cause = reply.error.causes[0]
+        self.assertEqual(cause.code, codes.CAUSE_UNRECOGNIZED_MESSAGE)
+        self.assertEqual(cause.info, request.encode())
+        # The PE library learns that authentication is unsupported and stops.
+        pe = self.pe_service([registrar], self.pe_auth("pe-srp", "correct horse battery"))
+        pe.startService()
+        with self.assertRaises(AuthenticationFailedError) as caught:
+            yield within(pe.registered(), 10, self.reactor)
+        self.assertTrue(caught.exception.unsupported)
+        self.assertEqual(len(registrar.handlespace), 0)
+
+    @defer.inlineCallbacks
+    def test_failover_authenticates_again(self):
+        first = yield self.registrar()
+        second = yield self.registrar()
+        pe = self.pe_service([first, second], self.pe_auth("pe-srp", "correct horse battery"))
+        pe.startService()
+        yield within(pe.registered(), 10, self.reactor)
+        home = first if first.handlespace.get(H, pe.pe_id) is not None else second
+        other = second if home is first else first
+        again = pe.next_registration()
+        yield home.stopService()
+        event = yield within(again, 15, self.reactor)
+        self.assertTrue(event.failover)
+        self.assertEqual(other.handlespace.get(H, pe.pe_id).identity, "pe-srp")
+        self.assertEqual(home.authenticator.stats["succeeded"], 1)
+        self.assertEqual(other.authenticator.stats["succeeded"], 1)
+
+    @defer.inlineCallbacks
+    def test_tls12_needs_the_extended_master_secret(self):
+        registrar = yield self.registrar()
+        port = registrar_port(registrar)
+        client = yield self.connect(port, max_version=tls.TLSVersion.TLSv1_2)
+        from rserpool.security.tls import negotiated_protocol_version
+        self.assertEqual(negotiated_protocol_version(client.channel.transport), "TLSv1.2")
+        # OpenSSL negotiates EMS by default: the binding is available.
+        self.assertEqual(len(channel_binding(client.channel.transport)), 32)
+        # Without EMS the registrar refuses with the channel-binding code and cause 0xa.
+        self.patch(service_auth, "_extended_master_secret", lambda connection: False)
+        reply = yield within(client.request(AsapAuthRequest()), 10, self.reactor)
+        self.assertEqual(type(reply), AsapAuthFailure)
+        self.assertEqual(reply.code, 7)
+        self.assertEqual(reply.error.causes[0].code, codes.CAUSE_SECURITY)
+
+
+class Relay:
+    """A man in the middle: a TLS server for the PE, a TLS client to the registrar,
+    forwarding every message verbatim both ways."""
+
+    def __init__(self, reactor, registrar_port: int, creator) -> None:
+        self.reactor = reactor
+        self.registrar_port = registrar_port
+        self.creator = creator
+        self.front: Channel | None = None
+        self.back: RawClient | None = None
+        self.to_registrar: list = []
+        self.to_pe: list = []
+        self._queue: list = []
+
+    def channel_ready(self, channel) -> None:
+        self.front = channel
+        d = connect_raw(self.reactor, self.registrar_port, self.creator)
+
+        def connected(client: RawClient) -> None:
+            self.back = client
+            original = client.message_received
+
+            def forward(ch, message, now):
+                if message.name.startswith("ASAP_AUTH"):
+                    self.to_pe.append(message)
+                    self.front.send(message)
+                else:
+                    original(ch, message, now)
+
+            client.message_received = forward
+            for message in self._queue:
+                self._to_registrar(message)
+            self._queue = []
+
+        d.addCallback(connected)
+
+    def _to_registrar(self, message) -> None:
+        self.to_registrar.append(message)
+        self.back.send(message)
+
+    def message_received(self, channel, message, now) -> None:
+        if self.back is None:
+            self._queue.append(message)
+        else:
+            self._to_registrar(message)
+
+    def wire_error(self, channel, ppid, error, now) -> None:
+        pass
+
+    def data_received(self, channel, ppid, payload, now) -> None:
+        pass
+
+    def channel_closed(self, channel, reason) -> None:
+        pass
+
+    def close(self) -> None:
+        if self.front is not None:
+            self.front.abort()
+        if self.back is not None and self.back.channel is not None:
+            self.back.channel.abort()
+
+
+def test_read_secret(tmp_path):
+    path = tmp_path / "secret"
+    path.write_bytes(b"s3cret\n")
+    path.chmod(0o600)
+    assert read_secret(str(path)) == b"s3cret"
+    path.chmod(0o644)
+    with pytest.raises(ValueError):
+        read_secret(str(path))
+
+
+def test_authentication_error_classification():
+    assert AuthenticationError(AuthenticationFailed("x", ex.FAIL_UNAVAILABLE)).transient
+    assert not AuthenticationError(AuthenticationFailed("x", ex.FAIL_AUTHENTICATION)).transient
+    assert AuthenticationError(AuthenticationFailed("x", unsupported=True)).unsupported
+
+
+def test_authenticator_offers_only_mechanisms_with_a_backend():
+    from twisted.internet.task import Clock
+    only_chap = RegistrarAuthenticator(Clock(), SERVER_SECRET, chap_store=Stores())
+    assert only_chap.mechanisms == (CHAP,)
+    with pytest.raises(ValueError):
+        RegistrarAuthenticator(Clock(), SERVER_SECRET)
+    with pytest.raises(ValueError):
+        RegistrarAuthenticator(Clock(), b"short", srp_store=Stores())
