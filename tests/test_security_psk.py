@@ -5,13 +5,14 @@ PSK identity at the registrar."""
 from __future__ import annotations
 
 import os
+import subprocess
 import tempfile
 from pathlib import Path
 
 import pytest
 from OpenSSL import SSL
-from twisted.internet import defer, endpoints, reactor
-from twisted.internet.protocol import Factory
+from twisted.internet import defer, endpoints, reactor, threads
+from twisted.internet.protocol import Factory, Protocol
 from twisted.trial import unittest
 
 from rserpool.asap.registrar import RegistrarSettings
@@ -21,6 +22,7 @@ from rserpool.service.registrar import RegistrarService
 from rserpool.wire import AsapRegistration, AsapRegistrationResponse
 from rserpool.wire.codes import CAUSE_SECURITY
 from tests.asaphelpers import AllowAll, RawClient, connect_raw, make_pe, registrar_port
+from tests.conftest import require_tool
 from tests.tlshelpers import connect_pair, make_test_pki, reason_text
 
 KEY = bytes(range(32))
@@ -295,3 +297,57 @@ def attempt(port: int, creator) -> defer.Deferred:
     d.addCallback(lambda _: client.closed)
     d.addCallback(lambda _: client)
     return d
+
+
+@pytest.mark.integration
+class OpensslClientInterop(unittest.TestCase):
+    """``openssl s_client`` as an independent PSK client: it gets ECDHE-PSK or
+    (EC)DHE TLS 1.3 with the PSK, and no plain or DHE PSK suite."""
+
+    timeout = 60
+
+    @pytest.fixture(autouse=True)
+    def _openssl(self) -> None:
+        self.openssl = require_tool("openssl")
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        self._tmp = tempfile.TemporaryDirectory()
+        self.addCleanup(self._tmp.cleanup)
+        pki = make_test_pki(Path(self._tmp.name))
+        server = psk.server_options(pki.server.cert, pki.server.key, [pki.ca.cert],
+                                    psk_store=psk.FilePskStore({"pe-psk": KEY}))
+        self.port = yield endpoints.SSL4ServerEndpoint(reactor, 0, server, interface="127.0.0.1").listen(
+            Factory.forProtocol(Protocol))
+        self.addCleanup(self.port.stopListening)
+
+    def s_client(self, *extra: str) -> defer.Deferred:
+        command = [self.openssl, "s_client", "-connect", f"127.0.0.1:{self.port.getHost().port}",
+                   "-psk_identity", "pe-psk", "-psk", KEY.hex(), "-brief", *extra]
+        run = threads.deferToThread(subprocess.run, command, stdin=subprocess.DEVNULL, capture_output=True,
+                                    timeout=20)
+        return run.addCallback(lambda done: (done.returncode, done.stderr.decode(errors="replace")))
+
+    @defer.inlineCallbacks
+    def test_tls12_plain_and_dhe_psk_are_refused(self):
+        for cipher in ("PSK-AES128-CBC-SHA", "PSK-AES256-GCM-SHA384", "DHE-PSK-AES128-CBC-SHA256"):
+            code, text = yield self.s_client("-tls1_2", "-cipher", cipher)
+            self.assertNotEqual(code, 0, text)
+            self.assertNotIn("CONNECTION ESTABLISHED", text)
+
+    @defer.inlineCallbacks
+    def test_tls12_ecdhe_psk(self):
+        code, text = yield self.s_client("-tls1_2", "-cipher", "ECDHE-PSK-AES128-CBC-SHA256")
+        self.assertEqual(code, 0, text)
+        self.assertIn("Ciphersuite: ECDHE-PSK-AES128-CBC-SHA256", text)
+        self.assertIn("No peer certificate", text)
+
+    @defer.inlineCallbacks
+    def test_tls13_psk_always_with_ecdhe(self):
+        # -allow_no_dhe_kex offers psk_ke (no forward secrecy) too: not taken.
+        for extra in ((), ("-allow_no_dhe_kex",)):
+            code, text = yield self.s_client("-tls1_3", *extra)
+            self.assertEqual(code, 0, text)
+            self.assertIn("Ciphersuite: TLS_AES_128_GCM_SHA256", text)
+            self.assertIn("No peer certificate", text)  # the PSK, not a certificate, authenticated
+            self.assertIn("Server Temp Key: X25519", text)  # (EC)DHE: forward secrecy

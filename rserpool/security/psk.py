@@ -89,6 +89,8 @@ TLS12_PSK_CIPHERS = (
 )
 #: TLS 1.3 suites a PSK client offers (the legacy callbacks need SHA-256).
 TLS13_PSK_SUITES = ("TLS_AES_128_GCM_SHA256", "TLS_CHACHA20_POLY1305_SHA256")
+#: TLS 1.3 suites of a PSK server: the SHA-256 ones first (see enable_server_psk).
+_SERVER_TLS13_SUITES = b"TLS_AES_128_GCM_SHA256:TLS_CHACHA20_POLY1305_SHA256:TLS_AES_256_GCM_SHA384"
 #: TLS 1.2 certificate suites kept on a server that also does PSK.
 _TLS12_CERT_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!eNULL"
 
@@ -316,6 +318,9 @@ def enable_server_psk(context: SSL.Context, store: PskKeyStore, hint: str | None
     handle = ffi.callback("unsigned int(*)(SSL *, char *, unsigned char *, unsigned int)",
                           _ServerCallback(store, ffi))
     _check(lib.SSL_CTX_set_cipher_list(ctx, _server_cipher_list()), "the ECDHE-PSK cipher list")
+    # The server picks the suite before it looks at the PSK, and a PSK from
+    # the legacy callbacks only works with a SHA-256 suite: prefer those.
+    _check(lib.SSL_CTX_set_ciphersuites(ctx, _SERVER_TLS13_SUITES), "the TLS 1.3 cipher suites")
     if hint is not None:
         _check(lib.SSL_CTX_use_psk_identity_hint(ctx, _valid_identity(hint).encode()), "the identity hint")
     lib.SSL_CTX_set_psk_server_callback(ctx, handle)
