@@ -270,6 +270,27 @@ class RegistrarWithPsk(unittest.TestCase):
         self.assertEqual(session.identity, "pe-psk")
 
     @defer.inlineCallbacks
+    def test_pe_library_registers_with_its_psk(self):
+        from ipaddress import IPv4Address
+
+        from rserpool.service.hunt import RegistrarCandidates
+        from rserpool.service.pe import PoolElementService
+        from rserpool.wire import LeastUsedPolicy, TcpTransport
+
+        service = PoolElementService(
+            reactor, b"echo", TcpTransport(7, IPv4Address("127.0.0.1")), LeastUsedPolicy(1),
+            candidates=RegistrarCandidates(static=[f"127.0.0.1:{registrar_port(self.registrar)}"]),
+            tls_options_factory=lambda name: psk.client_options("pe-psk", KEY),
+            hunt_options=dict(t5_initial=0.5, attempt_timeout=2.0))
+        service.startService()
+        try:
+            event = yield service.registered().addTimeout(10, reactor)
+            self.assertEqual(self.registrar.handlespace.get(b"echo", event.pe_id).identity, "pe-psk")
+            self.assertEqual(self.authorizer.calls, [("pe-psk", "register", b"echo")])
+        finally:
+            yield service.stopService()
+
+    @defer.inlineCallbacks
     def test_wrong_key_gets_no_channel_and_no_state(self):
         client = yield attempt(registrar_port(self.registrar), psk.client_options("pe-psk", OTHER_KEY))
         self.assertFalse(client.ready.called)
