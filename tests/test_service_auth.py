@@ -27,10 +27,10 @@ from rserpool.service.auth import (
 from rserpool.service.channel import Channel, ChannelSettings
 from rserpool.service.hunt import RegistrarCandidates
 from rserpool.service.pe import AuthenticationFailedError, PoolElementService
-from rserpool.wire import AsapError, AsapRegistration, AsapRegistrationResponse, LeastUsedPolicy
+from rserpool.wire import AsapError, AsapRegistration, LeastUsedPolicy
 from rserpool.wire import TcpTransport, codes
 from rserpool.wire.auth import (
-    AsapAuthChapResponse, AsapAuthFailure, AsapAuthHello, AsapAuthRequest, AsapAuthSuccess,
+    AsapAuthChapResponse, AsapAuthFailure, AsapAuthHello, AsapAuthRequest,
 )
 from tests.asaphelpers import RawClient, connect_raw, make_pe, registrar_port, start_registrar
 from tests.tlshelpers import make_test_pki

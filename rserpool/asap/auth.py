@@ -35,7 +35,6 @@ from rserpool.wire.auth import (
     AsapAuthChapChallenge, AsapAuthChapResponse, AsapAuthFailure, AsapAuthHello, AsapAuthOffer,
     AsapAuthRequest, AsapAuthSrpChallenge, AsapAuthSrpProof, AsapAuthSuccess,
 )
-from rserpool.wire.params import ErrorCause, OperationError
 
 __all__ = [
     "AUTH_MESSAGES",

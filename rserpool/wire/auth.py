@@ -28,8 +28,9 @@ from typing import Any, Callable, ClassVar
 from rserpool.wire import codes
 from rserpool.wire.messages import Message, expect, register
 from rserpool.wire.params import ErrorCause, OperationError
-from rserpool.wire.tlv import DECODERS, HDR, Ctx, LACK_OF_RESOURCES, frame, invalid, unknown_parameter
 from rserpool.wire.errors import WireError
+from rserpool.wire.tlv import DECODERS, HDR, Ctx, LACK_OF_RESOURCES, frame, invalid, unknown_parameter
+
 
 __all__ = [
     "AUTH_MESSAGE_TYPES",
