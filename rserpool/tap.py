@@ -131,6 +131,11 @@ def build_registrar(config: Config, reactor: Any = None) -> Any:
         from rserpool.plugins.radius import options_from_section
 
         authorizer_options = {**options_from_section(config["radius"]), **authorizer_options}
+    elif authorizer_name == "ldap":
+        # [ldap] holds the directory settings; [authorizer:ldap] may override them.
+        from rserpool.plugins.ldap import ldap_options
+
+        authorizer_options = ldap_options(config, "authorizer")
     try:
         authorizer = load_named("authorizer", authorizer_name, authorizer_options, reactor, site_dirs)
     except PluginError as exc:
