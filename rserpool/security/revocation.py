@@ -114,11 +114,20 @@ class RevocationGate:
         return self.checker is not None
 
     def check(self, cert: x509.Certificate, chain: Sequence[x509.Certificate] = ()) -> Deferred[OcspDecision]:
-        """Fires with the decision for ``cert`` (never fails, except when cancelled)."""
+        """Fires with the decision for ``cert`` (never fails, except when cancelled).
+
+        ``chain`` is the chain OpenSSL verified, leaf first (see
+        :func:`verified_chain`); its second element is taken as the issuer
+        as it is.  Without it the issuer is searched (signature checked)
+        among ``trust_roots``.
+        """
         if self.checker is None:
             return succeed(OcspDecision(True, None, None, "OCSP off"))
         self.stats["checked"] += 1
-        issuer = find_issuer(cert, list(chain[1:]) + list(self.trust_roots))
+        if len(chain) > 1 and chain[0] == cert and chain[1].subject == cert.issuer:
+            issuer: x509.Certificate | None = chain[1]  # OpenSSL verified this link
+        else:
+            issuer = find_issuer(cert, list(chain[1:]) + list(self.trust_roots))
         if issuer is None:
             error = OcspError(OcspFailure.NO_RESPONDER, "the certificate's issuer is not known")
             d: Deferred[OcspDecision] = succeed(decide(error, self.checker.policy))
