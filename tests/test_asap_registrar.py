@@ -278,3 +278,11 @@ def test_answer_after_session_closed_is_dropped(core, pe_session):
     core.close_session(pe_session, 0.5)
     assert core.authorization_done(pe_session, out[0].token, True, 1.0) == []
     assert len(core.handlespace) == 0
+
+
+def test_backend_outage_is_refused_but_not_remembered(core, pe_session):
+    out = core.message_received(pe_session, AsapRegistration(b"echo", make_pe(1)), 0.0)
+    (reply,) = sends(core.authorization_done(pe_session, out[0].token, None, 0.0))
+    assert reply.reject and reply.error.causes[0].code == CAUSE_SECURITY
+    retry = core.message_received(pe_session, AsapRegistration(b"echo", make_pe(1)), 1.0)
+    assert [type(o) for o in retry] == [Authorize]  # asked again, not answered from a cache

@@ -287,11 +287,6 @@ class RegistrarWithFreeRadius(unittest.TestCase):
         self.assert_accepted((yield again.request(AsapRegistration(b"daytime-1", make_pe(0x300)))))
         self.flushLoggedErrors(BackendUnavailable)
 
-    @pytest.mark.xfail(strict=True, reason=(
-        "RegistrarCore.authorization_done caches a failed (outage) authorization as a refusal "
-        "for the whole session (session.allowed), so a PE retrying on the same channel stays "
-        "refused after RADIUS returns; needs allowed=None for 'no decision' in "
-        "rserpool/asap/registrar.py and service/registrar.py"))
     @defer.inlineCallbacks
     def test_retry_on_the_same_channel_after_recovery(self):
         yield self.start_registrar()
