@@ -1,0 +1,483 @@
+"""Attacks on a running registrar over real loopback TLS (docs/threats.md).
+
+Each test plays an attacker against ``RegistrarService`` and checks, from
+the registrar's side, that no state was created or changed and that
+legitimate clients were still served.  Tests that attack one mechanism in
+depth live with that mechanism (SRP/CHAP relay and replay in
+``tests/test_service_auth.py``, revocation in
+``tests/test_service_revocation.py``, registrar impersonation in
+``tests/test_service_server_auth.py``, TLS-PSK in
+``tests/test_security_psk.py``); docs/threats.md maps every threat to its
+tests.
+
+Bounded: every wait has a timeout, there is no sleep; floods are sized so
+that the module runs in a few seconds.
+"""
+
+from __future__ import annotations
+
+import random
+import tempfile
+from ipaddress import IPv4Address
+from pathlib import Path
+from typing import Any
+
+import pytest
+from twisted.internet import defer, endpoints, protocol, reactor
+from twisted.internet.protocol import Factory
+from twisted.trial import unittest
+
+from rserpool.asap.registrar import RegistrarSettings
+from rserpool.backends.filestore import RulesFileAuthorizer
+from rserpool.security import tls
+from rserpool.service.channel import Channel, ChannelSettings
+from rserpool.service.hunt import RegistrarCandidates
+from rserpool.service.pe import PoolElementService
+from rserpool.service.registrar import RegistrarService
+from rserpool.wire import (
+    AsapDeregistration,
+    AsapEndpointKeepAlive,
+    AsapEndpointKeepAliveAck,
+    AsapEndpointUnreachable,
+    AsapHandleResolution,
+    AsapHandleResolutionResponse,
+    AsapRegistration,
+    AsapRegistrationResponse,
+    Limits,
+    LeastUsedPolicy,
+    TcpTransport,
+)
+from rserpool.wire.codes import CAUSE_SECURITY, PPID_ASAP
+from tests.asaphelpers import AllowAll, RawClient, make_pe
+from tests.tlshelpers import make_test_pki
+
+H = b"echo"
+WAIT = 15.0  # seconds: the bound on every single wait
+
+
+def within(d: defer.Deferred, seconds: float = WAIT) -> defer.Deferred:
+    return d.addTimeout(seconds, reactor)
+
+
+def cause_of(reply: Any) -> int | None:
+    error = getattr(reply, "error", None)
+    if error is None:
+        return None
+    return error.causes[0].code
+
+
+def contents(registrar: RegistrarService) -> set[tuple[bytes, int]]:
+    return {(entry.pool_handle, entry.pe_id) for entry in registrar.handlespace.entries()}
+
+
+class Spy:
+    """Counts what reaches a registrar: ready channels, messages, closes
+    of channels that never became ready."""
+
+    def __init__(self, registrar: RegistrarService) -> None:
+        self.ready: list[str] = []
+        self.messages = 0
+        self.unready_closes = 0
+        self._unready_waiters: list[tuple[int, defer.Deferred]] = []
+        self._message_waiters: list[tuple[type, defer.Deferred]] = []
+        ready, received, closed = registrar.channel_ready, registrar.message_received, registrar.channel_closed
+
+        def on_ready(channel: Channel) -> None:
+            self.ready.append(getattr(channel.peer, "host", ""))
+            ready(channel)
+
+        def on_message(channel: Channel, message: Any, now: float) -> None:
+            self.messages += 1
+            received(channel, message, now)
+            for item in list(self._message_waiters):
+                if type(message) is item[0]:
+                    self._message_waiters.remove(item)
+                    item[1].callback(message)
+
+        def on_closed(channel: Channel, reason: Any) -> None:
+            if not channel.ready:
+                self.unready_closes += 1
+                for item in list(self._unready_waiters):
+                    if self.unready_closes >= item[0]:
+                        self._unready_waiters.remove(item)
+                        item[1].callback(None)
+            closed(channel, reason)
+
+        registrar.channel_ready = on_ready
+        registrar.message_received = on_message
+        registrar.channel_closed = on_closed
+
+    def unready_closed(self, count: int) -> defer.Deferred:
+        """Fires once ``count`` channels in all were closed before becoming ready."""
+        if self.unready_closes >= count:
+            return defer.succeed(None)
+        d: defer.Deferred = defer.Deferred()
+        self._unready_waiters.append((count, d))
+        return d
+
+    def next_message(self, kind: type) -> defer.Deferred:
+        d: defer.Deferred = defer.Deferred()
+        self._message_waiters.append((kind, d))
+        return d
+
+
+@pytest.mark.integration
+class AttacksOverTLS(unittest.TestCase):
+    timeout = 120
+
+    @classmethod
+    def setUpClass(cls):
+        cls._tmp = tempfile.TemporaryDirectory()
+        cls.pki = make_test_pki(Path(cls._tmp.name))
+
+    @classmethod
+    def tearDownClass(cls):
+        cls._tmp.cleanup()
+
+    def setUp(self):
+        self.clients: list[RawClient] = []
+        self.services: list[Any] = []
+        self.registrars: list[RegistrarService] = []
+        self.transports: list[Any] = []
+
+    @defer.inlineCallbacks
+    def tearDown(self):
+        for transport in self.transports:
+            transport.abortConnection()
+        for client in self.clients:
+            if client.channel is not None and not client.channel.closed:
+                client.channel.abort()
+            yield within(client.closed)
+        for service in self.services:
+            if service.running:
+                yield within(defer.maybeDeferred(service.stopService))
+        for registrar in self.registrars:
+            if registrar.running:
+                yield within(registrar.stopService())
+
+    # -- set-up helpers -----------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def registrar(self, *, authorizer: Any = None, crls: tuple = (), settings: dict | None = None,
+                  **kwargs: Any):
+        options = tls.server_options(self.pki.server.cert, self.pki.server.key, [self.pki.ca.cert],
+                                     require_client_cert=False, crls=crls)
+        service = RegistrarService(
+            RegistrarSettings(server_id=random.randrange(1, 2**32), **(settings or {})),
+            reactor=reactor, listen=["tcp:0:interface=127.0.0.1"], tls_options=options,
+            authorizer=authorizer if authorizer is not None else AllowAll(), **kwargs)
+        yield service.startService()
+        self.registrars.append(service)
+        service.spy = Spy(service)
+        return service
+
+    def creator(self, cert: Any = None) -> Any:
+        return tls.client_options("localhost", [self.pki.ca.cert],
+                                  client_cert=cert.pair if cert is not None else None)
+
+    @defer.inlineCallbacks
+    def open(self, registrar: RegistrarService, cert: Any = None, *, bind: str | None = None):
+        """A RawClient over TLS (from ``bind`` if given); fires once the client
+        side's handshake finished or the connection closed, whichever is first."""
+        client = RawClient()
+        client.pe_ids = []
+        factory = Factory.forProtocol(
+            lambda: Channel(client, reactor, ChannelSettings(), tls=True, initiator=True))
+        port = registrar.listening_addresses[0].port
+        endpoint = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=5,
+                                                bindAddress=(bind, 0) if bind else None)
+        self.clients.append(client)
+        try:
+            yield within(endpoints.wrapClientTLS(self.creator(cert), endpoint).connect(factory))
+        except Exception:
+            if not client.closed.called:
+                client.closed.callback(None)
+            raise
+        yield within(defer.DeferredList([client.ready, client.closed], fireOnOneCallback=True,
+                                        consumeErrors=True))
+        return client
+
+    @defer.inlineCallbacks
+    def pipeline(self, client: RawClient, messages: list) -> Any:
+        """Send all messages at once, then collect one answer per message."""
+        for message in messages:
+            client.send(message)
+        answers = []
+        for _ in messages:
+            answers.append((yield within(client.next())))
+        return answers
+
+    def pool_element(self, registrar: RegistrarService, cert: Any) -> PoolElementService:
+        """A real PE (the PE library): it answers keep-alives."""
+        service = PoolElementService(
+            reactor, H, TcpTransport(7, IPv4Address("127.0.0.1")), LeastUsedPolicy(1),
+            registration_life=60,
+            candidates=RegistrarCandidates(static=[f"127.0.0.1:{registrar.listening_addresses[0].port} localhost"]),
+            tls_options_factory=lambda name: tls.client_options(name, [self.pki.ca.cert],
+                                                                 client_cert=cert.pair),
+            hunt_options=dict(t5_initial=0.5, t5_max=1.0, attempt_timeout=5.0))
+        self.services.append(service)
+        return service
+
+    # -- threats 2.1 and 2.2: unauthenticated registration flood -------------------------------
+
+    @defer.inlineCallbacks
+    def test_unauthenticated_registration_flood_creates_no_state(self):
+        authorizer = AllowAll()
+        registrar = yield self.registrar(authorizer=authorizer)
+        legit = yield self.open(registrar, self.pki.pe1)
+        anonymous = 12
+        rogue = 4
+        per_connection = 40
+        floods = []
+        for n in range(anonymous):
+            client = yield self.open(registrar)
+            batch = [AsapRegistration(H, make_pe(1000 * n + i)) for i in range(per_connection)]
+            floods.append(self.pipeline(client, batch))
+        # The legitimate PE registers while the flood is in flight.
+        during = legit.request(AsapRegistration(H, make_pe(0x1E617)))
+        results = yield within(defer.gatherResults(floods + [during]))
+        *flood_answers, legit_answer = results
+        answers = [answer for batch in flood_answers for answer in batch]
+        self.assertEqual(len(answers), anonymous * per_connection)
+        self.assertTrue(all(type(a) is AsapRegistrationResponse and a.reject for a in answers))
+        self.assertEqual({cause_of(a) for a in answers}, {CAUSE_SECURITY})
+        self.assertFalse(legit_answer.reject, legit_answer)
+
+        # Clients with a certificate from an untrusted CA (one even named "pe1")
+        # never get a channel: the handshake is refused before any ASAP byte.
+        before = len(registrar.spy.ready)
+        refused_before = registrar.spy.unready_closes
+        for n in range(rogue):
+            client = yield self.open(registrar, self.pki.pe_rogue)
+            if client.channel is not None and not client.channel.closed:
+                # TLS 1.3: the client may finish first and only then hear the alert.
+                for i in range(per_connection):
+                    client.send(AsapRegistration(H, make_pe(0x900000 + 1000 * n + i)))
+            yield within(client.closed)
+        yield within(registrar.spy.unready_closed(refused_before + rogue))
+        self.assertEqual(len(registrar.spy.ready), before)
+        self.assertTrue(all(not c.messages for c in self.clients[-rogue:]))
+
+        # Nothing but the legitimate PE exists; only its request was authorized.
+        self.assertEqual(contents(registrar), {(H, 0x1E617)})
+        self.assertEqual(authorizer.calls, [("pe1", "register", H)])
+        # ... and it is still served after the flood.
+        after = yield within(legit.request(AsapRegistration(H, make_pe(0x1E618))))
+        self.assertFalse(after.reject, after)
+        pu = yield self.open(registrar)
+        answer = yield within(pu.request(AsapHandleResolution(H)))
+        self.assertEqual(sorted(pe.pe_id for pe in answer.pool_elements), [0x1E617, 0x1E618])
+        self.assertEqual(registrar.core.stats["refused"], anonymous * per_connection)
+
+    # -- threats 2.2 and 2.4: registration in a pool the identity is not authorized for -------
+
+    @defer.inlineCallbacks
+    def test_registration_in_an_unauthorized_pool_is_refused(self):
+        rules = Path(self.mktemp())
+        rules.write_text(
+            "deny pe1        all                    payroll-eu\n"
+            "pe1             register,deregister    echo\n"
+            "@finance        register,deregister    payroll payroll-*\n")
+        groups = {"pe1": ["finance"], "pe2": ["finance"]}
+        registrar = yield self.registrar(authorizer=RulesFileAuthorizer(str(rules)),
+                                         groups_of=lambda identity: groups.get(identity, ()))
+        pe1 = yield self.open(registrar, self.pki.pe1)
+        pe2 = yield self.open(registrar, self.pki.pe2)
+        allowed = yield within(pe1.request(AsapRegistration(H, make_pe(1))))
+        self.assertFalse(allowed.reject, allowed)
+        # pe2 is not named for "echo" and has no group for it: default deny.
+        refused = yield within(pe2.request(AsapRegistration(H, make_pe(2))))
+        self.assertEqual(cause_of(refused), CAUSE_SECURITY)
+        # The group rule lets both into payroll-us, but the deny rule before it wins for pe1
+        # in payroll-eu, even though pe2 created that pool legitimately.
+        ok = yield within(pe2.request(AsapRegistration(b"payroll-eu", make_pe(3))))
+        self.assertFalse(ok.reject, ok)
+        denied = yield within(pe1.request(AsapRegistration(b"payroll-eu", make_pe(4))))
+        self.assertEqual(cause_of(denied), CAUSE_SECURITY)
+        # ... and pe1 cannot deregister pe2's PE there either.
+        gone = yield within(pe1.request(AsapDeregistration(b"payroll-eu", 3)))
+        self.assertEqual(cause_of(gone), CAUSE_SECURITY)
+        # Not authorized for "hr" at all: refused, and no pool appears.
+        hr = yield within(pe1.request(AsapRegistration(b"hr", make_pe(5))))
+        self.assertEqual(cause_of(hr), CAUSE_SECURITY)
+        self.assertEqual(contents(registrar), {(H, 1), (b"payroll-eu", 3)})
+        self.assertEqual(sorted(registrar.handlespace.pool_handles()), [H, b"payroll-eu"])
+        # A refusal is remembered for the channel: a retry does not reach the rules again.
+        reloads = registrar.authorizer.reloads
+        again = yield within(pe1.request(AsapRegistration(b"hr", make_pe(5))))
+        self.assertEqual(cause_of(again), CAUSE_SECURITY)
+        self.assertEqual(registrar.authorizer.reloads, reloads)
+
+    # -- threat 2.3: spoofed deregistration and hijacking re-registration ------------------------
+
+    @defer.inlineCallbacks
+    def test_spoofed_deregistration_by_anonymous_untrusted_and_revoked_clients(self):
+        registrar = yield self.registrar(crls=[self.pki.crl_revoked])
+        owner = yield self.open(registrar, self.pki.pe1)
+        owner.pe_ids, owner.auto_ack_keepalives = [(H, 77)], True
+        reply = yield within(owner.request(AsapRegistration(H, make_pe(77))))
+        self.assertFalse(reply.reject, reply)
+        entry = registrar.handlespace.get(H, 77)
+
+        anonymous = yield self.open(registrar)
+        refused = yield within(anonymous.request(AsapDeregistration(H, 77)))
+        self.assertEqual(cause_of(refused), CAUSE_SECURITY)
+        hijack = yield within(anonymous.request(AsapRegistration(H, make_pe(77, port=9999))))
+        self.assertEqual(cause_of(hijack), CAUSE_SECURITY)
+
+        # Untrusted CA (the certificate even says "pe1"), revoked and expired
+        # certificates: the handshake fails, nothing is ever processed.
+        ready = len(registrar.spy.ready)
+        messages = registrar.spy.messages
+        unready = registrar.spy.unready_closes
+        for cert in (self.pki.pe_rogue, self.pki.pe_revoked, self.pki.pe_expired):
+            client = yield self.open(registrar, cert)
+            if client.channel is not None and not client.channel.closed:
+                client.send(AsapDeregistration(H, 77))
+                client.send(AsapRegistration(H, make_pe(77, port=9999)))
+            yield within(client.closed)
+            self.assertEqual(client.messages, [])
+        yield within(registrar.spy.unready_closed(unready + 3))
+        self.assertEqual(len(registrar.spy.ready), ready)
+        self.assertEqual(registrar.spy.messages, messages)
+
+        self.assertIs(registrar.handlespace.get(H, 77), entry)
+        self.assertEqual(entry.payload.user_transport.port, 7)
+        self.assertEqual(entry.identity, "pe1")
+        # The owner still can.
+        gone = yield within(owner.request(AsapDeregistration(H, 77)))
+        self.assertIsNone(cause_of(gone))
+        self.assertIsNone(registrar.handlespace.get(H, 77))
+
+    # -- threat 2.8: replay ------------------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def test_replayed_registration_by_another_identity_does_not_hijack(self):
+        registrar = yield self.registrar()
+        owner = yield self.open(registrar, self.pki.pe1)
+        registration = AsapRegistration(H, make_pe(0x55, port=8000))
+        recorded = registration.encode()  # the exact bytes the owner's channel sends
+        reply = yield within(owner.request(registration))
+        self.assertFalse(reply.reject, reply)
+        entry = registrar.handlespace.get(H, 0x55)
+        deregistration = AsapDeregistration(H, 0x55).encode()
+
+        for cert in (self.pki.pe2, None):
+            replayer = yield self.open(registrar, cert)
+            replayer.channel.send_encoded(PPID_ASAP, recorded)
+            answer = yield within(replayer.next())
+            self.assertEqual(cause_of(answer), CAUSE_SECURITY)
+            replayer.channel.send_encoded(PPID_ASAP, deregistration)
+            answer = yield within(replayer.next())
+            self.assertEqual(cause_of(answer), CAUSE_SECURITY)
+        self.assertIs(registrar.handlespace.get(H, 0x55), entry)
+        self.assertEqual(entry.identity, "pe1")
+        self.assertEqual(registrar.core.stats["reregistrations"], 0)
+
+    @defer.inlineCallbacks
+    def test_replayed_tls_connection_is_refused(self):
+        """Record every byte a PE sends through a relay, then play them to the
+        registrar on a new TCP connection: the new handshake has new keys, so
+        the recorded records are worthless and nothing is registered again."""
+        registrar = yield self.registrar()
+        relay = _Relay(registrar.listening_addresses[0].port)
+        port = yield reactor.listenTCP(0, relay, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        client = RawClient()
+        factory = Factory.forProtocol(
+            lambda: Channel(client, reactor, ChannelSettings(), tls=True, initiator=True))
+        endpoint = endpoints.wrapClientTLS(
+            self.creator(self.pki.pe1),
+            endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port, timeout=5))
+        self.clients.append(client)
+        yield within(endpoint.connect(factory))
+        yield within(client.ready)
+        reply = yield within(client.request(AsapRegistration(H, make_pe(0x56))))
+        self.assertFalse(reply.reject, reply)
+        gone = yield within(client.request(AsapDeregistration(H, 0x56)))
+        self.assertIsNone(cause_of(gone))
+        client.channel.close()
+        yield within(client.closed)
+        recorded = b"".join(relay.recorded)
+        self.assertGreater(len(recorded), 500)
+        stats = dict(registrar.core.stats)
+        ready = len(registrar.spy.ready)
+        unready = registrar.spy.unready_closes
+
+        replay = _Replay(recorded)
+        yield within(endpoints.connectProtocol(
+            endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", registrar.listening_addresses[0].port),
+            replay))
+        yield within(replay.done)
+        yield within(registrar.spy.unready_closed(unready + 1))
+        self.assertEqual(len(registrar.spy.ready), ready)
+        self.assertIsNone(registrar.handlespace.get(H, 0x56))
+        self.assertEqual(registrar.core.stats, stats)
+
+
+class _RelayServer(protocol.Protocol):
+    """One relayed connection: records what the client sends."""
+
+    def __init__(self, relay: "_Relay") -> None:
+        self.relay = relay
+        self.upstream: Any = None
+        self.pending: list[bytes] = []
+
+    def connectionMade(self) -> None:
+        self.transport.pauseProducing()
+        d = endpoints.connectProtocol(
+            endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", self.relay.target),
+            _RelayClient(self))
+        d.addCallback(self._connected)
+        d.addErrback(lambda _: self.transport.abortConnection())
+
+    def _connected(self, upstream: "_RelayClient") -> None:
+        self.upstream = upstream
+        self.transport.resumeProducing()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.relay.recorded.append(data)
+        self.upstream.transport.write(data)
+
+    def connectionLost(self, reason: Any = None) -> None:
+        if self.upstream is not None:
+            self.upstream.transport.loseConnection()
+
+
+class _RelayClient(protocol.Protocol):
+    def __init__(self, server: _RelayServer) -> None:
+        self.server = server
+
+    def dataReceived(self, data: bytes) -> None:
+        self.server.transport.write(data)
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.server.transport.loseConnection()
+
+
+class _Relay(protocol.Factory):
+    def __init__(self, target: int) -> None:
+        self.target = target
+        self.recorded: list[bytes] = []
+
+    def buildProtocol(self, addr: Any) -> _RelayServer:
+        return _RelayServer(self)
+
+
+class _Replay(protocol.Protocol):
+    """Writes recorded bytes as fast as it can and waits for the close."""
+
+    def __init__(self, recorded: bytes) -> None:
+        self.recorded = recorded
+        self.received = b""
+        self.done: defer.Deferred = defer.Deferred()
+
+    def connectionMade(self) -> None:
+        self.transport.write(self.recorded)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.done.callback(None)
