@@ -211,6 +211,18 @@ class PskHandshakes(unittest.TestCase):
             self.assertEqual(str(wrong.client_reason.value), str(unknown.client_reason.value))
 
     @defer.inlineCallbacks
+    def test_skipped_psk_gives_no_identity(self):
+        # The attack: offer a PSK for a known identity without its key, and
+        # only a SHA-384 suite.  OpenSSL calls the server callback (which
+        # sees the identity), then skips the PSK because the hash does not
+        # match and finishes a certificate handshake with an anonymous client.
+        server, made = self.server()
+        result = yield connect_pair(reactor, server, sha384_only_attacker("pe-psk"))
+        self.assertTrue(result.ok, reason_text(result))  # an anonymous TLS session ...
+        self.assertEqual(made[0].get_cipher_name(), "TLS_AES_256_GCM_SHA384")
+        self.assertIsNone(psk.psk_identity(made[0]))  # ... that is not pe-psk
+
+    @defer.inlineCallbacks
     def test_certificate_clients_still_work_and_have_no_psk_identity(self):
         server, made = self.server()
         client = tls.client_options("localhost", [self.pki.ca.cert], client_cert=self.pki.pe1.pair)
@@ -291,6 +303,17 @@ class RegistrarWithPsk(unittest.TestCase):
             yield service.stopService()
 
     @defer.inlineCallbacks
+    def test_skipped_psk_is_not_authenticated(self):
+        client = yield connect_raw(reactor, registrar_port(self.registrar), sha384_only_attacker("pe-psk"))
+        self.clients.append(client)
+        reply = yield client.request(AsapRegistration(b"echo", make_pe(0x79)))
+        self.assertTrue(reply.reject)
+        self.assertEqual(reply.error.causes[0].code, CAUSE_SECURITY)
+        self.assertEqual(len(self.registrar.handlespace), 0)
+        self.assertEqual(self.authorizer.calls, [])
+        self.assertEqual({c.session.identity for c in self.registrar.channels}, {None})
+
+    @defer.inlineCallbacks
     def test_wrong_key_gets_no_channel_and_no_state(self):
         client = yield attempt(registrar_port(self.registrar), psk.client_options("pe-psk", OTHER_KEY))
         self.assertFalse(client.ready.called)
@@ -307,6 +330,17 @@ class RegistrarWithPsk(unittest.TestCase):
         self.assertTrue(reply.reject)
         self.assertEqual(reply.error.causes[0].code, CAUSE_SECURITY)
         self.assertEqual(len(self.registrar.handlespace), 0)
+
+
+def sha384_only_attacker(identity: str) -> psk.PskClientOptions:
+    """A client that sends a PSK for ``identity`` with a key it guessed, offers
+    only TLS_AES_256_GCM_SHA384 and accepts any server certificate."""
+    from OpenSSL.SSL import _lib
+
+    creator = psk.client_options(identity, bytes(32), max_version=tls.TLSVersion.TLSv1_3)
+    assert _lib.SSL_CTX_set_ciphersuites(creator.context._context, b"TLS_AES_256_GCM_SHA384") == 1
+    creator.context.set_verify(SSL.VERIFY_NONE, lambda *args: True)
+    return creator
 
 
 def attempt(port: int, creator) -> defer.Deferred:

@@ -100,6 +100,7 @@ _REQUIRED_SYMBOLS = (
     "SSL_CTX_use_psk_identity_hint",
     "SSL_CTX_set_cipher_list",
     "SSL_CTX_set_ciphersuites",
+    "SSL_session_reused",
 )
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -249,16 +250,39 @@ _identities: "weakref.WeakKeyDictionary[SSL.Connection, str]" = weakref.WeakKeyD
 
 
 def psk_identity(transport_or_connection: Any) -> str | None:
-    """The PSK identity a server connection authenticated, or None."""
+    """The PSK identity a server connection authenticated, or None.
+
+    Only valid once the handshake has completed.  The server callback runs
+    before the key is proven and also when OpenSSL then skips the PSK (a
+    TLS 1.3 suite whose hash does not match, chosen by a client that offers
+    only such suites and a PSK it does not hold), so the identity counts only
+    when the handshake really used it: TLS 1.3 must report the session as a
+    PSK ("reused") handshake, TLS 1.2 must have negotiated a PSK suite.
+    Resumption is off on PSK servers, so nothing else sets those flags.
+    """
     connection = transport_or_connection
     if not isinstance(connection, SSL.Connection):
         try:
             connection = tls.tls_connection(transport_or_connection)
         except tls.NotTLSError:
             return None
-    if connection.get_finished() is None:
+    if connection.get_finished() is None or connection.get_peer_finished() is None:
         return None
-    return _identities.get(connection)
+    name = _identities.get(connection)
+    if name is None:
+        return None
+    version = connection.get_protocol_version_name()
+    if version == "TLSv1.3":
+        lib, _ = _bindings()
+        ssl = getattr(connection, "_ssl", None)
+        if ssl is None or lib.SSL_session_reused(ssl) != 1:
+            return None
+    elif version == "TLSv1.2":
+        if (connection.get_cipher_name() or "") not in TLS12_PSK_CIPHERS:
+            return None
+    else:
+        return None
+    return name
 
 
 class _ServerCallback:
@@ -323,6 +347,10 @@ def enable_server_psk(context: SSL.Context, store: PskKeyStore, hint: str | None
     _check(lib.SSL_CTX_set_ciphersuites(ctx, _SERVER_TLS13_SUITES), "the TLS 1.3 cipher suites")
     if hint is not None:
         _check(lib.SSL_CTX_use_psk_identity_hint(ctx, _valid_identity(hint).encode()), "the identity hint")
+    # No resumption: a TLS 1.3 "reused" flag then always means the external
+    # PSK was used (see psk_identity), and every connection proves the key.
+    context.set_options(SSL.OP_NO_TICKET)
+    context.set_session_cache_mode(SSL.SESS_CACHE_OFF)
     lib.SSL_CTX_set_psk_server_callback(ctx, handle)
     return handle
 
