@@ -15,9 +15,9 @@ opens 50 established TLS connections, each with its own client certificate
 Then, with the same generator, connections, certificates and request and
 response sizes, a minimal Twisted TLS server (``_echo_server.py``) that
 answers with precomputed bytes gives the baseline.  Registrar and baseline
-runs alternate per repetition.  Over each measured window the benchmark
-reads the server's CPU time (``/proc/PID/task/*/schedstat``), CPU 0/1 busy
-time (``/proc/stat``) and the generator's own CPU (``getrusage``), so
+runs alternate per repetition.  At the boundaries of each measured window
+the generator reads the server's CPU time (``/proc/PID/task/*/schedstat``)
+and CPU 0/1 busy time (``/proc/stat``), and its own CPU (``getrusage``), so
 registrar CPU microseconds per request (robust to other load on the
 machine) come next to the rates.
 
@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
 import signal
 import statistics
 import struct
@@ -50,7 +49,7 @@ import time
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from rserpool.security import pki
 from rserpool.wire import (
@@ -219,50 +218,25 @@ def build_loadgen(directory: Path) -> Path:
     return binary
 
 
-def process_cpu_s(pid: int) -> float:
-    """CPU time of every thread of ``pid`` (nanosecond schedstat when available)."""
-    total = 0
-    try:
-        for task in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{task}/schedstat") as handle:
-                total += int(handle.read().split()[0])
-        return total / 1e9
-    except (OSError, ValueError, IndexError):
-        with open(f"/proc/{pid}/stat") as handle:
-            fields = handle.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+@dataclass(frozen=True, slots=True)
+class Boundary:
+    """What the generator read at a window boundary (START or END line)."""
+
+    server_cpu_ns: int
+    cpu_busy: tuple[int, int]  # jiffies of CPU 0 and CPU 1
+    cpu_total: tuple[int, int]
+
+    @classmethod
+    def parse(cls, fields: list[str]) -> "Boundary":
+        ns, busy0, total0, busy1, total1 = (int(v) for v in fields)
+        return cls(ns, (busy0, busy1), (total0, total1))
 
 
-def cpu_times() -> dict[str, tuple[int, int]]:
-    """Per-CPU (busy, total) jiffies from /proc/stat."""
-    result = {}
-    with open("/proc/stat") as handle:
-        for line in handle:
-            if line.startswith("cpu") and line[3].isdigit():
-                name, *values = line.split()
-                numbers = [int(v) for v in values[:8]]
-                idle = numbers[3] + numbers[4]
-                result[name[3:]] = (sum(numbers) - idle, sum(numbers))
-    return result
-
-
-@dataclass
-class Sample:
-    at: float
-    server_cpu: float
-    cpus: dict[str, tuple[int, int]]
-
-
-def sample(server_pid: int) -> Sample:
-    return Sample(time.monotonic(), process_cpu_s(server_pid), cpu_times())
-
-
-def busy_fraction(start: Sample, end: Sample, cpu: str) -> float | None:
-    if cpu not in start.cpus or cpu not in end.cpus:
+def busy_fraction(start: Boundary, end: Boundary, cpu: int) -> float | None:
+    total = end.cpu_total[cpu] - start.cpu_total[cpu]
+    if start.cpu_total[cpu] < 0 or total <= 0:
         return None
-    busy = end.cpus[cpu][0] - start.cpus[cpu][0]
-    total = end.cpus[cpu][1] - start.cpus[cpu][1]
-    return busy / total if total > 0 else None
+    return (end.cpu_busy[cpu] - start.cpu_busy[cpu]) / total
 
 
 class Server:
@@ -283,10 +257,6 @@ class Server:
     def pid(self) -> int:
         return self.proc.pid
 
-    def signal(self, signum: int) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signum)
-
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -300,40 +270,36 @@ class Server:
 
 def run_generator(loadgen: Path, script: Path, server: Server, ca: Path,
                   signal_windows: bool = False) -> tuple[str, list[dict[str, Any]]]:
-    """Run the generator against ``server``; per-phase results with CPU figures."""
-    proc = subprocess.Popen(
-        ["taskset", "-c", GENERATOR_CPU, str(loadgen), "-H", "127.0.0.1", "-p", str(server.port),
-         "-s", str(script), "-A", str(ca), "-n", SERVER_NAME],
-        stdout=subprocess.PIPE, text=True)
+    """Run the generator against ``server``; per-phase results with CPU figures.
+
+    The generator itself reads the server's CPU time and /proc/stat at the
+    exact window boundaries (and signals the registrar with SIGUSR1/SIGUSR2
+    when ``signal_windows``), so a slow benchmark process cannot skew them."""
+    argv = ["taskset", "-c", GENERATOR_CPU, str(loadgen), "-H", "127.0.0.1", "-p", str(server.port),
+            "-s", str(script), "-A", str(ca), "-n", SERVER_NAME, "-P", str(server.pid)]
+    if signal_windows:
+        argv.append("-S")
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
     results: list[dict[str, Any]] = []
     tls_version = "?"
-    starts: dict[str, tuple[Sample, float]] = {}
-    ends: dict[str, tuple[Sample, float]] = {}
+    bounds: dict[tuple[str, str], Boundary] = {}
     try:
         assert proc.stdout is not None
         for line in proc.stdout:
             word, _, rest = line.strip().partition(" ")
             if word == "READY":
                 tls_version = rest.split()[-1]
-            elif word == "START":
-                if signal_windows:
-                    server.signal(signal.SIGUSR1)
-                starts[rest] = (sample(server.pid), process_cpu_s(proc.pid))
-            elif word == "END":
-                ends[rest] = (sample(server.pid), process_cpu_s(proc.pid))
-                if signal_windows:
-                    server.signal(signal.SIGUSR2)
+            elif word in ("START", "END"):
+                name, *fields = rest.split()
+                bounds[(word, name)] = Boundary.parse(fields)
             elif word == "RESULT":
                 result = json.loads(rest)
                 name = result["phase"]
-                if name in starts and name in ends:
-                    (s0, g0), (s1, g1) = starts[name], ends[name]
-                    wall = s1.at - s0.at
-                    result["sampled_wall_s"] = wall
-                    result["server_cpu_s"] = s1.server_cpu - s0.server_cpu
-                    result["generator_cpu_s"] = g1 - g0
-                    result["cpu0_busy"] = busy_fraction(s0, s1, SERVER_CPU)
-                    result["cpu1_busy"] = busy_fraction(s0, s1, GENERATOR_CPU)
+                if ("START", name) in bounds and ("END", name) in bounds:
+                    b0, b1 = bounds[("START", name)], bounds[("END", name)]
+                    result["server_cpu_s"] = (b1.server_cpu_ns - b0.server_cpu_ns) / 1e9
+                    result["cpu0_busy"] = busy_fraction(b0, b1, int(SERVER_CPU))
+                    result["cpu1_busy"] = busy_fraction(b0, b1, int(GENERATOR_CPU))
                 results.append(result)
     finally:
         if proc.wait(timeout=120) != 0:
@@ -510,13 +476,12 @@ def figures(result: dict[str, Any]) -> dict[str, Any]:
     window = result["window_s"]
     completed = result["completed"]
     server_cpu = result.get("server_cpu_s", 0.0)
-    sampled = result.get("sampled_wall_s") or window
     gen_cpu = result["gen_cpu_user_s"] + result["gen_cpu_sys_s"]
     return {
         "rate_per_s": completed / window if window else 0.0,
         "completed": completed,
         "window_s": window,
-        "server_cpu_share": server_cpu / sampled if sampled else None,
+        "server_cpu_share": server_cpu / window if window else None,
         "server_us_per_request": server_cpu / completed * 1e6 if completed else None,
         "generator_cpu_share": gen_cpu / window if window else None,
         "generator_us_per_request": gen_cpu / completed * 1e6 if completed else None,

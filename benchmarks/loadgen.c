@@ -3,7 +3,7 @@
  * mapping (draft-ietf-rserpool-tcpmapping-03), for benchmarks/bench_registrar.py.
  *
  *     gcc -O2 -Wall -o loadgen benchmarks/loadgen.c -lssl -lcrypto
- *     loadgen -H 127.0.0.1 -p PORT -s SCRIPT -A CA.pem [-n SERVER_NAME]
+ *     loadgen -H 127.0.0.1 -p PORT -s SCRIPT -A CA.pem [-n SERVER_NAME] [-P PID [-S]]
  *
  * It sends pre-encoded DATA chunks (built by bench_registrar.py, which
  * knows the ASAP codec) and only parses chunk headers: every connection
@@ -20,11 +20,18 @@
  *                u32 warmup_ms, u32 measure_ms,
  *                nconn x (u32 nmsgs, nmsgs x (u32 len, DATA chunk bytes)))
  *
- * Output lines on stdout: "READY n", then per phase "START name" / "END name"
- * around the measured window (timed phases) and "RESULT {json}".
+ * Output lines on stdout: "READY n", then per phase "START name ..." /
+ * "END name ..." around the measured window (timed phases) and
+ * "RESULT {json}".  With -P, the START and END lines carry the server's CPU
+ * time (ns, all threads, from /proc/PID/task/STAR/schedstat) and the busy
+ * and total jiffies of CPU 0 and CPU 1 from /proc/stat, read at the exact
+ * window boundaries; with -S the server also gets SIGUSR1 at the start and
+ * SIGUSR2 at the end of each window.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
+#include <dirent.h>
+#include <signal.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -78,6 +85,7 @@ typedef struct {
     int want_out;
 } conn_t;
 
+static int server_pid = 0, signal_server = 0;
 static conn_t *conns;
 static int nconn;
 static phase_t *phases;
@@ -115,6 +123,62 @@ static void fail(const char *what) {
     fprintf(stderr, "loadgen: %s\n", what);
     ERR_print_errors_fp(stderr);
     exit(2);
+}
+
+/* -- server CPU accounting ------------------------------------------------ */
+
+static long long server_cpu_ns(void) {
+    char path[96];
+    snprintf(path, sizeof path, "/proc/%d/task", server_pid);
+    DIR *dir = opendir(path);
+    if (!dir) return -1;
+    long long total = 0;
+    struct dirent *entry;
+    while ((entry = readdir(dir)) != NULL) {
+        if (entry->d_name[0] == '.') continue;
+        char file[384];
+        snprintf(file, sizeof file, "/proc/%d/task/%s/schedstat", server_pid, entry->d_name);
+        FILE *f = fopen(file, "r");
+        if (!f) continue;
+        long long ns;
+        if (fscanf(f, "%lld", &ns) == 1) total += ns;
+        fclose(f);
+    }
+    closedir(dir);
+    return total;
+}
+
+/* busy and total jiffies of cpu0 and cpu1 */
+static void cpu_jiffies(long long busy[2], long long total[2]) {
+    busy[0] = busy[1] = total[0] = total[1] = -1;
+    FILE *f = fopen("/proc/stat", "r");
+    if (!f) return;
+    char line[512];
+    while (fgets(line, sizeof line, f)) {
+        int cpu;
+        long long v[8];
+        if (sscanf(line, "cpu%d %lld %lld %lld %lld %lld %lld %lld %lld", &cpu, &v[0], &v[1], &v[2], &v[3],
+                   &v[4], &v[5], &v[6], &v[7]) == 9 && cpu >= 0 && cpu < 2) {
+            long long sum = 0;
+            for (int i = 0; i < 8; i++) sum += v[i];
+            total[cpu] = sum;
+            busy[cpu] = sum - v[3] - v[4];
+        }
+    }
+    fclose(f);
+}
+
+static void boundary(const char *word, const char *name, int signum) {
+    if (server_pid && signal_server) kill(server_pid, signum);
+    if (!server_pid) {
+        printf("%s %s\n", word, name);
+    } else {
+        long long busy[2], total[2];
+        long long ns = server_cpu_ns();
+        cpu_jiffies(busy, total);
+        printf("%s %s %lld %lld %lld %lld %lld\n", word, name, ns, busy[0], total[0], busy[1], total[1]);
+    }
+    fflush(stdout);
 }
 
 /* -- script reading ------------------------------------------------------ */
@@ -417,14 +481,12 @@ static void run_phase(phase_t *ph) {
         if (ph->mode && !started && t >= win_start) {
             started = measuring = 1;
             cpu_s(&user0, &sys0);
-            printf("START %s\n", ph->name);
-            fflush(stdout);
+            boundary("START", ph->name, SIGUSR1);
         }
         if (ph->mode && started && !ended && t >= win_end) {
             ended = 1;
             cpu_s(&user1, &sys1);
-            printf("END %s\n", ph->name);
-            fflush(stdout);
+            boundary("END", ph->name, SIGUSR2);
         }
         if ((ph->mode == 0 || ended) && all_idle()) break;
         if (t > deadline) fail("phase timed out (responses missing)");
@@ -460,17 +522,19 @@ static void run_phase(phase_t *ph) {
 int main(int argc, char **argv) {
     const char *host = "127.0.0.1", *script_path = NULL, *ca = NULL, *server_name = "localhost";
     int port = 0, opt;
-    while ((opt = getopt(argc, argv, "H:p:s:A:n:")) != -1) {
+    while ((opt = getopt(argc, argv, "H:p:s:A:n:P:S")) != -1) {
         switch (opt) {
         case 'H': host = optarg; break;
         case 'p': port = atoi(optarg); break;
         case 's': script_path = optarg; break;
         case 'A': ca = optarg; break;
         case 'n': server_name = optarg; break;
-        default: fail("usage: loadgen -H host -p port -s script -A ca.pem [-n server-name]");
+        case 'P': server_pid = atoi(optarg); break;
+        case 'S': signal_server = 1; break;
+        default: fail("usage: loadgen -H host -p port -s script -A ca.pem [-n server-name] [-P pid [-S]]");
         }
     }
-    if (!port || !script_path || !ca) fail("usage: loadgen -H host -p port -s script -A ca.pem [-n server-name]");
+    if (!port || !script_path || !ca) fail("usage: loadgen -H host -p port -s script -A ca.pem [-n server-name] [-P pid [-S]]");
     load_script(script_path);
     epfd = epoll_create1(0);
     if (epfd < 0) die("epoll_create1");
