@@ -1,0 +1,388 @@
+"""A registrar configured from ``etc/registrar-ldap.ini`` alone, against a
+real OpenLDAP slapd (``tests/ldap_fixture.py``, the example data of
+``etc/ldap/``) over real loopback TLS: TLS between PEs and the registrar
+(the test PKI), StartTLS between the registrar and slapd (the same CA).
+
+PEs authenticate with client certificates, or by SRP over the ASAP
+extension with the verifier stored in slapd (the ``srp-store`` ``ldap``
+plugin); the ``ldap`` authorizer grants pool P to members of group
+``cn=P,ou=pools,...``.  Issue 6 item 3: with slapd stopped or paused,
+registrations fail closed with cause 0xa and an "LDAP directory
+unavailable" log line within the LDAP timeout, while handle resolutions for
+registered PEs keep their latency; service returns with the directory.
+
+Timeouts are short (reactor deadline 0.5 s, connect 0.5 s, receive 1 s).
+"""
+
+from __future__ import annotations
+
+import re
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from twisted.internet import defer, reactor, task
+from twisted.logger import formatEvent, globalLogPublisher
+from twisted.trial import unittest
+
+from rserpool.backends.ldap import LdapUnavailable
+from rserpool.config import load_config
+from rserpool.errors import BackendUnavailable
+from rserpool.plugin import load_named
+from rserpool.plugins.ldap import LdapAuthorizerService, LdapSrpStoreService, ldap_options
+from rserpool.security import exchange as ex
+from rserpool.security import pki as pkimod
+from rserpool.security import tls
+from rserpool.security.srp import make_verifier
+from rserpool.service.auth import AuthenticationError, PeAuthenticator, RegistrarAuthenticator
+from rserpool.tap import build_registrar
+from rserpool.wire import (
+    AsapHandleResolution, AsapHandleResolutionResponse, AsapRegistration, AsapRegistrationResponse,
+)
+from rserpool.wire.codes import CAUSE_SECURITY
+from tests.asaphelpers import connect_raw, make_pe, registrar_port
+from tests.conftest import require_tool
+from tests.ldap_fixture import PE_BASE, SERVICE_PASSWORD, Slapd
+from tests.tlshelpers import CertFiles, TestPKI, make_test_pki
+
+pytestmark = pytest.mark.integration
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "etc" / "registrar-ldap.ini"
+TIMEOUT = 0.5  # [ldap] timeout: the reactor-side deadline of a lookup
+MEDIAN_BOUND = 0.020  # seconds, a handle resolution during an outage
+PE1_PASSWORD = "pe1-secret"  # the verifier of etc/ldap/example.ldif
+PE3_PASSWORD = "pe3-password"  # stored by the fixture; pe3 is in no group
+SERVER_SECRET = b"registrar-ldap-test-secret-0123"
+
+
+def _client_cert(test_pki: TestPKI, name: str) -> CertFiles:
+    issued = pkimod.create_client_certificate(test_pki.ca.issued, name, test_pki.now)
+    cert, key = test_pki.directory / f"{name}.pem", test_pki.directory / f"{name}.key"
+    pkimod.write_certificate(cert, issued.certificate, *issued.chain)
+    pkimod.write_private_key(key, issued.private_key)
+    return CertFiles(cert, key, issued)
+
+
+class Directory:
+    def __init__(self, slapd: Slapd, pki: TestPKI) -> None:
+        self.slapd = slapd
+        self.pki = pki
+
+
+@pytest.fixture(scope="module")
+def directory(tmp_path_factory: pytest.TempPathFactory):
+    executable = require_tool("slapd")
+    require_tool("ldapadd")
+    base = tmp_path_factory.mktemp("ldap-registrar")
+    test_pki = make_test_pki(base / "pki")
+    test_pki.extra["stranger"] = _client_cert(test_pki, "stranger")  # not in the directory
+    slapd = Slapd(base / "slapd", executable=executable,
+                  tls=(test_pki.server.cert, test_pki.server.key, test_pki.ca.cert))
+    slapd.start()
+    try:
+        slapd.load()
+        salt, verifier = make_verifier("pe3", PE3_PASSWORD)
+        slapd.replace(f"uid=pe3,{PE_BASE}", {"rserpoolSrpSalt": [salt],
+                                              "rserpoolSrpVerifier": [verifier]})
+        yield Directory(slapd, test_pki)
+    finally:
+        slapd.stop()
+
+
+def _set(text: str, key: str, value: str) -> str:
+    new, count = re.subn(rf"^{key} = .*$", lambda _m: f"{key} = {value}", text,
+                         count=1, flags=re.MULTILINE)
+    assert count == 1, key
+    return new
+
+
+class RegistrarWithSlapd(unittest.TestCase):
+    timeout = 30
+
+    @pytest.fixture(autouse=True)
+    def _inject(self, directory: Directory, tmp_path: Path) -> None:
+        self.slapd = directory.slapd
+        self.pki = directory.pki
+        self.tmp = tmp_path
+
+    def setUp(self) -> None:
+        self.events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+        self.clients: list[Any] = []
+        if self.slapd.process is None:  # a failed test left it stopped
+            self.slapd.start()
+        self.addCleanup(self._directory_back)
+
+    def _directory_back(self) -> None:
+        if self.slapd.process is None:
+            self.slapd.start()
+        else:
+            self.slapd.resume()
+
+    # -- helpers -------------------------------------------------------------------
+
+    def config(self) -> Any:
+        """etc/registrar-ldap.ini with this slapd's port, a password file and
+        the test CA (written next to a copy of the file), short timeouts."""
+        password = self.tmp / "ldap.pw"  # per test: a directory of its own
+        password.write_text(SERVICE_PASSWORD + "\n")
+        password.chmod(0o600)
+        text = EXAMPLE.read_text()
+        for key, value in (("uri", self.slapd.uri), ("ca_file", str(self.pki.ca.cert)),
+                           ("connect_timeout", "0.5"), ("receive_timeout", "1"),
+                           ("timeout", str(TIMEOUT))):
+            text = _set(text, key, value)
+        ini = self.tmp / "registrar-ldap.ini"
+        ini.write_text(text)
+        return load_config(str(ini)).with_overrides([
+            ("registrar", "asap_listen", "tcp:0:interface=127.0.0.1"),
+            ("registrar", "server_id", "0x1dab"),
+            ("tls", "certificate", str(self.pki.server.cert)),
+            ("tls", "private_key", str(self.pki.server.key)),
+            ("tls", "ca_certificates", str(self.pki.ca.cert)),
+            ("announce", "targets", ""),
+        ])
+
+    @defer.inlineCallbacks
+    def start_registrar(self, srp: bool = False):
+        config = self.config()
+        registrar = build_registrar(config, reactor)
+        self.assertIsInstance(registrar.authorizer, LdapAuthorizerService)
+        self.directory = registrar.authorizer.directory
+        self.assertEqual(self.directory.uri, self.slapd.uri)
+        self.assertIsNotNone(self.directory.tls)  # StartTLS, verified against the test CA
+        if srp:
+            store = load_named("srp-store", "ldap", ldap_options(config, "srp-store"), reactor)
+            self.assertIsInstance(store, LdapSrpStoreService)
+            self.assertIs(store.directory, self.directory)  # one directory, one cache
+            store.setServiceParent(registrar)
+            registrar.authenticator = RegistrarAuthenticator(reactor, SERVER_SECRET, srp_store=store)
+        self.lookups = 0
+        submit = self.directory._submit
+
+        def counted(what: str, *args: Any) -> Any:
+            self.lookups += 1
+            return submit(what, *args)
+
+        self.directory._submit = counted
+        yield registrar.startService()
+        self.addCleanup(self._stop, registrar)
+        self.registrar = registrar
+        return registrar
+
+    @defer.inlineCallbacks
+    def _stop(self, registrar):
+        for client in self.clients:
+            if client.channel is not None and not client.channel.closed:
+                client.channel.abort()
+                yield client.closed
+        yield registrar.stopService()
+        self.assertFalse(registrar.authorizer.running)
+        self.assertFalse(self.directory.started)
+
+    @defer.inlineCallbacks
+    def connect(self, cert: CertFiles | None = None):
+        creator = tls.client_options("localhost", [self.pki.ca.cert],
+                                     client_cert=cert.pair if cert is not None else None)
+        client = yield connect_raw(reactor, registrar_port(self.registrar), creator)
+        self.clients.append(client)
+        return client
+
+    def log_lines(self, start: int = 0) -> list[str]:
+        return [formatEvent(event) or "" for event in self.events[start:]]
+
+    def outage_logged(self, start: int, identity: str) -> bool:
+        directory = any("LDAP directory unavailable" in line for line in self.log_lines(start))
+        registrar = any(
+            event.get("log_failure") is not None
+            and event["log_failure"].check(LdapUnavailable)
+            and event.get("identity") == identity
+            and "authorization backend failed" in (formatEvent(event) or "")
+            for event in self.events[start:])
+        return directory and registrar
+
+    def refusal_logged(self, start: int, identity: str) -> bool:
+        return any(f"{identity} is not authorized" in line for line in self.log_lines(start))
+
+    def assert_refused(self, reply: Any) -> None:
+        self.assertIsInstance(reply, AsapRegistrationResponse)
+        self.assertTrue(reply.reject, reply)
+        self.assertEqual([c.code for c in reply.error.causes], [CAUSE_SECURITY])
+
+    def assert_accepted(self, reply: Any) -> None:
+        self.assertIsInstance(reply, AsapRegistrationResponse)
+        self.assertFalse(reply.reject, reply)
+
+    @defer.inlineCallbacks
+    def resolve_while(self, pu: Any, pending: defer.Deferred, expected_pe: int):
+        """Resolve ``echo`` back to back until ``pending`` fires; the latencies."""
+        latencies = []
+        while not pending.called:
+            started = time.monotonic()
+            answer = yield pu.request(AsapHandleResolution(b"echo"))
+            latencies.append(time.monotonic() - started)
+            self.assertIsInstance(answer, AsapHandleResolutionResponse)
+            self.assertIn(expected_pe, [pe.pe_id for pe in answer.pool_elements])
+        return latencies
+
+    @defer.inlineCallbacks
+    def refused_attempts(self, cert: CertFiles, pe_id: int, count: int):
+        """``count`` registrations, each on a new session, each refused with
+        0xa within the LDAP timeout; their durations."""
+        durations = []
+        for _ in range(count):
+            pe = yield self.connect(cert)
+            started = time.monotonic()
+            self.assert_refused((yield pe.request(AsapRegistration(b"echo", make_pe(pe_id)))))
+            durations.append(time.monotonic() - started)
+            self.assertLess(durations[-1], TIMEOUT + 0.3)
+        self.assertIsNone(self.registrar.handlespace.get(b"echo", pe_id))
+        return durations
+
+    # -- tests ---------------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def test_authorized_by_group_and_cached(self):
+        yield self.start_registrar()
+        pe1 = yield self.connect(self.pki.pe1)
+        self.assert_accepted((yield pe1.request(AsapRegistration(b"echo", make_pe(0x100)))))
+        self.assertEqual(self.registrar.handlespace.get(b"echo", 0x100).identity, "pe1")
+        self.assertEqual(self.lookups, 1)
+        # daytime: no such group for pe1; refused, not an outage
+        mark = len(self.events)
+        self.assert_refused((yield pe1.request(AsapRegistration(b"daytime", make_pe(0x101)))))
+        self.assertTrue(self.refusal_logged(mark, "pe1"))
+        self.assertFalse(self.outage_logged(mark, "pe1"))
+        # pe2 is in echo only (its rserpoolPool attribute does not count in groups mode)
+        pe2 = yield self.connect(self.pki.pe2)
+        self.assert_accepted((yield pe2.request(AsapRegistration(b"echo", make_pe(0x200)))))
+        self.assert_refused((yield pe2.request(AsapRegistration(b"discard", make_pe(0x201)))))
+        # an identity the directory does not know
+        mark = len(self.events)
+        stranger = yield self.connect(self.pki.extra["stranger"])
+        self.assert_refused((yield stranger.request(AsapRegistration(b"echo", make_pe(0x300)))))
+        self.assertTrue(self.refusal_logged(mark, "stranger"))
+        self.assertFalse(any("unavailable" in line for line in self.log_lines(mark)))
+        self.assertEqual(self.lookups, 3)  # pe1, pe2, stranger
+        # pe1 again on a new session, within the cache TTL: no LDAP query
+        pe1_again = yield self.connect(self.pki.pe1)
+        self.assert_accepted((yield pe1_again.request(AsapRegistration(b"discard", make_pe(0x102)))))
+        self.assertEqual(self.lookups, 3)
+        pu = yield self.connect()
+        answer = yield pu.request(AsapHandleResolution(b"echo"))
+        self.assertEqual(sorted(pe.pe_id for pe in answer.pool_elements), [0x100, 0x200])
+        self.assertEqual(len(self.registrar.handlespace), 3)
+
+    @defer.inlineCallbacks
+    def test_slapd_stopped_mid_run_then_restarted(self):
+        yield self.start_registrar()
+        pe1 = yield self.connect(self.pki.pe1)
+        self.assert_accepted((yield pe1.request(AsapRegistration(b"echo", make_pe(0x100)))))
+        pu = yield self.connect()
+        idle = []
+        for _ in range(20):
+            started = time.monotonic()
+            yield pu.request(AsapHandleResolution(b"echo"))
+            idle.append(time.monotonic() - started)
+        self.slapd.stop()
+        mark = len(self.events)
+        attempts = self.refused_attempts(self.pki.pe2, 0x200, 5)
+        during = yield self.resolve_while(pu, attempts, 0x100)
+        durations = yield attempts
+        self.assertTrue(self.outage_logged(mark, "pe2"), self.log_lines(mark))
+        self.assertGreaterEqual(len(during), 10)
+        self.assertLess(statistics.median(during), MEDIAN_BOUND, during)
+        # a cached identity still registers during the outage, without a query
+        lookups = self.lookups
+        pe1_again = yield self.connect(self.pki.pe1)
+        self.assert_accepted((yield pe1_again.request(AsapRegistration(b"discard", make_pe(0x101)))))
+        self.assertEqual(self.lookups, lookups)
+        # the same channel, refused during the outage, is served after the restart
+        pe2 = yield self.connect(self.pki.pe2)
+        self.assert_refused((yield pe2.request(AsapRegistration(b"echo", make_pe(0x200)))))
+        self.slapd.start()
+        self.assert_accepted((yield pe2.request(AsapRegistration(b"echo", make_pe(0x200)))))
+        self.assertEqual(self.registrar.handlespace.get(b"echo", 0x200).identity, "pe2")
+        self.flushLoggedErrors(BackendUnavailable)
+        print(f"\nslapd stopped: refusals in {max(durations) * 1e3:.1f} ms at most; "
+              f"resolution latency idle median {statistics.median(idle) * 1e3:.2f} ms, "
+              f"during the outage median {statistics.median(during) * 1e3:.2f} ms "
+              f"max {max(during) * 1e3:.2f} ms over {len(during)} resolutions")
+
+    @defer.inlineCallbacks
+    def test_slapd_paused_does_not_stall_the_reactor(self):
+        yield self.start_registrar()
+        pe1 = yield self.connect(self.pki.pe1)
+        self.assert_accepted((yield pe1.request(AsapRegistration(b"echo", make_pe(0x100)))))
+        pu = yield self.connect()
+        gaps: list[float] = []
+        last = [time.monotonic()]
+
+        def tick() -> None:
+            now = time.monotonic()
+            gaps.append(now - last[0])
+            last[0] = now
+
+        ticker = task.LoopingCall(tick)
+        mark = len(self.events)
+        self.slapd.pause()
+        try:
+            ticker.start(0.01)
+            pe2 = yield self.connect(self.pki.pe2)
+            started = time.monotonic()
+            pending = pe2.request(AsapRegistration(b"echo", make_pe(0x200)))
+            during = yield self.resolve_while(pu, pending, 0x100)
+            self.assert_refused((yield pending))
+            elapsed = time.monotonic() - started
+            ticker.stop()
+        finally:
+            self.slapd.resume()
+        self.assertGreaterEqual(elapsed, TIMEOUT * 0.9)
+        self.assertLess(elapsed, TIMEOUT + 0.3)
+        self.assertTrue(self.outage_logged(mark, "pe2"), self.log_lines(mark))
+        self.assertGreaterEqual(len(during), 10)
+        self.assertLess(statistics.median(during), MEDIAN_BOUND, during)
+        self.assertGreater(len(gaps), 10)
+        self.assertLess(max(gaps), 0.2)
+        # after SIGCONT, pe2 registers (on the same channel)
+        self.assert_accepted((yield pe2.request(AsapRegistration(b"echo", make_pe(0x200)))))
+        self.flushLoggedErrors(BackendUnavailable)
+        print(f"\nslapd paused: refused after {elapsed * 1e3:.0f} ms; resolution median "
+              f"{statistics.median(during) * 1e3:.2f} ms over {len(during)}; "
+              f"worst reactor gap {max(gaps) * 1e3:.1f} ms")
+
+    @defer.inlineCallbacks
+    def test_srp_verifier_from_slapd(self):
+        registrar = yield self.start_registrar(srp=True)
+
+        def pe_auth(identity: str, password: str) -> PeAuthenticator:
+            return PeAuthenticator(reactor, identity, password,
+                                   preferences=(ex.MECH_SRP_SHA256_2048,), timeout=10.0)
+
+        # pe1 proves the example password against the verifier in slapd, is in group echo
+        pe1 = yield self.connect()
+        yield pe_auth("pe1", PE1_PASSWORD).authenticate(pe1.channel)
+        self.assert_accepted((yield pe1.request(AsapRegistration(b"echo", make_pe(0x100)))))
+        entry = registrar.handlespace.get(b"echo", 0x100)
+        self.assertEqual(entry.identity, "pe1")
+        self.assertEqual(self.lookups, 1)  # the SRP lookup's entry also authorized
+        # the directory says no: a wrong password ...
+        wrong = yield self.connect()
+        with self.assertRaises(AuthenticationError):
+            yield pe_auth("pe1", "not-" + PE1_PASSWORD).authenticate(wrong.channel)
+        # ... and pe3 (right password) is in no group
+        pe3 = yield self.connect()
+        yield pe_auth("pe3", PE3_PASSWORD).authenticate(pe3.channel)
+        mark = len(self.events)
+        self.assert_refused((yield pe3.request(AsapRegistration(b"echo", make_pe(0x300)))))
+        self.assertTrue(self.refusal_logged(mark, "pe3"))
+        # an identity without an entry cannot authenticate at all
+        nobody = yield self.connect()
+        with self.assertRaises(AuthenticationError):
+            yield pe_auth("nobody", PE1_PASSWORD).authenticate(nobody.channel)
+        self.assertEqual(registrar.authenticator.stats["succeeded"], 2)
+        self.assertEqual(registrar.authenticator.stats["unavailable"], 0)
+        self.assertEqual(len(registrar.handlespace), 1)
