@@ -157,7 +157,13 @@ SCHEMA: dict[str, dict[str, Option]] = {
     },
     "security": {
         "allow_unauthenticated": _S(_bool, "no", "INSECURE: accept registrations from unauthenticated PEs"),
-        "authenticators": _S(_list, "certificate", "PE authentication mechanisms, by plugin name"),
+        "authenticators": _S(_list, "certificate",
+                             "PE authentication: certificate (TLS client certificate), psk (needs [tls] "
+                             "psk_file), srp and chap (ASAP authentication extension; backends in "
+                             "[authenticator:srp] store = file|ldap and [authenticator:chap] "
+                             "backend = file or verifier = radius)"),
+        "server_secret_file": _S(str, "", "file with at least 16 secret bytes from which SRP derives the fake "
+                                          "salts of unknown identities (empty: a new secret per start)", path=True),
         "authorizer": _S(str, "file", "pool authorization plugin name"),
         "authorize_resolution": _S(_bool, "no", "also authorize pool users' handle resolutions"),
         "rules": _S(str, "authz.rules", "rules file of the file authorizer (see docs/authorization.md)", path=True),

@@ -148,6 +148,8 @@ def build_registrar(config: Config, reactor: Any = None) -> Any:
 
         groups_of = FileStore.shared(security["credentials"]).groups
 
+    authenticator, auth_services = _authenticator(config, reactor, site_dirs)
+
     limits = config["limits"]
     settings = RegistrarSettings(
         server_id=server_id,
@@ -195,7 +197,11 @@ def build_registrar(config: Config, reactor: Any = None) -> Any:
         max_connections=limits["max_connections"],
         max_connections_per_address=limits["max_connections_per_address"],
         revocation=revocation,
+        authenticator=authenticator,
     )
+    for child in auth_services:
+        if child is not authorizer and getattr(child, "parent", None) is None:
+            child.setServiceParent(service)
     if crl_monitor is not None:
         crl_monitor.setServiceParent(service)
     if IService.providedBy(authorizer):
@@ -203,6 +209,88 @@ def build_registrar(config: Config, reactor: Any = None) -> Any:
         # stops with the registrar.
         authorizer.setServiceParent(service)
     return service
+
+
+_AUTHENTICATORS = ("certificate", "psk", "srp", "chap")
+
+
+def _backend_options(config: Config, kind: str, name: str) -> dict[str, str]:
+    """Options for a credential backend plugin: the shared sections first
+    ([security] credentials for file, [ldap], [radius]), then [<kind>:<name>]."""
+    options: dict[str, str] = {}
+    if name == "file":
+        if not config["security"]["credentials"]:
+            raise ConfigError(f"the file {kind} needs [security] credentials (the credentials file)")
+        options["path"] = config["security"]["credentials"]
+    elif name == "ldap":
+        from rserpool.plugins.ldap import ldap_options
+
+        return ldap_options(config, kind)
+    elif name == "radius":
+        from rserpool.plugins.radius import options_from_section
+
+        options.update(options_from_section(config["radius"]))
+    options.update(config.plugin_options(kind, name))
+    return options
+
+
+def _authenticator(config: Config, reactor: Any, site_dirs: Any) -> tuple[Any, list]:
+    """The SRP/CHAP authenticator for ``[security] authenticators`` (None if
+    neither is listed) and the backend services to start with the registrar."""
+    from rserpool.errors import PluginError
+    from rserpool.plugin import load_named
+    from rserpool.security import exchange
+    from rserpool.service.auth import RegistrarAuthenticator
+
+    names = config["security"]["authenticators"]
+    unknown = sorted(set(names) - set(_AUTHENTICATORS))
+    if unknown:
+        raise ConfigError(f"[security] authenticators: unknown {', '.join(unknown)} "
+                          f"(known: {', '.join(_AUTHENTICATORS)})")
+    if "psk" in names and not config["tls"]["psk_file"]:
+        raise ConfigError("[security] authenticators lists psk but [tls] psk_file is empty")
+    if "srp" not in names and "chap" not in names:
+        return None, []
+
+    def load(kind: str, name: str) -> Any:
+        try:
+            return load_named(kind, name, _backend_options(config, kind, name), reactor, site_dirs)
+        except PluginError as exc:
+            raise ConfigError(str(exc)) from None
+
+    mechanisms, srp_store, chap_store, chap_verifier = [], None, None, None
+    if "srp" in names:
+        store_name = config.plugin_options("authenticator", "srp").get("store", "file").strip()
+        srp_store = load("srp-store", store_name)
+        mechanisms.append(exchange.MECH_SRP_SHA256_2048)
+    if "chap" in names:
+        options = config.plugin_options("authenticator", "chap")
+        if options.get("verifier", "").strip():
+            chap_verifier = load("chap-verifier", options["verifier"].strip())
+        else:
+            chap_store = load("chap-store", options.get("backend", "file").strip())
+        mechanisms.append(exchange.MECH_CHAP_MD5)
+    secret_file = config["security"]["server_secret_file"]
+    if secret_file:
+        try:
+            with open(secret_file, "rb") as handle:
+                server_secret = handle.read(4096).strip()
+        except OSError as exc:
+            raise ConfigError(f"[security] server_secret_file: {exc}") from None
+        if len(server_secret) < 16:
+            raise ConfigError(f"{secret_file}: the server secret must be at least 16 bytes")
+    else:
+        server_secret = secrets.token_bytes(32)
+        _log.warn("no [security] server_secret_file: the fake SRP salts of unknown identities change "
+                  "at every start, which lets a prober tell restarts apart from real accounts")
+    authenticator = RegistrarAuthenticator(reactor, server_secret, srp_store=srp_store, chap_store=chap_store,
+                                           chap_verifier=chap_verifier, mechanisms=tuple(mechanisms))
+    _log.info("PE authentication inside TLS: {mechanisms}", mechanisms=", ".join(authenticator.mechanisms))
+    services = []
+    for backend in (srp_store, chap_store, chap_verifier):
+        if backend is not None and IService.providedBy(backend) and backend not in services:
+            services.append(backend)
+    return authenticator, services
 
 
 def _server_security(tls_conf: Any, cert: str, key: str, cas: Any, reactor: Any) -> tuple[Any, Any, Any]:
