@@ -43,6 +43,9 @@ from rserpool.wire import (
     AsapHandleResolutionResponse,
     AsapRegistration,
     AsapRegistrationResponse,
+    EnrpHandleTableRequest,
+    EnrpListRequest,
+    EnrpPresence,
     Limits,
     LeastUsedPolicy,
     TcpTransport,
@@ -295,7 +298,7 @@ class AttacksOverTLS(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_registration_in_an_unauthorized_pool_is_refused(self):
-        rules = Path(self.mktemp())
+        rules = Path(self._tmp.name) / "authz.rules"
         rules.write_text(
             "deny pe1        all                    payroll-eu\n"
             "pe1             register,deregister    echo\n"
@@ -600,6 +603,26 @@ class AttacksOverTLS(unittest.TestCase):
             self.assertEqual([p.pe_id for p in answer.pool_elements], [1])
         self.assertEqual(contents(registrar), {(H, 1)})
         self.assertTrue(good.channel is not None and not good.channel.closed)
+
+    # -- threats 2.5 and 2.11: a client posing as an ENRP peer (rsplib's hsdump) ----------------
+
+    @defer.inlineCallbacks
+    def test_enrp_peer_requests_get_no_handlespace(self):
+        registrar = yield self.registrar()
+        owner = yield self.open(registrar, self.pki.pe1)
+        reply = yield within(owner.request(AsapRegistration(H, make_pe(0x42))))
+        self.assertFalse(reply.reject, reply)
+        for cert in (None, self.pki.pe2):
+            peer = yield self.open(registrar, cert)
+            received = registrar.spy.messages
+            peer.send(EnrpPresence(0x0BAD, registrar.server_id, 0, reply_required=True))
+            peer.send(EnrpHandleTableRequest(0x0BAD, registrar.server_id))
+            peer.send(EnrpListRequest(0x0BAD, registrar.server_id))
+            # Ordered channel: once this is answered, the ENRP requests were handled.
+            yield within(peer.request(AsapHandleResolution(b"nothing-here")))
+            self.assertEqual([type(m) for m in peer.messages], [])
+            self.assertEqual(registrar.spy.messages, received + 4)  # all four arrived
+        self.assertEqual(contents(registrar), {(H, 0x42)})
 
 
 class _RelayServer(protocol.Protocol):
