@@ -4,8 +4,8 @@ real OpenLDAP slapd (``tests/ldap_fixture.py``, the example data of
 (the test PKI), StartTLS between the registrar and slapd (the same CA).
 
 PEs authenticate with client certificates, or by SRP over the ASAP
-extension with the verifier stored in slapd (the ``srp-store`` ``ldap``
-plugin); the ``ldap`` authorizer grants pool P to members of group
+extension with the verifier stored in slapd (``[authenticator:srp] store =
+ldap``, sharing the authorizer's directory); the ``ldap`` authorizer grants pool P to members of group
 ``cn=P,ou=pools,...``.  Issue 6 item 3: with slapd stopped or paused,
 registrations fail closed with cause 0xa and an "LDAP directory
 unavailable" log line within the LDAP timeout, while handle resolutions for
@@ -30,13 +30,12 @@ from twisted.trial import unittest
 from rserpool.backends.ldap import LdapUnavailable
 from rserpool.config import load_config
 from rserpool.errors import BackendUnavailable
-from rserpool.plugin import load_named
-from rserpool.plugins.ldap import LdapAuthorizerService, LdapSrpStoreService, ldap_options
+from rserpool.plugins.ldap import LdapAuthorizerService, LdapSrpStoreService
 from rserpool.security import exchange as ex
 from rserpool.security import pki as pkimod
 from rserpool.security import tls
 from rserpool.security.srp import make_verifier
-from rserpool.service.auth import AuthenticationError, PeAuthenticator, RegistrarAuthenticator
+from rserpool.service.auth import AuthenticationError, PeAuthenticator
 from rserpool.tap import build_registrar
 from rserpool.wire import (
     AsapHandleResolution, AsapHandleResolutionResponse, AsapRegistration, AsapRegistrationResponse,
@@ -131,7 +130,11 @@ class RegistrarWithSlapd(unittest.TestCase):
         password.write_text(SERVICE_PASSWORD + "\n")
         password.chmod(0o600)
         text = EXAMPLE.read_text()
+        secret = self.tmp / "srp-server.secret"
+        secret.write_bytes(SERVER_SECRET)
+        secret.chmod(0o600)
         for key, value in (("uri", self.slapd.uri), ("ca_file", str(self.pki.ca.cert)),
+                           ("server_secret_file", str(secret)),
                            ("connect_timeout", "0.5"), ("receive_timeout", "1"),
                            ("timeout", str(TIMEOUT))):
             text = _set(text, key, value)
@@ -147,19 +150,16 @@ class RegistrarWithSlapd(unittest.TestCase):
         ])
 
     @defer.inlineCallbacks
-    def start_registrar(self, srp: bool = False):
-        config = self.config()
-        registrar = build_registrar(config, reactor)
+    def start_registrar(self):
+        registrar = build_registrar(self.config(), reactor)
         self.assertIsInstance(registrar.authorizer, LdapAuthorizerService)
         self.directory = registrar.authorizer.directory
         self.assertEqual(self.directory.uri, self.slapd.uri)
         self.assertIsNotNone(self.directory.tls)  # StartTLS, verified against the test CA
-        if srp:
-            store = load_named("srp-store", "ldap", ldap_options(config, "srp-store"), reactor)
-            self.assertIsInstance(store, LdapSrpStoreService)
-            self.assertIs(store.directory, self.directory)  # one directory, one cache
-            store.setServiceParent(registrar)
-            registrar.authenticator = RegistrarAuthenticator(reactor, SERVER_SECRET, srp_store=store)
+        # [authenticator:srp] store = ldap: the same directory (one cache), started with the registrar
+        [store] = [s for s in registrar if isinstance(s, LdapSrpStoreService)]
+        self.assertIs(store.directory, self.directory)
+        self.assertEqual(registrar.authenticator.mechanisms, (ex.MECH_SRP_SHA256_2048,))
         self.lookups = 0
         submit = self.directory._submit
 
@@ -356,7 +356,7 @@ class RegistrarWithSlapd(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_srp_verifier_from_slapd(self):
-        registrar = yield self.start_registrar(srp=True)
+        registrar = yield self.start_registrar()
 
         def pe_auth(identity: str, password: str) -> PeAuthenticator:
             return PeAuthenticator(reactor, identity, password,
