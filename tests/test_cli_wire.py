@@ -102,7 +102,7 @@ def test_skip_and_report_is_a_warning(monkeypatch, capsys) -> None:
     text = RESOLUTION_WITH.format(0xC001) + "\n" + RESOLUTION_WITH.format(0x8001) + "\n"
     status, lines, _ = run(monkeypatch, capsys, ["wire", "decode"], text)
     assert status == 0
-    assert lines[0].startswith("ASAP_HANDLE_RESOLUTION pool_handle='EchoPool'")
+    assert lines[0].startswith("ASAP_HANDLE_RESOLUTION handle='EchoPool'")
     assert "warning: 1 parameter(s) skipped, to report" in lines[0]
     reply = decode_message(bytes.fromhex(lines[0].rsplit("reply: asap ", 1)[1].rstrip("]")), PPID_ASAP)
     assert reply.error.causes[0].code == 0x0001
@@ -221,7 +221,7 @@ def test_console_script() -> None:
     command = _console_script() + ["wire", "decode"]
     good = subprocess.run(command, input=f"{REGISTRATION}\n", capture_output=True, text=True, timeout=60)
     assert good.returncode == 0, good.stderr
-    assert good.stdout.startswith("ASAP_REGISTRATION pool_handle='EchoPool'")
+    assert good.stdout.startswith("ASAP_REGISTRATION handle='EchoPool'")
     bad = subprocess.run(command, input="7f000004\n", capture_output=True, text=True, timeout=60)
     assert bad.returncode == 1
     assert "cause 0x0002 (Unrecognized Message)" in bad.stdout
