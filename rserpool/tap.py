@@ -149,6 +149,9 @@ def build_registrar(config: Config, reactor: Any = None) -> Any:
         groups_of = FileStore.shared(security["credentials"]).groups
 
     authenticator, auth_services = _authenticator(config, reactor, site_dirs)
+    certificate_mapping = _certificate_mapping(config, reactor, site_dirs)
+    if certificate_mapping is not None and IService.providedBy(certificate_mapping):
+        auth_services.append(certificate_mapping)
 
     limits = config["limits"]
     settings = RegistrarSettings(
@@ -198,6 +201,7 @@ def build_registrar(config: Config, reactor: Any = None) -> Any:
         max_connections_per_address=limits["max_connections_per_address"],
         revocation=revocation,
         authenticator=authenticator,
+        certificate_mapping=certificate_mapping,
     )
     for child in auth_services:
         if child is not authorizer and getattr(child, "parent", None) is None:
@@ -291,6 +295,35 @@ def _authenticator(config: Config, reactor: Any, site_dirs: Any) -> tuple[Any, l
         if backend is not None and IService.providedBy(backend) and backend not in services:
             services.append(backend)
     return authenticator, services
+
+
+class _NoCertificateIdentities:
+    """``certificate`` is not among the authenticators: a client certificate
+    is still verified by TLS but names nobody."""
+
+    def identity_for(self, cert: Any) -> None:
+        return None
+
+
+def _certificate_mapping(config: Config, reactor: Any, site_dirs: Any) -> Any:
+    """``[authenticator:certificate] mapping = file|ldap|<plugin>`` (None: the
+    certificate's own names, see docs/tls.md)."""
+    from rserpool.errors import PluginError
+    from rserpool.plugin import load_named
+
+    if "certificate" not in config["security"]["authenticators"]:
+        return _NoCertificateIdentities()
+    options = config.plugin_options("authenticator", "certificate")
+    unknown = sorted(set(options) - {"mapping"})
+    if unknown:
+        raise ConfigError(f"[authenticator:certificate]: unknown option(s) {', '.join(unknown)} (known: mapping)")
+    name = options.get("mapping", "").strip()
+    if not name or name == "none":
+        return None
+    try:
+        return load_named("cert-mapping", name, _backend_options(config, "cert-mapping", name), reactor, site_dirs)
+    except PluginError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _server_security(tls_conf: Any, cert: str, key: str, cas: Any, reactor: Any) -> tuple[Any, Any, Any]:

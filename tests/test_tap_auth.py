@@ -106,3 +106,63 @@ rules = authz.rules
         self.assertTrue(reply.reject)
         self.assertEqual(reply.error.causes[0].code, CAUSE_SECURITY)
         self.assertEqual(len(self.registrar.handlespace), 0)
+
+
+class CertificateMappingFromFile(unittest.TestCase):
+    """[authenticator:certificate] mapping = file: the credentials file names
+    the holder of a certificate (by fingerprint), whatever the certificate
+    itself says; an unmapped certificate names nobody."""
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        from rserpool.backends.filestore import cert_line
+        from rserpool.security.certidentity import fingerprint_sha256
+        from rserpool.security.pki import load_certificate
+
+        self._tmp = tempfile.TemporaryDirectory()
+        root = Path(self._tmp.name)
+        self.pki = make_test_pki(root / "pki")
+        fingerprint = fingerprint_sha256(load_certificate(self.pki.pe1.cert))
+        write_private(root / "credentials", cert_line("sha256:" + fingerprint, "billing-pe", ()) + "\n")
+        (root / "authz.rules").write_text("billing-pe register billing\npe1 register billing\n")
+        (root / "registrar.ini").write_text(f"""
+[registrar]
+asap_listen = tcp:0:interface=127.0.0.1
+[tls]
+certificate = {self.pki.server.cert}
+private_key = {self.pki.server.key}
+ca_certificates = {self.pki.ca.cert}
+[security]
+credentials = credentials
+rules = authz.rules
+[authenticator:certificate]
+mapping = file
+""")
+        options = Options()
+        options.parseOptions(["--config", str(root / "registrar.ini")])
+        self.registrar = build_registrar(options.config, reactor)
+        yield defer.maybeDeferred(self.registrar.startService)
+        self.clients = []
+
+    tearDown = RegistrarWithSrpAndChap.tearDown
+
+    @defer.inlineCallbacks
+    def register_with(self, cert, pe_id):
+        creator = tls.client_options("localhost", [self.pki.ca.cert], client_cert=cert.pair)
+        client = yield connect_raw(reactor, self.registrar.listening_addresses[0].port, creator)
+        self.clients.append(client)
+        reply = yield client.request(AsapRegistration(b"billing", make_pe(pe_id)))
+        return reply
+
+    @defer.inlineCallbacks
+    def test_mapped_certificate_gets_the_mapped_identity(self):
+        reply = yield self.register_with(self.pki.pe1, 0x61)
+        self.assertFalse(reply.reject, reply)
+        self.assertEqual(self.registrar.handlespace.get(b"billing", 0x61).identity, "billing-pe")
+
+    @defer.inlineCallbacks
+    def test_unmapped_certificate_names_nobody(self):
+        reply = yield self.register_with(self.pki.pe2, 0x62)
+        self.assertTrue(reply.reject)
+        self.assertEqual(reply.error.causes[0].code, CAUSE_SECURITY)
+        self.assertEqual(len(self.registrar.handlespace), 0)

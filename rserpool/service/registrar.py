@@ -108,11 +108,14 @@ class RegistrarService(MultiService):
         revocation: RevocationGate | None = None,
         max_queued_during_check: int = 16,
         authenticator: Any = None,
+        certificate_mapping: Any = None,
     ) -> None:
         super().__init__()
         # SRP/CHAP over the ASAP extension (rserpool.service.auth.RegistrarAuthenticator);
         # None: the extension is disabled and its messages are reported as unrecognized.
         self.authenticator = authenticator
+        # ICertificateMapping: identity_for(cert) -> Identity | name | None (maybe a Deferred)
+        self.certificate_mapping = certificate_mapping
         # OCSP gate: no session (so no state) until the client certificate's
         # check allowed it; up to max_queued_during_check messages wait.
         self.revocation = revocation
@@ -234,15 +237,36 @@ class RegistrarService(MultiService):
         self.channels.add(channel)
         self.connections_per_address[address] = self.connections_per_address.get(address, 0) + 1
         gate = self.revocation
-        if cert is not None and gate is not None and gate.enabled:
-            # Nothing is created for this channel before OCSP allows it.
-            check = gate.check(cert, verified_chain(channel.transport))
+        gated = gate is not None and gate.enabled
+        if cert is not None and (gated or self.certificate_mapping is not None):
+            # Nothing is created for this channel before OCSP allows it and
+            # the certificate mapping (a directory, perhaps) named its holder.
+            check = self._check_certificate(cert, verified_chain(channel.transport) if gated else None,
+                                            identity)
             self._checking[channel] = (check, [])
             check.addCallbacks(self._revocation_checked, self._revocation_failed,
-                               callbackArgs=(channel, address, identity, mechanism),
+                               callbackArgs=(channel, address, mechanism),
                                errbackArgs=(channel,))
             return
         self._open_session(channel, address, identity, mechanism)
+
+    @defer.inlineCallbacks
+    def _check_certificate(self, cert: Any, chain: Any, identity: str | None):
+        """(allowed, reason, identity) for a client certificate: revocation
+        first, then the configured mapping (authoritative when configured:
+        a certificate it does not know yields no identity)."""
+        if chain is not None:
+            decision = yield self.revocation.check(cert, chain)
+            if not decision.allowed:
+                return False, decision.reason, identity
+        if self.certificate_mapping is not None:
+            mapped = yield defer.maybeDeferred(self.certificate_mapping.identity_for, cert)
+            name = getattr(mapped, "name", mapped)
+            if name is None:
+                _log.warn("client certificate {subject} is not mapped to an identity",
+                          subject=cert.subject.rfc4514_string())
+            identity = name
+        return True, "", identity
 
     def _open_session(self, channel: Channel, address: str, identity: str | None,
                       mechanism: str | None) -> None:
@@ -250,17 +274,18 @@ class RegistrarService(MultiService):
         _log.debug("ASAP channel from {address} ready (identity {identity}, {mechanism})", address=address,
                    identity=identity, mechanism=mechanism or "unauthenticated")
 
-    def _revocation_checked(self, decision: Any, channel: Channel, address: str, identity: str | None,
+    def _revocation_checked(self, result: tuple, channel: Channel, address: str,
                             mechanism: str | None) -> None:
+        allowed, reason, identity = result
         _, queued = self._checking.pop(channel, (None, []))
         if channel.closed:
             return
-        if not decision.allowed:
+        if not allowed:
             _log.warn("closing ASAP channel from {address} ({identity}): {reason}", address=address,
-                      identity=identity, reason=decision.reason)
+                      identity=identity, reason=reason)
             channel.close()
             return
-        self._open_session(channel, address, identity, mechanism)
+        self._open_session(channel, address, identity, mechanism if identity is not None else None)
         for kind, item, ppid in queued:
             if channel.closed:
                 break
@@ -274,7 +299,7 @@ class RegistrarService(MultiService):
         self._checking.pop(channel, None)
         if failure.check(defer.CancelledError):
             return  # the channel went away first
-        _log.failure("revocation check failed; closing the channel", failure)
+        _log.failure("certificate check (revocation or mapping) failed; closing the channel", failure)
         channel.abort()
 
     def _hold(self, channel: Channel, kind: str, item: Any, ppid: int = 0) -> bool:
