@@ -17,6 +17,7 @@ that the module runs in a few seconds.
 from __future__ import annotations
 
 import random
+import socket
 import tempfile
 from ipaddress import IPv4Address
 from pathlib import Path
@@ -27,12 +28,16 @@ from twisted.internet import defer, endpoints, protocol, reactor
 from twisted.internet.protocol import Factory
 from twisted.trial import unittest
 
+from rserpool.asap.pu import PuSettings
 from rserpool.asap.registrar import RegistrarSettings
 from rserpool.backends.filestore import RulesFileAuthorizer
 from rserpool.security import tls
 from rserpool.service.channel import Channel, ChannelSettings
-from rserpool.service.hunt import RegistrarCandidates
+from rserpool.service.hunt import (
+    AnnounceReceiver, RegistrarCandidates, ServerHunt, listen_for_announces, make_channel_factory,
+)
 from rserpool.service.pe import PoolElementService
+from rserpool.service.pu import PoolUser
 from rserpool.service.registrar import RegistrarService
 from rserpool.wire import (
     AsapDeregistration,
@@ -43,6 +48,7 @@ from rserpool.wire import (
     AsapHandleResolutionResponse,
     AsapRegistration,
     AsapRegistrationResponse,
+    AsapServerAnnounce,
     EnrpHandleTableRequest,
     EnrpListRequest,
     EnrpPresence,
@@ -84,7 +90,8 @@ class Spy:
         self._unready_waiters: list[tuple[int, defer.Deferred]] = []
         self._message_waiters: list[tuple[type, defer.Deferred]] = []
         self._ready_waiters: list[tuple[int, defer.Deferred]] = []
-        ready, received, closed = registrar.channel_ready, registrar.message_received, registrar.channel_closed
+        ready, received = registrar.channel_ready, registrar.message_received
+        closed = registrar.channel_closed
 
         def on_ready(channel: Channel) -> None:
             self.ready.append(getattr(channel.peer, "host", ""))
@@ -236,7 +243,8 @@ class AttacksOverTLS(unittest.TestCase):
         service = PoolElementService(
             reactor, H, TcpTransport(7, IPv4Address("127.0.0.1")), LeastUsedPolicy(1),
             registration_life=60,
-            candidates=RegistrarCandidates(static=[f"127.0.0.1:{registrar.listening_addresses[0].port} localhost"]),
+            candidates=RegistrarCandidates(
+                static=[f"127.0.0.1:{registrar.listening_addresses[0].port} localhost"]),
             tls_options_factory=lambda name: tls.client_options(name, [self.pki.ca.cert],
                                                                  client_cert=cert.pair),
             hunt_options=dict(t5_initial=0.5, t5_max=1.0, attempt_timeout=5.0))
@@ -624,6 +632,68 @@ class AttacksOverTLS(unittest.TestCase):
             self.assertEqual(registrar.spy.messages, received + 4)  # all four arrived
         self.assertEqual(contents(registrar), {(H, 0x42)})
 
+    # -- threat 2.12 (c, d): a forged announce points at a rogue registrar -----------------------
+
+    @defer.inlineCallbacks
+    def test_forged_announce_of_a_rogue_registrar_is_refused_by_tls(self):
+        good = yield self.registrar()
+        owner = yield self.open(good, self.pki.pe1)
+        owner.pe_ids, owner.auto_ack_keepalives = [(H, 0x77)], True
+        reply = yield within(owner.request(AsapRegistration(H, make_pe(0x77))))
+        self.assertFalse(reply.reject, reply)
+        # The rogue registrar's certificate names 127.0.0.1 too, but from another CA.
+        rogue_options = tls.server_options(self.pki.rogue_server.cert, self.pki.rogue_server.key,
+                                           require_client_cert=False)
+        rogue = RegistrarService(RegistrarSettings(server_id=0xBAD), reactor=reactor,
+                                 listen=["tcp:0:interface=127.0.0.1"], tls_options=rogue_options,
+                                 authorizer=AllowAll())
+        yield rogue.startService()
+        self.registrars.append(rogue)
+        rogue.spy = Spy(rogue)
+
+        receiver = AnnounceReceiver(reactor)  # TLS name: the announced address
+        udp = listen_for_announces(reactor, 0, receiver, "127.0.0.1")
+        self.addCleanup(udp.stopListening)
+
+        def announce(registrar: RegistrarService) -> None:
+            message = AsapServerAnnounce(registrar.server_id, (TcpTransport(
+                registrar.listening_addresses[0].port, IPv4Address("127.0.0.1")),))
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+                sender.sendto(message.encode(), ("127.0.0.1", udp.getHost().port))
+
+        holder: list[PoolUser] = []
+        hunt = ServerHunt(
+            reactor, RegistrarCandidates(announces=receiver),
+            lambda name: tls.client_options(name, [self.pki.ca.cert]),
+            make_channel_factory(lambda candidate: holder[0], reactor, ChannelSettings()),
+            t5_initial=0.2, t5_max=0.5, attempt_timeout=2.0)
+        user = PoolUser(reactor, hunt, settings=PuSettings(t1=2.0, max_request_retransmit=5))
+        holder.append(user)
+        self.services.append(_Stopper(user))
+        announce(rogue)  # the attacker's announce arrives first
+        resolution = user.resolve(H)
+        yield within(rogue.spy.unready_closed(1))  # tried, and refused by the handshake
+        self.assertFalse(resolution.called)
+        announce(good)
+        pes = yield within(resolution)
+        self.assertEqual([pe.pe_id for pe in pes], [0x77])
+        self.assertEqual(rogue.spy.ready, [])
+        self.assertEqual(rogue.spy.messages, 0)
+        self.assertEqual(rogue.core.stats["resolutions"], 0)
+        self.assertEqual(good.core.stats["resolutions"], 1)
+
+
+
+class _Stopper:
+    """Lets tearDown stop a PoolUser like a service."""
+
+    def __init__(self, user: PoolUser) -> None:
+        self.user = user
+        self.running = True
+
+    def stopService(self) -> defer.Deferred:
+        self.running = False
+        return defer.maybeDeferred(self.user.stop)
 
 class _RelayServer(protocol.Protocol):
     """One relayed connection: records what the client sends."""
