@@ -538,10 +538,6 @@ class AttacksOverTLS(unittest.TestCase):
 
     # -- resource limits ------------------------------------------------------------------------
 
-    @pytest.mark.xfail(strict=True, reason=(
-        "rserpool/service/registrar.py: _RegistrarFactory.buildProtocol returns None inside "
-        "TLSMemoryBIOFactory, which wraps the None and raises AttributeError (unhandled error) "
-        "instead of closing the socket; the connection is dropped, but not cleanly"))
     @defer.inlineCallbacks
     def test_connections_over_the_per_address_limit_are_refused(self):
         registrar = yield self.registrar(max_connections_per_address=3)
@@ -565,10 +561,6 @@ class AttacksOverTLS(unittest.TestCase):
         reply = yield within(again.request(AsapRegistration(H, make_pe(0x98))))
         self.assertFalse(reply.reject, reply)
 
-    @pytest.mark.xfail(strict=True, reason=(
-        "rserpool/service/registrar.py counts a connection only once its TLS handshake "
-        "finished (channel_ready), so a burst of handshakes from one address all pass "
-        "buildProtocol before any is counted"))
     @defer.inlineCallbacks
     def test_a_burst_of_connections_from_one_address_is_limited(self):
         registrar = yield self.registrar(max_connections_per_address=3)

@@ -25,7 +25,7 @@ from twisted.application.service import MultiService, Service
 from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.internet.protocol import DatagramProtocol, Factory
+from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
@@ -63,23 +63,37 @@ class PoolAuthorizer(TypingProtocol):
                   pool_handle: bytes) -> bool | defer.Deferred: ...
 
 
+class _Refused(Protocol):
+    """Stands in for a refused connection: drops it at once (returning None
+    from buildProtocol would break the TLS wrapper around the factory)."""
+
+    def connectionMade(self) -> None:
+        abort = getattr(self.transport, "abortConnection", None)
+        (abort or self.transport.loseConnection)()
+
+
 class _RegistrarFactory(Factory):
     def __init__(self, service: "RegistrarService", tls: bool) -> None:
         self.service = service
         self.tls = tls
 
-    def buildProtocol(self, addr: Any) -> Channel | None:
+    def buildProtocol(self, addr: Any) -> Protocol:
+        # Connections count from the moment they are accepted, before the
+        # TLS handshake: a burst of handshakes cannot get past the limits.
         service = self.service
         if len(service.channels) >= service.max_connections:
             _log.warn("refusing ASAP connection from {addr}: {n} connections open", addr=addr,
                       n=len(service.channels))
-            return None
+            return _Refused()
         host = getattr(addr, "host", "")
         per_address = service.connections_per_address.get(host, 0)
         if per_address >= service.max_connections_per_address:
             _log.warn("refusing ASAP connection from {addr}: too many from this address", addr=addr)
-            return None
+            return _Refused()
         channel = Channel(service, service.clock, service.channel_settings, tls=self.tls)
+        channel.peer_host = host
+        service.channels.add(channel)
+        service.connections_per_address[host] = per_address + 1
         return channel
 
 
@@ -234,8 +248,6 @@ class RegistrarService(MultiService):
             else:
                 identity = psk_identity(channel.transport)
                 mechanism = PSK_MECHANISM if identity is not None else None
-        self.channels.add(channel)
-        self.connections_per_address[address] = self.connections_per_address.get(address, 0) + 1
         gate = self.revocation
         gated = gate is not None and gate.enabled
         if cert is not None and (gated or self.certificate_mapping is not None):
@@ -347,7 +359,7 @@ class RegistrarService(MultiService):
             checking[0].cancel()
         if channel in self.channels:
             self.channels.discard(channel)
-            address = session.address if session is not None else getattr(channel.peer, "host", "")
+            address = getattr(channel, "peer_host", "")
             left = self.connections_per_address.get(address, 1) - 1
             if left > 0:
                 self.connections_per_address[address] = left
