@@ -1,0 +1,618 @@
+"""New authenticated PE sessions per second (issue 5 item 7).
+
+A registrar process (``RegistrarService`` with TLS 1.3 and an ECDSA P-256
+certificate, client certificates optional but verified, the file
+credential store with SRP verifiers and CHAP secrets, a rules file, the
+SRP/CHAP authenticator) runs pinned to CPU 0.  A load generator pinned to
+CPU 1 keeps C session slots busy; each session is
+
+    TCP connect, TLS handshake, authentication, one ASAP_REGISTRATION and
+    its response, close
+
+- certificate (scenario A): the client certificate is the authentication;
+  the generator is ``sessgen.c`` (C, OpenSSL, epoll);
+- SRP-6a and CHAP (scenario B): the full ASAP authentication exchange bound
+  to the TLS exporter, then the registration; the generator is a Twisted
+  client in Python using the PE library's ``PeAuthenticator`` (no C SRP
+  client exists here), so it is usually the bottleneck;
+
+each without and with TLS session resumption (server: session tickets on;
+client: offers the session of its previous connection).
+
+The primary, load-robust figure is the registrar's CPU time per session
+(``/proc/PID/task/*/schedstat`` read at the window boundaries);
+``*_per_core_s`` = 1e6 / that (what one fully used core would do) is a
+**projection**.  Measured sessions/s come next to the generator's CPU share.
+
+    .venv/bin/python benchmarks/bench_sessions.py [--quick] [--json] [--profile DIR]
+
+Needs ``gcc``, the OpenSSL headers and ``taskset``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from bench_registrar import (  # noqa: E402  (the registrar benchmark's PKI, processes and CPU accounting)
+    BenchPKI, Boundary, Server, busy_fraction, data_chunk, make_pki, response_chunk,
+)
+
+POOL = "bench-pool"
+SERVER_NAME = "localhost"
+SERVER_CPU, GENERATOR_CPU = "0", "1"
+TARGET_CERT_PER_S = 800.0
+SERVER_SECRET = b"bench-sessions-server-secret-0123"
+MECHANISMS = ("cert", "srp", "chap")
+INIT_CHUNK = b"\x01\x03\x00\x04"  # TCP-mapping INIT: our DATA chunks omit TSN and stream
+
+
+def identity(mechanism: str, index: int) -> str:
+    return f"bench-pe{index}" if mechanism == "cert" else f"bench-{mechanism}{index}"
+
+
+def secret(mechanism: str, index: int) -> str:
+    return f"{mechanism} secret of {index} 0123456789"
+
+
+def pe_id(mechanism: str, index: int) -> int:
+    return 0x20000000 + MECHANISMS.index(mechanism) * 0x100000 + index
+
+
+def registration(mechanism: str, index: int) -> Any:
+    from ipaddress import IPv4Address
+
+    from rserpool.wire import AsapRegistration, LeastUsedPolicy, PoolElement, TcpTransport
+
+    pe = PoolElement(pe_id(mechanism, index), 0, 60, TcpTransport(20000 + index, IPv4Address("127.0.0.1")),
+                     LeastUsedPolicy(index))
+    return AsapRegistration(POOL.encode(), pe)
+
+
+# -- files -------------------------------------------------------------------------------
+
+
+def write_credentials(directory: Path, identities: int) -> tuple[Path, Path]:
+    """The file store (SRP verifiers, CHAP secrets) and the rules file."""
+    from rserpool.backends.filestore import chap_line, srp_line
+    from rserpool.security.srp import make_verifier
+
+    lines = []
+    for i in range(identities):
+        name = identity("srp", i)
+        salt, verifier = make_verifier(name, secret("srp", i))
+        lines.append(srp_line(name, salt, verifier))
+        lines.append(chap_line(identity("chap", i), secret("chap", i).encode()))
+    credentials = directory / "credentials"
+    credentials.write_text("\n".join(lines) + "\n")
+    credentials.chmod(0o600)
+    rules = directory / "bench.rules"
+    rules.write_text("".join(f"{identity(m, i)} register,deregister {POOL}\n"
+                             for m in MECHANISMS for i in range(identities)))
+    return credentials, rules
+
+
+def write_sessgen_script(path: Path, bench_pki: BenchPKI) -> None:
+    out = bytearray(b"RSSG") + struct.pack("!II", 1, len(bench_pki.clients))
+
+    def text(value: str) -> bytes:
+        raw = value.encode()
+        return struct.pack("!H", len(raw)) + raw
+
+    for index, (_, cert, key) in enumerate(bench_pki.clients):
+        request = INIT_CHUNK + data_chunk(registration("cert", index))
+        out += text(str(cert)) + text(str(key)) + struct.pack("!I", len(request)) + request
+    path.write_bytes(bytes(out))
+
+
+def write_echo_spec(path: Path, bench_pki: BenchPKI) -> None:
+    """``_echo_server.py``'s spec: the registrar's answer to a certificate
+    session's registration, byte for byte the same size."""
+    from rserpool.wire import AsapRegistrationResponse
+
+    request_len = struct.unpack_from("!H", data_chunk(registration("cert", 0)), 2)[0]
+    answer = response_chunk(AsapRegistrationResponse(POOL.encode(), pe_id("cert", 0)))
+    path.write_text(json.dumps({"cert": str(bench_pki.server_cert), "key": str(bench_pki.server_key),
+                                "ca": str(bench_pki.ca), "responses": {str(request_len): answer.hex()}}))
+
+
+def build_sessgen(directory: Path) -> Path:
+    binary = directory / "sessgen"
+    subprocess.run(["gcc", "-O2", "-Wall", "-o", str(binary), str(HERE / "sessgen.c"), "-lssl", "-lcrypto"],
+                   check=True)
+    return binary
+
+
+# -- the registrar child -------------------------------------------------------------------
+
+
+def serve(spec_path: str) -> int:
+    """Child: a RegistrarService with TLS, the file store and the authenticator."""
+    from twisted.internet import reactor
+    from twisted.logger import (
+        FilteringLogObserver, LogLevel, LogLevelFilterPredicate, globalLogBeginner, textFileLogObserver,
+    )
+
+    from rserpool.asap.registrar import RegistrarSettings
+    from rserpool.backends.filestore import FileStore, RulesFileAuthorizer
+    from rserpool.security import exchange as ex
+    from rserpool.security import tls
+    from rserpool.security.ratelimit import RateLimit
+    from rserpool.service.auth import RegistrarAuthenticator
+    from rserpool.service.registrar import RegistrarService
+
+    spec = json.loads(Path(spec_path).read_text())
+    observer = FilteringLogObserver(textFileLogObserver(sys.stderr),
+                                    [LogLevelFilterPredicate(defaultLogLevel=LogLevel.warn)])
+    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
+    unlimited = RateLimit(1e9, 2e9)
+    settings = RegistrarSettings(
+        server_id=0x5E55,
+        keepalive_interval=100_000, keepalive_timeout=100_000,
+        registration_rate=unlimited, registration_rate_per_address=unlimited, resolution_rate=unlimited,
+    )
+    options = tls.server_options(spec["cert"], spec["key"], [spec["ca"]], require_client_cert=False,
+                                 session_tickets=spec["tickets"], session_cache=spec["tickets"])
+    store = FileStore(spec["credentials"])
+    # Raised for the benchmark: every session comes from 127.0.0.1 and the
+    # failure budgets must not throttle concurrent successful exchanges.
+    authenticator = RegistrarAuthenticator(
+        reactor, SERVER_SECRET, srp_store=store, chap_store=store,
+        limiter=ex.AttemptLimiter(capacity=1_000_000, refill_interval=0.001),
+        address_limiter=ex.AttemptLimiter(capacity=1_000_000, refill_interval=0.001))
+    service = RegistrarService(
+        settings, reactor=reactor, listen=["tcp:0:interface=127.0.0.1"], tls_options=options,
+        authorizer=RulesFileAuthorizer(spec["rules"]), authenticator=authenticator,
+        max_connections=100_000, max_connections_per_address=100_000)
+    _install_profiler(spec.get("profile"))
+
+    def ready(_: Any) -> None:
+        print(f"READY {service.listening_addresses[0].port}", flush=True)
+
+    reactor.callWhenRunning(lambda: service.startService().addCallback(ready))
+    reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
+    reactor.run()
+    return 0
+
+
+def _install_profiler(directory: str | None) -> None:
+    """SIGUSR1 starts cProfile, SIGUSR2 writes ``DIR/windowN.prof``."""
+    if not directory:
+        return
+    import cProfile
+    import signal
+
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    state: dict[str, Any] = {"profiler": None, "count": 0}
+
+    def start(signum: int, frame: Any) -> None:
+        # CPU time of this thread, not wall time: robust to other load on the core.
+        state["profiler"] = cProfile.Profile(time.thread_time)
+        state["profiler"].enable()
+
+    def stop(signum: int, frame: Any) -> None:
+        profiler = state["profiler"]
+        if profiler is not None:
+            profiler.disable()
+            state["count"] += 1
+            profiler.dump_stats(str(Path(directory) / f"window{state['count']}.prof"))
+            state["profiler"] = None
+
+    signal.signal(signal.SIGUSR1, start)
+    signal.signal(signal.SIGUSR2, stop)
+
+
+# -- CPU accounting shared by both generators ---------------------------------------------
+
+
+def server_cpu_ns(pid: int) -> int:
+    total = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/schedstat") as handle:
+                total += int(handle.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            pass
+    return total
+
+
+def cpu_jiffies() -> tuple[list[int], list[int]]:
+    busy, total = [-1, -1], [-1, -1]
+    with open("/proc/stat") as handle:
+        for line in handle:
+            name, *fields = line.split()
+            if name in ("cpu0", "cpu1"):
+                values = [int(v) for v in fields[:8]]
+                cpu = int(name[3:])
+                total[cpu] = sum(values)
+                busy[cpu] = total[cpu] - values[3] - values[4]
+    return busy, total
+
+
+def boundary_line(word: str, pid: int) -> str:
+    busy, total = cpu_jiffies()
+    return f"{word} window {server_cpu_ns(pid)} {busy[0]} {total[0]} {busy[1]} {total[1]}"
+
+
+# -- the Python generator (SRP and CHAP) ----------------------------------------------------
+
+
+def generate(spec_path: str) -> int:
+    """Child: C slots of TLS + SRP/CHAP (PeAuthenticator) + registration + close."""
+    from OpenSSL._util import lib as ssl_lib
+    from twisted.internet import endpoints, reactor
+    from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
+    from twisted.internet.protocol import Factory
+    from zope.interface import implementer
+
+    from rserpool.security import exchange as ex
+    from rserpool.security import tls
+    from rserpool.service.auth import PeAuthenticator
+    from rserpool.service.channel import Channel, ChannelSettings
+    from rserpool.wire import AsapRegistrationResponse
+
+    spec = json.loads(Path(spec_path).read_text())
+    mechanism, identities, resume = spec["mechanism"], spec["identities"], spec["resume"]
+    wanted = ex.MECH_SRP_SHA256_2048 if mechanism == "srp" else ex.MECH_CHAP_MD5
+    base = tls.client_options(SERVER_NAME, [spec["ca"]])
+    settings = ChannelSettings(heartbeat_interval=1000, dead_after=2000)
+    counts = {"completed": 0, "completed_total": 0, "resumed": 0}
+    errors = {"connect": 0, "auth": 0, "rejected": 0, "unexpected": 0, "closed": 0}
+    state = {"measuring": False, "stopping": False}
+    messages = [registration(mechanism, i) for i in range(identities)]
+
+    @implementer(IOpenSSLClientConnectionCreator)
+    class Creator:
+        def __init__(self) -> None:
+            self.session: Any = None
+
+        def clientConnectionForTLS(self, protocol: Any) -> Any:
+            connection = base.clientConnectionForTLS(protocol)
+            if resume and self.session is not None:
+                connection.set_session(self.session)
+            return connection
+
+    class Slot:
+        def __init__(self, index: int) -> None:
+            self.index = index % identities
+            self.creator = Creator()
+            self.endpoint = endpoints.wrapClientTLS(
+                self.creator, endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", spec["port"]))
+            self.auth = PeAuthenticator(reactor, identity(mechanism, self.index),
+                                        secret(mechanism, self.index), preferences=(wanted,), timeout=30.0)
+            self.done = False
+
+        def start(self) -> None:
+            if state["stopping"]:
+                return
+            self.done = False
+            factory = Factory.forProtocol(lambda: Channel(self, reactor, settings, tls=True, initiator=True))
+            self.endpoint.connect(factory).addErrback(self.connect_failed)
+
+        def connect_failed(self, failure: Any) -> None:
+            errors["connect"] += 1
+            reactor.callLater(0.01, self.start)
+
+        # ChannelHandler
+        def channel_ready(self, channel: Any) -> None:
+            self.auth.authenticate(channel).addCallbacks(
+                lambda _: channel.send(messages[self.index]), self.auth_failed)
+
+        def auth_failed(self, failure: Any) -> None:
+            if state["stopping"]:
+                return
+            errors["auth"] += 1
+            if errors["auth"] <= 3:
+                print(f"authentication failed: {failure.getErrorMessage()}", file=sys.stderr)
+
+        def message_received(self, channel: Any, message: Any, now: float) -> None:
+            if type(message) is not AsapRegistrationResponse or self.done:
+                errors["unexpected"] += 1
+                channel.abort()
+                return
+            if message.reject:
+                errors["rejected"] += 1
+                channel.abort()
+                return
+            self.done = True
+            counts["completed_total"] += 1
+            connection = tls.tls_connection(channel.transport)
+            if state["measuring"]:
+                counts["completed"] += 1
+                counts["resumed"] += 1 if ssl_lib.SSL_session_reused(connection._ssl) == 1 else 0
+            if resume:
+                self.creator.session = connection.get_session()
+            channel.close()
+
+        def wire_error(self, channel: Any, ppid: int, error: Any, now: float) -> None:
+            errors["unexpected"] += 1
+            channel.abort()
+
+        def data_received(self, channel: Any, ppid: int, payload: bytes, now: float) -> None:
+            errors["unexpected"] += 1
+            channel.abort()
+
+        def channel_closed(self, channel: Any, reason: Any) -> None:
+            if not self.done:
+                errors["closed"] += 1
+            self.start()
+
+    marks: dict[str, float] = {}
+
+    def rusage() -> tuple[float, float]:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime, usage.ru_stime
+
+    def begin() -> None:
+        marks["start"] = time.monotonic()
+        marks["user0"], marks["sys0"] = rusage()
+        state["measuring"] = True
+        print(boundary_line("START", spec["server_pid"]), flush=True)
+
+    def end() -> None:
+        state["measuring"] = False
+        state["stopping"] = True
+        marks["end"] = time.monotonic()
+        marks["user1"], marks["sys1"] = rusage()
+        print(boundary_line("END", spec["server_pid"]), flush=True)
+        result = {"window_s": marks["end"] - marks["start"], **counts,
+                  "gen_cpu_user_s": marks["user1"] - marks["user0"],
+                  "gen_cpu_sys_s": marks["sys1"] - marks["sys0"], "slots": spec["slots"], "errors": errors}
+        print("RESULT " + json.dumps(result), flush=True)
+        reactor.stop()
+
+    print("READY", flush=True)
+    for i in range(spec["slots"]):
+        Slot(i).start()
+    reactor.callLater(spec["warmup"], begin)
+    reactor.callLater(spec["warmup"] + spec["measure"], end)
+    reactor.run()
+    return 0
+
+
+# -- orchestration ------------------------------------------------------------------------------
+
+
+def run_generator(argv: list[str], server: Server, profile: bool) -> dict[str, Any]:
+    """Run one generator (already pinned); its RESULT with the window's CPU figures."""
+    import signal
+
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+    bounds: dict[str, Boundary] = {}
+    result: dict[str, Any] | None = None
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            word, _, rest = line.strip().partition(" ")
+            if word in ("START", "END"):
+                bounds[word] = Boundary.parse(rest.split()[1:])
+                if profile:
+                    server.proc.send_signal(signal.SIGUSR1 if word == "START" else signal.SIGUSR2)
+            elif word == "RESULT":
+                result = json.loads(rest)
+    finally:
+        if proc.wait(timeout=120) != 0:
+            raise RuntimeError(f"generator {argv[3:5]} failed with exit code {proc.returncode}")
+    if result is None or set(bounds) != {"START", "END"}:
+        raise RuntimeError("the generator reported no window")
+    start, end = bounds["START"], bounds["END"]
+    result["server_cpu_s"] = (end.server_cpu_ns - start.server_cpu_ns) / 1e9
+    result["cpu0_busy"] = busy_fraction(start, end, int(SERVER_CPU))
+    result["cpu1_busy"] = busy_fraction(start, end, int(GENERATOR_CPU))
+    return result
+
+
+def figures(result: dict[str, Any]) -> dict[str, Any]:
+    window, completed = result["window_s"], result["completed"]
+    server_cpu = result["server_cpu_s"]
+    gen_cpu = result["gen_cpu_user_s"] + result["gen_cpu_sys_s"]
+    rate = completed / window if window else 0.0
+    us = server_cpu / completed * 1e6 if completed else None
+    busy = result.get("cpu0_busy")
+    return {
+        "sessions_per_s": rate,
+        "completed": completed,
+        "window_s": window,
+        "server_us_per_session": us,
+        "per_core_s": 1e6 / us if us else None,  # projection: one fully used core
+        "per_busy_core_s": rate / busy if busy else None,  # projection: by CPU 0 busy time (incl. softirq)
+        "server_cpu_share": server_cpu / window if window else None,
+        "generator_cpu_share": gen_cpu / window if window else None,
+        "generator_us_per_session": gen_cpu / completed * 1e6 if completed else None,
+        "cpu0_busy": busy,
+        "cpu1_busy": result.get("cpu1_busy"),
+        "resumed_fraction": result["resumed"] / completed if completed else None,
+        "errors": sum(result["errors"].values()),
+        "error_kinds": result["errors"],
+        "slots": result["slots"],
+    }
+
+
+def say(text: str) -> None:
+    print(text, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="one short repetition (< 30 s)")
+    parser.add_argument("--json", action="store_true", help="one JSON object on the last line")
+    parser.add_argument("--repetitions", type=int, default=None, help="default 3 (1 with --quick)")
+    parser.add_argument("--measure", type=float, default=None, help="seconds per measured window")
+    parser.add_argument("--identities", type=int, default=64, help="identities per mechanism")
+    parser.add_argument("--cert-slots", type=int, default=64, help="concurrent sessions of the C generator")
+    parser.add_argument("--py-slots", type=int, default=32, help="concurrent sessions of the Python generator")
+    parser.add_argument("--only", choices=MECHANISMS, action="append", help="run only these mechanisms")
+    parser.add_argument("--no-baseline", action="store_true", help="skip the bare TLS server baseline")
+    parser.add_argument("--profile", metavar="DIR", help="cProfile the registrar in each measured window")
+    parser.add_argument("--serve", metavar="SPEC", help=argparse.SUPPRESS)
+    parser.add_argument("--generate", metavar="SPEC", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.serve:
+        return serve(args.serve)
+    if args.generate:
+        return generate(args.generate)
+
+    reps = args.repetitions or (1 if args.quick else 3)
+    warmup = 0.5 if args.quick else 1.0
+    measure = args.measure or (1.5 if args.quick else 3.0)
+    mechanisms = tuple(args.only or MECHANISMS)
+    slots = max(args.cert_slots, args.py_slots)
+    if args.identities < slots:
+        parser.error("--identities must be at least the number of slots (one session per identity at a time)")
+    started = time.monotonic()
+    runs: dict[str, list[dict[str, Any]]] = {}
+    with tempfile.TemporaryDirectory(prefix="rserpool-bench-sessions-") as tmp:
+        directory = Path(tmp)
+        bench_pki = make_pki(directory, args.identities)
+        credentials, rules = write_credentials(directory, args.identities)
+        sessgen = build_sessgen(directory)
+        script = directory / "cert.sg"
+        write_sessgen_script(script, bench_pki)
+        say(f"session benchmark: {', '.join(mechanisms)}, with and without resumption; {reps} repetition(s) of "
+            f"{warmup:.1f} s warm-up + {measure:.1f} s measured; registrar on CPU {SERVER_CPU}, generators on "
+            f"CPU {GENERATOR_CPU} (C: {args.cert_slots} slots, Python: {args.py_slots} slots)")
+        echo_spec = directory / "echo.json"
+        write_echo_spec(echo_spec, bench_pki)
+
+        def sessgen_argv(server: Server, resume: bool) -> list[str]:
+            return [str(sessgen), "-p", str(server.port), "-s", str(script), "-A", str(bench_pki.ca),
+                    "-n", SERVER_NAME, "-c", str(args.cert_slots), "-w", str(int(warmup * 1000)),
+                    "-m", str(int(measure * 1000)), "-P", str(server.pid)] + (["-r"] if resume else [])
+
+        def show(key: str, rep: int, run: dict[str, Any]) -> None:
+            say(f"  {key:14s} #{rep + 1}: {run['sessions_per_s']:7.0f}/s measured, server "
+                f"{run['server_us_per_session'] or 0:7.0f} us CPU/session (CPU {run['server_cpu_share']:.0%},"
+                f" cpu0 busy {run['cpu0_busy'] or 0:.0%}) -> {run['per_core_s'] or 0:6.0f}/s per core "
+                f"(projected); generator CPU {run['generator_cpu_share']:.0%}; resumed "
+                f"{run['resumed_fraction'] or 0:.0%}; errors {run['errors']}")
+
+        for rep in range(reps):
+            if "cert" in mechanisms and not args.no_baseline:
+                # The bare Twisted TLS server (same TLS settings, client certificate
+                # required, no tickets) answering the same request: the ceiling.
+                server = Server([sys.executable, str(HERE / "_echo_server.py"), str(echo_spec)],
+                                directory / f"echo{rep}.log")
+                try:
+                    run = figures(run_generator(["taskset", "-c", GENERATOR_CPU, *sessgen_argv(server, False)],
+                                                server, False))
+                finally:
+                    server.stop()
+                runs.setdefault("baseline", []).append(run)
+                show("baseline", rep, run)
+            for tickets in (False, True):
+                spec = directory / f"server{rep}{int(tickets)}.json"
+                spec.write_text(json.dumps({
+                    "cert": str(bench_pki.server_cert), "key": str(bench_pki.server_key), "ca": str(bench_pki.ca),
+                    "credentials": str(credentials), "rules": str(rules), "tickets": tickets,
+                    "profile": str(Path(args.profile).resolve() / f"rep{rep + 1}-tickets{int(tickets)}")
+                    if args.profile else None,
+                }))
+                server = Server([sys.executable, str(Path(__file__).resolve()), "--serve", str(spec)],
+                                directory / f"server{rep}{int(tickets)}.log")
+                try:
+                    for mechanism in mechanisms:
+                        key = mechanism + ("_resumed" if tickets else "")
+                        if mechanism == "cert":
+                            gen = sessgen_argv(server, tickets)
+                        else:
+                            gspec = directory / f"gen-{key}-{rep}.json"
+                            gspec.write_text(json.dumps({
+                                "port": server.port, "ca": str(bench_pki.ca), "mechanism": mechanism,
+                                "identities": args.identities, "resume": tickets, "slots": args.py_slots,
+                                "warmup": warmup, "measure": measure, "server_pid": server.pid,
+                            }))
+                            gen = [sys.executable, str(Path(__file__).resolve()), "--generate", str(gspec)]
+                        run = figures(run_generator(["taskset", "-c", GENERATOR_CPU, *gen], server,
+                                                    bool(args.profile)))
+                        runs.setdefault(key, []).append(run)
+                        show(key, rep, run)
+                finally:
+                    server.stop()
+    summary = summarize(runs, reps, warmup, measure, args)
+    summary["duration_s"] = round(time.monotonic() - started, 1)
+    report(summary)
+    if args.json:
+        print(json.dumps(summary, sort_keys=True))
+    return 0
+
+
+def summarize(runs: dict[str, list[dict[str, Any]]], reps: int, warmup: float, measure: float,
+              args: argparse.Namespace) -> dict[str, Any]:
+    def med(key: str, field: str, digits: int = 0) -> float | None:
+        values = [run[field] for run in runs.get(key, []) if run.get(field) is not None]
+        return round(statistics.median(values), digits) if values else None
+
+    summary: dict[str, Any] = {}
+    for key in runs:
+        summary[f"{key}_sessions_per_s"] = med(key, "sessions_per_s")
+        summary[f"{key}_sessions_per_core_s"] = med(key, "per_core_s")
+    per_key = {
+        "server_us_per_session": 1, "server_cpu_share": 3, "generator_cpu_share": 3,
+        "generator_us_per_session": 1, "cpu0_busy": 3, "cpu1_busy": 3, "resumed_fraction": 3,
+        "per_busy_core_s": 0,
+    }
+    for field, digits in per_key.items():
+        summary[field] = {key: med(key, field, digits) for key in runs}
+    summary["generator_saturated"] = {key: (value or 0) > 0.85 for key, value in
+                                      summary["generator_cpu_share"].items()}
+    summary["errors"] = {key: sum(run["errors"] for run in runs[key]) for key in runs}
+    summary["projected"] = sorted(f"{key}_sessions_per_core_s" for key in runs) + ["per_busy_core_s"]
+    summary["measured"] = sorted(f"{key}_sessions_per_s" for key in runs)
+    us = summary["server_us_per_session"]
+    if us.get("baseline") and us.get("cert"):
+        # The registrar's own cost per certificate session beyond a bare Twisted TLS server.
+        summary["cert_registrar_overhead_us"] = round(us["cert"] - us["baseline"], 1)
+        summary["cert_cpu_ratio_to_baseline"] = round(us["baseline"] / us["cert"], 3)
+    cert_rate, cert_core = summary.get("cert_sessions_per_s"), summary.get("cert_sessions_per_core_s")
+    summary["target_cert_sessions_per_s"] = TARGET_CERT_PER_S
+    summary["target_met"] = {
+        "measured": cert_rate is not None and cert_rate >= TARGET_CERT_PER_S,
+        "projected_one_core": cert_core is not None and cert_core >= TARGET_CERT_PER_S,
+    }
+    summary.update({
+        "repetitions": reps, "warmup_s": warmup, "measure_s": measure, "identities": args.identities,
+        "cert_slots": args.cert_slots, "py_slots": args.py_slots, "tls": "TLSv1.3, ECDSA P-256 server certificate",
+        "generators": {"cert": "sessgen.c (C, OpenSSL)", "srp": "Python (Twisted, PeAuthenticator)",
+                       "chap": "Python (Twisted, PeAuthenticator)"},
+        "instrumented": "profile" if args.profile else "none",
+        "runs": runs,
+    })
+    return summary
+
+
+def report(s: dict[str, Any]) -> None:
+    say("medians (measured sessions/s; registrar CPU per session; projection to one full registrar core):")
+    for key in s["server_us_per_session"]:
+        saturated = "  ** generator-bound **" if s["generator_saturated"][key] else ""
+        say(f"  {key:14s} {s[f'{key}_sessions_per_s'] or 0:7.0f}/s  {s['server_us_per_session'][key] or 0:7.0f} us"
+            f"  -> {s[f'{key}_sessions_per_core_s'] or 0:6.0f}/s per core (projected)  generator CPU "
+            f"{s['generator_cpu_share'][key] or 0:.0%}  resumed {s['resumed_fraction'][key] or 0:.0%}{saturated}")
+    if "cert_registrar_overhead_us" in s:
+        say(f"  certificate session: registrar {s['server_us_per_session']['cert']:.0f} us vs bare TLS server "
+            f"{s['server_us_per_session']['baseline']:.0f} us CPU: {s['cert_registrar_overhead_us']:.0f} us of "
+            f"registrar work per session (CPU ratio {s['cert_cpu_ratio_to_baseline']:.2f})")
+    if "cert_sessions_per_s" in s:
+        say(f"  target {TARGET_CERT_PER_S:.0f} certificate sessions/s on one core: measured "
+            f"{'met' if s['target_met']['measured'] else 'NOT met'}, projected "
+            f"{'met' if s['target_met']['projected_one_core'] else 'NOT met'}")
+    if any(s["errors"].values()):
+        say(f"  ** errors: {s['errors']} **")
+    if s["instrumented"] != "none":
+        say("  ** instrumented run (--profile): rates are lower than uninstrumented ones **")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
