@@ -296,3 +296,43 @@ class RegistrarWithFreeRadius(unittest.TestCase):
         self.radius.start()
         self.flushLoggedErrors(BackendUnavailable)
         self.assert_accepted((yield pe2.request(AsapRegistration(b"echo", make_pe(0x200)))))
+
+    # -- scenario B: CHAP inside TLS, verified by FreeRADIUS ----------------------------------------
+
+    @defer.inlineCallbacks
+    def chap_pe(self, identity: str, secret: bytes):
+        """A channel without a client certificate on which ``identity`` ran
+        the CHAP exchange of the ASAP authentication extension."""
+        from rserpool.security import exchange
+        from rserpool.service.auth import PeAuthenticator
+
+        client = yield self.connect()
+        authenticator = PeAuthenticator(reactor, identity, secret, preferences=(exchange.MECH_CHAP_MD5,))
+        try:
+            yield authenticator.authenticate(client.channel)
+        finally:
+            client.channel.handler = client
+        return client
+
+    @defer.inlineCallbacks
+    def test_chap_through_freeradius_authorized_by_reply_attributes(self):
+        from rserpool.service.auth import AuthenticationError
+
+        registrar = yield self.start_registrar()
+        self.assertIsNotNone(registrar.authenticator)
+        self.assertEqual(registrar.authenticator.mechanisms, ("CHAP-MD5",))
+        requests_before = self.stats["requests"]
+        pe1 = yield self.chap_pe("pe1", b"pe1-secret")
+        # The Access-Accept of the CHAP check carried the pools: no further
+        # (authorize-only) request is needed to authorize the registration.
+        self.assert_accepted((yield pe1.request(AsapRegistration(b"echo", make_pe(0x401)))))
+        self.assertEqual(registrar.handlespace.get(b"echo", 0x401).identity, "pe1")
+        self.assertEqual(self.stats["requests"], requests_before + 1)
+        self.assert_refused((yield pe1.request(AsapRegistration(b"daytime-1", make_pe(0x402)))))
+        # A wrong secret, and a name FreeRADIUS does not know, fail the same way.
+        for identity, secret in (("pe1", b"wrong"), ("nobody", b"pe1-secret")):
+            with self.assertRaises(AuthenticationError):
+                yield self.chap_pe(identity, secret)
+        anonymous = yield self.connect()
+        self.assert_refused((yield anonymous.request(AsapRegistration(b"echo", make_pe(0x403)))))
+        self.assertIsNone(registrar.handlespace.get(b"echo", 0x403))
