@@ -109,6 +109,9 @@ class Channel(Protocol):
         self.peer: Any = None
         self.session: Any = None  # the handler's per-channel state
         self._timer: IDelayedCall | None = None
+        # While dataReceived runs: the chunks to write when it ends (one
+        # transport write, hence one TLS record, per read); None otherwise.
+        self._out: list[bytes] | None = None
         self._last_heard = 0.0
         self._on_close: list[Deferred] = []
 
@@ -145,25 +148,48 @@ class Channel(Protocol):
             return
         handler = self.handler
         limits = self.settings.limits
-        for event in events:
-            if type(event) is MessageReceived:
-                ppid = event.ppid
-                if ppid == PPID_ASAP or ppid == PPID_ENRP:
-                    try:
-                        message = decode_message(event.payload, ppid, limits)
-                    except WireError as exc:
-                        handler.wire_error(self, ppid, exc, now)
+        # Everything sent while handling this read (the handler's answers,
+        # then the mandatory ACKs) goes out in one write, in the same order
+        # as separate writes would have put it on the stream.
+        out: list[bytes] = []
+        self._out = out
+        try:
+            for event in events:
+                if type(event) is MessageReceived:
+                    ppid = event.ppid
+                    if ppid == PPID_ASAP or ppid == PPID_ENRP:
+                        try:
+                            message = decode_message(event.payload, ppid, limits)
+                        except WireError as exc:
+                            handler.wire_error(self, ppid, exc, now)
+                        else:
+                            handler.message_received(self, message, now)
                     else:
-                        handler.message_received(self, message, now)
-                else:
-                    handler.data_received(self, ppid, event.payload, now)
-                if self.closed:
-                    return
-            elif type(event) is HeartbeatAckReceived:
-                pass  # any data counts as a sign of life
+                        handler.data_received(self, ppid, event.payload, now)
+                    if self.closed:
+                        self._out = None
+                        return
+                elif type(event) is HeartbeatAckReceived:
+                    pass  # any data counts as a sign of life
+        except BaseException:
+            self._flush_batch()
+            raise
         pending = self.mapping.data_to_send()
-        if pending:
+        if self._out is out:
+            self._out = None
+            if pending:
+                out.append(pending)
+            if out:
+                self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+        elif pending:  # the batch was flushed early (close or abort)
             self.transport.write(pending)
+
+    def _flush_batch(self) -> None:
+        out = self._out
+        if out is not None:
+            self._out = None
+            if out and not self.closed:
+                self.transport.write(b"".join(out))
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self.closed = True
@@ -191,25 +217,37 @@ class Channel(Protocol):
         """Encode and send one ASAP or ENRP message."""
         if self.closed:
             return
-        self.transport.write(self.mapping.send_message(message.PPID, message.encode()))
+        chunk = self.mapping.send_message(message.PPID, message.encode())
+        out = self._out
+        if out is not None:
+            out.append(chunk)
+        else:
+            self.transport.write(chunk)
 
     def send_encoded(self, ppid: int, payload: bytes) -> None:
         """Send an already encoded message (or application data) with ``ppid``."""
         if self.closed:
             return
-        self.transport.write(self.mapping.send_message(ppid, payload))
+        chunk = self.mapping.send_message(ppid, payload)
+        out = self._out
+        if out is not None:
+            out.append(chunk)
+        else:
+            self.transport.write(chunk)
 
     send_data = send_encoded
 
     def close(self) -> None:
         """Close gracefully (after pending writes)."""
         if not self.closed and self.transport is not None:
+            self._flush_batch()
             self.transport.loseConnection()
 
     def abort(self) -> None:
         """Drop the connection at once."""
         if self.closed or self.transport is None:
             return
+        self._flush_batch()
         abort = getattr(self.transport, "abortConnection", None)
         if abort is not None:
             abort()
