@@ -177,7 +177,7 @@ def serve(spec_path: str) -> int:
         settings, reactor=reactor, listen=["tcp:0:interface=127.0.0.1"], tls_options=options,
         authorizer=RulesFileAuthorizer(spec["rules"]), authenticator=authenticator,
         max_connections=100_000, max_connections_per_address=100_000)
-    _install_profiler(spec.get("profile"))
+    _install_window_hooks(spec["stats"], spec.get("profile"))
 
     def ready(_: Any) -> None:
         print(f"READY {service.listening_addresses[0].port}", flush=True)
@@ -188,28 +188,81 @@ def serve(spec_path: str) -> int:
     return 0
 
 
-def _install_profiler(directory: str | None) -> None:
-    """SIGUSR1 starts cProfile, SIGUSR2 writes ``DIR/windowN.prof``."""
-    if not directory:
-        return
+#: Registrar stages timed in every run (label, module, owner, attribute): CPU
+#: time inclusive of what they call.  ``build_protocol``, ``channel_ready``,
+#: ``channel_data`` and ``channel_closed`` are disjoint and together are all of
+#: the registrar's own work per session; the rest of its CPU is TLS (handshake
+#: included), the reactor and the kernel.
+_STAGES = (
+    ("build_protocol", "rserpool.service.registrar", "_RegistrarFactory", "buildProtocol"),
+    ("channel_ready", "rserpool.service.registrar", "RegistrarService", "channel_ready"),
+    ("channel_data", "rserpool.service.channel", "Channel", "dataReceived"),
+    ("channel_closed", "rserpool.service.registrar", "RegistrarService", "channel_closed"),
+    # inside the above
+    ("peer_certificate", "rserpool.service.registrar", None, "peer_certificate"),
+    ("certificate_identity", "rserpool.service.registrar", "RegistrarService", "_certificate_identity"),
+    ("certidentity_derived", "rserpool.service.registrar", None, "identity_from_certificate"),
+    ("auth_exchange", "rserpool.service.auth", "RegistrarAuthenticator", "message_received"),
+    ("asap_core", "rserpool.asap.registrar", "RegistrarCore", "message_received"),
+    ("authorize", "rserpool.backends.filestore", "RulesFileAuthorizer", "authorize"),
+)
+
+
+def _timed(owner: Any, attribute: str, cell: list[float]) -> None:
+    original = getattr(owner, attribute)
+    clock = time.thread_time
+
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        began = clock()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            cell[0] += clock() - began
+            cell[1] += 1
+
+    setattr(owner, attribute, timed)
+
+
+def _install_window_hooks(stats_path: str, profile_dir: str | None) -> None:
+    """SIGUSR1 opens a measured window, SIGUSR2 closes it and appends the
+    stages' CPU (and the number of sessions made ready) as a JSON line to
+    ``stats_path``; with ``profile_dir``, cProfile (CPU-time clock) runs in
+    the window and writes ``DIR/windowN.prof``."""
     import cProfile
+    import importlib
     import signal
 
-    Path(directory).mkdir(parents=True, exist_ok=True)
+    cells: dict[str, list[float]] = {}
+    for label, module_name, owner_name, attribute in _STAGES:
+        module = importlib.import_module(module_name)
+        owner = getattr(module, owner_name) if owner_name else module
+        if not hasattr(owner, attribute):  # the registrar changed: time what exists
+            continue
+        cells[label] = [0.0, 0]
+        _timed(owner, attribute, cells[label])
+    if profile_dir:
+        Path(profile_dir).mkdir(parents=True, exist_ok=True)
     state: dict[str, Any] = {"profiler": None, "count": 0}
 
     def start(signum: int, frame: Any) -> None:
-        # CPU time of this thread, not wall time: robust to other load on the core.
-        state["profiler"] = cProfile.Profile(time.thread_time)
-        state["profiler"].enable()
+        for cell in cells.values():
+            cell[0] = cell[1] = 0
+        if profile_dir:
+            # CPU time of this thread, not wall time: robust to other load on the core.
+            state["profiler"] = cProfile.Profile(time.thread_time)
+            state["profiler"].enable()
 
     def stop(signum: int, frame: Any) -> None:
         profiler = state["profiler"]
+        state["count"] += 1
         if profiler is not None:
             profiler.disable()
-            state["count"] += 1
-            profiler.dump_stats(str(Path(directory) / f"window{state['count']}.prof"))
+            profiler.dump_stats(str(Path(profile_dir) / f"window{state['count']}.prof"))  # type: ignore[arg-type]
             state["profiler"] = None
+        line = {"window": state["count"], "cpu_s": {k: c[0] for k, c in cells.items()},
+                "calls": {k: c[1] for k, c in cells.items()}}
+        with open(stats_path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(line) + "\n")
 
     signal.signal(signal.SIGUSR1, start)
     signal.signal(signal.SIGUSR2, stop)
@@ -386,7 +439,7 @@ def generate(spec_path: str) -> int:
 # -- orchestration ------------------------------------------------------------------------------
 
 
-def run_generator(argv: list[str], server: Server, profile: bool) -> dict[str, Any]:
+def run_generator(argv: list[str], server: Server, signal_windows: bool) -> dict[str, Any]:
     """Run one generator (already pinned); its RESULT with the window's CPU figures."""
     import signal
 
@@ -399,7 +452,7 @@ def run_generator(argv: list[str], server: Server, profile: bool) -> dict[str, A
             word, _, rest = line.strip().partition(" ")
             if word in ("START", "END"):
                 bounds[word] = Boundary.parse(rest.split()[1:])
-                if profile:
+                if signal_windows:
                     server.proc.send_signal(signal.SIGUSR1 if word == "START" else signal.SIGUSR2)
             elif word == "RESULT":
                 result = json.loads(rest)
@@ -433,12 +486,32 @@ def figures(result: dict[str, Any]) -> dict[str, Any]:
         "generator_cpu_share": gen_cpu / window if window else None,
         "generator_us_per_session": gen_cpu / completed * 1e6 if completed else None,
         "cpu0_busy": busy,
+        # CPU 0 busy time that is not the server process: other load, or softirq.
+        "cpu0_other_share": busy - server_cpu / window if busy is not None and window else None,
         "cpu1_busy": result.get("cpu1_busy"),
         "resumed_fraction": result["resumed"] / completed if completed else None,
         "errors": sum(result["errors"].values()),
         "error_kinds": result["errors"],
         "slots": result["slots"],
     }
+
+
+def stage_figures(stats: Path, run: dict[str, Any]) -> dict[str, Any]:
+    """The registrar's stages in the window just measured (last line of its
+    stats file), in CPU microseconds per completed session."""
+    try:
+        window = json.loads(stats.read_text().splitlines()[-1])
+    except (OSError, IndexError, ValueError):
+        return {}
+    completed = run["completed"]
+    if not completed:
+        return {}
+    stages = {label: round(cpu / completed * 1e6, 1) for label, cpu in window["cpu_s"].items()}
+    app = sum(stages[k] for k in ("build_protocol", "channel_ready", "channel_data", "channel_closed"))
+    out: dict[str, Any] = {"stages_us": stages, "app_us_per_session": round(app, 1)}
+    if run.get("server_us_per_session") is not None:
+        out["tls_reactor_kernel_us_per_session"] = round(run["server_us_per_session"] - app, 1)
+    return out
 
 
 def say(text: str) -> None:
@@ -517,6 +590,7 @@ def main(argv: list[str] | None = None) -> int:
                 spec.write_text(json.dumps({
                     "cert": str(bench_pki.server_cert), "key": str(bench_pki.server_key), "ca": str(bench_pki.ca),
                     "credentials": str(credentials), "rules": str(rules), "tickets": tickets,
+                    "stats": str(directory / f"server{rep}{int(tickets)}.stats"),
                     "profile": str(Path(args.profile).resolve() / f"rep{rep + 1}-tickets{int(tickets)}")
                     if args.profile else None,
                 }))
@@ -535,8 +609,8 @@ def main(argv: list[str] | None = None) -> int:
                                 "warmup": warmup, "measure": measure, "server_pid": server.pid,
                             }))
                             gen = [sys.executable, str(Path(__file__).resolve()), "--generate", str(gspec)]
-                        run = figures(run_generator(["taskset", "-c", GENERATOR_CPU, *gen], server,
-                                                    bool(args.profile)))
+                        run = figures(run_generator(["taskset", "-c", GENERATOR_CPU, *gen], server, True))
+                        run.update(stage_figures(directory / f"server{rep}{int(tickets)}.stats", run))
                         runs.setdefault(key, []).append(run)
                         show(key, rep, run)
                 finally:
@@ -562,10 +636,21 @@ def summarize(runs: dict[str, list[dict[str, Any]]], reps: int, warmup: float, m
     per_key = {
         "server_us_per_session": 1, "server_cpu_share": 3, "generator_cpu_share": 3,
         "generator_us_per_session": 1, "cpu0_busy": 3, "cpu1_busy": 3, "resumed_fraction": 3,
-        "per_busy_core_s": 0,
+        "per_busy_core_s": 0, "app_us_per_session": 1, "tls_reactor_kernel_us_per_session": 1,
+        "cpu0_other_share": 3,
     }
     for field, digits in per_key.items():
         summary[field] = {key: med(key, field, digits) for key in runs}
+    summary["stages_us"] = {}
+    for key in runs:
+        labels = sorted({label for run in runs[key] for label in run.get("stages_us", {})})
+        if labels:
+            summary["stages_us"][key] = {label: round(statistics.median(
+                run["stages_us"][label] for run in runs[key] if label in run.get("stages_us", {})), 1)
+                for label in labels}
+    summary["server_us_per_session_min"] = {
+        key: round(min(run["server_us_per_session"] for run in runs[key] if run["server_us_per_session"]), 1)
+        for key in runs if any(run["server_us_per_session"] for run in runs[key])}
     summary["generator_saturated"] = {key: (value or 0) > 0.85 for key, value in
                                       summary["generator_cpu_share"].items()}
     summary["errors"] = {key: sum(run["errors"] for run in runs[key]) for key in runs}
@@ -600,6 +685,10 @@ def report(s: dict[str, Any]) -> None:
         say(f"  {key:14s} {s[f'{key}_sessions_per_s'] or 0:7.0f}/s  {s['server_us_per_session'][key] or 0:7.0f} us"
             f"  -> {s[f'{key}_sessions_per_core_s'] or 0:6.0f}/s per core (projected)  generator CPU "
             f"{s['generator_cpu_share'][key] or 0:.0%}  resumed {s['resumed_fraction'][key] or 0:.0%}{saturated}")
+    for key, stages in s["stages_us"].items():
+        say(f"  {key:14s} registrar own work {s['app_us_per_session'][key] or 0:.0f} us/session "
+            f"(TLS + reactor + kernel {s['tls_reactor_kernel_us_per_session'][key] or 0:.0f} us): "
+            + ", ".join(f"{label} {value:.0f}" for label, value in stages.items() if value))
     if "cert_registrar_overhead_us" in s:
         say(f"  certificate session: registrar {s['server_us_per_session']['cert']:.0f} us vs bare TLS server "
             f"{s['server_us_per_session']['baseline']:.0f} us CPU: {s['cert_registrar_overhead_us']:.0f} us of "

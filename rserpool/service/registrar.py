@@ -21,6 +21,7 @@ import ipaddress
 import random
 from typing import Any, Callable, Iterable, Protocol as TypingProtocol
 
+from cryptography.hazmat.primitives.serialization import Encoding
 from twisted.application.service import MultiService, Service
 from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
@@ -52,6 +53,9 @@ from rserpool.wire.transports import TcpTransport
 __all__ = ["PoolAuthorizer", "RegistrarService", "AnnounceProtocol"]
 
 _log = Logger()
+
+#: Client certificates whose identity the registrar remembers (oldest dropped first).
+_CERTIFICATE_NAMES_CACHED = 4096
 
 
 class PoolAuthorizer(TypingProtocol):
@@ -143,6 +147,11 @@ class RegistrarService(MultiService):
         self.rng = rng or random.SystemRandom()
         self.channel_settings = channel_settings or ChannelSettings()
         self.identity_policy = identity_policy or IdentityPolicy()
+        # Verified client certificate (DER) -> identity: a pure function of the
+        # certificate and the policy, so a bounded cache skips re-deriving it
+        # on every new connection of the same PE (benchmarks/bench_sessions.py).
+        self._certificate_names: dict[bytes, str] = {}
+        self._certificate_names_policy = self.identity_policy
         self.groups_of = groups_of or (lambda identity: ())
         self.handlespace = Handlespace(limits or HandlespaceLimits(), rng=random.Random(self.rng.random()))
         self.core = RegistrarCore(settings, self.handlespace, rng=random.Random(self.rng.random()),
@@ -240,7 +249,7 @@ class RegistrarService(MultiService):
                 cert = None
             if cert is not None:
                 try:
-                    identity = identity_from_certificate(cert, self.identity_policy).name
+                    identity = self._certificate_identity(cert)
                     mechanism = "certificate"
                 except CertIdentityError as exc:
                     _log.warn("client certificate from {address} yields no identity: {error}",
@@ -261,6 +270,22 @@ class RegistrarService(MultiService):
                                errbackArgs=(channel,))
             return
         self._open_session(channel, address, identity, mechanism)
+
+    def _certificate_identity(self, cert: Any) -> str:
+        """``identity_from_certificate(cert, self.identity_policy).name``, cached by DER."""
+        policy = self.identity_policy
+        names = self._certificate_names
+        if policy is not self._certificate_names_policy:
+            names.clear()
+            self._certificate_names_policy = policy
+        key = cert.public_bytes(Encoding.DER)
+        name = names.get(key)
+        if name is None:
+            name = identity_from_certificate(cert, policy).name  # CertIdentityError: not cached
+            if len(names) >= _CERTIFICATE_NAMES_CACHED:
+                del names[next(iter(names))]
+            names[key] = name
+        return name
 
     @defer.inlineCallbacks
     def _check_certificate(self, cert: Any, chain: Any, identity: str | None):
