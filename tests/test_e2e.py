@@ -36,6 +36,7 @@ import pytest
 from twisted.internet import defer, protocol, reactor, task
 from twisted.trial import unittest
 
+from rserpool.asap.pu import UnknownPool
 from rserpool.asap.session import CookieSealer
 from rserpool.demo.echo_client import EchoSession
 from rserpool.security import pki as pkimod
@@ -45,7 +46,6 @@ from rserpool.service.hunt import RegistrarCandidates, ServerHunt, make_channel_
 from rserpool.service.pu import PoolUser
 from rserpool.service.session import pe_tls_options
 from rserpool.wire import AsapHandleResolution, AsapHandleResolutionResponse
-from rserpool.asap.pu import UnknownPool
 from rserpool.wire.codes import PPID_ASAP
 from tests.asaphelpers import connect_raw
 from tests.tlshelpers import make_test_pki
