@@ -71,7 +71,7 @@ static int nslots = 32, resume = 0, server_pid = 0, port = 0, epfd;
 static const char *host = "127.0.0.1", *server_name = "localhost";
 static struct sockaddr_in addr;
 static int measuring = 0, stopping = 0;
-static uint64_t done_window, done_total, resumed_window, tickets_seen;
+static uint64_t done_window, done_total, resumed_window;
 static uint64_t err_connect, err_handshake, err_io, err_rejected, err_unexpected;
 
 static double now_s(void) {
@@ -264,8 +264,13 @@ static void start(slot_t *s) {
     SSL_set1_host(s->ssl, server_name);
     if (resume && s->last) SSL_set_session(s->ssl, s->last);
     if (connect(s->fd, (struct sockaddr *)&addr, sizeof addr) < 0 && errno != EINPROGRESS) {
+        /* e.g. no local port free: the main loop retries idle slots (no recursion here) */
         err_connect++;
-        finish(s, 0);
+        SSL_free(s->ssl);
+        s->ssl = NULL;
+        close(s->fd);
+        s->fd = -1;
+        s->state = S_IDLE;
         return;
     }
     s->state = S_CONNECTING;
@@ -433,6 +438,9 @@ int main(int argc, char **argv) {
             fail("epoll_wait");
         }
         for (int k = 0; k < n; k++) step((slot_t *)events[k].data.ptr);
+        if (err_connect)
+            for (int i = 0; i < nslots; i++)
+                if (slots[i].state == S_IDLE && slots[i].fd < 0) start(&slots[i]);
     }
     for (int i = 0; i < nslots; i++) {
         if (slots[i].ssl) SSL_free(slots[i].ssl);
@@ -446,6 +454,5 @@ int main(int argc, char **argv) {
            (unsigned long long)resumed_window, user1 - user0, sys1 - sys0, nslots,
            (unsigned long long)err_connect, (unsigned long long)err_handshake, (unsigned long long)err_io,
            (unsigned long long)err_rejected, (unsigned long long)err_unexpected);
-    (void)tickets_seen;
     return 0;
 }
