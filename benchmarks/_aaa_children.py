@@ -5,6 +5,7 @@ Each runs its own Twisted reactor; ``bench_aaa.py --serve-...`` starts them."""
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import secrets
@@ -285,15 +286,27 @@ def serve_registrar(ini: str, stats_path: str, nodelay: bool = False) -> int:
         return ldap_requests[0] if "ldap" in type(service.authorizer).__module__ else None
 
     window: dict[str, Any] = {}
+    collections: list[tuple[int, float]] = []  # (generation, seconds) of each GC run
+    gc_began = [0.0]
+
+    def gc_callback(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            gc_began[0] = time.perf_counter()
+        else:
+            collections.append((info["generation"], time.perf_counter() - gc_began[0]))
+
+    gc.callbacks.append(gc_callback)
 
     def begin(*_: Any) -> None:
         gaps.clear()
         busy.clear()
+        collections.clear()
         window.update(requests=backend_requests(), wall=time.perf_counter())
 
     def end(*_: Any) -> None:
         out: dict[str, Any] = {"lag_ms": [round(max(0.0, gap) * 1e3, 4) for gap in gaps],
-                               "busy_ms": [round(value * 1e3, 4) for value in busy]}
+                               "busy_ms": [round(value * 1e3, 4) for value in busy],
+                               "gc_ms": [(gen, round(seconds * 1e3, 3)) for gen, seconds in collections]}
         requests = backend_requests()
         if requests is not None and window.get("requests") is not None:
             wall = time.perf_counter() - window["wall"]

@@ -23,23 +23,28 @@ directory).  Both servers are pinned to CPU 1.
 
 2. **Handle-resolution latency** (registrar child ``taskset -c 0``, built by
    ``rserpool.tap.build_registrar`` from an ini file, TLS, certificate
-   authentication, authorizer ``radius`` or ``ldap``): a load child (CPU 1,
-   ``nice 10``) opens ``K`` TLS connections with client certificates
-   ``bench-pe0`` ... and registers ``P`` PEs each in ``bench-pool``; a PU
-   child (CPU 1) measures lock-step ASAP_HANDLE_RESOLUTION latency on one
-   connection, first idle, then while the load child registers and
-   deregisters a PE in a fresh pool handle per operation (lock-step per
-   connection).  Every such operation is a new (action, pool) for the
-   session, so the registrar asks its authorizer each time; with the
-   backend's cache off every one is a RADIUS authorize-only request (or an
-   LDAP search).  The registrar also runs a 5 ms ticker and reports its own
-   reactor lag for each window.
+   authentication, authorizer ``radius`` or ``ldap``): a load child (CPU 1)
+   opens 8 TLS connections with client certificates ``bench-pe0`` ... and
+   registers 10 PEs each in ``bench-pool``; a PU child (CPU 1) measures
+   lock-step ASAP_HANDLE_RESOLUTION latency on one connection, alternately
+   idle and while the load child registers and deregisters a PE in a fresh
+   pool handle per operation (lock-step per connection).  Every such
+   operation is a new (action, pool) for the session, so the registrar asks
+   its authorizer each time; with the backend's cache off every one is a
+   RADIUS authorize-only request or an LDAP search (counted in the
+   registrar).  The registrar runs a 5 ms ticker and reports its reactor lag
+   and the CPU its reactor thread used between ticks.  The benchmark's own
+   clients set TCP_NODELAY; the ``*-nodelay`` variants also set it on the
+   registrar's channels (an experiment: rserpool does not).
 
     .venv/bin/python benchmarks/bench_aaa.py [--quick] [--json]
 
 ``--quick`` finishes in under 30 s; ``--json`` prints one JSON object on the
 last line.  Needs ``freeradius`` (and read access to /etc/freeradius),
-``slapd``, ``ldapadd``, ``taskset`` and ``nice``.
+``slapd``, ``ldapadd``, ``taskset`` and ``nice``.  ``--only clients|latency``,
+``--variants``, ``--rounds``, ``--window``, ``--latency-window``,
+``--load-nice`` and ``--workdir`` (keep configurations and logs) are for
+exploring.
 """
 
 from __future__ import annotations
@@ -346,6 +351,10 @@ def registrar_run(directory: Path, bench_pki: Any, backends: dict[str, Any], var
             busy = latency_summary([value / 1e3 for w in inside for value in w["busy_ms"]])
             figures.update({f"reactor_lag_{k}": v for k, v in lag.items()})
             figures.update({f"reactor_cpu_between_ticks_{k}": v for k, v in busy.items() if k != "n"})
+            pauses = [(gen, ms) for w in inside for gen, ms in w.get("gc_ms", [])]
+            figures["gc_collections"] = len(pauses)
+            figures["gc_max_ms"] = max((ms for _, ms in pauses), default=0.0)
+            figures["gc_gen2_max_ms"] = max((ms for gen, ms in pauses if gen == 2), default=0.0)
             if inside and all("backend_requests" in w for w in inside):
                 figures["backend_requests_per_s"] = round(
                     sum(w["backend_requests"] for w in inside) / acc["seconds"], 1)
@@ -393,7 +402,8 @@ def latency_runs(directory: Path, bench_pki: Any, backends: dict[str, Any], chos
             say(f"  {variant['name']:16s} {phase:10s}: resolution median {f['median_ms']} ms p99 {f['p99_ms']} ms "
                 f"max {f['max_ms']} ms ({f['resolutions_per_s']:.0f}/s, errors {f['errors']}); reactor lag p99 "
                 f"{f['reactor_lag_p99_ms']} ms max {f['reactor_lag_max_ms']} ms (reactor CPU between 5 ms ticks p99 "
-                f"{f['reactor_cpu_between_ticks_p99_ms']} max {f['reactor_cpu_between_ticks_max_ms']} ms); registrar CPU "
+                f"{f['reactor_cpu_between_ticks_p99_ms']} max {f['reactor_cpu_between_ticks_max_ms']} ms; GC max "
+                f"{f['gc_max_ms']} ms); registrar CPU "
                 f"{f['registrar_cpu_share']:.0%} (CPU {SERVER_CPU} busy {f['cpu0_busy']:.0%}), CPU {OTHER_CPU} busy "
                 f"{f['cpu1_busy']:.0%}" + extra)
     return runs
