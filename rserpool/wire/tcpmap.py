@@ -31,6 +31,8 @@ import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Union
 
+from rserpool.wire.tlv import fast_constructor
+
 if TYPE_CHECKING:  # pragma: no cover
     from rserpool.wire import Limits
 
@@ -261,20 +263,25 @@ def data_header_size(omit_flags: int) -> int:
     return _DATA_STRUCTS[omit_flags & INIT_FLAG_MASK].size
 
 
+def _field_positions(omit: int) -> tuple[int | None, int | None, int | None]:
+    """Where the TSN, the stream identifier (the sequence number follows it)
+    and the PPID sit in the fields unpacked with ``_DATA_STRUCTS[omit]``."""
+    index, positions = 3, []
+    for bit, width in ((INIT_OMIT_TSN, 1), (INIT_OMIT_STREAM, 2), (INIT_OMIT_PPID, 1)):
+        positions.append(None if omit & bit else index)
+        index += 0 if omit & bit else width
+    return positions[0], positions[1], positions[2]
+
+
+_FIELD_POSITIONS = tuple(_field_positions(omit) for omit in range(8))
+
+
 def _build_data(fields: tuple[int, ...], omit: int, payload: bytes) -> DataChunk:
     """DataChunk from the unpacked header ``fields`` (type, flags, length, ...)."""
-    index = 3
-    tsn = stream_id = stream_seq = ppid = None
-    if not omit & INIT_OMIT_TSN:
-        tsn = fields[index]
-        index += 1
-    if not omit & INIT_OMIT_STREAM:
-        stream_id = fields[index]
-        stream_seq = fields[index + 1]
-        index += 2
-    if not omit & INIT_OMIT_PPID:
-        ppid = fields[index]
-    return DataChunk(payload, ppid, tsn, stream_id, stream_seq, bool(fields[1] & DATA_FLAG_UNORDERED))
+    t, s, p = _FIELD_POSITIONS[omit]
+    return DataChunk(payload, None if p is None else fields[p], None if t is None else fields[t],
+                     None if s is None else fields[s], None if s is None else fields[s + 1],
+                     bool(fields[1] & DATA_FLAG_UNORDERED))
 
 
 # --------------------------------------------------------------------------
@@ -585,6 +592,7 @@ class HeartbeatAckReceived:
     solicited: bool = True
 
 
+_MAKE_MESSAGE = fast_constructor(MessageReceived)  # fields already checked by _handle_data
 Event = Union[InitReceived, MessageReceived, AckReceived, HeartbeatReceived, HeartbeatAckReceived]
 
 _SERIAL_32 = 1 << 32
@@ -780,11 +788,12 @@ class TcpMapConnection:
         tsn = self._recv_tsn
         if omit == 0:
             _, flags, _, sent_tsn, stream_id, sent_seq, ppid = fields
-        else:
-            chunk = _build_data(fields, omit, payload)
-            flags = DATA_FLAG_UNORDERED if chunk.unordered else 0
-            sent_tsn, sent_seq = chunk.tsn, chunk.stream_seq
-            stream_id, ppid = chunk.stream_id or 0, chunk.ppid or 0
+        else:  # omitted fields: no TSN/sequence to check, stream 0, PPID 0
+            t, s, p = _FIELD_POSITIONS[omit]
+            flags = fields[1]
+            sent_tsn = None if t is None else fields[t]
+            stream_id, sent_seq = (0, None) if s is None else (fields[s], fields[s + 1])
+            ppid = 0 if p is None else fields[p]
         if sent_tsn is not None and sent_tsn != tsn:
             raise TcpMapError(f"DATA chunk TSN {sent_tsn} out of sequence (expected {tsn})")
         self._recv_tsn = (tsn + 1) & 0xFFFFFFFF
@@ -803,7 +812,7 @@ class TcpMapConnection:
             self._pending.append(b"\x03\x00\x00\x04")
         else:
             self._pending.append(_ACK_TSN.pack(CHUNK_ACK, 0, 8, tsn))
-        return MessageReceived(ppid, payload, tsn, stream_id, seq, unordered)
+        return _MAKE_MESSAGE(ppid, payload, tsn, stream_id, seq, unordered)
 
     def _handle_ack(self, chunk: AckChunk) -> AckReceived:
         if self._unacked == 0:
