@@ -88,3 +88,95 @@ def test_data_delivery_matches_the_generic_chunk_decoder(stream):
     else:
         assert acks == b"".join(struct.pack("!BBHI", 3, 0, 8, i) for i in range(len(chunks)))
 
+
+# -- resolution answers from the PEs' cached encodings -------------------------------------
+
+import random  # noqa: E402
+from ipaddress import IPv4Address  # noqa: E402
+
+from rserpool.asap.registrar import RegistrarCore, RegistrarSettings, Send  # noqa: E402
+from rserpool.handlespace import Handlespace, HandlespaceLimits  # noqa: E402
+from rserpool.wire import (  # noqa: E402
+    AsapHandleResolution, AsapHandleResolutionResponse, AsapRegistration, PoolElement, TcpTransport,
+    decode_message,
+)
+from rserpool.wire.asap import encode_resolution_response  # noqa: E402
+from rserpool.wire.codes import PPID_ASAP  # noqa: E402
+from rserpool.wire.policy import (  # noqa: E402
+    LeastUsedDegradationPolicy, LeastUsedPolicy, OpaquePolicy, PriorityPolicy, RoundRobinPolicy,
+    WeightedRandomPolicy,
+)
+
+U32 = st.integers(0, 0xFFFFFFFF)
+POLICIES = {
+    "rr": st.just(RoundRobinPolicy()),
+    "lu": st.builds(LeastUsedPolicy, U32),
+    "lud": st.builds(LeastUsedDegradationPolicy, U32, U32),
+    "prio": st.builds(PriorityPolicy, U32),
+    "wrand": st.builds(WeightedRandomPolicy, st.integers(1, 0xFFFFFFFF)),
+    "private": st.builds(OpaquePolicy, st.just(0x80000007), st.binary(max_size=9)),
+}
+
+
+def _pe(pe_id: int, policy, life: int = 30) -> PoolElement:
+    return PoolElement(pe_id, 0, life, TcpTransport(1000 + pe_id % 50000, IPv4Address("127.0.0.1")), policy)
+
+
+def _core(items: int) -> RegistrarCore:
+    settings = RegistrarSettings(server_id=0x5EED, max_resolution_items=items)
+    return RegistrarCore(settings, Handlespace(HandlespaceLimits(), rng=random.Random(1)), rng=random.Random(2))
+
+
+def _register(core, session, pe, now=0.0):
+    out = core.message_received(session, AsapRegistration(b"pool", pe), now)
+    for output in out:
+        if type(output).__name__ == "Authorize":
+            core.authorization_done(session, output.token, True, now)
+
+
+@SETTINGS
+@given(st.sampled_from(sorted(POLICIES)), st.data(), st.integers(0, 4))
+def test_resolution_answer_equals_the_generic_encoding(kind, data, items):
+    core = _core(items)
+    session = core.open_session(object(), "127.0.0.1", secure=True, identity="pe")
+    count = data.draw(st.integers(1, 6))
+    for pe_id in range(1, count + 1):
+        _register(core, session, _pe(pe_id, data.draw(POLICIES[kind])))
+    for step in range(data.draw(st.integers(1, 5))):
+        if data.draw(st.booleans()):  # a re-registration replaces the payload (and its cache)
+            _register(core, session, _pe(data.draw(st.integers(1, count)), data.draw(POLICIES[kind]), 40),
+                      float(step))
+        (send,) = core.message_received(session, AsapHandleResolution(b"pool"), float(step))
+        assert type(send) is Send and send.data is not None
+        message = send.message
+        entries = [core.handlespace.get(b"pool", pe.pe_id) for pe in message.pool_elements]
+        assert [e.payload for e in entries] == list(message.pool_elements)
+        generic = AsapHandleResolutionResponse(b"pool", tuple(e.payload for e in entries), message.policy)
+        assert message == generic and type(message) is type(generic)
+        assert send.data == generic.encode()
+        assert decode_message(send.data, PPID_ASAP) == generic
+
+
+@SETTINGS
+@given(st.binary(min_size=1, max_size=70), st.sampled_from(sorted(POLICIES)), st.data())
+def test_encode_resolution_response_equals_the_message_encoding(handle, kind, data):
+    pes = tuple(_pe(i, data.draw(POLICIES[kind])) for i in range(data.draw(st.integers(0, 4))))
+    policy = data.draw(st.none() | POLICIES[kind])
+    message = AsapHandleResolutionResponse(handle, pes, policy)
+    encoded = encode_resolution_response(handle, None if policy is None else policy.encode(),
+                                         [pe.encode() for pe in pes])
+    assert encoded == message.encode()
+
+
+def test_a_foreign_payload_takes_the_generic_path():
+    core = _core(0)
+    session = core.open_session(object(), "127.0.0.1", secure=True, identity="pe")
+    _register(core, session, _pe(1, RoundRobinPolicy()))
+    core.handlespace.get(b"pool", 1).payload = "not a PoolElement"
+    try:
+        core.message_received(session, AsapHandleResolution(b"pool"), 0.0)
+    except ValueError as exc:  # the checking constructor refuses it, as before
+        assert "not a PoolElement" in str(exc)
+    else:
+        raise AssertionError("a foreign payload must not be encoded")
+

@@ -55,7 +55,9 @@ from rserpool.wire import (
     error_reply,
 )
 from rserpool.wire import codes
+from rserpool.wire.asap import encode_resolution_response
 from rserpool.wire.policy import OpaquePolicy
+from rserpool.wire.tlv import fast_constructor
 from rserpool.wire.transports import TcpTransport
 
 __all__ = [
@@ -83,8 +85,12 @@ ACTION_RESOLVE = "resolve"
 
 @dataclass(frozen=True, slots=True)
 class Send:
+    """Write ``message`` on ``session``'s channel.  ``data``, when set, is
+    ``message.encode()`` already made (the shell may write it as it is)."""
+
     session: "AsapSession"
     message: Any
+    data: bytes | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,6 +206,8 @@ def _cause(code: int, info: bytes = b"") -> OperationError:
     return OperationError((ErrorCause(code, info),))
 
 
+_make_send = fast_constructor(Send)
+_make_resolution_response = AsapHandleResolutionResponse._make  # no checks: for trusted values only
 _CAUSE_SECURITY = codes.CAUSE_SECURITY
 _CAUSE_RESOURCES = codes.CAUSE_LACK_OF_RESOURCES
 
@@ -465,6 +473,22 @@ class RegistrarCore:
         if entries and entries[0].settings.policy_type != ROUND_ROBIN:
             # RFC 5352 3.3: the pool's overall policy when it is not RR.
             policy = self._overall_policy(entries[0])
+        encoded = []
+        for entry in entries:
+            payload = entry.payload
+            cached = entry.payload_cache
+            if cached is None or cached[0] is not payload:
+                if type(payload) is not PoolElement:
+                    break
+                cached = entry.payload_cache = (payload, payload.encode())
+            encoded.append(cached[1])
+        else:
+            # Every PE is a stored PoolElement and the policy one of theirs:
+            # the values the response's constructor would check are valid.
+            reply = _make_resolution_response(handle, pes, policy, None, False)
+            data = encode_resolution_response(handle, None if policy is None else policy.encode(), encoded)
+            out.append(_make_send(session, reply, data))
+            return
         out.append(Send(session, AsapHandleResolutionResponse(handle, pes, policy)))
 
     @staticmethod

@@ -126,7 +126,10 @@ class PoolElementEntry:
 
     Mutated only by its ``Handlespace`` (and ``policy_state`` only by the
     pool's policy); others read it.  ``payload`` is opaque here: the
-    registrar keeps the wire Pool Element parameter there.
+    registrar keeps the wire Pool Element parameter there, and may keep
+    what it derives from it in ``payload_cache`` (the handlespace never
+    reads that slot; the registrar stores ``(payload, derived)`` and checks
+    that the payload is still the same object).
     """
 
     __slots__ = (
@@ -140,6 +143,7 @@ class PoolElementEntry:
         "home_server_id",
         "identity",
         "payload",
+        "payload_cache",
         "expires_at",
         "keepalive_due",
         "unreachable",
@@ -169,6 +173,7 @@ class PoolElementEntry:
         self.home_server_id = home_server_id
         self.identity = identity
         self.payload = payload
+        self.payload_cache: Any = None
         self.expires_at: float | None = None
         self.keepalive_due: float | None = None
         # None, or (first report time, tuple of distinct reporters).

@@ -401,7 +401,11 @@ class RegistrarService(MultiService):
             if kind is Send:
                 session = output.session
                 if not session.closed:
-                    session.channel.send(output.message)
+                    data = output.data
+                    if data is None:
+                        session.channel.send(output.message)
+                    else:
+                        session.channel.send_encoded(output.message.PPID, data)
             elif kind is Authorize:
                 self._authorize(output)
             elif kind is Close:

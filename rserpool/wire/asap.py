@@ -12,13 +12,14 @@ from rserpool.wire.params import (
 )
 from rserpool.wire.tlv import DECODERS, HDR as _HDR, PADDING, U32, Ctx, invalid, walk
 from rserpool.wire.transports import SctpTransport, TcpTransport
-from rserpool.wire.messages import Message, expect, register
+from rserpool.wire.messages import Message, expect, frame_message, register
 
 __all__ = [
     "AsapRegistration", "AsapDeregistration", "AsapRegistrationResponse",
     "AsapDeregistrationResponse", "AsapHandleResolution", "AsapHandleResolutionResponse",
     "AsapEndpointKeepAlive", "AsapEndpointKeepAliveAck", "AsapEndpointUnreachable",
     "AsapServerAnnounce", "AsapCookie", "AsapCookieEcho", "AsapBusinessCard", "AsapError",
+    "encode_resolution_response",
 ]
 
 H = codes.PARAM_POOL_HANDLE
@@ -270,6 +271,18 @@ class AsapHandleResolutionResponse(_Asap, Message):
         handle, policy, pes, error = expect(
             subs, ((H, "1"), (POLICY, "?"), (PE, "*"), (OPERR, "?")), data, length, cls.name)
         return cls._make(handle, pes, policy, error, bool(flags & codes.FLAG_ACCEPT))
+
+
+def encode_resolution_response(pool_handle: bytes, policy: bytes | None, pool_elements: list[bytes]) -> bytes:
+    """The bytes of a positive ``AsapHandleResolutionResponse(pool_handle,
+    pes, policy).encode()`` (A flag clear) from the already encoded Policy
+    and Pool Element parameters (``policy.encode()``, ``pe.encode()``), for
+    a sender that keeps its PEs' encodings."""
+    parts = [encode_pool_handle(pool_handle)]
+    if policy is not None:
+        parts.append(policy)
+    parts += pool_elements
+    return frame_message(codes.ASAP_HANDLE_RESOLUTION_RESPONSE, 0, b"", parts)
 
 
 def _check_policy(policy: object) -> None:
