@@ -180,3 +180,76 @@ def test_a_foreign_payload_takes_the_generic_path():
     else:
         raise AssertionError("a foreign payload must not be encoded")
 
+
+# -- the registrar's timer follows only deadlines set earlier than the armed one ---------------
+
+from twisted.internet.address import IPv4Address as TCPAddress  # noqa: E402
+from twisted.internet.task import Clock  # noqa: E402
+from twisted.internet.testing import StringTransport  # noqa: E402
+
+from rserpool.handlespace.timers import DeadlineQueue  # noqa: E402
+from rserpool.security.ratelimit import RateLimit  # noqa: E402
+from rserpool.service.channel import Channel  # noqa: E402
+from rserpool.service.registrar import RegistrarService  # noqa: E402
+from rserpool.wire import AsapDeregistration  # noqa: E402
+from rserpool.wire.tcpmap import TcpMapConnection as _Mapping  # noqa: E402
+
+
+class _Entry:
+    __slots__ = ("token",)
+
+    def __init__(self) -> None:
+        self.token = None
+
+
+def test_take_low_reports_the_earliest_deadline_set_since_the_last_call():
+    queue: DeadlineQueue = DeadlineQueue("token")
+    a, b = _Entry(), _Entry()
+    assert queue.take_low() is None
+    queue.schedule(a, 5.0)
+    queue.schedule(b, 3.0)
+    queue.schedule(a, 9.0)
+    assert queue.take_low() == 3.0 and queue.take_low() is None
+    queue.cancel(b)
+    assert queue.take_low() is None and queue.next_deadline() == 9.0
+
+
+class _AllowAll:
+    def authorize(self, *args):
+        return True
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["register", "deregister", "wait"]), st.integers(1, 4),
+                          st.integers(0, 40), st.floats(0.0, 30.0)), max_size=25))
+def test_no_deadline_is_missed(steps):
+    clock = Clock()
+    big = RateLimit(rate=1e9, burst=1e9)
+    settings_ = RegistrarSettings(server_id=7, keepalive_interval=20.0, keepalive_timeout=3.0,
+                                  registration_rate=big, registration_rate_per_address=big)
+    service = RegistrarService(settings_, reactor=clock, listen=(), tls_options=object(),
+                               authorizer=_AllowAll(), rng=random.Random(3))
+    service.running = 1
+    channel = Channel(service, clock, service.channel_settings, tls=True)
+    channel.makeConnection(StringTransport(peerAddress=TCPAddress("TCP", "127.0.0.1", 4000)))
+    channel.session = service.core.open_session(channel, "127.0.0.1", True, "pe")
+    sender = _Mapping()
+    channel.dataReceived(sender.initiate())
+    for action, pe_id, life, wait in steps:
+        if action == "register":
+            message = AsapRegistration(b"pool", _pe(pe_id, RoundRobinPolicy(), life))
+        elif action == "deregister":
+            message = AsapDeregistration(b"pool", pe_id)
+        else:
+            clock.advance(wait)
+            message = None
+        if message is not None:
+            channel.dataReceived(sender.send_message(PPID_ASAP, message.encode()))
+        # Whatever is due has been run: the next deadline lies ahead, and a
+        # timer is armed no later than it.
+        deadline = service.core.next_deadline()
+        assert deadline is None or deadline > clock.seconds() or (message is not None and deadline == clock.seconds())
+        if deadline is not None:
+            assert service._timer is not None and service._timer.active()
+            assert service._timer.getTime() <= deadline
+

@@ -542,6 +542,12 @@ class RegistrarCore:
     def next_deadline(self) -> float | None:
         return self.handlespace.next_deadline()
 
+    def take_earliest_scheduled(self) -> float | None:
+        """The earliest deadline set since the last call (see
+        ``Handlespace.take_earliest_scheduled``): a timer armed at
+        ``next_deadline()`` needs moving only if this is earlier."""
+        return self.handlespace.take_earliest_scheduled()
+
     def on_timer(self, now: float, budget: int = 10_000) -> list[Output]:
         """Run what is due: expiries, keep-alives, keep-alive timeouts."""
         out: list[Output] = []

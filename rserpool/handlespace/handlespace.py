@@ -515,8 +515,23 @@ class Handlespace:
 
     def next_deadline(self) -> float | None:
         """The earliest expiry or keep-alive deadline (to arm one timer)."""
-        times = [t for t in (self._expiry.next_deadline(), self._keepalives.next_deadline()) if t is not None]
-        return min(times) if times else None
+        expiry = self._expiry.next_deadline()
+        keepalive = self._keepalives.next_deadline()
+        if expiry is None or (keepalive is not None and keepalive < expiry):
+            return keepalive
+        return expiry
+
+    def take_earliest_scheduled(self) -> float | None:
+        """The earliest expiry or keep-alive deadline set since the last
+        call (None: none was set).  A shell that armed its timer at
+        ``next_deadline()`` and called this then must re-arm only when a
+        later call returns something earlier (deadlines set since may have
+        been moved again: the timer may then fire with nothing due)."""
+        expiry = self._expiry.take_low()
+        keepalive = self._keepalives.take_low()
+        if expiry is None or (keepalive is not None and keepalive < expiry):
+            return keepalive
+        return expiry
 
     # ------------------------------------------------------------- resolution
 

@@ -29,13 +29,14 @@ class DeadlineQueue(Generic[T]):
     (``None`` when the entry has no deadline in this queue).
     """
 
-    __slots__ = ("_heap", "_slot", "_next_token", "_live")
+    __slots__ = ("_heap", "_slot", "_next_token", "_live", "_low")
 
     def __init__(self, slot: str) -> None:
         self._heap: list[tuple[float, int, Any]] = []
         self._slot = slot
         self._next_token = 0
         self._live = 0
+        self._low: float | None = None
 
     def __len__(self) -> int:
         """The number of live deadlines."""
@@ -48,6 +49,9 @@ class DeadlineQueue(Generic[T]):
             self._live += 1
         token = self._next_token
         self._next_token = token + 1
+        low = self._low
+        if low is None or deadline < low:
+            self._low = deadline
         setattr(entry, slot, token)
         heapq.heappush(self._heap, (deadline, token, entry))
         if len(self._heap) > 2 * self._live + COMPACT_SLACK:
@@ -88,6 +92,13 @@ class DeadlineQueue(Generic[T]):
                 return deadline
             heapq.heappop(heap)
         return None
+
+    def take_low(self) -> float | None:
+        """The earliest deadline given to ``schedule`` since the last call
+        (None if none): a timer armed at ``next_deadline()`` must move only
+        if this is earlier."""
+        low, self._low = self._low, None
+        return low
 
     def heap_size(self) -> int:
         """Live plus stale items (for tests of the compaction bound)."""

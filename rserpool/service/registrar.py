@@ -446,13 +446,19 @@ class RegistrarService(MultiService):
     def _arm_timer(self) -> None:
         if not self.running:
             return
-        deadline = self.core.next_deadline()
-        if deadline is None:
-            return
-        if self._timer is not None and self._timer.active():
-            if self._timer_at is not None and self._timer_at <= deadline:
+        timer = self._timer
+        if timer is not None and self._timer_at is not None and timer.active():
+            # Every deadline known when it was armed is at or after _timer_at:
+            # only one set since then can be earlier.
+            deadline = self.core.take_earliest_scheduled()
+            if deadline is None or self._timer_at <= deadline:
                 return
-            self._timer.cancel()
+            timer.cancel()
+        else:
+            self.core.take_earliest_scheduled()
+            deadline = self.core.next_deadline()
+            if deadline is None:
+                return
         delay = max(0.0, deadline - self.clock.seconds())
         self._timer_at = deadline
         self._timer = self.clock.callLater(delay, self._on_timer)
