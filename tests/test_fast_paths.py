@@ -253,3 +253,66 @@ def test_no_deadline_is_missed(steps):
             assert service._timer is not None and service._timer.active()
             assert service._timer.getTime() <= deadline
 
+
+# -- registration: trusted values and the pre-encoded acceptance -----------------------------
+
+from rserpool.asap.registrar import policy_settings  # noqa: E402
+from rserpool.handlespace import PolicySettings  # noqa: E402
+from rserpool.wire import AsapRegistrationResponse, IPv6Address  # noqa: E402
+from rserpool.wire.asap import encode_registration_response  # noqa: E402
+
+
+def _generic_policy_settings(policy) -> PolicySettings:
+    if type(policy) is OpaquePolicy:
+        return PolicySettings(policy.policy_type, opaque=policy.data)
+    return PolicySettings(policy.POLICY_TYPE, weight=getattr(policy, "weight", 0),
+                          priority=getattr(policy, "priority", 0), load=getattr(policy, "load", 0),
+                          load_degradation=getattr(policy, "load_degradation", 0))
+
+
+@SETTINGS
+@given(st.one_of(*POLICIES.values()))
+def test_policy_settings_equal_the_generic_mapping(policy):
+    assert policy_settings(policy) == _generic_policy_settings(policy)
+
+
+@SETTINGS
+@given(st.binary(min_size=1, max_size=300), U32)
+def test_encode_registration_response_equals_the_message_encoding(handle, pe_id):
+    assert encode_registration_response(handle, pe_id) == AsapRegistrationResponse(handle, pe_id).encode()
+
+
+@SETTINGS
+@given(st.sampled_from(sorted(POLICIES)), st.data())
+def test_registration_answers_and_stored_pes_equal_the_generic_ones(kind, data):
+    core = _core(3)
+    session = core.open_session(object(), "127.0.0.1", secure=True, identity="pe")
+    for step in range(data.draw(st.integers(1, 6))):
+        pe = _pe(data.draw(st.integers(1, 3)), data.draw(POLICIES[kind]), data.draw(st.integers(-1, 100)))
+        out = core.message_received(session, AsapRegistration(b"pool", pe), float(step))
+        for output in out:
+            if type(output).__name__ == "Authorize":
+                out = core.authorization_done(session, output.token, True, float(step))
+        (send,) = [o for o in out if type(o) is Send]
+        assert send.message == AsapRegistrationResponse(b"pool", pe.pe_id)
+        assert send.data == send.message.encode()
+        entry = core.handlespace.get(b"pool", pe.pe_id)
+        assert entry.payload == PoolElement(pe.pe_id, 0x5EED, pe.registration_life, pe.user_transport, pe.policy)
+        assert entry.settings == _generic_policy_settings(pe.policy)
+        assert entry.keepalive_due is not None and entry.unreachable is None
+
+
+def test_the_address_check_compares_the_text_of_each_address_object():
+    core = _core(3)
+    session = core.open_session(object(), "127.0.0.1", secure=True, identity="pe")
+    assert session.address_text(IPv4Address("127.0.0.1")) == "127.0.0.1"
+    other = IPv4Address("127.0.0.2")
+    assert session.address_text(other) == "127.0.0.2"
+    assert session.address_text(IPv6Address("::1")) == "::1"
+    for address, accepted in ((IPv4Address("127.0.0.1"), True), (other, False), (other, False),
+                              (IPv4Address("127.0.0.1"), True)):
+        pe = PoolElement(9, 0, 30, TcpTransport(80, address), RoundRobinPolicy())
+        out = core.message_received(session, AsapRegistration(b"pool", pe), 0.0)
+        refused = [o for o in out if type(o) is Send and o.message.reject]
+        assert bool(refused) is not accepted
+

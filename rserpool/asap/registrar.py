@@ -35,7 +35,7 @@ from rserpool.handlespace import (
     PoolElementEntry,
     PolicySettings,
 )
-from rserpool.handlespace.types import ROUND_ROBIN
+from rserpool.handlespace.types import LEAST_USED, ROUND_ROBIN
 from rserpool.security.ratelimit import RateLimit, RateLimiter
 from rserpool.wire import (
     AsapDeregistration,
@@ -55,8 +55,8 @@ from rserpool.wire import (
     error_reply,
 )
 from rserpool.wire import codes
-from rserpool.wire.asap import encode_resolution_response
-from rserpool.wire.policy import OpaquePolicy
+from rserpool.wire.asap import encode_registration_response, encode_resolution_response
+from rserpool.wire.policy import LeastUsedPolicy, OpaquePolicy
 from rserpool.wire.tlv import fast_constructor
 from rserpool.wire.transports import TcpTransport
 
@@ -168,6 +168,18 @@ class AsapSession:
     allowed: dict = field(default_factory=dict)  # {(action, pool_handle): bool}
     pending: dict = field(default_factory=dict)  # {token: (action, handle, message)}
     closed: bool = False
+    # The last address object checked against ``address`` and its text (the
+    # decoder shares equal address objects, so a PE's re-registrations hit it).
+    _last_address: tuple = field(default=(None, ""), repr=False)
+
+    def address_text(self, address: Any) -> str:
+        """``str(address)``, remembered for the last address object."""
+        last = self._last_address
+        if last[0] is address:
+            return last[1]
+        text = str(address)
+        self._last_address = (address, text)
+        return text
 
     @property
     def rate_key(self) -> str:
@@ -176,7 +188,10 @@ class AsapSession:
 
 def policy_settings(policy: Any) -> PolicySettings:
     """The handlespace's view of a wire Pool Member Selection Policy."""
-    if type(policy) is OpaquePolicy:
+    kind = type(policy)
+    if kind is LeastUsedPolicy:  # the common case; wire values are 32-bit already
+        return _make_settings(LEAST_USED, 0, 0, policy.load, 0, b"")
+    if kind is OpaquePolicy:
         return PolicySettings(policy.policy_type, opaque=policy.data)
     return PolicySettings(
         policy.POLICY_TYPE,
@@ -206,7 +221,12 @@ def _cause(code: int, info: bytes = b"") -> OperationError:
     return OperationError((ErrorCause(code, info),))
 
 
+# Constructors without checks, for values known to be valid.
 _make_send = fast_constructor(Send)
+_make_added = fast_constructor(PoolElementAdded)
+_make_pool_element = fast_constructor(PoolElement)
+_make_registration_response = AsapRegistrationResponse._make
+_make_settings = fast_constructor(PolicySettings)
 _make_resolution_response = AsapHandleResolutionResponse._make  # no checks: for trusted values only
 _CAUSE_SECURITY = codes.CAUSE_SECURITY
 _CAUSE_RESOURCES = codes.CAUSE_LACK_OF_RESOURCES
@@ -305,7 +325,7 @@ class RegistrarCore:
         cause = self._gate(session, now)
         if cause is None and self.settings.check_pe_addresses:
             for address in _addresses(pe.user_transport):
-                if str(address) != session.address:
+                if session.address_text(address) != session.address:
                     self._log("refusing registration of {pe_id:08x}: address {address} is not the"
                               " channel's {peer}", pe_id=pe.pe_id, address=address, peer=session.address)
                     cause = codes.CAUSE_INVALID_VALUES
@@ -319,7 +339,10 @@ class RegistrarCore:
     def _complete_registration(self, session: AsapSession, msg: AsapRegistration, now: float, out: list) -> None:
         handle, pe = msg.pool_handle, msg.pool_element
         settings = self.settings
-        stored = PoolElement(pe.pe_id, settings.server_id, pe.registration_life, pe.user_transport, pe.policy)
+        # ``pe`` is a checked PoolElement (decoded or constructed) and the
+        # server ID a checked non-zero 32-bit value: no need to check again.
+        stored = _make_pool_element(pe.pe_id, settings.server_id, pe.registration_life, pe.user_transport,
+                                    pe.policy, None)
         try:
             result = self.handlespace.register(
                 now,
@@ -343,16 +366,18 @@ class RegistrarCore:
         entry = result.entry
         key = (handle, pe.pe_id)
         previous = self._channel_of.get(key)
-        if previous is not None and previous is not session:
-            previous.pes.discard(key)
-        self._channel_of[key] = session
+        if previous is not session:
+            if previous is not None:
+                previous.pes.discard(key)
+            self._channel_of[key] = session
         session.pes.add(key)
         self._awaiting_ack.pop(key, None)
-        self.handlespace.clear_unreachable(handle, pe.pe_id)
-        self.handlespace.schedule_keepalive(handle, pe.pe_id, now + self._keepalive_delay())
+        # (register() has cleared the unreachability reports.)
+        self.handlespace.schedule_entry_keepalive(entry, now + self._keepalive_delay())
         self.stats["registrations" if result.created else "reregistrations"] += 1
-        out.append(Send(session, AsapRegistrationResponse(handle, pe.pe_id)))
-        out.append(PoolElementAdded(entry, result.created))
+        out.append(_make_send(session, _make_registration_response(handle, pe.pe_id, False, None),
+                              encode_registration_response(handle, pe.pe_id)))
+        out.append(_make_added(entry, result.created))
 
     def _pool_policy_bytes(self, handle: bytes) -> bytes:
         members = self.handlespace.pool_members(handle)

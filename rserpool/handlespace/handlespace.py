@@ -554,6 +554,12 @@ class Handlespace:
         entry.keepalive_due = due
         self._keepalives.schedule(entry, due)
 
+    def schedule_entry_keepalive(self, entry: PoolElementEntry, due: float) -> None:
+        """``schedule_keepalive`` for an entry at hand (one returned by
+        ``register``, still registered)."""
+        entry.keepalive_due = due
+        self._keepalives.schedule(entry, due)
+
     def cancel_keepalive(self, pool_handle: bytes, pe_id: int) -> None:
         entry = self.get(pool_handle, pe_id)
         if entry is not None:

@@ -19,7 +19,7 @@ __all__ = [
     "AsapDeregistrationResponse", "AsapHandleResolution", "AsapHandleResolutionResponse",
     "AsapEndpointKeepAlive", "AsapEndpointKeepAliveAck", "AsapEndpointUnreachable",
     "AsapServerAnnounce", "AsapCookie", "AsapCookieEcho", "AsapBusinessCard", "AsapError",
-    "encode_resolution_response",
+    "encode_registration_response", "encode_resolution_response",
 ]
 
 H = codes.PARAM_POOL_HANDLE
@@ -271,6 +271,19 @@ class AsapHandleResolutionResponse(_Asap, Message):
         handle, policy, pes, error = expect(
             subs, ((H, "1"), (POLICY, "?"), (PE, "*"), (OPERR, "?")), data, length, cls.name)
         return cls._make(handle, pes, policy, error, bool(flags & codes.FLAG_ACCEPT))
+
+
+_ACCEPT_HEAD = struct.Struct("!BBHHH")
+_PE_ID_TLV = struct.Struct("!HHI")
+
+
+def encode_registration_response(pool_handle: bytes, pe_id: int) -> bytes:
+    """The bytes of ``AsapRegistrationResponse(pool_handle, pe_id).encode()``
+    (an acceptance) for a handle of 1..65523 bytes and a 32-bit PE id."""
+    hlen = 4 + len(pool_handle)
+    n = 4 + ((hlen + 3) & ~3) + 8
+    return (_ACCEPT_HEAD.pack(codes.ASAP_REGISTRATION_RESPONSE, 0, n, H, hlen) + pool_handle
+            + PADDING[hlen & 3] + _PE_ID_TLV.pack(PEID, 8, pe_id))
 
 
 def encode_resolution_response(pool_handle: bytes, policy: bytes | None, pool_elements: list[bytes]) -> bytes:
