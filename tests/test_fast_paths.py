@@ -316,3 +316,46 @@ def test_the_address_check_compares_the_text_of_each_address_object():
         refused = [o for o in out if type(o) is Send and o.message.reject]
         assert bool(refused) is not accepted
 
+
+# -- the handle resolution decoder's fast path ---------------------------------------------
+
+from rserpool.wire import Limits, WireError  # noqa: E402
+from rserpool.wire.codes import ASAP_HANDLE_RESOLUTION  # noqa: E402
+from rserpool.wire.tlv import new_ctx  # noqa: E402
+
+
+def _outcome(decode, data: bytes, length: int, limits: Limits):
+    ctx = new_ctx(limits)
+    try:
+        value = decode(data, data[1], length, ctx)
+    except WireError as exc:
+        return ("error", exc.cause, str(exc), exc.report)
+    except Exception as exc:  # decode_message maps these (short data) to WireError
+        return ("raised", type(exc), str(exc))
+    return ("ok", value, value.subscribe, ctx.count, ctx.unrecognized)
+
+
+@st.composite
+def resolution_bodies(draw):
+    if draw(st.booleans()):
+        body = draw(st.binary(max_size=24))
+    else:
+        handle = draw(st.binary(max_size=12))
+        declared = draw(st.sampled_from([len(handle) + 4, len(handle) + 4, 0, 3, 4, len(handle) + 5, 300]))
+        body = struct.pack("!HH", draw(st.sampled_from([9, 9, 9, 8, 0xC009])), declared) + handle
+        body += b"\0" * draw(st.integers(0, 3)) + draw(st.sampled_from([b"", b"", b"\xc0\x09\x00\x05x"]))
+    return body
+
+
+@settings(max_examples=300, deadline=None)
+@given(resolution_bodies(), st.integers(0, 3), st.integers(0, 255),
+       st.sampled_from([Limits(), Limits(max_pool_handle=3), Limits(max_parameters=1), Limits(max_depth=1)]))
+def test_resolution_decoder_fast_path_equals_the_tlv_walk(body, cut, flags, limits):
+    data = bytes([ASAP_HANDLE_RESOLUTION, flags]) + struct.pack("!H", 4 + len(body)) + body
+    length = max(4, len(data) - cut)  # decode_message allows up to 3 bytes of final padding
+    data = data[:2] + struct.pack("!H", length) + data[4:]
+    fast = _outcome(AsapHandleResolution._decode, data, length, limits)
+    generic = _outcome(AsapHandleResolution._decode_walk, data, length, limits)
+    assert fast == generic
+    if fast[0] == "ok":
+        assert decode_message(data, PPID_ASAP, limits) == fast[1]

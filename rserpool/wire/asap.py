@@ -231,6 +231,19 @@ class AsapHandleResolution(_Asap, Message):
 
     @classmethod
     def _decode(cls, data: bytes, flags: int, length: int, ctx: Ctx):
+        # Fast path: exactly one pool handle (what _decode_walk accepts then).
+        if length >= 9:
+            t1, l1 = _HDR.unpack_from(data, 4)
+            if t1 == H and 4 + l1 <= length <= 4 + ((l1 + 3) & ~3):
+                limits = ctx.limits
+                if 4 < l1 <= limits.max_pool_handle + 4 and ctx.count < limits.max_parameters \
+                        and limits.max_depth >= 1:
+                    ctx.count += 1
+                    return cls._make(data[8:4 + l1], bool(flags & codes.FLAG_SUBSCRIBE))
+        return cls._decode_walk(data, flags, length, ctx)
+
+    @classmethod
+    def _decode_walk(cls, data: bytes, flags: int, length: int, ctx: Ctx):
         subs = walk(data, 4, length, 1, ctx)
         (handle,) = expect(subs, ((H, "1"),), data, length, cls.name)
         return cls._make(handle, bool(flags & codes.FLAG_SUBSCRIBE))
