@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import struct
 
+import pytest
+
 from hypothesis import given, settings, strategies as st
 
 from rserpool.wire.tcpmap import (
@@ -359,3 +361,71 @@ def test_resolution_decoder_fast_path_equals_the_tlv_walk(body, cut, flags, limi
     assert fast == generic
     if fast[0] == "ok":
         assert decode_message(data, PPID_ASAP, limits) == fast[1]
+
+
+# -- the handlespace's re-registration fast path -----------------------------------------------
+
+from rserpool.handlespace import HandlespaceError  # noqa: E402
+
+
+class _Handle(bytes):
+    """A bytes subclass: register() then always takes its checking path."""
+
+
+def _state(space: Handlespace, handles) -> list:
+    out = [len(space), space.checksum(1), space.checksum(2), space.next_deadline(), space.identity_count("a"),
+           space.identity_count("b")]
+    for handle in handles:
+        try:
+            members = space.pool_members(handle)
+        except HandlespaceError:
+            out.append(None)
+            continue
+        out.append([(e.pe_id, e.settings, e.transport_type, e.transport_use, e.registration_life,
+                     e.home_server_id, e.identity, e.payload, e.expires_at, e.unreachable) for e in members])
+        out.append([e.pe_id for e in space.resolve(handle)])
+    return out
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from([HandlespaceLimits(), HandlespaceLimits(max_registration_life=50, max_pes_per_identity=3)]),
+       st.lists(st.tuples(
+           st.sampled_from([b"p", b"p", b"q"]), st.integers(1, 3),
+           st.sampled_from([0x40000001] * 6 + [0x00000001, 0x40000000]), st.integers(0, 3),
+           st.sampled_from([5] * 6 + [6]), st.sampled_from([0] * 6 + [1, 2]),
+           st.sampled_from([-1, 0, 30, 30, 30, 60, 0x7FFFFFFF, -5]), st.sampled_from([1] * 6 + [2, -1, 2**32]),
+           st.sampled_from([None, "a", "a", "a", "b"]), st.booleans()), max_size=30))
+def test_reregistration_fast_path_equals_the_checking_path(limits, steps):
+    fast = Handlespace(limits, rng=random.Random(5))
+    slow = Handlespace(limits, rng=random.Random(5))
+    for now, (handle, pe_id, ptype, load, ttype, use, life, home, identity, report) in enumerate(steps):
+        settings_ = PolicySettings(ptype, load=load)
+        results = []
+        for space, key in ((fast, handle), (slow, _Handle(handle))):
+            if report:
+                space.report_unreachable(key, pe_id, "x", float(now))
+            try:
+                done = space.register(float(now), pool_handle=key, pe_id=pe_id, settings=settings_,
+                                      transport_type=ttype, transport_use=use, registration_life=life,
+                                      home_server_id=home, identity=identity, payload=("pe", pe_id, now))
+            except HandlespaceError as exc:
+                results.append(("refused", exc.cause, exc.detail))
+            else:
+                results.append((done.entry.pe_id, done.created, done.previous_owner))
+        assert results[0] == results[1]
+        assert _state(fast, (b"p", b"q")) == _state(slow, (b"p", b"q"))
+
+
+@pytest.mark.parametrize("life", [-1, 0, 49, 50, 51, 0x7FFFFFFF])
+def test_reregistration_lives_are_bounded_alike(life):
+    limits = HandlespaceLimits(max_registration_life=50)
+    lives = []
+    for key in (b"p", _Handle(b"p")):
+        space = Handlespace(limits, rng=random.Random(5))
+        for now in (0.0, 1.0):  # a registration, then a re-registration
+            entry = space.register(now, pool_handle=key, pe_id=1, settings=PolicySettings(0x40000001),
+                                   transport_type=5, transport_use=0, registration_life=life,
+                                   home_server_id=1, identity="a").entry
+        lives.append((entry.registration_life, entry.expires_at))
+    expected = 50 if life == -1 or life > 50 else life
+    assert lives == [(expected, 1.0 + expected)] * 2

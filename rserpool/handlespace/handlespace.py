@@ -19,6 +19,7 @@ from rserpool.handlespace.policies import is_reserved_policy_type, make_policy
 from rserpool.handlespace.timers import DeadlineQueue
 from rserpool.handlespace.types import PolicySettings, SelectionPolicy
 from rserpool.wire.checksum import finish, pe_checksum, pe_sum
+from rserpool.wire.tlv import fast_constructor
 
 __all__ = [
     "CAUSE_INVALID_VALUES",
@@ -387,6 +388,36 @@ class Handlespace:
         Raises ``HandlespaceError`` and changes nothing on refusal.
         """
         limits = self.limits
+        # Fast path: a re-registration consistent with its pool by the same (or
+        # no) identity, with plain in-range values.  Whatever it does not take
+        # goes through the checks below, which then find the same facts.
+        pool = self._pools.get(pool_handle) if type(pool_handle) is bytes else None
+        if (pool is not None and type(pe_id) is int and type(home_server_id) is int
+                and type(registration_life) is int and 0 <= home_server_id <= _MAX_UINT32
+                and (0 <= registration_life <= limits.max_registration_life or registration_life == INFINITE_LIFE)
+                and settings.policy_type == pool.policy_type and transport_type == pool.transport_type
+                and transport_use == pool.transport_use and len(pool_handle) <= limits.max_pool_handle_length):
+            entry = pool.members.get(pe_id)
+            if entry is not None and (identity is None or identity == entry.identity):
+                life = registration_life
+                if life == INFINITE_LIFE and limits.max_registration_life < _MAX_INT32:
+                    life = limits.max_registration_life
+                pool.policy.update(entry, settings)
+                entry.transport_type = transport_type
+                entry.transport_use = transport_use
+                entry.registration_life = life
+                entry.payload = payload
+                entry.unreachable = None
+                previous_owner = entry.home_server_id
+                if previous_owner != home_server_id:
+                    self._move_owner(pool, entry, home_server_id)
+                if life == INFINITE_LIFE:
+                    entry.expires_at = None
+                    self._expiry.cancel(entry)
+                else:
+                    entry.expires_at = now + life
+                    self._expiry.schedule(entry, entry.expires_at)
+                return _make_registered(entry, False, previous_owner)
         # Validation (cause 0x3) and the handle length limit (0x6).
         if not isinstance(pool_handle, bytes) or not pool_handle:
             raise HandlespaceError(CAUSE_INVALID_VALUES, "empty or non-bytes pool handle")
@@ -655,6 +686,9 @@ class Handlespace:
         entry.keepalive_due = None
         if not pool.members:
             del self._pools[entry.pool_handle]
+
+
+_make_registered = fast_constructor(Registered)
 
 
 def _check_uint32(name: str, value: int) -> None:
