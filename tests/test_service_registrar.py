@@ -132,3 +132,14 @@ class RegistrarOverTLS(unittest.TestCase):
         reply = yield pe.request(AsapRegistration(b"echo", make_pe(9, address="192.0.2.7")))
         self.assertTrue(reply.reject)
         self.assertEqual(len(self.registrar.handlespace), 0)
+
+    @defer.inlineCallbacks
+    def test_certificate_identity_is_cached_by_certificate(self):
+        first = yield self.connect(self.pki.pe1)
+        second = yield self.connect(self.pki.pe1)
+        other = yield self.connect(self.pki.pe2)
+        identities = sorted(c.session.identity for c in self.registrar.channels if c.session is not None)
+        self.assertEqual(identities, ["pe1", "pe1", "pe2"])
+        self.assertEqual(len(self.registrar._certificate_names), 2)  # one entry per certificate
+        for client in (first, second, other):
+            self.assertIsNotNone(client.channel)
