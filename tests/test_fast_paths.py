@@ -429,3 +429,28 @@ def test_reregistration_lives_are_bounded_alike(life):
         lives.append((entry.registration_life, entry.expires_at))
     expected = 50 if life == -1 or life > 50 else life
     assert lives == [(expected, 1.0 + expected)] * 2
+
+
+def test_a_repeated_answer_is_reused_only_for_equal_values():
+    core = _core(2)
+    session = core.open_session(object(), "127.0.0.1", secure=True, identity="pe")
+    for handle in (b"pool", b"other"):
+        for pe_id in (1, 2, 3):
+            out = core.message_received(session, AsapRegistration(handle, _pe(pe_id, LeastUsedPolicy(pe_id))), 0.0)
+            for output in out:
+                if type(output).__name__ == "Authorize":
+                    core.authorization_done(session, output.token, True, 0.0)
+    seen = []
+    for step, (handle, load) in enumerate([(b"pool", None), (b"pool", None), (b"other", None), (b"pool", 9),
+                                           (b"pool", None), (b"other", 0)]):
+        if load is not None:
+            _register(core, session, _pe(1, LeastUsedPolicy(load)), float(step))
+            if handle == b"other":
+                core.message_received(session, AsapRegistration(b"other", _pe(1, LeastUsedPolicy(load))), 0.0)
+        (send,) = core.message_received(session, AsapHandleResolution(handle), float(step))
+        entries = [core.handlespace.get(handle, pe.pe_id) for pe in send.message.pool_elements]
+        generic = AsapHandleResolutionResponse(handle, tuple(e.payload for e in entries), LeastUsedPolicy(
+            entries[0].payload.policy.load))
+        assert send.message == generic and send.data == generic.encode()
+        seen.append([pe.pe_id for pe in send.message.pool_elements])
+    assert seen == [[1, 2], [1, 2], [1, 2], [2, 3], [2, 3], [1, 2]]

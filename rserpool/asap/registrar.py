@@ -249,6 +249,8 @@ class RegistrarCore:
         self._next_token = 1
         self._channel_of: dict[tuple[bytes, int], AsapSession] = {}
         self._awaiting_ack: dict[tuple[bytes, int], float] = {}
+        # (handle, PEs, policy, message, bytes) of the last positive resolution answer.
+        self._last_answer: tuple = (None, None, None, None, None)
         self._registration_limiter = RateLimiter(settings.registration_rate)
         self._address_limiter = RateLimiter(settings.registration_rate_per_address)
         self._resolution_limiter = RateLimiter(settings.resolution_rate)
@@ -498,6 +500,12 @@ class RegistrarCore:
         if entries and entries[0].settings.policy_type != ROUND_ROBIN:
             # RFC 5352 3.3: the pool's overall policy when it is not RR.
             policy = self._overall_policy(entries[0])
+        last = self._last_answer
+        if last[0] == handle and last[1] == pes and last[2] == policy:
+            # The same PEs as the previous answer (a stable LU or PRIO pool):
+            # equal values encode to the same bytes.
+            out.append(_make_send(session, last[3], last[4]))
+            return
         encoded = []
         for entry in entries:
             payload = entry.payload
@@ -512,6 +520,7 @@ class RegistrarCore:
             # the values the response's constructor would check are valid.
             reply = _make_resolution_response(handle, pes, policy, None, False)
             data = encode_resolution_response(handle, None if policy is None else policy.encode(), encoded)
+            self._last_answer = (handle, pes, policy, reply, data)
             out.append(_make_send(session, reply, data))
             return
         out.append(Send(session, AsapHandleResolutionResponse(handle, pes, policy)))
