@@ -8,23 +8,37 @@ values and bytes.  Hypothesis draws valid and invalid inputs.
 
 from __future__ import annotations
 
+import random
 import struct
+from ipaddress import IPv4Address
 
 import pytest
-
 from hypothesis import given, settings, strategies as st
+from twisted.internet.address import IPv4Address as TCPAddress
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 
-from rserpool.wire.tcpmap import (
-    INIT_OMIT_PPID,
-    INIT_OMIT_STREAM,
-    INIT_OMIT_TSN,
-    DataChunk,
-    MessageReceived,
-    TcpMapConnection,
-    TcpMapError,
-    decode_chunk,
-    encode_chunk,
+from rserpool.asap.registrar import RegistrarCore, RegistrarSettings, Send, policy_settings
+from rserpool.handlespace import Handlespace, HandlespaceError, HandlespaceLimits, PolicySettings
+from rserpool.handlespace.timers import DeadlineQueue
+from rserpool.security.ratelimit import RateLimit
+from rserpool.service.channel import Channel
+from rserpool.service.registrar import RegistrarService
+from rserpool.wire import (
+    AsapDeregistration, AsapHandleResolution, AsapHandleResolutionResponse, AsapRegistration,
+    AsapRegistrationResponse, IPv6Address, Limits, PoolElement, TcpTransport, WireError, decode_message,
 )
+from rserpool.wire.asap import encode_registration_response, encode_resolution_response
+from rserpool.wire.codes import ASAP_HANDLE_RESOLUTION, PPID_ASAP
+from rserpool.wire.policy import (
+    LeastUsedDegradationPolicy, LeastUsedPolicy, OpaquePolicy, PriorityPolicy, RoundRobinPolicy,
+    WeightedRandomPolicy,
+)
+from rserpool.wire.tcpmap import (
+    INIT_OMIT_PPID, INIT_OMIT_STREAM, INIT_OMIT_TSN, DataChunk, MessageReceived, TcpMapConnection,
+    TcpMapError, decode_chunk, encode_chunk,
+)
+from rserpool.wire.tlv import new_ctx
 
 SETTINGS = settings(max_examples=150, deadline=None)
 
@@ -93,21 +107,6 @@ def test_data_delivery_matches_the_generic_chunk_decoder(stream):
 
 # -- resolution answers from the PEs' cached encodings -------------------------------------
 
-import random  # noqa: E402
-from ipaddress import IPv4Address  # noqa: E402
-
-from rserpool.asap.registrar import RegistrarCore, RegistrarSettings, Send  # noqa: E402
-from rserpool.handlespace import Handlespace, HandlespaceLimits  # noqa: E402
-from rserpool.wire import (  # noqa: E402
-    AsapHandleResolution, AsapHandleResolutionResponse, AsapRegistration, PoolElement, TcpTransport,
-    decode_message,
-)
-from rserpool.wire.asap import encode_resolution_response  # noqa: E402
-from rserpool.wire.codes import PPID_ASAP  # noqa: E402
-from rserpool.wire.policy import (  # noqa: E402
-    LeastUsedDegradationPolicy, LeastUsedPolicy, OpaquePolicy, PriorityPolicy, RoundRobinPolicy,
-    WeightedRandomPolicy,
-)
 
 U32 = st.integers(0, 0xFFFFFFFF)
 POLICIES = {
@@ -185,17 +184,6 @@ def test_a_foreign_payload_takes_the_generic_path():
 
 # -- the registrar's timer follows only deadlines set earlier than the armed one ---------------
 
-from twisted.internet.address import IPv4Address as TCPAddress  # noqa: E402
-from twisted.internet.task import Clock  # noqa: E402
-from twisted.internet.testing import StringTransport  # noqa: E402
-
-from rserpool.handlespace.timers import DeadlineQueue  # noqa: E402
-from rserpool.security.ratelimit import RateLimit  # noqa: E402
-from rserpool.service.channel import Channel  # noqa: E402
-from rserpool.service.registrar import RegistrarService  # noqa: E402
-from rserpool.wire import AsapDeregistration  # noqa: E402
-from rserpool.wire.tcpmap import TcpMapConnection as _Mapping  # noqa: E402
-
 
 class _Entry:
     __slots__ = ("token",)
@@ -235,7 +223,7 @@ def test_no_deadline_is_missed(steps):
     channel = Channel(service, clock, service.channel_settings, tls=True)
     channel.makeConnection(StringTransport(peerAddress=TCPAddress("TCP", "127.0.0.1", 4000)))
     channel.session = service.core.open_session(channel, "127.0.0.1", True, "pe")
-    sender = _Mapping()
+    sender = TcpMapConnection()
     channel.dataReceived(sender.initiate())
     for action, pe_id, life, wait in steps:
         if action == "register":
@@ -257,11 +245,6 @@ def test_no_deadline_is_missed(steps):
 
 
 # -- registration: trusted values and the pre-encoded acceptance -----------------------------
-
-from rserpool.asap.registrar import policy_settings  # noqa: E402
-from rserpool.handlespace import PolicySettings  # noqa: E402
-from rserpool.wire import AsapRegistrationResponse, IPv6Address  # noqa: E402
-from rserpool.wire.asap import encode_registration_response  # noqa: E402
 
 
 def _generic_policy_settings(policy) -> PolicySettings:
@@ -321,10 +304,6 @@ def test_the_address_check_compares_the_text_of_each_address_object():
 
 # -- the handle resolution decoder's fast path ---------------------------------------------
 
-from rserpool.wire import Limits, WireError  # noqa: E402
-from rserpool.wire.codes import ASAP_HANDLE_RESOLUTION  # noqa: E402
-from rserpool.wire.tlv import new_ctx  # noqa: E402
-
 
 def _outcome(decode, data: bytes, length: int, limits: Limits):
     ctx = new_ctx(limits)
@@ -364,8 +343,6 @@ def test_resolution_decoder_fast_path_equals_the_tlv_walk(body, cut, flags, limi
 
 
 # -- the handlespace's re-registration fast path -----------------------------------------------
-
-from rserpool.handlespace import HandlespaceError  # noqa: E402
 
 
 class _Handle(bytes):
