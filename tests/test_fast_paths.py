@@ -26,7 +26,8 @@ from rserpool.service.channel import Channel
 from rserpool.service.registrar import RegistrarService
 from rserpool.wire import (
     AsapDeregistration, AsapHandleResolution, AsapHandleResolutionResponse, AsapRegistration,
-    AsapRegistrationResponse, IPv6Address, Limits, PoolElement, TcpTransport, WireError, decode_message,
+    AsapRegistrationResponse, IPv6Address, Limits, PoolElement, TcpTransport, UdpTransport, WireError,
+    decode_message,
 )
 from rserpool.wire.asap import encode_registration_response, encode_resolution_response
 from rserpool.wire.codes import ASAP_HANDLE_RESOLUTION, PPID_ASAP
@@ -38,7 +39,8 @@ from rserpool.wire.tcpmap import (
     INIT_OMIT_PPID, INIT_OMIT_STREAM, INIT_OMIT_TSN, DataChunk, MessageReceived, TcpMapConnection,
     TcpMapError, decode_chunk, encode_chunk,
 )
-from rserpool.wire.tlv import new_ctx
+from rserpool.wire.messages import expect
+from rserpool.wire.tlv import new_ctx, walk
 
 SETTINGS = settings(max_examples=150, deadline=None)
 
@@ -431,3 +433,49 @@ def test_a_repeated_answer_is_reused_only_for_equal_values():
         assert send.message == generic and send.data == generic.encode()
         seen.append([pe.pe_id for pe in send.message.pool_elements])
     assert seen == [[1, 2], [1, 2], [1, 2], [2, 3], [2, 3], [1, 2]]
+
+
+# -- the registration decoder's fastest path (TCP on IPv4, Least-Used) ------------------------
+
+def _walk_registration(data: bytes, flags: int, length: int, ctx) -> AsapRegistration:
+    subs = walk(data, 4, length, 1, ctx)
+    handle, pe = expect(subs, ((0x9, "1"), (0xA, "1")), data, length, AsapRegistration.name)
+    return AsapRegistration._make(handle, pe)
+
+
+def _registration_outcome(decode, data: bytes, length: int, limits: Limits):
+    ctx = new_ctx(limits)
+    try:
+        value = decode(data, data[1], length, ctx)
+    except WireError as exc:
+        return ("error", exc.cause, str(exc), exc.report)
+    except Exception as exc:  # decode_message maps these to WireError
+        return ("raised", type(exc), str(exc))
+    return ("ok", value, ctx.count, ctx.unrecognized)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(min_size=1, max_size=12), U32, st.integers(-1, 0x7FFFFFFF), st.integers(0, 0xFFFF),
+       st.sampled_from(["tcp4", "tcp4", "tcp4", "tcp6", "udp4", "tcp4-use"]),
+       st.sampled_from(["lu", "lu", "lu", "rr", "lud"]),
+       st.lists(st.tuples(st.integers(1, 80), st.integers(0, 255)), max_size=2), st.integers(0, 3),
+       st.sampled_from([Limits(), Limits(max_depth=2), Limits(max_depth=3), Limits(max_parameters=5),
+                        Limits(max_parameters=4), Limits(max_pool_handle=4)]))
+def test_registration_decoder_equals_the_tlv_walk(handle, pe_id, life, port, transport, policy, flips, cut,
+                                                   limits):
+    address = IPv6Address("::1") if transport == "tcp6" else IPv4Address("127.0.0.1")
+    user = (UdpTransport(port, address) if transport == "udp4"
+            else TcpTransport(port, address, 1 if transport == "tcp4-use" else 0))
+    pol = {"lu": LeastUsedPolicy(pe_id), "rr": RoundRobinPolicy(), "lud": LeastUsedDegradationPolicy(1, 2)}[policy]
+    data = bytearray(AsapRegistration(handle, PoolElement(pe_id, 0, life, user, pol)).encode())
+    for position, value in flips:  # damage some bytes (length fields included)
+        if position < len(data):
+            data[position] = value
+    length = max(4, len(data) - cut)
+    data[2:4] = struct.pack("!H", length)
+    data = bytes(data)
+    fast = _registration_outcome(AsapRegistration._decode, data, length, limits)
+    assert fast == _registration_outcome(_walk_registration, data, length, limits)
+    if fast[0] == "ok":
+        assert decode_message(data, PPID_ASAP, limits) == fast[1]
+

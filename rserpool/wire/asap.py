@@ -10,8 +10,10 @@ from rserpool.wire import codes
 from rserpool.wire.params import (
     Cookie, OperationError, PoolElement, check32, encode_pe_id, encode_pool_handle,
 )
+from rserpool.wire.params import _MK_PE
+from rserpool.wire.policy import _MK_LU
 from rserpool.wire.tlv import DECODERS, HDR as _HDR, PADDING, U32, Ctx, invalid, walk
-from rserpool.wire.transports import SctpTransport, TcpTransport
+from rserpool.wire.transports import _MK_TCP, SctpTransport, TcpTransport, _address
 from rserpool.wire.messages import Message, expect, frame_message, register
 
 __all__ = [
@@ -58,6 +60,9 @@ class _Asap:
 
 
 _REG_HEAD = struct.Struct("!BBHHH")
+# Pool Element (header, id, home, life), TCP transport (header, port, use),
+# IPv4 address (header, address), LU policy (header, type, load).
+_TCP_LU_PE = struct.Struct("!HHIIiHHHHHH4sHHII")
 _DEC_HANDLE = DECODERS[H]
 _DEC_PE = DECODERS[PE]
 
@@ -90,6 +95,21 @@ class AsapRegistration(_Asap, Message):
 
     @classmethod
     def _decode(cls, data: bytes, flags: int, length: int, ctx: Ctx):
+        # Fastest path: a handle and a PE with a TCP transport on one IPv4
+        # address and a Least-Used policy, nothing else (5 parameters, 3 deep).
+        if length >= 52:
+            t1, l1 = _HDR.unpack_from(data, 4)
+            p2 = 4 + ((l1 + 3) & ~3)
+            limits = ctx.limits
+            if (t1 == H and 4 < l1 <= limits.max_pool_handle + 4 and length == p2 + 44
+                    and ctx.count + 5 <= limits.max_parameters and limits.max_depth >= 3):
+                (t2, l2, pe_id, home, life, t3, l3, port, use, t4, l4, packed, t5, l5, ptype,
+                 load) = _TCP_LU_PE.unpack_from(data, p2)
+                if (t2 == PE and l2 == 44 and t3 == 5 and l3 == 16 and t4 == 1 and l4 == 8 and t5 == 8
+                        and l5 == 12 and ptype == 0x40000001):
+                    ctx.count += 5
+                    return cls._make(data[8:4 + l1], _MK_PE(pe_id, home, life, _MK_TCP(port, _address(packed), use),
+                                                            _MK_LU(load), None))
         # Fast path: exactly a pool handle then a pool element.
         if length >= 16:
             t1, l1 = _HDR.unpack_from(data, 4)
