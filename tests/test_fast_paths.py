@@ -479,3 +479,12 @@ def test_registration_decoder_equals_the_tlv_walk(handle, pe_id, life, port, tra
     if fast[0] == "ok":
         assert decode_message(data, PPID_ASAP, limits) == fast[1]
 
+
+def test_pe_addresses_of_every_transport_kind():
+    from rserpool.asap.registrar import _addresses
+    from rserpool.wire import OpaqueTransport, SctpTransport
+
+    a, b = IPv4Address("127.0.0.1"), IPv6Address("::1")
+    for transport, expected in ((TcpTransport(1, a), (a,)), (TcpTransport(1, b, 1), (b,)), (UdpTransport(2, a), (a,)),
+                                (SctpTransport(3, (a, b)), (a, b)), (OpaqueTransport(b"x"), ())):
+        assert tuple(_addresses(transport)) == expected

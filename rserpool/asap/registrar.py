@@ -210,6 +210,8 @@ def _transport_use(transport: Any) -> int:
 
 
 def _addresses(transport: Any) -> tuple:
+    if type(transport) is TcpTransport:  # the common case, without a failing getattr
+        return (transport.address,)
     addresses = getattr(transport, "addresses", None)
     if addresses is None:
         address = getattr(transport, "address", None)
