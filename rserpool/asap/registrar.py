@@ -145,7 +145,7 @@ class RegistrarSettings:
     unreachable_rate: RateLimit = RateLimit(rate=1.0, burst=10.0)
 
     def __post_init__(self) -> None:
-        if not 1 <= self.server_id <= 0xFFFFFFFF:
+        if type(self.server_id) is not int or not 1 <= self.server_id <= 0xFFFFFFFF:
             raise ValueError("the server ID is a non-zero 32-bit number")
 
 
