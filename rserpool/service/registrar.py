@@ -22,6 +22,7 @@ import random
 from typing import Any, Callable, Iterable, Protocol as TypingProtocol
 
 from cryptography.hazmat.primitives.serialization import Encoding
+from OpenSSL import crypto
 from twisted.application.service import MultiService, Service
 from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
@@ -45,7 +46,7 @@ from rserpool.handlespace import Handlespace, HandlespaceLimits
 from rserpool.security.certidentity import CertIdentityError, IdentityPolicy, identity_from_certificate
 from rserpool.security.psk import MECHANISM as PSK_MECHANISM, psk_identity
 from rserpool.security.revocation import RevocationGate, verified_chain
-from rserpool.security.tls import NotTLSError, peer_certificate
+from rserpool.security.tls import NotTLSError, tls_connection
 from rserpool.service.channel import Channel, ChannelSettings
 from rserpool.wire import WireError
 from rserpool.wire.transports import TcpTransport
@@ -242,14 +243,23 @@ class RegistrarService(MultiService):
         identity = None
         mechanism = None
         cert = None
+        gate = self.revocation
+        gated = gate is not None and gate.enabled
         if channel.tls:
             try:
-                cert = peer_certificate(channel.transport)
+                peer = tls_connection(channel.transport).get_peer_certificate()
             except NotTLSError:
-                cert = None
-            if cert is not None:
+                peer = None
+            if peer is not None:
+                # The identity cache is keyed by the DER straight from OpenSSL:
+                # the conversion to a cryptography certificate is only paid on
+                # a miss or when revocation or the mapping needs it.
+                if gated or self.certificate_mapping is not None:
+                    cert = peer.to_cryptography()
                 try:
-                    identity = self._certificate_identity(cert)
+                    identity = self._certificate_identity(
+                        cert if cert is not None else peer,
+                        crypto.dump_certificate(crypto.FILETYPE_ASN1, peer))
                     mechanism = "certificate"
                 except CertIdentityError as exc:
                     _log.warn("client certificate from {address} yields no identity: {error}",
@@ -257,8 +267,6 @@ class RegistrarService(MultiService):
             else:
                 identity = psk_identity(channel.transport)
                 mechanism = PSK_MECHANISM if identity is not None else None
-        gate = self.revocation
-        gated = gate is not None and gate.enabled
         if cert is not None and (gated or self.certificate_mapping is not None):
             # Nothing is created for this channel before OCSP allows it and
             # the certificate mapping (a directory, perhaps) named its holder.
@@ -271,16 +279,21 @@ class RegistrarService(MultiService):
             return
         self._open_session(channel, address, identity, mechanism)
 
-    def _certificate_identity(self, cert: Any) -> str:
-        """``identity_from_certificate(cert, self.identity_policy).name``, cached by DER."""
+    def _certificate_identity(self, cert: Any, der: bytes | None = None) -> str:
+        """``identity_from_certificate(cert, self.identity_policy).name``, cached by DER.
+
+        ``cert`` is a cryptography certificate or a pyOpenSSL ``X509`` (then
+        ``der`` must be given; it is converted only on a cache miss)."""
         policy = self.identity_policy
         names = self._certificate_names
         if policy is not self._certificate_names_policy:
             names.clear()
             self._certificate_names_policy = policy
-        key = cert.public_bytes(Encoding.DER)
+        key = der if der is not None else cert.public_bytes(Encoding.DER)
         name = names.get(key)
         if name is None:
+            if isinstance(cert, crypto.X509):
+                cert = cert.to_cryptography()
             name = identity_from_certificate(cert, policy).name  # CertIdentityError: not cached
             if len(names) >= _CERTIFICATE_NAMES_CACHED:
                 del names[next(iter(names))]
