@@ -143,3 +143,89 @@ class RegistrarOverTLS(unittest.TestCase):
         identities = sorted(c.session.identity for c in self.registrar.channels if c.session is not None)
         self.assertEqual(identities, ["pe1", "pe1", "pe2"])
         self.assertEqual(len(self.registrar._certificate_names), 2)  # one entry per certificate
+
+
+class AuthorizeOutcomes(unittest.TestCase):
+    """``RegistrarService._authorize``: plain values are answered at once,
+    Deferreds are waited for, and a failure of either step refuses."""
+
+    def make(self, authorizer, groups_of=None):
+        from twisted.internet.task import Clock
+        from rserpool.asap.registrar import Authorize
+        from rserpool.service.registrar import RegistrarService
+
+        service = RegistrarService(RegistrarSettings(server_id=1), reactor=Clock(), listen=(),
+                                   tls_options=object(), authorizer=authorizer, groups_of=groups_of)
+        answers = []
+
+        class Core:
+            def authorization_done(self, session, token, allowed, now):
+                answers.append((session, token, allowed))
+                return []
+
+        service.core = Core()
+
+        class Session:
+            identity = "pe1"
+
+        session = Session()
+        return service, answers, Authorize(7, session, "register", b"echo"), session
+
+    def test_plain_values_answer_at_once(self):
+        seen = []
+
+        class Authorizer:
+            def authorize(self, identity, groups, action, handle):
+                seen.append((identity, groups, action, handle))
+                return True
+
+        service, answers, request, session = self.make(Authorizer(), lambda identity: ["g"])
+        service._authorize(request)
+        self.assertEqual(seen, [("pe1", frozenset({"g"}), "register", b"echo")])
+        self.assertEqual(answers, [(session, 7, True)])
+
+    def test_truthy_non_true_is_no(self):
+        class Authorizer:
+            def authorize(self, identity, groups, action, handle):
+                return 1
+
+        service, answers, request, session = self.make(Authorizer())
+        service._authorize(request)
+        self.assertEqual(answers, [(session, 7, False)])
+
+    def test_deferred_groups_and_answer_are_waited_for(self):
+        groups: defer.Deferred = defer.Deferred()
+        answer: defer.Deferred = defer.Deferred()
+
+        class Authorizer:
+            def authorize(self, identity, groups_, action, handle):
+                self.groups = groups_
+                return answer
+
+        authorizer = Authorizer()
+        service, answers, request, session = self.make(authorizer, lambda identity: groups)
+        service._authorize(request)
+        self.assertEqual(answers, [])
+        groups.callback(("a", "b"))
+        self.assertEqual(authorizer.groups, frozenset({"a", "b"}))
+        self.assertEqual(answers, [])
+        answer.callback(True)
+        self.assertEqual(answers, [(session, 7, True)])
+
+    def test_failures_refuse_with_none(self):
+        class Boom:
+            def authorize(self, identity, groups, action, handle):
+                raise RuntimeError("backend down")
+
+        class Failing:
+            def authorize(self, identity, groups, action, handle):
+                return defer.fail(RuntimeError("backend down"))
+
+        def bad_groups(identity):
+            raise RuntimeError("directory down")
+
+        for authorizer, groups_of in ((Boom(), None), (Failing(), None), (Boom(), bad_groups)):
+            service, answers, request, session = self.make(authorizer, groups_of)
+            service._authorize(request)
+            self.assertEqual(answers, [(session, 7, None)])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 3)

@@ -434,25 +434,38 @@ class RegistrarService(MultiService):
         self._arm_timer()
 
     def _authorize(self, request: Authorize) -> None:
-        session: AsapSession = request.session
-        identity = session.identity
-        if identity is not None:
-            result = defer.maybeDeferred(self.groups_of, identity)
+        # Plain values (the rules authorizer, static groups) are handled
+        # without any Deferred; a Deferred from either step is waited for.
+        identity = request.session.identity
+        try:
+            groups = self.groups_of(identity) if identity is not None else ()
+            if isinstance(groups, defer.Deferred):
+                result: Any = groups.addCallback(self._ask_authorizer, identity, request)
+            else:
+                result = self._ask_authorizer(groups, identity, request)
+        except Exception:
+            self._authorization_failed(Failure(), request, identity)
+            return
+        if isinstance(result, defer.Deferred):
+            result.addCallbacks(self._authorization_answered, self._authorization_failed,
+                                callbackArgs=(request,), errbackArgs=(request, identity))
         else:
-            result = defer.succeed(())
-        result.addCallback(lambda groups: self.authorizer.authorize(
-            identity, frozenset(groups or ()), request.action, request.pool_handle))
+            self._authorization_answered(result, request)
 
-        def done(allowed: Any) -> None:
-            self._carry_out(self.core.authorization_done(session, request.token, allowed is True,
-                                                         self.clock.seconds()))
+    def _ask_authorizer(self, groups: Any, identity: str | None, request: Authorize) -> Any:
+        return self.authorizer.authorize(identity, frozenset(groups or ()), request.action,
+                                         request.pool_handle)
 
-        def failed(failure: Failure) -> None:
-            _log.failure("authorization backend failed for {identity} ({action} {handle!r}); refusing",
-                         failure, identity=identity, action=request.action, handle=request.pool_handle)
-            self._carry_out(self.core.authorization_done(session, request.token, None, self.clock.seconds()))
+    def _authorization_answered(self, allowed: Any, request: Authorize) -> None:
+        self._carry_out(self.core.authorization_done(request.session, request.token, allowed is True,
+                                                     self.clock.seconds()))
 
-        result.addCallbacks(done, failed)
+    def _authorization_failed(self, failure: Failure, request: Authorize, identity: str | None) -> None:
+        _log.failure("authorization backend failed for {identity} ({action} {handle!r}); refusing",
+                     failure, identity=identity, action=request.action,
+                     handle=request.pool_handle)
+        self._carry_out(self.core.authorization_done(request.session, request.token, None,
+                                                     self.clock.seconds()))
 
     # -- timers --------------------------------------------------------------------------
 
