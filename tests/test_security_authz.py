@@ -1,6 +1,7 @@
 import pytest
+from hypothesis import given, settings, strategies as st
 
-from rserpool.security.authz import RulesAuthorizer, RulesError, parse_rules
+from rserpool.security.authz import ACTIONS, Rule, RulesAuthorizer, RulesError, parse_rules
 
 RULES = """
 # comment
@@ -49,3 +50,45 @@ def test_binary_handles(authz):
 def test_malformed_rules(text):
     with pytest.raises(RulesError):
         parse_rules(text)
+
+
+# -- the indexed decision equals the plain first-match scan ------------------------
+
+_names = st.sampled_from(["pe1", "pe2", "@g1", "@g2", "*", "@pe1"])
+_patterns = st.lists(st.sampled_from(["*", "echo", "echo-*", "e?ho", "hex:6563*", "x"]), min_size=1, max_size=3)
+_rules = st.lists(
+    st.builds(Rule, st.booleans(), _names, st.frozensets(st.sampled_from(sorted(ACTIONS)), min_size=1),
+              _patterns.map(tuple), st.integers(1, 99)),
+    max_size=12)
+
+
+def _linear(rules, identity, groups, action, handle):
+    for rule in rules:
+        if rule.matches(identity, frozenset(groups), action, handle):
+            return rule.allow
+    return False
+
+
+@settings(max_examples=200, deadline=None)
+@given(_rules,
+       st.lists(st.tuples(st.sampled_from([None, "pe1", "pe2", "@g1", "*"]),
+                          st.frozensets(st.sampled_from(["g1", "g2", "pe1"])),
+                          st.sampled_from(sorted(ACTIONS) + ["other"]),
+                          st.sampled_from([b"echo", b"echo-1", b"x", b"\xff", b""])),
+                min_size=1, max_size=8))
+def test_indexed_decisions_equal_a_linear_scan(rules, questions):
+    authorizer = RulesAuthorizer(rules)
+    for _ in range(2):  # the second round answers from the decision cache
+        for identity, groups, action, handle in questions:
+            assert authorizer.decide(identity, groups, action, handle) == \
+                _linear(rules, identity, groups, action, handle)
+
+
+def test_decision_cache_is_bounded(monkeypatch):
+    import rserpool.security.authz as authz_module
+
+    monkeypatch.setattr(authz_module, "_DECISIONS_CACHED", 3)
+    authorizer = RulesAuthorizer(parse_rules("* resolve *"))
+    for n in range(10):
+        assert authorizer.decide(None, (), "resolve", b"pool%d" % n)
+    assert len(authorizer._decisions) == 3

@@ -114,18 +114,76 @@ def load_rules(path: str) -> tuple[Rule, ...]:
         return parse_rules(handle.read(), path)
 
 
+#: Decisions a RulesAuthorizer remembers (oldest dropped first).
+_DECISIONS_CACHED = 4096
+
+
 class RulesAuthorizer:
-    """First matching rule decides; no match means no."""
+    """First matching rule decides; no match means no.
+
+    The rules are indexed by action and subject, so a decision only looks at
+    the rules that name the identity, one of its groups, or ``*`` (in file
+    order); recent decisions are remembered (the rules never change)."""
 
     def __init__(self, rules: Iterable[Rule]) -> None:
         self.rules = tuple(rules)
+        # action -> (name -> indices, group -> indices, indices of "*" rules)
+        self._index: dict[str, tuple[dict[str, list[int]], dict[str, list[int]], list[int]]] = {}
+        for action in ACTIONS:
+            names: dict[str, list[int]] = {}
+            groups: dict[str, list[int]] = {}
+            anyone: list[int] = []
+            for number, rule in enumerate(self.rules):
+                if action not in rule.actions:
+                    continue
+                subject = rule.subject
+                if subject == "*":
+                    anyone.append(number)
+                elif subject.startswith("@"):
+                    groups.setdefault(subject[1:], []).append(number)
+                else:
+                    names.setdefault(subject, []).append(number)
+            self._index[action] = (names, groups, anyone)
+        self._decisions: dict[tuple, bool] = {}
+
+    def _candidates(self, identity: str | None, groups: frozenset[str], action: str) -> list[int]:
+        """Indices (ascending) of every rule that may match; a superset."""
+        index = self._index.get(action)
+        if index is None:
+            return []
+        names, group_rules, anyone = index
+        lists = [anyone] if anyone else []
+        if identity is not None:
+            named = names.get(identity)
+            if named:
+                lists.append(named)
+        if group_rules:
+            for group in groups:
+                listed = group_rules.get(group)
+                if listed:
+                    lists.append(listed)
+        if len(lists) == 1:
+            return lists[0]
+        return sorted(set().union(*lists))
 
     def decide(self, identity: str | None, groups: Iterable[str], action: str, pool_handle: bytes) -> bool:
         group_set = frozenset(groups)
-        for rule in self.rules:
+        key = (identity, group_set, action, pool_handle)
+        decisions = self._decisions
+        answer = decisions.get(key)
+        if answer is not None:
+            return answer
+        answer = False
+        rules = self.rules
+        for number in self._candidates(identity, group_set, action):
+            rule = rules[number]
             if rule.matches(identity, group_set, action, pool_handle):
-                return rule.allow
-        return False
+                answer = rule.allow
+                break
+        if len(decisions) >= _DECISIONS_CACHED:
+            del decisions[next(iter(decisions))]
+        decisions[key] = answer
+        return answer
 
     def authorize(self, identity: str | None, groups: Iterable[str], action: str, pool_handle: bytes) -> bool:
         """The registrar's authorizer interface (synchronous here)."""
