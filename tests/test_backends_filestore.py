@@ -182,7 +182,7 @@ def test_bounded_read(tmp_path) -> None:
 
 def test_rules_file_authorizer(tmp_path) -> None:
     path = tmp_path / "authz.rules"
-    authorizer = fs.RulesFileAuthorizer(str(path))
+    authorizer = fs.RulesFileAuthorizer(str(path), recheck_interval=0)  # stat on every call
     assert authorizer.authorize("pe1", frozenset(), "register", b"echo") is False  # missing: deny
     write(path, "pe1 register echo\n", mode=0o644, mtime=2_000_000)
     assert authorizer.authorize("pe1", frozenset(), "register", b"echo") is True
@@ -196,3 +196,41 @@ def test_rules_file_authorizer(tmp_path) -> None:
     write(path, "pe1 register echo\n", mode=0o646, mtime=2_000_003)
     with pytest.raises(BackendUnavailable, match="world-writable"):
         authorizer.authorize("pe1", frozenset(), "register", b"echo")
+
+
+def test_rules_file_is_checked_at_most_once_per_interval(tmp_path, monkeypatch) -> None:
+    path = tmp_path / "authz.rules"
+    now = [100.0]
+    authorizer = fs.RulesFileAuthorizer(str(path), clock=lambda: now[0])
+    assert authorizer.recheck_interval == 1.0
+    stats = []
+    real_stat = fs.os.stat
+    monkeypatch.setattr(fs.os, "stat", lambda p, *a, **k: stats.append(p) or real_stat(p, *a, **k))
+    write(path, "pe1 register echo\n", mode=0o644, mtime=2_000_000)
+    assert authorizer.authorize("pe1", frozenset(), "register", b"echo") is True
+    write(path, "pe2 register echo\n", mode=0o644, mtime=2_000_001)
+    now[0] += 0.5  # within the interval: neither stat'ed nor re-read
+    assert authorizer.authorize("pe1", frozenset(), "register", b"echo") is True
+    assert authorizer.authorize("pe2", frozenset(), "register", b"echo") is False
+    assert len(stats) == 1 and authorizer.reloads == 1
+    now[0] += 0.5  # the interval is over: the change is seen
+    assert authorizer.authorize("pe1", frozenset(), "register", b"echo") is False
+    assert authorizer.authorize("pe2", frozenset(), "register", b"echo") is True
+    assert len(stats) == 2 and authorizer.reloads == 2
+    # A malformed file keeps failing (without a stat) until the next check.
+    write(path, "pe1 fly echo\n", mode=0o644, mtime=2_000_002)
+    now[0] += 1.0
+    for _ in range(2):
+        with pytest.raises(BackendUnavailable, match=":1: unknown action"):
+            authorizer.authorize("pe1", frozenset(), "register", b"echo")
+    assert len(stats) == 3
+    write(path, "pe1 register echo\n", mode=0o644, mtime=2_000_003)
+    now[0] += 1.0
+    assert authorizer.authorize("pe1", frozenset(), "register", b"echo") is True
+    # A failed stat is not remembered: the next call stats again.
+    path.unlink()
+    now[0] += 1.0
+    monkeypatch.setattr(fs.os, "stat", lambda p, *a, **k: (_ for _ in ()).throw(PermissionError(13, "denied")))
+    for _ in range(2):
+        with pytest.raises(BackendUnavailable, match="denied"):
+            authorizer.authorize("pe1", frozenset(), "register", b"echo")

@@ -38,6 +38,7 @@ import os
 import re
 import stat
 import tempfile
+import time
 import types
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -584,12 +585,19 @@ class FileStore:
 @implementer(IPoolAuthorizer)
 class RulesFileAuthorizer:
     """The rules authorizer (:mod:`rserpool.security.authz`) over a file that
-    is re-read when it changes (stat on each call, no clock).  A missing or
-    malformed file denies everything: a malformed one fails with
-    BackendUnavailable (logged as an outage) until it is fixed."""
+    is re-read when it changes.  The file is stat'ed at most once every
+    ``recheck_interval`` seconds of ``clock`` (``time.monotonic`` unless
+    injected; 0 stats on every call), so a change takes effect within that
+    interval.  A missing or malformed file denies everything: a malformed
+    one fails with BackendUnavailable (logged as an outage) until it is
+    fixed."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, recheck_interval: float = 1.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.path = path
+        self.recheck_interval = recheck_interval
+        self.clock = clock
+        self._next_check: float | None = None
         self._key: tuple[int, ...] | None = None
         self._authorizer: Any = None
         self._error: str | None = None
@@ -600,6 +608,26 @@ class RulesFileAuthorizer:
 
     def current(self) -> Any:
         """The current :class:`rserpool.security.authz.RulesAuthorizer`."""
+        interval = self.recheck_interval
+        if interval > 0:
+            now = self.clock()
+            next_check = self._next_check
+            if next_check is not None and now < next_check:
+                if self._error is not None:
+                    raise BackendUnavailable(self._error)
+                return self._authorizer
+            self._next_check = None
+            try:
+                authorizer = self._reload_if_changed()
+            except BackendUnavailable:
+                if self._error is not None:  # a malformed file (not a failed stat): checked again later
+                    self._next_check = now + interval
+                raise
+            self._next_check = now + interval
+            return authorizer
+        return self._reload_if_changed()
+
+    def _reload_if_changed(self) -> Any:
         from rserpool.security.authz import RulesAuthorizer, RulesError, parse_rules
 
         try:
