@@ -488,3 +488,71 @@ def test_pe_addresses_of_every_transport_kind():
     for transport, expected in ((TcpTransport(1, a), (a,)), (TcpTransport(1, b, 1), (b,)), (UdpTransport(2, a), (a,)),
                                 (SctpTransport(3, (a, b)), (a, b)), (OpaqueTransport(b"x"), ())):
         assert tuple(_addresses(transport)) == expected
+
+
+# -- sorted policies: the head replaced in place -------------------------------------------------
+
+
+class _Rec:
+    """A minimal pool member record."""
+
+    def __init__(self, pe_id: int, settings: PolicySettings) -> None:
+        self.pe_id = pe_id
+        self.settings = settings
+        self.policy_state = None
+
+
+def _generic_sorted_select(policy, n: int) -> list:
+    """_SortedPolicy.select without the in-place fast path: pop the head, add its new key."""
+    from rserpool.handlespace import policies
+
+    sl, by_key = policy._sl, policy._by_key
+    if n <= 0 or not sl:
+        return []
+    out = [by_key[key] for key in sl[0:n]]
+    old = sl.pop(0)
+    head = by_key.pop(old)
+    policy._seq += 1
+    key = (old & policies._RANK_MASK) | policy._seq
+    head.policy_state = key
+    sl.add(key)
+    by_key[key] = head
+    return out
+
+
+_SORTED_TYPES = st.sampled_from([0x1, 0x5, 0x40000001, 0x40000003])  # RR, PRIO, LU, PLU (LUD, WRR: own select)
+
+
+@settings(max_examples=150, deadline=None)
+@given(policy_type=_SORTED_TYPES, load=st.integers(4, 40),
+       steps=st.lists(st.tuples(st.sampled_from("aaurss"), st.integers(0, 60), st.integers(0, 6),
+                                st.integers(1, 5)), max_size=120))
+def test_sorted_select_fast_path_equals_pop_and_add(policy_type, load, steps):
+    from rserpool.handlespace.policies import make_policy
+
+    fast, slow = make_policy(policy_type, random.Random(1)), make_policy(policy_type, random.Random(1))
+    # Small sublists: the fast path's sublist-boundary conditions are reached.
+    fast._sl._reset(load)
+    slow._sl._reset(load)
+    members: dict[int, tuple[_Rec, _Rec]] = {}
+    for op, pe_id, value, n in steps:
+        ps = PolicySettings(policy_type, priority=value, load=value, load_degradation=value % 3)
+        if op == "a" and pe_id not in members:
+            members[pe_id] = (_Rec(pe_id, ps), _Rec(pe_id, ps))
+            fast.add(members[pe_id][0])
+            slow.add(members[pe_id][1])
+        elif op == "u" and pe_id in members:
+            fast.update(members[pe_id][0], ps)
+            slow.update(members[pe_id][1], ps)
+        elif op == "r" and pe_id in members:
+            a, b = members.pop(pe_id)
+            fast.remove(a)
+            slow.remove(b)
+        elif op == "s":
+            got = [m.pe_id for m in fast.select(n)]
+            assert got == [m.pe_id for m in _generic_sorted_select(slow, n)]
+        fast._sl._check()
+        assert list(fast._sl) == list(slow._sl)
+        assert fast._seq == slow._seq
+        assert {k: m.pe_id for k, m in fast._by_key.items()} == {k: m.pe_id for k, m in slow._by_key.items()}
+        assert all(m.policy_state == members[m.pe_id][1].policy_state for m in fast._by_key.values())

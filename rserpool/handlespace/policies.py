@@ -181,6 +181,27 @@ class _SortedPolicy:
         if n <= 0 or not sl:
             return []
         by_key = self._by_key
+        # Fast path: the SortedList's first sublist holds more than the n
+        # keys wanted and the head's new key (same rank, fresh seq) still
+        # sorts before the second key (the head is alone in its rank, as in
+        # a Least-Used pool of distinct loads): the head keeps index 0, so
+        # its key is replaced in place.  The sublist's length and maximum
+        # (its last key: not the head, the sublist has two keys or more) do
+        # not change, nor does the SortedList's positional index.  Otherwise
+        # the pop-and-add below (same result).
+        first = sl._lists[0]
+        if len(first) > n:
+            old = first[0]
+            seq = self._seq + 1
+            key = (old & _RANK_MASK) | seq
+            if key < first[1]:
+                out = [by_key[k] for k in first[:n]]
+                self._seq = seq
+                first[0] = key
+                head = by_key.pop(old)
+                head.policy_state = key
+                by_key[key] = head
+                return out
         keys = sl[0:n]
         out = [by_key[key] for key in keys]
         old = sl.pop(0)
