@@ -425,3 +425,72 @@ def test_pki_window_used_here_is_current() -> None:
     now = dt.datetime.now(dt.timezone.utc)
     cert = shared_pki().pe1.issued.certificate
     assert cert.not_valid_before_utc <= now < cert.not_valid_after_utc
+
+
+# -- TLS 1.3 session tickets when resumption is off ------------------------------------------
+
+
+def test_disable_session_tickets_uses_whatever_binding_exists(monkeypatch) -> None:
+    calls: list[Any] = []
+
+    class WithMethod:
+        def set_num_tickets(self, n: int) -> None:
+            calls.append(n)
+
+    assert tls.disable_session_tickets(WithMethod()) is True  # type: ignore[arg-type]
+    assert calls == [0]
+
+    class Lib:
+        def SSL_CTX_set_num_tickets(self, handle: Any, n: int) -> int:  # noqa: N802 (OpenSSL's name)
+            calls.append((handle, n))
+            return 1
+
+    class Plain:
+        _context = "ctx"
+
+    monkeypatch.setattr(SSL, "_lib", Lib())
+    assert tls.disable_session_tickets(Plain()) is True  # type: ignore[arg-type]
+    assert calls[-1] == ("ctx", 0)
+    monkeypatch.setattr(SSL, "_lib", object())
+    assert tls.disable_session_tickets(Plain()) is False  # type: ignore[arg-type]
+
+
+def _after_handshake_bytes(server_ctx: SSL.Context, client_ctx: SSL.Context) -> int:
+    """What the server sends once it has the client's Finished (tickets, if any)."""
+    server = SSL.Connection(server_ctx, None)
+    server.set_accept_state()
+    client = SSL.Connection(client_ctx, None)
+    client.set_connect_state()
+    flights = []
+    for _ in range(4):
+        for sender, receiver, name in ((client, server, "c"), (server, client, "s")):
+            try:
+                sender.do_handshake()
+            except SSL.WantReadError:
+                pass
+            try:
+                data = sender.bio_read(65536)
+            except SSL.WantReadError:
+                data = b""
+            if data:
+                flights.append((name, len(data)))
+                receiver.bio_write(data)
+    assert [name for name, _ in flights[:3]] == ["c", "s", "c"]
+    assert server.get_protocol_version_name() == "TLSv1.3"
+    return sum(size for _, size in flights[3:])
+
+
+def test_no_tickets_after_the_handshake_when_the_binding_allows() -> None:
+    p = shared_pki()
+    client = tls.client_options("localhost", [p.ca.cert], client_cert=p.pe1.pair)
+    client_ctx = client.context if hasattr(client, "context") else client._context
+    plain = tls.server_options(*p.server.pair, [p.ca.cert], require_client_cert=False)
+    resuming = tls.server_options(*p.server.pair, [p.ca.cert], require_client_cert=False,
+                                  session_tickets=True, session_cache=True)
+    assert resuming.tickets_disabled is False
+    assert _after_handshake_bytes(resuming.context, client_ctx) > 0
+    sent = _after_handshake_bytes(plain.context, client_ctx)
+    if plain.tickets_disabled:
+        assert sent == 0
+    else:  # pyOpenSSL without SSL_CTX_set_num_tickets: OpenSSL's default tickets still go out
+        assert sent > 0

@@ -53,6 +53,7 @@ from zope.interface import implementer
 from rserpool.security import pki
 
 __all__ = [
+    "disable_session_tickets",
     "ClientTLSOptions",
     "ClientTLSSettings",
     "KeyLogWriter",
@@ -279,9 +280,34 @@ class ServerTLSOptions:
         self.context = _finish_context(
             options, settings.crls, settings.crl_check_all, self.writer
         )
+        if not settings.session_tickets and not settings.session_cache:
+            # No resumption: with SSL_OP_NO_TICKET alone OpenSSL still sends
+            # two (stateful) TLS 1.3 tickets after every handshake.
+            self.tickets_disabled = disable_session_tickets(self.context)
+        else:
+            self.tickets_disabled = False
 
     def serverConnectionForTLS(self, tlsProtocol: object) -> SSL.Connection:
         return SSL.Connection(self.context, None)
+
+
+def disable_session_tickets(context: SSL.Context) -> bool:
+    """Make ``context`` send no TLS 1.3 NewSessionTicket (OpenSSL's
+    ``SSL_CTX_set_num_tickets(ctx, 0)``) when the bindings offer it.
+
+    Returns whether it was done; without the binding (pyOpenSSL 26 exposes
+    neither ``Context.set_num_tickets`` nor the cffi function) the context is
+    left as it is: the tickets are only a cost, resumption stays refused.
+    """
+    setter = getattr(context, "set_num_tickets", None)
+    if setter is not None:
+        setter(0)
+        return True
+    lib_setter = getattr(getattr(SSL, "_lib", None), "SSL_CTX_set_num_tickets", None)
+    handle = getattr(context, "_context", None)
+    if lib_setter is not None and handle is not None:
+        return bool(lib_setter(handle, 0))
+    return False
 
 
 def server_options(
