@@ -370,6 +370,9 @@ def _parse_heartbeat_info(name: str, buf: bytes, start: int, end: int) -> bytes:
     return bytes(buf[start + 4 : start + info_length])
 
 
+_ACK_WITHOUT_TSN = AckChunk(None)
+
+
 def _parse_control(chunk_type: int, flags: int, buf: bytes, start: int, end: int) -> Chunk:
     """Decode a non-DATA chunk whose header starts at ``start`` and whose
     unpadded end is ``end``."""
@@ -380,7 +383,7 @@ def _parse_control(chunk_type: int, flags: int, buf: bytes, start: int, end: int
         return InitChunk(flags)
     if chunk_type == CHUNK_ACK:
         if length == 4:
-            return AckChunk(None)
+            return _ACK_WITHOUT_TSN  # immutable: one shared value
         if length == 8:
             return AckChunk(_U32.unpack_from(buf, start + 4)[0])
         raise TcpMapError(f"ACK chunk length must be 4 or 8, not {length}")
@@ -593,6 +596,7 @@ class HeartbeatAckReceived:
 
 
 _MAKE_MESSAGE = fast_constructor(MessageReceived)  # fields already checked by _handle_data
+_MAKE_ACK_RECEIVED = fast_constructor(AckReceived)
 Event = Union[InitReceived, MessageReceived, AckReceived, HeartbeatReceived, HeartbeatAckReceived]
 
 _SERIAL_32 = 1 << 32
@@ -822,7 +826,7 @@ class TcpMapConnection:
             raise TcpMapError(f"ACK chunk for TSN {chunk.tsn}, expected {tsn}")
         self._next_ack_tsn = (tsn + 1) % _SERIAL_32
         self._unacked -= 1
-        return AckReceived(tsn)
+        return _MAKE_ACK_RECEIVED(tsn)  # tsn: a 32-bit counter of ours
 
     def _handle_heartbeat_ack(self, chunk: HeartbeatAckChunk, now: float | None) -> HeartbeatAckReceived:
         outstanding = self._hb_outstanding
