@@ -497,11 +497,12 @@ class RegistrarCore:
             out.append(Send(session, AsapHandleResolutionResponse(handle, error=_cause(exc.cause))))
             return
         self.stats["resolutions"] += 1
-        pes = tuple(entry.payload for entry in entries)
+        pes = tuple([entry.payload for entry in entries])
         policy = None
         if entries and entries[0].settings.policy_type != ROUND_ROBIN:
-            # RFC 5352 3.3: the pool's overall policy when it is not RR.
-            policy = self._overall_policy(entries[0])
+            # RFC 5352 3.3: the pool's overall policy when it is not RR
+            # (``_overall_policy``, inlined: the first PE's).
+            policy = pes[0].policy
         last = self._last_answer
         if last[0] == handle and last[1] == pes and last[2] == policy:
             # The same PEs as the previous answer (a stable LU or PRIO pool):
