@@ -6,6 +6,7 @@ import tempfile
 from pathlib import Path
 
 from twisted.internet import defer, reactor
+from twisted.internet.task import deferLater
 from twisted.trial import unittest
 
 from rserpool.asap.registrar import RegistrarSettings
@@ -145,6 +146,28 @@ class RegistrarOverTLS(unittest.TestCase):
         self.assertEqual(len(self.registrar._certificate_names), 2)  # one entry per certificate
 
 
+    @defer.inlineCallbacks
+    def test_a_removal_is_logged_once(self):
+        from twisted.logger import formatEvent, globalLogPublisher
+
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        pe = yield self.connect(self.pki.pe1)
+        reply = yield pe.request(AsapRegistration(b"echo", make_pe(0xABC)))
+        self.assertFalse(reply.reject)
+        pe.channel.abort()
+        yield pe.closed
+        for _ in range(50):  # until the server side noticed
+            if len(self.registrar.handlespace) == 0:
+                break
+            yield deferLater(reactor, 0.01, lambda: None)
+        self.assertEqual(len(self.registrar.handlespace), 0)
+        lines = [formatEvent(e) for e in events if e.get("log_namespace") == "rserpool.service.registrar"]
+        self.assertEqual(len([line for line in lines if "00000abc" in line and "left pool" in line]), 1)
+        self.assertFalse([line for line in lines if "removed PE" in line])
+
+
 class AuthorizeOutcomes(unittest.TestCase):
     """``RegistrarService._authorize``: plain values are answered at once,
     Deferreds are waited for, and a failure of either step refuses."""
@@ -229,3 +252,4 @@ class AuthorizeOutcomes(unittest.TestCase):
             service._authorize(request)
             self.assertEqual(answers, [(session, 7, None)])
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 3)
+

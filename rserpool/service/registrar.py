@@ -55,6 +55,9 @@ __all__ = ["PoolAuthorizer", "RegistrarService", "AnnounceProtocol"]
 
 _log = Logger()
 
+#: The core's log lines that repeat what the service logs from the core's outputs.
+_LOGGED_FROM_OUTPUTS = frozenset({"removed PE {pe_id:08x} from pool {handle!r}: {reason}"})
+
 #: Client certificates whose identity the registrar remembers (oldest dropped first).
 _CERTIFICATE_NAMES_CACHED = 4096
 
@@ -161,7 +164,7 @@ class RegistrarService(MultiService):
         self.groups_of = groups_of or (lambda identity: ())
         self.handlespace = Handlespace(limits or HandlespaceLimits(), rng=random.Random(self.rng.random()))
         self.core = RegistrarCore(settings, self.handlespace, rng=random.Random(self.rng.random()),
-                                  log=lambda fmt, **kw: _log.info(fmt, **kw))
+                                  log=self._core_log)
         self.announce_targets = tuple(announce_targets)
         self.announce_interval = announce_interval
         self.announce_multicast = announce_multicast
@@ -179,6 +182,13 @@ class RegistrarService(MultiService):
         if tls_options is None:
             _log.critical("INSECURE: the ASAP listener runs WITHOUT TLS; anyone on the network "
                           "can read and forge registrations")
+
+    def _core_log(self, fmt: str, **kwargs: Any) -> None:
+        """The core's log lines, at info; a removal is left out: the service
+        logs it itself from the ``PoolElementRemoved`` output ("PE ... left
+        pool ..."), and a log event costs some microseconds per session."""
+        if fmt not in _LOGGED_FROM_OUTPUTS:
+            _log.info(fmt, **kwargs)
 
     # -- lifecycle ------------------------------------------------------------------
 
