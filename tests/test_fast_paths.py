@@ -13,7 +13,7 @@ import struct
 from ipaddress import IPv4Address
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 from twisted.internet.address import IPv4Address as TCPAddress
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -37,7 +37,7 @@ from rserpool.wire.policy import (
 )
 from rserpool.wire.tcpmap import (
     INIT_OMIT_PPID, INIT_OMIT_STREAM, INIT_OMIT_TSN, DataChunk, MessageReceived, TcpMapConnection,
-    TcpMapError, decode_chunk, encode_chunk,
+    TcpMapError, data_header_size, decode_chunk, encode_chunk,
 )
 from rserpool.wire.messages import expect
 from rserpool.wire.tlv import new_ctx, walk
@@ -556,3 +556,47 @@ def test_sorted_select_fast_path_equals_pop_and_add(policy_type, load, steps):
         assert fast._seq == slow._seq
         assert {k: m.pe_id for k, m in fast._by_key.items()} == {k: m.pe_id for k, m in slow._by_key.items()}
         assert all(m.policy_state == members[m.pe_id][1].policy_state for m in fast._by_key.values())
+
+
+# -- TCP mapping: sending a DATA chunk -----------------------------------------------------------
+
+
+@settings(max_examples=150, deadline=None)
+@given(omit=st.sampled_from([0, INIT_OMIT_TSN, INIT_OMIT_STREAM, INIT_OMIT_TSN | INIT_OMIT_STREAM, INIT_OMIT_PPID]),
+       initiate=st.booleans(),
+       sends=st.lists(st.tuples(st.sampled_from([11, 11, 0, 12, 0xFFFFFFFF, 1 << 32, -1]),
+                                st.sampled_from([0, 0, 1, 0xFFFF, 1 << 16, -1]), st.booleans(),
+                                st.sampled_from([0, 5, 100, 65535 - 16, 65535 - 15])), max_size=12))
+@example(omit=0, initiate=True, sends=[(11, 0, False, 4)] * 3)
+@example(omit=0, initiate=False, sends=[(11, 1, False, 4), (11, 1, True, 4), (11, 1, False, 4)])
+def test_send_message_equals_the_generic_chunk_encoding(omit, initiate, sends):
+    conn = TcpMapConnection(omit_flags=omit)
+    prefix = conn.initiate() if initiate else b""
+    tsn, seqs = 0, {}
+    for ppid, stream_id, unordered, size in sends:
+        payload = bytes(range(256)) * (size // 256) + bytes(size % 256)
+        carried = not (omit & INIT_OMIT_STREAM)
+        valid = (0 <= ppid < 1 << 32 and 0 <= stream_id < 1 << 16
+                 and not (omit & INIT_OMIT_PPID and ppid) and not (omit & INIT_OMIT_STREAM and stream_id)
+                 and size <= 0xFFFF - data_header_size(omit))
+        if not valid:
+            with pytest.raises(ValueError):
+                conn.send_message(ppid, payload, stream_id=stream_id, unordered=unordered)
+            continue
+        got = conn.send_message(ppid, payload, stream_id=stream_id, unordered=unordered)
+        seq = 0 if unordered else seqs.get(stream_id, 0)
+        if not unordered:
+            seqs[stream_id] = (seq + 1) & 0xFFFF
+        expected = encode_chunk(DataChunk(
+            payload,
+            ppid=None if omit & INIT_OMIT_PPID else ppid,
+            tsn=None if omit & INIT_OMIT_TSN else tsn,
+            stream_id=stream_id if carried else None,
+            stream_seq=seq if carried else None,
+            unordered=unordered,
+        ))
+        if not prefix and not initiate:
+            prefix = bytes([1, omit, 0, 4])  # the INIT sent with the first chunk
+            expected = prefix + expected
+        assert got == expected
+        tsn += 1
