@@ -504,9 +504,10 @@ class RegistrarCore:
             # (``_overall_policy``, inlined: the first PE's).
             policy = pes[0].policy
         last = self._last_answer
-        if last[0] == handle and last[1] == pes and last[2] == policy:
+        if last[0] == handle and last[1] == pes and (last[2] is policy or last[2] == policy):
             # The same PEs as the previous answer (a stable LU or PRIO pool):
-            # equal values encode to the same bytes.
+            # equal values encode to the same bytes.  (``is`` first: the
+            # same policy object spares the dataclass __eq__ call.)
             out.append(_make_send(session, last[3], last[4]))
             return
         encoded = []
