@@ -13,9 +13,7 @@ from rserpool.asap.registrar import RegistrarSettings
 from rserpool.security import tls
 from rserpool.service.channel import Channel, ChannelSettings
 from rserpool.service.registrar import RegistrarService
-from rserpool.wire import (
-    LeastUsedPolicy, PoolElement, RoundRobinPolicy, TcpTransport,
-)
+from rserpool.wire import PoolElement, RoundRobinPolicy, TcpTransport
 from ipaddress import IPv4Address
 
 
@@ -142,3 +140,65 @@ def start_registrar(reactor, pki, *, authorizer=None, settings: RegistrarSetting
 
 def registrar_port(service: RegistrarService) -> int:
     return service.listening_addresses[0].port
+
+
+class RegistrarClientsMixin:
+    """Helpers for trial TestCases that run a registrar (``self.registrar``)
+    and connect raw clients to it (``self.clients``, ``self.pki``), recording
+    log events in ``self.events``."""
+
+    @defer.inlineCallbacks
+    def connect(self, cert=None):
+        creator = tls.client_options("localhost", [self.pki.ca.cert],
+                                     client_cert=cert.pair if cert is not None else None)
+        from twisted.internet import reactor
+
+        client = yield connect_raw(reactor, registrar_port(self.registrar), creator)
+        self.clients.append(client)
+        return client
+
+    @defer.inlineCallbacks
+    def close_clients(self):
+        for client in self.clients:
+            if client.channel is not None and not client.channel.closed:
+                client.channel.abort()
+                yield client.closed
+
+    def log_lines(self, start: int = 0) -> list[str]:
+        from twisted.logger import formatEvent
+
+        return [formatEvent(event) or "" for event in self.events[start:]]
+
+    def refusal_logged(self, start: int, identity: str) -> bool:
+        return any(f"{identity} is not authorized" in line for line in self.log_lines(start))
+
+    def assert_refused(self, reply) -> None:
+        from rserpool.wire import AsapRegistrationResponse
+        from rserpool.wire.codes import CAUSE_SECURITY
+
+        self.assertIsInstance(reply, AsapRegistrationResponse)
+        self.assertTrue(reply.reject, reply)
+        self.assertEqual([c.code for c in reply.error.causes], [CAUSE_SECURITY])
+
+    def assert_accepted(self, reply) -> None:
+        from rserpool.wire import AsapRegistrationResponse
+
+        self.assertIsInstance(reply, AsapRegistrationResponse)
+        self.assertFalse(reply.reject, reply)
+
+    @defer.inlineCallbacks
+    def resolve_while(self, pu, pending: defer.Deferred, expected_pe: int):
+        """Resolve ``echo`` back to back until ``pending`` fires; the latencies."""
+        import time
+
+        from rserpool.wire import AsapHandleResolution, AsapHandleResolutionResponse
+
+        latencies = []
+        while not pending.called:
+            started = time.monotonic()
+            answer = yield pu.request(AsapHandleResolution(b"echo"))
+            latencies.append(time.monotonic() - started)
+            self.assertIsInstance(answer, AsapHandleResolutionResponse)
+            self.assertIn(expected_pe, [pe.pe_id for pe in answer.pool_elements])
+        return latencies
+

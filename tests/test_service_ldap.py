@@ -33,15 +33,11 @@ from rserpool.errors import BackendUnavailable
 from rserpool.plugins.ldap import LdapAuthorizerService, LdapSrpStoreService
 from rserpool.security import exchange as ex
 from rserpool.security import pki as pkimod
-from rserpool.security import tls
 from rserpool.security.srp import make_verifier
 from rserpool.service.auth import AuthenticationError, PeAuthenticator
 from rserpool.tap import build_registrar
-from rserpool.wire import (
-    AsapHandleResolution, AsapHandleResolutionResponse, AsapRegistration, AsapRegistrationResponse,
-)
-from rserpool.wire.codes import CAUSE_SECURITY
-from tests.asaphelpers import connect_raw, make_pe, registrar_port
+from rserpool.wire import AsapHandleResolution, AsapRegistration
+from tests.asaphelpers import RegistrarClientsMixin, make_pe
 from tests.conftest import require_tool
 from tests.ldap_fixture import PE_BASE, SERVICE_PASSWORD, Slapd
 from tests.tlshelpers import CertFiles, TestPKI, make_test_pki
@@ -97,7 +93,7 @@ def _set(text: str, key: str, value: str) -> str:
     return new
 
 
-class RegistrarWithSlapd(unittest.TestCase):
+class RegistrarWithSlapd(RegistrarClientsMixin, unittest.TestCase):
     timeout = 30
 
     @pytest.fixture(autouse=True)
@@ -175,24 +171,10 @@ class RegistrarWithSlapd(unittest.TestCase):
 
     @defer.inlineCallbacks
     def _stop(self, registrar):
-        for client in self.clients:
-            if client.channel is not None and not client.channel.closed:
-                client.channel.abort()
-                yield client.closed
+        yield self.close_clients()
         yield registrar.stopService()
         self.assertFalse(registrar.authorizer.running)
         self.assertFalse(self.directory.started)
-
-    @defer.inlineCallbacks
-    def connect(self, cert: CertFiles | None = None):
-        creator = tls.client_options("localhost", [self.pki.ca.cert],
-                                     client_cert=cert.pair if cert is not None else None)
-        client = yield connect_raw(reactor, registrar_port(self.registrar), creator)
-        self.clients.append(client)
-        return client
-
-    def log_lines(self, start: int = 0) -> list[str]:
-        return [formatEvent(event) or "" for event in self.events[start:]]
 
     def outage_logged(self, start: int, identity: str) -> bool:
         directory = any("LDAP directory unavailable" in line for line in self.log_lines(start))
@@ -203,30 +185,6 @@ class RegistrarWithSlapd(unittest.TestCase):
             and "authorization backend failed" in (formatEvent(event) or "")
             for event in self.events[start:])
         return directory and registrar
-
-    def refusal_logged(self, start: int, identity: str) -> bool:
-        return any(f"{identity} is not authorized" in line for line in self.log_lines(start))
-
-    def assert_refused(self, reply: Any) -> None:
-        self.assertIsInstance(reply, AsapRegistrationResponse)
-        self.assertTrue(reply.reject, reply)
-        self.assertEqual([c.code for c in reply.error.causes], [CAUSE_SECURITY])
-
-    def assert_accepted(self, reply: Any) -> None:
-        self.assertIsInstance(reply, AsapRegistrationResponse)
-        self.assertFalse(reply.reject, reply)
-
-    @defer.inlineCallbacks
-    def resolve_while(self, pu: Any, pending: defer.Deferred, expected_pe: int):
-        """Resolve ``echo`` back to back until ``pending`` fires; the latencies."""
-        latencies = []
-        while not pending.called:
-            started = time.monotonic()
-            answer = yield pu.request(AsapHandleResolution(b"echo"))
-            latencies.append(time.monotonic() - started)
-            self.assertIsInstance(answer, AsapHandleResolutionResponse)
-            self.assertIn(expected_pe, [pe.pe_id for pe in answer.pool_elements])
-        return latencies
 
     @defer.inlineCallbacks
     def refused_attempts(self, cert: CertFiles, pe_id: int, count: int):

@@ -30,13 +30,9 @@ from rserpool.config import load_config
 from rserpool.errors import BackendUnavailable
 from rserpool.plugins.radius import RadiusAuthorizerService
 from rserpool.security import pki as pkimod
-from rserpool.security import tls
 from rserpool.tap import build_registrar
-from rserpool.wire import (
-    AsapHandleResolution, AsapHandleResolutionResponse, AsapRegistration, AsapRegistrationResponse,
-)
-from rserpool.wire.codes import CAUSE_SECURITY
-from tests.asaphelpers import connect_raw, make_pe, registrar_port
+from rserpool.wire import AsapHandleResolution, AsapRegistration
+from tests.asaphelpers import RegistrarClientsMixin, make_pe
 from tests.conftest import require_tool
 from tests.radius_fixture import FreeRadius
 from tests.tlshelpers import CertFiles, make_test_pki
@@ -71,7 +67,7 @@ def freeradius_executable() -> str:
     return require_tool("freeradius")
 
 
-class RegistrarWithFreeRadius(unittest.TestCase):
+class RegistrarWithFreeRadius(RegistrarClientsMixin, unittest.TestCase):
     timeout = 30
 
     @pytest.fixture(autouse=True)
@@ -118,23 +114,9 @@ class RegistrarWithFreeRadius(unittest.TestCase):
 
     @defer.inlineCallbacks
     def _stop(self, registrar):
-        for client in self.clients:
-            if client.channel is not None and not client.channel.closed:
-                client.channel.abort()
-                yield client.closed
+        yield self.close_clients()
         yield registrar.stopService()
         self.assertFalse(registrar.authorizer.running)
-
-    @defer.inlineCallbacks
-    def connect(self, cert: CertFiles | None = None):
-        creator = tls.client_options("localhost", [self.pki.ca.cert],
-                                     client_cert=cert.pair if cert is not None else None)
-        client = yield connect_raw(reactor, registrar_port(self.registrar), creator)
-        self.clients.append(client)
-        return client
-
-    def log_lines(self, start: int = 0) -> list[str]:
-        return [formatEvent(event) or "" for event in self.events[start:]]
 
     def backend_outage_logged(self, start: int, identity: str) -> bool:
         radius = any("RADIUS backend unavailable" in line and identity in line
@@ -146,30 +128,6 @@ class RegistrarWithFreeRadius(unittest.TestCase):
             and "authorization backend failed" in (formatEvent(event) or "")
             for event in self.events[start:])
         return radius and registrar
-
-    def refusal_logged(self, start: int, identity: str) -> bool:
-        return any(f"{identity} is not authorized" in line for line in self.log_lines(start))
-
-    def assert_refused(self, reply: Any) -> None:
-        self.assertIsInstance(reply, AsapRegistrationResponse)
-        self.assertTrue(reply.reject, reply)
-        self.assertEqual([c.code for c in reply.error.causes], [CAUSE_SECURITY])
-
-    def assert_accepted(self, reply: Any) -> None:
-        self.assertIsInstance(reply, AsapRegistrationResponse)
-        self.assertFalse(reply.reject, reply)
-
-    @defer.inlineCallbacks
-    def resolve_while(self, pu: Any, pending: defer.Deferred, expected_pe: int):
-        """Resolve ``echo`` back to back until ``pending`` fires; the latencies."""
-        latencies = []
-        while not pending.called:
-            started = time.monotonic()
-            answer = yield pu.request(AsapHandleResolution(b"echo"))
-            latencies.append(time.monotonic() - started)
-            self.assertIsInstance(answer, AsapHandleResolutionResponse)
-            self.assertIn(expected_pe, [pe.pe_id for pe in answer.pool_elements])
-        return latencies
 
     @defer.inlineCallbacks
     def outage_registration(self, cert: CertFiles, identity: str, pe_id: int, pu: Any):
