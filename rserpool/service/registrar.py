@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterable, Protocol as TypingProtocol
 
 from cryptography.hazmat.primitives.serialization import Encoding
 from OpenSSL import crypto
-from twisted.application.service import MultiService, Service
+from twisted.application.service import MultiService
 from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -33,7 +33,6 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 
 from rserpool.asap.registrar import (
-    AsapSession,
     Authorize,
     Close,
     PoolElementAdded,
