@@ -24,9 +24,9 @@ from twisted.internet import defer
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
-from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from rserpool.service.pe import PoolElementService
+from rserpool.service.tlsfactory import TLSServerFactory
 from rserpool.wire import LeastUsedPolicy, TcpTransport
 
 __all__ = ["EchoProtocol", "EchoPoolElement", "echo_pool_element"]
@@ -134,7 +134,7 @@ class EchoPoolElement(MultiService):
         MultiService.startService(self)
         factory: Factory = _LimitedFactory(self.protocol_factory, self.max_connections)
         if self.server_tls_options is not None:
-            factory = TLSMemoryBIOFactory(self.server_tls_options, False, factory)
+            factory = TLSServerFactory(self.server_tls_options, factory)
         else:
             _log.critical("INSECURE: the echo PE listens WITHOUT TLS")
         ip = ipaddress.ip_address(self.host)

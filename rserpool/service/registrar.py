@@ -29,7 +29,6 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
 from twisted.logger import Logger
-from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 
 from rserpool.asap.registrar import (
@@ -47,6 +46,7 @@ from rserpool.security.psk import MECHANISM as PSK_MECHANISM, psk_identity
 from rserpool.security.revocation import RevocationGate, verified_chain
 from rserpool.security.tls import NotTLSError, tls_connection
 from rserpool.service.channel import Channel, ChannelSettings
+from rserpool.service.tlsfactory import TLSServerFactory
 from rserpool.wire import WireError
 from rserpool.wire.transports import TcpTransport
 
@@ -201,7 +201,7 @@ class RegistrarService(MultiService):
         for description in self.listen:
             factory: Any = _RegistrarFactory(self, tls=self.tls_options is not None)
             if self.tls_options is not None:
-                factory = TLSMemoryBIOFactory(self.tls_options, False, factory)
+                factory = TLSServerFactory(self.tls_options, factory)
             endpoint = serverFromString(self.reactor, description)
             port = yield endpoint.listen(factory)
             self.ports.append(port)

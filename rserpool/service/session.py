@@ -34,7 +34,6 @@ from twisted.internet import defer, endpoints
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
-from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 
 from rserpool.asap.session import (
@@ -45,6 +44,7 @@ from rserpool.asap.session import (
 )
 from rserpool.security import tls
 from rserpool.service.channel import Channel, ChannelSettings
+from rserpool.service.tlsfactory import TLSServerFactory
 from rserpool.wire import PoolElement, TcpTransport, WireError
 
 __all__ = [
@@ -608,5 +608,5 @@ def listen_sessions(
         _log.critical("INSECURE: PU-PE sessions on {where} run WITHOUT TLS", where=description)
         server.tls = False
     else:
-        factory = TLSMemoryBIOFactory(tls_options, False, server)
+        factory = TLSServerFactory(tls_options, server)
     return endpoints.serverFromString(reactor, description).listen(factory)
