@@ -9,10 +9,11 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from rserpool.asap.pe import (
-    CloseChannel, Deregistered, Failed, HomeChanged, Ignored, NeedServer, PeSettings, PeState,
-    PoolElementSession, Registered, RegistrationLost, RegistrationRefused, Send, random_pe_id,
-    reregistration_delay,
+    KEEPALIVE_OVER_LIMIT, CloseChannel, Deregistered, Failed, HomeChanged, Ignored,
+    KeepAliveDropped, NeedServer, PeSettings, PeState, PoolElementSession, Registered,
+    RegistrationLost, RegistrationRefused, Send, random_pe_id, reregistration_delay,
 )
+from rserpool.security.ratelimit import RateLimit
 from rserpool.wire import (
     AsapDeregistration, AsapDeregistrationResponse, AsapEndpointKeepAlive,
     AsapEndpointKeepAliveAck, AsapError, AsapHandleResolution, AsapRegistration,
@@ -208,6 +209,136 @@ def test_h_flag_without_a_known_home_id():
     assert events(out, HomeChanged) == [HomeChanged(5, None, A)]
 
 
+# -- RFC 5355 2.14: the keep-alives a PE answers are bounded per channel ---------------------
+
+
+def flood(pe: PoolElementSession, channel, count: int, now: float, **kw) -> list:
+    out = []
+    for _ in range(count):
+        out += pe.message_received(channel, AsapEndpointKeepAlive(1, H, **kw), now)
+    return out
+
+
+def test_keepalive_limit_defaults_and_validation():
+    settings = PeSettings()
+    assert (settings.keepalive_rate, settings.keepalive_burst) == (5.0, 40.0)
+    assert settings.keepalive_limit == RateLimit(5.0, 40.0)
+    assert PeSettings(keepalive_rate=0.1, keepalive_burst=1).keepalive_limit == RateLimit(0.1, 1.0)
+    for bad in (0, -1, 0.0, float("nan"), float("inf"), True, "5", None):
+        with pytest.raises(ValueError, match="keepalive_rate"):
+            PeSettings(keepalive_rate=bad)
+    for bad in (0, 0.5, -3, float("nan"), float("inf"), True, "40", None):
+        with pytest.raises(ValueError, match="keepalive_burst"):
+            PeSettings(keepalive_burst=bad)
+
+
+def test_keepalive_burst_is_answered_and_the_excess_ignored_and_counted():
+    pe = registered(make())
+    out = flood(pe, A, 1000, 10.0)
+    assert sent(out) == [AsapEndpointKeepAliveAck(H, pe.pe_id)] * 40  # the default burst
+    assert all(o.channel is A for o in out if type(o) is Send)
+    dropped = events(out, KeepAliveDropped)
+    assert len(dropped) == 960 and len(out) == 1000
+    assert dropped[0] == KeepAliveDropped(AsapEndpointKeepAlive(1, H), KEEPALIVE_OVER_LIMIT, A)
+    assert isinstance(dropped[0], Ignored) and "RFC 5355 2.14" in dropped[0].reason
+    assert (pe.keepalives_answered, pe.keepalives_dropped) == (40, 960)
+    # Nothing else changed: still registered, same timers.
+    assert pe.state is PeState.REGISTERED and pe.home is A
+    assert pe.next_deadline() == 280.0
+    # Over the limit, even a keep-alive for another pool is only counted.
+    out = pe.message_received(A, AsapEndpointKeepAlive(1, b"other"), 10.0)
+    assert [type(o) for o in out] == [KeepAliveDropped] and pe.keepalives_dropped == 961
+
+
+def test_keepalive_bucket_refills_with_now():
+    pe = registered(make(settings=PeSettings(keepalive_rate=4.0, keepalive_burst=8)))
+    assert len(sent(flood(pe, A, 20, 1.0))) == 8
+    # 4 tokens a second: after 0.125 s half a token (dropped), after 0.25 s one.
+    assert events(pe.message_received(A, AsapEndpointKeepAlive(1, H), 1.125), KeepAliveDropped)
+    assert sent(pe.message_received(A, AsapEndpointKeepAlive(1, H), 1.25))
+    assert events(pe.message_received(A, AsapEndpointKeepAlive(1, H), 1.25), KeepAliveDropped)
+    # At the limit rate every keep-alive is answered, for as long as it lasts.
+    for step in range(1, 401):
+        assert sent(pe.message_received(A, AsapEndpointKeepAlive(1, H), 1.25 + step * 0.25))
+    # Time going backwards refills nothing.
+    assert events(pe.message_received(A, AsapEndpointKeepAlive(1, H), 50.0), KeepAliveDropped)
+    # A long pause refills the whole burst, no more.
+    assert len(sent(flood(pe, A, 20, 1000.0))) == 8
+    assert pe.keepalives_answered == 8 + 1 + 400 + 8
+    assert pe.keepalives_dropped == 12 + 1 + 1 + 1 + 12
+
+
+def test_normal_rate_is_answered_under_the_default_limit():
+    pe = registered(make())
+    # Every 0.25 s (4/s, close to the 5/s rate) for 10 minutes: all answered.
+    for step in range(2400):
+        assert sent(pe.message_received(A, AsapEndpointKeepAlive(1, H), step * 0.25))
+    assert pe.keepalives_dropped == 0
+
+
+def test_buckets_are_per_channel():
+    pe = registered(make(settings=PeSettings(keepalive_burst=3)))
+    assert len(sent(flood(pe, B, 10, 5.0))) == 3
+    assert len(sent(flood(pe, A, 10, 5.0))) == 3  # B's flood did not use A's tokens
+    assert pe.keepalive_channels == 2
+
+
+def test_dropped_keepalive_h_flag_changes_nothing():
+    pe = registered(make(settings=PeSettings(keepalive_burst=2)))
+    pe.message_received(A, AsapEndpointKeepAlive(1, H), 1.0)
+    assert (pe.home, pe.home_server_id) == (A, 1)
+    flood(pe, B, 2, 2.0)  # B (another registrar's channel) spends its burst
+    out = pe.message_received(B, AsapEndpointKeepAlive(2, H, home=True), 2.0)
+    assert [type(o) for o in out] == [KeepAliveDropped]
+    assert (pe.home, pe.home_server_id) == (A, 1)  # no KA2.4 for a dropped keep-alive
+    out = pe.update(3.0, policy=LeastUsedPolicy(4))
+    assert out[0].channel is A
+    pe.message_received(A, AsapRegistrationResponse(H, pe.pe_id), 3.0)
+    # Once B's bucket has a token again, the H flag is acted on as usual.
+    out = pe.message_received(B, AsapEndpointKeepAlive(2, H, home=True), 3.0)
+    assert sent(out) == [AsapEndpointKeepAliveAck(H, pe.pe_id)]
+    assert events(out, HomeChanged) == [HomeChanged(2, 1, B)]
+    assert (pe.home, pe.home_server_id) == (B, 2)
+
+
+def test_home_id_is_not_learnt_from_a_dropped_keepalive():
+    pe = registered(make(settings=PeSettings(keepalive_burst=1)))
+    flood(pe, A, 1, 1.0, pe_id=7)  # not ours: not answered, but takes the token
+    assert pe.home_server_id is None
+    out = pe.message_received(A, AsapEndpointKeepAlive(9, H), 1.0)
+    assert [type(o) for o in out] == [KeepAliveDropped]
+    assert pe.home_server_id is None
+
+
+def test_keepalive_state_is_released_when_the_channel_goes():
+    pe = registered(make())
+    flood(pe, A, 50, 1.0)
+    flood(pe, B, 50, 1.0)
+    assert pe.keepalive_channels == 2
+    assert pe.channel_down(B, 2.0) == []  # not the home channel: only its bucket goes
+    assert pe.keepalive_channels == 1
+    out = pe.channel_down(A, 2.0)
+    assert events(out, NeedServer) and pe.keepalive_channels == 0
+    # The new home channel starts with a full bucket.
+    C = object()
+    pe.channel_up(C, 2.5)
+    pe.message_received(C, AsapRegistrationResponse(H, pe.pe_id), 2.5)
+    assert len(sent(flood(pe, C, 50, 2.5))) == 40
+    assert pe.keepalive_channels == 1
+
+
+def test_keepalive_state_is_bounded_without_channel_down():
+    pe = registered(make())
+    channels = [object() for _ in range(100)]
+    for n, channel in enumerate(channels):
+        pe.message_received(channel, AsapEndpointKeepAlive(1, H), float(n))
+        assert pe.keepalive_channels <= 16
+    assert pe.keepalive_channels == 16
+    for channel in channels:
+        pe.channel_down(channel, 200.0)
+    assert pe.keepalive_channels == 0
+
+
 def test_unsolicited_deregistration_response_reregisters():
     pe = registered(make())
     out = pe.message_received(A, AsapDeregistrationResponse(H, pe.pe_id), 50.0)
@@ -355,3 +486,4 @@ def test_random_inputs_keep_the_invariants(steps):
             assert deadline is None
         if pe.state is PeState.REGISTERING:
             assert pe.home is not None
+        assert pe.keepalive_channels <= 2

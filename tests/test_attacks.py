@@ -674,6 +674,71 @@ class AttacksOverTLS(unittest.TestCase):
         self.assertEqual(rogue.core.stats["resolutions"], 0)
         self.assertEqual(good.core.stats["resolutions"], 1)
 
+    # -- RFC 5355 2.14 (and 2.17): a compromised registrar floods its PE with keep-alives --------
+
+    @defer.inlineCallbacks
+    def test_keepalive_flood_from_an_authenticated_registrar_is_bounded_by_the_pe(self):
+        registrar = yield self.registrar(settings=dict(keepalive_interval=1.0, keepalive_timeout=1.0))
+        pe = self.pool_element(registrar, self.pki.pe1)
+        flood_size, rogue_id = 1000, 0xBAD
+        seen = {"flood": 0, "own": 0, "own_during_flood": 0, "own_unanswered": 0}
+        flooded: defer.Deferred = defer.Deferred()
+        own_after: defer.Deferred = defer.Deferred()
+        original = pe.message_received
+
+        def counting(channel, message, now):
+            answered = pe.stats["keepalives_answered"]
+            original(channel, message, now)
+            if type(message) is not AsapEndpointKeepAlive:
+                return
+            if message.server_id == rogue_id:
+                seen["flood"] += 1
+                if seen["flood"] == flood_size:
+                    flooded.callback((now, dict(pe.stats)))
+            elif flooded.called:  # the registrar's own keep-alives, after the flood
+                seen["own"] += 1
+                seen["own_unanswered"] += pe.stats["keepalives_answered"] == answered
+                if seen["own"] == 3:
+                    own_after.callback(None)
+            elif seen["flood"]:
+                seen["own_during_flood"] += 1
+
+        pe.message_received = counting
+        pe.startService()
+        yield within(pe.registered())
+        entry = registrar.handlespace.get(H, pe.pe_id)
+        self.assertIsNotNone(entry)
+        (channel,) = registrar.channels  # the registrar's authenticated channel to the PE
+
+        # Right after the PE answered one of the registrar's keep-alives (the
+        # next one is at least 0.5 s away), the "compromised registrar" sends
+        # 1000 keep-alives at once on that channel.
+        yield within(registrar.spy.next_message(AsapEndpointKeepAliveAck))
+        before = dict(pe.stats)
+        started = reactor.seconds()
+        for _ in range(flood_size):
+            channel.send(AsapEndpointKeepAlive(rogue_id, H))
+        done_at, after = yield within(flooded)
+        elapsed = max(0.0, done_at - started)
+        answered = after["keepalives_answered"] - before["keepalives_answered"]
+        dropped = after["keepalives_dropped"] - before["keepalives_dropped"]
+        # At most the burst (40) plus 5/s while the flood was read.
+        bound = 40 + int(5 * elapsed) + 1 + seen["own_during_flood"]
+        self.assertLessEqual(answered, bound, (elapsed, after))
+        self.assertGreaterEqual(answered, 30)
+        self.assertGreaterEqual(dropped, flood_size - bound)
+        self.assertEqual(answered + dropped, flood_size + seen["own_during_flood"])
+
+        # The PE keeps answering the registrar's keep-alives at their normal
+        # rate: three more cycles (each sent only after the previous ACK), and
+        # the registration is the same one.
+        yield within(own_after)
+        self.assertEqual(seen["own_unanswered"], 0)
+        self.assertTrue(pe.is_registered)
+        self.assertIs(registrar.handlespace.get(H, pe.pe_id), entry)
+        self.assertEqual(registrar.core.stats["removed"], 0)
+        self.assertEqual(pe.core.keepalive_channels, 1)
+        self.assertGreaterEqual(pe.stats["keepalives_dropped"], flood_size - bound)
 
 
 class _Stopper:

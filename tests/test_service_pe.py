@@ -5,6 +5,7 @@ against RegistrarService."""
 from __future__ import annotations
 
 import random
+import re
 import tempfile
 from ipaddress import IPv4Address
 from pathlib import Path
@@ -14,10 +15,11 @@ from twisted.internet import address, defer, task
 from twisted.internet.error import ConnectionLost
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import StringTransport
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
-from rserpool.asap.pe import Deregistered, HomeChanged, NeedServer, PeState
+from rserpool.asap.pe import Deregistered, HomeChanged, KeepAliveDropped, NeedServer, PeState
 from rserpool.asap.registrar import RegistrarSettings
 from rserpool.demo.echo_pe import EchoPoolElement, EchoProtocol, echo_pool_element
 from rserpool.security import tls
@@ -308,6 +310,135 @@ def test_real_channel_bytes_over_string_transport():
     channel.connectionLost(Failure(ConnectionLost()))  # what the reactor does after the abort
     assert pe.core.state is PeState.HUNTING
     assert hunts == [(), (("192.168.1.1", 54321),)]  # StringTransport's peer, tried last
+
+
+# -- RFC 5355 2.14: a keep-alive flood from the registrar ------------------------------------
+
+
+@pytest.fixture
+def drop_log():
+    """The shell's warnings about dropped keep-alives, formatted."""
+    lines: list[str] = []
+
+    def observer(event) -> None:
+        if (event.get("log_namespace") == "rserpool.service.pe"
+                and event.get("log_level") is LogLevel.warn
+                and "keep-alive" in (event.get("log_format") or "")):
+            lines.append(formatEvent(event))
+
+    globalLogPublisher.addObserver(observer)
+    yield lines
+    globalLogPublisher.removeObserver(observer)
+
+
+def test_keepalive_flood_over_a_real_channel_is_bounded(drop_log):
+    """1,000 keep-alives at once over a real Channel: the PE answers the
+    burst, stays registered, answers 5/s under a continued flood, logs one
+    line per minute at most, and answers every keep-alive at a normal rate."""
+    clock = task.Clock()
+    transport = StringTransport()
+    channel = Channel(_Connecting(), clock, ChannelSettings(heartbeat_interval=5, dead_after=15),
+                      tls=False, initiator=True)
+
+    def hunt(avoid):
+        if channel.closed:
+            return defer.Deferred()  # the failover hunt: left pending
+        channel.makeConnection(transport)
+        return defer.succeed(channel)
+
+    pe = PoolElementService(clock, H, TRANSPORT, LeastUsedPolicy(0), hunt=hunt, pe_id=0x42)
+    pe.startService()
+    registrar = TcpMapConnection()
+
+    def answers() -> list:
+        data, _ = transport.value(), transport.clear()
+        return [decode_message(e.payload, e.ppid) for e in registrar.receive_data(data, clock.seconds())
+                if isinstance(e, MessageReceived)]
+
+    def registrar_sends(*messages) -> None:
+        channel.dataReceived(registrar.data_to_send() + b"".join(
+            registrar.send_message(PPID_ASAP, m.encode()) for m in messages))
+
+    ack = AsapEndpointKeepAliveAck(H, 0x42)
+    keepalive = AsapEndpointKeepAlive(9, H)
+    assert [type(m) for m in answers()] == [AsapRegistration]
+    dropped = []
+    pe.add_observer(lambda e: dropped.append(e) if type(e) is KeepAliveDropped else None)
+
+    registrar_sends(AsapRegistrationResponse(H, 0x42), *[keepalive] * 1000)
+    assert pe.is_registered
+    assert answers() == [ack] * 40  # the default burst
+    assert pe.stats == {"keepalives_answered": 40, "keepalives_dropped": 960}
+    assert len(dropped) == 960 and all(e.channel is channel for e in dropped)
+    assert len(drop_log) == 1
+    assert "faster than 5/s (burst 40)" in drop_log[0] and "RFC 5355 2.14" in drop_log[0]
+
+    # The flood goes on, 20 a second for two minutes: 5 a second are answered.
+    answered = 0
+    for _ in range(240):
+        clock.advance(0.5)
+        registrar_sends(*[keepalive] * 10)
+        answered += len(answers())
+    assert 600 - 3 <= answered <= 600 + 1
+    assert pe.is_registered and pe.stats["keepalives_dropped"] == 960 + 2400 - answered
+    # The first line, then a summary at 60 s and at 120 s.
+    assert len(drop_log) == 3, drop_log
+    assert all("in the last 60 s" in line for line in drop_log[1:])
+
+    # At a normal rate (1/s) every keep-alive is answered; the drops made
+    # from 120 s on get their summary at 180 s, then the log stays quiet.
+    for _ in range(130):
+        clock.advance(1)
+        registrar_sends(keepalive)
+        assert answers() == [ack]
+    assert len(drop_log) == 4
+    # Every drop was counted in a line: the first one, then the summaries.
+    summarized = [int(re.search(r"dropped (\d+) more", line).group(1)) for line in drop_log[1:]]
+    assert 1 + sum(summarized) == pe.stats["keepalives_dropped"]
+    assert pe.is_registered and pe.core.state is PeState.REGISTERED
+
+    # The channel goes: its bucket and its log state go with it.
+    channel.connectionLost(Failure(ConnectionLost()))
+    assert pe.core.keepalive_channels == 0 and pe._drop_logs == {}
+    assert len(drop_log) == 4
+
+
+def test_dropped_keepalives_are_summarized_when_the_channel_closes(setup, drop_log):
+    clock, hunts, pe, events = setup
+    pe.startService()
+    a = FakeChannel(port=1111)
+    hunts.deliver(a)
+    answer_registration(pe, a)
+    for _ in range(100):
+        pe.message_received(a, AsapEndpointKeepAlive(5, H), clock.seconds())
+    assert a.sent.count(AsapEndpointKeepAliveAck(H, pe.pe_id)) == 40
+    assert pe.stats["keepalives_dropped"] == 60 and len(drop_log) == 1
+    assert len([e for e in events if type(e) is KeepAliveDropped]) == 60  # observers see each
+    clock.advance(10)
+    a.abort()  # before the summary is due: it is logged now, and not again
+    assert len(drop_log) == 2 and "59 more" in drop_log[1] and "before the channel closed" in drop_log[1]
+    assert pe.core.keepalive_channels == 0 and pe._drop_logs == {}
+    clock.advance(120)
+    assert len(drop_log) == 2
+    # The next registrar channel starts afresh: full burst, its own first line.
+    b = FakeChannel(port=2222)
+    hunts.deliver(b)
+    answer_registration(pe, b)
+    for _ in range(41):
+        pe.message_received(b, AsapEndpointKeepAlive(6, H), clock.seconds())
+    assert b.sent.count(AsapEndpointKeepAliveAck(H, pe.pe_id)) == 40
+    assert len(drop_log) == 3 and pe.stats == {"keepalives_answered": 80, "keepalives_dropped": 61}
+    # Stopping leaves no summary timer behind.
+    stopped = pe.stopService()
+    pe.message_received(b, AsapDeregistrationResponse(H, pe.pe_id), clock.seconds())
+    assert stopped.called and clock.getDelayedCalls() == []
+    assert pe._drop_logs == {}
+
+
+def test_keepalive_log_interval_is_validated():
+    for bad in (0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="keepalive_log_interval"):
+            make_service(task.Clock(), Hunts(), keepalive_log_interval=bad)
 
 
 def test_hunt_returning_a_closed_channel_is_retried_later():

@@ -9,7 +9,8 @@ time in as ``now`` and carries out what each call returns, a list of
 - events for the application: ``NeedServer`` (start a server hunt, then
   call ``channel_up``), ``Registered``, ``RegistrationRefused``,
   ``HomeChanged``, ``RegistrationLost``, ``Deregistered``, ``Failed`` and
-  ``Ignored`` (something was dropped; for the log).
+  ``Ignored`` (something was dropped; for the log), with its subclass
+  ``KeepAliveDropped`` (a keep-alive over the channel's rate limit).
 
 Channels are opaque tokens to the core (the shell's ``Channel`` objects);
 the core remembers which one leads to the home registrar.
@@ -21,15 +22,24 @@ half the life for lives under 40 s) schedules the next re-registration,
 counted from when the previous registration was *sent*, so it never falls
 after the life the registrar granted.  ``next_deadline()`` is the earliest
 time ``timer(now)`` must run.
+
+Keep-alives (RFC 5352 3.4; RFC 5355 2.14): the PE answers at most
+``PeSettings.keepalive_rate`` per second, ``keepalive_burst`` at once, per
+registrar channel (a token bucket of ``rserpool.security.ratelimit``); the
+rest are dropped unanswered (``KeepAliveDropped``, counted in
+``keepalives_dropped``) and their H flag is not acted on.  A channel's bucket
+is released by ``channel_down``.
 """
 
 from __future__ import annotations
 
 import enum
+import math
 import secrets
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Union
 
+from rserpool.security.ratelimit import RateLimit, RateLimiter
 from rserpool.wire import (
     AsapDeregistration,
     AsapDeregistrationResponse,
@@ -47,7 +57,8 @@ from rserpool.wire.transports import Transport
 __all__ = [
     "PeSettings", "PeState", "PoolElementSession", "reregistration_delay", "random_pe_id",
     "Send", "CloseChannel", "NeedServer", "Registered", "RegistrationRefused", "HomeChanged",
-    "RegistrationLost", "Deregistered", "Failed", "Ignored", "Output",
+    "RegistrationLost", "Deregistered", "Failed", "Ignored", "KeepAliveDropped", "Output",
+    "KEEPALIVE_OVER_LIMIT",
 ]
 
 
@@ -61,6 +72,23 @@ class PeSettings:
     ``max_reg_attempts``: registration attempts (T2 expiries or channels lost
     while waiting for the response) after which the PE reports ``Failed``
     and stops (section 3.1); ``None`` retries for ever.
+
+    ``keepalive_rate`` (per second) and ``keepalive_burst``: the token bucket
+    that bounds the ASAP_ENDPOINT_KEEP_ALIVEs the PE answers on one registrar
+    channel (RFC 5355 2.14: a rogue or compromised registrar must not make
+    the PE answer as fast as it sends).  Every keep-alive on the channel
+    takes a token; one that finds none is not answered.  The defaults leave
+    a well-behaved registrar well alone: RFC 5352 3.5's periodic keep-alives
+    are seconds apart (ours: ``keepalive_interval`` 5 s, at least 2.5 s with
+    the jitter, 0.4/s at most), and each further keep-alive is the immediate
+    probe for an admitted ENDPOINT_UNREACHABLE report.  Our registrar sends
+    those one at a time (one outstanding per PE), admits 1 report/s with a
+    burst of 10 per reporter, and removes the PE at the third distinct
+    reporter (MAX-BAD-PE-REPORT), so it probes at most about 2 + 0.4 per
+    second in the long run and about 2 x 10 in a burst.  Rate 5/s and burst
+    40 are twice that; a flood gets at most 40 answers, then 5 a second.
+    A registrar that sends faster sees no ACK for the excess (and may drop
+    the PE: RFC 5352 3.5); raise the values for such a registrar.
     """
 
     t2_registration: float = 30.0
@@ -68,6 +96,8 @@ class PeSettings:
     t4_max: float = 600.0
     t4_margin: float = 20.0
     max_reg_attempts: int | None = 2
+    keepalive_rate: float = 5.0
+    keepalive_burst: float = 40.0
 
     def __post_init__(self) -> None:
         if self.t2_registration <= 0 or self.t3_deregistration <= 0:
@@ -76,6 +106,18 @@ class PeSettings:
             raise ValueError("T4 must be positive and its margin not negative")
         if self.max_reg_attempts is not None and self.max_reg_attempts < 1:
             raise ValueError("MAX-REG-ATTEMPT must be at least 1")
+        rate, burst = self.keepalive_rate, self.keepalive_burst
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) \
+                or not math.isfinite(rate) or rate <= 0:
+            raise ValueError(f"keepalive_rate must be a finite number > 0, not {rate!r}")
+        if isinstance(burst, bool) or not isinstance(burst, (int, float)) \
+                or not math.isfinite(burst) or burst < 1:
+            raise ValueError(f"keepalive_burst must be a finite number >= 1, not {burst!r}")
+
+    @property
+    def keepalive_limit(self) -> RateLimit:
+        """The keep-alive answer limit as a ``RateLimit``."""
+        return RateLimit(float(self.keepalive_rate), float(self.keepalive_burst))
 
 
 def reregistration_delay(life: int, settings: PeSettings) -> float:
@@ -196,8 +238,25 @@ class Ignored:
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class KeepAliveDropped(Ignored):
+    """An ``Ignored`` keep-alive: over ``channel``'s answer limit
+    (``PeSettings.keepalive_rate``/``keepalive_burst``, RFC 5355 2.14).
+    Not answered, and its H flag (KA2.4) not acted on.  Comes once per
+    dropped keep-alive: the shell summarizes them for the log."""
+
+    channel: Any = None
+
+
+KEEPALIVE_OVER_LIMIT = "keep-alive over the rate limit: not answered (RFC 5355 2.14)"
+
+# Channels that keep a keep-alive bucket at a time.  ``channel_down``
+# releases a channel's bucket; this only bounds what a shell that forgot to
+# call it could leave behind (a PE uses one channel, two during a change).
+_MAX_KEEPALIVE_CHANNELS = 16
+
 Output = Union[Send, CloseChannel, NeedServer, Registered, RegistrationRefused, HomeChanged,
-               RegistrationLost, Deregistered, Failed, Ignored]
+               RegistrationLost, Deregistered, Failed, Ignored, KeepAliveDropped]
 
 
 # -- the state machine --------------------------------------------------------------------
@@ -238,6 +297,11 @@ class PoolElementSession:
         self._sent_at = 0.0
         self._pending_update = False
         self._failover = False
+        # RFC 5355 2.14: one keep-alive bucket per registrar channel.
+        self._keepalive_limit = self.settings.keepalive_limit
+        self._keepalive_buckets: dict[Any, RateLimiter] = {}
+        self.keepalives_answered = 0
+        self.keepalives_dropped = 0
 
     # -- what is registered ------------------------------------------------------------
 
@@ -255,6 +319,12 @@ class PoolElementSession:
 
     def registration_message(self) -> AsapRegistration:
         return AsapRegistration(self.pool_handle, self._element)
+
+    @property
+    def keepalive_channels(self) -> int:
+        """How many registrar channels hold a keep-alive bucket now (each
+        until its ``channel_down``)."""
+        return len(self._keepalive_buckets)
 
     # -- timers --------------------------------------------------------------------
 
@@ -302,6 +372,7 @@ class PoolElementSession:
     def channel_down(self, channel: Any, now: float) -> list[Output]:
         """A channel closed (connection lost, or dead-peer detection)."""
         out: list[Output] = []
+        self._keepalive_buckets.pop(channel, None)
         if channel is not self.home or channel is None:
             return out
         self.home = None
@@ -326,7 +397,7 @@ class PoolElementSession:
         out: list[Output] = []
         kind = type(message)
         if kind is AsapEndpointKeepAlive:
-            self._on_keepalive(channel, message, out)
+            self._on_keepalive(channel, message, now, out)
         elif kind is AsapRegistrationResponse:
             self._on_registration_response(channel, message, now, out)
         elif kind is AsapDeregistrationResponse:
@@ -416,7 +487,23 @@ class PoolElementSession:
         self.state = PeState.HUNTING
         out.append(NeedServer(reason, failover=self.ever_registered))
 
-    def _on_keepalive(self, channel: Any, msg: AsapEndpointKeepAlive, out: list[Output]) -> None:
+    def _keepalive_allowed(self, channel: Any, now: float) -> bool:
+        buckets = self._keepalive_buckets
+        bucket = buckets.get(channel)
+        if bucket is None:
+            if len(buckets) >= _MAX_KEEPALIVE_CHANNELS:
+                del buckets[next(iter(buckets))]  # the oldest
+            bucket = buckets[channel] = RateLimiter(self._keepalive_limit, max_keys=1)
+        return bucket.allow(None, now)
+
+    def _on_keepalive(self, channel: Any, msg: AsapEndpointKeepAlive, now: float,
+                      out: list[Output]) -> None:
+        # RFC 5355 2.14 first: over the limit, nothing else is looked at (no
+        # answer, no KA2.4 home change, no per-message log of KA1 mismatches).
+        if not self._keepalive_allowed(channel, now):
+            self.keepalives_dropped += 1
+            out.append(KeepAliveDropped(msg, KEEPALIVE_OVER_LIMIT, channel))
+            return
         if msg.pool_handle != self.pool_handle:
             out.append(Ignored(msg, "keep-alive for another pool handle (KA1)"))
             return
@@ -426,6 +513,7 @@ class PoolElementSession:
         if msg.pe_id is not None and msg.pe_id != self.pe_id:
             out.append(Ignored(msg, "keep-alive for another PE identifier"))
             return
+        self.keepalives_answered += 1
         out.append(Send(channel, AsapEndpointKeepAliveAck(self.pool_handle, self.pe_id)))  # KA2.1-2.3
         if msg.home and msg.server_id != self.home_server_id:
             previous = self.home_server_id

@@ -23,7 +23,16 @@ Deferred API::
 Observers (``add_observer``) receive every event of ``rserpool.asap.pe``
 (``Registered``, ``RegistrationRefused``, ``HomeChanged``, ``NeedServer``
 with ``failover=True`` when the home registrar was lost, ``RegistrationLost``,
-``Deregistered``, ``Failed``, ``Ignored``).  See docs/pe-library.md.
+``Deregistered``, ``Failed``, ``Ignored``, ``KeepAliveDropped``).  See
+docs/pe-library.md.
+
+Keep-alives over ``PeSettings.keepalive_rate``/``keepalive_burst`` on a
+registrar channel are not answered (RFC 5355 2.14).  The first one dropped on
+a channel is logged (warning), then at most one summary line per
+``keepalive_log_interval`` seconds while drops go on, and one when the
+channel closes with drops not yet logged.  ``stats["keepalives_dropped"]``
+counts them (``stats["keepalives_answered"]`` the answered ones) over the
+service's life.
 """
 
 from __future__ import annotations
@@ -38,11 +47,11 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from rserpool.asap.pe import (
-    CloseChannel, Deregistered, Failed, HomeChanged, Ignored, NeedServer, PeSettings, PeState,
-    PoolElementSession, Registered, RegistrationLost, RegistrationRefused, Send,
+    CloseChannel, Deregistered, Failed, HomeChanged, Ignored, KeepAliveDropped, NeedServer,
+    PeSettings, PeState, PoolElementSession, Registered, RegistrationLost, RegistrationRefused, Send,
 )
 from rserpool.service.channel import Channel, ChannelSettings
-from rserpool.wire import AsapRegistration, WireError, error_reply
+from rserpool.wire import AsapEndpointKeepAliveAck, AsapRegistration, WireError, error_reply
 from rserpool.wire.codes import PPID_ASAP
 from rserpool.wire.params import format_handle
 from rserpool.wire.transports import Transport
@@ -95,6 +104,17 @@ class PoolElementStopped(PoolElementError):
         super().__init__("the pool element stopped")
 
 
+class _DropLog:
+    """What the log said about one channel's dropped keep-alives."""
+
+    __slots__ = ("total", "unlogged", "call")
+
+    def __init__(self) -> None:
+        self.total = 0  # dropped on this channel
+        self.unlogged = 0  # dropped since the last line
+        self.call: IDelayedCall | None = None  # the next summary
+
+
 class PoolElementService(Service):
     """One pool element registered in one pool, with failover."""
 
@@ -116,7 +136,10 @@ class PoolElementService(Service):
         randbits: Callable[[int], int] = secrets.randbits,
         hunt_retry: tuple[float, float] = (1.0, 60.0),
         authenticator: Any = None,
+        keepalive_log_interval: float = 60.0,
     ) -> None:
+        if not keepalive_log_interval > 0:
+            raise ValueError("keepalive_log_interval must be positive")
         self.reactor = reactor
         # SRP/CHAP before registering (rserpool.service.auth.PeAuthenticator), on
         # every new registrar channel (so again after a failover).
@@ -154,6 +177,11 @@ class PoolElementService(Service):
         self._deregister_waiting: list[defer.Deferred[Deregistered]] = []
         self.last_registered: Registered | None = None
         self.last_deregistered: Deregistered | None = None
+        # RFC 5355 2.14: counters over the service's life (the core is
+        # replaced when the service restarts), and the drop log per channel.
+        self.stats = {"keepalives_answered": 0, "keepalives_dropped": 0}
+        self.keepalive_log_interval = keepalive_log_interval
+        self._drop_logs: dict[Channel, _DropLog] = {}
 
     # -- state ------------------------------------------------------------------------
 
@@ -212,6 +240,8 @@ class PoolElementService(Service):
             closing = [channel.closed_deferred() for channel in self.channels]
             for channel in list(self.channels):
                 channel.abort()
+            for channel in list(self._drop_logs):
+                self._end_drop_log(channel)
             return defer.DeferredList(closing)
 
         d.addBoth(close)
@@ -290,6 +320,7 @@ class PoolElementService(Service):
         _log.warn("ignoring data with PPID {ppid} from registrar {peer}", ppid=ppid, peer=channel.peer)
 
     def channel_closed(self, channel: Channel, reason: Failure) -> None:
+        self._end_drop_log(channel)
         if channel not in self.channels:
             return
         self.channels.discard(channel)
@@ -390,7 +421,10 @@ class PoolElementService(Service):
         for output in outputs:
             kind = type(output)
             if kind is Send:
-                if type(output.message) is AsapRegistration:
+                sent = type(output.message)
+                if sent is AsapEndpointKeepAliveAck:
+                    self.stats["keepalives_answered"] += 1
+                elif sent is AsapRegistration:
                     self._update_sent.extend(self._update_waiting)
                     self._update_waiting = []
                 output.channel.send(output.message)
@@ -467,6 +501,56 @@ class PoolElementService(Service):
         _log.info("PE {pe_id:08x} ignoring {message}: {reason}", pe_id=self.pe_id,
                   message=getattr(event.message, "name", event.message), reason=event.reason)
 
+    def _keepalive_dropped(self, event: KeepAliveDropped) -> None:
+        # RFC 5355 2.14: one line for the first drop on a channel, then at
+        # most one summary per keepalive_log_interval (none while quiet).
+        self.stats["keepalives_dropped"] += 1
+        channel = event.channel
+        log = self._drop_logs.get(channel)
+        if log is None:
+            log = self._drop_logs[channel] = _DropLog()
+            log.total = 1
+            settings = self.core.settings
+            _log.warn("PE {pe_id:08x}: registrar {peer} sends keep-alives faster than "
+                      "{rate:g}/s (burst {burst:g}); not answering the excess (RFC 5355 2.14); "
+                      "further drops are summarized every {interval:g} s",
+                      pe_id=self.pe_id, peer=channel.peer,
+                      rate=settings.keepalive_rate, burst=settings.keepalive_burst,
+                      interval=self.keepalive_log_interval)
+        else:
+            log.total += 1
+            log.unlogged += 1
+        if log.call is None:
+            log.call = self.reactor.callLater(self.keepalive_log_interval,
+                                              self._summarize_drops, channel)
+
+    def _summarize_drops(self, channel: Channel) -> None:
+        log = self._drop_logs.get(channel)
+        if log is None:
+            return
+        log.call = None
+        if not log.unlogged:
+            return  # quiet for an interval: the next drop starts a new one
+        self._log_drops(channel, log, f"in the last {self.keepalive_log_interval:g} s")
+        log.call = self.reactor.callLater(self.keepalive_log_interval, self._summarize_drops, channel)
+
+    def _end_drop_log(self, channel: Channel) -> None:
+        log = self._drop_logs.pop(channel, None)
+        if log is None:
+            return
+        if log.call is not None and log.call.active():
+            log.call.cancel()
+        log.call = None
+        if log.unlogged:
+            self._log_drops(channel, log, "before the channel closed")
+
+    def _log_drops(self, channel: Channel, log: _DropLog, when: str) -> None:
+        _log.warn("PE {pe_id:08x}: dropped {count} more keep-alive(s) from registrar {peer} "
+                  "{when} ({total} on this channel, {all} in all)", pe_id=self.pe_id,
+                  count=log.unlogged, peer=channel.peer, when=when,
+                  total=log.total, all=self.stats["keepalives_dropped"])
+        log.unlogged = 0
+
     _event_handlers: dict[type, Callable[[Any, Any], None]] = {
         NeedServer: _need_server,
         Registered: _registered,
@@ -476,6 +560,7 @@ class PoolElementService(Service):
         RegistrationLost: _lost,
         Deregistered: _deregistered,
         Ignored: _ignored,
+        KeepAliveDropped: _keepalive_dropped,
     }
 
     def _fail_waiters(self, error: PoolElementError) -> None:
