@@ -131,6 +131,11 @@ class PoolElementEntry:
     what it derives from it in ``payload_cache`` (the handlespace never
     reads that slot; the registrar stores ``(payload, derived)`` and checks
     that the payload is still the same object).
+
+    ``expires_at`` and ``keepalive_due`` are the deadlines of the entry in
+    the handlespace's two ``DeadlineQueue``s, which write them (their
+    ``wanted_slot``); the ``_*_token`` and ``_*_queued`` slots are the
+    queues' own.
     """
 
     __slots__ = (
@@ -149,7 +154,9 @@ class PoolElementEntry:
         "keepalive_due",
         "unreachable",
         "_expiry_token",
+        "_expiry_queued",
         "_keepalive_token",
+        "_keepalive_queued",
     )
 
     def __init__(
@@ -180,7 +187,9 @@ class PoolElementEntry:
         # None, or (first report time, tuple of distinct reporters).
         self.unreachable: tuple[float, tuple[Any, ...]] | None = None
         self._expiry_token: int | None = None
+        self._expiry_queued: tuple | None = None
         self._keepalive_token: int | None = None
+        self._keepalive_queued: tuple | None = None
 
     def __repr__(self) -> str:
         return (
@@ -258,8 +267,12 @@ class Handlespace:
         self._owners: dict[int, _Owner] = {}
         self._identity_counts: dict[str, int] = {}
         self._count = 0
-        self._expiry: DeadlineQueue[PoolElementEntry] = DeadlineQueue("_expiry_token")
-        self._keepalives: DeadlineQueue[PoolElementEntry] = DeadlineQueue("_keepalive_token")
+        # Lazy postponement: a re-registration or the next keep-alive moves a
+        # deadline later, which then costs no heap push.
+        self._expiry: DeadlineQueue[PoolElementEntry] = DeadlineQueue(
+            "_expiry_token", queued_slot="_expiry_queued", wanted_slot="expires_at")
+        self._keepalives: DeadlineQueue[PoolElementEntry] = DeadlineQueue(
+            "_keepalive_token", queued_slot="_keepalive_queued", wanted_slot="keepalive_due")
 
     # ------------------------------------------------------------------ reads
 
@@ -415,8 +428,7 @@ class Handlespace:
                     entry.expires_at = None
                     self._expiry.cancel(entry)
                 else:
-                    entry.expires_at = now + life
-                    self._expiry.schedule(entry, entry.expires_at)
+                    self._expiry.schedule(entry, now + life)  # sets entry.expires_at
                 return _make_registered(entry, False, previous_owner)
         # Validation (cause 0x3) and the handle length limit (0x6).
         if not isinstance(pool_handle, bytes) or not pool_handle:
@@ -520,8 +532,7 @@ class Handlespace:
             entry.expires_at = None
             self._expiry.cancel(entry)
         else:
-            entry.expires_at = now + registration_life_used
-            self._expiry.schedule(entry, entry.expires_at)
+            self._expiry.schedule(entry, now + registration_life_used)  # sets entry.expires_at
         return Registered(entry, created, previous_owner)
 
     def deregister(self, pool_handle: bytes, pe_id: int, identity: str | None = None) -> PoolElementEntry | None:
@@ -557,7 +568,9 @@ class Handlespace:
         call (None: none was set).  A shell that armed its timer at
         ``next_deadline()`` and called this then must re-arm only when a
         later call returns something earlier (deadlines set since may have
-        been moved again: the timer may then fire with nothing due)."""
+        been moved again: the timer may then fire with nothing due).
+        Deadlines moved later need no timer of their own and may be left
+        out (see ``DeadlineQueue.take_low``)."""
         expiry = self._expiry.take_low()
         keepalive = self._keepalives.take_low()
         if expiry is None or (keepalive is not None and keepalive < expiry):
@@ -582,14 +595,12 @@ class Handlespace:
 
     def schedule_keepalive(self, pool_handle: bytes, pe_id: int, due: float) -> None:
         entry = self._require(pool_handle, pe_id)
-        entry.keepalive_due = due
-        self._keepalives.schedule(entry, due)
+        self._keepalives.schedule(entry, due)  # sets entry.keepalive_due
 
     def schedule_entry_keepalive(self, entry: PoolElementEntry, due: float) -> None:
         """``schedule_keepalive`` for an entry at hand (one returned by
         ``register``, still registered)."""
-        entry.keepalive_due = due
-        self._keepalives.schedule(entry, due)
+        self._keepalives.schedule(entry, due)  # sets entry.keepalive_due
 
     def cancel_keepalive(self, pool_handle: bytes, pe_id: int) -> None:
         entry = self.get(pool_handle, pe_id)
