@@ -136,6 +136,8 @@ SCHEMA: dict[str, dict[str, Option]] = {
         "keepalive_interval": _S(_positive_float, "5.0", "seconds between ENDPOINT_KEEP_ALIVE to each PE (with jitter)"),
         "keepalive_timeout": _S(_positive_float, "5.0", "seconds to wait for ENDPOINT_KEEP_ALIVE_ACK before removing the PE"),
         "max_bad_pe_reports": _S(_positive_int, "3", "ENDPOINT_UNREACHABLE reports that remove a PE (MAX-BAD-PE-REPORT)"),
+        "unreachable_removal_needs_failed_probe": _S(_bool, "no", "reports alone never remove a PE: only a probe "
+                                                                  "keep-alive it leaves unanswered does (RFC 5355 2.13)"),
         "max_resolution_items": _S(_positive_int, "3", "PEs returned per handle resolution unless the pool holds fewer"),
         "max_registration_life": _S(_positive_int, "3600", "upper bound on a PE's registration life in seconds"),
         "heartbeat_interval": _S(_positive_float, "10.0", "seconds between TCP-mapping HEARTBEATs on an idle channel"),
@@ -174,6 +176,8 @@ SCHEMA: dict[str, dict[str, Option]] = {
         "registration_rate_per_address": _S(_positive_float, "500", "registrations per second per source address"),
         "resolution_rate": _S(_positive_float, "2000", "handle resolutions per second per identity or address"),
         "unreachable_rate": _S(_positive_float, "1", "ENDPOINT_UNREACHABLE reports per second per reporter"),
+        "unreachable_requires_identity": _S(_bool, "no", "drop ENDPOINT_UNREACHABLE from pool users without an "
+                                                         "authenticated identity (RFC 5355 2.13)"),
     },
     "plugins": {
         "directories": _S(_list, "", "site plugin directories (root-owned, not group/world-writable)", path=True),

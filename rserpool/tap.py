@@ -169,6 +169,8 @@ def build_registrar(config: Config, reactor: Any = None) -> Any:
                                                 2 * security["registration_rate_per_address"]),
         resolution_rate=RateLimit(security["resolution_rate"], 2 * security["resolution_rate"]),
         unreachable_rate=RateLimit(security["unreachable_rate"], max(1.0, 10 * security["unreachable_rate"])),
+        unreachable_requires_identity=security["unreachable_requires_identity"],
+        unreachable_removal_needs_failed_probe=asap["unreachable_removal_needs_failed_probe"],
     )
     handlespace_limits = HandlespaceLimits(
         max_pools=limits["max_pools"],

@@ -226,6 +226,48 @@ def test_unreachable_probe_then_distinct_reporters_remove():
     assert any(type(o) is PoolElementRemoved for o in out)
 
 
+def test_reports_need_a_failed_probe_when_configured():
+    # RFC 5355 2.13 hardening: three distinct reporters do not remove a PE
+    # that answers its probe; one that leaves the probe unanswered goes.
+    core = make_core(max_bad_pe_reports=3, unreachable_removal_needs_failed_probe=True)
+    pe = core.open_session(object(), "127.0.0.1", secure=True, identity="pe1")
+    register(core, pe, 1)
+    pus = [core.open_session(object(), f"127.0.0.{i}", secure=True, identity=None) for i in (2, 3, 4, 5)]
+    now = 1.0
+    for pu in pus:
+        now += 0.1
+        out = core.message_received(pu, AsapEndpointUnreachable(b"echo", 1), now)
+        assert not any(type(o) is PoolElementRemoved for o in out)
+        for message in sends(out, pe):
+            assert isinstance(message, AsapEndpointKeepAlive)
+            core.message_received(pe, AsapEndpointKeepAliveAck(b"echo", 1), now)
+    assert core.handlespace.get(b"echo", 1) is not None
+    # Now the PE stops answering: the next report's probe times out.
+    out = core.message_received(core.open_session(object(), "127.0.0.6", secure=True, identity=None),
+                                AsapEndpointUnreachable(b"echo", 1), now + 0.1)
+    assert [type(m) for m in sends(out, pe)] == [AsapEndpointKeepAlive]
+    removed = [o for o in core.on_timer(now + 0.1 + core.settings.keepalive_timeout)
+               if type(o) is PoolElementRemoved]
+    assert [o.entry.pe_id for o in removed] == [1]
+
+
+def test_reports_from_anonymous_pool_users_dropped_when_configured():
+    core = make_core(max_bad_pe_reports=2, unreachable_requires_identity=True)
+    pe = core.open_session(object(), "127.0.0.1", secure=True, identity="pe1")
+    register(core, pe, 1)
+    anonymous = [core.open_session(object(), f"127.0.0.{i}", secure=True, identity=None) for i in (2, 3, 4)]
+    for i, pu in enumerate(anonymous):
+        assert sends(core.message_received(pu, AsapEndpointUnreachable(b"echo", 1), 1.0 + i), pe) == []
+    assert core.handlespace.get(b"echo", 1) is not None
+    assert core.stats["refused"] == 3
+    # Authenticated pool users are heard as before (probe, then removal).
+    known = [core.open_session(object(), "127.0.0.9", secure=True, identity=f"pu{i}") for i in (1, 2)]
+    assert [type(m) for m in sends(core.message_received(known[0], AsapEndpointUnreachable(b"echo", 1), 5.0), pe)] \
+        == [AsapEndpointKeepAlive]
+    out = core.message_received(known[1], AsapEndpointUnreachable(b"echo", 1), 5.1)
+    assert any(type(o) is PoolElementRemoved for o in out)
+
+
 def test_unreachable_flood_from_one_reporter_does_not_remove_healthy_pe():
     core = make_core(max_bad_pe_reports=3)
     pe = core.open_session(object(), "127.0.0.1", secure=True, identity="pe1")

@@ -143,6 +143,11 @@ class RegistrarSettings:
     # Per identity, or per source address for anonymous pool users.
     resolution_rate: RateLimit = RateLimit(rate=2000.0, burst=4000.0)
     unreachable_rate: RateLimit = RateLimit(rate=1.0, burst=10.0)
+    # RFC 5355 2.13 hardening, both off by default (RFC 5352 behaviour):
+    # reports from PUs without an authenticated identity are dropped, and
+    # reports alone never remove a PE (only its failed probe keep-alive does).
+    unreachable_requires_identity: bool = False
+    unreachable_removal_needs_failed_probe: bool = False
 
     def __post_init__(self) -> None:
         if type(self.server_id) is not int or not 1 <= self.server_id <= 0xFFFFFFFF:
@@ -379,8 +384,13 @@ class RegistrarCore:
         # (register() has cleared the unreachability reports.)
         self.handlespace.schedule_entry_keepalive(entry, now + self._keepalive_delay())
         self.stats["registrations" if result.created else "reregistrations"] += 1
-        out.append(_make_send(session, _make_registration_response(handle, pe.pe_id, False, None),
-                              encode_registration_response(handle, pe.pe_id)))
+        # The acceptance depends only on (handle, PE id), the entry's key: made
+        # once per entry, it goes with it (so it is bounded by the handlespace).
+        reply = entry.reply_cache
+        if reply is None:
+            reply = entry.reply_cache = (_make_registration_response(handle, pe.pe_id, False, None),
+                                         encode_registration_response(handle, pe.pe_id))
+        out.append(_make_send(session, reply[0], reply[1]))
         out.append(_make_added(entry, result.created))
 
     def _pool_policy_bytes(self, handle: bytes) -> bytes:
@@ -550,6 +560,10 @@ class RegistrarCore:
     def _on_unreachable(self, session: AsapSession, msg: AsapEndpointUnreachable, now: float, out: list) -> None:
         # Threat 2.13 / RFC 5355 2.13: reports are rate limited per reporter
         # and only distinct reporters count towards MAX-BAD-PE-REPORT.
+        settings = self.settings
+        if settings.unreachable_requires_identity and session.identity is None:
+            self.stats["refused"] += 1
+            return
         if not self._unreachable_limiter.allow(session.rate_key, now):
             self.stats["refused"] += 1
             return
@@ -557,7 +571,7 @@ class RegistrarCore:
         if entry is None:
             return
         count = self.handlespace.report_unreachable(msg.pool_handle, msg.pe_id, session.rate_key, now)
-        if count >= self.settings.max_bad_pe_reports:
+        if count >= settings.max_bad_pe_reports and not settings.unreachable_removal_needs_failed_probe:
             self._remove(entry, f"{count} unreachability reports", out)
             return
         # RFC 5352 3.5: probe the PE at once; no ACK in time removes it.
