@@ -467,6 +467,41 @@ def test_registration_answers_and_stored_pes_equal_the_generic_ones(kind, data):
         assert entry.keepalive_due is not None and entry.unreachable is None
 
 
+def _answered(core, session, message, now):
+    out = core.message_received(session, message, now)
+    for output in list(out):
+        if type(output).__name__ == "Authorize":
+            out = core.authorization_done(session, output.token, True, now)
+    return [o for o in out if type(o) is Send]
+
+
+@SETTINGS
+@given(st.lists(st.binary(min_size=1, max_size=64), min_size=1, max_size=3, unique=True),
+       st.lists(U32, min_size=1, max_size=3, unique=True),
+       st.lists(st.tuples(st.sampled_from(["register", "register", "deregister"]), st.integers(0, 2),
+                          st.integers(0, 2), st.integers(-1, 100)), min_size=1, max_size=20))
+def test_the_kept_registration_answer_equals_the_generic_one(handles, pe_ids, steps):
+    core = _core(3)
+    session = core.open_session(object(), "127.0.0.1", secure=True, identity="pe")
+    answered = {}  # (handle, PE id) -> (entry, the message of its last answer)
+    for now, (action, h, p, life) in enumerate(steps):
+        handle, pe_id = handles[h % len(handles)], pe_ids[p % len(pe_ids)]
+        if action == "deregister":
+            _answered(core, session, AsapDeregistration(handle, pe_id), float(now))
+            assert core.handlespace.get(handle, pe_id) is None
+            continue
+        (send,) = _answered(core, session, AsapRegistration(handle, _pe(pe_id, RoundRobinPolicy(), life)), float(now))
+        generic = AsapRegistrationResponse(handle, pe_id)
+        assert send.message == generic and type(send.message) is type(generic)
+        assert send.data == generic.encode() and decode_message(send.data, PPID_ASAP) == generic
+        entry = core.handlespace.get(handle, pe_id)
+        assert entry.reply_cache == (send.message, send.data)
+        previous = answered.get((handle, pe_id))
+        if previous is not None and previous[0] is entry:
+            assert send.message is previous[1]  # kept, not made again
+        answered[(handle, pe_id)] = (entry, send.message)
+
+
 def test_the_address_check_compares_the_text_of_each_address_object():
     core = _core(3)
     session = core.open_session(object(), "127.0.0.1", secure=True, identity="pe")

@@ -130,7 +130,9 @@ class PoolElementEntry:
     registrar keeps the wire Pool Element parameter there, and may keep
     what it derives from it in ``payload_cache`` (the handlespace never
     reads that slot; the registrar stores ``(payload, derived)`` and checks
-    that the payload is still the same object).
+    that the payload is still the same object).  ``reply_cache`` is the
+    registrar's too, for what depends only on the pool handle and the PE
+    identifier (its answer to a registration); it goes with the entry.
 
     ``expires_at`` and ``keepalive_due`` are the deadlines of the entry in
     the handlespace's two ``DeadlineQueue``s, which write them (their
@@ -150,6 +152,7 @@ class PoolElementEntry:
         "identity",
         "payload",
         "payload_cache",
+        "reply_cache",
         "expires_at",
         "keepalive_due",
         "unreachable",
@@ -182,6 +185,7 @@ class PoolElementEntry:
         self.identity = identity
         self.payload = payload
         self.payload_cache: Any = None
+        self.reply_cache: Any = None
         self.expires_at: float | None = None
         self.keepalive_due: float | None = None
         # None, or (first report time, tuple of distinct reporters).
