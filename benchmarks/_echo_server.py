@@ -18,7 +18,11 @@ SPEC holds ``cert``, ``key``, ``ca`` (PEM paths) and ``responses``
 true`` the answers of one read are written as the registrar's channels write
 them (one write, encrypted at once instead of on Twisted's next-iteration
 flush: ``rserpool.service.channel._direct_writer``); without it, each answer
-goes through Twisted's TLS ``write`` as a minimal Twisted server's would.  TLS is configured
+goes through Twisted's TLS ``write`` as a minimal Twisted server's would.
+``"style": "twisted-default"`` (used by ``bench_echo_styles.py``) replaces
+the registrar's TLS settings with Twisted's defaults
+(``PrivateCertificate.options()``: no client certificate requested) and
+leaves Nagle's algorithm on, as the performance anchors' echo server did.  TLS is configured
 exactly as the registrar's (``rserpool.security.tls.server_options`` with
 client certificates required).  It prints ``READY <port>`` once listening
 and stops on SIGTERM or SIGINT.
@@ -39,17 +43,19 @@ _INIT = b"\x01\x00\x00\x04"  # INIT, no fields omitted: what the registrar sends
 class EchoChannel(Protocol):
     """Answers every DATA chunk with the precomputed response for its length."""
 
-    def __init__(self, responses: dict[int, bytes], default: bytes, direct_write: bool) -> None:
+    def __init__(self, responses: dict[int, bytes], default: bytes, direct_write: bool,
+                 no_delay: bool = True) -> None:
         self._responses = responses
         self._default = default
         self._direct_write = direct_write
+        self._no_delay = no_delay
         self._buf = b""
         self._first = True
 
     def connectionMade(self) -> None:
         # The registrar's channels set TCP_NODELAY (through the TLS wrapper):
         # the baseline does the same so both are measured alike.
-        if hasattr(self.transport, "setTcpNoDelay"):
+        if self._no_delay and hasattr(self.transport, "setTcpNoDelay"):
             self.transport.setTcpNoDelay(True)
         if self._direct_write:
             from rserpool.service.channel import _direct_writer
@@ -93,13 +99,14 @@ class EchoChannel(Protocol):
 
 
 class EchoFactory(Factory):
-    def __init__(self, responses: dict[int, bytes], direct_write: bool) -> None:
+    def __init__(self, responses: dict[int, bytes], direct_write: bool, no_delay: bool = True) -> None:
         self.responses = responses
         self.default = next(iter(responses.values()))
         self.direct_write = direct_write
+        self.no_delay = no_delay
 
     def buildProtocol(self, addr: Any) -> EchoChannel:
-        return EchoChannel(self.responses, self.default, self.direct_write)
+        return EchoChannel(self.responses, self.default, self.direct_write, self.no_delay)
 
 
 def main(argv: list[str]) -> int:
@@ -110,9 +117,16 @@ def main(argv: list[str]) -> int:
     with open(argv[1], encoding="utf-8") as handle:
         spec = json.load(handle)
     responses = {int(k): bytes.fromhex(v) for k, v in spec["responses"].items()}
-    options = tls.server_options(spec["cert"], spec["key"], [spec["ca"]], require_client_cert=True)
-    port = reactor.listenTCP(0, TLSMemoryBIOFactory(options, False, EchoFactory(responses, bool(spec.get("direct_write")))),
-                             interface="127.0.0.1")
+    twisted_default = spec.get("style") == "twisted-default"
+    if twisted_default:
+        from twisted.internet.ssl import PrivateCertificate
+
+        with open(spec["cert"], encoding="ascii") as cert, open(spec["key"], encoding="ascii") as key:
+            options: Any = PrivateCertificate.loadPEM(cert.read() + key.read()).options()
+    else:
+        options = tls.server_options(spec["cert"], spec["key"], [spec["ca"]], require_client_cert=True)
+    factory = EchoFactory(responses, bool(spec.get("direct_write")), no_delay=not twisted_default)
+    port = reactor.listenTCP(0, TLSMemoryBIOFactory(options, False, factory), interface="127.0.0.1")
     print(f"READY {port.getHost().port}", flush=True)
     reactor.run()
     return 0
