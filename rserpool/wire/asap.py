@@ -8,7 +8,7 @@ from typing import ClassVar
 
 from rserpool.wire import codes
 from rserpool.wire.params import (
-    Cookie, OperationError, PoolElement, check32, encode_pe_id, encode_pool_handle,
+    Cookie, OperationError, PoolElement, check32, check_tuple, encode_pe_id, encode_pool_handle,
 )
 from rserpool.wire.params import _MK_PE
 from rserpool.wire.policy import _MK_LU
@@ -44,22 +44,12 @@ def _check_error(error: object, optional: bool = True) -> None:
         raise ValueError(f"not an OperationError: {error!r}")
 
 
-def _check_pes(msg: Message, name: str = "pool_elements") -> None:
-    pes = getattr(msg, name)
-    if not isinstance(pes, tuple):
-        pes = tuple(pes)
-        object.__setattr__(msg, name, pes)
-    for pe in pes:
-        if type(pe) is not PoolElement:
-            raise ValueError(f"not a PoolElement: {pe!r}")
-
-
 class _Asap:
     __slots__ = ()
     PPID: ClassVar[int] = codes.PPID_ASAP
 
 
-_REG_HEAD = struct.Struct("!BBHHH")
+_HANDLE_HEAD = struct.Struct("!BBHHH")  # message header, pool handle TLV header
 # Pool Element (header, id, home, life), TCP transport (header, port, use),
 # IPv4 address (header, address), LU policy (header, type, load).
 _TCP_LU_PE = struct.Struct("!HHIIiHHHHHH4sHHII")
@@ -88,7 +78,7 @@ class AsapRegistration(_Asap, Message):
         n = 4 + ((hlen + 3) & ~3) + pelen
         if n > 0xFFFF:
             raise ValueError("message too long")
-        return (_REG_HEAD.pack(1, 0, n, 9, hlen) + handle + PADDING[hlen & 3] + pe)
+        return (_HANDLE_HEAD.pack(1, 0, n, 9, hlen) + handle + PADDING[hlen & 3] + pe)
 
     def _body(self):
         return b"", [encode_pool_handle(self.pool_handle), self.pool_element.encode()]
@@ -172,9 +162,36 @@ class AsapEndpointUnreachable(_HandlePeId, Message):
     name: ClassVar[str] = "ASAP_ENDPOINT_UNREACHABLE"
 
 
+class _HandlePeIdError(_Asap):
+    """A pool handle, a PE identifier and an optional Operation Error; a
+    class with a flag has its field between ``pe_id`` and ``error``."""
+
+    __slots__ = ()
+
+    def __post_init__(self) -> None:
+        _check_handle(self.pool_handle)
+        check32("pe_id", self.pe_id)
+        _check_error(self.error)
+
+    def _body(self):
+        parts = [encode_pool_handle(self.pool_handle), encode_pe_id(self.pe_id)]
+        if self.error is not None:
+            parts.append(self.error.encode())
+        return b"", parts
+
+    @classmethod
+    def _decode(cls, data: bytes, flags: int, length: int, ctx: Ctx):
+        subs = walk(data, 4, length, 1, ctx)
+        handle, pe_id, error = expect(subs, ((H, "1"), (PEID, "1"), (OPERR, "?")),
+                                      data, length, cls.name)
+        if cls.FLAGS:
+            return cls._make(handle, pe_id, bool(flags & cls.FLAGS[0][1]), error)
+        return cls._make(handle, pe_id, error)
+
+
 @register
 @dataclass(frozen=True, slots=True, repr=False)
-class AsapRegistrationResponse(_Asap, Message):
+class AsapRegistrationResponse(_HandlePeIdError, Message):
     """R flag set (``reject``): the registration was rejected."""
 
     pool_handle: bytes
@@ -185,51 +202,15 @@ class AsapRegistrationResponse(_Asap, Message):
     name: ClassVar[str] = "ASAP_REGISTRATION_RESPONSE"
     FLAGS: ClassVar[tuple[tuple[str, int], ...]] = (("reject", codes.FLAG_REGISTRATION_REJECT),)
 
-    def __post_init__(self) -> None:
-        _check_handle(self.pool_handle)
-        check32("pe_id", self.pe_id)
-        _check_error(self.error)
-
-    def _body(self):
-        parts = [encode_pool_handle(self.pool_handle), encode_pe_id(self.pe_id)]
-        if self.error is not None:
-            parts.append(self.error.encode())
-        return b"", parts
-
-    @classmethod
-    def _decode(cls, data: bytes, flags: int, length: int, ctx: Ctx):
-        subs = walk(data, 4, length, 1, ctx)
-        handle, pe_id, error = expect(subs, ((H, "1"), (PEID, "1"), (OPERR, "?")),
-                                      data, length, cls.name)
-        return cls._make(handle, pe_id, bool(flags & codes.FLAG_REGISTRATION_REJECT), error)
-
 
 @register
 @dataclass(frozen=True, slots=True, repr=False)
-class AsapDeregistrationResponse(_Asap, Message):
+class AsapDeregistrationResponse(_HandlePeIdError, Message):
     pool_handle: bytes
     pe_id: int
     error: OperationError | None = None
     TYPE: ClassVar[int] = codes.ASAP_DEREGISTRATION_RESPONSE
     name: ClassVar[str] = "ASAP_DEREGISTRATION_RESPONSE"
-
-    def __post_init__(self) -> None:
-        _check_handle(self.pool_handle)
-        check32("pe_id", self.pe_id)
-        _check_error(self.error)
-
-    def _body(self):
-        parts = [encode_pool_handle(self.pool_handle), encode_pe_id(self.pe_id)]
-        if self.error is not None:
-            parts.append(self.error.encode())
-        return b"", parts
-
-    @classmethod
-    def _decode(cls, data: bytes, flags: int, length: int, ctx: Ctx):
-        subs = walk(data, 4, length, 1, ctx)
-        handle, pe_id, error = expect(subs, ((H, "1"), (PEID, "1"), (OPERR, "?")),
-                                      data, length, cls.name)
-        return cls._make(handle, pe_id, error)
 
 
 @register
@@ -285,7 +266,7 @@ class AsapHandleResolutionResponse(_Asap, Message):
 
     def __post_init__(self) -> None:
         _check_handle(self.pool_handle)
-        _check_pes(self)
+        check_tuple(self, "pool_elements", PoolElement)
         _check_policy(self.policy)
         _check_error(self.error)
 
@@ -306,7 +287,6 @@ class AsapHandleResolutionResponse(_Asap, Message):
         return cls._make(handle, pes, policy, error, bool(flags & codes.FLAG_ACCEPT))
 
 
-_ACCEPT_HEAD = struct.Struct("!BBHHH")
 _PE_ID_TLV = struct.Struct("!HHI")
 
 
@@ -315,7 +295,7 @@ def encode_registration_response(pool_handle: bytes, pe_id: int) -> bytes:
     (an acceptance) for a handle of 1..65523 bytes and a 32-bit PE id."""
     hlen = 4 + len(pool_handle)
     n = 4 + ((hlen + 3) & ~3) + 8
-    return (_ACCEPT_HEAD.pack(codes.ASAP_REGISTRATION_RESPONSE, 0, n, H, hlen) + pool_handle
+    return (_HANDLE_HEAD.pack(codes.ASAP_REGISTRATION_RESPONSE, 0, n, H, hlen) + pool_handle
             + PADDING[hlen & 3] + _PE_ID_TLV.pack(PEID, 8, pe_id))
 
 
@@ -463,7 +443,7 @@ class AsapBusinessCard(_Asap, Message):
 
     def __post_init__(self) -> None:
         _check_handle(self.pool_handle)
-        _check_pes(self)
+        check_tuple(self, "pool_elements", PoolElement)
         if not self.pool_elements:
             raise ValueError("a business card needs at least one pool element")
         _check_policy(self.policy)

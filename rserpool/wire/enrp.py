@@ -12,7 +12,8 @@ from typing import ClassVar
 from rserpool.wire import codes
 from rserpool.wire.messages import Message, expect, register
 from rserpool.wire.params import (
-    OperationError, PeChecksum, PoolElement, ServerInformation, check32, encode_pool_handle,
+    OperationError, PeChecksum, PoolElement, ServerInformation, check32, check_tuple,
+    encode_pool_handle,
 )
 from rserpool.wire.tlv import Ctx, fast_constructor, invalid, walk
 
@@ -136,13 +137,9 @@ class PoolEntry:
     def __post_init__(self) -> None:
         if not isinstance(self.pool_handle, bytes) or not self.pool_handle:
             raise ValueError("pool_handle must be non-empty bytes")
-        if not isinstance(self.pool_elements, tuple):
-            object.__setattr__(self, "pool_elements", tuple(self.pool_elements))
+        check_tuple(self, "pool_elements", PoolElement)
         if not self.pool_elements:
             raise ValueError("a pool entry needs at least one pool element")
-        for pe in self.pool_elements:
-            if type(pe) is not PoolElement:
-                raise ValueError(f"not a PoolElement: {pe!r}")
 
     def __str__(self) -> str:
         from rserpool.wire.params import format_handle
@@ -171,11 +168,7 @@ class EnrpHandleTableResponse(_Enrp, Message):
 
     def __post_init__(self) -> None:
         self._check_ids()
-        if not isinstance(self.entries, tuple):
-            object.__setattr__(self, "entries", tuple(self.entries))
-        for e in self.entries:
-            if type(e) is not PoolEntry:
-                raise ValueError(f"not a PoolEntry: {e!r}")
+        check_tuple(self, "entries", PoolEntry)
 
     def _body(self):
         parts = []
@@ -265,11 +258,7 @@ class EnrpListResponse(_Enrp, Message):
 
     def __post_init__(self) -> None:
         self._check_ids()
-        if not isinstance(self.servers, tuple):
-            object.__setattr__(self, "servers", tuple(self.servers))
-        for s in self.servers:
-            if type(s) is not ServerInformation:
-                raise ValueError(f"not a ServerInformation: {s!r}")
+        check_tuple(self, "servers", ServerInformation)
 
     def _body(self):
         return _IDS.pack(self.sender_id, self.receiver_id), [s.encode() for s in self.servers]

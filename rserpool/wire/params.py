@@ -60,6 +60,18 @@ def check32(name: str, value: object) -> None:
         raise ValueError(f"{name} must be a 32-bit unsigned integer: {value!r}")
 
 
+def check_tuple(obj: object, name: str, kind: type) -> None:
+    """Make the field ``name`` of the frozen dataclass ``obj`` a tuple and
+    check that each of its items is exactly a ``kind``."""
+    items = getattr(obj, name)
+    if not isinstance(items, tuple):
+        items = tuple(items)
+        object.__setattr__(obj, name, items)
+    for item in items:
+        if type(item) is not kind:
+            raise ValueError(f"not a {kind.__name__}: {item!r}")
+
+
 @dataclass(frozen=True, slots=True, repr=False)
 class ErrorCause:
     """One error cause (RFC 5354 3.12): its code and cause-specific bytes."""
