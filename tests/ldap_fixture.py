@@ -11,7 +11,7 @@ without TLS), and the TLS lines point at the test PKI when one is given.
 fixed sleep).  ``load()`` adds ``etc/ldap/example.ldif`` online with
 ``ldapadd``, so the memberof overlay fills ``memberOf``.  ``stop()`` sends
 SIGTERM; the database survives a restart.  ``pause()``/``resume()`` send
-SIGSTOP/SIGCONT.
+SIGSTOP/SIGCONT.  The process management is ``tests.aaahelpers.BackendProcess``.
 """
 
 from __future__ import annotations
@@ -20,11 +20,12 @@ import base64
 import re
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import time
 from pathlib import Path
+
+from tests.aaahelpers import BackendProcess, free_port
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "etc" / "ldap"
@@ -38,9 +39,7 @@ START_POLLS = 400  # 25 ms apart: at most about 10-20 s
 
 
 def free_tcp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return free_port(socket.SOCK_STREAM)
 
 
 def _replace(text: str, pattern: str, replacement: str) -> str:
@@ -58,23 +57,22 @@ def ldif_value(name: str, value: bytes | str) -> str:
     return f"{name}:: {base64.b64encode(data).decode('ascii')}"
 
 
-class Slapd:
+class Slapd(BackendProcess):
     """One private slapd on 127.0.0.1 (plain port, and ldaps if ``tls``)."""
+
+    name = "slapd"
+    stop_timeout = 10.0
 
     def __init__(self, base_dir: Path, *, executable: str = "slapd",
                  tls: tuple[Path, Path, Path] | None = None) -> None:
         """``tls``: (server certificate, key, CA certificate) PEM paths."""
-        self.base = Path(base_dir)
-        self.executable = executable
+        super().__init__(base_dir, executable, "slapd.log")
         self.tls = tls
         self.port = free_tcp_port()
         self.tls_port = free_tcp_port() if tls else None
         self.admin_password = secrets.token_hex(12)
         self.conf = self.base / "slapd.conf"
         self.db = self.base / "db"
-        self.log_path = self.base / "slapd.log"
-        self.process: subprocess.Popen[bytes] | None = None
-        self._configured = False
 
     @property
     def uri(self) -> str:
@@ -118,27 +116,12 @@ class Slapd:
             urls.append(f"ldaps://127.0.0.1:{self.tls_port}/")
         return " ".join(urls)
 
-    def start(self) -> None:
-        self.configure()
-        if self.process is not None:
-            raise RuntimeError("already running")
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                [self.executable, "-d", "0", "-f", str(self.conf), "-h", self.listeners()],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            )
-        try:
-            self._wait_ready()
-        except BaseException:
-            self.stop()
-            raise
+    def command(self) -> list[str]:
+        return [self.executable, "-d", "0", "-f", str(self.conf), "-h", self.listeners()]
 
     def _wait_ready(self) -> None:
         for _ in range(START_POLLS):
-            assert self.process is not None
-            if self.process.poll() is not None:
-                raise RuntimeError(f"slapd exited with {self.process.returncode}:\n"
-                                   + self.log_tail())
+            self._check_running()
             probe = subprocess.run(
                 ["ldapwhoami", "-x", "-H", self.uri, "-D", ADMIN_DN, "-w", self.admin_password,
                  "-o", "nettimeout=1"],
@@ -147,7 +130,7 @@ class Slapd:
             if probe.returncode == 0:
                 return
             time.sleep(0.025)
-        raise RuntimeError("slapd did not answer in time:\n" + self.log_tail())
+        raise self._not_ready()
 
     def ldap_tool(self, tool: str, ldif: str) -> None:
         """Run ``ldapadd``/``ldapmodify`` as the admin with ``ldif`` on stdin."""
@@ -170,41 +153,3 @@ class Slapd:
             lines.extend(ldif_value(name, value) for value in values)
             lines.append("-")
         self.ldap_tool("ldapmodify", "\n".join(lines) + "\n")
-
-    def stop(self) -> None:
-        process, self.process = self.process, None
-        if process is None:
-            return
-        if process.poll() is None:
-            process.send_signal(signal.SIGCONT)  # a paused slapd cannot exit
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=5)
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
-
-    def pause(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGSTOP)
-
-    def resume(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGCONT)
-
-    def log_tail(self, size: int = 4000) -> str:
-        try:
-            return self.log_path.read_bytes()[-size:].decode(errors="replace")
-        except OSError:
-            return ""
-
-    def __enter__(self) -> "Slapd":
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()

@@ -15,7 +15,9 @@ root only on Debian) into ``base_dir/raddb`` and trims it
 
 ``start()`` runs ``freeradius -X -d raddb`` (single-threaded, debug log to
 ``base_dir/radiusd.log``) and polls with an Access-Request until a reply
-arrives (bounded; no fixed sleep).  ``stop()`` sends SIGTERM.
+arrives (bounded; no fixed sleep).  ``stop()`` sends SIGTERM;
+``pause()``/``resume()`` send SIGSTOP/SIGCONT.  The process management is
+``tests.aaahelpers.BackendProcess``.
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ import os
 import re
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -33,6 +34,7 @@ from pathlib import Path
 from pyrad import packet as _packet
 
 from rserpool.backends.radius import RadiusServer, load_dictionary
+from tests.aaahelpers import BackendProcess, free_port
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "etc" / "freeradius"
@@ -42,9 +44,7 @@ START_POLLS = 400  # 25 ms apart (each poll also waits up to 25 ms): at most abo
 
 
 def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return free_port(socket.SOCK_DGRAM)
 
 
 def _replace(text: str, pattern: str, replacement: str, path: str) -> str:
@@ -54,19 +54,18 @@ def _replace(text: str, pattern: str, replacement: str, path: str) -> str:
     return new
 
 
-class FreeRadius:
+class FreeRadius(BackendProcess):
     """One private FreeRADIUS server on 127.0.0.1:port."""
+
+    name = "freeradius"
+    stop_timeout = 5.0
 
     def __init__(self, base_dir: Path, port: int | None = None, secret: bytes | None = None,
                  executable: str = "freeradius") -> None:
-        self.base = Path(base_dir)
+        super().__init__(base_dir, executable, "radiusd.log")
         self.port = port or free_udp_port()
         self.secret = secret or secrets.token_hex(16).encode("ascii")
-        self.executable = executable
         self.raddb = self.base / "raddb"
-        self.log_path = self.base / "radiusd.log"
-        self.process: subprocess.Popen[bytes] | None = None
-        self._configured = False
 
     @property
     def server(self) -> RadiusServer:
@@ -120,23 +119,8 @@ class FreeRadius:
             raise RuntimeError("invalid FreeRADIUS configuration:\n"
                                + result.stdout.decode(errors="replace")[-4000:])
 
-    def start(self) -> None:
-        self.configure()
-        if self.process is not None:
-            raise RuntimeError("already running")
-        log = open(self.log_path, "ab")
-        try:
-            self.process = subprocess.Popen(
-                [self.executable, "-X", "-d", str(self.raddb)],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            )
-        finally:
-            log.close()
-        try:
-            self._wait_ready()
-        except BaseException:
-            self.stop()
-            raise
+    def command(self) -> list[str]:
+        return [self.executable, "-X", "-d", str(self.raddb)]
 
     def _wait_ready(self) -> None:
         dictionary = load_dictionary()
@@ -144,10 +128,7 @@ class FreeRadius:
             sock.bind(("127.0.0.1", 0))
             sock.settimeout(0.025)
             for attempt in range(START_POLLS):
-                assert self.process is not None
-                if self.process.poll() is not None:
-                    raise RuntimeError(f"freeradius exited with {self.process.returncode}:\n"
-                                       + self.log_tail())
+                self._check_running()
                 pkt = _packet.AuthPacket(code=_packet.AccessRequest, id=attempt % 256,
                                          secret=self.secret, dict=dictionary)
                 pkt.add_message_authenticator()
@@ -161,36 +142,7 @@ class FreeRadius:
                     continue
                 if len(data) >= 20 and data[1] == pkt.id:
                     return
-        raise RuntimeError("freeradius did not answer in time:\n" + self.log_tail())
-
-    def stop(self) -> None:
-        process, self.process = self.process, None
-        if process is None:
-            return
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=5)
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
-
-    def log_tail(self, size: int = 4000) -> str:
-        try:
-            return self.log_path.read_bytes()[-size:].decode(errors="replace")
-        except OSError:
-            return ""
-
-    def __enter__(self) -> "FreeRadius":
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        raise self._not_ready()
 
 
 def freeradius_available() -> bool:

@@ -23,8 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from twisted.internet import defer, reactor, task
-from twisted.logger import formatEvent, globalLogPublisher
+from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
 from rserpool.backends.ldap import LdapUnavailable
@@ -32,12 +31,12 @@ from rserpool.config import load_config
 from rserpool.errors import BackendUnavailable
 from rserpool.plugins.ldap import LdapAuthorizerService, LdapSrpStoreService
 from rserpool.security import exchange as ex
-from rserpool.security import pki as pkimod
 from rserpool.security.srp import make_verifier
 from rserpool.service.auth import AuthenticationError, PeAuthenticator
 from rserpool.tap import build_registrar
 from rserpool.wire import AsapHandleResolution, AsapRegistration
-from tests.asaphelpers import RegistrarClientsMixin, make_pe
+from tests.aaahelpers import BackendProcess, BackendRegistrarMixin, client_cert, latency_report
+from tests.asaphelpers import make_pe
 from tests.conftest import require_tool
 from tests.ldap_fixture import PE_BASE, SERVICE_PASSWORD, Slapd
 from tests.tlshelpers import CertFiles, TestPKI, make_test_pki
@@ -46,18 +45,9 @@ pytestmark = pytest.mark.integration
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "etc" / "registrar-ldap.ini"
 TIMEOUT = 0.5  # [ldap] timeout: the reactor-side deadline of a lookup
-MEDIAN_BOUND = 0.020  # seconds, a handle resolution during an outage
 PE1_PASSWORD = "pe1-secret"  # the verifier of etc/ldap/example.ldif
 PE3_PASSWORD = "pe3-password"  # stored by the fixture; pe3 is in no group
 SERVER_SECRET = b"registrar-ldap-test-secret-0123"
-
-
-def _client_cert(test_pki: TestPKI, name: str) -> CertFiles:
-    issued = pkimod.create_client_certificate(test_pki.ca.issued, name, test_pki.now)
-    cert, key = test_pki.directory / f"{name}.pem", test_pki.directory / f"{name}.key"
-    pkimod.write_certificate(cert, issued.certificate, *issued.chain)
-    pkimod.write_private_key(key, issued.private_key)
-    return CertFiles(cert, key, issued)
 
 
 class Directory:
@@ -72,7 +62,7 @@ def directory(tmp_path_factory: pytest.TempPathFactory):
     require_tool("ldapadd")
     base = tmp_path_factory.mktemp("ldap-registrar")
     test_pki = make_test_pki(base / "pki")
-    test_pki.extra["stranger"] = _client_cert(test_pki, "stranger")  # not in the directory
+    test_pki.extra["stranger"] = client_cert(test_pki, "stranger")  # not in the directory
     slapd = Slapd(base / "slapd", executable=executable,
                   tls=(test_pki.server.cert, test_pki.server.key, test_pki.ca.cert))
     slapd.start()
@@ -93,8 +83,11 @@ def _set(text: str, key: str, value: str) -> str:
     return new
 
 
-class RegistrarWithSlapd(RegistrarClientsMixin, unittest.TestCase):
+class RegistrarWithSlapd(BackendRegistrarMixin, unittest.TestCase):
     timeout = 30
+    outage_failure = LdapUnavailable
+    outage_bound = TIMEOUT
+    outage_slack = 0.3
 
     @pytest.fixture(autouse=True)
     def _inject(self, directory: Directory, tmp_path: Path) -> None:
@@ -102,11 +95,18 @@ class RegistrarWithSlapd(RegistrarClientsMixin, unittest.TestCase):
         self.pki = directory.pki
         self.tmp = tmp_path
 
+    @property
+    def backend(self) -> BackendProcess:
+        return self.slapd
+
+    def backend_queries(self) -> int:
+        return self.lookups
+
+    def backend_outage_line(self, start: int, identity: str) -> bool:
+        return any("LDAP directory unavailable" in line for line in self.log_lines(start))
+
     def setUp(self) -> None:
-        self.events: list[dict[str, Any]] = []
-        globalLogPublisher.addObserver(self.events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
-        self.clients: list[Any] = []
+        self.watch_log()
         if self.slapd.process is None:  # a failed test left it stopped
             self.slapd.start()
         self.addCleanup(self._directory_back)
@@ -164,27 +164,12 @@ class RegistrarWithSlapd(RegistrarClientsMixin, unittest.TestCase):
             return submit(what, *args)
 
         self.directory._submit = counted
-        yield registrar.startService()
-        self.addCleanup(self._stop, registrar)
-        self.registrar = registrar
-        return registrar
+        return (yield self.serve(registrar))
 
     @defer.inlineCallbacks
     def _stop(self, registrar):
-        yield self.close_clients()
-        yield registrar.stopService()
-        self.assertFalse(registrar.authorizer.running)
+        yield super()._stop(registrar)
         self.assertFalse(self.directory.started)
-
-    def outage_logged(self, start: int, identity: str) -> bool:
-        directory = any("LDAP directory unavailable" in line for line in self.log_lines(start))
-        registrar = any(
-            event.get("log_failure") is not None
-            and event["log_failure"].check(LdapUnavailable)
-            and event.get("identity") == identity
-            and "authorization backend failed" in (formatEvent(event) or "")
-            for event in self.events[start:])
-        return directory and registrar
 
     @defer.inlineCallbacks
     def refused_attempts(self, cert: CertFiles, pe_id: int, count: int):
@@ -196,7 +181,7 @@ class RegistrarWithSlapd(RegistrarClientsMixin, unittest.TestCase):
             started = time.monotonic()
             self.assert_refused((yield pe.request(AsapRegistration(b"echo", make_pe(pe_id)))))
             durations.append(time.monotonic() - started)
-            self.assertLess(durations[-1], TIMEOUT + 0.3)
+            self.assertLess(durations[-1], self.outage_bound + self.outage_slack)
         self.assertIsNone(self.registrar.handlespace.get(b"echo", pe_id))
         return durations
 
@@ -236,28 +221,17 @@ class RegistrarWithSlapd(RegistrarClientsMixin, unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_slapd_stopped_mid_run_then_restarted(self):
-        yield self.start_registrar()
-        pe1 = yield self.connect(self.pki.pe1)
-        self.assert_accepted((yield pe1.request(AsapRegistration(b"echo", make_pe(0x100)))))
-        pu = yield self.connect()
-        idle = []
-        for _ in range(20):
-            started = time.monotonic()
-            yield pu.request(AsapHandleResolution(b"echo"))
-            idle.append(time.monotonic() - started)
+        pu = yield self.start_with_pe1_and_pu()
+        idle = yield self.idle_latencies(pu)
         self.slapd.stop()
         mark = len(self.events)
         attempts = self.refused_attempts(self.pki.pe2, 0x200, 5)
         during = yield self.resolve_while(pu, attempts, 0x100)
         durations = yield attempts
         self.assertTrue(self.outage_logged(mark, "pe2"), self.log_lines(mark))
-        self.assertGreaterEqual(len(during), 10)
-        self.assertLess(statistics.median(during), MEDIAN_BOUND, during)
+        self.assert_resolutions_kept(during)
         # a cached identity still registers during the outage, without a query
-        lookups = self.lookups
-        pe1_again = yield self.connect(self.pki.pe1)
-        self.assert_accepted((yield pe1_again.request(AsapRegistration(b"discard", make_pe(0x101)))))
-        self.assertEqual(self.lookups, lookups)
+        yield self.assert_cached_identity_registers(0x101)
         # the same channel, refused during the outage, is served after the restart
         pe2 = yield self.connect(self.pki.pe2)
         self.assert_refused((yield pe2.request(AsapRegistration(b"echo", make_pe(0x200)))))
@@ -266,51 +240,20 @@ class RegistrarWithSlapd(RegistrarClientsMixin, unittest.TestCase):
         self.assertEqual(self.registrar.handlespace.get(b"echo", 0x200).identity, "pe2")
         self.flushLoggedErrors(BackendUnavailable)
         print(f"\nslapd stopped: refusals in {max(durations) * 1e3:.1f} ms at most; "
-              f"resolution latency idle median {statistics.median(idle) * 1e3:.2f} ms, "
-              f"during the outage median {statistics.median(during) * 1e3:.2f} ms "
-              f"max {max(during) * 1e3:.2f} ms over {len(during)} resolutions")
+              + latency_report(idle, during))
 
     @defer.inlineCallbacks
     def test_slapd_paused_does_not_stall_the_reactor(self):
-        yield self.start_registrar()
-        pe1 = yield self.connect(self.pki.pe1)
-        self.assert_accepted((yield pe1.request(AsapRegistration(b"echo", make_pe(0x100)))))
-        pu = yield self.connect()
-        gaps: list[float] = []
-        last = [time.monotonic()]
-
-        def tick() -> None:
-            now = time.monotonic()
-            gaps.append(now - last[0])
-            last[0] = now
-
-        ticker = task.LoopingCall(tick)
+        pu = yield self.start_with_pe1_and_pu()
         mark = len(self.events)
-        self.slapd.pause()
-        try:
-            ticker.start(0.01)
-            pe2 = yield self.connect(self.pki.pe2)
-            started = time.monotonic()
-            pending = pe2.request(AsapRegistration(b"echo", make_pe(0x200)))
-            during = yield self.resolve_while(pu, pending, 0x100)
-            self.assert_refused((yield pending))
-            elapsed = time.monotonic() - started
-            ticker.stop()
-        finally:
-            self.slapd.resume()
-        self.assertGreaterEqual(elapsed, TIMEOUT * 0.9)
-        self.assertLess(elapsed, TIMEOUT + 0.3)
-        self.assertTrue(self.outage_logged(mark, "pe2"), self.log_lines(mark))
-        self.assertGreaterEqual(len(during), 10)
-        self.assertLess(statistics.median(during), MEDIAN_BOUND, during)
-        self.assertGreater(len(gaps), 10)
-        self.assertLess(max(gaps), 0.2)
+        outage = yield self.refusal_while_paused(self.pki.pe2, 0x200, pu)
+        self.assert_outage_refusal(mark, "pe2", outage)
         # after SIGCONT, pe2 registers (on the same channel)
-        self.assert_accepted((yield pe2.request(AsapRegistration(b"echo", make_pe(0x200)))))
+        self.assert_accepted((yield outage.channel.request(AsapRegistration(b"echo", make_pe(0x200)))))
         self.flushLoggedErrors(BackendUnavailable)
-        print(f"\nslapd paused: refused after {elapsed * 1e3:.0f} ms; resolution median "
-              f"{statistics.median(during) * 1e3:.2f} ms over {len(during)}; "
-              f"worst reactor gap {max(gaps) * 1e3:.1f} ms")
+        print(f"\nslapd paused: refused after {outage.elapsed * 1e3:.0f} ms; resolution median "
+              f"{statistics.median(outage.latencies) * 1e3:.2f} ms over {len(outage.latencies)}; "
+              f"worst reactor gap {max(outage.gaps) * 1e3:.1f} ms")
 
     @defer.inlineCallbacks
     def test_srp_verifier_from_slapd(self):

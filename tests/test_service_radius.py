@@ -14,28 +14,23 @@ Timeouts are short (0.2 s, one retransmission: 0.4 s to "unavailable").
 
 from __future__ import annotations
 
-import os
-import signal
-import statistics
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from twisted.internet import defer, reactor, task
-from twisted.logger import formatEvent, globalLogPublisher
+from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
 from rserpool.config import load_config
 from rserpool.errors import BackendUnavailable
 from rserpool.plugins.radius import RadiusAuthorizerService
-from rserpool.security import pki as pkimod
 from rserpool.tap import build_registrar
 from rserpool.wire import AsapHandleResolution, AsapRegistration
-from tests.asaphelpers import RegistrarClientsMixin, make_pe
+from tests.aaahelpers import BackendProcess, BackendRegistrarMixin, Refusal, client_cert, latency_report
+from tests.asaphelpers import make_pe
 from tests.conftest import require_tool
 from tests.radius_fixture import FreeRadius
-from tests.tlshelpers import CertFiles, make_test_pki
+from tests.tlshelpers import make_test_pki
 
 pytestmark = pytest.mark.integration
 
@@ -43,22 +38,13 @@ EXAMPLE = Path(__file__).resolve().parent.parent / "etc" / "registrar-radius.ini
 TIMEOUT = 0.2
 RETRIES = 1
 BOUND = (RETRIES + 1) * TIMEOUT  # one server
-MEDIAN_BOUND = 0.020  # seconds, a handle resolution during an outage
-
-
-def _client_cert(test_pki: Any, name: str) -> CertFiles:
-    issued = pkimod.create_client_certificate(test_pki.ca.issued, name, test_pki.now)
-    cert, key = test_pki.directory / f"{name}.pem", test_pki.directory / f"{name}.key"
-    pkimod.write_certificate(cert, issued.certificate, *issued.chain)
-    pkimod.write_private_key(key, issued.private_key)
-    return CertFiles(cert, key, issued)
 
 
 @pytest.fixture(scope="module")
 def test_pki(tmp_path_factory: pytest.TempPathFactory) -> Any:
     test_pki = make_test_pki(tmp_path_factory.mktemp("pki"))
     for name in ("pe-cert", "stranger"):  # in the users file / unknown to FreeRADIUS
-        test_pki.extra[name] = _client_cert(test_pki, name)
+        test_pki.extra[name] = client_cert(test_pki, name)
     return test_pki
 
 
@@ -67,8 +53,11 @@ def freeradius_executable() -> str:
     return require_tool("freeradius")
 
 
-class RegistrarWithFreeRadius(RegistrarClientsMixin, unittest.TestCase):
+class RegistrarWithFreeRadius(BackendRegistrarMixin, unittest.TestCase):
     timeout = 30
+    outage_failure = BackendUnavailable
+    outage_bound = BOUND
+    outage_slack = 0.5
 
     @pytest.fixture(autouse=True)
     def _inject(self, test_pki: Any, freeradius_executable: str, tmp_path: Path) -> None:
@@ -76,11 +65,19 @@ class RegistrarWithFreeRadius(RegistrarClientsMixin, unittest.TestCase):
         self.tmp = tmp_path
         self.executable = freeradius_executable
 
+    @property
+    def backend(self) -> BackendProcess:
+        return self.radius
+
+    def backend_queries(self) -> int:
+        return self.stats["requests"]
+
+    def backend_outage_line(self, start: int, identity: str) -> bool:
+        return any("RADIUS backend unavailable" in line and identity in line
+                   for line in self.log_lines(start))
+
     def setUp(self) -> None:
-        self.events: list[dict[str, Any]] = []
-        globalLogPublisher.addObserver(self.events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
-        self.clients: list[Any] = []
+        self.watch_log()
         self.radius = FreeRadius(self.tmp / "radius", executable=self.executable)
         self.radius.start()
         self.addCleanup(self.radius.stop)
@@ -106,48 +103,14 @@ class RegistrarWithFreeRadius(RegistrarClientsMixin, unittest.TestCase):
         ])
         registrar = build_registrar(config, reactor)
         self.assertIsInstance(registrar.authorizer, RadiusAuthorizerService)
-        yield registrar.startService()
-        self.addCleanup(self._stop, registrar)
-        self.registrar = registrar
         self.stats = registrar.authorizer.stats
-        return registrar
+        return (yield self.serve(registrar))
 
-    @defer.inlineCallbacks
-    def _stop(self, registrar):
-        yield self.close_clients()
-        yield registrar.stopService()
-        self.assertFalse(registrar.authorizer.running)
-
-    def backend_outage_logged(self, start: int, identity: str) -> bool:
-        radius = any("RADIUS backend unavailable" in line and identity in line
-                     for line in self.log_lines(start))
-        registrar = any(
-            event.get("log_failure") is not None
-            and event["log_failure"].check(BackendUnavailable)
-            and event.get("identity") == identity
-            and "authorization backend failed" in (formatEvent(event) or "")
-            for event in self.events[start:])
-        return radius and registrar
-
-    @defer.inlineCallbacks
-    def outage_registration(self, cert: CertFiles, identity: str, pe_id: int, pu: Any):
-        """Register while RADIUS does not answer: refused 0xa within the
+    def assert_outage(self, mark: int, identity: str, pe_id: int, refusal: Refusal) -> None:
+        """A registration while RADIUS did not answer: refused 0xa within the
         bound, as an outage, with resolutions answered meanwhile."""
-        mark = len(self.events)
-        pe = yield self.connect(cert)
-        started = time.monotonic()
-        pending = pe.request(AsapRegistration(b"echo", make_pe(pe_id)))
-        latencies = yield self.resolve_while(pu, pending, 0x100)
-        reply = yield pending
-        elapsed = time.monotonic() - started
-        self.assert_refused(reply)
-        self.assertGreaterEqual(elapsed, BOUND * 0.9)
-        self.assertLess(elapsed, BOUND + 0.5)
+        self.assert_outage_refusal(mark, identity, refusal)
         self.assertIsNone(self.registrar.handlespace.get(b"echo", pe_id))
-        self.assertTrue(self.backend_outage_logged(mark, identity), self.log_lines(mark))
-        self.assertGreaterEqual(len(latencies), 10)
-        self.assertLess(statistics.median(latencies), MEDIAN_BOUND, latencies)
-        return latencies
 
     # -- tests ---------------------------------------------------------------------
 
@@ -162,7 +125,7 @@ class RegistrarWithFreeRadius(RegistrarClientsMixin, unittest.TestCase):
         # daytime is in nobody's Class/VSA for pe1: refused, not an outage
         self.assert_refused((yield pe1.request(AsapRegistration(b"daytime", make_pe(0x101)))))
         self.assertTrue(self.refusal_logged(mark, "pe1"))
-        self.assertFalse(self.backend_outage_logged(mark, "pe1"))
+        self.assertFalse(self.outage_logged(mark, "pe1"))
         # pools from Class only (pe-cert's Class: daytime-*)
         pe_cert = yield self.connect(self.pki.extra["pe-cert"])
         self.assert_accepted((yield pe_cert.request(AsapRegistration(b"daytime-3", make_pe(0x102)))))
@@ -188,59 +151,29 @@ class RegistrarWithFreeRadius(RegistrarClientsMixin, unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_freeradius_stopped_mid_run_then_restarted(self):
-        yield self.start_registrar()
-        pe1 = yield self.connect(self.pki.pe1)
-        self.assert_accepted((yield pe1.request(AsapRegistration(b"echo", make_pe(0x100)))))
-        pu = yield self.connect()
-        idle = []
-        for _ in range(20):
-            started = time.monotonic()
-            yield pu.request(AsapHandleResolution(b"echo"))
-            idle.append(time.monotonic() - started)
+        pu = yield self.start_with_pe1_and_pu()
+        idle = yield self.idle_latencies(pu)
         self.radius.stop()
-        during = yield self.outage_registration(self.pki.pe2, "pe2", 0x200, pu)
+        mark = len(self.events)
+        outage = yield self.refusal_during_outage(self.pki.pe2, 0x200, pu)
+        self.assert_outage(mark, "pe2", 0x200, outage)
         # a cached identity still registers during the outage (new session: the
         # authorizer is asked, and answers from its cache)
-        requests = self.stats["requests"]
-        pe1_again = yield self.connect(self.pki.pe1)
-        self.assert_accepted((yield pe1_again.request(AsapRegistration(b"discard", make_pe(0x101)))))
-        self.assertEqual(self.stats["requests"], requests)
+        yield self.assert_cached_identity_registers(0x101)
         self.radius.start()
         pe2 = yield self.connect(self.pki.pe2)
         self.assert_accepted((yield pe2.request(AsapRegistration(b"echo", make_pe(0x200)))))
         self.assertEqual(self.registrar.handlespace.get(b"echo", 0x200).identity, "pe2")
         self.assertGreaterEqual(self.stats["unavailable"], 1)
         self.flushLoggedErrors(BackendUnavailable)
-        print(f"\nresolution latency idle median {statistics.median(idle) * 1e3:.2f} ms, "
-              f"during the outage median {statistics.median(during) * 1e3:.2f} ms "
-              f"max {max(during) * 1e3:.2f} ms over {len(during)} resolutions")
+        print("\n" + latency_report(idle, outage.latencies))
 
     @defer.inlineCallbacks
     def test_freeradius_paused_does_not_stall_the_reactor(self):
-        yield self.start_registrar()
-        pe1 = yield self.connect(self.pki.pe1)
-        self.assert_accepted((yield pe1.request(AsapRegistration(b"echo", make_pe(0x100)))))
-        pu = yield self.connect()
-        gaps: list[float] = []
-        last = [time.monotonic()]
-
-        def tick() -> None:
-            now = time.monotonic()
-            gaps.append(now - last[0])
-            last[0] = now
-
-        ticker = task.LoopingCall(tick)
-        assert self.radius.process is not None
-        pid = self.radius.process.pid
-        os.kill(pid, signal.SIGSTOP)
-        try:
-            ticker.start(0.01)
-            yield self.outage_registration(self.pki.extra["pe-cert"], "pe-cert", 0x300, pu)
-            ticker.stop()
-        finally:
-            os.kill(pid, signal.SIGCONT)
-        self.assertGreater(len(gaps), 10)
-        self.assertLess(max(gaps), 0.2)
+        pu = yield self.start_with_pe1_and_pu()
+        mark = len(self.events)
+        outage = yield self.refusal_while_paused(self.pki.extra["pe-cert"], 0x300, pu)
+        self.assert_outage(mark, "pe-cert", 0x300, outage)
         again = yield self.connect(self.pki.extra["pe-cert"])
         self.assert_accepted((yield again.request(AsapRegistration(b"daytime-1", make_pe(0x300)))))
         self.flushLoggedErrors(BackendUnavailable)
