@@ -5,6 +5,9 @@
  *     gcc -O2 -Wall -o loadgen benchmarks/loadgen.c -lssl -lcrypto
  *     loadgen -H 127.0.0.1 -p PORT -s SCRIPT -A CA.pem [-n SERVER_NAME] [-P PID [-S]]
  *
+ * (benchgen.h, included, holds what it shares with sessgen.c: clocks, errors,
+ * the server CPU accounting and the script reading primitives.)
+ *
  * It sends pre-encoded DATA chunks (built by bench_registrar.py, which
  * knows the ASAP codec) and only parses chunk headers: every connection
  * sends one request, waits for the response DATA chunk and the ACK of its
@@ -30,7 +33,6 @@
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
-#include <dirent.h>
 #include <signal.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -43,10 +45,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
-#include <sys/resource.h>
 #include <sys/socket.h>
-#include <time.h>
 #include <unistd.h>
+
+#define BENCH_PROG "loadgen"
+#include "benchgen.h"
 
 #define INBUF 262144
 #define OUTBUF 262144
@@ -99,137 +102,29 @@ static double win_start, win_end;
 static uint64_t completed_total, completed_window, unexpected, rejected, size_mismatch, heartbeats;
 static long resp_len = -1, resp_len_other = -1;
 
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
-static double cpu_s(double *user, double *sys) {
-    struct rusage ru;
-    getrusage(RUSAGE_SELF, &ru);
-    *user = ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6;
-    *sys = ru.ru_stime.tv_sec + ru.ru_stime.tv_usec / 1e6;
-    return *user + *sys;
-}
-
-static void die(const char *what) {
-    fprintf(stderr, "loadgen: %s: %s\n", what, strerror(errno));
-    ERR_print_errors_fp(stderr);
-    exit(2);
-}
-
-static void fail(const char *what) {
-    fprintf(stderr, "loadgen: %s\n", what);
-    ERR_print_errors_fp(stderr);
-    exit(2);
-}
-
-/* -- server CPU accounting ------------------------------------------------ */
-
-static long long server_cpu_ns(void) {
-    char path[96];
-    snprintf(path, sizeof path, "/proc/%d/task", server_pid);
-    DIR *dir = opendir(path);
-    if (!dir) return -1;
-    long long total = 0;
-    struct dirent *entry;
-    while ((entry = readdir(dir)) != NULL) {
-        if (entry->d_name[0] == '.') continue;
-        char file[384];
-        snprintf(file, sizeof file, "/proc/%d/task/%s/schedstat", server_pid, entry->d_name);
-        FILE *f = fopen(file, "r");
-        if (!f) continue;
-        long long ns;
-        if (fscanf(f, "%lld", &ns) == 1) total += ns;
-        fclose(f);
-    }
-    closedir(dir);
-    return total;
-}
-
-/* busy and total jiffies of cpu0 and cpu1 */
-static void cpu_jiffies(long long busy[2], long long total[2]) {
-    busy[0] = busy[1] = total[0] = total[1] = -1;
-    FILE *f = fopen("/proc/stat", "r");
-    if (!f) return;
-    char line[512];
-    while (fgets(line, sizeof line, f)) {
-        int cpu;
-        long long v[8];
-        if (sscanf(line, "cpu%d %lld %lld %lld %lld %lld %lld %lld %lld", &cpu, &v[0], &v[1], &v[2], &v[3],
-                   &v[4], &v[5], &v[6], &v[7]) == 9 && cpu >= 0 && cpu < 2) {
-            long long sum = 0;
-            for (int i = 0; i < 8; i++) sum += v[i];
-            total[cpu] = sum;
-            busy[cpu] = sum - v[3] - v[4];
-        }
-    }
-    fclose(f);
-}
+/* -- window boundaries ------------------------------------------------------ */
 
 static void boundary(const char *word, const char *name, int signum) {
     if (server_pid && signal_server) kill(server_pid, signum);
     if (!server_pid) {
         printf("%s %s\n", word, name);
+        fflush(stdout);
     } else {
-        long long busy[2], total[2];
-        long long ns = server_cpu_ns();
-        cpu_jiffies(busy, total);
-        printf("%s %s %lld %lld %lld %lld %lld\n", word, name, ns, busy[0], total[0], busy[1], total[1]);
+        cpu_boundary(word, name, server_pid);
     }
-    fflush(stdout);
 }
 
-/* -- script reading ------------------------------------------------------ */
+/* -- script reading (the primitives are in benchgen.h) ---------------------- */
 
-static unsigned char *script;
-static size_t script_len, script_pos;
-
-static void need(size_t n) {
-    if (script_len - script_pos < n) fail("script truncated");
-}
-static uint32_t rd32(void) {
-    need(4);
-    unsigned char *p = script + script_pos;
-    script_pos += 4;
-    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
-}
-static uint16_t rd16(void) {
-    need(2);
-    unsigned char *p = script + script_pos;
-    script_pos += 2;
-    return (uint16_t)((p[0] << 8) | p[1]);
-}
 static uint8_t rd8(void) {
     need(1);
     return script[script_pos++];
-}
-static char *rdstr(void) {
-    uint16_t n = rd16();
-    need(n);
-    char *s = malloc(n + 1);
-    memcpy(s, script + script_pos, n);
-    s[n] = 0;
-    script_pos += n;
-    return s;
 }
 
 static char **cert_paths, **key_paths;
 
 static void load_script(const char *path) {
-    FILE *f = fopen(path, "rb");
-    if (!f) die("open script");
-    fseek(f, 0, SEEK_END);
-    script_len = (size_t)ftell(f);
-    fseek(f, 0, SEEK_SET);
-    script = malloc(script_len);
-    if (fread(script, 1, script_len, f) != script_len) die("read script");
-    fclose(f);
-    need(4);
-    if (memcmp(script, "RSLG", 4) != 0) fail("not a loadgen script");
-    script_pos = 4;
-    if (rd32() != 1) fail("unknown script version");
+    read_script(path, "RSLG");
     nconn = (int)rd32();
     if (nconn < 1 || nconn > 10000) fail("bad connection count");
     cert_paths = calloc(nconn, sizeof(char *));
@@ -320,14 +215,6 @@ static void send_next(conn_t *c) {
 }
 
 /* -- receiving ---------------------------------------------------------------- */
-
-static size_t data_header_size(int omit) {
-    size_t n = 4;
-    if (!(omit & 1)) n += 4;
-    if (!(omit & 2)) n += 4;
-    if (!(omit & 4)) n += 4;
-    return n;
-}
 
 static void completed(conn_t *c, double t) {
     c->busy = 0;

@@ -5,6 +5,9 @@
  *     sessgen -p PORT -s SCRIPT -A CA.pem [-H 127.0.0.1] [-n SERVER_NAME] [-c SLOTS]
  *             [-w WARMUP_MS] [-m MEASURE_MS] [-r] [-P PID]
  *
+ * (benchgen.h, included, holds what it shares with loadgen.c: clocks, errors,
+ * the server CPU accounting and the script reading primitives.)
+ *
  * Each of -c slots repeats: non-blocking TCP connect, TLS handshake with
  * the slot's client certificate (verifying the server against CA.pem and
  * SERVER_NAME), one request (pre-encoded by the Python side: the TCP
@@ -24,7 +27,6 @@
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -36,10 +38,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
-#include <sys/resource.h>
 #include <sys/socket.h>
-#include <time.h>
 #include <unistd.h>
+
+#define BENCH_PROG "sessgen"
+#include "benchgen.h"
 
 #define INBUF 16384
 
@@ -74,115 +77,10 @@ static int measuring = 0, stopping = 0;
 static uint64_t done_window, done_total, resumed_window;
 static uint64_t err_connect, err_handshake, err_io, err_rejected, err_unexpected;
 
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
-static double cpu_s(double *user, double *sys) {
-    struct rusage ru;
-    getrusage(RUSAGE_SELF, &ru);
-    *user = ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6;
-    *sys = ru.ru_stime.tv_sec + ru.ru_stime.tv_usec / 1e6;
-    return *user + *sys;
-}
-
-static void fail(const char *what) {
-    fprintf(stderr, "sessgen: %s (%s)\n", what, strerror(errno));
-    ERR_print_errors_fp(stderr);
-    exit(2);
-}
-
-/* -- server CPU and /proc/stat (same line format as loadgen.c) -------------- */
-
-static long long server_cpu_ns(void) {
-    char path[96];
-    snprintf(path, sizeof path, "/proc/%d/task", server_pid);
-    DIR *dir = opendir(path);
-    if (!dir) return -1;
-    long long total = 0;
-    struct dirent *entry;
-    while ((entry = readdir(dir)) != NULL) {
-        if (entry->d_name[0] == '.') continue;
-        char file[384];
-        snprintf(file, sizeof file, "/proc/%d/task/%s/schedstat", server_pid, entry->d_name);
-        FILE *f = fopen(file, "r");
-        if (!f) continue;
-        long long ns;
-        if (fscanf(f, "%lld", &ns) == 1) total += ns;
-        fclose(f);
-    }
-    closedir(dir);
-    return total;
-}
-
-static void cpu_jiffies(long long busy[2], long long total[2]) {
-    busy[0] = busy[1] = total[0] = total[1] = -1;
-    FILE *f = fopen("/proc/stat", "r");
-    if (!f) return;
-    char line[512];
-    while (fgets(line, sizeof line, f)) {
-        int cpu;
-        long long v[8];
-        if (sscanf(line, "cpu%d %lld %lld %lld %lld %lld %lld %lld %lld", &cpu, &v[0], &v[1], &v[2], &v[3],
-                   &v[4], &v[5], &v[6], &v[7]) == 9 && cpu >= 0 && cpu < 2) {
-            long long sum = 0;
-            for (int i = 0; i < 8; i++) sum += v[i];
-            total[cpu] = sum;
-            busy[cpu] = sum - v[3] - v[4];
-        }
-    }
-    fclose(f);
-}
-
-static void boundary(const char *word) {
-    long long busy[2], total[2];
-    long long ns = server_pid ? server_cpu_ns() : -1;
-    cpu_jiffies(busy, total);
-    printf("%s window %lld %lld %lld %lld %lld\n", word, ns, busy[0], total[0], busy[1], total[1]);
-    fflush(stdout);
-}
-
 /* -- script ------------------------------------------------------------------ */
 
-static unsigned char *script;
-static size_t script_len, pos;
-
-static void need(size_t n) {
-    if (script_len - pos < n) fail("script truncated");
-}
-static uint32_t rd32(void) {
-    need(4);
-    unsigned char *p = script + pos;
-    pos += 4;
-    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
-}
-static char *rdstr(void) {
-    need(2);
-    uint16_t n = (uint16_t)((script[pos] << 8) | script[pos + 1]);
-    pos += 2;
-    need(n);
-    char *s = malloc(n + 1);
-    memcpy(s, script + pos, n);
-    s[n] = 0;
-    pos += n;
-    return s;
-}
-
 static void load_script(const char *path, const char *ca) {
-    FILE *f = fopen(path, "rb");
-    if (!f) fail("open script");
-    fseek(f, 0, SEEK_END);
-    script_len = (size_t)ftell(f);
-    fseek(f, 0, SEEK_SET);
-    script = malloc(script_len);
-    if (fread(script, 1, script_len, f) != script_len) fail("read script");
-    fclose(f);
-    need(4);
-    if (memcmp(script, "RSSG", 4) != 0) fail("not a sessgen script");
-    pos = 4;
-    if (rd32() != 1) fail("unknown script version");
+    read_script(path, "RSSG");
     nid = rd32();
     if (nid < 1 || nid > 100000) fail("bad identity count");
     idents = calloc(nid, sizeof(ident_t));
@@ -191,9 +89,9 @@ static void load_script(const char *path, const char *ca) {
         uint32_t len = rd32();
         if (len < 8 || len > 65536) fail("bad request length");
         need(len);
-        idents[i].req = script + pos;
+        idents[i].req = script + script_pos;
         idents[i].req_len = len;
-        pos += len;
+        script_pos += len;
         SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
         if (!ctx) fail("SSL_CTX_new");
         SSL_CTX_set_min_proto_version(ctx, TLS1_3_VERSION);
@@ -216,7 +114,7 @@ static void load_script(const char *path, const char *ca) {
 static void set_events(slot_t *s, unsigned events) {
     if (s->events == events) return;
     struct epoll_event ev = {.events = events, .data.ptr = s};
-    if (epoll_ctl(epfd, s->events ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, s->fd, &ev) < 0) fail("epoll_ctl");
+    if (epoll_ctl(epfd, s->events ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, s->fd, &ev) < 0) die("epoll_ctl");
     s->events = events;
 }
 
@@ -251,7 +149,7 @@ static void finish(slot_t *s, int ok) {
 
 static void start(slot_t *s) {
     s->fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
-    if (s->fd < 0) fail("socket");
+    if (s->fd < 0) die("socket");
     int one = 1;
     setsockopt(s->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     s->inlen = s->sent = 0;
@@ -275,14 +173,6 @@ static void start(slot_t *s) {
     }
     s->state = S_CONNECTING;
     set_events(s, EPOLLOUT);
-}
-
-static size_t data_header_size(int omit) {
-    size_t n = 4;
-    if (!(omit & 1)) n += 4;
-    if (!(omit & 2)) n += 4;
-    if (!(omit & 4)) n += 4;
-    return n;
 }
 
 /* 1: response complete, 0: need more, -1: error */
@@ -401,7 +291,7 @@ int main(int argc, char **argv) {
     addr.sin_port = htons((uint16_t)port);
     if (inet_pton(AF_INET, host, &addr.sin_addr) != 1) fail("bad host");
     epfd = epoll_create1(0);
-    if (epfd < 0) fail("epoll_create1");
+    if (epfd < 0) die("epoll_create1");
     slots = calloc(nslots, sizeof(slot_t));
     printf("READY\n");
     fflush(stdout);
@@ -419,13 +309,13 @@ int main(int argc, char **argv) {
         if (!measuring && !ended && t >= win_start) {
             measuring = 1;
             cpu_s(&user0, &sys0);
-            boundary("START");
+            cpu_boundary("START", "window", server_pid);
         }
         if (measuring && t >= win_end) {
             measuring = 0;
             ended = 1;
             cpu_s(&user1, &sys1);
-            boundary("END");
+            cpu_boundary("END", "window", server_pid);
             stopping = 1;
             break;
         }
@@ -435,7 +325,7 @@ int main(int argc, char **argv) {
         int n = epoll_wait(epfd, events, 256, timeout);
         if (n < 0) {
             if (errno == EINTR) continue;
-            fail("epoll_wait");
+            die("epoll_wait");
         }
         for (int k = 0; k < n; k++) step((slot_t *)events[k].data.ptr);
         if (err_connect)
