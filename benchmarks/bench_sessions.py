@@ -54,7 +54,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from bench_registrar import (  # noqa: E402  (the registrar benchmark's PKI, processes and CPU accounting)
-    BenchPKI, Boundary, Server, busy_fraction, data_chunk, make_pki, response_chunk,
+    BenchPKI, Boundary, Server, _time_calls, busy_fraction, data_chunk, make_pki, response_chunk,
 )
 
 POOL = "bench-pool"
@@ -214,21 +214,6 @@ _STAGES = (
 )
 
 
-def _timed(owner: Any, attribute: str, cell: list[float]) -> None:
-    original = getattr(owner, attribute)
-    clock = time.thread_time
-
-    def timed(*args: Any, **kwargs: Any) -> Any:
-        began = clock()
-        try:
-            return original(*args, **kwargs)
-        finally:
-            cell[0] += clock() - began
-            cell[1] += 1
-
-    setattr(owner, attribute, timed)
-
-
 def _install_window_hooks(stats_path: str, profile_dir: str | None) -> None:
     """SIGUSR1 opens a measured window, SIGUSR2 closes it and appends the
     stages' CPU (and the number of sessions made ready) as a JSON line to
@@ -244,8 +229,7 @@ def _install_window_hooks(stats_path: str, profile_dir: str | None) -> None:
         owner = getattr(module, owner_name) if owner_name else module
         if not hasattr(owner, attribute):  # the registrar changed: time what exists
             continue
-        cells[label] = [0.0, 0]
-        _timed(owner, attribute, cells[label])
+        cells[label] = _time_calls(owner, attribute, time.thread_time)
     if profile_dir:
         Path(profile_dir).mkdir(parents=True, exist_ok=True)
     state: dict[str, Any] = {"profiler": None, "count": 0}
