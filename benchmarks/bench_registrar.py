@@ -15,13 +15,12 @@ opens 50 established TLS connections, each with its own client certificate
 Then, with the same generator, connections, certificates and request and
 response sizes, a minimal Twisted TLS server (``_echo_server.py``) that
 answers with precomputed bytes gives the baseline (``echo``: each answer
-written through Twisted's TLS ``write`` and TCP transport).  The
-registrar's channels encrypt their one answer per read at once instead of
-on Twisted's next-iteration flush (``rserpool.service.channel._direct_writer``)
-and its TLS wrapper sends the records on the socket at once
-(``rserpool.service.tlsfactory``), so the same echo is also run that way
-(``echo_direct``), and the ratios to it are reported too: they compare the
-registrar's work with a transport used alike.  Registrar and baseline runs alternate per repetition.  At the boundaries of each measured window
+written through Twisted's TLS ``write``).  The registrar's channels encrypt
+their one answer per read at once instead of on Twisted's next-iteration
+flush (``rserpool.service.channel._direct_writer``), so the same echo is
+also run writing that way (``echo_direct``), and the ratios to it are
+reported too: they compare the registrar's work with a transport used
+alike.  Registrar and baseline runs alternate per repetition.  At the boundaries of each measured window
 the generator reads the server's CPU time (``/proc/PID/task/*/schedstat``)
 and CPU 0/1 busy time (``/proc/stat``), and its own CPU (``getrusage``), so
 registrar CPU microseconds per request (robust to other load on the
