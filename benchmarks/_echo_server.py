@@ -17,10 +17,8 @@ SPEC holds ``cert``, ``key``, ``ca`` (PEM paths) and ``responses``
 (``{request chunk length: response bytes in hex}``).  With ``"direct_write":
 true`` the answers of one read are written as the registrar's channels write
 them (one write, encrypted at once instead of on Twisted's next-iteration
-flush: ``rserpool.service.channel._direct_writer``) through the registrar's
-TLS wrapper (``rserpool.service.tlsfactory.TLSServerFactory``: TLS records
-sent on the socket at once); without it, each answer goes through Twisted's
-TLS ``write`` and TCP transport as a minimal Twisted server's would.
+flush: ``rserpool.service.channel._direct_writer``); without it, each answer
+goes through Twisted's TLS ``write`` as a minimal Twisted server's would.
 ``"style": "twisted-default"`` (used by ``bench_echo_styles.py``) replaces
 the registrar's TLS settings with Twisted's defaults
 (``PrivateCertificate.options()``: no client certificate requested) and
@@ -127,15 +125,8 @@ def main(argv: list[str]) -> int:
             options: Any = PrivateCertificate.loadPEM(cert.read() + key.read()).options()
     else:
         options = tls.server_options(spec["cert"], spec["key"], [spec["ca"]], require_client_cert=True)
-    direct = bool(spec.get("direct_write"))
-    factory = EchoFactory(responses, direct, no_delay=not twisted_default)
-    if direct:  # the registrar's TLS wrapper (eager sends) as well as its write
-        from rserpool.service.tlsfactory import TLSServerFactory
-
-        wrapper: Any = TLSServerFactory(options, factory)
-    else:
-        wrapper = TLSMemoryBIOFactory(options, False, factory)
-    port = reactor.listenTCP(0, wrapper, interface="127.0.0.1")
+    factory = EchoFactory(responses, bool(spec.get("direct_write")), no_delay=not twisted_default)
+    port = reactor.listenTCP(0, TLSMemoryBIOFactory(options, False, factory), interface="127.0.0.1")
     print(f"READY {port.getHost().port}", flush=True)
     reactor.run()
     return 0

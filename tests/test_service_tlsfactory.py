@@ -79,78 +79,7 @@ class TLSServerFactoryTests(TestCase):
         self.assertEqual(answer, b"re:hello")
         self.assertEqual(stock_answer, b"re:hello")
         self.assertIsInstance(fast, tlsfactory._TLSServerProtocol)
-        self.assertIsNotNone(fast._send_now)  # a real TCP connection: eager sends
         self.assertEqual(set(providedBy(fast)), set(providedBy(stock)))
         self.assertTrue(interfaces.ITCPTransport.providedBy(fast))
         self.assertTrue(interfaces.ISSLTransport.providedBy(fast))
         self.assertIsNotNone(fast.getPeerCertificate.__func__)
-
-
-class _FakeSocket:
-    def __init__(self, take=None, error=None):
-        self.take = take
-        self.error = error
-        self.sent = []
-
-    def send(self, data):
-        if self.error is not None:
-            raise self.error
-        n = len(data) if self.take is None else min(self.take, len(data))
-        self.sent.append(bytes(data[:n]))
-        return n
-
-
-class _FakeTCP:
-    """The attributes of twisted.internet.tcp.Connection that send_eagerly reads."""
-
-    def __init__(self, socket, **state):
-        self.socket = socket
-        self.connected = True
-        self.disconnecting = False
-        self._writeDisconnected = False
-        self.dataBuffer = b""
-        self.offset = 0
-        self._tempDataLen = 0
-        self.producer = None
-        self.TLS = False
-        self.__dict__.update(state)
-        self.written = []
-
-    def write(self, data):
-        self.written.append(bytes(data))
-
-
-class EagerSendTests(TestCase):
-    def test_all_sent_at_once_when_nothing_is_buffered(self):
-        transport = _FakeTCP(_FakeSocket())
-        tlsfactory.send_eagerly(transport, b"record")
-        self.assertEqual(transport.socket.sent, [b"record"])
-        self.assertEqual(transport.written, [])
-
-    def test_what_the_socket_does_not_take_is_buffered_in_order(self):
-        transport = _FakeTCP(_FakeSocket(take=2))
-        tlsfactory.send_eagerly(transport, b"record")
-        self.assertEqual(transport.socket.sent, [b"re"])
-        self.assertEqual(transport.written, [b"cord"])
-
-    def test_a_socket_error_leaves_everything_to_twisted(self):
-        for error in (BlockingIOError(), InterruptedError(), ConnectionResetError()):
-            transport = _FakeTCP(_FakeSocket(error=error))
-            tlsfactory.send_eagerly(transport, b"record")
-            self.assertEqual(transport.written, [b"record"])
-
-    def test_buffered_data_or_a_closing_transport_keeps_the_twisted_path(self):
-        for state in ({"_tempDataLen": 3}, {"dataBuffer": b"abc", "offset": 1}, {"disconnecting": True},
-                      {"connected": False}, {"_writeDisconnected": True}, {"producer": object()},
-                      {"TLS": True}):
-            transport = _FakeTCP(_FakeSocket(), **state)
-            tlsfactory.send_eagerly(transport, b"record")
-            self.assertEqual(transport.socket.sent, [], state)
-            self.assertEqual(transport.written, [b"record"], state)
-        # A buffer written out entirely (offset at its end) is nothing pending.
-        transport = _FakeTCP(_FakeSocket(), dataBuffer=b"abc", offset=3)
-        tlsfactory.send_eagerly(transport, b"record")
-        self.assertEqual(transport.socket.sent, [b"record"])
-
-    def test_only_twisted_tcp_connections_get_an_eager_sender(self):
-        self.assertIsNone(tlsfactory.eager_sender(_FakeTCP(_FakeSocket())))
