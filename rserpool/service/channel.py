@@ -22,12 +22,11 @@ channel stays up.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Protocol as TypingProtocol
+from typing import Any, Protocol as TypingProtocol
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IHandshakeListener, IReactorTime
 from twisted.internet.protocol import Protocol
-from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -105,33 +104,6 @@ def _no_delay(transport: Any) -> None:
         transport = getattr(transport, "transport", None)
 
 
-def _direct_writer(transport: Any) -> Callable[[bytes], None]:
-    """The write a channel uses for its one batched write per read.
-
-    Twisted's TLS transport (``BufferingTLSTransport``) aggregates small
-    writes and encrypts them on the next reactor iteration through a
-    ``callLater(0)``.  A channel already writes once per read, so for that
-    write the aggregation only adds a DelayedCall, two timer-heap operations
-    and a copy per request.  This returns a write that first flushes what the
-    aggregator holds (so bytes keep their order) and then hands the data to
-    the TLS connection at once; on any other transport, or if Twisted's
-    internals are not the ones expected, the transport's own ``write``.
-    Writes made outside ``dataReceived`` (heartbeats, keep-alives) still go
-    through the aggregator.
-    """
-    if not isinstance(transport, BufferingTLSTransport) or not hasattr(transport, "_aggregator"):
-        return transport.write
-    encrypt = TLSMemoryBIOProtocol.write
-
-    def write_now(data: bytes) -> None:
-        aggregator = transport._aggregator
-        if getattr(aggregator, "_buffer", None):
-            aggregator.flush()
-        encrypt(transport, data)
-
-    return write_now
-
-
 @implementer(IHandshakeListener)
 class Channel(Protocol):
     """A TCP-mapping channel carrying ASAP/ENRP messages (and session data)."""
@@ -161,13 +133,11 @@ class Channel(Protocol):
         self._out: list[bytes] | None = None
         self._last_heard = 0.0
         self._on_close: list[Deferred] = []
-        self._write_now: Callable[[bytes], None] = self._write_through
 
     # -- Twisted callbacks ----------------------------------------------------
 
     def connectionMade(self) -> None:
         self.peer = self.transport.getPeer()
-        self._write_now = _direct_writer(self.transport)
         _no_delay(self.transport)
         self._last_heard = self.clock.seconds()
         self._arm_timer()
@@ -230,12 +200,9 @@ class Channel(Protocol):
             if pending:
                 out.append(pending)
             if out:
-                self._write_now(out[0] if len(out) == 1 else b"".join(out))
+                self.transport.write(out[0] if len(out) == 1 else b"".join(out))
         elif pending:  # the batch was flushed early (close or abort)
             self.transport.write(pending)
-
-    def _write_through(self, data: bytes) -> None:
-        self.transport.write(data)
 
     def _flush_batch(self) -> None:
         out = self._out
