@@ -14,11 +14,7 @@ writes each answer and its ACK in one ``write``.
     python benchmarks/_echo_server.py SPEC.json
 
 SPEC holds ``cert``, ``key``, ``ca`` (PEM paths) and ``responses``
-(``{request chunk length: response bytes in hex}``).  With ``"direct_write":
-true`` the answers of one read are written as the registrar's channels write
-them (one write, encrypted at once instead of on Twisted's next-iteration
-flush: ``rserpool.service.channel._direct_writer``); without it, each answer
-goes through Twisted's TLS ``write`` as a minimal Twisted server's would.
+(``{request chunk length: response bytes in hex}``).
 ``"style": "twisted-default"`` (used by ``bench_echo_styles.py``) replaces
 the registrar's TLS settings with Twisted's defaults
 (``PrivateCertificate.options()``: no client certificate requested) and
@@ -43,11 +39,9 @@ _INIT = b"\x01\x00\x00\x04"  # INIT, no fields omitted: what the registrar sends
 class EchoChannel(Protocol):
     """Answers every DATA chunk with the precomputed response for its length."""
 
-    def __init__(self, responses: dict[int, bytes], default: bytes, direct_write: bool,
-                 no_delay: bool = True) -> None:
+    def __init__(self, responses: dict[int, bytes], default: bytes, no_delay: bool = True) -> None:
         self._responses = responses
         self._default = default
-        self._direct_write = direct_write
         self._no_delay = no_delay
         self._buf = b""
         self._first = True
@@ -57,29 +51,12 @@ class EchoChannel(Protocol):
         # the baseline does the same so both are measured alike.
         if self._no_delay and hasattr(self.transport, "setTcpNoDelay"):
             self.transport.setTcpNoDelay(True)
-        if self._direct_write:
-            from rserpool.service.channel import _direct_writer
-
-            direct = _direct_writer(self.transport)
-            self.dataReceived = self._batched(direct)  # type: ignore[method-assign]
-
-    def _batched(self, direct: Any) -> Any:
-        stock = EchoChannel.dataReceived
-
-        def data_received(data: bytes) -> None:
-            out: list[bytes] = []
-            self.transport_write = out.append
-            stock(self, data)
-            if out:
-                direct(out[0] if len(out) == 1 else b"".join(out))
-
-        return data_received
 
     def dataReceived(self, data: bytes) -> None:
         buf = self._buf + data if self._buf else data
         size = len(buf)
         offset = 0
-        write = self.transport_write if self._direct_write else self.transport.write
+        write = self.transport.write
         while size - offset >= 4:
             length = (buf[offset + 2] << 8) | buf[offset + 3]
             if length < 4:
@@ -99,14 +76,13 @@ class EchoChannel(Protocol):
 
 
 class EchoFactory(Factory):
-    def __init__(self, responses: dict[int, bytes], direct_write: bool, no_delay: bool = True) -> None:
+    def __init__(self, responses: dict[int, bytes], no_delay: bool = True) -> None:
         self.responses = responses
         self.default = next(iter(responses.values()))
-        self.direct_write = direct_write
         self.no_delay = no_delay
 
     def buildProtocol(self, addr: Any) -> EchoChannel:
-        return EchoChannel(self.responses, self.default, self.direct_write, self.no_delay)
+        return EchoChannel(self.responses, self.default, self.no_delay)
 
 
 def main(argv: list[str]) -> int:
@@ -125,7 +101,7 @@ def main(argv: list[str]) -> int:
             options: Any = PrivateCertificate.loadPEM(cert.read() + key.read()).options()
     else:
         options = tls.server_options(spec["cert"], spec["key"], [spec["ca"]], require_client_cert=True)
-    factory = EchoFactory(responses, bool(spec.get("direct_write")), no_delay=not twisted_default)
+    factory = EchoFactory(responses, no_delay=not twisted_default)
     port = reactor.listenTCP(0, TLSMemoryBIOFactory(options, False, factory), interface="127.0.0.1")
     print(f"READY {port.getHost().port}", flush=True)
     reactor.run()

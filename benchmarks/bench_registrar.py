@@ -14,13 +14,8 @@ opens 50 established TLS connections, each with its own client certificate
 
 Then, with the same generator, connections, certificates and request and
 response sizes, a minimal Twisted TLS server (``_echo_server.py``) that
-answers with precomputed bytes gives the baseline (``echo``: each answer
-written through Twisted's TLS ``write``).  The registrar's channels encrypt
-their one answer per read at once instead of on Twisted's next-iteration
-flush (``rserpool.service.channel._direct_writer``), so the same echo is
-also run writing that way (``echo_direct``), and the ratios to it are
-reported too: they compare the registrar's work with a transport used
-alike.  Registrar and baseline runs alternate per repetition.  At the boundaries of each measured window
+answers with precomputed bytes gives the baseline.  Registrar and baseline
+runs alternate per repetition.  At the boundaries of each measured window
 the generator reads the server's CPU time (``/proc/PID/task/*/schedstat``)
 and CPU 0/1 busy time (``/proc/stat``), and its own CPU (``getrusage``), so
 registrar CPU microseconds per request (robust to other load on the
@@ -551,20 +546,16 @@ def main(argv: list[str] | None = None) -> int:
         bench_pki = make_pki(directory, conns)
         loadgen = build_loadgen(directory)
         ini = registrar_ini(directory, bench_pki)
-        echo_specs = {}
-        for variant, direct in (("echo", False), ("echo_direct", True)):
-            echo_specs[variant] = directory / f"{variant}.json"
-            echo_specs[variant].write_text(json.dumps({
-                "cert": str(bench_pki.server_cert), "key": str(bench_pki.server_key), "ca": str(bench_pki.ca),
-                "responses": {str(k): v.hex() for k, v in echo_responses().items()},
-                "direct_write": direct,
-            }))
+        echo_spec = directory / "echo.json"
+        echo_spec.write_text(json.dumps({
+            "cert": str(bench_pki.server_cert), "key": str(bench_pki.server_key), "ca": str(bench_pki.ca),
+            "responses": {str(k): v.hex() for k, v in echo_responses().items()},
+        }))
         say(f"registrar benchmark: {conns} TLS connections (one identity each), pool of {conns * per_conn} PEs, "
             f"{reps} repetition(s) of {warmup:.1f} s warm-up + {measure:.1f} s measured per phase; "
             f"server on CPU {SERVER_CPU}, generator on CPU {GENERATOR_CPU}")
-        runs: dict[str, list[dict[str, Any]]] = {
-            "resolve": [], "reregister": [], "echo_resolve": [], "echo_reregister": [],
-            "echo_direct_resolve": [], "echo_direct_reregister": []}
+        runs: dict[str, list[dict[str, Any]]] = {"resolve": [], "reregister": [], "echo_resolve": [],
+                                                 "echo_reregister": []}
         tls_version = "?"
         for rep in range(reps):
             tag = f"#{rep + 1}"
@@ -596,24 +587,23 @@ def main(argv: list[str] | None = None) -> int:
                     run.update(stage_figures(windows[index], run))
                 runs[key].append(run)
 
-            for variant in ("echo", "echo_direct"):
-                script = directory / f"{variant}{rep}.lg"
-                write_script(script, bench_pki, [
-                    resolution_phase(conns, warmup, measure, tag),
-                    reregistration_phase(conns, per_conn, warmup, measure, tag),
-                ])
-                server = Server([sys.executable, str(HERE / "_echo_server.py"), str(echo_specs[variant])],
-                                directory / f"{variant}{rep}.log")
-                try:
-                    _, results = run_generator(loadgen, script, server, bench_pki.ca)
-                finally:
-                    server.stop()
-                for key, result in zip((f"{variant}_resolve", f"{variant}_reregister"), results):
-                    runs[key].append(figures(result))
+            script = directory / f"echo{rep}.lg"
+            write_script(script, bench_pki, [
+                resolution_phase(conns, warmup, measure, tag),
+                reregistration_phase(conns, per_conn, warmup, measure, tag),
+            ])
+            server = Server([sys.executable, str(HERE / "_echo_server.py"), str(echo_spec)],
+                            directory / f"echo{rep}.log")
+            try:
+                _, results = run_generator(loadgen, script, server, bench_pki.ca)
+            finally:
+                server.stop()
+            for key, result in zip(("echo_resolve", "echo_reregister"), results):
+                runs[key].append(figures(result))
 
             for key in runs:
                 run = runs[key][-1]
-                say(f"  {key:22s} {tag}: {run['rate_per_s']:9.0f}/s  server {run['server_us_per_request']:6.1f} "
+                say(f"  {key:16s} {tag}: {run['rate_per_s']:9.0f}/s  server {run['server_us_per_request']:6.1f} "
                     f"us/req (CPU {run['server_cpu_share']:.0%}), generator CPU {run['generator_cpu_share']:.0%}"
                     f", cpu0 busy {run['cpu0_busy']:.0%}, errors {run['errors']}")
 
@@ -643,8 +633,6 @@ def summarize(runs: dict[str, list[dict[str, Any]]], conns: int, per_conn: int, 
     rereg = med("reregister", "rate_per_s")
     echo_res = med("echo_resolve", "rate_per_s")
     echo_rereg = med("echo_reregister", "rate_per_s")
-    direct_res = med("echo_direct_resolve", "rate_per_s")
-    direct_rereg = med("echo_direct_reregister", "rate_per_s")
     us = {kind: med(kind, "server_us_per_request") for kind in runs}
     gen_share = max((med(kind, "generator_cpu_share") or 0.0) for kind in runs)
     summary: dict[str, Any] = {
@@ -669,17 +657,6 @@ def summarize(runs: dict[str, list[dict[str, Any]]], conns: int, per_conn: int, 
         "registrar_transport_us_per_reregistration": rounded(med("reregister", "transport_us_per_request"), 2),
         "cpu_resolution_ratio": ratio(us["echo_resolve"], us["resolve"]),
         "cpu_reregistration_ratio": ratio(us["echo_reregister"], us["reregister"]),
-        # Against an echo that writes as the registrar's channels do (encrypted
-        # within the read, no next-iteration flush): the registrar's own cost
-        # with the transport trick taken out of the comparison.
-        "echo_direct_baseline_per_s": rounded(direct_res, 0),
-        "echo_direct_reregistration_baseline_per_s": rounded(direct_rereg, 0),
-        "echo_direct_us_per_resolution": rounded(us["echo_direct_resolve"], 2),
-        "echo_direct_us_per_reregistration": rounded(us["echo_direct_reregister"], 2),
-        "resolution_ratio_vs_direct_echo": ratio(resolutions, direct_res),
-        "reregistration_ratio_vs_direct_echo": ratio(rereg, direct_rereg),
-        "cpu_resolution_ratio_vs_direct_echo": ratio(us["echo_direct_resolve"], us["resolve"]),
-        "cpu_reregistration_ratio_vs_direct_echo": ratio(us["echo_direct_reregister"], us["reregister"]),
         "server_cpu_share": {kind: rounded(med(kind, "server_cpu_share"), 3) for kind in runs},
         "generator_cpu_share": {kind: rounded(med(kind, "generator_cpu_share"), 3) for kind in runs},
         "generator_us_per_request": {kind: rounded(med(kind, "generator_us_per_request"), 2) for kind in runs},
@@ -729,12 +706,6 @@ def report(s: dict[str, Any]) -> None:
     say(f"  echo baseline       {s['echo_baseline_per_s']:9.0f}/s (resolution sizes), "
         f"{s['echo_reregistration_baseline_per_s']:.0f}/s (registration sizes); "
         f"{s['echo_us_per_resolution']:.1f} / {s['echo_us_per_reregistration']:.1f} us CPU/req")
-    say(f"  echo, direct write  {s['echo_direct_baseline_per_s']:9.0f}/s (resolution sizes), "
-        f"{s['echo_direct_reregistration_baseline_per_s']:.0f}/s (registration sizes); "
-        f"{s['echo_direct_us_per_resolution']:.1f} / {s['echo_direct_us_per_reregistration']:.1f} us CPU/req; "
-        f"registrar ratios to it {s['resolution_ratio_vs_direct_echo']:.2f} / "
-        f"{s['reregistration_ratio_vs_direct_echo']:.2f} (by CPU time "
-        f"{s['cpu_resolution_ratio_vs_direct_echo']:.2f} / {s['cpu_reregistration_ratio_vs_direct_echo']:.2f})")
     if s["registrar_app_us_per_resolution"] is not None:
         say(f"  inside the registrar: own work (Channel.dataReceived and below) "
             f"{s['registrar_app_us_per_resolution']:.1f} / {s['registrar_app_us_per_reregistration']:.1f} us, "
