@@ -1,13 +1,11 @@
 """Is ``bench_registrar.py``'s echo baseline a fair one?
 
-Runs the baseline echo server (``_echo_server.py``) in three styles, one
+Runs the baseline echo server (``_echo_server.py``) in two styles, one
 after the other and repeatedly, with the same C generator, connections and
 message sizes as ``bench_registrar.py``'s resolution phase:
 
 - ``rserpool``: the baseline as ``bench_registrar.py`` runs it (the
   registrar's TLS settings: client certificates required; TCP_NODELAY);
-- ``direct``: the same, writing each read's answers as the registrar's
-  channels do (``echo_direct`` in ``bench_registrar.py``);
 - ``twisted-default``: Twisted's default ``PrivateCertificate.options()``
   (no client certificate requested) and Nagle's algorithm left on, as the
   echo server of ``/work/shared/notes/performance-anchors.md`` was.
@@ -35,7 +33,6 @@ import bench_registrar as br  # noqa: E402
 
 STYLES = {
     "rserpool": {},
-    "direct": {"direct_write": True},
     "twisted-default": {"style": "twisted-default"},
 }
 
