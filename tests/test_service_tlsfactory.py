@@ -1,13 +1,17 @@
 """``TLSServerFactory``: the shortened makeConnection leaves a connection
-exactly as Twisted's does (interfaces, handshake, application protocol)."""
+exactly as Twisted's does (interfaces, handshake, application protocol), and
+the read and flush loops that look before asking OpenSSL deliver and send
+exactly what Twisted's do."""
 
 from __future__ import annotations
 
 import tempfile
+import hashlib
 from pathlib import Path
 
 from twisted.internet import interfaces, reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.error import ConnectionDone
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, wrapClientTLS
 from twisted.internet.protocol import Factory, Protocol
 from twisted.protocols.tls import TLSMemoryBIOFactory
@@ -83,3 +87,118 @@ class TLSServerFactoryTests(TestCase):
         self.assertTrue(interfaces.ITCPTransport.providedBy(fast))
         self.assertTrue(interfaces.ISSLTransport.providedBy(fast))
         self.assertIsNotNone(fast.getPeerCertificate.__func__)
+
+
+class _Collect(Protocol):
+    """Receives everything up to b"END", then answers with the SHA-256 of it,
+    the number of reads it arrived in and 100 KiB (more than one flush of
+    the outgoing BIO can carry), and closes."""
+
+    def connectionMade(self):
+        self.received = bytearray()
+        self.reads = 0
+        self.factory.made.append(self)
+
+    def dataReceived(self, data):
+        self.reads += 1
+        self.received += data
+        if self.received.endswith(b"END"):
+            digest = hashlib.sha256(bytes(self.received)).hexdigest().encode()
+            self.transport.write(digest + b"|" + b"x" * 100_000 + b"|DONE")
+            self.transport.loseConnection()
+
+    def connectionLost(self, reason):
+        self.factory.gone.callback(reason.value)
+
+
+class _Send(Protocol):
+    def connectionMade(self):
+        self.answer = bytearray()
+        # Many small writes (several TLS records in one TCP read), a large one
+        # (more than the 32 KiB one read returns), then the end mark.
+        for index in range(200):
+            self.transport.write(b"%d;" % index)
+        self.transport.write(bytes(range(256)) * 800)
+        self.transport.write(b"END")
+
+    def dataReceived(self, data):
+        self.answer += data
+
+    def connectionLost(self, reason):
+        self.factory.answer.callback(bytes(self.answer))
+
+
+class FastTLSIOTests(TestCase):
+    def setUp(self):
+        self.pki = make_test_pki(Path(tempfile.mkdtemp(prefix="rserpool-tlsio-")))
+
+    def test_the_shortcut_is_in_use_on_this_twisted_and_pyopenssl(self):
+        self.assertTrue(tlsfactory.FAST_TLS_IO)
+
+    @inlineCallbacks
+    def _exchange(self, factory_class):
+        app = Factory.forProtocol(_Collect)
+        app.made = []
+        app.gone = Deferred()
+        server_options = tls.server_options(self.pki.server.cert, self.pki.server.key, [self.pki.ca.cert],
+                                            require_client_cert=False)
+        if factory_class is TLSMemoryBIOFactory:
+            wrapper = TLSMemoryBIOFactory(server_options, False, app)
+        else:
+            wrapper = factory_class(server_options, app)
+        port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(wrapper)
+        self.addCleanup(port.stopListening)
+        client = Factory.forProtocol(_Send)
+        client.answer = Deferred()
+        endpoint = wrapClientTLS(tls.client_options("localhost", [self.pki.ca.cert]),
+                                 TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port))
+        yield endpoint.connect(client)
+        answer = yield client.answer
+        reason = yield app.gone
+        (server,) = app.made
+        return answer, bytes(server.received), server.transport, reason
+
+    @inlineCallbacks
+    def test_delivers_and_sends_what_twisted_does(self):
+        answer, received, fast, _ = yield self._exchange(tlsfactory.TLSServerFactory)
+        stock_answer, stock_received, _, _ = yield self._exchange(TLSMemoryBIOFactory)
+        self.assertIsInstance(fast, tlsfactory._TLSServerProtocol)
+        self.assertEqual(received, stock_received)
+        self.assertTrue(received.startswith(b"0;1;2;") and received.endswith(b"END"))
+        self.assertEqual(len(received), len(b"".join(b"%d;" % i for i in range(200))) + 256 * 800 + 3)
+        self.assertEqual(answer, stock_answer)
+        digest, body, done = answer.split(b"|")
+        self.assertEqual(digest, hashlib.sha256(received).hexdigest().encode())
+        self.assertEqual((len(body), done), (100_000, b"DONE"))
+        # The connection's OpenSSL objects are let go with it.
+        self.assertIsNone(fast._ssl_ptr)
+        self.assertIsNone(fast._from_bio)
+
+    @inlineCallbacks
+    def test_a_clean_close_from_the_client_is_seen_as_twisted_sees_it(self):
+        _, _, _, reason = yield self._serve_and_close(tlsfactory.TLSServerFactory)
+        _, _, _, stock_reason = yield self._serve_and_close(TLSMemoryBIOFactory)
+        self.assertEqual(type(reason), type(stock_reason))
+        self.assertIsInstance(reason, ConnectionDone)
+
+    @inlineCallbacks
+    def _serve_and_close(self, factory_class):
+        app = Factory.forProtocol(_Collect)
+        app.made = []
+        app.gone = Deferred()
+        server_options = tls.server_options(self.pki.server.cert, self.pki.server.key, [self.pki.ca.cert],
+                                            require_client_cert=False)
+        wrapper = (TLSMemoryBIOFactory(server_options, False, app) if factory_class is TLSMemoryBIOFactory
+                   else factory_class(server_options, app))
+        port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(wrapper)
+        self.addCleanup(port.stopListening)
+        client = Factory.forProtocol(_Ask)
+        client.answer = Deferred()
+        endpoint = wrapClientTLS(tls.client_options("localhost", [self.pki.ca.cert]),
+                                 TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port))
+        protocol = yield endpoint.connect(client)
+        # _Ask writes "hello" and waits; close it with a TLS close_notify.
+        protocol.transport.loseConnection()
+        reason = yield app.gone
+        (server,) = app.made
+        return None, bytes(server.received), server.transport, reason
