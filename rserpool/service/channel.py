@@ -31,7 +31,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from rserpool.wire import DEFAULT_LIMITS, Limits, WireError, decode_message
+from rserpool.wire import DEFAULT_LIMITS, DecodeCache, Limits, WireError
 from rserpool.wire.codes import PPID_ASAP, PPID_ENRP
 from rserpool.wire.tcpmap import (
     HeartbeatAckReceived,
@@ -67,7 +67,7 @@ class ChannelHandler(TypingProtocol):
 class ChannelSettings:
     """Timing and limits of a channel; one instance is shared by a factory."""
 
-    __slots__ = ("heartbeat_interval", "dead_after", "limits", "max_chunk_size")
+    __slots__ = ("heartbeat_interval", "dead_after", "limits", "max_chunk_size", "decoder")
 
     def __init__(
         self,
@@ -83,6 +83,9 @@ class ChannelSettings:
         self.limits = limits
         # A DATA chunk holds one message: its header is at most 16 bytes.
         self.max_chunk_size = max_chunk_size or min(0xFFFF, limits.max_message_size + 16)
+        # Shared by every channel of the factory: a re-registration or a
+        # resolution request repeats the bytes of the previous one.
+        self.decoder = DecodeCache(limits)
 
 
 def _no_delay(transport: Any) -> None:
@@ -167,7 +170,7 @@ class Channel(Protocol):
             self.abort()
             return
         handler = self.handler
-        limits = self.settings.limits
+        decode = self.settings.decoder.decode
         # Everything sent while handling this read (the handler's answers,
         # then the mandatory ACKs) goes out in one write, in the same order
         # as separate writes would have put it on the stream.
@@ -179,7 +182,7 @@ class Channel(Protocol):
                     ppid = event.ppid
                     if ppid == PPID_ASAP or ppid == PPID_ENRP:
                         try:
-                            message = decode_message(event.payload, ppid, limits)
+                            message = decode(event.payload, ppid)
                         except WireError as exc:
                             handler.wire_error(self, ppid, exc, now)
                         else:

@@ -24,7 +24,7 @@ from rserpool.wire.params import (
     REGISTRATION_LIFE_INFINITE, Cookie, ErrorCause, OperationError, PeChecksum, PoolElement,
     ServerInformation,
 )
-from rserpool.wire.messages import Message, decode_message, encode_message, error_reply
+from rserpool.wire.messages import DecodeCache, Message, decode_message, encode_message, error_reply
 from rserpool.wire.asap import (
     AsapBusinessCard, AsapCookie, AsapCookieEcho, AsapDeregistration,
     AsapDeregistrationResponse, AsapEndpointKeepAlive, AsapEndpointKeepAliveAck,
@@ -39,7 +39,7 @@ from rserpool.wire.enrp import (
 
 __all__ = [
     "WireError", "Limits", "DEFAULT_LIMITS", "PPID_ASAP", "PPID_ENRP",
-    "decode_message", "encode_message", "error_reply", "Message",
+    "DecodeCache", "decode_message", "encode_message", "error_reply", "Message",
     "IPv4Address", "IPv6Address", "IPAddress",
     "SctpTransport", "TcpTransport", "UdpTransport", "UdpLiteTransport", "DccpTransport",
     "OpaqueTransport", "Transport",

@@ -15,7 +15,7 @@ from rserpool.wire.errors import DEFAULT_LIMITS, Limits, WireError
 from rserpool.wire.params import ErrorCause, OperationError, format_handle
 from rserpool.wire.tlv import Ctx, fast_constructor, invalid, last_padding, new_ctx, walk
 
-__all__ = ["Message", "decode_message", "encode_message", "error_reply", "REGISTRY"]
+__all__ = ["DecodeCache", "Message", "decode_message", "encode_message", "error_reply", "REGISTRY"]
 
 MSG_HDR = struct.Struct("!BBH")
 MAX_MESSAGE = 0xFFFF
@@ -157,6 +157,61 @@ def decode_message(data: bytes, ppid: int, limits: Limits = DEFAULT_LIMITS) -> M
     if ctx.unrecognized:
         object.__setattr__(msg, "unrecognized", ctx.unrecognized)
     return msg
+
+
+class DecodeCache:
+    """``decode_message`` with the results kept by their exact bytes.
+
+    A pool element re-registers with the same bytes every time (same
+    identifier, transports, policy and life) and a pool user asks for the
+    same handle again and again; decoding those again is wasted work.
+    Messages are immutable, and equal bytes under the same PPID and
+    ``limits`` always decode to equal messages, so a kept message is handed
+    out again as it is.
+
+    Bounded: messages of at most ``max_message_size`` bytes are kept, at most
+    ``max_entries`` of them (all are forgotten when that is reached, so bytes
+    chosen by a peer cost at most one dictionary entry each until then).
+    Only messages that decode are kept: bytes that raise ``WireError`` are
+    decoded (and raise) every time.
+    """
+
+    __slots__ = ("limits", "max_entries", "max_message_size", "hits", "misses", "_by_ppid")
+
+    def __init__(self, limits: Limits = DEFAULT_LIMITS, max_entries: int = 4096,
+                 max_message_size: int = 512) -> None:
+        if max_entries < 1 or max_message_size < 4:
+            raise ValueError("max_entries must be >= 1 and max_message_size >= 4")
+        self.limits = limits
+        self.max_entries = max_entries
+        self.max_message_size = max_message_size
+        self.hits = 0
+        self.misses = 0
+        self._by_ppid: dict[int, dict[bytes, Message]] = {ppid: {} for ppid in _BY_PPID}
+
+    def __len__(self) -> int:
+        return sum(len(kept) for kept in self._by_ppid.values())
+
+    def clear(self) -> None:
+        for kept in self._by_ppid.values():
+            kept.clear()
+
+    def decode(self, data: bytes, ppid: int) -> Message:
+        """What ``decode_message(data, ppid, self.limits)`` returns or raises."""
+        kept = self._by_ppid.get(ppid)
+        if kept is None or type(data) is not bytes:
+            return decode_message(data, ppid, self.limits)
+        message = kept.get(data)
+        if message is not None:
+            self.hits += 1
+            return message
+        self.misses += 1
+        message = decode_message(data, ppid, self.limits)
+        if len(data) <= self.max_message_size:
+            if len(kept) >= self.max_entries:
+                self.clear()
+            kept[data] = message
+        return message
 
 
 def _unknown_message(data: bytes, mtype: int, ppid: int) -> Message:
