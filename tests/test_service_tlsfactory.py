@@ -23,6 +23,29 @@ from rserpool.service import tlsfactory
 from tests.tlshelpers import make_test_pki
 
 
+@inlineCallbacks
+def connect_pair(pki, factory_class, server_protocol, client_protocol):
+    """Listen on loopback with ``factory_class`` (``TLSServerFactory`` or
+    Twisted's ``TLSMemoryBIOFactory``) around ``server_protocol`` and connect
+    a TLS client running ``client_protocol``.  Returns (server factory with
+    ``made`` and ``gone``, client factory with ``answer``, client protocol,
+    listening port)."""
+    app = Factory.forProtocol(server_protocol)
+    app.made = []
+    app.gone = Deferred()
+    server_options = tls.server_options(pki.server.cert, pki.server.key, [pki.ca.cert],
+                                        require_client_cert=False)
+    wrapper = (TLSMemoryBIOFactory(server_options, False, app) if factory_class is TLSMemoryBIOFactory
+               else factory_class(server_options, app))
+    port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(wrapper)
+    client = Factory.forProtocol(client_protocol)
+    client.answer = Deferred()
+    endpoint = wrapClientTLS(tls.client_options("localhost", [pki.ca.cert]),
+                             TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port))
+    protocol = yield endpoint.connect(client)
+    return app, client, protocol, port
+
+
 class _Answer(Protocol):
     def connectionMade(self):
         self.factory.made.append(self)
@@ -55,22 +78,8 @@ class TLSServerFactoryTests(TestCase):
 
     @inlineCallbacks
     def _serve(self, factory_class):
-        app = Factory.forProtocol(_Answer)
-        app.made = []
-        app.gone = Deferred()
-        server_options = tls.server_options(self.pki.server.cert, self.pki.server.key, [self.pki.ca.cert],
-                                            require_client_cert=False)
-        if factory_class is TLSMemoryBIOFactory:
-            wrapper = TLSMemoryBIOFactory(server_options, False, app)
-        else:
-            wrapper = factory_class(server_options, app)
-        port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(wrapper)
+        app, client, _, port = yield connect_pair(self.pki, factory_class, _Answer, _Ask)
         self.addCleanup(port.stopListening)
-        client = Factory.forProtocol(_Ask)
-        client.answer = Deferred()
-        endpoint = wrapClientTLS(tls.client_options("localhost", [self.pki.ca.cert]),
-                                 TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port))
-        yield endpoint.connect(client)
         answer = yield client.answer
         yield app.gone
         (protocol,) = app.made
@@ -137,22 +146,8 @@ class FastTLSIOTests(TestCase):
 
     @inlineCallbacks
     def _exchange(self, factory_class):
-        app = Factory.forProtocol(_Collect)
-        app.made = []
-        app.gone = Deferred()
-        server_options = tls.server_options(self.pki.server.cert, self.pki.server.key, [self.pki.ca.cert],
-                                            require_client_cert=False)
-        if factory_class is TLSMemoryBIOFactory:
-            wrapper = TLSMemoryBIOFactory(server_options, False, app)
-        else:
-            wrapper = factory_class(server_options, app)
-        port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(wrapper)
+        app, client, _, port = yield connect_pair(self.pki, factory_class, _Collect, _Send)
         self.addCleanup(port.stopListening)
-        client = Factory.forProtocol(_Send)
-        client.answer = Deferred()
-        endpoint = wrapClientTLS(tls.client_options("localhost", [self.pki.ca.cert]),
-                                 TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port))
-        yield endpoint.connect(client)
         answer = yield client.answer
         reason = yield app.gone
         (server,) = app.made
@@ -183,20 +178,8 @@ class FastTLSIOTests(TestCase):
 
     @inlineCallbacks
     def _serve_and_close(self, factory_class):
-        app = Factory.forProtocol(_Collect)
-        app.made = []
-        app.gone = Deferred()
-        server_options = tls.server_options(self.pki.server.cert, self.pki.server.key, [self.pki.ca.cert],
-                                            require_client_cert=False)
-        wrapper = (TLSMemoryBIOFactory(server_options, False, app) if factory_class is TLSMemoryBIOFactory
-                   else factory_class(server_options, app))
-        port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(wrapper)
+        app, _, protocol, port = yield connect_pair(self.pki, factory_class, _Collect, _Ask)
         self.addCleanup(port.stopListening)
-        client = Factory.forProtocol(_Ask)
-        client.answer = Deferred()
-        endpoint = wrapClientTLS(tls.client_options("localhost", [self.pki.ca.cert]),
-                                 TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port))
-        protocol = yield endpoint.connect(client)
         # _Ask writes "hello" and waits; close it with a TLS close_notify.
         protocol.transport.loseConnection()
         reason = yield app.gone
