@@ -138,8 +138,12 @@ class _TLSServerProtocol(BufferingTLSTransport):
         self._flushSendBIO()
 
     def connectionLost(self, reason: Any) -> None:
+        # Twisted's connectionLost shuts the incoming BIO down and reads until
+        # OpenSSL reports the end, recording what that end was: that last
+        # read goes through Twisted's own loop, never the shortcut.
+        self._ssl_ptr = None
         super().connectionLost(reason)
-        self._ssl_ptr = self._into_bio = self._from_bio = None
+        self._into_bio = self._from_bio = None
 
 
 class TLSServerFactory(TLSMemoryBIOFactory):
