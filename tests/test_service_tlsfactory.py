@@ -9,6 +9,7 @@ import tempfile
 import hashlib
 from pathlib import Path
 
+from hypothesis import given, settings, strategies as st
 from twisted.internet import interfaces, reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.error import ConnectionDone
@@ -185,3 +186,84 @@ class FastTLSIOTests(TestCase):
         reason = yield app.gone
         (server,) = app.made
         return None, bytes(server.received), server.transport, reason
+
+
+class _Record(Protocol):
+    def connectionMade(self):
+        self.received = bytearray()
+
+    def dataReceived(self, data):
+        self.received += data
+
+
+def _in_memory_server(pki, factory_class):
+    """A server protocol of ``factory_class`` on a StringTransport, and a
+    pyOpenSSL client connection that has completed its handshake with it."""
+    from OpenSSL import SSL
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.task import Clock
+    from twisted.internet.testing import StringTransport
+
+    app = Factory.forProtocol(_Record)
+    options = tls.server_options(pki.server.cert, pki.server.key, [pki.ca.cert], require_client_cert=False)
+    wrapper = (TLSMemoryBIOFactory(options, False, app, Clock()) if factory_class is TLSMemoryBIOFactory
+               else factory_class(options, app, Clock()))
+    address = IPv4Address("TCP", "127.0.0.1", 40000)
+    server = wrapper.buildProtocol(address)
+    transport = StringTransport(peerAddress=address)
+    server.makeConnection(transport)
+    context = SSL.Context(SSL.TLS_CLIENT_METHOD)
+    context.set_verify(SSL.VERIFY_NONE)
+    client = SSL.Connection(context, None)
+    client.set_connect_state()
+    for _ in range(10):
+        try:
+            client.do_handshake()
+            done = True
+        except SSL.WantReadError:
+            done = False
+        try:
+            server.dataReceived(client.bio_read(65536))
+        except SSL.WantReadError:
+            pass
+        answer = transport.value()
+        transport.clear()
+        if answer:
+            client.bio_write(answer)
+        if done and server._handshakeDone:
+            return server, client
+    raise AssertionError("the in-memory handshake did not finish")
+
+
+_PIECES = st.lists(st.binary(min_size=1, max_size=20_000), min_size=1, max_size=6)
+
+
+class FastTLSIOSplitTests(TestCase):
+    """Whatever the TCP reads look like (records split anywhere, several in
+    one read), the fast loops deliver the same bytes as Twisted's."""
+
+    def setUp(self):
+        self.pki = make_test_pki(Path(tempfile.mkdtemp(prefix="rserpool-tlssplit-")))
+
+    def test_any_split_of_the_stream_delivers_every_byte(self):
+        pki = self.pki
+
+        @settings(max_examples=40, deadline=None)
+        @given(_PIECES, st.lists(st.integers(1, 40_000), max_size=12))
+        def check(pieces, cuts):
+            results = []
+            for factory_class in (tlsfactory.TLSServerFactory, TLSMemoryBIOFactory):
+                server, client = _in_memory_server(pki, factory_class)
+                stream = bytearray()
+                for piece in pieces:
+                    client.send(piece)
+                    stream += client.bio_read(1 << 20)
+                points = sorted({cut % (len(stream) + 1) for cut in cuts} | {0, len(stream)})
+                for start, end in zip(points, points[1:]):
+                    server.dataReceived(bytes(stream[start:end]))
+                results.append(bytes(server.wrappedProtocol.received))
+            fast, stock = results
+            self.assertEqual(fast, b"".join(pieces))
+            self.assertEqual(fast, stock)
+
+        check()
