@@ -10,20 +10,19 @@ from twisted.internet.task import deferLater
 from twisted.trial import unittest
 
 from rserpool.asap.registrar import RegistrarSettings
-from rserpool.security import tls
 from rserpool.wire import (
-    AsapDeregistration, AsapDeregistrationResponse, AsapEndpointKeepAlive, AsapHandleResolution,
+    AsapDeregistration, AsapDeregistrationResponse, AsapHandleResolution,
     AsapHandleResolutionResponse, AsapRegistration, AsapRegistrationResponse, AsapError,
-    LeastUsedPolicy, WireError,
+    LeastUsedPolicy,
 )
 from rserpool.wire.codes import CAUSE_SECURITY, CAUSE_UNKNOWN_POOL_HANDLE, PPID_ASAP
 from tests.asaphelpers import (
-    AllowAll, RulesFromDict, connect_raw, make_pe, registrar_port, start_registrar,
+    AllowAll, RegistrarClientsMixin, make_pe, start_registrar,
 )
 from tests.tlshelpers import make_test_pki
 
 
-class RegistrarOverTLS(unittest.TestCase):
+class RegistrarOverTLS(RegistrarClientsMixin, unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls._tmp = tempfile.TemporaryDirectory()
@@ -41,19 +40,8 @@ class RegistrarOverTLS(unittest.TestCase):
 
     @defer.inlineCallbacks
     def tearDown(self):
-        for client in self.clients:
-            if client.channel is not None and not client.channel.closed:
-                client.channel.abort()
-                yield client.closed
+        yield self.close_clients()
         yield self.registrar.stopService()
-
-    @defer.inlineCallbacks
-    def connect(self, cert=None):
-        creator = tls.client_options("localhost", [self.pki.ca.cert],
-                                     client_cert=cert.pair if cert is not None else None)
-        client = yield connect_raw(reactor, registrar_port(self.registrar), creator)
-        self.clients.append(client)
-        return client
 
     @defer.inlineCallbacks
     def test_register_resolve_deregister(self):
