@@ -141,6 +141,31 @@ def client_cert(test_pki: Any, name: str) -> CertFiles:
     return CertFiles(cert, key, issued)
 
 
+class StallTicker:
+    """A ``LoopingCall`` every ``interval`` seconds that records the gaps
+    between its ticks: a reactor that never stalled shows many ticks, none
+    far apart.  ``start`` and ``stop`` may be called once each."""
+
+    def __init__(self, interval: float = 0.01) -> None:
+        self.interval = interval
+        self.gaps: list[float] = []
+        self._last = time.monotonic()
+        self._call = task.LoopingCall(self._tick)
+
+    def _tick(self) -> None:
+        now = time.monotonic()
+        self.gaps.append(now - self._last)
+        self._last = now
+
+    def start(self) -> None:
+        self._last = time.monotonic()
+        self._call.start(self.interval)
+
+    def stop(self) -> None:
+        if self._call.running:
+            self._call.stop()
+
+
 class Refusal(NamedTuple):
     """A registration refused while the backend did not answer."""
 
@@ -247,25 +272,17 @@ class BackendRegistrarMixin(RegistrarClientsMixin):
         """``refusal_during_outage`` with the backend paused (SIGSTOP, SIGCONT
         after) and a 10 ms ticker running: the reactor never stalled (more
         than 10 ticks, none more than 0.2 s apart).  A ``Refusal`` with gaps."""
-        gaps: list[float] = []
-        last = [time.monotonic()]
-
-        def tick() -> None:
-            now = time.monotonic()
-            gaps.append(now - last[0])
-            last[0] = now
-
-        ticker = task.LoopingCall(tick)
+        ticker = StallTicker()
         self.backend.pause()
         try:
-            ticker.start(0.01)
+            ticker.start()
             refusal = yield self.refusal_during_outage(cert, pe_id, pu)
             ticker.stop()
         finally:
             self.backend.resume()
-        self.assertGreater(len(gaps), 10)
-        self.assertLess(max(gaps), 0.2)
-        return refusal._replace(gaps=gaps)
+        self.assertGreater(len(ticker.gaps), 10)
+        self.assertLess(max(ticker.gaps), 0.2)
+        return refusal._replace(gaps=ticker.gaps)
 
     def assert_resolutions_kept(self, latencies: list[float]) -> None:
         """Resolutions went on during the outage (10 at least), at their latency."""

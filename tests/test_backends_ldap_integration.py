@@ -32,6 +32,7 @@ from rserpool.security.srp import (
     SrpServerSession,
     make_verifier,
 )
+from tests.aaahelpers import StallTicker
 from tests.conftest import require_tool
 from tests.ldap_fixture import GROUP_BASE, PE_BASE, SERVICE_DN, SERVICE_PASSWORD, SUFFIX, Slapd
 from tests.tlshelpers import TestPKI, make_test_pki
@@ -263,19 +264,11 @@ class LdapAgainstSlapd(unittest.TestCase):
         return defer.ensureDeferred(run())
 
     # ------------------------------------------------------------ failures
-    def _ticker(self) -> tuple[task.LoopingCall, list[float]]:
-        gaps: list[float] = []
-        last = [time.monotonic()]
-
-        def tick() -> None:
-            now = time.monotonic()
-            gaps.append(now - last[0])
-            last[0] = now
-
-        ticker = task.LoopingCall(tick)
-        ticker.start(0.01)
-        self.addCleanup(lambda: ticker.running and ticker.stop())
-        return ticker, gaps
+    def _ticker(self) -> StallTicker:
+        ticker = StallTicker()
+        ticker.start()
+        self.addCleanup(ticker.stop)
+        return ticker
 
     def test_stopped_mid_run_then_recovery(self) -> defer.Deferred:
         own = self.own_slapd("stopped")
@@ -284,7 +277,7 @@ class LdapAgainstSlapd(unittest.TestCase):
         async def run() -> None:
             self.assertIsNotNone(await ldap.srp_verifier("pe1"))  # connection established
             own.stop()
-            ticker, gaps = self._ticker()
+            ticker = self._ticker()
             started = time.monotonic()
             with self.assertRaises(BackendUnavailable):
                 await ldap.srp_verifier("pe1")
@@ -292,7 +285,7 @@ class LdapAgainstSlapd(unittest.TestCase):
             with self.assertRaises(BackendUnavailable):  # a fresh connect is refused too
                 await ldap.groups("pe1")
             ticker.stop()
-            self.assertLess(max(gaps), MAX_STALL)
+            self.assertLess(max(ticker.gaps), MAX_STALL)
             own.start()
             self.assertEqual(await ldap.groups("pe1"), frozenset({"echo", "discard"}))
 
@@ -306,7 +299,7 @@ class LdapAgainstSlapd(unittest.TestCase):
             self.assertIsNotNone(await ldap.srp_verifier("pe1"))
             own.pause()
             try:
-                ticker, gaps = self._ticker()
+                ticker = self._ticker()
                 started = time.monotonic()
                 results = await defer.DeferredList(
                     [ldap.srp_verifier("pe1"), ldap.groups("pe2"), ldap.entry("pe3")],
@@ -321,8 +314,8 @@ class LdapAgainstSlapd(unittest.TestCase):
                 self.assertIn("no answer", str(value.value))
             self.assertGreaterEqual(elapsed, DEADLINE - 0.05)
             self.assertLess(elapsed, DEADLINE + 0.3)
-            self.assertGreater(len(gaps), 50)
-            self.assertLess(max(gaps), MAX_STALL)
+            self.assertGreater(len(ticker.gaps), 50)
+            self.assertLess(max(ticker.gaps), MAX_STALL)
             # recovery once slapd runs again (stuck threads time out and reconnect)
             deadline = time.monotonic() + 10
             while True:

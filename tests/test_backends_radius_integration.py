@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
 from rserpool.backends.radius import (
@@ -27,6 +27,7 @@ from rserpool.backends.radius import (
 )
 from rserpool.backends.radius_authz import RadiusAuthorizer, RadiusChapVerifier
 from rserpool.security.chap import ChapClient, ChapServer, ChapVerdict
+from tests.aaahelpers import StallTicker
 from tests.conftest import require_tool
 from tests.radius_fixture import FreeRadius, free_udp_port
 
@@ -160,28 +161,20 @@ class RadiusAgainstFreeRadius(unittest.TestCase):
         own.start()
         self.addCleanup(own.stop)
         client = self.make_client([own.server])
-        gaps: list[float] = []
-        last = [time.monotonic()]
-
-        def tick() -> None:
-            now = time.monotonic()
-            gaps.append(now - last[0])
-            last[0] = now
-
-        ticker = task.LoopingCall(tick)
+        ticker = StallTicker()
 
         async def run() -> None:
             assert own.process is not None
             os.kill(own.process.pid, signal.SIGSTOP)
             try:
-                ticker.start(0.01)
+                ticker.start()
                 with self.assertRaises(BackendUnavailable):
                     await client.chap_verify(*_fields(chap_request("pe1", b"pe1-secret")))
                 ticker.stop()
             finally:
                 os.kill(own.process.pid, signal.SIGCONT)
-            self.assertGreater(len(gaps), 10)
-            self.assertLess(max(gaps), 0.2)
+            self.assertGreater(len(ticker.gaps), 10)
+            self.assertLess(max(ticker.gaps), 0.2)
             decision = await client.chap_verify(*_fields(chap_request("pe1", b"pe1-secret")))
             self.assertTrue(decision.accepted)
 
