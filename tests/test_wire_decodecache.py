@@ -83,6 +83,16 @@ def test_the_number_of_kept_messages_is_bounded():
     assert cache.misses == 100
 
 
+def test_the_bound_counts_asap_and_enrp_together():
+    enrp = [(ppid, data) for ppid, data in SAMPLES if ppid == PPID_ENRP][:4]
+    asap = [(ppid, data) for ppid, data in SAMPLES if ppid == PPID_ASAP][:4]
+    assert len(enrp) == len(asap) == 4
+    cache = DecodeCache(max_entries=5, max_message_size=1 << 16)
+    for ppid, data in enrp + asap:
+        cache.decode(data, ppid)
+        assert len(cache) <= 5
+
+
 def test_the_cache_applies_its_limits():
     data = AsapHandleResolution(b"x" * 40).encode()
     cache = DecodeCache(Limits(max_message_size=32))

@@ -208,7 +208,7 @@ class DecodeCache:
         self.misses += 1
         message = decode_message(data, ppid, self.limits)
         if len(data) <= self.max_message_size:
-            if len(kept) >= self.max_entries:
+            if len(self) >= self.max_entries:  # ASAP and ENRP together
                 self.clear()
             kept[data] = message
         return message
