@@ -29,7 +29,7 @@ and below) in one read out of eight, about 0.3 us of overhead per read, so
 that the report splits its CPU into its own code and TLS + reactor + kernel
 (the echo baseline runs uninstrumented); ``--breakdown`` times
 every stage (decode, core, handlespace, encode, TCP mapping, timers) at
-about 0.6 us per timed call.  ``--profile DIR`` runs the registrar under
+about 1.5 us per timed call.  ``--profile DIR`` runs the registrar under
 cProfile during the measured windows (slower; only for finding where time
 goes) and writes ``DIR/repN/windowK.prof``.  Needs ``gcc``, OpenSSL
 headers and ``taskset``.
