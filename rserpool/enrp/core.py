@@ -153,6 +153,7 @@ class EnrpCore:
             return out
         sender = message.sender_id
         if link.server_id is None:
+            link.claimed = sender
             try:
                 loser = self.peers.bind(link, sender, now)
             except BindRefused as exc:

@@ -41,6 +41,7 @@ class PeerLink:
     initiator: bool
     opened_at: float
     server_id: int | None = None
+    claimed: int | None = None  # the server ID its first message named
     closed: bool = False
     last_heard: float = 0.0
     probe_deadline: float | None = None
