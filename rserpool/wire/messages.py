@@ -10,10 +10,11 @@ import struct
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, Iterable
 
-from rserpool.wire import codes
-from rserpool.wire.errors import DEFAULT_LIMITS, Limits, WireError
-from rserpool.wire.params import ErrorCause, OperationError, format_handle
-from rserpool.wire.tlv import Ctx, fast_constructor, invalid, last_padding, new_ctx, walk
+from rserpool.fastinit import fast_constructor
+import rserpool.wire.codes as codes
+from rserpool.wire.errors import DEFAULT_LIMITS, ErrorCause, Limits, WireError
+from rserpool.wire.params import OperationError, format_handle
+from rserpool.wire.tlv import Ctx, invalid, last_padding, new_ctx, walk
 
 __all__ = ["DecodeCache", "Message", "decode_message", "encode_message", "error_reply", "REGISTRY"]
 
