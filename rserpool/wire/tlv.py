@@ -96,13 +96,6 @@ def unknown_parameter(data: bytes, pos: int, tend: int, ptype: int, ctx: Ctx) ->
         ctx.unrecognized += (ErrorCause(UNRECOGNIZED_PARAMETER, raw),)
 
 
-def tlv_bytes(data: bytes, start: int) -> bytes:
-    """The TLV starting at ``start`` (without padding), for error reports."""
-    if start + 4 > len(data):
-        return bytes(data[start:])
-    return bytes(data[start:start + U16.unpack_from(data, start + 2)[0]])
-
-
 def frame(ptype: int, value: bytes) -> bytes:
     """A TLV with its value and zero padding."""
     n = 4 + len(value)
