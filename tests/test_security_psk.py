@@ -285,7 +285,7 @@ class RegistrarWithPsk(unittest.TestCase):
     def test_pe_library_registers_with_its_psk(self):
         from ipaddress import IPv4Address
 
-        from rserpool.service.hunt import RegistrarCandidates
+        from rserpool.service.candidates import RegistrarCandidates
         from rserpool.service.pe import PoolElementService
         from rserpool.wire import LeastUsedPolicy, TcpTransport
 

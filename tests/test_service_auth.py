@@ -25,7 +25,7 @@ from rserpool.service.auth import (
     AuthenticationError, PeAuthenticator, RegistrarAuthenticator, channel_binding, read_secret,
 )
 from rserpool.service.channel import Channel, ChannelSettings
-from rserpool.service.hunt import RegistrarCandidates
+from rserpool.service.candidates import RegistrarCandidates
 from rserpool.service.pe import AuthenticationFailedError, PoolElementService
 from rserpool.wire import AsapError, AsapRegistration, LeastUsedPolicy
 from rserpool.wire import TcpTransport, codes

@@ -24,7 +24,7 @@ from rserpool.asap.registrar import RegistrarSettings
 from rserpool.demo.echo_pe import EchoPoolElement, EchoProtocol, echo_pool_element
 from rserpool.security import tls
 from rserpool.service.channel import Channel, ChannelSettings
-from rserpool.service.hunt import RegistrarCandidates
+from rserpool.service.candidates import RegistrarCandidates
 from rserpool.service.pe import (
     PoolElementService, PoolElementStopped, RegistrationFailedError, RegistrationRefusedError,
 )

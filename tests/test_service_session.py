@@ -401,7 +401,7 @@ class SessionWithRegistrar(unittest.TestCase):
     def start_echo_pe(self, name: bytes, identity, key: bytes):
         from rserpool.demo.echo_pe import EchoPoolElement
         from rserpool.demo.echo_session import echo_session_server
-        from rserpool.service.hunt import RegistrarCandidates
+        from rserpool.service.candidates import RegistrarCandidates
 
         server = echo_session_server(reactor, cookie_key=key)
         recorder = _RecordingEcho(server.application, name)
