@@ -1,6 +1,6 @@
 """The handlespace: pools, pool elements and member-selection policies."""
 
-from rserpool.handlespace.handlespace import (
+from rserpool.handlespace.entries import (
     CAUSE_INCONSISTENT_DATA_CONTROL,
     CAUSE_INCONSISTENT_POLICY,
     CAUSE_INCONSISTENT_TRANSPORT,
@@ -18,13 +18,13 @@ from rserpool.handlespace.handlespace import (
     TRANSPORT_UDP_LITE,
     USE_DATA_AND_CONTROL,
     USE_DATA_ONLY,
-    Handlespace,
     HandlespaceError,
     HandlespaceLimits,
     PoolElementEntry,
     PoolInfo,
     Registered,
 )
+from rserpool.handlespace.handlespace import Handlespace
 from rserpool.handlespace.policies import (
     LeastUsedDegradationPolicy,
     LeastUsedPolicy,
