@@ -26,19 +26,23 @@ from rserpool.handlespace.entries import (
 )
 from rserpool.handlespace.handlespace import Handlespace
 from rserpool.handlespace.policies import (
-    LeastUsedDegradationPolicy,
-    LeastUsedPolicy,
-    PriorityLeastUsedPolicy,
-    PriorityPolicy,
-    RandomizedLeastUsedPolicy,
-    RandomPolicy,
-    RoundRobinPolicy,
-    WeightedRandomPolicy,
-    WeightedRoundRobinPolicy,
     is_known_policy_type,
     is_reserved_policy_type,
     make_policy,
     server_policy_type,
+)
+from rserpool.handlespace.random_policies import (
+    RandomizedLeastUsedPolicy,
+    RandomPolicy,
+    WeightedRandomPolicy,
+)
+from rserpool.handlespace.sorted_policies import (
+    LeastUsedDegradationPolicy,
+    LeastUsedPolicy,
+    PriorityLeastUsedPolicy,
+    PriorityPolicy,
+    RoundRobinPolicy,
+    WeightedRoundRobinPolicy,
 )
 from rserpool.handlespace.types import (
     LEAST_USED,
