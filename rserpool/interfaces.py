@@ -38,6 +38,7 @@ __all__ = [
     "IChapVerifier",
     "IGroupSource",
     "IPoolAuthorizer",
+    "IPskKeyStore",
     "IRSerPoolPlugin",
     "ISrpVerifierStore",
     "Identity",
@@ -166,6 +167,14 @@ class ICertificateMapping(Interface):
         ``cryptography.x509.Certificate`` stands for, or ``None`` when the
         mapping does not know it (the caller may then fall back to the
         certificate's own names)."""
+
+
+class IPskKeyStore(Interface):
+    """TLS-PSK keys (RFC 5355 section 4), looked up while OpenSSL waits:
+    the answer must be synchronous."""
+
+    def psk_key(identity):  # type: ignore[no-untyped-def]
+        """The key (``bytes``) of ``identity``, or ``None`` when it has none."""
 
 
 class IGroupSource(Interface):
