@@ -27,7 +27,7 @@ from rserpool.wire import codes
 from rserpool.wire.enrp import encode_identity
 from rserpool.wire.messages import frame_message
 from rserpool.wire.params import encode_pool_handle
-from rserpool.wire.tlv import fast_constructor
+from rserpool.fastinit import fast_constructor
 
 __all__ = ["Serving", "Fetch", "encoded_pe", "next_page"]
 

@@ -9,13 +9,14 @@ import struct
 from dataclasses import dataclass
 from typing import ClassVar
 
-from rserpool.wire import codes
+from rserpool.fastinit import fast_constructor
+import rserpool.wire.codes as codes
 from rserpool.wire.messages import Message, expect, register
 from rserpool.wire.params import (
     OperationError, PeChecksum, PoolElement, ServerInformation, check32, check_tuple,
-    encode_pool_handle,
+    encode_pool_handle, format_handle,
 )
-from rserpool.wire.tlv import DECODERS, Ctx, fast_constructor, frame, invalid, walk
+from rserpool.wire.tlv import DECODERS, Ctx, frame, invalid, malformed, tlv_bytes, walk
 
 __all__ = [
     "MAX_IDENTITY", "check_identity", "encode_identity",
@@ -71,8 +72,7 @@ class _Enrp:
     @classmethod
     def _ids(cls, data: bytes, length: int, size: int = 12) -> tuple:
         if length < size:
-            raise invalid(f"{cls.name} shorter than its {size - 4} bytes of fixed fields",
-                          data[:length])
+            raise malformed(f"{cls.name} shorter than its {size - 4} bytes of fixed fields")
         return _IDS.unpack_from(data, 4)
 
 
@@ -189,7 +189,6 @@ class PoolEntry:
         return self.identities[index] if self.identities else None
 
     def __str__(self) -> str:
-        from rserpool.wire.params import format_handle
         pes = [str(pe) if self.identity_of(i) is None else f"{pe} identity={self.identity_of(i)!r}"
                for i, pe in enumerate(self.pool_elements)]
         return f"{format_handle(self.pool_handle)}: [{', '.join(pes)}]"
@@ -241,7 +240,7 @@ class EnrpHandleTableResponse(_Enrp, Message):
         while i < n:
             if subs[i][0] != H:
                 raise invalid(f"{cls.name}: a pool entry must start with a pool handle",
-                              data[:length])
+                              tlv_bytes(data, subs[i][2]))
             j = i + 1
             pes: list = []
             identities: list = []
@@ -254,9 +253,10 @@ class EnrpHandleTableResponse(_Enrp, Message):
                 else:
                     identities.append(None)
             if not pes:
-                raise invalid(f"{cls.name}: pool entry without a pool element", data[:length])
+                raise malformed(f"{cls.name}: pool entry without a pool element")
             if j < n and subs[j][0] != H:
-                raise invalid(f"{cls.name}: unexpected parameter 0x{subs[j][0]:04x}", data[:length])
+                raise invalid(f"{cls.name}: unexpected parameter 0x{subs[j][0]:04x}",
+                              tlv_bytes(data, subs[j][2]))
             has_identity = any(identity is not None for identity in identities)
             entries.append(_MK_ENTRY(subs[i][1], tuple(pes), tuple(identities) if has_identity else ()))
             i = j
@@ -300,10 +300,10 @@ class EnrpHandleUpdate(_Enrp, Message):
     @classmethod
     def _decode(cls, data: bytes, flags: int, length: int, ctx: Ctx):
         if length < 16:
-            raise invalid(f"{cls.name} shorter than its fixed fields", data[:length])
+            raise malformed(f"{cls.name} shorter than its fixed fields")
         sender, receiver, action, _ = _IDS_ACTION.unpack_from(data, 4)
         if action not in codes.UPDATE_ACTION_NAMES:
-            raise invalid(f"{cls.name}: unknown update action 0x{action:04x}", data[:length])
+            raise malformed(f"{cls.name}: unknown update action 0x{action:04x}")
         subs = walk(data, 16, length, 1, ctx)
         handle, pe, identity = expect(subs, ((H, "1"), (PE, "1"), (ID, "?")), data, length, cls.name)
         return cls._make(sender, receiver, action, handle, pe, identity)
@@ -357,8 +357,7 @@ class _Takeover(_Enrp):
     @classmethod
     def _decode(cls, data: bytes, flags: int, length: int, ctx: Ctx):
         if length < 16:
-            raise invalid(f"{cls.name} shorter than its 12 bytes of fixed fields",
-                          data[:length])
+            raise malformed(f"{cls.name} shorter than its 12 bytes of fixed fields")
         sender, receiver, target = _IDS_TARGET.unpack_from(data, 4)
         subs = walk(data, 16, length, 1, ctx)
         expect(subs, (), data, length, cls.name)
