@@ -35,6 +35,7 @@ class Options(usage.Options):
         ["config", "c", None, "the registrar's ini configuration file (see etc/registrar.ini)"],
         ["server-id", None, None, "ENRP server ID (a non-zero 32-bit number; default: random)"],
         ["state-dir", None, None, "directory for generated state such as the development PKI"],
+        ["log-level", None, "info", "log level: debug, info, warn, error or critical"],
     ]
     optFlags = [
         ["insecure-plaintext", None, "INSECURE: run ASAP without TLS (for protocol debugging only)"],
@@ -56,6 +57,12 @@ class Options(usage.Options):
         self["announce"].append(target)
 
     def postOptions(self) -> None:
+        from rserpool.logs import parse_level
+
+        try:
+            self.log_level = parse_level(self["log-level"])
+        except ValueError as exc:
+            raise usage.UsageError(f"--log-level: {exc}") from None
         try:
             config = load_config(self["config"]) if self["config"] else load_config(text="")
             overrides = []
@@ -361,17 +368,20 @@ def _server_security(tls_conf: Any, cert: str, key: str, cas: Any, reactor: Any)
 
 
 def makeService(options: Options) -> IService:
+    from rserpool.logs import LoggingRoot
+
+    # The root service gives twistd's application the log observer, filtered
+    # at --log-level (rserpool.logs).
+    top = LoggingRoot(options.log_level, getattr(options, "parent", None))
     registrar = build_registrar(options.config)
+    registrar.setServiceParent(top)
     if not options["demo"]:
-        return registrar
-    from twisted.application.service import MultiService
+        return top
     from twisted.internet import reactor
 
     from rserpool.demo.showcase import DemoService
 
     if options.config["tls"]["certificate"]:
         raise usage.UsageError("--demo runs with the development PKI only (leave [tls] certificate empty)")
-    top = MultiService()
-    registrar.setServiceParent(top)
     DemoService(registrar, Path(options.config["registrar"]["state_dir"]) / "pki", reactor).setServiceParent(top)
     return top

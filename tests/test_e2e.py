@@ -319,7 +319,7 @@ rules = {self.dir / "authz.rules"}
         os.kill(victim_proc.pid, signal.SIGSTOP)
         in_flight = session.send(b"message 4")  # goes to the hung PE; must not be lost
         removal = reg1.wait_for(
-            re.compile(rf"PE {victim:08x} left pool b'echo': no ENDPOINT_KEEP_ALIVE_ACK").search, reg1_mark)
+            re.compile(rf"PE {victim:08x} left pool 'echo': no ENDPOINT_KEEP_ALIVE_ACK").search, reg1_mark)
         yield removal
         removed_after = reactor.seconds() - stopped_at
         echo = yield within(in_flight)
@@ -355,7 +355,7 @@ rules = {self.dir / "authz.rules"}
                          [(survivor["pe_id"], survivor["port"])])
         via_pu = yield within(pu.refresh(POOL))  # the PU's own registrar hunt ends at registrar 2
         self.assertEqual([m.pe_id for m in via_pu], [survivor["pe_id"]])
-        yield reg2.wait_for(re.compile(rf"PE {survivor['pe_id']:08x} registered in pool b'echo' by pe").search)
+        yield reg2.wait_for(re.compile(rf"PE {survivor['pe_id']:08x} registered in pool 'echo' by pe").search)
         # The session never depended on the registrar.
         echo = yield within(session.send(b"message 6"))
         self.assertEqual(echo, b"message 6")

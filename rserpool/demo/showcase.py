@@ -131,7 +131,14 @@ class DemoService(MultiService):
                 _log.info("demo: stopping PE {pe_id:08x} (listener and sessions) to show failover",
                           pe_id=pe.pe.pe_id)
                 yield defer.maybeDeferred(pe.stopService)
-                pe.sessions.abort_all()
+                # A planned restart: the sessions end with a clean TLS close
+                # (the PU fails over all the same).
+                closing = []
+                for session in list(pe.sessions.sessions):
+                    if session.channel is not None:
+                        closing.append(session.channel.closed_deferred())
+                        session.close()
+                yield defer.DeferredList(closing)
                 yield pe.start()
                 yield pe.pe.registered()
                 _log.info("demo: PE restarted as {pe_id:08x}", pe_id=pe.pe.pe_id)

@@ -230,7 +230,10 @@ class PoolElementService(Service):
         self._carry_out(self.core.start(self.reactor.seconds()))
 
     def stopService(self) -> defer.Deferred[None]:
-        """Deregister (at most T3), then close the channels."""
+        """Deregister (at most T3), then close the channels cleanly (the
+        registrar's last message acknowledged, a TLS close_notify; a
+        registrar that does not complete the close is aborted after the
+        channel's ``close_timeout``)."""
         super().stopService()
         d = self.deregister()
 
@@ -239,7 +242,7 @@ class PoolElementService(Service):
             self._cancel_timer()
             closing = [channel.closed_deferred() for channel in self.channels]
             for channel in list(self.channels):
-                channel.abort()
+                channel.close()
             for channel in list(self._drop_logs):
                 self._end_drop_log(channel)
             return defer.DeferredList(closing)
@@ -325,8 +328,11 @@ class PoolElementService(Service):
             return
         self.channels.discard(channel)
         if channel is self.core.home:
-            _log.warn("PE {pe_id:08x}: channel to home registrar {peer} closed: {reason}",
-                      pe_id=self.pe_id, peer=channel.peer, reason=reason.getErrorMessage())
+            # Closed by us (deregistered, stopping): expected; by the
+            # registrar or the network: the PE must find another registrar.
+            log = _log.info if channel.closing or self.core.state is PeState.STOPPED else _log.warn
+            log("PE {pe_id:08x}: channel to home registrar {peer} closed: {reason}",
+                pe_id=self.pe_id, peer=channel.peer, reason=reason.getErrorMessage())
             address = _address_of(channel)
             self._avoid = (address,) if address is not None else ()
         self._carry_out(self.core.channel_down(channel, self.reactor.seconds()))

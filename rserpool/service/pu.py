@@ -37,6 +37,7 @@ from rserpool.asap.pu import (
 )
 from rserpool.service.channel import Channel, ChannelSettings
 from rserpool.wire import PoolElement, WireError
+from rserpool.wire.params import format_handle
 
 __all__ = ["PoolUser", "HuntCallable"]
 
@@ -145,8 +146,8 @@ class PoolUser:
             return False
         sent, outputs = self.core.report_unreachable(pool_handle, pe_id, self.reactor.seconds())
         if sent:
-            _log.info("reporting PE {pe_id:08x} of {handle!r} unreachable", pe_id=pe_id,
-                      handle=pool_handle)
+            _log.info("reporting PE {pe_id:08x} of pool {handle} unreachable", pe_id=pe_id,
+                      handle=format_handle(pool_handle))
         self._carry_out(outputs)
         return sent
 

@@ -48,6 +48,7 @@ from rserpool.security.tls import NotTLSError, tls_connection
 from rserpool.service.channel import Channel, ChannelSettings
 from rserpool.service.tlsfactory import TLSServerFactory
 from rserpool.wire import WireError
+from rserpool.wire.params import format_handle
 from rserpool.wire.transports import TcpTransport
 
 __all__ = ["PoolAuthorizer", "RegistrarService", "AnnounceProtocol"]
@@ -440,12 +441,12 @@ class RegistrarService(MultiService):
                 output.session.channel.close()
             elif kind is PoolElementAdded:
                 if output.created:
-                    _log.info("PE {pe_id:08x} registered in pool {handle!r} by {identity}",
-                              pe_id=output.entry.pe_id, handle=output.entry.pool_handle,
+                    _log.info("PE {pe_id:08x} registered in pool {handle} by {identity}",
+                              pe_id=output.entry.pe_id, handle=format_handle(output.entry.pool_handle),
                               identity=output.entry.identity)
             elif kind is PoolElementRemoved:
-                _log.info("PE {pe_id:08x} left pool {handle!r}: {reason}", pe_id=output.entry.pe_id,
-                          handle=output.entry.pool_handle, reason=output.reason)
+                _log.info("PE {pe_id:08x} left pool {handle}: {reason}", pe_id=output.entry.pe_id,
+                          handle=format_handle(output.entry.pool_handle), reason=output.reason)
         self._arm_timer()
 
     def _authorize(self, request: Authorize) -> None:
