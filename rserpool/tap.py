@@ -89,7 +89,7 @@ def _target(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def build_registrar(config: Config, reactor: Any = None) -> Any:
+def build_registrar(config: Config, reactor: Any = None, *, demo: bool = False) -> Any:
     """The RegistrarService described by ``config``."""
     from rserpool.asap.registrar import RegistrarSettings
     from rserpool.handlespace import HandlespaceLimits
@@ -116,9 +116,11 @@ def build_registrar(config: Config, reactor: Any = None) -> Any:
                                        server_names=(tls_conf["server_name"], "localhost", "127.0.0.1", "::1"))
             cert, key = str(paths.server_cert), str(paths.server_key)
             cas = cas or (str(paths.ca_cert),)
-            _log.warn("using the DEVELOPMENT PKI in {directory} (CA {ca}; PE certificate {pe}, PU certificate "
-                      "{pu}); configure [tls] certificate for production", directory=paths.directory,
-                      ca=paths.ca_cert, pe=paths.pe_cert, pu=paths.pu_cert)
+            # A warning, except with --demo, which runs on the development PKI only.
+            (_log.info if demo else _log.warn)(
+                "using the DEVELOPMENT PKI in {directory} (CA {ca}; PE certificate {pe}, PU certificate "
+                "{pu}); configure [tls] certificate for production", directory=paths.directory,
+                ca=paths.ca_cert, pe=paths.pe_cert, pu=paths.pu_cert)
         tls_options, revocation, crl_monitor = _server_security(tls_conf, cert, key, cas, reactor)
     else:
         _log.critical("INSECURE: TLS is disabled by configuration")
@@ -373,7 +375,7 @@ def makeService(options: Options) -> IService:
     # The root service gives twistd's application the log observer, filtered
     # at --log-level (rserpool.logs).
     top = LoggingRoot(options.log_level, getattr(options, "parent", None))
-    registrar = build_registrar(options.config)
+    registrar = build_registrar(options.config, demo=options["demo"])
     registrar.setServiceParent(top)
     if not options["demo"]:
         return top

@@ -95,3 +95,14 @@ def test_a_close_the_peer_does_not_finish_is_aborted(finished):
 def test_close_timeout_must_be_positive():
     with pytest.raises(ValueError):
         ChannelSettings(close_timeout=0)
+
+
+def test_address_text_is_host_and_port_not_a_repr():
+    from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
+
+    from rserpool.service.channel import address_text
+
+    assert address_text(IPv4Address("TCP", "127.0.0.1", 3864)) == "127.0.0.1:3864"
+    assert address_text(IPv6Address("TCP", "::1", 3864)) == "[::1]:3864"
+    assert address_text(None) == "None"
+    assert "UNIXAddress" in address_text(UNIXAddress(b"/tmp/x"))

@@ -47,7 +47,7 @@ from rserpool.wire.tcpmap import (
     TcpMapError,
 )
 
-__all__ = ["Channel", "ChannelHandler", "ChannelSettings"]
+__all__ = ["Channel", "ChannelHandler", "ChannelSettings", "address_text"]
 
 _log = Logger()
 
@@ -98,6 +98,15 @@ class ChannelSettings:
         # Shared by every channel of the factory: a re-registration or a
         # resolution request repeats the bytes of the previous one.
         self.decoder = DecodeCache(limits)
+
+
+def address_text(address: Any) -> str:
+    """An address in a log line: ``host:port`` (``[host]:port`` for IPv6),
+    not the address object's repr."""
+    host, port = getattr(address, "host", None), getattr(address, "port", None)
+    if host is None or port is None:
+        return str(address)
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _no_delay(transport: Any) -> None:
@@ -181,7 +190,8 @@ class Channel(Protocol):
         try:
             events = self.mapping.receive_data(data, now)
         except TcpMapError as exc:
-            _log.warn("closing channel from {peer}: framing error: {error}", peer=self.peer, error=exc)
+            _log.warn("closing channel from {peer}: framing error: {error}",
+                      peer=address_text(self.peer), error=exc)
             self.abort()
             return
         handler = self.handler
@@ -294,7 +304,7 @@ class Channel(Protocol):
         self._close_timer = None
         if not self.closed:
             _log.info("aborting channel to {peer}: the close did not complete in {timeout:g} s",
-                      peer=self.peer, timeout=self.settings.close_timeout)
+                      peer=address_text(self.peer), timeout=self.settings.close_timeout)
             self._abort_transport()
 
     def abort(self) -> None:
@@ -324,7 +334,8 @@ class Channel(Protocol):
         now = self.clock.seconds()
         idle = now - self._last_heard
         if idle >= self.settings.dead_after:
-            _log.info("closing channel to {peer}: nothing heard for {idle:.1f} s", peer=self.peer, idle=idle)
+            _log.info("closing channel to {peer}: nothing heard for {idle:.1f} s",
+                      peer=address_text(self.peer), idle=idle)
             self.abort()
             return
         if idle >= self.settings.heartbeat_interval:
