@@ -134,7 +134,7 @@ class EchoPoolElement(MultiService):
         MultiService.startService(self)
         factory: Factory = _LimitedFactory(self.protocol_factory, self.max_connections)
         if self.server_tls_options is not None:
-            factory = TLSServerFactory(self.server_tls_options, factory)
+            factory = TLSServerFactory(self.server_tls_options, factory, self.reactor)
         else:
             _log.critical("INSECURE: the echo PE listens WITHOUT TLS")
         ip = ipaddress.ip_address(self.host)

@@ -71,12 +71,19 @@ MAX_INT32 = 0x7FFFFFFF
 
 
 class HandlespaceError(Exception):
-    """A refused operation; ``cause`` is the RFC 5354 cause code."""
+    """A refused operation; ``cause`` is the RFC 5354 cause code.
 
-    def __init__(self, cause: int, detail: str) -> None:
+    ``field`` names the registration argument that holds the offending
+    value ("pool_handle", "transport", "registration_life", "policy") when
+    there is one, so that the protocol layer can quote that parameter in an
+    Invalid Values report (RFC 5354 3.12.4); None otherwise.
+    """
+
+    def __init__(self, cause: int, detail: str, field: str | None = None) -> None:
         super().__init__(f"cause 0x{cause:x}: {detail}")
         self.cause = cause
         self.detail = detail
+        self.field = field
 
 
 @dataclass(frozen=True, slots=True)

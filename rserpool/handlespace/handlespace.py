@@ -245,17 +245,19 @@ class Handlespace:
                 return _make_result(entry, False, previous_owner)
         # Validation (cause 0x3) and the handle length limit (0x6).
         if not isinstance(pool_handle, bytes) or not pool_handle:
-            raise HandlespaceError(CAUSE_INVALID_VALUES, "empty or non-bytes pool handle")
+            raise HandlespaceError(CAUSE_INVALID_VALUES, "empty or non-bytes pool handle", "pool_handle")
         if len(pool_handle) > limits.max_pool_handle_length:
             raise HandlespaceError(CAUSE_LACK_OF_RESOURCES, "pool handle too long")
         _check_uint32("pe_id", pe_id)
         _check_uint32("home_server_id", home_server_id)
         if transport_type not in TRANSPORT_TYPES:
-            raise HandlespaceError(CAUSE_INVALID_VALUES, f"unknown transport type 0x{transport_type:x}")
+            raise HandlespaceError(CAUSE_INVALID_VALUES, f"unknown transport type 0x{transport_type:x}",
+                                   "transport")
         if transport_use not in (USE_DATA_ONLY, USE_DATA_AND_CONTROL):
-            raise HandlespaceError(CAUSE_INVALID_VALUES, f"invalid transport use {transport_use}")
+            raise HandlespaceError(CAUSE_INVALID_VALUES, f"invalid transport use {transport_use}", "transport")
         if registration_life != INFINITE_LIFE and not 0 <= registration_life <= MAX_INT32:
-            raise HandlespaceError(CAUSE_INVALID_VALUES, f"invalid registration life {registration_life}")
+            raise HandlespaceError(CAUSE_INVALID_VALUES, f"invalid registration life {registration_life}",
+                                   "registration_life")
         # A finite max_registration_life also bounds an infinite life.
         registration_life_used = registration_life
         if registration_life == INFINITE_LIFE:
@@ -265,7 +267,7 @@ class Handlespace:
             registration_life_used = limits.max_registration_life
 
         if is_reserved_policy_type(settings.policy_type):
-            raise HandlespaceError(CAUSE_INVALID_VALUES, "reserved policy type (RFC 5356 section 7.1)")
+            raise HandlespaceError(CAUSE_INVALID_VALUES, "reserved policy type (RFC 5356 section 7.1)", "policy")
 
         pool = self._pools.get(pool_handle)
         entry = None if pool is None else pool.members.get(pe_id)
@@ -301,7 +303,7 @@ class Handlespace:
             try:
                 policy = self._factory(settings.policy_type)
             except ValueError as exc:
-                raise HandlespaceError(CAUSE_INVALID_VALUES, f"unusable policy: {exc}") from exc
+                raise HandlespaceError(CAUSE_INVALID_VALUES, f"unusable policy: {exc}", "policy") from exc
             pool = _Pool(pool_handle, policy, settings.policy_type, transport_type, transport_use)
             created_pool = True
 

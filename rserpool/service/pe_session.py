@@ -218,5 +218,5 @@ def listen_sessions(
         _log.critical("INSECURE: PU-PE sessions on {where} run WITHOUT TLS", where=description)
         server.tls = False
     else:
-        factory = TLSServerFactory(tls_options, server)
+        factory = TLSServerFactory(tls_options, server, reactor)
     return endpoints.serverFromString(reactor, description).listen(factory)
