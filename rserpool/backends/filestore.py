@@ -18,7 +18,9 @@ starting with ``#`` and blank lines are ignored::
 - An identity's groups are the union of its ``group`` line and the groups
   of its ``cert`` lines.
 - Identities and groups are written the way authorization rules name them:
-  no blanks, ``,`` or ``#``, not ``*``, not starting with ``@``.
+  no blanks, ``,`` or ``#``, not ``*``, not starting with ``@``; identities
+  in canonical form (:func:`rserpool.identity.canonical_identity`: lower
+  case), since every lookup is by the canonical form.
 
 Parsing (:func:`parse_credentials`) is pure and strict: any malformed line
 is an error that names its line number; sizes are bounded.  The shell
@@ -51,6 +53,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from rserpool.errors import BackendUnavailable
+from rserpool.identity import canonical_identity
 from rserpool.interfaces import (
     ICertificateMapping,
     IChapSecretStore,
@@ -150,8 +153,10 @@ def check_identity(name: str) -> str:
         raise FileStoreError(
             f"bad identity {name!r}: no blanks, ',', '#' or control characters, "
             "and not '*' or starting with '@'")
-    if _srp.normalize_text(name, 4 * MAX_NAME_LENGTH, "identity") != name.encode("utf-8"):
-        raise FileStoreError(f"identity {name!r} is not in NFKC normal form")
+    canonical = canonical_identity(name)
+    if canonical != name:
+        raise FileStoreError(f"identity {name!r} is not in canonical form (write {canonical!r}: "
+                             "identities are compared without case, see rserpool.identity)")
     return name
 
 
@@ -541,15 +546,17 @@ class FileStore:
                   chap=len(data.chap), certs=len(data.certs), groups=len(data.groups))
 
     # -- synchronous (rserpool.security.exchange.CredentialStore)
+    # Lookups are by the canonical form of the identity (rserpool.identity).
     def lookup_srp(self, identity: str) -> tuple[bytes, bytes] | None:
-        entry = self.data().srp.get(identity)
+        entry = self.data().srp.get(canonical_identity(identity))  # type: ignore[arg-type]
         return None if entry is None else (entry.salt, entry.verifier)
 
     def lookup_chap_secret(self, identity: str) -> bytes | None:
-        return self.data().chap.get(identity)
+        return self.data().chap.get(canonical_identity(identity))  # type: ignore[arg-type]
 
     def groups_of(self, identity: str) -> frozenset[str]:
-        return self.data().groups_of(identity)
+        name = canonical_identity(identity)
+        return self.data().groups_of(name) if name is not None else frozenset()
 
     def identity_for_certificate(self, certificate: x509.Certificate) -> Identity | None:
         data = self.data()

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 from rserpool.fastinit import fast_constructor
+from rserpool.identity import canonical_identity
 from rserpool.handlespace.policies import is_reserved_policy_type, make_policy
 from rserpool.handlespace.timers import DeadlineQueue
 from rserpool.handlespace.types import PolicySettings, SelectionPolicy
@@ -323,7 +324,8 @@ class Handlespace:
         return None if entry is None else entry.identity
 
     def identity_count(self, identity: str) -> int:
-        return self._identity_counts.get(identity, 0)
+        """PEs bound to ``identity`` (any spelling of it)."""
+        return self._identity_counts.get(canonical_identity(identity) or "", 0)
 
     # -------------------------------------------------------------- ownership
 
@@ -434,6 +436,11 @@ class Handlespace:
                 else:
                     self._expiry.schedule(entry, now + life)  # sets entry.expires_at
                 return _make_registered(entry, False, previous_owner)
+        # Bound and counted in canonical form (rserpool.identity): one owner, one quota.
+        if identity is not None:
+            identity = canonical_identity(identity)
+            if identity is None:
+                raise HandlespaceError(CAUSE_SECURITY, "not a valid identity")
         # Validation (cause 0x3) and the handle length limit (0x6).
         if not isinstance(pool_handle, bytes) or not pool_handle:
             raise HandlespaceError(CAUSE_INVALID_VALUES, "empty or non-bytes pool handle")
@@ -546,7 +553,8 @@ class Handlespace:
         entry = self.get(pool_handle, pe_id)
         if entry is None:
             return None
-        if identity is not None and entry.identity is not None and identity != entry.identity:
+        if (identity is not None and entry.identity is not None and identity != entry.identity
+                and canonical_identity(identity) != entry.identity):
             raise HandlespaceError(CAUSE_SECURITY, "PE identifier bound to another identity")
         self._remove(entry)
         return entry

@@ -49,6 +49,7 @@ from twisted.internet.interfaces import (
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from rserpool.identity import canonical_identity
 from rserpool.security import tls
 
 __all__ = [
@@ -187,6 +188,9 @@ class FilePskStore:
         self._salt = os.urandom(32)
         self._keys: dict[bytes, bytes] = {}
         for identity, key in keys.items():
+            if canonical_identity(identity) != identity:  # the server looks up canonical names
+                raise PskError(f"PSK identity {identity!r} is not in canonical form "
+                               f"(write {canonical_identity(identity)!r}; see rserpool.identity)")
             self._keys[self._index(_valid_identity(identity))] = _valid_key(bytes(key))
 
     def _index(self, identity: str) -> bytes:
@@ -299,7 +303,7 @@ class _ServerCallback:
             raw = self.ffi.string(identity, MAX_IDENTITY_LENGTH + 1)
             name: str | None
             try:
-                name = raw.decode("utf-8") if len(raw) <= MAX_IDENTITY_LENGTH else None
+                name = canonical_identity(raw.decode("utf-8")) if len(raw) <= MAX_IDENTITY_LENGTH else None
             except UnicodeDecodeError:
                 name = None
             key = None
