@@ -165,6 +165,16 @@ def test_bad_identity_fails_without_sending(identity: str) -> None:
     assert writes(reactor) == []
 
 
+def test_user_name_is_the_canonical_identity() -> None:
+    # rserpool.identity: "PE1" and " pe1" are pe1 for the RADIUS server too.
+    client, reactor = make_client()
+    chap(client, " PE1")
+    client.authorize_only("Pe1")
+    assert [decode(data)["User-Name"] for data, _ in writes(reactor)] == [["pe1"], ["pe1"]]
+    failure = result_of(chap(client, "pe\u200b1"))
+    assert failure.check(RadiusError) and len(writes(reactor)) == 2
+
+
 def test_bad_chap_lengths() -> None:
     client, _ = make_client()
     for d in (client.chap_verify("pe1", 7, b"short", RESPONSE),

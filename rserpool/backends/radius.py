@@ -53,6 +53,7 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
 from rserpool.errors import BackendUnavailable
+from rserpool.identity import canonical_identity
 from rserpool.security.chap import CHALLENGE_LEN, RESPONSE_LEN
 
 __all__ = [
@@ -457,6 +458,12 @@ class RadiusClient:
 
     # -- internals
     def _request(self, identity: str, attributes: list[tuple[str, Any]]) -> defer.Deferred[RadiusDecision]:
+        # User-Name is the canonical identity (rserpool.identity), whatever
+        # spelling the caller had: one identity, one answer, one cache entry.
+        canonical = canonical_identity(identity)
+        if canonical is None:
+            return defer.fail(RadiusError("not a valid identity"))
+        identity = canonical
         try:
             encoded = identity.encode("utf-8")
         except (AttributeError, UnicodeEncodeError):

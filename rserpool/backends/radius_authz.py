@@ -26,6 +26,7 @@ from rserpool.backends.radius import (
     parse_servers,
     pool_matches,
 )
+from rserpool.identity import canonical_identity
 from rserpool.interfaces import IChapVerifier, Identity, IPoolAuthorizer
 from rserpool.security.chap import ChapVerdict, VerifyChap
 
@@ -202,6 +203,10 @@ class RadiusAuthorizer:
         return entry[1]
 
     def decision_for(self, identity: str) -> defer.Deferred[RadiusDecision]:
+        canonical = canonical_identity(identity)  # one cache entry per identity, any spelling
+        if canonical is None:
+            return defer.succeed(RadiusDecision(False, identity))
+        identity = canonical
         decision = self.cached(identity)
         if decision is not None:
             return defer.succeed(decision)
