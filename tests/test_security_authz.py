@@ -1,7 +1,7 @@
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from rserpool.security.authz import ACTIONS, Rule, RulesAuthorizer, RulesError, parse_rules
+from rserpool.security.authz import ACTIONS, Rule, RulesAuthorizer, RulesError, parse_rules, pool_matches
 
 RULES = """
 # comment
@@ -92,3 +92,9 @@ def test_decision_cache_is_bounded(monkeypatch):
     for n in range(10):
         assert authorizer.decide(None, (), "resolve", b"pool%d" % n)
     assert len(authorizer._decisions) == 3
+
+
+def test_pool_matches() -> None:
+    assert pool_matches("echo", b"echo") and not pool_matches("echo", b"echo2")
+    assert pool_matches("daytime-*", b"daytime-1") and pool_matches("*", b"\xff")
+    assert not pool_matches("e*", b"\xff") and pool_matches("hex:ff*", b"\xff\x01")

@@ -109,7 +109,7 @@ def test_bad_names_refused(ca: pki.IssuedCertificate) -> None:
     with pytest.raises(pki.CertificateProfileError):
         client(ca, "pe1", uris=["urn:rserpool:pe:\u00e9"])
     control = client(ca, "pe1", uris=["urn:rserpool:pe:a%0Ab"])
-    # URIs are not decoded; the name is canonical (case folded).
+    # URIs are not decoded; the name is normalized (case folded).
     assert identity_from_certificate(control).name == "a%0ab"
     long_policy = IdentityPolicy.create(max_name_length=3)
     with pytest.raises(CertIdentityError):
@@ -118,7 +118,7 @@ def test_bad_names_refused(ca: pki.IssuedCertificate) -> None:
         IdentityPolicy.create(by_subject={"CN=x": "bad\nname"})
 
 
-def test_names_are_canonical(ca: pki.IssuedCertificate) -> None:
+def test_names_are_normalized(ca: pki.IssuedCertificate) -> None:
     # One rule (rserpool.identity): every spelling slapd or a RADIUS server
     # would take for pe1 is pe1 here too.
     for cn in ("PE1", "Pe1", "pe1", "\uff30\uff25\uff11"):

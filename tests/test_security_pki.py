@@ -21,7 +21,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rserpool.security import pki
+from rserpool.security import devpki, pki
 from tests.conftest import require_tool
 
 NOW = dt.datetime(2030, 5, 17, 12, 0, tzinfo=dt.timezone.utc)
@@ -201,3 +201,27 @@ def test_files_round_trip_and_modes(tmp_path: Path, ca: pki.IssuedCertificate) -
     pki.write_private_key(loose, ca.private_key)
     assert stat.S_IMODE(os.stat(loose).st_mode) == 0o600
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+@pytest.mark.integration
+def test_openssl_agrees(tmp_path: Path) -> None:
+    """``openssl verify`` accepts the dev PKI for the right purposes, and honours a CRL."""
+    openssl = require_tool("openssl")
+    now = dt.datetime.now(dt.timezone.utc)
+    paths = devpki.ensure_dev_pki(tmp_path, now=now)
+
+    def verify(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([openssl, "verify", "-CAfile", str(paths.ca_cert), *args],
+                              capture_output=True, text=True, timeout=30)
+
+    assert verify("-purpose", "sslserver", str(paths.server_cert)).returncode == 0
+    assert verify("-purpose", "sslclient", str(paths.server_cert)).returncode == 0
+    assert verify("-purpose", "sslclient", str(paths.pe_cert)).returncode == 0
+    assert verify("-purpose", "sslserver", str(paths.pe_cert)).returncode != 0
+    ca = pki.IssuedCertificate(pki.load_certificate(paths.ca_cert),
+                               pki.load_private_key(paths.ca_key))
+    pe_serial = pki.load_certificate(paths.pe_cert).serial_number
+    crl_path = pki.write_crl(tmp_path / "crl.pem", pki.create_crl(ca, [pe_serial], now))
+    revoked = verify("-crl_check", "-CRLfile", str(crl_path), str(paths.pe_cert))
+    assert revoked.returncode != 0 and "revoked" in revoked.stdout + revoked.stderr
+    assert verify("-crl_check", "-CRLfile", str(crl_path), str(paths.pu_cert)).returncode == 0

@@ -26,8 +26,8 @@ reactor.  See ``docs/ldap.md``.
   host allowed): the registrar talks to the configured URI only, and a
   referral answer makes the lookup fail with :class:`LdapUnavailable`.  Plaintext
   needs ``allow_plaintext=True`` and is logged as a warning.
-- Identities are looked up, cached and returned in canonical form
-  (:func:`rserpool.identity.canonical_identity`), the uid the directory
+- Identities are looked up, cached and returned in normalized form
+  (:func:`rserpool.identity.normalize_identity`), the uid the directory
   answers for a certificate included.
 - Filter values are escaped (RFC 4515) with ldap3's ``escape_filter_chars``;
   filter templates use ``{identity}``, ``{fingerprint}``, ``{subject}`` and
@@ -78,7 +78,7 @@ from rserpool.backends.ldap_schema import (
     text_values,
     valid_identity,
 )
-from rserpool.identity import canonical_identity
+from rserpool.identity import normalize_identity
 from rserpool.interfaces import (
     ICertificateMapping,
     IGroupSource,
@@ -293,7 +293,7 @@ class LdapDirectory(Service):
         if identity is None:
             self._cache.clear()
         else:
-            self._cache._data.pop(("entry", canonical_identity(identity)), None)
+            self._cache._data.pop(("entry", normalize_identity(identity)), None)
 
     @property
     def cache_size(self) -> int:
@@ -462,7 +462,7 @@ class LdapDirectory(Service):
                 raise LdapUnavailable("LDAP: several entries match one certificate "
                                       "(fix the directory or cert_filter)")
             names = text_values(raw_values(entries[0], schema.identity_attribute))
-            name = canonical_identity(names[0]) if len(names) == 1 else None
+            name = normalize_identity(names[0]) if len(names) == 1 else None
             if name is None or not valid_identity(name):
                 raise LdapUnavailable(f"LDAP: the entry for a certificate has no single "
                                       f"usable {schema.identity_attribute}")
@@ -546,11 +546,11 @@ class LdapDirectory(Service):
     def entry(self, identity: str) -> defer.Deferred[LdapEntry | None]:
         """The identity's entry (cached), or None when unknown.
 
-        Looked up (and cached) by the canonical form of ``identity``
+        Looked up (and cached) by the normalized form of ``identity``
         (:mod:`rserpool.identity`): slapd matches ``uid`` without case and
         extra spaces, so every spelling it would take for one entry is that
         one identity here too."""
-        identity = canonical_identity(identity)  # type: ignore[assignment]
+        identity = normalize_identity(identity)  # type: ignore[assignment]
         if identity is None or not valid_identity(identity):
             return defer.succeed(None)
         return self._cached(("entry", identity), lambda value: value is None,

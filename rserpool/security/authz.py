@@ -8,8 +8,8 @@ The embedded authorizer reads a rules file, one rule per line::
     *                   resolve                *
     enrp1               enrp                   *
 
-- *subject* is an identity name (read in canonical form,
-  :func:`rserpool.identity.canonical_identity`: ``PE1`` is ``pe1``), ``@group`` (a group the identity belongs to,
+- *subject* is an identity name (read in normalized form,
+  :func:`rserpool.identity.normalize_identity`: ``PE1`` is ``pe1``), ``@group`` (a group the identity belongs to,
   e.g. from a certificate mapping, LDAP or RADIUS), or ``*`` (any
   authenticated identity; for ``resolve`` also an anonymous pool user).
 - *actions*: ``register``, ``deregister``, ``resolve``, ``enrp`` (act as an
@@ -31,9 +31,11 @@ import re
 from dataclasses import dataclass
 from typing import Iterable
 
-from rserpool.identity import canonical_identity
+from rserpool.identity import normalize_identity
 
-__all__ = ["ACTIONS", "Rule", "RulesError", "RulesAuthorizer", "parse_rules", "load_rules"]
+__all__ = [
+    "ACTIONS", "Rule", "RulesError", "RulesAuthorizer", "parse_rules", "load_rules", "pool_matches",
+]
 
 ACTIONS = frozenset({"register", "deregister", "resolve", "enrp"})
 _MAX_RULES = 100_000
@@ -63,10 +65,13 @@ class Rule:
                 return False
         elif subject != identity:
             return False
-        return any(_match(pattern, handle) for pattern in self.patterns)
+        return any(pool_matches(pattern, handle) for pattern in self.patterns)
 
 
-def _match(pattern: str, handle: bytes) -> bool:
+def pool_matches(pattern: str, handle: bytes) -> bool:
+    """Shell-glob match of a pool handle (UTF-8, case-sensitive), or
+    ``hex:`` over its lower-case hex; ``*`` matches every handle.  The one
+    pool pattern rule of the rules file and the RADIUS and LDAP backends."""
     if pattern == "*":
         return True
     if pattern.startswith("hex:"):
@@ -97,7 +102,7 @@ def parse_rules(text: str, source: str = "<rules>") -> tuple[Rule, ...]:
         if not _NAME.match(subject):
             raise RulesError(f"{source}:{number}: bad subject {subject!r}")
         if subject != "*" and not subject.startswith("@"):
-            canonical = canonical_identity(subject)
+            canonical = normalize_identity(subject)
             if canonical is None:
                 raise RulesError(f"{source}:{number}: bad subject {subject!r}")
             subject = canonical
@@ -184,9 +189,9 @@ class RulesAuthorizer:
         answer = False
         rules = self.rules
         if identity is not None:
-            # Rules name canonical identities; so is the one asked about (no
+            # Rules name normalized identities; so is the one asked about (no
             # spelling of a name escapes its rules or reaches another's).
-            identity = canonical_identity(identity)
+            identity = normalize_identity(identity)
             if identity is None:
                 return False
         for number in self._candidates(identity, group_set, action):

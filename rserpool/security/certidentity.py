@@ -21,7 +21,7 @@ Sources, tried in the order configured by :class:`IdentityPolicy`:
 
 A source with more than one distinct candidate is ambiguous and raises
 :class:`CertIdentityError` rather than picking one silently.  The name is
-returned in canonical form (:func:`rserpool.identity.canonical_identity`:
+returned in normalized form (:func:`rserpool.identity.normalize_identity`:
 ``CN=PE1`` is the identity ``pe1``), as are the names of the mapping tables.
 """
 
@@ -37,7 +37,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
-from rserpool.identity import canonical_identity
+from rserpool.identity import normalize_identity
 
 __all__ = [
     "DEFAULT_POLICY",
@@ -149,10 +149,10 @@ def _normalize_subject(text: str) -> str:
 
 
 def _check_name(name: str, max_length: int) -> str:
-    """The canonical form of ``name`` (:func:`rserpool.identity.canonical_identity`)."""
+    """The normalized form of ``name`` (:func:`rserpool.identity.normalize_identity`)."""
     if not name or len(name) > max_length:
         raise CertIdentityError(f"identity must be 1-{max_length} characters")
-    canonical = canonical_identity(name)
+    canonical = normalize_identity(name)
     if canonical is None or len(canonical) > max_length:
         raise CertIdentityError("identity contains control or invisible characters, or is blank")
     return canonical
@@ -167,7 +167,7 @@ def _sans(cert: x509.Certificate) -> x509.SubjectAlternativeName | None:
 
 def _single(candidates: list[str], what: str) -> str | None:
     # Two spellings of one identity ("PE1", "pe1") are one candidate.
-    distinct = sorted({canonical_identity(c) or c for c in candidates})
+    distinct = sorted({normalize_identity(c) or c for c in candidates})
     if not distinct:
         return None
     if len(distinct) > 1:

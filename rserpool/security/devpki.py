@@ -1,8 +1,10 @@
-"""The development PKI: a CA, registrar, PE and PU certificates and the CA's CRL.
+"""The development PKI: a CA plus registrar, PE and PU certificates and the
+CA's CRL kept in one directory, created once and reused (``rserpool.tap``
+uses it when no certificate is configured; tests use it too).
 
-:func:`ensure_dev_pki` creates them once in a directory (``state_dir/pki``
-of ``etc/registrar.ini``) and reuses them later, re-issuing what is missing
-or about to expire.  The certificate profiles are :mod:`rserpool.security.pki`'s.
+:func:`ensure_dev_pki` is the one convenience that touches the file system
+and reads the clock (only when ``now`` is omitted).  The certificates are
+built by :mod:`rserpool.security.pki`.
 
 The CRL (``crl.pem``) makes a registrar started on the development PKI
 (``etc/registrar.ini``, ``scripts/run``) check revocation from the first
@@ -14,22 +16,37 @@ same revoked serials and a higher CRL number, when it has less than
 :data:`DEV_CRL_REFRESH` left (the CRL monitor calls it on every check), so a
 registrar that runs for weeks never holds an expired CRL, which OpenSSL
 would answer by refusing every client certificate.
-
-Pure apart from the file reads and writes; the clock is read only when
-``ensure_dev_pki`` gets no ``now``.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
 
-from rserpool.security import pki
+from rserpool.security.pki import (
+    CertificateProfileError,
+    IssuedCertificate,
+    KeyType,
+    PathLike,
+    DEFAULT_BACKDATE,
+    as_utc,
+    create_ca,
+    create_client_certificate,
+    create_crl,
+    create_server_certificate,
+    general_name,
+    load_certificate,
+    load_crl,
+    load_private_key,
+    subject_alt_names,
+    write_certificate,
+    write_crl,
+    write_private_key,
+)
 
 __all__ = ["DEV_CRL_LIFETIME", "DEV_CRL_NAME", "DEV_CRL_REFRESH", "DevPKIPaths", "ensure_dev_crl",
            "ensure_dev_pki", "load_dev_ca", "revoke_dev_certificate"]
@@ -40,12 +57,6 @@ DEV_CRL_NAME = "crl.pem"
 DEV_CRL_LIFETIME = _dt.timedelta(days=30)
 #: A development CRL with less than this left is re-signed.
 DEV_CRL_REFRESH = _dt.timedelta(days=10)
-
-
-def _utc(moment: _dt.datetime) -> _dt.datetime:
-    if moment.tzinfo is None:
-        raise pki.CertificateProfileError("datetimes must be timezone-aware (UTC)")
-    return moment.astimezone(_dt.timezone.utc)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,34 +96,26 @@ def _usable(cert_path: Path, key_path: Path, now: _dt.datetime, margin: _dt.time
     if not (cert_path.is_file() and key_path.is_file()):
         return False
     try:
-        cert = pki.load_certificate(cert_path)
-        pki.load_private_key(key_path)
-    except (ValueError, pki.CertificateProfileError):
+        cert = load_certificate(cert_path)
+        load_private_key(key_path)
+    except (ValueError, CertificateProfileError):
         return False
     return cert.not_valid_before_utc <= now and now + margin < cert.not_valid_after_utc
 
 
-def _san_key(name: str) -> str:
-    try:
-        return str(ipaddress.ip_address(name))
-    except ValueError:
-        return name
-
-
 def _server_covers(cert_path: Path, names: Sequence[str]) -> bool:
-    have = {_san_key(str(san.value)) for san in pki.subject_alt_names(pki.load_certificate(cert_path))
-            if isinstance(san, (x509.DNSName, x509.IPAddress))}
-    return {_san_key(n) for n in names} <= have
+    wanted = {general_name(n) for n in names}
+    return wanted <= set(subject_alt_names(load_certificate(cert_path)))
 
 
 def ensure_dev_pki(
-    directory: pki.PathLike,
+    directory: PathLike,
     server_names: Sequence[str] = ("localhost", "127.0.0.1", "::1"),
     *,
     now: _dt.datetime | None = None,
     pe_name: str = "pe1",
     pu_name: str = "pu1",
-    key_type: pki.KeyType = "ec",
+    key_type: KeyType = "ec",
 ) -> DevPKIPaths:
     """Create a development CA plus registrar, PE and PU certificates and the CA's
     CRL once, reuse them later.
@@ -122,10 +125,10 @@ def ensure_dev_pki(
     not cover ``server_names``; creates a new CA (and so new leaves) only when
     the CA itself is unusable; re-signs the CA's CRL ``crl.pem`` (keeping its
     revocations) when it is missing or close to its nextUpdate
-    (:func:`ensure_dev_crl`).  The directory is created with mode 0700
-    and keys are written with mode 0600.  ``now`` defaults to the current time.
+    (:func:`ensure_dev_crl`).  The directory is created with mode 0700 and
+    keys are written with mode 0600.  ``now`` defaults to the current time.
     """
-    moment = _utc(now) if now is not None else _dt.datetime.now(_dt.timezone.utc)
+    moment = as_utc(now) if now is not None else _dt.datetime.now(_dt.timezone.utc)
     root = Path(directory)
     root.mkdir(mode=0o700, parents=True, exist_ok=True)
     paths = DevPKIPaths.in_directory(root)
@@ -133,17 +136,17 @@ def ensure_dev_pki(
     created = False
 
     if _usable(paths.ca_cert, paths.ca_key, moment, _dt.timedelta(days=30)):
-        ca = pki.IssuedCertificate(pki.load_certificate(paths.ca_cert), pki.load_private_key(paths.ca_key))
+        ca = IssuedCertificate(load_certificate(paths.ca_cert), load_private_key(paths.ca_key))
     else:
-        ca = pki.create_ca("rserpool development CA", moment, key_type=key_type)
-        pki.write_private_key(paths.ca_key, ca.private_key)
-        pki.write_certificate(paths.ca_cert, ca.certificate)
+        ca = create_ca("rserpool development CA", moment, key_type=key_type)
+        write_private_key(paths.ca_key, ca.private_key)
+        write_certificate(paths.ca_cert, ca.certificate)
         for stale in (paths.server_cert, paths.pe_cert, paths.pu_cert):
             stale.unlink(missing_ok=True)
         created = True
 
     def issued_by_ca(cert_path: Path) -> bool:
-        cert = pki.load_certificate(cert_path)
+        cert = load_certificate(cert_path)
         return cert.issuer == ca.certificate.subject and (
             _aki(cert) == _ski(ca.certificate)
         )
@@ -154,18 +157,18 @@ def ensure_dev_pki(
     if needs(paths.server_cert, paths.server_key) or not _server_covers(
         paths.server_cert, server_names
     ):
-        leaf = pki.create_server_certificate(ca, list(server_names), moment, key_type=key_type)
-        pki.write_private_key(paths.server_key, leaf.private_key)
-        pki.write_certificate(paths.server_cert, leaf.certificate)
+        leaf = create_server_certificate(ca, list(server_names), moment, key_type=key_type)
+        write_private_key(paths.server_key, leaf.private_key)
+        write_certificate(paths.server_cert, leaf.certificate)
         created = True
     for name, role, cert_path, key_path in (
         (pe_name, "pe", paths.pe_cert, paths.pe_key),
         (pu_name, "pu", paths.pu_cert, paths.pu_key),
     ):
         if needs(cert_path, key_path):
-            leaf = pki.create_client_certificate(ca, name, moment, role=role, key_type=key_type)
-            pki.write_private_key(key_path, leaf.private_key)
-            pki.write_certificate(cert_path, leaf.certificate)
+            leaf = create_client_certificate(ca, name, moment, role=role, key_type=key_type)
+            write_private_key(key_path, leaf.private_key)
+            write_certificate(cert_path, leaf.certificate)
             created = True
     created = ensure_dev_crl(root, ca, moment)[1] or created
     return DevPKIPaths.in_directory(root, created=created)
@@ -189,17 +192,17 @@ def _aki(cert: x509.Certificate) -> bytes | None:
 # --- the CRL ---------------------------------------------------------------------
 
 
-def load_dev_ca(directory: str | Path) -> pki.IssuedCertificate:
+def load_dev_ca(directory: str | Path) -> IssuedCertificate:
     """The development CA (certificate and key) in ``directory``."""
     root = Path(directory)
-    return pki.IssuedCertificate(pki.load_certificate(root / "ca.pem"),
-                                 pki.load_private_key(root / "ca.key"))
+    return IssuedCertificate(load_certificate(root / "ca.pem"),
+                                 load_private_key(root / "ca.key"))
 
 
-def _current(path: Path, ca: pki.IssuedCertificate) -> x509.CertificateRevocationList | None:
+def _current(path: Path, ca: IssuedCertificate) -> x509.CertificateRevocationList | None:
     """The CRL at ``path`` if it is readable and signed by ``ca``."""
     try:
-        crl = pki.load_crl(path)
+        crl = load_crl(path)
     except (OSError, ValueError):
         return None
     if crl.issuer != ca.certificate.subject:
@@ -216,7 +219,7 @@ def _number(crl: x509.CertificateRevocationList) -> int:
         return 0
 
 
-def ensure_dev_crl(directory: str | Path, ca: pki.IssuedCertificate, now: _dt.datetime,
+def ensure_dev_crl(directory: str | Path, ca: IssuedCertificate, now: _dt.datetime,
                    revoke: Iterable[int] = ()) -> tuple[Path, bool]:
     """Make ``directory/crl.pem`` a current CRL of ``ca``; returns (path, re-issued?).
 
@@ -226,7 +229,7 @@ def ensure_dev_crl(directory: str | Path, ca: pki.IssuedCertificate, now: _dt.da
     serial it does not list yet.  Serials it already lists stay listed.
     """
     path = Path(directory) / DEV_CRL_NAME
-    moment = _utc(now)
+    moment = as_utc(now)
     current = _current(path, ca)
     listed: dict[int, _dt.datetime] = {}
     number = 0
@@ -236,13 +239,13 @@ def ensure_dev_crl(directory: str | Path, ca: pki.IssuedCertificate, now: _dt.da
     wanted = [serial for serial in revoke if serial not in listed]
     fresh = (current is not None and current.next_update_utc is not None
              and current.next_update_utc - moment >= DEV_CRL_REFRESH
-             and current.last_update_utc <= moment + pki.DEFAULT_BACKDATE)
+             and current.last_update_utc <= moment + DEFAULT_BACKDATE)
     if fresh and not wanted:
         return path, False
     entries: list[int | tuple[int, _dt.datetime]] = list(listed.items())
     entries += wanted
-    crl = pki.create_crl(ca, entries, moment, next_update=DEV_CRL_LIFETIME, crl_number=number + 1)
-    pki.write_crl(path, crl)
+    crl = create_crl(ca, entries, moment, next_update=DEV_CRL_LIFETIME, crl_number=number + 1)
+    write_crl(path, crl)
     return path, True
 
 

@@ -31,7 +31,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Protocol
 
-from rserpool.identity import canonical_identity as normalize_identity
+from rserpool.identity import normalize_identity
 from rserpool.security import chap as _chap
 from rserpool.security import srp as _srp
 

@@ -2,9 +2,8 @@
 
 Everything here is pure apart from the explicit file helpers: no Twisted, no
 hidden clock reads (every builder takes ``now``), randomness only for keys and
-default serial numbers.  The development PKI built from these profiles (CA,
-registrar, PE and PU certificates and the CA's CRL, created once in a
-directory) is :mod:`rserpool.security.devpki`.
+default serial numbers.  The development PKI kept in a directory
+(``ensure_dev_pki``) is :mod:`rserpool.security.devpki`.
 
 Certificate profiles:
 
@@ -42,11 +41,13 @@ __all__ = [
     "IssuedCertificate",
     "KeyType",
     "PrivateKey",
+    "as_utc",
     "create_ca",
     "create_client_certificate",
     "create_crl",
     "create_ocsp_responder_certificate",
     "create_server_certificate",
+    "general_name",
     "generate_private_key",
     "load_certificate",
     "load_certificates",
@@ -109,7 +110,7 @@ def generate_private_key(key_type: KeyType = "ec", rsa_bits: int = 3072) -> Priv
     raise CertificateProfileError(f"unknown key type {key_type!r}")
 
 
-def _utc(moment: _dt.datetime) -> _dt.datetime:
+def as_utc(moment: _dt.datetime) -> _dt.datetime:
     if moment.tzinfo is None:
         raise CertificateProfileError("datetimes must be timezone-aware (UTC)")
     return moment.astimezone(_dt.timezone.utc)
@@ -121,8 +122,8 @@ def _window(
     not_before: _dt.datetime | None,
     not_after: _dt.datetime | None,
 ) -> tuple[_dt.datetime, _dt.datetime]:
-    start = _utc(not_before) if not_before is not None else _utc(now) - DEFAULT_BACKDATE
-    end = _utc(not_after) if not_after is not None else _utc(now) + _dt.timedelta(days=days)
+    start = as_utc(not_before) if not_before is not None else as_utc(now) - DEFAULT_BACKDATE
+    end = as_utc(not_after) if not_after is not None else as_utc(now) + _dt.timedelta(days=days)
     if end <= start:
         raise CertificateProfileError("not_after must be later than not_before")
     return start, end
@@ -153,7 +154,7 @@ def _key_usage(key: PrivateKey, *, ca: bool = False) -> x509.KeyUsage:
     )
 
 
-def _general_name(name: str) -> x509.GeneralName:
+def general_name(name: str) -> x509.GeneralName:
     try:
         return x509.IPAddress(ipaddress.ip_address(name))
     except ValueError:
@@ -289,7 +290,7 @@ def create_server_certificate(
     """
     if not names:
         raise CertificateProfileError("a server certificate needs at least one name")
-    sans = [_general_name(n) for n in names]
+    sans = [general_name(n) for n in names]
     key = key if key is not None else generate_private_key(key_type)
     window = _window(now, days, not_before, not_after)
     cn = common_name if common_name is not None else names[0]
@@ -335,7 +336,7 @@ def create_client_certificate(
     uri_list = list(uris) if uris is not None else [f"urn:rserpool:{role}:{name}"]
     try:
         sans: list[x509.GeneralName] = [x509.UniformResourceIdentifier(u) for u in uri_list]
-        sans += [_general_name(d) for d in dns_names]
+        sans += [general_name(d) for d in dns_names]
         sans += [x509.RFC822Name(e) for e in emails]
     except ValueError as exc:  # non-ASCII URI or e-mail address
         raise CertificateProfileError(str(exc)) from exc
@@ -397,7 +398,7 @@ def create_crl(
     """
     if crl_number < 0:
         raise CertificateProfileError("CRL number must not be negative")
-    this_update = _utc(now)
+    this_update = as_utc(now)
     builder = (
         x509.CertificateRevocationListBuilder()
         .issuer_name(ca.certificate.subject)
@@ -420,7 +421,7 @@ def create_crl(
         entry = (
             x509.RevokedCertificateBuilder()
             .serial_number(serial)
-            .revocation_date(_utc(when))
+            .revocation_date(as_utc(when))
         )
         if reason is not None:
             entry = entry.add_extension(x509.CRLReason(reason), critical=False)
