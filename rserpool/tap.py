@@ -101,7 +101,7 @@ def build_registrar(config: Config, reactor: Any = None) -> Any:
     registrar, tls_conf, asap, security = config["registrar"], config["tls"], config["asap"], config["security"]
     server_id = registrar["server_id"] or (secrets.randbits(32) or 1)
 
-    tls_options = revocation = crl_monitor = None
+    tls_options = revocation = crl_monitor = tls_files = dev_pki = None
     if tls_conf["enabled"]:
         cert, key, cas = tls_conf["certificate"], tls_conf["private_key"], tls_conf["ca_certificates"]
         if not cert:
@@ -109,10 +109,12 @@ def build_registrar(config: Config, reactor: Any = None) -> Any:
                                        server_names=(tls_conf["server_name"], "localhost", "127.0.0.1", "::1"))
             cert, key = str(paths.server_cert), str(paths.server_key)
             cas = cas or (str(paths.ca_cert),)
+            dev_pki = paths.directory
             _log.warn("using the DEVELOPMENT PKI in {directory} (CA {ca}; PE certificate {pe}, PU certificate "
                       "{pu}); configure [tls] certificate for production", directory=paths.directory,
                       ca=paths.ca_cert, pe=paths.pe_cert, pu=paths.pu_cert)
         tls_options, revocation, crl_monitor = _server_security(tls_conf, cert, key, cas, reactor)
+        tls_files = (cert, key, cas)
     else:
         _log.critical("INSECURE: TLS is disabled by configuration")
 
@@ -214,7 +216,50 @@ def build_registrar(config: Config, reactor: Any = None) -> Any:
         # A plugin with resources (a RADIUS socket, a thread pool) starts and
         # stops with the registrar.
         authorizer.setServiceParent(service)
+    if config["admin"]["listen"]:
+        _admin_service(config, service, tls_files, dev_pki, reactor).setServiceParent(service)
     return service
+
+
+def _admin_service(config: Config, registrar: Any, tls_files: Any, dev_pki: Any, reactor: Any) -> Any:
+    """The HTTPS admin endpoint of ``[admin]`` (docs/operations.md)."""
+    from rserpool.admin import AdminAccess, AdminService, AdminSettings, TokenError, load_token
+    from rserpool.admin.access import certificate_identity_of
+    from rserpool.security import tls
+
+    admin, tls_conf = config["admin"], config["tls"]
+    if tls_files is None:
+        raise ConfigError("[admin] listen needs TLS: the admin endpoint never runs in plaintext")
+    cert, key, cas = tls_files
+    if not cas:
+        raise ConfigError("[admin] listen needs [tls] ca_certificates: admin clients are authenticated by "
+                          "certificates from those CAs")
+    token = None
+    if admin["token_file"]:
+        try:
+            token = load_token(admin["token_file"])
+        except TokenError as exc:
+            raise ConfigError(f"[admin] token_file: {exc}") from None
+    if dev_pki is not None:
+        from rserpool.admin.devcert import ensure_admin_certificate
+
+        issued = ensure_admin_certificate(dev_pki)
+        _log.warn("admin endpoint: DEVELOPMENT admin certificate {cert} (key {key}, browser bundle {p12})",
+                  cert=issued.cert, key=issued.key, p12=issued.p12)
+    try:
+        settings = AdminSettings(
+            max_connections=admin["max_connections"],
+            max_connections_per_address=admin["max_connections_per_address"],
+            request_timeout=admin["request_timeout"], idle_timeout=admin["idle_timeout"],
+            refresh=admin["refresh"], page_size=admin["page_size"])
+    except ValueError as exc:
+        raise ConfigError(f"[admin]: {exc}") from None
+    options = tls.server_options(cert, key, cas, require_client_cert=token is None, crls=tls_conf["crls"])
+    access = AdminAccess(authorizer=registrar.authorizer, identity_of=certificate_identity_of(registrar),
+                         groups_of=registrar.groups_of, token=token, token_scope=admin["token_scope"],
+                         on_outage=lambda: registrar.events.outage("admin-authorizer"))
+    return AdminService(registrar, reactor=reactor, listen=admin["listen"], tls_options=options,
+                        access=access, settings=settings)
 
 
 _AUTHENTICATORS = ("certificate", "psk", "srp", "chap")

@@ -92,3 +92,13 @@ def test_decision_cache_is_bounded(monkeypatch):
     for n in range(10):
         assert authorizer.decide(None, (), "resolve", b"pool%d" % n)
     assert len(authorizer._decisions) == 3
+
+
+def test_admin_is_granted_by_name_only_never_by_all():
+    rules = parse_rules("ops  all  *\nroot  admin  *\n")
+    authorizer = RulesAuthorizer(rules)
+    assert authorizer.decide("ops", (), "register", b"echo")
+    assert not authorizer.decide("ops", (), "admin", b"")
+    assert authorizer.decide("root", (), "admin", b"")
+    assert not authorizer.decide("root", (), "register", b"echo")
+    assert not authorizer.decide(None, (), "admin", b"")  # "*" never means anonymous here
