@@ -384,9 +384,6 @@ class PuCore:
         if pending is not None and token in pending.tokens:
             pending.tokens.remove(token)
 
-    def pending_handles(self) -> list[bytes]:
-        return list(self._pending)
-
     def _want_hunt(self, reason: str) -> list[Output]:
         if self._hunt_requested:
             return []

@@ -58,7 +58,7 @@ from rserpool.wire import (
 from rserpool.wire import codes
 from rserpool.wire.asap import encode_registration_response, encode_resolution_response
 from rserpool.wire.policy import LeastUsedPolicy, OpaquePolicy
-from rserpool.wire.tlv import fast_constructor
+from rserpool.fastinit import fast_constructor
 from rserpool.wire.transports import TcpTransport
 
 __all__ = [

@@ -17,7 +17,8 @@ from typing import Any, Callable, Iterable, Mapping
 from twisted.internet import defer
 from zope.interface import implementer
 
-from rserpool.backends.ldap import LdapDirectory, LdapEntry, LdapError, LdapSchema, LdapTls
+from rserpool.backends.ldap import LdapDirectory
+from rserpool.backends.ldap_schema import LdapEntry, LdapError, LdapSchema, LdapTls
 from rserpool.backends.radius import pool_matches
 from rserpool.interfaces import IPoolAuthorizer
 

@@ -15,11 +15,11 @@ import random
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
+from rserpool.fastinit import fast_constructor
 from rserpool.handlespace.policies import is_reserved_policy_type, make_policy
 from rserpool.handlespace.timers import DeadlineQueue
 from rserpool.handlespace.types import PolicySettings, SelectionPolicy
 from rserpool.wire.checksum import finish, pe_checksum, pe_sum
-from rserpool.wire.tlv import fast_constructor
 
 __all__ = [
     "CAUSE_INVALID_VALUES",

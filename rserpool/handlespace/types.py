@@ -6,7 +6,6 @@ wire's Pool Member Selection Policy parameter onto ``PolicySettings``.
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 from typing import Any, Protocol, Sequence
 
@@ -34,7 +33,6 @@ POLICY_NAMES = {
 }
 
 ADAPTIVE_BIT = 0x40000000
-PRIVATE_BIT = 0x80000000
 MAX_UINT32 = 0xFFFFFFFF
 
 
@@ -91,5 +89,3 @@ class SelectionPolicy(Protocol):
 
     def __len__(self) -> int: ...
 
-
-RandomSource = random.Random

@@ -62,8 +62,6 @@ DEFAULT_CA_DAYS = 3650
 DEFAULT_LEAF_DAYS = 825
 #: Certificates start this much before ``now`` to tolerate clock skew.
 DEFAULT_BACKDATE = _dt.timedelta(minutes=5)
-PE_URI_PREFIX = "urn:rserpool:pe:"
-PU_URI_PREFIX = "urn:rserpool:pu:"
 
 
 class CertificateProfileError(ValueError):

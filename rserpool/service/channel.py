@@ -7,8 +7,8 @@ A ``Channel`` is a Twisted ``Protocol``.  It only moves bytes and time:
   DATA chunk with PPID 11 (ASAP) or 12 (ENRP) is decoded and handed to the
   ``ChannelHandler``; other PPIDs (the application's data on a PU-PE session,
   RFC 5355 section 2.16) are handed over as bytes;
-- ``send(message)`` encodes and frames a message, ``send_data(ppid, bytes)``
-  frames application data;
+- ``send(message)`` encodes and frames a message, ``send_encoded(ppid, bytes)``
+  frames an encoded message or application data;
 - a heartbeat timer on the injected clock sends a HEARTBEAT when the channel
   has been idle for ``heartbeat_interval`` and closes the channel when
   nothing at all arrived for ``dead_after`` seconds (the draft leaves failure
@@ -257,8 +257,6 @@ class Channel(Protocol):
             out.append(chunk)
         else:
             self.transport.write(chunk)
-
-    send_data = send_encoded
 
     def close(self) -> None:
         """Close gracefully (after pending writes)."""

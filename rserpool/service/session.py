@@ -246,7 +246,7 @@ class SessionClient:
         for action in actions:
             kind = type(action)
             if kind is SendData:
-                self._channel().send_data(self.ppid, action.payload)
+                self._channel().send_encoded(self.ppid, action.payload)
             elif kind is SendControl:
                 self._channel().send(action.message)
             elif kind is Select:
@@ -472,7 +472,7 @@ class ServerSession:
 
     def send(self, payload: bytes) -> None:
         if self.ready and self.channel is not None:
-            self.channel.send_data(self.server.ppid, payload)
+            self.channel.send_encoded(self.server.ppid, payload)
 
     def send_cookie(self, cookie: bytes) -> None:
         """Send ASAP_COOKIE; the PU keeps only the latest one."""

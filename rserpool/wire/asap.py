@@ -6,11 +6,11 @@ import struct
 from dataclasses import dataclass
 from typing import ClassVar
 
-from rserpool.wire import codes
+import rserpool.wire.codes as codes
 from rserpool.wire.params import (
     Cookie, OperationError, PoolElement, check32, check_tuple, encode_pe_id, encode_pool_handle,
 )
-from rserpool.wire.params import _MK_PE
+from rserpool.wire.params import _MK_PE, _POLICY_CLASSES
 from rserpool.wire.policy import _MK_LU
 from rserpool.wire.tlv import DECODERS, HDR as _HDR, PADDING, U32, Ctx, invalid, walk
 from rserpool.wire.transports import _MK_TCP, SctpTransport, TcpTransport, _address
@@ -312,10 +312,8 @@ def encode_resolution_response(pool_handle: bytes, policy: bytes | None, pool_el
 
 
 def _check_policy(policy: object) -> None:
-    if policy is not None:
-        from rserpool.wire.params import _POLICY_CLASSES
-        if not isinstance(policy, _POLICY_CLASSES):
-            raise ValueError(f"not a policy: {policy!r}")
+    if policy is not None and not isinstance(policy, _POLICY_CLASSES):
+        raise ValueError(f"not a policy: {policy!r}")
 
 
 _SERVER_ID = struct.Struct("!I")

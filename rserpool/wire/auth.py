@@ -25,10 +25,10 @@ import struct
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar
 
-from rserpool.wire import codes
+import rserpool.wire.codes as codes
 from rserpool.wire.messages import Message, expect, register
-from rserpool.wire.params import ErrorCause, OperationError
-from rserpool.wire.errors import WireError
+from rserpool.wire.errors import ErrorCause, WireError
+from rserpool.wire.params import OperationError
 from rserpool.wire.tlv import DECODERS, HDR, Ctx, LACK_OF_RESOURCES, frame, invalid, unknown_parameter
 
 

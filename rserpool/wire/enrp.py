@@ -9,13 +9,14 @@ import struct
 from dataclasses import dataclass
 from typing import ClassVar
 
-from rserpool.wire import codes
+from rserpool.fastinit import fast_constructor
+import rserpool.wire.codes as codes
 from rserpool.wire.messages import Message, expect, register
 from rserpool.wire.params import (
     OperationError, PeChecksum, PoolElement, ServerInformation, check32, check_tuple,
-    encode_pool_handle,
+    encode_pool_handle, format_handle,
 )
-from rserpool.wire.tlv import Ctx, fast_constructor, invalid, walk
+from rserpool.wire.tlv import Ctx, invalid, walk
 
 __all__ = [
     "EnrpPresence", "EnrpHandleTableRequest", "EnrpHandleTableResponse", "PoolEntry",
@@ -142,7 +143,6 @@ class PoolEntry:
             raise ValueError("a pool entry needs at least one pool element")
 
     def __str__(self) -> str:
-        from rserpool.wire.params import format_handle
         return f"{format_handle(self.pool_handle)}: [{', '.join(map(str, self.pool_elements))}]"
 
     __repr__ = __str__

@@ -1,10 +1,21 @@
-"""The codec's single error type and its resource limits."""
+"""The codec's single error type, the RFC 5354 error causes it carries,
+and its resource limits.
+
+The bottom of the codec: it imports only :mod:`rserpool.wire.codes`, and
+every other codec module imports it.
+"""
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 
-__all__ = ["WireError", "Limits", "DEFAULT_LIMITS"]
+from rserpool.wire.codes import CAUSE_NAMES
+
+__all__ = ["WireError", "ErrorCause", "Limits", "DEFAULT_LIMITS"]
+
+_CAUSE_HDR = struct.Struct("!HH")
+_PADDING = (b"", b"\x00\x00\x00", b"\x00\x00", b"\x00")
 
 
 class WireError(Exception):
@@ -36,8 +47,6 @@ class WireError(Exception):
         """The error causes a peer would send back, or None (silent discard)."""
         if self.cause is None:
             return None
-        from rserpool.wire.params import ErrorCause
-
         # A cause holds at most 65531 bytes; error_reply() trims further to fit.
         info = self.offending[:0xFFFF - 4] if self.cause in _CAUSES_WITH_INFO else b""
         return self.prior + (ErrorCause(self.cause, info),)
@@ -52,6 +61,40 @@ class WireError(Exception):
 
 # Causes whose cause-specific information is the offending bytes.
 _CAUSES_WITH_INFO = frozenset({0x1, 0x2, 0x3})
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class ErrorCause:
+    """One error cause (RFC 5354 3.12): its code and cause-specific bytes.
+
+    An Operation Error parameter (:class:`rserpool.wire.params.OperationError`)
+    carries one or more of them.
+    """
+
+    code: int
+    info: bytes = b""
+
+    def __post_init__(self) -> None:
+        if type(self.code) is not int or not 0 <= self.code <= 0xFFFF:
+            raise ValueError(f"cause code must be 16-bit: {self.code!r}")
+        if not isinstance(self.info, bytes):
+            raise ValueError("cause info must be bytes")
+        if len(self.info) > 0xFFFF - 4:
+            raise ValueError("cause info too long")
+
+    @property
+    def name(self) -> str:
+        return CAUSE_NAMES.get(self.code, f"cause-0x{self.code:04x}")
+
+    def encode(self) -> bytes:
+        n = 4 + len(self.info)
+        return _CAUSE_HDR.pack(self.code, n) + self.info + _PADDING[n & 3]
+
+    def __str__(self) -> str:
+        info = f"[{len(self.info)}B {self.info[:16].hex()}{'..' if len(self.info) > 16 else ''}]"
+        return f"{self.name}{info if self.info else ''}"
+
+    __repr__ = __str__
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,10 +10,11 @@ import struct
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, Iterable
 
-from rserpool.wire import codes
-from rserpool.wire.errors import DEFAULT_LIMITS, Limits, WireError
-from rserpool.wire.params import ErrorCause, OperationError, format_handle
-from rserpool.wire.tlv import Ctx, fast_constructor, invalid, last_padding, new_ctx, walk
+from rserpool.fastinit import fast_constructor
+import rserpool.wire.codes as codes
+from rserpool.wire.errors import DEFAULT_LIMITS, ErrorCause, Limits, WireError
+from rserpool.wire.params import OperationError, format_handle
+from rserpool.wire.tlv import invalid, last_padding, new_ctx
 
 __all__ = ["DecodeCache", "Message", "decode_message", "encode_message", "error_reply", "REGISTRY"]
 
@@ -293,7 +294,3 @@ def error_reply(err_or_causes: WireError | OperationError | Iterable[ErrorCause]
     if ppid == codes.PPID_ENRP:
         return REGISTRY[(ppid, codes.ENRP_ERROR)](sender_id, receiver_id, error)
     raise ValueError(f"unknown payload protocol identifier {ppid!r}")
-
-
-def walk_body(data: bytes, pos: int, length: int, ctx: Ctx) -> list:
-    return walk(data, pos, length, 1, ctx)

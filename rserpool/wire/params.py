@@ -1,6 +1,7 @@
 """The other RFC 5354 parameters: Pool Element, Server Information,
-Operation Error and its causes, Cookie, PE Checksum; plus the decoders of
-Pool Handle (a ``bytes`` value) and PE Identifier (an ``int`` value).
+Operation Error (its causes are :class:`rserpool.wire.errors.ErrorCause`),
+Cookie, PE Checksum; plus the decoders of Pool Handle (a ``bytes`` value)
+and PE Identifier (an ``int`` value).
 """
 
 from __future__ import annotations
@@ -9,12 +10,12 @@ import struct
 from dataclasses import dataclass
 from typing import ClassVar
 
-from rserpool.wire import codes
-from rserpool.wire.errors import WireError
+from rserpool.fastinit import fast_constructor
+import rserpool.wire.codes as codes
+from rserpool.wire.errors import ErrorCause, WireError
 from rserpool.wire.policy import OpaquePolicy, POLICY_CLASSES, Policy
 from rserpool.wire.tlv import (
-    DECODERS, HDR, PADDING, U16, U32, Ctx, fast_constructor, frame, invalid, last_padding,
-    nest, walk,
+    DECODERS, HDR, U16, U32, Ctx, frame, invalid, last_padding, nest, walk,
 )
 from rserpool.wire.transports import (
     DccpTransport, OpaqueTransport, SctpTransport, TcpTransport, Transport, TRANSPORT_TYPES,
@@ -22,7 +23,7 @@ from rserpool.wire.transports import (
 )
 
 __all__ = [
-    "ErrorCause", "OperationError", "Cookie", "PeChecksum", "PoolElement",
+    "OperationError", "Cookie", "PeChecksum", "PoolElement",
     "ServerInformation", "encode_pool_handle", "encode_pe_id", "format_handle",
     "REGISTRATION_LIFE_INFINITE",
 ]
@@ -70,36 +71,6 @@ def check_tuple(obj: object, name: str, kind: type) -> None:
     for item in items:
         if type(item) is not kind:
             raise ValueError(f"not a {kind.__name__}: {item!r}")
-
-
-@dataclass(frozen=True, slots=True, repr=False)
-class ErrorCause:
-    """One error cause (RFC 5354 3.12): its code and cause-specific bytes."""
-
-    code: int
-    info: bytes = b""
-
-    def __post_init__(self) -> None:
-        if type(self.code) is not int or not 0 <= self.code <= 0xFFFF:
-            raise ValueError(f"cause code must be 16-bit: {self.code!r}")
-        if not isinstance(self.info, bytes):
-            raise ValueError("cause info must be bytes")
-        if len(self.info) > 0xFFFF - 4:
-            raise ValueError("cause info too long")
-
-    @property
-    def name(self) -> str:
-        return codes.CAUSE_NAMES.get(self.code, f"cause-0x{self.code:04x}")
-
-    def encode(self) -> bytes:
-        n = 4 + len(self.info)
-        return HDR.pack(self.code, n) + self.info + PADDING[n & 3]
-
-    def __str__(self) -> str:
-        info = f"[{len(self.info)}B {self.info[:16].hex()}{'..' if len(self.info) > 16 else ''}]"
-        return f"{self.name}{info if self.info else ''}"
-
-    __repr__ = __str__
 
 
 @dataclass(frozen=True, slots=True, repr=False)

@@ -11,8 +11,9 @@ import struct
 from dataclasses import dataclass
 from typing import ClassVar, Union
 
-from rserpool.wire import codes
-from rserpool.wire.tlv import DECODERS, U32, Ctx, fast_constructor, frame, invalid
+from rserpool.fastinit import fast_constructor
+import rserpool.wire.codes as codes
+from rserpool.wire.tlv import DECODERS, U32, Ctx, frame, invalid
 
 __all__ = [
     "RoundRobinPolicy", "WeightedRoundRobinPolicy", "RandomPolicy",

@@ -13,7 +13,7 @@ from __future__ import annotations
 import struct
 from typing import Any, Callable
 
-from rserpool.wire.errors import DEFAULT_LIMITS, Limits, WireError
+from rserpool.wire.errors import DEFAULT_LIMITS, ErrorCause, Limits, WireError
 
 HDR = struct.Struct("!HH")
 U16 = struct.Struct("!H")
@@ -84,8 +84,6 @@ def walk(data: bytes, pos: int, end: int, depth: int, ctx: Ctx) -> list[tuple[in
 
 
 def unknown_parameter(data: bytes, pos: int, tend: int, ptype: int, ctx: Ctx) -> None:
-    from rserpool.wire.params import ErrorCause
-
     action = ptype & 0xC000
     raw = bytes(data[pos:tend])
     if action == 0x0000:
@@ -96,13 +94,6 @@ def unknown_parameter(data: bytes, pos: int, tend: int, ptype: int, ctx: Ctx) ->
                         raw, ctx.unrecognized)
     if action == 0xC000:
         ctx.unrecognized += (ErrorCause(UNRECOGNIZED_PARAMETER, raw),)
-
-
-def tlv_bytes(data: bytes, start: int) -> bytes:
-    """The TLV starting at ``start`` (without padding), for error reports."""
-    if start + 4 > len(data):
-        return bytes(data[start:])
-    return bytes(data[start:start + U16.unpack_from(data, start + 2)[0]])
 
 
 def frame(ptype: int, value: bytes) -> bytes:
@@ -131,30 +122,3 @@ def nest(ptype: int, fixed: bytes, parts: list[bytes] | tuple[bytes, ...]) -> by
     if n > 0xFFFF:
         raise ValueError(f"parameter 0x{ptype:04x} too long: {n} bytes")
     return HDR.pack(ptype, n) + body  # body already ends with the last padding
-
-
-def fast_constructor(cls: type) -> Callable[..., Any]:
-    """A constructor for a frozen slotted dataclass that skips validation.
-
-    Decoders use it for values whose ranges the wire layout already
-    guarantees (fixed-width fields); user code goes through ``__init__``.
-    """
-    from dataclasses import MISSING, fields
-
-    ns: dict[str, Any] = {"new": object.__new__, "cls": cls}
-    params, body = [], ["    o = new(cls)"]
-    for f in fields(cls):
-        ns["set_" + f.name] = getattr(cls, f.name).__set__
-        if f.kw_only:
-            ns["d_" + f.name] = f.default
-            body.append(f"    set_{f.name}(o, d_{f.name})")
-            continue
-        if f.default is not MISSING:
-            ns["d_" + f.name] = f.default
-            params.append(f"{f.name}=d_{f.name}")
-        else:
-            params.append(f.name)
-        body.append(f"    set_{f.name}(o, {f.name})")
-    src = f"def make({', '.join(params)}):\n" + "\n".join(body) + "\n    return o\n"
-    exec(src, ns)
-    return ns["make"]

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
 from typing import ClassVar, Union
 
-from rserpool.wire import codes
-from rserpool.wire.tlv import DECODERS, Ctx, fast_constructor, frame, invalid, nest, walk
+from rserpool.fastinit import fast_constructor
+import rserpool.wire.codes as codes
+from rserpool.wire.tlv import DECODERS, Ctx, frame, invalid, nest, walk
 
 __all__ = [
     "IPv4Address", "IPv6Address", "IPAddress", "SctpTransport", "TcpTransport",
