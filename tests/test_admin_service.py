@@ -57,6 +57,10 @@ class ClientCertificateOnly(_Base):
         self.assertEqual(page.json()["pool_elements"][0]["identity"], "pe1")
         metrics = yield self.get("/metrics", admin)
         self.assertEqual(metrics.status, 200)
+        openmetrics = yield self.get("/metrics", admin, headers={
+            "Accept": "application/openmetrics-text;version=1.0.0,text/plain;q=0.5"})
+        self.assertTrue(openmetrics.headers["content-type"].startswith("application/openmetrics-text"))
+        self.assertTrue(openmetrics.body.endswith(b"# EOF\n"))
         self.assertIn(b'rserpool_pool_elements{policy="RoundRobin",pool="echo"} 1.0', metrics.body)
         html = yield self.get("/", admin)
         self.assertEqual(html.status, 200)
@@ -65,7 +69,7 @@ class ClientCertificateOnly(_Base):
         yield client.request(AsapDeregistration(b"echo", 0x42))
         after = yield self.get("/api/v1/status", admin)
         self.assertEqual(after.json()["pool_elements"], 0)
-        self.assertEqual(self.registrar.events.admin_requests.get("allowed"), 5)
+        self.assertEqual(self.registrar.events.admin_requests.get("allowed"), 6)
 
     @defer.inlineCallbacks
     def test_no_client_certificate_fails_the_handshake(self):

@@ -32,7 +32,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from rserpool import stats
-from rserpool.admin import page
+from rserpool.admin.page import CONTENT_SECURITY_POLICY, MAX_POOLS, MAX_ROWS, pool_page, render, status_page
 from rserpool.admin.metrics import exposition, make_registry
 
 __all__ = ["AdminResource"]
@@ -83,7 +83,7 @@ class AdminResource(Resource):
         request.setHeader(b"cache-control", b"no-store")
         request.setHeader(b"x-content-type-options", b"nosniff")
         request.setHeader(b"referrer-policy", b"no-referrer")
-        request.setHeader(b"content-security-policy", page.CONTENT_SECURITY_POLICY.encode())
+        request.setHeader(b"content-security-policy", CONTENT_SECURITY_POLICY.encode())
         d = self.access.admit(request.channel.transport, request.getHeader(b"authorization"))
         finished: list[bool] = []
         request.notifyFinish().addBoth(finished.append)
@@ -141,7 +141,8 @@ class AdminResource(Resource):
         if path == "/":
             return 200, b"text/html; charset=utf-8", self._status_page(now)
         if path == "/metrics":
-            body, content_type = exposition(self.registry, request.getHeader(b"accept") or "")
+            accept = (request.getHeader(b"accept") or b"").decode("latin-1")
+            body, content_type = exposition(self.registry, accept)
             return 200, content_type.encode(), body
         if path == "/api/v1/status":
             return self._json(self.status(now))
@@ -159,8 +160,8 @@ class AdminResource(Resource):
                                    self.page_size)
             if result is None:
                 return self._not_found()
-            return 200, b"text/html; charset=utf-8", page.render(
-                page.pool_page(result, self.refresh, f"{self.registrar.server_id:08x}"))
+            return 200, b"text/html; charset=utf-8", render(
+                pool_page(result, self.refresh, f"{self.registrar.server_id:08x}"))
         return self._not_found()
 
     @staticmethod
@@ -192,12 +193,12 @@ class AdminResource(Resource):
         pools = view["pool_list"]
         pages: dict[str, dict[str, Any]] = {}
         rows = 0
-        for pool in pools[:page.MAX_POOLS]:
-            if rows >= page.MAX_ROWS:
+        for pool in pools[:MAX_POOLS]:
+            if rows >= MAX_ROWS:
                 break
-            limit = min(self.page_size, page.MAX_ROWS - rows)
+            limit = min(self.page_size, MAX_ROWS - rows)
             result = stats.pe_page(self.registrar.handlespace, bytes.fromhex(pool["handle_hex"]), now, 0, limit)
             if result is not None:
                 pages[pool["handle_hex"]] = result
                 rows += len(result["pool_elements"])
-        return page.render(page.status_page(view, pools, pages, view["recent_refusals"][:20], self.refresh))
+        return render(status_page(view, pools, pages, view["recent_refusals"][:20], self.refresh))
