@@ -98,13 +98,19 @@ class AdminHarness(RegistrarClientsMixin):
     settings = AdminSettings(request_timeout=2.0, idle_timeout=5.0, refresh=1)
 
     @defer.inlineCallbacks
-    def start_admin(self, test_pki: Any, rules: str = RULES, authorizer: Any = None, **registrar_kwargs: Any):
+    def start_admin(self, test_pki: Any, rules: str = RULES, authorizer: Any = None, registrar: Any = None,
+                    **registrar_kwargs: Any):
+        """Starts a registrar (or uses ``registrar``, started) and its admin endpoint."""
         from twisted.internet import reactor
 
         self.pki = test_pki
         self.clients = []
-        authorizer = authorizer or RulesAuthorizer(parse_rules(rules))
-        self.registrar = yield start_registrar(reactor, test_pki, authorizer=authorizer, **registrar_kwargs)
+        if registrar is not None:
+            authorizer = registrar.authorizer
+            self.registrar = registrar
+        else:
+            authorizer = authorizer or RulesAuthorizer(parse_rules(rules))
+            self.registrar = yield start_registrar(reactor, test_pki, authorizer=authorizer, **registrar_kwargs)
         token = None
         if self.token is not None:
             from rserpool.admin import load_token
