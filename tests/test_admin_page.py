@@ -21,7 +21,7 @@ import pytest
 from twisted.internet import defer, endpoints, protocol, reactor, task, threads
 from twisted.trial import unittest
 
-from rserpool.admin.page import MAX_ROWS, render, status_page
+from rserpool.admin.page import MAX_ROWS, render, status_page, tag
 from rserpool.admin.resource import AdminResource
 from rserpool.security import tls
 from rserpool.wire import AsapDeregistration
@@ -54,6 +54,13 @@ def test_the_page_escapes_what_clients_chose():
     assert b"&lt;script&gt;alert(1)&lt;/script&gt;" in html
     assert b'http-equiv="refresh" content="5"' in html
     assert b'<link rel="icon" href="data:," />' in html
+
+
+def test_the_builder_escapes_text_and_attributes_but_not_its_own_markup():
+    link = tag("a", "<b>&", href='"><script>x</script>', class_="a b", title=None)
+    assert link == '<a href="&quot;&gt;&lt;script&gt;x&lt;/script&gt;" class="a b">&lt;b&gt;&amp;</a>'
+    assert tag("p", link, "&") == f"<p>{link}&amp;</p>"
+    assert tag("meta", http_equiv="refresh", content="5") == '<meta http-equiv="refresh" content="5" />'
 
 
 def test_the_main_page_is_bounded():

@@ -157,7 +157,7 @@ class AdminResource(Resource):
         if len(parts) == 3 and parts[1] == "pool":
             handle = _handle(parts[2])
             result = stats.pe_page(self.registrar.handlespace, handle, now, _number(request, b"offset", 0),
-                                   self.page_size)
+                                   min(self.page_size, MAX_ROWS))
             if result is None:
                 return self._not_found()
             return 200, b"text/html; charset=utf-8", render(
