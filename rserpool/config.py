@@ -199,7 +199,7 @@ SCHEMA: dict[str, dict[str, Option]] = {
                                                      "(TLS handshake included)"),
         "idle_timeout": _S(_positive_float, "60", "seconds before an idle admin connection is closed"),
         "refresh": _S(_positive_int, "5", "seconds between the status page's own refreshes"),
-        "page_size": _S(_positive_int, "100", "PEs per page of the status page and of the JSON API (at most 1000)"),
+        "page_size": _S(_positive_int, "100", "PEs per page of the status page and of the JSON API (at most 500)"),
     },
     "plugins": {
         "directories": _S(_list, "", "site plugin directories (root-owned, not group/world-writable)", path=True),

@@ -41,7 +41,7 @@ __all__ = [
 ]
 
 #: The largest page of PEs one request may ask for.
-MAX_PAGE = 1000
+MAX_PAGE = 500
 
 #: Counters of ``RegistrarCore.stats`` and what they count (docs/metrics.md).
 CORE_COUNTERS = {

@@ -13,7 +13,7 @@ file system):
                                    last refusals (JSON)
 ``/api/v1/pools``                  every pool: handle, policy, PE count (JSON)
 ``/api/v1/pools/<hex handle>``     one page of a pool's PEs,
-                                   ``?offset=N&limit=M`` (M at most 1000) (JSON)
+                                   ``?offset=N&limit=M`` (M at most 500) (JSON)
 =================================  ============================================
 
 Responses carry ``Cache-Control: no-store``, ``X-Content-Type-Options:

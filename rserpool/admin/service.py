@@ -55,8 +55,8 @@ class AdminSettings:
             raise ValueError("timeouts must be positive")
         if not 1 <= self.refresh <= 3600:
             raise ValueError("refresh must be within 1..3600 seconds")
-        if not 1 <= self.page_size <= 1000:
-            raise ValueError("page_size must be within 1..1000")
+        if not 1 <= self.page_size <= 500:
+            raise ValueError("page_size must be within 1..500")
 
 
 class _Refused(Protocol):

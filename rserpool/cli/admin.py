@@ -25,7 +25,7 @@ from typing import Any, TextIO
 __all__ = ["AdminClient", "AdminError", "register"]
 
 #: PEs asked for per request while dumping (the endpoint's maximum).
-DUMP_PAGE = 1000
+DUMP_PAGE = 500
 MAX_RESPONSE = 64 * 1024 * 1024
 
 
