@@ -78,7 +78,7 @@ def _admit(access, cert=None, authorization=None, monkeypatch=None):
 
 def test_a_certificate_identity_is_put_to_the_authorizer_for_admin(monkeypatch):
     authorizer = _Authorizer(True)
-    access = AdminAccess(authorizer=authorizer, identity_of=lambda cert: "ops",
+    access = AdminAccess(authorizer=authorizer, identity_of=lambda cert, transport: "ops",
                          groups_of=lambda identity: defer.succeed(["operators"]))
     grant = _admit(access, cert="CERT", monkeypatch=monkeypatch)
     assert grant == Grant(True, 200, "ops")
@@ -88,24 +88,24 @@ def test_a_certificate_identity_is_put_to_the_authorizer_for_admin(monkeypatch):
 
 @pytest.mark.parametrize("answer", [False, None, "yes", 1])
 def test_anything_but_true_is_a_refusal(monkeypatch, answer):
-    access = AdminAccess(authorizer=_Authorizer(answer), identity_of=lambda cert: "pe1")
+    access = AdminAccess(authorizer=_Authorizer(answer), identity_of=lambda cert, transport: "pe1")
     grant = _admit(access, cert="CERT", monkeypatch=monkeypatch)
     assert (grant.allowed, grant.status, grant.who) == (False, 403, "pe1")
 
 
 def test_an_authorizer_outage_refuses_and_is_reported(monkeypatch):
     outages = []
-    access = AdminAccess(authorizer=_Authorizer(RuntimeError("down")), identity_of=lambda cert: "ops",
+    access = AdminAccess(authorizer=_Authorizer(RuntimeError("down")), identity_of=lambda cert, transport: "ops",
                          on_outage=lambda: outages.append(1))
     grant = _admit(access, cert="CERT", monkeypatch=monkeypatch)
     assert (grant.allowed, grant.status) == (False, 403) and outages == [1]
 
 
 def test_a_certificate_without_identity_is_refused(monkeypatch):
-    def no_identity(cert):
+    def no_identity(cert, transport):
         raise CertIdentityError("no name")
 
-    for identity_of in (no_identity, lambda cert: None):
+    for identity_of in (no_identity, lambda cert, transport: None):
         authorizer = _Authorizer(True)
         access = AdminAccess(authorizer=authorizer, identity_of=identity_of)
         grant = _admit(access, cert="CERT", monkeypatch=monkeypatch)
@@ -113,7 +113,7 @@ def test_a_certificate_without_identity_is_refused(monkeypatch):
 
 
 def test_the_token_and_its_scope(monkeypatch):
-    access = AdminAccess(authorizer=_Authorizer(True), identity_of=lambda cert: "ops", token=TOKEN)
+    access = AdminAccess(authorizer=_Authorizer(True), identity_of=lambda cert, transport: "ops", token=TOKEN)
     grant = _admit(access, authorization=b"Bearer " + TOKEN, monkeypatch=monkeypatch)
     assert grant.allowed and grant.who == "bearer token" and grant.scope == "metrics"
     assert grant.covers("/metrics") and not grant.covers("/") and not grant.covers("/api/v1/status")
@@ -121,18 +121,18 @@ def test_the_token_and_its_scope(monkeypatch):
     for wrong in (b"Bearer " + TOKEN[:-1], b"Basic " + TOKEN, TOKEN, b"Bearer"):
         assert _admit(access, authorization=wrong, monkeypatch=monkeypatch).status == 403
     assert _admit(access, monkeypatch=monkeypatch).status == 401
-    everything = AdminAccess(authorizer=_Authorizer(True), identity_of=lambda cert: "x", token=TOKEN,
+    everything = AdminAccess(authorizer=_Authorizer(True), identity_of=lambda cert, transport: "x", token=TOKEN,
                              token_scope="all")
     assert _admit(everything, authorization=b"Bearer " + TOKEN, monkeypatch=monkeypatch).covers("/")
 
 
 def test_without_a_configured_token_a_bearer_header_is_refused(monkeypatch):
-    access = AdminAccess(authorizer=_Authorizer(True), identity_of=lambda cert: "ops")
+    access = AdminAccess(authorizer=_Authorizer(True), identity_of=lambda cert, transport: "ops")
     assert _admit(access, authorization=b"Bearer anything-at-all-here", monkeypatch=monkeypatch).status == 403
 
 
 def test_a_refused_certificate_may_still_carry_the_token(monkeypatch):
-    access = AdminAccess(authorizer=_Authorizer(False), identity_of=lambda cert: "pe1", token=TOKEN)
+    access = AdminAccess(authorizer=_Authorizer(False), identity_of=lambda cert, transport: "pe1", token=TOKEN)
     grant = _admit(access, cert="CERT", authorization=b"Bearer " + TOKEN, monkeypatch=monkeypatch)
     assert grant.allowed and grant.scope == "metrics"
     refused = _admit(access, cert="CERT", monkeypatch=monkeypatch)

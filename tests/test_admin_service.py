@@ -261,3 +261,44 @@ class AuthorizerOutage(_Base):
         self.assertEqual(answer.status, 403)
         self.assertEqual(self.registrar.events.backend_outages, {"admin-authorizer": 1})
         self.flushLoggedErrors()
+
+
+class _Decision:
+    def __init__(self, allowed, reason=""):
+        self.allowed, self.reason = allowed, reason
+
+
+class _RevocationGate:
+    """Stands in for the registrar's OCSP gate: revokes the listed names."""
+
+    enabled = True
+
+    def __init__(self, revoked):
+        self.revoked = revoked
+        self.checked = []
+
+    def check(self, cert, chain=()):
+        name = cert.subject.rfc4514_string()
+        self.checked.append((name, len(chain)))
+        revoked = any(f"CN={who}" in name for who in self.revoked)
+        return defer.succeed(_Decision(not revoked, "revoked (OCSP)" if revoked else ""))
+
+
+class WithOcsp(_Base):
+    """The registrar checks client certificates by OCSP: so does the admin door."""
+
+    def setUp(self):
+        d = super().setUp()
+        d.addCallback(lambda _: setattr(self.registrar, "revocation", _RevocationGate({"admin"})))
+        return d
+
+    @defer.inlineCallbacks
+    def test_a_revoked_admin_certificate_is_refused(self):
+        answer = yield self.get("/api/v1/status", admin_cert(self.pki))
+        self.assertEqual(answer.status, 403)
+        (checked,) = self.registrar.revocation.checked
+        self.assertIn("CN=admin", checked[0])
+        self.assertGreaterEqual(checked[1], 1)  # the verified chain went with it
+        self.registrar.revocation.revoked = set()
+        answer = yield self.get("/api/v1/status", admin_cert(self.pki))
+        self.assertEqual(answer.status, 200)
