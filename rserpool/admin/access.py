@@ -35,6 +35,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from rserpool.security.certidentity import CertIdentityError
+from rserpool.security.revocation import verified_chain
 from rserpool.security.tls import peer_certificate
 
 __all__ = ["ACTION_ADMIN", "AdminAccess", "Grant", "TokenError", "certificate_identity_of", "load_token"]
@@ -99,8 +100,9 @@ class Grant:
 class AdminAccess:
     """Admission for the admin door (see the module docstring).
 
-    ``identity_of(cert) -> Deferred[str | None]`` names a verified client
-    certificate's holder (None: nobody; the registrar's own derivation);
+    ``identity_of(cert, transport) -> Deferred[str | None]`` names a
+    verified client certificate's holder (None: nobody; the registrar's own
+    derivation, with OCSP when it checks it);
     ``groups_of(identity)`` its groups (maybe a Deferred);
     ``authorizer.authorize(identity, groups, "admin", b"")`` decides.
     """
@@ -131,7 +133,7 @@ class AdminAccess:
             cert = None
         if cert is None:
             return defer.succeed(self._by_token(authorization, None))
-        d = defer.maybeDeferred(self.identity_of, cert)
+        d = defer.maybeDeferred(self.identity_of, cert, transport)
         d.addCallback(self._authorize_identity)
         d.addErrback(self._identity_failed)
         d.addCallback(self._or_token, authorization)
@@ -177,18 +179,30 @@ class AdminAccess:
         return refused or Grant(False, 401, "anonymous", reason="no client certificate or token")
 
 
-def certificate_identity_of(registrar: Any) -> Callable[[Any], Any]:
+def certificate_identity_of(registrar: Any) -> Callable[[Any, Any], Any]:
     """``identity_of`` for :class:`AdminAccess` that names a certificate's
     holder exactly as ``registrar`` (a ``RegistrarService``) does on the
-    ASAP door: the certificate's own names under its identity policy, then
-    its certificate mapping when one is configured.  (OCSP is not asked
-    here: the admin door relies on the CRLs checked in the handshake.)"""
+    ASAP door: the certificate's own names under its identity policy, the
+    OCSP check when the registrar's revocation gate is on (a revoked
+    certificate names nobody), then its certificate mapping when one is
+    configured.  (CRLs are checked in the handshake.)"""
 
-    def identity_of(cert: Any) -> Any:
+    def identity_of(cert: Any, transport: Any = None) -> Any:
         identity = registrar._certificate_identity(cert)
-        if registrar.certificate_mapping is None:
+        gate = registrar.revocation
+        gated = gate is not None and gate.enabled and transport is not None
+        if registrar.certificate_mapping is None and not gated:
             return identity
-        d = registrar._check_certificate(cert, None, identity)
-        return d.addCallback(lambda result: result[2] if result[0] else None)
+        chain = verified_chain(transport) if gated else None
+        d = registrar._check_certificate(cert, chain, identity)
+        return d.addCallback(_checked)
 
     return identity_of
+
+
+def _checked(result: tuple) -> str | None:
+    allowed, reason, identity = result
+    if not allowed:
+        _log.warn("admin access: certificate of {identity} refused: {reason}", identity=identity, reason=reason)
+        return None
+    return identity
