@@ -22,11 +22,12 @@ Conventions shared by every method here:
 from __future__ import annotations
 
 import types
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 
 from twisted.plugin import IPlugin
 from zope.interface import Attribute, Interface
+
+from rserpool.identity import Identity
 
 __all__ = [
     "ACTIONS",
@@ -38,6 +39,7 @@ __all__ = [
     "IChapVerifier",
     "IGroupSource",
     "IPoolAuthorizer",
+    "IPskKeyStore",
     "IRSerPoolPlugin",
     "ISrpVerifierStore",
     "Identity",
@@ -45,64 +47,6 @@ __all__ = [
 
 #: What an authorizer is asked about (``rserpool.security.authz`` rules).
 ACTIONS: tuple[str, ...] = ("register", "deregister", "resolve", "enrp", "admin")
-
-MAX_IDENTITY_LENGTH = 255
-
-
-def _frozen_attributes(
-    attributes: Mapping[str, Iterable[str] | str] | None,
-) -> Mapping[str, tuple[str, ...]]:
-    result: dict[str, tuple[str, ...]] = {}
-    for key, values in (attributes or {}).items():
-        result[str(key)] = (values,) if isinstance(values, str) else tuple(str(v) for v in values)
-    return types.MappingProxyType(result)
-
-
-@dataclass(frozen=True, slots=True)
-class Identity:
-    """An authenticated principal (a PE, a PU or an ENRP peer).
-
-    ``name`` is what authorization rules and PE ownership are keyed on;
-    ``mechanism`` says how it was proven (``certificate``, ``psk``,
-    ``SRP-6a-SHA256-2048``, ``CHAP-MD5``...); ``groups`` come from the store
-    or the AAA server; ``attributes`` carry backend facts for the log or a
-    later authorization step (for example RADIUS reply attributes, the
-    certificate fingerprint), never secrets.
-    """
-
-    name: str
-    mechanism: str = ""
-    groups: frozenset[str] = frozenset()
-    attributes: Mapping[str, tuple[str, ...]] = field(
-        default_factory=lambda: types.MappingProxyType({}), compare=False, hash=False
-    )
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not self.name or len(self.name) > MAX_IDENTITY_LENGTH:
-            raise ValueError(f"an identity name is 1-{MAX_IDENTITY_LENGTH} characters")
-        if not self.name.isprintable():
-            raise ValueError("an identity name must not contain control characters")
-        object.__setattr__(self, "groups", frozenset(self.groups))
-        if not isinstance(self.attributes, types.MappingProxyType):
-            object.__setattr__(self, "attributes", _frozen_attributes(self.attributes))
-
-    @classmethod
-    def create(
-        cls,
-        name: str,
-        mechanism: str = "",
-        groups: Iterable[str] = (),
-        attributes: Mapping[str, Iterable[str] | str] | None = None,
-    ) -> Identity:
-        return cls(name, mechanism, frozenset(groups), _frozen_attributes(attributes))
-
-    def with_groups(self, groups: Iterable[str]) -> Identity:
-        """A copy with ``groups`` added."""
-        return Identity(self.name, self.mechanism, self.groups | frozenset(groups), self.attributes)
-
-    def with_mechanism(self, mechanism: str) -> Identity:
-        return Identity(self.name, mechanism, self.groups, self.attributes)
-
 
 # ------------------------------------------------------------------ providers
 
@@ -168,6 +112,14 @@ class ICertificateMapping(Interface):
         ``cryptography.x509.Certificate`` stands for, or ``None`` when the
         mapping does not know it (the caller may then fall back to the
         certificate's own names)."""
+
+
+class IPskKeyStore(Interface):
+    """TLS-PSK keys (RFC 5355 section 4), looked up while OpenSSL waits:
+    the answer must be synchronous."""
+
+    def psk_key(identity):  # type: ignore[no-untyped-def]
+        """The key (``bytes``) of ``identity``, or ``None`` when it has none."""
 
 
 class IGroupSource(Interface):

@@ -86,7 +86,7 @@ def build_registrar(config: Config, reactor: Any = None) -> Any:
     """The RegistrarService described by ``config``."""
     from rserpool.asap.registrar import RegistrarSettings
     from rserpool.handlespace import HandlespaceLimits
-    from rserpool.security import pki
+    from rserpool.security import devpki
     from rserpool.errors import PluginError
     from rserpool.plugin import load_named
     from rserpool.security.ratelimit import RateLimit
@@ -105,7 +105,7 @@ def build_registrar(config: Config, reactor: Any = None) -> Any:
     if tls_conf["enabled"]:
         cert, key, cas = tls_conf["certificate"], tls_conf["private_key"], tls_conf["ca_certificates"]
         if not cert:
-            paths = pki.ensure_dev_pki(Path(registrar["state_dir"]) / "pki",
+            paths = devpki.ensure_dev_pki(Path(registrar["state_dir"]) / "pki",
                                        server_names=(tls_conf["server_name"], "localhost", "127.0.0.1", "::1"))
             cert, key = str(paths.server_cert), str(paths.server_key)
             cas = cas or (str(paths.ca_cert),)

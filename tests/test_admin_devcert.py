@@ -8,12 +8,12 @@ import stat
 from cryptography.hazmat.primitives.serialization import pkcs12
 
 from rserpool.admin.devcert import ensure_admin_certificate
-from rserpool.security import pki
+from rserpool.security import devpki, pki
 from rserpool.security.certidentity import identity_from_certificate
 
 
 def test_issued_once_from_the_development_ca_and_named_admin(tmp_path):
-    paths = pki.ensure_dev_pki(tmp_path)
+    paths = devpki.ensure_dev_pki(tmp_path)
     issued = ensure_admin_certificate(tmp_path)
     cert = pki.load_certificate(issued.cert)
     assert cert.issuer == pki.load_certificate(paths.ca_cert).subject
@@ -28,7 +28,7 @@ def test_issued_once_from_the_development_ca_and_named_admin(tmp_path):
 
 
 def test_reissued_when_about_to_expire_or_from_another_ca(tmp_path):
-    pki.ensure_dev_pki(tmp_path)
+    devpki.ensure_dev_pki(tmp_path)
     issued = ensure_admin_certificate(tmp_path)
     before = issued.cert.read_bytes()
     later = dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=3650)

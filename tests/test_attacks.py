@@ -33,9 +33,8 @@ from rserpool.asap.registrar import RegistrarSettings
 from rserpool.backends.filestore import RulesFileAuthorizer
 from rserpool.security import tls
 from rserpool.service.channel import Channel, ChannelSettings
-from rserpool.service.hunt import (
-    AnnounceReceiver, RegistrarCandidates, ServerHunt, listen_for_announces, make_channel_factory,
-)
+from rserpool.service.candidates import AnnounceReceiver, RegistrarCandidates, listen_for_announces
+from rserpool.service.hunt import ServerHunt, make_channel_factory
 from rserpool.service.pe import PoolElementService
 from rserpool.service.pu import PoolUser
 from rserpool.service.registrar import RegistrarService

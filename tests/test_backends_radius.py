@@ -18,19 +18,16 @@ from twisted.internet import task
 
 from rserpool.backends.radius import (
     DEFAULT_DICTIONARY,
-    MAX_POOLS,
     RCVBUF_BYTES,
     BackendUnavailable,
     RadiusClient,
-    RadiusDecision,
     RadiusError,
     RadiusOverloaded,
     RadiusServer,
-    decision_from_attributes,
     load_dictionary,
     parse_servers,
-    pool_matches,
 )
+from rserpool.backends.radius_decision import RadiusDecision
 
 DICT = load_dictionary()
 A = RadiusServer("127.0.0.1", 18121, b"secret-a")
@@ -389,44 +386,6 @@ def test_secret_not_in_repr_and_servers_parsed() -> None:
         RadiusServer("127.0.0.1", 1812, b"")
     with pytest.raises(ValueError):
         parse_servers(" ", b"s")
-
-
-# ---------------------------------------------------------------- attribute parsing
-
-ATTRS = {
-    "Class": (b"rserpool:pools=echo, discard;groups=pe,ops", b"other-class", b"rserpool:junk",
-              b"\xff\xfe"),
-    "Filter-Id": ("echo-servers",),
-    "RSerPool-Allowed-Pool": ("daytime-*", "echo"),
-    "RSerPool-Group": ("vsa-group",),
-}
-
-
-def test_decision_sources() -> None:
-    d = decision_from_attributes("pe1", True, ATTRS, ["class"])
-    assert d.pools == ("echo", "discard") and d.groups == {"pe", "ops"}
-    d = decision_from_attributes("pe1", True, ATTRS, ["filter-id"])
-    assert d.pools == () and d.groups == {"echo-servers"}
-    d = decision_from_attributes("pe1", True, ATTRS, ["vsa"])
-    assert d.pools == ("daytime-*", "echo") and d.groups == {"vsa-group"}
-    d = decision_from_attributes("pe1", True, ATTRS)
-    assert d.pools == ("echo", "discard", "daytime-*") and len(d.groups) == 4
-    refused = decision_from_attributes("pe1", False, ATTRS)
-    assert refused.pools == () and refused.groups == frozenset()
-    with pytest.raises(ValueError):
-        decision_from_attributes("pe1", True, ATTRS, ["ldap"])
-
-
-def test_decision_limits_and_blanks() -> None:
-    many = ",".join(f"p{n}" for n in range(200))
-    d = decision_from_attributes("x", True, {"Class": (f"rserpool:pools={many}, bad name,,".encode(),)})
-    assert len(d.pools) == MAX_POOLS and "bad name" not in d.pools
-
-
-def test_pool_matches() -> None:
-    assert pool_matches("echo", b"echo") and not pool_matches("echo", b"echo2")
-    assert pool_matches("daytime-*", b"daytime-1") and pool_matches("*", b"\xff")
-    assert not pool_matches("e*", b"\xff") and pool_matches("hex:ff*", b"\xff\x01")
 
 
 def test_shipped_dictionary_matches_freeradius_addition() -> None:

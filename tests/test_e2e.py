@@ -42,9 +42,10 @@ from rserpool.demo.echo_client import EchoSession
 from rserpool.security import pki as pkimod
 from rserpool.security import tls
 from rserpool.service.channel import ChannelSettings
-from rserpool.service.hunt import RegistrarCandidates, ServerHunt, make_channel_factory
+from rserpool.service.candidates import RegistrarCandidates
+from rserpool.service.hunt import ServerHunt, make_channel_factory
 from rserpool.service.pu import PoolUser
-from rserpool.service.session import pe_tls_options
+from rserpool.service.pu_session import pe_tls_options
 from rserpool.wire import AsapHandleResolution, AsapHandleResolutionResponse
 from rserpool.wire.codes import PPID_ASAP
 from tests.asaphelpers import connect_raw

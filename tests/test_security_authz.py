@@ -1,7 +1,7 @@
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from rserpool.security.authz import ACTIONS, Rule, RulesAuthorizer, RulesError, parse_rules
+from rserpool.security.authz import ACTIONS, Rule, RulesAuthorizer, RulesError, parse_rules, pool_matches
 
 RULES = """
 # comment
@@ -102,3 +102,9 @@ def test_admin_is_granted_by_name_only_never_by_all():
     assert authorizer.decide("root", (), "admin", b"")
     assert not authorizer.decide("root", (), "register", b"echo")
     assert not authorizer.decide(None, (), "admin", b"")  # "*" never means anonymous here
+
+
+def test_pool_matches() -> None:
+    assert pool_matches("echo", b"echo") and not pool_matches("echo", b"echo2")
+    assert pool_matches("daytime-*", b"daytime-1") and pool_matches("*", b"\xff")
+    assert not pool_matches("e*", b"\xff") and pool_matches("hex:ff*", b"\xff\x01")

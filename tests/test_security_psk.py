@@ -89,22 +89,18 @@ def test_client_refuses_short_keys_and_bad_identities():
 # -- the private bindings ----------------------------------------------------------------
 
 
-class _NoPsk:
-    """OpenSSL bindings as a future pyOpenSSL might ship them: no PSK functions."""
+def _missing_psk(monkeypatch):
+    """Bindings as a future pyOpenSSL might ship them: no PSK functions."""
+    from rserpool.security import _internals
 
-    def __init__(self, real) -> None:
-        self._real = real
-
-    def __getattr__(self, name):
-        if "psk" in name:
-            raise AttributeError(name)
-        return getattr(self._real, name)
+    missing = _internals.Capability("TLS-PSK", False, "OpenSSL functions not bound by pyOpenSSL: "
+                                    "SSL_CTX_set_psk_server_callback", "refused")
+    monkeypatch.setattr(_internals, "PSK", missing)
+    return missing
 
 
 def test_missing_bindings_fail_loudly(monkeypatch, tmp_path):
-    from OpenSSL.SSL import _ffi, _lib
-
-    monkeypatch.setattr(psk, "_bindings", lambda: (_NoPsk(_lib), _ffi))
+    _missing_psk(monkeypatch)
     with pytest.raises(psk.PskUnavailableError, match="SSL_CTX_set_psk_server_callback"):
         psk.require_bindings()
     with pytest.raises(psk.PskUnavailableError):
@@ -115,11 +111,11 @@ def test_missing_bindings_fail_loudly(monkeypatch, tmp_path):
                            psk_store=psk.FilePskStore({"pe-a": KEY}))
 
 
-def test_context_without_its_pointer_fails_loudly(tmp_path):
+def test_something_else_than_a_context_fails_loudly(tmp_path):
     class Opaque:
         pass
 
-    with pytest.raises(psk.PskUnavailableError, match="_context"):
+    with pytest.raises(psk.PskUnavailableError, match="not a pyOpenSSL Context"):
         psk.enable_server_psk(Opaque(), psk.FilePskStore({}))  # type: ignore[arg-type]
 
 
@@ -285,7 +281,7 @@ class RegistrarWithPsk(unittest.TestCase):
     def test_pe_library_registers_with_its_psk(self):
         from ipaddress import IPv4Address
 
-        from rserpool.service.hunt import RegistrarCandidates
+        from rserpool.service.candidates import RegistrarCandidates
         from rserpool.service.pe import PoolElementService
         from rserpool.wire import LeastUsedPolicy, TcpTransport
 

@@ -448,10 +448,13 @@ def test_disable_session_tickets_uses_whatever_binding_exists(monkeypatch) -> No
     class Plain:
         _context = "ctx"
 
-    monkeypatch.setattr(SSL, "_lib", Lib())
+    from rserpool.security import _internals
+
+    monkeypatch.setattr(_internals, "_LIB", Lib())
+    monkeypatch.setattr(_internals, "NUM_TICKETS", _internals.Capability("n", True, "", "", False))
     assert tls.disable_session_tickets(Plain()) is True  # type: ignore[arg-type]
     assert calls[-1] == ("ctx", 0)
-    monkeypatch.setattr(SSL, "_lib", object())
+    monkeypatch.setattr(_internals, "NUM_TICKETS", _internals.Capability("n", False, "gone", "", False))
     assert tls.disable_session_tickets(Plain()) is False  # type: ignore[arg-type]
 
 

@@ -25,7 +25,7 @@ from rserpool.service.auth import (
     AuthenticationError, PeAuthenticator, RegistrarAuthenticator, channel_binding, read_secret,
 )
 from rserpool.service.channel import Channel, ChannelSettings
-from rserpool.service.hunt import RegistrarCandidates
+from rserpool.service.candidates import RegistrarCandidates
 from rserpool.service.pe import AuthenticationFailedError, PoolElementService
 from rserpool.wire import AsapError, AsapRegistration, LeastUsedPolicy
 from rserpool.wire import TcpTransport, codes
@@ -395,7 +395,9 @@ class AuthOverTLS(unittest.TestCase):
         # OpenSSL negotiates EMS by default: the binding is available.
         self.assertEqual(len(channel_binding(client.channel.transport)), 32)
         # Without EMS the registrar refuses with the channel-binding code and cause 0xa.
-        self.patch(service_auth, "_extended_master_secret", lambda connection: False)
+        from rserpool.security import _internals
+
+        self.patch(_internals, "extended_master_secret", lambda connection: False)
         reply = yield within(client.request(AsapAuthRequest()), 10, self.reactor)
         self.assertEqual(type(reply), AsapAuthFailure)
         self.assertEqual(reply.code, 7)

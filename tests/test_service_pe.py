@@ -24,7 +24,7 @@ from rserpool.asap.registrar import RegistrarSettings
 from rserpool.demo.echo_pe import EchoPoolElement, EchoProtocol, echo_pool_element
 from rserpool.security import tls
 from rserpool.service.channel import Channel, ChannelSettings
-from rserpool.service.hunt import RegistrarCandidates
+from rserpool.service.candidates import RegistrarCandidates
 from rserpool.service.pe import (
     PoolElementService, PoolElementStopped, RegistrationFailedError, RegistrationRefusedError,
 )
@@ -321,7 +321,7 @@ def drop_log():
     lines: list[str] = []
 
     def observer(event) -> None:
-        if (event.get("log_namespace") == "rserpool.service.pe"
+        if (event.get("log_namespace") == "rserpool.service.keepalive_log"
                 and event.get("log_level") is LogLevel.warn
                 and "keep-alive" in (event.get("log_format") or "")):
             lines.append(formatEvent(event))
@@ -399,7 +399,7 @@ def test_keepalive_flood_over_a_real_channel_is_bounded(drop_log):
 
     # The channel goes: its bucket and its log state go with it.
     channel.connectionLost(Failure(ConnectionLost()))
-    assert pe.core.keepalive_channels == 0 and pe._drop_logs == {}
+    assert pe.core.keepalive_channels == 0 and pe.drop_log.channels == {}
     assert len(drop_log) == 4
 
 
@@ -417,7 +417,7 @@ def test_dropped_keepalives_are_summarized_when_the_channel_closes(setup, drop_l
     clock.advance(10)
     a.abort()  # before the summary is due: it is logged now, and not again
     assert len(drop_log) == 2 and "59 more" in drop_log[1] and "before the channel closed" in drop_log[1]
-    assert pe.core.keepalive_channels == 0 and pe._drop_logs == {}
+    assert pe.core.keepalive_channels == 0 and pe.drop_log.channels == {}
     clock.advance(120)
     assert len(drop_log) == 2
     # The next registrar channel starts afresh: full burst, its own first line.
@@ -432,7 +432,7 @@ def test_dropped_keepalives_are_summarized_when_the_channel_closes(setup, drop_l
     stopped = pe.stopService()
     pe.message_received(b, AsapDeregistrationResponse(H, pe.pe_id), clock.seconds())
     assert stopped.called and clock.getDelayedCalls() == []
-    assert pe._drop_logs == {}
+    assert pe.drop_log.channels == {}
 
 
 def test_keepalive_log_interval_is_validated():

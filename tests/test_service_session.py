@@ -9,12 +9,12 @@ from pathlib import Path
 from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 
-from rserpool.asap.session import PuSessionSettings, PuState, SessionClosedError
+from rserpool.asap.pu_session import PuSessionSettings, PuState
+from rserpool.asap.session import SessionClosedError
 from rserpool.security import tls
 from rserpool.service.channel import ChannelSettings
-from rserpool.service.session import (
-    SessionClient, SessionServer, listen_sessions, pe_tls_options,
-)
+from rserpool.service.pe_session import SessionServer, listen_sessions
+from rserpool.service.pu_session import SessionClient, pe_tls_options
 from tests.asaphelpers import make_pe
 from tests.tlshelpers import make_test_pki
 
@@ -401,7 +401,7 @@ class SessionWithRegistrar(unittest.TestCase):
     def start_echo_pe(self, name: bytes, identity, key: bytes):
         from rserpool.demo.echo_pe import EchoPoolElement
         from rserpool.demo.echo_session import echo_session_server
-        from rserpool.service.hunt import RegistrarCandidates
+        from rserpool.service.candidates import RegistrarCandidates
 
         server = echo_session_server(reactor, cookie_key=key)
         recorder = _RecordingEcho(server.application, name)

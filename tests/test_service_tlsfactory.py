@@ -19,7 +19,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.trial.unittest import TestCase
 from zope.interface import providedBy
 
-from rserpool.security import tls
+from rserpool.security import _internals, tls
 from rserpool.service import tlsfactory
 from tests.tlshelpers import make_test_pki
 
@@ -36,8 +36,8 @@ def connect_pair(pki, factory_class, server_protocol, client_protocol):
     app.gone = Deferred()
     server_options = tls.server_options(pki.server.cert, pki.server.key, [pki.ca.cert],
                                         require_client_cert=False)
-    wrapper = (TLSMemoryBIOFactory(server_options, False, app) if factory_class is TLSMemoryBIOFactory
-               else factory_class(server_options, app))
+    wrapper = (TLSMemoryBIOFactory(server_options, False, app, reactor) if factory_class is TLSMemoryBIOFactory
+               else factory_class(server_options, app, reactor))
     port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(wrapper)
     client = Factory.forProtocol(client_protocol)
     client.answer = Deferred()
@@ -74,8 +74,18 @@ class TLSServerFactoryTests(TestCase):
     def test_the_shortcut_is_in_use_on_this_twisted(self):
         # If Twisted's makeConnection changes, the stock one is used (and this
         # test says so, so that the shortcut is reviewed against the new code).
-        self.assertTrue(tlsfactory.FAST_MAKE_CONNECTION)
-        self.assertIs(tlsfactory.TLSServerFactory.protocol, tlsfactory._TLSServerProtocol)
+        self.assertTrue(_internals.FAST_HANDSHAKE.available, _internals.FAST_HANDSHAKE.reason)
+        self.assertIs(tlsfactory.TLSServerFactory.protocol, _internals.ServerTLSProtocol)
+
+    def test_the_factory_needs_a_clock(self):
+        from twisted.internet.task import Clock
+
+        options = tls.server_options(self.pki.server.cert, self.pki.server.key, [self.pki.ca.cert],
+                                     require_client_cert=False)
+        with self.assertRaises(TypeError):
+            tlsfactory.TLSServerFactory(options, Factory(), None)
+        clock = Clock()
+        self.assertIs(tlsfactory.TLSServerFactory(options, Factory(), clock)._clock, clock)
 
     @inlineCallbacks
     def _serve(self, factory_class):
@@ -92,7 +102,7 @@ class TLSServerFactoryTests(TestCase):
         stock_answer, stock = yield self._serve(TLSMemoryBIOFactory)
         self.assertEqual(answer, b"re:hello")
         self.assertEqual(stock_answer, b"re:hello")
-        self.assertIsInstance(fast, tlsfactory._TLSServerProtocol)
+        self.assertIsInstance(fast, _internals.ServerTLSProtocol)
         self.assertEqual(set(providedBy(fast)), set(providedBy(stock)))
         self.assertTrue(interfaces.ITCPTransport.providedBy(fast))
         self.assertTrue(interfaces.ISSLTransport.providedBy(fast))
@@ -143,7 +153,8 @@ class FastTLSIOTests(TestCase):
         self.pki = make_test_pki(Path(tempfile.mkdtemp(prefix="rserpool-tlsio-")))
 
     def test_the_shortcut_is_in_use_on_this_twisted_and_pyopenssl(self):
-        self.assertTrue(tlsfactory.FAST_TLS_IO)
+        self.assertTrue(_internals.FAST_TLS_IO.available, _internals.FAST_TLS_IO.reason)
+        self.assertTrue(_internals.ServerTLSProtocol.fast_io)
 
     @inlineCallbacks
     def _exchange(self, factory_class):
@@ -158,7 +169,7 @@ class FastTLSIOTests(TestCase):
     def test_delivers_and_sends_what_twisted_does(self):
         answer, received, fast, _ = yield self._exchange(tlsfactory.TLSServerFactory)
         stock_answer, stock_received, _, _ = yield self._exchange(TLSMemoryBIOFactory)
-        self.assertIsInstance(fast, tlsfactory._TLSServerProtocol)
+        self.assertIsInstance(fast, _internals.ServerTLSProtocol)
         self.assertEqual(received, stock_received)
         self.assertTrue(received.startswith(b"0;1;2;") and received.endswith(b"END"))
         self.assertEqual(len(received), len(b"".join(b"%d;" % i for i in range(200))) + 256 * 800 + 3)

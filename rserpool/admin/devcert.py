@@ -41,7 +41,7 @@ def _valid_from_ca(cert_path: Path, ca: x509.Certificate, now: dt.datetime) -> b
 
 def ensure_admin_certificate(directory: Path, now: dt.datetime | None = None) -> AdminCertificate:
     """Issue ``admin.pem``/``admin.key``/``admin.p12`` from the development CA in ``directory`` when missing
-    or stale (the CA must exist: ``pki.ensure_dev_pki`` first)."""
+    or stale (the CA must exist: ``devpki.ensure_dev_pki`` first)."""
     moment = now or dt.datetime.now(dt.timezone.utc)
     directory = Path(directory)
     paths = AdminCertificate(directory / "admin.pem", directory / "admin.key", directory / "admin.p12")

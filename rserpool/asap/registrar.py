@@ -57,6 +57,7 @@ from rserpool.wire import (
 )
 from rserpool.wire import codes
 from rserpool.wire.asap import encode_registration_response, encode_resolution_response
+from rserpool.wire.params import encode_pool_handle
 from rserpool.wire.policy import LeastUsedPolicy, OpaquePolicy
 from rserpool.fastinit import fast_constructor
 from rserpool.wire.transports import TcpTransport
@@ -226,7 +227,24 @@ def _addresses(transport: Any) -> tuple:
 
 
 def _cause(code: int, info: bytes = b"") -> OperationError:
+    if code == codes.CAUSE_INVALID_VALUES and not info:
+        code = codes.CAUSE_UNSPECIFIED  # RFC 5354 3.12.4: Invalid Values carries its TLV
     return OperationError((ErrorCause(code, info),))
+
+
+def _offending_tlv(field: str | None, msg: AsapRegistration) -> bytes:
+    """The registration's parameter that holds an invalid value (RFC 5354
+    3.12.4), by the handlespace's name for it."""
+    pe = msg.pool_element
+    if field == "transport":
+        return pe.user_transport.encode()
+    if field == "policy":
+        return pe.policy.encode()
+    if field == "pool_handle":
+        return encode_pool_handle(msg.pool_handle)
+    if field == "registration_life":
+        return pe.encode()  # a fixed field of the Pool Element parameter
+    return b""
 
 
 # Constructors without checks, for values known to be valid.
@@ -345,16 +363,17 @@ class RegistrarCore:
     def _on_registration(self, session: AsapSession, msg: AsapRegistration, now: float, out: list) -> None:
         handle, pe = msg.pool_handle, msg.pool_element
         cause = self._gate(session, now)
+        info = b""
         if cause is None and self.settings.check_pe_addresses:
             for address in _addresses(pe.user_transport):
                 if session.address_text(address) != session.address:
                     self._log("refusing registration of {pe_id:08x}: address {address} is not the"
                               " channel's {peer}", pe_id=pe.pe_id, address=address, peer=session.address)
-                    cause = codes.CAUSE_INVALID_VALUES
+                    cause, info = codes.CAUSE_INVALID_VALUES, pe.user_transport.encode()
                     break
         if cause is not None:
             self._refused(cause, session, "registration", handle, pe.pe_id, now)
-            out.append(Send(session, AsapRegistrationResponse(handle, pe.pe_id, True, _cause(cause))))
+            out.append(Send(session, AsapRegistrationResponse(handle, pe.pe_id, True, _cause(cause, info))))
             return
         self._authorized_then(session, ACTION_REGISTER, handle, msg, now, out)
 
@@ -380,9 +399,14 @@ class RegistrarCore:
             )
         except HandlespaceError as exc:
             self._refused(exc.cause, session, "registration", handle, pe.pe_id, now)
-            info = b""
             if exc.cause == codes.CAUSE_INCONSISTENT_POLICY:
-                info = self._pool_policy_bytes(handle)
+                info = self._pool_policy_bytes(handle)  # RFC 5354 3.12.6
+            elif exc.cause == codes.CAUSE_INCONSISTENT_TRANSPORT:
+                info = self._pool_transport_bytes(handle)  # RFC 5354 3.12.8
+            elif exc.cause == codes.CAUSE_INVALID_VALUES:
+                info = _offending_tlv(exc.field, msg)  # RFC 5354 3.12.4
+            else:
+                info = b""  # the other causes carry no information
             out.append(Send(session, AsapRegistrationResponse(handle, pe.pe_id, True, _cause(exc.cause, info))))
             return
         entry = result.entry
@@ -412,6 +436,14 @@ class RegistrarCore:
             payload = members[0].payload
             if isinstance(payload, PoolElement):
                 return payload.policy.encode()
+        return b""
+
+    def _pool_transport_bytes(self, handle: bytes) -> bytes:
+        members = self.handlespace.pool_members(handle)
+        if members:
+            payload = members[0].payload
+            if isinstance(payload, PoolElement):
+                return payload.user_transport.encode()
         return b""
 
     # -- deregistration -----------------------------------------------------------------

@@ -19,8 +19,8 @@ from zope.interface import implementer
 
 from rserpool.backends.ldap import LdapDirectory
 from rserpool.backends.ldap_schema import LdapEntry, LdapError, LdapSchema, LdapTls
-from rserpool.backends.radius import pool_matches
 from rserpool.interfaces import IPoolAuthorizer
+from rserpool.security.authz import pool_matches
 
 __all__ = [
     "AUTHORIZATION_MODES",
@@ -45,7 +45,7 @@ class LdapAuthorizer:
     - ``groups`` mode: each of the entry's groups (plus the ``groups`` the
       registrar passes in) grants pools: those listed for it in
       ``group_pools`` when that table is given (patterns, as in
-      :func:`~rserpool.backends.radius.pool_matches`), else, for a group
+      :func:`~rserpool.security.authz.pool_matches`), else, for a group
       whose name starts with ``group_prefix``, the one pool whose handle
       (UTF-8) equals the rest of the name (``cn=echo`` -> pool ``echo``).
     - ``attribute`` mode: a pattern of the entry's pools attribute matches.

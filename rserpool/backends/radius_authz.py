@@ -18,15 +18,14 @@ from typing import Any, Callable, Iterable, Mapping
 from twisted.internet import defer
 from zope.interface import implementer
 
-from rserpool.backends.radius import (
+from rserpool.backends.radius import RadiusClient, parse_servers
+from rserpool.backends.radius_decision import (
     AUTHORIZATION_SOURCES,
-    RadiusClient,
     RadiusDecision,
     decision_from_attributes,
-    parse_servers,
-    pool_matches,
 )
 from rserpool.interfaces import IChapVerifier, Identity, IPoolAuthorizer
+from rserpool.security.authz import pool_matches
 from rserpool.security.chap import ChapVerdict, VerifyChap
 
 #: The mechanism name of identities proven by RADIUS CHAP (as

@@ -65,7 +65,7 @@ async def _echo_lines(reactor: Any, args: argparse.Namespace, stdin: Any, stdout
 
     from rserpool.demo.echo_client import EchoSession
     from rserpool.service.pu import PoolUser
-    from rserpool.service.session import pe_tls_options
+    from rserpool.service.pu_session import pe_tls_options
 
     client_cert = (args.cert, args.key) if args.cert else None
     pu = PoolUser.connecting_to(reactor, args.registrar, [args.ca], client_cert=client_cert,

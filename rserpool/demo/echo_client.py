@@ -24,9 +24,10 @@ from typing import Any, Callable
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from rserpool.asap.session import DEFAULT_DATA_PPID, PuSessionSettings, PuState
+from rserpool.asap.pu_session import PuSessionSettings, PuState
+from rserpool.asap.session import DEFAULT_DATA_PPID
 from rserpool.service.channel import ChannelSettings
-from rserpool.service.session import PeTLSOptions, SessionClient
+from rserpool.service.pu_session import PeTLSOptions, SessionClient
 from rserpool.wire import PoolElement
 
 __all__ = ["EchoSession"]

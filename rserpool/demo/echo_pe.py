@@ -134,7 +134,7 @@ class EchoPoolElement(MultiService):
         MultiService.startService(self)
         factory: Factory = _LimitedFactory(self.protocol_factory, self.max_connections)
         if self.server_tls_options is not None:
-            factory = TLSServerFactory(self.server_tls_options, factory)
+            factory = TLSServerFactory(self.server_tls_options, factory, self.reactor)
         else:
             _log.critical("INSECURE: the echo PE listens WITHOUT TLS")
         ip = ipaddress.ip_address(self.host)
@@ -197,7 +197,7 @@ def echo_pool_element(
     are given, also the listener's certificate; ``ca`` is the trust root for
     both directions."""
     from rserpool.security import tls
-    from rserpool.service.hunt import RegistrarCandidates
+    from rserpool.service.candidates import RegistrarCandidates
 
     server_options = tls.server_options(server_cert or cert, server_key or key, [ca],
                                         require_client_cert=False)

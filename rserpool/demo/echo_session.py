@@ -24,7 +24,7 @@ from twisted.python.failure import Failure
 
 from rserpool.asap.session import DEFAULT_DATA_PPID, CookieError, CookieSealer
 from rserpool.service.channel import ChannelSettings
-from rserpool.service.session import ServerSession, SessionServer
+from rserpool.service.pe_session import ServerSession, SessionServer
 
 __all__ = ["EchoSessionApplication", "echo_session_server"]
 
@@ -33,7 +33,7 @@ _COUNT = struct.Struct("!Q")
 
 
 class EchoSessionApplication:
-    """A :class:`~rserpool.service.session.SessionApplication` that echoes."""
+    """A :class:`~rserpool.service.pe_session.SessionApplication` that echoes."""
 
     def __init__(self, cookie_key: bytes, *, pool_handle: bytes = b"echo", clock: Any,
                  cookie_max_age: float | None = 3600.0, business_card: Any = None) -> None:

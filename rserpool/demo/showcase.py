@@ -72,7 +72,7 @@ class DemoService(MultiService):
         from rserpool.demo.echo_pe import echo_pool_element
         from rserpool.demo.echo_session import echo_session_server
         from rserpool.service.pu import PoolUser
-        from rserpool.service.session import pe_tls_options
+        from rserpool.service.pu_session import pe_tls_options
 
         address = self.registrar.listening_addresses[0]
         registrar = f"{address.host}:{address.port}"

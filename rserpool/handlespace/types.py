@@ -89,3 +89,10 @@ class SelectionPolicy(Protocol):
 
     def __len__(self) -> int: ...
 
+
+def policy_mismatch(pool_type: int, settings: PolicySettings) -> ValueError:
+    """The error a policy raises for a member whose policy type is not its pool's."""
+    return ValueError(
+        f"policy type 0x{settings.policy_type:08x} does not match the "
+        f"pool's 0x{pool_type:08x}"
+    )

@@ -32,7 +32,9 @@ import re
 from dataclasses import dataclass
 from typing import Iterable
 
-__all__ = ["ACTIONS", "Rule", "RulesError", "RulesAuthorizer", "parse_rules", "load_rules"]
+__all__ = [
+    "ACTIONS", "Rule", "RulesError", "RulesAuthorizer", "parse_rules", "load_rules", "pool_matches",
+]
 
 ACTIONS = frozenset({"register", "deregister", "resolve", "enrp", "admin"})
 #: What ``all`` stands for: the admin door is never granted by a wildcard.
@@ -64,10 +66,13 @@ class Rule:
                 return False
         elif subject != identity:
             return False
-        return any(_match(pattern, handle) for pattern in self.patterns)
+        return any(pool_matches(pattern, handle) for pattern in self.patterns)
 
 
-def _match(pattern: str, handle: bytes) -> bool:
+def pool_matches(pattern: str, handle: bytes) -> bool:
+    """Shell-glob match of a pool handle (UTF-8, case-sensitive), or
+    ``hex:`` over its lower-case hex; ``*`` matches every handle.  The one
+    pool pattern rule of the rules file and the RADIUS and LDAP backends."""
     if pattern == "*":
         return True
     if pattern.startswith("hex:"):

@@ -45,6 +45,7 @@ from twisted.python.failure import Failure
 from zope.interface import Attribute, implementer
 
 from rserpool.errors import BackendUnavailable
+from rserpool.identity import normalize_identity
 from rserpool.interfaces import (
     ICertificateMapping,
     IChapSecretStore,
@@ -225,9 +226,7 @@ def _call(method: Any, *args: Any) -> defer.Deferred[Any]:
 
 
 def _valid_name(name: object) -> str | None:
-    from rserpool.security.exchange import normalize_identity
-
-    return normalize_identity(name) if isinstance(name, str) else None  # type: ignore[arg-type]
+    return normalize_identity(name)
 
 
 class _Checker:

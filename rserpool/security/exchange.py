@@ -31,6 +31,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Protocol
 
+from rserpool.identity import normalize_identity
 from rserpool.security import chap as _chap
 from rserpool.security import srp as _srp
 
@@ -231,20 +232,6 @@ class CredentialStore(Protocol):
 def resolve_chap_locally(store: CredentialStore, request: VerifyChap) -> _chap.ChapVerdict:
     """Answer a :class:`VerifyChap` from a local store."""
     return _chap.verify_locally(store.lookup_chap_secret(request.identity), request)
-
-
-def normalize_identity(identity: str) -> str | None:
-    """NFKC-normalised identity, or None if empty, too long or has controls."""
-    if not isinstance(identity, str):
-        return None
-    try:
-        raw = _srp.normalize_text(identity, MAX_IDENTITY_LEN, "identity")
-    except _srp.SrpError:
-        return None
-    text = raw.decode("utf-8")
-    if not text or any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):
-        return None
-    return text
 
 
 # ---------------------------------------------------------------- limiter

@@ -1,12 +1,11 @@
 """TLS-PSK (RFC 5355 section 4: "TLS with PSK is mandatory to implement").
 
-pyOpenSSL 26 has no PSK API.  This module drives OpenSSL's PSK callbacks
-through the **private** cffi bindings pyOpenSSL itself uses
-(``OpenSSL.SSL._lib`` / ``_ffi``, a ``Context``'s ``SSL_CTX*`` in
-``ctx._context``, a ``Connection``'s ``SSL*`` in ``conn._ssl``).  Every
-symbol is checked before use (:func:`require_bindings`); when one is missing
-enabling PSK raises :class:`PskUnavailableError` naming it, never falls back
-to something weaker.
+pyOpenSSL 26 has no PSK API.  The OpenSSL PSK callbacks are reached through
+the private bindings pyOpenSSL itself uses, which only
+:mod:`rserpool.security._internals` touches (capability ``PSK``, checked once
+at import).  When it is missing, enabling PSK raises
+:class:`PskUnavailableError` naming what is missing; it never falls back to
+something weaker.
 
 What is negotiated:
 
@@ -16,12 +15,12 @@ What is negotiated:
 - **TLS 1.2**: ECDHE-PSK suites only (:data:`TLS12_PSK_CIPHERS`); plain PSK,
   DHE-PSK and RSA-PSK suites are never offered nor accepted.
 
-Server side (:func:`enable_server_psk`): a PSK identity is looked up in a
-:class:`PskKeyStore` (any object with ``psk_key(identity) -> bytes | None``,
-e.g. :class:`FilePskStore`).  An unknown identity gets a random key, so it
-fails exactly like a wrong key (the binder or Finished check).  The
+Server side (:func:`enable_server_psk`): a PSK identity is looked up in an
+:class:`~rserpool.interfaces.IPskKeyStore` (``psk_key(identity) -> bytes |
+None``, e.g. :class:`FilePskStore`).  An unknown identity gets a random key,
+so it fails exactly like a wrong key (the binder or Finished check).  The
 identity whose key completed the handshake is then available through
-:func:`psk_identity` and becomes the session's authenticated identity
+:func:`psk_identity` and becomes the channel's authenticated identity
 (mechanism :data:`MECHANISM`).
 
 Client side (:func:`client_options`): a PSK-only client (a PE or PU that
@@ -36,20 +35,19 @@ import hashlib
 import hmac
 import os
 import stat
-import weakref
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Protocol, Union
+from typing import Any, Mapping, Union
 
 from OpenSSL import SSL
 from twisted.internet.interfaces import (
     IOpenSSLClientConnectionCreator,
     IOpenSSLServerConnectionCreator,
 )
-from twisted.logger import Logger
 from zope.interface import implementer
 
-from rserpool.security import tls
+from rserpool.interfaces import IPskKeyStore
+from rserpool.security import _internals, tls
 
 __all__ = [
     "MECHANISM",
@@ -59,7 +57,6 @@ __all__ = [
     "FilePskStore",
     "PskClientOptions",
     "PskError",
-    "PskKeyStore",
     "PskServerOptions",
     "PskUnavailableError",
     "client_options",
@@ -70,8 +67,6 @@ __all__ = [
     "require_bindings",
     "server_options",
 ]
-
-_log = Logger()
 
 #: The authentication mechanism name of a PSK-authenticated session.
 MECHANISM = "tls-psk"
@@ -94,15 +89,6 @@ _SERVER_TLS13_SUITES = b"TLS_AES_128_GCM_SHA256:TLS_CHACHA20_POLY1305_SHA256:TLS
 #: TLS 1.2 certificate suites kept on a server that also does PSK.
 _TLS12_CERT_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!eNULL"
 
-_REQUIRED_SYMBOLS = (
-    "SSL_CTX_set_psk_server_callback",
-    "SSL_CTX_set_psk_client_callback",
-    "SSL_CTX_use_psk_identity_hint",
-    "SSL_CTX_set_cipher_list",
-    "SSL_CTX_set_ciphersuites",
-    "SSL_session_reused",
-)
-
 PathLike = Union[str, "os.PathLike[str]"]
 
 
@@ -114,49 +100,14 @@ class PskUnavailableError(RuntimeError):
     """The OpenSSL bindings needed for TLS-PSK are not there (or changed)."""
 
 
-class PskKeyStore(Protocol):
-    def psk_key(self, identity: str) -> bytes | None:
-        """The key of ``identity``, or None if it has none."""
-
-
-# --- the private bindings ----------------------------------------------------------
-
-
-def _bindings() -> tuple[Any, Any]:
-    try:
-        from OpenSSL.SSL import _ffi, _lib  # type: ignore[attr-defined]
-    except ImportError as exc:  # pragma: no cover - depends on pyOpenSSL internals
-        raise PskUnavailableError(f"pyOpenSSL no longer exposes its cffi bindings: {exc}") from None
-    return _lib, _ffi
-
-
-def require_bindings(lib: Any = None) -> None:
-    """Raise :class:`PskUnavailableError` unless every symbol PSK needs exists."""
-    if lib is None:
-        lib, _ = _bindings()
-    missing = [name for name in _REQUIRED_SYMBOLS if not hasattr(lib, name)]
-    if missing:
+def require_bindings() -> None:
+    """Raise :class:`PskUnavailableError` unless the ``PSK`` capability is there."""
+    if not _internals.PSK.available:
+        _internals.PSK.note_missing()
         raise PskUnavailableError(
-            "TLS-PSK needs OpenSSL functions that pyOpenSSL's private bindings do not "
-            f"expose: {', '.join(missing)} (pyOpenSSL/cryptography upgrade?); refusing to run "
-            "without PSK rather than silently weaker"
+            f"TLS-PSK needs OpenSSL bindings that pyOpenSSL does not expose: {_internals.PSK.reason} "
+            "(pyOpenSSL/cryptography upgrade?); refusing to run without PSK rather than silently weaker"
         )
-
-
-def _ctx_pointer(context: SSL.Context) -> Any:
-    pointer = getattr(context, "_context", None)
-    if pointer is None:
-        raise PskUnavailableError("pyOpenSSL Context has no _context (SSL_CTX*) attribute any more")
-    return pointer
-
-
-def _ssl_key(ffi: Any, ssl: Any) -> int:
-    return int(ffi.cast("uintptr_t", ssl))
-
-
-def _check(result: int, what: str) -> None:
-    if result != 1:
-        raise PskUnavailableError(f"OpenSSL refused {what}")
 
 
 # --- identities and keys -------------------------------------------------------------
@@ -177,6 +128,7 @@ def _valid_key(key: bytes) -> bytes:
     return key
 
 
+@implementer(IPskKeyStore)
 class FilePskStore:
     """Identities and keys in memory, looked up without comparing identities
     byte by byte: the table is keyed by an HMAC of the identity under a
@@ -242,12 +194,6 @@ def load_psk_file(path: PathLike, *, check_mode: bool = True) -> dict[str, bytes
 
 # --- server ----------------------------------------------------------------------------
 
-# SSL* address -> Connection, while the Connection lives (an entry vanishes
-# before OpenSSL can reuse the address for another connection).
-_server_connections: "weakref.WeakValueDictionary[int, SSL.Connection]" = weakref.WeakValueDictionary()
-# Connection -> the PSK identity whose key it accepted.
-_identities: "weakref.WeakKeyDictionary[SSL.Connection, str]" = weakref.WeakKeyDictionary()
-
 
 def psk_identity(transport_or_connection: Any) -> str | None:
     """The PSK identity a server connection authenticated, or None.
@@ -268,14 +214,12 @@ def psk_identity(transport_or_connection: Any) -> str | None:
             return None
     if connection.get_finished() is None or connection.get_peer_finished() is None:
         return None
-    name = _identities.get(connection)
+    name = _internals.psk_identity_accepted(connection)
     if name is None:
         return None
     version = connection.get_protocol_version_name()
     if version == "TLSv1.3":
-        lib, _ = _bindings()
-        ssl = getattr(connection, "_ssl", None)
-        if ssl is None or lib.SSL_session_reused(ssl) != 1:
+        if not _internals.session_reused(connection):
             return None
     elif version == "TLSv1.2":
         if (connection.get_cipher_name() or "") not in TLS12_PSK_CIPHERS:
@@ -285,74 +229,30 @@ def psk_identity(transport_or_connection: Any) -> str | None:
     return name
 
 
-class _ServerCallback:
-    """The server's PSK callback; kept alive (with its cffi handle) by the options."""
-
-    def __init__(self, store: PskKeyStore, ffi: Any) -> None:
-        self.store = store
-        self.ffi = ffi
-
-    def __call__(self, ssl: Any, identity: Any, psk: Any, max_psk_len: int) -> int:
-        try:
-            if identity == self.ffi.NULL:
-                return 0
-            raw = self.ffi.string(identity, MAX_IDENTITY_LENGTH + 1)
-            name: str | None
-            try:
-                name = raw.decode("utf-8") if len(raw) <= MAX_IDENTITY_LENGTH else None
-            except UnicodeDecodeError:
-                name = None
-            key = None
-            if name is not None:
-                try:
-                    key = self.store.psk_key(name)
-                except Exception:
-                    _log.failure("PSK key store failed; refusing the handshake")
-                    return 0
-            if key is None or not MIN_KEY_LENGTH <= len(key) <= max_psk_len:
-                # Unknown identity: a random key makes it fail like a wrong key.
-                key = os.urandom(32)
-                name = None
-            self.ffi.memmove(psk, key, len(key))
-            connection = _server_connections.get(_ssl_key(self.ffi, ssl))
-            if connection is not None:
-                if name is None:
-                    _identities.pop(connection, None)
-                else:
-                    _identities[connection] = name
-            return len(key)
-        except BaseException:  # never raise into OpenSSL
-            _log.failure("in the TLS-PSK server callback")
-            return 0
-
-
 def _server_cipher_list() -> bytes:
     return (_TLS12_CERT_CIPHERS + ":" + ":".join(TLS12_PSK_CIPHERS)).encode("ascii")
 
 
-def enable_server_psk(context: SSL.Context, store: PskKeyStore, hint: str | None = None) -> Any:
+def enable_server_psk(context: SSL.Context, store: IPskKeyStore, hint: str | None = None) -> Any:
     """Install PSK on a server context that has not made a connection yet.
 
-    Returns the cffi callback handle: keep it referenced as long as the
-    context (:class:`PskServerOptions` does).
+    Returns the callback handle: keep it referenced as long as the context
+    (:class:`PskServerOptions` does).
     """
-    lib, ffi = _bindings()
-    require_bindings(lib)
-    ctx = _ctx_pointer(context)
-    handle = ffi.callback("unsigned int(*)(SSL *, char *, unsigned char *, unsigned int)",
-                          _ServerCallback(store, ffi))
-    _check(lib.SSL_CTX_set_cipher_list(ctx, _server_cipher_list()), "the ECDHE-PSK cipher list")
+    require_bindings()
+    if not isinstance(context, SSL.Context):
+        raise PskUnavailableError(f"{context!r} is not a pyOpenSSL Context")
+    context.set_cipher_list(_server_cipher_list())
     # The server picks the suite before it looks at the PSK, and a PSK from
     # the legacy callbacks only works with a SHA-256 suite: prefer those.
-    _check(lib.SSL_CTX_set_ciphersuites(ctx, _SERVER_TLS13_SUITES), "the TLS 1.3 cipher suites")
-    if hint is not None:
-        _check(lib.SSL_CTX_use_psk_identity_hint(ctx, _valid_identity(hint).encode()), "the identity hint")
+    context.set_tls13_ciphersuites(_SERVER_TLS13_SUITES)
+    if hint is not None and not _internals.set_psk_identity_hint(context, _valid_identity(hint).encode()):
+        raise PskUnavailableError("OpenSSL refused the PSK identity hint")
     # No resumption: a TLS 1.3 "reused" flag then always means the external
     # PSK was used (see psk_identity), and every connection proves the key.
     context.set_options(SSL.OP_NO_TICKET)
     context.set_session_cache_mode(SSL.SESS_CACHE_OFF)
-    lib.SSL_CTX_set_psk_server_callback(ctx, handle)
-    return handle
+    return _internals.enable_psk_server(context, store.psk_key, MIN_KEY_LENGTH)
 
 
 @implementer(IOpenSSLServerConnectionCreator)
@@ -362,24 +262,18 @@ class PskServerOptions:
     ``base`` must be fresh (no connection made from its context yet).
     """
 
-    def __init__(self, base: tls.ServerTLSOptions, store: PskKeyStore, hint: str | None = None) -> None:
+    def __init__(self, base: tls.ServerTLSOptions, store: IPskKeyStore, hint: str | None = None) -> None:
         self.base = base
         self.store = store
         self.context = base.context
         self._callback = enable_server_psk(self.context, store, hint)
-        _, self._ffi = _bindings()
 
     @property
     def settings(self) -> tls.ServerTLSSettings:
         return self.base.settings
 
-    def serverConnectionForTLS(self, tlsProtocol: object) -> SSL.Connection:
-        connection = SSL.Connection(self.context, None)
-        ssl = getattr(connection, "_ssl", None)
-        if ssl is None:  # pragma: no cover - pyOpenSSL internals changed
-            raise PskUnavailableError("pyOpenSSL Connection has no _ssl (SSL*) attribute any more")
-        _server_connections[_ssl_key(self._ffi, ssl)] = connection
-        return connection
+    def serverConnectionForTLS(self, tlsProtocol: object) -> SSL.Connection:  # noqa: N802 (Twisted)
+        return _internals.psk_server_connection(self.context)
 
 
 def server_options(
@@ -387,7 +281,7 @@ def server_options(
     key_path: PathLike,
     trust_roots: tls.TrustRoots = (),
     *,
-    psk_store: PskKeyStore,
+    psk_store: IPskKeyStore,
     hint: str | None = None,
     require_client_cert: bool = False,
     **kwargs: Any,
@@ -404,25 +298,6 @@ def server_options(
 
 
 # --- client ----------------------------------------------------------------------------
-
-
-class _ClientCallback:
-    def __init__(self, identity: bytes, key: bytes, ffi: Any) -> None:
-        self.identity = identity
-        self.key = key
-        self.ffi = ffi
-
-    def __call__(self, ssl: Any, hint: Any, identity: Any, max_identity_len: int, psk: Any,
-                 max_psk_len: int) -> int:
-        try:
-            if len(self.identity) + 1 > max_identity_len or len(self.key) > max_psk_len:
-                return 0
-            self.ffi.memmove(identity, self.identity + b"\0", len(self.identity) + 1)
-            self.ffi.memmove(psk, self.key, len(self.key))
-            return len(self.key)
-        except BaseException:  # never raise into OpenSSL
-            _log.failure("in the TLS-PSK client callback")
-            return 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -446,8 +321,7 @@ class PskClientOptions:
     def __init__(self, identity: str, key: bytes, *, min_version: Any = tls.MINIMUM_VERSION,
                  max_version: Any = None, server_name: str | None = None,
                  keylog_path: PathLike | None = None, environ: Mapping[str, str] | None = None) -> None:
-        lib, ffi = _bindings()
-        require_bindings(lib)
+        require_bindings()
         tls._check_versions(min_version, max_version)
         identity = _valid_identity(identity)
         key = _valid_key(bytes(key))
@@ -458,13 +332,8 @@ class PskClientOptions:
         if max_version is not None:
             context.set_max_proto_version(_PROTOCOL_VERSIONS[max_version])
         context.set_cipher_list(":".join(TLS12_PSK_CIPHERS).encode("ascii"))
-        ctx = _ctx_pointer(context)
-        _check(lib.SSL_CTX_set_ciphersuites(ctx, ":".join(TLS13_PSK_SUITES).encode("ascii")),
-               "the TLS 1.3 PSK cipher suites")
-        self._callback = ffi.callback(
-            "unsigned int(*)(SSL *, char *, char *, unsigned int, unsigned char *, unsigned int)",
-            _ClientCallback(identity.encode("utf-8"), key, ffi))
-        lib.SSL_CTX_set_psk_client_callback(ctx, self._callback)
+        context.set_tls13_ciphersuites(":".join(TLS13_PSK_SUITES).encode("ascii"))
+        self._callback = _internals.enable_psk_client(context, identity.encode("utf-8"), key)
         # A server that did not take the PSK and sends a certificate instead
         # is not the holder of the key: refuse it.
         context.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, _refuse_certificate)

@@ -50,7 +50,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from rserpool.security import pki
+from rserpool.security import _internals, pki
 
 __all__ = [
     "disable_session_tickets",
@@ -293,21 +293,15 @@ class ServerTLSOptions:
 
 def disable_session_tickets(context: SSL.Context) -> bool:
     """Make ``context`` send no TLS 1.3 NewSessionTicket (OpenSSL's
-    ``SSL_CTX_set_num_tickets(ctx, 0)``) when the bindings offer it.
+    ``SSL_CTX_set_num_tickets(ctx, 0)``) when the bindings offer it
+    (capability ``NUM_TICKETS`` of :mod:`rserpool.security._internals`).
 
     Returns whether it was done; without the binding (pyOpenSSL 26 exposes
     neither ``Context.set_num_tickets`` nor the cffi function) the context is
-    left as it is: the tickets are only a cost, resumption stays refused.
+    left as it is, and that is logged once: the tickets are only a cost,
+    resumption stays refused.
     """
-    setter = getattr(context, "set_num_tickets", None)
-    if setter is not None:
-        setter(0)
-        return True
-    lib_setter = getattr(getattr(SSL, "_lib", None), "SSL_CTX_set_num_tickets", None)
-    handle = getattr(context, "_context", None)
-    if lib_setter is not None and handle is not None:
-        return bool(lib_setter(handle, 0))
-    return False
+    return _internals.disable_tickets(context)
 
 
 def server_options(

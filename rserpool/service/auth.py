@@ -33,6 +33,7 @@ from rserpool.asap.auth import (
     AUTH_MESSAGES, AuthFailed, Authenticated, AuthenticationFailed, AuthSucceeded, ClientAuth,
     LookupSrp, SendMessage, ServerAuth, channel_refusal,
 )
+from rserpool.security import _internals
 from rserpool.security import exchange as ex
 from rserpool.security.chap import ChapVerdict, VerifyChap, verify_locally
 from rserpool.security.tls import NotTLSError, export_keying_material, tls_connection
@@ -56,14 +57,6 @@ class ChannelBindingError(Exception):
     """The TLS connection cannot serve as a channel binding."""
 
 
-def _extended_master_secret(connection: Any) -> bool:
-    try:
-        from OpenSSL._util import lib  # pyOpenSSL's cffi binding of OpenSSL
-        return bool(lib.SSL_get_extms_support(connection._ssl) == 1)
-    except Exception:  # not exposed by this build: cannot tell, so no
-        return False
-
-
 def channel_binding(transport: Any) -> bytes:
     """The 32-byte TLS exporter value of this connection for the exchange.
 
@@ -76,7 +69,11 @@ def channel_binding(transport: Any) -> bytes:
         raise ChannelBindingError(f"not a TLS channel: {exc}") from None
     version = connection.get_protocol_version_name()
     if version == "TLSv1.2":
-        if not _extended_master_secret(connection):
+        used = _internals.extended_master_secret(connection)
+        if used is None:  # the capability is missing (logged once): cannot tell, so no
+            raise ChannelBindingError("TLSv1.2: whether the extended master secret was used cannot be "
+                                      f"told ({_internals.EXTENDED_MASTER.reason})")
+        if not used:
             raise ChannelBindingError("TLSv1.2 without the extended master secret")
     elif version != "TLSv1.3":
         raise ChannelBindingError(f"{version} cannot be bound")

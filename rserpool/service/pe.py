@@ -27,10 +27,11 @@ with ``failover=True`` when the home registrar was lost, ``RegistrationLost``,
 docs/pe-library.md.
 
 Keep-alives over ``PeSettings.keepalive_rate``/``keepalive_burst`` on a
-registrar channel are not answered (RFC 5355 2.14).  The first one dropped on
-a channel is logged (warning), then at most one summary line per
+registrar channel are not answered (RFC 5355 2.14) and logged sparingly by
+``drop_log`` (:class:`rserpool.service.keepalive_log.KeepAliveDropLog`: the
+first one dropped on a channel, then at most one summary line per
 ``keepalive_log_interval`` seconds while drops go on, and one when the
-channel closes with drops not yet logged.  ``stats["keepalives_dropped"]``
+channel closes with drops not yet logged).  ``stats["keepalives_dropped"]``
 counts them (``stats["keepalives_answered"]`` the answered ones) over the
 service's life.
 """
@@ -51,13 +52,14 @@ from rserpool.asap.pe import (
     PeSettings, PeState, PoolElementSession, Registered, RegistrationLost, RegistrationRefused, Send,
 )
 from rserpool.service.channel import Channel, ChannelSettings
+from rserpool.service.keepalive_log import KeepAliveDropLog
 from rserpool.wire import AsapEndpointKeepAliveAck, AsapRegistration, WireError, error_reply
 from rserpool.wire.codes import PPID_ASAP
 from rserpool.wire.params import format_handle
 from rserpool.wire.transports import Transport
 
 __all__ = [
-    "PoolElementService", "PoolElement", "Hunt", "PoolElementError", "RegistrationRefusedError",
+    "PoolElementService", "Hunt", "PoolElementError", "RegistrationRefusedError",
     "RegistrationFailedError", "PoolElementStopped", "static_hunt", "AuthenticationFailedError",
 ]
 
@@ -104,17 +106,6 @@ class PoolElementStopped(PoolElementError):
         super().__init__("the pool element stopped")
 
 
-class _DropLog:
-    """What the log said about one channel's dropped keep-alives."""
-
-    __slots__ = ("total", "unlogged", "call")
-
-    def __init__(self) -> None:
-        self.total = 0  # dropped on this channel
-        self.unlogged = 0  # dropped since the last line
-        self.call: IDelayedCall | None = None  # the next summary
-
-
 class PoolElementService(Service):
     """One pool element registered in one pool, with failover."""
 
@@ -138,8 +129,6 @@ class PoolElementService(Service):
         authenticator: Any = None,
         keepalive_log_interval: float = 60.0,
     ) -> None:
-        if not keepalive_log_interval > 0:
-            raise ValueError("keepalive_log_interval must be positive")
         self.reactor = reactor
         # SRP/CHAP before registering (rserpool.service.auth.PeAuthenticator), on
         # every new registrar channel (so again after a failover).
@@ -180,8 +169,9 @@ class PoolElementService(Service):
         # RFC 5355 2.14: counters over the service's life (the core is
         # replaced when the service restarts), and the drop log per channel.
         self.stats = {"keepalives_answered": 0, "keepalives_dropped": 0}
-        self.keepalive_log_interval = keepalive_log_interval
-        self._drop_logs: dict[Channel, _DropLog] = {}
+        self.drop_log = KeepAliveDropLog(
+            reactor, keepalive_log_interval, pe_id=lambda: self.pe_id,
+            dropped_in_all=lambda: self.stats["keepalives_dropped"])
 
     # -- state ------------------------------------------------------------------------
 
@@ -240,8 +230,7 @@ class PoolElementService(Service):
             closing = [channel.closed_deferred() for channel in self.channels]
             for channel in list(self.channels):
                 channel.abort()
-            for channel in list(self._drop_logs):
-                self._end_drop_log(channel)
+            self.drop_log.close_all()
             return defer.DeferredList(closing)
 
         d.addBoth(close)
@@ -320,7 +309,7 @@ class PoolElementService(Service):
         _log.warn("ignoring data with PPID {ppid} from registrar {peer}", ppid=ppid, peer=channel.peer)
 
     def channel_closed(self, channel: Channel, reason: Failure) -> None:
-        self._end_drop_log(channel)
+        self.drop_log.channel_closed(channel)
         if channel not in self.channels:
             return
         self.channels.discard(channel)
@@ -502,54 +491,9 @@ class PoolElementService(Service):
                   message=getattr(event.message, "name", event.message), reason=event.reason)
 
     def _keepalive_dropped(self, event: KeepAliveDropped) -> None:
-        # RFC 5355 2.14: one line for the first drop on a channel, then at
-        # most one summary per keepalive_log_interval (none while quiet).
         self.stats["keepalives_dropped"] += 1
-        channel = event.channel
-        log = self._drop_logs.get(channel)
-        if log is None:
-            log = self._drop_logs[channel] = _DropLog()
-            log.total = 1
-            settings = self.core.settings
-            _log.warn("PE {pe_id:08x}: registrar {peer} sends keep-alives faster than "
-                      "{rate:g}/s (burst {burst:g}); not answering the excess (RFC 5355 2.14); "
-                      "further drops are summarized every {interval:g} s",
-                      pe_id=self.pe_id, peer=channel.peer,
-                      rate=settings.keepalive_rate, burst=settings.keepalive_burst,
-                      interval=self.keepalive_log_interval)
-        else:
-            log.total += 1
-            log.unlogged += 1
-        if log.call is None:
-            log.call = self.reactor.callLater(self.keepalive_log_interval,
-                                              self._summarize_drops, channel)
-
-    def _summarize_drops(self, channel: Channel) -> None:
-        log = self._drop_logs.get(channel)
-        if log is None:
-            return
-        log.call = None
-        if not log.unlogged:
-            return  # quiet for an interval: the next drop starts a new one
-        self._log_drops(channel, log, f"in the last {self.keepalive_log_interval:g} s")
-        log.call = self.reactor.callLater(self.keepalive_log_interval, self._summarize_drops, channel)
-
-    def _end_drop_log(self, channel: Channel) -> None:
-        log = self._drop_logs.pop(channel, None)
-        if log is None:
-            return
-        if log.call is not None and log.call.active():
-            log.call.cancel()
-        log.call = None
-        if log.unlogged:
-            self._log_drops(channel, log, "before the channel closed")
-
-    def _log_drops(self, channel: Channel, log: _DropLog, when: str) -> None:
-        _log.warn("PE {pe_id:08x}: dropped {count} more keep-alive(s) from registrar {peer} "
-                  "{when} ({total} on this channel, {all} in all)", pe_id=self.pe_id,
-                  count=log.unlogged, peer=channel.peer, when=when,
-                  total=log.total, all=self.stats["keepalives_dropped"])
-        log.unlogged = 0
+        settings = self.core.settings
+        self.drop_log.dropped(event.channel, settings.keepalive_rate, settings.keepalive_burst)
 
     _event_handlers: dict[type, Callable[[Any, Any], None]] = {
         NeedServer: _need_server,
@@ -591,10 +535,6 @@ class PoolElementService(Service):
         self._timer = None
         self._timer_at = None
         self._carry_out(self.core.timer(self.reactor.seconds()))
-
-
-#: The name the issue uses for the PE service.
-PoolElement = PoolElementService
 
 
 def _server(server_id: int | None) -> str:

@@ -95,7 +95,8 @@ class PoolUser:
         the name ``server_name`` (default: the host of each entry).  A
         client certificate (``(cert_path, key_path)``) is optional."""
         from rserpool.security import tls
-        from rserpool.service.hunt import RegistrarCandidates, ServerHunt, make_channel_factory
+        from rserpool.service.candidates import RegistrarCandidates
+        from rserpool.service.hunt import ServerHunt, make_channel_factory
 
         entries = [f"{r} {server_name}" if server_name else r for r in registrars]
         if not entries:

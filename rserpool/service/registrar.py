@@ -208,7 +208,7 @@ class RegistrarService(MultiService):
         for description in self.listen:
             factory: Any = _RegistrarFactory(self, tls=self.tls_options is not None)
             if self.tls_options is not None:
-                factory = TLSServerFactory(self.tls_options, factory)
+                factory = TLSServerFactory(self.tls_options, factory, self.reactor)
             endpoint = serverFromString(self.reactor, description)
             port = yield endpoint.listen(factory)
             self.ports.append(port)

@@ -23,10 +23,19 @@ class WireError(Exception):
 
     ``cause`` is the RFC 5354 error cause code a receiver reports, or None
     when the RFC says to discard the message silently.  ``detail`` is for
-    humans; ``offending`` holds the offending bytes (a TLV or the message),
-    which become the cause-specific information of the report.
-    ``prior`` holds "skip and report" causes collected before the stop, so
-    that one report carries every unrecognized parameter (RFC 5354 3.12.2).
+    humans; ``offending`` holds the cause-specific information of the
+    report exactly as RFC 5354 3.12 defines it for that cause: the whole
+    unrecognized parameter TLV (0x1), the whole unrecognized message (0x2),
+    the offending TLV that contains the invalid value (0x3), nothing for
+    the causes that carry no information.  ``prior`` holds "skip and
+    report" causes collected before the stop, so that one report carries
+    every unrecognized parameter (RFC 5354 3.12.2).
+
+    Invalid Values is only ever raised with its TLV: a fault that no
+    complete, well-framed TLV holds (a wrong message length, a parameter
+    length that overruns its container or does not fit its type, a missing
+    parameter, a bad fixed field) is Unspecified Error (0x0), whose
+    definition (RFC 5354 3.12.1) carries no information; see docs/wire.md.
     """
 
     def __init__(
@@ -37,19 +46,28 @@ class WireError(Exception):
         prior: tuple = (),
     ) -> None:
         super().__init__(detail)
+        if cause == CAUSE_INVALID_VALUES and not offending:
+            cause = CAUSE_UNSPECIFIED  # Invalid Values without its TLV is not RFC 5354
         self.cause = cause
         self.detail = detail
         self.offending = bytes(offending)
         self.prior = tuple(prior)
+        # Set by ``tlv.invalid_container``: the TLV that holds the fault is
+        # the one being walked by the caller, who fills ``offending`` in.
+        self.needs_container = False
 
     @property
     def report(self):
         """The error causes a peer would send back, or None (silent discard)."""
         if self.cause is None:
             return None
-        # A cause holds at most 65531 bytes; error_reply() trims further to fit.
-        info = self.offending[:0xFFFF - 4] if self.cause in _CAUSES_WITH_INFO else b""
-        return self.prior + (ErrorCause(self.cause, info),)
+        if self.cause not in _CAUSES_WITH_INFO:
+            return self.prior + (ErrorCause(self.cause, b""),)
+        if len(self.offending) > MAX_CAUSE_INFO:
+            # Only an unrecognized message of more than 65531 bytes: quoting
+            # part of it would send a message with a wrong length inside.
+            return self.prior + (ErrorCause(CAUSE_UNSPECIFIED, b""),)
+        return self.prior + (ErrorCause(self.cause, self.offending),)
 
     def __str__(self) -> str:
         code = "silent" if self.cause is None else f"cause 0x{self.cause:x}"
@@ -59,8 +77,12 @@ class WireError(Exception):
         return f"WireError({self.cause!r}, {self.detail!r}, {len(self.offending)} bytes)"
 
 
+CAUSE_UNSPECIFIED = 0x0
+CAUSE_INVALID_VALUES = 0x3
 # Causes whose cause-specific information is the offending bytes.
 _CAUSES_WITH_INFO = frozenset({0x1, 0x2, 0x3})
+# The most cause-specific information one Error Cause can hold.
+MAX_CAUSE_INFO = 0xFFFF - 4
 
 
 @dataclass(frozen=True, slots=True, repr=False)

@@ -15,7 +15,7 @@ import rserpool.wire.codes as codes
 from rserpool.wire.errors import ErrorCause, WireError
 from rserpool.wire.policy import OpaquePolicy, POLICY_CLASSES, Policy
 from rserpool.wire.tlv import (
-    DECODERS, HDR, U16, U32, Ctx, frame, invalid, last_padding, nest, walk,
+    DECODERS, HDR, U16, U32, Ctx, frame, invalid, last_padding, malformed, nest, walk,
 )
 from rserpool.wire.transports import (
     DccpTransport, OpaqueTransport, SctpTransport, TcpTransport, Transport, TRANSPORT_TYPES,
@@ -236,13 +236,13 @@ def _dec_handle(data: bytes, s: int, e: int, depth: int, ctx: Ctx) -> bytes:
 
 def _dec_pe_id(data: bytes, s: int, e: int, depth: int, ctx: Ctx) -> int:
     if e - s != 4:
-        raise invalid("PE identifier parameter must have length 8", data[s - 4:e])
+        raise malformed(f"PE identifier parameter of length {e - s + 4}, 8 expected")
     return U32.unpack_from(data, s)[0]
 
 
 def _dec_checksum(data: bytes, s: int, e: int, depth: int, ctx: Ctx) -> PeChecksum:
     if e - s != 2:
-        raise invalid("PE checksum parameter must have length 6", data[s - 4:e])
+        raise malformed(f"PE checksum parameter of length {e - s + 4}, 6 expected")
     return _MK_CHECKSUM(U16.unpack_from(data, s)[0])
 
 
@@ -252,11 +252,13 @@ def _dec_cookie(data: bytes, s: int, e: int, depth: int, ctx: Ctx) -> Cookie:
 
 def _dec_pool_element(data: bytes, s: int, e: int, depth: int, ctx: Ctx) -> PoolElement:
     if e - s < 12:
-        raise invalid("pool element parameter too short", data[s - 4:e])
+        raise malformed(f"pool element parameter of length {e - s + 4}, at least 16 expected")
     pe_id, home, life = _PE_FIXED.unpack_from(data, s)
-    # Fast path: a known user transport then a policy and nothing else.
+    # Fast path: a known user transport then a policy and nothing else
+    # (only when the transport's addresses are within the depth limit, so
+    # that a fault there is quoted by the generic walk).
     p = s + 12
-    if e - p >= 16 and depth + 1 <= ctx.limits.max_depth:
+    if e - p >= 16 and depth + 2 <= ctx.limits.max_depth:
         t1, l1 = HDR.unpack_from(data, p)
         p2 = p + ((l1 + 3) & ~3)
         if t1 in TRANSPORT_TYPES and l1 >= 4 and p2 + 4 <= e:
@@ -280,7 +282,7 @@ def _dec_pool_element(data: bytes, s: int, e: int, depth: int, ctx: Ctx) -> Pool
 
 def _dec_server_info(data: bytes, s: int, e: int, depth: int, ctx: Ctx) -> ServerInformation:
     if e - s < 4:
-        raise invalid("server information parameter too short", data[s - 4:e])
+        raise malformed(f"server information parameter of length {e - s + 4}, at least 8 expected")
     subs = walk(data, s + 4, e, depth + 1, ctx)
     if len(subs) != 1 or subs[0][0] != codes.PARAM_SCTP_TRANSPORT:
         raise invalid("server information needs exactly one SCTP transport", data[s - 4:e])
@@ -293,11 +295,11 @@ def _dec_operation_error(data: bytes, s: int, e: int, depth: int, ctx: Ctx) -> O
     limit = ctx.limits.max_causes
     while pos < e:
         if e - pos < 4:
-            raise invalid("truncated error cause", data[s - 4:e])
+            raise malformed("truncated error cause")
         code, clen = HDR.unpack_from(data, pos)
         cend = pos + clen
         if clen < 4 or cend > e:
-            raise invalid("error cause length exceeds the operation error", data[s - 4:e])
+            raise malformed(f"error cause length {clen} exceeds the operation error")
         causes.append(_MK_CAUSE(code, data[pos + 4:cend]))
         if len(causes) > limit:
             raise WireError(0x6, f"more than {limit} error causes")

@@ -20,6 +20,7 @@ U16 = struct.Struct("!H")
 U32 = struct.Struct("!I")
 PADDING = (b"", b"\x00\x00\x00", b"\x00\x00", b"\x00")
 
+UNSPECIFIED = 0x0
 INVALID = 0x3
 UNRECOGNIZED_PARAMETER = 0x1
 LACK_OF_RESOURCES = 0x6
@@ -46,8 +47,26 @@ def new_ctx(limits: Limits = DEFAULT_LIMITS) -> Ctx:
     return ctx
 
 
-def invalid(detail: str, offending: bytes | memoryview = b"") -> WireError:
+def invalid(detail: str, offending: bytes | memoryview) -> WireError:
+    """Invalid Values (RFC 5354 3.12.4) with ``offending``, the whole,
+    well-framed TLV that holds the invalid value."""
     return WireError(INVALID, detail, bytes(offending))
+
+
+def malformed(detail: str) -> WireError:
+    """A fault that no well-framed TLV holds: a wrong message length, a
+    parameter length that overruns its container or does not fit its type,
+    a missing parameter or a bad fixed field.  There is no TLV to quote, so
+    the report is Unspecified Error (RFC 5354 3.12.1, no information)."""
+    return WireError(UNSPECIFIED, detail)
+
+
+def invalid_container(detail: str) -> WireError:
+    """Invalid Values held by the TLV ``walk`` is decoding one level up
+    (e.g. nesting too deep): that walk quotes the TLV."""
+    err = WireError(UNSPECIFIED, detail)
+    err.needs_container = True
+    return err
 
 
 def walk(data: bytes, pos: int, end: int, depth: int, ctx: Ctx) -> list[tuple[int, Any, int]]:
@@ -59,7 +78,7 @@ def walk(data: bytes, pos: int, end: int, depth: int, ctx: Ctx) -> list[tuple[in
     """
     limits = ctx.limits
     if depth > limits.max_depth:
-        raise invalid(f"parameters nested deeper than {limits.max_depth}", data[pos:end])
+        raise invalid_container(f"parameters nested deeper than {limits.max_depth}")
     out = []
     unpack = HDR.unpack_from
     decoders = DECODERS
@@ -69,18 +88,29 @@ def walk(data: bytes, pos: int, end: int, depth: int, ctx: Ctx) -> list[tuple[in
         ptype, plen = unpack(data, pos)
         tend = pos + plen
         if plen < 4 or tend > end:
-            raise invalid(f"parameter 0x{ptype:04x} length {plen} exceeds its container",
-                          data[pos:end])
+            raise malformed(f"parameter 0x{ptype:04x} length {plen} exceeds its container")
         ctx.count += 1
         if ctx.count > limits.max_parameters:
             raise WireError(LACK_OF_RESOURCES, f"more than {limits.max_parameters} parameters")
         dec = decoders.get(ptype)
         if dec is not None:
-            out.append((ptype, dec(data, pos + 4, tend, depth, ctx), pos))
+            try:
+                out.append((ptype, dec(data, pos + 4, tend, depth, ctx), pos))
+            except WireError as err:
+                if err.needs_container:
+                    quote_container(err, data[pos:tend])
+                raise
         else:
             unknown_parameter(data, pos, tend, ptype, ctx)
         pos = (tend + 3) & ~3
     return out
+
+
+def quote_container(err: WireError, tlv: bytes) -> None:
+    """Give an ``invalid_container`` error the TLV that holds the fault."""
+    err.needs_container = False
+    err.cause = INVALID
+    err.offending = bytes(tlv)
 
 
 def unknown_parameter(data: bytes, pos: int, tend: int, ptype: int, ctx: Ctx) -> None:
@@ -94,6 +124,13 @@ def unknown_parameter(data: bytes, pos: int, tend: int, ptype: int, ctx: Ctx) ->
                         raw, ctx.unrecognized)
     if action == 0xC000:
         ctx.unrecognized += (ErrorCause(UNRECOGNIZED_PARAMETER, raw),)
+
+
+def tlv_bytes(data: bytes, start: int) -> bytes:
+    """The TLV starting at ``start`` (without padding), for error reports."""
+    if start + 4 > len(data):
+        return bytes(data[start:])
+    return bytes(data[start:start + U16.unpack_from(data, start + 2)[0]])
 
 
 def frame(ptype: int, value: bytes) -> bytes:

@@ -1,0 +1,231 @@
+"""The gate's vocabulary: doors, actions, its configuration and its outputs.
+
+Pure values; the decisions are made in :mod:`rserpool.gate.gate`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Union
+
+from rserpool.identity import Identity
+from rserpool.security.ratelimit import AttemptLimit, RateLimit
+from rserpool.wire.codes import CAUSE_SECURITY
+
+__all__ = [
+    "ACTIONS",
+    "ACTION_ADMIN",
+    "ACTION_DEREGISTER",
+    "ACTION_PEER",
+    "ACTION_REGISTER",
+    "ACTION_RESOLVE",
+    "ACTION_UNREACHABLE",
+    "Admission",
+    "AskAuthorizer",
+    "AttemptRefused",
+    "CLOSING",
+    "CloseChannel",
+    "DOORS",
+    "DOOR_ACTIONS",
+    "DOOR_ADMIN",
+    "DOOR_ASAP",
+    "DOOR_PEER",
+    "GatePolicy",
+    "IDENTIFYING",
+    "NOT_OPEN",
+    "OPEN",
+    "Opened",
+    "Output",
+    "RemovePoolElements",
+    "REFUSED_AFTER_SUCCESS",
+    "REFUSED_CLOSING",
+    "REFUSED_IDENTITY_MISMATCH",
+    "REFUSED_RATE_ADDRESS",
+    "REFUSED_RATE_IDENTITY",
+]
+
+# -- doors and actions ----------------------------------------------------------------------------
+
+#: ASAP: pool elements and pool users (RFC 5352).
+DOOR_ASAP = "asap"
+#: ENRP: peer registrars (RFC 5353, issue 13).
+DOOR_PEER = "peer"
+#: The operators' endpoint: status, metrics, handlespace dump (issue 15).
+DOOR_ADMIN = "admin"
+DOORS: tuple[str, ...] = (DOOR_ASAP, DOOR_PEER, DOOR_ADMIN)
+
+ACTION_REGISTER = "register"
+ACTION_DEREGISTER = "deregister"
+ACTION_RESOLVE = "resolve"
+ACTION_PEER = "peer"
+ACTION_ADMIN = "admin"
+#: An ENDPOINT_UNREACHABLE report: rate limited, never asked of an authorizer.
+ACTION_UNREACHABLE = "unreachable"
+
+#: What the authorization plugins answer (default deny for each).
+ACTIONS: tuple[str, ...] = (ACTION_REGISTER, ACTION_DEREGISTER, ACTION_RESOLVE, ACTION_PEER, ACTION_ADMIN)
+
+#: The requests each door serves.
+DOOR_ACTIONS: dict[str, frozenset[str]] = {
+    DOOR_ASAP: frozenset({ACTION_REGISTER, ACTION_DEREGISTER, ACTION_RESOLVE, ACTION_UNREACHABLE}),
+    DOOR_PEER: frozenset({ACTION_PEER}),
+    DOOR_ADMIN: frozenset({ACTION_ADMIN}),
+}
+
+# -- why an authentication attempt is refused (AttemptRefused.kind) ------------------------------
+
+REFUSED_RATE_ADDRESS = "too many failed attempts from this address"
+REFUSED_RATE_IDENTITY = "too many failed attempts for this identity"
+REFUSED_IDENTITY_MISMATCH = "identity differs from the channel's"
+REFUSED_AFTER_SUCCESS = "already authenticated"
+REFUSED_CLOSING = "channel closing"
+
+
+# -- configuration ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class GatePolicy:
+    """What the gate lets through.  The defaults are the secure ones; every
+    ``allow_*`` is insecure and logged as such by the application."""
+
+    allow_insecure_channels: bool = False  # INSECURE: accept non-TLS channels
+    allow_unauthenticated: bool = False  # INSECURE: registrations without identity
+    authorize_resolution: bool = False  # ask the authorizer about resolutions too
+    check_pe_addresses: bool = True  # a PE may register only its channel's address
+    unreachable_requires_identity: bool = False  # RFC 5355 2.13 hardening
+    # Per authenticated identity, and per source address (threat 2.1).
+    registration_rate: RateLimit = RateLimit(rate=50.0, burst=100.0)
+    registration_rate_per_address: RateLimit = RateLimit(rate=500.0, burst=1000.0)
+    # Per identity, or per source address for anonymous pool users.
+    resolution_rate: RateLimit = RateLimit(rate=2000.0, burst=4000.0)
+    unreachable_rate: RateLimit = RateLimit(rate=1.0, burst=10.0)
+    # Requests at the peer and admin doors, per identity.
+    door_request_rate: RateLimit = RateLimit(rate=100.0, burst=200.0)
+    # Failed SRP/CHAP attempts: a token per attempt, refunded on success.
+    attempts_per_identity: AttemptLimit = AttemptLimit(capacity=5, refill_interval=60.0)
+    attempts_per_address: AttemptLimit = AttemptLimit(capacity=20, refill_interval=6.0)
+    # Per channel: authorizations waiting, decisions remembered, inputs held
+    # while the channel's identity is being established.
+    max_pending_per_channel: int = 32
+    max_cached_decisions: int = 1024
+    max_held_per_channel: int = 16
+    # Refusal log lines: per source address and in all (the rest are counted).
+    refusal_log_per_address: RateLimit = RateLimit(rate=1.0, burst=10.0)
+    refusal_log_total: RateLimit = RateLimit(rate=20.0, burst=100.0)
+
+    def __post_init__(self) -> None:
+        for name in ("max_pending_per_channel", "max_cached_decisions", "max_held_per_channel"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+
+
+# -- per channel ------------------------------------------------------------------------------
+
+#: A channel's states: its identity is being established, it is served, it
+#: is closing (refused, revoked or its identity lost: every request refused).
+IDENTIFYING = "identifying"
+OPEN = "open"
+CLOSING = "closing"
+NOT_OPEN = {IDENTIFYING: "identity not established yet", CLOSING: "channel closing"}
+
+
+class Admission:
+    """One channel as the gate sees it.  The doors read ``identity``,
+    ``principal`` (the identity, or ``addr:<address>`` for an anonymous
+    channel: what PEs are bound to), ``address`` and ``state``; only the gate
+    changes them.  ``session`` is the door's own per-channel state."""
+
+    __slots__ = ("door", "address", "tls", "fingerprint", "state", "identity", "mechanism", "groups",
+                 "principal", "base", "exchanged", "allowed", "pending", "held", "epoch",
+                 "change_barrier", "session", "_last_address")
+
+    def __init__(self, door: str, address: str, tls: bool, fingerprint: str | None) -> None:
+        self.door = door
+        self.address = address
+        self.tls = tls
+        self.fingerprint = fingerprint  # of the client certificate, if any
+        self.state = IDENTIFYING
+        self.identity: str | None = None
+        self.mechanism: str | None = None
+        self.groups: frozenset[str] = frozenset()
+        self.principal = "addr:" + address
+        self.base: Identity | None = None  # the identity TLS proved (certificate, PSK)
+        self.exchanged: Identity | None = None  # the identity an SRP/CHAP exchange proved
+        self.allowed: dict[tuple[str, bytes], bool] = {}
+        self.pending = 0
+        self.held = 0
+        self.epoch = 0
+        self.change_barrier: tuple[int, str] | None = (CAUSE_SECURITY, NOT_OPEN[IDENTIFYING])
+        self.session: Any = None
+        self._last_address: tuple[Any, str] = (None, "")
+
+    def __repr__(self) -> str:
+        return f"<Admission {self.door} {self.address} {self.identity or 'anonymous'} {self.state}>"
+
+    @property
+    def who(self) -> str:
+        return self.identity if self.identity is not None else "anonymous"
+
+    def address_text(self, address: Any) -> str:
+        """``str(address)``, remembered for the last address object (the
+        decoder shares equal address objects, so re-registrations hit it)."""
+        last = self._last_address
+        if last[0] is address:
+            return last[1]
+        text = str(address)
+        self._last_address = (address, text)
+        return text
+
+
+
+# -- outputs ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AskAuthorizer:
+    """Ask the authorization plugins: may ``identity`` (with ``groups``) do
+    ``action`` on ``pool_handle``?  Answer with ``Gate.authorization_answered``."""
+
+    token: int
+    admission: Admission
+    action: str
+    identity: str | None
+    groups: frozenset[str]
+    pool_handle: bytes
+    epoch: int
+
+
+@dataclass(frozen=True, slots=True)
+class Opened:
+    """The channel's identity is established: its door may serve it."""
+
+    admission: Admission
+
+
+@dataclass(frozen=True, slots=True)
+class CloseChannel:
+    """Close the channel (its inputs are refused from now on)."""
+
+    admission: Admission
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class RemovePoolElements:
+    """Remove, now, every PE the channel registered (its identity was revoked)."""
+
+    admission: Admission
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptRefused:
+    """An SRP/CHAP attempt the gate refuses before any credential work;
+    ``final``: the exchange ends and the channel closes."""
+
+    kind: str
+    final: bool
+
+
+Output = Union[AskAuthorizer, Opened, CloseChannel, RemovePoolElements]

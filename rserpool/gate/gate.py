@@ -1,0 +1,462 @@
+"""The security gate: every admission decision of the registrar, for every door.
+
+Sans-IO: no Twisted, no sockets, no clock (``now`` is passed in).  The
+shell reports facts about a channel (which door it came in by, its address,
+TLS or not, the identity its certificate, TLS-PSK key or SRP/CHAP exchange
+proved, the answer of a revocation check or of an authorizer) and carries
+out the decisions that come back; the doors' protocol cores (the ASAP
+registrar today, ENRP peers and the admin endpoint next) ask the gate before
+anything changes.  ``docs/gate.md`` is the decision table, and
+``tests/test_gate_table.py`` runs every one of its rows against this module.
+
+The gate owns:
+
+- the channel's **state**: *identifying* (the certificate's revocation
+  check or its mapping to an identity is running: input is held, bounded),
+  *open*, *closing* (refused, revoked, or its identity lost: every request is
+  refused);
+- the channel's **identity** (name, mechanism, groups, certificate
+  fingerprint) and the **authorization cache** of the channel, which is
+  emptied whenever the identity changes;
+- **rate limits** per identity and per source address (registrations,
+  resolutions, unreachability reports, requests at the peer and admin
+  doors) and the **failed-authentication budgets** per identity and per
+  address;
+- the **PE-identity binding** (a PE identifier registered by X can be
+  re-registered or deregistered only by X);
+- **revocation of live channels** (:meth:`Gate.revoke`): matching channels
+  are closed and their PEs removed at once;
+- one **log line per refusal** (rate limited, :mod:`rserpool.gate.refusals`).
+
+Authorization itself is the plugins' (``IPoolAuthorizer``): the gate asks
+through an :class:`~rserpool.gate.facts.AskAuthorizer` output and is told
+the answer, ``True``, ``False`` or ``None`` (the backend could not answer:
+refused, never remembered).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable
+
+from rserpool.gate.facts import (
+    ACTION_PEER,
+    CLOSING,
+    IDENTIFYING,
+    NOT_OPEN as _NOT_OPEN,
+    OPEN,
+    Admission,
+    DOOR_ACTIONS,
+    DOOR_ASAP,
+    DOOR_PEER,
+    DOORS,
+    REFUSED_AFTER_SUCCESS,
+    REFUSED_CLOSING,
+    REFUSED_IDENTITY_MISMATCH,
+    REFUSED_RATE_ADDRESS,
+    REFUSED_RATE_IDENTITY,
+    AskAuthorizer,
+    AttemptRefused,
+    CloseChannel,
+    GatePolicy,
+    Opened,
+    Output,
+    RemovePoolElements,
+)
+from rserpool.gate.refusals import RefusalLog, pool_handle_text
+from rserpool.identity import MECH_CERTIFICATE, Identity
+from rserpool.security.ratelimit import AttemptLimiter, RateLimiter
+from rserpool.wire.codes import (
+    CAUSE_INVALID_VALUES,
+    CAUSE_LACK_OF_RESOURCES,
+    CAUSE_SECURITY,
+    CAUSE_UNRECOGNIZED_MESSAGE,
+)
+
+__all__ = ["CHANNEL_CLOSED", "Gate"]
+
+#: The "cause" of a refusal that closes the channel instead of answering.
+CHANNEL_CLOSED = -1
+
+# Refusal reasons (the log lines' text; docs/gate.md).
+_NO_TLS = "channel not protected by TLS"
+_NO_IDENTITY = "no authenticated identity"
+_WRONG_DOOR = "not served at this door"
+_NOT_AUTHORIZED = "not authorized"
+_NOT_AUTHORIZED_CACHED = "not authorized (remembered)"
+_UNAVAILABLE = "authorization unavailable"
+_IDENTITY_CHANGED = "identity changed while the authorizer was asked"
+_TOO_MANY_PENDING = "too many authorizations pending"
+_RATE_ADDRESS = "rate limited (address)"
+_RATE_IDENTITY = "rate limited (identity)"
+_RATE = "rate limited"
+_ADDRESS_MISMATCH = "registers address {address}, not the channel's"
+_BOUND = "PE {pe_id:08x} is bound to another identity"
+_PEER_CERTIFICATE = "a peer must present a certificate"
+_HELD_TOO_MANY = "over {n} messages before its identity was established"
+
+
+def _no_log(level: str, fmt: str, **fields: Any) -> None:
+    pass
+
+
+def _what(action: str, handle: bytes) -> str:
+    return f"{action} in pool {pool_handle_text(handle)}" if handle else action
+
+
+class Gate:
+    """Every admission decision, for every door (see the module docstring)."""
+
+    def __init__(self, policy: GatePolicy | None = None, log: Callable[..., Any] | None = None) -> None:
+        self.policy = policy = policy or GatePolicy()
+        self._log = log or _no_log
+        self.refusals = RefusalLog(self._log, policy.refusal_log_per_address, policy.refusal_log_total)
+        self._registrations = RateLimiter(policy.registration_rate)
+        self._registrations_by_address = RateLimiter(policy.registration_rate_per_address)
+        self._resolutions = RateLimiter(policy.resolution_rate)
+        self._reports = RateLimiter(policy.unreachable_rate)
+        self._door_requests = RateLimiter(policy.door_request_rate)
+        self._attempts = AttemptLimiter.from_limit(policy.attempts_per_identity)
+        self._attempts_by_address = AttemptLimiter.from_limit(policy.attempts_per_address)
+        self.channels: set[Admission] = set()
+        self._next_token = 1
+        #: Refusals by RFC 5354 cause (0: dropped without reply, -1: channel closed).
+        self.refused: dict[int, int] = {}
+        self.stats = {"authenticated": 0, "authentication_failed": 0, "authentication_unavailable": 0,
+                      "authorizer_unavailable": 0, "revoked": 0}
+
+    # -- refusals -----------------------------------------------------------------------------
+
+    def _refuse(self, adm: Admission, what: str, reason: str, cause: int, now: float,
+                level: str = "info") -> int:
+        self.refused[cause] = self.refused.get(cause, 0) + 1
+        self.refusals.refused(now, what, adm.address, adm.who, reason, cause, level)
+        return cause
+
+    def _close(self, adm: Admission, reason: str, now: float, level: str = "warn") -> list[Output]:
+        """Refuse the channel itself (logged once): it closes, and every
+        later request on it is refused."""
+        if adm.state is not CLOSING:
+            self._refuse(adm, "channel", reason, CHANNEL_CLOSED, now, level)
+            self._shut(adm)
+        return [CloseChannel(adm, reason)]
+
+    def _shut(self, adm: Admission) -> None:
+        self._set_identity(adm, None)
+        adm.state = CLOSING
+        adm.change_barrier = (CAUSE_SECURITY, _NOT_OPEN[CLOSING])
+
+    # -- channels ------------------------------------------------------------------------------
+
+    def open_channel(self, door: str, address: str, tls: bool, fingerprint: str | None = None) -> Admission:
+        """A channel came in by ``door``; its identity is being established."""
+        for known in DOORS:  # the constant itself: doors are compared with ``is``
+            if door == known:
+                break
+        else:
+            raise ValueError(f"unknown door {door!r} (known: {', '.join(DOORS)})")
+        adm = Admission(known, address, tls, fingerprint)
+        self.channels.add(adm)
+        return adm
+
+    def identified(self, adm: Admission, identity: Identity | None, now: float) -> list[Output]:
+        """The channel's TLS identity (certificate or TLS-PSK), or None: it
+        opens, or closes when its door does not take it."""
+        if adm.state is not IDENTIFYING:
+            return []
+        if adm.door is not DOOR_ASAP:
+            if not adm.tls:
+                return self._close(adm, _NO_TLS, now)
+            if identity is None:
+                return self._close(adm, _NO_IDENTITY, now)
+            if adm.door is DOOR_PEER and identity.mechanism != MECH_CERTIFICATE:
+                return self._close(adm, _PEER_CERTIFICATE, now)
+        adm.base = identity
+        if identity is not None and adm.fingerprint is None:
+            adm.fingerprint = identity.fingerprint
+        adm.state = OPEN
+        self._set_identity(adm, identity)
+        return [Opened(adm)]
+
+    def identification_refused(self, adm: Admission, reason: str, now: float) -> list[Output]:
+        """The certificate's revocation check (or its mapping) said no, or
+        could not answer under a hard-fail policy: the channel closes."""
+        if adm.state is not IDENTIFYING:
+            return []
+        return self._close(adm, reason, now)
+
+    def hold(self, adm: Admission, now: float) -> list[Output]:
+        """Input arrived while the identity is being established: the shell
+        keeps it (nothing) or, past the bound, closes the channel."""
+        if adm.state is not IDENTIFYING:
+            return []
+        adm.held += 1
+        if adm.held > self.policy.max_held_per_channel:
+            return self._close(adm, _HELD_TOO_MANY.format(n=self.policy.max_held_per_channel), now)
+        return []
+
+    def channel_closed(self, adm: Admission) -> None:
+        """The channel is gone."""
+        self.channels.discard(adm)
+        adm.state = CLOSING
+        adm.change_barrier = (CAUSE_SECURITY, _NOT_OPEN[CLOSING])
+        adm.allowed = {}
+
+    def _set_identity(self, adm: Admission, identity: Identity | None, exchanged: bool = False) -> None:
+        """Every change of identity goes through here: a new epoch and an
+        empty authorization cache (decisions for another identity, or for
+        no identity, must never be reused)."""
+        if identity is None:
+            adm.identity = adm.mechanism = None
+            adm.groups = frozenset()
+            adm.principal = "addr:" + adm.address
+            adm.exchanged = None
+        else:
+            adm.identity = identity.name
+            adm.mechanism = identity.mechanism
+            adm.groups = identity.groups
+            adm.principal = identity.name
+            if exchanged:
+                adm.exchanged = identity
+        adm.epoch += 1
+        adm.allowed = {}
+        adm.change_barrier = self._barrier(adm)
+
+    def _barrier(self, adm: Admission) -> tuple[int, str] | None:
+        """Why no registration or deregistration may come from this channel
+        (cause, reason), or None: computed when the channel's facts change."""
+        if adm.state is not OPEN:
+            return CAUSE_SECURITY, _NOT_OPEN[adm.state]
+        if adm.door is not DOOR_ASAP:
+            return CAUSE_UNRECOGNIZED_MESSAGE, _WRONG_DOOR
+        if not adm.tls and not self.policy.allow_insecure_channels:
+            return CAUSE_SECURITY, _NO_TLS  # RFC 5355 2.15: nothing unsecured reaches a secure registrar
+        if adm.identity is None and not self.policy.allow_unauthenticated:
+            return CAUSE_SECURITY, _NO_IDENTITY
+        return None
+
+    # -- requests ----------------------------------------------------------------------------------
+
+    def admit_change(self, adm: Admission, action: str, handle: bytes, addresses: Iterable[Any] | None,
+                     now: float) -> None | int | AskAuthorizer:
+        """A registration (with the PE's transport ``addresses``) or a
+        deregistration (``addresses`` None): None to go ahead, a cause to
+        refuse with, or the question to ask the authorizer first."""
+        barrier = adm.change_barrier
+        if barrier is not None:
+            return self._refuse(adm, _what(action, handle), barrier[1], barrier[0],
+                                now)
+        if not self._registrations_by_address.allow(adm.address, now):
+            return self._refuse(adm, _what(action, handle), _RATE_ADDRESS,
+                                CAUSE_LACK_OF_RESOURCES, now)
+        identity = adm.identity
+        if identity is not None and not self._registrations.allow(identity, now):
+            return self._refuse(adm, _what(action, handle), _RATE_IDENTITY,
+                                CAUSE_LACK_OF_RESOURCES, now)
+        if addresses is not None and self.policy.check_pe_addresses:
+            for address in addresses:
+                text = adm.address_text(address)
+                if text != adm.address:
+                    return self._refuse(adm, _what(action, handle),
+                                        _ADDRESS_MISMATCH.format(address=text), CAUSE_INVALID_VALUES, now)
+        decided = adm.allowed.get((action, handle))
+        if decided is True:
+            return None
+        return self._authorize(adm, action, handle, decided, now)
+
+    def admit_resolution(self, adm: Admission, handle: bytes, now: float) -> None | int | AskAuthorizer:
+        """A handle resolution (anonymous pool users welcome)."""
+        if adm.state is not OPEN:
+            return self._refuse(adm, _what("resolve", handle), _NOT_OPEN[adm.state], CAUSE_SECURITY, now)
+        if adm.door is not DOOR_ASAP:
+            return self._refuse(adm, _what("resolve", handle), _WRONG_DOOR, CAUSE_UNRECOGNIZED_MESSAGE, now)
+        if not adm.tls and not self.policy.allow_insecure_channels:
+            return self._refuse(adm, _what("resolve", handle), _NO_TLS, CAUSE_SECURITY, now)
+        if not self._resolutions.allow(adm.principal, now):
+            return self._refuse(adm, _what("resolve", handle), _RATE, CAUSE_LACK_OF_RESOURCES, now)
+        if not self.policy.authorize_resolution:
+            return None
+        decided = adm.allowed.get(("resolve", handle))
+        if decided is True:
+            return None
+        return self._authorize(adm, "resolve", handle, decided, now)
+
+    def admit_report(self, adm: Admission, handle: bytes, now: float) -> bool:
+        """An ENDPOINT_UNREACHABLE report (RFC 5355 2.13): count it or drop it."""
+        what = _what("unreachability report", handle)
+        if adm.state is not OPEN:
+            self._refuse(adm, what, _NOT_OPEN[adm.state], 0, now)
+            return False
+        if adm.door is not DOOR_ASAP:
+            self._refuse(adm, what, _WRONG_DOOR, 0, now)
+            return False
+        if self.policy.unreachable_requires_identity and adm.identity is None:
+            self._refuse(adm, what, _NO_IDENTITY, 0, now)
+            return False
+        if not self._reports.allow(adm.principal, now):
+            self._refuse(adm, what, _RATE, 0, now)
+            return False
+        return True
+
+    def admit(self, adm: Admission, action: str, handle: bytes, now: float) -> None | int | AskAuthorizer:
+        """A request at the peer or admin door (``peer``, ``admin``): TLS, an
+        authenticated identity (a certificate for peers), the door's rate,
+        then the authorizer."""
+        what = _what(action, handle)
+        if action not in DOOR_ACTIONS[adm.door]:
+            return self._refuse(adm, what, _WRONG_DOOR, CAUSE_UNRECOGNIZED_MESSAGE, now)
+        if adm.state is not OPEN:
+            return self._refuse(adm, what, _NOT_OPEN[adm.state], CAUSE_SECURITY, now)
+        if not adm.tls:
+            return self._refuse(adm, what, _NO_TLS, CAUSE_SECURITY, now)
+        if adm.identity is None:
+            return self._refuse(adm, what, _NO_IDENTITY, CAUSE_SECURITY, now)
+        if action == ACTION_PEER and adm.mechanism != MECH_CERTIFICATE:
+            return self._refuse(adm, what, _PEER_CERTIFICATE, CAUSE_SECURITY, now)
+        if not self._door_requests.allow(adm.principal, now):
+            return self._refuse(adm, what, _RATE, CAUSE_LACK_OF_RESOURCES, now)
+        decided = adm.allowed.get((action, handle))
+        if decided is True:
+            return None
+        return self._authorize(adm, action, handle, decided, now)
+
+    def _authorize(self, adm: Admission, action: str, handle: bytes, decided: bool | None,
+                   now: float) -> int | AskAuthorizer:
+        what = _what(action, handle)
+        if decided is False:
+            return self._refuse(adm, what, _NOT_AUTHORIZED_CACHED, CAUSE_SECURITY, now)
+        if adm.pending >= self.policy.max_pending_per_channel:
+            return self._refuse(adm, what, _TOO_MANY_PENDING, CAUSE_LACK_OF_RESOURCES, now)
+        adm.pending += 1
+        token = self._next_token
+        self._next_token = token + 1
+        return AskAuthorizer(token, adm, action, adm.identity, adm.groups, handle, adm.epoch)
+
+    def authorization_answered(self, ask: AskAuthorizer, answer: bool | None, now: float,
+                               reason: str = "") -> None | int:
+        """The authorizer's answer: True, False, or None when it could not
+        decide (a backend outage: refused like "no", logged as an outage,
+        not remembered, so a retry asks again).  None: go ahead; else the
+        cause to refuse with."""
+        adm = ask.admission
+        if adm.pending > 0:
+            adm.pending -= 1
+        action, handle = ask.action, ask.pool_handle
+        what = _what(action, handle)
+        if adm.state is not OPEN:
+            return self._refuse(adm, what, _NOT_OPEN[adm.state], CAUSE_SECURITY, now)
+        if ask.epoch != adm.epoch:
+            return self._refuse(adm, what, _IDENTITY_CHANGED, CAUSE_SECURITY, now)
+        if answer is None:
+            self.stats["authorizer_unavailable"] += 1
+            return self._refuse(adm, what, f"{_UNAVAILABLE} ({reason})" if reason else _UNAVAILABLE,
+                                CAUSE_SECURITY, now, "error")
+        allowed = answer is True
+        cache = adm.allowed
+        if len(cache) < self.policy.max_cached_decisions:
+            cache[(action, handle)] = allowed
+        if allowed:
+            return None
+        return self._refuse(adm, what, _NOT_AUTHORIZED, CAUSE_SECURITY, now)
+
+    def check_owner(self, adm: Admission, owner: str | None, action: str, handle: bytes, pe_id: int,
+                    now: float) -> None | int:
+        """The PE-identity binding (threat 2.3): ``owner`` is the principal
+        the PE identifier is bound to (None: not registered).  None: go ahead."""
+        if owner is None or owner == adm.principal:
+            return None
+        return self._refuse(adm, _what(action, handle), _BOUND.format(pe_id=pe_id),
+                            CAUSE_SECURITY, now)
+
+    # -- authentication inside the channel (SRP, CHAP) -----------------------------------------
+
+    def authentication_attempt(self, adm: Admission, claimed: str, mechanism: str,
+                               now: float) -> AttemptRefused | None:
+        """May the channel try to prove ``claimed`` with ``mechanism`` now?
+        Before any credential work; takes a token from the identity's and
+        the address's failure budgets (a success gives them back)."""
+        what = f"{mechanism} authentication as {claimed}"
+        if adm.state is not OPEN:
+            return self._refuse_attempt(adm, what, REFUSED_CLOSING, REFUSED_CLOSING, True, now)
+        if adm.exchanged is not None:
+            return self._refuse_attempt(adm, what, REFUSED_AFTER_SUCCESS, REFUSED_AFTER_SUCCESS, True, now)
+        if adm.base is not None and claimed != adm.base.name:
+            return self._refuse_attempt(adm, what, REFUSED_IDENTITY_MISMATCH,
+                                        f"{REFUSED_IDENTITY_MISMATCH} ({adm.base.name})", True, now)
+        if not self._attempts_by_address.try_acquire(adm.address, now):
+            return self._refuse_attempt(adm, what, REFUSED_RATE_ADDRESS, REFUSED_RATE_ADDRESS, True, now)
+        if not self._attempts.try_acquire(claimed, now):
+            self._attempts_by_address.refund(adm.address, now)
+            return self._refuse_attempt(adm, what, REFUSED_RATE_IDENTITY, REFUSED_RATE_IDENTITY, False, now)
+        return None
+
+    def _refuse_attempt(self, adm: Admission, what: str, kind: str, reason: str, final: bool,
+                        now: float) -> AttemptRefused:
+        """One line for the refusal; a final one shuts the channel (the
+        exchange's final failure then gets the CloseChannel)."""
+        self._refuse(adm, what, reason, CAUSE_SECURITY, now, "warn")
+        if final and adm.state is not CLOSING:
+            self._shut(adm)
+        return AttemptRefused(kind, final)
+
+    def authenticated(self, adm: Admission, identity: Identity, now: float) -> list[Output]:
+        """An exchange proved ``identity``: it becomes the channel's (every
+        remembered decision is forgotten) and the attempt's tokens return."""
+        self._attempts.refund(identity.name, now)
+        self._attempts_by_address.refund(adm.address, now)
+        if adm.state is not OPEN:
+            return []
+        if adm.exchanged is not None or (adm.base is not None and identity.name != adm.base.name):
+            return self._close(adm, REFUSED_AFTER_SUCCESS if adm.exchanged is not None
+                               else REFUSED_IDENTITY_MISMATCH, now)
+        self.stats["authenticated"] += 1
+        self._set_identity(adm, identity, exchanged=True)
+        self._log("info", "{address} authenticated as {identity} by {mechanism}", address=adm.address,
+                  identity=identity.name, mechanism=identity.mechanism)
+        return []
+
+    def authentication_failed(self, adm: Admission, claimed: str | None, mechanism: str | None,
+                              reason: str, final: bool, now: float) -> list[Output]:
+        """An exchange failed (its tokens stay spent).  After a success the
+        channel loses its identity and closes; a final failure closes it."""
+        self.stats["authentication_failed"] += 1
+        what = f"{mechanism or 'SRP/CHAP'} authentication as {claimed or '?'}"
+        if adm.state is CLOSING:  # refused already (logged then): close
+            return [CloseChannel(adm, reason)]
+        if adm.exchanged is not None:
+            return self._close(adm, f"{what} failed after success: {reason}", now)
+        if final:
+            return self._close(adm, f"{what} failed: {reason}", now)
+        self._refuse(adm, what, reason, CAUSE_SECURITY, now, "warn")
+        return []
+
+    def authentication_unavailable(self, adm: Admission, claimed: str | None, mechanism: str | None,
+                                   reason: str, now: float) -> list[Output]:
+        """The credential backend could not answer: not the peer's failure
+        (its tokens return); the exchange ends and the channel closes."""
+        self.stats["authentication_unavailable"] += 1
+        if claimed is not None:
+            self._attempts.refund(claimed, now)
+        self._attempts_by_address.refund(adm.address, now)
+        what = f"{mechanism or 'SRP/CHAP'} authentication as {claimed or '?'}"
+        return self._close(adm, f"{what}: backend unavailable ({reason})", now, "error")
+
+    # -- revocation --------------------------------------------------------------------------------
+
+    def revoke(self, *, identity: str | None = None, fingerprint: str | None = None, reason: str,
+               now: float) -> list[Output]:
+        """A certificate (by SHA-256 fingerprint) or an identity was revoked:
+        every live channel it authenticated closes, and its PEs go at once."""
+        if identity is None and fingerprint is None:
+            raise ValueError("revoke what? give an identity or a fingerprint")
+        out: list[Output] = []
+        for adm in list(self.channels):
+            if adm.state is CLOSING:
+                continue
+            if not ((identity is not None and adm.identity == identity)
+                    or (fingerprint is not None and adm.fingerprint == fingerprint)):
+                continue
+            self.stats["revoked"] += 1
+            if adm.state is OPEN:
+                out.append(RemovePoolElements(adm, reason))
+            out.extend(self._close(adm, f"revoked: {reason}", now))
+        return out

@@ -1,0 +1,63 @@
+"""The gate's refusal log: one line per refusal, rate limited.
+
+Every refusal is logged with its cause, the peer's address and identity,
+unless the peer's address or the registrar as a whole has logged too many
+lately (a flood must not fill a disk); refusals left out are counted and the
+count is carried by the next line that is written.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from rserpool.security.ratelimit import RateLimit, RateLimiter
+
+__all__ = ["REFUSAL_FORMAT", "RefusalLog", "cause_text", "pool_handle_text"]
+
+#: The format of every refusal line (Twisted logger format fields).
+REFUSAL_FORMAT = "refused {what} from {address} ({who}): {reason}; {cause}{suppressed}"
+
+
+def pool_handle_text(handle: bytes) -> str:
+    """A pool handle as the logs and the rules file write it: the UTF-8 text
+    when it is printable, else ``hex:`` and its lower-case hex."""
+    try:
+        text = handle.decode("utf-8")
+    except UnicodeDecodeError:
+        return "hex:" + handle.hex()
+    return text if text.isprintable() and text else "hex:" + handle.hex()
+
+
+def cause_text(cause: int) -> str:
+    """``cause 0xa``; ``no reply`` for a request that is dropped (0) and
+    ``channel closed`` when the channel itself is refused (negative)."""
+    if cause > 0:
+        return f"cause 0x{cause:x}"
+    return "no reply" if cause == 0 else "channel closed"
+
+
+class RefusalLog:
+    """Writes refusal lines through ``log(level, format, **fields)``, at
+    most ``per_address`` per source address and ``total`` in all."""
+
+    __slots__ = ("_log", "_per_address", "_total", "suppressed", "written")
+
+    def __init__(self, log: Callable[..., Any], per_address: RateLimit, total: RateLimit) -> None:
+        self._log = log
+        self._per_address = RateLimiter(per_address, max_keys=10_000)
+        self._total = RateLimiter(total, max_keys=1)
+        self.suppressed = 0  # refusals not written since the last line
+        self.written = 0
+
+    def refused(self, now: float, what: str, address: str, who: str, reason: str, cause: int,
+                level: str = "info") -> None:
+        if not (self._per_address.allow(address, now) and self._total.allow(None, now)):
+            self.suppressed += 1
+            return
+        suppressed = ""
+        if self.suppressed:
+            suppressed = f" ({self.suppressed} more refusals not logged)"
+            self.suppressed = 0
+        self.written += 1
+        self._log(level, REFUSAL_FORMAT, what=what, address=address, who=who, reason=reason,
+                  cause=cause_text(cause), suppressed=suppressed)
