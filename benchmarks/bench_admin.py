@@ -237,7 +237,10 @@ def stalls(directory: Path, scrapes: int) -> dict:
     started = time.monotonic()
     total = fill(registrar, pools)
     say(f"  filled {total} PEs in {len(pools)} pools in {time.monotonic() - started:.1f} s")
-    access = AdminAccess(authorizer=None, identity_of=lambda cert, transport: None, token=TOKEN.encode(), token_scope="all")
+    from rserpool.gate import Gate
+
+    access = AdminAccess(authorizer=None, identity_of=lambda cert, transport: None, gate=Gate(), clock=reactor,
+                         token=TOKEN.encode(), token_scope="all")
     admin = AdminService(registrar, reactor=reactor, listen=["tcp:0:interface=127.0.0.1"],
                          tls_options=tls.server_options(cert, key, [ca_path], require_client_cert=False),
                          access=access, settings=AdminSettings(page_size=500))

@@ -224,7 +224,7 @@ def build_registrar(config: Config, reactor: Any = None) -> Any:
 def _admin_service(config: Config, registrar: Any, tls_files: Any, dev_pki: Any, reactor: Any) -> Any:
     """The HTTPS admin endpoint of ``[admin]`` (docs/operations.md)."""
     from rserpool.admin import AdminAccess, AdminService, AdminSettings, TokenError, load_token
-    from rserpool.admin.access import certificate_identity_of
+    from rserpool.admin.access import admin_gate, certificate_identity_of
     from rserpool.security import tls
 
     admin, tls_conf = config["admin"], config["tls"]
@@ -256,6 +256,7 @@ def _admin_service(config: Config, registrar: Any, tls_files: Any, dev_pki: Any,
         raise ConfigError(f"[admin]: {exc}") from None
     options = tls.server_options(cert, key, cas, require_client_cert=token is None, crls=tls_conf["crls"])
     access = AdminAccess(authorizer=registrar.authorizer, identity_of=certificate_identity_of(registrar),
+                         gate=admin_gate(registrar), clock=reactor,
                          groups_of=registrar.groups_of, token=token, token_scope=admin["token_scope"],
                          on_outage=lambda: registrar.events.outage("admin-authorizer"))
     return AdminService(registrar, reactor=reactor, listen=admin["listen"], tls_options=options,

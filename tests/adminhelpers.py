@@ -14,7 +14,7 @@ from twisted.internet import defer, endpoints, protocol
 from twisted.python.failure import Failure
 
 from rserpool.admin import AdminAccess, AdminService, AdminSettings
-from rserpool.admin.access import certificate_identity_of
+from rserpool.admin.access import admin_gate, certificate_identity_of
 from rserpool.security import pki, tls
 from rserpool.security.authz import RulesAuthorizer, parse_rules
 from tests.asaphelpers import RegistrarClientsMixin, make_pe, start_registrar
@@ -119,6 +119,7 @@ class AdminHarness(RegistrarClientsMixin):
         options = tls.server_options(test_pki.server.cert, test_pki.server.key, [test_pki.ca.cert],
                                      require_client_cert=token is None)
         access = AdminAccess(authorizer=authorizer, identity_of=certificate_identity_of(self.registrar),
+                             gate=admin_gate(self.registrar), clock=reactor,
                              groups_of=self.registrar.groups_of, token=token, token_scope=self.token_scope,
                              on_outage=lambda: self.registrar.events.outage("admin-authorizer"))
         self.admin = AdminService(self.registrar, reactor=reactor, listen=["tcp:0:interface=127.0.0.1"],

@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 
 import pytest
-from twisted.internet import defer
+from twisted.internet import defer, task
 
-from rserpool.admin.access import AdminAccess, Grant, TokenError, load_token
+from rserpool.admin.access import AdminAccess, Grant, TokenError, admin_gate, load_token
+from rserpool.gate import CLOSING, DOOR_ADMIN, Gate, GatePolicy
+from rserpool.security.ratelimit import RateLimit
 from rserpool.security.certidentity import CertIdentityError
 
 TOKEN = b"0123456789abcdef-token"
@@ -66,54 +68,89 @@ class _Authorizer:
         return self.answer
 
 
-def _admit(access, cert=None, authorization=None, monkeypatch=None):
+class _Channel:
+    """Stands in for the HTTP channel (it keeps the gate admission)."""
+
+
+def _access(authorizer, identity_of=lambda cert, transport: "ops", policy=None, **kwargs):
+    return AdminAccess(authorizer=authorizer, identity_of=identity_of, gate=Gate(policy or GatePolicy()),
+                       clock=task.Clock(), **kwargs)
+
+
+def _admit(access, cert=None, authorization=None, monkeypatch=None, channel=None):
     import rserpool.admin.access as module
 
     monkeypatch.setattr(module, "peer_certificate", lambda transport: cert)
     results = []
-    access.admit(object(), authorization).addBoth(results.append)
+    access.admit(channel or _Channel(), object(), "127.0.0.1", authorization).addBoth(results.append)
     (grant,) = results
     return grant
 
 
-def test_a_certificate_identity_is_put_to_the_authorizer_for_admin(monkeypatch):
+def test_a_certificate_identity_goes_through_the_gate_to_the_authorizer(monkeypatch):
     authorizer = _Authorizer(True)
-    access = AdminAccess(authorizer=authorizer, identity_of=lambda cert, transport: "ops",
-                         groups_of=lambda identity: defer.succeed(["operators"]))
-    grant = _admit(access, cert="CERT", monkeypatch=monkeypatch)
+    access = _access(authorizer, groups_of=lambda identity: defer.succeed(["operators"]))
+    channel = _Channel()
+    grant = _admit(access, cert="CERT", monkeypatch=monkeypatch, channel=channel)
     assert grant == Grant(True, 200, "ops")
     assert authorizer.asked == [("ops", frozenset({"operators"}), "admin", b"")]
     assert grant.covers("/api/v1/status") and grant.covers("/metrics")
+    assert channel.admission.door == DOOR_ADMIN and channel.admission.identity == "ops"
+    # The gate remembers the answer for the connection: not asked again.
+    assert _admit(access, cert="CERT", monkeypatch=monkeypatch, channel=channel).allowed
+    assert len(authorizer.asked) == 1
+    access.channel_closed(channel)
+    assert channel.admission not in access.gate.channels
 
 
 @pytest.mark.parametrize("answer", [False, None, "yes", 1])
 def test_anything_but_true_is_a_refusal(monkeypatch, answer):
-    access = AdminAccess(authorizer=_Authorizer(answer), identity_of=lambda cert, transport: "pe1")
+    access = _access(_Authorizer(answer), identity_of=lambda cert, transport: "pe1")
     grant = _admit(access, cert="CERT", monkeypatch=monkeypatch)
     assert (grant.allowed, grant.status, grant.who) == (False, 403, "pe1")
 
 
 def test_an_authorizer_outage_refuses_and_is_reported(monkeypatch):
     outages = []
-    access = AdminAccess(authorizer=_Authorizer(RuntimeError("down")), identity_of=lambda cert, transport: "ops",
-                         on_outage=lambda: outages.append(1))
+    access = _access(_Authorizer(RuntimeError("down")), on_outage=lambda: outages.append(1))
     grant = _admit(access, cert="CERT", monkeypatch=monkeypatch)
     assert (grant.allowed, grant.status) == (False, 403) and outages == [1]
+    assert access.gate.stats["authorizer_unavailable"] == 1
 
 
-def test_a_certificate_without_identity_is_refused(monkeypatch):
+def test_the_gate_rate_limits_requests_per_identity(monkeypatch):
+    policy = GatePolicy(door_request_rate=RateLimit(rate=0.001, burst=2.0))
+    access = _access(_Authorizer(True), policy=policy)
+    channel = _Channel()
+    statuses = [_admit(access, cert="CERT", monkeypatch=monkeypatch, channel=channel).status for _ in range(3)]
+    assert statuses == [200, 200, 429]
+
+
+def test_a_certificate_without_identity_closes_the_gate_channel(monkeypatch):
     def no_identity(cert, transport):
         raise CertIdentityError("no name")
 
     for identity_of in (no_identity, lambda cert, transport: None):
         authorizer = _Authorizer(True)
-        access = AdminAccess(authorizer=authorizer, identity_of=identity_of)
-        grant = _admit(access, cert="CERT", monkeypatch=monkeypatch)
+        access = _access(authorizer, identity_of=identity_of)
+        channel = _Channel()
+        grant = _admit(access, cert="CERT", monkeypatch=monkeypatch, channel=channel)
         assert (grant.allowed, grant.status) == (False, 403) and authorizer.asked == []
+        assert channel.admission.state == CLOSING
+
+
+def test_a_failing_certificate_check_refuses_and_is_an_outage(monkeypatch):
+    def broken(cert, transport):
+        raise RuntimeError("OCSP responder down")
+
+    outages = []
+    access = _access(_Authorizer(True), identity_of=broken, on_outage=lambda: outages.append(1))
+    grant = _admit(access, cert="CERT", monkeypatch=monkeypatch)
+    assert grant.status == 403 and outages == [1]
 
 
 def test_the_token_and_its_scope(monkeypatch):
-    access = AdminAccess(authorizer=_Authorizer(True), identity_of=lambda cert, transport: "ops", token=TOKEN)
+    access = _access(_Authorizer(True), token=TOKEN)
     grant = _admit(access, authorization=b"Bearer " + TOKEN, monkeypatch=monkeypatch)
     assert grant.allowed and grant.who == "bearer token" and grant.scope == "metrics"
     assert grant.covers("/metrics") and not grant.covers("/") and not grant.covers("/api/v1/status")
@@ -121,18 +158,17 @@ def test_the_token_and_its_scope(monkeypatch):
     for wrong in (b"Bearer " + TOKEN[:-1], b"Basic " + TOKEN, TOKEN, b"Bearer"):
         assert _admit(access, authorization=wrong, monkeypatch=monkeypatch).status == 403
     assert _admit(access, monkeypatch=monkeypatch).status == 401
-    everything = AdminAccess(authorizer=_Authorizer(True), identity_of=lambda cert, transport: "x", token=TOKEN,
-                             token_scope="all")
+    everything = _access(_Authorizer(True), token=TOKEN, token_scope="all")
     assert _admit(everything, authorization=b"Bearer " + TOKEN, monkeypatch=monkeypatch).covers("/")
 
 
 def test_without_a_configured_token_a_bearer_header_is_refused(monkeypatch):
-    access = AdminAccess(authorizer=_Authorizer(True), identity_of=lambda cert, transport: "ops")
+    access = _access(_Authorizer(True))
     assert _admit(access, authorization=b"Bearer anything-at-all-here", monkeypatch=monkeypatch).status == 403
 
 
 def test_a_refused_certificate_may_still_carry_the_token(monkeypatch):
-    access = AdminAccess(authorizer=_Authorizer(False), identity_of=lambda cert, transport: "pe1", token=TOKEN)
+    access = _access(_Authorizer(False), identity_of=lambda cert, transport: "pe1", token=TOKEN)
     grant = _admit(access, cert="CERT", authorization=b"Bearer " + TOKEN, monkeypatch=monkeypatch)
     assert grant.allowed and grant.scope == "metrics"
     refused = _admit(access, cert="CERT", monkeypatch=monkeypatch)
@@ -141,4 +177,12 @@ def test_a_refused_certificate_may_still_carry_the_token(monkeypatch):
 
 def test_the_scope_is_checked():
     with pytest.raises(ValueError):
-        AdminAccess(authorizer=None, identity_of=None, token_scope="write")
+        _access(None, token_scope="write")
+
+
+def test_the_registrars_gate_is_used_when_it_has_one():
+    class Registrar:
+        gate = Gate()
+
+    assert admin_gate(Registrar()) is Registrar.gate
+    assert isinstance(admin_gate(object()), Gate)

@@ -41,6 +41,7 @@ _log = Logger()
 
 _HEX_HANDLE = re.compile(r"^[0-9a-f]{2,256}$")
 _MAX_QUERY_NUMBER = 10**9
+_REFUSALS = {401: b"unauthorized\n", 403: b"forbidden\n", 429: b"too many requests\n"}
 
 
 class _BadRequest(ValueError):
@@ -84,7 +85,8 @@ class AdminResource(Resource):
         request.setHeader(b"x-content-type-options", b"nosniff")
         request.setHeader(b"referrer-policy", b"no-referrer")
         request.setHeader(b"content-security-policy", CONTENT_SECURITY_POLICY.encode())
-        d = self.access.admit(request.channel.transport, request.getHeader(b"authorization"))
+        peer = getattr(request.getClientAddress(), "host", "?")
+        d = self.access.admit(request.channel, request.channel.transport, peer, request.getHeader(b"authorization"))
         finished: list[bool] = []
         request.notifyFinish().addBoth(finished.append)
         d.addCallback(self._admitted, request, finished)
@@ -103,10 +105,11 @@ class AdminResource(Resource):
                       method=request.method.decode("ascii", "replace"), path=path[:200], peer=peer,
                       who=grant.who, reason=grant.reason or "outside the token's scope")
             status = grant.status if not grant.allowed else 403
+            request.channel.persistent = False  # a refused client gets its answer, then the door closes
+            request.setHeader(b"connection", b"close")
             if status == 401:
                 request.setHeader(b"www-authenticate", b'Bearer realm="rserpool-admin"')
-            self._finish(request, status, b"text/plain; charset=utf-8",
-                         b"unauthorized\n" if status == 401 else b"forbidden\n")
+            self._finish(request, status, b"text/plain; charset=utf-8", _REFUSALS.get(status, b"forbidden\n"))
             return
         events.admin_request("allowed")
         if request.method not in (b"GET", b"HEAD"):

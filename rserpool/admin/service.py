@@ -128,6 +128,7 @@ class AdminChannel(HTTPChannel):
     def connectionLost(self, reason: Any) -> None:
         self._cancel_deadline()
         self.site.connection_closed(self)
+        self.site.resource.access.channel_closed(self)
         super().connectionLost(reason)
 
 
