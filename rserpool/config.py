@@ -94,6 +94,13 @@ def _ocsp_mode(text: str) -> str:
     return value
 
 
+def _token_scope(text: str) -> str:
+    value = text.strip().lower()
+    if value not in ("metrics", "all"):
+        raise ValueError("must be metrics or all")
+    return value
+
+
 @dataclass(frozen=True)
 class Option:
     parse: Callable[[str], Any]
@@ -180,6 +187,21 @@ SCHEMA: dict[str, dict[str, Option]] = {
         "unreachable_rate": _S(_positive_float, "1", "ENDPOINT_UNREACHABLE reports per second per reporter"),
         "unreachable_requires_identity": _S(_bool, "no", "drop ENDPOINT_UNREACHABLE from pool users without an "
                                                          "authenticated identity (RFC 5355 2.13)"),
+    },
+    "admin": {
+        "listen": _S(_list, "", "Twisted endpoint strings (one per line) of the HTTPS admin endpoint: status page, "
+                                "JSON API, Prometheus /metrics (empty: off; see docs/operations.md)"),
+        "token_file": _S(str, "", "file with a bearer token that grants read access to token_scope, e.g. for "
+                                  "Prometheus (root-owned, not readable by others; empty: client certificates only)",
+                         path=True),
+        "token_scope": _S(_token_scope, "metrics", "what the bearer token may read: metrics (/metrics only) or all"),
+        "max_connections": _S(_positive_int, "64", "simultaneous admin connections"),
+        "max_connections_per_address": _S(_positive_int, "16", "simultaneous admin connections from one address"),
+        "request_timeout": _S(_positive_float, "10", "seconds a client has to send a complete request head "
+                                                     "(TLS handshake included)"),
+        "idle_timeout": _S(_positive_float, "60", "seconds before an idle admin connection is closed"),
+        "refresh": _S(_positive_int, "5", "seconds between the status page's own refreshes"),
+        "page_size": _S(_positive_int, "100", "PEs per page of the status page and of the JSON API (at most 500)"),
     },
     "plugins": {
         "directories": _S(_list, "", "site plugin directories (root-owned, not group/world-writable)", path=True),

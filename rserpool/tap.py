@@ -108,7 +108,7 @@ def build_registrar(config: Config, reactor: Any = None, *, demo: bool = False) 
     registrar, tls_conf, asap, security = config["registrar"], config["tls"], config["asap"], config["security"]
     server_id = registrar["server_id"] or (secrets.randbits(32) or 1)
 
-    tls_options = revocation = crl_monitor = None
+    tls_options = revocation = crl_monitor = tls_files = dev_pki = None
     if tls_conf["enabled"]:
         cert, key, cas = tls_conf["certificate"], tls_conf["private_key"], tls_conf["ca_certificates"]
         crls, refresh = tls_conf["crls"], None
@@ -117,6 +117,7 @@ def build_registrar(config: Config, reactor: Any = None, *, demo: bool = False) 
                                        server_names=(tls_conf["server_name"], "localhost", "127.0.0.1", "::1"))
             cert, key = str(paths.server_cert), str(paths.server_key)
             cas = cas or (str(paths.ca_cert),)
+            dev_pki = paths.directory
             if not crls:
                 crls, refresh = (str(paths.crl),), _dev_crl_refresh(paths.directory)
             # A warning, except with --demo, which runs on the development PKI only.
@@ -128,6 +129,7 @@ def build_registrar(config: Config, reactor: Any = None, *, demo: bool = False) 
             _log.warn("NO REVOCATION CHECK: [tls] crls is empty and [tls] ocsp = off, so a revoked client "
                       "certificate is accepted")
         tls_options, revocation, crl_monitor = _server_security(tls_conf, cert, key, cas, reactor, crls, refresh)
+        tls_files = (cert, key, cas)
     else:
         _log.critical("INSECURE: TLS is disabled by configuration")
 
@@ -229,7 +231,51 @@ def build_registrar(config: Config, reactor: Any = None, *, demo: bool = False) 
         # A plugin with resources (a RADIUS socket, a thread pool) starts and
         # stops with the registrar.
         authorizer.setServiceParent(service)
+    if config["admin"]["listen"]:
+        _admin_service(config, service, tls_files, dev_pki, reactor).setServiceParent(service)
     return service
+
+
+def _admin_service(config: Config, registrar: Any, tls_files: Any, dev_pki: Any, reactor: Any) -> Any:
+    """The HTTPS admin endpoint of ``[admin]`` (docs/operations.md)."""
+    from rserpool.admin import AdminAccess, AdminService, AdminSettings, TokenError, load_token
+    from rserpool.admin.access import admin_gate, certificate_identity_of
+    from rserpool.security import tls
+
+    admin, tls_conf = config["admin"], config["tls"]
+    if tls_files is None:
+        raise ConfigError("[admin] listen needs TLS: the admin endpoint never runs in plaintext")
+    cert, key, cas = tls_files
+    if not cas:
+        raise ConfigError("[admin] listen needs [tls] ca_certificates: admin clients are authenticated by "
+                          "certificates from those CAs")
+    token = None
+    if admin["token_file"]:
+        try:
+            token = load_token(admin["token_file"])
+        except TokenError as exc:
+            raise ConfigError(f"[admin] token_file: {exc}") from None
+    if dev_pki is not None:
+        from rserpool.admin.devcert import ensure_admin_certificate
+
+        issued = ensure_admin_certificate(dev_pki)
+        _log.warn("admin endpoint: DEVELOPMENT admin certificate {cert} (key {key}, browser bundle {p12})",
+                  cert=issued.cert, key=issued.key, p12=issued.p12)
+    try:
+        settings = AdminSettings(
+            max_connections=admin["max_connections"],
+            max_connections_per_address=admin["max_connections_per_address"],
+            request_timeout=admin["request_timeout"], idle_timeout=admin["idle_timeout"],
+            refresh=admin["refresh"], page_size=admin["page_size"])
+    except ValueError as exc:
+        raise ConfigError(f"[admin]: {exc}") from None
+    options = tls.server_options(cert, key, cas, require_client_cert=token is None, crls=tls_conf["crls"])
+    access = AdminAccess(authorizer=registrar.authorizer, identity_of=certificate_identity_of(registrar),
+                         gate=admin_gate(registrar), clock=reactor,
+                         groups_of=registrar.groups_of, token=token, token_scope=admin["token_scope"],
+                         on_outage=lambda: registrar.events.outage("admin-authorizer"))
+    return AdminService(registrar, reactor=reactor, listen=admin["listen"], tls_options=options,
+                        access=access, settings=settings)
 
 
 _AUTHENTICATORS = ("certificate", "psk", "srp", "chap")

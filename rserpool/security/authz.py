@@ -13,7 +13,9 @@ The embedded authorizer reads a rules file, one rule per line::
   e.g. from a certificate mapping, LDAP or RADIUS), or ``*`` (any
   authenticated identity; for ``resolve`` also an anonymous pool user).
 - *actions*: ``register``, ``deregister``, ``resolve``, ``enrp`` (act as an
-  ENRP peer), or ``all``.
+  ENRP peer), ``admin`` (read the admin endpoint; its pool handle is empty,
+  so grant it with the pattern ``*``), or ``all`` (every action but
+  ``admin``, which is only ever granted by name).
 - *patterns* are shell-style globs (``fnmatch``, case-sensitive) over the pool
   handle, which is read as UTF-8; a handle that is not valid UTF-8 only
   matches ``*`` or a ``hex:`` pattern such as ``hex:0a0b*``.
@@ -37,7 +39,9 @@ __all__ = [
     "ACTIONS", "Rule", "RulesError", "RulesAuthorizer", "parse_rules", "load_rules", "pool_matches",
 ]
 
-ACTIONS = frozenset({"register", "deregister", "resolve", "enrp"})
+ACTIONS = frozenset({"register", "deregister", "resolve", "enrp", "admin"})
+#: What ``all`` stands for: the admin door is never granted by a wildcard.
+_ALL_ACTIONS = ACTIONS - {"admin"}
 _MAX_RULES = 100_000
 
 
@@ -110,7 +114,7 @@ def parse_rules(text: str, source: str = "<rules>") -> tuple[Rule, ...]:
         for action in actions_text.split(","):
             action = action.strip()
             if action == "all":
-                actions |= ACTIONS
+                actions |= _ALL_ACTIONS
             elif action in ACTIONS:
                 actions.add(action)
             else:
