@@ -19,9 +19,9 @@ from twisted.internet import defer
 from rserpool.asap.registrar import RegistrarSettings
 from rserpool.enrp import EnrpSettings, PeerLimits
 from rserpool.security import pki, tls
-from rserpool.service.enrp import AuthorizerPeerAdmission, EnrpService
+from rserpool.gate import ACTION_PEER, Gate, GatePolicy
+from rserpool.service.enrp import EnrpService
 from rserpool.service.registrar import RegistrarService
-from tests.asaphelpers import AllowAll, RulesFromDict
 from tests.tlshelpers import CertFiles, TestPKI
 
 FAST_TIMERS = dict(heartbeat_cycle=1.0, max_time_last_heard=4.0, max_time_no_response=2.0,
@@ -84,19 +84,16 @@ class Node:
         yield self.registrar.stopService()
 
 
-def peer_rules(*names: str) -> RulesFromDict:
-    """An authorizer that lets ``names`` be ENRP peers (and nothing else)."""
-    return RulesFromDict({(name, AuthorizerPeerAdmission.ACTION, b"") for name in names})
-
-
 class PoolAndPeerRules:
     """PEs may do anything; only the listed identities may be peers."""
 
     def __init__(self, *peers: str) -> None:
         self.peers = set(peers)
+        self.asked: list = []
 
     def authorize(self, identity, groups, action, pool_handle):
-        if action == AuthorizerPeerAdmission.ACTION:
+        if action == ACTION_PEER:
+            self.asked.append(identity)
             return identity in self.peers
         return True
 
@@ -127,7 +124,7 @@ def start_node(reactor, test_pki: TestPKI, name: str, *, peers_allowed=("registr
     enrp = EnrpService(EnrpSettings(server_id, peer_limits=peer_limits or PeerLimits(), **settings),
                        reactor=reactor, handlespace=registrar.handlespace, listen=["tcp:0:interface=127.0.0.1"],
                        server_tls=server_tls, client_tls=client_tls,
-                       admission=AuthorizerPeerAdmission(authorizer),
+                       gate=Gate(GatePolicy()), authorizer=authorizer,
                        candidates=peers if expect_peers else None, **enrp_kw)
     registrar.change_listeners.append(enrp.local_change)
     enrp.setServiceParent(registrar)

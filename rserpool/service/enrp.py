@@ -4,12 +4,15 @@
   certificates required) and dials peers (``PeerConnector`` in
   ``rserpool.service.enrp_discovery``), both as TCP-mapping channels
   carrying ENRP in DATA chunks with PPID 12 (``rserpool.service.channel``).
-- A channel becomes a peer link only after both checks: the TLS handshake
-  (chain, validity, CRLs; on dialled channels also the expected name), OCSP
-  when configured, then the peer's certificate identity must be admitted
-  (``PeerAdmission``: authorized as a registrar).  Until then its messages
-  are dropped and nothing about it is kept; a refused peer gets an
-  ENRP_ERROR (cause 0xa) and the channel is closed.
+- A channel becomes a peer link only through the registrar's security gate
+  (``rserpool.gate``, its ``peer`` door, docs/gate.md): the TLS handshake
+  (chain, validity, CRLs; on dialled channels also the expected name), the
+  certificate's holder named by ``identity_of`` (OCSP and the certificate
+  mapping when configured), then the gate opens the channel for that
+  identity and puts the ``peer`` action to the authorizer (default deny).
+  Until then its messages are dropped and nothing about it is kept; a
+  refused peer gets an ENRP_ERROR with the gate's cause and the channel
+  closes.
 - Feeds the core messages, the registrar's own handlespace changes
   (``RegistrarService.change_listeners``) and the reactor's time, carries
   out what comes back, and keeps one timer at the core's next deadline.
@@ -22,8 +25,7 @@ See docs/enrp.md.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Protocol as TypingProtocol
+from typing import Any, Callable, Iterable
 
 from twisted.application.service import MultiService
 from twisted.internet import defer
@@ -37,9 +39,10 @@ from rserpool.asap.registrar import PoolElementAdded, PoolElementRemoved
 from rserpool.enrp import (
     Announce, Close, Connect, EnrpCore, EnrpSettings, Initialized, PeerDead, PeerDown, PeerUp, Send,
 )
+from rserpool.gate import ACTION_PEER, DOOR_PEER, AskAuthorizer, CloseChannel, Gate, Opened
 from rserpool.handlespace import Handlespace
+from rserpool.identity import MECH_CERTIFICATE, Identity
 from rserpool.security.certidentity import CertIdentityError, IdentityPolicy, identity_from_certificate
-from rserpool.security.revocation import RevocationGate, verified_chain
 from rserpool.security.tls import NotTLSError, peer_certificate
 from rserpool.service.channel import Channel, ChannelSettings
 from rserpool.service.enrp_discovery import PeerConnector, PresenceReceiver
@@ -47,7 +50,7 @@ from rserpool.service.tlsfactory import TLSServerFactory
 from rserpool.wire import EnrpError, Limits, OperationError, WireError
 from rserpool.wire.codes import CAUSE_SECURITY
 
-__all__ = ["PeerFacts", "PeerAdmission", "AuthorizerPeerAdmission", "EnrpService", "PEER_IDENTITY_POLICY"]
+__all__ = ["EnrpService", "PEER_IDENTITY_POLICY", "certificate_name"]
 
 _log = Logger()
 
@@ -57,39 +60,15 @@ _log = Logger()
 PEER_IDENTITY_POLICY = IdentityPolicy.create(("dns",))
 
 
-@dataclass(frozen=True, slots=True)
-class PeerFacts:
-    """What the shell knows about a would-be peer when admission is asked."""
+def certificate_name(policy: IdentityPolicy = PEER_IDENTITY_POLICY) -> Callable[[Any, Any], str | None]:
+    """``identity_of`` naming a peer certificate's holder by ``policy``
+    alone (no OCSP, no mapping); the application passes the registrar's own
+    derivation instead (rserpool.tap)."""
 
-    identity: str  # from its verified certificate
-    address: str
-    initiator: bool  # True: this registrar dialled it
+    def identity_of(cert: Any, transport: Any = None) -> str | None:
+        return identity_from_certificate(cert, policy).name
 
-
-class PeerAdmission(TypingProtocol):
-    """May this authenticated registrar be an ENRP peer?  A bool or a
-    Deferred firing with one; an exception counts as no."""
-
-    def admit(self, facts: PeerFacts) -> bool | defer.Deferred: ...
-
-
-class AuthorizerPeerAdmission:
-    """Interim admission: the registrar's pool authorizer asked for the
-    ``enrp`` action (``pool_handle`` ``b""``), default deny.  It goes once
-    the one security gate (issue 11) has its ``peer`` door."""
-
-    ACTION = "enrp"
-
-    def __init__(self, authorizer: Any, groups_of: Callable[[str], Any] | None = None) -> None:
-        self.authorizer = authorizer
-        self.groups_of = groups_of or (lambda identity: ())
-
-    @defer.inlineCallbacks
-    def admit(self, facts: PeerFacts):
-        groups = yield defer.maybeDeferred(self.groups_of, facts.identity)
-        allowed = yield defer.maybeDeferred(self.authorizer.authorize, facts.identity,
-                                            frozenset(groups or ()), self.ACTION, b"")
-        return allowed is True
+    return identity_of
 
 
 class _Refused(Protocol):
@@ -124,9 +103,10 @@ class EnrpService(MultiService):
         listen: Iterable[str],
         server_tls: Any,
         client_tls: Callable[[str], Any],
-        admission: PeerAdmission,
-        identity_policy: IdentityPolicy = PEER_IDENTITY_POLICY,
-        revocation: RevocationGate | None = None,
+        gate: Gate,
+        authorizer: Any,
+        groups_of: Callable[[str], Any] | None = None,
+        identity_of: Callable[[Any, Any], Any] | None = None,
         candidates: Any = None,
         presence_listen: tuple[str, int] | None = None,
         presence_targets: Iterable[tuple[str, int]] = (),
@@ -150,14 +130,16 @@ class EnrpService(MultiService):
         self.listen = tuple(listen)
         self.server_tls = server_tls
         self.client_tls = client_tls
-        self.admission = admission
-        self.identity_policy = identity_policy
-        self.revocation = revocation
+        self.gate = gate
+        self.authorizer = authorizer
+        self.groups_of = groups_of or (lambda identity: ())
+        self.identity_of = identity_of or certificate_name()
         self.max_connections = max_connections
         self.max_connections_per_address = max_connections_per_address
         self.channels: set[Channel] = set()
         self._per_address: dict[str, int] = {}
         self._admitting: dict[Channel, defer.Deferred] = {}
+        self.outages = 0
         self.dropped_before_admission = 0
         self.ports: list[Any] = []
         self.listening_addresses: list[Any] = []
@@ -247,6 +229,8 @@ class EnrpService(MultiService):
     def new_channel(self, initiator: bool, host: str) -> Channel:
         channel = Channel(self, self.clock, self.channel_settings, tls=True, initiator=initiator)
         channel.peer_host = host
+        channel.admission = self.gate.open_channel(DOOR_PEER, host, True)
+        channel.admission.session = channel
         self.channels.add(channel)
         self._per_address[host] = self._per_address.get(host, 0) + 1
         return channel
@@ -279,74 +263,110 @@ class EnrpService(MultiService):
         ready = getattr(channel, "ready_deferred", None)
         if ready is not None and not ready.called:
             ready.callback(channel)
-        address = getattr(channel.peer, "host", "")
         try:
             cert = peer_certificate(channel.transport)
         except NotTLSError:
             cert = None
         if cert is None:
-            _log.warn("refusing ENRP channel from {address}: no certificate", address=address)
-            channel.abort()
+            self._gate_outputs(channel, self.gate.identified(channel.admission, None, self.clock.seconds()))
             return
-        try:
-            identity = identity_from_certificate(cert, self.identity_policy).name
-        except CertIdentityError as exc:
-            _log.warn("refusing ENRP channel from {address}: its certificate names no registrar ({error})",
-                      address=address, error=exc)
-            self._refuse(channel)
-            return
-        facts = PeerFacts(identity, address, channel.initiator)
-        check = self._check(cert, channel, facts)
+        check = defer.maybeDeferred(self.identity_of, cert, channel.transport)
+        check.addCallback(self._with_groups)
         self._admitting[channel] = check
-        check.addCallbacks(self._admitted, self._admission_failed, callbackArgs=(channel, facts),
-                           errbackArgs=(channel, facts))
+        check.addCallbacks(self._identified, self._identity_failed, callbackArgs=(channel,),
+                           errbackArgs=(channel,))
 
-    @defer.inlineCallbacks
-    def _check(self, cert: Any, channel: Channel, facts: PeerFacts):
-        gate = self.revocation
-        if gate is not None and gate.enabled:
-            decision = yield gate.check(cert, verified_chain(channel.transport))
-            if not decision.allowed:
-                _log.warn("refusing ENRP peer {identity}@{address}: {reason}", identity=facts.identity,
-                          address=facts.address, reason=decision.reason)
-                return False
-        allowed = yield defer.maybeDeferred(self.admission.admit, facts)
-        return allowed is True
+    def _with_groups(self, name: str | None) -> Any:
+        if name is None:
+            return None
+        d = defer.maybeDeferred(self.groups_of, name)
+        return d.addCallback(lambda groups: Identity.create(name, MECH_CERTIFICATE, groups or ()))
 
-    def _admitted(self, allowed: bool, channel: Channel, facts: PeerFacts) -> None:
+    def _identified(self, identity: Identity | None, channel: Channel) -> Any:
         self._admitting.pop(channel, None)
         if channel.closed:
-            return
-        if not allowed:
-            _log.warn("refusing ENRP peer {identity}@{address}: not authorized as a registrar",
-                      identity=facts.identity, address=facts.address)
-            self._refuse(channel)
-            return
-        link, outputs = self.core.link_up(channel, facts.identity, facts.address, facts.initiator,
-                                          self.clock.seconds())
-        channel.session = link
-        _log.info("ENRP channel with {identity}@{address} admitted", identity=facts.identity,
-                  address=facts.address)
-        self._carry_out(outputs)
+            return None
+        adm = channel.admission
+        self._gate_outputs(channel, self.gate.identified(adm, identity, self.clock.seconds()))
+        if channel.closed or adm.identity is None:
+            return None
+        decision = self.gate.admit(adm, ACTION_PEER, b"", self.clock.seconds())
+        if decision is None:
+            return self._admitted(channel)
+        if isinstance(decision, int):
+            return self._refuse(channel, decision)
+        ask: AskAuthorizer = decision
+        d = defer.maybeDeferred(self.authorizer.authorize, ask.identity, ask.groups, ask.action,
+                                ask.pool_handle)
+        d.addCallbacks(self._answered, self._authorizer_failed, callbackArgs=(channel, ask),
+                       errbackArgs=(channel, ask))
+        self._admitting[channel] = d
+        return None
 
-    def _admission_failed(self, failure: Failure, channel: Channel, facts: PeerFacts) -> None:
+    def _identity_failed(self, failure: Failure, channel: Channel) -> None:
+        self._admitting.pop(channel, None)
+        if failure.check(defer.CancelledError) or channel.closed:
+            return
+        now = self.clock.seconds()
+        if failure.check(CertIdentityError):
+            _log.warn("ENRP channel from {address}: its certificate names no registrar ({error})",
+                      address=channel.admission.address, error=failure.getErrorMessage())
+            self._gate_outputs(channel, self.gate.identified(channel.admission, None, now))
+            return
+        self.outages += 1
+        _log.error("ENRP channel from {address}: the certificate check failed: {error}; refusing",
+                   address=channel.admission.address, error=failure.getErrorMessage())
+        self._gate_outputs(channel, self.gate.identification_refused(channel.admission,
+                                                                     "certificate check failed", now))
+
+    def _answered(self, allowed: Any, channel: Channel, ask: AskAuthorizer) -> None:
+        self._admitting.pop(channel, None)
+        cause = self.gate.authorization_answered(ask, allowed is True, self.clock.seconds())
+        if channel.closed:
+            return
+        if cause is None:
+            self._admitted(channel)
+        else:
+            self._refuse(channel, cause)
+
+    def _authorizer_failed(self, failure: Failure, channel: Channel, ask: AskAuthorizer) -> None:
         self._admitting.pop(channel, None)
         if failure.check(defer.CancelledError):
             return
-        _log.failure("admission of ENRP peer {identity}@{address} failed; refusing", failure,
-                     identity=facts.identity, address=facts.address)
-        self._refuse(channel)
+        self.outages += 1
+        cause = self.gate.authorization_answered(ask, None, self.clock.seconds(), failure.getErrorMessage())
+        if not channel.closed:
+            self._refuse(channel, cause if cause is not None else CAUSE_SECURITY)
 
-    def _refuse(self, channel: Channel) -> None:
+    def _admitted(self, channel: Channel) -> None:
+        adm = channel.admission
+        link, outputs = self.core.link_up(channel, adm.identity, adm.address, channel.initiator,
+                                          self.clock.seconds())
+        channel.session = link
+        _log.info("ENRP channel with {identity}@{address} admitted", identity=adm.identity, address=adm.address)
+        self._carry_out(outputs)
+
+    def _gate_outputs(self, channel: Channel, outputs: list) -> None:
+        for output in outputs:
+            if type(output) is CloseChannel:
+                target = output.admission.session
+                if target is not None:
+                    self._refuse(target, CAUSE_SECURITY)
+            elif type(output) is not Opened:
+                _log.warn("unexpected decision of the gate at the peer door: {output!r}", output=output)
+
+    def _refuse(self, channel: Channel, cause: int) -> None:
+        """The gate said no (it logged why): the peer hears the cause, then the channel closes."""
         if channel.closed:
             return
-        channel.send(EnrpError(self.server_id, 0, OperationError.of(CAUSE_SECURITY)))
+        if cause > 0:
+            channel.send(EnrpError(self.server_id, 0, OperationError.of(cause)))
         channel.close()
 
     def message_received(self, channel: Channel, message: Any, now: float) -> None:
         link = channel.session
         if link is None:
-            self.dropped_before_admission += 1
+            self._not_admitted(channel, now)
             return
         self._carry_out(self.core.message_received(link, message, now))
 
@@ -354,9 +374,16 @@ class EnrpService(MultiService):
         link = channel.session
         _log.info("undecodable message on ENRP channel from {peer}: {error}", peer=channel.peer, error=error)
         if link is None:
-            self.dropped_before_admission += 1
+            self._not_admitted(channel, now)
             return
         self._carry_out(self.core.wire_error(link, ppid, error))
+
+    def _not_admitted(self, channel: Channel, now: float) -> None:
+        """Input before the gate admitted the channel: dropped (nothing about
+        a peer is kept before that), counted by the gate (which closes a
+        channel that sends too much of it)."""
+        self.dropped_before_admission += 1
+        self._gate_outputs(channel, self.gate.hold(channel.admission, now))
 
     def data_received(self, channel: Channel, ppid: int, payload: bytes, now: float) -> None:
         _log.warn("closing ENRP channel from {peer}: PPID {ppid} is neither ENRP nor ASAP",
@@ -367,6 +394,7 @@ class EnrpService(MultiService):
         checking = self._admitting.pop(channel, None)
         if checking is not None:
             checking.cancel()
+        self.gate.channel_closed(channel.admission)
         ready = getattr(channel, "ready_deferred", None)
         if ready is not None and not ready.called:
             ready.errback(reason)
