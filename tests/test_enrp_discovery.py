@@ -57,11 +57,13 @@ def test_hints_are_rate_limited_bounded_and_expire():
     assert targets.hint(0, "127.0.0.1", 10_000, 5.0)  # a known hint is refreshed, not counted
     assert targets.hint(9, "127.0.0.1", 20_000, 5.0)
     assert not targets.hint(10, "127.0.0.1", 20_001, 9.0)  # max_hints
-    assert len(targets.due(9.0, never)) == 3  # each dialled once ...
+    dialled = targets.due(9.0, never)
+    assert len(dialled) == 3  # each dialled once ...
     assert targets.due(9.0, never) == []  # ... and not again while connecting
-    for target in list(targets.targets.values()):
-        targets.failed(target, 9.0)
-    assert len(targets.targets) == 3
-    targets.due(100.0, never)
-    assert targets.targets == {}  # not heard of again: forgotten
+    targets.connected(dialled[0], "channel")
+    for target in dialled[1:]:
+        targets.failed(target, 9.0)  # a failed hint is forgotten at once
+    assert list(targets.targets.values()) == dialled[:1]
+    targets.closed("channel", None, 0x1, 10.0)
+    assert targets.targets == {}
     assert not targets.hint(1, "not-an-ip", 1, 100.0)

@@ -6,11 +6,12 @@ resolved by the shell) and *hints* from ENRP_LIST_RESPONSEs and UDP
 ENRP_PRESENCE datagrams.  A dialled server becomes a peer only after TLS
 and admission, so a forged hint costs at most a refused connection attempt:
 
-- each target is dialled at most once per back-off interval (doubling from
-  ``retry_min`` to ``retry_max``);
-- new hints are rate limited (``hint_rate``), bounded in number
-  (``max_hints``) and forgotten ``hint_lifetime`` seconds after the last
-  time they were heard of;
+- a configured target is dialled at most once per back-off interval
+  (doubling from ``retry_min`` to ``retry_max``);
+- a hint is dialled once: if that fails it is forgotten, and only a new
+  hint brings it back; new hints are rate limited (``hint_rate``), bounded
+  in number (``max_hints``) and forgotten ``hint_lifetime`` seconds after
+  the last time they were heard of;
 - a target whose server is already linked (through a channel in either
   direction) is not dialled; one that turned out to be this registrar
   itself is never dialled again.
@@ -131,6 +132,9 @@ class PeerTargets:
         target.channel = channel
 
     def failed(self, target: Target, now: float) -> None:
+        if target.hint:
+            self.targets.pop(target.key, None)  # a hint gets one attempt
+            return
         target.state = "idle"
         target.channel = None
         target.backoff = min(self.retry_max, max(self.retry_min, target.backoff * 2))

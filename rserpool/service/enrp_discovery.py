@@ -28,9 +28,27 @@ from rserpool.service.hunt import describe_failure
 from rserpool.wire import EnrpPresence, Limits, WireError, decode_message
 from rserpool.wire.codes import PPID_ENRP
 
-__all__ = ["PeerConnector", "PresenceReceiver"]
+__all__ = ["ENRP_SRV_SERVICE", "ENRP_TLS_PORT", "PeerConnector", "PresenceReceiver", "peer_candidates"]
 
 _log = Logger()
+
+#: IANA's port of ENRP over TLS (RFC 5353 5.3: enrp-sctp-tls 9902; here over TCP).
+ENRP_TLS_PORT = 9902
+#: The SRV label of ENRP peers (no service name is registered for ENRP over
+#: TLS/TCP; this one follows RFC 6335's form, ``[enrp] srv_service`` changes it).
+ENRP_SRV_SERVICE = "_enrp-tls._tcp"
+
+
+def peer_candidates(static: Any = (), srv_names: Any = (), *, resolver: Any = None,
+                    srv_service: str = ENRP_SRV_SERVICE, rng: random.Random | None = None) -> Any:
+    """The configured peers as a candidate source: ``host:port [tls-name]``
+    entries (IP addresses, or DNS names resolved through ``twisted.names``)
+    and SRV names (the server hunt's ``RegistrarCandidates``, with ENRP's
+    SRV label and port)."""
+    from rserpool.service.candidates import RegistrarCandidates
+
+    return RegistrarCandidates(static=static, srv_names=srv_names, resolver=resolver,
+                               srv_service=srv_service, default_port=ENRP_TLS_PORT, rng=rng)
 
 
 class PeerConnector:
