@@ -233,13 +233,87 @@ def build_registrar(config: Config, reactor: Any = None, *, demo: bool = False) 
         authorizer.setServiceParent(service)
     if config["admin"]["listen"]:
         _admin_service(config, service, tls_files, dev_pki, reactor).setServiceParent(service)
+    if config["enrp"]["enabled"]:
+        _enrp_service(config, service, tls_files, crls if tls_files else (), crl_monitor, reactor
+                      ).setServiceParent(service)
+    return service
+
+
+def _shared_gate(registrar: Any) -> Any:
+    """The registrar's one security gate (made here while the registrar has none)."""
+    from rserpool.admin.access import admin_gate
+
+    gate = getattr(registrar, "gate", None)
+    if gate is None:
+        gate = registrar.gate = admin_gate(registrar)
+    return gate
+
+
+def _enrp_service(config: Config, registrar: Any, tls_files: Any, crls: Any, crl_monitor: Any,
+                  reactor: Any) -> Any:
+    """The ENRP service of ``[enrp]`` (docs/enrp.md): mutual TLS with the
+    registrar's certificate, peers admitted by the gate's ``peer`` door."""
+    from rserpool.admin.access import certificate_identity_of
+    from rserpool.enrp import EnrpSettings, PeerLimits
+    from rserpool.security import tls
+    from rserpool.security.ratelimit import RateLimit
+    from rserpool.service.enrp import EnrpService
+    from rserpool.service.enrp_discovery import peer_candidates
+
+    enrp = config["enrp"]
+    if tls_files is None:
+        raise ConfigError("[enrp] enabled needs TLS: ENRP peers authenticate each other by certificate "
+                          "(RFC 5355 2.5, 2.15)")
+    cert, key, cas = tls_files
+    if not cas:
+        raise ConfigError("[enrp] enabled needs [tls] ca_certificates: peers present certificates from those CAs")
+    try:
+        limits = PeerLimits(max_pes=enrp["max_pes_per_peer"], max_pools=enrp["max_pools_per_peer"],
+                            update_rate=RateLimit(enrp["update_rate"], 2 * enrp["update_rate"]),
+                            max_response_pes=enrp["max_response_pes"])
+        settings = EnrpSettings(registrar.server_id, heartbeat_cycle=enrp["heartbeat_cycle"],
+                                max_time_last_heard=enrp["max_time_last_heard"],
+                                max_time_no_response=enrp["max_time_no_response"],
+                                mentor_discovery_timeout=enrp["mentor_discovery_timeout"],
+                                max_peers=enrp["max_peers"], page_pes=min(enrp["page_pes"], enrp["max_response_pes"]),
+                                peer_limits=limits)
+        candidates = None
+        if enrp["peers"] or enrp["srv_names"]:
+            candidates = peer_candidates(enrp["peers"], enrp["srv_names"], srv_service=enrp["srv_service"])
+        presence_listen = _target(enrp["presence_listen"]) if enrp["presence_listen"] else None
+        multicast = _target(enrp["presence_multicast"]) if enrp["presence_multicast"] else None
+    except ValueError as exc:
+        raise ConfigError(f"[enrp]: {exc}") from None
+    current_crls = [tuple(crls)]
+    server_tls = tls.ReloadableServerOptions(tls.server_options(cert, key, cas, require_client_cert=True,
+                                                                crls=current_crls[0]))
+
+    def client_tls(name: str) -> Any:
+        return tls.client_options(name, cas, client_cert=(cert, key), crls=current_crls[0])
+
+    if crl_monitor is not None:
+        def reloaded(loaded: Any) -> None:
+            current_crls[0] = tuple(loaded)
+            server_tls.replace(tls.server_options(cert, key, cas, require_client_cert=True, crls=loaded))
+
+        crl_monitor.monitor.add_reload_listener(reloaded)
+    service = EnrpService(settings, reactor=reactor, handlespace=registrar.handlespace, listen=enrp["listen"],
+                          server_tls=server_tls, client_tls=client_tls, gate=_shared_gate(registrar),
+                          authorizer=registrar.authorizer, groups_of=registrar.groups_of,
+                          identity_of=certificate_identity_of(registrar), candidates=candidates,
+                          presence_listen=presence_listen,
+                          presence_targets=[_target(t) for t in enrp["presence_targets"]],
+                          presence_multicast=multicast)
+    registrar.change_listeners.append(service.local_change)
+    _log.info("ENRP on {listen}; peers {peers}; SRV {srv}", listen=", ".join(enrp["listen"]),
+              peers=", ".join(enrp["peers"]) or "none", srv=", ".join(enrp["srv_names"]) or "none")
     return service
 
 
 def _admin_service(config: Config, registrar: Any, tls_files: Any, dev_pki: Any, reactor: Any) -> Any:
     """The HTTPS admin endpoint of ``[admin]`` (docs/operations.md)."""
     from rserpool.admin import AdminAccess, AdminService, AdminSettings, TokenError, load_token
-    from rserpool.admin.access import admin_gate, certificate_identity_of
+    from rserpool.admin.access import certificate_identity_of
     from rserpool.security import tls
 
     admin, tls_conf = config["admin"], config["tls"]
@@ -271,7 +345,7 @@ def _admin_service(config: Config, registrar: Any, tls_files: Any, dev_pki: Any,
         raise ConfigError(f"[admin]: {exc}") from None
     options = tls.server_options(cert, key, cas, require_client_cert=token is None, crls=tls_conf["crls"])
     access = AdminAccess(authorizer=registrar.authorizer, identity_of=certificate_identity_of(registrar),
-                         gate=admin_gate(registrar), clock=reactor,
+                         gate=_shared_gate(registrar), clock=reactor,
                          groups_of=registrar.groups_of, token=token, token_scope=admin["token_scope"],
                          on_outage=lambda: registrar.events.outage("admin-authorizer"))
     return AdminService(registrar, reactor=reactor, listen=admin["listen"], tls_options=options,

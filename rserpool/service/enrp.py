@@ -44,7 +44,7 @@ from rserpool.handlespace import Handlespace
 from rserpool.identity import MECH_CERTIFICATE, Identity
 from rserpool.security.certidentity import CertIdentityError, IdentityPolicy, identity_from_certificate
 from rserpool.security.tls import NotTLSError, peer_certificate
-from rserpool.service.channel import Channel, ChannelSettings
+from rserpool.service.channel import Channel, ChannelSettings, address_text
 from rserpool.service.enrp_discovery import PeerConnector, PresenceReceiver
 from rserpool.service.tlsfactory import TLSServerFactory
 from rserpool.wire import EnrpError, Limits, OperationError, WireError
@@ -175,7 +175,7 @@ class EnrpService(MultiService):
             self.ports.append(port)
             self.listening_addresses.append(port.getHost())
             _log.info("registrar {sid:08x} listening for ENRP peers on {address} (TLS, client certificates "
-                      "required)", sid=self.server_id, address=port.getHost())
+                      "required)", sid=self.server_id, address=address_text(port.getHost()))
         self.core.server_info = self._server_info()
         if self.presence_listen is not None or self.presence_targets or self.presence_multicast:
             host, port = self.presence_listen or ("127.0.0.1", 0)
@@ -372,7 +372,8 @@ class EnrpService(MultiService):
 
     def wire_error(self, channel: Channel, ppid: int, error: WireError, now: float) -> None:
         link = channel.session
-        _log.info("undecodable message on ENRP channel from {peer}: {error}", peer=channel.peer, error=error)
+        _log.info("undecodable message on ENRP channel from {peer}: {error}", peer=address_text(channel.peer),
+                  error=error)
         if link is None:
             self._not_admitted(channel, now)
             return
@@ -387,7 +388,7 @@ class EnrpService(MultiService):
 
     def data_received(self, channel: Channel, ppid: int, payload: bytes, now: float) -> None:
         _log.warn("closing ENRP channel from {peer}: PPID {ppid} is neither ENRP nor ASAP",
-                  peer=channel.peer, ppid=ppid)
+                  peer=address_text(channel.peer), ppid=ppid)
         channel.abort()
 
     def channel_closed(self, channel: Channel, reason: Failure) -> None:
