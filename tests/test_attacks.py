@@ -614,12 +614,16 @@ class AttacksOverTLS(unittest.TestCase):
         for cert in (None, self.pki.pe2):
             peer = yield self.open(registrar, cert)
             received = registrar.spy.messages
-            peer.send(EnrpPresence(0x0BAD, registrar.server_id, 0, reply_required=True))
-            peer.send(EnrpHandleTableRequest(0x0BAD, registrar.server_id))
-            peer.send(EnrpListRequest(0x0BAD, registrar.server_id))
-            # Ordered channel: once this is answered, the ENRP requests were handled.
-            yield within(peer.request(AsapHandleResolution(b"nothing-here")))
-            self.assertEqual([type(m) for m in peer.messages], [])
+            # ENRP on the ASAP port: each refused with ENRP_ERROR, Unrecognized
+            # Message (docs/enrp.md), in order, before the ASAP answer.
+            answers = yield self.pipeline(peer, [
+                EnrpPresence(0x0BAD, registrar.server_id, 0, reply_required=True),
+                EnrpHandleTableRequest(0x0BAD, registrar.server_id),
+                EnrpListRequest(0x0BAD, registrar.server_id),
+                AsapHandleResolution(b"nothing-here")])
+            self.assertEqual([type(m).__name__ for m in answers], ["EnrpError"] * 3 + [
+                "AsapHandleResolutionResponse"])
+            self.assertEqual({c.code for m in answers[:3] for c in m.error.causes}, {0x2})
             self.assertEqual(registrar.spy.messages, received + 4)  # all four arrived
         self.assertEqual(contents(registrar), {(H, 0x42)})
 
