@@ -45,10 +45,11 @@ from rserpool.security.certidentity import CertIdentityError, IdentityPolicy, id
 from rserpool.security.psk import MECHANISM as PSK_MECHANISM, psk_identity
 from rserpool.security.revocation import RevocationGate, verified_chain
 from rserpool.security.tls import NotTLSError, tls_connection
-from rserpool.service.channel import Channel, ChannelSettings
+from rserpool.service.channel import Channel, ChannelSettings, address_text
 from rserpool.service.tlsfactory import TLSServerFactory
 from rserpool.stats import EventCounts
 from rserpool.wire import WireError
+from rserpool.wire.params import pool_handle_text
 from rserpool.wire.transports import TcpTransport
 
 __all__ = ["PoolAuthorizer", "RegistrarService", "AnnounceProtocol"]
@@ -214,7 +215,7 @@ class RegistrarService(MultiService):
             self.ports.append(port)
             self.listening_addresses.append(port.getHost())
             _log.info("registrar {server_id:08x} listening for ASAP on {address} ({tls})",
-                      server_id=self.server_id, address=port.getHost(),
+                      server_id=self.server_id, address=address_text(port.getHost()),
                       tls="TLS" if self.tls_options is not None else "PLAINTEXT")
         if self.announce_multicast:
             _log.info("announcing to multicast group {group}", group=self.announce_multicast)
@@ -387,7 +388,7 @@ class RegistrarService(MultiService):
         queued = pending[1]
         if len(queued) >= self.max_queued_during_check:
             _log.warn("closing ASAP channel from {peer}: over {n} messages before its certificate "
-                      "check finished", peer=channel.peer, n=self.max_queued_during_check)
+                      "check finished", peer=address_text(channel.peer), n=self.max_queued_during_check)
             channel.abort()
         else:
             queued.append((kind, item, ppid))
@@ -405,14 +406,14 @@ class RegistrarService(MultiService):
 
     def wire_error(self, channel: Channel, ppid: int, error: WireError, now: float) -> None:
         session = channel.session
-        _log.info("undecodable message from {peer}: {error}", peer=channel.peer, error=error)
+        _log.info("undecodable message from {peer}: {error}", peer=address_text(channel.peer), error=error)
         if session is None:
             self._hold(channel, "wire", error, ppid)
         else:
             self._carry_out(self.core.wire_error(session, error))
 
     def data_received(self, channel: Channel, ppid: int, payload: bytes, now: float) -> None:
-        _log.info("closing channel from {peer}: unexpected PPID {ppid}", peer=channel.peer, ppid=ppid)
+        _log.info("closing channel from {peer}: unexpected PPID {ppid}", peer=address_text(channel.peer), ppid=ppid)
         channel.abort()
 
     def channel_closed(self, channel: Channel, reason: Failure) -> None:
@@ -454,12 +455,12 @@ class RegistrarService(MultiService):
                 output.session.channel.close()
             elif kind is PoolElementAdded:
                 if output.created:
-                    _log.info("PE {pe_id:08x} registered in pool {handle!r} by {identity}",
-                              pe_id=output.entry.pe_id, handle=output.entry.pool_handle,
+                    _log.info("PE {pe_id:08x} registered in pool {handle} by {identity}",
+                              pe_id=output.entry.pe_id, handle=pool_handle_text(output.entry.pool_handle),
                               identity=output.entry.identity)
             elif kind is PoolElementRemoved:
-                _log.info("PE {pe_id:08x} left pool {handle!r}: {reason}", pe_id=output.entry.pe_id,
-                          handle=output.entry.pool_handle, reason=output.reason)
+                _log.info("PE {pe_id:08x} left pool {handle}: {reason}", pe_id=output.entry.pe_id,
+                          handle=pool_handle_text(output.entry.pool_handle), reason=output.reason)
         self._arm_timer()
 
     def _authorize(self, request: Authorize) -> None:
@@ -491,9 +492,9 @@ class RegistrarService(MultiService):
 
     def _authorization_failed(self, failure: Failure, request: Authorize, identity: str | None) -> None:
         self.events.outage("authorizer")
-        _log.failure("authorization backend failed for {identity} ({action} {handle!r}); refusing",
+        _log.failure("authorization backend failed for {identity} ({action} in pool {handle}); refusing",
                      failure, identity=identity, action=request.action,
-                     handle=request.pool_handle)
+                     handle=pool_handle_text(request.pool_handle))
         self._carry_out(self.core.authorization_done(request.session, request.token, None,
                                                      self.clock.seconds()))
 
