@@ -15,7 +15,9 @@ A ``Channel`` is a Twisted ``Protocol``.  It only moves bytes and time:
   detection to the implementation; see docs/tcp-mapping.md).
 
 Framing errors are fatal for that one connection only: the channel is
-aborted and the handler told why.  A message that does not decode is given
+aborted and the handler told why.  Once the channel is closing (``close``,
+``abort``, also from inside a handler's callback) nothing more that was read
+is handled.  A message that does not decode is given
 to the handler (``wire_error``), which answers it as RFC 5354 says; the
 channel stays up.
 """
@@ -131,6 +133,8 @@ class Channel(Protocol):
         self.mapping = TcpMapConnection(max_chunk_size=settings.max_chunk_size)
         self.ready = False
         self.closed = False
+        # True from close() or abort() on: what is still read is not handled.
+        self.closing = False
         self.peer: Any = None
         self.session: Any = None  # the handler's per-channel state
         self._timer: IDelayedCall | None = None
@@ -162,7 +166,7 @@ class Channel(Protocol):
             self.handler.channel_ready(self)
 
     def dataReceived(self, data: bytes) -> None:
-        if self.closed:
+        if self.closing:
             return
         now = self.clock.seconds()
         self._last_heard = now
@@ -192,7 +196,7 @@ class Channel(Protocol):
                             handler.message_received(self, message, now)
                     else:
                         handler.data_received(self, ppid, event.payload, now)
-                    if self.closed:
+                    if self.closing:  # the handler closed or aborted the channel
                         self._out = None
                         return
                 elif type(event) is HeartbeatAckReceived:
@@ -219,6 +223,7 @@ class Channel(Protocol):
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self.closed = True
+        self.closing = True
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
@@ -265,6 +270,7 @@ class Channel(Protocol):
         """Close gracefully (after pending writes)."""
         if not self.closed and self.transport is not None:
             self._flush_batch()
+            self.closing = True
             self.transport.loseConnection()
 
     def abort(self) -> None:
@@ -272,6 +278,7 @@ class Channel(Protocol):
         if self.closed or self.transport is None:
             return
         self._flush_batch()
+        self.closing = True
         abort = getattr(self.transport, "abortConnection", None)
         if abort is not None:
             abort()
