@@ -11,6 +11,8 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from rserpool.security.ratelimit import RateLimit, RateLimiter
+# The one form of a pool handle in every log line (the PE and PU libraries use it too).
+from rserpool.wire.params import pool_handle_text
 
 __all__ = ["REFUSAL_FORMAT", "RefusalLog", "cause_text", "pool_handle_text"]
 
@@ -18,14 +20,6 @@ __all__ = ["REFUSAL_FORMAT", "RefusalLog", "cause_text", "pool_handle_text"]
 REFUSAL_FORMAT = "refused {what} from {address} ({who}): {reason}; {cause}{suppressed}"
 
 
-def pool_handle_text(handle: bytes) -> str:
-    """A pool handle as the logs and the rules file write it: the UTF-8 text
-    when it is printable, else ``hex:`` and its lower-case hex."""
-    try:
-        text = handle.decode("utf-8")
-    except UnicodeDecodeError:
-        return "hex:" + handle.hex()
-    return text if text.isprintable() and text else "hex:" + handle.hex()
 
 
 def cause_text(cause: int) -> str:

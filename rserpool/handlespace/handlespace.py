@@ -28,6 +28,7 @@ from rserpool.handlespace.entries import (
 from rserpool.handlespace.policies import is_reserved_policy_type, make_policy
 from rserpool.handlespace.timers import DeadlineQueue
 from rserpool.handlespace.types import MAX_UINT32, PolicySettings, SelectionPolicy
+from rserpool.identity import normalize_identity
 from rserpool.wire.checksum import finish, pe_checksum, pe_sum
 
 __all__ = ["Handlespace", "PolicyFactory"]
@@ -132,7 +133,8 @@ class Handlespace:
         return None if entry is None else entry.identity
 
     def identity_count(self, identity: str) -> int:
-        return self._identity_counts.get(identity, 0)
+        """PEs bound to ``identity`` (any spelling of it)."""
+        return self._identity_counts.get(normalize_identity(identity) or "", 0)
 
     # -------------------------------------------------------------- ownership
 
@@ -243,6 +245,11 @@ class Handlespace:
                 else:
                     self._expiry.schedule(entry, now + life)  # sets entry.expires_at
                 return _make_result(entry, False, previous_owner)
+        # Bound and counted in normalized form (rserpool.identity): one owner, one quota.
+        if identity is not None:
+            identity = normalize_identity(identity)
+            if identity is None:
+                raise HandlespaceError(CAUSE_SECURITY, "not a valid identity")
         # Validation (cause 0x3) and the handle length limit (0x6).
         if not isinstance(pool_handle, bytes) or not pool_handle:
             raise HandlespaceError(CAUSE_INVALID_VALUES, "empty or non-bytes pool handle", "pool_handle")
@@ -357,7 +364,8 @@ class Handlespace:
         entry = self.get(pool_handle, pe_id)
         if entry is None:
             return None
-        if identity is not None and entry.identity is not None and identity != entry.identity:
+        if (identity is not None and entry.identity is not None and identity != entry.identity
+                and normalize_identity(identity) != entry.identity):
             raise HandlespaceError(CAUSE_SECURITY, "PE identifier bound to another identity")
         self._remove(entry)
         return entry

@@ -29,7 +29,7 @@ from rserpool.asap.pe_session import (
 )
 from rserpool.asap.session import DEFAULT_DATA_PPID, Ignored, check_data_ppid
 from rserpool.security import tls
-from rserpool.service.channel import Channel, ChannelSettings
+from rserpool.service.channel import Channel, ChannelSettings, address_text
 from rserpool.service.tlsfactory import TLSServerFactory
 from rserpool.wire import PoolElement, WireError
 
@@ -122,16 +122,16 @@ class AcceptedSession:
             elif type(event) is BusinessCardReceived:
                 app.business_card_received(self, event.pool_handle, event.pool_elements)
             elif type(event) is Ignored:
-                _log.info("session from {peer} ignored {what}: {why}", peer=channel.peer,
+                _log.info("session from {peer} ignored {what}: {why}", peer=address_text(channel.peer),
                           what=event.what, why=event.why)
 
     def wire_error(self, channel: Channel, ppid: int, error: WireError, now: float) -> None:
-        _log.warn("undecodable control message from {peer}: {error}", peer=channel.peer, error=error)
+        _log.warn("undecodable control message from {peer}: {error}", peer=address_text(channel.peer), error=error)
 
     def data_received(self, channel: Channel, ppid: int, payload: bytes, now: float) -> None:
         if ppid != self.server.ppid:
             _log.warn("dropped {size} bytes with unexpected PPID {ppid} from {peer}",
-                      size=len(payload), ppid=ppid, peer=channel.peer)
+                      size=len(payload), ppid=ppid, peer=address_text(channel.peer))
             return
         self.core.data_received(payload)
         if self.ready:

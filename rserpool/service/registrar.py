@@ -22,7 +22,7 @@ import random
 from typing import Any, Callable, Iterable, Protocol as TypingProtocol
 
 from cryptography.hazmat.primitives.serialization import Encoding
-from OpenSSL import crypto
+from OpenSSL import SSL, crypto
 from twisted.application.service import MultiService
 from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
@@ -45,9 +45,11 @@ from rserpool.security.certidentity import CertIdentityError, IdentityPolicy, id
 from rserpool.security.psk import MECHANISM as PSK_MECHANISM, psk_identity
 from rserpool.security.revocation import RevocationGate, verified_chain
 from rserpool.security.tls import NotTLSError, tls_connection
-from rserpool.service.channel import Channel, ChannelSettings
+from rserpool.service.channel import Channel, ChannelSettings, address_text
 from rserpool.service.tlsfactory import TLSServerFactory
+from rserpool.stats import EventCounts
 from rserpool.wire import WireError
+from rserpool.wire.params import pool_handle_text
 from rserpool.wire.transports import TcpTransport
 
 __all__ = ["PoolAuthorizer", "RegistrarService", "AnnounceProtocol"]
@@ -137,9 +139,14 @@ class RegistrarService(MultiService):
         certificate_mapping: Any = None,
     ) -> None:
         super().__init__()
+        # Counters for operators (rserpool.stats); shared with the authenticator.
+        self.events = EventCounts()
+        self.started: float | None = None
         # SRP/CHAP over the ASAP extension (rserpool.service.auth.RegistrarAuthenticator);
         # None: the extension is disabled and its messages are reported as unrecognized.
         self.authenticator = authenticator
+        if authenticator is not None:
+            authenticator.events = self.events
         # ICertificateMapping: identity_for(cert) -> Identity | name | None (maybe a Deferred)
         self.certificate_mapping = certificate_mapping
         # OCSP gate: no session (so no state) until the client certificate's
@@ -198,6 +205,7 @@ class RegistrarService(MultiService):
     @defer.inlineCallbacks
     def startService(self):
         super().startService()
+        self.started = self.clock.seconds()
         for description in self.listen:
             factory: Any = _RegistrarFactory(self, tls=self.tls_options is not None)
             if self.tls_options is not None:
@@ -207,7 +215,7 @@ class RegistrarService(MultiService):
             self.ports.append(port)
             self.listening_addresses.append(port.getHost())
             _log.info("registrar {server_id:08x} listening for ASAP on {address} ({tls})",
-                      server_id=self.server_id, address=port.getHost(),
+                      server_id=self.server_id, address=address_text(port.getHost()),
                       tls="TLS" if self.tls_options is not None else "PLAINTEXT")
         if self.announce_multicast:
             _log.info("announcing to multicast group {group}", group=self.announce_multicast)
@@ -276,11 +284,14 @@ class RegistrarService(MultiService):
                         crypto.dump_certificate(crypto.FILETYPE_ASN1, peer))
                     mechanism = "certificate"
                 except CertIdentityError as exc:
+                    self.events.authenticated("certificate", False)
                     _log.warn("client certificate from {address} yields no identity: {error}",
                               address=address, error=exc)
             else:
                 identity = psk_identity(channel.transport)
                 mechanism = PSK_MECHANISM if identity is not None else None
+        if mechanism is not None and not gated and self.certificate_mapping is None:
+            self.events.authenticated(mechanism, True)
         if cert is not None and (gated or self.certificate_mapping is not None):
             # Nothing is created for this channel before OCSP allows it and
             # the certificate mapping (a directory, perhaps) named its holder.
@@ -345,6 +356,7 @@ class RegistrarService(MultiService):
         _, queued = self._checking.pop(channel, (None, []))
         if channel.closed:
             return
+        self.events.authenticated("certificate", allowed and identity is not None)
         if not allowed:
             _log.warn("closing ASAP channel from {address} ({identity}): {reason}", address=address,
                       identity=identity, reason=reason)
@@ -364,6 +376,7 @@ class RegistrarService(MultiService):
         self._checking.pop(channel, None)
         if failure.check(defer.CancelledError):
             return  # the channel went away first
+        self.events.outage("certificate-check")
         _log.failure("certificate check (revocation or mapping) failed; closing the channel", failure)
         channel.abort()
 
@@ -375,7 +388,7 @@ class RegistrarService(MultiService):
         queued = pending[1]
         if len(queued) >= self.max_queued_during_check:
             _log.warn("closing ASAP channel from {peer}: over {n} messages before its certificate "
-                      "check finished", peer=channel.peer, n=self.max_queued_during_check)
+                      "check finished", peer=address_text(channel.peer), n=self.max_queued_during_check)
             channel.abort()
         else:
             queued.append((kind, item, ppid))
@@ -393,14 +406,14 @@ class RegistrarService(MultiService):
 
     def wire_error(self, channel: Channel, ppid: int, error: WireError, now: float) -> None:
         session = channel.session
-        _log.info("undecodable message from {peer}: {error}", peer=channel.peer, error=error)
+        _log.info("undecodable message from {peer}: {error}", peer=address_text(channel.peer), error=error)
         if session is None:
             self._hold(channel, "wire", error, ppid)
         else:
             self._carry_out(self.core.wire_error(session, error))
 
     def data_received(self, channel: Channel, ppid: int, payload: bytes, now: float) -> None:
-        _log.info("closing channel from {peer}: unexpected PPID {ppid}", peer=channel.peer, ppid=ppid)
+        _log.info("closing channel from {peer}: unexpected PPID {ppid}", peer=address_text(channel.peer), ppid=ppid)
         channel.abort()
 
     def channel_closed(self, channel: Channel, reason: Failure) -> None:
@@ -410,6 +423,8 @@ class RegistrarService(MultiService):
         checking = self._checking.pop(channel, None)
         if checking is not None:
             checking[0].cancel()
+        if channel.tls and not channel.ready and reason is not None and reason.check(SSL.Error):
+            self.events.tls_handshake_failures += 1
         if channel in self.channels:
             self.channels.discard(channel)
             address = getattr(channel, "peer_host", "")
@@ -440,12 +455,12 @@ class RegistrarService(MultiService):
                 output.session.channel.close()
             elif kind is PoolElementAdded:
                 if output.created:
-                    _log.info("PE {pe_id:08x} registered in pool {handle!r} by {identity}",
-                              pe_id=output.entry.pe_id, handle=output.entry.pool_handle,
+                    _log.info("PE {pe_id:08x} registered in pool {handle} by {identity}",
+                              pe_id=output.entry.pe_id, handle=pool_handle_text(output.entry.pool_handle),
                               identity=output.entry.identity)
             elif kind is PoolElementRemoved:
-                _log.info("PE {pe_id:08x} left pool {handle!r}: {reason}", pe_id=output.entry.pe_id,
-                          handle=output.entry.pool_handle, reason=output.reason)
+                _log.info("PE {pe_id:08x} left pool {handle}: {reason}", pe_id=output.entry.pe_id,
+                          handle=pool_handle_text(output.entry.pool_handle), reason=output.reason)
         self._arm_timer()
 
     def _authorize(self, request: Authorize) -> None:
@@ -476,9 +491,10 @@ class RegistrarService(MultiService):
                                                      self.clock.seconds()))
 
     def _authorization_failed(self, failure: Failure, request: Authorize, identity: str | None) -> None:
-        _log.failure("authorization backend failed for {identity} ({action} {handle!r}); refusing",
+        self.events.outage("authorizer")
+        _log.failure("authorization backend failed for {identity} ({action} in pool {handle}); refusing",
                      failure, identity=identity, action=request.action,
-                     handle=request.pool_handle)
+                     handle=pool_handle_text(request.pool_handle))
         self._carry_out(self.core.authorization_done(request.session, request.token, None,
                                                      self.clock.seconds()))
 
