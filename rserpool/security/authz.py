@@ -187,6 +187,7 @@ class RulesAuthorizer:
         return sorted(set().union(*lists))
 
     def decide(self, identity: str | None, groups: Iterable[str], action: str, pool_handle: bytes) -> bool:
+        action = _ALIASES.get(action, action)  # a request is read as its rule would be
         group_set = frozenset(groups)
         key = (identity, group_set, action, pool_handle)
         decisions = self._decisions
