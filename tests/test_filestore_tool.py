@@ -111,7 +111,7 @@ def test_rules_check(tmp_path, capsys) -> None:
     assert main(["rules", "check", str(rules), "--identity", "pe2", "--action", "register",
                  "--pool", "echo"]) == 1
     assert "refused" in capsys.readouterr().out
-    assert main(["rules", "check", str(rules), "--identity", "x", "--groups", "ops", "--action", "enrp",
+    assert main(["rules", "check", str(rules), "--identity", "x", "--groups", "ops", "--action", "peer",
                  "--pool", ""]) == 0
     rules.write_text("pe1 register echo\npe2 fly echo\n")
     assert main(["rules", "check", str(rules)]) == 1

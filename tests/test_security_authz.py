@@ -36,7 +36,8 @@ def test_first_match_wins_and_deny(authz):
 
 
 def test_groups_and_wildcard(authz):
-    assert authz.decide("x", ["ops"], "enrp", b"anything")
+    assert authz.decide("x", ["ops"], "peer", b"anything")
+    assert authz.decide("x", ["ops"], "admin", b"")
     assert authz.decide(None, (), "resolve", b"public-1")  # anonymous PU may resolve
     assert not authz.decide(None, (), "register", b"public-1")
 
@@ -92,3 +93,18 @@ def test_decision_cache_is_bounded(monkeypatch):
     for n in range(10):
         assert authorizer.decide(None, (), "resolve", b"pool%d" % n)
     assert len(authorizer._decisions) == 3
+
+
+def test_every_action_of_the_gate_is_known_and_denied_by_default():
+    from rserpool import gate
+
+    assert ACTIONS == frozenset(gate.ACTIONS)
+    empty = RulesAuthorizer(())
+    for action in gate.ACTIONS:
+        assert not empty.decide("pe1", ("ops",), action, b"")
+        assert parse_rules(f"pe1 {action} *")[0].actions == {action}
+
+
+def test_the_old_enrp_action_is_refused_with_its_new_name():
+    with pytest.raises(RulesError, match="'enrp' is now called 'peer'"):
+        parse_rules("@registrars enrp *")

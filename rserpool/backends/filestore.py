@@ -540,7 +540,7 @@ class FileStore:
                   "{groups} identities with groups", path=self.path, srp=len(data.srp),
                   chap=len(data.chap), certs=len(data.certs), groups=len(data.groups))
 
-    # -- synchronous (rserpool.security.exchange.CredentialStore)
+    # -- synchronous lookups (tools and tests)
     def lookup_srp(self, identity: str) -> tuple[bytes, bytes] | None:
         entry = self.data().srp.get(identity)
         return None if entry is None else (entry.salt, entry.verifier)

@@ -93,6 +93,8 @@ _ADDRESS_MISMATCH = "registers address {address}, not the channel's"
 _BOUND = "PE {pe_id:08x} is bound to another identity"
 _PEER_CERTIFICATE = "a peer must present a certificate"
 _HELD_TOO_MANY = "over {n} messages before its identity was established"
+_CONNECTIONS = "{n} connections open"
+_CONNECTIONS_HERE = "{n} connections open from this address"
 
 
 def _no_log(level: str, fmt: str, **fields: Any) -> None:
@@ -118,6 +120,7 @@ class Gate:
         self._attempts = AttemptLimiter.from_limit(policy.attempts_per_identity)
         self._attempts_by_address = AttemptLimiter.from_limit(policy.attempts_per_address)
         self.channels: set[Admission] = set()
+        self.connections: dict[str, int] = {}  # open connections per address
         self._next_token = 1
         #: Refusals by RFC 5354 cause (0: dropped without reply, -1: channel closed).
         self.refused: dict[int, int] = {}
@@ -147,16 +150,34 @@ class Gate:
 
     # -- channels ------------------------------------------------------------------------------
 
-    def open_channel(self, door: str, address: str, tls: bool, fingerprint: str | None = None) -> Admission:
-        """A channel came in by ``door``; its identity is being established."""
+    def open_channel(self, door: str, address: str, tls: bool, now: float, *, channel: Any = None,
+                     fingerprint: str | None = None) -> Admission | None:
+        """A connection came in by ``door`` from ``address``: its admission
+        (identity being established), or None when the connection limits
+        are reached (logged; the shell drops the connection)."""
         for known in DOORS:  # the constant itself: doors are compared with ``is``
             if door == known:
                 break
         else:
             raise ValueError(f"unknown door {door!r} (known: {', '.join(DOORS)})")
         adm = Admission(known, address, tls, fingerprint)
+        adm.channel = channel
+        policy = self.policy
+        if len(self.channels) >= policy.max_connections:
+            self._refuse(adm, "connection", _CONNECTIONS.format(n=len(self.channels)), CHANNEL_CLOSED, now, "warn")
+            return None
+        open_here = self.connections.get(address, 0)
+        if open_here >= policy.max_connections_per_address:
+            self._refuse(adm, "connection", _CONNECTIONS_HERE.format(n=open_here), CHANNEL_CLOSED, now, "warn")
+            return None
+        self.connections[address] = open_here + 1
         self.channels.add(adm)
         return adm
+
+    def certificate_seen(self, adm: Admission, fingerprint: str) -> None:
+        """The TLS handshake finished with a client certificate (verified by
+        TLS; its OCSP check and mapping may still be running)."""
+        adm.fingerprint = fingerprint
 
     def identified(self, adm: Admission, identity: Identity | None, now: float) -> list[Output]:
         """The channel's TLS identity (certificate or TLS-PSK), or None: it
@@ -196,7 +217,13 @@ class Gate:
 
     def channel_closed(self, adm: Admission) -> None:
         """The channel is gone."""
-        self.channels.discard(adm)
+        if adm in self.channels:
+            self.channels.discard(adm)
+            left = self.connections.get(adm.address, 1) - 1
+            if left > 0:
+                self.connections[adm.address] = left
+            else:
+                self.connections.pop(adm.address, None)
         adm.state = CLOSING
         adm.change_barrier = (CAUSE_SECURITY, _NOT_OPEN[CLOSING])
         adm.allowed = {}

@@ -6,13 +6,15 @@ The embedded authorizer reads a rules file, one rule per line::
     pe1                 register,deregister    echo
     @echo-servers       register,deregister    echo echo-*
     *                   resolve                *
-    enrp1               enrp                   *
+    registrar2          peer                   *
+    @operators          admin                  *
 
 - *subject* is an identity name, ``@group`` (a group the identity belongs to,
   e.g. from a certificate mapping, LDAP or RADIUS), or ``*`` (any
   authenticated identity; for ``resolve`` also an anonymous pool user).
-- *actions*: ``register``, ``deregister``, ``resolve``, ``enrp`` (act as an
-  ENRP peer), or ``all``.
+- *actions*: ``register``, ``deregister``, ``resolve``, ``peer`` (act as an
+  ENRP peer registrar), ``admin`` (use the operators' endpoint), or ``all``.
+  (``enrp``, the old name of ``peer``, is refused with a message saying so.)
 - *patterns* are shell-style globs (``fnmatch``, case-sensitive) over the pool
   handle, which is read as UTF-8; a handle that is not valid UTF-8 only
   matches ``*`` or a ``hex:`` pattern such as ``hex:0a0b*``.
@@ -32,7 +34,9 @@ from typing import Iterable
 
 __all__ = ["ACTIONS", "Rule", "RulesError", "RulesAuthorizer", "parse_rules", "load_rules"]
 
-ACTIONS = frozenset({"register", "deregister", "resolve", "enrp"})
+ACTIONS = frozenset({"register", "deregister", "resolve", "peer", "admin"})
+#: Actions renamed since: refused with a message that names the new one.
+_RENAMED = {"enrp": "peer"}
 _MAX_RULES = 100_000
 
 
@@ -100,6 +104,9 @@ def parse_rules(text: str, source: str = "<rules>") -> tuple[Rule, ...]:
                 actions |= ACTIONS
             elif action in ACTIONS:
                 actions.add(action)
+            elif action in _RENAMED:
+                raise RulesError(f"{source}:{number}: the action {action!r} is now called "
+                                 f"{_RENAMED[action]!r}")
             else:
                 raise RulesError(f"{source}:{number}: unknown action {action!r} "
                                  f"(known: {', '.join(sorted(ACTIONS))}, all)")

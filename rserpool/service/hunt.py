@@ -34,7 +34,8 @@ from rserpool.asap.hunt import (
     ASAP_TLS_PORT, MAX_PARALLEL, AnnounceTable, AnnounceVerdict, Backoff, Candidate, HuntRound,
     Origin, SrvTarget, StaticEntry, dedupe, order_for_round, srv_order,
 )
-from rserpool.service.channel import Channel, ChannelHandler, ChannelSettings
+from rserpool.interfaces import IChannelHandler
+from rserpool.service.channel import Channel, ChannelSettings
 from rserpool.wire import AsapServerAnnounce, Limits, TcpTransport, WireError, decode_message
 from rserpool.wire.codes import PPID_ASAP
 
@@ -374,7 +375,7 @@ def describe_failure(failure: Failure) -> str:
 
 
 def make_channel_factory(
-    handler_factory: Callable[[Candidate], ChannelHandler],
+    handler_factory: Callable[[Candidate], IChannelHandler],
     clock: IReactorTime,
     settings: ChannelSettings | None = None,
 ) -> Callable[[Candidate], Channel]:

@@ -95,7 +95,7 @@ class AuthenticationFailedError(PoolElementError):
     def __init__(self, error: Any) -> None:
         super().__init__(f"authentication failed: {error}")
         self.error = error  # rserpool.service.auth.AuthenticationError
-        self.event = error.event  # rserpool.asap.auth.AuthenticationFailed
+        self.event = error.event  # rserpool.security.exchange.AuthenticationFailed
         self.unsupported = error.unsupported
 
 
