@@ -93,7 +93,7 @@ def registration(mechanism: str, index: int) -> Any:
 
 def write_credentials(directory: Path, identities: int) -> tuple[Path, Path]:
     """The file store (SRP verifiers, CHAP secrets) and the rules file."""
-    from rserpool.backends.filestore import chap_line, srp_line
+    from rserpool.backends.filestore_format import chap_line, srp_line
     from rserpool.security.srp import make_verifier
 
     lines = []

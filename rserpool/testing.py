@@ -15,7 +15,10 @@ plugin tested with them.
   credentials, for an authenticator plugin's unit tests;
 - :func:`connected_channels`: two :class:`~rserpool.service.channel.Channel`
   objects connected back to back over in-memory transports, on a
-  :class:`twisted.internet.task.Clock`.
+  :class:`twisted.internet.task.Clock`;
+- :func:`identified_session`: an ASAP session of a ``RegistrarCore`` whose
+  channel the gate opened with a given identity (for tests of code that
+  reads the registrar: metrics, pages, the core itself).
 
 Never use these in a deployment: ``AllowAll`` authorizes everything.
 """
@@ -35,7 +38,7 @@ from twisted.internet.testing import StringTransport
 from zope.interface import implementer
 
 from rserpool.errors import BackendUnavailable
-from rserpool.identity import Identity, normalize_identity
+from rserpool.identity import MECH_CERTIFICATE, Identity, normalize_identity
 from rserpool.interfaces import (
     ICertificateMapping,
     IChannelHandler,
@@ -58,6 +61,7 @@ __all__ = [
     "RecordingHandler",
     "ScriptedAuthorizer",
     "connected_channels",
+    "identified_session",
 ]
 
 
@@ -296,3 +300,17 @@ def connected_channels(client_handler: Any = None, server_handler: Any = None, *
     pair = ChannelPair(client, server, clock)
     pair.flush()
     return pair
+
+
+def identified_session(core: Any, address: str = "127.0.0.1", identity: str | None = None, *,
+                       tls: bool = True, mechanism: str = MECH_CERTIFICATE, now: float = 0.0) -> Any:
+    """An ``AsapSession`` of ``core`` (a ``RegistrarCore``) on a channel from
+    ``address`` that the gate opened with ``identity`` (proven by
+    ``mechanism``; None: anonymous)."""
+    from rserpool.gate import DOOR_ASAP
+
+    admission = core.gate.open_channel(DOOR_ASAP, address, tls, now)
+    if admission is None:
+        raise RuntimeError("the gate refused the connection (its connection limits)")
+    core.gate.identified(admission, None if identity is None else Identity(identity, mechanism), now)
+    return core.open_session(object(), admission)

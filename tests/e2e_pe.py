@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     from rserpool.asap.pe import HomeChanged, Registered
     from rserpool.demo.echo_pe import echo_pool_element
     from rserpool.demo.echo_session import EchoSessionApplication
-    from rserpool.service.session import SessionServer
+    from rserpool.service.pe_session import SessionServer
 
     if args.log:
         globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)

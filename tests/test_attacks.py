@@ -35,9 +35,8 @@ from rserpool.gate import GatePolicy
 from rserpool.security import tls
 from rserpool.security.credentials import CertificateChecker, PskChecker
 from rserpool.service.channel import Channel, ChannelSettings
-from rserpool.service.hunt import (
-    AnnounceReceiver, RegistrarCandidates, ServerHunt, listen_for_announces, make_channel_factory,
-)
+from rserpool.service.candidates import AnnounceReceiver, RegistrarCandidates, listen_for_announces
+from rserpool.service.hunt import ServerHunt, make_channel_factory
 from rserpool.service.pe import PoolElementService
 from rserpool.service.pu import PoolUser
 from rserpool.service.registrar import RegistrarService

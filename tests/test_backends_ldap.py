@@ -20,14 +20,12 @@ from twisted.python.threadpool import ThreadPool
 
 from rserpool.backends.ldap import (
     LdapDirectory,
-    LdapEntry,
     LdapError,
     LdapOverloaded,
     LdapSchema,
     LdapTls,
     LdapUnavailable,
     fill_filter,
-    group_name_from_dn,
 )
 from rserpool.errors import BackendUnavailable
 from rserpool.interfaces import ICertificateMapping, IGroupSource, ISrpVerifierStore
@@ -275,17 +273,6 @@ def test_identity_for_a_certificate() -> None:
     assert result_of(directory.identity_for(other)) is None
 
 
-def test_group_name_from_dn() -> None:
-    assert group_name_from_dn("cn=echo,ou=pools,dc=x") == "echo"
-    assert group_name_from_dn("CN=Echo,OU=Pools,DC=x", base="ou=pools,dc=x") == "Echo"
-    assert group_name_from_dn("cn=echo,ou=other,dc=x", base="ou=pools,dc=x") is None
-    assert group_name_from_dn("ou=pools,dc=x", base="ou=pools,dc=x") is None
-    assert group_name_from_dn("uid=echo,ou=pools,dc=x") is None
-    assert group_name_from_dn("cn=a\\2cb,dc=x") == "a,b"
-    assert group_name_from_dn("cn=a+uid=b,dc=x") is None
-    assert group_name_from_dn("not a dn") is None
-
-
 # -------------------------------------------------------------------- cache
 
 def test_cache_hits_and_expiry() -> None:
@@ -504,32 +491,11 @@ def test_bad_settings(kwargs: dict[str, Any], message: str) -> None:
 
 
 def test_tls_settings() -> None:
-    with pytest.raises(LdapError):
-        LdapTls("")
     directory = LdapDirectory(Clock(), "ldap://127.0.0.1", SVC_DN, SVC_PW, BASE,
                               tls=LdapTls("/ca.pem"))
     assert directory.encrypted and not directory.plaintext_warning
     assert LdapDirectory(Clock(), "ldaps://h:1636", SVC_DN, SVC_PW, BASE,
                          tls=LdapTls("/ca.pem", starttls=False)).port == 1636
-
-
-@pytest.mark.parametrize("kwargs", [
-    {"user_filter": "(uid=pe1)"},
-    {"user_filter": "uid={identity}"},
-    {"cert_filter": "(objectClass=x)"},
-    {"group_attribute": "", "group_base": ""},
-    {"group_attribute": "", "group_base": "ou=p", "group_filter": "(member=x)"},
-    {"identity_attribute": "uid)(x"},
-])
-def test_bad_schema(kwargs: dict[str, Any]) -> None:
-    with pytest.raises(LdapError):
-        LdapSchema(**kwargs)
-
-
-def test_entry_value() -> None:
-    entry = LdapEntry("uid=x", "x", salt=b"s" * 16)
-    assert entry.srp is None
-    assert LdapEntry("uid=x", "x", salt=b"s", verifier=b"v").srp == (b"s", b"v")
 
 
 def test_example_ldif_verifier_is_for_the_documented_password() -> None:

@@ -18,19 +18,17 @@ from twisted.internet import task
 
 from rserpool.backends.radius import (
     DEFAULT_DICTIONARY,
-    MAX_POOLS,
     RCVBUF_BYTES,
     BackendUnavailable,
     RadiusClient,
-    RadiusDecision,
     RadiusError,
     RadiusOverloaded,
     RadiusServer,
-    decision_from_attributes,
     load_dictionary,
+    local_address_for,
     parse_servers,
-    pool_matches,
 )
+from rserpool.backends.radius_decision import RadiusDecision
 
 DICT = load_dictionary()
 A = RadiusServer("127.0.0.1", 18121, b"secret-a")
@@ -69,10 +67,12 @@ class FakeReactor(task.Clock):
     def __init__(self) -> None:
         super().__init__()
         self.ports: list[FakePort] = []
+        self.interfaces: list[str] = []
 
     def listenUDP(self, port: int, protocol: Any, interface: str = "", maxPacketSize: int = 8192) -> FakePort:  # noqa: N802,N803
         fake = FakePort(protocol)
         self.ports.append(fake)
+        self.interfaces.append(interface)
         return fake
 
 
@@ -160,6 +160,16 @@ def test_bad_identity_fails_without_sending(identity: str) -> None:
     failure = result_of(chap(client, identity))
     assert failure.check(RadiusError) and not failure.check(BackendUnavailable)
     assert writes(reactor) == []
+
+
+def test_user_name_is_the_normalize_identity() -> None:
+    # rserpool.identity: "PE1" and " pe1" are pe1 for the RADIUS server too.
+    client, reactor = make_client()
+    chap(client, " PE1")
+    client.authorize_only("Pe1")
+    assert [decode(data)["User-Name"] for data, _ in writes(reactor)] == [["pe1"], ["pe1"]]
+    failure = result_of(chap(client, "pe\u200b1"))
+    assert failure.check(RadiusError) and len(writes(reactor)) == 2
 
 
 def test_bad_chap_lengths() -> None:
@@ -379,6 +389,41 @@ def test_socket_receive_buffer_raised() -> None:
     assert (socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF_BYTES) in reactor.ports[0].socket.options
 
 
+def test_sockets_are_bound_to_the_route_to_the_server_never_the_wildcard() -> None:
+    v6 = RadiusServer("::1", 1812, b"secret-6")
+    remote = RadiusServer("192.0.2.10", 1812, b"secret-r")  # reached from 192.0.2.77 here
+    unroutable = RadiusServer("198.51.100.1", 1812, b"secret-u")
+
+    def local(server: RadiusServer) -> str:
+        if server is unroutable:
+            raise OSError("Network is unreachable")
+        return "192.0.2.77" if server is remote else local_address_for(server)
+
+    client, reactor = make_client(servers=(unroutable, A, B, v6, remote), local_address=local)
+    client.start()
+    # One socket per local address: A and B share loopback; nothing on 0.0.0.0 or ::.
+    assert reactor.interfaces == ["127.0.0.1", "::1", "192.0.2.77"]
+    d = chap(client)  # the unroutable server has no socket: A is asked at once
+    [(_, addr)] = reactor.ports[0].written
+    assert addr == A.address
+    reactor.ports[0].protocol.datagramReceived(reply_to(reactor.ports[0].written[0][0]), A.address)
+    assert result_of(d).accepted
+    assert local_address_for(A) == local_address_for(B) == "127.0.0.1"
+    assert local_address_for(v6) == "::1"
+    # An explicit bind address is used for every server; the wildcard is refused.
+    explicit, reactor = make_client(servers=(A, B), bind_address="127.0.0.1")
+    explicit.start()
+    assert reactor.interfaces == ["127.0.0.1"]
+    for wildcard in ("0.0.0.0", "::"):
+        with pytest.raises(ValueError):
+            make_client(bind_address=wildcard)
+    # Only unusable servers: unavailable, not a refusal, and nothing bound.
+    lonely, reactor = make_client(servers=(unroutable,), local_address=local)
+    failures: list[Any] = []
+    chap(lonely).addErrback(failures.append)
+    assert failures[0].check(BackendUnavailable) and reactor.interfaces == []
+
+
 def test_secret_not_in_repr_and_servers_parsed() -> None:
     assert "secret-a" not in repr(A)
     servers = parse_servers("127.0.0.1:18121, [::1]:1812 127.0.0.2", b"s")
@@ -389,44 +434,6 @@ def test_secret_not_in_repr_and_servers_parsed() -> None:
         RadiusServer("127.0.0.1", 1812, b"")
     with pytest.raises(ValueError):
         parse_servers(" ", b"s")
-
-
-# ---------------------------------------------------------------- attribute parsing
-
-ATTRS = {
-    "Class": (b"rserpool:pools=echo, discard;groups=pe,ops", b"other-class", b"rserpool:junk",
-              b"\xff\xfe"),
-    "Filter-Id": ("echo-servers",),
-    "RSerPool-Allowed-Pool": ("daytime-*", "echo"),
-    "RSerPool-Group": ("vsa-group",),
-}
-
-
-def test_decision_sources() -> None:
-    d = decision_from_attributes("pe1", True, ATTRS, ["class"])
-    assert d.pools == ("echo", "discard") and d.groups == {"pe", "ops"}
-    d = decision_from_attributes("pe1", True, ATTRS, ["filter-id"])
-    assert d.pools == () and d.groups == {"echo-servers"}
-    d = decision_from_attributes("pe1", True, ATTRS, ["vsa"])
-    assert d.pools == ("daytime-*", "echo") and d.groups == {"vsa-group"}
-    d = decision_from_attributes("pe1", True, ATTRS)
-    assert d.pools == ("echo", "discard", "daytime-*") and len(d.groups) == 4
-    refused = decision_from_attributes("pe1", False, ATTRS)
-    assert refused.pools == () and refused.groups == frozenset()
-    with pytest.raises(ValueError):
-        decision_from_attributes("pe1", True, ATTRS, ["ldap"])
-
-
-def test_decision_limits_and_blanks() -> None:
-    many = ",".join(f"p{n}" for n in range(200))
-    d = decision_from_attributes("x", True, {"Class": (f"rserpool:pools={many}, bad name,,".encode(),)})
-    assert len(d.pools) == MAX_POOLS and "bad name" not in d.pools
-
-
-def test_pool_matches() -> None:
-    assert pool_matches("echo", b"echo") and not pool_matches("echo", b"echo2")
-    assert pool_matches("daytime-*", b"daytime-1") and pool_matches("*", b"\xff")
-    assert not pool_matches("e*", b"\xff") and pool_matches("hex:ff*", b"\xff\x01")
 
 
 def test_shipped_dictionary_matches_freeradius_addition() -> None:

@@ -9,7 +9,8 @@ import pytest
 from pyrad import packet as _packet
 from twisted.internet import defer, task
 
-from rserpool.backends.radius import BackendUnavailable, RadiusDecision
+from rserpool.backends.radius import BackendUnavailable
+from rserpool.backends.radius_decision import RadiusDecision
 from rserpool.backends.radius_authz import (
     RadiusAuthorizer,
     RadiusChapVerifier,

@@ -62,7 +62,7 @@ def test_protocol_prefix_selects_the_codec(monkeypatch, capsys) -> None:
     # 0x05 is HANDLE_RESOLUTION in ASAP but LIST_REQUEST in ENRP.
     status, lines, _ = run(monkeypatch, capsys, ["wire", "decode"], f"asap {ENRP_LIST_REQUEST}\nenrp {ENRP_LIST_REQUEST}\n")
     assert status == 1
-    assert lines[0].startswith("line 1: error: asap cause 0x0003 (Invalid Values)")
+    assert lines[0].startswith("line 1: error: asap cause 0x0000 (Unspecified Error)")
     assert lines[1].startswith("ENRP_LIST_REQUEST")
 
 
@@ -76,7 +76,7 @@ def test_protocol_prefix_selects_the_codec(monkeypatch, capsys) -> None:
         (RESOLUTION_WITH.format(0x0401), "line 1: error: asap no cause (discard silently)"),
         (RESOLUTION_WITH.format(0x0001), "line 1: error: asap cause 0x0003 (Invalid Values)"),
         ("01000008 00090004", "line 1: error: asap cause 0x0003 (Invalid Values)"),
-        ("0100", "line 1: error: asap cause 0x0003 (Invalid Values)"),
+        ("0100", "line 1: error: asap cause 0x0000 (Unspecified Error): message of 2 bytes"),
         ("zz", "line 1: error: malformed input: not a hex message: invalid character 'z'"),
         ("010", "line 1: error: malformed input: not a hex message: odd number of hex digits (3)"),
         ("enrp", "line 1: error: malformed input: no hex message after 'enrp'"),

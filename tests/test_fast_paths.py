@@ -723,7 +723,7 @@ class _Rec:
 
 def _generic_sorted_select(policy, n: int) -> list:
     """_SortedPolicy.select without the in-place fast path: pop the head, add its new key."""
-    from rserpool.handlespace import policies
+    from rserpool.handlespace import sorted_policies
 
     sl, by_key = policy._sl, policy._by_key
     if n <= 0 or not sl:
@@ -732,7 +732,7 @@ def _generic_sorted_select(policy, n: int) -> list:
     old = sl.pop(0)
     head = by_key.pop(old)
     policy._seq += 1
-    key = (old & policies._RANK_MASK) | policy._seq
+    key = (old & sorted_policies._RANK_MASK) | policy._seq
     head.policy_state = key
     sl.add(key)
     by_key[key] = head

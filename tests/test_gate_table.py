@@ -223,7 +223,7 @@ def check_decision(world: World, result, decision: str, cause: str) -> None:
         assert isinstance(result, AskAuthorizer), result
         assert (result.identity, result.admission) == (adm.identity, adm)
     elif main == "drop":
-        assert result is False, result
+        assert type(result) is int and result == int(cause, 16), result
     elif main == "hold":
         assert result == [] and adm.state != CLOSING
     elif main == "open":
@@ -263,8 +263,8 @@ def check_decision(world: World, result, decision: str, cause: str) -> None:
         elif extra == "identity none":
             assert adm.identity is None and adm.principal == "addr:" + ADDRESS
         elif extra == "tokens returned":
-            assert gate._attempts.tokens("pe1", NOW) == gate.policy.attempts_per_identity.capacity
-            assert gate._attempts_by_address.tokens(ADDRESS, NOW) == gate.policy.attempts_per_address.capacity
+            assert gate.attempts.tokens("pe1", NOW) == gate.policy.attempts_per_identity.capacity
+            assert gate.attempts_by_address.tokens(ADDRESS, NOW) == gate.policy.attempts_per_address.capacity
         else:
             raise AssertionError(f"unknown decision detail {extra!r}")
     if main in ("refuse", "refuse attempt") or cause not in ("-",):

@@ -1,4 +1,4 @@
-"""Unit tests of rserpool.handlespace.handlespace (and its timers)."""
+"""Unit tests of rserpool.handlespace.handlespace, the store."""
 
 from __future__ import annotations
 
@@ -28,7 +28,6 @@ from rserpool.handlespace import (
     HandlespaceLimits,
     PolicySettings,
 )
-from rserpool.handlespace.timers import COMPACT_SLACK, DeadlineQueue
 from rserpool.wire.checksum import pe_checksum
 
 RR = PolicySettings(ROUND_ROBIN)
@@ -402,6 +401,27 @@ def test_identity_binding() -> None:
     assert hs.deregister(b"pool", 1, identity="alice") is not None
 
 
+def test_identity_spellings_are_one_owner_with_one_quota() -> None:
+    # rserpool.identity's rule: "Alice", " alice " and "ALICE" are alice.
+    hs = make_hs(max_pes_per_identity=2)
+    reg(hs, pe_id=1, identity="Alice")
+    assert hs.owner_identity(b"pool", 1) == "alice"
+    reg(hs, pe_id=1, identity=" ALICE ", now=1.0)  # the owner re-registers
+    reg(hs, pe_id=2, identity="alice")
+    assert hs.identity_count("ALICE") == hs.identity_count("alice") == 2
+    with pytest.raises(HandlespaceError) as info:  # one quota for every spelling
+        reg(hs, pe_id=3, identity="aLiCe")
+    assert info.value.cause == CAUSE_LACK_OF_RESOURCES
+    for bad in ("", "al\tice", "alice\u200b"):
+        with pytest.raises(HandlespaceError) as info:
+            reg(hs, pe_id=4, identity=bad)
+        assert info.value.cause == CAUSE_SECURITY
+    assert hs.deregister(b"pool", 2, identity="ALICE") is not None
+    with pytest.raises(HandlespaceError):
+        hs.deregister(b"pool", 1, identity="mallory")
+    assert len(hs) == 1
+
+
 # ------------------------------------------------------------- resolution
 
 
@@ -464,36 +484,6 @@ def test_unreachable_reports() -> None:
     assert hs.report_unreachable(b"pool", 1, "pu-f", 23.0) == 1
     assert hs.report_unreachable(b"pool", 2, "pu-f", 23.0) == 0
     assert hs.report_unreachable(b"none", 2, "pu-f", 23.0) == 0
-
-
-# ----------------------------------------------------------------- timers
-
-
-class _Item:
-    __slots__ = ("token",)
-
-    def __init__(self) -> None:
-        self.token = None
-
-
-def test_deadline_queue_compaction_bound() -> None:
-    queue: DeadlineQueue[_Item] = DeadlineQueue("token")
-    items = [_Item() for _ in range(100)]
-    rnd = random.Random(3)
-    for step in range(20_000):
-        queue.schedule(rnd.choice(items), rnd.random() * 1000)
-        assert queue.heap_size() <= 2 * len(queue) + COMPACT_SLACK + 1
-    assert len(queue) == len([i for i in items if i.token is not None])
-    due = queue.pop_due(2000.0)
-    assert len(due) == len(set(map(id, due))) == 100 - sum(1 for i in items if i.token is not None)
-    assert len(queue) == 0 and queue.next_deadline() is None
-
-
-def test_limits_validation() -> None:
-    with pytest.raises(ValueError):
-        HandlespaceLimits(max_pools=0)
-    with pytest.raises(ValueError):
-        HandlespaceLimits(unreachable_window=0)
 
 
 # ------------------------------------------------- with the real policies

@@ -1,7 +1,7 @@
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from rserpool.security.authz import ACTIONS, Rule, RulesAuthorizer, RulesError, parse_rules
+from rserpool.security.authz import ACTIONS, Rule, RulesAuthorizer, RulesError, parse_rules, pool_matches
 
 RULES = """
 # comment
@@ -37,7 +37,7 @@ def test_first_match_wins_and_deny(authz):
 
 def test_groups_and_wildcard(authz):
     assert authz.decide("x", ["ops"], "peer", b"anything")
-    assert authz.decide("x", ["ops"], "admin", b"")
+    assert not authz.decide("x", ["ops"], "admin", b"")  # admin is granted by name only
     assert authz.decide(None, (), "resolve", b"public-1")  # anonymous PU may resolve
     assert not authz.decide(None, (), "register", b"public-1")
 
@@ -108,3 +108,19 @@ def test_every_action_of_the_gate_is_known_and_denied_by_default():
 def test_the_old_enrp_action_is_refused_with_its_new_name():
     with pytest.raises(RulesError, match="'enrp' is now called 'peer'"):
         parse_rules("@registrars enrp *")
+
+
+def test_admin_is_granted_by_name_only_never_by_all():
+    rules = parse_rules("ops  all  *\nroot  admin  *\n")
+    authorizer = RulesAuthorizer(rules)
+    assert authorizer.decide("ops", (), "register", b"echo")
+    assert not authorizer.decide("ops", (), "admin", b"")
+    assert authorizer.decide("root", (), "admin", b"")
+    assert not authorizer.decide("root", (), "register", b"echo")
+    assert not authorizer.decide(None, (), "admin", b"")  # "*" never means anonymous here
+
+
+def test_pool_matches() -> None:
+    assert pool_matches("echo", b"echo") and not pool_matches("echo", b"echo2")
+    assert pool_matches("daytime-*", b"daytime-1") and pool_matches("*", b"\xff")
+    assert not pool_matches("e*", b"\xff") and pool_matches("hex:ff*", b"\xff\x01")

@@ -32,7 +32,7 @@ from rserpool.service.auth import (
 )
 from rserpool.testing import MemoryChapStore, MemorySrpStore, ScriptedAuthorizer
 from rserpool.service.channel import Channel, ChannelSettings
-from rserpool.service.hunt import RegistrarCandidates
+from rserpool.service.candidates import RegistrarCandidates
 from rserpool.service.pe import AuthenticationFailedError, PoolElementService
 from rserpool.wire import AsapError, AsapRegistration, LeastUsedPolicy
 from rserpool.wire import TcpTransport, codes

@@ -24,7 +24,7 @@ from rserpool.asap.registrar import RegistrarSettings
 from rserpool.demo.echo_pe import EchoPoolElement, EchoProtocol, echo_pool_element
 from rserpool.security import tls
 from rserpool.service.channel import Channel, ChannelSettings
-from rserpool.service.hunt import RegistrarCandidates
+from rserpool.service.candidates import RegistrarCandidates
 from rserpool.service.pe import (
     PoolElementService, PoolElementStopped, RegistrationFailedError, RegistrationRefusedError,
 )
@@ -52,6 +52,7 @@ class FakeChannel:
         self.peer = address.IPv4Address("TCP", "127.0.0.1", port)
         self.sent: list = []
         self.closed = False
+        self.closing = False  # True when the PE closed it (Channel.close)
         self.handler = None
 
     def send(self, message) -> None:
@@ -59,11 +60,14 @@ class FakeChannel:
         self.sent.append(message)
 
     def abort(self) -> None:
+        """The connection is gone (the registrar died, or the test says so)."""
         if not self.closed:
             self.closed = True
             self.handler.channel_closed(self, Failure(ConnectionLost()))
 
-    close = abort
+    def close(self) -> None:
+        self.closing = True
+        self.abort()
 
     def closed_deferred(self):
         return defer.succeed(None)
@@ -321,7 +325,7 @@ def drop_log():
     lines: list[str] = []
 
     def observer(event) -> None:
-        if (event.get("log_namespace") == "rserpool.service.pe"
+        if (event.get("log_namespace") == "rserpool.service.keepalive_log"
                 and event.get("log_level") is LogLevel.warn
                 and "keep-alive" in (event.get("log_format") or "")):
             lines.append(formatEvent(event))
@@ -399,7 +403,7 @@ def test_keepalive_flood_over_a_real_channel_is_bounded(drop_log):
 
     # The channel goes: its bucket and its log state go with it.
     channel.connectionLost(Failure(ConnectionLost()))
-    assert pe.core.keepalive_channels == 0 and pe._drop_logs == {}
+    assert pe.core.keepalive_channels == 0 and pe.drop_log.channels == {}
     assert len(drop_log) == 4
 
 
@@ -417,7 +421,7 @@ def test_dropped_keepalives_are_summarized_when_the_channel_closes(setup, drop_l
     clock.advance(10)
     a.abort()  # before the summary is due: it is logged now, and not again
     assert len(drop_log) == 2 and "59 more" in drop_log[1] and "before the channel closed" in drop_log[1]
-    assert pe.core.keepalive_channels == 0 and pe._drop_logs == {}
+    assert pe.core.keepalive_channels == 0 and pe.drop_log.channels == {}
     clock.advance(120)
     assert len(drop_log) == 2
     # The next registrar channel starts afresh: full burst, its own first line.
@@ -432,7 +436,7 @@ def test_dropped_keepalives_are_summarized_when_the_channel_closes(setup, drop_l
     stopped = pe.stopService()
     pe.message_received(b, AsapDeregistrationResponse(H, pe.pe_id), clock.seconds())
     assert stopped.called and clock.getDelayedCalls() == []
-    assert pe._drop_logs == {}
+    assert pe.drop_log.channels == {}
 
 
 def test_keepalive_log_interval_is_validated():
@@ -568,6 +572,37 @@ class PoolElementOverTLS(unittest.TestCase):
         self.assertIsNone(registrar.handlespace.get(H, pe.pe_id))
         self.assertEqual(pe.last_deregistered, Deregistered(True))
         self.assertEqual(registrar.core.stats["deregistrations"], 1)
+
+    @defer.inlineCallbacks
+    def test_stop_closes_cleanly_with_every_message_acknowledged(self):
+        """A planned stop: the deregistration response is ACKed (tcp mapping),
+        TLS closes with close_notify both ways, nothing is logged above info."""
+        from twisted.internet.error import ConnectionDone
+
+        registrar = yield self.registrar()
+        pe = self.make_pe(registrar)
+        pe.startService()
+        yield within(pe.registered(), 10, self.reactor)
+        (server_side,) = registrar.channels
+        seen = {}
+        original = registrar.channel_closed
+
+        def closed(channel, reason):
+            seen["unacked"] = channel.mapping.unacked
+            seen["reason"] = reason
+            original(channel, reason)
+
+        registrar.channel_closed = closed
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        yield within(pe.stopService(), 10, self.reactor)
+        yield within(server_side.closed_deferred(), 10, self.reactor)
+        self.assertEqual(pe.last_deregistered, Deregistered(True))
+        self.assertIsInstance(seen["reason"].value, ConnectionDone)  # close_notify, then FIN
+        self.assertEqual(seen["unacked"], 0)  # the DEREGISTRATION_RESPONSE was ACKed
+        loud = [formatEvent(e) for e in events if e.get("log_level", LogLevel.info) >= LogLevel.warn]
+        self.assertEqual(loud, [])
 
     @defer.inlineCallbacks
     def test_failover_to_a_second_registrar(self):

@@ -28,7 +28,8 @@ from rserpool.asap.registrar import RegistrarSettings
 from rserpool.security import pki as pkimod
 from rserpool.security import tls
 from rserpool.service.channel import ChannelSettings
-from rserpool.service.hunt import RegistrarCandidates, ServerHunt, make_channel_factory
+from rserpool.service.candidates import RegistrarCandidates
+from rserpool.service.hunt import ServerHunt, make_channel_factory
 from rserpool.service.pe import PoolElementService
 from rserpool.service.pu import PoolUser
 from rserpool.service.registrar import RegistrarService

@@ -10,7 +10,7 @@ from pathlib import Path
 from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
-from rserpool.backends.filestore import chap_line, srp_line
+from rserpool.backends.filestore_format import chap_line, srp_line
 from rserpool.security import exchange, srp, tls
 from rserpool.service.auth import AuthenticationError, PeAuthenticator
 from rserpool.tap import Options, build_registrar
@@ -115,7 +115,7 @@ class CertificateMappingFromFile(unittest.TestCase):
 
     @defer.inlineCallbacks
     def setUp(self):
-        from rserpool.backends.filestore import cert_line
+        from rserpool.backends.filestore_format import cert_line
         from rserpool.security.certidentity import fingerprint_sha256
         from rserpool.security.pki import load_certificate
 

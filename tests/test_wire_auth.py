@@ -111,36 +111,59 @@ def test_raw_upper_bits_of_a_foreign_decoder():
         assert first >> 6 == 0b01  # "discard the message and report it"
 
 
-@pytest.mark.parametrize("data,cause", [
-    # SRP public value of 255 bytes
-    ("74 00 012b 7f04 0103" + "33" * 255 + "00 7f05 0024" + "44" * 32, codes.CAUSE_INVALID_VALUES),
+def msg(mtype: int, *params: str) -> str:
+    """A message of type ``mtype`` whose length field counts ``params`` (hex)."""
+    body = h(" ".join(params))
+    return f"{mtype:02x} 00 {4 + len(body):04x}" + body.hex()
+
+
+def tlv(ptype: int, value: str, length: int | None = None) -> str:
+    """A padded parameter; ``length`` overrides the length field."""
+    raw = h(value)
+    n = 4 + len(raw) if length is None else length
+    return f"{ptype:04x}{n:04x}" + raw.hex() + "00" * (-len(raw) % 4)
+
+
+MECH_CHAP = tlv(0x7F01, "434841502d4d4435")
+INVALID, UNSPECIFIED = codes.CAUSE_INVALID_VALUES, codes.CAUSE_UNSPECIFIED
+
+
+@pytest.mark.parametrize("data,cause,offending", [
+    # SRP public value of 255 bytes: a value of the wrong size, its TLV quoted
+    (msg(0x74, tlv(0x7F04, "33" * 255), tlv(0x7F05, "44" * 32)), INVALID, tlv(0x7F04, "33" * 255)),
     # salt of 7 bytes
-    ("73 00 0117 7f03 000b" + "11" * 7 + "00 7f04 0104" + "22" * 256, codes.CAUSE_INVALID_VALUES),
+    (msg(0x73, tlv(0x7F03, "11" * 7), tlv(0x7F04, "22" * 256)), INVALID, tlv(0x7F03, "11" * 7)),
     # SRP proof of 31 bytes in a success
-    ("77 00 0033 7f01 000c 434841502d4d4435 7f05 0023" + "44" * 31, codes.CAUSE_INVALID_VALUES),
+    (msg(0x77, MECH_CHAP, tlv(0x7F05, "44" * 31)), INVALID, tlv(0x7F05, "44" * 31)),
     # CHAP response of 15 bytes
-    ("76 00 001b 7f07 0017 07000000" + "72" * 15, codes.CAUSE_INVALID_VALUES),
+    (msg(0x76, tlv(0x7F07, "07000000" + "72" * 15)), INVALID, tlv(0x7F07, "07000000" + "72" * 15)),
+    # CHAP response too short for its identifier: no well-framed TLV to quote
+    (msg(0x76, tlv(0x7F07, "0700")), UNSPECIFIED, ""),
     # identity not UTF-8
-    ("72 00 0015 7f01 000c 434841502d4d4435 7f02 0005 ff", codes.CAUSE_INVALID_VALUES),
+    (msg(0x72, MECH_CHAP, tlv(0x7F02, "ff")), INVALID, tlv(0x7F02, "ff")),
     # empty identity
-    ("72 00 0014 7f01 000c 434841502d4d4435 7f02 0004", codes.CAUSE_INVALID_VALUES),
+    (msg(0x72, MECH_CHAP, tlv(0x7F02, "")), INVALID, tlv(0x7F02, "")),
     # mechanism with a space
-    ("72 00 0015 7f01 0005 20 000000 7f02 0005 61", codes.CAUSE_INVALID_VALUES),
-    # hello without identity
-    ("72 00 0010 7f01 000c 434841502d4d4435", codes.CAUSE_INVALID_VALUES),
-    # offer with nine mechanisms
-    ("71 00 004c" + "7f01 0005 41 000000" * 9, codes.CAUSE_INVALID_VALUES),
-    # failure code parameter of 5 bytes
-    ("78 00 0015 000c 0008 000a 0004 7f08 0009 0400000000", codes.CAUSE_INVALID_VALUES),
+    (msg(0x72, tlv(0x7F01, "20"), tlv(0x7F02, "61")), INVALID, tlv(0x7F01, "20")),
+    # hello without identity: nothing to quote
+    (msg(0x72, MECH_CHAP), UNSPECIFIED, ""),
+    # offer with nine mechanisms: the ninth is quoted
+    (msg(0x71, *[tlv(0x7F01, "41")] * 9), INVALID, tlv(0x7F01, "41")),
+    # failure code parameter of 5 bytes: its fixed layout is broken
+    (msg(0x78, tlv(0x000C, "000a0004"), tlv(0x7F08, "0400000000")), UNSPECIFIED, ""),
     # unknown parameter with bits 01 in a request: stop, discard, report
-    ("70 00 0008 7f7f 0004", codes.CAUSE_UNRECOGNIZED_PARAMETER),
+    (msg(0x70, tlv(0x7F7F, "")), codes.CAUSE_UNRECOGNIZED_PARAMETER, tlv(0x7F7F, "")),
     # a parameter overrunning the message
-    ("70 00 0008 bf7f 0008", codes.CAUSE_INVALID_VALUES),
+    (msg(0x70, "bf7f 0008"), UNSPECIFIED, ""),
 ])
-def test_malformed_messages_raise_wire_errors(data, cause):
+def test_malformed_messages_raise_wire_errors(data, cause, offending):
     with pytest.raises(WireError) as info:
         decode_message(h(data), ASAP)
-    assert info.value.cause == cause
+    assert info.value.cause == cause, info.value
+    # The quoted TLV is whole and unpadded (RFC 5354 3.12.2, 3.12.4).
+    quoted = h(offending)[:int(offending[4:8], 16)] if offending else b""
+    assert info.value.offending == quoted
+    assert error_reply(info.value, ASAP).error.causes[-1].info == quoted
 
 
 def test_unknown_skip_parameters_are_skipped_and_reported():
@@ -153,10 +176,13 @@ def test_unknown_skip_parameters_are_skipped_and_reported():
 
 
 def test_rfc_parameters_are_not_accepted_in_place_of_ours():
-    # A Pool Handle where the Auth Mechanism belongs.
+    # A Pool Handle where the Auth Mechanism belongs: the extension's messages
+    # have their own parameter table, where 0x0009 is an unknown type whose
+    # upper bits 00 say "stop processing, discard silently" (RFC 5354 3).
     with pytest.raises(WireError) as info:
-        decode_message(h("72 00 0014 0009 0008 6563686f 7f02 0005 61"), ASAP)
-    assert info.value.cause == codes.CAUSE_INVALID_VALUES
+        decode_message(h(msg(0x72, tlv(0x0009, "6563686f"), tlv(0x7F02, "61"))), ASAP)
+    assert info.value.cause is None
+    assert info.value.report is None
 
 
 @pytest.mark.parametrize("build", [

@@ -102,45 +102,80 @@ def test_enrp_type_beyond_range_is_unknown():
         decode_message(bytes([0x0B, 0, 0, 12]) + bytes(8), PPID_ENRP)
 
 
-@pytest.mark.parametrize("data,what", [
-    (bytes.fromhex("01 00 000c 0009 0008 6563686f"), "missing PE"),
-    (bytes.fromhex("05 00 0014 0009 0008 6563686f 0009 0008 6563686f"), "duplicate handle"),
-    (bytes.fromhex("08 00 0018 000e 0008 12345678 0009 0008 4563686f"), "wrong order"),
-    (bytes.fromhex("05 00 0004"), "no handle"),
-    (bytes.fromhex("05 00 0008 0009 0004"), "empty handle"),
-    (bytes.fromhex("05 00 000c 0009 0009 6563686f"), "param beyond message"),
-    (bytes.fromhex("05 00 000d 0009 0008 6563686f 00"), "trailing garbage"),
-    (bytes.fromhex("05 00 0010 0009 0008 6563686f"), "length beyond data"),
-    (bytes.fromhex("05 00 0003"), "length below 4"),
-    (bytes.fromhex("0e 00 0008 000c 0004"), "operation error without cause"),
-    (bytes.fromhex("0e 00 000c 000d 0008 00000000"), "cookie instead of error"),
+@pytest.mark.parametrize("data,offending,what", [
+    (bytes.fromhex("05 00 0014 0009 0008 6563686f 0009 0008 6563686f"), "0009 0008 6563686f",
+     "duplicate handle"),
+    (bytes.fromhex("08 00 0014 000e 0008 12345678 0009 0008 4563686f"), "000e 0008 12345678",
+     "wrong order"),
+    (bytes.fromhex("05 00 0008 0009 0004"), "0009 0004", "empty handle"),
+    (bytes.fromhex("0e 00 0008 000c 0004"), "000c 0004", "operation error without cause"),
+    (bytes.fromhex("0e 00 000c 000d 0008 00000000"), "000d 0008 00000000", "cookie instead of error"),
+    (bytes.fromhex("05 00 0010 0009 0008 6563686f 000d 0004"), "000d 0004", "unexpected cookie"),
 ])
-def test_structure_errors_are_invalid_values(data, what):
+def test_value_errors_are_invalid_values_with_the_tlv(data, offending, what):
+    """RFC 5354 3.12.4: the offending TLV, whole and as received."""
     with pytest.raises(WireError) as info:
         decode_message(data, PPID_ASAP)
     assert info.value.cause == codes.CAUSE_INVALID_VALUES, what
-    assert info.value.report[0].code == 3
+    assert info.value.report == (ErrorCause(3, bytes.fromhex(offending)),), what
+
+
+@pytest.mark.parametrize("data,what", [
+    (bytes.fromhex("01 00 000c 0009 0008 6563686f"), "missing PE"),
+    (bytes.fromhex("05 00 0004"), "no handle"),
+    (bytes.fromhex("05 00 000c 0009 0009 6563686f"), "param beyond message"),
+    (bytes.fromhex("05 00 000d 0009 0008 6563686f 00"), "trailing garbage"),
+    (bytes.fromhex("05 00 0010 0009 0008 6563686f"), "length beyond data"),
+    (bytes.fromhex("05 00 0008 0009 0008 6563686f"), "length short of data"),
+    (bytes.fromhex("05 00 0003"), "length below 4"),
+    (bytes.fromhex("05 00"), "shorter than a header"),
+    (bytes.fromhex("05 00 0010 0009 0008 6563686f 0003 0005 00"), "PE identifier of 5 bytes"),
+])
+def test_framing_errors_are_unspecified_without_information(data, what):
+    """No well-framed TLV holds the fault: RFC 5354 3.12.1, no information."""
+    with pytest.raises(WireError) as info:
+        decode_message(data, PPID_ASAP)
+    assert info.value.cause == codes.CAUSE_UNSPECIFIED, what
+    assert info.value.report == (ErrorCause(0, b""),), what
+
+
+def test_invalid_values_is_never_sent_without_its_tlv():
+    assert WireError(codes.CAUSE_INVALID_VALUES, "no TLV").cause == codes.CAUSE_UNSPECIFIED
+    assert WireError(codes.CAUSE_INVALID_VALUES, "no TLV").report == (ErrorCause(0, b""),)
 
 
 def test_enrp_fixed_fields_and_update_action():
     with pytest.raises(WireError) as info:
         decode_message(bytes.fromhex("02 00 0008 00000001"), PPID_ENRP)
-    assert info.value.cause == 3
+    assert info.value.cause == codes.CAUSE_UNSPECIFIED  # a fixed field, not a TLV
     bad_action = bytes.fromhex("04 00 0010 00000001 00000000 0002 0000")
     with pytest.raises(WireError) as info:
         decode_message(bad_action, PPID_ENRP)
-    assert info.value.cause == 3
+    assert info.value.cause == codes.CAUSE_UNSPECIFIED
 
 
-def test_known_policy_with_wrong_length_is_invalid():
+def test_known_policy_with_wrong_length_is_a_framing_error():
     pe = PoolElement(1, 0, 30, TcpTransport(80, IPv4Address("10.0.0.1")), LeastUsedPolicy(0))
     data = bytearray(AsapRegistration(b"echo", pe).encode())
     pol = data.index(bytes.fromhex("0008 000c 40000001"))
     data[pol + 4:pol + 8] = bytes.fromhex("00000001")  # RR needs length 8, not 12
     with pytest.raises(WireError) as info:
         decode_message(bytes(data), PPID_ASAP)
-    assert info.value.cause == 3
-    assert info.value.offending == bytes(data[pol:pol + 12])
+    # Quoting a TLV whose length does not fit its layout would put a broken
+    # TLV inside the reply: Unspecified Error, without information.
+    assert info.value.cause == codes.CAUSE_UNSPECIFIED
+    assert info.value.offending == b""
+
+
+def test_transport_with_a_foreign_parameter_quotes_the_transport():
+    pe = PoolElement(1, 0, 30, TcpTransport(80, IPv4Address("10.0.0.1")), LeastUsedPolicy(0))
+    data = bytearray(AsapRegistration(b"echo", pe).encode())
+    tcp = data.index(bytes.fromhex("0005 0010"))
+    data[tcp + 8:tcp + 10] = bytes.fromhex("000d")  # the address becomes a cookie
+    with pytest.raises(WireError) as info:
+        decode_message(bytes(data), PPID_ASAP)
+    assert info.value.cause == codes.CAUSE_INVALID_VALUES
+    assert info.value.offending == bytes(data[tcp:tcp + 16])
 
 
 def test_limits_message_size():
@@ -167,6 +202,8 @@ def test_limits_depth_addresses_handle():
     with pytest.raises(WireError) as info:
         decode_message(data, PPID_ASAP, Limits(max_depth=2))
     assert info.value.cause == 3
+    tcp = data.index(bytes.fromhex("0005 0010"))
+    assert info.value.offending == data[tcp:tcp + 16]  # the TLV holding the too-deep one
     with pytest.raises(WireError):
         decode_message(data, PPID_ASAP, Limits(max_pool_handle=3))
     from rserpool.wire import SctpTransport
@@ -214,7 +251,7 @@ def test_encoding_too_long_raises_value_error():
         AsapCookie(bytes(65532)).encode()
 
 
-def test_error_reply_truncates_huge_reports():
+def test_error_reply_never_truncates_a_quote():
     data = bytes([0x4F, 0, 0xFF, 0xFF]) + bytes(65531)
     with pytest.raises(WireError) as info:
         decode_message(data, PPID_ENRP)
@@ -222,6 +259,16 @@ def test_error_reply_truncates_huge_reports():
     data = reply.encode()
     assert len(data) <= 65535
     assert decode_message(data, PPID_ENRP) == reply
+    # The whole message cannot be quoted: no cut-off copy of it either.
+    assert reply.error.causes == (ErrorCause(codes.CAUSE_UNSPECIFIED, b""),)
+
+
+def test_error_reply_leaves_out_a_cause_that_does_not_fit():
+    big = ErrorCause(codes.CAUSE_UNRECOGNIZED_PARAMETER, bytes.fromhex("c001ffe8") + bytes(0xFFE8 - 4))
+    small = ErrorCause(codes.CAUSE_UNRECOGNIZED_PARAMETER, bytes.fromhex("c0020004"))
+    reply = error_reply((small, big, small), PPID_ASAP)
+    assert reply.error.causes == (small, small)
+    assert error_reply((big, big), PPID_ASAP).error.causes[0] == big
 
 
 def _fixed_size(msg) -> int:

@@ -248,7 +248,6 @@ class AnnounceVerdict(enum.Enum):
 class _Announced:
     candidate: Candidate
     source_ip: str
-    first_seen: float
     expires: float
     order: int
 
@@ -294,7 +293,7 @@ class AnnounceTable:
             return AnnounceVerdict.REJECTED_SOURCE
         self._counter += 1
         self._entries[candidate.key] = _Announced(
-            candidate, source_ip, now, now + self.lifetime, self._counter
+            candidate, source_ip, now + self.lifetime, self._counter
         )
         return AnnounceVerdict.NEW
 

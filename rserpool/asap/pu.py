@@ -57,6 +57,7 @@ from rserpool.wire import (
     PoolElement,
 )
 from rserpool.wire import codes
+from rserpool.wire.params import pool_handle_text
 
 __all__ = [
     "CacheEntry",
@@ -98,7 +99,7 @@ class UnknownPool(PuError):
     """The registrar answered Unknown Pool Handle (cause 0x9)."""
 
     def __init__(self, pool_handle: bytes) -> None:
-        super().__init__(f"unknown pool handle {pool_handle!r}")
+        super().__init__(f"unknown pool handle {pool_handle_text(pool_handle)}")
         self.pool_handle = pool_handle
         self.cause = codes.CAUSE_UNKNOWN_POOL_HANDLE
 
@@ -108,7 +109,7 @@ class ResolutionRefused(PuError):
 
     def __init__(self, pool_handle: bytes, cause: int) -> None:
         name = codes.CAUSE_NAMES.get(cause, f"cause 0x{cause:04x}")
-        super().__init__(f"resolution of {pool_handle!r} refused: {name} (0x{cause:x})")
+        super().__init__(f"resolution of pool {pool_handle_text(pool_handle)} refused: {name} (0x{cause:x})")
         self.pool_handle = pool_handle
         self.cause = cause
 
@@ -117,7 +118,7 @@ class ResolutionTimeout(PuError):
     """No answer after MAX-REQUEST-RETRANSMIT retransmissions (RFC 5352 3.7.2)."""
 
     def __init__(self, pool_handle: bytes, attempts: int, waited: float) -> None:
-        super().__init__(f"no answer for {pool_handle!r} after {attempts} attempt(s) "
+        super().__init__(f"no answer for pool {pool_handle_text(pool_handle)} after {attempts} attempt(s) "
                          f"in {waited:g} s")
         self.pool_handle = pool_handle
         self.attempts = attempts
@@ -127,7 +128,7 @@ class NoUsablePoolElement(PuError):
     """The pool is known but no PE can be chosen (all reported or weight 0)."""
 
     def __init__(self, pool_handle: bytes) -> None:
-        super().__init__(f"no usable pool element in {pool_handle!r}")
+        super().__init__(f"no usable pool element in pool {pool_handle_text(pool_handle)}")
         self.pool_handle = pool_handle
 
 
@@ -356,7 +357,7 @@ class PuCore:
             if token is not None:
                 if len(pending.tokens) >= self.settings.max_waiters:
                     return [Failed((token,), pool_handle,
-                                   PuBusy(f"too many callers waiting for {pool_handle!r}"))]
+                                   PuBusy(f"too many callers waiting for pool {pool_handle_text(pool_handle)}"))]
                 pending.tokens.append(token)
                 self._token_handle[token] = pool_handle
             return []
@@ -383,9 +384,6 @@ class PuCore:
         pending = self._pending.get(handle)
         if pending is not None and token in pending.tokens:
             pending.tokens.remove(token)
-
-    def pending_handles(self) -> list[bytes]:
-        return list(self._pending)
 
     def _want_hunt(self, reason: str) -> list[Output]:
         if self._hunt_requested:

@@ -28,6 +28,7 @@ Timers: ``next_deadline()`` is the earliest time ``on_timer(now)`` must run
 from __future__ import annotations
 
 import random
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable, Union
 
@@ -67,7 +68,8 @@ from rserpool.wire import (
 from rserpool.wire import codes
 from rserpool.wire.asap import encode_registration_response, encode_resolution_response
 from rserpool.wire.policy import LeastUsedPolicy, OpaquePolicy
-from rserpool.wire.tlv import fast_constructor
+from rserpool.fastinit import fast_constructor
+from rserpool.wire.params import encode_pool_handle
 from rserpool.wire.transports import TcpTransport
 
 __all__ = [
@@ -196,7 +198,24 @@ def _addresses(transport: Any) -> tuple:
 
 
 def _cause(code: int, info: bytes = b"") -> OperationError:
+    if code == codes.CAUSE_INVALID_VALUES and not info:
+        code = codes.CAUSE_UNSPECIFIED  # RFC 5354 3.12.4: Invalid Values carries its TLV
     return OperationError((ErrorCause(code, info),))
+
+
+def _offending_tlv(field: str | None, msg: AsapRegistration) -> bytes:
+    """The registration's parameter that holds an invalid value (RFC 5354
+    3.12.4), by the handlespace's name for it."""
+    pe = msg.pool_element
+    if field == "transport":
+        return pe.user_transport.encode()
+    if field == "policy":
+        return pe.policy.encode()
+    if field == "pool_handle":
+        return encode_pool_handle(msg.pool_handle)
+    if field == "registration_life":
+        return pe.encode()  # a fixed field of the Pool Element parameter
+    return b""
 
 
 # Constructors without checks, for values known to be valid.
@@ -230,7 +249,12 @@ class RegistrarCore:
         self._last_answer: tuple = (None, None, None, None, None)
         self.sessions: set[AsapSession] = set()
         self.stats = {"registrations": 0, "reregistrations": 0, "deregistrations": 0,
-                      "resolutions": 0, "refused": 0, "removed": 0}
+                      "resolutions": 0, "refused": 0, "removed": 0, "keepalive_timeouts": 0,
+                      "unreachable_reports": 0, "unauthorized": 0, "authorization_outages": 0}
+        # For operators (rserpool.stats): refusals by RFC 5354 cause, and the
+        # last ones (now, address, identity, request, handle, PE id, cause).
+        self.refused_by_cause: dict[int, int] = {}
+        self.recent_refusals: deque = deque(maxlen=64)
 
     # -- sessions --------------------------------------------------------------------
 
@@ -293,6 +317,13 @@ class RegistrarCore:
             return []
         return [Send(session, error_reply(error, codes.PPID_ASAP))]
 
+    def _refused(self, cause: int, session: AsapSession, request: str, handle: bytes | None,
+                 pe_id: int | None, now: float) -> None:
+        """Count a refusal (only refusals pay this, never accepted requests)."""
+        self.stats["refused"] += 1
+        self.refused_by_cause[cause] = self.refused_by_cause.get(cause, 0) + 1
+        self.recent_refusals.append((now, session.address, session.identity, request, handle, pe_id, cause))
+
     # -- registration ------------------------------------------------------------------
 
     def _on_registration(self, session: AsapSession, msg: AsapRegistration, now: float, out: list) -> None:
@@ -301,7 +332,7 @@ class RegistrarCore:
         if verdict is None:
             self._complete_registration(session, msg, now, out)
         elif type(verdict) is int:
-            self._refuse(session, ACTION_REGISTER, msg, verdict, out)
+            self._refuse(session, ACTION_REGISTER, msg, verdict, now, out)
         else:
             session.pending[verdict.token] = (verdict, msg)
             out.append(verdict)
@@ -314,7 +345,7 @@ class RegistrarCore:
         if entry is not None:  # the PE-identity binding: the gate's decision
             cause = self.gate.check_owner(admission, entry.identity, ACTION_REGISTER, handle, pe.pe_id, now)
             if cause is not None:
-                self._refuse(session, ACTION_REGISTER, msg, cause, out)
+                self._refuse(session, ACTION_REGISTER, msg, cause, now, out)
                 return
         # ``pe`` is a checked PoolElement (decoded or constructed) and the
         # server ID a checked non-zero 32-bit value: no need to check again.
@@ -334,10 +365,15 @@ class RegistrarCore:
                 payload=stored,
             )
         except HandlespaceError as exc:
-            self.stats["refused"] += 1
-            info = b""
+            self._refused(exc.cause, session, "registration", handle, pe.pe_id, now)
             if exc.cause == codes.CAUSE_INCONSISTENT_POLICY:
-                info = self._pool_policy_bytes(handle)
+                info = self._pool_policy_bytes(handle)  # RFC 5354 3.12.6
+            elif exc.cause == codes.CAUSE_INCONSISTENT_TRANSPORT:
+                info = self._pool_transport_bytes(handle)  # RFC 5354 3.12.8
+            elif exc.cause == codes.CAUSE_INVALID_VALUES:
+                info = _offending_tlv(exc.field, msg)  # RFC 5354 3.12.4
+            else:
+                info = b""  # the other causes carry no information
             out.append(Send(session, AsapRegistrationResponse(handle, pe.pe_id, True, _cause(exc.cause, info))))
             return
         entry = result.entry
@@ -369,6 +405,14 @@ class RegistrarCore:
                 return payload.policy.encode()
         return b""
 
+    def _pool_transport_bytes(self, handle: bytes) -> bytes:
+        members = self.handlespace.pool_members(handle)
+        if members:
+            payload = members[0].payload
+            if isinstance(payload, PoolElement):
+                return payload.user_transport.encode()
+        return b""
+
     # -- deregistration -----------------------------------------------------------------
 
     def _on_deregistration(self, session: AsapSession, msg: AsapDeregistration, now: float, out: list) -> None:
@@ -376,7 +420,7 @@ class RegistrarCore:
         if verdict is None:
             self._complete_deregistration(session, msg, now, out)
         elif type(verdict) is int:
-            self._refuse(session, ACTION_DEREGISTER, msg, verdict, out)
+            self._refuse(session, ACTION_DEREGISTER, msg, verdict, now, out)
         else:
             session.pending[verdict.token] = (verdict, msg)
             out.append(verdict)
@@ -389,12 +433,12 @@ class RegistrarCore:
             cause = self.gate.check_owner(session.admission, entry.identity, ACTION_DEREGISTER, handle, pe_id,
                                           now)
             if cause is not None:
-                self._refuse(session, ACTION_DEREGISTER, msg, cause, out)
+                self._refuse(session, ACTION_DEREGISTER, msg, cause, now, out)
                 return
         try:
             entry = self.handlespace.deregister(handle, pe_id, principal)
         except HandlespaceError as exc:  # the handlespace's own (defensive) check
-            self.stats["refused"] += 1
+            self._refused(exc.cause, session, "deregistration", handle, pe_id, now)
             self._log("refusing deregistration of {pe_id:08x} in {handle!r} by {identity}: {detail}",
                       pe_id=pe_id, handle=handle, identity=principal, detail=exc.detail)
             out.append(Send(session, AsapDeregistrationResponse(handle, pe_id, _cause(exc.cause))))
@@ -425,7 +469,8 @@ class RegistrarCore:
         if cause is None:
             self._complete(session, ask.action, msg, now, out)
         else:
-            self._refuse(session, ask.action, msg, cause, out)
+            self.stats["unauthorized" if answer is not None else "authorization_outages"] += 1
+            self._refuse(session, ask.action, msg, cause, now, out)
         return out
 
     def _complete(self, session: AsapSession, action: str, msg: Any, now: float, out: list) -> None:
@@ -436,13 +481,18 @@ class RegistrarCore:
         else:
             self._complete_resolution(session, msg, out)
 
-    def _refuse(self, session: AsapSession, action: str, msg: Any, cause: int, out: list) -> None:
-        self.stats["refused"] += 1
+    def _refuse(self, session: AsapSession, action: str, msg: Any, cause: int, now: float, out: list) -> None:
         if action == ACTION_REGISTER:
-            reply = AsapRegistrationResponse(msg.pool_handle, msg.pool_element.pe_id, True, _cause(cause))
+            self._refused(cause, session, "registration", msg.pool_handle, msg.pool_element.pe_id, now)
+            # The gate's only Invalid Values refusal is the PE's address
+            # (RFC 5354 3.12.4: the offending TLV, the user transport).
+            info = msg.pool_element.user_transport.encode() if cause == codes.CAUSE_INVALID_VALUES else b""
+            reply = AsapRegistrationResponse(msg.pool_handle, msg.pool_element.pe_id, True, _cause(cause, info))
         elif action == ACTION_DEREGISTER:
+            self._refused(cause, session, "deregistration", msg.pool_handle, msg.pe_id, now)
             reply = AsapDeregistrationResponse(msg.pool_handle, msg.pe_id, _cause(cause))
         else:
+            self._refused(cause, session, "resolution", msg.pool_handle, None, now)
             reply = AsapHandleResolutionResponse(msg.pool_handle, error=_cause(cause))
         out.append(Send(session, reply))
 
@@ -453,7 +503,7 @@ class RegistrarCore:
         if verdict is None:
             self._complete_resolution(session, msg, out)
         elif type(verdict) is int:
-            self._refuse(session, ACTION_RESOLVE, msg, verdict, out)
+            self._refuse(session, ACTION_RESOLVE, msg, verdict, now, out)
         else:
             session.pending[verdict.token] = (verdict, msg)
             out.append(verdict)
@@ -517,8 +567,10 @@ class RegistrarCore:
         # Threat 2.13 / RFC 5355 2.13: reports are rate limited per reporter
         # (the gate) and only distinct reporters count towards MAX-BAD-PE-REPORT.
         settings = self.settings
-        if not self.gate.admit_report(session.admission, msg.pool_handle, now):
-            self.stats["refused"] += 1
+        self.stats["unreachable_reports"] += 1
+        dropped = self.gate.admit_report(session.admission, msg.pool_handle, now)
+        if dropped is not None:
+            self._refused(dropped, session, "unreachability report", msg.pool_handle, msg.pe_id, now)
             return
         entry = self.handlespace.get(msg.pool_handle, msg.pe_id)
         if entry is None:
@@ -568,6 +620,7 @@ class RegistrarCore:
             key = (entry.pool_handle, entry.pe_id)
             deadline = self._awaiting_ack.get(key)
             if deadline is not None and deadline <= now:
+                self.stats["keepalive_timeouts"] += 1
                 self._remove(entry, "no ENDPOINT_KEEP_ALIVE_ACK", out)
             elif deadline is not None:
                 self.handlespace.schedule_keepalive(entry.pool_handle, entry.pe_id, deadline)

@@ -21,8 +21,14 @@ reactor.  See ``docs/ldap.md``.
   request abandoned at its deadline still counts until its thread returns);
   beyond that, a request fails at once with :class:`LdapOverloaded`.
 - TLS (``ldaps://`` or StartTLS) verifies the server certificate against the
-  configured CA (``ssl.CERT_REQUIRED``) and the URI's host name.  Plaintext
+  configured CA (``ssl.CERT_REQUIRED``) and the URI's host name.
+- Referrals are never followed (ldap3's ``auto_referrals`` off, no referral
+  host allowed): the registrar talks to the configured URI only, and a
+  referral answer makes the lookup fail with :class:`LdapUnavailable`.  Plaintext
   needs ``allow_plaintext=True`` and is logged as a warning.
+- Identities are looked up, cached and returned in normalized form
+  (:func:`rserpool.identity.normalize_identity`), the uid the directory
+  answers for a certificate included.
 - Filter values are escaped (RFC 4515) with ldap3's ``escape_filter_chars``;
   filter templates use ``{identity}``, ``{fingerprint}``, ``{subject}`` and
   ``{dn}`` placeholders, replaced textually (no ``str.format``).
@@ -30,8 +36,10 @@ reactor.  See ``docs/ldap.md``.
   ``negative_cache_ttl``); concurrent lookups of one key share one request.
 - The bind password and the verifiers are never logged or put in a repr.
 
-The pool authorizer and the ``[ldap]`` configuration are in
-:mod:`rserpool.backends.ldap_authz`.
+The settings, errors, filter templates, DN parsing and entry reading are in
+:mod:`rserpool.backends.ldap_schema` (re-exported here: this module is the
+backend's public face); the pool authorizer and the ``[ldap]``
+configuration are in :mod:`rserpool.backends.ldap_authz`.
 """
 
 from __future__ import annotations
@@ -40,15 +48,11 @@ import math
 import ssl
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, TypeVar
-from urllib.parse import urlsplit
+from typing import Any, Callable, TypeVar
 
 import ldap3
 from cryptography import x509
 from ldap3.core import exceptions as ldap_exceptions
-from ldap3.utils.conv import escape_filter_chars
-from ldap3.utils.dn import parse_dn
 from twisted.application.service import Service
 from twisted.internet import defer, threads
 from twisted.logger import Logger
@@ -56,7 +60,25 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
-from rserpool.errors import BackendUnavailable
+from rserpool.backends.ldap_schema import (
+    MAX_SALT,
+    MAX_VALUES,
+    MAX_VERIFIER,
+    LdapEntry,
+    LdapError,
+    LdapOverloaded,
+    LdapSchema,
+    LdapTls,
+    LdapUnavailable,
+    fill_filter,
+    group_name_from_dn,
+    parse_uri,
+    raw_values,
+    search_result,
+    text_values,
+    valid_identity,
+)
+from rserpool.identity import normalize_identity
 from rserpool.interfaces import (
     ICertificateMapping,
     IGroupSource,
@@ -80,222 +102,7 @@ __all__ = [
 _log = Logger()
 T = TypeVar("T")
 
-MAX_IDENTITY = 255
-MAX_VALUES = 256  # values read from one attribute
-MAX_SALT = 64
-MAX_VERIFIER = 1024
 _LOG_INTERVAL = 10.0
-
-
-class LdapError(ValueError):
-    """Bad configuration or misuse (raised at once, never from a lookup)."""
-
-
-class LdapUnavailable(BackendUnavailable):
-    """The directory could not answer: down, slow, refused our bind, TLS
-    failed, or its answer was unusable (ambiguous, malformed).  Not a "no"."""
-
-
-class LdapOverloaded(LdapUnavailable):
-    """Too many requests pending; this one was not sent."""
-
-
-@dataclass(frozen=True, slots=True)
-class LdapTls:
-    """TLS to the directory.
-
-    ``starttls``: upgrade an ``ldap://`` connection (ignored for
-    ``ldaps://``).  ``verify=False`` is for tests only and logged loudly.
-    ``server_names``: further names accepted in the server certificate
-    besides the URI's host.
-    """
-
-    ca_file: str
-    starttls: bool = True
-    verify: bool = True
-    server_names: tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        if not self.ca_file:
-            raise LdapError("TLS to the directory needs a CA file (ca_file)")
-
-
-@dataclass(frozen=True, slots=True)
-class LdapSchema:
-    """Where things are in the directory (docs/ldap.md, etc/ldap/rserpool.schema).
-
-    ``group_attribute`` (``memberOf``) lists an entry's groups; empty means
-    "search ``group_base`` with ``group_filter``" instead (for directories
-    without the memberof overlay).  Only groups under ``group_base`` count
-    (when it is set); a group's name is the value of its first RDN when that
-    RDN's type is ``group_name_attribute``.
-    """
-
-    user_filter: str = "(&(objectClass=rserpoolPoolElement)(uid={identity}))"
-    cert_filter: str = ("(&(objectClass=rserpoolPoolElement)(|(rserpoolCertFingerprint="
-                        "{fingerprint})(rserpoolCertSubject={subject})))")
-    identity_attribute: str = "uid"
-    salt_attribute: str = "rserpoolSrpSalt"
-    verifier_attribute: str = "rserpoolSrpVerifier"
-    pools_attribute: str = "rserpoolPool"
-    group_attribute: str = "memberOf"
-    group_base: str = ""
-    group_filter: str = "(&(objectClass=groupOfNames)(member={dn}))"
-    group_name_attribute: str = "cn"
-
-    def __post_init__(self) -> None:
-        _check_template(self.user_filter, ("{identity}",), "user_filter")
-        _check_template(self.cert_filter, ("{fingerprint}", "{subject}"), "cert_filter",
-                        any_of=True)
-        if not self.group_attribute:
-            _check_template(self.group_filter, ("{dn}",), "group_filter")
-            if not self.group_base:
-                raise LdapError("group_base is required when group_attribute is empty")
-        for name in (self.identity_attribute, self.salt_attribute, self.verifier_attribute,
-                     self.group_name_attribute):
-            if not name or not name.replace("-", "").replace(";", "").isalnum():
-                raise LdapError(f"bad attribute name {name!r}")
-
-    def attributes(self) -> list[str]:
-        names = [self.identity_attribute, self.salt_attribute, self.verifier_attribute]
-        for extra in (self.pools_attribute, self.group_attribute):
-            if extra:
-                names.append(extra)
-        return names
-
-
-def _check_template(template: str, placeholders: tuple[str, ...], what: str,
-                    any_of: bool = False) -> None:
-    found = [p in template for p in placeholders]
-    if not (any(found) if any_of else all(found)):
-        raise LdapError(f"{what} must contain {' or '.join(placeholders)}: {template!r}")
-    if not (template.startswith("(") and template.endswith(")")):
-        raise LdapError(f"{what} must be a parenthesised LDAP filter: {template!r}")
-
-
-def fill_filter(template: str, **values: str) -> str:
-    """Replace ``{name}`` placeholders with RFC 4515-escaped values."""
-    result = template
-    for name, value in values.items():
-        result = result.replace("{" + name + "}", escape_filter_chars(value))
-    return result
-
-
-def _unescape_dn_value(value: str) -> str:
-    out = bytearray()
-    i = 0
-    raw = value.encode("utf-8")
-    while i < len(raw):
-        char = raw[i:i + 1]
-        if char == b"\\" and i + 1 < len(raw):
-            pair = raw[i + 1:i + 3]
-            try:
-                if len(pair) == 2:
-                    out.append(int(pair, 16))
-                    i += 3
-                    continue
-            except ValueError:
-                pass
-            out += raw[i + 1:i + 2]
-            i += 2
-            continue
-        out += char
-        i += 1
-    return out.decode("utf-8", errors="replace")
-
-
-def _norm_dn(dn: str) -> tuple[tuple[str, str], ...]:
-    return tuple((attr.lower(), _unescape_dn_value(value).lower())
-                 for attr, value, _sep in parse_dn(dn))
-
-
-def group_name_from_dn(dn: str, name_attribute: str = "cn", base: str = "") -> str | None:
-    """``cn=echo,ou=pools,dc=x`` -> ``echo`` (None when outside ``base``, or
-    its first RDN is not ``name_attribute``, or the DN is malformed)."""
-    try:
-        parts = parse_dn(dn)
-        if base:
-            tail = _norm_dn(base)
-            if len(parts) <= len(tail) or _norm_dn(dn)[-len(tail):] != tail:
-                return None
-    except (ldap_exceptions.LDAPException, ValueError):
-        return None
-    if not parts or parts[0][0].lower() != name_attribute.lower() or parts[0][2] == "+":
-        return None
-    name = _unescape_dn_value(parts[0][1])
-    return name if name and name.isprintable() else None
-
-
-@dataclass(frozen=True, slots=True)
-class LdapEntry:
-    """What the directory says about one identity (cached as a whole)."""
-
-    dn: str
-    identity: str
-    salt: bytes | None = field(default=None, repr=False)
-    verifier: bytes | None = field(default=None, repr=False)
-    pools: tuple[str, ...] = ()
-    groups: frozenset[str] = frozenset()
-
-    @property
-    def srp(self) -> tuple[bytes, bytes] | None:
-        if self.salt is None or self.verifier is None:
-            return None
-        return (self.salt, self.verifier)
-
-
-def _valid_identity(identity: Any) -> bool:
-    return (isinstance(identity, str) and 0 < len(identity) <= MAX_IDENTITY
-            and identity.isprintable())
-
-
-def _parse_uri(uri: str) -> tuple[str, int, bool]:
-    parts = urlsplit(uri)
-    if parts.scheme not in ("ldap", "ldaps"):
-        raise LdapError(f"LDAP URI must be ldap:// or ldaps://: {uri!r}")
-    if not parts.hostname:
-        raise LdapError(f"LDAP URI without a host: {uri!r}")
-    ldaps = parts.scheme == "ldaps"
-    try:
-        port = parts.port or (636 if ldaps else 389)
-    except ValueError:
-        raise LdapError(f"bad port in LDAP URI {uri!r}") from None
-    return parts.hostname, port, ldaps
-
-
-def _search_result(outcome: Any, conn: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """(result, entries) from SAFE_SYNC's 4-tuple or a SYNC/MOCK_SYNC bool."""
-    if isinstance(outcome, tuple):
-        _status, result, response, _request = outcome
-    else:
-        result, response = conn.result, conn.response
-    entries = [item for item in (response or []) if item.get("type") == "searchResEntry"]
-    return result or {}, entries
-
-
-def _raw(entry: dict[str, Any], name: str) -> list[bytes]:
-    if not name:
-        return []
-    attributes = entry.get("raw_attributes") or {}
-    for key, values in attributes.items():
-        if key.lower() == name.lower():
-            if isinstance(values, (bytes, str)):
-                values = [values]
-            return [v.encode("utf-8") if isinstance(v, str) else bytes(v)
-                    for v in list(values)[:MAX_VALUES]]
-    return []
-
-
-def _texts(values: Iterable[bytes]) -> list[str]:
-    out = []
-    for value in values:
-        try:
-            text = value.decode("utf-8").strip()
-        except UnicodeDecodeError:
-            continue
-        if text and text.isprintable():
-            out.append(text)
-    return out
 
 
 class _Cache:
@@ -382,7 +189,7 @@ class LdapDirectory(Service):
     ) -> None:
         self.reactor = reactor
         self.uri = uri
-        self.host, self.port, self.ldaps = _parse_uri(uri)
+        self.host, self.port, self.ldaps = parse_uri(uri)
         if not bind_dn or not bind_password:
             raise LdapError("a service bind DN and password are required")
         self.bind_dn = bind_dn
@@ -486,7 +293,7 @@ class LdapDirectory(Service):
         if identity is None:
             self._cache.clear()
         else:
-            self._cache._data.pop(("entry", identity), None)
+            self._cache._data.pop(("entry", normalize_identity(identity)), None)
 
     @property
     def cache_size(self) -> int:
@@ -504,10 +311,14 @@ class LdapDirectory(Service):
                 valid_names=list(self.tls.server_names) or None,
                 sni=self.host,
             )
+        # Referrals are never followed (ldap3 follows them to any host by
+        # default, and binds there with the service DN and password): a
+        # referral answer is an error like any other (LdapUnavailable).
         server = ldap3.Server(self.host, port=self.port, use_ssl=self.ldaps, tls=tls,
-                              get_info=ldap3.NONE, connect_timeout=self.connect_timeout)
+                              get_info=ldap3.NONE, connect_timeout=self.connect_timeout,
+                              allowed_referral_hosts=[])
         conn = ldap3.Connection(
-            server, user=self.bind_dn, password=self._password,
+            server, user=self.bind_dn, password=self._password, auto_referrals=False,
             client_strategy=ldap3.SAFE_SYNC, auto_bind=ldap3.AUTO_BIND_NONE,
             receive_timeout=math.ceil(self.receive_timeout), read_only=True, raise_exceptions=False,
             check_names=False,
@@ -584,7 +395,7 @@ class LdapDirectory(Service):
         outcome = conn.search(base, filter_text, search_scope=ldap3.SUBTREE,
                               attributes=attributes, size_limit=size_limit,
                               time_limit=max(1, int(self.receive_timeout + 0.999)))
-        result, entries = _search_result(outcome, conn)
+        result, entries = search_result(outcome, conn)
         code = result.get("result", 0)
         if code == 32:  # noSuchObject: the base is absent, so no entry
             return []
@@ -612,7 +423,7 @@ class LdapDirectory(Service):
             dn = entry.get("dn", "")
             groups: set[str] = set()
             if schema.group_attribute:
-                for value in _texts(_raw(entry, schema.group_attribute)):
+                for value in text_values(raw_values(entry, schema.group_attribute)):
                     name = group_name_from_dn(value, schema.group_name_attribute,
                                               schema.group_base)
                     if name:
@@ -626,13 +437,13 @@ class LdapDirectory(Service):
                                               schema.group_base)
                     if name:
                         groups.add(name)
-            salts = _raw(entry, schema.salt_attribute)
-            verifiers = _raw(entry, schema.verifier_attribute)
+            salts = raw_values(entry, schema.salt_attribute)
+            verifiers = raw_values(entry, schema.verifier_attribute)
             salt = salts[0] if len(salts) == 1 and 0 < len(salts[0]) <= MAX_SALT else None
             verifier = (verifiers[0] if len(verifiers) == 1
                         and 0 < len(verifiers[0]) <= MAX_VERIFIER else None)
             return LdapEntry(dn=dn, identity=identity, salt=salt, verifier=verifier,
-                             pools=tuple(_texts(_raw(entry, schema.pools_attribute))),
+                             pools=tuple(text_values(raw_values(entry, schema.pools_attribute))),
                              groups=frozenset(groups))
 
         return self._with_connection("entry lookup", job)
@@ -650,11 +461,12 @@ class LdapDirectory(Service):
             if len(entries) > 1:
                 raise LdapUnavailable("LDAP: several entries match one certificate "
                                       "(fix the directory or cert_filter)")
-            names = _texts(_raw(entries[0], schema.identity_attribute))
-            if len(names) != 1 or not _valid_identity(names[0]):
+            names = text_values(raw_values(entries[0], schema.identity_attribute))
+            name = normalize_identity(names[0]) if len(names) == 1 else None
+            if name is None or not valid_identity(name):
                 raise LdapUnavailable(f"LDAP: the entry for a certificate has no single "
                                       f"usable {schema.identity_attribute}")
-            return names[0]
+            return name
 
         return self._with_connection("certificate lookup", job)
 
@@ -732,8 +544,14 @@ class LdapDirectory(Service):
 
     # ------------------------------------------------------------ lookups
     def entry(self, identity: str) -> defer.Deferred[LdapEntry | None]:
-        """The identity's entry (cached), or None when unknown."""
-        if not _valid_identity(identity):
+        """The identity's entry (cached), or None when unknown.
+
+        Looked up (and cached) by the normalized form of ``identity``
+        (:mod:`rserpool.identity`): slapd matches ``uid`` without case and
+        extra spaces, so every spelling it would take for one entry is that
+        one identity here too."""
+        identity = normalize_identity(identity)  # type: ignore[assignment]
+        if identity is None or not valid_identity(identity):
             return defer.succeed(None)
         return self._cached(("entry", identity), lambda value: value is None,
                             lambda: self._submit("entry lookup", self._read_entry, identity))

@@ -17,9 +17,10 @@ from typing import Any, Callable, Iterable, Mapping
 from twisted.internet import defer
 from zope.interface import implementer
 
-from rserpool.backends.ldap import LdapDirectory, LdapEntry, LdapError, LdapSchema, LdapTls
-from rserpool.backends.radius import pool_matches
+from rserpool.backends.ldap import LdapDirectory
+from rserpool.backends.ldap_schema import LdapEntry, LdapError, LdapSchema, LdapTls
 from rserpool.interfaces import IPoolAuthorizer
+from rserpool.security.authz import pool_matches
 
 __all__ = [
     "AUTHORIZATION_MODES",
@@ -44,7 +45,7 @@ class LdapAuthorizer:
     - ``groups`` mode: each of the entry's groups (plus the ``groups`` the
       registrar passes in) grants pools: those listed for it in
       ``group_pools`` when that table is given (patterns, as in
-      :func:`~rserpool.backends.radius.pool_matches`), else, for a group
+      :func:`~rserpool.security.authz.pool_matches`), else, for a group
       whose name starts with ``group_prefix``, the one pool whose handle
       (UTF-8) equals the rest of the name (``cn=echo`` -> pool ``echo``).
     - ``attribute`` mode: a pattern of the entry's pools attribute matches.

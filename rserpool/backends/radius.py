@@ -12,7 +12,11 @@ Behaviour (see ``docs/radius.md``):
   one, or with a wrong one, or with a wrong Response Authenticator, or from
   another address than the server asked, is dropped and logged
   (BlastRADIUS, CVE-2024-3596).  A dropped reply does not end the request.
-- Request ids: 256 per socket (one socket per address family).  At most
+- Sockets: one UDP socket per local address, bound to the address the
+  kernel routes to each server from (loopback for a loopback server,
+  :func:`local_address_for`) or to ``bind_address``; never the wildcard
+  address, so nothing off that route can reach it.
+- Request ids: 256 per socket.  At most
   ``max_in_flight`` requests are outstanding; further ones wait in a queue of
   at most ``max_queue``; beyond that a request fails at once with
   :class:`RadiusOverloaded` (a :class:`BackendUnavailable`).
@@ -27,20 +31,21 @@ Behaviour (see ``docs/radius.md``):
   ``len(servers) * (retries + 1) * timeout`` seconds.
 - Shared secrets are never logged (``RadiusServer`` hides them from repr).
 
-The registrar-facing glue (CHAP verifier, pool authorizer, configuration)
-is in :mod:`rserpool.backends.radius_authz`.
+What a reply's attributes mean (:class:`RadiusDecision`) is
+:mod:`rserpool.backends.radius_decision`; the registrar-facing glue (CHAP
+verifier, pool authorizer, configuration) is in
+:mod:`rserpool.backends.radius_authz`.
 """
 
 from __future__ import annotations
 
-import fnmatch
 import ipaddress
 import os
 import secrets
 import socket
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Sequence
 
 from pyrad import packet as _packet
 from pyrad.dictionary import Dictionary
@@ -48,38 +53,30 @@ from twisted.internet import defer
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
+from rserpool.backends.radius_decision import RadiusDecision
 from rserpool.errors import BackendUnavailable
+from rserpool.identity import normalize_identity
 from rserpool.security.chap import CHALLENGE_LEN, RESPONSE_LEN
 
 __all__ = [
-    "AUTHORIZATION_SOURCES",
     "BackendUnavailable",
     "DEFAULT_DICTIONARY",
     "RadiusClient",
-    "RadiusDecision",
     "RadiusError",
     "RadiusOverloaded",
     "RadiusServer",
-    "decision_from_attributes",
     "load_dictionary",
     "parse_servers",
-    "pool_matches",
 ]
 
 _log = Logger()
 
 #: The dictionary shipped with the package.
 DEFAULT_DICTIONARY = os.path.join(os.path.dirname(__file__), "radius_dictionary")
-#: Where rserpool reads authorization from: the Class attribute
-#: (``rserpool:pools=a,b;groups=c``), Filter-Id (a group name) or the
-#: RSerPool-Allowed-Pool / RSerPool-Group vendor attributes.
-AUTHORIZATION_SOURCES = frozenset({"class", "filter-id", "vsa"})
 
 MAX_PACKET = 4096  # RFC 2865 section 3
 MAX_IDS = 256
 MAX_USER_NAME = 253
-MAX_POOLS = 64
-MAX_GROUPS = 64
 MAX_ATTRIBUTE_VALUES = 64
 RCVBUF_BYTES = 1 << 20
 _LOG_INTERVAL = 10.0  # seconds between two logs of the same dropped-reply reason
@@ -126,6 +123,18 @@ class RadiusServer:
         return socket.AF_INET6 if ":" in self.host else socket.AF_INET
 
 
+def local_address_for(server: RadiusServer) -> str:
+    """The local address to bind for ``server``: loopback for a loopback
+    server, else the source address of the kernel's route to it (a UDP
+    ``connect``, which sends nothing).  Raises OSError when there is no route."""
+    address = ipaddress.ip_address(server.host)
+    if address.is_loopback:
+        return "::1" if address.version == 6 else "127.0.0.1"
+    with socket.socket(server.family, socket.SOCK_DGRAM) as probe:
+        probe.connect(server.address)
+        return str(probe.getsockname()[0])
+
+
 def parse_servers(text: str, secret: bytes) -> tuple[RadiusServer, ...]:
     """``"127.0.0.1:1812, [::1]:1812"`` -> servers (port 1812 by default)."""
     servers = []
@@ -146,113 +155,6 @@ def parse_servers(text: str, secret: bytes) -> tuple[RadiusServer, ...]:
 
 def load_dictionary(path: str | None = None) -> Dictionary:
     return Dictionary(path or DEFAULT_DICTIONARY)
-
-
-# ------------------------------------------------------------- decisions
-
-@dataclass(frozen=True, slots=True)
-class RadiusDecision:
-    """The outcome of an Access-Request.
-
-    ``attributes`` maps attribute names to their decoded values (a tuple
-    each); it is informational and not hashable.
-    """
-
-    accepted: bool
-    identity: str
-    groups: frozenset[str] = frozenset()
-    pools: tuple[str, ...] = ()
-    attributes: Mapping[str, tuple[Any, ...]] = field(default_factory=dict, compare=False)
-
-
-def _text(value: Any) -> str | None:
-    if isinstance(value, bytes):
-        try:
-            return value.decode("utf-8")
-        except UnicodeDecodeError:
-            return None
-    return value if isinstance(value, str) else None
-
-
-def _names(text: str) -> list[str]:
-    """Comma-separated names; empty items and items with blanks inside are skipped."""
-    names = []
-    for item in text.split(","):
-        item = item.strip()
-        if item and not any(char.isspace() for char in item):
-            names.append(item)
-    return names
-
-
-def decision_from_attributes(
-    identity: str,
-    accepted: bool,
-    attributes: Mapping[str, Sequence[Any]],
-    sources: Iterable[str] = AUTHORIZATION_SOURCES,
-    class_prefix: str = "rserpool:",
-) -> RadiusDecision:
-    """Read pools and groups from reply attributes; a refusal carries none.
-
-    - ``class``: each Class value starting with ``class_prefix`` holds
-      ``key=v1,v2`` items separated by ``;`` (keys ``pools`` and ``groups``);
-      other Class values are ignored.
-    - ``filter-id``: each Filter-Id is a group name.
-    - ``vsa``: RSerPool-Allowed-Pool values are pool-handle patterns,
-      RSerPool-Group values are group names.
-
-    At most MAX_POOLS patterns and MAX_GROUPS groups are kept.
-    """
-    sources = frozenset(sources)
-    unknown = sources - AUTHORIZATION_SOURCES
-    if unknown:
-        raise ValueError(f"unknown authorization source(s) {sorted(unknown)}")
-    attrs = {name: tuple(values) for name, values in attributes.items()}
-    if not accepted:
-        return RadiusDecision(False, identity, frozenset(), (), attrs)
-    pools: list[str] = []
-    groups: list[str] = []
-    if "class" in sources:
-        for raw in attrs.get("Class", ()):
-            text = _text(raw)
-            if text is None or not text.startswith(class_prefix):
-                continue
-            for item in text[len(class_prefix):].split(";"):
-                key, sep, rest = item.partition("=")
-                if not sep:
-                    continue
-                if key.strip() == "pools":
-                    pools.extend(_names(rest))
-                elif key.strip() == "groups":
-                    groups.extend(_names(rest))
-    if "filter-id" in sources:
-        for raw in attrs.get("Filter-Id", ()):
-            text = _text(raw)
-            if text:
-                groups.extend(_names(text))
-    if "vsa" in sources:
-        for raw in attrs.get("RSerPool-Allowed-Pool", ()):
-            text = _text(raw)
-            if text:
-                pools.extend(_names(text))
-        for raw in attrs.get("RSerPool-Group", ()):
-            text = _text(raw)
-            if text:
-                groups.extend(_names(text))
-    unique_pools = tuple(dict.fromkeys(pools))[:MAX_POOLS]
-    unique_groups = frozenset(tuple(dict.fromkeys(groups))[:MAX_GROUPS])
-    return RadiusDecision(True, identity, unique_groups, unique_pools, attrs)
-
-
-def pool_matches(pattern: str, handle: bytes) -> bool:
-    """Shell-glob match of a pool handle (UTF-8), or ``hex:`` over its hex."""
-    if pattern == "*":
-        return True
-    if pattern.startswith("hex:"):
-        return fnmatch.fnmatchcase(handle.hex(), pattern[4:].lower())
-    try:
-        return fnmatch.fnmatchcase(handle.decode("utf-8"), pattern)
-    except UnicodeDecodeError:
-        return False
 
 
 # ------------------------------------------------------------- the client
@@ -319,6 +221,7 @@ class RadiusClient:
         dead_time: float = 30.0,
         nas_identifier: str = "rserpool",
         bind_address: str | None = None,
+        local_address: Callable[[RadiusServer], str] = local_address_for,
     ) -> None:
         if not servers:
             raise ValueError("at least one RADIUS server is required")
@@ -340,8 +243,12 @@ class RadiusClient:
         self.max_queue = int(max_queue)
         self.dead_time = float(dead_time)
         self.nas_identifier = nas_identifier
+        if bind_address is not None and ipaddress.ip_address(bind_address).is_unspecified:
+            raise ValueError("bind_address must be a local address, not the wildcard")
         self.bind_address = bind_address
-        self._sockets: dict[int, _Socket] = {}
+        self._local_address = local_address
+        self._sockets: dict[str, _Socket] = {}  # by local address
+        self._socket_for: dict[RadiusServer, str] = {}
         self._queue: deque[_Request] = deque()
         self._in_flight = 0
         self._dead_until: dict[RadiusServer, float] = {}
@@ -355,21 +262,31 @@ class RadiusClient:
 
     # -- life cycle
     def start(self) -> None:
-        """Open the sockets (one per address family of the servers)."""
+        """Open the sockets: one per local address the servers are reached from."""
         if self._running:
             return
         self._running = True
-        for family in sorted({server.family for server in self.servers}):
-            sock = _Socket(self, family)
-            interface = self.bind_address or ("::" if family == socket.AF_INET6 else "0.0.0.0")
-            sock.port = self.reactor.listenUDP(0, sock, interface=interface, maxPacketSize=MAX_PACKET)
+        for server in self.servers:
+            try:
+                local = self.bind_address or self._local_address(server)
+                if (":" in local) != (server.family == socket.AF_INET6):
+                    raise OSError(f"bind address {local} is of another address family")
+            except (OSError, ValueError) as exc:
+                _log.error("RADIUS server {host}:{port} cannot be used: {error}", host=server.host,
+                           port=server.port, error=exc)
+                continue
+            self._socket_for[server] = local
+            if local in self._sockets:
+                continue
+            sock = _Socket(self, server.family)
+            self._sockets[local] = sock
+            sock.port = self.reactor.listenUDP(0, sock, interface=local, maxPacketSize=MAX_PACKET)
             raw = getattr(sock.port, "socket", None)
             if raw is not None:
                 try:
                     raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF_BYTES)
                 except OSError as exc:  # pragma: no cover - depends on the host
                     _log.warn("could not raise SO_RCVBUF of the RADIUS socket: {error}", error=exc)
-            self._sockets[family] = sock
 
     def stop(self) -> defer.Deferred[None]:
         """Fail everything pending with BackendUnavailable, close the sockets."""
@@ -389,6 +306,7 @@ class RadiusClient:
         stops = [defer.maybeDeferred(sock.port.stopListening) for sock in self._sockets.values()
                  if sock.port is not None]
         self._sockets.clear()
+        self._socket_for.clear()
         return defer.gatherResults(stops).addCallback(lambda _: None)
 
     @property
@@ -425,6 +343,12 @@ class RadiusClient:
 
     # -- internals
     def _request(self, identity: str, attributes: list[tuple[str, Any]]) -> defer.Deferred[RadiusDecision]:
+        # User-Name is the normalized identity (rserpool.identity), whatever
+        # spelling the caller had: one identity, one answer, one cache entry.
+        canonical = normalize_identity(identity)
+        if canonical is None:
+            return defer.fail(RadiusError("not a valid identity"))
+        identity = canonical
         try:
             encoded = identity.encode("utf-8")
         except (AttributeError, UnicodeEncodeError):
@@ -469,7 +393,7 @@ class RadiusClient:
             self._finish(request, failure=BackendUnavailable(
                 f"no RADIUS server answered ({len(request.tried)} tried)"))
             return
-        sock = self._sockets.get(server.family)
+        sock = self._sockets.get(self._socket_for.get(server, ""))
         if sock is None or not sock.allocate(request):
             # all ids of this socket busy (max_in_flight <= 256 makes this rare:
             # only when several servers share a socket); treat as unavailable

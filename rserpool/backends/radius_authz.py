@@ -19,15 +19,15 @@ from typing import Any, Callable, Iterable, Mapping
 from twisted.internet import defer
 from zope.interface import implementer
 
-from rserpool.backends.radius import (
+from rserpool.backends.radius import RadiusClient, parse_servers
+from rserpool.backends.radius_decision import (
     AUTHORIZATION_SOURCES,
-    RadiusClient,
     RadiusDecision,
     decision_from_attributes,
-    parse_servers,
-    pool_matches,
 )
+from rserpool.identity import normalize_identity
 from rserpool.interfaces import IChapVerifier, Identity, IPoolAuthorizer
+from rserpool.security.authz import pool_matches
 
 #: The mechanism name of identities proven by RADIUS CHAP (as
 #: :data:`rserpool.security.credentials.MECH_CHAP`).
@@ -184,6 +184,10 @@ class RadiusAuthorizer:
         return entry[1]
 
     def decision_for(self, identity: str) -> defer.Deferred[RadiusDecision]:
+        canonical = normalize_identity(identity)  # one cache entry per identity, any spelling
+        if canonical is None:
+            return defer.succeed(RadiusDecision(False, identity))
+        identity = canonical
         decision = self.cached(identity)
         if decision is not None:
             return defer.succeed(decision)

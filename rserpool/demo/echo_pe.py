@@ -197,7 +197,7 @@ def echo_pool_element(
     are given, also the listener's certificate; ``ca`` is the trust root for
     both directions."""
     from rserpool.security import tls
-    from rserpool.service.hunt import RegistrarCandidates
+    from rserpool.service.candidates import RegistrarCandidates
 
     server_options = tls.server_options(server_cert or cert, server_key or key, [ca],
                                         require_client_cert=False)

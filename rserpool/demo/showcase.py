@@ -72,7 +72,7 @@ class DemoService(MultiService):
         from rserpool.demo.echo_pe import echo_pool_element
         from rserpool.demo.echo_session import echo_session_server
         from rserpool.service.pu import PoolUser
-        from rserpool.service.session import pe_tls_options
+        from rserpool.service.pu_session import pe_tls_options
 
         address = self.registrar.listening_addresses[0]
         registrar = f"{address.host}:{address.port}"
@@ -90,10 +90,11 @@ class DemoService(MultiService):
             self.pes.append(pe)
             yield pe.start()
             yield pe.pe.registered()
-            _log.info("demo: echo PE {pe_id:08x} on {address} registered", pe_id=pe.pe.pe_id, address=pe.address)
+            _log.info("demo: echo PE {pe_id:08x} on {host}:{port} registered", pe_id=pe.pe.pe_id,
+                      host=pe.address[0], port=pe.address[1])
         self.pu = PoolUser.connecting_to(self.reactor, [registrar], [ca])
         members = yield self.pu.resolve(b"echo")
-        _log.info("demo: the PU resolved pool 'echo' to {n} PEs: {ids}", n=len(members),
+        _log.info("demo: the PU resolved pool echo to {n} PEs: {ids}", n=len(members),
                   ids=", ".join(f"{m.pe_id:08x}" for m in members))
         self.session = EchoSession(self.reactor, selector=self.pu.select,
                                    report_unreachable=self.pu.report_unreachable,
@@ -131,7 +132,14 @@ class DemoService(MultiService):
                 _log.info("demo: stopping PE {pe_id:08x} (listener and sessions) to show failover",
                           pe_id=pe.pe.pe_id)
                 yield defer.maybeDeferred(pe.stopService)
-                pe.sessions.abort_all()
+                # A planned restart: the sessions end with a clean TLS close
+                # (the PU fails over all the same).
+                closing = []
+                for session in list(pe.sessions.sessions):
+                    if session.channel is not None:
+                        closing.append(session.channel.closed_deferred())
+                        session.close()
+                yield defer.DeferredList(closing)
                 yield pe.start()
                 yield pe.pe.registered()
                 _log.info("demo: PE restarted as {pe_id:08x}", pe_id=pe.pe.pe_id)

@@ -117,8 +117,8 @@ class Gate:
         self._resolutions = RateLimiter(policy.resolution_rate)
         self._reports = RateLimiter(policy.unreachable_rate)
         self._door_requests = RateLimiter(policy.door_request_rate)
-        self._attempts = AttemptLimiter.from_limit(policy.attempts_per_identity)
-        self._attempts_by_address = AttemptLimiter.from_limit(policy.attempts_per_address)
+        self.attempts = AttemptLimiter.from_limit(policy.attempts_per_identity)
+        self.attempts_by_address = AttemptLimiter.from_limit(policy.attempts_per_address)
         self.channels: set[Admission] = set()
         self.connections: dict[str, int] = {}  # open connections per address
         self._next_token = 1
@@ -130,9 +130,9 @@ class Gate:
     # -- refusals -----------------------------------------------------------------------------
 
     def _refuse(self, adm: Admission, what: str, reason: str, cause: int, now: float,
-                level: str = "info") -> int:
+                level: str = "info", dropped: bool = False) -> int:
         self.refused[cause] = self.refused.get(cause, 0) + 1
-        self.refusals.refused(now, what, adm.address, adm.who, reason, cause, level)
+        self.refusals.refused(now, what, adm.address, adm.who, reason, cause, level, dropped)
         return cause
 
     def _close(self, adm: Admission, reason: str, now: float, level: str = "warn") -> list[Output]:
@@ -307,22 +307,19 @@ class Gate:
             return None
         return self._authorize(adm, "resolve", handle, decided, now)
 
-    def admit_report(self, adm: Admission, handle: bytes, now: float) -> bool:
-        """An ENDPOINT_UNREACHABLE report (RFC 5355 2.13): count it or drop it."""
+    def admit_report(self, adm: Admission, handle: bytes, now: float) -> int | None:
+        """An ENDPOINT_UNREACHABLE report (RFC 5355 2.13): None to count it,
+        else the cause it is dropped for (never answered)."""
         what = _what("unreachability report", handle)
         if adm.state is not OPEN:
-            self._refuse(adm, what, _NOT_OPEN[adm.state], 0, now)
-            return False
+            return self._refuse(adm, what, _NOT_OPEN[adm.state], CAUSE_SECURITY, now, dropped=True)
         if adm.door is not DOOR_ASAP:
-            self._refuse(adm, what, _WRONG_DOOR, 0, now)
-            return False
+            return self._refuse(adm, what, _WRONG_DOOR, CAUSE_UNRECOGNIZED_MESSAGE, now, dropped=True)
         if self.policy.unreachable_requires_identity and adm.identity is None:
-            self._refuse(adm, what, _NO_IDENTITY, 0, now)
-            return False
+            return self._refuse(adm, what, _NO_IDENTITY, CAUSE_SECURITY, now, dropped=True)
         if not self._reports.allow(adm.principal, now):
-            self._refuse(adm, what, _RATE, 0, now)
-            return False
-        return True
+            return self._refuse(adm, what, _RATE, CAUSE_LACK_OF_RESOURCES, now, dropped=True)
+        return None
 
     def admit(self, adm: Admission, action: str, handle: bytes, now: float) -> None | int | AskAuthorizer:
         """A request at the peer or admin door (``peer``, ``admin``): TLS, an
@@ -409,10 +406,10 @@ class Gate:
         if adm.base is not None and claimed != adm.base.name:
             return self._refuse_attempt(adm, what, REFUSED_IDENTITY_MISMATCH,
                                         f"{REFUSED_IDENTITY_MISMATCH} ({adm.base.name})", True, now)
-        if not self._attempts_by_address.try_acquire(adm.address, now):
+        if not self.attempts_by_address.try_acquire(adm.address, now):
             return self._refuse_attempt(adm, what, REFUSED_RATE_ADDRESS, REFUSED_RATE_ADDRESS, True, now)
-        if not self._attempts.try_acquire(claimed, now):
-            self._attempts_by_address.refund(adm.address, now)
+        if not self.attempts.try_acquire(claimed, now):
+            self.attempts_by_address.refund(adm.address, now)
             return self._refuse_attempt(adm, what, REFUSED_RATE_IDENTITY, REFUSED_RATE_IDENTITY, False, now)
         return None
 
@@ -428,8 +425,8 @@ class Gate:
     def authenticated(self, adm: Admission, identity: Identity, now: float) -> list[Output]:
         """An exchange proved ``identity``: it becomes the channel's (every
         remembered decision is forgotten) and the attempt's tokens return."""
-        self._attempts.refund(identity.name, now)
-        self._attempts_by_address.refund(adm.address, now)
+        self.attempts.refund(identity.name, now)
+        self.attempts_by_address.refund(adm.address, now)
         if adm.state is not OPEN:
             return []
         if adm.exchanged is not None or (adm.base is not None and identity.name != adm.base.name):
@@ -462,8 +459,8 @@ class Gate:
         (its tokens return); the exchange ends and the channel closes."""
         self.stats["authentication_unavailable"] += 1
         if claimed is not None:
-            self._attempts.refund(claimed, now)
-        self._attempts_by_address.refund(adm.address, now)
+            self.attempts.refund(claimed, now)
+        self.attempts_by_address.refund(adm.address, now)
         what = f"{mechanism or 'SRP/CHAP'} authentication as {claimed or '?'}"
         return self._close(adm, f"{what}: backend unavailable ({reason})", now, "error")
 

@@ -1,6 +1,6 @@
 """The handlespace: pools, pool elements and member-selection policies."""
 
-from rserpool.handlespace.handlespace import (
+from rserpool.handlespace.entries import (
     CAUSE_INCONSISTENT_DATA_CONTROL,
     CAUSE_INCONSISTENT_POLICY,
     CAUSE_INCONSISTENT_TRANSPORT,
@@ -18,27 +18,31 @@ from rserpool.handlespace.handlespace import (
     TRANSPORT_UDP_LITE,
     USE_DATA_AND_CONTROL,
     USE_DATA_ONLY,
-    Handlespace,
     HandlespaceError,
     HandlespaceLimits,
     PoolElementEntry,
     PoolInfo,
-    Registered,
+    RegistrationResult,
 )
+from rserpool.handlespace.handlespace import Handlespace
 from rserpool.handlespace.policies import (
-    LeastUsedDegradationPolicy,
-    LeastUsedPolicy,
-    PriorityLeastUsedPolicy,
-    PriorityPolicy,
-    RandomizedLeastUsedPolicy,
-    RandomPolicy,
-    RoundRobinPolicy,
-    WeightedRandomPolicy,
-    WeightedRoundRobinPolicy,
     is_known_policy_type,
     is_reserved_policy_type,
     make_policy,
     server_policy_type,
+)
+from rserpool.handlespace.random_policies import (
+    RandomizedLeastUsedSelection,
+    RandomSelection,
+    WeightedRandomSelection,
+)
+from rserpool.handlespace.sorted_policies import (
+    LeastUsedDegradationSelection,
+    LeastUsedSelection,
+    PriorityLeastUsedSelection,
+    PrioritySelection,
+    RoundRobinSelection,
+    WeightedRoundRobinSelection,
 )
 from rserpool.handlespace.types import (
     LEAST_USED,
@@ -79,7 +83,7 @@ __all__ = [
     "HandlespaceLimits",
     "PoolElementEntry",
     "PoolInfo",
-    "Registered",
+    "RegistrationResult",
     "LEAST_USED",
     "LEAST_USED_DEGRADATION",
     "POLICY_NAMES",
@@ -93,15 +97,15 @@ __all__ = [
     "Member",
     "PolicySettings",
     "SelectionPolicy",
-    "LeastUsedDegradationPolicy",
-    "LeastUsedPolicy",
-    "PriorityLeastUsedPolicy",
-    "PriorityPolicy",
-    "RandomizedLeastUsedPolicy",
-    "RandomPolicy",
-    "RoundRobinPolicy",
-    "WeightedRandomPolicy",
-    "WeightedRoundRobinPolicy",
+    "LeastUsedDegradationSelection",
+    "LeastUsedSelection",
+    "PriorityLeastUsedSelection",
+    "PrioritySelection",
+    "RandomizedLeastUsedSelection",
+    "RandomSelection",
+    "RoundRobinSelection",
+    "WeightedRandomSelection",
+    "WeightedRoundRobinSelection",
     "is_known_policy_type",
     "is_reserved_policy_type",
     "make_policy",

@@ -1,5 +1,9 @@
 """The handlespace store: pools, pool elements, owners, checksums, deadlines.
 
+What it stores and answers (``PoolElementEntry``, ``PoolInfo``,
+``RegistrationResult``), its limits and its errors are in
+:mod:`rserpool.handlespace.entries`.
+
 Pure Python (no Twisted, no clock, no wire framing): every call that needs
 the time takes ``now`` in float seconds.  Rules follow RFC 5352 section 3.1
 (registration, re-registration, consistency of policy type, transport type
@@ -12,216 +16,22 @@ raise ``HandlespaceError`` with the RFC 5354 cause code and change nothing.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
+from rserpool.fastinit import fast_constructor
+from rserpool.handlespace.entries import (
+    CAUSE_INCONSISTENT_DATA_CONTROL, CAUSE_INCONSISTENT_POLICY, CAUSE_INCONSISTENT_TRANSPORT,
+    CAUSE_INVALID_VALUES, CAUSE_LACK_OF_RESOURCES, CAUSE_SECURITY, CAUSE_UNKNOWN_POOL_HANDLE,
+    INFINITE_LIFE, MAX_INT32, TRANSPORT_TYPES, USE_DATA_AND_CONTROL, USE_DATA_ONLY,
+    HandlespaceError, HandlespaceLimits, PoolElementEntry, PoolInfo, RegistrationResult,
+)
 from rserpool.handlespace.policies import is_reserved_policy_type, make_policy
 from rserpool.handlespace.timers import DeadlineQueue
-from rserpool.handlespace.types import PolicySettings, SelectionPolicy
+from rserpool.handlespace.types import MAX_UINT32, PolicySettings, SelectionPolicy
+from rserpool.identity import normalize_identity
 from rserpool.wire.checksum import finish, pe_checksum, pe_sum
-from rserpool.wire.tlv import fast_constructor
 
-__all__ = [
-    "CAUSE_INVALID_VALUES",
-    "CAUSE_NON_UNIQUE_PE_ID",
-    "CAUSE_INCONSISTENT_POLICY",
-    "CAUSE_LACK_OF_RESOURCES",
-    "CAUSE_INCONSISTENT_TRANSPORT",
-    "CAUSE_INCONSISTENT_DATA_CONTROL",
-    "CAUSE_UNKNOWN_POOL_HANDLE",
-    "CAUSE_SECURITY",
-    "TRANSPORT_DCCP",
-    "TRANSPORT_SCTP",
-    "TRANSPORT_TCP",
-    "TRANSPORT_UDP",
-    "TRANSPORT_UDP_LITE",
-    "TRANSPORT_OPAQUE",
-    "USE_DATA_ONLY",
-    "USE_DATA_AND_CONTROL",
-    "INFINITE_LIFE",
-    "HandlespaceError",
-    "HandlespaceLimits",
-    "PoolElementEntry",
-    "PoolInfo",
-    "Registered",
-    "Handlespace",
-]
-
-# RFC 5354 section 3.12 cause codes used here.
-CAUSE_INVALID_VALUES = 0x3
-CAUSE_NON_UNIQUE_PE_ID = 0x4
-CAUSE_INCONSISTENT_POLICY = 0x5
-CAUSE_LACK_OF_RESOURCES = 0x6
-CAUSE_INCONSISTENT_TRANSPORT = 0x7
-CAUSE_INCONSISTENT_DATA_CONTROL = 0x8
-CAUSE_UNKNOWN_POOL_HANDLE = 0x9
-CAUSE_SECURITY = 0xA
-
-# RFC 5354 parameter types of the user transport.
-TRANSPORT_DCCP = 0x3
-TRANSPORT_SCTP = 0x4
-TRANSPORT_TCP = 0x5
-TRANSPORT_UDP = 0x6
-TRANSPORT_UDP_LITE = 0x7
-TRANSPORT_OPAQUE = 0x10
-TRANSPORT_TYPES = frozenset(
-    {TRANSPORT_DCCP, TRANSPORT_SCTP, TRANSPORT_TCP, TRANSPORT_UDP, TRANSPORT_UDP_LITE, TRANSPORT_OPAQUE}
-)
-
-# Transport Use (RFC 5354 section 3.3).
-USE_DATA_ONLY = 0
-USE_DATA_AND_CONTROL = 1
-
-INFINITE_LIFE = -1
-_MAX_INT32 = 0x7FFFFFFF
-_MAX_UINT32 = 0xFFFFFFFF
-
-
-class HandlespaceError(Exception):
-    """A refused operation; ``cause`` is the RFC 5354 cause code."""
-
-    def __init__(self, cause: int, detail: str) -> None:
-        super().__init__(f"cause 0x{cause:x}: {detail}")
-        self.cause = cause
-        self.detail = detail
-
-
-@dataclass(frozen=True, slots=True)
-class HandlespaceLimits:
-    """Bounds on everything a registering party controls.
-
-    ``max_pes_per_identity`` counts PEs bound to one authenticated identity
-    (PEs with no identity, e.g. learned from ENRP peers, are not counted
-    there, only in ``max_pes``).  ``max_unreachable_reporters`` bounds the
-    distinct reporters remembered per PE; ``unreachable_window`` is how long
-    (seconds) a series of reports counts before it starts again.
-    """
-
-    max_pools: int = 10_000
-    max_pes_per_pool: int = 100_000
-    max_pes: int = 1_000_000
-    max_pes_per_identity: int = 1_000
-    max_pool_handle_length: int = 64
-    max_registration_life: int = _MAX_INT32
-    max_unreachable_reporters: int = 16
-    unreachable_window: float = 60.0
-
-    def __post_init__(self) -> None:
-        for name in (
-            "max_pools",
-            "max_pes_per_pool",
-            "max_pes",
-            "max_pes_per_identity",
-            "max_pool_handle_length",
-            "max_registration_life",
-            "max_unreachable_reporters",
-        ):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1")
-        if self.unreachable_window <= 0:
-            raise ValueError("unreachable_window must be positive")
-
-
-class PoolElementEntry:
-    """One registered pool element (implements the policies' ``Member``).
-
-    Mutated only by its ``Handlespace`` (and ``policy_state`` only by the
-    pool's policy); others read it.  ``payload`` is opaque here: the
-    registrar keeps the wire Pool Element parameter there, and may keep
-    what it derives from it in ``payload_cache`` (the handlespace never
-    reads that slot; the registrar stores ``(payload, derived)`` and checks
-    that the payload is still the same object).  ``reply_cache`` is the
-    registrar's too, for what depends only on the pool handle and the PE
-    identifier (its answer to a registration); it goes with the entry.
-
-    ``expires_at`` and ``keepalive_due`` are the deadlines of the entry in
-    the handlespace's two ``DeadlineQueue``s, which write them (their
-    ``wanted_slot``); the ``_*_token`` and ``_*_queued`` slots are the
-    queues' own.
-    """
-
-    __slots__ = (
-        "pool_handle",
-        "pe_id",
-        "settings",
-        "policy_state",
-        "transport_type",
-        "transport_use",
-        "registration_life",
-        "home_server_id",
-        "identity",
-        "payload",
-        "payload_cache",
-        "reply_cache",
-        "expires_at",
-        "keepalive_due",
-        "unreachable",
-        "_expiry_token",
-        "_expiry_queued",
-        "_keepalive_token",
-        "_keepalive_queued",
-    )
-
-    def __init__(
-        self,
-        pool_handle: bytes,
-        pe_id: int,
-        settings: PolicySettings,
-        transport_type: int,
-        transport_use: int,
-        registration_life: int,
-        home_server_id: int,
-        identity: str | None = None,
-        payload: Any = None,
-    ) -> None:
-        self.pool_handle = pool_handle
-        self.pe_id = pe_id
-        self.settings = settings
-        self.policy_state: Any = None
-        self.transport_type = transport_type
-        self.transport_use = transport_use
-        self.registration_life = registration_life
-        self.home_server_id = home_server_id
-        self.identity = identity
-        self.payload = payload
-        self.payload_cache: Any = None
-        self.reply_cache: Any = None
-        self.expires_at: float | None = None
-        self.keepalive_due: float | None = None
-        # None, or (first report time, tuple of distinct reporters).
-        self.unreachable: tuple[float, tuple[Any, ...]] | None = None
-        self._expiry_token: int | None = None
-        self._expiry_queued: tuple | None = None
-        self._keepalive_token: int | None = None
-        self._keepalive_queued: tuple | None = None
-
-    def __repr__(self) -> str:
-        return (
-            f"PoolElementEntry(pool_handle={self.pool_handle!r}, pe_id=0x{self.pe_id:08x}, "
-            f"policy=0x{self.settings.policy_type:08x}, home=0x{self.home_server_id:08x})"
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class PoolInfo:
-    """The pool-wide settings fixed by its first PE (for error causes and
-    resolution responses)."""
-
-    pool_handle: bytes
-    policy_type: int
-    transport_type: int
-    transport_use: int
-    size: int
-
-
-@dataclass(frozen=True, slots=True)
-class Registered:
-    """The outcome of an accepted registration."""
-
-    entry: PoolElementEntry
-    created: bool  # a new PE (False: re-registration in place)
-    previous_owner: int | None  # owner before a re-registration
-
+__all__ = ["Handlespace", "PolicyFactory"]
 
 class _Pool:
     __slots__ = ("handle", "policy", "policy_type", "transport_type", "transport_use", "members", "handle_sum")
@@ -323,7 +133,8 @@ class Handlespace:
         return None if entry is None else entry.identity
 
     def identity_count(self, identity: str) -> int:
-        return self._identity_counts.get(identity, 0)
+        """PEs bound to ``identity`` (any spelling of it)."""
+        return self._identity_counts.get(normalize_identity(identity) or "", 0)
 
     # -------------------------------------------------------------- ownership
 
@@ -394,7 +205,7 @@ class Handlespace:
         home_server_id: int,
         identity: str | None = None,
         payload: Any = None,
-    ) -> Registered:
+    ) -> RegistrationResult:
         """Register a PE or re-register it in place (RFC 5352 section 3.1).
 
         The PE's owner becomes ``home_server_id`` (ownership moves on a
@@ -410,14 +221,14 @@ class Handlespace:
         # goes through the checks below, which then find the same facts.
         pool = self._pools.get(pool_handle) if type(pool_handle) is bytes else None
         if (pool is not None and type(pe_id) is int and type(home_server_id) is int
-                and type(registration_life) is int and 0 <= home_server_id <= _MAX_UINT32
+                and type(registration_life) is int and 0 <= home_server_id <= MAX_UINT32
                 and (0 <= registration_life <= limits.max_registration_life or registration_life == INFINITE_LIFE)
                 and settings.policy_type == pool.policy_type and transport_type == pool.transport_type
                 and transport_use == pool.transport_use and len(pool_handle) <= limits.max_pool_handle_length):
             entry = pool.members.get(pe_id)
             if entry is not None and (identity is None or identity == entry.identity):
                 life = registration_life
-                if life == INFINITE_LIFE and limits.max_registration_life < _MAX_INT32:
+                if life == INFINITE_LIFE and limits.max_registration_life < MAX_INT32:
                     life = limits.max_registration_life
                 pool.policy.update(entry, settings)
                 entry.transport_type = transport_type
@@ -433,30 +244,37 @@ class Handlespace:
                     self._expiry.cancel(entry)
                 else:
                     self._expiry.schedule(entry, now + life)  # sets entry.expires_at
-                return _make_registered(entry, False, previous_owner)
+                return _make_result(entry, False, previous_owner)
+        # Bound and counted in normalized form (rserpool.identity): one owner, one quota.
+        if identity is not None:
+            identity = normalize_identity(identity)
+            if identity is None:
+                raise HandlespaceError(CAUSE_SECURITY, "not a valid identity")
         # Validation (cause 0x3) and the handle length limit (0x6).
         if not isinstance(pool_handle, bytes) or not pool_handle:
-            raise HandlespaceError(CAUSE_INVALID_VALUES, "empty or non-bytes pool handle")
+            raise HandlespaceError(CAUSE_INVALID_VALUES, "empty or non-bytes pool handle", "pool_handle")
         if len(pool_handle) > limits.max_pool_handle_length:
             raise HandlespaceError(CAUSE_LACK_OF_RESOURCES, "pool handle too long")
         _check_uint32("pe_id", pe_id)
         _check_uint32("home_server_id", home_server_id)
         if transport_type not in TRANSPORT_TYPES:
-            raise HandlespaceError(CAUSE_INVALID_VALUES, f"unknown transport type 0x{transport_type:x}")
+            raise HandlespaceError(CAUSE_INVALID_VALUES, f"unknown transport type 0x{transport_type:x}",
+                                   "transport")
         if transport_use not in (USE_DATA_ONLY, USE_DATA_AND_CONTROL):
-            raise HandlespaceError(CAUSE_INVALID_VALUES, f"invalid transport use {transport_use}")
-        if registration_life != INFINITE_LIFE and not 0 <= registration_life <= _MAX_INT32:
-            raise HandlespaceError(CAUSE_INVALID_VALUES, f"invalid registration life {registration_life}")
+            raise HandlespaceError(CAUSE_INVALID_VALUES, f"invalid transport use {transport_use}", "transport")
+        if registration_life != INFINITE_LIFE and not 0 <= registration_life <= MAX_INT32:
+            raise HandlespaceError(CAUSE_INVALID_VALUES, f"invalid registration life {registration_life}",
+                                   "registration_life")
         # A finite max_registration_life also bounds an infinite life.
         registration_life_used = registration_life
         if registration_life == INFINITE_LIFE:
-            if limits.max_registration_life < _MAX_INT32:
+            if limits.max_registration_life < MAX_INT32:
                 registration_life_used = limits.max_registration_life
         elif registration_life > limits.max_registration_life:
             registration_life_used = limits.max_registration_life
 
         if is_reserved_policy_type(settings.policy_type):
-            raise HandlespaceError(CAUSE_INVALID_VALUES, "reserved policy type (RFC 5356 section 7.1)")
+            raise HandlespaceError(CAUSE_INVALID_VALUES, "reserved policy type (RFC 5356 section 7.1)", "policy")
 
         pool = self._pools.get(pool_handle)
         entry = None if pool is None else pool.members.get(pe_id)
@@ -492,7 +310,7 @@ class Handlespace:
             try:
                 policy = self._factory(settings.policy_type)
             except ValueError as exc:
-                raise HandlespaceError(CAUSE_INVALID_VALUES, f"unusable policy: {exc}") from exc
+                raise HandlespaceError(CAUSE_INVALID_VALUES, f"unusable policy: {exc}", "policy") from exc
             pool = _Pool(pool_handle, policy, settings.policy_type, transport_type, transport_use)
             created_pool = True
 
@@ -537,7 +355,7 @@ class Handlespace:
             self._expiry.cancel(entry)
         else:
             self._expiry.schedule(entry, now + registration_life_used)  # sets entry.expires_at
-        return Registered(entry, created, previous_owner)
+        return RegistrationResult(entry, created, previous_owner)
 
     def deregister(self, pool_handle: bytes, pe_id: int, identity: str | None = None) -> PoolElementEntry | None:
         """Remove a PE (RFC 5352 section 3.2); ``None`` if it is unknown
@@ -546,7 +364,8 @@ class Handlespace:
         entry = self.get(pool_handle, pe_id)
         if entry is None:
             return None
-        if identity is not None and entry.identity is not None and identity != entry.identity:
+        if (identity is not None and entry.identity is not None and identity != entry.identity
+                and normalize_identity(identity) != entry.identity):
             raise HandlespaceError(CAUSE_SECURITY, "PE identifier bound to another identity")
         self._remove(entry)
         return entry
@@ -703,9 +522,9 @@ class Handlespace:
             del self._pools[entry.pool_handle]
 
 
-_make_registered = fast_constructor(Registered)
+_make_result = fast_constructor(RegistrationResult)
 
 
 def _check_uint32(name: str, value: int) -> None:
-    if not isinstance(value, int) or not 0 <= value <= _MAX_UINT32:
+    if not isinstance(value, int) or not 0 <= value <= MAX_UINT32:
         raise HandlespaceError(CAUSE_INVALID_VALUES, f"{name} out of the 32-bit range")

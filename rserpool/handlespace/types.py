@@ -6,7 +6,6 @@ wire's Pool Member Selection Policy parameter onto ``PolicySettings``.
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 from typing import Any, Protocol, Sequence
 
@@ -34,7 +33,6 @@ POLICY_NAMES = {
 }
 
 ADAPTIVE_BIT = 0x40000000
-PRIVATE_BIT = 0x80000000
 MAX_UINT32 = 0xFFFFFFFF
 
 
@@ -92,4 +90,9 @@ class SelectionPolicy(Protocol):
     def __len__(self) -> int: ...
 
 
-RandomSource = random.Random
+def policy_mismatch(pool_type: int, settings: PolicySettings) -> ValueError:
+    """The error a policy raises for a member whose policy type is not its pool's."""
+    return ValueError(
+        f"policy type 0x{settings.policy_type:08x} does not match the "
+        f"pool's 0x{pool_type:08x}"
+    )

@@ -9,12 +9,15 @@ The embedded authorizer reads a rules file, one rule per line::
     registrar2          peer                   *
     @operators          admin                  *
 
-- *subject* is an identity name, ``@group`` (a group the identity belongs to,
+- *subject* is an identity name (read in normalized form,
+  :func:`rserpool.identity.normalize_identity`: ``PE1`` is ``pe1``), ``@group`` (a group the identity belongs to,
   e.g. from a certificate mapping, LDAP or RADIUS), or ``*`` (any
   authenticated identity; for ``resolve`` also an anonymous pool user).
 - *actions*: ``register``, ``deregister``, ``resolve``, ``peer`` (act as an
-  ENRP peer registrar), ``admin`` (use the operators' endpoint), or ``all``.
-  (``enrp``, the old name of ``peer``, is refused with a message saying so.)
+  ENRP peer registrar), ``admin`` (read the admin endpoint; its pool handle
+  is empty, so grant it with the pattern ``*``), or ``all`` (every action but
+  ``admin``, which is only ever granted by name).  (``enrp``, the old name of
+  ``peer``, is refused with a message saying so.)
 - *patterns* are shell-style globs (``fnmatch``, case-sensitive) over the pool
   handle, which is read as UTF-8; a handle that is not valid UTF-8 only
   matches ``*`` or a ``hex:`` pattern such as ``hex:0a0b*``.
@@ -32,9 +35,18 @@ import re
 from dataclasses import dataclass
 from typing import Iterable
 
-__all__ = ["ACTIONS", "Rule", "RulesError", "RulesAuthorizer", "parse_rules", "load_rules"]
+from zope.interface import implementer
+
+from rserpool.identity import normalize_identity
+from rserpool.interfaces import IPoolAuthorizer
+
+__all__ = [
+    "ACTIONS", "Rule", "RulesError", "RulesAuthorizer", "parse_rules", "load_rules", "pool_matches",
+]
 
 ACTIONS = frozenset({"register", "deregister", "resolve", "peer", "admin"})
+#: What ``all`` stands for: the admin door is never granted by a wildcard.
+_ALL_ACTIONS = ACTIONS - {"admin"}
 #: Actions renamed since: refused with a message that names the new one.
 _RENAMED = {"enrp": "peer"}
 _MAX_RULES = 100_000
@@ -64,10 +76,13 @@ class Rule:
                 return False
         elif subject != identity:
             return False
-        return any(_match(pattern, handle) for pattern in self.patterns)
+        return any(pool_matches(pattern, handle) for pattern in self.patterns)
 
 
-def _match(pattern: str, handle: bytes) -> bool:
+def pool_matches(pattern: str, handle: bytes) -> bool:
+    """Shell-glob match of a pool handle (UTF-8, case-sensitive), or
+    ``hex:`` over its lower-case hex; ``*`` matches every handle.  The one
+    pool pattern rule of the rules file and the RADIUS and LDAP backends."""
     if pattern == "*":
         return True
     if pattern.startswith("hex:"):
@@ -97,11 +112,16 @@ def parse_rules(text: str, source: str = "<rules>") -> tuple[Rule, ...]:
         subject, actions_text, patterns = words[0], words[1], tuple(words[2:])
         if not _NAME.match(subject):
             raise RulesError(f"{source}:{number}: bad subject {subject!r}")
+        if subject != "*" and not subject.startswith("@"):
+            canonical = normalize_identity(subject)
+            if canonical is None:
+                raise RulesError(f"{source}:{number}: bad subject {subject!r}")
+            subject = canonical
         actions = set()
         for action in actions_text.split(","):
             action = action.strip()
             if action == "all":
-                actions |= ACTIONS
+                actions |= _ALL_ACTIONS
             elif action in ACTIONS:
                 actions.add(action)
             elif action in _RENAMED:
@@ -125,6 +145,7 @@ def load_rules(path: str) -> tuple[Rule, ...]:
 _DECISIONS_CACHED = 4096
 
 
+@implementer(IPoolAuthorizer)
 class RulesAuthorizer:
     """First matching rule decides; no match means no.
 
@@ -182,6 +203,12 @@ class RulesAuthorizer:
             return answer
         answer = False
         rules = self.rules
+        if identity is not None:
+            # Rules name normalized identities; so is the one asked about (no
+            # spelling of a name escapes its rules or reaches another's).
+            identity = normalize_identity(identity)
+            if identity is None:
+                return False
         for number in self._candidates(identity, group_set, action):
             rule = rules[number]
             if rule.matches(identity, group_set, action, pool_handle):

@@ -45,6 +45,8 @@ from cryptography.x509.oid import (
     SignatureAlgorithmOID,
 )
 
+from rserpool.security.der import DerError, pss_parameters, public_key_bits
+
 __all__ = [
     "CertKey",
     "FailurePolicy",
@@ -170,157 +172,12 @@ class OcspDecision:
 
 
 # --------------------------------------------------------------------------
-# Minimal DER reading (for the SPKI key bits and RSASSA-PSS parameters,
-# which cryptography does not expose for OCSP responses).
-
-
-class _DerError(ValueError):
-    pass
-
-
-def _der_item(data: bytes, pos: int, end: int) -> tuple[int, int, int]:
-    """Return (tag, content start, content end) of the item at ``pos``."""
-    if pos + 2 > end:
-        raise _DerError("truncated")
-    tag = data[pos]
-    if tag & 0x1F == 0x1F:
-        raise _DerError("multi-byte tag")
-    length = data[pos + 1]
-    pos += 2
-    if length & 0x80:
-        count = length & 0x7F
-        if count == 0 or count > 4 or pos + count > end:
-            raise _DerError("bad length")
-        length = int.from_bytes(data[pos : pos + count], "big")
-        pos += count
-    if pos + length > end:
-        raise _DerError("truncated content")
-    return tag, pos, pos + length
-
-
-def _der_children(data: bytes, start: int, end: int) -> list[tuple[int, int, int]]:
-    items = []
-    pos = start
-    while pos < end:
-        item = _der_item(data, pos, end)
-        items.append(item)
-        pos = item[2]
-        if len(items) > 64:
-            raise _DerError("too many items")
-    return items
-
-
-def _der_oid(content: bytes) -> str:
-    if not content:
-        raise _DerError("empty OID")
-    parts: list[int] = []
-    value = 0
-    for byte in content:
-        value = (value << 7) | (byte & 0x7F)
-        if not byte & 0x80:
-            parts.append(value)
-            value = 0
-    if content[-1] & 0x80:
-        raise _DerError("truncated OID")
-    first = parts[0]
-    head = [min(first // 40, 2), first - 40 * min(first // 40, 2)]
-    return ".".join(str(p) for p in head + parts[1:])
-
-
-_TAG_SEQUENCE = 0x30
-_TAG_OID = 0x06
-_TAG_INTEGER = 0x02
-_TAG_BIT_STRING = 0x03
-_TAG_OCTET_STRING = 0x04
-
-_HASHES_BY_OID: dict[str, type[hashes.HashAlgorithm]] = {
-    "1.3.14.3.2.26": hashes.SHA1,
-    "2.16.840.1.101.3.4.2.4": hashes.SHA224,
-    "2.16.840.1.101.3.4.2.1": hashes.SHA256,
-    "2.16.840.1.101.3.4.2.2": hashes.SHA384,
-    "2.16.840.1.101.3.4.2.3": hashes.SHA512,
-}
-_MGF1_OID = "1.2.840.113549.1.1.8"
-
-
-def _public_key_bits(public_key: object) -> bytes:
-    """The subjectPublicKey BIT STRING value (what CertID and KeyHash hash)."""
-    spki = public_key.public_bytes(  # type: ignore[attr-defined]
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    _, start, end = _der_item(spki, 0, len(spki))
-    children = _der_children(spki, start, end)
-    tag, bits_start, bits_end = children[1]
-    if tag != _TAG_BIT_STRING or bits_end <= bits_start:
-        raise _DerError("no key bit string")
-    return spki[bits_start + 1 : bits_end]
-
-
-def _algorithm_identifier(data: bytes, start: int, end: int) -> tuple[str, tuple[int, int, int] | None]:
-    children = _der_children(data, start, end)
-    if not children or children[0][0] != _TAG_OID:
-        raise _DerError("bad AlgorithmIdentifier")
-    oid = _der_oid(data[children[0][1] : children[0][2]])
-    return oid, (children[1] if len(children) > 1 else None)
-
-
-def _hash_from_algid(data: bytes, start: int, end: int) -> hashes.HashAlgorithm:
-    oid, _ = _algorithm_identifier(data, start, end)
-    try:
-        return _HASHES_BY_OID[oid]()
-    except KeyError:
-        raise _DerError(f"unknown hash {oid}") from None
-
-
-def _pss_parameters(response_der: bytes) -> tuple[hashes.HashAlgorithm, padding.PSS]:
-    """Hash and padding of an RSASSA-PSS-signed basic OCSP response."""
-    # OCSPResponse ::= SEQUENCE { responseStatus, responseBytes [0] EXPLICIT
-    #   SEQUENCE { responseType OID, response OCTET STRING } }
-    _, start, end = _der_item(response_der, 0, len(response_der))
-    outer = _der_children(response_der, start, end)
-    _, start, end = _der_item(response_der, outer[1][1], outer[1][2])
-    response_bytes = _der_children(response_der, start, end)
-    tag, start, end = response_bytes[1]
-    if tag != _TAG_OCTET_STRING:
-        raise _DerError("no response octet string")
-    basic = response_der[start:end]
-    # BasicOCSPResponse ::= SEQUENCE { tbsResponseData, signatureAlgorithm, ... }
-    _, start, end = _der_item(basic, 0, len(basic))
-    fields = _der_children(basic, start, end)
-    _, start, end = fields[1]
-    _, params = _algorithm_identifier(basic, start, end)
-    hash_algorithm: hashes.HashAlgorithm = hashes.SHA1()
-    mgf_hash: hashes.HashAlgorithm = hashes.SHA1()
-    salt_length = 20
-    if params is not None:
-        for tag, c_start, c_end in _der_children(basic, params[1], params[2]):
-            inner_tag, i_start, i_end = _der_item(basic, c_start, c_end)
-            if tag == 0xA0:
-                hash_algorithm = _hash_from_algid(basic, i_start, i_end)
-            elif tag == 0xA1:
-                mgf_oid, mgf_params = _algorithm_identifier(basic, i_start, i_end)
-                if mgf_oid != _MGF1_OID or mgf_params is None:
-                    raise _DerError("unsupported mask generation function")
-                mgf_hash = _hash_from_algid(basic, mgf_params[1], mgf_params[2])
-            elif tag == 0xA2:
-                if inner_tag != _TAG_INTEGER:
-                    raise _DerError("bad salt length")
-                salt_length = int.from_bytes(basic[i_start:i_end], "big")
-            elif tag == 0xA3:
-                if int.from_bytes(basic[i_start:i_end], "big") != 1:
-                    raise _DerError("unsupported trailer field")
-    if salt_length > 1024:
-        raise _DerError("absurd salt length")
-    return hash_algorithm, padding.PSS(mgf=padding.MGF1(mgf_hash), salt_length=salt_length)
-
-
-# --------------------------------------------------------------------------
 # Requests, responder URLs, cache keys
 
 
 def _key_hash(public_key: object, algorithm: hashes.HashAlgorithm) -> bytes:
     digest = hashes.Hash(algorithm)
-    digest.update(_public_key_bits(public_key))
+    digest.update(public_key_bits(public_key))
     return digest.finalize()
 
 
@@ -425,8 +282,8 @@ def _check_signature(response: x509_ocsp.OCSPResponse, der: bytes, signer: x509.
             return
         if oid == SignatureAlgorithmOID.RSASSA_PSS:
             try:
-                hash_algorithm, pss = _pss_parameters(der)
-            except (_DerError, IndexError) as exc:
+                hash_algorithm, pss = pss_parameters(der)
+            except (DerError, IndexError) as exc:
                 raise OcspError(OcspFailure.UNSUPPORTED_ALGORITHM, f"PSS parameters: {exc}") from None
             _refuse_weak_hash(hash_algorithm)
             if not isinstance(key, rsa.RSAPublicKey):
@@ -570,7 +427,7 @@ def verify_response(
         if single is None:
             raise OcspError(OcspFailure.CERT_ID_MISMATCH, "no single response for this certificate")
         extensions = response.extensions
-    except (ValueError, TypeError, _DerError, UnsupportedAlgorithm) as exc:
+    except (ValueError, TypeError, DerError, UnsupportedAlgorithm) as exc:
         raise OcspError(OcspFailure.MALFORMED, str(exc)) from None
     _check_nonce(extensions, nonce, options)
     skew = options.clock_skew

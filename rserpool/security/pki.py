@@ -2,8 +2,8 @@
 
 Everything here is pure apart from the explicit file helpers: no Twisted, no
 hidden clock reads (every builder takes ``now``), randomness only for keys and
-default serial numbers.  :func:`ensure_dev_pki` is the one convenience that
-touches the file system; it reads the clock only when ``now`` is omitted.
+default serial numbers.  The development PKI kept in a directory
+(``ensure_dev_pki``) is :mod:`rserpool.security.devpki`.
 
 Certificate profiles:
 
@@ -14,6 +14,11 @@ Certificate profiles:
 - PE / PU (client): subject CN and a URI SAN ``urn:rserpool:<role>:<name>``,
   EKU clientAuth.
 - OCSP responder: EKU OCSPSigning and the id-pkix-ocsp-nocheck extension.
+
+A server certificate whose EKU lacks serverAuth is refused by our clients
+(OpenSSL's ``ssl_server`` purpose); a client certificate without clientAuth
+is refused by our servers (:func:`rserpool.security.tls.has_client_auth_usage`:
+a certificate without any extended key usage is refused as a client too).
 """
 
 from __future__ import annotations
@@ -33,16 +38,16 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 __all__ = [
     "CertificateProfileError",
-    "DevPKIPaths",
     "IssuedCertificate",
     "KeyType",
     "PrivateKey",
+    "as_utc",
     "create_ca",
     "create_client_certificate",
     "create_crl",
     "create_ocsp_responder_certificate",
     "create_server_certificate",
-    "ensure_dev_pki",
+    "general_name",
     "generate_private_key",
     "load_certificate",
     "load_certificates",
@@ -62,8 +67,6 @@ DEFAULT_CA_DAYS = 3650
 DEFAULT_LEAF_DAYS = 825
 #: Certificates start this much before ``now`` to tolerate clock skew.
 DEFAULT_BACKDATE = _dt.timedelta(minutes=5)
-PE_URI_PREFIX = "urn:rserpool:pe:"
-PU_URI_PREFIX = "urn:rserpool:pu:"
 
 
 class CertificateProfileError(ValueError):
@@ -107,7 +110,7 @@ def generate_private_key(key_type: KeyType = "ec", rsa_bits: int = 3072) -> Priv
     raise CertificateProfileError(f"unknown key type {key_type!r}")
 
 
-def _utc(moment: _dt.datetime) -> _dt.datetime:
+def as_utc(moment: _dt.datetime) -> _dt.datetime:
     if moment.tzinfo is None:
         raise CertificateProfileError("datetimes must be timezone-aware (UTC)")
     return moment.astimezone(_dt.timezone.utc)
@@ -119,8 +122,8 @@ def _window(
     not_before: _dt.datetime | None,
     not_after: _dt.datetime | None,
 ) -> tuple[_dt.datetime, _dt.datetime]:
-    start = _utc(not_before) if not_before is not None else _utc(now) - DEFAULT_BACKDATE
-    end = _utc(not_after) if not_after is not None else _utc(now) + _dt.timedelta(days=days)
+    start = as_utc(not_before) if not_before is not None else as_utc(now) - DEFAULT_BACKDATE
+    end = as_utc(not_after) if not_after is not None else as_utc(now) + _dt.timedelta(days=days)
     if end <= start:
         raise CertificateProfileError("not_after must be later than not_before")
     return start, end
@@ -151,7 +154,7 @@ def _key_usage(key: PrivateKey, *, ca: bool = False) -> x509.KeyUsage:
     )
 
 
-def _general_name(name: str) -> x509.GeneralName:
+def general_name(name: str) -> x509.GeneralName:
     try:
         return x509.IPAddress(ipaddress.ip_address(name))
     except ValueError:
@@ -287,7 +290,7 @@ def create_server_certificate(
     """
     if not names:
         raise CertificateProfileError("a server certificate needs at least one name")
-    sans = [_general_name(n) for n in names]
+    sans = [general_name(n) for n in names]
     key = key if key is not None else generate_private_key(key_type)
     window = _window(now, days, not_before, not_after)
     cn = common_name if common_name is not None else names[0]
@@ -333,7 +336,7 @@ def create_client_certificate(
     uri_list = list(uris) if uris is not None else [f"urn:rserpool:{role}:{name}"]
     try:
         sans: list[x509.GeneralName] = [x509.UniformResourceIdentifier(u) for u in uri_list]
-        sans += [_general_name(d) for d in dns_names]
+        sans += [general_name(d) for d in dns_names]
         sans += [x509.RFC822Name(e) for e in emails]
     except ValueError as exc:  # non-ASCII URI or e-mail address
         raise CertificateProfileError(str(exc)) from exc
@@ -395,7 +398,7 @@ def create_crl(
     """
     if crl_number < 0:
         raise CertificateProfileError("CRL number must not be negative")
-    this_update = _utc(now)
+    this_update = as_utc(now)
     builder = (
         x509.CertificateRevocationListBuilder()
         .issuer_name(ca.certificate.subject)
@@ -418,7 +421,7 @@ def create_crl(
         entry = (
             x509.RevokedCertificateBuilder()
             .serial_number(serial)
-            .revocation_date(_utc(when))
+            .revocation_date(as_utc(when))
         )
         if reason is not None:
             entry = entry.add_extension(x509.CRLReason(reason), critical=False)
@@ -499,130 +502,3 @@ def load_crl(path: PathLike) -> x509.CertificateRevocationList:
     if b"-----BEGIN" in data:
         return x509.load_pem_x509_crl(data)
     return x509.load_der_x509_crl(data)
-
-
-# --- development PKI -------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class DevPKIPaths:
-    """Where :func:`ensure_dev_pki` keeps its files."""
-
-    directory: Path
-    ca_cert: Path
-    ca_key: Path
-    server_cert: Path
-    server_key: Path
-    pe_cert: Path
-    pe_key: Path
-    pu_cert: Path
-    pu_key: Path
-    created: bool  # True if anything was (re)issued on this call
-
-    @classmethod
-    def in_directory(cls, directory: Path, created: bool = False) -> DevPKIPaths:
-        return cls(
-            directory=directory,
-            ca_cert=directory / "ca.pem",
-            ca_key=directory / "ca.key",
-            server_cert=directory / "registrar.pem",
-            server_key=directory / "registrar.key",
-            pe_cert=directory / "pe.pem",
-            pe_key=directory / "pe.key",
-            pu_cert=directory / "pu.pem",
-            pu_key=directory / "pu.key",
-            created=created,
-        )
-
-
-def _usable(cert_path: Path, key_path: Path, now: _dt.datetime, margin: _dt.timedelta) -> bool:
-    if not (cert_path.is_file() and key_path.is_file()):
-        return False
-    try:
-        cert = load_certificate(cert_path)
-        load_private_key(key_path)
-    except (ValueError, CertificateProfileError):
-        return False
-    return cert.not_valid_before_utc <= now and now + margin < cert.not_valid_after_utc
-
-
-def _server_covers(cert_path: Path, names: Sequence[str]) -> bool:
-    wanted = {_general_name(n) for n in names}
-    return wanted <= set(subject_alt_names(load_certificate(cert_path)))
-
-
-def ensure_dev_pki(
-    directory: PathLike,
-    server_names: Sequence[str] = ("localhost", "127.0.0.1", "::1"),
-    *,
-    now: _dt.datetime | None = None,
-    pe_name: str = "pe1",
-    pu_name: str = "pu1",
-    key_type: KeyType = "ec",
-) -> DevPKIPaths:
-    """Create a development CA plus registrar, PE and PU certificates once, reuse them later.
-
-    Reuses whatever is still valid for at least a day; re-issues leaf
-    certificates that are missing, about to expire, or (for the registrar) do
-    not cover ``server_names``; creates a new CA (and so new leaves) only when
-    the CA itself is unusable.  The directory is created with mode 0700 and
-    keys are written with mode 0600.  ``now`` defaults to the current time.
-    """
-    moment = _utc(now) if now is not None else _dt.datetime.now(_dt.timezone.utc)
-    root = Path(directory)
-    root.mkdir(mode=0o700, parents=True, exist_ok=True)
-    paths = DevPKIPaths.in_directory(root)
-    day = _dt.timedelta(days=1)
-    created = False
-
-    if _usable(paths.ca_cert, paths.ca_key, moment, _dt.timedelta(days=30)):
-        ca = IssuedCertificate(load_certificate(paths.ca_cert), load_private_key(paths.ca_key))
-    else:
-        ca = create_ca("rserpool development CA", moment, key_type=key_type)
-        write_private_key(paths.ca_key, ca.private_key)
-        write_certificate(paths.ca_cert, ca.certificate)
-        for stale in (paths.server_cert, paths.pe_cert, paths.pu_cert):
-            stale.unlink(missing_ok=True)
-        created = True
-
-    def issued_by_ca(cert_path: Path) -> bool:
-        cert = load_certificate(cert_path)
-        return cert.issuer == ca.certificate.subject and (
-            _aki(cert) == _ski(ca.certificate)
-        )
-
-    def needs(cert_path: Path, key_path: Path) -> bool:
-        return not (_usable(cert_path, key_path, moment, day) and issued_by_ca(cert_path))
-
-    if needs(paths.server_cert, paths.server_key) or not _server_covers(
-        paths.server_cert, server_names
-    ):
-        leaf = create_server_certificate(ca, list(server_names), moment, key_type=key_type)
-        write_private_key(paths.server_key, leaf.private_key)
-        write_certificate(paths.server_cert, leaf.certificate)
-        created = True
-    for name, role, cert_path, key_path in (
-        (pe_name, "pe", paths.pe_cert, paths.pe_key),
-        (pu_name, "pu", paths.pu_cert, paths.pu_key),
-    ):
-        if needs(cert_path, key_path):
-            leaf = create_client_certificate(ca, name, moment, role=role, key_type=key_type)
-            write_private_key(key_path, leaf.private_key)
-            write_certificate(cert_path, leaf.certificate)
-            created = True
-    return DevPKIPaths.in_directory(root, created=created)
-
-
-def _ski(cert: x509.Certificate) -> bytes | None:
-    try:
-        return cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
-    except x509.ExtensionNotFound:
-        return None
-
-
-def _aki(cert: x509.Certificate) -> bytes | None:
-    try:
-        ext = cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier)
-    except x509.ExtensionNotFound:
-        return None
-    return ext.value.key_identifier

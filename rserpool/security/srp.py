@@ -167,10 +167,6 @@ class SrpGroup:
         )
         object.__setattr__(self, "_g_pow", _FixedBase(self.g, self.n))
 
-    @property
-    def hash_len(self) -> int:
-        return hashlib.new(self.hash_name).digest_size
-
     def hash(self, *parts: bytes) -> bytes:
         h = hashlib.new(self.hash_name)
         for part in parts:

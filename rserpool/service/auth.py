@@ -43,6 +43,7 @@ from rserpool.security import _internals
 from rserpool.security import exchange as ex
 from rserpool.security.credentials import Authenticator
 from rserpool.security.tls import NotTLSError, export_keying_material, tls_connection
+from rserpool.stats import EventCounts
 
 __all__ = [
     "AuthenticationError",
@@ -160,6 +161,8 @@ class RegistrarAuthenticator:
                              exchange_lifetime=exchange_lifetime)
         self._channels: dict[Any, _ChannelState] = {}
         self.stats = {"succeeded": 0, "failed": 0, "unavailable": 0}
+        # Counters for operators (rserpool.stats); the registrar shares its own.
+        self.events = EventCounts()
 
     @staticmethod
     def handles(message: Any) -> bool:
@@ -208,14 +211,17 @@ class RegistrarAuthenticator:
                 self._verify(channel, state, event.credentials)
             elif kind is ex.AuthSucceeded:
                 self.stats["succeeded"] += 1
+                self.events.authenticated(event.identity.mechanism, True)
                 self._decided(channel, gate.authenticated(adm, event.identity, self.clock.seconds()))
             elif kind is ex.AuthFailed:
                 self.stats["failed"] += 1
+                self.events.authenticated(event.mechanism or "unknown", False)
                 self._decided(channel, gate.authentication_failed(
                     adm, event.identity, event.mechanism, event.reason_for_log, event.final,
                     self.clock.seconds()))
             elif kind is ex.AuthUnavailable:
                 self.stats["unavailable"] += 1
+                self.events.outage("authenticator")
                 self._decided(channel, gate.authentication_unavailable(
                     adm, event.identity, event.mechanism, event.reason_for_log, self.clock.seconds()))
         if state.exchange is not None:

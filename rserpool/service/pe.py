@@ -1,5 +1,5 @@
 """The pool element library: the Twisted shell around
-``rserpool.asap.pe.PoolElementSession``.
+``rserpool.asap.pe.PeRegistration``.
 
 ``PoolElementService`` is a ``twisted.application.service.Service``: start it
 and it hunts for a registrar (``rserpool.service.hunt.ServerHunt``, or any
@@ -27,10 +27,11 @@ with ``failover=True`` when the home registrar was lost, ``RegistrationLost``,
 docs/pe-library.md.
 
 Keep-alives over ``PeSettings.keepalive_rate``/``keepalive_burst`` on a
-registrar channel are not answered (RFC 5355 2.14).  The first one dropped on
-a channel is logged (warning), then at most one summary line per
+registrar channel are not answered (RFC 5355 2.14) and logged sparingly by
+``drop_log`` (:class:`rserpool.service.keepalive_log.KeepAliveDropLog`: the
+first one dropped on a channel, then at most one summary line per
 ``keepalive_log_interval`` seconds while drops go on, and one when the
-channel closes with drops not yet logged.  ``stats["keepalives_dropped"]``
+channel closes with drops not yet logged).  ``stats["keepalives_dropped"]``
 counts them (``stats["keepalives_answered"]`` the answered ones) over the
 service's life.
 """
@@ -48,16 +49,17 @@ from twisted.python.failure import Failure
 
 from rserpool.asap.pe import (
     CloseChannel, Deregistered, Failed, HomeChanged, Ignored, KeepAliveDropped, NeedServer,
-    PeSettings, PeState, PoolElementSession, Registered, RegistrationLost, RegistrationRefused, Send,
+    PeSettings, PeState, PeRegistration, Registered, RegistrationLost, RegistrationRefused, Send,
 )
-from rserpool.service.channel import Channel, ChannelSettings
+from rserpool.service.channel import Channel, ChannelSettings, address_text
+from rserpool.service.keepalive_log import KeepAliveDropLog
 from rserpool.wire import AsapEndpointKeepAliveAck, AsapRegistration, WireError, error_reply
 from rserpool.wire.codes import PPID_ASAP
-from rserpool.wire.params import format_handle
+from rserpool.wire.params import pool_handle_text
 from rserpool.wire.transports import Transport
 
 __all__ = [
-    "PoolElementService", "PoolElement", "Hunt", "PoolElementError", "RegistrationRefusedError",
+    "PoolElementService", "Hunt", "PoolElementError", "RegistrationRefusedError",
     "RegistrationFailedError", "PoolElementStopped", "static_hunt", "AuthenticationFailedError",
 ]
 
@@ -104,17 +106,6 @@ class PoolElementStopped(PoolElementError):
         super().__init__("the pool element stopped")
 
 
-class _DropLog:
-    """What the log said about one channel's dropped keep-alives."""
-
-    __slots__ = ("total", "unlogged", "call")
-
-    def __init__(self) -> None:
-        self.total = 0  # dropped on this channel
-        self.unlogged = 0  # dropped since the last line
-        self.call: IDelayedCall | None = None  # the next summary
-
-
 class PoolElementService(Service):
     """One pool element registered in one pool, with failover."""
 
@@ -138,15 +129,13 @@ class PoolElementService(Service):
         authenticator: Any = None,
         keepalive_log_interval: float = 60.0,
     ) -> None:
-        if not keepalive_log_interval > 0:
-            raise ValueError("keepalive_log_interval must be positive")
         self.reactor = reactor
         # SRP/CHAP before registering (rserpool.service.auth.PeAuthenticator), on
         # every new registrar channel (so again after a failover).
         self.authenticator = authenticator
         self._auth_blocked = False
         self.channel_settings = channel_settings or ChannelSettings()
-        self.core = PoolElementSession(pool_handle, user_transport, policy, registration_life,
+        self.core = PeRegistration(pool_handle, user_transport, policy, registration_life,
                                        settings, pe_id=pe_id, randbits=randbits)
         self.server_hunt: Any = None
         if hunt is None:
@@ -180,8 +169,9 @@ class PoolElementService(Service):
         # RFC 5355 2.14: counters over the service's life (the core is
         # replaced when the service restarts), and the drop log per channel.
         self.stats = {"keepalives_answered": 0, "keepalives_dropped": 0}
-        self.keepalive_log_interval = keepalive_log_interval
-        self._drop_logs: dict[Channel, _DropLog] = {}
+        self.drop_log = KeepAliveDropLog(
+            reactor, keepalive_log_interval, pe_id=lambda: self.pe_id,
+            dropped_in_all=lambda: self.stats["keepalives_dropped"])
 
     # -- state ------------------------------------------------------------------------
 
@@ -220,17 +210,20 @@ class PoolElementService(Service):
 
     def startService(self) -> None:
         super().startService()
-        if self.core.state is PeState.STOPPED:  # restarted: same PE, new session
+        if self.core.state is PeState.STOPPED:  # restarted: same PE, new registration
             old = self.core
-            self.core = PoolElementSession(old.pool_handle, old.element.user_transport, old.policy,
+            self.core = PeRegistration(old.pool_handle, old.element.user_transport, old.policy,
                                            old.registration_life, old.settings, pe_id=old.pe_id)
         _log.info("PE {pe_id:08x} starting: pool {handle}, {transport}, life {life} s",
-                  pe_id=self.pe_id, handle=format_handle(self.pool_handle),
+                  pe_id=self.pe_id, handle=pool_handle_text(self.pool_handle),
                   transport=self.core.element.user_transport, life=self.core.registration_life)
         self._carry_out(self.core.start(self.reactor.seconds()))
 
     def stopService(self) -> defer.Deferred[None]:
-        """Deregister (at most T3), then close the channels."""
+        """Deregister (at most T3), then close the channels cleanly (the
+        registrar's last message acknowledged, a TLS close_notify; a
+        registrar that does not complete the close is aborted after the
+        channel's ``close_timeout``)."""
         super().stopService()
         d = self.deregister()
 
@@ -239,9 +232,8 @@ class PoolElementService(Service):
             self._cancel_timer()
             closing = [channel.closed_deferred() for channel in self.channels]
             for channel in list(self.channels):
-                channel.abort()
-            for channel in list(self._drop_logs):
-                self._end_drop_log(channel)
+                channel.close()
+            self.drop_log.close_all()
             return defer.DeferredList(closing)
 
         d.addBoth(close)
@@ -312,21 +304,24 @@ class PoolElementService(Service):
             self._carry_out(self.core.message_received(channel, message, now))
 
     def wire_error(self, channel: Channel, ppid: int, error: WireError, now: float) -> None:
-        _log.warn("undecodable message from registrar {peer}: {error}", peer=channel.peer, error=error)
+        _log.warn("undecodable message from registrar {peer}: {error}", peer=address_text(channel.peer), error=error)
         if error.report is not None and channel in self.channels:
             channel.send(error_reply(error, PPID_ASAP))
 
     def data_received(self, channel: Channel, ppid: int, payload: bytes, now: float) -> None:
-        _log.warn("ignoring data with PPID {ppid} from registrar {peer}", ppid=ppid, peer=channel.peer)
+        _log.warn("ignoring data with PPID {ppid} from registrar {peer}", ppid=ppid, peer=address_text(channel.peer))
 
     def channel_closed(self, channel: Channel, reason: Failure) -> None:
-        self._end_drop_log(channel)
+        self.drop_log.channel_closed(channel)
         if channel not in self.channels:
             return
         self.channels.discard(channel)
         if channel is self.core.home:
-            _log.warn("PE {pe_id:08x}: channel to home registrar {peer} closed: {reason}",
-                      pe_id=self.pe_id, peer=channel.peer, reason=reason.getErrorMessage())
+            # Closed by us (deregistered, stopping): expected; by the
+            # registrar or the network: the PE must find another registrar.
+            log = _log.info if channel.closing or self.core.state is PeState.STOPPED else _log.warn
+            log("PE {pe_id:08x}: channel to home registrar {peer} closed: {reason}",
+                pe_id=self.pe_id, peer=address_text(channel.peer), reason=reason.getErrorMessage())
             address = _address_of(channel)
             self._avoid = (address,) if address is not None else ()
         self._carry_out(self.core.channel_down(channel, self.reactor.seconds()))
@@ -353,7 +348,7 @@ class PoolElementService(Service):
             self._hunt_failed(Failure(PoolElementError("the registrar's channel closed before use")))
             return
         self.channels.add(channel)
-        _log.info("PE {pe_id:08x}: registrar channel to {peer} ready", pe_id=self.pe_id, peer=channel.peer)
+        _log.info("PE {pe_id:08x}: registrar channel to {peer} ready", pe_id=self.pe_id, peer=address_text(channel.peer))
         if self.authenticator is not None:
             d = self.authenticator.authenticate(channel)
             d.addCallbacks(self._authenticated, self._authentication_failed,
@@ -365,7 +360,7 @@ class PoolElementService(Service):
         if channel.closed or channel not in self.channels:
             return
         _log.info("PE {pe_id:08x} authenticated to {peer} by {mechanism}", pe_id=self.pe_id,
-                  peer=channel.peer, mechanism=event.mechanism)
+                  peer=address_text(channel.peer), mechanism=event.mechanism)
         self._carry_out(self.core.channel_up(channel, self.reactor.seconds()))
 
     def _authentication_failed(self, failure: Failure, channel: Channel) -> None:
@@ -379,11 +374,11 @@ class PoolElementService(Service):
             return
         if error.transient:
             _log.warn("PE {pe_id:08x}: authentication to {peer} did not complete ({reason}); "
-                      "hunting again", pe_id=self.pe_id, peer=channel.peer, reason=error)
+                      "hunting again", pe_id=self.pe_id, peer=address_text(channel.peer), reason=error)
             self._hunt_failed(failure)
             return
         _log.error("PE {pe_id:08x}: authentication to registrar {peer} failed: {reason}; "
-                   "not registering until retry()", pe_id=self.pe_id, peer=channel.peer,
+                   "not registering until retry()", pe_id=self.pe_id, peer=address_text(channel.peer),
                    reason=error)
         self._auth_blocked = True
         for observer in list(self._observers):
@@ -430,7 +425,7 @@ class PoolElementService(Service):
                 output.channel.send(output.message)
                 continue
             if kind is CloseChannel:
-                _log.info("closing channel to {peer}: {reason}", peer=output.channel.peer,
+                _log.info("closing channel to {peer}: {reason}", peer=address_text(output.channel.peer),
                           reason=output.reason)
                 output.channel.abort()
                 continue
@@ -456,7 +451,7 @@ class PoolElementService(Service):
     def _registered(self, event: Registered) -> None:
         self.last_registered = event
         _log.info("PE {pe_id:08x} {what} in pool {handle} (home registrar {server})",
-                  pe_id=event.pe_id, handle=format_handle(self.pool_handle),
+                  pe_id=event.pe_id, handle=pool_handle_text(self.pool_handle),
                   what="re-registered" if event.reregistration else "registered",
                   server=_server(event.server_id))
         if event.warning is not None:
@@ -468,7 +463,7 @@ class PoolElementService(Service):
 
     def _refused(self, event: RegistrationRefused) -> None:
         _log.error("PE {pe_id:08x}: registration in pool {handle} refused: {cause}",
-                   pe_id=self.pe_id, handle=format_handle(self.pool_handle), cause=event.cause)
+                   pe_id=self.pe_id, handle=pool_handle_text(self.pool_handle), cause=event.cause)
         self._fail_waiters(RegistrationRefusedError(event))
 
     def _failed(self, event: Failed) -> None:
@@ -487,7 +482,7 @@ class PoolElementService(Service):
     def _deregistered(self, event: Deregistered) -> None:
         self.last_deregistered = event
         _log.info("PE {pe_id:08x} deregistered from pool {handle} ({how})", pe_id=self.pe_id,
-                  handle=format_handle(self.pool_handle),
+                  handle=pool_handle_text(self.pool_handle),
                   how="confirmed" if event.confirmed else "not confirmed")
         self._cancel_hunt()
         self._fail_waiters(PoolElementStopped())
@@ -502,54 +497,9 @@ class PoolElementService(Service):
                   message=getattr(event.message, "name", event.message), reason=event.reason)
 
     def _keepalive_dropped(self, event: KeepAliveDropped) -> None:
-        # RFC 5355 2.14: one line for the first drop on a channel, then at
-        # most one summary per keepalive_log_interval (none while quiet).
         self.stats["keepalives_dropped"] += 1
-        channel = event.channel
-        log = self._drop_logs.get(channel)
-        if log is None:
-            log = self._drop_logs[channel] = _DropLog()
-            log.total = 1
-            settings = self.core.settings
-            _log.warn("PE {pe_id:08x}: registrar {peer} sends keep-alives faster than "
-                      "{rate:g}/s (burst {burst:g}); not answering the excess (RFC 5355 2.14); "
-                      "further drops are summarized every {interval:g} s",
-                      pe_id=self.pe_id, peer=channel.peer,
-                      rate=settings.keepalive_rate, burst=settings.keepalive_burst,
-                      interval=self.keepalive_log_interval)
-        else:
-            log.total += 1
-            log.unlogged += 1
-        if log.call is None:
-            log.call = self.reactor.callLater(self.keepalive_log_interval,
-                                              self._summarize_drops, channel)
-
-    def _summarize_drops(self, channel: Channel) -> None:
-        log = self._drop_logs.get(channel)
-        if log is None:
-            return
-        log.call = None
-        if not log.unlogged:
-            return  # quiet for an interval: the next drop starts a new one
-        self._log_drops(channel, log, f"in the last {self.keepalive_log_interval:g} s")
-        log.call = self.reactor.callLater(self.keepalive_log_interval, self._summarize_drops, channel)
-
-    def _end_drop_log(self, channel: Channel) -> None:
-        log = self._drop_logs.pop(channel, None)
-        if log is None:
-            return
-        if log.call is not None and log.call.active():
-            log.call.cancel()
-        log.call = None
-        if log.unlogged:
-            self._log_drops(channel, log, "before the channel closed")
-
-    def _log_drops(self, channel: Channel, log: _DropLog, when: str) -> None:
-        _log.warn("PE {pe_id:08x}: dropped {count} more keep-alive(s) from registrar {peer} "
-                  "{when} ({total} on this channel, {all} in all)", pe_id=self.pe_id,
-                  count=log.unlogged, peer=channel.peer, when=when,
-                  total=log.total, all=self.stats["keepalives_dropped"])
-        log.unlogged = 0
+        settings = self.core.settings
+        self.drop_log.dropped(event.channel, settings.keepalive_rate, settings.keepalive_burst)
 
     _event_handlers: dict[type, Callable[[Any, Any], None]] = {
         NeedServer: _need_server,
@@ -591,10 +541,6 @@ class PoolElementService(Service):
         self._timer = None
         self._timer_at = None
         self._carry_out(self.core.timer(self.reactor.seconds()))
-
-
-#: The name the issue uses for the PE service.
-PoolElement = PoolElementService
 
 
 def _server(server_id: int | None) -> str:

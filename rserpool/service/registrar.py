@@ -27,6 +27,7 @@ import ipaddress
 import random
 from typing import Any, Iterable
 
+from OpenSSL import SSL, crypto
 from twisted.application.service import MultiService
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.error import UnauthorizedLogin, UnhandledCredentials
@@ -61,9 +62,11 @@ from rserpool.security.psk import psk_identity
 from rserpool.security.revocation import RevocationGate, verified_chain
 from rserpool.security.tls import NotTLSError, tls_connection
 from rserpool.service.auth import RegistrarAuthenticator
-from rserpool.service.channel import Channel, ChannelSettings
+from rserpool.service.channel import Channel, ChannelSettings, address_text
 from rserpool.service.tlsfactory import TLSServerFactory
+from rserpool.stats import EventCounts
 from rserpool.wire import WireError
+from rserpool.wire.params import pool_handle_text
 from rserpool.wire.transports import TcpTransport
 
 __all__ = ["RegistrarService", "AnnounceProtocol"]
@@ -150,6 +153,9 @@ class RegistrarService(MultiService):
         super().__init__()
         if not IPoolAuthorizer.providedBy(authorizer):
             raise TypeError(f"{authorizer!r} does not provide IPoolAuthorizer")
+        # Counters for operators (rserpool.stats); shared with the authenticator.
+        self.events = EventCounts()
+        self.started: float | None = None
         self.reactor = reactor
         self.clock: IReactorTime = reactor
         self.listen = tuple(listen)
@@ -168,6 +174,7 @@ class RegistrarService(MultiService):
         if self.checkers.srp_checker is not None or self.checkers.handles(IChapCredentials):
             self.authenticator = RegistrarAuthenticator(reactor, self.gate, self.checkers,
                                                         **(exchange_options or {}))
+            self.authenticator.events = self.events
         elif self.checkers.handles(ISrpCredentials):
             raise TypeError("the SRP checker does not provide ISrpChecker (it cannot issue challenges)")
         self.handlespace = Handlespace(limits or HandlespaceLimits(), rng=random.Random(self.rng.random()))
@@ -210,6 +217,7 @@ class RegistrarService(MultiService):
     @defer.inlineCallbacks
     def startService(self):  # noqa: N802 (Twisted)
         super().startService()
+        self.started = self.clock.seconds()
         for description in self.listen:
             factory: Any = _RegistrarFactory(self, tls=self.tls_options is not None)
             if self.tls_options is not None:
@@ -219,7 +227,7 @@ class RegistrarService(MultiService):
             self.ports.append(port)
             self.listening_addresses.append(port.getHost())
             _log.info("registrar {server_id:08x} listening for ASAP on {address} ({tls})",
-                      server_id=self.server_id, address=port.getHost(),
+                      server_id=self.server_id, address=address_text(port.getHost()),
                       tls="TLS" if self.tls_options is not None else "PLAINTEXT")
         if self.announce_multicast:
             _log.info("announcing to multicast group {group}", group=self.announce_multicast)
@@ -303,6 +311,29 @@ class RegistrarService(MultiService):
         d.addCallbacks(self._identified, self._identification_failed, callbackArgs=(channel,),
                        errbackArgs=(channel,))
 
+    def certificate_identity(self, certificate: Any, transport: Any = None) -> defer.Deferred[Identity | None]:
+        """Who a verified client certificate (``cryptography`` or pyOpenSSL)
+        names, as on the ASAP door: its OCSP check first when that is on and
+        ``transport`` gives the chain (refused: nobody), then the configured
+        certificate authenticator.  For the other doors (the admin endpoint)."""
+        if isinstance(certificate, crypto.X509):
+            credentials = CertificateCredentials.from_x509(certificate, self.identity_policy)
+        else:
+            credentials = CertificateCredentials(certificate, self.identity_policy)
+        gate = self.revocation
+        if gate is not None and gate.enabled and transport is not None:
+            d = gate.check(credentials.certificate, verified_chain(transport))
+            d.addCallback(self._revocation_checked, None, credentials)
+        else:
+            d = self._authenticate(None, credentials)
+        return d.addErrback(self._refused_certificate)
+
+    @staticmethod
+    def _refused_certificate(failure: Failure) -> None:
+        failure.trap(_Revoked)
+        _log.warn("client certificate refused: {reason}", reason=failure.getErrorMessage())
+        return None
+
     def _revocation_checked(self, decision: Any, channel: Channel, credentials: Any) -> Any:
         if not decision.allowed:
             raise _Revoked(decision.reason)
@@ -313,13 +344,14 @@ class RegistrarService(MultiService):
         d.addErrback(self._no_identity, channel, credentials)
         return d
 
-    @staticmethod
-    def _no_identity(failure: Failure, channel: Channel, credentials: Any) -> None:
+    def _no_identity(self, failure: Failure, channel: Channel, credentials: Any) -> None:
         failure.trap(UnauthorizedLogin, UnhandledCredentials)
         if failure.check(UnauthorizedLogin):
-            _log.warn("{what} from {peer} yields no identity", peer=channel.peer,
-                      what="client certificate" if isinstance(credentials, CertificateCredentials)
-                      else "TLS-PSK identity")
+            certificate = isinstance(credentials, CertificateCredentials)
+            self.events.authenticated("certificate" if certificate else "tls-psk", False)
+            _log.warn("{what} from {peer} yields no identity",
+                      peer=address_text(channel.peer) if channel is not None else "another door",
+                      what="client certificate" if certificate else "TLS-PSK identity")
         return None
 
     def _identified(self, identity: Identity | None, channel: Channel) -> None:
@@ -327,6 +359,8 @@ class RegistrarService(MultiService):
         admission = self.channels.get(channel)
         if admission is None or channel.closed:
             return
+        if identity is not None:
+            self.events.authenticated(identity.mechanism, True)
         self._decided(self.gate.identified(admission, identity, self.clock.seconds()))
 
     def _identification_failed(self, failure: Failure, channel: Channel) -> None:
@@ -335,10 +369,13 @@ class RegistrarService(MultiService):
         if failure.check(defer.CancelledError) or admission is None or channel.closed:
             return  # the channel went away first
         if failure.check(_Revoked):
+            self.events.authenticated("certificate", False)
             reason = f"certificate refused: {failure.value}"
         elif failure.check(BackendUnavailable):
+            self.events.outage("certificate-check")
             reason = f"identity unavailable: {failure.getErrorMessage()}"
         else:
+            self.events.outage("certificate-check")
             _log.failure("certificate check (revocation or mapping) failed; closing the channel", failure)
             reason = f"certificate check failed: {failure.getErrorMessage()}"
         self._decided(self.gate.identification_refused(admission, reason, self.clock.seconds()))
@@ -403,20 +440,23 @@ class RegistrarService(MultiService):
 
     def wire_error(self, channel: Channel, ppid: int, error: WireError, now: float) -> None:
         session = channel.session
-        _log.info("undecodable message from {peer}: {error}", peer=channel.peer, error=error)
+        _log.info("undecodable message from {peer}: {error}", peer=address_text(channel.peer), error=error)
         if session is None:
             self._hold(channel, "wire", error, now, ppid)
         else:
             self._carry_out(self.core.wire_error(session, error))
 
     def data_received(self, channel: Channel, ppid: int, payload: bytes, now: float) -> None:
-        _log.info("closing channel from {peer}: unexpected PPID {ppid}", peer=channel.peer, ppid=ppid)
+        _log.info("closing channel from {peer}: unexpected PPID {ppid}", peer=address_text(channel.peer),
+                  ppid=ppid)
         channel.abort()
 
     def channel_closed(self, channel: Channel, reason: Failure) -> None:
         session = channel.session
         if self.authenticator is not None:
             self.authenticator.channel_closed(channel)
+        if channel.tls and not channel.ready and reason is not None and reason.check(SSL.Error):
+            self.events.tls_handshake_failures += 1
         self._held.pop(channel, None)
         identifying = self._identifying.pop(channel, None)
         if identifying is not None:
@@ -454,12 +494,12 @@ class RegistrarService(MultiService):
                 output.session.channel.close()
             elif kind is PoolElementAdded:
                 if output.created:
-                    _log.info("PE {pe_id:08x} registered in pool {handle!r} by {identity}",
-                              pe_id=output.entry.pe_id, handle=output.entry.pool_handle,
+                    _log.info("PE {pe_id:08x} registered in pool {handle} by {identity}",
+                              pe_id=output.entry.pe_id, handle=pool_handle_text(output.entry.pool_handle),
                               identity=output.entry.identity)
             elif kind is PoolElementRemoved:
-                _log.info("PE {pe_id:08x} left pool {handle!r}: {reason}", pe_id=output.entry.pe_id,
-                          handle=output.entry.pool_handle, reason=output.reason)
+                _log.info("PE {pe_id:08x} left pool {handle}: {reason}", pe_id=output.entry.pe_id,
+                          handle=pool_handle_text(output.entry.pool_handle), reason=output.reason)
         self._arm_timer()
 
     def _authorize(self, ask: AskAuthorizer) -> None:
@@ -480,9 +520,10 @@ class RegistrarService(MultiService):
         self._carry_out(self.core.authorization_done(ask, allowed is True, self.clock.seconds()))
 
     def _authorization_failed(self, failure: Failure, ask: AskAuthorizer) -> None:
+        self.events.outage("authorizer")
         if not failure.check(BackendUnavailable):
-            _log.failure("authorization backend failed for {identity} ({action} {handle!r})", failure,
-                         identity=ask.identity, action=ask.action, handle=ask.pool_handle)
+            _log.failure("authorization backend failed for {identity} ({action} in pool {handle})", failure,
+                         identity=ask.identity, action=ask.action, handle=pool_handle_text(ask.pool_handle))
         self._carry_out(self.core.authorization_done(ask, None, self.clock.seconds(),
                                                      failure.getErrorMessage()))
 

@@ -6,13 +6,13 @@ import struct
 from dataclasses import dataclass
 from typing import ClassVar
 
-from rserpool.wire import codes
+import rserpool.wire.codes as codes
 from rserpool.wire.params import (
     Cookie, OperationError, PoolElement, check32, check_tuple, encode_pe_id, encode_pool_handle,
 )
-from rserpool.wire.params import _MK_PE
+from rserpool.wire.params import _MK_PE, _POLICY_CLASSES
 from rserpool.wire.policy import _MK_LU
-from rserpool.wire.tlv import DECODERS, HDR as _HDR, PADDING, U32, Ctx, invalid, walk
+from rserpool.wire.tlv import DECODERS, HDR as _HDR, PADDING, U32, Ctx, invalid, malformed, tlv_bytes, walk
 from rserpool.wire.transports import _MK_TCP, SctpTransport, TcpTransport, _address
 from rserpool.wire.messages import Message, expect, frame_message, register
 
@@ -312,10 +312,8 @@ def encode_resolution_response(pool_handle: bytes, policy: bytes | None, pool_el
 
 
 def _check_policy(policy: object) -> None:
-    if policy is not None:
-        from rserpool.wire.params import _POLICY_CLASSES
-        if not isinstance(policy, _POLICY_CLASSES):
-            raise ValueError(f"not a policy: {policy!r}")
+    if policy is not None and not isinstance(policy, _POLICY_CLASSES):
+        raise ValueError(f"not a policy: {policy!r}")
 
 
 _SERVER_ID = struct.Struct("!I")
@@ -353,7 +351,7 @@ class AsapEndpointKeepAlive(_Asap, Message):
     @classmethod
     def _decode(cls, data: bytes, flags: int, length: int, ctx: Ctx):
         if length < 8:
-            raise invalid(f"{cls.name} without a server identifier", data[:length])
+            raise malformed(f"{cls.name} without a server identifier")
         subs = walk(data, 8, length, 1, ctx)
         handle, pe_id = expect(subs, ((H, "1"), (PEID, "?")), data, length, cls.name)
         return cls._make(U32.unpack_from(data, 4)[0], handle, bool(flags & codes.FLAG_HOME), pe_id)
@@ -383,12 +381,12 @@ class AsapServerAnnounce(_Asap, Message):
     @classmethod
     def _decode(cls, data: bytes, flags: int, length: int, ctx: Ctx):
         if length < 8:
-            raise invalid(f"{cls.name} without a server identifier", data[:length])
+            raise malformed(f"{cls.name} without a server identifier")
         subs = walk(data, 8, length, 1, ctx)
         for ptype, _, start in subs:
             if ptype not in (codes.PARAM_SCTP_TRANSPORT, codes.PARAM_TCP_TRANSPORT):
                 raise invalid(f"{cls.name}: parameter 0x{ptype:04x} is not an SCTP or"
-                              " TCP transport", data[:length])
+                              " TCP transport", tlv_bytes(data, start))
         return cls._make(U32.unpack_from(data, 4)[0], tuple(v for _, v, _ in subs))
 
 

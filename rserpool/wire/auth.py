@@ -25,11 +25,13 @@ import struct
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar
 
-from rserpool.wire import codes
+import rserpool.wire.codes as codes
 from rserpool.wire.messages import Message, expect, register
-from rserpool.wire.params import ErrorCause, OperationError
-from rserpool.wire.errors import WireError
-from rserpool.wire.tlv import DECODERS, HDR, Ctx, LACK_OF_RESOURCES, frame, invalid, unknown_parameter
+from rserpool.wire.errors import ErrorCause, WireError
+from rserpool.wire.params import OperationError
+from rserpool.wire.tlv import (
+    DECODERS, HDR, Ctx, LACK_OF_RESOURCES, frame, invalid, malformed, tlv_bytes, unknown_parameter,
+)
 
 
 __all__ = [
@@ -119,24 +121,26 @@ def _dec_raw(data: bytes, start: int, end: int, depth: int, ctx: Ctx) -> bytes:
 def _dec_mechanism(data: bytes, start: int, end: int, depth: int, ctx: Ctx) -> str:
     raw = bytes(data[start:end])
     if not 1 <= len(raw) <= MAX_MECHANISM_LEN or not all(0x21 <= b < 0x7F for b in raw):
-        raise invalid("Auth Mechanism: 1-32 printable ASCII bytes expected", raw)
+        raise invalid("Auth Mechanism: 1-32 printable ASCII bytes expected", data[start - 4:end])
     return raw.decode("ascii")
 
 
 def _dec_identity(data: bytes, start: int, end: int, depth: int, ctx: Ctx) -> str:
     raw = bytes(data[start:end])
     if not 1 <= len(raw) <= MAX_IDENTITY_LEN:
-        raise invalid(f"Auth Identity: 1-{MAX_IDENTITY_LEN} bytes expected", raw)
+        raise invalid(f"Auth Identity: 1-{MAX_IDENTITY_LEN} bytes expected", data[start - 4:end])
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
-        raise invalid("Auth Identity: not UTF-8", raw) from None
+        raise invalid("Auth Identity: not UTF-8", data[start - 4:end]) from None
 
 
 def _dec_id_and(size: int, what: str) -> Callable[[bytes, int, int, int, Ctx], tuple[int, bytes]]:
     def decode(data: bytes, start: int, end: int, depth: int, ctx: Ctx) -> tuple[int, bytes]:
+        if end - start < 4:
+            raise malformed(f"{what}: {end - start} bytes, {4 + size} expected")
         if end - start != 4 + size:
-            raise invalid(f"{what}: {4 + size} bytes expected", data[start:end])
+            raise invalid(f"{what}: {4 + size} bytes expected", data[start - 4:end])
         (identifier,) = _ID_HEAD.unpack_from(data, start)
         return identifier, bytes(data[start + 4:end])
 
@@ -145,7 +149,7 @@ def _dec_id_and(size: int, what: str) -> Callable[[bytes, int, int, int, Ctx], t
 
 def _dec_code(data: bytes, start: int, end: int, depth: int, ctx: Ctx) -> int:
     if end - start != 4:
-        raise invalid("Auth Failure Code: 4 bytes expected", data[start:end])
+        raise malformed("Auth Failure Code: 4 bytes expected")
     return _CODE.unpack_from(data, start)[0]
 
 
@@ -169,12 +173,11 @@ def _walk(data: bytes, length: int, ctx: Ctx) -> list[tuple[int, Any, int]]:
     pos = 4
     while pos < length:
         if pos + 4 > length:
-            raise invalid("truncated parameter header", data[pos:length])
+            raise malformed("truncated parameter header")
         ptype, plen = HDR.unpack_from(data, pos)
         tend = pos + plen
         if plen < 4 or tend > length:
-            raise invalid(f"parameter 0x{ptype:04x} length {plen} exceeds its container",
-                          data[pos:length])
+            raise malformed(f"parameter 0x{ptype:04x} length {plen} exceeds its container")
         ctx.count += 1
         if ctx.count > limits.max_parameters:
             raise WireError(LACK_OF_RESOURCES, f"more than {limits.max_parameters} parameters")
@@ -187,10 +190,13 @@ def _walk(data: bytes, length: int, ctx: Ctx) -> list[tuple[int, Any, int]]:
     return out
 
 
-def _sized(value: bytes, what: str, low: int, high: int, data: bytes, length: int) -> bytes:
+def _sized(subs: list, index: int, what: str, low: int, high: int, data: bytes) -> bytes:
+    """The value of ``subs[index]``, whose size must be within low..high
+    (else Invalid Values quoting that parameter)."""
+    value = subs[index][1]
     if not low <= len(value) <= high:
         size = str(low) if low == high else f"{low}-{high}"
-        raise invalid(f"{what}: {size} bytes expected, got {len(value)}", data[:length])
+        raise invalid(f"{what}: {size} bytes expected, got {len(value)}", tlv_bytes(data, subs[index][2]))
     return value
 
 
@@ -242,9 +248,11 @@ class AsapAuthOffer(_Auth, Message):
 
     @classmethod
     def _decode(cls, data: bytes, flags: int, length: int, ctx: Ctx):
-        (mechanisms,) = expect(_walk(data, length, ctx), ((MECH, "+"),), data, length, cls.name)
+        subs = _walk(data, length, ctx)
+        (mechanisms,) = expect(subs, ((MECH, "+"),), data, length, cls.name)
         if len(mechanisms) > MAX_MECHANISMS:
-            raise invalid(f"{cls.name}: more than {MAX_MECHANISMS} mechanisms", data[:length])
+            raise invalid(f"{cls.name}: more than {MAX_MECHANISMS} mechanisms",
+                          tlv_bytes(data, subs[MAX_MECHANISMS][2]))
         return cls._make(mechanisms)
 
 
@@ -292,11 +300,11 @@ class AsapAuthSrpChallenge(_Auth, Message):
 
     @classmethod
     def _decode(cls, data: bytes, flags: int, length: int, ctx: Ctx):
-        salt, public = expect(_walk(data, length, ctx), ((SALT, "1"), (PUBLIC, "1")),
-                              data, length, cls.name)
-        return cls._make(_sized(salt, "SRP Salt", MIN_SALT_LEN, MAX_SALT_LEN, data, length),
-                         _sized(public, "SRP Public Value", SRP_PUBLIC_LEN, SRP_PUBLIC_LEN,
-                                data, length))
+        subs = _walk(data, length, ctx)
+        expect(subs, ((SALT, "1"), (PUBLIC, "1")), data, length, cls.name)
+        return cls._make(_sized(subs, 0, "SRP Salt", MIN_SALT_LEN, MAX_SALT_LEN, data),
+                         _sized(subs, 1, "SRP Public Value", SRP_PUBLIC_LEN, SRP_PUBLIC_LEN,
+                                data))
 
 
 @register
@@ -318,11 +326,11 @@ class AsapAuthSrpProof(_Auth, Message):
 
     @classmethod
     def _decode(cls, data: bytes, flags: int, length: int, ctx: Ctx):
-        public, proof = expect(_walk(data, length, ctx), ((PUBLIC, "1"), (PROOF, "1")),
-                               data, length, cls.name)
+        subs = _walk(data, length, ctx)
+        expect(subs, ((PUBLIC, "1"), (PROOF, "1")), data, length, cls.name)
         return cls._make(
-            _sized(public, "SRP Public Value", SRP_PUBLIC_LEN, SRP_PUBLIC_LEN, data, length),
-            _sized(proof, "SRP Proof", SRP_PROOF_LEN, SRP_PROOF_LEN, data, length))
+            _sized(subs, 0, "SRP Public Value", SRP_PUBLIC_LEN, SRP_PUBLIC_LEN, data),
+            _sized(subs, 1, "SRP Proof", SRP_PROOF_LEN, SRP_PROOF_LEN, data))
 
 
 @register
@@ -397,10 +405,10 @@ class AsapAuthSuccess(_Auth, Message):
 
     @classmethod
     def _decode(cls, data: bytes, flags: int, length: int, ctx: Ctx):
-        mechanism, proof = expect(_walk(data, length, ctx), ((MECH, "1"), (PROOF, "?")),
-                                  data, length, cls.name)
+        subs = _walk(data, length, ctx)
+        mechanism, proof = expect(subs, ((MECH, "1"), (PROOF, "?")), data, length, cls.name)
         if proof is not None:
-            _sized(proof, "SRP Proof", SRP_PROOF_LEN, SRP_PROOF_LEN, data, length)
+            _sized(subs, 1, "SRP Proof", SRP_PROOF_LEN, SRP_PROOF_LEN, data)
         return cls._make(mechanism, proof or b"")
 
 

@@ -9,13 +9,14 @@ import struct
 from dataclasses import dataclass
 from typing import ClassVar
 
-from rserpool.wire import codes
+from rserpool.fastinit import fast_constructor
+import rserpool.wire.codes as codes
 from rserpool.wire.messages import Message, expect, register
 from rserpool.wire.params import (
     OperationError, PeChecksum, PoolElement, ServerInformation, check32, check_tuple,
-    encode_pool_handle,
+    encode_pool_handle, format_handle,
 )
-from rserpool.wire.tlv import Ctx, fast_constructor, invalid, walk
+from rserpool.wire.tlv import Ctx, invalid, malformed, tlv_bytes, walk
 
 __all__ = [
     "EnrpPresence", "EnrpHandleTableRequest", "EnrpHandleTableResponse", "PoolEntry",
@@ -41,8 +42,7 @@ class _Enrp:
     @classmethod
     def _ids(cls, data: bytes, length: int, size: int = 12) -> tuple:
         if length < size:
-            raise invalid(f"{cls.name} shorter than its {size - 4} bytes of fixed fields",
-                          data[:length])
+            raise malformed(f"{cls.name} shorter than its {size - 4} bytes of fixed fields")
         return _IDS.unpack_from(data, 4)
 
 
@@ -142,7 +142,6 @@ class PoolEntry:
             raise ValueError("a pool entry needs at least one pool element")
 
     def __str__(self) -> str:
-        from rserpool.wire.params import format_handle
         return f"{format_handle(self.pool_handle)}: [{', '.join(map(str, self.pool_elements))}]"
 
     __repr__ = __str__
@@ -186,12 +185,12 @@ class EnrpHandleTableResponse(_Enrp, Message):
         while i < n:
             if subs[i][0] != H:
                 raise invalid(f"{cls.name}: a pool entry must start with a pool handle",
-                              data[:length])
+                              tlv_bytes(data, subs[i][2]))
             j = i + 1
             while j < n and subs[j][0] == PE:
                 j += 1
             if j == i + 1:
-                raise invalid(f"{cls.name}: pool entry without a pool element", data[:length])
+                raise malformed(f"{cls.name}: pool entry without a pool element")
             entries.append(_MK_ENTRY(subs[i][1], tuple(v for _, v, _ in subs[i + 1:j])))
             i = j
         return cls._make(sender, receiver, tuple(entries), bool(flags & codes.FLAG_MORE_TO_SEND),
@@ -228,10 +227,10 @@ class EnrpHandleUpdate(_Enrp, Message):
     @classmethod
     def _decode(cls, data: bytes, flags: int, length: int, ctx: Ctx):
         if length < 16:
-            raise invalid(f"{cls.name} shorter than its fixed fields", data[:length])
+            raise malformed(f"{cls.name} shorter than its fixed fields")
         sender, receiver, action, _ = _IDS_ACTION.unpack_from(data, 4)
         if action not in codes.UPDATE_ACTION_NAMES:
-            raise invalid(f"{cls.name}: unknown update action 0x{action:04x}", data[:length])
+            raise malformed(f"{cls.name}: unknown update action 0x{action:04x}")
         subs = walk(data, 16, length, 1, ctx)
         handle, pe = expect(subs, ((H, "1"), (PE, "1")), data, length, cls.name)
         return cls._make(sender, receiver, action, handle, pe)
@@ -285,8 +284,7 @@ class _Takeover(_Enrp):
     @classmethod
     def _decode(cls, data: bytes, flags: int, length: int, ctx: Ctx):
         if length < 16:
-            raise invalid(f"{cls.name} shorter than its 12 bytes of fixed fields",
-                          data[:length])
+            raise malformed(f"{cls.name} shorter than its 12 bytes of fixed fields")
         sender, receiver, target = _IDS_TARGET.unpack_from(data, 4)
         subs = walk(data, 16, length, 1, ctx)
         expect(subs, (), data, length, cls.name)

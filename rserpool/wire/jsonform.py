@@ -12,9 +12,10 @@ import dataclasses
 from ipaddress import ip_address
 from typing import Any
 
-from rserpool.wire import codes
+import rserpool.wire.codes as codes
+from rserpool.wire.errors import ErrorCause
 from rserpool.wire.messages import REGISTRY, Message
-from rserpool.wire.params import ErrorCause, OperationError, PoolElement, ServerInformation
+from rserpool.wire.params import OperationError, PoolElement, ServerInformation
 from rserpool.wire.policy import OpaquePolicy, POLICY_CLASSES
 from rserpool.wire.enrp import PoolEntry
 from rserpool.wire.transports import (

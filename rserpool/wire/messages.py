@@ -10,10 +10,11 @@ import struct
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, Iterable
 
-from rserpool.wire import codes
-from rserpool.wire.errors import DEFAULT_LIMITS, Limits, WireError
-from rserpool.wire.params import ErrorCause, OperationError, format_handle
-from rserpool.wire.tlv import Ctx, fast_constructor, invalid, last_padding, new_ctx, walk
+from rserpool.fastinit import fast_constructor
+import rserpool.wire.codes as codes
+from rserpool.wire.errors import DEFAULT_LIMITS, ErrorCause, Limits, WireError
+from rserpool.wire.params import OperationError, format_handle
+from rserpool.wire.tlv import invalid, last_padding, malformed, new_ctx, tlv_bytes
 
 __all__ = ["DecodeCache", "Message", "decode_message", "encode_message", "error_reply", "REGISTRY"]
 
@@ -140,10 +141,10 @@ def decode_message(data: bytes, ppid: int, limits: Limits = DEFAULT_LIMITS) -> M
     if size > limits.max_message_size:
         raise WireError(0x6, f"message of {size} bytes exceeds {limits.max_message_size}")
     if size < 4:
-        raise invalid(f"message of {size} bytes is shorter than its header", data)
+        raise malformed(f"message of {size} bytes is shorter than its header")
     mtype, flags, length = MSG_HDR.unpack_from(data, 0)
     if length < 4 or length > size or size - length > 3:
-        raise invalid(f"message length {length} does not match the {size} bytes received", data)
+        raise malformed(f"message length {length} does not match the {size} bytes received")
     cls = table.get(mtype)
     if cls is None:
         return _unknown_message(data, mtype, ppid)
@@ -153,7 +154,7 @@ def decode_message(data: bytes, ppid: int, limits: Limits = DEFAULT_LIMITS) -> M
     except WireError:
         raise
     except (ValueError, TypeError, IndexError, struct.error) as exc:  # defensive: never leak these
-        raise invalid(f"invalid value in {cls.name}: {exc}", data[:length]) from None
+        raise malformed(f"invalid value in {cls.name}: {exc}") from None
     if ctx.unrecognized:
         object.__setattr__(msg, "unrecognized", ctx.unrecognized)
     return msg
@@ -218,7 +219,8 @@ def _unknown_message(data: bytes, mtype: int, ppid: int) -> Message:
     proto = "ASAP" if ppid == codes.PPID_ASAP else "ENRP"
     if mtype & 0xC0 == codes.UNKNOWN_MESSAGE_REPORT:
         raise WireError(codes.CAUSE_UNRECOGNIZED_MESSAGE,
-                        f"unknown {proto} message type 0x{mtype:02x} (discard, report)", data)
+                        f"unknown {proto} message type 0x{mtype:02x} (discard, report)",
+                        data[:MSG_HDR.unpack_from(data, 0)[2]])
     raise WireError(None, f"unknown {proto} message type 0x{mtype:02x} (discard)", data)
 
 
@@ -228,8 +230,9 @@ def expect(subs: list, pattern: tuple[tuple[int, str], ...], data: bytes, length
 
     kind is "1" (exactly one), "?" (optional), "*" (any number) or "+"
     (one or more).  Returns one value per pattern entry (None for a missing
-    optional one, a tuple for repeated ones).  Missing, duplicated or
-    misplaced parameters raise Invalid Values with the message.
+    optional one, a tuple for repeated ones).  A duplicated, misplaced
+    or unexpected parameter raises Invalid Values with that parameter's
+    TLV; a missing one (no TLV to quote) Unspecified Error.
     """
     out = []
     i = 0
@@ -239,9 +242,11 @@ def expect(subs: list, pattern: tuple[tuple[int, str], ...], data: bytes, length
             if i < n and subs[i][0] == ptype:
                 out.append(subs[i][1])
                 i += 1
+            elif i < n:
+                raise invalid(f"{what}: parameter 0x{subs[i][0]:04x} where 0x{ptype:04x} belongs",
+                              tlv_bytes(data, subs[i][2]))
             else:
-                raise invalid(f"{what}: missing or misplaced parameter 0x{ptype:04x}",
-                              data[:length])
+                raise malformed(f"{what}: missing parameter 0x{ptype:04x}")
         elif kind == "?":
             if i < n and subs[i][0] == ptype:
                 out.append(subs[i][1])
@@ -253,12 +258,14 @@ def expect(subs: list, pattern: tuple[tuple[int, str], ...], data: bytes, length
             while j < n and subs[j][0] == ptype:
                 j += 1
             if kind == "+" and j == i:
-                raise invalid(f"{what}: needs at least one parameter 0x{ptype:04x}",
-                              data[:length])
+                if i < n:
+                    raise invalid(f"{what}: parameter 0x{subs[i][0]:04x} where 0x{ptype:04x} belongs",
+                                  tlv_bytes(data, subs[i][2]))
+                raise malformed(f"{what}: needs at least one parameter 0x{ptype:04x}")
             out.append(tuple(v for _, v, _ in subs[i:j]))
             i = j
     if i != n:
-        raise invalid(f"{what}: unexpected parameter 0x{subs[i][0]:04x}", data[:length])
+        raise invalid(f"{what}: unexpected parameter 0x{subs[i][0]:04x}", tlv_bytes(data, subs[i][2]))
     return out
 
 
@@ -267,8 +274,10 @@ def error_reply(err_or_causes: WireError | OperationError | Iterable[ErrorCause]
     """An ASAP_ERROR (PPID 11) or ENRP_ERROR (PPID 12) carrying the causes.
 
     A WireError gives its ``report`` (ValueError when the RFC says to
-    discard silently).  Cause information too long to fit in one message
-    (e.g. a whole 64 KiB unrecognized message) is truncated.
+    discard silently).  Cause information is never truncated (a cut TLV or
+    message would be a broken one inside the reply): a cause that does not
+    fit whole in one message is left out, and if none fits the reply
+    carries Unspecified Error (RFC 5354 3.12.1, no information).
     """
     if isinstance(err_or_causes, WireError):
         causes = err_or_causes.report
@@ -281,19 +290,15 @@ def error_reply(err_or_causes: WireError | OperationError | Iterable[ErrorCause]
     room = MAX_MESSAGE - 4 - 8 - 4 - (8 if ppid == codes.PPID_ENRP else 0)
     fitted = []
     for c in causes:
-        room -= 4
-        if room < 0:
-            break
-        info = c.info[:room]
-        room -= (len(info) + 3) & ~3
-        fitted.append(ErrorCause(c.code, info) if len(info) != len(c.info) else c)
+        need = 4 + ((len(c.info) + 3) & ~3)
+        if need <= room:
+            room -= need
+            fitted.append(c)
+    if not fitted:
+        fitted.append(ErrorCause(codes.CAUSE_UNSPECIFIED, b""))
     error = OperationError(tuple(fitted))
     if ppid == codes.PPID_ASAP:
         return REGISTRY[(ppid, codes.ASAP_ERROR)](error)
     if ppid == codes.PPID_ENRP:
         return REGISTRY[(ppid, codes.ENRP_ERROR)](sender_id, receiver_id, error)
     raise ValueError(f"unknown payload protocol identifier {ppid!r}")
-
-
-def walk_body(data: bytes, pos: int, length: int, ctx: Ctx) -> list:
-    return walk(data, pos, length, 1, ctx)

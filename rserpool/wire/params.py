@@ -1,6 +1,7 @@
 """The other RFC 5354 parameters: Pool Element, Server Information,
-Operation Error and its causes, Cookie, PE Checksum; plus the decoders of
-Pool Handle (a ``bytes`` value) and PE Identifier (an ``int`` value).
+Operation Error (its causes are :class:`rserpool.wire.errors.ErrorCause`),
+Cookie, PE Checksum; plus the decoders of Pool Handle (a ``bytes`` value)
+and PE Identifier (an ``int`` value).
 """
 
 from __future__ import annotations
@@ -9,12 +10,12 @@ import struct
 from dataclasses import dataclass
 from typing import ClassVar
 
-from rserpool.wire import codes
-from rserpool.wire.errors import WireError
+from rserpool.fastinit import fast_constructor
+import rserpool.wire.codes as codes
+from rserpool.wire.errors import ErrorCause, WireError
 from rserpool.wire.policy import OpaquePolicy, POLICY_CLASSES, Policy
 from rserpool.wire.tlv import (
-    DECODERS, HDR, PADDING, U16, U32, Ctx, fast_constructor, frame, invalid, last_padding,
-    nest, walk,
+    DECODERS, HDR, U16, U32, Ctx, frame, invalid, last_padding, malformed, nest, walk,
 )
 from rserpool.wire.transports import (
     DccpTransport, OpaqueTransport, SctpTransport, TcpTransport, Transport, TRANSPORT_TYPES,
@@ -22,8 +23,8 @@ from rserpool.wire.transports import (
 )
 
 __all__ = [
-    "ErrorCause", "OperationError", "Cookie", "PeChecksum", "PoolElement",
-    "ServerInformation", "encode_pool_handle", "encode_pe_id", "format_handle",
+    "OperationError", "Cookie", "PeChecksum", "PoolElement",
+    "ServerInformation", "encode_pool_handle", "encode_pe_id", "format_handle", "pool_handle_text",
     "REGISTRATION_LIFE_INFINITE",
 ]
 
@@ -38,8 +39,20 @@ _TRANSPORT_CLASSES = (SctpTransport, TcpTransport, UdpTransport, UdpLiteTranspor
 _POLICY_CLASSES = tuple(POLICY_CLASSES.values()) + (OpaquePolicy,)
 
 
+def pool_handle_text(handle: bytes) -> str:
+    """A pool handle in a log line: the one form every log line uses, which
+    is also how the rules file writes it (docs/authorization.md): the UTF-8
+    text when it is printable, else ``hex:`` and its lower-case hex."""
+    try:
+        text = handle.decode("utf-8")
+    except UnicodeDecodeError:
+        return "hex:" + handle.hex()
+    return text if text.isprintable() and text else "hex:" + handle.hex()
+
+
 def format_handle(handle: bytes) -> str:
-    """'text' for printable ASCII handles, else 0x<hex>."""
+    """A handle in a message's text form (``rserpool wire decode``):
+    'text' for printable ASCII handles, else 0x<hex>."""
     if handle and all(32 <= b < 127 for b in handle) and b"'" not in handle:
         return f"'{handle.decode('ascii')}'"
     return "0x" + handle.hex()
@@ -70,36 +83,6 @@ def check_tuple(obj: object, name: str, kind: type) -> None:
     for item in items:
         if type(item) is not kind:
             raise ValueError(f"not a {kind.__name__}: {item!r}")
-
-
-@dataclass(frozen=True, slots=True, repr=False)
-class ErrorCause:
-    """One error cause (RFC 5354 3.12): its code and cause-specific bytes."""
-
-    code: int
-    info: bytes = b""
-
-    def __post_init__(self) -> None:
-        if type(self.code) is not int or not 0 <= self.code <= 0xFFFF:
-            raise ValueError(f"cause code must be 16-bit: {self.code!r}")
-        if not isinstance(self.info, bytes):
-            raise ValueError("cause info must be bytes")
-        if len(self.info) > 0xFFFF - 4:
-            raise ValueError("cause info too long")
-
-    @property
-    def name(self) -> str:
-        return codes.CAUSE_NAMES.get(self.code, f"cause-0x{self.code:04x}")
-
-    def encode(self) -> bytes:
-        n = 4 + len(self.info)
-        return HDR.pack(self.code, n) + self.info + PADDING[n & 3]
-
-    def __str__(self) -> str:
-        info = f"[{len(self.info)}B {self.info[:16].hex()}{'..' if len(self.info) > 16 else ''}]"
-        return f"{self.name}{info if self.info else ''}"
-
-    __repr__ = __str__
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -265,13 +248,13 @@ def _dec_handle(data: bytes, s: int, e: int, depth: int, ctx: Ctx) -> bytes:
 
 def _dec_pe_id(data: bytes, s: int, e: int, depth: int, ctx: Ctx) -> int:
     if e - s != 4:
-        raise invalid("PE identifier parameter must have length 8", data[s - 4:e])
+        raise malformed(f"PE identifier parameter of length {e - s + 4}, 8 expected")
     return U32.unpack_from(data, s)[0]
 
 
 def _dec_checksum(data: bytes, s: int, e: int, depth: int, ctx: Ctx) -> PeChecksum:
     if e - s != 2:
-        raise invalid("PE checksum parameter must have length 6", data[s - 4:e])
+        raise malformed(f"PE checksum parameter of length {e - s + 4}, 6 expected")
     return _MK_CHECKSUM(U16.unpack_from(data, s)[0])
 
 
@@ -281,11 +264,13 @@ def _dec_cookie(data: bytes, s: int, e: int, depth: int, ctx: Ctx) -> Cookie:
 
 def _dec_pool_element(data: bytes, s: int, e: int, depth: int, ctx: Ctx) -> PoolElement:
     if e - s < 12:
-        raise invalid("pool element parameter too short", data[s - 4:e])
+        raise malformed(f"pool element parameter of length {e - s + 4}, at least 16 expected")
     pe_id, home, life = _PE_FIXED.unpack_from(data, s)
-    # Fast path: a known user transport then a policy and nothing else.
+    # Fast path: a known user transport then a policy and nothing else
+    # (only when the transport's addresses are within the depth limit, so
+    # that a fault there is quoted by the generic walk).
     p = s + 12
-    if e - p >= 16 and depth + 1 <= ctx.limits.max_depth:
+    if e - p >= 16 and depth + 2 <= ctx.limits.max_depth:
         t1, l1 = HDR.unpack_from(data, p)
         p2 = p + ((l1 + 3) & ~3)
         if t1 in TRANSPORT_TYPES and l1 >= 4 and p2 + 4 <= e:
@@ -309,7 +294,7 @@ def _dec_pool_element(data: bytes, s: int, e: int, depth: int, ctx: Ctx) -> Pool
 
 def _dec_server_info(data: bytes, s: int, e: int, depth: int, ctx: Ctx) -> ServerInformation:
     if e - s < 4:
-        raise invalid("server information parameter too short", data[s - 4:e])
+        raise malformed(f"server information parameter of length {e - s + 4}, at least 8 expected")
     subs = walk(data, s + 4, e, depth + 1, ctx)
     if len(subs) != 1 or subs[0][0] != codes.PARAM_SCTP_TRANSPORT:
         raise invalid("server information needs exactly one SCTP transport", data[s - 4:e])
@@ -322,11 +307,11 @@ def _dec_operation_error(data: bytes, s: int, e: int, depth: int, ctx: Ctx) -> O
     limit = ctx.limits.max_causes
     while pos < e:
         if e - pos < 4:
-            raise invalid("truncated error cause", data[s - 4:e])
+            raise malformed("truncated error cause")
         code, clen = HDR.unpack_from(data, pos)
         cend = pos + clen
         if clen < 4 or cend > e:
-            raise invalid("error cause length exceeds the operation error", data[s - 4:e])
+            raise malformed(f"error cause length {clen} exceeds the operation error")
         causes.append(_MK_CAUSE(code, data[pos + 4:cend]))
         if len(causes) > limit:
             raise WireError(0x6, f"more than {limit} error causes")

@@ -11,8 +11,9 @@ import struct
 from dataclasses import dataclass
 from typing import ClassVar, Union
 
-from rserpool.wire import codes
-from rserpool.wire.tlv import DECODERS, U32, Ctx, fast_constructor, frame, invalid
+from rserpool.fastinit import fast_constructor
+import rserpool.wire.codes as codes
+from rserpool.wire.tlv import DECODERS, U32, Ctx, frame, malformed
 
 __all__ = [
     "RoundRobinPolicy", "WeightedRoundRobinPolicy", "RandomPolicy",
@@ -212,7 +213,7 @@ _VALUE_LENGTH = {t: 4 * len(c.FIELDS) for t, c in POLICY_CLASSES.items()}
 
 def decode_policy(data: bytes, s: int, e: int, depth: int, ctx: Ctx):
     if e - s < 4:
-        raise invalid("policy parameter without a policy type", data[s - 4:e])
+        raise malformed(f"policy parameter of length {e - s + 4}, without a policy type")
     ptype = U32.unpack_from(data, s)[0]
     if ptype == 0x40000001 and e - s == 8:  # LU, the common case
         return _MK_LU(U32.unpack_from(data, s + 4)[0])
@@ -220,7 +221,8 @@ def decode_policy(data: bytes, s: int, e: int, depth: int, ctx: Ctx):
     if cls is None:
         return _MK_OPAQUE(ptype, data[s + 4:e])
     if e - s - 4 != _VALUE_LENGTH[ptype]:
-        raise invalid(f"{codes.POLICY_NAMES[ptype]} policy with a wrong length", data[s - 4:e])
+        raise malformed(f"{codes.POLICY_NAMES[ptype]} policy of length {e - s + 4},"
+                        f" {_VALUE_LENGTH[ptype] + 8} expected")
     return cls._from_value(data, s + 4, e)
 
 

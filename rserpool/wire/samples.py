@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from ipaddress import IPv4Address, IPv6Address
 
-from rserpool.wire import codes
+import rserpool.wire.codes as codes
 from rserpool.wire.asap import (
     AsapBusinessCard, AsapCookie, AsapCookieEcho, AsapDeregistration,
     AsapDeregistrationResponse, AsapEndpointKeepAlive, AsapEndpointKeepAliveAck,
@@ -21,8 +21,9 @@ from rserpool.wire.enrp import (
     EnrpInitTakeover, EnrpInitTakeoverAck, EnrpListRequest, EnrpListResponse, EnrpPresence,
     EnrpTakeoverServer, PoolEntry,
 )
+from rserpool.wire.errors import ErrorCause
 from rserpool.wire.messages import Message
-from rserpool.wire.params import ErrorCause, OperationError, PoolElement, ServerInformation
+from rserpool.wire.params import OperationError, PoolElement, ServerInformation
 from rserpool.wire.policy import (
     LeastUsedDegradationPolicy, LeastUsedPolicy, OpaquePolicy, PriorityLeastUsedPolicy,
     PriorityPolicy, RandomizedLeastUsedPolicy, RandomPolicy, RoundRobinPolicy,

@@ -31,23 +31,20 @@ in ``docs/tcp-mapping.md``.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from rserpool.wire.errors import DEFAULT_LIMITS, Limits
+from rserpool.wire.messages import decode_message, encode_message
 from rserpool.wire.tcpmap_chunks import (
     CHUNK_ACK, CHUNK_DATA, CHUNK_HEARTBEAT, CHUNK_HEARTBEAT_ACK, CHUNK_INIT, DATA_FLAG_UNORDERED,
     HEARTBEAT_INFO_TYPE, INIT_OMIT_PPID, INIT_OMIT_STREAM, INIT_OMIT_TSN, MAX_CHUNK_SIZE, AckChunk,
     Chunk, ChunkDecoder, DataChunk, HeartbeatAckChunk, HeartbeatChunk, InitChunk, TcpMapError,
     UnknownChunk, data_chunk_flags, data_header_size, decode_chunk, encode_chunk,
 )
-# Public names of the module before the split, never in __all__: still here.
-from rserpool.wire.tcpmap_chunks import INIT_FLAG_MASK, chunk_name  # noqa: F401
 from rserpool.wire.tcpmap_connection import (
     AckReceived, Event, HeartbeatAckReceived, HeartbeatReceived, InitReceived, MessageReceived,
     TcpMapConnection,
 )
-
-if TYPE_CHECKING:  # pragma: no cover
-    from rserpool.wire import Limits
 
 __all__ = [
     "CHUNK_DATA", "CHUNK_INIT", "CHUNK_ACK", "CHUNK_HEARTBEAT", "CHUNK_HEARTBEAT_ACK",
@@ -68,13 +65,9 @@ def decode_datagram(data: bytes, ppid: int, limits: Limits | None = None) -> Any
     """Decode one UDP datagram: UDP needs no mapping, a datagram carries
     exactly one ASAP (or ENRP) message, so this is
     :func:`rserpool.wire.decode_message`; its errors are ``WireError``."""
-    from rserpool.wire import DEFAULT_LIMITS, decode_message
-
     return decode_message(data, ppid, DEFAULT_LIMITS if limits is None else limits)
 
 
 def encode_datagram(message: Any) -> bytes:
     """The UDP payload for ``message``: just :func:`rserpool.wire.encode_message`."""
-    from rserpool.wire import encode_message
-
     return encode_message(message)

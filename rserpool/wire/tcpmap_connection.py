@@ -20,13 +20,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Union
 
+from rserpool.fastinit import fast_constructor
 from rserpool.wire.tcpmap_chunks import (
     _ACK_TSN, _DATA_STRUCTS, _FIELD_POSITIONS, _HEADER, _PADDING, CHUNK_ACK, CHUNK_DATA,
     CHUNK_HEARTBEAT, CHUNK_HEARTBEAT_ACK, CHUNK_INIT, DATA_FLAG_UNORDERED, INIT_FLAG_MASK,
     INIT_OMIT_PPID, INIT_OMIT_STREAM, INIT_OMIT_TSN, MAX_CHUNK_SIZE, AckChunk, Chunk,
     ChunkDecoder, HeartbeatAckChunk, HeartbeatChunk, InitChunk, TcpMapError, _encode_heartbeat,
 )
-from rserpool.wire.tlv import fast_constructor
 
 __all__ = [
     "InitReceived", "MessageReceived", "AckReceived", "HeartbeatReceived",

@@ -13,13 +13,14 @@ from __future__ import annotations
 import struct
 from typing import Any, Callable
 
-from rserpool.wire.errors import DEFAULT_LIMITS, Limits, WireError
+from rserpool.wire.errors import DEFAULT_LIMITS, ErrorCause, Limits, WireError
 
 HDR = struct.Struct("!HH")
 U16 = struct.Struct("!H")
 U32 = struct.Struct("!I")
 PADDING = (b"", b"\x00\x00\x00", b"\x00\x00", b"\x00")
 
+UNSPECIFIED = 0x0
 INVALID = 0x3
 UNRECOGNIZED_PARAMETER = 0x1
 LACK_OF_RESOURCES = 0x6
@@ -46,8 +47,26 @@ def new_ctx(limits: Limits = DEFAULT_LIMITS) -> Ctx:
     return ctx
 
 
-def invalid(detail: str, offending: bytes | memoryview = b"") -> WireError:
+def invalid(detail: str, offending: bytes | memoryview) -> WireError:
+    """Invalid Values (RFC 5354 3.12.4) with ``offending``, the whole,
+    well-framed TLV that holds the invalid value."""
     return WireError(INVALID, detail, bytes(offending))
+
+
+def malformed(detail: str) -> WireError:
+    """A fault that no well-framed TLV holds: a wrong message length, a
+    parameter length that overruns its container or does not fit its type,
+    a missing parameter or a bad fixed field.  There is no TLV to quote, so
+    the report is Unspecified Error (RFC 5354 3.12.1, no information)."""
+    return WireError(UNSPECIFIED, detail)
+
+
+def invalid_container(detail: str) -> WireError:
+    """Invalid Values held by the TLV ``walk`` is decoding one level up
+    (e.g. nesting too deep): that walk quotes the TLV."""
+    err = WireError(UNSPECIFIED, detail)
+    err.needs_container = True
+    return err
 
 
 def walk(data: bytes, pos: int, end: int, depth: int, ctx: Ctx) -> list[tuple[int, Any, int]]:
@@ -59,7 +78,7 @@ def walk(data: bytes, pos: int, end: int, depth: int, ctx: Ctx) -> list[tuple[in
     """
     limits = ctx.limits
     if depth > limits.max_depth:
-        raise invalid(f"parameters nested deeper than {limits.max_depth}", data[pos:end])
+        raise invalid_container(f"parameters nested deeper than {limits.max_depth}")
     out = []
     unpack = HDR.unpack_from
     decoders = DECODERS
@@ -69,23 +88,32 @@ def walk(data: bytes, pos: int, end: int, depth: int, ctx: Ctx) -> list[tuple[in
         ptype, plen = unpack(data, pos)
         tend = pos + plen
         if plen < 4 or tend > end:
-            raise invalid(f"parameter 0x{ptype:04x} length {plen} exceeds its container",
-                          data[pos:end])
+            raise malformed(f"parameter 0x{ptype:04x} length {plen} exceeds its container")
         ctx.count += 1
         if ctx.count > limits.max_parameters:
             raise WireError(LACK_OF_RESOURCES, f"more than {limits.max_parameters} parameters")
         dec = decoders.get(ptype)
         if dec is not None:
-            out.append((ptype, dec(data, pos + 4, tend, depth, ctx), pos))
+            try:
+                out.append((ptype, dec(data, pos + 4, tend, depth, ctx), pos))
+            except WireError as err:
+                if err.needs_container:
+                    quote_container(err, data[pos:tend])
+                raise
         else:
             unknown_parameter(data, pos, tend, ptype, ctx)
         pos = (tend + 3) & ~3
     return out
 
 
-def unknown_parameter(data: bytes, pos: int, tend: int, ptype: int, ctx: Ctx) -> None:
-    from rserpool.wire.params import ErrorCause
+def quote_container(err: WireError, tlv: bytes) -> None:
+    """Give an ``invalid_container`` error the TLV that holds the fault."""
+    err.needs_container = False
+    err.cause = INVALID
+    err.offending = bytes(tlv)
 
+
+def unknown_parameter(data: bytes, pos: int, tend: int, ptype: int, ctx: Ctx) -> None:
     action = ptype & 0xC000
     raw = bytes(data[pos:tend])
     if action == 0x0000:
@@ -131,30 +159,3 @@ def nest(ptype: int, fixed: bytes, parts: list[bytes] | tuple[bytes, ...]) -> by
     if n > 0xFFFF:
         raise ValueError(f"parameter 0x{ptype:04x} too long: {n} bytes")
     return HDR.pack(ptype, n) + body  # body already ends with the last padding
-
-
-def fast_constructor(cls: type) -> Callable[..., Any]:
-    """A constructor for a frozen slotted dataclass that skips validation.
-
-    Decoders use it for values whose ranges the wire layout already
-    guarantees (fixed-width fields); user code goes through ``__init__``.
-    """
-    from dataclasses import MISSING, fields
-
-    ns: dict[str, Any] = {"new": object.__new__, "cls": cls}
-    params, body = [], ["    o = new(cls)"]
-    for f in fields(cls):
-        ns["set_" + f.name] = getattr(cls, f.name).__set__
-        if f.kw_only:
-            ns["d_" + f.name] = f.default
-            body.append(f"    set_{f.name}(o, d_{f.name})")
-            continue
-        if f.default is not MISSING:
-            ns["d_" + f.name] = f.default
-            params.append(f"{f.name}=d_{f.name}")
-        else:
-            params.append(f.name)
-        body.append(f"    set_{f.name}(o, {f.name})")
-    src = f"def make({', '.join(params)}):\n" + "\n".join(body) + "\n    return o\n"
-    exec(src, ns)
-    return ns["make"]

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
 from typing import ClassVar, Union
 
-from rserpool.wire import codes
-from rserpool.wire.tlv import DECODERS, Ctx, fast_constructor, frame, invalid, nest, walk
+from rserpool.fastinit import fast_constructor
+import rserpool.wire.codes as codes
+from rserpool.wire.tlv import DECODERS, Ctx, frame, invalid, malformed, nest, walk
 
 __all__ = [
     "IPv4Address", "IPv6Address", "IPAddress", "SctpTransport", "TcpTransport",
@@ -233,32 +234,33 @@ def _address(packed: bytes) -> IPAddress:
 
 def _dec_ipv4(data: bytes, s: int, e: int, depth: int, ctx: Ctx) -> IPv4Address:
     if e - s != 4:
-        raise invalid("IPv4 address parameter must have length 8", data[s - 4:e])
+        raise malformed(f"IPv4 address parameter of length {e - s + 4}, 8 expected")
     return _address(data[s:e])
 
 
 def _dec_ipv6(data: bytes, s: int, e: int, depth: int, ctx: Ctx) -> IPv6Address:
     if e - s != 16:
-        raise invalid("IPv6 address parameter must have length 20", data[s - 4:e])
+        raise malformed(f"IPv6 address parameter of length {e - s + 4}, 20 expected")
     return _address(data[s:e])
 
 
-def _addresses(data: bytes, s: int, e: int, depth: int, ctx: Ctx, what: str) -> list:
+def _addresses(data: bytes, s: int, e: int, depth: int, ctx: Ctx, what: str, tlv: int) -> list:
+    """The address TLVs in ``data[s:e]``, inside the transport TLV at ``tlv``."""
     subs = walk(data, s, e, depth + 1, ctx)
     if len(subs) > ctx.limits.max_addresses:
         raise invalid(f"{what} with more than {ctx.limits.max_addresses} addresses",
-                      data[s - 4:e])
+                      data[tlv:e])
     for t, _, _ in subs:
         if t not in _ADDRESS_TYPES:
-            raise invalid(f"{what} containing a parameter of type 0x{t:04x}", data[s - 4:e])
+            raise invalid(f"{what} containing a parameter of type 0x{t:04x}", data[tlv:e])
     return [v for _, v, _ in subs]
 
 
 def _dec_sctp(data: bytes, s: int, e: int, depth: int, ctx: Ctx) -> SctpTransport:
     if e - s < 4:
-        raise invalid("SCTP transport too short", data[s - 4:e])
+        raise malformed(f"SCTP transport of length {e - s + 4}, at least 8 expected")
     port, use = _PORT_USE.unpack_from(data, s)
-    addrs = _addresses(data, s + 4, e, depth, ctx, "SCTP transport")
+    addrs = _addresses(data, s + 4, e, depth, ctx, "SCTP transport", s - 4)
     if not addrs:
         raise invalid("SCTP transport without an address", data[s - 4:e])
     return _MK_SCTP(port, tuple(addrs), use)
@@ -269,8 +271,8 @@ def _one_address(cls: type, fixed: int, name: str):
 
     def dec(data: bytes, s: int, e: int, depth: int, ctx: Ctx):
         if e - s < fixed:
-            raise invalid(f"{name} transport too short", data[s - 4:e])
-        addrs = _addresses(data, s + fixed, e, depth, ctx, f"{name} transport")
+            raise malformed(f"{name} transport of length {e - s + 4}, at least {fixed + 4} expected")
+        addrs = _addresses(data, s + fixed, e, depth, ctx, f"{name} transport", s - 4)
         if len(addrs) != 1:
             raise invalid(f"{name} transport needs exactly one address", data[s - 4:e])
         port, second = _PORT_USE.unpack_from(data, s)

@@ -1,14 +1,16 @@
 """The ``rserpool`` operator command: an argparse dispatcher.
 
-Each subcommand lives in its own module, listed in :data:`SUBCOMMANDS`.
+Every command-line tool lives in this package, one module per command
+family, listed in :data:`SUBCOMMANDS`.
 Such a module defines ``register(subparsers)``, which adds its parser with
 ``subparsers.add_parser(...)`` and sets ``func`` to a handler
 ``(args: argparse.Namespace) -> int`` (the exit status).  Handlers read
 ``sys.stdin`` and write ``sys.stdout`` / ``sys.stderr`` when they run, and
 import heavy modules inside the handler so ``rserpool --help`` stays fast.
 
-To add a command, write ``rserpool/<area>/tool.py`` with ``register`` and
-append its module name here.
+To add a command, write ``rserpool/cli/<command>.py`` with ``register`` and
+append its module name here.  The tools sit at the top of the layers: they
+may import any package, and no package imports them.
 """
 
 from __future__ import annotations
@@ -24,11 +26,12 @@ __all__ = ["SUBCOMMANDS", "build_parser", "main"]
 
 #: Modules providing ``register(subparsers)``, in the order of ``--help``.
 SUBCOMMANDS: tuple[str, ...] = (
-    "rserpool.wire.tool",
-    "rserpool.demo.echo_client",
-    "rserpool.pu_tool",
-    "rserpool.security.filestore_tool",
-    "rserpool.config_tool",
+    "rserpool.cli.wire",
+    "rserpool.cli.echo",
+    "rserpool.cli.resolve",
+    "rserpool.cli.filestore",
+    "rserpool.cli.config",
+    "rserpool.cli.admin",
 )
 
 
@@ -59,7 +62,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

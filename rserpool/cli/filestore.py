@@ -66,19 +66,19 @@ def _edit(args: argparse.Namespace, edit: Callable[[str], str]) -> None:
 
 
 def _srp_add(args: argparse.Namespace) -> int:
-    from rserpool.backends import filestore as fs
+    from rserpool.backends import filestore_format as fmt
     from rserpool.security import srp
 
-    identity = fs.check_identity(args.identity)
+    identity = fmt.check_identity(args.identity)
     password = _secret(args.password_file, "password")
     salt, verifier = srp.make_verifier(identity, password)
-    line = fs.srp_line(identity, salt, verifier)
+    line = fmt.srp_line(identity, salt, verifier)
     outcome: list[bool] = []
 
     def edit(text: str) -> str:
-        if not args.replace and identity in fs.parse_credentials(text, args.file).srp:
+        if not args.replace and identity in fmt.parse_credentials(text, args.file).srp:
             raise _ToolError(f"{identity} already has an SRP verifier (use --replace)")
-        new_text, replaced = fs.set_entry(text, line)
+        new_text, replaced = fmt.set_entry(text, line)
         outcome.append(replaced)
         return new_text
 
@@ -89,13 +89,13 @@ def _srp_add(args: argparse.Namespace) -> int:
 
 def _remove(kind: str, label: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
-        from rserpool.backends import filestore as fs
+        from rserpool.backends import filestore_format as fmt
 
-        key = args.key if kind == "cert" else fs.check_identity(args.key)
+        key = args.key if kind == "cert" else fmt.check_identity(args.key)
         removed: list[int] = []
 
         def edit(text: str) -> str:
-            new_text, count = fs.remove_entry(text, kind, key)
+            new_text, count = fmt.remove_entry(text, kind, key)
             removed.append(count)
             return new_text
 
@@ -110,14 +110,14 @@ def _remove(kind: str, label: str) -> Callable[[argparse.Namespace], int]:
 
 
 def _chap_set(args: argparse.Namespace) -> int:
-    from rserpool.backends import filestore as fs
+    from rserpool.backends import filestore_format as fmt
 
-    identity = fs.check_identity(args.identity)
+    identity = fmt.check_identity(args.identity)
     secret = _secret(args.secret_file, "secret").encode("utf-8")
     outcome: list[bool] = []
 
     def edit(text: str) -> str:
-        new_text, replaced = fs.set_entry(text, fs.chap_line(identity, secret))
+        new_text, replaced = fmt.set_entry(text, fmt.chap_line(identity, secret))
         outcome.append(replaced)
         return new_text
 
@@ -131,19 +131,19 @@ def _groups_arg(text: str | None) -> list[str]:
 
 
 def _certmap_add(args: argparse.Namespace) -> int:
-    from rserpool.backends import filestore as fs
+    from rserpool.backends import filestore_format as fmt
 
-    line = fs.cert_line(args.key, args.identity, _groups_arg(args.groups))
-    _edit(args, lambda text: fs.set_entry(text, line)[0])
-    print(f"mapped {fs.cert_key(args.key)} to {args.identity} in {args.file}")
+    line = fmt.cert_line(args.key, args.identity, _groups_arg(args.groups))
+    _edit(args, lambda text: fmt.set_entry(text, line)[0])
+    print(f"mapped {fmt.cert_key(args.key)} to {args.identity} in {args.file}")
     return 0
 
 
 def _group_set(args: argparse.Namespace) -> int:
-    from rserpool.backends import filestore as fs
+    from rserpool.backends import filestore_format as fmt
 
-    line = fs.group_line(args.identity, _groups_arg(args.groups))
-    _edit(args, lambda text: fs.set_entry(text, line)[0])
+    line = fmt.group_line(args.identity, _groups_arg(args.groups))
+    _edit(args, lambda text: fmt.set_entry(text, line)[0])
     print(f"groups of {args.identity}: {', '.join(sorted(_groups_arg(args.groups)))}")
     return 0
 
@@ -183,7 +183,7 @@ def _rules_check(args: argparse.Namespace) -> int:
 
 def _guarded(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
-        from rserpool.backends.filestore import FileStoreError
+        from rserpool.backends.filestore_format import FileStoreError
         from rserpool.security.authz import RulesError
 
         try:

@@ -23,7 +23,7 @@ from twisted.trial import unittest
 
 from rserpool.asap.registrar import RegistrarSettings
 from rserpool.cli import build_parser
-from rserpool.pu_tool import resolve_command
+from rserpool.cli.resolve import resolve_command
 from rserpool.security import tls
 from rserpool.wire import AsapRegistration, LeastUsedPolicy
 from tests.asaphelpers import AllowAll, connect_raw, make_pe, registrar_port, start_registrar

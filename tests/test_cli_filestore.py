@@ -7,6 +7,7 @@ import os
 import pytest
 
 from rserpool.backends import filestore as fs
+from rserpool.backends import filestore_format as fmt
 from rserpool.cli import main
 from rserpool.security import srp
 
@@ -28,16 +29,16 @@ def test_srp_add_makes_a_working_verifier(creds, password_file, capsys) -> None:
     out = capsys.readouterr()
     assert "added SRP verifier for pe1" in out.out and "correct horse" not in out.out + out.err
     assert os.stat(creds).st_mode & 0o777 == 0o600
-    entry = fs.parse_credentials(open(creds).read()).srp["pe1"]
+    entry = fmt.parse_credentials(open(creds).read()).srp["pe1"]
     expected = srp.make_verifier("pe1", "correct horse battery", salt=entry.salt)[1]
     assert entry.verifier == expected
     assert main(["srp", "add", "pe1", "--password-file", password_file, "--file", creds]) == 1
     assert "already has an SRP verifier" in capsys.readouterr().err
     assert main(["srp", "add", "pe1", "--password-file", password_file, "--file", creds, "--replace"]) == 0
-    assert fs.parse_credentials(open(creds).read()).srp["pe1"].salt != entry.salt
+    assert fmt.parse_credentials(open(creds).read()).srp["pe1"].salt != entry.salt
     assert main(["srp", "remove", "pe1", "--file", creds]) == 0
     assert main(["srp", "remove", "pe1", "--file", creds]) == 1
-    assert not fs.parse_credentials(open(creds).read()).srp
+    assert not fmt.parse_credentials(open(creds).read()).srp
 
 
 def test_no_tty_and_no_file_is_an_error(creds, capsys, monkeypatch) -> None:
@@ -52,7 +53,7 @@ def test_prompt_reads_twice_with_getpass(creds, monkeypatch, capsys) -> None:
     monkeypatch.setattr("sys.stdin.isatty", lambda: True, raising=False)
     monkeypatch.setattr("getpass.getpass", lambda prompt: next(answers))
     assert main(["chap", "set", "pe2", "--file", creds]) == 0
-    assert fs.parse_credentials(open(creds).read()).chap["pe2"] == b"s3cret"
+    assert fmt.parse_credentials(open(creds).read()).chap["pe2"] == b"s3cret"
     assert "s3cret" not in capsys.readouterr().out
     answers = iter(["one", "two"])
     assert main(["chap", "set", "pe2", "--file", creds]) == 1
@@ -67,7 +68,7 @@ def test_chap_and_groups_and_certmap(creds, password_file, capsys) -> None:
     assert main(["group", "set", "pe2", "echo-servers,all", "--file", creds]) == 0
     assert main(["certmap", "add", "CN=broken,,", "pe5", "--file", creds]) == 1
     assert "RFC 4514" in capsys.readouterr().err
-    data = fs.parse_credentials(open(creds).read())
+    data = fmt.parse_credentials(open(creds).read())
     assert data.chap["pe2"] == b"correct horse battery"
     assert data.certs["sha256:" + "ab" * 32].identity == "pe3"
     assert data.groups_of("pe3") == {"echo", "ops"}
@@ -79,7 +80,7 @@ def test_chap_and_groups_and_certmap(creds, password_file, capsys) -> None:
     assert main(["certmap", "remove", "sha256:" + "ab" * 32, "--file", creds]) == 0
     assert main(["chap", "remove", "pe2", "--file", creds]) == 0
     assert main(["group", "remove", "pe2", "--file", creds]) == 0
-    data = fs.parse_credentials(open(creds).read())
+    data = fmt.parse_credentials(open(creds).read())
     assert not data.chap and list(data.certs) == ["subject:CN=pe 4,O=Example"]
 
 

@@ -1,4 +1,6 @@
-"""The PU-PE session layer over TLS (Twisted shell around ``rserpool.asap.session``).
+"""The pool user's end of the PU-PE session layer over TLS (the Twisted
+shell around ``rserpool.asap.pu_session``; the PE's end is
+``rserpool.service.pe_session``).
 
 One TLS connection per session carries both channels (RFC 5355 2.16), framed
 by the TCP mapping: ASAP control messages (ASAP_COOKIE, ASAP_COOKIE_ECHO,
@@ -17,44 +19,33 @@ data PPID (default 0, configurable, never 11 or 12).
   cookie as the first message, and runs the application's failover callback
   ``callback(old_pe, new_pe, cookie_echoed) -> Deferred | None``; queued data
   is sent only after that Deferred fires (RFC 5355 2.9).
-- :class:`SessionServer` is the pool element's end: a Twisted factory of
-  channels whose control messages go to a :class:`~rserpool.asap.session.PeSession`
-  and whose data goes to a :class:`SessionApplication`; the application
-  sends data, cookies and business cards through its :class:`ServerSession`.
-  :func:`listen_sessions` puts it behind TLS on an endpoint string.
 """
 
 from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable, Iterable
-from typing import Any, Protocol as TypingProtocol
+from typing import Any
 
 from twisted.internet import defer, endpoints
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from rserpool.asap.session import (
-    DEFAULT_DATA_PPID, BusinessCardReceived, Connect, CookieEchoReceived, Established, GiveUp,
-    Ignored, PeSession, PeSessionSettings, PuSession, PuSessionSettings, PuState,
-    ReportUnreachable, RunFailoverCallback, Select, SendControl, SendData, SessionClosedError,
-    check_data_ppid,
+from rserpool.asap.pu_session import (
+    Connect, Established, GiveUp, PuSession, PuSessionSettings, PuState, ReportUnreachable,
+    RunFailoverCallback, Select, SendControl, SendData,
 )
+from rserpool.asap.session import DEFAULT_DATA_PPID, Ignored, SessionClosedError, check_data_ppid
 from rserpool.security import tls
-from rserpool.service.channel import Channel, ChannelSettings
-from rserpool.service.tlsfactory import TLSServerFactory
+from rserpool.service.channel import Channel, ChannelSettings, tls_client_endpoint
 from rserpool.wire import PoolElement, TcpTransport, WireError
+from rserpool.wire.params import pool_handle_text
 
 __all__ = [
     "FailoverCallback",
     "PeTLSOptions",
-    "SessionApplication",
     "SessionClient",
-    "SessionServer",
-    "ServerSession",
-    "listen_sessions",
     "pe_tls_options",
 ]
 
@@ -106,10 +97,6 @@ def _address_of(pe: PoolElement) -> tuple[str, int]:
     return str(transport.address), transport.port
 
 
-# --------------------------------------------------------------------------
-# The PU side
-
-
 class _ClientConnection:
     """ChannelHandler of one connection attempt of a :class:`SessionClient`."""
 
@@ -130,7 +117,7 @@ class _ClientConnection:
         self.client._control_received(self, message, now)
 
     def wire_error(self, channel: Channel, ppid: int, error: WireError, now: float) -> None:
-        _log.warn("undecodable control message from PE 0x{pe_id:08x}: {error}",
+        _log.warn("undecodable control message from PE {pe_id:08x}: {error}",
                   pe_id=self.pe.pe_id, error=error)
 
     def data_received(self, channel: Channel, ppid: int, payload: bytes, now: float) -> None:
@@ -246,7 +233,7 @@ class SessionClient:
         for action in actions:
             kind = type(action)
             if kind is SendData:
-                self._channel().send_data(self.ppid, action.payload)
+                self._channel().send_encoded(self.ppid, action.payload)
             elif kind is SendControl:
                 self._channel().send(action.message)
             elif kind is Select:
@@ -258,20 +245,20 @@ class SessionClient:
             elif kind is RunFailoverCallback:
                 self._run_failover_callback(action)
             elif kind is Established:
-                _log.info("session with pool {pool!r} established with PE 0x{pe_id:08x}{how}",
-                          pool=self.pool_handle, pe_id=action.pe.pe_id,
+                _log.info("session with pool {pool} established with PE {pe_id:08x}{how}",
+                          pool=pool_handle_text(self.pool_handle), pe_id=action.pe.pe_id,
                           how=" after failover" if action.failover else "")
                 started, self._started = self._started, None
                 if started is not None:
                     started.callback(action.pe)
             elif kind is GiveUp:
-                _log.error("session with pool {pool!r} gave up: {reason} ({dropped} queued "
-                           "messages dropped)", pool=self.pool_handle, reason=action.reason,
+                _log.error("session with pool {pool} gave up: {reason} ({dropped} queued "
+                           "messages dropped)", pool=pool_handle_text(self.pool_handle), reason=action.reason,
                            dropped=action.dropped)
                 self._end(SessionClosedError(action.reason))
             elif kind is Ignored:
-                _log.info("session with pool {pool!r} ignored {what}: {why}",
-                          pool=self.pool_handle, what=action.what, why=action.why)
+                _log.info("session with pool {pool} ignored {what}: {why}",
+                          pool=pool_handle_text(self.pool_handle), what=action.what, why=action.why)
 
     def _channel(self) -> Channel:
         conn = self._conn
@@ -326,17 +313,17 @@ class SessionClient:
             host, port = _address_of(pe)
             creator = self.tls_options_for(pe)
         except Exception as exc:  # unusable PE: counts as a failed attempt
-            _log.warn("cannot connect to PE 0x{pe_id:08x}: {error}", pe_id=pe.pe_id, error=exc)
+            _log.warn("cannot connect to PE {pe_id:08x}: {error}", pe_id=pe.pe_id, error=exc)
             self._connection_lost(conn, Failure(exc))
             return
         if ipaddress.ip_address(host).version == 6:
             tcp = endpoints.TCP6ClientEndpoint(self.reactor, host, port, timeout=self.connect_timeout)
         else:
             tcp = endpoints.TCP4ClientEndpoint(self.reactor, host, port, timeout=self.connect_timeout)
-        endpoint = endpoints.wrapClientTLS(creator, tcp)
+        endpoint = tls_client_endpoint(creator, tcp, self.clock)
         channel = Channel(conn, self.clock, self.channel_settings, tls=True, initiator=True)
         conn.channel = channel
-        _log.info("connecting to PE 0x{pe_id:08x} at {host}:{port}", pe_id=pe.pe_id, host=host, port=port)
+        _log.info("connecting to PE {pe_id:08x} at {host}:{port}", pe_id=pe.pe_id, host=host, port=port)
         d = conn.connecting = endpoints.connectProtocol(endpoint, channel)
         d.addErrback(lambda failure: self._connection_lost(conn, failure))
         self._handshake_timer = self.clock.callLater(self.connect_timeout, self._handshake_timeout, conn)
@@ -344,7 +331,7 @@ class SessionClient:
     def _handshake_timeout(self, conn: _ClientConnection) -> None:
         self._handshake_timer = None
         if conn is self._conn and not conn.ready and conn.channel is not None:
-            _log.warn("TLS handshake with PE 0x{pe_id:08x} timed out", pe_id=conn.pe.pe_id)
+            _log.warn("TLS handshake with PE {pe_id:08x} timed out", pe_id=conn.pe.pe_id)
             conn.channel.abort()
 
     def _connection_ready(self, conn: _ClientConnection) -> None:
@@ -371,7 +358,7 @@ class SessionClient:
         running, self._callback_running = self._callback_running, None
         if running is not None and not running.called:
             running.cancel()  # re-keying with a dead PE is moot
-        _log.info("connection to PE 0x{pe_id:08x} lost: {reason}", pe_id=conn.pe.pe_id,
+        _log.info("connection to PE {pe_id:08x} lost: {reason}", pe_id=conn.pe.pe_id,
                   reason=reason.getErrorMessage())
         self._carry_out(self.core.connection_lost(self.clock.seconds()))
 
@@ -385,20 +372,20 @@ class SessionClient:
         if conn is not self._conn:
             return
         if ppid != self.ppid:
-            _log.warn("dropped {size} bytes with unexpected PPID {ppid} from PE 0x{pe_id:08x}",
+            _log.warn("dropped {size} bytes with unexpected PPID {ppid} from PE {pe_id:08x}",
                       size=len(payload), ppid=ppid, pe_id=conn.pe.pe_id)
             return
         self.on_data(payload)
 
     def _report(self, action: ReportUnreachable) -> None:
-        _log.info("reporting PE 0x{pe_id:08x} of pool {pool!r} unreachable",
-                  pe_id=action.pe_id, pool=action.pool_handle)
+        _log.info("reporting PE {pe_id:08x} of pool {pool} unreachable",
+                  pe_id=action.pe_id, pool=pool_handle_text(action.pool_handle))
         d = defer.maybeDeferred(self.report_unreachable, action.pool_handle, action.pe_id)
         d.addErrback(lambda f: _log.failure("ENDPOINT_UNREACHABLE report failed", f))
 
     def _run_failover_callback(self, action: RunFailoverCallback) -> None:
         conn = self._conn
-        _log.info("failover from PE 0x{old:08x} to PE 0x{new:08x} (cookie echoed: {echoed})",
+        _log.info("failover from PE {old:08x} to PE {new:08x} (cookie echoed: {echoed})",
                   old=action.old_pe.pe_id, new=action.new_pe.pe_id, echoed=action.cookie_echoed)
         if self.failover_callback is None:
             self._carry_out(self.core.failover_complete(self.clock.seconds()))
@@ -427,186 +414,3 @@ class SessionClient:
             self._carry_out(self.core.failover_refused(failure.getErrorMessage(), self.clock.seconds()))
 
         d.addCallbacks(done, refused)
-
-
-# --------------------------------------------------------------------------
-# The PE side
-
-
-class SessionApplication(TypingProtocol):
-    """What a PE's application implements to serve sessions."""
-
-    def session_started(self, session: ServerSession) -> None:
-        """A PU connected (TLS handshake done)."""
-
-    def cookie_echoed(self, session: ServerSession, cookie: bytes) -> None:
-        """The PU failed over to us and echoed this cookie (check it yourself)."""
-
-    def business_card_received(self, session: ServerSession, pool_handle: bytes,
-                               pool_elements: tuple[PoolElement, ...]) -> None:
-        """The PU (a PU/PE combination) sent its pool handle and failover order."""
-
-    def data_received(self, session: ServerSession, payload: bytes) -> None:
-        """Application data from the PU."""
-
-    def session_ended(self, session: ServerSession, reason: Failure) -> None:
-        """The connection is gone."""
-
-
-class ServerSession:
-    """One PU connection at a PE: the channel handler and the application's handle."""
-
-    def __init__(self, server: SessionServer) -> None:
-        self.server = server
-        self.core = PeSession(server.pe_settings)
-        self.channel: Channel | None = None
-        self.ready = False
-        self.peer_certificate: Any = None
-        self.state: Any = None  # the application's per-session state
-
-    @property
-    def ppid(self) -> int:
-        return self.server.ppid
-
-    # -- sending ---------------------------------------------------------------
-
-    def send(self, payload: bytes) -> None:
-        if self.ready and self.channel is not None:
-            self.channel.send_data(self.server.ppid, payload)
-
-    def send_cookie(self, cookie: bytes) -> None:
-        """Send ASAP_COOKIE; the PU keeps only the latest one."""
-        if self.ready and self.channel is not None:
-            self.channel.send(self.core.cookie(cookie))
-
-    def send_business_card(self, pool_handle: bytes, pool_elements: Iterable[PoolElement]) -> None:
-        """Send ASAP_BUSINESS_CARD: the PEs the PU should fail over to, in order."""
-        if self.ready and self.channel is not None:
-            self.channel.send(self.core.business_card(pool_handle, tuple(pool_elements)))
-
-    def close(self) -> None:
-        if self.channel is not None:
-            self.channel.close()
-
-    def abort(self) -> None:
-        if self.channel is not None:
-            self.channel.abort()
-
-    # -- ChannelHandler -------------------------------------------------------------
-
-    def channel_ready(self, channel: Channel) -> None:
-        self.channel = channel
-        self.ready = True
-        if channel.tls:
-            try:
-                self.peer_certificate = tls.peer_certificate(channel.transport)
-            except tls.NotTLSError:
-                self.peer_certificate = None
-        self.server.application.session_started(self)
-
-    def message_received(self, channel: Channel, message: Any, now: float) -> None:
-        app = self.server.application
-        for event in self.core.control_received(message, now):
-            if type(event) is CookieEchoReceived:
-                app.cookie_echoed(self, event.cookie)
-            elif type(event) is BusinessCardReceived:
-                app.business_card_received(self, event.pool_handle, event.pool_elements)
-            elif type(event) is Ignored:
-                _log.info("session from {peer} ignored {what}: {why}", peer=channel.peer,
-                          what=event.what, why=event.why)
-
-    def wire_error(self, channel: Channel, ppid: int, error: WireError, now: float) -> None:
-        _log.warn("undecodable control message from {peer}: {error}", peer=channel.peer, error=error)
-
-    def data_received(self, channel: Channel, ppid: int, payload: bytes, now: float) -> None:
-        if ppid != self.server.ppid:
-            _log.warn("dropped {size} bytes with unexpected PPID {ppid} from {peer}",
-                      size=len(payload), ppid=ppid, peer=channel.peer)
-            return
-        self.core.data_received(payload)
-        if self.ready:
-            self.server.application.data_received(self, payload)
-
-    def channel_closed(self, channel: Channel, reason: Failure) -> None:
-        self.server.sessions.discard(self)
-        if self.ready:
-            self.ready = False
-            self.server.application.session_ended(self, reason)
-
-
-class _Refuse(Protocol):
-    """Drops the connection at once (over the session limit)."""
-
-    def connectionMade(self) -> None:
-        abort = getattr(self.transport, "abortConnection", None)
-        if abort is not None:
-            abort()
-        else:
-            self.transport.loseConnection()
-
-
-class SessionServer(Factory):
-    """A factory of PE-side session channels (wrap it in TLS: :func:`listen_sessions`)."""
-
-    def __init__(
-        self,
-        application: SessionApplication,
-        *,
-        reactor: Any,
-        ppid: int = DEFAULT_DATA_PPID,
-        channel_settings: ChannelSettings | None = None,
-        pe_settings: PeSessionSettings | None = None,
-        tls: bool = True,
-        max_sessions: int = 1024,
-    ) -> None:
-        self.application = application
-        self.reactor = reactor
-        self.ppid = check_data_ppid(ppid)
-        self.channel_settings = channel_settings or ChannelSettings()
-        self.pe_settings = pe_settings or PeSessionSettings()
-        self.tls = tls
-        self.max_sessions = max_sessions
-        self.sessions: set[ServerSession] = set()
-
-    def buildProtocol(self, addr: Any) -> Protocol:
-        if len(self.sessions) >= self.max_sessions:
-            # Not None: a TLS wrapping factory cannot wrap "no protocol".
-            _log.warn("refusing session from {addr}: {n} sessions open", addr=addr, n=len(self.sessions))
-            return _Refuse()
-        session = ServerSession(self)
-        self.sessions.add(session)
-        channel = Channel(session, self.reactor, self.channel_settings, tls=self.tls)
-        channel.factory = self
-        session.channel = channel
-        return channel
-
-    def abort_all(self) -> None:
-        """Drop every session at once (a PE that dies)."""
-        for session in list(self.sessions):
-            if session.channel is not None:
-                session.channel.abort()
-
-
-def listen_sessions(
-    reactor: Any,
-    description: str,
-    server: SessionServer,
-    tls_options: Any,
-    *,
-    allow_plaintext: bool = False,
-) -> defer.Deferred[Any]:
-    """Listen on the endpoint string ``description`` (e.g.
-    ``tcp:0:interface=127.0.0.1``) with TLS; fires with the listening port.
-
-    ``tls_options`` is a server connection creator (:func:`rserpool.security.tls.server_options`);
-    ``None`` is refused unless ``allow_plaintext`` (logged as critical).
-    """
-    factory: Any = server
-    if tls_options is None:
-        if not allow_plaintext:
-            raise ValueError("PU-PE sessions need TLS (pass allow_plaintext=True to override)")
-        _log.critical("INSECURE: PU-PE sessions on {where} run WITHOUT TLS", where=description)
-        server.tls = False
-    else:
-        factory = TLSServerFactory(tls_options, server, reactor)
-    return endpoints.serverFromString(reactor, description).listen(factory)

@@ -1,0 +1,30 @@
+"""rserpool config-doc and config-check, through rserpool.cli.main."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rserpool.cli import main
+from rserpool.config import schema_markdown
+
+ETC = Path(__file__).resolve().parent.parent / "etc"
+
+
+def test_config_doc_prints_the_schema(capsys) -> None:
+    assert main(["config-doc"]) == 0
+    assert capsys.readouterr().out == schema_markdown()
+
+
+def test_config_check_accepts_the_shipped_configuration(capsys) -> None:
+    path = str(ETC / "registrar.ini")
+    assert main(["config-check", path]) == 0
+    assert capsys.readouterr().out == f"{path}: valid\n"
+
+
+def test_config_check_reports_an_invalid_file(tmp_path, capsys) -> None:
+    path = tmp_path / "bad.ini"
+    path.write_text("[registrar]\nno_such_key = 1\n")
+    assert main(["config-check", str(path)]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith("invalid: ") and "no_such_key" in captured.err
