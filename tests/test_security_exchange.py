@@ -87,7 +87,7 @@ class Run:
                 self.server_events(self.answer(answer, self.server.challenge_issued))
             elif kind is Verify:
                 self.verified.append(event.credentials)
-                answer = result(self.checkers.authenticator.authenticate(event.credentials))
+                answer = result(self.checkers.authenticator.authenticate(event.credentials, event.mechanism))
                 self.server_events(self.answer(answer, self.server.verified))
             else:
                 self.server_results.append(event)

@@ -128,9 +128,12 @@ class StartSrp:
 @dataclass(frozen=True, slots=True)
 class Verify:
     """Give ``credentials`` (``ChapCredentials`` or ``SrpCredentials``) to the
-    checker; answer with ``verified``, ``rejected`` or ``unavailable``."""
+    checker; answer with ``verified``, ``rejected`` or ``unavailable``.
+    ``mechanism`` names the proof, for a checker that names only the
+    identity (a plain ``ICredentialsChecker``)."""
 
     credentials: Any
+    mechanism: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -359,7 +362,7 @@ class ServerExchange:
             return self._fail("challenge expired", FAIL_TIMEOUT)
         self._credentials = _srp.SrpCredentials(challenge, proof.client_public, proof.client_proof)
         self._state = _VERIFYING
-        return (Verify(self._credentials),)
+        return (Verify(self._credentials, MECH_SRP_SHA256_2048),)
 
     def _chap_response(self, response: AsapAuthChapResponse, now: float) -> tuple[ServerEvent, ...]:
         server = self._chap
@@ -375,7 +378,7 @@ class ServerExchange:
             return self._fail(f"CHAP: {exc}", code)
         self._credentials = credentials
         self._state = _VERIFYING
-        return (Verify(credentials),)
+        return (Verify(credentials, MECH_CHAP_MD5),)
 
     # -- outcomes
     def _forget(self) -> None:

@@ -208,7 +208,7 @@ class RegistrarAuthenticator:
             elif kind is ex.StartSrp:
                 self._start_srp(channel, state, event)
             elif kind is ex.Verify:
-                self._verify(channel, state, event.credentials)
+                self._verify(channel, state, event)
             elif kind is ex.AuthSucceeded:
                 self.stats["succeeded"] += 1
                 self.events.authenticated(event.identity.mechanism, True)
@@ -259,10 +259,10 @@ class RegistrarAuthenticator:
         d.addCallbacks(self._answer, self._failure, callbackArgs=(channel, state, "challenge"),
                        errbackArgs=(channel, state, event.identity))
 
-    def _verify(self, channel: Any, state: _ChannelState, credentials: Any) -> None:
-        d = self.checkers.authenticate(credentials)
+    def _verify(self, channel: Any, state: _ChannelState, event: ex.Verify) -> None:
+        d = self.checkers.authenticate(event.credentials, event.mechanism)
         d.addCallbacks(self._answer, self._failure, callbackArgs=(channel, state, "identity"),
-                       errbackArgs=(channel, state, credentials.identity))
+                       errbackArgs=(channel, state, event.credentials.identity))
 
     def _answer(self, value: Any, channel: Any, state: _ChannelState, what: str) -> None:
         if not self._current(channel, state):
