@@ -31,11 +31,12 @@ SERVER = 0x5EED
 _GATE_FIELDS = {f.name for f in fields(GatePolicy)}
 
 
-def make_core(**overrides):
-    """A core whose RegistrarSettings and GatePolicy take ``overrides``."""
+def make_core(log=None, **overrides):
+    """A core whose RegistrarSettings and GatePolicy take ``overrides``
+    (``log``: the gate's log function)."""
     policy = GatePolicy(**{k: v for k, v in overrides.items() if k in _GATE_FIELDS})
     settings = RegistrarSettings(server_id=SERVER, **{k: v for k, v in overrides.items() if k not in _GATE_FIELDS})
-    return RegistrarCore(settings, Handlespace(HandlespaceLimits(), rng=random.Random(1)), Gate(policy),
+    return RegistrarCore(settings, Handlespace(HandlespaceLimits(), rng=random.Random(1)), Gate(policy, log=log),
                          rng=random.Random(2))
 
 
@@ -342,3 +343,30 @@ def test_backend_outage_is_refused_but_not_remembered(core, pe_session):
     assert reply.reject and reply.error.causes[0].code == CAUSE_SECURITY
     retry = core.message_received(pe_session, AsapRegistration(b"echo", make_pe(1)), 1.0)
     assert [type(o) for o in retry] == [AskAuthorizer]  # asked again, not answered from a cache
+
+
+def test_every_refusal_is_logged_once_by_the_gate():
+    lines = []
+    core = make_core(log=lambda level, fmt, **fields: lines.append(fmt.format(**fields)))
+    pe = open_session(core, "127.0.0.1", identity="pe1")
+    register(core, pe, 1, policy=LeastUsedPolicy(3))
+    (reply,) = sends(register(core, pe, 2, policy=RandomPolicy()))  # the handlespace refuses
+    assert reply.error.causes[0].code == CAUSE_INCONSISTENT_POLICY
+    anonymous = open_session(core, "127.0.0.2")
+    sends(core.message_received(anonymous, AsapRegistration(b"echo", make_pe(3, address="127.0.0.2")), 0.0))
+    assert [line.split(": ", 1)[0] for line in lines] == [
+        "refused register in pool echo from 127.0.0.1 (pe1)",
+        "refused register in pool echo from 127.0.0.2 (anonymous)"]
+    assert lines[0].endswith("; cause 0x5") and lines[1].endswith("no authenticated identity; cause 0xa")
+
+
+def test_a_revoked_channels_pes_are_removed_at_once(core, pe_session):
+    register(core, pe_session, 1)
+    register(core, pe_session, 2)
+    decisions = core.gate.revoke(identity="pe1", reason="CRL", now=1.0)
+    removal = next(d for d in decisions if type(d).__name__ == "RemovePoolElements")
+    out = core.remove_pool_elements(removal.admission.session, removal.reason, 1.0)
+    assert sorted(o.entry.pe_id for o in out if type(o) is PoolElementRemoved) == [1, 2]
+    assert len(core.handlespace) == 0
+    (reply,) = sends(core.message_received(pe_session, AsapRegistration(b"echo", make_pe(3)), 2.0))
+    assert reply.reject and reply.error.causes[0].code == CAUSE_SECURITY  # the channel is closing

@@ -158,6 +158,22 @@ class RegistrarOverTLS(RegistrarClientsMixin, unittest.TestCase):
         self.assertFalse([line for line in lines if "removed PE" in line])
 
 
+    @defer.inlineCallbacks
+    def test_revoking_an_identity_closes_its_live_channels_and_removes_its_pes_at_once(self):
+        pe1 = yield self.connect(self.pki.pe1)
+        other = yield self.connect(self.pki.pe2)
+        for client, pe_id in ((pe1, 0x91), (other, 0x92)):
+            reply = yield client.request(AsapRegistration(b"echo", make_pe(pe_id)))
+            self.assertFalse(reply.reject, reply)
+        self.registrar.revoke(identity="pe1", reason="certificate revoked (test)")
+        # At once, before the channel has even closed: resolutions no longer hand it out.
+        self.assertIsNone(self.registrar.handlespace.get(b"echo", 0x91))
+        self.assertIsNotNone(self.registrar.handlespace.get(b"echo", 0x92))
+        yield pe1.closed
+        answer = yield other.request(AsapHandleResolution(b"echo"))
+        self.assertEqual([pe.pe_id for pe in answer.pool_elements], [0x92])
+
+
 class AuthorizeOutcomes(unittest.TestCase):
     """``RegistrarService._authorize``: the gate's question goes to the
     authorizer as it is (identity, groups, action, handle); plain values are

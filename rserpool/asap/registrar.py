@@ -366,6 +366,7 @@ class RegistrarCore:
             )
         except HandlespaceError as exc:
             self._refused(exc.cause, session, "registration", handle, pe.pe_id, now)
+            self.gate.note_refusal(admission, ACTION_REGISTER, handle, exc.detail, exc.cause, now)
             if exc.cause == codes.CAUSE_INCONSISTENT_POLICY:
                 info = self._pool_policy_bytes(handle)  # RFC 5354 3.12.6
             elif exc.cause == codes.CAUSE_INCONSISTENT_TRANSPORT:
@@ -439,8 +440,7 @@ class RegistrarCore:
             entry = self.handlespace.deregister(handle, pe_id, principal)
         except HandlespaceError as exc:  # the handlespace's own (defensive) check
             self._refused(exc.cause, session, "deregistration", handle, pe_id, now)
-            self._log("refusing deregistration of {pe_id:08x} in {handle!r} by {identity}: {detail}",
-                      pe_id=pe_id, handle=handle, identity=principal, detail=exc.detail)
+            self.gate.note_refusal(session.admission, ACTION_DEREGISTER, handle, exc.detail, exc.cause, now)
             out.append(Send(session, AsapDeregistrationResponse(handle, pe_id, _cause(exc.cause))))
             return
         if entry is not None:

@@ -148,6 +148,13 @@ class Gate:
         adm.state = CLOSING
         adm.change_barrier = (CAUSE_SECURITY, _NOT_OPEN[CLOSING])
 
+    def note_refusal(self, adm: Admission, action: str, handle: bytes, reason: str, cause: int,
+                     now: float) -> None:
+        """A door refused a request for a reason of its own (the handlespace's
+        consistency rules, its quotas): logged like the gate's refusals, so
+        that every refusal has one line."""
+        self._refuse(adm, _what(action, handle), reason, cause, now)
+
     # -- channels ------------------------------------------------------------------------------
 
     def open_channel(self, door: str, address: str, tls: bool, now: float, *, channel: Any = None,
