@@ -40,6 +40,7 @@ __all__ = [
     "KIND_INTERFACES",
     "KINDS",
     "IBackendFactory",
+    "ICandidateSource",
     "ICertificateCredentials",
     "ICertificateMapping",
     "IChannelHandler",
@@ -54,9 +55,11 @@ __all__ = [
     "IPskCredentials",
     "IPskKeyStore",
     "IRSerPoolPlugin",
+    "ISessionApplication",
     "ISrpChecker",
     "ISrpCredentials",
     "ISrpVerifierStore",
+    "IWatchedCandidateSource",
     "Identity",
 ]
 
@@ -224,6 +227,44 @@ class IChannelHandler(Interface):
 
     def channel_closed(channel, reason):  # type: ignore[no-untyped-def]
         """The channel is gone; no more calls follow."""
+
+
+class ICandidateSource(Interface):
+    """Where a server hunt finds its registrars (static list, DNS, announces)."""
+
+    def candidates():  # type: ignore[misc]
+        """The ordered candidates of a round (a list, or a Deferred firing with one)."""
+
+
+class IWatchedCandidateSource(ICandidateSource):
+    """A candidate source that also tells of new candidates as they come
+    (a registrar's announce), so a running hunt can try them at once."""
+
+    def add_listener(listener):  # type: ignore[no-untyped-def]
+        """Call ``listener(candidates)`` when new candidates are known."""
+
+    def remove_listener(listener):  # type: ignore[no-untyped-def]
+        """Stop calling ``listener``."""
+
+
+class ISessionApplication(Interface):
+    """What a PE's application implements to serve PU-PE sessions
+    (``rserpool.service.pe_session.SessionServer``)."""
+
+    def session_started(session):  # type: ignore[no-untyped-def]
+        """A PU connected (TLS handshake done)."""
+
+    def cookie_echoed(session, cookie):  # type: ignore[no-untyped-def]
+        """The PU failed over to us and echoed this cookie (check it yourself)."""
+
+    def business_card_received(session, pool_handle, pool_elements):  # type: ignore[no-untyped-def]
+        """The PU (a PU/PE combination) sent its pool handle and failover order."""
+
+    def data_received(session, payload):  # type: ignore[no-untyped-def]
+        """Application data from the PU."""
+
+    def session_ended(session, reason):  # type: ignore[no-untyped-def]
+        """The connection is gone."""
 
 
 # -------------------------------------------------------------------- plugins
