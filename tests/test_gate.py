@@ -196,6 +196,18 @@ def test_revoking_a_certificate_reaches_channels_still_being_identified():
         gate.revoke(reason="nothing named", now=0.0)
 
 
+def test_revoking_closes_peer_and_admin_channels_but_only_asap_channels_have_pes():
+    gate = Gate()
+    peer = opened(gate, Identity("reg-b.test", MECH_CERTIFICATE), "127.0.0.2", DOOR_PEER)
+    admin = opened(gate, Identity("reg-b.test", MECH_CERTIFICATE), "127.0.0.3", DOOR_ADMIN)
+    asap = opened(gate, Identity("reg-b.test", MECH_CERTIFICATE), "127.0.0.4")
+    out = gate.revoke(identity="reg-b.test", reason="CRL", now=0.0)
+    assert sorted((type(o).__name__, o.admission.door) for o in out) == [
+        ("CloseChannel", DOOR_ADMIN), ("CloseChannel", DOOR_ASAP), ("CloseChannel", DOOR_PEER),
+        ("RemovePoolElements", DOOR_ASAP)]
+    assert peer.state == admin.state == asap.state == CLOSING
+
+
 def test_connection_limits_count_from_accept_to_close():
     lines = []
     gate = Gate(GatePolicy(max_connections=3, max_connections_per_address=2),

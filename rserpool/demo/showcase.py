@@ -60,9 +60,11 @@ class DemoService(MultiService):
         self.session: Any = None
         self._loop: task.LoopingCall | None = None
         self._count = 0
+        self._stopping = False
 
     def startService(self) -> None:
         super().startService()
+        self._stopping = False
         # The registrar's ports are open once its own startService ran.
         self.reactor.callLater(0.2, self._start)
 
@@ -116,7 +118,10 @@ class DemoService(MultiService):
         try:
             echo = yield self.session.send(line)
         except Exception as exc:  # the demo keeps going; the log says why
-            _log.warn("demo: echo failed: {error}", error=exc)
+            if self._stopping:  # the session closed under the last echo: no failure
+                _log.info("demo: {line!r} not echoed: the demo is stopping", line=line)
+            else:
+                _log.warn("demo: echo failed: {error}", error=exc)
             return
         current = self.session.client.current_pe
         _log.info("demo: sent {line!r}, PE {pe_id:08x} echoed {echo!r}", line=line,
@@ -147,6 +152,7 @@ class DemoService(MultiService):
 
     @defer.inlineCallbacks
     def stopService(self):
+        self._stopping = True
         if self._loop is not None and self._loop.running:
             self._loop.stop()
         if self.session is not None:

@@ -487,7 +487,7 @@ class Gate:
                     or (fingerprint is not None and adm.fingerprint == fingerprint)):
                 continue
             self.stats["revoked"] += 1
-            if adm.state is OPEN:
+            if adm.state is OPEN and adm.door is DOOR_ASAP:  # only the ASAP door registers PEs
                 out.append(RemovePoolElements(adm, reason))
             out.extend(self._close(adm, f"revoked: {reason}", now))
         return out

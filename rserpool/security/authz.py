@@ -6,18 +6,17 @@ The embedded authorizer reads a rules file, one rule per line::
     pe1                 register,deregister    echo
     @echo-servers       register,deregister    echo echo-*
     *                   resolve                *
-    registrar2          peer                   *
-    @operators          admin                  *
+    registrar-b.example peer                   *
 
 - *subject* is an identity name (read in normalized form,
   :func:`rserpool.identity.normalize_identity`: ``PE1`` is ``pe1``), ``@group`` (a group the identity belongs to,
   e.g. from a certificate mapping, LDAP or RADIUS), or ``*`` (any
   authenticated identity; for ``resolve`` also an anonymous pool user).
 - *actions*: ``register``, ``deregister``, ``resolve``, ``peer`` (act as an
-  ENRP peer registrar), ``admin`` (read the admin endpoint; its pool handle
-  is empty, so grant it with the pattern ``*``), or ``all`` (every action but
-  ``admin``, which is only ever granted by name).  (``enrp``, the old name of
-  ``peer``, is refused with a message saying so.)
+  ENRP peer, the security gate's ``peer`` door; ``enrp`` is read as
+  ``peer``), ``admin`` (read the admin endpoint), both with an empty pool
+  handle, so grant them with the pattern ``*``, or ``all`` (every action
+  but ``peer`` and ``admin``, which are only ever granted by name).
 - *patterns* are shell-style globs (``fnmatch``, case-sensitive) over the pool
   handle, which is read as UTF-8; a handle that is not valid UTF-8 only
   matches ``*`` or a ``hex:`` pattern such as ``hex:0a0b*``.
@@ -45,10 +44,10 @@ __all__ = [
 ]
 
 ACTIONS = frozenset({"register", "deregister", "resolve", "peer", "admin"})
-#: What ``all`` stands for: the admin door is never granted by a wildcard.
-_ALL_ACTIONS = ACTIONS - {"admin"}
-#: Actions renamed since: refused with a message that names the new one.
-_RENAMED = {"enrp": "peer"}
+#: What ``all`` stands for: the peer and admin doors are never granted by a wildcard.
+_ALL_ACTIONS = ACTIONS - {"admin", "peer"}
+#: Older names of actions, read as the current ones.
+_ALIASES = {"enrp": "peer"}
 _MAX_RULES = 100_000
 
 
@@ -119,14 +118,11 @@ def parse_rules(text: str, source: str = "<rules>") -> tuple[Rule, ...]:
             subject = canonical
         actions = set()
         for action in actions_text.split(","):
-            action = action.strip()
+            action = _ALIASES.get(action.strip(), action.strip())
             if action == "all":
                 actions |= _ALL_ACTIONS
             elif action in ACTIONS:
                 actions.add(action)
-            elif action in _RENAMED:
-                raise RulesError(f"{source}:{number}: the action {action!r} is now called "
-                                 f"{_RENAMED[action]!r}")
             else:
                 raise RulesError(f"{source}:{number}: unknown action {action!r} "
                                  f"(known: {', '.join(sorted(ACTIONS))}, all)")
@@ -195,6 +191,7 @@ class RulesAuthorizer:
         return sorted(set().union(*lists))
 
     def decide(self, identity: str | None, groups: Iterable[str], action: str, pool_handle: bytes) -> bool:
+        action = _ALIASES.get(action, action)  # a request is read as its rule would be
         group_set = frozenset(groups)
         key = (identity, group_set, action, pool_handle)
         decisions = self._decisions
