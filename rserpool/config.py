@@ -169,10 +169,11 @@ SCHEMA: dict[str, dict[str, Option]] = {
     "security": {
         "allow_unauthenticated": _S(_bool, "no", "INSECURE: accept registrations from unauthenticated PEs"),
         "authenticators": _S(_list, "certificate",
-                             "PE authentication: certificate (TLS client certificate), psk (needs [tls] "
-                             "psk_file), srp and chap (ASAP authentication extension; backends in "
-                             "[authenticator:srp] store = file|ldap and [authenticator:chap] "
-                             "backend = file or verifier = radius)"),
+                             "authenticator plugins (twisted.cred checkers), in order: certificate (TLS client "
+                             "certificate), psk (TLS-PSK; implied by [tls] psk_file), srp and chap (ASAP "
+                             "authentication extension), or a site plugin; options in [authenticator:<name>] "
+                             "(e.g. [authenticator:srp] store = file|ldap, [authenticator:chap] backend = file "
+                             "or verifier = radius, [authenticator:certificate] mapping = file|ldap)"),
         "server_secret_file": _S(str, "", "file with at least 16 secret bytes from which SRP derives the fake "
                                           "salts of unknown identities (empty: a new secret per start)", path=True),
         "authorizer": _S(str, "file", "pool authorization plugin name"),

@@ -88,7 +88,7 @@ class _ListenFactory(Factory):
                 or service._per_address.get(host, 0) >= service.max_connections_per_address):
             _log.warn("refusing ENRP connection from {addr}: too many connections", addr=addr)
             return _Refused()
-        return service.new_channel(initiator=False, host=host)
+        return service.new_channel(initiator=False, host=host) or _Refused()
 
 
 class EnrpService(MultiService):
@@ -226,11 +226,16 @@ class EnrpService(MultiService):
 
     # -- channels ------------------------------------------------------------------------
 
-    def new_channel(self, initiator: bool, host: str) -> Channel:
+    def new_channel(self, initiator: bool, host: str) -> Channel | None:
+        """A channel through the gate's peer door, or None when the gate's
+        connection limits refuse it (logged there)."""
         channel = Channel(self, self.clock, self.channel_settings, tls=True, initiator=initiator)
         channel.peer_host = host
-        channel.admission = self.gate.open_channel(DOOR_PEER, host, True)
-        channel.admission.session = channel
+        admission = self.gate.open_channel(DOOR_PEER, host, True, self.clock.seconds(), channel=channel)
+        if admission is None:
+            return None
+        channel.admission = admission
+        admission.session = channel
         self.channels.add(channel)
         self._per_address[host] = self._per_address.get(host, 0) + 1
         return channel
@@ -251,8 +256,12 @@ class EnrpService(MultiService):
         connecting.addErrback(lambda failure: ready.called or ready.errback(failure))
         return ready
 
-    def _dialled_channel(self, candidate: Any, ready: defer.Deferred) -> Channel:
+    def _dialled_channel(self, candidate: Any, ready: defer.Deferred) -> Protocol:
         channel = self.new_channel(initiator=True, host=candidate.host)
+        if channel is None:
+            if not ready.called:
+                ready.errback(Failure(ConnectionRefusedError("the gate's connection limits")))
+            return _Refused()
         channel.ready_deferred = ready
         channel.candidate = candidate
         return channel
@@ -276,9 +285,9 @@ class EnrpService(MultiService):
         check.addCallbacks(self._identified, self._identity_failed, callbackArgs=(channel,),
                            errbackArgs=(channel,))
 
-    def _with_groups(self, name: str | None) -> Any:
-        if name is None:
-            return None
+    def _with_groups(self, name: Identity | str | None) -> Any:
+        if name is None or isinstance(name, Identity):
+            return name  # an Identity: the registrar's checkers named it, with its groups
         d = defer.maybeDeferred(self.groups_of, name)
         return d.addCallback(lambda groups: Identity.create(name, MECH_CERTIFICATE, groups or ()))
 
