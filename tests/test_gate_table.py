@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from rserpool.gate import (
-    CHANNEL_CLOSED, CLOSING, OPEN, AskAuthorizer, AttemptRefused, CloseChannel, Gate, GatePolicy, Opened,
+    CHANNEL_CLOSED, CLOSING, OPEN, REPORT_COUNTED, REPORT_PROBE, REPORT_REMOVE, AskAuthorizer, AttemptRefused, CloseChannel, Gate, GatePolicy, Opened,
     RemovePoolElements,
 )
 from rserpool.identity import MECH_CERTIFICATE, MECH_PSK, MECH_SRP, Identity
@@ -27,6 +27,7 @@ DOC = Path(__file__).resolve().parent.parent / "docs" / "gate.md"
 ADDRESS = "127.0.0.1"
 FINGERPRINT = "ab" * 32
 NOW = 100.0
+KEEPALIVE_INTERVAL = 5.0
 
 
 def table_rows() -> list[dict[str, str]]:
@@ -53,7 +54,7 @@ def test_the_table_is_there_and_numbered():
 # -- building a row's world ------------------------------------------------------------------------
 
 _FLAGS = {"allow_insecure_channels", "allow_unauthenticated", "authorize_resolution", "check_pe_addresses",
-          "unreachable_requires_identity"}
+          "unreachable_requires_identity", "unreachable_removal_needs_failed_probe"}
 _RATES = {"registration_rate", "registration_rate_per_address", "resolution_rate", "unreachable_rate",
           "door_request_rate", "refusal_log_per_address", "refusal_log_total"}
 _ATTEMPTS = {"attempts_per_identity", "attempts_per_address"}
@@ -89,6 +90,10 @@ class World:
                                           fingerprint=FINGERPRINT)
         self.ask: AskAuthorizer | None = None
         self.owner: str | None = None
+        # The reported PE (an admitted unreachability report).
+        self.reporters = 0
+        self.last_keepalive: float | None = None
+        self.probing = False
         identity = row["identity"]
         if identity != "identifying":
             self.gate.identified(self.adm, self.identity_of(identity), NOW)
@@ -172,6 +177,12 @@ class World:
             assert isinstance(self.request(self.row["input"]), int)
         elif item.startswith("owner "):
             self.owner = item.split()[1]
+        elif item.endswith(" reporters"):
+            self.reporters = int(item.split()[0])
+        elif item.startswith("keep-alive sent ") and item.endswith(" s ago"):
+            self.last_keepalive = NOW - float(item.split()[2])
+        elif item == "probe outstanding":
+            self.probing = True
         elif item == "closing":
             gate.revoke(identity=adm.identity, reason="test", now=NOW)
         else:
@@ -200,6 +211,8 @@ class World:
             return gate.authentication_failed(adm, "pe1", MECH_SRP, "wrong proof", words.endswith("final"), NOW)
         if words == "exchange unavailable":
             return gate.authentication_unavailable(adm, "pe1", MECH_SRP, "backend down", NOW)
+        if words == "report counted":
+            return gate.report_counted(self.reporters, self.last_keepalive, self.probing, KEEPALIVE_INTERVAL, NOW)
         if words == "revoke fingerprint":
             return gate.revoke(fingerprint=FINGERPRINT, reason="CRL reloaded", now=NOW)
         if words.startswith("revoke "):
@@ -246,6 +259,9 @@ def check_decision(world: World, result, decision: str, cause: str) -> None:
         assert (adm.state == CLOSING) == result.final
     elif main == "keep":
         assert result == [] and adm.state == OPEN
+    elif main in ("probe PE", "count only", "remove PE"):
+        assert result is {"probe PE": REPORT_PROBE, "count only": REPORT_COUNTED,
+                          "remove PE": REPORT_REMOVE}[main], result
     elif main.startswith("identity "):
         assert result == [] and adm.identity == main.split()[1] and adm.mechanism == MECH_SRP
     else:
@@ -296,7 +312,7 @@ def test_every_refusal_cause_in_the_table_is_counted():
         before = dict(world.gate.refused)
         world.run(row["input"])
         logged_or_counted = sum(world.gate.refused.values()) - sum(before.values())
-        if row["decision"].startswith(("refuse", "drop", "close", "remove")) and row["given"] != "attempt pe2 refused":
+        if row["decision"].startswith(("refuse", "drop", "close", "remove and")) and row["given"] != "attempt pe2 refused":
             assert logged_or_counted == 1, row
         if row["cause"] != "-" and row["decision"].startswith("refuse") and "attempt" not in row["decision"]:
             assert world.gate.refused.get(int(row["cause"], 16)) == before.get(int(row["cause"], 16), 0) + 1

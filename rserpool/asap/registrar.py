@@ -42,6 +42,8 @@ from rserpool.gate import (
     ACTION_DEREGISTER,
     ACTION_REGISTER,
     ACTION_RESOLVE,
+    REPORT_PROBE,
+    REPORT_REMOVE,
     Admission,
     AskAuthorizer,
     Gate,
@@ -113,17 +115,13 @@ Output = Union[Send, AskAuthorizer, Close, PoolElementAdded, PoolElementRemoved]
 
 @dataclass(frozen=True, slots=True)
 class RegistrarSettings:
-    """The registrar's protocol settings (what it admits is the gate's
-    ``GatePolicy``)."""
+    """The registrar's protocol settings (what it admits, and what an
+    unreachability report does, is the gate's ``GatePolicy``)."""
 
     server_id: int
     keepalive_interval: float = 5.0
     keepalive_timeout: float = 5.0
-    max_bad_pe_reports: int = 3
     max_resolution_items: int = 3  # 0: all PEs of the pool
-    # RFC 5355 2.13 hardening, off by default (RFC 5352 behaviour): reports
-    # alone never remove a PE (only its failed probe keep-alive does).
-    unreachable_removal_needs_failed_probe: bool = False
 
     def __post_init__(self) -> None:
         if type(self.server_id) is not int or not 1 <= self.server_id <= 0xFFFFFFFF:
@@ -245,6 +243,7 @@ class RegistrarCore:
         self._log = log or (lambda *args, **kwargs: None)
         self._channel_of: dict[tuple[bytes, int], AsapSession] = {}
         self._awaiting_ack: dict[tuple[bytes, int], float] = {}
+        self._last_keepalive: dict[tuple[bytes, int], float] = {}  # when each PE was last sent one
         # (handle, PEs, policy, message, bytes) of the last positive resolution answer.
         self._last_answer: tuple = (None, None, None, None, None)
         self.sessions: set[AsapSession] = set()
@@ -573,7 +572,9 @@ class RegistrarCore:
 
     def _on_unreachable(self, session: AsapSession, msg: AsapEndpointUnreachable, now: float, out: list) -> None:
         # Threat 2.13 / RFC 5355 2.13: reports are rate limited per reporter
-        # (the gate) and only distinct reporters count towards MAX-BAD-PE-REPORT.
+        # and only distinct reporters count; the gate says what a report does
+        # (by default: at most one probe per keep-alive interval, never a
+        # removal without an unanswered probe).
         settings = self.settings
         self.stats["unreachable_reports"] += 1
         dropped = self.gate.admit_report(session.admission, msg.pool_handle, now)
@@ -590,11 +591,14 @@ class RegistrarCore:
                       pe_id=msg.pe_id, address=session.address, home=entry.home_server_id)
             return
         count = self.handlespace.report_unreachable(msg.pool_handle, msg.pe_id, session.admission.principal, now)
-        if count >= settings.max_bad_pe_reports and not settings.unreachable_removal_needs_failed_probe:
+        key = (msg.pool_handle, msg.pe_id)
+        effect = self.gate.report_counted(count, self._last_keepalive.get(key), key in self._awaiting_ack,
+                                          settings.keepalive_interval, now)
+        if effect is REPORT_REMOVE:
             self._remove(entry, f"{count} unreachability reports", out)
-            return
-        # RFC 5352 3.5: probe the PE at once; no ACK in time removes it.
-        self._send_keepalive(entry, now, out)
+        elif effect is REPORT_PROBE:
+            # RFC 5352 3.5: probe the PE at once; no ACK in time removes it.
+            self._send_keepalive(entry, now, out)
 
     def _send_keepalive(self, entry: PoolElementEntry, now: float, out: list) -> None:
         key = (entry.pool_handle, entry.pe_id)
@@ -605,6 +609,7 @@ class RegistrarCore:
             self._remove(entry, "no ASAP channel for keep-alive", out)
             return
         self._awaiting_ack[key] = now + self.settings.keepalive_timeout
+        self._last_keepalive[key] = now
         self.handlespace.schedule_keepalive(entry.pool_handle, entry.pe_id, now + self.settings.keepalive_timeout)
         out.append(Send(session, AsapEndpointKeepAlive(self.settings.server_id, entry.pool_handle)))
 
@@ -657,6 +662,7 @@ class RegistrarCore:
     def _forget(self, entry: PoolElementEntry) -> None:
         key = (entry.pool_handle, entry.pe_id)
         self._awaiting_ack.pop(key, None)
+        self._last_keepalive.pop(key, None)
         session = self._channel_of.pop(key, None)
         if session is not None:
             session.pes.discard(key)

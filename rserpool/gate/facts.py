@@ -42,6 +42,9 @@ __all__ = [
     "REFUSED_IDENTITY_MISMATCH",
     "REFUSED_RATE_ADDRESS",
     "REFUSED_RATE_IDENTITY",
+    "REPORT_COUNTED",
+    "REPORT_PROBE",
+    "REPORT_REMOVE",
 ]
 
 # -- doors and actions ----------------------------------------------------------------------------
@@ -80,6 +83,17 @@ REFUSED_IDENTITY_MISMATCH = "identity differs from the channel's"
 REFUSED_AFTER_SUCCESS = "already authenticated"
 REFUSED_CLOSING = "channel closing"
 
+# -- what an admitted ENDPOINT_UNREACHABLE report does (Gate.report_counted) --------------------
+
+#: Counted only: a probe is outstanding, or the PE was sent a keep-alive
+#: less than one keep-alive interval ago.
+REPORT_COUNTED = "counted"
+#: Probe the PE at once (RFC 5352 3.5); an unanswered probe removes it.
+REPORT_PROBE = "probe"
+#: Remove the PE now (MAX-BAD-PE-REPORT distinct reporters; only with
+#: ``unreachable_removal_needs_failed_probe`` off).
+REPORT_REMOVE = "remove"
+
 
 # -- configuration ----------------------------------------------------------------------------
 
@@ -94,6 +108,12 @@ class GatePolicy:
     authorize_resolution: bool = False  # ask the authorizer about resolutions too
     check_pe_addresses: bool = True  # a PE may register only its channel's address
     unreachable_requires_identity: bool = False  # RFC 5355 2.13 hardening
+    # RFC 5355 2.13: reports alone never remove a PE; each admitted report may
+    # probe it (at most one keep-alive per PE per keep-alive interval) and
+    # only a probe left unanswered removes it.  False (INSECURE): RFC 5352's
+    # rule, ``max_bad_pe_reports`` distinct reporters remove a PE.
+    unreachable_removal_needs_failed_probe: bool = True
+    max_bad_pe_reports: int = 3  # MAX-BAD-PE-REPORT (RFC 5352 section 5)
     # Per authenticated identity, and per source address (threat 2.1).
     registration_rate: RateLimit = RateLimit(rate=50.0, burst=100.0)
     registration_rate_per_address: RateLimit = RateLimit(rate=500.0, burst=1000.0)
@@ -120,7 +140,7 @@ class GatePolicy:
 
     def __post_init__(self) -> None:
         for name in ("max_connections", "max_connections_per_address", "max_pending_per_channel",
-                     "max_cached_decisions", "max_held_per_channel"):
+                     "max_cached_decisions", "max_held_per_channel", "max_bad_pe_reports"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
 

@@ -54,6 +54,9 @@ from rserpool.gate.facts import (
     REFUSED_IDENTITY_MISMATCH,
     REFUSED_RATE_ADDRESS,
     REFUSED_RATE_IDENTITY,
+    REPORT_COUNTED,
+    REPORT_PROBE,
+    REPORT_REMOVE,
     AskAuthorizer,
     AttemptRefused,
     CloseChannel,
@@ -327,6 +330,23 @@ class Gate:
         if not self._reports.allow(adm.principal, now):
             return self._refuse(adm, what, _RATE, CAUSE_LACK_OF_RESOURCES, now, dropped=True)
         return None
+
+    def report_counted(self, reporters: int, last_keepalive: float | None, probing: bool,
+                       keepalive_interval: float, now: float) -> str:
+        """What an admitted unreachability report does to its PE (RFC 5355
+        2.13), given the facts: ``reporters`` distinct reporters so far,
+        when the PE was last sent a keep-alive (None: never), whether a probe
+        is outstanding.  By default reports never remove a PE: they may
+        probe it, at most once per keep-alive interval however many reports
+        come, so the registrar's keep-alives stay within what the PE
+        library's keep-alive limit (RFC 5355 2.14) always answers, and only
+        a probe left unanswered removes the PE."""
+        policy = self.policy
+        if not policy.unreachable_removal_needs_failed_probe and reporters >= policy.max_bad_pe_reports:
+            return REPORT_REMOVE
+        if probing or (last_keepalive is not None and now - last_keepalive < keepalive_interval):
+            return REPORT_COUNTED
+        return REPORT_PROBE
 
     def admit(self, adm: Admission, action: str, handle: bytes, now: float) -> None | int | AskAuthorizer:
         """A request at the peer or admin door (``peer``, ``admin``): TLS, an
