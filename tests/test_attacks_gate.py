@@ -18,9 +18,12 @@ from typing import Any
 
 import pytest
 from twisted.internet import endpoints
+from twisted.python.failure import Failure
 
 from rserpool.asap.pe import PeSettings
-from rserpool.security import pki, tls
+from rserpool.backends.filestore_format import srp_line
+from rserpool.security import exchange, pki, srp, tls
+from rserpool.service.auth import AuthenticationError, PeAuthenticator
 from rserpool.service.candidates import RegistrarCandidates
 from rserpool.service.channel import Channel, ChannelSettings, tls_client_endpoint
 from rserpool.service.pe import PoolElementService
@@ -187,3 +190,89 @@ def test_a_pe_that_leaves_the_probe_unanswered_is_removed(shipped: Shipped) -> N
     shipped.net.pass_time(shipped.registrar.core.settings.keepalive_timeout + 0.5)
     assert shipped.registrar.handlespace.get(H, 0x2133) is None
     assert shipped.registrar.core.stats["keepalive_timeouts"] == 1
+
+
+# -- outsiders lock an identity out (SRP/CHAP failure budgets) ------------------------------------
+
+PE1_PASSWORD = "correct horse battery staple"
+AUTH_CHANGES = (
+    (r"(?m)^authenticators = certificate$", "authenticators = certificate, srp, chap"),
+    (r"(?m)^credentials =$", "credentials = credentials"),
+    (r"(?m)^server_secret_file =$", "server_secret_file = server.secret"),
+)
+
+
+def _private(path: Path, text: str) -> None:
+    path.write_text(text)
+    path.chmod(0o600)
+
+
+@pytest.fixture
+def with_srp(tmp_path: Path):
+    """The shipped registrar with the ASAP authentication extension on (SRP
+    and CHAP from the credentials file); pe1 has only an SRP verifier."""
+    salt, verifier = srp.make_verifier("pe1", PE1_PASSWORD)
+    _private(tmp_path / "credentials", srp_line("pe1", salt, verifier) + "\n")
+    _private(tmp_path / "server.secret", "0123456789abcdef0123456789abcdef\n")
+    world = Shipped(tmp_path, changes=AUTH_CHANGES)
+    yield world
+    world.stop()
+
+
+def authenticate(world: Shipped, secret: str, mechanism: str, source: str) -> tuple[RawClient, Any]:
+    """Run the PE library's exchange as pe1 from ``source``: (client, outcome)."""
+    client = world.client(source=source)
+    outcome: list[Any] = []
+    PeAuthenticator(world.net, "pe1", secret, preferences=(mechanism,),
+                    timeout=30.0).authenticate(client.channel).addBoth(outcome.append)
+    world.net.pass_time(3.0)  # the identity's slowdown is at most 2 s
+    assert outcome, "the exchange did not finish"
+    return client, outcome[0]
+
+
+def test_failures_from_five_addresses_do_not_lock_the_pe_out(with_srp: Shipped) -> None:
+    # Issue 12: five wrong CHAP responses for pe1 (which has only an SRP
+    # verifier) from five addresses made pe1's correct SRP proof fail with
+    # "rate limited" for about a minute.
+    for n in range(5):
+        _, failed = authenticate(with_srp, "wrong", exchange.MECH_CHAP_MD5, f"127.0.2.{n}")
+        assert isinstance(failed, Failure) and failed.check(AuthenticationError)
+        assert failed.value.event.code == exchange.FAIL_AUTHENTICATION
+    pe, proved = authenticate(with_srp, PE1_PASSWORD, exchange.MECH_SRP_SHA256_2048, "127.0.0.1")
+    assert isinstance(proved, exchange.Authenticated), proved
+    pe.send(AsapRegistration(H, make_pe(0x2140, life=3600)))
+    with_srp.net.run()
+    assert not pe.messages[-1].reject
+    assert with_srp.registrar.handlespace.get(H, 0x2140).identity == "pe1"
+    assert with_srp.registrar.gate.attempts.slowed >= 1  # it waited, and was not refused
+
+
+def test_one_failure_a_minute_does_not_keep_the_identity_locked(with_srp: Shipped) -> None:
+    # Issue 12: after five failures, one more a minute kept pe1 locked.
+    for n in range(5):
+        authenticate(with_srp, "wrong", exchange.MECH_CHAP_MD5, f"127.0.2.{n}")
+    slowed = []
+    for minute in range(10):
+        _, failed = authenticate(with_srp, "wrong", exchange.MECH_CHAP_MD5, f"127.0.3.{minute}")
+        assert isinstance(failed, Failure)
+        before = getattr(with_srp.registrar.gate.attempts, "slowed", 0)
+        pe, proved = authenticate(with_srp, PE1_PASSWORD, exchange.MECH_SRP_SHA256_2048, "127.0.0.1")
+        assert isinstance(proved, exchange.Authenticated), (minute, proved)
+        slowed.append(with_srp.registrar.gate.attempts.slowed - before)
+        pe.channel.close()
+        with_srp.net.pass_time(54.0)
+    # Slowed down at first, then not even that: one a minute is forgotten as it comes.
+    assert slowed[0] == 1 and slowed[-5:] == [0] * 5, slowed
+
+
+def test_one_address_guessing_at_pe1_is_stopped_without_stopping_pe1(with_srp: Shipped) -> None:
+    # The guesser's own address runs out of attempts for pe1 (then of attempts
+    # altogether); pe1 from its address is unaffected.
+    codes = []
+    for _ in range(7):
+        _, failed = authenticate(with_srp, "wrong", exchange.MECH_SRP_SHA256_2048, "127.0.4.1")
+        codes.append(failed.value.event.code)
+    assert codes[:5] == [exchange.FAIL_AUTHENTICATION] * 5
+    assert codes[5:] == [exchange.FAIL_RATE_LIMITED] * 2
+    _, proved = authenticate(with_srp, PE1_PASSWORD, exchange.MECH_SRP_SHA256_2048, "127.0.0.1")
+    assert isinstance(proved, exchange.Authenticated), proved

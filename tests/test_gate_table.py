@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from rserpool.gate import (
-    CHANNEL_CLOSED, CLOSING, OPEN, REPORT_COUNTED, REPORT_PROBE, REPORT_REMOVE, AskAuthorizer, AttemptRefused, CloseChannel, Gate, GatePolicy, Opened,
+    CHANNEL_CLOSED, CLOSING, DOOR_ASAP, OPEN, REPORT_COUNTED, REPORT_PROBE, REPORT_REMOVE, AskAuthorizer,
+    AttemptDelayed, AttemptRefused, CloseChannel, Gate, GatePolicy, Opened,
     RemovePoolElements,
 )
 from rserpool.identity import MECH_CERTIFICATE, MECH_PSK, MECH_SRP, Identity
@@ -57,7 +58,7 @@ _FLAGS = {"allow_insecure_channels", "allow_unauthenticated", "authorize_resolut
           "unreachable_requires_identity", "unreachable_removal_needs_failed_probe"}
 _RATES = {"registration_rate", "registration_rate_per_address", "resolution_rate", "unreachable_rate",
           "door_request_rate", "refusal_log_per_address", "refusal_log_total"}
-_ATTEMPTS = {"attempts_per_identity", "attempts_per_address"}
+_ATTEMPTS = {"attempts_per_identity_and_address", "attempts_per_address"}
 _COUNTS = {"max_held_per_channel", "max_pending_per_channel", "max_connections",
            "max_connections_per_address"}
 
@@ -177,6 +178,16 @@ class World:
             assert isinstance(self.request(self.row["input"]), int)
         elif item.startswith("owner "):
             self.owner = item.split()[1]
+        elif " failures for " in item:
+            # "5 failures for pe1 from other addresses [150 s ago]"
+            words = item.split()
+            count, claimed = int(words[0]), words[3]
+            when = NOW - float(words[-3]) if item.endswith(" s ago") else NOW
+            for n in range(count):
+                other = gate.open_channel(DOOR_ASAP, f"10.0.{n}.1", True, when)
+                gate.identified(other, None, when)
+                assert not isinstance(gate.authentication_attempt(other, claimed, MECH_SRP, when), AttemptRefused)
+                gate.authentication_failed(other, claimed, MECH_SRP, "wrong proof", True, when)
         elif item.endswith(" reporters"):
             self.reporters = int(item.split()[0])
         elif item.startswith("keep-alive sent ") and item.endswith(" s ago"):
@@ -253,6 +264,9 @@ def check_decision(world: World, result, decision: str, cause: str) -> None:
         assert result == [] and adm.state == OPEN
     elif main == "go":
         assert result is None
+    elif main.startswith("go after "):
+        assert isinstance(result, AttemptDelayed) and result.delay == float(main.split()[2]), result
+        assert adm.state == OPEN
     elif main == "refuse attempt":
         assert isinstance(result, AttemptRefused), result
         assert result.final == ("final" in words)
@@ -279,8 +293,8 @@ def check_decision(world: World, result, decision: str, cause: str) -> None:
         elif extra == "identity none":
             assert adm.identity is None and adm.principal == "addr:" + ADDRESS
         elif extra == "tokens returned":
-            assert gate.attempts.tokens("pe1", NOW) == gate.policy.attempts_per_identity.capacity
-            assert gate.attempts_by_address.tokens(ADDRESS, NOW) == gate.policy.attempts_per_address.capacity
+            assert gate.attempts.tokens("pe1", ADDRESS, NOW) == gate.policy.attempts_per_identity_and_address.capacity
+            assert gate.attempts.per_source.tokens(ADDRESS, NOW) == gate.policy.attempts_per_address.capacity
         else:
             raise AssertionError(f"unknown decision detail {extra!r}")
     if main in ("refuse", "refuse attempt") or cause not in ("-",):

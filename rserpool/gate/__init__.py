@@ -28,12 +28,14 @@ from rserpool.gate.facts import (
     REPORT_PROBE,
     REPORT_REMOVE,
     AskAuthorizer,
+    AttemptDelayed,
     AttemptRefused,
     CloseChannel,
     GatePolicy,
     Opened,
     Output,
     RemovePoolElements,
+    Slowdown,
 )
 from rserpool.gate.facts import CLOSING, IDENTIFYING, OPEN, Admission
 from rserpool.gate.gate import CHANNEL_CLOSED, Gate
@@ -49,6 +51,7 @@ __all__ = [
     "ACTION_UNREACHABLE",
     "Admission",
     "AskAuthorizer",
+    "AttemptDelayed",
     "AttemptRefused",
     "CHANNEL_CLOSED",
     "CLOSING",
@@ -74,5 +77,6 @@ __all__ = [
     "REPORT_PROBE",
     "REPORT_REMOVE",
     "RemovePoolElements",
+    "Slowdown",
     "pool_handle_text",
 ]

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Union
 
+from rserpool.gate.attempts import REFUSED_RATE_ADDRESS, REFUSED_RATE_IDENTITY, Slowdown
 from rserpool.identity import Identity
 from rserpool.security.ratelimit import AttemptLimit, RateLimit
 from rserpool.wire.codes import CAUSE_SECURITY
@@ -22,6 +23,7 @@ __all__ = [
     "ACTION_UNREACHABLE",
     "Admission",
     "AskAuthorizer",
+    "AttemptDelayed",
     "AttemptRefused",
     "CLOSING",
     "CloseChannel",
@@ -37,6 +39,7 @@ __all__ = [
     "Opened",
     "Output",
     "RemovePoolElements",
+    "Slowdown",
     "REFUSED_AFTER_SUCCESS",
     "REFUSED_CLOSING",
     "REFUSED_IDENTITY_MISMATCH",
@@ -77,8 +80,6 @@ DOOR_ACTIONS: dict[str, frozenset[str]] = {
 
 # -- why an authentication attempt is refused (AttemptRefused.kind) ------------------------------
 
-REFUSED_RATE_ADDRESS = "too many failed attempts from this address"
-REFUSED_RATE_IDENTITY = "too many failed attempts for this identity"
 REFUSED_IDENTITY_MISMATCH = "identity differs from the channel's"
 REFUSED_AFTER_SUCCESS = "already authenticated"
 REFUSED_CLOSING = "channel closing"
@@ -122,9 +123,13 @@ class GatePolicy:
     unreachable_rate: RateLimit = RateLimit(rate=1.0, burst=10.0)
     # Requests at the peer and admin doors, per identity.
     door_request_rate: RateLimit = RateLimit(rate=100.0, burst=200.0)
-    # Failed SRP/CHAP attempts: a token per attempt, refunded on success.
-    attempts_per_identity: AttemptLimit = AttemptLimit(capacity=5, refill_interval=60.0)
+    # Failed SRP/CHAP attempts (rserpool.gate.attempts): a token per attempt,
+    # refunded on success, per (identity, source address) and per source
+    # address; per identity only a slowdown, so that outsiders cannot lock
+    # an identity out.
+    attempts_per_identity_and_address: AttemptLimit = AttemptLimit(capacity=5, refill_interval=60.0)
     attempts_per_address: AttemptLimit = AttemptLimit(capacity=20, refill_interval=6.0)
+    identity_slowdown: Slowdown = Slowdown()
     # Connections open at once, in all and from one address (counted from
     # the moment a connection is accepted, before its TLS handshake).
     max_connections: int = 10_000
@@ -163,7 +168,7 @@ class Admission:
     ``session`` the door's own per-channel state."""
 
     __slots__ = ("door", "address", "tls", "fingerprint", "state", "identity", "mechanism", "groups",
-                 "principal", "base", "exchanged", "allowed", "pending", "held", "epoch",
+                 "principal", "base", "exchanged", "attempt", "allowed", "pending", "held", "epoch",
                  "change_barrier", "session", "channel", "_last_address")
 
     def __init__(self, door: str, address: str, tls: bool, fingerprint: str | None) -> None:
@@ -178,6 +183,7 @@ class Admission:
         self.principal = "addr:" + address
         self.base: Identity | None = None  # the identity TLS proved (certificate, PSK)
         self.exchanged: Identity | None = None  # the identity an SRP/CHAP exchange proved
+        self.attempt: str | None = None  # the identity an admitted SRP/CHAP attempt tries to prove
         self.allowed: dict[tuple[str, bytes], bool] = {}
         self.pending = 0
         self.held = 0
@@ -244,6 +250,14 @@ class RemovePoolElements:
 
     admission: Admission
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptDelayed:
+    """Let the SRP/CHAP attempt go ahead after ``delay`` seconds (its
+    identity failed recently: the per-identity slowdown)."""
+
+    delay: float
 
 
 @dataclass(frozen=True, slots=True)

@@ -52,12 +52,11 @@ from rserpool.gate.facts import (
     REFUSED_AFTER_SUCCESS,
     REFUSED_CLOSING,
     REFUSED_IDENTITY_MISMATCH,
-    REFUSED_RATE_ADDRESS,
-    REFUSED_RATE_IDENTITY,
     REPORT_COUNTED,
     REPORT_PROBE,
     REPORT_REMOVE,
     AskAuthorizer,
+    AttemptDelayed,
     AttemptRefused,
     CloseChannel,
     GatePolicy,
@@ -67,7 +66,8 @@ from rserpool.gate.facts import (
 )
 from rserpool.gate.refusals import RefusalLog, pool_handle_text
 from rserpool.identity import MECH_CERTIFICATE, Identity
-from rserpool.security.ratelimit import AttemptLimiter, RateLimiter
+from rserpool.gate.attempts import REFUSED_RATE_ADDRESS, AttemptBudgets
+from rserpool.security.ratelimit import RateLimiter
 from rserpool.wire.codes import (
     CAUSE_INVALID_VALUES,
     CAUSE_LACK_OF_RESOURCES,
@@ -120,8 +120,8 @@ class Gate:
         self._resolutions = RateLimiter(policy.resolution_rate)
         self._reports = RateLimiter(policy.unreachable_rate)
         self._door_requests = RateLimiter(policy.door_request_rate)
-        self.attempts = AttemptLimiter.from_limit(policy.attempts_per_identity)
-        self.attempts_by_address = AttemptLimiter.from_limit(policy.attempts_per_address)
+        self.attempts = AttemptBudgets(policy.attempts_per_identity_and_address, policy.attempts_per_address,
+                                       policy.identity_slowdown)
         self.channels: set[Admission] = set()
         self.connections: dict[str, int] = {}  # open connections per address
         self._next_token = 1
@@ -421,10 +421,12 @@ class Gate:
     # -- authentication inside the channel (SRP, CHAP) -----------------------------------------
 
     def authentication_attempt(self, adm: Admission, claimed: str, mechanism: str,
-                               now: float) -> AttemptRefused | None:
+                               now: float) -> AttemptRefused | AttemptDelayed | None:
         """May the channel try to prove ``claimed`` with ``mechanism`` now?
-        Before any credential work; takes a token from the identity's and
-        the address's failure budgets (a success gives them back)."""
+        Before any credential work; takes a token from the failure budgets
+        of (identity, address) and of the address (a success gives them
+        back), and says how long to wait first when the identity failed
+        recently, from anywhere (:mod:`rserpool.gate.attempts`)."""
         what = f"{mechanism} authentication as {claimed}"
         if adm.state is not OPEN:
             return self._refuse_attempt(adm, what, REFUSED_CLOSING, REFUSED_CLOSING, True, now)
@@ -433,12 +435,12 @@ class Gate:
         if adm.base is not None and claimed != adm.base.name:
             return self._refuse_attempt(adm, what, REFUSED_IDENTITY_MISMATCH,
                                         f"{REFUSED_IDENTITY_MISMATCH} ({adm.base.name})", True, now)
-        if not self.attempts_by_address.try_acquire(adm.address, now):
-            return self._refuse_attempt(adm, what, REFUSED_RATE_ADDRESS, REFUSED_RATE_ADDRESS, True, now)
-        if not self.attempts.try_acquire(claimed, now):
-            self.attempts_by_address.refund(adm.address, now)
-            return self._refuse_attempt(adm, what, REFUSED_RATE_IDENTITY, REFUSED_RATE_IDENTITY, False, now)
-        return None
+        refused = self.attempts.take(claimed, adm.address, now)
+        if refused is not None:
+            return self._refuse_attempt(adm, what, refused, refused, refused == REFUSED_RATE_ADDRESS, now)
+        adm.attempt = claimed
+        delay = self.attempts.delay(claimed, now)
+        return AttemptDelayed(delay) if delay else None
 
     def _refuse_attempt(self, adm: Admission, what: str, kind: str, reason: str, final: bool,
                         now: float) -> AttemptRefused:
@@ -452,8 +454,8 @@ class Gate:
     def authenticated(self, adm: Admission, identity: Identity, now: float) -> list[Output]:
         """An exchange proved ``identity``: it becomes the channel's (every
         remembered decision is forgotten) and the attempt's tokens return."""
-        self.attempts.refund(identity.name, now)
-        self.attempts_by_address.refund(adm.address, now)
+        adm.attempt = None
+        self.attempts.refund(identity.name, adm.address, now)
         if adm.state is not OPEN:
             return []
         if adm.exchanged is not None or (adm.base is not None and identity.name != adm.base.name):
@@ -470,6 +472,9 @@ class Gate:
         """An exchange failed (its tokens stay spent).  After a success the
         channel loses its identity and closes; a final failure closes it."""
         self.stats["authentication_failed"] += 1
+        if claimed is not None and adm.attempt == claimed:  # credentials were checked, and wrong
+            self.attempts.failed(claimed, now)  # the identity's slowdown
+        adm.attempt = None
         what = f"{mechanism or 'SRP/CHAP'} authentication as {claimed or '?'}"
         if adm.state is CLOSING:  # refused already (logged then): close
             return [CloseChannel(adm, reason)]
@@ -485,9 +490,8 @@ class Gate:
         """The credential backend could not answer: not the peer's failure
         (its tokens return); the exchange ends and the channel closes."""
         self.stats["authentication_unavailable"] += 1
-        if claimed is not None:
-            self.attempts.refund(claimed, now)
-        self.attempts_by_address.refund(adm.address, now)
+        adm.attempt = None
+        self.attempts.refund(claimed, adm.address, now)
         what = f"{mechanism or 'SRP/CHAP'} authentication as {claimed or '?'}"
         return self._close(adm, f"{what}: backend unavailable ({reason})", now, "error")
 
