@@ -437,3 +437,33 @@ def test_unreachable_report_about_a_pe_homed_elsewhere_is_only_logged(core):
         pu = open_session(core, f"127.0.0.{n + 2}")
         assert core.message_received(pu, AsapEndpointUnreachable(b"echo", 7), 0.0) == []
     assert core.handlespace.get(b"echo", 7) is not None
+
+
+def test_an_opaque_transport_needs_its_own_authorization():
+    # Issue 12: an Opaque Transport has no address the gate can compare with
+    # the channel's: "register" is not enough, "opaque-transport" is asked too.
+    from rserpool.wire import OpaqueTransport, PoolElement
+
+    core = make_core()
+    pe = open_session(core, "127.0.0.1", secure=True, identity="pe1")
+    element = PoolElement(5, 0, 30, OpaqueTransport(b"http://10.1.2.3/evil"), RoundRobinPolicy())
+    out = core.message_received(pe, AsapRegistration(b"echo", element), 0.0)
+    (ask,) = out
+    assert (ask.action, ask.pool_handle) == ("register", b"echo")
+    out = core.authorization_done(ask, True, 0.0)
+    (ask,) = out
+    assert (ask.action, ask.identity, ask.pool_handle) == ("opaque-transport", "pe1", b"echo")
+    (refused,) = sends(core.authorization_done(ask, False, 0.0), pe)
+    assert refused.reject and refused.error.causes[0].code == CAUSE_SECURITY
+    assert len(core.handlespace) == 0
+    # Remembered: the next one is refused without asking; a TCP transport is fine.
+    assert sends(core.message_received(pe, AsapRegistration(b"echo", element), 1.0), pe)[0].reject
+    assert not sends(register(core, pe, 6, now=1.0), pe)[0].reject
+    # Allowed by name: registered.
+    other = open_session(core, "127.0.0.2", secure=True, identity="pe2")
+    out = core.message_received(other, AsapRegistration(b"legacy", PoolElement(
+        8, 0, 30, OpaqueTransport(b"x"), RoundRobinPolicy())), 2.0)
+    assert [type(o) for o in out] == [AskAuthorizer]
+    out = authorize_all(core, other, out, 2.0)
+    assert not sends(out, other)[0].reject
+    assert core.handlespace.get(b"legacy", 8) is not None

@@ -33,8 +33,12 @@ from rserpool.wire import (
     AsapHandleResolution,
     AsapRegistration,
     LeastUsedPolicy,
+    OpaqueTransport,
+    PoolElement,
+    RoundRobinPolicy,
     TcpTransport,
 )
+from rserpool.wire.codes import CAUSE_SECURITY, CAUSE_UNKNOWN_POOL_HANDLE
 from tests.asaphelpers import RawClient, make_pe
 from tests.memnet import MemoryNetwork
 from tests.shipped import dev_client_certificate, dev_pki, shipped_registrar
@@ -276,3 +280,52 @@ def test_one_address_guessing_at_pe1_is_stopped_without_stopping_pe1(with_srp: S
     assert codes[5:] == [exchange.FAIL_RATE_LIMITED] * 2
     _, proved = authenticate(with_srp, PE1_PASSWORD, exchange.MECH_SRP_SHA256_2048, "127.0.0.1")
     assert isinstance(proved, exchange.Authenticated), proved
+
+
+# -- Opaque Transport (parameter 0x10): no address the gate can check ---------------------------------
+
+EVIL = OpaqueTransport(b"http://10.1.2.3:80/evil")
+
+
+def opaque_pe(pe_id: int) -> PoolElement:
+    return PoolElement(pe_id, 0, 3600, EVIL, RoundRobinPolicy())
+
+
+def test_an_opaque_transport_is_refused_unless_the_rules_allow_it(shipped: Shipped) -> None:
+    # Issue 12: pe1, allowed in "echo", registered an Opaque Transport holding
+    # http://10.1.2.3:80/evil; no address to check, and every anonymous
+    # resolution handed it out.
+    pe = shipped.client("pe1")
+    pe.send(AsapRegistration(H, opaque_pe(0x2150)))
+    shipped.net.run()
+    (refused,) = pe.messages
+    assert refused.reject and refused.error.causes[0].code == CAUSE_SECURITY
+    assert shipped.registrar.handlespace.get(H, 0x2150) is None
+    # The refusal is remembered for the channel: the authorizer is not asked again.
+    pe.send(AsapRegistration(H, opaque_pe(0x2151)))
+    shipped.net.run()
+    assert pe.messages[-1].reject
+    pu = shipped.client(source="127.0.0.9")
+    pu.send(AsapHandleResolution(H))
+    shipped.net.run()
+    assert pu.messages[-1].error.causes[0].code == CAUSE_UNKNOWN_POOL_HANDLE
+
+
+def test_all_does_not_grant_an_opaque_transport_and_its_name_does(tmp_path: Path) -> None:
+    world = Shipped(tmp_path, rules="pe1  all  echo\npe2  register,opaque-transport  echo\npe2  register  other\n")
+    try:
+        pe1 = world.client("pe1")
+        pe1.send(AsapRegistration(H, opaque_pe(0x2152)))
+        world.net.run()
+        assert pe1.messages[-1].reject  # "all" never grants it
+        pe2 = world.client("pe2")
+        pe2.send(AsapRegistration(H, opaque_pe(0x2153)))
+        world.net.run()
+        assert not pe2.messages[-1].reject, pe2.messages
+        assert world.registrar.handlespace.get(H, 0x2153).payload.user_transport == EVIL
+        # pe2 may register in "other", but not an Opaque Transport there.
+        pe2.send(AsapRegistration(b"other", opaque_pe(0x2154)))
+        world.net.run()
+        assert pe2.messages[-1].reject
+    finally:
+        world.stop()

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from rserpool.gate import (
-    CHANNEL_CLOSED, CLOSING, DOOR_ASAP, OPEN, REPORT_COUNTED, REPORT_PROBE, REPORT_REMOVE, AskAuthorizer,
+    ACTION_OPAQUE, CHANNEL_CLOSED, CLOSING, DOOR_ASAP, OPEN, REPORT_COUNTED, REPORT_PROBE, REPORT_REMOVE, AskAuthorizer,
     AttemptDelayed, AttemptRefused, CloseChannel, Gate, GatePolicy, Opened,
     RemovePoolElements,
 )
@@ -129,6 +129,8 @@ class World:
             return gate.admit_change(adm, action, handle, addresses, NOW)
         if action == "resolve":
             return gate.admit_resolution(adm, handle, NOW)
+        if action == "opaque":
+            return gate.admit_opaque_transport(adm, handle, NOW)
         if action == "unreachable":
             return gate.admit_report(adm, handle, NOW)
         if action in ("peer", "admin"):
@@ -146,12 +148,17 @@ class World:
     def prepare(self, item: str) -> None:
         gate, adm = self.gate, self.adm
         request = self.row["input"] if self.row["input"].split()[0] in (
-            "register", "deregister", "resolve", "unreachable", "peer", "admin") else self.default_request()
+            "register", "deregister", "resolve", "unreachable", "peer", "admin", "opaque") else self.default_request()
         if item in ("cached allow", "cached deny"):
             action, _, handle = request.partition(" ")
             action = "resolve" if self.row["input"].startswith("exchange") else action
             handle = b"echo" if self.row["input"].startswith("exchange") else handle.split(" ")[0].encode()
             adm.allowed[(action, handle)] = item == "cached allow"
+        elif item in ("opaque allowed", "opaque denied"):
+            adm.allowed[(ACTION_OPAQUE, b"echo")] = item == "opaque allowed"
+        elif item == "opaque asked":
+            self.ask = gate.admit_opaque_transport(adm, b"echo", NOW)
+            assert isinstance(self.ask, AskAuthorizer) and self.ask.action == ACTION_OPAQUE, self.ask
         elif item == "asked":
             self.ask = self.request(self.default_request())
             assert isinstance(self.ask, AskAuthorizer), self.ask

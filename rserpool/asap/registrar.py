@@ -40,6 +40,7 @@ from rserpool.handlespace import (
 )
 from rserpool.gate import (
     ACTION_DEREGISTER,
+    ACTION_OPAQUE,
     ACTION_REGISTER,
     ACTION_RESOLVE,
     REPORT_PROBE,
@@ -72,7 +73,7 @@ from rserpool.wire.asap import encode_registration_response, encode_resolution_r
 from rserpool.wire.policy import LeastUsedPolicy, OpaquePolicy
 from rserpool.fastinit import fast_constructor
 from rserpool.wire.params import encode_pool_handle
-from rserpool.wire.transports import TcpTransport
+from rserpool.wire.transports import OpaqueTransport, TcpTransport
 
 __all__ = [
     "AsapSession",
@@ -348,6 +349,15 @@ class RegistrarCore:
         handle, pe = msg.pool_handle, msg.pool_element
         settings = self.settings
         admission = session.admission
+        if type(pe.user_transport) is OpaqueTransport:  # no address to check: the gate asks for the right
+            verdict = self.gate.admit_opaque_transport(admission, handle, now)
+            if type(verdict) is int:
+                self._refuse(session, ACTION_OPAQUE, msg, verdict, now, out)
+                return
+            if verdict is not None:
+                session.pending[verdict.token] = (verdict, msg)
+                out.append(verdict)
+                return
         entry = self.handlespace.get(handle, pe.pe_id)
         if entry is not None:  # the PE-identity binding: the gate's decision
             cause = self.gate.check_owner(admission, entry.identity, ACTION_REGISTER, handle, pe.pe_id, now)
@@ -481,7 +491,7 @@ class RegistrarCore:
         return out
 
     def _complete(self, session: AsapSession, action: str, msg: Any, now: float, out: list) -> None:
-        if action == ACTION_REGISTER:
+        if action == ACTION_REGISTER or action == ACTION_OPAQUE:
             self._complete_registration(session, msg, now, out)
         elif action == ACTION_DEREGISTER:
             self._complete_deregistration(session, msg, now, out)
@@ -489,7 +499,7 @@ class RegistrarCore:
             self._complete_resolution(session, msg, out)
 
     def _refuse(self, session: AsapSession, action: str, msg: Any, cause: int, now: float, out: list) -> None:
-        if action == ACTION_REGISTER:
+        if action == ACTION_REGISTER or action == ACTION_OPAQUE:
             self._refused(cause, session, "registration", msg.pool_handle, msg.pool_element.pe_id, now)
             # The gate's only Invalid Values refusal is the PE's address
             # (RFC 5354 3.12.4: the offending TLV, the user transport).

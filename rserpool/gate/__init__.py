@@ -9,6 +9,7 @@ outputs; :mod:`rserpool.gate.refusals` writes the refusal log.
 from rserpool.gate.facts import (
     ACTION_ADMIN,
     ACTION_DEREGISTER,
+    ACTION_OPAQUE,
     ACTION_PEER,
     ACTION_REGISTER,
     ACTION_RESOLVE,
@@ -45,6 +46,7 @@ __all__ = [
     "ACTIONS",
     "ACTION_ADMIN",
     "ACTION_DEREGISTER",
+    "ACTION_OPAQUE",
     "ACTION_PEER",
     "ACTION_REGISTER",
     "ACTION_RESOLVE",

@@ -17,6 +17,7 @@ __all__ = [
     "ACTIONS",
     "ACTION_ADMIN",
     "ACTION_DEREGISTER",
+    "ACTION_OPAQUE",
     "ACTION_PEER",
     "ACTION_REGISTER",
     "ACTION_RESOLVE",
@@ -65,11 +66,15 @@ ACTION_DEREGISTER = "deregister"
 ACTION_RESOLVE = "resolve"
 ACTION_PEER = "peer"
 ACTION_ADMIN = "admin"
+#: Registering an Opaque Transport (parameter 0x10): its address cannot be
+#: checked, so the authorizer must allow it by name for the identity and pool.
+ACTION_OPAQUE = "opaque-transport"
 #: An ENDPOINT_UNREACHABLE report: rate limited, never asked of an authorizer.
 ACTION_UNREACHABLE = "unreachable"
 
 #: What the authorization plugins answer (default deny for each).
-ACTIONS: tuple[str, ...] = (ACTION_REGISTER, ACTION_DEREGISTER, ACTION_RESOLVE, ACTION_PEER, ACTION_ADMIN)
+ACTIONS: tuple[str, ...] = (ACTION_REGISTER, ACTION_DEREGISTER, ACTION_RESOLVE, ACTION_PEER, ACTION_ADMIN,
+                            ACTION_OPAQUE)
 
 #: The requests each door serves.
 DOOR_ACTIONS: dict[str, frozenset[str]] = {

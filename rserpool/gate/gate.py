@@ -39,6 +39,7 @@ from __future__ import annotations
 from typing import Any, Callable, Iterable
 
 from rserpool.gate.facts import (
+    ACTION_OPAQUE,
     ACTION_PEER,
     CLOSING,
     IDENTIFYING,
@@ -299,6 +300,16 @@ class Gate:
         if decided is True:
             return None
         return self._authorize(adm, action, handle, decided, now)
+
+    def admit_opaque_transport(self, adm: Admission, handle: bytes, now: float) -> None | int | AskAuthorizer:
+        """A registration (already admitted) whose user transport is an
+        Opaque Transport: no address in it can be checked against the
+        channel's, so the authorizer must allow ``opaque-transport`` for the
+        identity and pool (default deny; ``all`` never grants it)."""
+        decided = adm.allowed.get((ACTION_OPAQUE, handle))
+        if decided is True:
+            return None
+        return self._authorize(adm, ACTION_OPAQUE, handle, decided, now)
 
     def admit_resolution(self, adm: Admission, handle: bytes, now: float) -> None | int | AskAuthorizer:
         """A handle resolution (anonymous pool users welcome)."""
