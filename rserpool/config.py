@@ -168,6 +168,9 @@ SCHEMA: dict[str, dict[str, Option]] = {
         "max_pools": _S(_positive_int, "10000", "pools in the handlespace"),
         "max_pes_per_pool": _S(_positive_int, "100000", "PEs in one pool"),
         "max_pes_per_identity": _S(_positive_int, "1000", "PEs registered by one authenticated identity"),
+        "max_pools_per_identity": _S(_positive_int, "100", "pools one identity (or, with allow_unauthenticated, one "
+                                                           "address) may have PEs in; keep it well below max_pools "
+                                                           "so that a few identities cannot fill the pool table"),
         "max_connections": _S(_positive_int, "10000", "simultaneous ASAP connections"),
         "max_connections_per_address": _S(_positive_int, "256", "simultaneous ASAP connections from one IP address"),
     },

@@ -165,7 +165,12 @@ def build_registrar(config: Config, reactor: Any = None, *, demo: bool = False) 
         unreachable_rate=RateLimit(security["unreachable_rate"], max(1.0, 10 * security["unreachable_rate"])),
         max_connections=limits["max_connections"],
         max_connections_per_address=limits["max_connections_per_address"],
+        max_pools_per_identity=limits["max_pools_per_identity"],
     )
+    if 10 * limits["max_pools_per_identity"] > limits["max_pools"]:
+        _log.warn("[limits] max_pools_per_identity = {per} is not well below max_pools = {total}: "
+                  "{n} identities can fill the pool table", per=limits["max_pools_per_identity"],
+                  total=limits["max_pools"], n=-(-limits["max_pools"] // limits["max_pools_per_identity"]))
     handlespace_limits = HandlespaceLimits(
         max_pools=limits["max_pools"],
         max_pes_per_pool=limits["max_pes_per_pool"],

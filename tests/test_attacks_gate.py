@@ -32,13 +32,14 @@ from rserpool.wire import (
     AsapEndpointUnreachable,
     AsapHandleResolution,
     AsapRegistration,
+    AsapRegistrationResponse,
     LeastUsedPolicy,
     OpaqueTransport,
     PoolElement,
     RoundRobinPolicy,
     TcpTransport,
 )
-from rserpool.wire.codes import CAUSE_SECURITY, CAUSE_UNKNOWN_POOL_HANDLE
+from rserpool.wire.codes import CAUSE_LACK_OF_RESOURCES, CAUSE_SECURITY, CAUSE_UNKNOWN_POOL_HANDLE
 from tests.asaphelpers import RawClient, make_pe
 from tests.memnet import MemoryNetwork
 from tests.shipped import dev_client_certificate, dev_pki, shipped_registrar
@@ -327,5 +328,46 @@ def test_all_does_not_grant_an_opaque_transport_and_its_name_does(tmp_path: Path
         pe2.send(AsapRegistration(b"other", opaque_pe(0x2154)))
         world.net.run()
         assert pe2.messages[-1].reject
+    finally:
+        world.stop()
+
+
+# -- pool-table exhaustion -------------------------------------------------------------------------
+
+
+def test_ten_identities_cannot_fill_the_pool_table(tmp_path: Path) -> None:
+    # Issue 12: ten identities, each inside its PE quota (1000), filled the
+    # global pool limit (10000) in about 24 s; then nobody could create a
+    # pool.  Now each identity may have PEs in at most max_pools_per_identity
+    # (100) pools: ten of them hold a tenth of the table at most.
+    names = [f"tenant{n}" for n in range(10)]
+    world = Shipped(tmp_path, rules="".join(f"{name}  register  pool-*\n" for name in names)
+                    + "latecomer  register  pool-*\n")
+    try:
+        config_limits = world.registrar.handlespace.limits
+        per_identity = getattr(world.registrar.gate.policy, "max_pools_per_identity", 100)
+        assert 10 * per_identity <= config_limits.max_pools // 10
+        for name in names:
+            client = world.client(name)
+            client.auto_ack_keepalives = True  # its PEs stay alive
+            client.pe_ids = [(f"pool-{name}-0".encode(), 0x999)]
+            for n in range(per_identity + 5):
+                client.pe_ids.append((f"pool-{name}-{n}".encode(), n + 1))
+                client.send(AsapRegistration(f"pool-{name}-{n}".encode(), make_pe(n + 1, life=3600)))
+                world.net.pass_time(0.03, step=0.03)  # inside the per-identity registration rate
+            answers = [m for m in client.messages if isinstance(m, AsapRegistrationResponse)]
+            assert [a.reject for a in answers] == [False] * per_identity + [True] * 5, name
+            assert {a.error.causes[0].code for a in answers[per_identity:]} == {CAUSE_LACK_OF_RESOURCES}
+            # More PEs in its own pools are still fine (the PE quota is another limit).
+            client.send(AsapRegistration(f"pool-{name}-0".encode(), make_pe(0x999, life=3600)))
+            world.net.pass_time(0.03, step=0.03)
+            last = [m for m in client.messages if isinstance(m, AsapRegistrationResponse)][-1]
+            assert last.pe_id == 0x999 and not last.reject
+        assert world.registrar.handlespace.pool_count == 10 * per_identity
+        latecomer = world.client("latecomer")
+        latecomer.send(AsapRegistration(b"pool-new", make_pe(1, life=3600)))
+        world.net.run()
+        (answer,) = latecomer.messages
+        assert not answer.reject
     finally:
         world.stop()

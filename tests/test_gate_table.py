@@ -60,7 +60,7 @@ _RATES = {"registration_rate", "registration_rate_per_address", "resolution_rate
           "door_request_rate", "refusal_log_per_address", "refusal_log_total"}
 _ATTEMPTS = {"attempts_per_identity_and_address", "attempts_per_address"}
 _COUNTS = {"max_held_per_channel", "max_pending_per_channel", "max_connections",
-           "max_connections_per_address"}
+           "max_connections_per_address", "max_pools_per_identity"}
 
 
 def policy_for(configuration: str) -> GatePolicy:
@@ -95,6 +95,7 @@ class World:
         self.reporters = 0
         self.last_keepalive: float | None = None
         self.probing = False
+        self.pools_held = 0  # pools the channel's principal has PEs in
         identity = row["identity"]
         if identity != "identifying":
             self.gate.identified(self.adm, self.identity_of(identity), NOW)
@@ -195,6 +196,8 @@ class World:
                 gate.identified(other, None, when)
                 assert not isinstance(gate.authentication_attempt(other, claimed, MECH_SRP, when), AttemptRefused)
                 gate.authentication_failed(other, claimed, MECH_SRP, "wrong proof", True, when)
+        elif item.startswith("in ") and item.endswith(" pools"):
+            self.pools_held = int(item.split()[1])
         elif item.endswith(" reporters"):
             self.reporters = int(item.split()[0])
         elif item.startswith("keep-alive sent ") and item.endswith(" s ago"):
@@ -229,6 +232,8 @@ class World:
             return gate.authentication_failed(adm, "pe1", MECH_SRP, "wrong proof", words.endswith("final"), NOW)
         if words == "exchange unavailable":
             return gate.authentication_unavailable(adm, "pe1", MECH_SRP, "backend down", NOW)
+        if words.startswith("join pool "):
+            return gate.admit_new_pool(adm, words.split()[2].encode(), self.pools_held, NOW)
         if words == "report counted":
             return gate.report_counted(self.reporters, self.last_keepalive, self.probing, KEEPALIVE_INTERVAL, NOW)
         if words == "revoke fingerprint":

@@ -379,6 +379,27 @@ def test_limit_pes_per_identity() -> None:
     assert hs.identity_count("alice") == 0 and hs.identity_count("bob") == 0
 
 
+def test_pools_per_identity_are_counted() -> None:
+    # The facts the gate's max_pools_per_identity decides on (issue 12).
+    hs = make_hs()
+    assert hs.identity_pools("alice") == 0 and not hs.identity_in_pool("alice", b"pool")
+    reg(hs, pe_id=1, identity="alice")
+    reg(hs, pe_id=2, identity="alice")
+    reg(hs, handle=b"x", pe_id=1, identity="Alice")  # one identity, any spelling
+    reg(hs, handle=b"y", pe_id=3)  # unbound: counted for nobody
+    assert hs.identity_pools("ALICE") == 2
+    assert hs.identity_in_pool("alice", b"pool") and hs.identity_in_pool("alice", b"x")
+    assert not hs.identity_in_pool("alice", b"y")
+    reg(hs, handle=b"y", pe_id=3, identity="alice")  # binding an unbound PE joins its pool
+    assert hs.identity_pools("alice") == 3
+    hs.deregister(b"pool", 1)
+    assert hs.identity_in_pool("alice", b"pool")  # PE 2 is still there
+    hs.deregister(b"pool", 2)
+    assert not hs.identity_in_pool("alice", b"pool") and hs.identity_pools("alice") == 2
+    hs.expire(1e9)
+    assert hs.identity_pools("alice") == 0
+
+
 # --------------------------------------------------------------- identity
 
 

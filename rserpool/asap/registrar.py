@@ -358,11 +358,19 @@ class RegistrarCore:
                 session.pending[verdict.token] = (verdict, msg)
                 out.append(verdict)
                 return
-        entry = self.handlespace.get(handle, pe.pe_id)
+        handlespace = self.handlespace
+        entry = handlespace.get(handle, pe.pe_id)
         if entry is not None:  # the PE-identity binding: the gate's decision
             cause = self.gate.check_owner(admission, entry.identity, ACTION_REGISTER, handle, pe.pe_id, now)
             if cause is not None:
                 self._refuse(session, ACTION_REGISTER, msg, cause, now, out)
+                return
+        elif not handlespace.identity_in_pool(admission.principal, handle):  # the pool quota: the gate's
+            cause = self.gate.admit_new_pool(admission, handle, handlespace.identity_pools(admission.principal),
+                                             now)
+            if cause is not None:
+                self._refused(cause, session, "registration", handle, pe.pe_id, now)
+                out.append(Send(session, AsapRegistrationResponse(handle, pe.pe_id, True, _cause(cause))))
                 return
         # ``pe`` is a checked PoolElement (decoded or constructed) and the
         # server ID a checked non-zero 32-bit value: no need to check again.

@@ -139,6 +139,10 @@ class GatePolicy:
     # the moment a connection is accepted, before its TLS handshake).
     max_connections: int = 10_000
     max_connections_per_address: int = 256
+    # Pools one identity (or, unauthenticated, one address) may have PEs in:
+    # well below the handlespace's max_pools (10000), so that a few
+    # identities cannot fill the pool table for everyone.
+    max_pools_per_identity: int = 100
     # Per channel: authorizations waiting, decisions remembered, inputs held
     # while the channel's identity is being established.
     max_pending_per_channel: int = 32
@@ -150,7 +154,8 @@ class GatePolicy:
 
     def __post_init__(self) -> None:
         for name in ("max_connections", "max_connections_per_address", "max_pending_per_channel",
-                     "max_cached_decisions", "max_held_per_channel", "max_bad_pe_reports"):
+                     "max_cached_decisions", "max_held_per_channel", "max_bad_pe_reports",
+                     "max_pools_per_identity"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
 

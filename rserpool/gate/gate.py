@@ -40,6 +40,7 @@ from typing import Any, Callable, Iterable
 
 from rserpool.gate.facts import (
     ACTION_OPAQUE,
+    ACTION_REGISTER,
     ACTION_PEER,
     CLOSING,
     IDENTIFYING,
@@ -97,6 +98,7 @@ _ADDRESS_MISMATCH = "registers address {address}, not the channel's"
 _BOUND = "PE {pe_id:08x} is bound to another identity"
 _PEER_CERTIFICATE = "a peer must present a certificate"
 _HELD_TOO_MANY = "over {n} messages before its identity was established"
+_POOLS = "has PEs in {n} pools already (max_pools_per_identity)"
 _CONNECTIONS = "{n} connections open"
 _CONNECTIONS_HERE = "{n} connections open from this address"
 
@@ -300,6 +302,18 @@ class Gate:
         if decided is True:
             return None
         return self._authorize(adm, action, handle, decided, now)
+
+    def admit_new_pool(self, adm: Admission, handle: bytes, pools_held: int, now: float) -> None | int:
+        """A registration (already admitted) would put the channel's
+        principal in a pool where it has no PE yet, ``pools_held`` being the
+        number of pools it has PEs in: refused with cause 0x6 at
+        ``max_pools_per_identity``, so that a few identities cannot fill the
+        pool table (``max_pools``) for everyone."""
+        limit = self.policy.max_pools_per_identity
+        if pools_held < limit:
+            return None
+        return self._refuse(adm, _what(ACTION_REGISTER, handle), _POOLS.format(n=pools_held),
+                            CAUSE_LACK_OF_RESOURCES, now)
 
     def admit_opaque_transport(self, adm: Admission, handle: bytes, now: float) -> None | int | AskAuthorizer:
         """A registration (already admitted) whose user transport is an
