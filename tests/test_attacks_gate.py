@@ -39,7 +39,9 @@ from rserpool.wire import (
     RoundRobinPolicy,
     TcpTransport,
 )
-from rserpool.wire.codes import CAUSE_LACK_OF_RESOURCES, CAUSE_SECURITY, CAUSE_UNKNOWN_POOL_HANDLE
+from rserpool.wire.codes import (
+    CAUSE_INVALID_VALUES, CAUSE_LACK_OF_RESOURCES, CAUSE_SECURITY, CAUSE_UNKNOWN_POOL_HANDLE,
+)
 from tests.asaphelpers import RawClient, make_pe
 from tests.memnet import MemoryNetwork
 from tests.shipped import dev_client_certificate, dev_pki, shipped_registrar
@@ -371,3 +373,15 @@ def test_ten_identities_cannot_fill_the_pool_table(tmp_path: Path) -> None:
         assert not answer.reject
     finally:
         world.stop()
+
+
+def test_pe_identifier_zero_is_refused_with_invalid_values(shipped: Shipped) -> None:
+    pe = shipped.client("pe1")
+    element = make_pe(0, life=3600)
+    pe.send(AsapRegistration(H, element))
+    shipped.net.run()
+    (answer,) = pe.messages
+    assert answer.reject
+    (cause,) = answer.error.causes
+    assert cause.code == CAUSE_INVALID_VALUES and cause.info == element.encode()  # RFC 5354 3.12.4
+    assert len(shipped.registrar.handlespace) == 0

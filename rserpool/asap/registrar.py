@@ -212,7 +212,7 @@ def _offending_tlv(field: str | None, msg: AsapRegistration) -> bytes:
         return pe.policy.encode()
     if field == "pool_handle":
         return encode_pool_handle(msg.pool_handle)
-    if field == "registration_life":
+    if field in ("registration_life", "pe_id"):
         return pe.encode()  # a fixed field of the Pool Element parameter
     return b""
 

@@ -278,6 +278,8 @@ class Handlespace:
         if len(pool_handle) > limits.max_pool_handle_length:
             raise HandlespaceError(CAUSE_LACK_OF_RESOURCES, "pool handle too long")
         _check_uint32("pe_id", pe_id)
+        if pe_id == 0:  # no PE has identifier 0 (rsplib: "undefined"; the PE library never picks it)
+            raise HandlespaceError(CAUSE_INVALID_VALUES, "PE identifier 0 is reserved", "pe_id")
         _check_uint32("home_server_id", home_server_id)
         if transport_type not in TRANSPORT_TYPES:
             raise HandlespaceError(CAUSE_INVALID_VALUES, f"unknown transport type 0x{transport_type:x}",
