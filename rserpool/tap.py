@@ -108,6 +108,9 @@ def build_registrar(config: Config, reactor: Any = None, *, demo: bool = False) 
     server_id = registrar["server_id"] or (secrets.randbits(32) or 1)
 
     tls_options = revocation = crl_monitor = tls_files = dev_pki = None
+    # TLS-PSK keys are tried only as the registrar's gate allows (its failure
+    # budgets); the registrar is made after its TLS options, hence the relay.
+    psk_admit = _PskAdmit()
     if tls_conf["enabled"]:
         cert, key, cas = tls_conf["certificate"], tls_conf["private_key"], tls_conf["ca_certificates"]
         crls, refresh = tls_conf["crls"], None
@@ -127,7 +130,8 @@ def build_registrar(config: Config, reactor: Any = None, *, demo: bool = False) 
         if not crls and tls_conf["ocsp"] == "off":
             _log.warn("NO REVOCATION CHECK: [tls] crls is empty and [tls] ocsp = off, so a revoked client "
                       "certificate is accepted")
-        tls_options, revocation, crl_monitor = _server_security(tls_conf, cert, key, cas, reactor, crls, refresh)
+        tls_options, revocation, crl_monitor = _server_security(tls_conf, cert, key, cas, reactor, crls, refresh,
+                                                                psk_admit)
         tls_files = (cert, key, cas)
     else:
         _log.critical("INSECURE: TLS is disabled by configuration")
@@ -201,6 +205,7 @@ def build_registrar(config: Config, reactor: Any = None, *, demo: bool = False) 
         rng=random.SystemRandom(),
         revocation=revocation,
     )
+    psk_admit.target = service.psk_attempt
     if service.authenticator is not None:
         _log.info("PE authentication inside TLS: {mechanisms}",
                   mechanisms=", ".join(service.authenticator.mechanisms))
@@ -456,8 +461,19 @@ def _dev_crl_refresh(directory: Path) -> Any:
     return refresh
 
 
+class _PskAdmit:
+    """``admit(identity, tls_protocol)`` of the PSK server options, relayed
+    to the registrar once it exists (refused until then)."""
+
+    def __init__(self) -> None:
+        self.target: Any = None
+
+    def __call__(self, identity: str, tls_protocol: Any) -> bool:
+        return self.target is not None and self.target(identity, tls_protocol)
+
+
 def _server_security(tls_conf: Any, cert: str, key: str, cas: Any, reactor: Any, crls: Any = None,
-                     refresh: Any = None) -> tuple[Any, Any, Any]:
+                     refresh: Any = None, psk_admit: Any = None) -> tuple[Any, Any, Any]:
     """Server TLS options (TLS-PSK when ``psk_file`` is set; CRLs reloadable),
     the OCSP gate (``ocsp``) and the CRL monitor service (``crl_check_interval``).
 
@@ -482,7 +498,7 @@ def _server_security(tls_conf: Any, cert: str, key: str, cas: Any, reactor: Any,
     def build(crls: Any) -> Any:
         base = tls.server_options(cert, key, cas, require_client_cert=tls_conf["require_client_certificate"],
                                   crls=crls)
-        return psk.PskServerOptions(base, store, hint) if store is not None else base
+        return psk.PskServerOptions(base, store, hint, psk_admit) if store is not None else base
 
     options = tls.ReloadableServerOptions(build(crls))
     monitor = None

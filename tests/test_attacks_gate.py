@@ -18,11 +18,12 @@ from typing import Any
 
 import pytest
 from twisted.internet import endpoints
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 
 from rserpool.asap.pe import PeSettings
 from rserpool.backends.filestore_format import srp_line
-from rserpool.security import exchange, pki, srp, tls
+from rserpool.security import exchange, pki, psk, srp, tls
 from rserpool.service.auth import AuthenticationError, PeAuthenticator
 from rserpool.service.candidates import RegistrarCandidates
 from rserpool.service.channel import Channel, ChannelSettings, tls_client_endpoint
@@ -82,14 +83,19 @@ class Shipped:
     def client(self, name: str | None = None, source: str = "127.0.0.1") -> RawClient:
         """A raw ASAP client over TLS from ``source``, with the certificate of
         ``name`` (None: anonymous), connected and ready."""
-        client = RawClient()
         creator = tls.client_options("localhost", self.ca,
                                      client_cert=self.credentials(name) if name else None)
+        client = self.connect(creator, source)
+        assert client.ready.called, f"the client from {source} did not get a channel"
+        return client
+
+    def connect(self, creator: Any, source: str = "127.0.0.1") -> RawClient:
+        """A raw ASAP client with TLS ``creator`` from ``source``, ready or not."""
+        client = RawClient()
         tcp = endpoints.TCP4ClientEndpoint(self.net, "127.0.0.1", self.port, bindAddress=(source, 0))
         endpoints.connectProtocol(tls_client_endpoint(creator, tcp, self.net),
                                   Channel(client, self.net, ChannelSettings(), tls=True, initiator=True))
         self.net.run()
-        assert client.ready.called, f"the client from {source} did not get a channel"
         return client
 
     def pool_element(self, pe_id: int, settings: PeSettings | None = None) -> PoolElementService:
@@ -385,3 +391,59 @@ def test_pe_identifier_zero_is_refused_with_invalid_values(shipped: Shipped) -> 
     (cause,) = answer.error.causes
     assert cause.code == CAUSE_INVALID_VALUES and cause.info == element.encode()  # RFC 5354 3.12.4
     assert len(shipped.registrar.handlespace) == 0
+
+
+# -- TLS-PSK: failures limited and logged ------------------------------------------------------------
+
+PSK_KEY = bytes(range(32))
+
+
+@pytest.fixture
+def with_psk(tmp_path: Path):
+    """The shipped registrar with a TLS-PSK file ([tls] psk_file): pe-psk's key."""
+    _private(tmp_path / "psk.keys", f"pe-psk {PSK_KEY.hex()}\n")
+    world = Shipped(tmp_path, changes=((r"(?m)^psk_file =$", "psk_file = psk.keys"),),
+                    rules="pe-psk  register  echo\n")
+    yield world
+    world.stop()
+
+
+@pytest.fixture
+def logged():
+    lines: list[str] = []
+
+    def observe(event: dict) -> None:
+        lines.append(formatEvent(event))
+
+    globalLogPublisher.addObserver(observe)
+    yield lines
+    globalLogPublisher.removeObserver(observe)
+
+
+def test_psk_guesses_are_limited_and_logged(with_psk: Shipped, logged: list[str]) -> None:
+    # Issue 12: TLS-PSK failures were neither limited nor logged.
+    results = []
+    for n in range(7):
+        wrong = with_psk.connect(psk.client_options("pe-psk", bytes([n + 1]) * 32), source="127.0.5.1")
+        results.append(wrong.ready.called)
+    assert results == [False] * 7
+    refused = [line for line in logged if line.startswith("refused TLS-PSK authentication as pe-psk from 127.0.5.1")]
+    assert len(refused) == 7, logged
+    assert all("TLS handshake not completed" in line for line in refused[:5])
+    assert all("too many failed attempts for this identity from this address" in line for line in refused[5:])
+    # The guesser's address cannot even use the right key now (no oracle: it
+    # fails like a wrong one) ...
+    right_there = with_psk.connect(psk.client_options("pe-psk", PSK_KEY), source="127.0.5.1")
+    assert not right_there.ready.called
+    # ... and pe-psk from its own address is not affected.
+    pe = with_psk.connect(psk.client_options("pe-psk", PSK_KEY), source="127.0.0.1")
+    assert pe.ready.called
+    pe.send(AsapRegistration(H, make_pe(0x2160, life=3600)))
+    with_psk.net.run()
+    (answer,) = [m for m in pe.messages if isinstance(m, AsapRegistrationResponse)]
+    assert not answer.reject
+    assert with_psk.registrar.handlespace.get(H, 0x2160).identity == "pe-psk"
+    # Unknown identities are limited the same way (no existence oracle).
+    for n in range(6):
+        with_psk.connect(psk.client_options("nobody", PSK_KEY), source="127.0.5.2")
+    assert sum("as nobody from 127.0.5.2" in line and "too many failed" in line for line in logged) == 1

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from rserpool.gate import (
-    ACTION_OPAQUE, CHANNEL_CLOSED, CLOSING, DOOR_ASAP, OPEN, REPORT_COUNTED, REPORT_PROBE, REPORT_REMOVE, AskAuthorizer,
+    ACTION_OPAQUE, CHANNEL_CLOSED, CLOSING, DOOR_ASAP, IDENTIFYING, OPEN, REPORT_COUNTED, REPORT_PROBE, REPORT_REMOVE, AskAuthorizer,
     AttemptDelayed, AttemptRefused, CloseChannel, Gate, GatePolicy, Opened,
     RemovePoolElements,
 )
@@ -196,6 +196,12 @@ class World:
                 gate.identified(other, None, when)
                 assert not isinstance(gate.authentication_attempt(other, claimed, MECH_SRP, when), AttemptRefused)
                 gate.authentication_failed(other, claimed, MECH_SRP, "wrong proof", True, when)
+        elif item == "psk attempt pe1":
+            assert gate.psk_attempt(adm, "pe1", NOW) is True
+        elif item == "1 psk failure":
+            other = gate.open_channel(DOOR_ASAP, ADDRESS, True, NOW)
+            assert gate.psk_attempt(other, "pe1", NOW) is True
+            gate.channel_closed(other, NOW)
         elif item.startswith("in ") and item.endswith(" pools"):
             self.pools_held = int(item.split()[1])
         elif item.endswith(" reporters"):
@@ -232,6 +238,12 @@ class World:
             return gate.authentication_failed(adm, "pe1", MECH_SRP, "wrong proof", words.endswith("final"), NOW)
         if words == "exchange unavailable":
             return gate.authentication_unavailable(adm, "pe1", MECH_SRP, "backend down", NOW)
+        if words.startswith("psk attempt "):
+            return gate.psk_attempt(adm, words.split()[2], NOW)
+        if words == "channel gone":
+            return gate.channel_closed(adm, NOW)
+        if words == "handshake finished":
+            return gate.handshake_finished(adm, NOW)
         if words.startswith("join pool "):
             return gate.admit_new_pool(adm, words.split()[2].encode(), self.pools_held, NOW)
         if words == "report counted":
@@ -285,6 +297,15 @@ def check_decision(world: World, result, decision: str, cause: str) -> None:
         assert (adm.state == CLOSING) == result.final
     elif main == "keep":
         assert result == [] and adm.state == OPEN
+    elif main in ("try key", "refuse key"):
+        assert result is (main == "try key")
+        assert adm.attempt == ("pe1" if main == "try key" else None)
+    elif main == "count failure":
+        assert result is None and adm.attempt is None
+        assert gate.attempts.tokens("pe1", ADDRESS, NOW) == gate.policy.attempts_per_identity_and_address.capacity - 1
+        assert gate.attempts.score("pe1", NOW) == 1
+    elif main == "forget attempt":
+        assert result is None and adm.attempt is None and adm.state == IDENTIFYING
     elif main in ("probe PE", "count only", "remove PE"):
         assert result is {"probe PE": REPORT_PROBE, "count only": REPORT_COUNTED,
                           "remove PE": REPORT_REMOVE}[main], result

@@ -99,6 +99,8 @@ _BOUND = "PE {pe_id:08x} is bound to another identity"
 _PEER_CERTIFICATE = "a peer must present a certificate"
 _HELD_TOO_MANY = "over {n} messages before its identity was established"
 _POOLS = "has PEs in {n} pools already (max_pools_per_identity)"
+_PSK = "TLS-PSK"
+_PSK_FAILED = "TLS handshake not completed (wrong key, unknown identity or given up)"
 _CONNECTIONS = "{n} connections open"
 _CONNECTIONS_HERE = "{n} connections open from this address"
 
@@ -187,6 +189,36 @@ class Gate:
         self.channels.add(adm)
         return adm
 
+    # -- TLS-PSK handshakes (the same failure budgets as SRP and CHAP) ----------------------
+
+    def psk_attempt(self, adm: Admission, claimed: str, now: float) -> bool:
+        """A TLS handshake offers a PSK for ``claimed``: may its key be used
+        (before it is proven)?  Takes the attempt's tokens from the failure
+        budgets; no: the handshake fails exactly as with a wrong key."""
+        if adm.state is not IDENTIFYING:
+            return False
+        what = f"{_PSK} authentication as {claimed}"
+        refused = self.attempts.take(claimed, adm.address, now)
+        if refused is not None:
+            self._refuse(adm, what, refused, CHANNEL_CLOSED, now, "warn")
+            return False
+        adm.attempt = claimed
+        return True
+
+    def handshake_finished(self, adm: Admission, now: float) -> None:
+        """The TLS handshake completed: a PSK attempt's key was right (or
+        not used), so its tokens return."""
+        if adm.attempt is not None and adm.state is IDENTIFYING:
+            self.attempts.refund(adm.attempt, adm.address, now)
+            adm.attempt = None
+
+    def _psk_failed(self, adm: Admission, now: float) -> None:
+        claimed, adm.attempt = adm.attempt, None
+        assert claimed is not None
+        self.stats["authentication_failed"] += 1
+        self.attempts.failed(claimed, now)
+        self._refuse(adm, f"{_PSK} authentication as {claimed}", _PSK_FAILED, CHANNEL_CLOSED, now, "warn")
+
     def certificate_seen(self, adm: Admission, fingerprint: str) -> None:
         """The TLS handshake finished with a client certificate (verified by
         TLS; its OCSP check and mapping may still be running)."""
@@ -228,8 +260,11 @@ class Gate:
             return self._close(adm, _HELD_TOO_MANY.format(n=self.policy.max_held_per_channel), now)
         return []
 
-    def channel_closed(self, adm: Admission) -> None:
-        """The channel is gone."""
+    def channel_closed(self, adm: Admission, now: float | None = None) -> None:
+        """The channel is gone (``now``: when, for the failure accounting of
+        a TLS-PSK handshake that never finished)."""
+        if adm.state is IDENTIFYING and adm.attempt is not None and now is not None:
+            self._psk_failed(adm, now)
         if adm in self.channels:
             self.channels.discard(adm)
             left = self.connections.get(adm.address, 1) - 1

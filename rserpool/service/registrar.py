@@ -286,6 +286,7 @@ class RegistrarService(MultiService):
         credentials: Any = None
         cert = None
         if channel.tls:
+            self.gate.handshake_finished(admission, self.clock.seconds())
             try:
                 connection = tls_connection(channel.transport)
             except NotTLSError:
@@ -469,9 +470,20 @@ class RegistrarService(MultiService):
             identifying.cancel()
         admission = self.channels.pop(channel, None)
         if admission is not None:
-            self.gate.channel_closed(admission)
+            self.gate.channel_closed(admission, self.clock.seconds())
         if session is not None:
             self._carry_out(self.core.close_session(session, self.clock.seconds()))
+
+    def psk_attempt(self, identity: str, tls_protocol: Any) -> bool:
+        """A TLS-PSK handshake (``tls_protocol``, Twisted's TLS protocol
+        around one of our channels) offers a key for ``identity``: the gate's
+        failure budgets say whether it may be tried (no: the handshake fails
+        as with a wrong key).  Installed by ``rserpool.tap`` as the PSK
+        server options' ``admit``."""
+        admission = self.channels.get(getattr(tls_protocol, "wrappedProtocol", None))
+        if admission is None:
+            return False
+        return self.gate.psk_attempt(admission, identity, self.clock.seconds())
 
     # -- revocation of live channels ---------------------------------------------------------
 
