@@ -49,15 +49,12 @@ DnsTimeout = Sequence[float]
 
 
 def describe_failure(failure: Failure) -> str:
-    """A one-line reason for the logs (e.g. a certificate for the wrong name)."""
-    value = failure.value
-    name = type(value).__name__
-    if name in ("VerificationError", "CertificateError"):
-        return f"server certificate does not match the expected name: {value}"
-    if isinstance(value, defer.CancelledError):
-        return "cancelled"
-    text = str(value) or repr(value)
-    return f"{name}: {text}"
+    """A one-line reason for the logs and the tools (e.g. "certificate verify
+    failed: unknown CA ...", "name mismatch: expected X, certificate is for
+    Y", "connection refused"): see ``rserpool.security.tlserrors``."""
+    from rserpool.security.tlserrors import connection_error_text
+
+    return connection_error_text(failure)
 
 
 
