@@ -60,6 +60,7 @@ class DemoService(MultiService):
         self.session: Any = None
         self._loop: task.LoopingCall | None = None
         self._count = 0
+        self._stopping = False
 
     def startService(self) -> None:
         super().startService()
@@ -115,6 +116,10 @@ class DemoService(MultiService):
         line = f"hello {self._count}".encode()
         try:
             echo = yield self.session.send(line)
+        except defer.CancelledError:
+            if self._stopping:
+                return  # stopping: the session closed under this echo
+            raise
         except Exception as exc:  # the demo keeps going; the log says why
             _log.warn("demo: echo failed: {error}", error=exc)
             return
@@ -147,6 +152,7 @@ class DemoService(MultiService):
 
     @defer.inlineCallbacks
     def stopService(self):
+        self._stopping = True
         if self._loop is not None and self._loop.running:
             self._loop.stop()
         if self.session is not None:
