@@ -175,7 +175,14 @@ class _Episode:
     attempts: int = 0
     tried: set[int] = field(default_factory=set)
     reported: set[int] = field(default_factory=set)
-    last_error: str = ""  # why the last attempt failed, for GiveUp
+    # Why attempts failed, for GiveUp: a PE's connection failure says more
+    # than the "no usable pool element" selection that follows it.
+    connection_error: str = ""
+    selection_error: str = ""
+
+    @property
+    def last_error(self) -> str:
+        return self.connection_error or self.selection_error
 
 
 class PuSession:
@@ -212,6 +219,11 @@ class PuSession:
         """Connection attempts of the running failover (0 when none runs)."""
         return self._episode.attempts if self._episode is not None else 0
 
+    @property
+    def last_error(self) -> str:
+        """Why the last attempt of the running failover failed ("" if none)."""
+        return self._episode.last_error if self._episode is not None else ""
+
     # -- connection management ---------------------------------------------
 
     def start(self, now: float) -> list[Action]:
@@ -241,7 +253,7 @@ class PuSession:
             return []
         assert self._episode is not None
         self._episode.attempts += 1
-        self._episode.last_error = why
+        self._episode.selection_error = why
         return [Ignored("selection", why), *self._next_attempt()]
 
     def connected(self, now: float) -> list[Action]:
@@ -300,7 +312,7 @@ class PuSession:
             episode.tried.add(failed.pe_id)
             episode.attempts += 1
             if why:
-                episode.last_error = f"PE {failed.pe_id:08x}: {why}"
+                episode.connection_error = f"PE {failed.pe_id:08x}: {why}"
             self.current = None
             return self._report(failed) + self._next_attempt()
         return []

@@ -76,7 +76,7 @@ def certificate_names(cert: x509.Certificate) -> list[str]:
         return [a.value for a in cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)]
     names = [str(n) for n in san.get_values_for_type(x509.DNSName)]
     names += [str(n) for n in san.get_values_for_type(x509.IPAddress)]
-    return names
+    return list(dict.fromkeys(names))  # once each, in order
 
 
 def name_mismatch_text(expected: str, cert: x509.Certificate) -> str:

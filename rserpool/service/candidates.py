@@ -140,6 +140,7 @@ class RegistrarCandidates:
         default_port: int = ASAP_TLS_PORT,
         rng: random.Random | None = None,
     ) -> None:
+        self.lookup_failures: list[str] = []
         if srv_name_check not in ("target", "domain"):
             raise ValueError("srv_name_check must be 'target' or 'domain'")
         self.static = tuple(
@@ -173,6 +174,9 @@ class RegistrarCandidates:
             self.announces.listeners.remove(listener)
 
     def candidates(self) -> defer.Deferred[list[Candidate]]:
+        # Why names of this round gave no address ("name: why"), for tools
+        # that report every failure.
+        self.lookup_failures: list[str] = []
         parts: list[defer.Deferred[list[Candidate]]] = []
         for entry in self.static:
             parts.append(self._static(entry))
@@ -199,6 +203,7 @@ class RegistrarCandidates:
         def build(addresses: list[str]) -> list[Candidate]:
             if not addresses:
                 _log.warn("registrar {name}: no A/AAAA records", name=entry.host)
+                self.lookup_failures.append(f"{entry.host}: no A/AAAA records")
             return [Candidate(a, entry.port, entry.tls_name, Origin.STATIC, source)
                     for a in addresses]
 
@@ -216,6 +221,7 @@ class RegistrarCandidates:
             targets = srv_order(targets, self.rng)
             if not targets:
                 _log.warn("SRV {name}: no usable records", name=name)
+                self.lookup_failures.append(f"{name}: no usable SRV records")
             lookups = []
             for target in targets:
                 known = _addresses_in(additional, target.target)
@@ -236,9 +242,10 @@ class RegistrarCandidates:
 
         return d.addCallback(ordered).addErrback(self._dns_failed, name)
 
-    @staticmethod
-    def _dns_failed(failure: Failure, name: str) -> list[Candidate]:
-        _log.warn("DNS lookup of {name} failed: {why}", name=name, why=describe_failure(failure))
+    def _dns_failed(self, failure: Failure, name: str) -> list[Candidate]:
+        why = describe_failure(failure)
+        _log.warn("DNS lookup of {name} failed: {why}", name=name, why=why)
+        self.lookup_failures.append(f"{name}: {why}")
         return []
 
 
