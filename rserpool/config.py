@@ -94,6 +94,13 @@ def _ocsp_mode(text: str) -> str:
     return value
 
 
+def _token_scope(text: str) -> str:
+    value = text.strip().lower()
+    if value not in ("metrics", "all"):
+        raise ValueError("must be metrics or all")
+    return value
+
+
 @dataclass(frozen=True)
 class Option:
     parse: Callable[[str], Any]
@@ -115,7 +122,8 @@ SCHEMA: dict[str, dict[str, Option]] = {
         "certificate": _S(str, "", "PEM certificate chain of this registrar (empty: development PKI in state_dir)", path=True),
         "private_key": _S(str, "", "PEM private key of this registrar", path=True),
         "ca_certificates": _S(_list, "", "PEM files of the CAs that issue PE, PU and peer certificates", path=True),
-        "crls": _S(_list, "", "PEM or DER CRL files checked on every client certificate", path=True),
+        "crls": _S(_list, "", "PEM or DER CRL files checked on every client certificate (empty with the "
+                              "development PKI: its CRL, state_dir/pki/crl.pem)", path=True),
         "require_client_certificate": _S(_bool, "no",
                                          "refuse TLS clients without a certificate (scenario A only)"),
         "server_name": _S(str, "localhost", "host name clients use to reach this registrar (development PKI SAN)"),
@@ -127,7 +135,8 @@ SCHEMA: dict[str, dict[str, Option]] = {
                                       "soft (allow, with a warning, when the responder cannot answer) or hard"),
         "ocsp_responder": _S(str, "", "OCSP responder URL used instead of the certificates' AIA URLs"),
         "ocsp_timeout": _S(_positive_float, "5.0", "seconds to wait for the OCSP responder"),
-        "ocsp_allow_remote": _S(_bool, "yes", "query OCSP responders on non-loopback hosts (no: loopback only)"),
+        "ocsp_allow_remote": _S(_bool, "no", "query OCSP responders on non-loopback hosts (no: loopback only)"),
+        "ocsp_require_nonce": _S(_bool, "no", "refuse OCSP responses that do not echo the request's nonce"),
         "psk_file": _S(str, "", "TLS-PSK keys, 'identity key-hex' per line, mode 0600 (empty: no TLS-PSK)",
                        path=True),
         "psk_identity_hint": _S(str, "", "TLS-PSK identity hint sent to clients (empty: none)"),
@@ -178,6 +187,21 @@ SCHEMA: dict[str, dict[str, Option]] = {
         "unreachable_rate": _S(_positive_float, "1", "ENDPOINT_UNREACHABLE reports per second per reporter"),
         "unreachable_requires_identity": _S(_bool, "no", "drop ENDPOINT_UNREACHABLE from pool users without an "
                                                          "authenticated identity (RFC 5355 2.13)"),
+    },
+    "admin": {
+        "listen": _S(_list, "", "Twisted endpoint strings (one per line) of the HTTPS admin endpoint: status page, "
+                                "JSON API, Prometheus /metrics (empty: off; see docs/operations.md)"),
+        "token_file": _S(str, "", "file with a bearer token that grants read access to token_scope, e.g. for "
+                                  "Prometheus (root-owned, not readable by others; empty: client certificates only)",
+                         path=True),
+        "token_scope": _S(_token_scope, "metrics", "what the bearer token may read: metrics (/metrics only) or all"),
+        "max_connections": _S(_positive_int, "64", "simultaneous admin connections"),
+        "max_connections_per_address": _S(_positive_int, "16", "simultaneous admin connections from one address"),
+        "request_timeout": _S(_positive_float, "10", "seconds a client has to send a complete request head "
+                                                     "(TLS handshake included)"),
+        "idle_timeout": _S(_positive_float, "60", "seconds before an idle admin connection is closed"),
+        "refresh": _S(_positive_int, "5", "seconds between the status page's own refreshes"),
+        "page_size": _S(_positive_int, "100", "PEs per page of the status page and of the JSON API (at most 500)"),
     },
     "plugins": {
         "directories": _S(_list, "", "site plugin directories (root-owned, not group/world-writable)", path=True),

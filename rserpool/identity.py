@@ -1,14 +1,39 @@
 """Who a peer is: the :class:`Identity` value and the one rule for names.
 
 Pure (no Twisted, no I/O): the security gate, the authentication exchanges,
-the checkers and every backend share it.  An identity name is what pool
-authorization, rate limits, quotas and PE ownership are keyed on, so every
-place that turns a claimed name into an identity goes through
-:func:`normalize_identity`.
+the checkers, every backend and the handlespace share it.  An identity name
+is what pool authorization, rate limits, failure budgets, quotas and PE
+ownership are keyed on, so every place where a name enters rserpool goes
+through :func:`normalize_identity`: certificate names
+(:mod:`rserpool.security.certidentity`), TLS-PSK identities
+(:mod:`rserpool.security.psk`), the identities claimed in SRP and CHAP
+exchanges (:mod:`rserpool.security.exchange`), the names the directory and
+the RADIUS server are asked about or answer, the credentials, PSK and rules
+files, and the handlespace's PE-identity binding.
+
+The rule is the union of what the backends treat as one name, so that no
+backend can turn two spellings into two identities:
+
+1. Unicode NFKC (the normalisation step of SASLprep, RFC 5054's SRP
+   identities; it also maps the no-break and other compatibility spaces to
+   a plain space);
+2. leading and trailing white space removed, inner runs of white space
+   collapsed to one space (LDAP's insignificant-space handling, RFC 4518,
+   under which slapd matches ``uid``);
+3. case folded (``str.casefold``: LDAP's ``caseIgnoreMatch``, RADIUS
+   servers that match user names without case), then NFKC again.
+
+The result must be 1 to :data:`MAX_IDENTITY_LENGTH` bytes of UTF-8 with no
+control, format (zero-width), surrogate, private-use or unassigned
+character; otherwise there is no identity (``None``).  Files that store
+identities (credentials, PSK keys) must spell them in this form; rules
+files are normalized when read.  Results are memoised (a bounded cache),
+since the handlespace applies the rule on registrations.
 """
 
 from __future__ import annotations
 
+import functools
 import types
 import unicodedata
 from collections.abc import Iterable, Mapping
@@ -21,6 +46,7 @@ __all__ = [
     "MECH_CHAP",
     "MECH_PSK",
     "MECH_SRP",
+    "is_normalized_identity",
     "normalize_identity",
 ]
 
@@ -34,17 +60,45 @@ MECH_SRP = "SRP-6a-SHA256-2048"  # SRP-6a inside TLS (docs/auth-exchanges.md)
 MECH_CHAP = "CHAP-MD5"  # CHAP inside TLS
 
 
+#: Longest input accepted, in characters: longer text (even mostly white
+#: space) is refused before any normalization work.
+_MAX_INPUT = 4 * MAX_IDENTITY_LENGTH
+_REFUSED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
+
+
+@functools.lru_cache(maxsize=4096)
+def _normalized(text: str) -> str | None:
+    nfkc = unicodedata.normalize("NFKC", text)
+    # Controls (tab, new line, the C1 range...) are refused before white
+    # space is collapsed: Python counts some of them as white space.
+    if any(unicodedata.category(c) in _REFUSED_CATEGORIES for c in nfkc):
+        return None
+    words = nfkc.split()
+    if not words:
+        return None
+    folded = unicodedata.normalize("NFKC", " ".join(words).casefold())
+    if len(folded.encode("utf-8")) > MAX_IDENTITY_LENGTH:
+        return None
+    if any(unicodedata.category(c) in _REFUSED_CATEGORIES for c in folded):
+        return None
+    return folded
+
+
 def normalize_identity(name: object) -> str | None:
-    """The identity ``name`` stands for: NFKC-normalized, 1-255 UTF-8 bytes,
-    no control characters; None when ``name`` cannot be an identity."""
-    if not isinstance(name, str):
+    """The identity ``name`` stands for, or None when it cannot be one.
+
+    ``" PE1 "``, ``"Pe1"`` and ``"pe1"`` are all ``"pe1"``;
+    ``"pe\u00a0 1"`` is ``"pe 1"``; ``""``, ``"   "``, ``"pe\t1"``,
+    ``"pe1\u200b"`` and anything over 255 bytes are None.
+    """
+    if not isinstance(name, str) or not 0 < len(name) <= _MAX_INPUT:
         return None
-    text = unicodedata.normalize("NFKC", name)
-    if not text or len(text.encode("utf-8", "surrogatepass")) > MAX_IDENTITY_LENGTH:
-        return None
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in text) or not text.isprintable():
-        return None
-    return text
+    return _normalized(name)
+
+
+def is_normalized_identity(name: object) -> bool:
+    """Whether ``name`` is an identity already in normalized form."""
+    return isinstance(name, str) and normalize_identity(name) == name
 
 
 def _frozen_attributes(

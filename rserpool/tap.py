@@ -108,20 +108,28 @@ def build_registrar(config: Config, reactor: Any = None, *, demo: bool = False) 
     registrar, tls_conf, asap, security = config["registrar"], config["tls"], config["asap"], config["security"]
     server_id = registrar["server_id"] or (secrets.randbits(32) or 1)
 
-    tls_options = revocation = crl_monitor = None
+    tls_options = revocation = crl_monitor = tls_files = dev_pki = None
     if tls_conf["enabled"]:
         cert, key, cas = tls_conf["certificate"], tls_conf["private_key"], tls_conf["ca_certificates"]
+        crls, refresh = tls_conf["crls"], None
         if not cert:
             paths = devpki.ensure_dev_pki(Path(registrar["state_dir"]) / "pki",
                                        server_names=(tls_conf["server_name"], "localhost", "127.0.0.1", "::1"))
             cert, key = str(paths.server_cert), str(paths.server_key)
             cas = cas or (str(paths.ca_cert),)
+            dev_pki = paths.directory
+            if not crls:
+                crls, refresh = (str(paths.crl),), _dev_crl_refresh(paths.directory)
             # A warning, except with --demo, which runs on the development PKI only.
             (_log.info if demo else _log.warn)(
                 "using the DEVELOPMENT PKI in {directory} (CA {ca}; PE certificate {pe}, PU certificate "
-                "{pu}); configure [tls] certificate for production", directory=paths.directory,
-                ca=paths.ca_cert, pe=paths.pe_cert, pu=paths.pu_cert)
-        tls_options, revocation, crl_monitor = _server_security(tls_conf, cert, key, cas, reactor)
+                "{pu}; CRL {crl}); configure [tls] certificate for production", directory=paths.directory,
+                ca=paths.ca_cert, pe=paths.pe_cert, pu=paths.pu_cert, crl=paths.crl)
+        if not crls and tls_conf["ocsp"] == "off":
+            _log.warn("NO REVOCATION CHECK: [tls] crls is empty and [tls] ocsp = off, so a revoked client "
+                      "certificate is accepted")
+        tls_options, revocation, crl_monitor = _server_security(tls_conf, cert, key, cas, reactor, crls, refresh)
+        tls_files = (cert, key, cas)
     else:
         _log.critical("INSECURE: TLS is disabled by configuration")
 
@@ -223,7 +231,51 @@ def build_registrar(config: Config, reactor: Any = None, *, demo: bool = False) 
         # A plugin with resources (a RADIUS socket, a thread pool) starts and
         # stops with the registrar.
         authorizer.setServiceParent(service)
+    if config["admin"]["listen"]:
+        _admin_service(config, service, tls_files, dev_pki, reactor).setServiceParent(service)
     return service
+
+
+def _admin_service(config: Config, registrar: Any, tls_files: Any, dev_pki: Any, reactor: Any) -> Any:
+    """The HTTPS admin endpoint of ``[admin]`` (docs/operations.md)."""
+    from rserpool.admin import AdminAccess, AdminService, AdminSettings, TokenError, load_token
+    from rserpool.admin.access import admin_gate, certificate_identity_of
+    from rserpool.security import tls
+
+    admin, tls_conf = config["admin"], config["tls"]
+    if tls_files is None:
+        raise ConfigError("[admin] listen needs TLS: the admin endpoint never runs in plaintext")
+    cert, key, cas = tls_files
+    if not cas:
+        raise ConfigError("[admin] listen needs [tls] ca_certificates: admin clients are authenticated by "
+                          "certificates from those CAs")
+    token = None
+    if admin["token_file"]:
+        try:
+            token = load_token(admin["token_file"])
+        except TokenError as exc:
+            raise ConfigError(f"[admin] token_file: {exc}") from None
+    if dev_pki is not None:
+        from rserpool.admin.devcert import ensure_admin_certificate
+
+        issued = ensure_admin_certificate(dev_pki)
+        _log.warn("admin endpoint: DEVELOPMENT admin certificate {cert} (key {key}, browser bundle {p12})",
+                  cert=issued.cert, key=issued.key, p12=issued.p12)
+    try:
+        settings = AdminSettings(
+            max_connections=admin["max_connections"],
+            max_connections_per_address=admin["max_connections_per_address"],
+            request_timeout=admin["request_timeout"], idle_timeout=admin["idle_timeout"],
+            refresh=admin["refresh"], page_size=admin["page_size"])
+    except ValueError as exc:
+        raise ConfigError(f"[admin]: {exc}") from None
+    options = tls.server_options(cert, key, cas, require_client_cert=token is None, crls=tls_conf["crls"])
+    access = AdminAccess(authorizer=registrar.authorizer, identity_of=certificate_identity_of(registrar),
+                         gate=admin_gate(registrar), clock=reactor,
+                         groups_of=registrar.groups_of, token=token, token_scope=admin["token_scope"],
+                         on_outage=lambda: registrar.events.outage("admin-authorizer"))
+    return AdminService(registrar, reactor=reactor, listen=admin["listen"], tls_options=options,
+                        access=access, settings=settings)
 
 
 _AUTHENTICATORS = ("certificate", "psk", "srp", "chap")
@@ -337,9 +389,26 @@ def _certificate_mapping(config: Config, reactor: Any, site_dirs: Any) -> Any:
         raise ConfigError(str(exc)) from None
 
 
-def _server_security(tls_conf: Any, cert: str, key: str, cas: Any, reactor: Any) -> tuple[Any, Any, Any]:
+def _dev_crl_refresh(directory: Path) -> Any:
+    """The CRL monitor's refresh hook for the development PKI: re-sign its CRL
+    before it expires (a file change the monitor then reloads)."""
+    from rserpool.security import devpki
+
+    def refresh(now: Any) -> None:
+        devpki.ensure_dev_crl(directory, devpki.load_dev_ca(directory), now)
+
+    return refresh
+
+
+def _server_security(tls_conf: Any, cert: str, key: str, cas: Any, reactor: Any, crls: Any = None,
+                     refresh: Any = None) -> tuple[Any, Any, Any]:
     """Server TLS options (TLS-PSK when ``psk_file`` is set; CRLs reloadable),
-    the OCSP gate (``ocsp``) and the CRL monitor service (``crl_check_interval``)."""
+    the OCSP gate (``ocsp``) and the CRL monitor service (``crl_check_interval``).
+
+    ``crls`` defaults to ``[tls] crls``; ``refresh`` is the monitor's hook
+    that keeps a development CRL fresh.  The monitor (``.monitor`` of the
+    returned service) calls its reload listeners after each reload."""
+    crls = tls_conf["crls"] if crls is None else crls
     from datetime import timedelta
 
     from rserpool.security import psk, tls
@@ -359,12 +428,13 @@ def _server_security(tls_conf: Any, cert: str, key: str, cas: Any, reactor: Any)
                                   crls=crls)
         return psk.PskServerOptions(base, store, hint) if store is not None else base
 
-    options = tls.ReloadableServerOptions(build(tls_conf["crls"]))
+    options = tls.ReloadableServerOptions(build(crls))
     monitor = None
-    if tls_conf["crls"] and tls_conf["crl_check_interval"] > 0:
+    if crls and tls_conf["crl_check_interval"] > 0:
         monitor = CrlMonitorService(CrlMonitor(
-            reactor, tls_conf["crls"], lambda crls: options.replace(build(crls)),
-            interval=tls_conf["crl_check_interval"], warn_before=timedelta(days=tls_conf["crl_warn_days"])))
+            reactor, crls, lambda loaded: options.replace(build(loaded)),
+            interval=tls_conf["crl_check_interval"], warn_before=timedelta(days=tls_conf["crl_warn_days"]),
+            refresh=refresh))
     gate = gate_from_config(tls_conf, reactor, tls.load_trust_roots(cas) if cas else ())
     return options, gate, monitor
 

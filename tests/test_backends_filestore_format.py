@@ -47,7 +47,10 @@ def test_round_trip() -> None:
     ("cert pe1 - sha256:abcd", "fingerprint"),
     ("cert pe1 - subject:not a dn", "RFC 4514"),
     ("password pe1 x", "unknown entry type"),
-    ("chap ｐｅ1 c2Vj", "NFKC"),
+    ("chap ｐｅ1 c2Vj", "normalized form (write 'pe1'"),
+    ("chap PE1 c2Vj", "normalized form (write 'pe1'"),
+    ("srp Pe1 SRP-6a-SHA256-2048 c2FsdHNhbHQ= AAAA", "normalized form"),
+    ("cert PE1 - sha256:" + "ab" * 32, "normalized form"),
 ])
 def test_malformed_lines_name_their_line(line: str, message: str) -> None:
     with pytest.raises(fmt.FileStoreError) as info:

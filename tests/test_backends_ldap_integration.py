@@ -330,3 +330,43 @@ class LdapAgainstSlapd(unittest.TestCase):
             self.assertIsNotNone(await ldap.srp_verifier("pe1"))
 
         return defer.ensureDeferred(run())
+
+
+class ReferralsAreNotFollowed(unittest.TestCase):
+    """A directory (here a scripted server on loopback) answers with a
+    referral to another loopback port: the registrar must neither connect
+    nor bind there (ldap3 follows referrals, and binds with the service
+    password, by default).  Needs no slapd."""
+
+    timeout = 30
+
+    def test_referral_makes_no_connection_and_no_bind_elsewhere(self) -> defer.Deferred:
+        from tests.ldap_fake_server import FakeLdapServer
+
+        async def run() -> None:
+            elsewhere = await FakeLdapServer().listen(reactor)
+            self.addCleanup(elsewhere.port.stopListening)
+            target = f"{elsewhere.uri}/{SUFFIX}??sub"
+
+            def answer(filter_text: str):
+                if "referred" in filter_text:  # a referral result (resultCode 10)
+                    return None, "referral", [target]
+                return [target], "success", []  # a continuation reference only
+
+            directory = await FakeLdapServer(on_search=answer).listen(reactor)
+            self.addCleanup(directory.port.stopListening)
+            ldap = LdapDirectory(reactor, directory.uri, SERVICE_DN, SERVICE_PASSWORD, SUFFIX,
+                                 allow_plaintext=True, connect_timeout=CONNECT_TIMEOUT,
+                                 receive_timeout=RECEIVE_TIMEOUT, timeout=DEADLINE)
+            ldap.start()
+            self.addCleanup(ldap.stop)
+            with self.assertRaises(LdapUnavailable) as caught:
+                await ldap.srp_verifier("referred")
+            self.assertIn("referral", str(caught.exception))
+            self.assertIsNone(await ldap.srp_verifier("continued"))
+            self.assertEqual(directory.binds, [(SERVICE_DN, SERVICE_PASSWORD)])
+            self.assertEqual(len(directory.searches), 2)
+            self.assertEqual(elsewhere.connections, 0)
+            self.assertEqual(elsewhere.binds, [])
+
+        return defer.ensureDeferred(run())

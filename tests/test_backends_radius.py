@@ -25,6 +25,7 @@ from rserpool.backends.radius import (
     RadiusOverloaded,
     RadiusServer,
     load_dictionary,
+    local_address_for,
     parse_servers,
 )
 from rserpool.backends.radius_decision import RadiusDecision
@@ -66,10 +67,12 @@ class FakeReactor(task.Clock):
     def __init__(self) -> None:
         super().__init__()
         self.ports: list[FakePort] = []
+        self.interfaces: list[str] = []
 
     def listenUDP(self, port: int, protocol: Any, interface: str = "", maxPacketSize: int = 8192) -> FakePort:  # noqa: N802,N803
         fake = FakePort(protocol)
         self.ports.append(fake)
+        self.interfaces.append(interface)
         return fake
 
 
@@ -157,6 +160,16 @@ def test_bad_identity_fails_without_sending(identity: str) -> None:
     failure = result_of(chap(client, identity))
     assert failure.check(RadiusError) and not failure.check(BackendUnavailable)
     assert writes(reactor) == []
+
+
+def test_user_name_is_the_normalize_identity() -> None:
+    # rserpool.identity: "PE1" and " pe1" are pe1 for the RADIUS server too.
+    client, reactor = make_client()
+    chap(client, " PE1")
+    client.authorize_only("Pe1")
+    assert [decode(data)["User-Name"] for data, _ in writes(reactor)] == [["pe1"], ["pe1"]]
+    failure = result_of(chap(client, "pe\u200b1"))
+    assert failure.check(RadiusError) and len(writes(reactor)) == 2
 
 
 def test_bad_chap_lengths() -> None:
@@ -374,6 +387,41 @@ def test_socket_receive_buffer_raised() -> None:
     client, reactor = make_client()
     client.start()
     assert (socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF_BYTES) in reactor.ports[0].socket.options
+
+
+def test_sockets_are_bound_to_the_route_to_the_server_never_the_wildcard() -> None:
+    v6 = RadiusServer("::1", 1812, b"secret-6")
+    remote = RadiusServer("192.0.2.10", 1812, b"secret-r")  # reached from 192.0.2.77 here
+    unroutable = RadiusServer("198.51.100.1", 1812, b"secret-u")
+
+    def local(server: RadiusServer) -> str:
+        if server is unroutable:
+            raise OSError("Network is unreachable")
+        return "192.0.2.77" if server is remote else local_address_for(server)
+
+    client, reactor = make_client(servers=(unroutable, A, B, v6, remote), local_address=local)
+    client.start()
+    # One socket per local address: A and B share loopback; nothing on 0.0.0.0 or ::.
+    assert reactor.interfaces == ["127.0.0.1", "::1", "192.0.2.77"]
+    d = chap(client)  # the unroutable server has no socket: A is asked at once
+    [(_, addr)] = reactor.ports[0].written
+    assert addr == A.address
+    reactor.ports[0].protocol.datagramReceived(reply_to(reactor.ports[0].written[0][0]), A.address)
+    assert result_of(d).accepted
+    assert local_address_for(A) == local_address_for(B) == "127.0.0.1"
+    assert local_address_for(v6) == "::1"
+    # An explicit bind address is used for every server; the wildcard is refused.
+    explicit, reactor = make_client(servers=(A, B), bind_address="127.0.0.1")
+    explicit.start()
+    assert reactor.interfaces == ["127.0.0.1"]
+    for wildcard in ("0.0.0.0", "::"):
+        with pytest.raises(ValueError):
+            make_client(bind_address=wildcard)
+    # Only unusable servers: unavailable, not a refusal, and nothing bound.
+    lonely, reactor = make_client(servers=(unroutable,), local_address=local)
+    failures: list[Any] = []
+    chap(lonely).addErrback(failures.append)
+    assert failures[0].check(BackendUnavailable) and reactor.interfaces == []
 
 
 def test_secret_not_in_repr_and_servers_parsed() -> None:

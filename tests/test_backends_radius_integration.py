@@ -97,6 +97,20 @@ class RadiusAgainstFreeRadius(unittest.TestCase):
 
         return defer.ensureDeferred(run())
 
+    def test_default_client_socket_is_on_loopback(self) -> defer.Deferred:
+        # As the radius plugin builds it: no bind_address.  The socket is bound
+        # to 127.0.0.1 (the route to the server), not 0.0.0.0, and still works.
+        client = RadiusClient(reactor, [self.radius.server], timeout=TIMEOUT, retries=RETRIES)
+        self.addCleanup(client.stop)
+
+        async def run() -> None:
+            decision = await client.authorize_only("pe1")
+            self.assertTrue(decision.accepted)
+            hosts = [sock.port.getHost().host for sock in client._sockets.values()]
+            self.assertEqual(hosts, ["127.0.0.1"])
+
+        return defer.ensureDeferred(run())
+
     def test_authorize_only(self) -> defer.Deferred:
         client = self.make_client([self.radius.server])
         authorizer = RadiusAuthorizer(client, reactor, sources=["class", "vsa"])

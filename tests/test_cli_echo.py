@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from twisted.internet import defer, reactor
+from twisted.internet import defer, protocol, reactor
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial import unittest
 
@@ -21,6 +21,7 @@ from rserpool.asap.registrar import RegistrarSettings
 from rserpool.demo.echo_pe import echo_pool_element
 from rserpool.demo.echo_session import echo_session_server
 from tests.asaphelpers import AllowAll, registrar_port, start_registrar
+from tests.echohelpers import EchoPoolCase
 from tests.tlshelpers import make_test_pki
 
 REPO = Path(__file__).resolve().parent.parent
@@ -164,3 +165,48 @@ class EchoCommand(unittest.TestCase):
     def test_missing_file(self):
         return self.failing(self.argv("--cert", "/nonexistent/pu.pem", "--key", str(self.pki.pu1.key)),
                             r"--cert /nonexistent/pu\.pem: no such file", status=2, within=5.0)
+
+
+# -- the same command through the session tests' echo pool fixture ----------------------
+
+
+class _CliProcess:
+    """Process protocol: writes stdin, collects stdout/stderr, fires on exit."""
+
+    def __init__(self, stdin: bytes) -> None:
+        self.stdin = stdin
+        self.out = b""
+        self.err = b""
+        self.ended = defer.Deferred()
+        outer = self
+
+        class _P(protocol.ProcessProtocol):
+            def connectionMade(self):
+                self.transport.write(outer.stdin)
+                self.transport.closeStdin()
+
+            def outReceived(self, data):
+                outer.out += data
+
+            def errReceived(self, data):
+                outer.err += data
+
+            def processEnded(self, reason):
+                outer.ended.callback(reason.value.exitCode)
+
+        self.protocol = _P()
+
+
+class EchoCommandWithEchoPoolCase(EchoPoolCase):
+    @defer.inlineCallbacks
+    def test_echo_command(self):
+        yield self.start_echo_pe(b"A", self.pki.pe1, b"k" * 32)
+        proc = _CliProcess(b"hello\nsecond line\n")
+        args = [sys.executable, "-m", "rserpool.cli", "echo", "--registrar",
+                f"127.0.0.1:{self.registrar_port}", "--registrar-name", "localhost",
+                "--ca", str(self.pki.ca.cert), "--timeout", "10"]
+        reactor.spawnProcess(proc.protocol, sys.executable, args, env=dict(os.environ))
+        code = yield proc.ended.addTimeout(60, reactor)
+        self.assertEqual(code, 0, proc.err.decode())
+        self.assertEqual(proc.out, b"hello\nsecond line\n")
+        self.assertIn(b"# connected to PE", proc.err)

@@ -401,6 +401,27 @@ def test_identity_binding() -> None:
     assert hs.deregister(b"pool", 1, identity="alice") is not None
 
 
+def test_identity_spellings_are_one_owner_with_one_quota() -> None:
+    # rserpool.identity's rule: "Alice", " alice " and "ALICE" are alice.
+    hs = make_hs(max_pes_per_identity=2)
+    reg(hs, pe_id=1, identity="Alice")
+    assert hs.owner_identity(b"pool", 1) == "alice"
+    reg(hs, pe_id=1, identity=" ALICE ", now=1.0)  # the owner re-registers
+    reg(hs, pe_id=2, identity="alice")
+    assert hs.identity_count("ALICE") == hs.identity_count("alice") == 2
+    with pytest.raises(HandlespaceError) as info:  # one quota for every spelling
+        reg(hs, pe_id=3, identity="aLiCe")
+    assert info.value.cause == CAUSE_LACK_OF_RESOURCES
+    for bad in ("", "al\tice", "alice\u200b"):
+        with pytest.raises(HandlespaceError) as info:
+            reg(hs, pe_id=4, identity=bad)
+        assert info.value.cause == CAUSE_SECURITY
+    assert hs.deregister(b"pool", 2, identity="ALICE") is not None
+    with pytest.raises(HandlespaceError):
+        hs.deregister(b"pool", 1, identity="mallory")
+    assert len(hs) == 1
+
+
 # ------------------------------------------------------------- resolution
 
 

@@ -94,6 +94,16 @@ def test_decision_cache_is_bounded(monkeypatch):
     assert len(authorizer._decisions) == 3
 
 
+def test_admin_is_granted_by_name_only_never_by_all():
+    rules = parse_rules("ops  all  *\nroot  admin  *\n")
+    authorizer = RulesAuthorizer(rules)
+    assert authorizer.decide("ops", (), "register", b"echo")
+    assert not authorizer.decide("ops", (), "admin", b"")
+    assert authorizer.decide("root", (), "admin", b"")
+    assert not authorizer.decide("root", (), "register", b"echo")
+    assert not authorizer.decide(None, (), "admin", b"")  # "*" never means anonymous here
+
+
 def test_pool_matches() -> None:
     assert pool_matches("echo", b"echo") and not pool_matches("echo", b"echo2")
     assert pool_matches("daytime-*", b"daytime-1") and pool_matches("*", b"\xff")

@@ -109,12 +109,28 @@ def test_bad_names_refused(ca: pki.IssuedCertificate) -> None:
     with pytest.raises(pki.CertificateProfileError):
         client(ca, "pe1", uris=["urn:rserpool:pe:\u00e9"])
     control = client(ca, "pe1", uris=["urn:rserpool:pe:a%0Ab"])
-    assert identity_from_certificate(control).name == "a%0Ab"  # URIs are not decoded
+    # URIs are not decoded; the name is normalized (case folded).
+    assert identity_from_certificate(control).name == "a%0ab"
     long_policy = IdentityPolicy.create(max_name_length=3)
     with pytest.raises(CertIdentityError):
         identity_from_certificate(client(ca, "pe1", uris=["urn:rserpool:pe:abcd"]), long_policy)
     with pytest.raises(CertIdentityError):
         IdentityPolicy.create(by_subject={"CN=x": "bad\nname"})
+
+
+def test_names_are_normalized(ca: pki.IssuedCertificate) -> None:
+    # One rule (rserpool.identity): every spelling slapd or a RADIUS server
+    # would take for pe1 is pe1 here too.
+    for cn in ("PE1", "Pe1", "pe1", "\uff30\uff25\uff11"):
+        assert identity_from_certificate(client(ca, cn, uris=())).name == "pe1"
+    assert identity_from_certificate(client(ca, "pe1", uris=["urn:rserpool:pe:PE1"])).name == "pe1"
+    both = client(ca, "pe1", uris=["urn:rserpool:pe:PE1", "urn:rserpool:pe:pe1"])
+    assert identity_from_certificate(both).name == "pe1"  # one identity, not ambiguous
+    mapped = IdentityPolicy.create(by_subject={"CN=x": "  Mapped  Name "})
+    assert mapped.by_subject["CN=x"] == "mapped name"
+    for bad in ("pe1\u200b", " ", "a\tb"):
+        with pytest.raises(CertIdentityError):
+            IdentityPolicy.create(by_subject={"CN=x": bad})
 
 
 def test_policy_validation() -> None:
@@ -149,7 +165,7 @@ def test_uri_names_round_trip(name: str) -> None:
     cert = pki.create_client_certificate(ca, "pe", NOW, uris=[f"urn:rserpool:pe:{name}"],
                                          key=_KEY).certificate
     ident = identity_from_certificate(cert)
-    assert (ident.name, ident.source) == (name, IdentitySource.URI)
+    assert (ident.name, ident.source) == (name.lower(), IdentitySource.URI)
     assert ident.fingerprint_sha256 == fingerprint_sha256(cert)
 
 

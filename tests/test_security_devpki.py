@@ -11,6 +11,7 @@ from pathlib import Path
 from cryptography import x509
 
 from rserpool.security import devpki, pki
+from rserpool.security.crl import verify_crl
 
 NOW = dt.datetime(2030, 5, 17, 12, 0, tzinfo=dt.timezone.utc)
 DAY = dt.timedelta(days=1)
@@ -54,7 +55,8 @@ def test_ensure_dev_pki_reissues_what_is_stale(tmp_path: Path) -> None:
     later = NOW + 900 * DAY
     refreshed = devpki.ensure_dev_pki(tmp_path, ("localhost", "127.0.0.1", "::1", "enrp.test"), now=later)
     changed = {n for n, data in _bytes(refreshed).items() if after[n] != data}
-    assert changed == {"registrar.pem", "registrar.key", "pe.pem", "pe.key", "pu.pem", "pu.key"}
+    assert changed == {"registrar.pem", "registrar.key", "pe.pem", "pe.key", "pu.pem", "pu.key",
+                       "crl.pem"}  # the CRL is re-signed too
     # An expired CA means a new CA and new leaves issued by it.
     much_later = NOW + 4000 * DAY
     reborn = devpki.ensure_dev_pki(tmp_path, now=much_later)
@@ -74,3 +76,70 @@ def test_ensure_dev_pki_replaces_leaf_from_foreign_ca(tmp_path: Path) -> None:
     assert again.created
     pki.load_certificate(again.pe_cert).verify_directly_issued_by(
         pki.load_certificate(again.ca_cert))
+
+
+# -- the development CRL ---------------------------------------------------------------
+
+
+def number(crl: x509.CertificateRevocationList) -> int:
+    return crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+
+
+def test_dev_pki_issues_an_empty_crl_signed_by_its_ca(tmp_path: Path) -> None:
+    paths = devpki.ensure_dev_pki(tmp_path, now=NOW)
+    assert paths.crl == tmp_path / "crl.pem"
+    crl = pki.load_crl(paths.crl)
+    ca = devpki.load_dev_ca(tmp_path)
+    info = verify_crl(crl, ca.certificate, NOW)
+    assert list(crl) == [] and info.next_update == NOW + devpki.DEV_CRL_LIFETIME
+    assert number(crl) == 1
+
+
+def test_revocations_are_kept_and_the_crl_refreshed_before_it_expires(tmp_path: Path) -> None:
+    paths = devpki.ensure_dev_pki(tmp_path, now=NOW)
+    pe_serial = pki.load_certificate(paths.pe_cert).serial_number
+    devpki.revoke_dev_certificate(tmp_path, pe_serial, NOW + DAY)
+    revoked = pki.load_crl(paths.crl)
+    assert [e.serial_number for e in revoked] == [pe_serial] and number(revoked) == 2
+    # Revoking again changes nothing.
+    ca = devpki.load_dev_ca(tmp_path)
+    assert devpki.ensure_dev_crl(tmp_path, ca, NOW + DAY, revoke=[pe_serial])[1] is False
+    # Not yet close to its nextUpdate: kept as it is.
+    before = paths.crl.read_bytes()
+    later = NOW + devpki.DEV_CRL_LIFETIME - devpki.DEV_CRL_REFRESH
+    assert devpki.ensure_dev_crl(tmp_path, ca, later, ())[1] is False
+    assert paths.crl.read_bytes() == before
+    # Close to it: re-signed, same revocation (and its date), higher number.
+    _, changed = devpki.ensure_dev_crl(tmp_path, ca, later + 2 * DAY)
+    fresh = pki.load_crl(paths.crl)
+    assert changed and number(fresh) == 3
+    assert [(e.serial_number, e.revocation_date_utc) for e in fresh] == \
+        [(e.serial_number, e.revocation_date_utc) for e in revoked]
+    assert verify_crl(fresh, ca.certificate, later + 2 * DAY).next_update > later + 2 * DAY + 20 * DAY
+    # ensure_dev_pki does the same on start-up.
+    again = devpki.ensure_dev_pki(tmp_path, now=later + 25 * DAY)
+    assert number(pki.load_crl(again.crl)) == 4
+
+
+def test_broken_foreign_or_future_crl_is_replaced(tmp_path: Path) -> None:
+    paths = devpki.ensure_dev_pki(tmp_path, now=NOW)
+    ca = devpki.load_dev_ca(tmp_path)
+    paths.crl.write_bytes(b"garbage")
+    assert devpki.ensure_dev_crl(tmp_path, ca, NOW)[1]
+    verify_crl(pki.load_crl(paths.crl), ca.certificate, NOW)
+    foreign = pki.create_ca("foreign", NOW)
+    pki.write_crl(paths.crl, pki.create_crl(foreign, [7], NOW))
+    assert devpki.ensure_dev_crl(tmp_path, ca, NOW)[1]
+    assert list(pki.load_crl(paths.crl)) == []  # a foreign CA's revocations do not carry over
+    pki.write_crl(paths.crl, pki.create_crl(ca, [], NOW + 3 * DAY))  # clock went back
+    assert devpki.ensure_dev_crl(tmp_path, ca, NOW)[1]
+    verify_crl(pki.load_crl(paths.crl), ca.certificate, NOW)
+
+
+def test_new_ca_gets_a_new_crl(tmp_path: Path) -> None:
+    devpki.ensure_dev_pki(tmp_path, now=NOW)
+    devpki.revoke_dev_certificate(tmp_path, 12345, NOW)
+    reborn = devpki.ensure_dev_pki(tmp_path, now=NOW + 4000 * DAY)
+    crl = pki.load_crl(reborn.crl)
+    assert list(crl) == []
+    verify_crl(crl, pki.load_certificate(reborn.ca_cert), NOW + 4000 * DAY)

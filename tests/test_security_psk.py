@@ -77,6 +77,14 @@ def test_duplicate_identity_is_refused(tmp_path):
         psk.load_psk_file(path)
 
 
+def test_identities_are_stored_normalized(tmp_path):
+    # rserpool.identity: a file names each identity once, in normalized form.
+    with pytest.raises(psk.PskError, match="normalized form"):
+        psk.FilePskStore.from_file(write(tmp_path / "psk", "PE-A " + KEY.hex() + "\n"))
+    with pytest.raises(psk.PskError, match="normalized"):
+        psk.FilePskStore({"Pe-A": KEY})
+
+
 def test_client_refuses_short_keys_and_bad_identities():
     with pytest.raises(psk.PskError):
         psk.client_options("pe-a", bytes(8))
@@ -276,6 +284,18 @@ class RegistrarWithPsk(unittest.TestCase):
         self.assertEqual(self.registrar.handlespace.get(b"echo", 0x77).identity, "pe-psk")
         (session,) = [c.session for c in self.registrar.channels]
         self.assertEqual(session.identity, "pe-psk")
+
+    @defer.inlineCallbacks
+    def test_other_spellings_of_the_psk_identity_are_the_same_identity(self):
+        for n, spelling in enumerate(("PE-PSK", "Pe-Psk", "pe-psk")):
+            client = yield connect_raw(reactor, registrar_port(self.registrar),
+                                       psk.client_options(spelling, KEY))
+            self.clients.append(client)
+            reply = yield client.request(AsapRegistration(b"echo", make_pe(0x80 + n)))
+            self.assertFalse(reply.reject, reply)
+            self.assertEqual(self.registrar.handlespace.get(b"echo", 0x80 + n).identity, "pe-psk")
+        self.assertEqual({c.session.identity for c in self.registrar.channels}, {"pe-psk"})
+        self.assertEqual(self.registrar.handlespace.identity_count("pe-psk"), 3)
 
     @defer.inlineCallbacks
     def test_pe_library_registers_with_its_psk(self):

@@ -16,9 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from OpenSSL import SSL
 from twisted.internet import defer
-from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
+from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IOpenSSLServerConnectionCreator
 from twisted.internet.testing import StringTransport
 from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial import unittest
@@ -26,7 +29,9 @@ from zope.interface import implementer
 
 from rserpool.security import pki, tls
 from rserpool.security.tlserrors import CertificateRejected
-from tests.tlshelpers import PairResult, TestPKI, connect_pair, make_test_pki, reason_text
+from tests.tlshelpers import (
+    PairResult, TestPKI, _store, connect_pair, make_test_pki, reason_text,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -300,6 +305,163 @@ class ProtocolVersionTests(TLSTestCase):
             for cipher in ciphers:
                 for bad in ("NULL", "ADH", "AECDH", "anon", "RC4", "DES-CBC3", "EXP"):
                     self.assertNotIn(bad, cipher)
+
+
+def _legacy_context(ciphers: str, cert: Any = None) -> SSL.Context:
+    """An OpenSSL context that speaks TLS 1.2 at most and offers only ``ciphers``."""
+    ctx = SSL.Context(SSL.TLS_METHOD)
+    ctx.set_max_proto_version(SSL.TLS1_2_VERSION)
+    ctx.set_cipher_list(ciphers.encode("ascii") + b":@SECLEVEL=0")
+    if cert is not None:
+        ctx.use_certificate_chain_file(str(cert.cert))
+        ctx.use_privatekey_file(str(cert.key))
+    return ctx
+
+
+@implementer(IOpenSSLClientConnectionCreator)
+class _LegacyClient:
+    """A client (with pe1's certificate) whose TLS 1.2 offer is only ``ciphers``."""
+
+    def __init__(self, ciphers: str, cert: Any) -> None:
+        self.context = _legacy_context(ciphers, cert)
+
+    def clientConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
+        return SSL.Connection(self.context, None)
+
+
+@implementer(IOpenSSLServerConnectionCreator)
+class _LegacyServer:
+    def __init__(self, ciphers: str, cert: Any) -> None:
+        self.context = _legacy_context(ciphers, cert)
+
+    def serverConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
+        return SSL.Connection(self.context, None)
+
+
+_RSA: dict[str, Any] = {}
+
+
+def _rsa_server(pki_: TestPKI) -> Any:
+    """A registrar certificate with an RSA key (static RSA suites need one)."""
+    if "server" not in _RSA:
+        issued = pki.create_server_certificate(pki_.ca.issued, ["localhost"], pki_.now,
+                                               key=pki.generate_private_key("rsa", 2048))
+        _RSA["server"] = _store(pki_.directory, "server-rsa", issued)
+    return _RSA["server"]
+
+
+#: TLS 1.2 suites an attacker (or an old client) may offer: CBC with SHA-1 or
+#: SHA-2 MACs, CCM, and static RSA key exchange (no forward secrecy).
+LEGACY_EC = ("ECDHE-ECDSA-AES128-SHA", "ECDHE-ECDSA-AES256-SHA", "ECDHE-ECDSA-AES128-SHA256",
+             "ECDHE-ECDSA-AES256-SHA384", "ECDHE-ECDSA-AES128-CCM")
+LEGACY_RSA = ("AES256-SHA", "AES128-SHA", "AES128-GCM-SHA256", "AES256-GCM-SHA384",
+              "ECDHE-RSA-AES128-SHA", "ECDHE-RSA-AES256-SHA384")
+
+
+class CipherSuiteTests(TLSTestCase):
+    """TLS 1.2: only ECDHE with AES-GCM or ChaCha20-Poly1305; TLS 1.3 as OpenSSL has it."""
+
+    @defer.inlineCallbacks
+    def test_legacy_tls12_suites_are_refused_by_the_server(self) -> Any:
+        ec_server = self.server()
+        rsa = _rsa_server(self.pki)
+        rsa_server = tls.server_options(rsa.cert, rsa.key, self.pki.ca.cert, environ={})
+        for server, suites in ((ec_server, LEGACY_EC), (rsa_server, LEGACY_RSA)):
+            for suite in suites:
+                result = yield self.connect(server, _LegacyClient(suite, self.pki.pe1))
+                self.assert_rejected(result, "handshake failure")
+                self.assertIsNone(result.server_peer, suite)
+
+    @defer.inlineCallbacks
+    def test_aead_suites_with_forward_secrecy_are_accepted(self) -> Any:
+        rsa = _rsa_server(self.pki)
+        rsa_server = tls.server_options(rsa.cert, rsa.key, self.pki.ca.cert, environ={})
+        cases = [(self.server(), s) for s in ("ECDHE-ECDSA-AES128-GCM-SHA256",
+                                              "ECDHE-ECDSA-AES256-GCM-SHA384",
+                                              "ECDHE-ECDSA-CHACHA20-POLY1305")]
+        cases += [(rsa_server, s) for s in ("ECDHE-RSA-AES128-GCM-SHA256",
+                                            "ECDHE-RSA-CHACHA20-POLY1305")]
+        for server, suite in cases:
+            result = yield self.connect(server, _LegacyClient(suite, self.pki.pe1))
+            self.assertTrue(result.ok, (suite, reason_text(result)))
+            self.assertEqual(result.client_version, "TLSv1.2")
+
+    @defer.inlineCallbacks
+    def test_our_client_refuses_a_server_that_offers_only_legacy_suites(self) -> Any:
+        for suite in ("ECDHE-ECDSA-AES128-SHA", "ECDHE-ECDSA-AES256-SHA384"):
+            result = yield self.connect(_LegacyServer(suite, self.pki.server), self.client())
+            self.assert_rejected(result)
+            self.assertFalse(result.client_handshake)
+
+    def test_tls13_suites_unchanged_and_tls12_offer_is_aead_only(self) -> None:
+        for creator in (self.server(), self.client()):
+            ciphers = SSL.Connection(creator.context, None).get_cipher_list()
+            tls13 = [c for c in ciphers if c.startswith("TLS_")]
+            self.assertEqual(sorted(tls13), ["TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384",
+                                             "TLS_CHACHA20_POLY1305_SHA256"])
+            for cipher in set(ciphers) - set(tls13):
+                self.assertTrue(cipher.startswith("ECDHE-"), cipher)
+                self.assertTrue("-GCM-" in cipher or cipher.endswith("CHACHA20-POLY1305"), cipher)
+
+
+def _client_certificate_with_usages(ca: pki.IssuedCertificate, name: str, now: dt.datetime,
+                                    usages: list | None) -> pki.IssuedCertificate:
+    """Like the development PKI's PE certificate, but with ``usages`` as its EKU
+    (None: no extended key usage extension at all)."""
+    key = pki.generate_private_key()
+    builder = (x509.CertificateBuilder()
+               .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+               .issuer_name(ca.certificate.subject).public_key(key.public_key())
+               .serial_number(x509.random_serial_number())
+               .not_valid_before(now - dt.timedelta(minutes=5))
+               .not_valid_after(now + dt.timedelta(days=30))
+               .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+               .add_extension(x509.SubjectAlternativeName(
+                   [x509.UniformResourceIdentifier(f"urn:rserpool:pe:{name}")]), critical=False))
+    if usages is not None:
+        builder = builder.add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+    return pki.IssuedCertificate(builder.sign(ca.private_key, hashes.SHA256()), key)
+
+
+class ClientKeyUsageTests(TLSTestCase):
+    """A client certificate must name clientAuth in its extended key usage."""
+
+    def certificate(self, name: str, usages: list | None, **kwargs: Any) -> Any:
+        issued = _client_certificate_with_usages(self.pki.ca.issued, name, self.pki.now, usages)
+        files = _store(self.pki.directory, name, issued)
+        return tls.client_options("localhost", self.pki.ca.cert, client_cert=files.pair,
+                                  environ={}, **kwargs)
+
+    @defer.inlineCallbacks
+    def test_certificate_without_client_auth_usage_is_refused(self) -> Any:
+        oid = ExtendedKeyUsageOID
+        cases = {"pe-no-eku": None, "pe-server-only": [oid.SERVER_AUTH],
+                 "pe-any-eku": [oid.ANY_EXTENDED_KEY_USAGE], "pe-email": [oid.EMAIL_PROTECTION]}
+        for require in (True, False):  # required, or optional but sent
+            server = self.server(require_client_cert=require)
+            for name, usages in cases.items():
+                for version in (None, tls.TLSVersion.TLSv1_2):
+                    client = self.certificate(name, usages, max_version=version)
+                    result = yield self.connect(server, client)
+                    self.assert_rejected(result, "certificate verify failed")
+                    self.assertIsNone(result.server_peer, name)
+        # The same CA's certificates with clientAuth still work (PE, PU, registrar).
+        server = self.server()
+        good = self.certificate("pe-client-auth", [oid.CLIENT_AUTH])
+        for client in (good, self.client(), self.client(cert="pu1"), self.client(cert="server")):
+            result = yield self.connect(server, client)
+            self.assertTrue(result.ok, reason_text(result))
+
+    def test_usage_check(self) -> None:
+        now, ca = self.pki.now, self.pki.ca.issued
+        oid = ExtendedKeyUsageOID
+        self.assertFalse(tls.has_client_auth_usage(
+            _client_certificate_with_usages(ca, "x", now, None).certificate))
+        self.assertFalse(tls.has_client_auth_usage(
+            _client_certificate_with_usages(ca, "x", now, [oid.ANY_EXTENDED_KEY_USAGE]).certificate))
+        self.assertTrue(tls.has_client_auth_usage(self.pki.pe1.issued.certificate))
+        self.assertTrue(tls.has_client_auth_usage(self.pki.server.issued.certificate))
+        self.assertFalse(tls.has_client_auth_usage(self.pki.ocsp.issued.certificate))
 
 
 class ConfigurationTests(TLSTestCase):

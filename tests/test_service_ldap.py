@@ -16,6 +16,7 @@ Timeouts are short (reactor deadline 0.5 s, connect 0.5 s, receive 1 s).
 
 from __future__ import annotations
 
+import os
 import re
 import statistics
 import time
@@ -31,6 +32,7 @@ from rserpool.config import load_config
 from rserpool.errors import BackendUnavailable
 from rserpool.plugins.ldap import LdapAuthorizerService, LdapSrpStoreService
 from rserpool.security import exchange as ex
+from rserpool.security import srp as srp_math
 from rserpool.security.srp import make_verifier
 from rserpool.service.auth import AuthenticationError, PeAuthenticator
 from rserpool.tap import build_registrar
@@ -74,6 +76,51 @@ def directory(tmp_path_factory: pytest.TempPathFactory):
         yield Directory(slapd, test_pki)
     finally:
         slapd.stop()
+
+
+class _SpelledProof:
+    """The attacker's SRP client: x from the verifier's identity (pe1, the
+    password is known), M1 with whatever identity the server should be using."""
+
+    def __init__(self, group: Any, x_identity: str, m1_identity: str, password: bytes,
+                 binding: bytes) -> None:
+        self.group, self.binding = group, binding
+        self.x_identity, self.m1_identity = x_identity.encode(), m1_identity.encode()
+        self.password = password
+        self.a = int.from_bytes(os.urandom(32), "big")
+        self.a_pub = srp_math.compute_client_public(group, self.a)
+        self.expected: bytes = b""
+
+    def process_challenge(self, salt: bytes, server_public: bytes) -> tuple[bytes, bytes]:
+        group = self.group
+        b_pub = group.to_int(server_public)
+        u = srp_math.compute_u(group, self.a_pub, b_pub)
+        x = srp_math.compute_x(group, salt, self.x_identity, self.password)
+        key = srp_math.compute_session_key(
+            group, srp_math.compute_client_premaster(group, b_pub, self.a, x, u))
+        m1 = srp_math.compute_m1(group, self.m1_identity, salt, self.a_pub, b_pub, key, self.binding)
+        self.expected = srp_math.compute_m2(group, self.a_pub, m1, key, self.binding)
+        return group.pad(self.a_pub), m1
+
+    def verify_server(self, proof: bytes) -> bytes:
+        if proof != self.expected:
+            raise srp_math.SrpError("server proof mismatch")
+        return b""
+
+
+def spelled_client(spelling: str, m1_identity: str) -> type:
+    """A ClientExchange that claims ``spelling`` in its hello (see _SpelledProof)."""
+
+    class Spelled(ex.ClientExchange):
+        def _hello(self):
+            events = super()._hello()
+            if self._srp is None:
+                return events
+            self._srp = _SpelledProof(self._srp.group, self._identity, m1_identity,
+                                      self._secret, self._cb)
+            return (ex.Send(ex.ClientHello(self._mechanism, spelling)),)
+
+    return Spelled
 
 
 def _set(text: str, key: str, value: str) -> str:
@@ -254,6 +301,45 @@ class RegistrarWithSlapd(BackendRegistrarMixin, unittest.TestCase):
         print(f"\nslapd paused: refused after {outage.elapsed * 1e3:.0f} ms; resolution median "
               f"{statistics.median(outage.latencies) * 1e3:.2f} ms over {len(outage.latencies)}; "
               f"worst reactor gap {max(outage.gaps) * 1e3:.1f} ms")
+
+    @defer.inlineCallbacks
+    def test_identity_spellings_slapd_takes_for_pe1_are_pe1(self):
+        # slapd matches uid without case and extra spaces: "PE1", "pe1 " and
+        # "Pe1" all find pe1's entry and verifier.  An attacker who claims one
+        # of them (whatever identity it proves M1 for) is pe1 or nobody:
+        # pe1's failure budget, pe1's quota, pe1's PEs.
+        registrar = yield self.start_registrar()
+        limiter = registrar.authenticator.limiter
+        outcomes = []
+        pe_id = 0x500
+        for spelling in ("PE1", "pe1 ", "Pe1", "pe1"):
+            for proof in dict.fromkeys((spelling, "pe1")):
+                self.patch(ex, "ClientExchange", spelled_client(spelling, proof))
+                channel = yield self.connect()
+                try:
+                    yield PeAuthenticator(reactor, "pe1", PE1_PASSWORD,
+                                          preferences=(ex.MECH_SRP_SHA256_2048,),
+                                          timeout=10.0).authenticate(channel.channel)
+                except AuthenticationError:
+                    outcomes.append((spelling, proof, None))
+                    continue
+                pe_id += 1
+                self.assert_accepted((yield channel.request(AsapRegistration(b"echo", make_pe(pe_id)))))
+                outcomes.append((spelling, proof, registrar.handlespace.get(b"echo", pe_id).identity))
+        owners = {identity for _, _, identity in outcomes if identity is not None}
+        self.assertEqual(owners, {"pe1"}, outcomes)
+        # Every spelling works for whoever holds pe1's password, as pe1 ...
+        for spelling in ("PE1", "pe1 ", "Pe1", "pe1"):
+            self.assertIn((spelling, "pe1", "pe1"), outcomes)
+        # ... and a proof for the spelling itself fails, on pe1's budget.
+        failed = [o for o in outcomes if o[2] is None]
+        self.assertEqual(len(failed), 3, outcomes)
+        now = reactor.seconds()
+        self.assertLessEqual(limiter.tokens("pe1", now), limiter.capacity - 3 + 0.5)
+        for spelling in ("PE1", "pe1 ", "Pe1"):
+            self.assertEqual(limiter.tokens(spelling, now), limiter.capacity)
+        self.assertEqual(registrar.handlespace.identity_count("pe1"), 4)
+        self.assertEqual({e.identity for e in registrar.handlespace.entries()}, {"pe1"})
 
     @defer.inlineCallbacks
     def test_srp_verifier_from_slapd(self):

@@ -173,6 +173,69 @@ class CrlRevocation(_RegistrarTest):
         self.assertIsNone(registrar.handlespace.get(H, 0x21))
 
 
+class ShippedConfigurationChecksRevocation(unittest.TestCase):
+    """etc/registrar.ini as shipped (development PKI): a CRL is loaded from the
+    start, so revoking the development PE certificate locks it out of new
+    handshakes once the monitor reloads, and the reload is an event."""
+
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def test_revoked_development_certificate_is_refused(self):
+        from rserpool.config import load_config
+        from rserpool.security import devpki
+        from rserpool.security.revocation import CrlMonitorService
+        from rserpool.tap import build_registrar
+        from tests.shipped import shipped_ini
+
+        tmp = tempfile.TemporaryDirectory()
+        self.addCleanup(tmp.cleanup)
+        root = Path(tmp.name)
+        registrar = build_registrar(load_config(str(shipped_ini(root))), reactor)
+        yield defer.maybeDeferred(registrar.startService)
+        self.addCleanup(registrar.stopService)
+        pki_dir = root / "var" / "pki"
+        monitors = [s.monitor for s in registrar if isinstance(s, CrlMonitorService)]
+        self.assertEqual([m.paths for m in monitors], [(str(pki_dir / "crl.pem"),)])
+        (monitor,) = monitors
+        self.assertEqual([len(list(crl)) for crl in monitor.crls], [0])  # empty at first
+        events = []
+        monitor.add_reload_listener(events.append)
+        ca = pkimod.load_certificate(pki_dir / "ca.pem")
+        creator = lambda name: tls.client_options(  # noqa: E731
+            "localhost", [ca], client_cert=(pki_dir / f"{name}.pem", pki_dir / f"{name}.key"))
+
+        @defer.inlineCallbacks
+        def attempt(name, pe_id):
+            client = EagerPe(pe_id)
+            yield connect(registrar_port(registrar), creator(name), client)
+            reply = client.next()
+            reply.addErrback(lambda _: None)
+            result, index = yield first_of(reply, client.closed)
+            if client.channel is not None and not client.channel.closed:
+                client.channel.close()
+                yield client.closed
+            return result if index == 0 else None
+
+        before = yield attempt("pe", 0x31)
+        self.assertIsInstance(before, AsapRegistrationResponse)
+        self.assertFalse(before.reject, before)
+        # The operator revokes the development PE certificate.
+        pe_cert = pkimod.load_certificate(pki_dir / "pe.pem")
+        devpki.revoke_dev_certificate(pki_dir, pe_cert.serial_number, datetime.now(timezone.utc))
+        os.utime(pki_dir / "crl.pem", ns=(time.time_ns(), time.time_ns() + 1_000_000_000))
+        monitor.check()
+        self.assertEqual(len(events), 1)
+        self.assertTrue(monitor.revoked(pe_cert, ca))
+        after = yield attempt("pe", 0x32)
+        self.assertIsNone(after)
+        self.assertIsNone(registrar.handlespace.get(H, 0x32))
+        # The PU certificate (not revoked) still completes its handshake.
+        pu = yield attempt("pu", 0x33)
+        self.assertIsNotNone(pu)
+        self.assertFalse(monitor.revoked(pkimod.load_certificate(pki_dir / "pu.pem"), ca))
+
+
 @pytest.mark.integration
 class OcspRevocation(_RegistrarTest):
     @pytest.fixture(autouse=True)
@@ -416,6 +479,51 @@ def test_crl_monitor_reloads_on_change_and_warns_once(tmp_path):
     assert clock.getDelayedCalls() == []
 
 
+def test_crl_monitor_refreshes_first_and_tells_listeners_after_a_reload(tmp_path):
+    from rserpool.security import devpki
+    from rserpool.security.revocation import revoked_by
+
+    paths = devpki.ensure_dev_pki(tmp_path, now=datetime.now(timezone.utc))
+    ca = devpki.load_dev_ca(tmp_path)
+    pe = pkimod.load_certificate(paths.pe_cert)
+    clock = task.Clock()
+    clock.advance(time.time())
+    refreshed, heard, order = [], [], []
+    pending = []
+
+    def refresh(now):
+        refreshed.append(now)
+        for serial in pending:
+            devpki.ensure_dev_crl(tmp_path, ca, now, revoke=[serial])
+            os.utime(paths.crl, ns=(time.time_ns(), time.time_ns() + 2_000_000_000))
+        pending.clear()
+
+    monitor = CrlMonitor(clock, [str(paths.crl)], lambda crls: order.append("options"),
+                         interval=60.0, refresh=refresh)
+
+    def broken(crls):
+        raise RuntimeError("a listener bug")
+
+    monitor.add_reload_listener(broken)
+    monitor.add_reload_listener(lambda crls: (order.append("listener"), heard.append(crls)))
+    monitor.start()
+    assert len(refreshed) == 1 and heard == [] and not monitor.revoked(pe, ca.certificate)
+    pending.append(pe.serial_number)
+    clock.advance(60.0)
+    assert len(refreshed) == 2 and order == ["options", "listener"]
+    (crls,) = heard
+    assert monitor.crls == crls and monitor.revoked(pe, ca.certificate)
+    now = datetime.fromtimestamp(clock.seconds(), timezone.utc)
+    assert revoked_by(crls, pe, ca.certificate, now)
+    # A CRL of another CA, or one that is not valid at ``now``, revokes nothing.
+    other = pkimod.create_ca("other", now)
+    assert not revoked_by(crls, pe, other.certificate, now)
+    assert not revoked_by(crls, pe, ca.certificate, now + timedelta(days=60))
+    monitor.remove_reload_listener(broken)
+    monitor.stop()
+    assert clock.getDelayedCalls() == []
+
+
 def test_ocsp_mode_parsing():
     assert OcspMode.parse(" Hard ") is OcspMode.HARD
     assert OcspMode.SOFT.policy is FailurePolicy.SOFT_FAIL
@@ -479,6 +587,12 @@ def test_config_defaults_and_errors(tmp_path):
 
     conf = load_config(text="")
     assert conf["tls"]["ocsp"] == "off" and conf["tls"]["psk_file"] == ""
+    # docs/revocation.md: responders on loopback only unless asked; the nonce rule from the ini.
+    assert conf["tls"]["ocsp_allow_remote"] is False and conf["tls"]["ocsp_require_nonce"] is False
+    from rserpool.security.revocation import gate_from_config
+    strict = load_config(text="[tls]\nocsp = hard\nocsp_require_nonce = yes\n")
+    gate = gate_from_config(strict["tls"], task.Clock(), ())
+    assert gate.checker.options.require_nonce is True and gate.checker.allow_remote is False
     with pytest.raises(ConfigError, match="off, soft or hard"):
         load_config(text="[tls]\nocsp = sometimes\n")
     pki = make_test_pki(tmp_path / "pki")

@@ -26,6 +26,7 @@ Timers: ``next_deadline()`` is the earliest time ``on_timer(now)`` must run
 from __future__ import annotations
 
 import random
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Union
 
@@ -282,7 +283,12 @@ class RegistrarCore:
         self._unreachable_limiter = RateLimiter(settings.unreachable_rate)
         self.sessions: set[AsapSession] = set()
         self.stats = {"registrations": 0, "reregistrations": 0, "deregistrations": 0,
-                      "resolutions": 0, "refused": 0, "removed": 0}
+                      "resolutions": 0, "refused": 0, "removed": 0, "keepalive_timeouts": 0,
+                      "unreachable_reports": 0, "unauthorized": 0, "authorization_outages": 0}
+        # For operators (rserpool.stats): refusals by RFC 5354 cause, and the
+        # last ones (now, address, identity, request, handle, PE id, cause).
+        self.refused_by_cause: dict[int, int] = {}
+        self.recent_refusals: deque = deque(maxlen=64)
 
     # -- sessions --------------------------------------------------------------------
 
@@ -332,6 +338,13 @@ class RegistrarCore:
             return []
         return [Send(session, error_reply(error, codes.PPID_ASAP))]
 
+    def _refused(self, cause: int, session: AsapSession, request: str, handle: bytes | None,
+                 pe_id: int | None, now: float) -> None:
+        """Count a refusal (only refusals pay this, never accepted requests)."""
+        self.stats["refused"] += 1
+        self.refused_by_cause[cause] = self.refused_by_cause.get(cause, 0) + 1
+        self.recent_refusals.append((now, session.address, session.identity, request, handle, pe_id, cause))
+
     # -- registration ------------------------------------------------------------------
 
     def _gate(self, session: AsapSession, now: float) -> int | None:
@@ -359,7 +372,7 @@ class RegistrarCore:
                     cause, info = codes.CAUSE_INVALID_VALUES, pe.user_transport.encode()
                     break
         if cause is not None:
-            self.stats["refused"] += 1
+            self._refused(cause, session, "registration", handle, pe.pe_id, now)
             out.append(Send(session, AsapRegistrationResponse(handle, pe.pe_id, True, _cause(cause, info))))
             return
         self._authorized_then(session, ACTION_REGISTER, handle, msg, now, out)
@@ -385,7 +398,7 @@ class RegistrarCore:
                 payload=stored,
             )
         except HandlespaceError as exc:
-            self.stats["refused"] += 1
+            self._refused(exc.cause, session, "registration", handle, pe.pe_id, now)
             if exc.cause == codes.CAUSE_INCONSISTENT_POLICY:
                 info = self._pool_policy_bytes(handle)  # RFC 5354 3.12.6
             elif exc.cause == codes.CAUSE_INCONSISTENT_TRANSPORT:
@@ -438,7 +451,7 @@ class RegistrarCore:
     def _on_deregistration(self, session: AsapSession, msg: AsapDeregistration, now: float, out: list) -> None:
         cause = self._gate(session, now)
         if cause is not None:
-            self.stats["refused"] += 1
+            self._refused(cause, session, "deregistration", msg.pool_handle, msg.pe_id, now)
             out.append(Send(session, AsapDeregistrationResponse(msg.pool_handle, msg.pe_id, _cause(cause))))
             return
         self._authorized_then(session, ACTION_DEREGISTER, msg.pool_handle, msg, now, out)
@@ -449,7 +462,7 @@ class RegistrarCore:
         try:
             entry = self.handlespace.deregister(handle, pe_id, identity)
         except HandlespaceError as exc:
-            self.stats["refused"] += 1
+            self._refused(exc.cause, session, "deregistration", handle, pe_id, now)
             self._log("refusing deregistration of {pe_id:08x} in {handle!r} by {identity}: {detail}",
                       pe_id=pe_id, handle=handle, identity=identity, detail=exc.detail)
             out.append(Send(session, AsapDeregistrationResponse(handle, pe_id, _cause(exc.cause))))
@@ -470,10 +483,11 @@ class RegistrarCore:
             self._complete(session, action, msg, now, out)
             return
         if decided is False:
-            self._refuse(session, action, msg, _CAUSE_SECURITY, out)
+            self.stats["unauthorized"] += 1
+            self._refuse(session, action, msg, _CAUSE_SECURITY, now, out)
             return
         if len(session.pending) >= self.settings.max_pending_per_session:
-            self._refuse(session, action, msg, _CAUSE_RESOURCES, out)
+            self._refuse(session, action, msg, _CAUSE_RESOURCES, now, out)
             return
         token = self._next_token
         self._next_token += 1
@@ -495,9 +509,10 @@ class RegistrarCore:
         if allowed:
             self._complete(session, action, msg, now, out)
         else:
+            self.stats["unauthorized" if allowed is not None else "authorization_outages"] += 1
             self._log("{identity} is not authorized to {action} in pool {handle!r}",
                       identity=session.identity, action=action, handle=handle)
-            self._refuse(session, action, msg, _CAUSE_SECURITY, out)
+            self._refuse(session, action, msg, _CAUSE_SECURITY, now, out)
         return out
 
     def _complete(self, session: AsapSession, action: str, msg: Any, now: float, out: list) -> None:
@@ -508,13 +523,15 @@ class RegistrarCore:
         else:
             self._complete_resolution(session, msg, out)
 
-    def _refuse(self, session: AsapSession, action: str, msg: Any, cause: int, out: list) -> None:
-        self.stats["refused"] += 1
+    def _refuse(self, session: AsapSession, action: str, msg: Any, cause: int, now: float, out: list) -> None:
         if action == ACTION_REGISTER:
+            self._refused(cause, session, "registration", msg.pool_handle, msg.pool_element.pe_id, now)
             reply = AsapRegistrationResponse(msg.pool_handle, msg.pool_element.pe_id, True, _cause(cause))
         elif action == ACTION_DEREGISTER:
+            self._refused(cause, session, "deregistration", msg.pool_handle, msg.pe_id, now)
             reply = AsapDeregistrationResponse(msg.pool_handle, msg.pe_id, _cause(cause))
         else:
+            self._refused(cause, session, "resolution", msg.pool_handle, None, now)
             reply = AsapHandleResolutionResponse(msg.pool_handle, error=_cause(cause))
         out.append(Send(session, reply))
 
@@ -522,7 +539,7 @@ class RegistrarCore:
 
     def _on_resolution(self, session: AsapSession, msg: AsapHandleResolution, now: float, out: list) -> None:
         if not self._resolution_limiter.allow(session.rate_key, now):
-            self.stats["refused"] += 1
+            self._refused(_CAUSE_RESOURCES, session, "resolution", msg.pool_handle, None, now)
             out.append(Send(session, AsapHandleResolutionResponse(msg.pool_handle, error=_cause(_CAUSE_RESOURCES))))
             return
         if self.settings.authorize_resolution:
@@ -593,11 +610,12 @@ class RegistrarCore:
         # Threat 2.13 / RFC 5355 2.13: reports are rate limited per reporter
         # and only distinct reporters count towards MAX-BAD-PE-REPORT.
         settings = self.settings
+        self.stats["unreachable_reports"] += 1
         if settings.unreachable_requires_identity and session.identity is None:
-            self.stats["refused"] += 1
+            self._refused(_CAUSE_SECURITY, session, "unreachability report", msg.pool_handle, msg.pe_id, now)
             return
         if not self._unreachable_limiter.allow(session.rate_key, now):
-            self.stats["refused"] += 1
+            self._refused(_CAUSE_RESOURCES, session, "unreachability report", msg.pool_handle, msg.pe_id, now)
             return
         entry = self.handlespace.get(msg.pool_handle, msg.pe_id)
         if entry is None:
@@ -647,6 +665,7 @@ class RegistrarCore:
             key = (entry.pool_handle, entry.pe_id)
             deadline = self._awaiting_ack.get(key)
             if deadline is not None and deadline <= now:
+                self.stats["keepalive_timeouts"] += 1
                 self._remove(entry, "no ENDPOINT_KEEP_ALIVE_ACK", out)
             elif deadline is not None:
                 self.handlespace.schedule_keepalive(entry.pool_handle, entry.pe_id, deadline)

@@ -35,6 +35,7 @@ from rserpool.backends.filestore_format import (
     parse_credentials,
 )
 from rserpool.errors import BackendUnavailable
+from rserpool.identity import normalize_identity
 from rserpool.interfaces import (
     ICertificateMapping,
     IChapSecretStore,
@@ -233,15 +234,17 @@ class FileStore:
                   chap=len(data.chap), certs=len(data.certs), groups=len(data.groups))
 
     # -- synchronous (rserpool.security.exchange.CredentialStore)
+    # Lookups are by the normalized form of the identity (rserpool.identity).
     def lookup_srp(self, identity: str) -> tuple[bytes, bytes] | None:
-        entry = self.data().srp.get(identity)
+        entry = self.data().srp.get(normalize_identity(identity))  # type: ignore[arg-type]
         return None if entry is None else (entry.salt, entry.verifier)
 
     def lookup_chap_secret(self, identity: str) -> bytes | None:
-        return self.data().chap.get(identity)
+        return self.data().chap.get(normalize_identity(identity))  # type: ignore[arg-type]
 
     def groups_of(self, identity: str) -> frozenset[str]:
-        return self.data().groups_of(identity)
+        name = normalize_identity(identity)
+        return self.data().groups_of(name) if name is not None else frozenset()
 
     def identity_for_certificate(self, certificate: x509.Certificate) -> Identity | None:
         data = self.data()

@@ -18,7 +18,9 @@ starting with ``#`` and blank lines are ignored::
 - An identity's groups are the union of its ``group`` line and the groups
   of its ``cert`` lines.
 - Identities and groups are written the way authorization rules name them:
-  no blanks, ``,`` or ``#``, not ``*``, not starting with ``@``.
+  no blanks, ``,`` or ``#``, not ``*``, not starting with ``@``; identities
+  in normalized form (:func:`rserpool.identity.normalize_identity`: lower
+  case), since every lookup is by the normalized form.
 
 This module is the format alone, pure: parsing (:func:`parse_credentials`)
 is strict (any malformed line is an error that names its line number;
@@ -39,6 +41,7 @@ from typing import Any
 
 from cryptography import x509
 
+from rserpool.identity import normalize_identity
 from rserpool.security import srp as _srp
 
 __all__ = [
@@ -122,8 +125,10 @@ def check_identity(name: str) -> str:
         raise FileStoreError(
             f"bad identity {name!r}: no blanks, ',', '#' or control characters, "
             "and not '*' or starting with '@'")
-    if _srp.normalize_text(name, 4 * MAX_NAME_LENGTH, "identity") != name.encode("utf-8"):
-        raise FileStoreError(f"identity {name!r} is not in NFKC normal form")
+    normalized = normalize_identity(name)
+    if normalized != name:
+        raise FileStoreError(f"identity {name!r} is not in normalized form (write {normalized!r}: "
+                             "identities are compared without case, see rserpool.identity)")
     return name
 
 

@@ -21,8 +21,14 @@ reactor.  See ``docs/ldap.md``.
   request abandoned at its deadline still counts until its thread returns);
   beyond that, a request fails at once with :class:`LdapOverloaded`.
 - TLS (``ldaps://`` or StartTLS) verifies the server certificate against the
-  configured CA (``ssl.CERT_REQUIRED``) and the URI's host name.  Plaintext
+  configured CA (``ssl.CERT_REQUIRED``) and the URI's host name.
+- Referrals are never followed (ldap3's ``auto_referrals`` off, no referral
+  host allowed): the registrar talks to the configured URI only, and a
+  referral answer makes the lookup fail with :class:`LdapUnavailable`.  Plaintext
   needs ``allow_plaintext=True`` and is logged as a warning.
+- Identities are looked up, cached and returned in normalized form
+  (:func:`rserpool.identity.normalize_identity`), the uid the directory
+  answers for a certificate included.
 - Filter values are escaped (RFC 4515) with ldap3's ``escape_filter_chars``;
   filter templates use ``{identity}``, ``{fingerprint}``, ``{subject}`` and
   ``{dn}`` placeholders, replaced textually (no ``str.format``).
@@ -72,6 +78,7 @@ from rserpool.backends.ldap_schema import (
     text_values,
     valid_identity,
 )
+from rserpool.identity import normalize_identity
 from rserpool.interfaces import (
     ICertificateMapping,
     IGroupSource,
@@ -286,7 +293,7 @@ class LdapDirectory(Service):
         if identity is None:
             self._cache.clear()
         else:
-            self._cache._data.pop(("entry", identity), None)
+            self._cache._data.pop(("entry", normalize_identity(identity)), None)
 
     @property
     def cache_size(self) -> int:
@@ -304,10 +311,14 @@ class LdapDirectory(Service):
                 valid_names=list(self.tls.server_names) or None,
                 sni=self.host,
             )
+        # Referrals are never followed (ldap3 follows them to any host by
+        # default, and binds there with the service DN and password): a
+        # referral answer is an error like any other (LdapUnavailable).
         server = ldap3.Server(self.host, port=self.port, use_ssl=self.ldaps, tls=tls,
-                              get_info=ldap3.NONE, connect_timeout=self.connect_timeout)
+                              get_info=ldap3.NONE, connect_timeout=self.connect_timeout,
+                              allowed_referral_hosts=[])
         conn = ldap3.Connection(
-            server, user=self.bind_dn, password=self._password,
+            server, user=self.bind_dn, password=self._password, auto_referrals=False,
             client_strategy=ldap3.SAFE_SYNC, auto_bind=ldap3.AUTO_BIND_NONE,
             receive_timeout=math.ceil(self.receive_timeout), read_only=True, raise_exceptions=False,
             check_names=False,
@@ -451,10 +462,11 @@ class LdapDirectory(Service):
                 raise LdapUnavailable("LDAP: several entries match one certificate "
                                       "(fix the directory or cert_filter)")
             names = text_values(raw_values(entries[0], schema.identity_attribute))
-            if len(names) != 1 or not valid_identity(names[0]):
+            name = normalize_identity(names[0]) if len(names) == 1 else None
+            if name is None or not valid_identity(name):
                 raise LdapUnavailable(f"LDAP: the entry for a certificate has no single "
                                       f"usable {schema.identity_attribute}")
-            return names[0]
+            return name
 
         return self._with_connection("certificate lookup", job)
 
@@ -532,8 +544,14 @@ class LdapDirectory(Service):
 
     # ------------------------------------------------------------ lookups
     def entry(self, identity: str) -> defer.Deferred[LdapEntry | None]:
-        """The identity's entry (cached), or None when unknown."""
-        if not valid_identity(identity):
+        """The identity's entry (cached), or None when unknown.
+
+        Looked up (and cached) by the normalized form of ``identity``
+        (:mod:`rserpool.identity`): slapd matches ``uid`` without case and
+        extra spaces, so every spelling it would take for one entry is that
+        one identity here too."""
+        identity = normalize_identity(identity)  # type: ignore[assignment]
+        if identity is None or not valid_identity(identity):
             return defer.succeed(None)
         return self._cached(("entry", identity), lambda value: value is None,
                             lambda: self._submit("entry lookup", self._read_entry, identity))

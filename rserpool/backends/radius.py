@@ -12,7 +12,11 @@ Behaviour (see ``docs/radius.md``):
   one, or with a wrong one, or with a wrong Response Authenticator, or from
   another address than the server asked, is dropped and logged
   (BlastRADIUS, CVE-2024-3596).  A dropped reply does not end the request.
-- Request ids: 256 per socket (one socket per address family).  At most
+- Sockets: one UDP socket per local address, bound to the address the
+  kernel routes to each server from (loopback for a loopback server,
+  :func:`local_address_for`) or to ``bind_address``; never the wildcard
+  address, so nothing off that route can reach it.
+- Request ids: 256 per socket.  At most
   ``max_in_flight`` requests are outstanding; further ones wait in a queue of
   at most ``max_queue``; beyond that a request fails at once with
   :class:`RadiusOverloaded` (a :class:`BackendUnavailable`).
@@ -41,7 +45,7 @@ import secrets
 import socket
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from pyrad import packet as _packet
 from pyrad.dictionary import Dictionary
@@ -51,6 +55,7 @@ from twisted.logger import Logger
 
 from rserpool.backends.radius_decision import RadiusDecision
 from rserpool.errors import BackendUnavailable
+from rserpool.identity import normalize_identity
 from rserpool.security.chap import CHALLENGE_LEN, RESPONSE_LEN
 
 __all__ = [
@@ -116,6 +121,18 @@ class RadiusServer:
     @property
     def family(self) -> int:
         return socket.AF_INET6 if ":" in self.host else socket.AF_INET
+
+
+def local_address_for(server: RadiusServer) -> str:
+    """The local address to bind for ``server``: loopback for a loopback
+    server, else the source address of the kernel's route to it (a UDP
+    ``connect``, which sends nothing).  Raises OSError when there is no route."""
+    address = ipaddress.ip_address(server.host)
+    if address.is_loopback:
+        return "::1" if address.version == 6 else "127.0.0.1"
+    with socket.socket(server.family, socket.SOCK_DGRAM) as probe:
+        probe.connect(server.address)
+        return str(probe.getsockname()[0])
 
 
 def parse_servers(text: str, secret: bytes) -> tuple[RadiusServer, ...]:
@@ -204,6 +221,7 @@ class RadiusClient:
         dead_time: float = 30.0,
         nas_identifier: str = "rserpool",
         bind_address: str | None = None,
+        local_address: Callable[[RadiusServer], str] = local_address_for,
     ) -> None:
         if not servers:
             raise ValueError("at least one RADIUS server is required")
@@ -225,8 +243,12 @@ class RadiusClient:
         self.max_queue = int(max_queue)
         self.dead_time = float(dead_time)
         self.nas_identifier = nas_identifier
+        if bind_address is not None and ipaddress.ip_address(bind_address).is_unspecified:
+            raise ValueError("bind_address must be a local address, not the wildcard")
         self.bind_address = bind_address
-        self._sockets: dict[int, _Socket] = {}
+        self._local_address = local_address
+        self._sockets: dict[str, _Socket] = {}  # by local address
+        self._socket_for: dict[RadiusServer, str] = {}
         self._queue: deque[_Request] = deque()
         self._in_flight = 0
         self._dead_until: dict[RadiusServer, float] = {}
@@ -240,21 +262,31 @@ class RadiusClient:
 
     # -- life cycle
     def start(self) -> None:
-        """Open the sockets (one per address family of the servers)."""
+        """Open the sockets: one per local address the servers are reached from."""
         if self._running:
             return
         self._running = True
-        for family in sorted({server.family for server in self.servers}):
-            sock = _Socket(self, family)
-            interface = self.bind_address or ("::" if family == socket.AF_INET6 else "0.0.0.0")
-            sock.port = self.reactor.listenUDP(0, sock, interface=interface, maxPacketSize=MAX_PACKET)
+        for server in self.servers:
+            try:
+                local = self.bind_address or self._local_address(server)
+                if (":" in local) != (server.family == socket.AF_INET6):
+                    raise OSError(f"bind address {local} is of another address family")
+            except (OSError, ValueError) as exc:
+                _log.error("RADIUS server {host}:{port} cannot be used: {error}", host=server.host,
+                           port=server.port, error=exc)
+                continue
+            self._socket_for[server] = local
+            if local in self._sockets:
+                continue
+            sock = _Socket(self, server.family)
+            self._sockets[local] = sock
+            sock.port = self.reactor.listenUDP(0, sock, interface=local, maxPacketSize=MAX_PACKET)
             raw = getattr(sock.port, "socket", None)
             if raw is not None:
                 try:
                     raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF_BYTES)
                 except OSError as exc:  # pragma: no cover - depends on the host
                     _log.warn("could not raise SO_RCVBUF of the RADIUS socket: {error}", error=exc)
-            self._sockets[family] = sock
 
     def stop(self) -> defer.Deferred[None]:
         """Fail everything pending with BackendUnavailable, close the sockets."""
@@ -274,6 +306,7 @@ class RadiusClient:
         stops = [defer.maybeDeferred(sock.port.stopListening) for sock in self._sockets.values()
                  if sock.port is not None]
         self._sockets.clear()
+        self._socket_for.clear()
         return defer.gatherResults(stops).addCallback(lambda _: None)
 
     @property
@@ -310,6 +343,12 @@ class RadiusClient:
 
     # -- internals
     def _request(self, identity: str, attributes: list[tuple[str, Any]]) -> defer.Deferred[RadiusDecision]:
+        # User-Name is the normalized identity (rserpool.identity), whatever
+        # spelling the caller had: one identity, one answer, one cache entry.
+        canonical = normalize_identity(identity)
+        if canonical is None:
+            return defer.fail(RadiusError("not a valid identity"))
+        identity = canonical
         try:
             encoded = identity.encode("utf-8")
         except (AttributeError, UnicodeEncodeError):
@@ -354,7 +393,7 @@ class RadiusClient:
             self._finish(request, failure=BackendUnavailable(
                 f"no RADIUS server answered ({len(request.tried)} tried)"))
             return
-        sock = self._sockets.get(server.family)
+        sock = self._sockets.get(self._socket_for.get(server, ""))
         if sock is None or not sock.allocate(request):
             # all ids of this socket busy (max_in_flight <= 256 makes this rare:
             # only when several servers share a socket); treat as unavailable

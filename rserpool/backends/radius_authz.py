@@ -24,6 +24,7 @@ from rserpool.backends.radius_decision import (
     RadiusDecision,
     decision_from_attributes,
 )
+from rserpool.identity import normalize_identity
 from rserpool.interfaces import IChapVerifier, Identity, IPoolAuthorizer
 from rserpool.security.authz import pool_matches
 from rserpool.security.chap import ChapVerdict, VerifyChap
@@ -201,6 +202,10 @@ class RadiusAuthorizer:
         return entry[1]
 
     def decision_for(self, identity: str) -> defer.Deferred[RadiusDecision]:
+        canonical = normalize_identity(identity)  # one cache entry per identity, any spelling
+        if canonical is None:
+            return defer.succeed(RadiusDecision(False, identity))
+        identity = canonical
         decision = self.cached(identity)
         if decision is not None:
             return defer.succeed(decision)

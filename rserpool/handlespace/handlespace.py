@@ -1,7 +1,7 @@
 """The handlespace store: pools, pool elements, owners, checksums, deadlines.
 
 What it stores and answers (``PoolElementEntry``, ``PoolInfo``,
-``Registered``), its limits and its errors are in
+``RegistrationResult``), its limits and its errors are in
 :mod:`rserpool.handlespace.entries`.
 
 Pure Python (no Twisted, no clock, no wire framing): every call that needs
@@ -23,11 +23,12 @@ from rserpool.handlespace.entries import (
     CAUSE_INCONSISTENT_DATA_CONTROL, CAUSE_INCONSISTENT_POLICY, CAUSE_INCONSISTENT_TRANSPORT,
     CAUSE_INVALID_VALUES, CAUSE_LACK_OF_RESOURCES, CAUSE_SECURITY, CAUSE_UNKNOWN_POOL_HANDLE,
     INFINITE_LIFE, MAX_INT32, TRANSPORT_TYPES, USE_DATA_AND_CONTROL, USE_DATA_ONLY,
-    HandlespaceError, HandlespaceLimits, PoolElementEntry, PoolInfo, Registered,
+    HandlespaceError, HandlespaceLimits, PoolElementEntry, PoolInfo, RegistrationResult,
 )
 from rserpool.handlespace.policies import is_reserved_policy_type, make_policy
 from rserpool.handlespace.timers import DeadlineQueue
 from rserpool.handlespace.types import MAX_UINT32, PolicySettings, SelectionPolicy
+from rserpool.identity import normalize_identity
 from rserpool.wire.checksum import finish, pe_checksum, pe_sum
 
 __all__ = ["Handlespace", "PolicyFactory"]
@@ -132,7 +133,8 @@ class Handlespace:
         return None if entry is None else entry.identity
 
     def identity_count(self, identity: str) -> int:
-        return self._identity_counts.get(identity, 0)
+        """PEs bound to ``identity`` (any spelling of it)."""
+        return self._identity_counts.get(normalize_identity(identity) or "", 0)
 
     # -------------------------------------------------------------- ownership
 
@@ -203,7 +205,7 @@ class Handlespace:
         home_server_id: int,
         identity: str | None = None,
         payload: Any = None,
-    ) -> Registered:
+    ) -> RegistrationResult:
         """Register a PE or re-register it in place (RFC 5352 section 3.1).
 
         The PE's owner becomes ``home_server_id`` (ownership moves on a
@@ -242,7 +244,12 @@ class Handlespace:
                     self._expiry.cancel(entry)
                 else:
                     self._expiry.schedule(entry, now + life)  # sets entry.expires_at
-                return _make_registered(entry, False, previous_owner)
+                return _make_result(entry, False, previous_owner)
+        # Bound and counted in normalized form (rserpool.identity): one owner, one quota.
+        if identity is not None:
+            identity = normalize_identity(identity)
+            if identity is None:
+                raise HandlespaceError(CAUSE_SECURITY, "not a valid identity")
         # Validation (cause 0x3) and the handle length limit (0x6).
         if not isinstance(pool_handle, bytes) or not pool_handle:
             raise HandlespaceError(CAUSE_INVALID_VALUES, "empty or non-bytes pool handle", "pool_handle")
@@ -348,7 +355,7 @@ class Handlespace:
             self._expiry.cancel(entry)
         else:
             self._expiry.schedule(entry, now + registration_life_used)  # sets entry.expires_at
-        return Registered(entry, created, previous_owner)
+        return RegistrationResult(entry, created, previous_owner)
 
     def deregister(self, pool_handle: bytes, pe_id: int, identity: str | None = None) -> PoolElementEntry | None:
         """Remove a PE (RFC 5352 section 3.2); ``None`` if it is unknown
@@ -357,7 +364,8 @@ class Handlespace:
         entry = self.get(pool_handle, pe_id)
         if entry is None:
             return None
-        if identity is not None and entry.identity is not None and identity != entry.identity:
+        if (identity is not None and entry.identity is not None and identity != entry.identity
+                and normalize_identity(identity) != entry.identity):
             raise HandlespaceError(CAUSE_SECURITY, "PE identifier bound to another identity")
         self._remove(entry)
         return entry
@@ -514,7 +522,7 @@ class Handlespace:
             del self._pools[entry.pool_handle]
 
 
-_make_registered = fast_constructor(Registered)
+_make_result = fast_constructor(RegistrationResult)
 
 
 def _check_uint32(name: str, value: int) -> None:

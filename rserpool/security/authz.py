@@ -8,11 +8,14 @@ The embedded authorizer reads a rules file, one rule per line::
     *                   resolve                *
     enrp1               enrp                   *
 
-- *subject* is an identity name, ``@group`` (a group the identity belongs to,
+- *subject* is an identity name (read in normalized form,
+  :func:`rserpool.identity.normalize_identity`: ``PE1`` is ``pe1``), ``@group`` (a group the identity belongs to,
   e.g. from a certificate mapping, LDAP or RADIUS), or ``*`` (any
   authenticated identity; for ``resolve`` also an anonymous pool user).
 - *actions*: ``register``, ``deregister``, ``resolve``, ``enrp`` (act as an
-  ENRP peer), or ``all``.
+  ENRP peer), ``admin`` (read the admin endpoint; its pool handle is empty,
+  so grant it with the pattern ``*``), or ``all`` (every action but
+  ``admin``, which is only ever granted by name).
 - *patterns* are shell-style globs (``fnmatch``, case-sensitive) over the pool
   handle, which is read as UTF-8; a handle that is not valid UTF-8 only
   matches ``*`` or a ``hex:`` pattern such as ``hex:0a0b*``.
@@ -30,11 +33,15 @@ import re
 from dataclasses import dataclass
 from typing import Iterable
 
+from rserpool.identity import normalize_identity
+
 __all__ = [
     "ACTIONS", "Rule", "RulesError", "RulesAuthorizer", "parse_rules", "load_rules", "pool_matches",
 ]
 
-ACTIONS = frozenset({"register", "deregister", "resolve", "enrp"})
+ACTIONS = frozenset({"register", "deregister", "resolve", "enrp", "admin"})
+#: What ``all`` stands for: the admin door is never granted by a wildcard.
+_ALL_ACTIONS = ACTIONS - {"admin"}
 _MAX_RULES = 100_000
 
 
@@ -98,11 +105,16 @@ def parse_rules(text: str, source: str = "<rules>") -> tuple[Rule, ...]:
         subject, actions_text, patterns = words[0], words[1], tuple(words[2:])
         if not _NAME.match(subject):
             raise RulesError(f"{source}:{number}: bad subject {subject!r}")
+        if subject != "*" and not subject.startswith("@"):
+            canonical = normalize_identity(subject)
+            if canonical is None:
+                raise RulesError(f"{source}:{number}: bad subject {subject!r}")
+            subject = canonical
         actions = set()
         for action in actions_text.split(","):
             action = action.strip()
             if action == "all":
-                actions |= ACTIONS
+                actions |= _ALL_ACTIONS
             elif action in ACTIONS:
                 actions.add(action)
             else:
@@ -180,6 +192,12 @@ class RulesAuthorizer:
             return answer
         answer = False
         rules = self.rules
+        if identity is not None:
+            # Rules name normalized identities; so is the one asked about (no
+            # spelling of a name escapes its rules or reaches another's).
+            identity = normalize_identity(identity)
+            if identity is None:
+                return False
         for number in self._candidates(identity, group_set, action):
             rule = rules[number]
             if rule.matches(identity, group_set, action, pool_handle):

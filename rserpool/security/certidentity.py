@@ -20,7 +20,9 @@ Sources, tried in the order configured by :class:`IdentityPolicy`:
     the subject's common name.
 
 A source with more than one distinct candidate is ambiguous and raises
-:class:`CertIdentityError` rather than picking one silently.
+:class:`CertIdentityError` rather than picking one silently.  The name is
+returned in normalized form (:func:`rserpool.identity.normalize_identity`:
+``CN=PE1`` is the identity ``pe1``), as are the names of the mapping tables.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ from dataclasses import dataclass, field
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
+
+from rserpool.identity import normalize_identity
 
 __all__ = [
     "DEFAULT_POLICY",
@@ -145,11 +149,13 @@ def _normalize_subject(text: str) -> str:
 
 
 def _check_name(name: str, max_length: int) -> str:
+    """The normalized form of ``name`` (:func:`rserpool.identity.normalize_identity`)."""
     if not name or len(name) > max_length:
         raise CertIdentityError(f"identity must be 1-{max_length} characters")
-    if not name.isprintable() or name != name.strip():
-        raise CertIdentityError("identity contains control or surrounding space characters")
-    return name
+    canonical = normalize_identity(name)
+    if canonical is None or len(canonical) > max_length:
+        raise CertIdentityError("identity contains control or invisible characters, or is blank")
+    return canonical
 
 
 def _sans(cert: x509.Certificate) -> x509.SubjectAlternativeName | None:
@@ -160,7 +166,8 @@ def _sans(cert: x509.Certificate) -> x509.SubjectAlternativeName | None:
 
 
 def _single(candidates: list[str], what: str) -> str | None:
-    distinct = sorted(set(candidates))
+    # Two spellings of one identity ("PE1", "pe1") are one candidate.
+    distinct = sorted({normalize_identity(c) or c for c in candidates})
     if not distinct:
         return None
     if len(distinct) > 1:

@@ -14,6 +14,11 @@ Certificate profiles:
 - PE / PU (client): subject CN and a URI SAN ``urn:rserpool:<role>:<name>``,
   EKU clientAuth.
 - OCSP responder: EKU OCSPSigning and the id-pkix-ocsp-nocheck extension.
+
+A server certificate whose EKU lacks serverAuth is refused by our clients
+(OpenSSL's ``ssl_server`` purpose); a client certificate without clientAuth
+is refused by our servers (:func:`rserpool.security.tls.has_client_auth_usage`:
+a certificate without any extended key usage is refused as a client too).
 """
 
 from __future__ import annotations

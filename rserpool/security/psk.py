@@ -46,6 +46,7 @@ from twisted.internet.interfaces import (
 )
 from zope.interface import implementer
 
+from rserpool.identity import normalize_identity
 from rserpool.interfaces import IPskKeyStore
 from rserpool.security import _internals, tls
 
@@ -139,6 +140,9 @@ class FilePskStore:
         self._salt = os.urandom(32)
         self._keys: dict[bytes, bytes] = {}
         for identity, key in keys.items():
+            if normalize_identity(identity) != identity:  # the server looks up normalized names
+                raise PskError(f"PSK identity {identity!r} is not in normalized form "
+                               f"(write {normalize_identity(identity)!r}; see rserpool.identity)")
             self._keys[self._index(_valid_identity(identity))] = _valid_key(bytes(key))
 
     def _index(self, identity: str) -> bytes:
@@ -226,7 +230,7 @@ def psk_identity(transport_or_connection: Any) -> str | None:
             return None
     else:
         return None
-    return name
+    return normalize_identity(name)
 
 
 def _server_cipher_list() -> bytes:
@@ -252,7 +256,12 @@ def enable_server_psk(context: SSL.Context, store: IPskKeyStore, hint: str | Non
     # PSK was used (see psk_identity), and every connection proves the key.
     context.set_options(SSL.OP_NO_TICKET)
     context.set_session_cache_mode(SSL.SESS_CACHE_OFF)
-    return _internals.enable_psk_server(context, store.psk_key, MIN_KEY_LENGTH)
+    def lookup(offered: str) -> bytes | None:
+        # Any spelling of an identity is that identity (rserpool.identity).
+        name = normalize_identity(offered)
+        return store.psk_key(name) if name is not None else None
+
+    return _internals.enable_psk_server(context, lookup, MIN_KEY_LENGTH)
 
 
 @implementer(IOpenSSLServerConnectionCreator)

@@ -34,8 +34,10 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
 from rserpool.security import tls
-from rserpool.security.crl import CrlInfo, crl_info
-from rserpool.security.ocsp import FailurePolicy, OcspDecision, OcspError, OcspFailure, decide
+from rserpool.security.crl import CrlError, CrlInfo, check_certificate, crl_info
+from rserpool.security.ocsp import (
+    FailurePolicy, OcspDecision, OcspError, OcspFailure, OcspOptions, decide,
+)
 
 __all__ = [
     "CrlMonitor",
@@ -46,6 +48,7 @@ __all__ = [
     "crl_warning",
     "find_issuer",
     "gate_from_config",
+    "revoked_by",
     "verified_chain",
 ]
 
@@ -166,15 +169,38 @@ def crl_warning(path: str, info: CrlInfo, warn_before: timedelta) -> CrlWarning 
     return None
 
 
+def revoked_by(crls: Iterable[x509.CertificateRevocationList], cert: x509.Certificate,
+               issuer: x509.Certificate, now: datetime) -> bool:
+    """Whether one of ``crls`` issued by ``issuer`` revokes ``cert`` (pure).
+
+    Only CRLs that pass :func:`rserpool.security.crl.verify_crl` for
+    ``issuer`` at ``now`` count.
+    """
+    for crl in crls:
+        if crl.issuer != issuer.subject or cert.issuer != issuer.subject:
+            continue
+        try:
+            if check_certificate(cert, crl, issuer, now) is not None:
+                return True
+        except CrlError:
+            continue
+    return False
+
+
 class CrlMonitor:
     """Watches CRL files: reload on change, warn about expiry.
 
-    Every ``interval`` seconds (the reactor's clock) the files' mtimes and
-    sizes are compared with the last load; on a change all files are loaded
-    again and handed to ``on_reload(crls)`` (which builds new server options;
-    a file that fails to load keeps the old set in place and is logged).
-    Each check also computes :func:`crl_warning` for every CRL; a warning is
-    logged when it appears or changes (``warnings`` holds the current ones).
+    Every ``interval`` seconds (the reactor's clock) ``refresh(now)`` runs
+    first when given (the development PKI re-signs its CRL there before it
+    expires), then the files' mtimes and sizes are compared with the last
+    load; on a change all files are loaded again and handed to
+    ``on_reload(crls)`` (which builds new server options; a file that fails
+    to load keeps the old set in place and is logged).  After a successful
+    reload every listener added with :meth:`add_reload_listener` is called
+    with the new CRLs: that is the hook for re-checking channels that are
+    already open (new handshakes are covered by ``on_reload``).  Each check
+    also computes :func:`crl_warning` for every CRL; a warning is logged when
+    it appears or changes (``warnings`` holds the current ones).
     """
 
     def __init__(
@@ -186,6 +212,7 @@ class CrlMonitor:
         interval: float = 60.0,
         warn_before: timedelta = timedelta(days=7),
         stat: Callable[[str], os.stat_result] = os.stat,
+        refresh: Callable[[datetime], Any] | None = None,
     ) -> None:
         if interval <= 0:
             raise ValueError("interval must be positive")
@@ -200,7 +227,28 @@ class CrlMonitor:
         self.warnings: list[CrlWarning] = []
         self._logged: dict[str, tuple[bool, datetime | None]] = {}
         self.reloads = 0
+        self.refresh = refresh
+        self._listeners: list[Callable[[tuple[x509.CertificateRevocationList, ...]], Any]] = []
         self._call: Any = None
+
+    def add_reload_listener(
+            self, listener: Callable[[tuple[x509.CertificateRevocationList, ...]], Any]) -> None:
+        """Call ``listener(crls)`` after every successful reload (in the order added).
+
+        A listener that raises is logged; the others still run and the new
+        CRLs stay in force.  Use :meth:`revoked` on each open channel's
+        certificate to find the channels to close.
+        """
+        self._listeners.append(listener)
+
+    def remove_reload_listener(self, listener: Callable[..., Any]) -> None:
+        self._listeners.remove(listener)
+
+    def revoked(self, cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+        """Whether a loaded CRL of ``issuer`` (signature, issuer and freshness
+        checked) lists ``cert``.  A CRL that fails verification is ignored here
+        (OpenSSL refuses new handshakes for it anyway)."""
+        return revoked_by(self.crls, cert, issuer, self.now())
 
     def _signatures(self) -> tuple[tuple[int, int], ...]:
         out = []
@@ -233,7 +281,12 @@ class CrlMonitor:
         self._schedule()
 
     def check(self) -> list[CrlWarning]:
-        """Reload if a file changed, then compute (and log) the warnings."""
+        """Refresh, reload if a file changed, then compute (and log) the warnings."""
+        if self.refresh is not None:
+            try:
+                self.refresh(self.now())
+            except Exception as exc:
+                _log.error("could not refresh the CRL ({error})", error=exc)
         signature = self._signatures()
         if signature != self._signature:
             self._signature = signature
@@ -267,6 +320,11 @@ class CrlMonitor:
         self.crls = crls
         self.reloads += 1
         _log.info("reloaded {n} CRL file(s): {paths}", n=len(self.paths), paths=", ".join(self.paths))
+        for listener in list(self._listeners):
+            try:
+                listener(crls)
+            except Exception:
+                _log.failure("a CRL reload listener failed")
 
 
 class CrlMonitorService(Service):
@@ -298,7 +356,10 @@ def gate_from_config(tls_conf: Any, reactor: Any,
         policy=mode.policy,
         responder_override=tls_conf["ocsp_responder"] or None,
         allow_remote=tls_conf["ocsp_allow_remote"],
+        options=OcspOptions(require_nonce=tls_conf.get("ocsp_require_nonce", False)),
     )
+    if tls_conf["ocsp_allow_remote"]:
+        _log.warn("OCSP responders on non-loopback hosts are queried ([tls] ocsp_allow_remote = yes)")
     _log.info("OCSP check of client certificates: {mode} fail, responder {responder}", mode=mode.value,
               responder=tls_conf["ocsp_responder"] or "from each certificate's AIA")
     return RevocationGate(checker, trust_roots)

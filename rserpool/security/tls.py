@@ -2,13 +2,18 @@
 
 What is checked, and by whom:
 
-- **Server side** (:func:`server_options`): TLS 1.2 or newer; Twisted's
-  default cipher selection (no anonymous, NULL, export, RC4, 3DES, MD5
-  suites); when ``require_client_cert`` the client must present a
-  certificate that chains to one of the *configured* roots (never the system
-  store), is inside its validity window, carries EKU clientAuth (OpenSSL's
-  ``ssl_client`` purpose) and, when CRLs are loaded, is not revoked
-  (``CRL_CHECK``; ``CRL_CHECK_ALL`` on request).
+- **Both sides**: TLS 1.2 or newer.  In TLS 1.2 only the suites of
+  :data:`TLS12_CIPHERS` (ECDHE key exchange, so forward secrecy, and an
+  AEAD: AES-GCM or ChaCha20-Poly1305; no CBC, no SHA-1 MAC, no static RSA,
+  no anonymous or NULL suite); TLS 1.3 keeps OpenSSL's three suites.
+- **Server side** (:func:`server_options`): when ``require_client_cert`` the
+  client must present a certificate that chains to one of the *configured*
+  roots (never the system store), is inside its validity window, has an
+  extended key usage extension that includes clientAuth (a certificate
+  without the extension is refused too: OpenSSL's ``ssl_client`` purpose
+  alone would accept it) and, when CRLs are loaded, is not revoked
+  (``CRL_CHECK``; ``CRL_CHECK_ALL`` on request).  An optional client
+  certificate, when sent, is checked the same way.
 - **Client side** (:func:`client_options`): the server is authenticated
   before anything else: chain to the configured roots, validity, EKU
   serverAuth (OpenSSL), optional CRLs, then the host name or IP address with
@@ -63,10 +68,12 @@ __all__ = [
     "ReloadableServerOptions",
     "ServerTLSOptions",
     "ServerTLSSettings",
+    "TLS12_CIPHERS",
     "TLSVersion",
     "client_options",
     "close_keylog_writers",
     "export_keying_material",
+    "has_client_auth_usage",
     "keylog_writer",
     "load_crls",
     "load_trust_roots",
@@ -85,6 +92,11 @@ CRLs = Iterable[Union[PathLike, x509.CertificateRevocationList]]
 
 #: The oldest protocol version these helpers will ever negotiate.
 MINIMUM_VERSION = TLSVersion.TLSv1_2
+#: TLS 1.2 cipher suites (OpenSSL syntax): ECDHE with AES-GCM or
+#: ChaCha20-Poly1305 only.  DHE is left out (no parameters are configured),
+#: CBC suites (SHA-1 or SHA-2 MAC), static RSA key exchange and CCM too.
+TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!eNULL:!PSK:!SRP:!DSS"
+_ACCEPTABLE_CIPHERS = tssl.AcceptableCiphers.fromOpenSSLCipherString(TLS12_CIPHERS)
 #: Upper bound for one exporter call (RFC 5705 allows more; nobody needs it).
 MAX_EXPORT_LENGTH = 1024
 
@@ -278,12 +290,15 @@ class ServerTLSOptions:
             lowerMaximumSecurityTo=settings.max_version,
             enableSessions=settings.session_cache,
             enableSessionTickets=settings.session_tickets,
+            acceptableCiphers=_ACCEPTABLE_CIPHERS,
         )
         self.settings = settings
         self.writer = keylog_writer(settings.keylog_path, environ)
         self.context = _finish_context(
             options, settings.crls, settings.crl_check_all, self.writer
         )
+        if verify:
+            self.context.set_verify(self.context.get_verify_mode(), _verify_client_certificate)
         if not settings.session_tickets and not settings.session_cache:
             # No resumption: with SSL_OP_NO_TICKET alone OpenSSL still sends
             # two (stateful) TLS 1.3 tickets after every handshake.
@@ -293,6 +308,39 @@ class ServerTLSOptions:
 
     def serverConnectionForTLS(self, tlsProtocol: object) -> SSL.Connection:
         return SSL.Connection(self.context, None)
+
+
+def has_client_auth_usage(cert: x509.Certificate) -> bool:
+    """Whether ``cert`` has an extended key usage extension naming clientAuth.
+
+    A certificate without the extension is *not* a client certificate here
+    (RFC 5280 would allow any use); ``anyExtendedKeyUsage`` does not count.
+    """
+    try:
+        usage = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        return False
+    return x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH in usage
+
+
+def _verify_client_certificate(
+    conn: SSL.Connection, cert: crypto.X509, errno: int, depth: int, ok: int
+) -> bool:
+    """Server-side verify callback: OpenSSL's verdict, plus clientAuth on the leaf."""
+    if not ok or depth != 0:
+        return bool(ok)
+    try:
+        leaf = cert.to_cryptography()
+        if has_client_auth_usage(leaf):
+            return True
+        _log.info(
+            "Client certificate refused: no clientAuth extended key usage ({subject})",
+            subject=leaf.subject.rfc4514_string()[:200],
+        )
+        return False
+    except BaseException:  # never raise into OpenSSL
+        _log.failure("while checking a client certificate's key usage")
+        return False
 
 
 def disable_session_tickets(context: SSL.Context) -> bool:
@@ -437,6 +485,7 @@ class ClientTLSOptions:
             trustRoot=trust,
             raiseMinimumTo=settings.min_version,
             lowerMaximumSecurityTo=settings.max_version,
+            acceptableCiphers=_ACCEPTABLE_CIPHERS,
             **extra,
         )
         self.settings = settings

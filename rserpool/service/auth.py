@@ -37,6 +37,7 @@ from rserpool.security import _internals
 from rserpool.security import exchange as ex
 from rserpool.security.chap import ChapVerdict, VerifyChap, verify_locally
 from rserpool.security.tls import NotTLSError, export_keying_material, tls_connection
+from rserpool.stats import EventCounts
 
 __all__ = [
     "AuthenticationError",
@@ -157,6 +158,8 @@ class RegistrarAuthenticator:
                              exchange_lifetime=exchange_lifetime)
         self._channels: dict[Any, _ChannelState] = {}
         self.stats = {"succeeded": 0, "failed": 0, "unavailable": 0}
+        # By mechanism, for operators; the registrar service shares its own.
+        self.events = EventCounts()
 
     @staticmethod
     def handles(message: Any) -> bool:
@@ -211,6 +214,7 @@ class RegistrarAuthenticator:
     def _succeeded(self, channel: Any, event: AuthSucceeded) -> None:
         session = channel.session
         self.stats["succeeded"] += 1
+        self.events.authenticated(event.mechanism, True)
         session.identity = event.identity
         session.mechanism = event.mechanism
         _log.info("PE at {address} authenticated as {identity} by {mechanism}",
@@ -219,6 +223,7 @@ class RegistrarAuthenticator:
     def _failed(self, channel: Any, event: AuthFailed) -> bool:
         session = channel.session
         self.stats["failed"] += 1
+        self.events.authenticated(event.mechanism or "unknown", False)
         if session is not None and getattr(session, "mechanism", None) is not None:
             # A protocol violation after success: the channel loses the identity.
             session.identity = None
@@ -262,6 +267,7 @@ class RegistrarAuthenticator:
 
         def failed(failure: Failure) -> None:
             self.stats["unavailable"] += 1
+            self.events.outage("authenticator")
             _log.error("SRP verifier store unavailable for {identity}: {error}; refusing "
                        "(fail closed)", identity=identity, error=failure.getErrorMessage())
             if self._current(channel, state):
@@ -290,6 +296,7 @@ class RegistrarAuthenticator:
 
         def failed(failure: Failure) -> None:
             self.stats["unavailable"] += 1
+            self.events.outage("authenticator")
             _log.error("CHAP verification backend unavailable for {identity}: {error}; "
                        "refusing with cause 0xa (fail closed)", identity=request.identity,
                        error=failure.getErrorMessage())

@@ -32,8 +32,11 @@ from __future__ import annotations
 from typing import Any, Protocol as TypingProtocol
 
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IDelayedCall, IHandshakeListener, IReactorTime
+from twisted.internet.interfaces import (
+    IDelayedCall, IHandshakeListener, IReactorTime, IStreamClientEndpoint,
+)
 from twisted.internet.protocol import Protocol
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -47,7 +50,7 @@ from rserpool.wire.tcpmap import (
     TcpMapError,
 )
 
-__all__ = ["Channel", "ChannelHandler", "ChannelSettings", "address_text"]
+__all__ = ["Channel", "ChannelHandler", "ChannelSettings", "address_text", "tls_client_endpoint"]
 
 _log = Logger()
 
@@ -341,3 +344,25 @@ class Channel(Protocol):
         if idle >= self.settings.heartbeat_interval:
             self.transport.write(self.mapping.heartbeat(now=now))
         self._arm_timer()
+
+
+@implementer(IStreamClientEndpoint)
+class _TLSClientEndpoint:
+    def __init__(self, creator: Any, endpoint: IStreamClientEndpoint, clock: IReactorTime) -> None:
+        self.creator = creator
+        self.endpoint = endpoint
+        self.clock = clock
+
+    def connect(self, factory: Any) -> Deferred:
+        tls_factory = TLSMemoryBIOFactory(self.creator, True, factory, self.clock)
+        return self.endpoint.connect(tls_factory).addCallback(lambda tls: tls.wrappedProtocol)
+
+
+def tls_client_endpoint(creator: Any, endpoint: IStreamClientEndpoint,
+                        clock: IReactorTime) -> IStreamClientEndpoint:
+    """``endpoint`` with TLS started at once (``creator`` from
+    ``rserpool.security.tls.client_options``), like Twisted's
+    ``wrapClientTLS``, but with the TLS layer's write batching on ``clock``,
+    the injected reactor, rather than on the global one."""
+    return _TLSClientEndpoint(creator, endpoint, clock)
+

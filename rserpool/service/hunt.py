@@ -27,7 +27,7 @@ from twisted.python.failure import Failure
 
 from rserpool.asap.hunt import MAX_PARALLEL, Backoff, Candidate, HuntRound, order_for_round
 from rserpool.service.candidates import CandidateSource, describe_failure
-from rserpool.service.channel import Channel, ChannelHandler, ChannelSettings
+from rserpool.service.channel import Channel, ChannelHandler, ChannelSettings, tls_client_endpoint
 from rserpool.wire import WireError
 
 __all__ = ["ServerHunt", "make_channel_factory"]
@@ -95,7 +95,7 @@ class ServerHunt:
     ``make_channel_factory``); its handler hears ``channel_ready`` only if
     that channel wins, and nothing at all otherwise.  ``endpoint_factory``
     replaces the default endpoint (``TCP4ClientEndpoint``/``TCP6ClientEndpoint``
-    wrapped by ``wrapClientTLS``), e.g. in tests.
+    wrapped by ``tls_client_endpoint``), e.g. in tests.
     """
 
     def __init__(
@@ -228,7 +228,7 @@ class ServerHunt:
         timeout = self.attempt_timeout or 30
         cls = endpoints.TCP6ClientEndpoint if candidate.family == 6 else endpoints.TCP4ClientEndpoint
         tcp = cls(self.reactor, candidate.host, candidate.port, timeout=timeout)
-        return endpoints.wrapClientTLS(self.tls_options_factory(candidate.tls_name), tcp)
+        return tls_client_endpoint(self.tls_options_factory(candidate.tls_name), tcp, self.reactor)
 
     def _start_attempt(self, candidate: Candidate) -> None:
         try:

@@ -1,5 +1,5 @@
 """The pool element library: the Twisted shell around
-``rserpool.asap.pe.PoolElementSession``.
+``rserpool.asap.pe.PeRegistration``.
 
 ``PoolElementService`` is a ``twisted.application.service.Service``: start it
 and it hunts for a registrar (``rserpool.service.hunt.ServerHunt``, or any
@@ -49,7 +49,7 @@ from twisted.python.failure import Failure
 
 from rserpool.asap.pe import (
     CloseChannel, Deregistered, Failed, HomeChanged, Ignored, KeepAliveDropped, NeedServer,
-    PeSettings, PeState, PoolElementSession, Registered, RegistrationLost, RegistrationRefused, Send,
+    PeSettings, PeState, PeRegistration, Registered, RegistrationLost, RegistrationRefused, Send,
 )
 from rserpool.service.channel import Channel, ChannelSettings, address_text
 from rserpool.service.keepalive_log import KeepAliveDropLog
@@ -135,7 +135,7 @@ class PoolElementService(Service):
         self.authenticator = authenticator
         self._auth_blocked = False
         self.channel_settings = channel_settings or ChannelSettings()
-        self.core = PoolElementSession(pool_handle, user_transport, policy, registration_life,
+        self.core = PeRegistration(pool_handle, user_transport, policy, registration_life,
                                        settings, pe_id=pe_id, randbits=randbits)
         self.server_hunt: Any = None
         if hunt is None:
@@ -210,9 +210,9 @@ class PoolElementService(Service):
 
     def startService(self) -> None:
         super().startService()
-        if self.core.state is PeState.STOPPED:  # restarted: same PE, new session
+        if self.core.state is PeState.STOPPED:  # restarted: same PE, new registration
             old = self.core
-            self.core = PoolElementSession(old.pool_handle, old.element.user_transport, old.policy,
+            self.core = PeRegistration(old.pool_handle, old.element.user_transport, old.policy,
                                            old.registration_life, old.settings, pe_id=old.pe_id)
         _log.info("PE {pe_id:08x} starting: pool {handle}, {transport}, life {life} s",
                   pe_id=self.pe_id, handle=pool_handle_text(self.pool_handle),

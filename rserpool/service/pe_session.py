@@ -10,7 +10,7 @@ data PPID (default 0, configurable, never 11 or 12).
 :class:`SessionServer` is a Twisted factory of channels whose control
 messages go to a :class:`~rserpool.asap.pe_session.PeSession` and whose data
 goes to a :class:`SessionApplication`; the application sends data, cookies
-and business cards through its :class:`ServerSession`.
+and business cards through its :class:`AcceptedSession`.
 :func:`listen_sessions` puts it behind TLS on an endpoint string.
 """
 
@@ -36,7 +36,7 @@ from rserpool.wire import PoolElement, WireError
 __all__ = [
     "SessionApplication",
     "SessionServer",
-    "ServerSession",
+    "AcceptedSession",
     "listen_sessions",
 ]
 
@@ -46,24 +46,24 @@ _log = Logger()
 class SessionApplication(TypingProtocol):
     """What a PE's application implements to serve sessions."""
 
-    def session_started(self, session: ServerSession) -> None:
+    def session_started(self, session: AcceptedSession) -> None:
         """A PU connected (TLS handshake done)."""
 
-    def cookie_echoed(self, session: ServerSession, cookie: bytes) -> None:
+    def cookie_echoed(self, session: AcceptedSession, cookie: bytes) -> None:
         """The PU failed over to us and echoed this cookie (check it yourself)."""
 
-    def business_card_received(self, session: ServerSession, pool_handle: bytes,
+    def business_card_received(self, session: AcceptedSession, pool_handle: bytes,
                                pool_elements: tuple[PoolElement, ...]) -> None:
         """The PU (a PU/PE combination) sent its pool handle and failover order."""
 
-    def data_received(self, session: ServerSession, payload: bytes) -> None:
+    def data_received(self, session: AcceptedSession, payload: bytes) -> None:
         """Application data from the PU."""
 
-    def session_ended(self, session: ServerSession, reason: Failure) -> None:
+    def session_ended(self, session: AcceptedSession, reason: Failure) -> None:
         """The connection is gone."""
 
 
-class ServerSession:
+class AcceptedSession:
     """One PU connection at a PE: the channel handler and the application's handle."""
 
     def __init__(self, server: SessionServer) -> None:
@@ -176,14 +176,14 @@ class SessionServer(Factory):
         self.pe_settings = pe_settings or PeSessionSettings()
         self.tls = tls
         self.max_sessions = max_sessions
-        self.sessions: set[ServerSession] = set()
+        self.sessions: set[AcceptedSession] = set()
 
     def buildProtocol(self, addr: Any) -> Protocol:
         if len(self.sessions) >= self.max_sessions:
             # Not None: a TLS wrapping factory cannot wrap "no protocol".
             _log.warn("refusing session from {addr}: {n} sessions open", addr=addr, n=len(self.sessions))
             return _Refuse()
-        session = ServerSession(self)
+        session = AcceptedSession(self)
         self.sessions.add(session)
         channel = Channel(session, self.reactor, self.channel_settings, tls=self.tls)
         channel.factory = self

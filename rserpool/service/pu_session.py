@@ -39,7 +39,7 @@ from rserpool.asap.pu_session import (
 from rserpool.asap.session import DEFAULT_DATA_PPID, Ignored, SessionClosedError, check_data_ppid
 from rserpool.security import tls
 from rserpool.security.tlserrors import connection_error_text
-from rserpool.service.channel import Channel, ChannelSettings
+from rserpool.service.channel import Channel, ChannelSettings, tls_client_endpoint
 from rserpool.wire import PoolElement, TcpTransport, WireError
 from rserpool.wire.params import pool_handle_text
 
@@ -321,7 +321,7 @@ class SessionClient:
             tcp = endpoints.TCP6ClientEndpoint(self.reactor, host, port, timeout=self.connect_timeout)
         else:
             tcp = endpoints.TCP4ClientEndpoint(self.reactor, host, port, timeout=self.connect_timeout)
-        endpoint = endpoints.wrapClientTLS(creator, tcp)
+        endpoint = tls_client_endpoint(creator, tcp, self.clock)
         channel = Channel(conn, self.clock, self.channel_settings, tls=True, initiator=True)
         conn.channel = channel
         _log.info("connecting to PE {pe_id:08x} at {host}:{port}", pe_id=pe.pe_id, host=host, port=port)

@@ -22,7 +22,7 @@ import random
 from typing import Any, Callable, Iterable, Protocol as TypingProtocol
 
 from cryptography.hazmat.primitives.serialization import Encoding
-from OpenSSL import crypto
+from OpenSSL import SSL, crypto
 from twisted.application.service import MultiService
 from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
@@ -47,6 +47,7 @@ from rserpool.security.revocation import RevocationGate, verified_chain
 from rserpool.security.tls import NotTLSError, tls_connection
 from rserpool.service.channel import Channel, ChannelSettings, address_text
 from rserpool.service.tlsfactory import TLSServerFactory
+from rserpool.stats import EventCounts
 from rserpool.wire import WireError
 from rserpool.wire.params import pool_handle_text
 from rserpool.wire.transports import TcpTransport
@@ -138,9 +139,14 @@ class RegistrarService(MultiService):
         certificate_mapping: Any = None,
     ) -> None:
         super().__init__()
+        # Counters for operators (rserpool.stats); shared with the authenticator.
+        self.events = EventCounts()
+        self.started: float | None = None
         # SRP/CHAP over the ASAP extension (rserpool.service.auth.RegistrarAuthenticator);
         # None: the extension is disabled and its messages are reported as unrecognized.
         self.authenticator = authenticator
+        if authenticator is not None:
+            authenticator.events = self.events
         # ICertificateMapping: identity_for(cert) -> Identity | name | None (maybe a Deferred)
         self.certificate_mapping = certificate_mapping
         # OCSP gate: no session (so no state) until the client certificate's
@@ -199,6 +205,7 @@ class RegistrarService(MultiService):
     @defer.inlineCallbacks
     def startService(self):
         super().startService()
+        self.started = self.clock.seconds()
         for description in self.listen:
             factory: Any = _RegistrarFactory(self, tls=self.tls_options is not None)
             if self.tls_options is not None:
@@ -277,11 +284,14 @@ class RegistrarService(MultiService):
                         crypto.dump_certificate(crypto.FILETYPE_ASN1, peer))
                     mechanism = "certificate"
                 except CertIdentityError as exc:
+                    self.events.authenticated("certificate", False)
                     _log.warn("client certificate from {address} yields no identity: {error}",
                               address=address, error=exc)
             else:
                 identity = psk_identity(channel.transport)
                 mechanism = PSK_MECHANISM if identity is not None else None
+        if mechanism is not None and not gated and self.certificate_mapping is None:
+            self.events.authenticated(mechanism, True)
         if cert is not None and (gated or self.certificate_mapping is not None):
             # Nothing is created for this channel before OCSP allows it and
             # the certificate mapping (a directory, perhaps) named its holder.
@@ -346,6 +356,7 @@ class RegistrarService(MultiService):
         _, queued = self._checking.pop(channel, (None, []))
         if channel.closed:
             return
+        self.events.authenticated("certificate", allowed and identity is not None)
         if not allowed:
             _log.warn("closing ASAP channel from {address} ({identity}): {reason}", address=address,
                       identity=identity, reason=reason)
@@ -365,6 +376,7 @@ class RegistrarService(MultiService):
         self._checking.pop(channel, None)
         if failure.check(defer.CancelledError):
             return  # the channel went away first
+        self.events.outage("certificate-check")
         _log.failure("certificate check (revocation or mapping) failed; closing the channel", failure)
         channel.abort()
 
@@ -411,6 +423,8 @@ class RegistrarService(MultiService):
         checking = self._checking.pop(channel, None)
         if checking is not None:
             checking[0].cancel()
+        if channel.tls and not channel.ready and reason is not None and reason.check(SSL.Error):
+            self.events.tls_handshake_failures += 1
         if channel in self.channels:
             self.channels.discard(channel)
             address = getattr(channel, "peer_host", "")
@@ -477,6 +491,7 @@ class RegistrarService(MultiService):
                                                      self.clock.seconds()))
 
     def _authorization_failed(self, failure: Failure, request: Authorize, identity: str | None) -> None:
+        self.events.outage("authorizer")
         _log.failure("authorization backend failed for {identity} ({action} in pool {handle}); refusing",
                      failure, identity=identity, action=request.action,
                      handle=pool_handle_text(request.pool_handle))
