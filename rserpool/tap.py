@@ -232,11 +232,12 @@ def build_registrar(config: Config, reactor: Any = None, *, demo: bool = False) 
         # stops with the registrar.
         authorizer.setServiceParent(service)
     if config["admin"]["listen"]:
-        _admin_service(config, service, tls_files, dev_pki, reactor).setServiceParent(service)
+        _admin_service(config, service, tls_files, dev_pki, reactor, demo=demo).setServiceParent(service)
     return service
 
 
-def _admin_service(config: Config, registrar: Any, tls_files: Any, dev_pki: Any, reactor: Any) -> Any:
+def _admin_service(config: Config, registrar: Any, tls_files: Any, dev_pki: Any, reactor: Any,
+                   *, demo: bool = False) -> Any:
     """The HTTPS admin endpoint of ``[admin]`` (docs/operations.md)."""
     from rserpool.admin import AdminAccess, AdminService, AdminSettings, TokenError, load_token
     from rserpool.admin.access import admin_gate, certificate_identity_of
@@ -259,8 +260,10 @@ def _admin_service(config: Config, registrar: Any, tls_files: Any, dev_pki: Any,
         from rserpool.admin.devcert import ensure_admin_certificate
 
         issued = ensure_admin_certificate(dev_pki)
-        _log.warn("admin endpoint: DEVELOPMENT admin certificate {cert} (key {key}, browser bundle {p12})",
-                  cert=issued.cert, key=issued.key, p12=issued.p12)
+        # A warning, except with --demo, which runs on the development PKI only.
+        (_log.info if demo else _log.warn)(
+            "admin endpoint: DEVELOPMENT admin certificate {cert} (key {key}, browser bundle {p12})",
+            cert=issued.cert, key=issued.key, p12=issued.p12)
     try:
         settings = AdminSettings(
             max_connections=admin["max_connections"],
