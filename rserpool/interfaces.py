@@ -46,7 +46,7 @@ __all__ = [
 ]
 
 #: What an authorizer is asked about (``rserpool.security.authz`` rules).
-ACTIONS: tuple[str, ...] = ("register", "deregister", "resolve", "enrp", "admin")
+ACTIONS: tuple[str, ...] = ("register", "deregister", "resolve", "peer", "admin")
 
 # ------------------------------------------------------------------ providers
 
@@ -61,8 +61,8 @@ class IPoolAuthorizer(Interface):
             anonymous pool user (only ever asked with ``resolve``).
         :param groups: ``frozenset[str]`` of the identity's groups.
         :param action: one of :data:`ACTIONS`: ``register``, ``deregister``,
-            ``resolve`` (a PU resolving the handle), ``enrp`` (a peer acting
-            as an ENRP server; ``pool_handle`` is then ``b""``) or ``admin``
+            ``resolve`` (a PU resolving the handle), ``peer`` (a registrar
+            acting as an ENRP peer; ``pool_handle`` is then ``b""``) or ``admin``
             (an operator or Prometheus reading the admin endpoint;
             ``pool_handle`` is ``b""``).
         :param pool_handle: the pool handle (``bytes``).

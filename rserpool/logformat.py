@@ -8,6 +8,10 @@ most shippers take one object per line)::
      "message": "PE 00000001 registered in pool b'echo' by pe1",
      "fields": {"pe_id": 1, "handle": "echo", "identity": "pe1"}}
 
+Events below info, and Twisted's connection bookkeeping ("Starting
+factory ..."), are left out as in the text log (``rserpool.logs``); twistd's
+``--log-level`` does not reach a ``--logger`` observer.
+
 ``fields`` holds only the values the event's format string names: exactly
 what the text line shows, never the other keys an event may carry.  A
 failure adds ``"failure"`` with its traceback.  Bytes become text (invalid
@@ -22,7 +26,9 @@ import sys
 from datetime import datetime, timezone
 from typing import Any, TextIO
 
-from twisted.logger import FileLogObserver, ILogObserver, formatEvent
+from twisted.logger import FileLogObserver, ILogObserver, LogLevel, formatEvent
+
+from rserpool.logs import quiet_observer
 
 __all__ = ["event_as_json", "json_observer"]
 
@@ -75,7 +81,9 @@ def event_as_json(event: dict[str, Any]) -> str:
     return json.dumps(record, ensure_ascii=False, default=str) + "\n"
 
 
-def json_observer(output: TextIO | None = None) -> ILogObserver:
+def json_observer(output: TextIO | None = None, level: LogLevel = LogLevel.info) -> ILogObserver:
     """The observer factory for ``twistd --logger``: JSON lines on ``output``
-    (standard output by default)."""
-    return FileLogObserver(output if output is not None else sys.stdout, event_as_json)
+    (standard output by default) from ``level`` up, with Twisted's
+    connection bookkeeping counted as debug (``rserpool.logs.quiet_observer``,
+    as for the text lines)."""
+    return quiet_observer(FileLogObserver(output if output is not None else sys.stdout, event_as_json), level)

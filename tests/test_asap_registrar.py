@@ -328,3 +328,33 @@ def test_backend_outage_is_refused_but_not_remembered(core, pe_session):
     assert reply.reject and reply.error.causes[0].code == CAUSE_SECURITY
     retry = core.message_received(pe_session, AsapRegistration(b"echo", make_pe(1)), 1.0)
     assert [type(o) for o in retry] == [Authorize]  # asked again, not answered from a cache
+
+
+def test_enrp_on_the_asap_port_is_refused(core, pe_session):
+    """ENRP belongs on the ENRP port: an ENRP message on an ASAP channel is
+    answered with ENRP_ERROR (Unrecognized Message, RFC 5354) and changes nothing."""
+    from ipaddress import IPv4Address
+
+    from rserpool.wire import EnrpError, EnrpHandleUpdate, PoolElement, TcpTransport
+    from rserpool.wire.codes import CAUSE_UNRECOGNIZED_MESSAGE, UPDATE_ADD_PE
+
+    pe = PoolElement(7, 0x99, 30, TcpTransport(7, IPv4Address("127.0.0.1")), RoundRobinPolicy())
+    update = EnrpHandleUpdate(0x99, 0, UPDATE_ADD_PE, b"echo", pe)
+    [reply] = sends(core.message_received(pe_session, update, 0.0))
+    assert type(reply) is EnrpError and (reply.sender_id, reply.receiver_id) == (SERVER, 0x99)
+    assert [c.code for c in reply.error.causes] == [CAUSE_UNRECOGNIZED_MESSAGE]
+    assert reply.error.causes[0].info == update.encode()
+    assert len(core.handlespace) == 0
+
+
+def test_unreachable_report_about_a_pe_homed_elsewhere_is_only_logged(core):
+    """A PE learned by ENRP is kept alive and removed by its home registrar."""
+    from rserpool.asap.registrar import policy_settings
+
+    core.handlespace.register(0.0, pool_handle=b"echo", pe_id=7, settings=policy_settings(RoundRobinPolicy()),
+                              transport_type=5, transport_use=0,
+                              registration_life=30, home_server_id=0x99)
+    for n in range(5):
+        pu = core.open_session(object(), f"127.0.0.{n + 2}", secure=True, identity=None)
+        assert core.message_received(pu, AsapEndpointUnreachable(b"echo", 7), 0.0) == []
+    assert core.handlespace.get(b"echo", 7) is not None

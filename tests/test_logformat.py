@@ -65,3 +65,12 @@ def test_twistd_takes_it_as_its_logger(tmp_path):
     assert any("listening for ASAP" in m for m in messages), messages
     assert any("admin endpoint listening" in m for m in messages), messages
     assert all(line.startswith("{") for line in result.stdout.splitlines() if line.strip())
+    assert not any("Starting factory" in m for m in messages)  # bookkeeping is debug
+
+
+def test_debug_events_are_left_out():
+    out = io.StringIO()
+    log = Logger(namespace="rserpool.test", observer=json_observer(out))
+    log.debug("hidden {x}", x=1)
+    log.info("shown")
+    assert [json.loads(line)["message"] for line in out.getvalue().splitlines()] == ["shown"]

@@ -36,9 +36,20 @@ def test_first_match_wins_and_deny(authz):
 
 
 def test_groups_and_wildcard(authz):
-    assert authz.decide("x", ["ops"], "enrp", b"anything")
+    assert authz.decide("x", ["ops"], "register", b"anything")
     assert authz.decide(None, (), "resolve", b"public-1")  # anonymous PU may resolve
     assert not authz.decide(None, (), "register", b"public-1")
+
+
+def test_peer_and_admin_are_granted_by_name_only():
+    """``all`` never makes an identity an ENRP peer or an admin; ``enrp`` is
+    the older name of ``peer``."""
+    rules = RulesAuthorizer(parse_rules("@ops all *\nreg-b.test enrp *\n@registrars peer *\n"))
+    assert not rules.decide("x", ["ops"], "peer", b"")
+    assert not rules.decide("x", ["ops"], "admin", b"")
+    assert rules.decide("reg-b.test", (), "peer", b"")
+    assert rules.decide("reg-c.test", ["registrars"], "peer", b"")
+    assert not rules.decide("reg-c.test", (), "peer", b"")
 
 
 def test_binary_handles(authz):

@@ -642,8 +642,6 @@ class PoolElementOverTLS(unittest.TestCase):
     @defer.inlineCallbacks
     def test_echo_pe_registers_and_echoes(self):
         registrar = yield self.registrar()
-        server_options = tls.server_options(self.pki.server.cert, self.pki.server.key,
-                                            [self.pki.ca.cert], require_client_cert=False)
         echo = echo_pool_element(
             self.reactor, registrars=[f"127.0.0.1:{registrar_port(registrar)} localhost"],
             ca=self.pki.ca.cert, cert=self.pki.pe1.cert, key=self.pki.pe1.key,

@@ -6,7 +6,6 @@ import tempfile
 from pathlib import Path
 
 from twisted.internet import defer, reactor
-from twisted.internet.task import deferLater
 from twisted.trial import unittest
 
 from rserpool.asap.registrar import RegistrarSettings
@@ -144,12 +143,11 @@ class RegistrarOverTLS(RegistrarClientsMixin, unittest.TestCase):
         pe = yield self.connect(self.pki.pe1)
         reply = yield pe.request(AsapRegistration(b"echo", make_pe(0xABC)))
         self.assertFalse(reply.reject)
+        (server_side,) = self.registrar.channels
+        noticed = server_side.closed_deferred()  # fires after the registrar's handler ran
         pe.channel.abort()
         yield pe.closed
-        for _ in range(50):  # until the server side noticed
-            if len(self.registrar.handlespace) == 0:
-                break
-            yield deferLater(reactor, 0.01, lambda: None)
+        yield noticed
         self.assertEqual(len(self.registrar.handlespace), 0)
         lines = [formatEvent(e) for e in events if e.get("log_namespace") == "rserpool.service.registrar"]
         self.assertEqual(len([line for line in lines if "00000abc" in line and "left pool" in line]), 1)

@@ -10,7 +10,7 @@ out what comes back:
   answer comes back through ``authorization_done(token, allowed, now)``;
 - ``Close(session, reason)``: drop a session's channel;
 - ``PoolElementAdded`` / ``PoolElementRemoved``: handlespace changes, for
-  logging and (later) ENRP handle updates to peers.
+  logging and the ENRP handle updates to peers (``rserpool.enrp``).
 
 The security gate (threats 2.1-2.4, RFC 5355 2.15) sits in front of every
 change: a registration or deregistration is refused with cause 0xa unless
@@ -316,6 +316,14 @@ class RegistrarCore:
     def message_received(self, session: AsapSession, message: Any, now: float) -> list[Output]:
         handler = self._handlers.get(type(message))
         if handler is None:
+            if message.PPID == codes.PPID_ENRP:
+                # ENRP belongs on the ENRP port, between authenticated peers
+                # (docs/enrp.md): refused as RFC 5354 section 4 says.
+                self._log("refusing {message} on the ASAP channel of {address}", message=message.name,
+                          address=session.address)
+                cause = ErrorCause(codes.CAUSE_UNRECOGNIZED_MESSAGE, message.encode())
+                return [Send(session, error_reply((cause,), codes.PPID_ENRP, self.settings.server_id,
+                                                  message.sender_id))]
             if message.TYPE & 0xC0 == codes.UNKNOWN_MESSAGE_REPORT:
                 # RFC 5354 section 4: a type this registrar does not process (e.g. the
                 # authentication extension when it is disabled): discard and report.
@@ -619,6 +627,12 @@ class RegistrarCore:
             return
         entry = self.handlespace.get(msg.pool_handle, msg.pe_id)
         if entry is None:
+            return
+        if entry.home_server_id != settings.server_id:
+            # Keep-alives and removal are the home registrar's (docs/enrp.md):
+            # a report about a PE learned by ENRP is only logged here.
+            self._log("ENDPOINT_UNREACHABLE for {pe_id:08x} from {address}: its home is {home:08x}",
+                      pe_id=msg.pe_id, address=session.address, home=entry.home_server_id)
             return
         count = self.handlespace.report_unreachable(msg.pool_handle, msg.pe_id, session.rate_key, now)
         if count >= settings.max_bad_pe_reports and not settings.unreachable_removal_needs_failed_probe:

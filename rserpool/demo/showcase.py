@@ -64,6 +64,7 @@ class DemoService(MultiService):
 
     def startService(self) -> None:
         super().startService()
+        self._stopping = False
         # The registrar's ports are open once its own startService ran.
         self.reactor.callLater(0.2, self._start)
 
@@ -121,7 +122,10 @@ class DemoService(MultiService):
                 return  # stopping: the session closed under this echo
             raise
         except Exception as exc:  # the demo keeps going; the log says why
-            _log.warn("demo: echo failed: {error}", error=exc)
+            if self._stopping:  # the session closed under the last echo: no failure
+                _log.info("demo: {line!r} not echoed: the demo is stopping", line=line)
+            else:
+                _log.warn("demo: echo failed: {error}", error=exc)
             return
         current = self.session.client.current_pe
         _log.info("demo: sent {line!r}, PE {pe_id:08x} echoed {echo!r}", line=line,

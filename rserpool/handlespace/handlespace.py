@@ -48,11 +48,12 @@ class _Pool:
 
 
 class _Owner:
-    __slots__ = ("members", "total")
+    __slots__ = ("members", "total", "pools")
 
     def __init__(self) -> None:
         self.members: dict[PoolElementEntry, None] = {}
         self.total = 0
+        self.pools: dict[bytes, int] = {}  # pool handle -> PEs of this owner in it
 
 
 PolicyFactory = Callable[[int], SelectionPolicy]
@@ -150,6 +151,16 @@ class Handlespace:
     def owned_count(self, server_id: int) -> int:
         owner = self._owners.get(server_id)
         return 0 if owner is None else len(owner.members)
+
+    def owned_pool_count(self, server_id: int) -> int:
+        """The number of pools holding at least one PE of ``server_id``."""
+        owner = self._owners.get(server_id)
+        return 0 if owner is None else len(owner.pools)
+
+    def owns_in_pool(self, server_id: int, pool_handle: bytes) -> bool:
+        """Whether ``server_id`` is the home of a PE in pool ``pool_handle``."""
+        owner = self._owners.get(server_id)
+        return owner is not None and pool_handle in owner.pools
 
     def checksum(self, server_id: int) -> int:
         """The RFC 5353 PE checksum of ``server_id``'s PEs (0xffff if none)."""
@@ -400,6 +411,13 @@ class Handlespace:
             return keepalive
         return expiry
 
+    def cancel_expiry(self, entry: PoolElementEntry) -> None:
+        """Keep a registered ``entry`` without a registration deadline: an
+        entry learned from an ENRP peer, which its home registrar expires and
+        announces (docs/enrp.md).  A later ``register`` sets one again."""
+        entry.expires_at = None
+        self._expiry.cancel(entry)
+
     # ------------------------------------------------------------- resolution
 
     def resolve(self, pool_handle: bytes, n: int | None = None) -> list[PoolElementEntry]:
@@ -486,6 +504,9 @@ class Handlespace:
         owner.members[entry] = None
         pe_id = entry.pe_id
         owner.total += pool.handle_sum + (pe_id >> 16) + (pe_id & 0xFFFF)
+        pools = owner.pools
+        handle = pool.handle
+        pools[handle] = pools.get(handle, 0) + 1
         entry.home_server_id = server_id
 
     def _owner_remove(self, pool: _Pool, entry: PoolElementEntry) -> None:
@@ -494,6 +515,12 @@ class Handlespace:
         del owner.members[entry]
         pe_id = entry.pe_id
         owner.total -= pool.handle_sum + (pe_id >> 16) + (pe_id & 0xFFFF)
+        pools = owner.pools
+        left = pools[pool.handle] - 1
+        if left:
+            pools[pool.handle] = left
+        else:
+            del pools[pool.handle]
         if not owner.members:
             del self._owners[server_id]
 

@@ -22,7 +22,9 @@ close_notify and waits for the peer's; a peer that does not answer within
 violations, dead peers).
 
 Framing errors are fatal for that one connection only: the channel is
-aborted and the handler told why.  A message that does not decode is given
+aborted and the handler told why.  Once the channel is closing (``close``,
+``abort``, also from inside a handler's callback) nothing more that was read
+is handled.  A message that does not decode is given
 to the handler (``wire_error``), which answers it as RFC 5354 says; the
 channel stays up.
 """
@@ -217,7 +219,7 @@ class Channel(Protocol):
                             handler.message_received(self, message, now)
                     else:
                         handler.data_received(self, ppid, event.payload, now)
-                    if self.closed:
+                    if self.closed or self.closing:  # the handler closed or aborted it
                         self._out = None
                         return
                 elif type(event) is HeartbeatAckReceived:

@@ -107,7 +107,7 @@ class _RegistrarFactory(Factory):
 
 
 class RegistrarService(MultiService):
-    """An ENRP server's ASAP service (the ENRP side comes in a later issue)."""
+    """An ENRP server's ASAP service (its ENRP side: ``rserpool.service.enrp``)."""
 
     #: Log a debug line for every channel that becomes ready.  Off by default:
     #: a Twisted log event costs a few microseconds even when every observer
@@ -185,6 +185,9 @@ class RegistrarService(MultiService):
         self._timer_at: float | None = None
         self._announce_call: IDelayedCall | None = None
         self._announce_port: Any = None
+        #: Called with every PoolElementAdded / PoolElementRemoved (the ENRP
+        #: service turns them into handle updates to peers).
+        self.change_listeners: list[Callable[[Any], None]] = []
         if tls_options is None:
             _log.critical("INSECURE: the ASAP listener runs WITHOUT TLS; anyone on the network "
                           "can read and forge registrations")
@@ -458,9 +461,13 @@ class RegistrarService(MultiService):
                     _log.info("PE {pe_id:08x} registered in pool {handle} by {identity}",
                               pe_id=output.entry.pe_id, handle=pool_handle_text(output.entry.pool_handle),
                               identity=output.entry.identity)
+                for listener in self.change_listeners:
+                    listener(output)
             elif kind is PoolElementRemoved:
                 _log.info("PE {pe_id:08x} left pool {handle}: {reason}", pe_id=output.entry.pe_id,
                           handle=pool_handle_text(output.entry.pool_handle), reason=output.reason)
+                for listener in self.change_listeners:
+                    listener(output)
         self._arm_timer()
 
     def _authorize(self, request: Authorize) -> None:
