@@ -276,7 +276,10 @@ def _parse_value(section: str, key: str, raw: str, base: str | None, source: str
     try:
         value = option.parse(raw)
     except ValueError as exc:
-        raise ConfigError(f"{source}: [{section}] {key} = {raw!r}: {exc}") from None
+        why = str(exc)
+        if why.startswith(("invalid literal for int()", "could not convert string to float")):
+            why = "not a number"
+        raise ConfigError(f"{source}: [{section}] {key} = {raw!r}: {why}") from None
     if option.path and base is not None:
         if isinstance(value, tuple):
             value = tuple(os.path.normpath(os.path.join(base, v)) for v in value)
@@ -286,7 +289,8 @@ def _parse_value(section: str, key: str, raw: str, base: str | None, source: str
 
 
 def load_config(path: str | None = None, text: str | None = None) -> Config:
-    """Parse ``path`` (or ``text``) against ``SCHEMA``; missing keys take defaults."""
+    """Parse ``path`` (or ``text``) against ``SCHEMA``; missing keys take defaults.
+    ConfigError lists every problem of the file, one per line."""
     parser = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=("#", ";"))
     parser.optionxform = str  # keys are case-sensitive
     source = path or "<text>"
@@ -297,9 +301,13 @@ def load_config(path: str | None = None, text: str | None = None) -> Config:
                 parser.read_file(handle, source=path)
         elif text is not None:
             parser.read_string(text, source=source)
-    except (OSError, configparser.Error) as exc:
-        raise ConfigError(f"{source}: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"{source}: cannot read the configuration file: "
+                          f"{(exc.strerror or str(exc)).lower()}") from None
+    except configparser.Error as exc:
+        raise ConfigError(f"{source}: {' '.join(str(exc).split())}") from None
     plugin_options: dict[tuple[str, str], dict[str, str]] = {}
+    problems: list[str] = []
     for section in parser.sections():
         kind, colon, name = section.partition(":")
         if not colon and section in FREEFORM_SECTIONS:
@@ -313,12 +321,13 @@ def load_config(path: str | None = None, text: str | None = None) -> Config:
             plugin_options[(kind, name)] = options
             continue
         if section not in SCHEMA:
-            raise ConfigError(f"{source}: unknown section [{section}] (known: {', '.join(SCHEMA)}, "
-                              f"and [<kind>:<plugin>] with kind one of {', '.join(PLUGIN_SECTION_KINDS)})")
+            problems.append(f"{source}: unknown section [{section}] (known: {', '.join(SCHEMA)}, "
+                            f"and [<kind>:<plugin>] with kind one of {', '.join(PLUGIN_SECTION_KINDS)})")
+            continue
         for key in parser[section]:
             if key not in SCHEMA[section]:
-                raise ConfigError(f"{source}: unknown key {key!r} in [{section}] "
-                                  f"(known: {', '.join(SCHEMA[section])})")
+                problems.append(f"{source}: unknown key {key!r} in [{section}] "
+                                f"(known: {', '.join(SCHEMA[section])})")
     values: dict[str, dict[str, Any]] = {}
     for section, options in SCHEMA.items():
         values[section] = {}
@@ -327,7 +336,13 @@ def load_config(path: str | None = None, text: str | None = None) -> Config:
                 raw, where = parser.get(section, key), base
             else:
                 raw, where = option.default, base
-            values[section][key] = _parse_value(section, key, raw, where, source)
+            try:
+                values[section][key] = _parse_value(section, key, raw, where, source)
+            except ConfigError as exc:
+                problems.append(str(exc))
+    if problems:
+        # Every problem of the file, one line each.
+        raise ConfigError("\n".join(problems))
     return Config(values, source, plugin_options)
 
 
