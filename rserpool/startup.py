@@ -123,6 +123,9 @@ def _listen_problems(config: Config, reactor: Any, try_bind: bool, cli: frozense
     for description in (admin,) if isinstance(admin, str) else admin:
         if description:
             listens.append(("[admin] listen", description))
+    enrp = _section(config, "enrp")
+    if enrp is not None and enrp.get("enabled"):
+        listens += [("[enrp] listen", d) for d in enrp.get("listen", ())]
     for label, description in listens:
         bad = _parse_listen(reactor, description)
         if bad is None and try_bind:
@@ -131,6 +134,13 @@ def _listen_problems(config: Config, reactor: Any, try_bind: bool, cli: frozense
         if bad is not None:
             problems.append(f"{label}: {bad}")
     return problems
+
+
+def _section(config: Config, name: str) -> Any:
+    try:
+        return config[name]
+    except KeyError:
+        return None
 
 
 def _announce_problems(config: Config, cli: frozenset) -> list[str]:

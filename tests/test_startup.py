@@ -157,7 +157,8 @@ class TestTwistdStartupFailures:
 
     def test_backend_configuration(self, site):
         assert_fails(["--config", str(base(site, "[security]\nauthorizer = radius\n"))],
-                     r"authorizer plugin 'radius': option 'servers' is required \(the \[radius\] section\)")
+                     r"\[security\] authorizer: authorizer plugin 'radius': option 'servers' is required "
+                     r"\(the \[radius\] section\)")
 
     def test_psk_too_short(self, site):
         psk = site / "keys.psk"
@@ -235,7 +236,8 @@ def test_a_good_configuration_has_no_problem_and_binds_nothing(site):
     ("[security]\nauthorizer = nosuch\n", "[security] authorizer: unknown authorizer plugin 'nosuch'"),
     ("[security]\nauthenticators = certificate,psk\n",
      "[security] authenticators: lists psk, but [tls] psk_file is empty"),
-    ("[security]\nauthorizer = ldap\n", "authorizer plugin 'ldap': option 'uri' is required"),
+    ("[security]\nauthorizer = ldap\n",
+     "[security] authorizer: authorizer plugin 'ldap': option 'uri' is required"),
 ])
 def test_config_check_reports_the_problems(site, capsys, extra, expected):
     ini = base(site, extra)
