@@ -276,34 +276,19 @@ def _security_problems(config: Config) -> list[str]:
 
 
 def _plugin_problems(config: Config) -> list[str]:
-    """Every plugin the configuration names must exist (its options are
-    checked when it is built)."""
+    """The authorizer and every authenticator the configuration names must
+    exist as plugins (their options, and the sub-plugins they name, are
+    checked when the registrar is built)."""
     from rserpool.errors import PluginError
     from rserpool.plugin import find_factories
 
     site_dirs = config["plugins"]["directories"]
     security = config["security"]
     wanted = [("[security] authorizer", "authorizer", security["authorizer"])]
-    known_authenticators = ("certificate", "psk", "srp", "chap")
-    for name in security["authenticators"]:
-        if name not in known_authenticators:
-            return [f"[security] authenticators: unknown {name} (known: {', '.join(known_authenticators)})"]
-    if "psk" in security["authenticators"] and not config["tls"]["psk_file"]:
-        return ["[security] authenticators: lists psk, but [tls] psk_file is empty"]
-    if "srp" in security["authenticators"]:
-        store = config.plugin_options("authenticator", "srp").get("store", "file").strip()
-        wanted.append(("[authenticator:srp] store", "srp-store", store))
-    if "chap" in security["authenticators"]:
-        options = config.plugin_options("authenticator", "chap")
-        if options.get("verifier", "").strip():
-            wanted.append(("[authenticator:chap] verifier", "chap-verifier", options["verifier"].strip()))
-        else:
-            wanted.append(("[authenticator:chap] backend", "chap-store", options.get("backend", "file").strip()))
-    if "certificate" in security["authenticators"]:
-        mapping = config.plugin_options("authenticator", "certificate").get("mapping", "").strip()
-        if mapping and mapping != "none":
-            wanted.append(("[authenticator:certificate] mapping", "cert-mapping", mapping))
+    wanted += [("[security] authenticators", "authenticator", name) for name in security["authenticators"]]
     problems = []
+    if "psk" in security["authenticators"] and not config["tls"]["psk_file"]:
+        problems.append("[security] authenticators: lists psk, but [tls] psk_file is empty")
     for label, kind, name in wanted:
         try:
             names = sorted({f.name for f in find_factories(kind, site_dirs)})
