@@ -188,6 +188,9 @@ def build_registrar(config: Config, reactor: Any = None) -> Any:
         heartbeat_interval=asap["heartbeat_interval"],
         dead_after=asap["heartbeat_timeout"],
         limits=Limits(max_message_size=asap["max_message_size"]),
+        chunk_timeout=asap["chunk_timeout"],
+        handshake_timeout=asap["handshake_timeout"],
+        first_message_timeout=asap["first_message_timeout"],
     )
     announce = config["announce"]
     multicast = _target(announce["multicast_group"]) if announce["multicast_group"] else None
@@ -207,6 +210,8 @@ def build_registrar(config: Config, reactor: Any = None) -> Any:
         rng=random.SystemRandom(),
         max_connections=limits["max_connections"],
         max_connections_per_address=limits["max_connections_per_address"],
+        ipv6_prefix=limits["ipv6_prefix_length"],
+        evict_idle_after=limits["evict_idle_after"],
         revocation=revocation,
         authenticator=authenticator,
         certificate_mapping=certificate_mapping,

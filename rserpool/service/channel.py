@@ -12,7 +12,13 @@ A ``Channel`` is a Twisted ``Protocol``.  It only moves bytes and time:
 - a heartbeat timer on the injected clock sends a HEARTBEAT when the channel
   has been idle for ``heartbeat_interval`` and closes the channel when
   nothing at all arrived for ``dead_after`` seconds (the draft leaves failure
-  detection to the implementation; see docs/tcp-mapping.md).
+  detection to the implementation; see docs/tcp-mapping.md);
+- the same timer enforces deadlines a slow client cannot stretch by
+  trickling bytes: a chunk that has started must be complete within
+  ``chunk_timeout``; on the accepting side the TLS handshake must finish
+  within ``handshake_timeout`` of the connection and the first message must
+  arrive within ``first_message_timeout`` of the handshake (None turns one
+  off).
 
 Framing errors are fatal for that one connection only: the channel is
 aborted and the handler told why.  A message that does not decode is given
@@ -67,7 +73,8 @@ class ChannelHandler(TypingProtocol):
 class ChannelSettings:
     """Timing and limits of a channel; one instance is shared by a factory."""
 
-    __slots__ = ("heartbeat_interval", "dead_after", "limits", "max_chunk_size", "decoder")
+    __slots__ = ("heartbeat_interval", "dead_after", "limits", "max_chunk_size", "decoder",
+                 "chunk_timeout", "handshake_timeout", "first_message_timeout")
 
     def __init__(
         self,
@@ -75,11 +82,22 @@ class ChannelSettings:
         dead_after: float = 30.0,
         limits: Limits = DEFAULT_LIMITS,
         max_chunk_size: int | None = None,
+        *,
+        chunk_timeout: float | None = 10.0,
+        handshake_timeout: float | None = 10.0,
+        first_message_timeout: float | None = 10.0,
     ) -> None:
         if heartbeat_interval <= 0 or dead_after <= heartbeat_interval:
             raise ValueError("need 0 < heartbeat_interval < dead_after")
+        for name, value in (("chunk_timeout", chunk_timeout), ("handshake_timeout", handshake_timeout),
+                            ("first_message_timeout", first_message_timeout)):
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be positive (or None: no deadline)")
         self.heartbeat_interval = heartbeat_interval
         self.dead_after = dead_after
+        self.chunk_timeout = chunk_timeout
+        self.handshake_timeout = handshake_timeout
+        self.first_message_timeout = first_message_timeout
         self.limits = limits
         # A DATA chunk holds one message: its header is at most 16 bytes.
         self.max_chunk_size = max_chunk_size or min(0xFFFF, limits.max_message_size + 16)
@@ -136,14 +154,26 @@ class Channel(Protocol):
         self._out: list[bytes] | None = None
         self._last_heard = 0.0
         self._on_close: list[Deferred] = []
+        #: When the last message (a DATA chunk) arrived; heartbeats do not count.
+        self.last_message_at = 0.0
+        self._got_message = False
+        # Deadlines (clock seconds; None: none): the handshake and then the
+        # first message (accepting side), the completion of a started chunk.
+        self._setup_deadline: float | None = None
+        self._setup_what = ""
+        self._chunk_deadline: float | None = None
+        self._timer_at = 0.0
 
     # -- Twisted callbacks ----------------------------------------------------
 
     def connectionMade(self) -> None:
         self.peer = self.transport.getPeer()
         _no_delay(self.transport)
-        self._last_heard = self.clock.seconds()
-        self._arm_timer()
+        now = self._last_heard = self.last_message_at = self.clock.seconds()
+        if not self.initiator and self.tls and self.settings.handshake_timeout is not None:
+            self._setup_deadline = now + self.settings.handshake_timeout
+            self._setup_what = "TLS handshake not finished"
+        self._arm_timer(now)
         if self.initiator:
             self.transport.write(self.mapping.initiate())
         if not self.tls:
@@ -156,6 +186,12 @@ class Channel(Protocol):
     def _become_ready(self) -> None:
         if not self.ready:
             self.ready = True
+            self._setup_deadline = None
+            timeout = self.settings.first_message_timeout
+            if not self.initiator and timeout is not None and not self._got_message:
+                self._setup_deadline = self.clock.seconds() + timeout
+                self._setup_what = "no message"
+                self._rearm_before(self._setup_deadline)
             self.handler.channel_ready(self)
 
     def dataReceived(self, data: bytes) -> None:
@@ -163,12 +199,21 @@ class Channel(Protocol):
             return
         now = self.clock.seconds()
         self._last_heard = now
+        mapping = self.mapping
         try:
-            events = self.mapping.receive_data(data, now)
+            events = mapping.receive_data(data, now)
         except TcpMapError as exc:
             _log.warn("closing channel from {peer}: framing error: {error}", peer=self.peer, error=exc)
             self.abort()
             return
+        if mapping.buffered:  # a chunk started and is not complete: it has a deadline
+            if self._chunk_deadline is None or events:
+                timeout = self.settings.chunk_timeout
+                if timeout is not None:
+                    self._chunk_deadline = now + timeout
+                    self._rearm_before(self._chunk_deadline)
+        elif self._chunk_deadline is not None:
+            self._chunk_deadline = None
         handler = self.handler
         decode = self.settings.decoder.decode
         # Everything sent while handling this read (the handler's answers,
@@ -179,6 +224,10 @@ class Channel(Protocol):
         try:
             for event in events:
                 if type(event) is MessageReceived:
+                    if not self._got_message:
+                        self._got_message = True
+                        self._setup_deadline = None
+                    self.last_message_at = now
                     ppid = event.ppid
                     if ppid == PPID_ASAP or ppid == PPID_ENRP:
                         try:
@@ -277,14 +326,32 @@ class Channel(Protocol):
 
     # -- liveness -----------------------------------------------------------------
 
-    def _arm_timer(self) -> None:
-        self._timer = self.clock.callLater(self.settings.heartbeat_interval, self._tick)
+    def _arm_timer(self, now: float) -> None:
+        at = now + self.settings.heartbeat_interval
+        for deadline in (self._setup_deadline, self._chunk_deadline):
+            if deadline is not None and deadline < at:
+                at = deadline
+        self._timer_at = at
+        self._timer = self.clock.callLater(max(0.0, at - now), self._tick)
+
+    def _rearm_before(self, deadline: float) -> None:
+        """Make the timer fire no later than ``deadline``."""
+        timer = self._timer
+        if timer is not None and deadline < self._timer_at and timer.active():
+            self._timer_at = deadline
+            timer.reset(max(0.0, deadline - self.clock.seconds()))
 
     def _tick(self) -> None:
         self._timer = None
         if self.closed:
             return
         now = self.clock.seconds()
+        for deadline, what in ((self._setup_deadline, self._setup_what),
+                               (self._chunk_deadline, "chunk not completed")):
+            if deadline is not None and now >= deadline:
+                _log.info("closing channel from {peer}: {what} in time", peer=self.peer, what=what)
+                self.abort()
+                return
         idle = now - self._last_heard
         if idle >= self.settings.dead_after:
             _log.info("closing channel to {peer}: nothing heard for {idle:.1f} s", peer=self.peer, idle=idle)
@@ -292,4 +359,4 @@ class Channel(Protocol):
             return
         if idle >= self.settings.heartbeat_interval:
             self.transport.write(self.mapping.heartbeat(now=now))
-        self._arm_timer()
+        self._arm_timer(now)

@@ -40,12 +40,14 @@ from rserpool.asap.registrar import (
     RegistrarSettings,
     Send,
 )
+from rserpool.addresses import DEFAULT_IPV6_PREFIX
 from rserpool.handlespace import Handlespace, HandlespaceLimits
 from rserpool.security.certidentity import CertIdentityError, IdentityPolicy, identity_from_certificate
 from rserpool.security.psk import MECHANISM as PSK_MECHANISM, psk_identity
 from rserpool.security.revocation import RevocationGate, verified_chain
 from rserpool.security.tls import NotTLSError, tls_connection
 from rserpool.service.channel import Channel, ChannelSettings
+from rserpool.service.slots import ConnectionSlots
 from rserpool.service.tlsfactory import TLSServerFactory
 from rserpool.wire import WireError
 from rserpool.wire.transports import TcpTransport
@@ -87,20 +89,20 @@ class _RegistrarFactory(Factory):
     def buildProtocol(self, addr: Any) -> Protocol:
         # Connections count from the moment they are accepted, before the
         # TLS handshake: a burst of handshakes cannot get past the limits.
+        # A full listener (or address) makes room by dropping an idle
+        # anonymous channel (rserpool.service.slots), else refuses.
         service = self.service
-        if len(service.channels) >= service.max_connections:
-            _log.warn("refusing ASAP connection from {addr}: {n} connections open", addr=addr,
-                      n=len(service.channels))
-            return _Refused()
         host = getattr(addr, "host", "")
-        per_address = service.connections_per_address.get(host, 0)
-        if per_address >= service.max_connections_per_address:
-            _log.warn("refusing ASAP connection from {addr}: too many from this address", addr=addr)
+        admission = service.slots.admit(host, service.clock.seconds(), service.evictable)
+        if admission.key is None:
+            service.refused_connection(addr, admission.reason)
             return _Refused()
+        if admission.evicted is not None:
+            service.evict(admission.evicted, addr)
         channel = Channel(service, service.clock, service.channel_settings, tls=self.tls)
         channel.peer_host = host
         service.channels.add(channel)
-        service.connections_per_address[host] = per_address + 1
+        service.slots.add(admission.key, channel)
         return channel
 
 
@@ -131,6 +133,8 @@ class RegistrarService(MultiService):
         rng: random.Random | None = None,
         max_connections: int = 10_000,
         max_connections_per_address: int = 256,
+        ipv6_prefix: int = DEFAULT_IPV6_PREFIX,
+        evict_idle_after: float = 5.0,
         revocation: RevocationGate | None = None,
         max_queued_during_check: int = 16,
         authenticator: Any = None,
@@ -171,7 +175,12 @@ class RegistrarService(MultiService):
         self.max_connections = max_connections
         self.max_connections_per_address = max_connections_per_address
         self.channels: set[Channel] = set()
-        self.connections_per_address: dict[str, int] = {}
+        # Per address key (IPv6 by prefix); idle anonymous channels make room.
+        self.slots = ConnectionSlots(max_connections, max_connections_per_address,
+                                     ipv6_prefix=ipv6_prefix)
+        self.evict_idle_after = evict_idle_after
+        self._logged_at: dict[str, float] = {}
+        self._unlogged: dict[str, int] = {}
         self.ports: list[Any] = []
         self.listening_addresses: list[Any] = []
         self._timer: IDelayedCall | None = None
@@ -249,6 +258,46 @@ class RegistrarService(MultiService):
             self._timer.cancel()
         self._timer = None
         yield defer.maybeDeferred(super().stopService)
+
+    # -- connection slots ---------------------------------------------------------------
+
+    @property
+    def connections_per_address(self) -> dict[str, int]:
+        """Open connections per address key (an IPv6 /64 counts as one)."""
+        return self.slots.counts()
+
+    def evictable(self, channel: Channel, now: float) -> float | None:
+        """From when ``channel`` may give its slot to a newcomer: never (None)
+        once it has an identity, a PE or a revocation check under way; else
+        ``evict_idle_after`` seconds after its last message."""
+        session = channel.session
+        if session is not None and (session.identity is not None or session.pes):
+            return None
+        if channel in self._checking:
+            return None
+        return channel.last_message_at + self.evict_idle_after
+
+    def evict(self, channel: Channel, newcomer: Any) -> None:
+        if self._log_now("evicted"):
+            _log.info("dropping idle anonymous ASAP channel from {peer} to make room for {addr} "
+                      "({more} more since the last such line)", peer=channel.peer, addr=newcomer,
+                      more=self._unlogged.pop("evicted", 0))
+        channel.abort()
+
+    def refused_connection(self, addr: Any, reason: str) -> None:
+        if self._log_now("refused"):
+            _log.warn("refusing ASAP connection from {addr}: {reason} ({more} more refused since "
+                      "the last such line)", addr=addr, reason=reason,
+                      more=self._unlogged.pop("refused", 0))
+
+    def _log_now(self, kind: str) -> bool:
+        """The first line of a kind, then at most one a minute (the others counted)."""
+        now = self.clock.seconds()
+        if now - self._logged_at.get(kind, float("-inf")) < 60.0:
+            self._unlogged[kind] = self._unlogged.get(kind, 0) + 1
+            return False
+        self._logged_at[kind] = now
+        return True
 
     # -- ChannelHandler ---------------------------------------------------------------
 
@@ -412,12 +461,7 @@ class RegistrarService(MultiService):
             checking[0].cancel()
         if channel in self.channels:
             self.channels.discard(channel)
-            address = getattr(channel, "peer_host", "")
-            left = self.connections_per_address.get(address, 1) - 1
-            if left > 0:
-                self.connections_per_address[address] = left
-            else:
-                self.connections_per_address.pop(address, None)
+            self.slots.remove(channel)
         if session is not None:
             self._carry_out(self.core.close_session(session, self.clock.seconds()))
 
