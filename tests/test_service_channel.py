@@ -146,3 +146,100 @@ def test_deadlines_can_be_turned_off_and_are_validated() -> None:
     for name in ("chunk_timeout", "handshake_timeout", "first_message_timeout"):
         with pytest.raises(ValueError):
             ChannelSettings(**{name: 0.0})
+
+
+# -- fair service: a bounded number of events per connection per turn ---------------------
+
+
+class Echo(Recorder):
+    """Answers every message at once (like the registrar's synchronous answers)."""
+
+    def message_received(self, channel: Channel, message: Any, now: float) -> None:
+        super().message_received(channel, message, now)
+        channel.send(message)
+
+
+def one_turn(clock: task.Clock) -> None:
+    """Run the calls due now, but not those they schedule (one reactor turn;
+    ``Clock.advance(0)`` would run those too)."""
+    due = [call for call in clock.getDelayedCalls() if call.getTime() <= clock.seconds()]
+    for call in due:
+        clock.calls.remove(call)
+        call.func(*call.args, **call.kw)
+
+
+def pipelined(count: int, peer: TcpMapConnection | None = None) -> tuple[TcpMapConnection, bytes]:
+    peer = peer or TcpMapConnection()
+    data = peer.initiate() + b"".join(
+        peer.send_message(PPID_ASAP, AsapHandleResolution(b"p%d" % n).encode()) for n in range(count))
+    return peer, data
+
+
+def test_a_pipelined_flood_is_handled_a_few_events_per_turn_in_order() -> None:
+    clock = task.Clock()
+    flooder, bystander = Echo(), Echo()
+    settings = ChannelSettings(first_message_timeout=None, max_events_per_turn=8)
+    flood = Channel(flooder, clock, settings, tls=False)
+    other = Channel(bystander, clock, settings, tls=False)
+    flood_transport, other_transport = StringTransport(), StringTransport()
+    flood.makeConnection(flood_transport)
+    other.makeConnection(other_transport)
+    peer, data = pipelined(100)
+    flood.dataReceived(data)  # INIT + 100 messages in one read
+    assert len(flooder.messages) == 7  # the INIT event and 7 messages: 8 events
+    assert flood_transport.producerState == "paused"  # no more reading meanwhile
+    # Another connection's read is handled at once, before the flood's next turn.
+    other.dataReceived(pipelined(1)[1])
+    assert len(bystander.messages) == 1 and len(flooder.messages) == 7
+    turns = 0
+    while len(flooder.messages) < 100:
+        one_turn(clock)
+        turns += 1
+        assert len(flooder.messages) == min(100, 7 + 8 * turns)
+    assert turns == 12 and flood_transport.producerState == "producing"
+    handles = [m.pool_handle for _, m in flooder.messages]
+    assert handles == [b"p%d" % n for n in range(100)]
+    # The answers went out in TSN order (the peer's connection checks), in a
+    # few large writes rather than one per turn.
+    echoed = [e for e in peer.receive_data(flood_transport.value()) if hasattr(e, "payload")]
+    assert len(echoed) == 100 and peer.unacked == 0
+
+
+def test_reads_during_a_backlog_keep_their_place() -> None:
+    clock = task.Clock()
+    flooder = Echo()
+    flood = Channel(flooder, clock, ChannelSettings(first_message_timeout=None, max_events_per_turn=4),
+                    tls=False)
+    transport = StringTransport()
+    flood.makeConnection(transport)
+    peer, data = pipelined(10)
+    flood.dataReceived(data)
+    more = b"".join(peer.send_message(PPID_ASAP, AsapHandleResolution(b"late%d" % n).encode())
+                    for n in range(3))
+    flood.dataReceived(more)  # (TLS can deliver what it had already decrypted)
+    clock.advance(0)
+    assert [m.pool_handle for _, m in flooder.messages] == (
+        [b"p%d" % n for n in range(10)] + [b"late%d" % n for n in range(3)])
+    assert len([e for e in peer.receive_data(transport.value()) if hasattr(e, "payload")]) == 13
+
+
+def test_closing_during_a_backlog_drops_the_rest() -> None:
+    clock = task.Clock()
+    flooder = Echo()
+    flood = Channel(flooder, clock, ChannelSettings(first_message_timeout=None, max_events_per_turn=4),
+                    tls=False)
+    transport = StringTransport()
+    flood.makeConnection(transport)
+    flood.dataReceived(pipelined(50)[1])
+    flood.abort()
+    clock.advance(0)
+    assert len(flooder.messages) == 3  # the INIT and 3 messages, no more
+
+
+def test_the_initiating_side_handles_a_read_at_once() -> None:
+    clock = task.Clock()
+    handler = Recorder()
+    channel = Channel(handler, clock, ChannelSettings(max_events_per_turn=2), tls=False, initiator=True)
+    channel.makeConnection(StringTransport())
+    channel.dataReceived(pipelined(20)[1])
+    assert len(handler.messages) == 20

@@ -18,7 +18,11 @@ A ``Channel`` is a Twisted ``Protocol``.  It only moves bytes and time:
   ``chunk_timeout``; on the accepting side the TLS handshake must finish
   within ``handshake_timeout`` of the connection and the first message must
   arrive within ``first_message_timeout`` of the handshake (None turns one
-  off).
+  off);
+- on the accepting side, at most ``max_events_per_turn`` events of a read
+  are handled at once: the rest wait (in order, the connection's reading
+  paused) for later reactor turns, so that one client's pipelined flood
+  cannot make every other client wait behind it.
 
 Framing errors are fatal for that one connection only: the channel is
 aborted and the handler told why.  A message that does not decode is given
@@ -28,6 +32,7 @@ channel stays up.
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Any, Protocol as TypingProtocol
 
 from twisted.internet.defer import Deferred, succeed
@@ -49,6 +54,9 @@ from rserpool.wire.tcpmap import (
 __all__ = ["Channel", "ChannelHandler", "ChannelSettings"]
 
 _log = Logger()
+
+#: Held output is written once it reaches this size (about one TLS record).
+_HELD_LIMIT = 16000
 
 
 class ChannelHandler(TypingProtocol):
@@ -74,7 +82,8 @@ class ChannelSettings:
     """Timing and limits of a channel; one instance is shared by a factory."""
 
     __slots__ = ("heartbeat_interval", "dead_after", "limits", "max_chunk_size", "decoder",
-                 "chunk_timeout", "handshake_timeout", "first_message_timeout")
+                 "chunk_timeout", "handshake_timeout", "first_message_timeout",
+                 "max_events_per_turn")
 
     def __init__(
         self,
@@ -86,6 +95,7 @@ class ChannelSettings:
         chunk_timeout: float | None = 10.0,
         handshake_timeout: float | None = 10.0,
         first_message_timeout: float | None = 10.0,
+        max_events_per_turn: int = 8,
     ) -> None:
         if heartbeat_interval <= 0 or dead_after <= heartbeat_interval:
             raise ValueError("need 0 < heartbeat_interval < dead_after")
@@ -93,8 +103,11 @@ class ChannelSettings:
                             ("first_message_timeout", first_message_timeout)):
             if value is not None and value <= 0:
                 raise ValueError(f"{name} must be positive (or None: no deadline)")
+        if max_events_per_turn < 1:
+            raise ValueError("max_events_per_turn must be at least 1")
         self.heartbeat_interval = heartbeat_interval
         self.dead_after = dead_after
+        self.max_events_per_turn = max_events_per_turn
         self.chunk_timeout = chunk_timeout
         self.handshake_timeout = handshake_timeout
         self.first_message_timeout = first_message_timeout
@@ -163,6 +176,14 @@ class Channel(Protocol):
         self._setup_what = ""
         self._chunk_deadline: float | None = None
         self._timer_at = 0.0
+        # Accepting side: events of earlier reads not handled yet (more than
+        # max_events_per_turn arrived); reading is paused until they are.
+        self._backlog: deque | None = None
+        self._resume_call: IDelayedCall | None = None
+        # While a backlog is worked off: the bytes of its turns, written in
+        # TLS-record-sized pieces rather than one small record per turn.
+        self._held: list[bytes] = []
+        self._held_size = 0
 
     # -- Twisted callbacks ----------------------------------------------------
 
@@ -214,6 +235,47 @@ class Channel(Protocol):
                     self._rearm_before(self._chunk_deadline)
         elif self._chunk_deadline is not None:
             self._chunk_deadline = None
+        backlog = self._backlog
+        if backlog is not None:  # still working off earlier reads: keep the order
+            backlog.extend(events)
+            acks = mapping.data_to_send()
+            if acks:
+                self._hold(acks)
+            return
+        if len(events) > self.settings.max_events_per_turn and not self.initiator:
+            self._defer_rest(events)
+            events = self._next_turn()
+        self._handle(events, now)
+
+    # -- fair service (accepting side) ----------------------------------------------
+
+    def _defer_rest(self, events: list) -> None:
+        """Keep ``events`` for later turns; stop reading until they are handled."""
+        self._backlog = deque(events)
+        self.transport.pauseProducing()
+
+    def _next_turn(self) -> list:
+        """At most ``max_events_per_turn`` events off the backlog; when more
+        remain, the next batch is handled in a later reactor turn, after the
+        other connections' reads."""
+        backlog = self._backlog
+        assert backlog is not None
+        take = min(len(backlog), self.settings.max_events_per_turn)
+        events = [backlog.popleft() for _ in range(take)]
+        if backlog:
+            self._resume_call = self.clock.callLater(0, self._turn)
+        else:
+            self._backlog = None
+            self.transport.resumeProducing()
+        return events
+
+    def _turn(self) -> None:
+        self._resume_call = None
+        if self.closed or self._backlog is None:
+            return
+        self._handle(self._next_turn(), self.clock.seconds())
+
+    def _handle(self, events: list, now: float) -> None:
         handler = self.handler
         decode = self.settings.decoder.decode
         # Everything sent while handling this read (the handler's answers,
@@ -252,19 +314,42 @@ class Channel(Protocol):
             if pending:
                 out.append(pending)
             if out:
-                self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+                data = out[0] if len(out) == 1 else b"".join(out)
+                if self._backlog is not None:
+                    self._hold(data)
+                else:
+                    if self._held:
+                        data = self._take_held() + data
+                    self.transport.write(data)
+            elif self._held and self._backlog is None:
+                self.transport.write(self._take_held())
         elif pending:  # the batch was flushed early (close or abort)
             self.transport.write(pending)
+
+    def _hold(self, data: bytes) -> None:
+        self._held.append(data)
+        self._held_size += len(data)
+        if self._held_size >= _HELD_LIMIT:
+            self.transport.write(self._take_held())
+
+    def _take_held(self) -> bytes:
+        data = b"".join(self._held)
+        self._held = []
+        self._held_size = 0
+        return data
 
     def _flush_batch(self) -> None:
         out = self._out
         if out is not None:
             self._out = None
-            if out and not self.closed:
-                self.transport.write(b"".join(out))
+            if (out or self._held) and not self.closed:
+                self.transport.write(self._take_held() + b"".join(out))
+        elif self._held and not self.closed:
+            self.transport.write(self._take_held())
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self.closed = True
+        self._drop_backlog()
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
@@ -293,6 +378,8 @@ class Channel(Protocol):
         out = self._out
         if out is not None:
             out.append(chunk)
+        elif self._held:  # keep the stream in TSN order
+            self.transport.write(self._take_held() + chunk)
         else:
             self.transport.write(chunk)
 
@@ -304,19 +391,29 @@ class Channel(Protocol):
         out = self._out
         if out is not None:
             out.append(chunk)
+        elif self._held:  # keep the stream in TSN order
+            self.transport.write(self._take_held() + chunk)
         else:
             self.transport.write(chunk)
 
     def close(self) -> None:
-        """Close gracefully (after pending writes)."""
+        """Close gracefully (after pending writes); unhandled events are dropped."""
         if not self.closed and self.transport is not None:
+            self._drop_backlog()
             self._flush_batch()
             self.transport.loseConnection()
+
+    def _drop_backlog(self) -> None:
+        self._backlog = None
+        if self._resume_call is not None and self._resume_call.active():
+            self._resume_call.cancel()
+        self._resume_call = None
 
     def abort(self) -> None:
         """Drop the connection at once."""
         if self.closed or self.transport is None:
             return
+        self._drop_backlog()
         self._flush_batch()
         abort = getattr(self.transport, "abortConnection", None)
         if abort is not None:
