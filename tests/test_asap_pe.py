@@ -10,7 +10,7 @@ from hypothesis import given, settings, strategies as st
 
 from rserpool.asap.pe import (
     KEEPALIVE_OVER_LIMIT, CloseChannel, Deregistered, Failed, HomeChanged, Ignored,
-    KeepAliveDropped, NeedServer, PeSettings, PeState, PoolElementSession, Registered,
+    KeepAliveDropped, NeedServer, PeSettings, PeState, PeRegistration, Registered,
     RegistrationLost, RegistrationRefused, Send, random_pe_id, reregistration_delay,
 )
 from rserpool.security.ratelimit import RateLimit
@@ -25,9 +25,9 @@ H = b"echo"
 A, B = object(), object()  # two channels
 
 
-def make(life: int = 300, **kw) -> PoolElementSession:
+def make(life: int = 300, **kw) -> PeRegistration:
     kw.setdefault("randbits", random.Random(7).getrandbits)
-    return PoolElementSession(H, TcpTransport(7, IPv4Address("127.0.0.1")), LeastUsedPolicy(3),
+    return PeRegistration(H, TcpTransport(7, IPv4Address("127.0.0.1")), LeastUsedPolicy(3),
                               life, kw.pop("settings", None), **kw)
 
 
@@ -39,7 +39,7 @@ def events(out, kind):
     return [o for o in out if type(o) is kind]
 
 
-def registered(pe: PoolElementSession, now: float = 0.0, channel=A) -> PoolElementSession:
+def registered(pe: PeRegistration, now: float = 0.0, channel=A) -> PeRegistration:
     pe.start(now)
     pe.channel_up(channel, now)
     pe.message_received(channel, AsapRegistrationResponse(H, pe.pe_id), now)
@@ -212,7 +212,7 @@ def test_h_flag_without_a_known_home_id():
 # -- RFC 5355 2.14: the keep-alives a PE answers are bounded per channel ---------------------
 
 
-def flood(pe: PoolElementSession, channel, count: int, now: float, **kw) -> list:
+def flood(pe: PeRegistration, channel, count: int, now: float, **kw) -> list:
     out = []
     for _ in range(count):
         out += pe.message_received(channel, AsapEndpointKeepAlive(1, H, **kw), now)

@@ -25,6 +25,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.trial import unittest
 
 from rserpool.asap.registrar import RegistrarSettings
+from rserpool.gate import GatePolicy
 from rserpool.security import tls
 from rserpool.service.channel import Channel, ChannelSettings
 from rserpool.service.registrar import RegistrarService
@@ -84,13 +85,15 @@ class ConnectionSlotAttacks(unittest.TestCase):
             yield within(client.closed)
 
     @defer.inlineCallbacks
-    def registrar(self, channel_settings: ChannelSettings | None = None, **kwargs: Any):
+    def registrar(self, channel_settings: ChannelSettings | None = None, *,
+                  evict_idle_after: float = 5.0, **limits: Any):
         options = tls.server_options(self.pki.server.cert, self.pki.server.key, [self.pki.ca.cert],
                                      require_client_cert=False)
         service = RegistrarService(
             RegistrarSettings(server_id=random.randrange(1, 2**32)), reactor=reactor,
             listen=["tcp:0:interface=127.0.0.1"], tls_options=options, authorizer=AllowAll(),
-            channel_settings=channel_settings or ChannelSettings(), **kwargs)
+            gate_policy=GatePolicy(**limits), evict_idle_after=evict_idle_after,
+            channel_settings=channel_settings or ChannelSettings())
         yield service.startService()
         self.addCleanup(service.stopService)
         return service
@@ -168,7 +171,7 @@ class ConnectionSlotAttacks(unittest.TestCase):
         quiet = yield self.raw(registrar)
         yield within(quiet.closed, 3.0)
         self.assertLess(reactor.seconds() - started, 3.0)
-        self.assertEqual(registrar.slots.total, 0)
+        self.assertEqual(registrar.gate.connections, {})
 
     # -- idle anonymous connections hold every slot -------------------------------------------
 
@@ -180,7 +183,7 @@ class ConnectionSlotAttacks(unittest.TestCase):
             client = yield self.client(registrar)
             yield within(client.request(AsapHandleResolution(H)))  # one message, then idle
             squatters.append(client)
-        self.assertEqual(registrar.connections_per_address, {"127.0.0.1": 4})
+        self.assertEqual(registrar.gate.connections, {"127.0.0.1": 4})
         yield sleep(0.7)
         # A PE behind the same address gets a slot: the longest idle squatter goes.
         pe = yield self.client(registrar, self.pki.pe1)
@@ -188,7 +191,7 @@ class ConnectionSlotAttacks(unittest.TestCase):
         self.assertFalse(reply.reject, reply)
         yield within(defer.DeferredList([c.closed for c in squatters], fireOnOneCallback=True))
         self.assertEqual(sum(c.closed.called for c in squatters), 1)
-        self.assertEqual(registrar.slots.evictions, 1)
+        self.assertEqual(registrar.eviction.evictions, 1)
         # A channel with an identity (and a PE) is never evicted.
         for _ in range(3):
             yield sleep(0.6)
@@ -215,5 +218,5 @@ class ConnectionSlotAttacks(unittest.TestCase):
         pu = yield self.client(registrar, bind="127.0.0.9")
         answer = yield within(pu.request(AsapHandleResolution(H)))
         self.assertEqual([p.pe_id for p in answer.pool_elements], [0x52])
-        self.assertEqual(registrar.slots.evictions, 2)
-        self.assertEqual(registrar.slots.total, 4)
+        self.assertEqual(registrar.eviction.evictions, 2)
+        self.assertEqual(len(registrar.gate.channels), 4)

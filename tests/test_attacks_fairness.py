@@ -36,6 +36,7 @@ from twisted.internet import defer, protocol, reactor, task
 from twisted.trial import unittest
 
 from rserpool.asap.registrar import RegistrarSettings
+from rserpool.gate import GatePolicy
 from rserpool.security.ratelimit import RateLimit
 from rserpool.security import tls
 from rserpool.service.registrar import RegistrarService
@@ -83,11 +84,10 @@ class FairService(unittest.TestCase):
         # Per-address resolution limits high enough that every flood request
         # is answered in full (the expensive case; the flooders stay "within
         # their limits", as in issue 12's run).
-        settings = RegistrarSettings(server_id=random.randrange(1, 2**32),
-                                     resolution_rate=RateLimit(1e6, 2e6))
         registrar = RegistrarService(
-            settings, reactor=reactor,
-            listen=["tcp:0:interface=127.0.0.1"], tls_options=options, authorizer=AllowAll())
+            RegistrarSettings(server_id=random.randrange(1, 2**32)), reactor=reactor,
+            listen=["tcp:0:interface=127.0.0.1"], tls_options=options, authorizer=AllowAll(),
+            gate_policy=GatePolicy(resolution_rate=RateLimit(1e6, 2e6)))
         yield registrar.startService()
         self.addCleanup(registrar.stopService)
         port = registrar.listening_addresses[0].port

@@ -8,13 +8,17 @@ from typing import Any
 import pytest
 
 from rserpool.backends.ldap_schema import (
+    MAX_SALT,
     MAX_VALUES,
+    MAX_VERIFIER,
     LdapEntry,
     LdapError,
     LdapSchema,
     LdapTls,
+    entry_from_answer,
     fill_filter,
     group_name_from_dn,
+    group_names,
     parse_uri,
     raw_values,
     search_result,
@@ -103,3 +107,29 @@ def test_search_result_from_either_strategy() -> None:
         response = None
 
     assert search_result(False, Conn()) == ({}, [])
+
+
+def test_group_names_keep_only_groups_under_the_base() -> None:
+    schema = LdapSchema(group_base="ou=pools,dc=x")
+    dns = ["cn=echo,ou=pools,dc=x", "cn=other,ou=elsewhere,dc=x", "not a dn",
+           "uid=echo2,ou=pools,dc=x", "cn=echo,ou=pools,dc=x"]
+    assert group_names(dns, schema) == frozenset({"echo"})
+    assert group_names([], schema) == frozenset()
+
+
+def test_entry_from_answer_keeps_only_one_sane_salt_and_verifier() -> None:
+    schema = LdapSchema()
+    answer = {"dn": "uid=pe1,dc=x", "raw_attributes": {
+        "rserpoolSrpSalt": [b"s" * 16], "rserpoolSrpVerifier": [b"v" * 256],
+        "rserpoolPool": [b"echo", b"daytime-*"]}}
+    entry = entry_from_answer(answer, "pe1", schema, frozenset({"g"}))
+    assert entry == LdapEntry("uid=pe1,dc=x", "pe1", b"s" * 16, b"v" * 256,
+                              ("echo", "daytime-*"), frozenset({"g"}))
+    for salts, verifiers in (([b"s", b"t"], [b"v"]), ([b"s" * (MAX_SALT + 1)], [b"v"]),
+                             ([b"s"], [b"v" * (MAX_VERIFIER + 1)]), ([], [b"v"]),
+                             ([b""], [b"v"])):
+        odd = {"dn": "uid=pe1,dc=x", "raw_attributes": {
+            "rserpoolSrpSalt": salts, "rserpoolSrpVerifier": verifiers}}
+        assert entry_from_answer(odd, "pe1", schema, frozenset()).srp is None
+    assert entry_from_answer({}, "pe1", schema, frozenset()).dn == ""
+

@@ -112,8 +112,13 @@ def test_rules_check(tmp_path, capsys) -> None:
     assert main(["rules", "check", str(rules), "--identity", "pe2", "--action", "register",
                  "--pool", "echo"]) == 1
     assert "refused" in capsys.readouterr().out
+    # ``all`` never grants the peer door (``enrp`` is read as ``peer``): only a rule naming it does.
+    assert main(["rules", "check", str(rules), "--identity", "x", "--groups", "ops", "--action", "enrp",
+                 "--pool", ""]) == 1
+    rules.write_text("@ops peer *\n")
     assert main(["rules", "check", str(rules), "--identity", "x", "--groups", "ops", "--action", "enrp",
                  "--pool", ""]) == 0
+    capsys.readouterr()
     rules.write_text("pe1 register echo\npe2 fly echo\n")
     assert main(["rules", "check", str(rules)]) == 1
     assert ":2: unknown action" in capsys.readouterr().err

@@ -526,3 +526,34 @@ def test_entries_are_slotted() -> None:
     assert not hasattr(entry, "__dict__")
     with pytest.raises(AttributeError):
         entry.extra = 1  # type: ignore[attr-defined]
+
+
+# ----------------------------------------------------------------- per-owner pools, learned entries
+
+
+def test_owned_pool_count_follows_registrations_moves_and_removals() -> None:
+    hs = make_hs()
+    reg(hs, b"a", 1, home_server_id=7)
+    reg(hs, b"a", 2, home_server_id=7)
+    reg(hs, b"b", 3, home_server_id=7)
+    reg(hs, b"b", 4, home_server_id=8)
+    assert (hs.owned_pool_count(7), hs.owned_pool_count(8), hs.owned_pool_count(9)) == (2, 1, 0)
+    assert hs.owns_in_pool(7, b"a") and not hs.owns_in_pool(8, b"a")
+    hs.set_owner(b"b", 3, 8)
+    assert (hs.owned_pool_count(7), hs.owned_pool_count(8)) == (1, 1)
+    hs.deregister(b"a", 1)
+    assert hs.owns_in_pool(7, b"a")
+    hs.deregister(b"a", 2)
+    assert hs.owned_pool_count(7) == 0 and not hs.owns_in_pool(7, b"a")
+    hs.take_over(8, 7)
+    assert (hs.owned_pool_count(7), hs.owned_pool_count(8)) == (1, 0)
+
+
+def test_cancel_expiry_keeps_an_entry_until_registered_again() -> None:
+    hs = make_hs()
+    entry = reg(hs, b"a", 1, registration_life=10).entry
+    hs.cancel_expiry(entry)
+    assert entry.expires_at is None and hs.next_deadline() is None
+    assert hs.expire(1e9) == [] and hs.get(b"a", 1) is entry
+    reg(hs, b"a", 1, now=5.0, registration_life=10)
+    assert entry.expires_at == 15.0 and hs.expire(20.0) == [entry]

@@ -36,15 +36,15 @@ from tests.policyhelpers import PE, drive, filled, ids, ops, pes
 @pytest.mark.parametrize(
     "code, cls",
     [
-        (ROUND_ROBIN, srt.RoundRobinPolicy),
-        (WEIGHTED_ROUND_ROBIN, srt.WeightedRoundRobinPolicy),
-        (RANDOM, rnd.RandomPolicy),
-        (WEIGHTED_RANDOM, rnd.WeightedRandomPolicy),
-        (PRIORITY, srt.PriorityPolicy),
-        (LEAST_USED, srt.LeastUsedPolicy),
-        (LEAST_USED_DEGRADATION, srt.LeastUsedDegradationPolicy),
-        (PRIORITY_LEAST_USED, srt.PriorityLeastUsedPolicy),
-        (RANDOMIZED_LEAST_USED, rnd.RandomizedLeastUsedPolicy),
+        (ROUND_ROBIN, srt.RoundRobinSelection),
+        (WEIGHTED_ROUND_ROBIN, srt.WeightedRoundRobinSelection),
+        (RANDOM, rnd.RandomSelection),
+        (WEIGHTED_RANDOM, rnd.WeightedRandomSelection),
+        (PRIORITY, srt.PrioritySelection),
+        (LEAST_USED, srt.LeastUsedSelection),
+        (LEAST_USED_DEGRADATION, srt.LeastUsedDegradationSelection),
+        (PRIORITY_LEAST_USED, srt.PriorityLeastUsedSelection),
+        (RANDOMIZED_LEAST_USED, rnd.RandomizedLeastUsedSelection),
     ],
 )
 def test_make_policy_maps_every_rfc_type(code: int, cls: type) -> None:
@@ -59,7 +59,7 @@ def test_make_policy_maps_every_rfc_type(code: int, cls: type) -> None:
 def test_unknown_and_private_types_are_hosted_as_round_robin(code: int) -> None:
     members = [PE(i, PolicySettings(code, opaque=b"\x01\x02")) for i in (1, 2, 3)]
     policy = filled(code, members)
-    assert isinstance(policy, srt.RoundRobinPolicy)
+    assert isinstance(policy, srt.RoundRobinSelection)
     assert policy.policy_type == code
     assert pol.server_policy_type(code) == ROUND_ROBIN
     assert [ids(policy.select(2)) for _ in range(3)] == [[1, 2], [2, 3], [3, 1]]

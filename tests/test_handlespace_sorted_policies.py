@@ -300,7 +300,7 @@ class NaiveStride:
 @settings(max_examples=60, deadline=None)
 @given(ops)
 def test_weighted_round_robin_matches_the_naive_stride_model(script: Any) -> None:
-    policy = srt.WeightedRoundRobinPolicy()
+    policy = srt.WeightedRoundRobinSelection()
     model = NaiveStride()
     live: list[PE] = []
     next_id = 1

@@ -36,9 +36,20 @@ def test_first_match_wins_and_deny(authz):
 
 
 def test_groups_and_wildcard(authz):
-    assert authz.decide("x", ["ops"], "enrp", b"anything")
+    assert authz.decide("x", ["ops"], "register", b"anything")
     assert authz.decide(None, (), "resolve", b"public-1")  # anonymous PU may resolve
     assert not authz.decide(None, (), "register", b"public-1")
+
+
+def test_peer_and_admin_are_granted_by_name_only():
+    """``all`` never makes an identity an ENRP peer or an admin; ``enrp`` is
+    the older name of ``peer``."""
+    rules = RulesAuthorizer(parse_rules("@ops all *\nreg-b.test enrp *\n@registrars peer *\n"))
+    assert not rules.decide("x", ["ops"], "peer", b"")
+    assert not rules.decide("x", ["ops"], "admin", b"")
+    assert rules.decide("reg-b.test", (), "peer", b"")
+    assert rules.decide("reg-c.test", ["registrars"], "peer", b"")
+    assert not rules.decide("reg-c.test", (), "peer", b"")
 
 
 def test_binary_handles(authz):
@@ -92,6 +103,30 @@ def test_decision_cache_is_bounded(monkeypatch):
     for n in range(10):
         assert authorizer.decide(None, (), "resolve", b"pool%d" % n)
     assert len(authorizer._decisions) == 3
+
+
+def test_every_action_of_the_gate_is_known_and_denied_by_default():
+    from rserpool import gate
+
+    assert ACTIONS == frozenset(gate.ACTIONS)
+    empty = RulesAuthorizer(())
+    for action in gate.ACTIONS:
+        assert not empty.decide("pe1", ("ops",), action, b"")
+        assert parse_rules(f"pe1 {action} *")[0].actions == {action}
+
+
+def test_the_old_enrp_action_is_read_as_peer():
+    assert parse_rules("@registrars enrp *")[0].actions == {"peer"}
+
+
+def test_admin_is_granted_by_name_only_never_by_all():
+    rules = parse_rules("ops  all  *\nroot  admin  *\n")
+    authorizer = RulesAuthorizer(rules)
+    assert authorizer.decide("ops", (), "register", b"echo")
+    assert not authorizer.decide("ops", (), "admin", b"")
+    assert authorizer.decide("root", (), "admin", b"")
+    assert not authorizer.decide("root", (), "register", b"echo")
+    assert not authorizer.decide(None, (), "admin", b"")  # "*" never means anonymous here
 
 
 def test_pool_matches() -> None:

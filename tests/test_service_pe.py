@@ -52,6 +52,7 @@ class FakeChannel:
         self.peer = address.IPv4Address("TCP", "127.0.0.1", port)
         self.sent: list = []
         self.closed = False
+        self.closing = False  # True when the PE closed it (Channel.close)
         self.handler = None
 
     def send(self, message) -> None:
@@ -59,11 +60,14 @@ class FakeChannel:
         self.sent.append(message)
 
     def abort(self) -> None:
+        """The connection is gone (the registrar died, or the test says so)."""
         if not self.closed:
             self.closed = True
             self.handler.channel_closed(self, Failure(ConnectionLost()))
 
-    close = abort
+    def close(self) -> None:
+        self.closing = True
+        self.abort()
 
     def closed_deferred(self):
         return defer.succeed(None)
@@ -570,6 +574,37 @@ class PoolElementOverTLS(unittest.TestCase):
         self.assertEqual(registrar.core.stats["deregistrations"], 1)
 
     @defer.inlineCallbacks
+    def test_stop_closes_cleanly_with_every_message_acknowledged(self):
+        """A planned stop: the deregistration response is ACKed (tcp mapping),
+        TLS closes with close_notify both ways, nothing is logged above info."""
+        from twisted.internet.error import ConnectionDone
+
+        registrar = yield self.registrar()
+        pe = self.make_pe(registrar)
+        pe.startService()
+        yield within(pe.registered(), 10, self.reactor)
+        (server_side,) = registrar.channels
+        seen = {}
+        original = registrar.channel_closed
+
+        def closed(channel, reason):
+            seen["unacked"] = channel.mapping.unacked
+            seen["reason"] = reason
+            original(channel, reason)
+
+        registrar.channel_closed = closed
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        yield within(pe.stopService(), 10, self.reactor)
+        yield within(server_side.closed_deferred(), 10, self.reactor)
+        self.assertEqual(pe.last_deregistered, Deregistered(True))
+        self.assertIsInstance(seen["reason"].value, ConnectionDone)  # close_notify, then FIN
+        self.assertEqual(seen["unacked"], 0)  # the DEREGISTRATION_RESPONSE was ACKed
+        loud = [formatEvent(e) for e in events if e.get("log_level", LogLevel.info) >= LogLevel.warn]
+        self.assertEqual(loud, [])
+
+    @defer.inlineCallbacks
     def test_failover_to_a_second_registrar(self):
         first = yield self.registrar()
         second = yield self.registrar()
@@ -607,8 +642,6 @@ class PoolElementOverTLS(unittest.TestCase):
     @defer.inlineCallbacks
     def test_echo_pe_registers_and_echoes(self):
         registrar = yield self.registrar()
-        server_options = tls.server_options(self.pki.server.cert, self.pki.server.key,
-                                            [self.pki.ca.cert], require_client_cert=False)
         echo = echo_pool_element(
             self.reactor, registrars=[f"127.0.0.1:{registrar_port(registrar)} localhost"],
             ca=self.pki.ca.cert, cert=self.pki.pe1.cert, key=self.pki.pe1.key,

@@ -294,6 +294,34 @@ class PoolUserOverTLS(unittest.TestCase):
         self.assertEqual(self.resolutions(), 3)  # C2: each stale hit asks again
 
     @defer.inlineCallbacks
+    def test_stop_closes_cleanly_with_the_last_answer_acknowledged(self):
+        from twisted.internet.error import ConnectionDone
+        from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+
+        pu = self.user()
+        yield pu.resolve(H)
+        (server_side,) = [c for c in self.registrar.channels if c.session is not None
+                          and c.session.identity is None]
+        seen = {}
+        original = self.registrar.channel_closed
+
+        def closed(channel, reason):
+            if channel is server_side:
+                seen["unacked"], seen["reason"] = channel.mapping.unacked, reason
+            original(channel, reason)
+
+        self.registrar.channel_closed = closed
+        events: list = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        yield pu.stop()
+        yield server_side.closed_deferred()
+        self.assertIsInstance(seen["reason"].value, ConnectionDone)
+        self.assertEqual(seen["unacked"], 0)  # the resolution answer was ACKed
+        loud = [formatEvent(e) for e in events if e.get("log_level", LogLevel.info) >= LogLevel.warn]
+        self.assertEqual(loud, [])
+
+    @defer.inlineCallbacks
     def test_concurrent_resolutions_share_one_request(self):
         pu = self.user()
         results = yield defer.gatherResults([pu.resolve(H) for _ in range(10)])

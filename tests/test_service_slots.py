@@ -1,11 +1,11 @@
-"""rserpool.service.slots: connection limits that idle anonymous channels
-cannot hold against newcomers (pure; the time is passed in)."""
+"""rserpool.service.slots: which idle anonymous channel makes room for a
+newcomer (pure; the time is passed in)."""
 
 from __future__ import annotations
 
 import pytest
 
-from rserpool.service.slots import ConnectionSlots
+from rserpool.service.slots import IdleEviction
 
 
 class Fake:
@@ -22,47 +22,41 @@ def evictable(channel: Fake, now: float) -> float | None:
     return None if channel.keep else channel.last_message_at + 5.0
 
 
-def fill(slots: ConnectionSlots, hosts: list[str], now: float = 0.0, **kw) -> list[Fake]:
+def fill(eviction: IdleEviction, hosts: list[str], **kw) -> list[Fake]:
     out = []
     for n, host in enumerate(hosts):
-        admission = slots.admit(host, now, evictable)
-        assert admission.key is not None and admission.evicted is None
-        channel = Fake(f"{host}#{n}", now, **kw)
-        slots.add(admission.key, channel)
+        channel = Fake(f"{host}#{n}", **kw)
+        eviction.add(host, channel)
         out.append(channel)
     return out
 
 
-def test_per_address_limit_evicts_the_longest_idle_of_that_address() -> None:
-    slots = ConnectionSlots(100, 3)
-    a = fill(slots, ["127.0.0.1"] * 3)
-    fill(slots, ["127.0.0.2"] * 3, now=0.0)
+def test_from_the_same_address_the_longest_idle_goes() -> None:
+    eviction = IdleEviction()
+    a = fill(eviction, ["127.0.0.1"] * 3)
+    fill(eviction, ["127.0.0.2"] * 3)
     a[0].last_message_at, a[1].last_message_at, a[2].last_message_at = 2.0, 1.0, 4.0
-    # Nobody idle 5 s yet: refused.
-    assert slots.admit("127.0.0.1", 5.5, evictable).key is None
-    admission = slots.admit("127.0.0.1", 6.5, evictable)
-    assert admission.key == "127.0.0.1" and admission.evicted is a[1]  # idle since 1.0
-    assert a[1].slot_key is None and slots.counts()["127.0.0.1"] == 2
-    slots.remove(a[1])  # its close arrives later: nothing happens twice
-    assert slots.total == 5 and slots.evictions == 1
+    assert eviction.pick("127.0.0.1", 5.5, evictable) is None  # nobody idle 5 s yet
+    assert eviction.pick("127.0.0.1", 6.5, evictable) is a[1]  # idle since 1.0
+    assert a[1].slot_key is None and len(eviction.by_key["127.0.0.1"]) == 2
+    eviction.remove(a[1])  # its close arrives later: nothing happens twice
+    assert eviction.evictions == 1
 
 
-def test_global_limit_evicts_from_any_address_but_not_identities() -> None:
-    slots = ConnectionSlots(4, 10)
-    kept = fill(slots, ["127.0.0.1", "127.0.0.2"], keep=True)  # authenticated, or holding PEs
-    idle = fill(slots, ["127.0.0.3", "127.0.0.4"])
+def test_from_any_address_but_never_an_identity() -> None:
+    eviction = IdleEviction()
+    kept = fill(eviction, ["127.0.0.1", "127.0.0.2"], keep=True)  # authenticated, or holding PEs
+    idle = fill(eviction, ["127.0.0.3", "127.0.0.4"])
     idle[1].last_message_at = -3.0
-    admission = slots.admit("127.0.0.9", 10.0, evictable)
-    assert admission.evicted is idle[1]
-    slots.add(admission.key, Fake("new", 10.0))
-    slots.add(slots.admit("127.0.0.9", 10.0, evictable).key, Fake("new2", 10.0))  # idle[0] goes
-    assert slots.total == 4 and all(c.slot_key is not None for c in kept)
-    assert slots.admit("127.0.0.8", 10.0, evictable).key is None  # only the kept and the new
+    assert eviction.pick(None, 10.0, evictable) is idle[1]
+    assert eviction.pick(None, 10.0, evictable) is idle[0]
+    assert eviction.pick(None, 10.0, evictable) is None
+    assert all(c.slot_key is not None for c in kept)
 
 
-def test_full_listener_is_not_rescanned_for_every_refused_newcomer() -> None:
-    slots = ConnectionSlots(50, 50)
-    fill(slots, [f"127.0.1.{n}" for n in range(50)], keep=True)
+def test_a_full_listener_is_not_rescanned_for_every_newcomer() -> None:
+    eviction = IdleEviction()
+    fill(eviction, [f"127.0.1.{n}" for n in range(50)], keep=True)
     calls = []
 
     def counting(channel: Fake, now: float) -> float | None:
@@ -70,17 +64,17 @@ def test_full_listener_is_not_rescanned_for_every_refused_newcomer() -> None:
         return evictable(channel, now)
 
     for n in range(100):
-        assert slots.admit("127.0.0.9", 1.0 + n * 0.001, counting).key is None
-    assert len(calls) == 50  # one scan, then refused at once until a second later
-    assert slots.admit("127.0.0.9", 2.5, counting).key is None and len(calls) == 100
+        assert eviction.pick(None, 1.0 + n * 0.001, counting) is None
+    assert len(calls) == 50  # one scan, then none until a second later
+    assert eviction.pick(None, 2.5, counting) is None and len(calls) == 100
 
 
-def test_ipv6_hosts_of_one_prefix_share_the_per_address_limit() -> None:
-    slots = ConnectionSlots(100, 2)
-    fill(slots, ["2001:db8:1:2::1", "2001:db8:1:2::2"])
-    assert slots.admit("2001:db8:1:2::3", 1.0, evictable).key is None
-    assert slots.admit("2001:db8:1:3::1", 1.0, evictable).key == "2001:db8:1:3::/64"
-    eight = ConnectionSlots(100, 2, ipv6_prefix=128)
-    fill(eight, ["2001:db8:1:2::1", "2001:db8:1:2::2", "2001:db8:1:2::3"])
+def test_ipv6_hosts_of_one_prefix_are_one_address() -> None:
+    eviction = IdleEviction()
+    one = fill(eviction, ["2001:db8:1:2::1", "2001:db8:1:2::2"])
+    assert eviction.key_of("2001:db8:1:2::3") == "2001:db8:1:2::/64"
+    assert eviction.pick("2001:db8:1:2::99", 10.0, evictable) in one
+    assert eviction.pick("2001:db8:1:3::1", 10.0, evictable) is None
+    assert IdleEviction(128).key_of("2001:db8:1:2::3") != IdleEviction(128).key_of("2001:db8:1:2::4")
     with pytest.raises(ValueError):
-        ConnectionSlots(0, 1)
+        IdleEviction(129)

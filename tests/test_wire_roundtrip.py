@@ -53,6 +53,12 @@ errors = st.builds(OperationError, st.lists(causes, min_size=1, max_size=3).map(
 opt_errors = st.one_of(st.none(), errors)
 servers = st.builds(ServerInformation, u32, sctp)
 
+# The PE Identity extension (docs/enrp.md): 1..255 UTF-8 bytes, or absent.
+opt_identities = st.one_of(st.none(), st.text(min_size=1, max_size=60))
+pool_entries = pes1.flatmap(lambda pes: st.builds(
+    PoolEntry, handles, st.just(pes),
+    st.one_of(st.just(()), st.lists(opt_identities, min_size=len(pes), max_size=len(pes)).map(tuple))))
+
 messages = st.one_of(
     st.builds(AsapRegistration, handles, pool_elements),
     st.builds(AsapDeregistration, handles, u32),
@@ -74,9 +80,10 @@ messages = st.one_of(
               st.booleans()),
     st.builds(EnrpHandleTableRequest, u32, u32, st.booleans()),
     st.builds(EnrpHandleTableResponse, u32, u32,
-              st.lists(st.builds(PoolEntry, handles, pes1), max_size=3).map(tuple),
+              st.lists(pool_entries, max_size=3).map(tuple),
               st.booleans(), st.booleans()),
-    st.builds(EnrpHandleUpdate, u32, u32, st.sampled_from([0, 1]), handles, pool_elements),
+    st.builds(EnrpHandleUpdate, u32, u32, st.sampled_from([0, 1]), handles, pool_elements,
+              opt_identities),
     st.builds(EnrpListRequest, u32, u32),
     st.builds(EnrpListResponse, u32, u32, st.lists(servers, max_size=3).map(tuple),
               st.booleans()),

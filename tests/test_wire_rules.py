@@ -311,3 +311,36 @@ def test_unknown_parameter_rules_on_any_message(msg, bits, low, value):
         decoded = decode_message(data, msg.PPID)
         assert decoded == msg
         assert decoded.unrecognized == (() if bits == 0x8000 else (ErrorCause(1, tlv),))
+
+
+def test_pe_identity_extension_where_it_belongs():
+    """The PE Identity parameter (0xbf01, docs/enrp.md) follows a PE in ENRP
+    updates and table responses; elsewhere, misplaced or malformed, it is
+    Invalid Values; its type bits (10) make an RFC-only receiver skip it."""
+    from ipaddress import IPv4Address
+
+    from rserpool.wire import (
+        EnrpHandleTableResponse, EnrpHandleUpdate, PoolElement, PoolEntry, RoundRobinPolicy,
+        TcpTransport,
+    )
+    from rserpool.wire.enrp import encode_identity
+
+    pe = PoolElement(1, 2, 30, TcpTransport(7, IPv4Address("127.0.0.1")), RoundRobinPolicy())
+    update = EnrpHandleUpdate(2, 0, 0, b"echo", pe, "pe1")
+    assert decode_message(update.encode(), codes.PPID_ENRP) == update
+    response = EnrpHandleTableResponse(2, 3, (PoolEntry(b"echo", (pe, pe), (None, "pe1")),))
+    assert decode_message(response.encode(), codes.PPID_ENRP) == response
+    assert PoolEntry(b"echo", (pe,), (None,)).identities == ()
+    with pytest.raises(ValueError):
+        PoolEntry(b"echo", (pe,), ("a", "b"))
+    with pytest.raises(ValueError):
+        EnrpHandleUpdate(2, 0, 0, b"echo", pe, "x" * 256)
+    # An identity before any PE, twice after a PE, or not UTF-8: Invalid Values.
+    plain = EnrpHandleUpdate(2, 0, 0, b"echo", pe).encode()
+    ident = encode_identity("pe1")
+    for data in (plain + ident + ident, plain[:16] + ident + plain[16:],
+                 plain + encode_identity("pe1")[:4] + b"\xff\xfe\xfd\x00"):
+        data = data[:2] + len(data).to_bytes(2, "big") + data[4:]
+        with pytest.raises(WireError) as info:
+            decode_message(data, codes.PPID_ENRP)
+        assert info.value.cause == codes.CAUSE_INVALID_VALUES

@@ -1,6 +1,6 @@
 """The pool element's ASAP side (RFC 5352 sections 3.1, 3.2, 3.4, 3.7), sans-IO.
 
-``PoolElementSession`` is one PE registration in one pool.  It opens no
+``PeRegistration`` is one PE registration in one pool.  It opens no
 sockets and reads no clock: the shell (``rserpool.service.pe``) passes the
 time in as ``now`` and carries out what each call returns, a list of
 
@@ -39,6 +39,7 @@ import secrets
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Union
 
+from rserpool.outputs import Send
 from rserpool.security.ratelimit import RateLimit, RateLimiter
 from rserpool.wire import (
     AsapDeregistration,
@@ -55,7 +56,7 @@ from rserpool.wire import (
 from rserpool.wire.transports import Transport
 
 __all__ = [
-    "PeSettings", "PeState", "PoolElementSession", "reregistration_delay", "random_pe_id",
+    "PeSettings", "PeState", "PeRegistration", "reregistration_delay", "random_pe_id",
     "Send", "CloseChannel", "NeedServer", "Registered", "RegistrationRefused", "HomeChanged",
     "RegistrationLost", "Deregistered", "Failed", "Ignored", "KeepAliveDropped", "Output",
     "KEEPALIVE_OVER_LIMIT",
@@ -152,12 +153,6 @@ class PeState(enum.Enum):
 
 
 # -- outputs --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Send:
-    channel: Any
-    message: Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,7 +257,7 @@ Output = Union[Send, CloseChannel, NeedServer, Registered, RegistrationRefused, 
 # -- the state machine --------------------------------------------------------------------
 
 
-class PoolElementSession:
+class PeRegistration:
     """One PE in one pool (sans-IO)."""
 
     def __init__(

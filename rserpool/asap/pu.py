@@ -22,7 +22,7 @@
 Nothing here reads a clock or touches a socket.  The shell calls in with
 ``now`` and carries out the outputs:
 
-- ``Send(message)``: write on the home registrar's channel;
+- ``Send(None, message)``: write on the home registrar's channel;
 - ``StartHunt(reason)``: find a (new) home registrar; call ``home_up`` when
   one is connected (the current one may stay in use meanwhile) and
   ``home_lost`` when the home channel closes;
@@ -50,6 +50,7 @@ from rserpool.handlespace.types import (
     WEIGHTED_ROUND_ROBIN,
     PolicySettings,
 )
+from rserpool.outputs import Send
 from rserpool.wire import (
     AsapEndpointUnreachable,
     AsapHandleResolution,
@@ -57,6 +58,7 @@ from rserpool.wire import (
     PoolElement,
 )
 from rserpool.wire import codes
+from rserpool.wire.params import pool_handle_text
 
 __all__ = [
     "CacheEntry",
@@ -98,7 +100,7 @@ class UnknownPool(PuError):
     """The registrar answered Unknown Pool Handle (cause 0x9)."""
 
     def __init__(self, pool_handle: bytes) -> None:
-        super().__init__(f"unknown pool handle {pool_handle!r}")
+        super().__init__(f"unknown pool handle {pool_handle_text(pool_handle)}")
         self.pool_handle = pool_handle
         self.cause = codes.CAUSE_UNKNOWN_POOL_HANDLE
 
@@ -108,7 +110,7 @@ class ResolutionRefused(PuError):
 
     def __init__(self, pool_handle: bytes, cause: int) -> None:
         name = codes.CAUSE_NAMES.get(cause, f"cause 0x{cause:04x}")
-        super().__init__(f"resolution of {pool_handle!r} refused: {name} (0x{cause:x})")
+        super().__init__(f"resolution of pool {pool_handle_text(pool_handle)} refused: {name} (0x{cause:x})")
         self.pool_handle = pool_handle
         self.cause = cause
 
@@ -117,7 +119,7 @@ class ResolutionTimeout(PuError):
     """No answer after MAX-REQUEST-RETRANSMIT retransmissions (RFC 5352 3.7.2)."""
 
     def __init__(self, pool_handle: bytes, attempts: int, waited: float) -> None:
-        super().__init__(f"no answer for {pool_handle!r} after {attempts} attempt(s) "
+        super().__init__(f"no answer for pool {pool_handle_text(pool_handle)} after {attempts} attempt(s) "
                          f"in {waited:g} s")
         self.pool_handle = pool_handle
         self.attempts = attempts
@@ -127,7 +129,7 @@ class NoUsablePoolElement(PuError):
     """The pool is known but no PE can be chosen (all reported or weight 0)."""
 
     def __init__(self, pool_handle: bytes) -> None:
-        super().__init__(f"no usable pool element in {pool_handle!r}")
+        super().__init__(f"no usable pool element in pool {pool_handle_text(pool_handle)}")
         self.pool_handle = pool_handle
 
 
@@ -173,11 +175,6 @@ class PuSettings:
 
 
 # --- outputs ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Send:
-    message: Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -356,7 +353,7 @@ class PuCore:
             if token is not None:
                 if len(pending.tokens) >= self.settings.max_waiters:
                     return [Failed((token,), pool_handle,
-                                   PuBusy(f"too many callers waiting for {pool_handle!r}"))]
+                                   PuBusy(f"too many callers waiting for pool {pool_handle_text(pool_handle)}"))]
                 pending.tokens.append(token)
                 self._token_handle[token] = pool_handle
             return []
@@ -372,7 +369,7 @@ class PuCore:
         self.stats["requests"] += 1
         if self.has_home:
             pending.sent += 1
-            return [Send(AsapHandleResolution(pool_handle))]
+            return [Send(None, AsapHandleResolution(pool_handle))]
         return self._want_hunt("no home registrar")
 
     def cancel(self, token: int) -> None:
@@ -402,9 +399,9 @@ class PuCore:
         for pending in self._pending.values():
             pending.deadline = now + self.settings.t1
             pending.sent += 1
-            out.append(Send(AsapHandleResolution(pending.pool_handle)))
+            out.append(Send(None, AsapHandleResolution(pending.pool_handle)))
         queued, self._queued_reports = self._queued_reports, []
-        out.extend(Send(report) for report in queued)
+        out.extend(Send(None, report) for report in queued)
         return out
 
     def home_lost(self, now: float) -> list[Output]:
@@ -508,7 +505,7 @@ class PuCore:
         self.stats["reports"] += 1
         report = AsapEndpointUnreachable(pool_handle, pe_id)
         if self.has_home:
-            return True, [Send(report)]
+            return True, [Send(None, report)]
         if len(self._queued_reports) >= self.settings.max_queued_reports:
             self._queued_reports.pop(0)
         self._queued_reports.append(report)
@@ -546,7 +543,7 @@ class PuCore:
             if self.has_home:
                 pending.sent += 1
                 self.stats["retransmissions"] += 1
-                out.append(Send(AsapHandleResolution(handle)))
+                out.append(Send(None, AsapHandleResolution(handle)))
         if hunt:
             out.extend(self._want_hunt("T1-ENRPrequest expired"))
         return out

@@ -61,17 +61,17 @@ from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from rserpool.backends.ldap_schema import (
-    MAX_SALT,
     MAX_VALUES,
-    MAX_VERIFIER,
     LdapEntry,
     LdapError,
     LdapOverloaded,
     LdapSchema,
     LdapTls,
     LdapUnavailable,
+    entry_from_answer,
     fill_filter,
     group_name_from_dn,
+    group_names,
     parse_uri,
     raw_values,
     search_result,
@@ -420,31 +420,15 @@ class LdapDirectory(Service):
                 raise LdapUnavailable(f"LDAP: {len(entries)} entries match identity "
                                       f"{identity!r} (fix the directory or user_filter)")
             entry = entries[0]
-            dn = entry.get("dn", "")
-            groups: set[str] = set()
             if schema.group_attribute:
-                for value in text_values(raw_values(entry, schema.group_attribute)):
-                    name = group_name_from_dn(value, schema.group_name_attribute,
-                                              schema.group_base)
-                    if name:
-                        groups.add(name)
+                groups = group_names(
+                    text_values(raw_values(entry, schema.group_attribute)), schema)
             else:
                 found = self._search(conn, "group search", schema.group_base,
-                                     fill_filter(schema.group_filter, dn=dn),
+                                     fill_filter(schema.group_filter, dn=entry.get("dn", "")),
                                      [schema.group_name_attribute], size_limit=MAX_VALUES + 1)
-                for group in found:
-                    name = group_name_from_dn(group.get("dn", ""), schema.group_name_attribute,
-                                              schema.group_base)
-                    if name:
-                        groups.add(name)
-            salts = raw_values(entry, schema.salt_attribute)
-            verifiers = raw_values(entry, schema.verifier_attribute)
-            salt = salts[0] if len(salts) == 1 and 0 < len(salts[0]) <= MAX_SALT else None
-            verifier = (verifiers[0] if len(verifiers) == 1
-                        and 0 < len(verifiers[0]) <= MAX_VERIFIER else None)
-            return LdapEntry(dn=dn, identity=identity, salt=salt, verifier=verifier,
-                             pools=tuple(text_values(raw_values(entry, schema.pools_attribute))),
-                             groups=frozenset(groups))
+                groups = group_names((group.get("dn", "") for group in found), schema)
+            return entry_from_answer(entry, identity, schema, groups)
 
         return self._with_connection("entry lookup", job)
 

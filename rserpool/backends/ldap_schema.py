@@ -25,8 +25,10 @@ __all__ = [
     "LdapSchema",
     "LdapTls",
     "LdapUnavailable",
+    "entry_from_answer",
     "fill_filter",
     "group_name_from_dn",
+    "group_names",
     "parse_uri",
     "raw_values",
     "search_result",
@@ -249,3 +251,29 @@ def text_values(values: Iterable[bytes]) -> list[str]:
         if text and text.isprintable():
             out.append(text)
     return out
+
+
+def group_names(dns: Iterable[str], schema: LdapSchema) -> frozenset[str]:
+    """The group names of the group DNs ``dns`` (from the entry's
+    ``group_attribute`` or a group search), by :func:`group_name_from_dn`."""
+    names = set()
+    for dn in dns:
+        name = group_name_from_dn(dn, schema.group_name_attribute, schema.group_base)
+        if name:
+            names.add(name)
+    return frozenset(names)
+
+
+def entry_from_answer(entry: dict[str, Any], identity: str, schema: LdapSchema,
+                      groups: frozenset[str]) -> LdapEntry:
+    """The :class:`LdapEntry` of one search answer: a salt and a verifier only
+    when the entry holds exactly one of each, of a sane size."""
+    salts = raw_values(entry, schema.salt_attribute)
+    verifiers = raw_values(entry, schema.verifier_attribute)
+    salt = salts[0] if len(salts) == 1 and 0 < len(salts[0]) <= MAX_SALT else None
+    verifier = (verifiers[0] if len(verifiers) == 1
+                and 0 < len(verifiers[0]) <= MAX_VERIFIER else None)
+    return LdapEntry(dn=entry.get("dn", ""), identity=identity, salt=salt, verifier=verifier,
+                     pools=tuple(text_values(raw_values(entry, schema.pools_attribute))),
+                     groups=groups)
+

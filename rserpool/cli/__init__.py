@@ -31,6 +31,7 @@ SUBCOMMANDS: tuple[str, ...] = (
     "rserpool.cli.resolve",
     "rserpool.cli.filestore",
     "rserpool.cli.config",
+    "rserpool.cli.admin",
 )
 
 

@@ -21,10 +21,12 @@ from typing import Any
 
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from rserpool.asap.session import DEFAULT_DATA_PPID, CookieError, CookieSealer
+from rserpool.interfaces import ISessionApplication
 from rserpool.service.channel import ChannelSettings
-from rserpool.service.pe_session import ServerSession, SessionServer
+from rserpool.service.pe_session import AcceptedSession, SessionServer
 
 __all__ = ["EchoSessionApplication", "echo_session_server"]
 
@@ -32,8 +34,9 @@ _log = Logger()
 _COUNT = struct.Struct("!Q")
 
 
+@implementer(ISessionApplication)
 class EchoSessionApplication:
-    """A :class:`~rserpool.service.pe_session.SessionApplication` that echoes."""
+    """An :class:`~rserpool.interfaces.ISessionApplication` that echoes."""
 
     def __init__(self, cookie_key: bytes, *, pool_handle: bytes = b"echo", clock: Any,
                  cookie_max_age: float | None = 3600.0, business_card: Any = None) -> None:
@@ -47,7 +50,7 @@ class EchoSessionApplication:
         self.cookies_accepted = 0
         self.cookies_refused = 0
 
-    def session_started(self, session: ServerSession) -> None:
+    def session_started(self, session: AcceptedSession) -> None:
         self.sessions_started += 1
         session.state = 0
         if self.business_card is not None:
@@ -55,7 +58,7 @@ class EchoSessionApplication:
             if pes:
                 session.send_business_card(self.pool_handle, pes)
 
-    def cookie_echoed(self, session: ServerSession, cookie: bytes) -> None:
+    def cookie_echoed(self, session: AcceptedSession, cookie: bytes) -> None:
         try:
             state = self.sealer.open(cookie, self.clock.seconds())
             if len(state) != _COUNT.size:
@@ -70,16 +73,16 @@ class EchoSessionApplication:
         (session.state,) = _COUNT.unpack(state)
         _log.info("session resumed after failover at message {count}", count=session.state)
 
-    def business_card_received(self, session: ServerSession, pool_handle: bytes,
+    def business_card_received(self, session: AcceptedSession, pool_handle: bytes,
                                pool_elements: tuple[Any, ...]) -> None:
         pass
 
-    def data_received(self, session: ServerSession, payload: bytes) -> None:
+    def data_received(self, session: AcceptedSession, payload: bytes) -> None:
         session.send(payload)
         session.state = (session.state or 0) + 1
         session.send_cookie(self.sealer.seal(_COUNT.pack(session.state), self.clock.seconds()))
 
-    def session_ended(self, session: ServerSession, reason: Failure) -> None:
+    def session_ended(self, session: AcceptedSession, reason: Failure) -> None:
         pass
 
 

@@ -60,9 +60,11 @@ class DemoService(MultiService):
         self.session: Any = None
         self._loop: task.LoopingCall | None = None
         self._count = 0
+        self._stopping = False
 
     def startService(self) -> None:
         super().startService()
+        self._stopping = False
         # The registrar's ports are open once its own startService ran.
         self.reactor.callLater(0.2, self._start)
 
@@ -90,10 +92,11 @@ class DemoService(MultiService):
             self.pes.append(pe)
             yield pe.start()
             yield pe.pe.registered()
-            _log.info("demo: echo PE {pe_id:08x} on {address} registered", pe_id=pe.pe.pe_id, address=pe.address)
+            _log.info("demo: echo PE {pe_id:08x} on {host}:{port} registered", pe_id=pe.pe.pe_id,
+                      host=pe.address[0], port=pe.address[1])
         self.pu = PoolUser.connecting_to(self.reactor, [registrar], [ca])
         members = yield self.pu.resolve(b"echo")
-        _log.info("demo: the PU resolved pool 'echo' to {n} PEs: {ids}", n=len(members),
+        _log.info("demo: the PU resolved pool echo to {n} PEs: {ids}", n=len(members),
                   ids=", ".join(f"{m.pe_id:08x}" for m in members))
         self.session = EchoSession(self.reactor, selector=self.pu.select,
                                    report_unreachable=self.pu.report_unreachable,
@@ -115,7 +118,10 @@ class DemoService(MultiService):
         try:
             echo = yield self.session.send(line)
         except Exception as exc:  # the demo keeps going; the log says why
-            _log.warn("demo: echo failed: {error}", error=exc)
+            if self._stopping:  # the session closed under the last echo: no failure
+                _log.info("demo: {line!r} not echoed: the demo is stopping", line=line)
+            else:
+                _log.warn("demo: echo failed: {error}", error=exc)
             return
         current = self.session.client.current_pe
         _log.info("demo: sent {line!r}, PE {pe_id:08x} echoed {echo!r}", line=line,
@@ -131,7 +137,14 @@ class DemoService(MultiService):
                 _log.info("demo: stopping PE {pe_id:08x} (listener and sessions) to show failover",
                           pe_id=pe.pe.pe_id)
                 yield defer.maybeDeferred(pe.stopService)
-                pe.sessions.abort_all()
+                # A planned restart: the sessions end with a clean TLS close
+                # (the PU fails over all the same).
+                closing = []
+                for session in list(pe.sessions.sessions):
+                    if session.channel is not None:
+                        closing.append(session.channel.closed_deferred())
+                        session.close()
+                yield defer.DeferredList(closing)
                 yield pe.start()
                 yield pe.pe.registered()
                 _log.info("demo: PE restarted as {pe_id:08x}", pe_id=pe.pe.pe_id)
@@ -139,6 +152,7 @@ class DemoService(MultiService):
 
     @defer.inlineCallbacks
     def stopService(self):
+        self._stopping = True
         if self._loop is not None and self._loop.running:
             self._loop.stop()
         if self.session is not None:

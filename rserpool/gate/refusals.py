@@ -11,6 +11,8 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from rserpool.security.ratelimit import RateLimit, RateLimiter
+# The one form of a pool handle in every log line (the PE and PU libraries use it too).
+from rserpool.wire.params import pool_handle_text
 
 __all__ = ["REFUSAL_FORMAT", "RefusalLog", "cause_text", "pool_handle_text"]
 
@@ -18,22 +20,13 @@ __all__ = ["REFUSAL_FORMAT", "RefusalLog", "cause_text", "pool_handle_text"]
 REFUSAL_FORMAT = "refused {what} from {address} ({who}): {reason}; {cause}{suppressed}"
 
 
-def pool_handle_text(handle: bytes) -> str:
-    """A pool handle as the logs and the rules file write it: the UTF-8 text
-    when it is printable, else ``hex:`` and its lower-case hex."""
-    try:
-        text = handle.decode("utf-8")
-    except UnicodeDecodeError:
-        return "hex:" + handle.hex()
-    return text if text.isprintable() and text else "hex:" + handle.hex()
-
-
-def cause_text(cause: int) -> str:
-    """``cause 0xa``; ``no reply`` for a request that is dropped (0) and
-    ``channel closed`` when the channel itself is refused (negative)."""
-    if cause > 0:
-        return f"cause 0x{cause:x}"
-    return "no reply" if cause == 0 else "channel closed"
+def cause_text(cause: int, dropped: bool = False) -> str:
+    """``cause 0xa``; ``cause 0xa, no reply`` for a request that is dropped
+    (an unreachability report is never answered); ``channel closed`` when
+    the channel itself is refused (a negative cause)."""
+    if cause < 0:
+        return "channel closed"
+    return f"cause 0x{cause:x}, no reply" if dropped else f"cause 0x{cause:x}"
 
 
 class RefusalLog:
@@ -50,7 +43,7 @@ class RefusalLog:
         self.written = 0
 
     def refused(self, now: float, what: str, address: str, who: str, reason: str, cause: int,
-                level: str = "info") -> None:
+                level: str = "info", dropped: bool = False) -> None:
         if not (self._per_address.allow(address, now) and self._total.allow(None, now)):
             self.suppressed += 1
             return
@@ -60,4 +53,4 @@ class RefusalLog:
             self.suppressed = 0
         self.written += 1
         self._log(level, REFUSAL_FORMAT, what=what, address=address, who=who, reason=reason,
-                  cause=cause_text(cause), suppressed=suppressed)
+                  cause=cause_text(cause, dropped), suppressed=suppressed)

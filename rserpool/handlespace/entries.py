@@ -1,6 +1,6 @@
 """What the handlespace stores and answers: one registered pool element
 (``PoolElementEntry``, the policies' ``Member``), a pool's fixed settings
-(``PoolInfo``), the outcome of a registration (``Registered``), the bounds on
+(``PoolInfo``), the outcome of a registration (``RegistrationResult``), the bounds on
 everything a registering party controls (``HandlespaceLimits``) and the
 refusals (``HandlespaceError`` with its RFC 5354 cause).
 
@@ -38,7 +38,7 @@ __all__ = [
     "HandlespaceLimits",
     "PoolElementEntry",
     "PoolInfo",
-    "Registered",
+    "RegistrationResult",
 ]
 
 # RFC 5354 section 3.12 cause codes used here.
@@ -215,7 +215,7 @@ class PoolInfo:
 
 
 @dataclass(frozen=True, slots=True)
-class Registered:
+class RegistrationResult:
     """The outcome of an accepted registration."""
 
     entry: PoolElementEntry

@@ -1,7 +1,7 @@
 """The handlespace store: pools, pool elements, owners, checksums, deadlines.
 
 What it stores and answers (``PoolElementEntry``, ``PoolInfo``,
-``Registered``), its limits and its errors are in
+``RegistrationResult``), its limits and its errors are in
 :mod:`rserpool.handlespace.entries`.
 
 Pure Python (no Twisted, no clock, no wire framing): every call that needs
@@ -23,7 +23,7 @@ from rserpool.handlespace.entries import (
     CAUSE_INCONSISTENT_DATA_CONTROL, CAUSE_INCONSISTENT_POLICY, CAUSE_INCONSISTENT_TRANSPORT,
     CAUSE_INVALID_VALUES, CAUSE_LACK_OF_RESOURCES, CAUSE_SECURITY, CAUSE_UNKNOWN_POOL_HANDLE,
     INFINITE_LIFE, MAX_INT32, TRANSPORT_TYPES, USE_DATA_AND_CONTROL, USE_DATA_ONLY,
-    HandlespaceError, HandlespaceLimits, PoolElementEntry, PoolInfo, Registered,
+    HandlespaceError, HandlespaceLimits, PoolElementEntry, PoolInfo, RegistrationResult,
 )
 from rserpool.handlespace.policies import is_reserved_policy_type, make_policy
 from rserpool.handlespace.timers import DeadlineQueue
@@ -48,11 +48,12 @@ class _Pool:
 
 
 class _Owner:
-    __slots__ = ("members", "total")
+    __slots__ = ("members", "total", "pools")
 
     def __init__(self) -> None:
         self.members: dict[PoolElementEntry, None] = {}
         self.total = 0
+        self.pools: dict[bytes, int] = {}  # pool handle -> PEs of this owner in it
 
 
 PolicyFactory = Callable[[int], SelectionPolicy]
@@ -151,6 +152,16 @@ class Handlespace:
         owner = self._owners.get(server_id)
         return 0 if owner is None else len(owner.members)
 
+    def owned_pool_count(self, server_id: int) -> int:
+        """The number of pools holding at least one PE of ``server_id``."""
+        owner = self._owners.get(server_id)
+        return 0 if owner is None else len(owner.pools)
+
+    def owns_in_pool(self, server_id: int, pool_handle: bytes) -> bool:
+        """Whether ``server_id`` is the home of a PE in pool ``pool_handle``."""
+        owner = self._owners.get(server_id)
+        return owner is not None and pool_handle in owner.pools
+
     def checksum(self, server_id: int) -> int:
         """The RFC 5353 PE checksum of ``server_id``'s PEs (0xffff if none)."""
         owner = self._owners.get(server_id)
@@ -205,7 +216,7 @@ class Handlespace:
         home_server_id: int,
         identity: str | None = None,
         payload: Any = None,
-    ) -> Registered:
+    ) -> RegistrationResult:
         """Register a PE or re-register it in place (RFC 5352 section 3.1).
 
         The PE's owner becomes ``home_server_id`` (ownership moves on a
@@ -244,7 +255,7 @@ class Handlespace:
                     self._expiry.cancel(entry)
                 else:
                     self._expiry.schedule(entry, now + life)  # sets entry.expires_at
-                return _make_registered(entry, False, previous_owner)
+                return _make_result(entry, False, previous_owner)
         # Bound and counted in normalized form (rserpool.identity): one owner, one quota.
         if identity is not None:
             identity = normalize_identity(identity)
@@ -355,7 +366,7 @@ class Handlespace:
             self._expiry.cancel(entry)
         else:
             self._expiry.schedule(entry, now + registration_life_used)  # sets entry.expires_at
-        return Registered(entry, created, previous_owner)
+        return RegistrationResult(entry, created, previous_owner)
 
     def deregister(self, pool_handle: bytes, pe_id: int, identity: str | None = None) -> PoolElementEntry | None:
         """Remove a PE (RFC 5352 section 3.2); ``None`` if it is unknown
@@ -399,6 +410,13 @@ class Handlespace:
         if expiry is None or (keepalive is not None and keepalive < expiry):
             return keepalive
         return expiry
+
+    def cancel_expiry(self, entry: PoolElementEntry) -> None:
+        """Keep a registered ``entry`` without a registration deadline: an
+        entry learned from an ENRP peer, which its home registrar expires and
+        announces (docs/enrp.md).  A later ``register`` sets one again."""
+        entry.expires_at = None
+        self._expiry.cancel(entry)
 
     # ------------------------------------------------------------- resolution
 
@@ -486,6 +504,9 @@ class Handlespace:
         owner.members[entry] = None
         pe_id = entry.pe_id
         owner.total += pool.handle_sum + (pe_id >> 16) + (pe_id & 0xFFFF)
+        pools = owner.pools
+        handle = pool.handle
+        pools[handle] = pools.get(handle, 0) + 1
         entry.home_server_id = server_id
 
     def _owner_remove(self, pool: _Pool, entry: PoolElementEntry) -> None:
@@ -494,6 +515,12 @@ class Handlespace:
         del owner.members[entry]
         pe_id = entry.pe_id
         owner.total -= pool.handle_sum + (pe_id >> 16) + (pe_id & 0xFFFF)
+        pools = owner.pools
+        left = pools[pool.handle] - 1
+        if left:
+            pools[pool.handle] = left
+        else:
+            del pools[pool.handle]
         if not owner.members:
             del self._owners[server_id]
 
@@ -522,7 +549,7 @@ class Handlespace:
             del self._pools[entry.pool_handle]
 
 
-_make_registered = fast_constructor(Registered)
+_make_result = fast_constructor(RegistrationResult)
 
 
 def _check_uint32(name: str, value: int) -> None:

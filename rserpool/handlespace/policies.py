@@ -19,17 +19,17 @@ from __future__ import annotations
 import random
 
 from rserpool.handlespace.random_policies import (
-    RandomizedLeastUsedPolicy,
-    RandomPolicy,
-    WeightedRandomPolicy,
+    RandomizedLeastUsedSelection,
+    RandomSelection,
+    WeightedRandomSelection,
 )
 from rserpool.handlespace.sorted_policies import (
-    LeastUsedDegradationPolicy,
-    LeastUsedPolicy,
-    PriorityLeastUsedPolicy,
-    PriorityPolicy,
-    RoundRobinPolicy,
-    WeightedRoundRobinPolicy,
+    LeastUsedDegradationSelection,
+    LeastUsedSelection,
+    PriorityLeastUsedSelection,
+    PrioritySelection,
+    RoundRobinSelection,
+    WeightedRoundRobinSelection,
 )
 from rserpool.handlespace.types import (
     ADAPTIVE_BIT,
@@ -85,22 +85,22 @@ def make_policy(policy_type: int, rng: random.Random) -> SelectionPolicy:
     if not 0 <= policy_type <= MAX_UINT32:
         raise ValueError(f"policy type out of the 32-bit range: {policy_type}")
     if policy_type == ROUND_ROBIN:
-        return RoundRobinPolicy()
+        return RoundRobinSelection()
     if policy_type == WEIGHTED_ROUND_ROBIN:
-        return WeightedRoundRobinPolicy()
+        return WeightedRoundRobinSelection()
     if policy_type == RANDOM:
-        return RandomPolicy(rng)
+        return RandomSelection(rng)
     if policy_type == WEIGHTED_RANDOM:
-        return WeightedRandomPolicy(rng)
+        return WeightedRandomSelection(rng)
     if policy_type == PRIORITY:
-        return PriorityPolicy()
+        return PrioritySelection()
     if policy_type == LEAST_USED:
-        return LeastUsedPolicy()
+        return LeastUsedSelection()
     if policy_type == LEAST_USED_DEGRADATION:
-        return LeastUsedDegradationPolicy()
+        return LeastUsedDegradationSelection()
     if policy_type == PRIORITY_LEAST_USED:
-        return PriorityLeastUsedPolicy()
+        return PriorityLeastUsedSelection()
     if policy_type == RANDOMIZED_LEAST_USED:
-        return RandomizedLeastUsedPolicy(rng)
-    return RoundRobinPolicy(policy_type)
+        return RandomizedLeastUsedSelection(rng)
+    return RoundRobinSelection(policy_type)
 

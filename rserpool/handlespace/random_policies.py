@@ -27,9 +27,9 @@ from rserpool.handlespace.types import (
 )
 
 __all__ = [
-    "RandomPolicy",
-    "RandomizedLeastUsedPolicy",
-    "WeightedRandomPolicy",
+    "RandomSelection",
+    "RandomizedLeastUsedSelection",
+    "WeightedRandomSelection",
 ]
 
 # WRAND: rejected duplicate draws per response before switching to exact
@@ -37,7 +37,7 @@ __all__ = [
 _MAX_MISSES = 4
 
 
-class RandomPolicy:
+class RandomSelection:
     """RFC 5356 4.3: up to n distinct members, uniformly at random.
 
     Members live in an array (``policy_state`` is the index); a response is
@@ -107,7 +107,7 @@ class RandomPolicy:
         return items[:k]
 
 
-class WeightedRandomPolicy:
+class WeightedRandomSelection:
     """RFC 5356 4.4: up to n distinct members, each draw with probability
     weight / (sum of the weights not yet drawn).  Weight 0: never selected.
 
@@ -250,7 +250,7 @@ class WeightedRandomPolicy:
         return [members[s] for s in picked]
 
 
-class RandomizedLeastUsedPolicy(WeightedRandomPolicy):
+class RandomizedLeastUsedSelection(WeightedRandomSelection):
     """RFC 5356 5.4: WRAND with weight ``0xffffffff - load``.
 
     A PE reporting load 0xffffffff (100 %) has weight 0 and is never

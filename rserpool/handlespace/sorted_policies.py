@@ -42,12 +42,12 @@ from rserpool.handlespace.types import (
 )
 
 __all__ = [
-    "LeastUsedDegradationPolicy",
-    "LeastUsedPolicy",
-    "PriorityLeastUsedPolicy",
-    "PriorityPolicy",
-    "RoundRobinPolicy",
-    "WeightedRoundRobinPolicy",
+    "LeastUsedDegradationSelection",
+    "LeastUsedSelection",
+    "PriorityLeastUsedSelection",
+    "PrioritySelection",
+    "RoundRobinSelection",
+    "WeightedRoundRobinSelection",
 ]
 
 _SEQ_BITS = 64
@@ -61,7 +61,7 @@ _STRIDE_ONE = 2 * math.lcm(*range(1, 65))
 _ZERO_WEIGHT = -1  # WRR policy_state of a member that is never selected
 
 
-class _SortedPolicy:
+class _SortedSelection:
     """Members ordered by ``policy_state = (rank << 64) | seq``.
 
     A ``SortedList`` of the integer keys plus a dict from key to member:
@@ -160,7 +160,7 @@ class _SortedPolicy:
         return out
 
 
-class RoundRobinPolicy(_SortedPolicy):
+class RoundRobinSelection(_SortedSelection):
     """RFC 5356 4.1: circular list, response from the head, head += 1.
 
     Also serves unknown and private policy types (``policy_type`` is then
@@ -178,7 +178,7 @@ class RoundRobinPolicy(_SortedPolicy):
         member.settings = settings  # the position in the circle is kept
 
 
-class PriorityPolicy(_SortedPolicy):
+class PrioritySelection(_SortedSelection):
     """RFC 5356 4.5: highest priorities first, in decreasing order.
 
     Among equal priorities: round robin (the first member of a response goes
@@ -195,7 +195,7 @@ class PriorityPolicy(_SortedPolicy):
         return MAX_UINT32 - settings.priority
 
 
-class LeastUsedPolicy(_SortedPolicy):
+class LeastUsedSelection(_SortedSelection):
     """RFC 5356 5.1: lowest loads, ascending; round robin among equals."""
 
     __slots__ = ()
@@ -208,7 +208,7 @@ class LeastUsedPolicy(_SortedPolicy):
         return settings.load
 
 
-class PriorityLeastUsedPolicy(_SortedPolicy):
+class PriorityLeastUsedSelection(_SortedSelection):
     """RFC 5356 5.3: lowest load + load degradation, ascending; round robin
     among equal sums."""
 
@@ -222,7 +222,7 @@ class PriorityLeastUsedPolicy(_SortedPolicy):
         return settings.load + settings.load_degradation
 
 
-class LeastUsedDegradationPolicy(_SortedPolicy):
+class LeastUsedDegradationSelection(_SortedSelection):
     """RFC 5356 5.2: like LU, ranked by load + counter * load degradation.
 
     The degradation counters live in a dict by member; a counter is 0 after
@@ -290,7 +290,7 @@ class LeastUsedDegradationPolicy(_SortedPolicy):
 # --------------------------------------------------------------------------
 
 
-class WeightedRoundRobinPolicy(_SortedPolicy):
+class WeightedRoundRobinSelection(_SortedSelection):
     """RFC 5356 4.2 by stride scheduling (virtual time).
 
     Each member of weight w > 0 has a pass value; the circular list is the

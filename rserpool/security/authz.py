@@ -6,14 +6,17 @@ The embedded authorizer reads a rules file, one rule per line::
     pe1                 register,deregister    echo
     @echo-servers       register,deregister    echo echo-*
     *                   resolve                *
-    enrp1               enrp                   *
+    registrar-b.example peer                   *
 
 - *subject* is an identity name (read in normalized form,
   :func:`rserpool.identity.normalize_identity`: ``PE1`` is ``pe1``), ``@group`` (a group the identity belongs to,
   e.g. from a certificate mapping, LDAP or RADIUS), or ``*`` (any
   authenticated identity; for ``resolve`` also an anonymous pool user).
-- *actions*: ``register``, ``deregister``, ``resolve``, ``enrp`` (act as an
-  ENRP peer), or ``all``.
+- *actions*: ``register``, ``deregister``, ``resolve``, ``peer`` (act as an
+  ENRP peer, the security gate's ``peer`` door; ``enrp`` is read as
+  ``peer``), ``admin`` (read the admin endpoint), both with an empty pool
+  handle, so grant them with the pattern ``*``, or ``all`` (every action
+  but ``peer`` and ``admin``, which are only ever granted by name).
 - *patterns* are shell-style globs (``fnmatch``, case-sensitive) over the pool
   handle, which is read as UTF-8; a handle that is not valid UTF-8 only
   matches ``*`` or a ``hex:`` pattern such as ``hex:0a0b*``.
@@ -31,13 +34,20 @@ import re
 from dataclasses import dataclass
 from typing import Iterable
 
+from zope.interface import implementer
+
 from rserpool.identity import normalize_identity
+from rserpool.interfaces import IPoolAuthorizer
 
 __all__ = [
     "ACTIONS", "Rule", "RulesError", "RulesAuthorizer", "parse_rules", "load_rules", "pool_matches",
 ]
 
-ACTIONS = frozenset({"register", "deregister", "resolve", "enrp"})
+ACTIONS = frozenset({"register", "deregister", "resolve", "peer", "admin"})
+#: What ``all`` stands for: the peer and admin doors are never granted by a wildcard.
+_ALL_ACTIONS = ACTIONS - {"admin", "peer"}
+#: Older names of actions, read as the current ones.
+_ALIASES = {"enrp": "peer"}
 _MAX_RULES = 100_000
 
 
@@ -108,9 +118,9 @@ def parse_rules(text: str, source: str = "<rules>") -> tuple[Rule, ...]:
             subject = canonical
         actions = set()
         for action in actions_text.split(","):
-            action = action.strip()
+            action = _ALIASES.get(action.strip(), action.strip())
             if action == "all":
-                actions |= ACTIONS
+                actions |= _ALL_ACTIONS
             elif action in ACTIONS:
                 actions.add(action)
             else:
@@ -131,6 +141,7 @@ def load_rules(path: str) -> tuple[Rule, ...]:
 _DECISIONS_CACHED = 4096
 
 
+@implementer(IPoolAuthorizer)
 class RulesAuthorizer:
     """First matching rule decides; no match means no.
 
@@ -180,6 +191,7 @@ class RulesAuthorizer:
         return sorted(set().union(*lists))
 
     def decide(self, identity: str | None, groups: Iterable[str], action: str, pool_handle: bytes) -> bool:
+        action = _ALIASES.get(action, action)  # a request is read as its rule would be
         group_set = frozenset(groups)
         key = (identity, group_set, action, pool_handle)
         decisions = self._decisions

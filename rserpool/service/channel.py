@@ -5,7 +5,7 @@ A ``Channel`` is a Twisted ``Protocol``.  It only moves bytes and time:
 
 - incoming bytes go into ``TcpMapConnection.receive_data``; each delivered
   DATA chunk with PPID 11 (ASAP) or 12 (ENRP) is decoded and handed to the
-  ``ChannelHandler``; other PPIDs (the application's data on a PU-PE session,
+  handler (an :class:`~rserpool.interfaces.IChannelHandler`); other PPIDs (the application's data on a PU-PE session,
   RFC 5355 section 2.16) are handed over as bytes;
 - ``send(message)`` encodes and frames a message, ``send_encoded(ppid, bytes)``
   frames an encoded message or application data;
@@ -24,8 +24,17 @@ A ``Channel`` is a Twisted ``Protocol``.  It only moves bytes and time:
   paused) for later reactor turns, so that one client's pipelined flood
   cannot make every other client wait behind it.
 
+``close()`` ends a channel cleanly: what was received is acknowledged first
+(the draft makes an ACK mandatory for every delivered DATA chunk, so the
+peer's last message is never left unacknowledged), then TLS sends its
+close_notify and waits for the peer's; a peer that does not answer within
+``close_timeout`` seconds is aborted.  ``abort()`` resets at once (protocol
+violations, dead peers).
+
 Framing errors are fatal for that one connection only: the channel is
-aborted and the handler told why.  A message that does not decode is given
+aborted and the handler told why.  Once the channel is closing (``close``,
+``abort``, also from inside a handler's callback) nothing more that was read
+is handled.  A message that does not decode is given
 to the handler (``wire_error``), which answers it as RFC 5354 says; the
 channel stays up.
 """
@@ -33,15 +42,19 @@ channel stays up.
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, Protocol as TypingProtocol
+from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IDelayedCall, IHandshakeListener, IReactorTime
+from twisted.internet.interfaces import (
+    IDelayedCall, IHandshakeListener, IReactorTime, IStreamClientEndpoint,
+)
 from twisted.internet.protocol import Protocol
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from rserpool.interfaces import IChannelHandler
 from rserpool.wire import DEFAULT_LIMITS, DecodeCache, Limits, WireError
 from rserpool.wire.codes import PPID_ASAP, PPID_ENRP
 from rserpool.wire.tcpmap import (
@@ -51,7 +64,7 @@ from rserpool.wire.tcpmap import (
     TcpMapError,
 )
 
-__all__ = ["Channel", "ChannelHandler", "ChannelSettings"]
+__all__ = ["Channel", "ChannelSettings", "address_text", "tls_client_endpoint"]
 
 _log = Logger()
 
@@ -59,30 +72,11 @@ _log = Logger()
 _HELD_LIMIT = 16000
 
 
-class ChannelHandler(TypingProtocol):
-    """What a channel reports to.  All methods are called on the reactor thread."""
-
-    def channel_ready(self, channel: "Channel") -> None:
-        """The channel is up (after the TLS handshake when TLS is used)."""
-
-    def message_received(self, channel: "Channel", message: Any, now: float) -> None:
-        """A decoded ASAP or ENRP message."""
-
-    def wire_error(self, channel: "Channel", ppid: int, error: WireError, now: float) -> None:
-        """A message that could not be decoded (``error.cause`` says why)."""
-
-    def data_received(self, channel: "Channel", ppid: int, payload: bytes, now: float) -> None:
-        """Application data (a PPID other than ASAP's and ENRP's)."""
-
-    def channel_closed(self, channel: "Channel", reason: Failure) -> None:
-        """The channel is gone; no more calls follow."""
-
-
 class ChannelSettings:
     """Timing and limits of a channel; one instance is shared by a factory."""
 
     __slots__ = ("heartbeat_interval", "dead_after", "limits", "max_chunk_size", "decoder",
-                 "chunk_timeout", "handshake_timeout", "first_message_timeout",
+                 "close_timeout", "chunk_timeout", "handshake_timeout", "first_message_timeout",
                  "max_events_per_turn")
 
     def __init__(
@@ -91,6 +85,7 @@ class ChannelSettings:
         dead_after: float = 30.0,
         limits: Limits = DEFAULT_LIMITS,
         max_chunk_size: int | None = None,
+        close_timeout: float = 5.0,
         *,
         chunk_timeout: float | None = 10.0,
         handshake_timeout: float | None = 10.0,
@@ -99,6 +94,8 @@ class ChannelSettings:
     ) -> None:
         if heartbeat_interval <= 0 or dead_after <= heartbeat_interval:
             raise ValueError("need 0 < heartbeat_interval < dead_after")
+        if close_timeout <= 0:
+            raise ValueError("need 0 < close_timeout")
         for name, value in (("chunk_timeout", chunk_timeout), ("handshake_timeout", handshake_timeout),
                             ("first_message_timeout", first_message_timeout)):
             if value is not None and value <= 0:
@@ -107,16 +104,26 @@ class ChannelSettings:
             raise ValueError("max_events_per_turn must be at least 1")
         self.heartbeat_interval = heartbeat_interval
         self.dead_after = dead_after
-        self.max_events_per_turn = max_events_per_turn
+        self.close_timeout = close_timeout
         self.chunk_timeout = chunk_timeout
         self.handshake_timeout = handshake_timeout
         self.first_message_timeout = first_message_timeout
+        self.max_events_per_turn = max_events_per_turn
         self.limits = limits
         # A DATA chunk holds one message: its header is at most 16 bytes.
         self.max_chunk_size = max_chunk_size or min(0xFFFF, limits.max_message_size + 16)
         # Shared by every channel of the factory: a re-registration or a
         # resolution request repeats the bytes of the previous one.
         self.decoder = DecodeCache(limits)
+
+
+def address_text(address: Any) -> str:
+    """An address in a log line: ``host:port`` (``[host]:port`` for IPv6),
+    not the address object's repr."""
+    host, port = getattr(address, "host", None), getattr(address, "port", None)
+    if host is None or port is None:
+        return str(address)
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _no_delay(transport: Any) -> None:
@@ -144,7 +151,7 @@ class Channel(Protocol):
 
     def __init__(
         self,
-        handler: ChannelHandler,
+        handler: IChannelHandler,
         clock: IReactorTime,
         settings: ChannelSettings,
         *,
@@ -159,6 +166,8 @@ class Channel(Protocol):
         self.mapping = TcpMapConnection(max_chunk_size=settings.max_chunk_size)
         self.ready = False
         self.closed = False
+        # True once close() or abort() was called: the end is ours, not the peer's.
+        self.closing = False
         self.peer: Any = None
         self.session: Any = None  # the handler's per-channel state
         self._timer: IDelayedCall | None = None
@@ -167,6 +176,7 @@ class Channel(Protocol):
         self._out: list[bytes] | None = None
         self._last_heard = 0.0
         self._on_close: list[Deferred] = []
+        self._close_timer: IDelayedCall | None = None
         #: When the last message (a DATA chunk) arrived; heartbeats do not count.
         self.last_message_at = 0.0
         self._got_message = False
@@ -216,7 +226,7 @@ class Channel(Protocol):
             self.handler.channel_ready(self)
 
     def dataReceived(self, data: bytes) -> None:
-        if self.closed:
+        if self.closed or self.closing:
             return
         now = self.clock.seconds()
         self._last_heard = now
@@ -224,7 +234,8 @@ class Channel(Protocol):
         try:
             events = mapping.receive_data(data, now)
         except TcpMapError as exc:
-            _log.warn("closing channel from {peer}: framing error: {error}", peer=self.peer, error=exc)
+            _log.warn("closing channel from {peer}: framing error: {error}",
+                      peer=address_text(self.peer), error=exc)
             self.abort()
             return
         if mapping.buffered:  # a chunk started and is not complete: it has a deadline
@@ -271,7 +282,7 @@ class Channel(Protocol):
 
     def _turn(self) -> None:
         self._resume_call = None
-        if self.closed or self._backlog is None:
+        if self.closed or self.closing or self._backlog is None:
             return
         self._handle(self._next_turn(), self.clock.seconds())
 
@@ -300,7 +311,7 @@ class Channel(Protocol):
                             handler.message_received(self, message, now)
                     else:
                         handler.data_received(self, ppid, event.payload, now)
-                    if self.closed:
+                    if self.closed or self.closing:  # the handler closed or aborted it
                         self._out = None
                         return
                 elif type(event) is HeartbeatAckReceived:
@@ -347,12 +358,21 @@ class Channel(Protocol):
         elif self._held and not self.closed:
             self.transport.write(self._take_held())
 
+    def _drop_backlog(self) -> None:
+        self._backlog = None
+        if self._resume_call is not None and self._resume_call.active():
+            self._resume_call.cancel()
+        self._resume_call = None
+
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self.closed = True
         self._drop_backlog()
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
+        if self._close_timer is not None and self._close_timer.active():
+            self._close_timer.cancel()
+        self._close_timer = None
         try:
             self.handler.channel_closed(self, reason)
         finally:
@@ -372,7 +392,7 @@ class Channel(Protocol):
 
     def send(self, message: Any) -> None:
         """Encode and send one ASAP or ENRP message."""
-        if self.closed:
+        if self.closed or self.closing:
             return
         chunk = self.mapping.send_message(message.PPID, message.encode())
         out = self._out
@@ -385,7 +405,7 @@ class Channel(Protocol):
 
     def send_encoded(self, ppid: int, payload: bytes) -> None:
         """Send an already encoded message (or application data) with ``ppid``."""
-        if self.closed:
+        if self.closed or self.closing:
             return
         chunk = self.mapping.send_message(ppid, payload)
         out = self._out
@@ -397,24 +417,37 @@ class Channel(Protocol):
             self.transport.write(chunk)
 
     def close(self) -> None:
-        """Close gracefully (after pending writes); unhandled events are dropped."""
-        if not self.closed and self.transport is not None:
-            self._drop_backlog()
-            self._flush_batch()
-            self.transport.loseConnection()
+        """Close gracefully: pending writes and the ACKs owed for what was
+        received go out, then the TLS close_notify; a peer that does not
+        complete the close within ``close_timeout`` seconds is aborted."""
+        if self.closed or self.closing or self.transport is None:
+            return
+        self.closing = True
+        self._drop_backlog()  # what was read and not handled yet is dropped
+        self._flush_batch()
+        owed = self.mapping.data_to_send() if not self.mapping.failed else b""
+        if owed:
+            self.transport.write(owed)
+        self.transport.loseConnection()
+        self._close_timer = self.clock.callLater(self.settings.close_timeout, self._close_timed_out)
 
-    def _drop_backlog(self) -> None:
-        self._backlog = None
-        if self._resume_call is not None and self._resume_call.active():
-            self._resume_call.cancel()
-        self._resume_call = None
+    def _close_timed_out(self) -> None:
+        self._close_timer = None
+        if not self.closed:
+            _log.info("aborting channel to {peer}: the close did not complete in {timeout:g} s",
+                      peer=address_text(self.peer), timeout=self.settings.close_timeout)
+            self._abort_transport()
 
     def abort(self) -> None:
         """Drop the connection at once."""
         if self.closed or self.transport is None:
             return
+        self.closing = True
         self._drop_backlog()
         self._flush_batch()
+        self._abort_transport()
+
+    def _abort_transport(self) -> None:
         abort = getattr(self.transport, "abortConnection", None)
         if abort is not None:
             abort()
@@ -440,20 +473,44 @@ class Channel(Protocol):
 
     def _tick(self) -> None:
         self._timer = None
-        if self.closed:
+        if self.closed or self.closing:
             return
         now = self.clock.seconds()
         for deadline, what in ((self._setup_deadline, self._setup_what),
                                (self._chunk_deadline, "chunk not completed")):
             if deadline is not None and now >= deadline:
-                _log.info("closing channel from {peer}: {what} in time", peer=self.peer, what=what)
+                _log.info("closing channel from {peer}: {what} in time",
+                          peer=address_text(self.peer), what=what)
                 self.abort()
                 return
         idle = now - self._last_heard
         if idle >= self.settings.dead_after:
-            _log.info("closing channel to {peer}: nothing heard for {idle:.1f} s", peer=self.peer, idle=idle)
+            _log.info("closing channel to {peer}: nothing heard for {idle:.1f} s",
+                      peer=address_text(self.peer), idle=idle)
             self.abort()
             return
         if idle >= self.settings.heartbeat_interval:
             self.transport.write(self.mapping.heartbeat(now=now))
         self._arm_timer(now)
+
+
+@implementer(IStreamClientEndpoint)
+class _TLSClientEndpoint:
+    def __init__(self, creator: Any, endpoint: IStreamClientEndpoint, clock: IReactorTime) -> None:
+        self.creator = creator
+        self.endpoint = endpoint
+        self.clock = clock
+
+    def connect(self, factory: Any) -> Deferred:
+        tls_factory = TLSMemoryBIOFactory(self.creator, True, factory, self.clock)
+        return self.endpoint.connect(tls_factory).addCallback(lambda tls: tls.wrappedProtocol)
+
+
+def tls_client_endpoint(creator: Any, endpoint: IStreamClientEndpoint,
+                        clock: IReactorTime) -> IStreamClientEndpoint:
+    """``endpoint`` with TLS started at once (``creator`` from
+    ``rserpool.security.tls.client_options``), like Twisted's
+    ``wrapClientTLS``, but with the TLS layer's write batching on ``clock``,
+    the injected reactor, rather than on the global one."""
+    return _TLSClientEndpoint(creator, endpoint, clock)
+

@@ -15,6 +15,8 @@ from typing import Any, Callable
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
+from rserpool.service.channel import address_text
+
 __all__ = ["KeepAliveDropLog"]
 
 _log = Logger()
@@ -58,7 +60,7 @@ class KeepAliveDropLog:
             _log.warn("PE {pe_id:08x}: registrar {peer} sends keep-alives faster than "
                       "{rate:g}/s (burst {burst:g}); not answering the excess (RFC 5355 2.14); "
                       "further drops are summarized every {interval:g} s",
-                      pe_id=self._pe_id(), peer=channel.peer, rate=rate, burst=burst,
+                      pe_id=self._pe_id(), peer=address_text(channel.peer), rate=rate, burst=burst,
                       interval=self.interval)
         else:
             log.total += 1
@@ -94,6 +96,6 @@ class KeepAliveDropLog:
     def _log(self, channel: Any, log: _ChannelLog, when: str) -> None:
         _log.warn("PE {pe_id:08x}: dropped {count} more keep-alive(s) from registrar {peer} "
                   "{when} ({total} on this channel, {all} in all)", pe_id=self._pe_id(),
-                  count=log.unlogged, peer=channel.peer, when=when,
+                  count=log.unlogged, peer=address_text(channel.peer), when=when,
                   total=log.total, all=self._dropped_in_all())
         log.unlogged = 0

@@ -1,5 +1,5 @@
 """The pool element library: the Twisted shell around
-``rserpool.asap.pe.PoolElementSession``.
+``rserpool.asap.pe.PeRegistration``.
 
 ``PoolElementService`` is a ``twisted.application.service.Service``: start it
 and it hunts for a registrar (``rserpool.service.hunt.ServerHunt``, or any
@@ -39,7 +39,7 @@ service's life.
 from __future__ import annotations
 
 import secrets
-from typing import Any, Callable, Iterable, Protocol as TypingProtocol
+from typing import Any, Callable, Iterable
 
 from twisted.application.service import Service
 from twisted.internet import defer
@@ -49,13 +49,13 @@ from twisted.python.failure import Failure
 
 from rserpool.asap.pe import (
     CloseChannel, Deregistered, Failed, HomeChanged, Ignored, KeepAliveDropped, NeedServer,
-    PeSettings, PeState, PoolElementSession, Registered, RegistrationLost, RegistrationRefused, Send,
+    PeSettings, PeState, PeRegistration, Registered, RegistrationLost, RegistrationRefused, Send,
 )
-from rserpool.service.channel import Channel, ChannelSettings
+from rserpool.service.channel import Channel, ChannelSettings, address_text
 from rserpool.service.keepalive_log import KeepAliveDropLog
 from rserpool.wire import AsapEndpointKeepAliveAck, AsapRegistration, WireError, error_reply
 from rserpool.wire.codes import PPID_ASAP
-from rserpool.wire.params import format_handle
+from rserpool.wire.params import pool_handle_text
 from rserpool.wire.transports import Transport
 
 __all__ = [
@@ -66,11 +66,10 @@ __all__ = [
 _log = Logger()
 
 
-class Hunt(TypingProtocol):
-    """Find a home registrar: a Deferred firing with a ready ``Channel``.
-    ``avoid``: addresses (host, port) to try last (the registrar just lost)."""
-
-    def __call__(self, avoid: tuple[tuple[str, int], ...]) -> defer.Deferred[Channel]: ...
+#: Find a home registrar: ``hunt(avoid)`` returns a Deferred firing with a
+#: ready ``Channel``; ``avoid``: addresses (host, port) to try last (the
+#: registrar just lost).
+Hunt = Callable[[tuple[tuple[str, int], ...]], "defer.Deferred[Channel]"]
 
 
 class PoolElementError(Exception):
@@ -97,7 +96,7 @@ class AuthenticationFailedError(PoolElementError):
     def __init__(self, error: Any) -> None:
         super().__init__(f"authentication failed: {error}")
         self.error = error  # rserpool.service.auth.AuthenticationError
-        self.event = error.event  # rserpool.asap.auth.AuthenticationFailed
+        self.event = error.event  # rserpool.security.exchange.AuthenticationFailed
         self.unsupported = error.unsupported
 
 
@@ -135,7 +134,7 @@ class PoolElementService(Service):
         self.authenticator = authenticator
         self._auth_blocked = False
         self.channel_settings = channel_settings or ChannelSettings()
-        self.core = PoolElementSession(pool_handle, user_transport, policy, registration_life,
+        self.core = PeRegistration(pool_handle, user_transport, policy, registration_life,
                                        settings, pe_id=pe_id, randbits=randbits)
         self.server_hunt: Any = None
         if hunt is None:
@@ -210,17 +209,20 @@ class PoolElementService(Service):
 
     def startService(self) -> None:
         super().startService()
-        if self.core.state is PeState.STOPPED:  # restarted: same PE, new session
+        if self.core.state is PeState.STOPPED:  # restarted: same PE, new registration
             old = self.core
-            self.core = PoolElementSession(old.pool_handle, old.element.user_transport, old.policy,
+            self.core = PeRegistration(old.pool_handle, old.element.user_transport, old.policy,
                                            old.registration_life, old.settings, pe_id=old.pe_id)
         _log.info("PE {pe_id:08x} starting: pool {handle}, {transport}, life {life} s",
-                  pe_id=self.pe_id, handle=format_handle(self.pool_handle),
+                  pe_id=self.pe_id, handle=pool_handle_text(self.pool_handle),
                   transport=self.core.element.user_transport, life=self.core.registration_life)
         self._carry_out(self.core.start(self.reactor.seconds()))
 
     def stopService(self) -> defer.Deferred[None]:
-        """Deregister (at most T3), then close the channels."""
+        """Deregister (at most T3), then close the channels cleanly (the
+        registrar's last message acknowledged, a TLS close_notify; a
+        registrar that does not complete the close is aborted after the
+        channel's ``close_timeout``)."""
         super().stopService()
         d = self.deregister()
 
@@ -229,7 +231,7 @@ class PoolElementService(Service):
             self._cancel_timer()
             closing = [channel.closed_deferred() for channel in self.channels]
             for channel in list(self.channels):
-                channel.abort()
+                channel.close()
             self.drop_log.close_all()
             return defer.DeferredList(closing)
 
@@ -301,12 +303,12 @@ class PoolElementService(Service):
             self._carry_out(self.core.message_received(channel, message, now))
 
     def wire_error(self, channel: Channel, ppid: int, error: WireError, now: float) -> None:
-        _log.warn("undecodable message from registrar {peer}: {error}", peer=channel.peer, error=error)
+        _log.warn("undecodable message from registrar {peer}: {error}", peer=address_text(channel.peer), error=error)
         if error.report is not None and channel in self.channels:
             channel.send(error_reply(error, PPID_ASAP))
 
     def data_received(self, channel: Channel, ppid: int, payload: bytes, now: float) -> None:
-        _log.warn("ignoring data with PPID {ppid} from registrar {peer}", ppid=ppid, peer=channel.peer)
+        _log.warn("ignoring data with PPID {ppid} from registrar {peer}", ppid=ppid, peer=address_text(channel.peer))
 
     def channel_closed(self, channel: Channel, reason: Failure) -> None:
         self.drop_log.channel_closed(channel)
@@ -314,8 +316,11 @@ class PoolElementService(Service):
             return
         self.channels.discard(channel)
         if channel is self.core.home:
-            _log.warn("PE {pe_id:08x}: channel to home registrar {peer} closed: {reason}",
-                      pe_id=self.pe_id, peer=channel.peer, reason=reason.getErrorMessage())
+            # Closed by us (deregistered, stopping): expected; by the
+            # registrar or the network: the PE must find another registrar.
+            log = _log.info if channel.closing or self.core.state is PeState.STOPPED else _log.warn
+            log("PE {pe_id:08x}: channel to home registrar {peer} closed: {reason}",
+                pe_id=self.pe_id, peer=address_text(channel.peer), reason=reason.getErrorMessage())
             address = _address_of(channel)
             self._avoid = (address,) if address is not None else ()
         self._carry_out(self.core.channel_down(channel, self.reactor.seconds()))
@@ -342,7 +347,7 @@ class PoolElementService(Service):
             self._hunt_failed(Failure(PoolElementError("the registrar's channel closed before use")))
             return
         self.channels.add(channel)
-        _log.info("PE {pe_id:08x}: registrar channel to {peer} ready", pe_id=self.pe_id, peer=channel.peer)
+        _log.info("PE {pe_id:08x}: registrar channel to {peer} ready", pe_id=self.pe_id, peer=address_text(channel.peer))
         if self.authenticator is not None:
             d = self.authenticator.authenticate(channel)
             d.addCallbacks(self._authenticated, self._authentication_failed,
@@ -354,7 +359,7 @@ class PoolElementService(Service):
         if channel.closed or channel not in self.channels:
             return
         _log.info("PE {pe_id:08x} authenticated to {peer} by {mechanism}", pe_id=self.pe_id,
-                  peer=channel.peer, mechanism=event.mechanism)
+                  peer=address_text(channel.peer), mechanism=event.mechanism)
         self._carry_out(self.core.channel_up(channel, self.reactor.seconds()))
 
     def _authentication_failed(self, failure: Failure, channel: Channel) -> None:
@@ -368,11 +373,11 @@ class PoolElementService(Service):
             return
         if error.transient:
             _log.warn("PE {pe_id:08x}: authentication to {peer} did not complete ({reason}); "
-                      "hunting again", pe_id=self.pe_id, peer=channel.peer, reason=error)
+                      "hunting again", pe_id=self.pe_id, peer=address_text(channel.peer), reason=error)
             self._hunt_failed(failure)
             return
         _log.error("PE {pe_id:08x}: authentication to registrar {peer} failed: {reason}; "
-                   "not registering until retry()", pe_id=self.pe_id, peer=channel.peer,
+                   "not registering until retry()", pe_id=self.pe_id, peer=address_text(channel.peer),
                    reason=error)
         self._auth_blocked = True
         for observer in list(self._observers):
@@ -419,7 +424,7 @@ class PoolElementService(Service):
                 output.channel.send(output.message)
                 continue
             if kind is CloseChannel:
-                _log.info("closing channel to {peer}: {reason}", peer=output.channel.peer,
+                _log.info("closing channel to {peer}: {reason}", peer=address_text(output.channel.peer),
                           reason=output.reason)
                 output.channel.abort()
                 continue
@@ -445,7 +450,7 @@ class PoolElementService(Service):
     def _registered(self, event: Registered) -> None:
         self.last_registered = event
         _log.info("PE {pe_id:08x} {what} in pool {handle} (home registrar {server})",
-                  pe_id=event.pe_id, handle=format_handle(self.pool_handle),
+                  pe_id=event.pe_id, handle=pool_handle_text(self.pool_handle),
                   what="re-registered" if event.reregistration else "registered",
                   server=_server(event.server_id))
         if event.warning is not None:
@@ -457,7 +462,7 @@ class PoolElementService(Service):
 
     def _refused(self, event: RegistrationRefused) -> None:
         _log.error("PE {pe_id:08x}: registration in pool {handle} refused: {cause}",
-                   pe_id=self.pe_id, handle=format_handle(self.pool_handle), cause=event.cause)
+                   pe_id=self.pe_id, handle=pool_handle_text(self.pool_handle), cause=event.cause)
         self._fail_waiters(RegistrationRefusedError(event))
 
     def _failed(self, event: Failed) -> None:
@@ -476,7 +481,7 @@ class PoolElementService(Service):
     def _deregistered(self, event: Deregistered) -> None:
         self.last_deregistered = event
         _log.info("PE {pe_id:08x} deregistered from pool {handle} ({how})", pe_id=self.pe_id,
-                  handle=format_handle(self.pool_handle),
+                  handle=pool_handle_text(self.pool_handle),
                   how="confirmed" if event.confirmed else "not confirmed")
         self._cancel_hunt()
         self._fail_waiters(PoolElementStopped())

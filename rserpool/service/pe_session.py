@@ -9,15 +9,15 @@ data PPID (default 0, configurable, never 11 or 12).
 
 :class:`SessionServer` is a Twisted factory of channels whose control
 messages go to a :class:`~rserpool.asap.pe_session.PeSession` and whose data
-goes to a :class:`SessionApplication`; the application sends data, cookies
-and business cards through its :class:`ServerSession`.
+goes to a :class:`~rserpool.interfaces.ISessionApplication`; the application sends data, cookies
+and business cards through its :class:`AcceptedSession`.
 :func:`listen_sessions` puts it behind TLS on an endpoint string.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, Protocol as TypingProtocol
+from typing import Any
 
 from twisted.internet import defer, endpoints
 from twisted.internet.protocol import Factory, Protocol
@@ -28,42 +28,22 @@ from rserpool.asap.pe_session import (
     BusinessCardReceived, CookieEchoReceived, PeSession, PeSessionSettings,
 )
 from rserpool.asap.session import DEFAULT_DATA_PPID, Ignored, check_data_ppid
+from rserpool.interfaces import ISessionApplication
 from rserpool.security import tls
-from rserpool.service.channel import Channel, ChannelSettings
+from rserpool.service.channel import Channel, ChannelSettings, address_text
 from rserpool.service.tlsfactory import TLSServerFactory
 from rserpool.wire import PoolElement, WireError
 
 __all__ = [
-    "SessionApplication",
     "SessionServer",
-    "ServerSession",
+    "AcceptedSession",
     "listen_sessions",
 ]
 
 _log = Logger()
 
 
-class SessionApplication(TypingProtocol):
-    """What a PE's application implements to serve sessions."""
-
-    def session_started(self, session: ServerSession) -> None:
-        """A PU connected (TLS handshake done)."""
-
-    def cookie_echoed(self, session: ServerSession, cookie: bytes) -> None:
-        """The PU failed over to us and echoed this cookie (check it yourself)."""
-
-    def business_card_received(self, session: ServerSession, pool_handle: bytes,
-                               pool_elements: tuple[PoolElement, ...]) -> None:
-        """The PU (a PU/PE combination) sent its pool handle and failover order."""
-
-    def data_received(self, session: ServerSession, payload: bytes) -> None:
-        """Application data from the PU."""
-
-    def session_ended(self, session: ServerSession, reason: Failure) -> None:
-        """The connection is gone."""
-
-
-class ServerSession:
+class AcceptedSession:
     """One PU connection at a PE: the channel handler and the application's handle."""
 
     def __init__(self, server: SessionServer) -> None:
@@ -122,16 +102,16 @@ class ServerSession:
             elif type(event) is BusinessCardReceived:
                 app.business_card_received(self, event.pool_handle, event.pool_elements)
             elif type(event) is Ignored:
-                _log.info("session from {peer} ignored {what}: {why}", peer=channel.peer,
+                _log.info("session from {peer} ignored {what}: {why}", peer=address_text(channel.peer),
                           what=event.what, why=event.why)
 
     def wire_error(self, channel: Channel, ppid: int, error: WireError, now: float) -> None:
-        _log.warn("undecodable control message from {peer}: {error}", peer=channel.peer, error=error)
+        _log.warn("undecodable control message from {peer}: {error}", peer=address_text(channel.peer), error=error)
 
     def data_received(self, channel: Channel, ppid: int, payload: bytes, now: float) -> None:
         if ppid != self.server.ppid:
             _log.warn("dropped {size} bytes with unexpected PPID {ppid} from {peer}",
-                      size=len(payload), ppid=ppid, peer=channel.peer)
+                      size=len(payload), ppid=ppid, peer=address_text(channel.peer))
             return
         self.core.data_received(payload)
         if self.ready:
@@ -160,7 +140,7 @@ class SessionServer(Factory):
 
     def __init__(
         self,
-        application: SessionApplication,
+        application: ISessionApplication,
         *,
         reactor: Any,
         ppid: int = DEFAULT_DATA_PPID,
@@ -176,14 +156,14 @@ class SessionServer(Factory):
         self.pe_settings = pe_settings or PeSessionSettings()
         self.tls = tls
         self.max_sessions = max_sessions
-        self.sessions: set[ServerSession] = set()
+        self.sessions: set[AcceptedSession] = set()
 
     def buildProtocol(self, addr: Any) -> Protocol:
         if len(self.sessions) >= self.max_sessions:
             # Not None: a TLS wrapping factory cannot wrap "no protocol".
             _log.warn("refusing session from {addr}: {n} sessions open", addr=addr, n=len(self.sessions))
             return _Refuse()
-        session = ServerSession(self)
+        session = AcceptedSession(self)
         self.sessions.add(session)
         channel = Channel(session, self.reactor, self.channel_settings, tls=self.tls)
         channel.factory = self

@@ -35,8 +35,9 @@ from twisted.python.failure import Failure
 from rserpool.asap.pu import (
     Failed, NoUsablePoolElement, PuCore, PuSettings, Resolved, Send, StartHunt,
 )
-from rserpool.service.channel import Channel, ChannelSettings
+from rserpool.service.channel import Channel, ChannelSettings, address_text
 from rserpool.wire import PoolElement, WireError
+from rserpool.wire.params import pool_handle_text
 
 __all__ = ["PoolUser", "HuntCallable"]
 
@@ -146,8 +147,8 @@ class PoolUser:
             return False
         sent, outputs = self.core.report_unreachable(pool_handle, pe_id, self.reactor.seconds())
         if sent:
-            _log.info("reporting PE {pe_id:08x} of {handle!r} unreachable", pe_id=pe_id,
-                      handle=pool_handle)
+            _log.info("reporting PE {pe_id:08x} of pool {handle} unreachable", pe_id=pe_id,
+                      handle=pool_handle_text(pool_handle))
         self._carry_out(outputs)
         return sent
 
@@ -269,7 +270,7 @@ class PoolUser:
         old, self.home = self.home, channel
         if old is not None and old is not channel:
             old.close()  # its channel_closed is ignored: no longer the home
-        _log.info("pool user: home registrar {peer}", peer=getattr(channel, "peer", None))
+        _log.info("pool user: home registrar {peer}", peer=address_text(getattr(channel, "peer", None)))
         waiting, self._connect_waiters = self._connect_waiters, []
         for d in waiting:
             d.callback(channel)

@@ -38,8 +38,9 @@ from rserpool.asap.pu_session import (
 )
 from rserpool.asap.session import DEFAULT_DATA_PPID, Ignored, SessionClosedError, check_data_ppid
 from rserpool.security import tls
-from rserpool.service.channel import Channel, ChannelSettings
+from rserpool.service.channel import Channel, ChannelSettings, tls_client_endpoint
 from rserpool.wire import PoolElement, TcpTransport, WireError
+from rserpool.wire.params import pool_handle_text
 
 __all__ = [
     "FailoverCallback",
@@ -116,7 +117,7 @@ class _ClientConnection:
         self.client._control_received(self, message, now)
 
     def wire_error(self, channel: Channel, ppid: int, error: WireError, now: float) -> None:
-        _log.warn("undecodable control message from PE 0x{pe_id:08x}: {error}",
+        _log.warn("undecodable control message from PE {pe_id:08x}: {error}",
                   pe_id=self.pe.pe_id, error=error)
 
     def data_received(self, channel: Channel, ppid: int, payload: bytes, now: float) -> None:
@@ -244,20 +245,20 @@ class SessionClient:
             elif kind is RunFailoverCallback:
                 self._run_failover_callback(action)
             elif kind is Established:
-                _log.info("session with pool {pool!r} established with PE 0x{pe_id:08x}{how}",
-                          pool=self.pool_handle, pe_id=action.pe.pe_id,
+                _log.info("session with pool {pool} established with PE {pe_id:08x}{how}",
+                          pool=pool_handle_text(self.pool_handle), pe_id=action.pe.pe_id,
                           how=" after failover" if action.failover else "")
                 started, self._started = self._started, None
                 if started is not None:
                     started.callback(action.pe)
             elif kind is GiveUp:
-                _log.error("session with pool {pool!r} gave up: {reason} ({dropped} queued "
-                           "messages dropped)", pool=self.pool_handle, reason=action.reason,
+                _log.error("session with pool {pool} gave up: {reason} ({dropped} queued "
+                           "messages dropped)", pool=pool_handle_text(self.pool_handle), reason=action.reason,
                            dropped=action.dropped)
                 self._end(SessionClosedError(action.reason))
             elif kind is Ignored:
-                _log.info("session with pool {pool!r} ignored {what}: {why}",
-                          pool=self.pool_handle, what=action.what, why=action.why)
+                _log.info("session with pool {pool} ignored {what}: {why}",
+                          pool=pool_handle_text(self.pool_handle), what=action.what, why=action.why)
 
     def _channel(self) -> Channel:
         conn = self._conn
@@ -312,17 +313,17 @@ class SessionClient:
             host, port = _address_of(pe)
             creator = self.tls_options_for(pe)
         except Exception as exc:  # unusable PE: counts as a failed attempt
-            _log.warn("cannot connect to PE 0x{pe_id:08x}: {error}", pe_id=pe.pe_id, error=exc)
+            _log.warn("cannot connect to PE {pe_id:08x}: {error}", pe_id=pe.pe_id, error=exc)
             self._connection_lost(conn, Failure(exc))
             return
         if ipaddress.ip_address(host).version == 6:
             tcp = endpoints.TCP6ClientEndpoint(self.reactor, host, port, timeout=self.connect_timeout)
         else:
             tcp = endpoints.TCP4ClientEndpoint(self.reactor, host, port, timeout=self.connect_timeout)
-        endpoint = endpoints.wrapClientTLS(creator, tcp)
+        endpoint = tls_client_endpoint(creator, tcp, self.clock)
         channel = Channel(conn, self.clock, self.channel_settings, tls=True, initiator=True)
         conn.channel = channel
-        _log.info("connecting to PE 0x{pe_id:08x} at {host}:{port}", pe_id=pe.pe_id, host=host, port=port)
+        _log.info("connecting to PE {pe_id:08x} at {host}:{port}", pe_id=pe.pe_id, host=host, port=port)
         d = conn.connecting = endpoints.connectProtocol(endpoint, channel)
         d.addErrback(lambda failure: self._connection_lost(conn, failure))
         self._handshake_timer = self.clock.callLater(self.connect_timeout, self._handshake_timeout, conn)
@@ -330,7 +331,7 @@ class SessionClient:
     def _handshake_timeout(self, conn: _ClientConnection) -> None:
         self._handshake_timer = None
         if conn is self._conn and not conn.ready and conn.channel is not None:
-            _log.warn("TLS handshake with PE 0x{pe_id:08x} timed out", pe_id=conn.pe.pe_id)
+            _log.warn("TLS handshake with PE {pe_id:08x} timed out", pe_id=conn.pe.pe_id)
             conn.channel.abort()
 
     def _connection_ready(self, conn: _ClientConnection) -> None:
@@ -357,7 +358,7 @@ class SessionClient:
         running, self._callback_running = self._callback_running, None
         if running is not None and not running.called:
             running.cancel()  # re-keying with a dead PE is moot
-        _log.info("connection to PE 0x{pe_id:08x} lost: {reason}", pe_id=conn.pe.pe_id,
+        _log.info("connection to PE {pe_id:08x} lost: {reason}", pe_id=conn.pe.pe_id,
                   reason=reason.getErrorMessage())
         self._carry_out(self.core.connection_lost(self.clock.seconds()))
 
@@ -371,20 +372,20 @@ class SessionClient:
         if conn is not self._conn:
             return
         if ppid != self.ppid:
-            _log.warn("dropped {size} bytes with unexpected PPID {ppid} from PE 0x{pe_id:08x}",
+            _log.warn("dropped {size} bytes with unexpected PPID {ppid} from PE {pe_id:08x}",
                       size=len(payload), ppid=ppid, pe_id=conn.pe.pe_id)
             return
         self.on_data(payload)
 
     def _report(self, action: ReportUnreachable) -> None:
-        _log.info("reporting PE 0x{pe_id:08x} of pool {pool!r} unreachable",
-                  pe_id=action.pe_id, pool=action.pool_handle)
+        _log.info("reporting PE {pe_id:08x} of pool {pool} unreachable",
+                  pe_id=action.pe_id, pool=pool_handle_text(action.pool_handle))
         d = defer.maybeDeferred(self.report_unreachable, action.pool_handle, action.pe_id)
         d.addErrback(lambda f: _log.failure("ENDPOINT_UNREACHABLE report failed", f))
 
     def _run_failover_callback(self, action: RunFailoverCallback) -> None:
         conn = self._conn
-        _log.info("failover from PE 0x{old:08x} to PE 0x{new:08x} (cookie echoed: {echoed})",
+        _log.info("failover from PE {old:08x} to PE {new:08x} (cookie echoed: {echoed})",
                   old=action.old_pe.pe_id, new=action.new_pe.pe_id, echoed=action.cookie_echoed)
         if self.failover_callback is None:
             self._carry_out(self.core.failover_complete(self.clock.seconds()))

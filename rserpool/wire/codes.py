@@ -70,6 +70,10 @@ PARAM_COOKIE = 0x000D
 PARAM_PE_IDENTIFIER = 0x000E
 PARAM_PE_CHECKSUM = 0x000F
 PARAM_OPAQUE_TRANSPORT = 0x0010
+# rserpool extension (docs/enrp.md): the authenticated identity a PE is bound
+# to, carried after its Pool Element in ENRP_HANDLE_UPDATE and
+# ENRP_HANDLE_TABLE_RESPONSE.  Upper bits 10: an RFC-only receiver skips it.
+PARAM_PE_IDENTITY = 0xBF01
 
 PARAM_NAMES = {
     PARAM_IPV4_ADDRESS: "IPv4 Address",
@@ -88,6 +92,7 @@ PARAM_NAMES = {
     PARAM_PE_IDENTIFIER: "PE Identifier",
     PARAM_PE_CHECKSUM: "PE Checksum",
     PARAM_OPAQUE_TRANSPORT: "Opaque Transport",
+    PARAM_PE_IDENTITY: "PE Identity (rserpool extension)",
 }
 
 # Upper two bits of a parameter type: what to do when it is unknown (RFC 5354 3).

@@ -16,9 +16,10 @@ from rserpool.wire.params import (
     OperationError, PeChecksum, PoolElement, ServerInformation, check32, check_tuple,
     encode_pool_handle, format_handle,
 )
-from rserpool.wire.tlv import Ctx, invalid, malformed, tlv_bytes, walk
+from rserpool.wire.tlv import DECODERS, Ctx, frame, invalid, malformed, tlv_bytes, walk
 
 __all__ = [
+    "MAX_IDENTITY", "check_identity", "encode_identity",
     "EnrpPresence", "EnrpHandleTableRequest", "EnrpHandleTableResponse", "PoolEntry",
     "EnrpHandleUpdate", "EnrpListRequest", "EnrpListResponse", "EnrpInitTakeover",
     "EnrpInitTakeoverAck", "EnrpTakeoverServer", "EnrpError",
@@ -29,6 +30,35 @@ _IDS_ACTION = struct.Struct("!IIHH")
 _IDS_TARGET = struct.Struct("!III")
 H = codes.PARAM_POOL_HANDLE
 PE = codes.PARAM_POOL_ELEMENT
+ID = codes.PARAM_PE_IDENTITY
+#: Longest identity carried in a PE Identity parameter (UTF-8 bytes).
+MAX_IDENTITY = 255
+
+
+def check_identity(identity: object) -> None:
+    """An identity carried by ENRP: None, or 1..255 UTF-8 bytes."""
+    if identity is None:
+        return
+    if not isinstance(identity, str) or not 1 <= len(identity.encode("utf-8", "surrogatepass")) <= MAX_IDENTITY:
+        raise ValueError(f"a PE identity is a text of 1..{MAX_IDENTITY} UTF-8 bytes: {identity!r}")
+    identity.encode("utf-8")  # no lone surrogates
+
+
+def encode_identity(identity: str) -> bytes:
+    """The PE Identity parameter (rserpool extension, type 0xbf01)."""
+    return frame(ID, identity.encode("utf-8"))
+
+
+def _dec_identity(data: bytes, s: int, e: int, depth: int, ctx: Ctx) -> str:
+    if not 1 <= e - s <= MAX_IDENTITY:
+        raise invalid(f"PE identity of {e - s} bytes (1..{MAX_IDENTITY} allowed)", data[s - 4:e])
+    try:
+        return data[s:e].decode("utf-8")
+    except UnicodeDecodeError:
+        raise invalid("PE identity is not UTF-8", data[s - 4:e]) from None
+
+
+DECODERS[ID] = _dec_identity
 
 
 class _Enrp:
@@ -129,10 +159,15 @@ class EnrpListRequest(_IdsOnly, Message):
 
 @dataclass(frozen=True, slots=True, repr=False)
 class PoolEntry:
-    """One pool of a handle table response: its handle and one or more PEs."""
+    """One pool of a handle table response: its handle and one or more PEs.
+
+    ``identities`` is empty, or holds one item per PE: the authenticated
+    identity the PE is bound to (or None), sent as a PE Identity parameter
+    after the PE (rserpool extension, docs/enrp.md)."""
 
     pool_handle: bytes
     pool_elements: tuple[PoolElement, ...]
+    identities: tuple[str | None, ...] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.pool_handle, bytes) or not self.pool_handle:
@@ -140,9 +175,23 @@ class PoolEntry:
         check_tuple(self, "pool_elements", PoolElement)
         if not self.pool_elements:
             raise ValueError("a pool entry needs at least one pool element")
+        if not isinstance(self.identities, tuple):
+            object.__setattr__(self, "identities", tuple(self.identities))
+        if self.identities:
+            if len(self.identities) != len(self.pool_elements):
+                raise ValueError("identities must be empty or one per pool element")
+            for identity in self.identities:
+                check_identity(identity)
+            if all(identity is None for identity in self.identities):
+                object.__setattr__(self, "identities", ())
+
+    def identity_of(self, index: int) -> str | None:
+        return self.identities[index] if self.identities else None
 
     def __str__(self) -> str:
-        return f"{format_handle(self.pool_handle)}: [{', '.join(map(str, self.pool_elements))}]"
+        pes = [str(pe) if self.identity_of(i) is None else f"{pe} identity={self.identity_of(i)!r}"
+               for i, pe in enumerate(self.pool_elements)]
+        return f"{format_handle(self.pool_handle)}: [{', '.join(pes)}]"
 
     __repr__ = __str__
 
@@ -173,7 +222,13 @@ class EnrpHandleTableResponse(_Enrp, Message):
         parts = []
         for e in self.entries:
             parts.append(encode_pool_handle(e.pool_handle))
-            parts.extend(pe.encode() for pe in e.pool_elements)
+            if e.identities:
+                for pe, identity in zip(e.pool_elements, e.identities):
+                    parts.append(pe.encode())
+                    if identity is not None:
+                        parts.append(encode_identity(identity))
+            else:
+                parts.extend(pe.encode() for pe in e.pool_elements)
         return _IDS.pack(self.sender_id, self.receiver_id), parts
 
     @classmethod
@@ -187,11 +242,23 @@ class EnrpHandleTableResponse(_Enrp, Message):
                 raise invalid(f"{cls.name}: a pool entry must start with a pool handle",
                               tlv_bytes(data, subs[i][2]))
             j = i + 1
+            pes: list = []
+            identities: list = []
             while j < n and subs[j][0] == PE:
+                pes.append(subs[j][1])
                 j += 1
-            if j == i + 1:
+                if j < n and subs[j][0] == ID:
+                    identities.append(subs[j][1])
+                    j += 1
+                else:
+                    identities.append(None)
+            if not pes:
                 raise malformed(f"{cls.name}: pool entry without a pool element")
-            entries.append(_MK_ENTRY(subs[i][1], tuple(v for _, v, _ in subs[i + 1:j])))
+            if j < n and subs[j][0] != H:
+                raise invalid(f"{cls.name}: unexpected parameter 0x{subs[j][0]:04x}",
+                              tlv_bytes(data, subs[j][2]))
+            has_identity = any(identity is not None for identity in identities)
+            entries.append(_MK_ENTRY(subs[i][1], tuple(pes), tuple(identities) if has_identity else ()))
             i = j
         return cls._make(sender, receiver, tuple(entries), bool(flags & codes.FLAG_MORE_TO_SEND),
                    bool(flags & codes.FLAG_REJECT))
@@ -201,13 +268,16 @@ class EnrpHandleTableResponse(_Enrp, Message):
 @dataclass(frozen=True, slots=True, repr=False)
 class EnrpHandleUpdate(_Enrp, Message):
     """Update action ADD_PE (0) or DEL_PE (1); the reserved word is sent 0
-    and ignored on receipt."""
+    and ignored on receipt.  ``identity``: the authenticated identity the PE
+    is bound to, sent as a PE Identity parameter after the PE (rserpool
+    extension, docs/enrp.md), or None."""
 
     sender_id: int
     receiver_id: int
     action: int
     pool_handle: bytes
     pool_element: PoolElement
+    identity: str | None = None
     TYPE: ClassVar[int] = codes.ENRP_HANDLE_UPDATE
     name: ClassVar[str] = "ENRP_HANDLE_UPDATE"
 
@@ -219,10 +289,13 @@ class EnrpHandleUpdate(_Enrp, Message):
             raise ValueError("pool_handle must be non-empty bytes")
         if type(self.pool_element) is not PoolElement:
             raise ValueError(f"not a PoolElement: {self.pool_element!r}")
+        check_identity(self.identity)
 
     def _body(self):
-        return (_IDS_ACTION.pack(self.sender_id, self.receiver_id, self.action, 0),
-                [encode_pool_handle(self.pool_handle), self.pool_element.encode()])
+        parts = [encode_pool_handle(self.pool_handle), self.pool_element.encode()]
+        if self.identity is not None:
+            parts.append(encode_identity(self.identity))
+        return _IDS_ACTION.pack(self.sender_id, self.receiver_id, self.action, 0), parts
 
     @classmethod
     def _decode(cls, data: bytes, flags: int, length: int, ctx: Ctx):
@@ -232,8 +305,8 @@ class EnrpHandleUpdate(_Enrp, Message):
         if action not in codes.UPDATE_ACTION_NAMES:
             raise malformed(f"{cls.name}: unknown update action 0x{action:04x}")
         subs = walk(data, 16, length, 1, ctx)
-        handle, pe = expect(subs, ((H, "1"), (PE, "1")), data, length, cls.name)
-        return cls._make(sender, receiver, action, handle, pe)
+        handle, pe, identity = expect(subs, ((H, "1"), (PE, "1"), (ID, "?")), data, length, cls.name)
+        return cls._make(sender, receiver, action, handle, pe, identity)
 
     def __str__(self) -> str:
         return Message.__str__(self).replace(

@@ -127,7 +127,8 @@ def _server(d: dict) -> ServerInformation:
 
 
 def _entry(d: dict) -> PoolEntry:
-    return PoolEntry(bytes_from_json(d["pool_handle"]), tuple(_pe(p) for p in d["pool_elements"]))
+    return PoolEntry(bytes_from_json(d["pool_handle"]), tuple(_pe(p) for p in d["pool_elements"]),
+                     tuple(d.get("identities", ())))
 
 
 _FIELD = {

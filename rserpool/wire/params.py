@@ -24,7 +24,7 @@ from rserpool.wire.transports import (
 
 __all__ = [
     "OperationError", "Cookie", "PeChecksum", "PoolElement",
-    "ServerInformation", "encode_pool_handle", "encode_pe_id", "format_handle",
+    "ServerInformation", "encode_pool_handle", "encode_pe_id", "format_handle", "pool_handle_text",
     "REGISTRATION_LIFE_INFINITE",
 ]
 
@@ -39,8 +39,20 @@ _TRANSPORT_CLASSES = (SctpTransport, TcpTransport, UdpTransport, UdpLiteTranspor
 _POLICY_CLASSES = tuple(POLICY_CLASSES.values()) + (OpaquePolicy,)
 
 
+def pool_handle_text(handle: bytes) -> str:
+    """A pool handle in a log line: the one form every log line uses, which
+    is also how the rules file writes it (docs/authorization.md): the UTF-8
+    text when it is printable, else ``hex:`` and its lower-case hex."""
+    try:
+        text = handle.decode("utf-8")
+    except UnicodeDecodeError:
+        return "hex:" + handle.hex()
+    return text if text.isprintable() and text else "hex:" + handle.hex()
+
+
 def format_handle(handle: bytes) -> str:
-    """'text' for printable ASCII handles, else 0x<hex>."""
+    """A handle in a message's text form (``rserpool wire decode``):
+    'text' for printable ASCII handles, else 0x<hex>."""
     if handle and all(32 <= b < 127 for b in handle) and b"'" not in handle:
         return f"'{handle.decode('ascii')}'"
     return "0x" + handle.hex()

@@ -110,9 +110,10 @@ def all_samples() -> list[tuple[int, Message]]:
         EnrpHandleTableResponse(0x01020304, 0x0A0B0C0D, (
             PoolEntry(handle, (sctp_rr,)),
             PoolEntry(b"abc", (_pe(0x11, TcpTransport(7, V4), LeastUsedPolicy(1), ASAP_SCTP),
-                                _pe(0x12, UdpTransport(7, V4), RoundRobinPolicy(), ASAP_SCTP))),
+                                _pe(0x12, UdpTransport(7, V4), RoundRobinPolicy(), ASAP_SCTP)),
+                      ("pe1", None)),
         ), more=True),
-        EnrpHandleUpdate(0x0A0B0C0D, 0, codes.UPDATE_DEL_PE, handle, sctp_rr),
+        EnrpHandleUpdate(0x0A0B0C0D, 0, codes.UPDATE_ADD_PE, handle, sctp_rr, identity="pe-01"),
         EnrpListRequest(0x0A0B0C0D, 0x01020304),
         EnrpListResponse(0x01020304, 0x0A0B0C0D, (server, server2)),
         EnrpInitTakeover(0x0A0B0C0D, 0, 0x01020304),

@@ -1,0 +1,25 @@
+"""ENRP (RFC 5353) between registrars: the sans-IO core.
+
+- ``EnrpCore`` (``core``): peer list, presence and audit deadlines, joining,
+  handle-table paging, handle updates;
+- ``EnrpSettings`` / ``PeerLimits`` and the outputs (``settings``);
+- ``PeerLink`` / ``PeerTable`` (``peers``): server IDs bound to identities;
+- ``UpdateApplier`` (``updates``): ownership rules and per-peer limits;
+- ``Serving`` / ``Fetch`` (``tables``): handle-table transfers.
+
+The Twisted shell is ``rserpool.service.enrp``; docs/enrp.md explains both.
+"""
+
+from rserpool.enrp.core import EnrpCore
+from rserpool.enrp.peers import BindRefused, PeerLink, PeerRecord, PeerTable
+from rserpool.enrp.settings import (
+    Announce, Close, Connect, EnrpSettings, Initialized, Output, PeerDead, PeerDown, PeerLimits,
+    PeerUp, Send,
+)
+from rserpool.enrp.updates import Refused, UpdateApplier
+
+__all__ = [
+    "EnrpCore", "EnrpSettings", "PeerLimits", "PeerLink", "PeerRecord", "PeerTable", "BindRefused",
+    "UpdateApplier", "Refused", "Announce", "Close", "Connect", "Initialized", "Output", "PeerDead",
+    "PeerDown", "PeerUp", "Send",
+]

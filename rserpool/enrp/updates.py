@@ -1,0 +1,178 @@
+"""Applying what peers say to the handlespace: the ownership rules and the
+per-peer limits (RFC 5353 3.3 and 3.2.3 merge rules; RFC 5355 2.5, 2.17).
+
+A registrar takes a peer's word only about the PEs whose home the peer is:
+
+- ``add(sender, ...)`` (an ADD_PE, or an entry of a table the sender sent
+  about its own PEs) needs the PE parameter's home to be the sender, and the
+  local copy of the PE, if any, to be homed at the sender too (or to be
+  "provisional", see below).  A PE homed here or at another peer is never
+  rewritten: no peer can steal, rewrite or delete another registrar's PEs.
+  (A PE that really moved to the sender reaches us once its old home
+  announced its removal; the audit of RFC 5353 3.6 then brings it in.)
+- ``delete(sender, ...)`` removes a PE only if it is homed at the sender.
+- ``add_from_mentor`` takes the join download's entries about third
+  servers' PEs (RFC 5353 3.2.3): only for a home the mentor listed or that
+  is a linked peer, never for this registrar's own PEs, and only where no
+  copy exists yet.  Such entries are *provisional*: the home's own word
+  (its updates, its re-synchronization) replaces or sweeps them.
+- Per-peer limits (``PeerLimits``): PEs homed at the peer, pools holding
+  them, the rate of updates.  A refusal changes nothing and says why.
+
+The PE identity (the rserpool extension parameter, docs/enrp.md) goes to
+``Handlespace.register``, whose binding rule refuses a PE identifier bound to
+another identity (cause 0xa): threat 2.3 holds across registrars.
+
+Learned PEs get no registration deadline here: their home expires them and
+announces it (``Handlespace.cancel_expiry``).
+
+Pure: no Twisted, no clock.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from rserpool.asap.registrar import policy_settings
+from rserpool.handlespace import Handlespace, HandlespaceError, PoolElementEntry
+from rserpool.enrp.settings import PeerLimits
+from rserpool.security.ratelimit import RateLimiter
+from rserpool.wire import PoolElement
+from rserpool.wire import codes
+
+__all__ = ["Refused", "UpdateApplier"]
+
+
+class Refused(Exception):
+    """An update refused: ``cause`` (RFC 5354) and a reason for the log."""
+
+    def __init__(self, cause: int, reason: str) -> None:
+        super().__init__(reason)
+        self.cause = cause
+        self.reason = reason
+
+
+_SECURITY = codes.CAUSE_SECURITY
+_RESOURCES = codes.CAUSE_LACK_OF_RESOURCES
+
+
+class UpdateApplier:
+    """The ownership checks and limits between peers and the handlespace."""
+
+    def __init__(self, handlespace: Handlespace, own_id: int, limits: PeerLimits) -> None:
+        self.handlespace = handlespace
+        self.own_id = own_id
+        self.limits = limits
+        self.provisional: set[tuple[bytes, int]] = set()
+        self._rates = RateLimiter(limits.update_rate, max_keys=4096)
+        self.stats = {"applied": 0, "deleted": 0, "refused": 0, "swept": 0}
+        #: Called with each entry this module removed (the core logs them).
+        self.on_removed: Callable[[PoolElementEntry, str], None] = lambda entry, why: None
+
+    # -- rate ---------------------------------------------------------------------------
+
+    def rate_allows(self, sender: int, now: float) -> bool:
+        return self._rates.allow(sender, now)
+
+    # -- additions -----------------------------------------------------------------------
+
+    def add(self, sender: int, pool_handle: bytes, pe: PoolElement, identity: str | None,
+            now: float) -> PoolElementEntry:
+        """ADD_PE from ``sender`` about its own PE (or its table entry)."""
+        if pe.home_server_id != sender:
+            self._refuse(_SECURITY, f"PE {pe.pe_id:08x} names home {pe.home_server_id:08x}, not the sender")
+        key = (pool_handle, pe.pe_id)
+        existing = self.handlespace.get(pool_handle, pe.pe_id)
+        if existing is not None and existing.home_server_id != sender:
+            if existing.home_server_id == self.own_id:
+                self._refuse(_SECURITY, f"PE {pe.pe_id:08x} is homed at this registrar")
+            if key not in self.provisional:
+                self._refuse(_SECURITY, f"PE {pe.pe_id:08x} is homed at {existing.home_server_id:08x}")
+        entry = self._store(sender, pool_handle, pe, identity, existing, now)
+        self.provisional.discard(key)
+        return entry
+
+    def add_from_mentor(self, mentor: int, known_homes: set[int], pool_handle: bytes,
+                        pe: PoolElement, identity: str | None, now: float) -> PoolElementEntry | None:
+        """A join-download entry (RFC 5353 3.2.3).  The mentor's own PEs go
+        through ``add``; others are taken only as provisional copies (None:
+        skipped, e.g. a copy exists or the home is unknown)."""
+        home = pe.home_server_id
+        if home == mentor:
+            return self.add(mentor, pool_handle, pe, identity, now)
+        if home == self.own_id or home not in known_homes:
+            return None
+        if self.handlespace.get(pool_handle, pe.pe_id) is not None:
+            return None
+        entry = self._store(home, pool_handle, pe, identity, None, now)
+        self.provisional.add((pool_handle, pe.pe_id))
+        return entry
+
+    def _store(self, home: int, pool_handle: bytes, pe: PoolElement, identity: str | None,
+               existing: PoolElementEntry | None, now: float) -> PoolElementEntry:
+        handlespace = self.handlespace
+        limits = self.limits
+        if existing is None or existing.home_server_id != home:
+            if handlespace.owned_count(home) >= limits.max_pes:
+                self._refuse(_RESOURCES, f"{home:08x} would home more than {limits.max_pes} PEs")
+            if (not handlespace.owns_in_pool(home, pool_handle)
+                    and handlespace.owned_pool_count(home) >= limits.max_pools):
+                self._refuse(_RESOURCES, f"{home:08x} would have PEs in more than {limits.max_pools} pools")
+        transport = pe.user_transport
+        try:
+            result = handlespace.register(
+                now,
+                pool_handle=pool_handle,
+                pe_id=pe.pe_id,
+                settings=policy_settings(pe.policy),
+                transport_type=transport.PARAM_TYPE,
+                transport_use=getattr(transport, "transport_use", 0),
+                registration_life=pe.registration_life,
+                home_server_id=home,
+                identity=identity,
+                payload=pe,
+            )
+        except HandlespaceError as exc:
+            self._refuse(exc.cause, f"PE {pe.pe_id:08x}: {exc.detail}")
+        entry = result.entry
+        handlespace.cancel_expiry(entry)
+        self.stats["applied"] += 1
+        return entry
+
+    # -- removals ------------------------------------------------------------------------
+
+    def delete(self, sender: int, pool_handle: bytes, pe_id: int) -> PoolElementEntry | None:
+        """DEL_PE from ``sender``: only a PE homed at it (None: unknown PE,
+        nothing to do, RFC 5353 3.3.2)."""
+        entry = self.handlespace.get(pool_handle, pe_id)
+        if entry is None:
+            return None
+        if entry.home_server_id != sender:
+            self._refuse(_SECURITY, f"PE {pe_id:08x} is homed at {entry.home_server_id:08x}, not the sender")
+        self._remove(entry, "deleted by its home registrar")
+        self.stats["deleted"] += 1
+        return entry
+
+    def sweep(self, sender: int, marked: set) -> int:
+        """Remove the marked PEs still homed at ``sender`` (RFC 5353 3.6.3 step 5)."""
+        count = 0
+        for pool_handle, pe_id in list(marked):
+            entry = self.handlespace.get(pool_handle, pe_id)
+            if entry is not None and entry.home_server_id == sender:
+                self._remove(entry, "not in its home registrar's table")
+                count += 1
+        self.stats["swept"] += count
+        return count
+
+    def _remove(self, entry: PoolElementEntry, why: str) -> None:
+        self.handlespace.deregister(entry.pool_handle, entry.pe_id)
+        self.provisional.discard((entry.pool_handle, entry.pe_id))
+        self.on_removed(entry, why)
+
+    def forget(self, entry: Any) -> None:
+        """A PE left by other means (e.g. re-registered here): not provisional."""
+        self.provisional.discard((entry.pool_handle, entry.pe_id))
+
+    def _refuse(self, cause: int, reason: str) -> None:
+        self.stats["refused"] += 1
+        raise Refused(cause, reason)

@@ -1,0 +1,121 @@
+"""The ownership rules and per-peer limits between peers and the handlespace."""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Address
+
+import pytest
+
+from rserpool.asap.registrar import policy_settings
+from rserpool.enrp.settings import PeerLimits
+from rserpool.enrp.updates import Refused, UpdateApplier
+from rserpool.handlespace import Handlespace
+from rserpool.security.ratelimit import RateLimit
+from rserpool.wire import LeastUsedPolicy, PoolElement, RoundRobinPolicy, TcpTransport
+from rserpool.wire import codes
+
+OWN, P, Q = 1, 2, 3
+
+
+def pe(pe_id: int, home: int, policy=None) -> PoolElement:
+    return PoolElement(pe_id, home, 30, TcpTransport(7, IPv4Address("127.0.0.1")), policy or LeastUsedPolicy(0))
+
+
+def applier(**limits) -> UpdateApplier:
+    return UpdateApplier(Handlespace(), OWN, PeerLimits(**limits))
+
+
+def test_add_stores_the_pe_without_a_deadline_and_with_its_identity():
+    a = applier()
+    entry = a.add(P, b"echo", pe(5, P), "pe5", 0.0)
+    assert entry.home_server_id == P and entry.identity == "pe5" and entry.expires_at is None
+    assert a.handlespace.next_deadline() is None
+    assert entry.payload == pe(5, P)
+
+
+@pytest.mark.parametrize("setup, pe_home, reason", [
+    ((), Q, "names home 00000003"),
+    (((OWN,),), P, "homed at this registrar"),
+    (((Q,),), P, "homed at 00000003"),
+])
+def test_add_refuses_pes_of_others(setup, pe_home, reason):
+    a = applier()
+    for (home,) in setup:
+        a.handlespace.register(0.0, pool_handle=b"echo", pe_id=5, settings=policy_settings(LeastUsedPolicy(0)),
+                               transport_type=5, transport_use=0, registration_life=30, home_server_id=home)
+    before = [(e.pe_id, e.home_server_id) for e in a.handlespace.entries()]
+    with pytest.raises(Refused, match=reason) as info:
+        a.add(P, b"echo", pe(5, pe_home), None, 0.0)
+    assert info.value.cause == codes.CAUSE_SECURITY
+    assert [(e.pe_id, e.home_server_id) for e in a.handlespace.entries()] == before
+
+
+def test_delete_only_what_the_sender_owns():
+    a = applier()
+    a.add(P, b"echo", pe(5, P), None, 0.0)
+    with pytest.raises(Refused):
+        a.delete(Q, b"echo", 5)
+    assert a.delete(Q, b"echo", 6) is None  # unknown: nothing to do
+    assert a.delete(P, b"echo", 5).pe_id == 5 and len(a.handlespace) == 0
+
+
+def test_identity_binding_holds():
+    a = applier()
+    a.add(P, b"echo", pe(5, P), "pe5", 0.0)
+    with pytest.raises(Refused) as info:
+        a.add(P, b"echo", pe(5, P), "mallory", 0.0)
+    assert info.value.cause == codes.CAUSE_SECURITY
+    assert a.add(P, b"echo", pe(5, P), None, 0.0).identity == "pe5"  # no identity keeps it
+
+
+def test_handlespace_consistency_rules_apply():
+    a = applier()
+    a.add(P, b"echo", pe(5, P), None, 0.0)
+    with pytest.raises(Refused) as info:
+        a.add(P, b"echo", pe(6, P, RoundRobinPolicy()), None, 0.0)
+    assert info.value.cause == codes.CAUSE_INCONSISTENT_POLICY
+
+
+def test_limits():
+    a = applier(max_pes=2, max_pools=1)
+    a.add(P, b"echo", pe(1, P), None, 0.0)
+    with pytest.raises(Refused, match="pools"):
+        a.add(P, b"other", pe(2, P), None, 0.0)
+    a.add(P, b"echo", pe(2, P), None, 0.0)
+    a.add(P, b"echo", pe(2, P), None, 0.0)  # a replacement is not a new PE
+    with pytest.raises(Refused, match="more than 2 PEs") as info:
+        a.add(P, b"echo", pe(3, P), None, 0.0)
+    assert info.value.cause == codes.CAUSE_LACK_OF_RESOURCES
+    a.add(Q, b"echo", pe(3, Q), None, 0.0)  # limits are per peer
+
+
+def test_rate():
+    a = applier(update_rate=RateLimit(rate=1.0, burst=2.0))
+    assert [a.rate_allows(P, 0.0) for _ in range(3)] == [True, True, False]
+    assert a.rate_allows(Q, 0.0) and a.rate_allows(P, 1.0)
+
+
+def test_mentor_entries_are_provisional_until_their_home_speaks():
+    a = applier()
+    assert a.add_from_mentor(P, {P, Q}, b"echo", pe(1, P), None, 0.0).home_server_id == P
+    assert (b"echo", 1) not in a.provisional
+    assert a.add_from_mentor(P, {P, Q}, b"echo", pe(2, Q), None, 0.0) is not None
+    assert (b"echo", 2) in a.provisional
+    assert a.add_from_mentor(P, {P, Q}, b"echo", pe(3, 0x99), None, 0.0) is None  # unknown home
+    assert a.add_from_mentor(P, {P, Q, OWN}, b"echo", pe(4, OWN), None, 0.0) is None  # ours
+    assert a.add_from_mentor(P, {P, Q}, b"echo", pe(2, Q), None, 0.0) is None  # a copy exists
+    # The real home's word replaces a provisional copy, even from another peer
+    # when the mentor lied about the home.
+    a.add(P, b"echo", pe(2, P), None, 0.0)
+    assert a.handlespace.get(b"echo", 2).home_server_id == P and not a.provisional
+
+
+def test_sweep_removes_only_marked_pes_still_homed_at_the_sender():
+    a = applier()
+    removed = []
+    a.on_removed = lambda entry, why: removed.append(entry.pe_id)
+    for i in (1, 2, 3):
+        a.add(P, b"echo", pe(i, P), None, 0.0)
+    a.add(Q, b"echo", pe(4, Q), None, 0.0)
+    assert a.sweep(P, {(b"echo", 1), (b"echo", 4), (b"echo", 9)}) == 1
+    assert removed == [1] and len(a.handlespace) == 3

@@ -1,0 +1,198 @@
+"""ENRP between registrars over real loopback TLS (in this process).
+
+Three registrars with their own certificates find each other from static
+peer lists, authenticate each other (TLS, client certificates required),
+admit each other (the ``enrp`` action), join, and share one handlespace: a
+PE registered at any of them is resolvable at all of them.  Then the
+channel-level refusals of RFC 5355 2.5 and 2.15.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from twisted.internet import defer, endpoints, reactor
+from twisted.internet.protocol import Factory
+from twisted.trial import unittest
+
+from rserpool.security import tls
+from rserpool.wire import (
+    AsapDeregistration, AsapError, AsapHandleResolution, AsapRegistration, EnrpError, EnrpPresence,
+)
+from rserpool.wire.codes import CAUSE_SECURITY, CAUSE_UNRECOGNIZED_MESSAGE
+from rserpool.service.channel import Channel, ChannelSettings
+from tests.asaphelpers import RawClient, connect_raw, make_pe
+from tests.enrpnet import all_linked, connect_all, registrar_cert, start_node, until, views_agree
+from tests.tlshelpers import make_test_pki
+
+ALLOWED_AB = ("registrar-a.rserpool.test", "registrar-b.rserpool.test")
+
+
+class EnrpOverTLS(unittest.TestCase):
+    timeout = 60
+
+    @classmethod
+    def setUpClass(cls):
+        cls._tmp = tempfile.TemporaryDirectory()
+        cls.pki = make_test_pki(Path(cls._tmp.name))
+
+    @classmethod
+    def tearDownClass(cls):
+        cls._tmp.cleanup()
+
+    def setUp(self):
+        self.nodes = []
+        self.clients = []
+
+    @defer.inlineCallbacks
+    def tearDown(self):
+        for client in self.clients:
+            if client.channel is not None and not client.channel.closed:
+                client.channel.abort()
+                yield client.closed
+        for node in self.nodes:
+            yield node.stop()
+
+    @defer.inlineCallbacks
+    def start(self, *names, **kw):
+        for name in names:
+            node = yield start_node(reactor, self.pki, name, **kw)
+            self.nodes.append(node)
+        return self.nodes
+
+    @defer.inlineCallbacks
+    def client(self, node, cert=None, port=None):
+        creator = tls.client_options(f"{node.name}.rserpool.test", [self.pki.ca.cert],
+                                     client_cert=cert.pair if cert is not None else None)
+        client = yield connect_raw(reactor, port or node.asap_port, creator)
+        self.clients.append(client)
+        return client
+
+    @defer.inlineCallbacks
+    def test_three_registrars_serve_one_pool(self):
+        nodes = yield self.start("registrar-a", "registrar-b", "registrar-c")
+        connect_all(nodes)
+        yield until(nodes, lambda: all_linked(nodes))
+        pes = []
+        for index, node in enumerate(nodes):
+            pe = yield self.client(node, self.pki.pe1 if index != 1 else self.pki.pe2)
+            reply = yield pe.request(AsapRegistration(b"echo", make_pe(0x100 + index, port=7000 + index)))
+            self.assertFalse(reply.reject, reply)
+            pes.append(pe)
+        yield until(nodes, lambda: all(len(n.handlespace) == 3 for n in nodes) and views_agree(nodes))
+        for node in nodes:
+            pu = yield self.client(node)
+            answer = yield pu.request(AsapHandleResolution(b"echo"))
+            self.assertEqual(sorted(p.pe_id for p in answer.pool_elements), [0x100, 0x101, 0x102])
+        # Every PE keeps its home; the identity travels with it.
+        for index, node in enumerate(nodes):
+            entry = nodes[(index + 1) % 3].handlespace.get(b"echo", 0x100 + index)
+            self.assertEqual(entry.home_server_id, node.registrar.server_id)
+            self.assertEqual(entry.identity, "pe2" if index == 1 else "pe1")
+        # A deregistration reaches everyone; a lost ASAP channel too.
+        reply = yield pes[0].request(AsapDeregistration(b"echo", 0x100))
+        self.assertIsNone(reply.error)
+        pes[2].channel.abort()
+        yield until(nodes, lambda: all(len(n.handlespace) == 1 for n in nodes) and views_agree(nodes))
+
+    @defer.inlineCallbacks
+    def test_a_registrar_joining_later_downloads_the_handlespace(self):
+        nodes = yield self.start("registrar-a", "registrar-b", timers={"mentor_discovery_timeout": 0.5,
+                                                                       "page_pes": 16})
+        connect_all(nodes)
+        yield until(nodes, lambda: all_linked(nodes))
+        pe = yield self.client(nodes[0], self.pki.pe1)
+        for i in range(40):
+            pe.send(AsapRegistration(b"echo", make_pe(0x200 + i, port=8000 + i)))
+        yield until(nodes, lambda: all(len(n.handlespace) == 40 for n in nodes))
+        late = yield start_node(reactor, self.pki, "registrar-c")
+        self.nodes.append(late)
+        late.peers.entries = [nodes[0].candidate(), nodes[1].candidate()]
+        late.enrp.connector.rediscover()
+        yield until(self.nodes, lambda: all_linked(self.nodes) and views_agree(self.nodes))
+        self.assertEqual(len(late.handlespace), 40)
+        self.assertGreaterEqual(late.enrp.core.stats["pages_received"], 3)
+
+    @defer.inlineCallbacks
+    def test_revoking_a_peer_closes_its_enrp_channel_through_the_shared_gate(self):
+        """The registrar's gate is also the peer door's: revoking the peer's
+        identity (RegistrarService.revoke) closes its live ENRP channel and
+        removes no PE (a peer registers none on this registrar)."""
+        nodes = yield self.start("registrar-a", "registrar-b", peers_allowed=ALLOWED_AB)
+        connect_all(nodes)
+        yield until(nodes, lambda: all_linked(nodes))
+        a, b = nodes
+        pe = yield self.client(a, self.pki.pe1)
+        reply = yield pe.request(AsapRegistration(b"echo", make_pe(0x300)))
+        self.assertFalse(reply.reject, reply)
+        yield until(nodes, lambda: all(len(n.handlespace) == 1 for n in nodes))
+        (channel,) = a.enrp.channels
+        self.assertEqual(channel.admission.identity, "registrar-b.rserpool.test")
+        closed = channel.closed_deferred()
+        a.registrar.revoke(identity="registrar-b.rserpool.test", reason="test revocation")
+        yield closed
+        self.assertEqual(a.registrar.gate.stats["revoked"], 1)
+        self.assertIsNotNone(a.handlespace.get(b"echo", 0x300))  # A's own PE stays
+        self.assertFalse(pe.channel.closed)
+
+    @defer.inlineCallbacks
+    def test_a_registrar_not_authorized_as_peer_is_refused(self):
+        nodes = yield self.start("registrar-a", "registrar-b", peers_allowed=ALLOWED_AB,
+                                 expect_peers=False)
+        rogue = yield start_node(reactor, self.pki, "registrar-x", peers_allowed=ALLOWED_AB)
+        self.nodes.append(rogue)
+        rogue.peers.entries = [nodes[0].candidate()]
+        rogue.enrp.connector.rediscover()
+        # A refuses the channel from X (not authorized) and says why.
+        yield until([rogue], lambda: rogue.enrp.connector.targets.targets
+                    and all(t.state == "idle" and t.attempts for t in rogue.enrp.connector.targets.targets.values()))
+        self.assertEqual(nodes[0].enrp.core.peers.records, {})
+        self.assertEqual(nodes[0].enrp.core.peers.links, set())
+
+    @defer.inlineCallbacks
+    def test_a_client_without_certificate_cannot_even_finish_the_handshake(self):
+        (node,) = yield self.start("registrar-a", expect_peers=False)
+        creator = tls.client_options("registrar-a.rserpool.test", [self.pki.ca.cert])
+        client = RawClient()
+        endpoint = endpoints.wrapClientTLS(creator, endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1",
+                                                                                  node.enrp_port))
+        yield endpoint.connect(Factory.forProtocol(
+            lambda: Channel(client, reactor, ChannelSettings(), tls=True, initiator=True)))
+        yield client.closed  # TLS 1.3: the client's side finished, the server's refused it
+        self.assertEqual(client.messages, [])
+        self.assertEqual(node.enrp.core.peers.links, set())
+        self.assertEqual(node.enrp.channels, set())
+
+    @defer.inlineCallbacks
+    def test_a_pe_certificate_on_the_enrp_port_is_refused(self):
+        (node,) = yield self.start("registrar-a", expect_peers=False)
+        client = yield self.client(node, self.pki.pe1, port=node.enrp_port)
+        client.send(EnrpPresence(0x1234, 0, 0xFFFF))
+        client.send(AsapRegistration(b"echo", make_pe(1)))
+        reply = yield client.next()
+        self.assertIsInstance(reply, EnrpError)
+        self.assertEqual(reply.error.causes[0].code, CAUSE_SECURITY)
+        yield client.closed
+        self.assertEqual(node.enrp.core.peers.records, {})
+        self.assertEqual(len(node.handlespace), 0)
+
+    @defer.inlineCallbacks
+    def test_asap_on_the_enrp_port_of_an_admitted_peer_is_refused(self):
+        nodes = yield self.start("registrar-a", "registrar-b", expect_peers=False)
+        b_cert = registrar_cert(self.pki, "registrar-b")
+        client = yield self.client(nodes[0], b_cert, port=nodes[0].enrp_port)
+        client.send(AsapRegistration(b"echo", make_pe(1)))
+        replies = [(yield client.next()), (yield client.next())]
+        errors = [m for m in replies if isinstance(m, AsapError)]
+        self.assertEqual([c.code for c in errors[0].error.causes], [CAUSE_UNRECOGNIZED_MESSAGE])
+        self.assertEqual(len(nodes[0].handlespace), 0)
+
+    @defer.inlineCallbacks
+    def test_enrp_on_the_asap_port_is_refused(self):
+        (node,) = yield self.start("registrar-a", expect_peers=False)
+        client = yield self.client(node, registrar_cert(self.pki, "registrar-b"))
+        reply = yield client.request(EnrpPresence(0x1234, 0, 0xFFFF))
+        self.assertIsInstance(reply, EnrpError)
+        self.assertEqual(reply.error.causes[0].code, CAUSE_UNRECOGNIZED_MESSAGE)
+        self.assertEqual(node.enrp.core.peers.records, {})
