@@ -66,6 +66,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _ipv6_prefix(text: str) -> int:
+    value = int(text, 0)
+    if not 1 <= value <= 128:
+        raise ValueError("must be 1-128")
+    return value
+
+
 def _non_negative_float(text: str) -> float:
     value = float(text)
     if value < 0:
@@ -152,6 +159,12 @@ SCHEMA: dict[str, dict[str, Option]] = {
         "heartbeat_interval": _S(_positive_float, "10.0", "seconds between TCP-mapping HEARTBEATs on an idle channel"),
         "heartbeat_timeout": _S(_positive_float, "20.0", "seconds without any data before a channel is closed as dead"),
         "max_message_size": _S(_positive_int, "65535", "largest ASAP message accepted"),
+        "chunk_timeout": _S(_positive_float, "10.0", "seconds within which a TCP-mapping chunk that has "
+                                                     "started to arrive must be complete"),
+        "handshake_timeout": _S(_positive_float, "10.0", "seconds within which a client must finish the "
+                                                         "TLS handshake"),
+        "first_message_timeout": _S(_positive_float, "10.0", "seconds within which a client must send its "
+                                                             "first message after the handshake"),
     },
     "announce": {
         "targets": _S(_list, "", "host:port UDP unicast targets of ASAP SERVER_ANNOUNCE (one per line)"),
@@ -164,7 +177,13 @@ SCHEMA: dict[str, dict[str, Option]] = {
         "max_pes_per_pool": _S(_positive_int, "100000", "PEs in one pool"),
         "max_pes_per_identity": _S(_positive_int, "1000", "PEs registered by one authenticated identity"),
         "max_connections": _S(_positive_int, "10000", "simultaneous ASAP connections"),
-        "max_connections_per_address": _S(_positive_int, "256", "simultaneous ASAP connections from one IP address"),
+        "max_connections_per_address": _S(_positive_int, "256", "simultaneous ASAP connections from one IP "
+                                                                "address (IPv6: one prefix, ipv6_prefix_length)"),
+        "ipv6_prefix_length": _S(_ipv6_prefix, "64", "IPv6 addresses in one prefix of this length count as one "
+                                                     "address for max_connections_per_address"),
+        "evict_idle_after": _S(_positive_float, "5.0", "seconds without a message after which an anonymous "
+                                                       "channel with no PE may be dropped to make room for a "
+                                                       "new connection when a connection limit is reached"),
     },
     "security": {
         "allow_unauthenticated": _S(_bool, "no", "INSECURE: accept registrations from unauthenticated PEs"),

@@ -189,6 +189,7 @@ def build_registrar(config: Config, reactor: Any = None, *, demo: bool = False,
         unreachable_rate=RateLimit(security["unreachable_rate"], max(1.0, 10 * security["unreachable_rate"])),
         max_connections=limits["max_connections"],
         max_connections_per_address=limits["max_connections_per_address"],
+        ipv6_prefix=limits["ipv6_prefix_length"],
     )
     handlespace_limits = HandlespaceLimits(
         max_pools=limits["max_pools"],
@@ -200,6 +201,9 @@ def build_registrar(config: Config, reactor: Any = None, *, demo: bool = False,
         heartbeat_interval=asap["heartbeat_interval"],
         dead_after=asap["heartbeat_timeout"],
         limits=Limits(max_message_size=asap["max_message_size"]),
+        chunk_timeout=asap["chunk_timeout"],
+        handshake_timeout=asap["handshake_timeout"],
+        first_message_timeout=asap["first_message_timeout"],
     )
     announce = config["announce"]
     multicast = _target(announce["multicast_group"]) if announce["multicast_group"] else None
@@ -219,6 +223,7 @@ def build_registrar(config: Config, reactor: Any = None, *, demo: bool = False,
         announce_ttl=announce["multicast_ttl"],
         rng=random.SystemRandom(),
         revocation=revocation,
+        evict_idle_after=limits["evict_idle_after"],
     )
     if service.authenticator is not None:
         _log.info("PE authentication inside TLS: {mechanisms}",
@@ -233,7 +238,8 @@ def build_registrar(config: Config, reactor: Any = None, *, demo: bool = False,
     if crl_monitor is not None:
         crl_monitor.setServiceParent(service)
     if config["admin"]["listen"]:
-        _admin_service(config, service, tls_files, dev_pki, reactor, demo=demo).setServiceParent(service)
+        _admin_service(config, service, tls_files, dev_pki, reactor,
+                       crls if tls_files else (), demo=demo).setServiceParent(service)
     if config["enrp"]["enabled"]:
         _enrp_service(config, service, tls_files, crls if tls_files else (), crl_monitor, reactor
                       ).setServiceParent(service)
@@ -312,8 +318,9 @@ def _enrp_service(config: Config, registrar: Any, tls_files: Any, crls: Any, crl
 
 
 def _admin_service(config: Config, registrar: Any, tls_files: Any, dev_pki: Any, reactor: Any,
-                   *, demo: bool = False) -> Any:
-    """The HTTPS admin endpoint of ``[admin]`` (docs/operations.md)."""
+                   crls: Any = (), *, demo: bool = False) -> Any:
+    """The HTTPS admin endpoint of ``[admin]`` (docs/operations.md); ``crls``
+    are the registrar's (the development PKI's CRL by default)."""
     from rserpool.admin import AdminAccess, AdminService, AdminSettings, TokenError, load_token
     from rserpool.admin.access import certificate_identity_of
     from rserpool.security import tls
@@ -347,7 +354,7 @@ def _admin_service(config: Config, registrar: Any, tls_files: Any, dev_pki: Any,
             refresh=admin["refresh"], page_size=admin["page_size"])
     except ValueError as exc:
         raise ConfigError(f"[admin]: {exc}") from None
-    options = tls.server_options(cert, key, cas, require_client_cert=token is None, crls=tls_conf["crls"])
+    options = tls.server_options(cert, key, cas, require_client_cert=token is None, crls=crls)
     access = AdminAccess(authorizer=registrar.authorizer, identity_of=certificate_identity_of(registrar),
                          gate=_shared_gate(registrar), clock=reactor, token=token, token_scope=admin["token_scope"],
                          on_outage=lambda: registrar.events.outage("admin-authorizer"))

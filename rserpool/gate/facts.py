@@ -109,6 +109,9 @@ class GatePolicy:
     # the moment a connection is accepted, before its TLS handshake).
     max_connections: int = 10_000
     max_connections_per_address: int = 256
+    # IPv6 addresses in one prefix of this length count as one address
+    # (rserpool.addresses.address_key): one host owns a whole /64.
+    ipv6_prefix: int = 64
     # Per channel: authorizations waiting, decisions remembered, inputs held
     # while the channel's identity is being established.
     max_pending_per_channel: int = 32
@@ -123,6 +126,8 @@ class GatePolicy:
                      "max_cached_decisions", "max_held_per_channel"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
+        if not 1 <= self.ipv6_prefix <= 128:
+            raise ValueError("ipv6_prefix must be 1-128")
 
 
 # -- per channel ------------------------------------------------------------------------------
