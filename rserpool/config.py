@@ -151,9 +151,14 @@ SCHEMA: dict[str, dict[str, Option]] = {
     "asap": {
         "keepalive_interval": _S(_positive_float, "5.0", "seconds between ENDPOINT_KEEP_ALIVE to each PE (with jitter)"),
         "keepalive_timeout": _S(_positive_float, "5.0", "seconds to wait for ENDPOINT_KEEP_ALIVE_ACK before removing the PE"),
-        "max_bad_pe_reports": _S(_positive_int, "3", "ENDPOINT_UNREACHABLE reports that remove a PE (MAX-BAD-PE-REPORT)"),
-        "unreachable_removal_needs_failed_probe": _S(_bool, "no", "reports alone never remove a PE: only a probe "
-                                                                  "keep-alive it leaves unanswered does (RFC 5355 2.13)"),
+        "max_bad_pe_reports": _S(_positive_int, "3", "distinct reporters whose ENDPOINT_UNREACHABLE reports remove a "
+                                                     "PE (MAX-BAD-PE-REPORT) when unreachable_removal_needs_failed_probe "
+                                                     "= no"),
+        "unreachable_removal_needs_failed_probe": _S(_bool, "yes", "reports alone never remove a PE: a report probes "
+                                                                   "it (at most once per keepalive_interval) and only "
+                                                                   "a probe it leaves unanswered removes it (RFC 5355 "
+                                                                   "2.13); no (INSECURE): max_bad_pe_reports anonymous "
+                                                                   "reporters remove a healthy PE"),
         "max_resolution_items": _S(_positive_int, "3", "PEs returned per handle resolution unless the pool holds fewer"),
         "max_registration_life": _S(_positive_int, "3600", "upper bound on a PE's registration life in seconds"),
         "heartbeat_interval": _S(_positive_float, "10.0", "seconds between TCP-mapping HEARTBEATs on an idle channel"),

@@ -172,16 +172,20 @@ def build_registrar(config: Config, reactor: Any = None, *, demo: bool = False,
         server_id=server_id,
         keepalive_interval=asap["keepalive_interval"],
         keepalive_timeout=asap["keepalive_timeout"],
-        max_bad_pe_reports=asap["max_bad_pe_reports"],
         max_resolution_items=asap["max_resolution_items"],
-        unreachable_removal_needs_failed_probe=asap["unreachable_removal_needs_failed_probe"],
     )
+    if not asap["unreachable_removal_needs_failed_probe"]:
+        _log.warn("INSECURE: [asap] unreachable_removal_needs_failed_probe = no: {n} ENDPOINT_UNREACHABLE "
+                  "reporters (anonymous pool users on {n} addresses) remove a PE that still answers its "
+                  "keep-alives (RFC 5355 2.13)", n=asap["max_bad_pe_reports"])
     gate_policy = GatePolicy(
         allow_insecure_channels=not tls_conf["enabled"],
         allow_unauthenticated=security["allow_unauthenticated"],
         authorize_resolution=security["authorize_resolution"],
         check_pe_addresses=security["check_pe_addresses"],
         unreachable_requires_identity=security["unreachable_requires_identity"],
+        unreachable_removal_needs_failed_probe=asap["unreachable_removal_needs_failed_probe"],
+        max_bad_pe_reports=asap["max_bad_pe_reports"],
         registration_rate=RateLimit(security["registration_rate"], 2 * security["registration_rate"]),
         registration_rate_per_address=RateLimit(security["registration_rate_per_address"],
                                                 2 * security["registration_rate_per_address"]),
