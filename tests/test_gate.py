@@ -259,6 +259,21 @@ def test_connection_limits_count_from_accept_to_close():
     assert other in gate.channels and len(gate.channels) == 3
 
 
+def test_ipv6_connections_count_per_prefix():
+    # One host owns a whole /64: its addresses share one per-address limit.
+    gate = Gate(GatePolicy(max_connections_per_address=2), log=lambda *a, **k: None)
+    first = [gate.open_channel(DOOR_ASAP, f"2001:db8:1:2::{n}", True, 0.0) for n in (1, 2)]
+    assert gate.open_channel(DOOR_ASAP, "2001:db8:1:2:ffff::3", True, 0.0) is None
+    assert gate.open_channel(DOOR_ASAP, "2001:db8:1:3::1", True, 0.0) is not None
+    assert gate.connections == {"2001:db8:1:2::/64": 2, "2001:db8:1:3::/64": 1}
+    gate.channel_closed(first[0])
+    assert gate.connections["2001:db8:1:2::/64"] == 1
+    exact = Gate(GatePolicy(max_connections_per_address=1, ipv6_prefix=128), log=lambda *a, **k: None)
+    assert all(exact.open_channel(DOOR_ASAP, f"2001:db8::{n}", True, 0.0) for n in (1, 2))
+    with pytest.raises(ValueError):
+        GatePolicy(ipv6_prefix=0)
+
+
 def test_closed_channels_are_forgotten():
     gate = Gate()
     adm = opened(gate, CERT)

@@ -139,6 +139,9 @@ class GatePolicy:
     # the moment a connection is accepted, before its TLS handshake).
     max_connections: int = 10_000
     max_connections_per_address: int = 256
+    # IPv6 addresses in one prefix of this length count as one address
+    # (rserpool.addresses.address_key): one host owns a whole /64.
+    ipv6_prefix: int = 64
     # Pools one identity (or, unauthenticated, one address) may have PEs in:
     # well below the handlespace's max_pools (10000), so that a few
     # identities cannot fill the pool table for everyone.
@@ -158,6 +161,8 @@ class GatePolicy:
                      "max_pools_per_identity"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
+        if not 1 <= self.ipv6_prefix <= 128:
+            raise ValueError("ipv6_prefix must be 1-128")
 
 
 # -- per channel ------------------------------------------------------------------------------

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterable
 
+from rserpool.addresses import address_key
 from rserpool.gate.facts import (
     ACTION_OPAQUE,
     ACTION_REGISTER,
@@ -181,11 +182,12 @@ class Gate:
         if len(self.channels) >= policy.max_connections:
             self._refuse(adm, "connection", _CONNECTIONS.format(n=len(self.channels)), CHANNEL_CLOSED, now, "warn")
             return None
-        open_here = self.connections.get(address, 0)
+        key = address_key(address, policy.ipv6_prefix)  # an IPv6 /64 is one address
+        open_here = self.connections.get(key, 0)
         if open_here >= policy.max_connections_per_address:
             self._refuse(adm, "connection", _CONNECTIONS_HERE.format(n=open_here), CHANNEL_CLOSED, now, "warn")
             return None
-        self.connections[address] = open_here + 1
+        self.connections[key] = open_here + 1
         self.channels.add(adm)
         return adm
 
@@ -267,11 +269,12 @@ class Gate:
             self._psk_failed(adm, now)
         if adm in self.channels:
             self.channels.discard(adm)
-            left = self.connections.get(adm.address, 1) - 1
+            key = address_key(adm.address, self.policy.ipv6_prefix)
+            left = self.connections.get(key, 1) - 1
             if left > 0:
-                self.connections[adm.address] = left
+                self.connections[key] = left
             else:
-                self.connections.pop(adm.address, None)
+                self.connections.pop(key, None)
         adm.state = CLOSING
         adm.change_barrier = (CAUSE_SECURITY, _NOT_OPEN[CLOSING])
         adm.allowed = {}
