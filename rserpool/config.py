@@ -73,6 +73,13 @@ def _ipv6_prefix(text: str) -> int:
     return value
 
 
+def _reserve(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 0.9:
+        raise ValueError("must be 0 to 0.9")
+    return value
+
+
 def _non_negative_float(text: str) -> float:
     value = float(text)
     if value < 0:
@@ -192,6 +199,8 @@ SCHEMA: dict[str, dict[str, Option]] = {
         "evict_idle_after": _S(_positive_float, "5.0", "seconds without a message after which an anonymous "
                                                        "channel with no PE may be dropped to make room for a "
                                                        "new connection when a connection limit is reached"),
+        "authenticated_reserve": _S(_reserve, "0.1", "share of max_connections that anonymous channels never "
+                                                     "hold: kept for channels with an identity (PEs), 0 to 0.9"),
     },
     "security": {
         "allow_unauthenticated": _S(_bool, "no", "INSECURE: accept registrations from unauthenticated PEs"),

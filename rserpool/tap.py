@@ -198,6 +198,8 @@ def build_registrar(config: Config, reactor: Any = None, *, demo: bool = False,
         max_connections=limits["max_connections"],
         max_connections_per_address=limits["max_connections_per_address"],
         ipv6_prefix=limits["ipv6_prefix_length"],
+        authenticated_reserve=limits["authenticated_reserve"],
+        evict_idle_after=limits["evict_idle_after"],
         max_pools_per_identity=limits["max_pools_per_identity"],
     )
     if 10 * limits["max_pools_per_identity"] > limits["max_pools"]:
@@ -236,7 +238,6 @@ def build_registrar(config: Config, reactor: Any = None, *, demo: bool = False,
         announce_ttl=announce["multicast_ttl"],
         rng=random.SystemRandom(),
         revocation=revocation,
-        evict_idle_after=limits["evict_idle_after"],
     )
     psk_admit.target = service.psk_attempt
     if service.authenticator is not None:

@@ -447,3 +447,56 @@ def test_psk_guesses_are_limited_and_logged(with_psk: Shipped, logged: list[str]
     for n in range(6):
         with_psk.connect(psk.client_options("nobody", PSK_KEY), source="127.0.5.2")
     assert sum("as nobody from 127.0.5.2" in line and "too many failed" in line for line in logged) == 1
+
+
+# -- connection slots: a reserve for channels with an identity ----------------------------------------
+
+SMALL = "\n[limits]\nmax_connections = 40\n"
+
+
+def _busy_anonymous(world: Shipped, count: int) -> list[RawClient]:
+    """``count`` anonymous clients on ten addresses that keep resolving."""
+    clients = [world.connect(tls.client_options("localhost", world.ca), source=f"127.0.7.{n % 10}")
+               for n in range(count)]
+    for _ in range(3):
+        for client in clients:
+            if not client.closed.called:
+                client.send(AsapHandleResolution(H))
+        world.net.pass_time(1.0)
+    return [client for client in clients if not client.closed.called]
+
+
+def test_busy_anonymous_clients_cannot_take_the_slots_kept_for_pes(tmp_path: Path) -> None:
+    # Issue 12: 40 anonymous channels against a cap of 40 kept a legitimate
+    # PE out; idle ones are dropped for newcomers (tests/test_attacks_connections.py),
+    # busy ones hold their share but never the reserve.
+    world = Shipped(tmp_path, extra=SMALL)
+    try:
+        kept = _busy_anonymous(world, 40)
+        pe = world.client("pe1", source="127.0.0.1")
+        pe.send(AsapRegistration(H, make_pe(0x2170, life=3600)))
+        world.net.run()
+        (answer,) = [m for m in pe.messages if isinstance(m, AsapRegistrationResponse)]
+        assert not answer.reject
+        # A pool user from IPv6 gets in once the busy clients go quiet (the
+        # idle ones give their slots), and resolves the PE.
+        world.net.pass_time(6.0)
+        pu = world.connect(tls.client_options("localhost", world.ca), source="2001:db8::7")
+        assert pu.ready.called and not pu.closed.called
+        pu.send(AsapHandleResolution(H))
+        world.net.run()
+        assert [element.pe_id for element in pu.messages[-1].pool_elements] == [0x2170]
+        assert len(kept) == world.registrar.gate.anonymous_limit == 36  # 40 less the 10 % reserve
+    finally:
+        world.stop()
+
+
+def test_without_the_reserve_busy_anonymous_clients_lock_pes_out(tmp_path: Path) -> None:
+    # What the reserve prevents, shown with it switched off.
+    world = Shipped(tmp_path, extra=SMALL + "authenticated_reserve = 0\n")
+    try:
+        assert len(_busy_anonymous(world, 40)) == 40
+        pe = world.connect(tls.client_options("localhost", world.ca, client_cert=world.credentials("pe1")))
+        assert not pe.ready.called or pe.closed.called
+    finally:
+        world.stop()

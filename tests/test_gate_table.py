@@ -18,7 +18,7 @@ import pytest
 
 from rserpool.gate import (
     ACTION_OPAQUE, CHANNEL_CLOSED, CLOSING, DOOR_ASAP, IDENTIFYING, OPEN, REPORT_COUNTED, REPORT_PROBE, REPORT_REMOVE, AskAuthorizer,
-    AttemptDelayed, AttemptRefused, CloseChannel, Gate, GatePolicy, Opened,
+    ROOM_ADDRESS, ROOM_TOTAL, AttemptDelayed, AttemptRefused, CloseChannel, Gate, GatePolicy, NeedRoom, Opened,
     RemovePoolElements,
 )
 from rserpool.identity import MECH_CERTIFICATE, MECH_PSK, MECH_SRP, Identity
@@ -202,6 +202,12 @@ class World:
             other = gate.open_channel(DOOR_ASAP, ADDRESS, True, NOW)
             assert gate.psk_attempt(other, "pe1", NOW) is True
             gate.channel_closed(other, NOW)
+        elif item.endswith(" anonymous open"):
+            for n in range(int(item.split()[0])):
+                other = gate.open_channel(DOOR_ASAP, f"10.1.0.{n}", True, NOW)
+                assert gate.identified(other, None, NOW) == [Opened(other)]
+        elif item.startswith("1 from "):
+            assert gate.open_channel(DOOR_ASAP, item.split()[2], True, NOW) is not None
         elif item.startswith("in ") and item.endswith(" pools"):
             self.pools_held = int(item.split()[1])
         elif item.endswith(" reporters"):
@@ -238,6 +244,13 @@ class World:
             return gate.authentication_failed(adm, "pe1", MECH_SRP, "wrong proof", words.endswith("final"), NOW)
         if words == "exchange unavailable":
             return gate.authentication_unavailable(adm, "pe1", MECH_SRP, "backend down", NOW)
+        if words.startswith("evictable, last message "):
+            ago = float(words.split()[3])
+            return gate.evictable(adm, NOW - ago, words.endswith("holds PEs"))
+        if words.startswith("room for "):
+            return gate.room_needed(words.split()[2])
+        if words == "no room":
+            return gate.no_room(adm, NOW)
         if words.startswith("psk attempt "):
             return gate.psk_attempt(adm, words.split()[2], NOW)
         if words == "channel gone":
@@ -297,6 +310,17 @@ def check_decision(world: World, result, decision: str, cause: str) -> None:
         assert (adm.state == CLOSING) == result.final
     elif main == "keep":
         assert result == [] and adm.state == OPEN
+    elif main == "need room":
+        assert result == [NeedRoom(adm)] and adm.state == IDENTIFYING
+    elif main == "evictable":
+        assert result is not None and result <= NOW, result
+    elif main.startswith("evictable in "):
+        assert result == NOW + float(main.split()[2]), result
+    elif main == "stays":
+        assert result is None
+    elif main in ("room from the address", "room from anywhere", "no room needed"):
+        assert result == {"room from the address": ROOM_ADDRESS, "room from anywhere": ROOM_TOTAL,
+                          "no room needed": None}[main]
     elif main in ("try key", "refuse key"):
         assert result is (main == "try key")
         assert adm.attempt == ("pe1" if main == "try key" else None)

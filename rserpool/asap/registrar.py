@@ -608,7 +608,7 @@ class RegistrarCore:
             self._log("ENDPOINT_UNREACHABLE for {pe_id:08x} from {address}: its home is {home:08x}",
                       pe_id=msg.pe_id, address=session.address, home=entry.home_server_id)
             return
-        count = self.handlespace.report_unreachable(msg.pool_handle, msg.pe_id, session.admission.principal, now)
+        count = self.handlespace.report_unreachable(msg.pool_handle, msg.pe_id, session.admission.rate_key, now)
         key = (msg.pool_handle, msg.pe_id)
         effect = self.gate.report_counted(count, self._last_keepalive.get(key), key in self._awaiting_ack,
                                           settings.keepalive_interval, now)

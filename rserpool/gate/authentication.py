@@ -56,7 +56,7 @@ class AuthenticationDecisions:
         if adm.state is not IDENTIFYING:
             return False
         what = f"{_PSK} authentication as {claimed}"
-        refused = self.attempts.take(claimed, adm.address, now)
+        refused = self.attempts.take(claimed, adm.source, now)
         if refused is not None:
             self._refuse(adm, what, refused, _CHANNEL_CLOSED, now, "warn")
             return False
@@ -67,7 +67,7 @@ class AuthenticationDecisions:
         """The TLS handshake completed: a PSK attempt's key was right (or
         not used), so its tokens return."""
         if adm.attempt is not None and adm.state is IDENTIFYING:
-            self.attempts.refund(adm.attempt, adm.address, now)
+            self.attempts.refund(adm.attempt, adm.source, now)
             adm.attempt = None
 
     def _psk_failed(self, adm: Admission, now: float) -> None:
@@ -95,7 +95,7 @@ class AuthenticationDecisions:
         if adm.base is not None and claimed != adm.base.name:
             return self._refuse_attempt(adm, what, REFUSED_IDENTITY_MISMATCH,
                                         f"{REFUSED_IDENTITY_MISMATCH} ({adm.base.name})", True, now)
-        refused = self.attempts.take(claimed, adm.address, now)
+        refused = self.attempts.take(claimed, adm.source, now)
         if refused is not None:
             return self._refuse_attempt(adm, what, refused, refused, refused == REFUSED_RATE_ADDRESS, now)
         adm.attempt = claimed
@@ -115,7 +115,7 @@ class AuthenticationDecisions:
         """An exchange proved ``identity``: it becomes the channel's (every
         remembered decision is forgotten) and the attempt's tokens return."""
         adm.attempt = None
-        self.attempts.refund(identity.name, adm.address, now)
+        self.attempts.refund(identity.name, adm.source, now)
         if adm.state is not OPEN:
             return []
         if adm.exchanged is not None or (adm.base is not None and identity.name != adm.base.name):
@@ -151,6 +151,6 @@ class AuthenticationDecisions:
         (its tokens return); the exchange ends and the channel closes."""
         self.stats["authentication_unavailable"] += 1
         adm.attempt = None
-        self.attempts.refund(claimed, adm.address, now)
+        self.attempts.refund(claimed, adm.source, now)
         what = f"{mechanism or 'SRP/CHAP'} authentication as {claimed or '?'}"
         return self._close(adm, f"{what}: backend unavailable ({reason})", now, "error")

@@ -36,6 +36,9 @@ __all__ = [
     "GatePolicy",
     "IDENTIFYING",
     "NOT_OPEN",
+    "NeedRoom",
+    "ROOM_ADDRESS",
+    "ROOM_TOTAL",
     "OPEN",
     "Opened",
     "Output",
@@ -142,6 +145,13 @@ class GatePolicy:
     # IPv6 addresses in one prefix of this length count as one address
     # (rserpool.addresses.address_key): one host owns a whole /64.
     ipv6_prefix: int = 64
+    # The share of max_connections anonymous ASAP channels can never hold:
+    # kept for channels with an identity (PEs), however many anonymous
+    # clients are connected.
+    authenticated_reserve: float = 0.1
+    # An anonymous ASAP channel with no PE and no message for this long may
+    # be dropped to make room for a newcomer when a connection limit is reached.
+    evict_idle_after: float = 5.0
     # Pools one identity (or, unauthenticated, one address) may have PEs in:
     # well below the handlespace's max_pools (10000), so that a few
     # identities cannot fill the pool table for everyone.
@@ -163,6 +173,16 @@ class GatePolicy:
                 raise ValueError(f"{name} must be at least 1")
         if not 1 <= self.ipv6_prefix <= 128:
             raise ValueError("ipv6_prefix must be 1-128")
+        if not 0.0 <= self.authenticated_reserve < 1.0:
+            raise ValueError("authenticated_reserve must be at least 0 and below 1")
+        if self.evict_idle_after <= 0:
+            raise ValueError("evict_idle_after must be positive")
+
+
+# -- which connection limit a newcomer meets (Gate.room_needed) ----------------------------------
+
+ROOM_ADDRESS = "address"  # max_connections_per_address: room must come from the same address
+ROOM_TOTAL = "total"  # max_connections: room may come from anywhere
 
 
 # -- per channel ------------------------------------------------------------------------------
@@ -182,13 +202,15 @@ class Admission:
     changes them.  ``channel`` is the shell's handle for the connection and
     ``session`` the door's own per-channel state."""
 
-    __slots__ = ("door", "address", "tls", "fingerprint", "state", "identity", "mechanism", "groups",
-                 "principal", "base", "exchanged", "attempt", "allowed", "pending", "held", "epoch",
-                 "change_barrier", "session", "channel", "_last_address")
+    __slots__ = ("door", "address", "source", "tls", "fingerprint", "state", "identity", "mechanism", "groups",
+                 "principal", "rate_key", "base", "exchanged", "attempt", "anonymous", "allowed", "pending",
+                 "held", "epoch", "change_barrier", "session", "channel", "_last_address")
 
-    def __init__(self, door: str, address: str, tls: bool, fingerprint: str | None) -> None:
+    def __init__(self, door: str, address: str, tls: bool, fingerprint: str | None, source: str = "") -> None:
         self.door = door
         self.address = address
+        # The address key per-address limits count by (an IPv6 /64 is one).
+        self.source = source or address
         self.tls = tls
         self.fingerprint = fingerprint  # of the client certificate, if any
         self.state = IDENTIFYING
@@ -196,9 +218,12 @@ class Admission:
         self.mechanism: str | None = None
         self.groups: frozenset[str] = frozenset()
         self.principal = "addr:" + address
+        # What per-requester rate limits key on: the identity, or the source.
+        self.rate_key = "addr:" + self.source
         self.base: Identity | None = None  # the identity TLS proved (certificate, PSK)
         self.exchanged: Identity | None = None  # the identity an SRP/CHAP exchange proved
         self.attempt: str | None = None  # the identity an admitted SRP/CHAP attempt tries to prove
+        self.anonymous = False  # counted among the open anonymous ASAP channels
         self.allowed: dict[tuple[str, bytes], bool] = {}
         self.pending = 0
         self.held = 0
@@ -268,6 +293,16 @@ class RemovePoolElements:
 
 
 @dataclass(frozen=True, slots=True)
+class NeedRoom:
+    """The channel turned out anonymous while anonymous channels hold all
+    they may (``max_connections`` less the ``authenticated_reserve``): drop
+    an idle anonymous channel (one ``Gate.evictable`` allows) and report the
+    identity again, or else tell the gate ``no_room``."""
+
+    admission: Admission
+
+
+@dataclass(frozen=True, slots=True)
 class AttemptDelayed:
     """Let the SRP/CHAP attempt go ahead after ``delay`` seconds (its
     identity failed recently: the per-identity slowdown)."""
@@ -284,4 +319,4 @@ class AttemptRefused:
     final: bool
 
 
-Output = Union[AskAuthorizer, Opened, CloseChannel, RemovePoolElements]
+Output = Union[AskAuthorizer, Opened, CloseChannel, RemovePoolElements, NeedRoom]

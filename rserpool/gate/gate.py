@@ -52,12 +52,15 @@ from rserpool.gate.facts import (
     DOOR_ASAP,
     DOOR_PEER,
     DOORS,
+    ROOM_ADDRESS,
+    ROOM_TOTAL,
     REPORT_COUNTED,
     REPORT_PROBE,
     REPORT_REMOVE,
     AskAuthorizer,
     CloseChannel,
     GatePolicy,
+    NeedRoom,
     Opened,
     Output,
     RemovePoolElements,
@@ -96,6 +99,7 @@ _BOUND = "PE {pe_id:08x} is bound to another identity"
 _PEER_CERTIFICATE = "a peer must present a certificate"
 _HELD_TOO_MANY = "over {n} messages before its identity was established"
 _POOLS = "has PEs in {n} pools already (max_pools_per_identity)"
+_ANONYMOUS_FULL = "{n} anonymous channels open, the rest is kept for channels with an identity"
 _CONNECTIONS = "{n} connections open"
 _CONNECTIONS_HERE = "{n} connections open from this address"
 
@@ -124,7 +128,8 @@ class Gate(AuthenticationDecisions):
         self.attempts = AttemptBudgets(policy.attempts_per_identity_and_address, policy.attempts_per_address,
                                        policy.identity_slowdown)
         self.channels: set[Admission] = set()
-        self.connections: dict[str, int] = {}  # open connections per address
+        self.connections: dict[str, int] = {}  # open connections per address key
+        self.anonymous = 0  # open anonymous ASAP channels
         self._next_token = 1
         #: Refusals by RFC 5354 cause (0: dropped without reply, -1: channel closed).
         self.refused: dict[int, int] = {}
@@ -151,6 +156,7 @@ class Gate(AuthenticationDecisions):
         self._set_identity(adm, None)
         adm.state = CLOSING
         adm.change_barrier = (CAUSE_SECURITY, _NOT_OPEN[CLOSING])
+        self._track(adm)
 
     def note_refusal(self, adm: Admission, action: str, handle: bytes, reason: str, cause: int,
                      now: float) -> None:
@@ -171,13 +177,13 @@ class Gate(AuthenticationDecisions):
                 break
         else:
             raise ValueError(f"unknown door {door!r} (known: {', '.join(DOORS)})")
-        adm = Admission(known, address, tls, fingerprint)
-        adm.channel = channel
         policy = self.policy
+        key = address_key(address, policy.ipv6_prefix)  # an IPv6 /64 is one address
+        adm = Admission(known, address, tls, fingerprint, key)
+        adm.channel = channel
         if len(self.channels) >= policy.max_connections:
             self._refuse(adm, "connection", _CONNECTIONS.format(n=len(self.channels)), CHANNEL_CLOSED, now, "warn")
             return None
-        key = address_key(address, policy.ipv6_prefix)  # an IPv6 /64 is one address
         open_here = self.connections.get(key, 0)
         if open_here >= policy.max_connections_per_address:
             self._refuse(adm, "connection", _CONNECTIONS_HERE.format(n=open_here), CHANNEL_CLOSED, now, "warn")
@@ -185,6 +191,46 @@ class Gate(AuthenticationDecisions):
         self.connections[key] = open_here + 1
         self.channels.add(adm)
         return adm
+
+    def room_needed(self, address: str) -> str | None:
+        """Which connection limit a newcomer from ``address`` would meet
+        (``ROOM_ADDRESS`` first, then ``ROOM_TOTAL``), or None: the shell may
+        first drop a channel that ``evictable`` allows, from the same address
+        key for ``ROOM_ADDRESS``."""
+        policy = self.policy
+        if self.connections.get(address_key(address, policy.ipv6_prefix), 0) >= policy.max_connections_per_address:
+            return ROOM_ADDRESS
+        if len(self.channels) >= policy.max_connections:
+            return ROOM_TOTAL
+        return None
+
+    def evictable(self, adm: Admission, last_message_at: float, holds_pes: bool) -> float | None:
+        """From when the channel may give its slot to a newcomer (None:
+        never): an open anonymous ASAP channel that holds no PE, once it has
+        sent nothing for ``evict_idle_after`` seconds.  Channels with an
+        identity, PEs, or whose identity is being established stay."""
+        if adm.state is not OPEN or adm.identity is not None or adm.door is not DOOR_ASAP or holds_pes:
+            return None
+        return last_message_at + self.policy.evict_idle_after
+
+    def no_room(self, adm: Admission, now: float) -> list[Output]:
+        """After a ``NeedRoom``: no anonymous channel could make room."""
+        if adm.state is not IDENTIFYING:
+            return []
+        return self._close(adm, _ANONYMOUS_FULL.format(n=self.anonymous), now, "info")
+
+    @property
+    def anonymous_limit(self) -> int:
+        """How many open anonymous ASAP channels there may be."""
+        policy = self.policy
+        return policy.max_connections - int(policy.max_connections * policy.authenticated_reserve)
+
+    def _track(self, adm: Admission) -> None:
+        """Keep ``anonymous`` (open anonymous ASAP channels) up to date."""
+        now_anonymous = adm.state is OPEN and adm.identity is None and adm.door is DOOR_ASAP
+        if now_anonymous is not adm.anonymous:
+            adm.anonymous = now_anonymous
+            self.anonymous += 1 if now_anonymous else -1
 
     def certificate_seen(self, adm: Admission, fingerprint: str) -> None:
         """The TLS handshake finished with a client certificate (verified by
@@ -203,6 +249,8 @@ class Gate(AuthenticationDecisions):
                 return self._close(adm, _NO_IDENTITY, now)
             if adm.door is DOOR_PEER and identity.mechanism != MECH_CERTIFICATE:
                 return self._close(adm, _PEER_CERTIFICATE, now)
+        elif identity is None and self.anonymous >= self.anonymous_limit:
+            return [NeedRoom(adm)]  # the rest is kept for channels with an identity
         adm.base = identity
         if identity is not None and adm.fingerprint is None:
             adm.fingerprint = identity.fingerprint
@@ -234,7 +282,7 @@ class Gate(AuthenticationDecisions):
             self._psk_failed(adm, now)
         if adm in self.channels:
             self.channels.discard(adm)
-            key = address_key(adm.address, self.policy.ipv6_prefix)
+            key = adm.source
             left = self.connections.get(key, 1) - 1
             if left > 0:
                 self.connections[key] = left
@@ -243,6 +291,7 @@ class Gate(AuthenticationDecisions):
         adm.state = CLOSING
         adm.change_barrier = (CAUSE_SECURITY, _NOT_OPEN[CLOSING])
         adm.allowed = {}
+        self._track(adm)
 
     def _set_identity(self, adm: Admission, identity: Identity | None, exchanged: bool = False) -> None:
         """Every change of identity goes through here: a new epoch and an
@@ -252,17 +301,19 @@ class Gate(AuthenticationDecisions):
             adm.identity = adm.mechanism = None
             adm.groups = frozenset()
             adm.principal = "addr:" + adm.address
+            adm.rate_key = "addr:" + adm.source
             adm.exchanged = None
         else:
             adm.identity = identity.name
             adm.mechanism = identity.mechanism
             adm.groups = identity.groups
-            adm.principal = identity.name
+            adm.principal = adm.rate_key = identity.name
             if exchanged:
                 adm.exchanged = identity
         adm.epoch += 1
         adm.allowed = {}
         adm.change_barrier = self._barrier(adm)
+        self._track(adm)
 
     def _barrier(self, adm: Admission) -> tuple[int, str] | None:
         """Why no registration or deregistration may come from this channel
@@ -288,7 +339,7 @@ class Gate(AuthenticationDecisions):
         if barrier is not None:
             return self._refuse(adm, _what(action, handle), barrier[1], barrier[0],
                                 now)
-        if not self._registrations_by_address.allow(adm.address, now):
+        if not self._registrations_by_address.allow(adm.source, now):
             return self._refuse(adm, _what(action, handle), _RATE_ADDRESS,
                                 CAUSE_LACK_OF_RESOURCES, now)
         identity = adm.identity
@@ -336,7 +387,7 @@ class Gate(AuthenticationDecisions):
             return self._refuse(adm, _what("resolve", handle), _WRONG_DOOR, CAUSE_UNRECOGNIZED_MESSAGE, now)
         if not adm.tls and not self.policy.allow_insecure_channels:
             return self._refuse(adm, _what("resolve", handle), _NO_TLS, CAUSE_SECURITY, now)
-        if not self._resolutions.allow(adm.principal, now):
+        if not self._resolutions.allow(adm.rate_key, now):
             return self._refuse(adm, _what("resolve", handle), _RATE, CAUSE_LACK_OF_RESOURCES, now)
         if not self.policy.authorize_resolution:
             return None
@@ -355,7 +406,7 @@ class Gate(AuthenticationDecisions):
             return self._refuse(adm, what, _WRONG_DOOR, CAUSE_UNRECOGNIZED_MESSAGE, now, dropped=True)
         if self.policy.unreachable_requires_identity and adm.identity is None:
             return self._refuse(adm, what, _NO_IDENTITY, CAUSE_SECURITY, now, dropped=True)
-        if not self._reports.allow(adm.principal, now):
+        if not self._reports.allow(adm.rate_key, now):
             return self._refuse(adm, what, _RATE, CAUSE_LACK_OF_RESOURCES, now, dropped=True)
         return None
 
@@ -391,7 +442,7 @@ class Gate(AuthenticationDecisions):
             return self._refuse(adm, what, _NO_IDENTITY, CAUSE_SECURITY, now)
         if action == ACTION_PEER and adm.mechanism != MECH_CERTIFICATE:
             return self._refuse(adm, what, _PEER_CERTIFICATE, CAUSE_SECURITY, now)
-        if not self._door_requests.allow(adm.principal, now):
+        if not self._door_requests.allow(adm.rate_key, now):
             return self._refuse(adm, what, _RATE, CAUSE_LACK_OF_RESOURCES, now)
         decided = adm.allowed.get((action, handle))
         if decided is True:

@@ -48,7 +48,7 @@ from rserpool.asap.registrar import (
 )
 from rserpool.errors import BackendUnavailable
 from rserpool.gate import (
-    DOOR_ASAP, AskAuthorizer, CloseChannel, Gate, GatePolicy, Opened, RemovePoolElements,
+    DOOR_ASAP, ROOM_ADDRESS, AskAuthorizer, CloseChannel, Gate, GatePolicy, NeedRoom, Opened, RemovePoolElements,
 )
 from rserpool.handlespace import Handlespace, HandlespaceLimits
 from rserpool.identity import Identity
@@ -155,7 +155,6 @@ class RegistrarService(MultiService):
         rng: random.Random | None = None,
         revocation: RevocationGate | None = None,
         exchange_options: dict[str, Any] | None = None,
-        evict_idle_after: float = 5.0,
     ) -> None:
         super().__init__()
         if not IPoolAuthorizer.providedBy(authorizer):
@@ -192,9 +191,9 @@ class RegistrarService(MultiService):
         self.announce_multicast = announce_multicast
         self.announce_ttl = announce_ttl
         self.channels: dict[Channel, Any] = {}  # every open connection -> its admission
-        # Idle anonymous channels give their slot to newcomers when a limit is reached.
+        # Idle anonymous channels give their slot to newcomers when a limit is
+        # reached (which ones may go is the gate's decision).
         self.eviction = IdleEviction(self.gate.policy.ipv6_prefix)
-        self.evict_idle_after = evict_idle_after
         self._logged_at: dict[str, float] = {}
         self._unlogged: dict[str, int] = {}
         self._held: dict[Channel, list] = {}  # input held while the channel is identified
@@ -415,6 +414,15 @@ class RegistrarService(MultiService):
                 session = decision.admission.session
                 if session is not None:
                     self._carry_out(self.core.remove_pool_elements(session, decision.reason, now))
+            elif kind is NeedRoom:
+                # Anonymous channels hold all they may: an idle one gives its
+                # slot, or this one closes.
+                victim = self.eviction.pick(None, now, self.evictable)
+                if victim is not None:
+                    self._evict(victim, channel.peer)
+                    self._decided(self.gate.identified(decision.admission, None, now))
+                else:
+                    self._decided(self.gate.no_room(decision.admission, now))
 
     def _open_session(self, channel: Channel, admission: Any) -> None:
         channel.session = self.core.open_session(channel, admission)
@@ -501,31 +509,26 @@ class RegistrarService(MultiService):
     # -- making room for newcomers ------------------------------------------------------------
 
     def evictable(self, channel: Channel, now: float) -> float | None:
-        """From when ``channel`` may give its slot to a newcomer: never (None)
-        once it has an identity or a PE, or while its identity is being
-        established; else ``evict_idle_after`` seconds after its last message."""
+        """From when ``channel`` may give its slot to a newcomer (None:
+        never): the gate decides from the facts (its last message, its PEs)."""
         admission = self.channels.get(channel)
-        if admission is None or admission.identity is not None or channel in self._identifying:
+        if admission is None:
             return None
         session = channel.session
-        if session is not None and session.pes:
-            return None
-        return channel.last_message_at + self.evict_idle_after
+        return self.gate.evictable(admission, channel.last_message_at, session is not None and bool(session.pes))
 
     def make_room(self, host: str, now: float, newcomer: Any) -> None:
         """When the gate would refuse a connection from ``host`` for lack of
         room, drop the idle anonymous channel that has waited longest (from
         ``host``'s address if that is what is full)."""
-        gate = self.gate
-        policy = gate.policy
-        if gate.connections.get(self.eviction.key_of(host), 0) >= policy.max_connections_per_address:
-            victim = self.eviction.pick(host, now, self.evictable)
-        elif len(gate.channels) >= policy.max_connections:
-            victim = self.eviction.pick(None, now, self.evictable)
-        else:
+        full = self.gate.room_needed(host)
+        if full is None:
             return
-        if victim is None:
-            return
+        victim = self.eviction.pick(host if full is ROOM_ADDRESS else None, now, self.evictable)
+        if victim is not None:
+            self._evict(victim, newcomer)
+
+    def _evict(self, victim: Channel, newcomer: Any) -> None:
         admission = self.channels.pop(victim, None)
         if admission is not None:
             self.gate.channel_closed(admission)  # its slot is free now; its close follows
