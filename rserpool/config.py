@@ -149,6 +149,10 @@ SCHEMA: dict[str, dict[str, Option]] = {
                                       "soft (allow, with a warning, when the responder cannot answer) or hard"),
         "ocsp_responder": _S(str, "", "OCSP responder URL used instead of the certificates' AIA URLs"),
         "ocsp_timeout": _S(_positive_float, "5.0", "seconds to wait for the OCSP responder"),
+        "ocsp_recheck_interval": _S(_non_negative_float, "60", "seconds between OCSP re-checks of the certificates "
+                                                              "of open channels (an answer is reused until its "
+                                                              "nextUpdate; a verified 'revoked' closes the channels "
+                                                              "and removes their PEs; 0: never)"),
         "ocsp_allow_remote": _S(_bool, "no", "query OCSP responders on non-loopback hosts (no: loopback only)"),
         "ocsp_require_nonce": _S(_bool, "no", "refuse OCSP responses that do not echo the request's nonce"),
         "psk_file": _S(str, "", "TLS-PSK keys, 'identity key-hex' per line, mode 0600 (empty: no TLS-PSK)",

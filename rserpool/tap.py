@@ -238,8 +238,11 @@ def build_registrar(config: Config, reactor: Any = None, *, demo: bool = False,
         announce_ttl=announce["multicast_ttl"],
         rng=random.SystemRandom(),
         revocation=revocation,
+        ocsp_recheck_interval=tls_conf["ocsp_recheck_interval"] if tls_conf["enabled"] else 0.0,
     )
     psk_admit.target = service.psk_attempt
+    if crl_monitor is not None:  # a CRL reload reaches the channels already open
+        crl_monitor.monitor.add_reload_listener(service.crls_reloaded)
     if service.authenticator is not None:
         _log.info("PE authentication inside TLS: {mechanisms}",
                   mechanisms=", ".join(service.authenticator.mechanisms))

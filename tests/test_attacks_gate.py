@@ -11,7 +11,9 @@ names each test next to the threat it attacks.
 
 from __future__ import annotations
 
+import os
 import time
+from datetime import datetime, timezone
 from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
@@ -23,7 +25,8 @@ from twisted.python.failure import Failure
 
 from rserpool.asap.pe import PeSettings
 from rserpool.backends.filestore_format import srp_line
-from rserpool.security import exchange, pki, psk, srp, tls
+from rserpool.security import devpki, exchange, pki, psk, srp, tls
+from rserpool.security.revocation import CrlMonitorService
 from rserpool.service.auth import AuthenticationError, PeAuthenticator
 from rserpool.service.candidates import RegistrarCandidates
 from rserpool.service.channel import Channel, ChannelSettings, tls_client_endpoint
@@ -500,3 +503,36 @@ def test_without_the_reserve_busy_anonymous_clients_lock_pes_out(tmp_path: Path)
         assert not pe.ready.called or pe.closed.called
     finally:
         world.stop()
+
+
+# -- revocation reaches channels that are already open -----------------------------------------------
+
+
+def test_a_crl_reload_closes_the_revoked_pes_channel_and_removes_its_pes(shipped: Shipped) -> None:
+    # Issue 12: after a CRL revoking an identity was reloaded, that identity's
+    # open channel kept registering new PEs, and its PEs stayed in the pool.
+    pe = shipped.pool_element(0x2180)
+    raw = shipped.client("pe1", source="127.0.0.3")  # another channel of the same certificate
+    raw.send(AsapRegistration(H, make_pe(0x2181, life=3600, address="127.0.0.3", policy=LeastUsedPolicy(1))))
+    pu = shipped.client("pu1")  # another certificate, not revoked
+    shipped.net.run()
+    assert shipped.registrar.handlespace.get(H, 0x2181) is not None
+    removed: list[Any] = []
+    shipped.registrar.change_listeners.append(removed.append)  # what ENRP peers are told
+    (monitor,) = [s.monitor for s in shipped.registrar if isinstance(s, CrlMonitorService)]
+    pe_cert = pki.load_certificate(shipped.pki / "pe.pem")
+    devpki.revoke_dev_certificate(shipped.pki, pe_cert.serial_number, datetime.now(timezone.utc))
+    stamp = time.time_ns() + 1_000_000_000
+    os.utime(shipped.pki / "crl.pem", ns=(stamp, stamp))
+    monitor.check()  # what its timer does every crl_check_interval
+    shipped.net.run()
+    assert raw.closed.called
+    assert shipped.registrar.handlespace.get(H, 0x2180) is None
+    assert shipped.registrar.handlespace.get(H, 0x2181) is None
+    assert sorted(o.entry.pe_id for o in removed if type(o).__name__ == "PoolElementRemoved") == [0x2180, 0x2181]
+    assert shipped.registrar.live_certificates.stats["revoked_by_crl"] == 1
+    assert not pu.closed.called
+    # The PE library hunts again, and its handshake is refused: it stays out.
+    shipped.net.pass_time(15.0)
+    assert shipped.registrar.handlespace.get(H, 0x2180) is None
+    assert not pe.is_registered

@@ -48,7 +48,7 @@ from rserpool.asap.registrar import (
 )
 from rserpool.errors import BackendUnavailable
 from rserpool.gate import (
-    DOOR_ASAP, ROOM_ADDRESS, AskAuthorizer, CloseChannel, Gate, GatePolicy, NeedRoom, Opened, RemovePoolElements,
+    CLOSING, DOOR_ASAP, ROOM_ADDRESS, AskAuthorizer, CloseChannel, Gate, GatePolicy, NeedRoom, Opened, RemovePoolElements,
 )
 from rserpool.handlespace import Handlespace, HandlespaceLimits
 from rserpool.identity import Identity
@@ -63,6 +63,7 @@ from rserpool.security.revocation import RevocationGate, verified_chain
 from rserpool.security.tls import NotTLSError, tls_connection
 from rserpool.service.auth import RegistrarAuthenticator
 from rserpool.service.channel import Channel, ChannelSettings, address_text
+from rserpool.service.live_revocation import LiveCertificates
 from rserpool.service.slots import IdleEviction
 from rserpool.service.tlsfactory import TLSServerFactory
 from rserpool.stats import EventCounts
@@ -155,6 +156,7 @@ class RegistrarService(MultiService):
         rng: random.Random | None = None,
         revocation: RevocationGate | None = None,
         exchange_options: dict[str, Any] | None = None,
+        ocsp_recheck_interval: float = 60.0,
     ) -> None:
         super().__init__()
         if not IPoolAuthorizer.providedBy(authorizer):
@@ -172,6 +174,10 @@ class RegistrarService(MultiService):
         self.identity_policy = identity_policy or IdentityPolicy()
         # OCSP: the gate holds a channel's input until its certificate's check answered.
         self.revocation = revocation
+        # Revocation news (a CRL reload, an OCSP "revoked") for live channels.
+        self.live_certificates = LiveCertificates(
+            reactor, self._live_certificates, self._revoked, revocation=revocation,
+            recheck_interval=ocsp_recheck_interval, trust_roots=getattr(revocation, "trust_roots", ()))
         self.gate = Gate(gate_policy, log=self._gate_log)
         self.checkers = Authenticator(checkers if checkers is not None else (CertificateChecker(), PskChecker()))
         # SRP/CHAP over the ASAP extension; None: the extension is disabled and
@@ -232,6 +238,7 @@ class RegistrarService(MultiService):
     def startService(self):  # noqa: N802 (Twisted)
         super().startService()
         self.started = self.clock.seconds()
+        self.live_certificates.start()
         for description in self.listen:
             factory: Any = _RegistrarFactory(self, tls=self.tls_options is not None)
             if self.tls_options is not None:
@@ -264,6 +271,7 @@ class RegistrarService(MultiService):
 
     @defer.inlineCallbacks
     def stopService(self):  # noqa: N802 (Twisted)
+        self.live_certificates.stop()
         if self._announce_call is not None and self._announce_call.active():
             self._announce_call.cancel()
         self._announce_call = None
@@ -350,6 +358,7 @@ class RegistrarService(MultiService):
         return None
 
     def _revocation_checked(self, decision: Any, channel: Channel, credentials: Any) -> Any:
+        self.live_certificates.ocsp_decided(credentials.fingerprint, decision)  # its live channels too
         if not decision.allowed:
             raise _Revoked(decision.reason)
         return self._authenticate(channel, credentials)
@@ -554,6 +563,28 @@ class RegistrarService(MultiService):
         the gate closes every channel it authenticated and their PEs go now."""
         self._decided(self.gate.revoke(identity=identity, fingerprint=fingerprint, reason=reason,
                                        now=self.clock.seconds()))
+
+    def crls_reloaded(self, crls: Any) -> None:
+        """New CRLs are in force (a ``CrlMonitor`` reload listener): the live
+        channels whose certificates they revoke close, at every door."""
+        self.live_certificates.crls_reloaded(crls)
+
+    def _revoked(self, fingerprint: str, reason: str) -> None:
+        self.revoke(fingerprint=fingerprint, reason=reason)
+
+    def _live_certificates(self) -> Iterable[Any]:
+        """(fingerprint, certificate, verified chain) of every live channel
+        of every door that came with a client certificate."""
+        for admission in list(self.gate.channels):
+            if admission.fingerprint is None or admission.state is CLOSING or admission.channel is None:
+                continue
+            transport = getattr(admission.channel, "transport", None)
+            try:
+                peer = tls_connection(transport).get_peer_certificate()
+            except NotTLSError:
+                continue
+            if peer is not None:
+                yield admission.fingerprint, peer.to_cryptography(), verified_chain(transport)
 
     # -- carrying out the core's decisions ---------------------------------------------------
 
