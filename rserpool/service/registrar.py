@@ -23,7 +23,6 @@ core and :mod:`rserpool.gate`); this module only
 
 from __future__ import annotations
 
-import ipaddress
 import random
 from typing import Any, Iterable
 
@@ -34,7 +33,7 @@ from twisted.cred.error import UnauthorizedLogin, UnhandledCredentials
 from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IDelayedCall, IReactorTime, ITCPTransport
-from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
+from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -62,6 +61,7 @@ from rserpool.security.psk import psk_identity
 from rserpool.security.revocation import RevocationGate, verified_chain
 from rserpool.security.tls import NotTLSError, tls_connection
 from rserpool.service.auth import RegistrarAuthenticator
+from rserpool.service.announce import ServerAnnouncer, listening_transports
 from rserpool.service.channel import Channel, ChannelSettings, address_text
 from rserpool.service.live_revocation import LiveCertificates
 from rserpool.service.slots import IdleEviction
@@ -69,9 +69,8 @@ from rserpool.service.tlsfactory import TLSServerFactory
 from rserpool.stats import EventCounts
 from rserpool.wire import WireError
 from rserpool.wire.params import pool_handle_text
-from rserpool.wire.transports import TcpTransport
 
-__all__ = ["RegistrarService", "AnnounceProtocol"]
+__all__ = ["RegistrarService"]
 
 _log = Logger()
 
@@ -192,10 +191,10 @@ class RegistrarService(MultiService):
         self.handlespace = Handlespace(limits or HandlespaceLimits(), rng=random.Random(self.rng.random()))
         self.core = RegistrarCore(settings, self.handlespace, self.gate, rng=random.Random(self.rng.random()),
                                   log=self._core_log)
-        self.announce_targets = tuple(announce_targets)
-        self.announce_interval = announce_interval
-        self.announce_multicast = announce_multicast
-        self.announce_ttl = announce_ttl
+        self.announcer = ServerAnnouncer(reactor, self.announce_message, targets=announce_targets,
+                                         interval=announce_interval, multicast=announce_multicast,
+                                         ttl=announce_ttl, rng=self.rng)
+        self.announce_targets = self.announcer.targets
         self.channels: dict[Channel, Any] = {}  # every open connection -> its admission
         # Idle anonymous channels give their slot to newcomers when a limit is
         # reached (which ones may go is the gate's decision).
@@ -208,8 +207,6 @@ class RegistrarService(MultiService):
         self.listening_addresses: list[Any] = []
         self._timer: IDelayedCall | None = None
         self._timer_at: float | None = None
-        self._announce_call: IDelayedCall | None = None
-        self._announce_port: Any = None
         #: Called with every PoolElementAdded / PoolElementRemoved (the ENRP
         #: service turns them into handle updates to peers).
         self.change_listeners: list[Callable[[Any], None]] = []
@@ -250,34 +247,12 @@ class RegistrarService(MultiService):
             _log.info("registrar {server_id:08x} listening for ASAP on {address} ({tls})",
                       server_id=self.server_id, address=address_text(port.getHost()),
                       tls="TLS" if self.tls_options is not None else "PLAINTEXT")
-        if self.announce_multicast:
-            _log.info("announcing to multicast group {group}", group=self.announce_multicast)
-            self._announce_port = self.reactor.listenMulticast(0, AnnounceProtocol())
-            self._announce_port.setTTL(self.announce_ttl)
-        elif self.announce_targets:
-            interface = "127.0.0.1" if self._loopback_only() else ""
-            self._announce_port = self.reactor.listenUDP(0, AnnounceProtocol(), interface=interface)
-        if self._announce_port is not None:
-            self._schedule_announce()
-
-    def _loopback_only(self) -> bool:
-        hosts = [h for h, _ in self.announce_targets]
-        if self.announce_multicast:
-            return False
-        try:
-            return all(ipaddress.ip_address(h).is_loopback for h in hosts)
-        except ValueError:
-            return False
+        self.announcer.start()
 
     @defer.inlineCallbacks
     def stopService(self):  # noqa: N802 (Twisted)
         self.live_certificates.stop()
-        if self._announce_call is not None and self._announce_call.active():
-            self._announce_call.cancel()
-        self._announce_call = None
-        if self._announce_port is not None:
-            yield self._announce_port.stopListening()
-            self._announce_port = None
+        yield self.announcer.stop()
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
@@ -671,45 +646,11 @@ class RegistrarService(MultiService):
 
     # -- announces ------------------------------------------------------------------------
 
-    def _schedule_announce(self) -> None:
-        # T6 with +/-12.5 % jitter so that registrars do not synchronise.
-        delay = self.announce_interval * (0.875 + 0.25 * self.rng.random())
-        self._announce_call = self.clock.callLater(delay, self._announce)
-
     def announce_message(self) -> Any:
-        transports = []
-        for address in self.listening_addresses:
-            host = getattr(address, "host", None)
-            try:
-                ip = ipaddress.ip_address(host)
-            except (TypeError, ValueError):
-                continue
-            # A wildcard address stands for "the address this datagram came
-            # from"; receivers substitute the sender's address.
-            transports.append(TcpTransport(address.port, ip))
-        return self.core.server_announce(tuple(transports))
-
-    def _announce(self) -> None:
-        self._announce_call = None
-        if self._announce_port is None:
-            return
-        data = self.announce_message().encode()
-        for target in self.announce_targets:
-            try:
-                self._announce_port.write(data, target)
-            except Exception as exc:  # a bad target must not stop the others
-                _log.warn("announce to {target} failed: {error}", target=target, error=exc)
-        if self.announce_multicast:
-            self._announce_port.write(data, self.announce_multicast)
-        self._schedule_announce()
+        """This registrar's ASAP_SERVER_ANNOUNCE (its listening transports)."""
+        return self.core.server_announce(listening_transports(self.listening_addresses))
 
 
 class _Revoked(Exception):
     """The certificate's OCSP check refused it."""
 
-
-class AnnounceProtocol(DatagramProtocol):
-    """The registrar's announce socket: it only sends."""
-
-    def datagramReceived(self, data: bytes, addr: Any) -> None:
-        pass
