@@ -225,6 +225,10 @@ SCHEMA: dict[str, dict[str, Option]] = {
         "registration_rate": _S(_positive_float, "50", "registrations per second per identity (burst: twice that)"),
         "registration_rate_per_address": _S(_positive_float, "500", "registrations per second per source address"),
         "resolution_rate": _S(_positive_float, "2000", "handle resolutions per second per identity or address"),
+        "anonymous_resolution_rate": _S(_positive_float, "20000", "handle resolutions per second from all "
+                                                                  "anonymous pool users together (burst: twice "
+                                                                  "that); the rest of the registrar is kept for "
+                                                                  "pool users with an identity"),
         "unreachable_rate": _S(_positive_float, "1", "ENDPOINT_UNREACHABLE reports per second per reporter"),
         "unreachable_requires_identity": _S(_bool, "no", "drop ENDPOINT_UNREACHABLE from pool users without an "
                                                          "authenticated identity (RFC 5355 2.13)"),

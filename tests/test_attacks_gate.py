@@ -35,6 +35,7 @@ from rserpool.wire import (
     AsapEndpointKeepAlive,
     AsapEndpointUnreachable,
     AsapHandleResolution,
+    AsapHandleResolutionResponse,
     AsapRegistration,
     AsapRegistrationResponse,
     LeastUsedPolicy,
@@ -536,3 +537,41 @@ def test_a_crl_reload_closes_the_revoked_pes_channel_and_removes_its_pes(shipped
     shipped.net.pass_time(15.0)
     assert shipped.registrar.handlespace.get(H, 0x2180) is None
     assert not pe.is_registered
+
+
+# -- resolution floods: a budget for all anonymous resolutions ------------------------------------------
+
+
+def test_anonymous_floods_share_one_budget_and_pool_users_with_an_identity_keep_theirs(tmp_path: Path) -> None:
+    # Issue 12: anonymous connections from several addresses, each within its
+    # per-address limit, together took the registrar from everyone.  Here a
+    # site's budget for all anonymous resolutions is 50/s (the shipped one is
+    # 20000/s): ten flooders on ten addresses get that much between them, are
+    # paused a quarter second at each refusal (a flood costs one refusal per
+    # pause), and a pool user with a certificate is never refused.
+    world = Shipped(tmp_path, changes=((r"(?m)^authorize_resolution = no$",
+                                        "authorize_resolution = no\nanonymous_resolution_rate = 50"),))
+    try:
+        world.pool_element(0x2190)
+        flooders = [world.client(source=f"127.0.9.{n}") for n in range(10)]
+        pu = world.client("pu1", source="127.0.0.8")
+        answers = []
+        for second in range(4):
+            for flooder in flooders:
+                for _ in range(100):
+                    flooder.send(AsapHandleResolution(H))
+            for _ in range(10):  # the pool user asks ten times a second
+                pu.send(AsapHandleResolution(H))
+                world.net.pass_time(0.1, step=0.05)
+        answers = [m for f in flooders for m in f.messages if isinstance(m, AsapHandleResolutionResponse)]
+        served = [a for a in answers if a.error is None]
+        refused = [a for a in answers if a.error is not None]
+        assert {a.error.causes[0].code for a in refused} == {CAUSE_LACK_OF_RESOURCES}
+        assert len(served) <= 100 + 50 * 4 + 10  # the burst, then 50/s
+        assert len(refused) <= 10 * 4 * 4 + 10  # at most one per flooder and pause
+        handled = len(served) + len(refused)
+        assert handled < 4000 / 5  # most of the flood was never even read
+        pu_answers = [m for m in pu.messages if isinstance(m, AsapHandleResolutionResponse)]
+        assert len(pu_answers) == 40 and all(a.error is None for a in pu_answers)
+    finally:
+        world.stop()

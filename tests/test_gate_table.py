@@ -57,6 +57,7 @@ def test_the_table_is_there_and_numbered():
 _FLAGS = {"allow_insecure_channels", "allow_unauthenticated", "authorize_resolution", "check_pe_addresses",
           "unreachable_requires_identity", "unreachable_removal_needs_failed_probe"}
 _RATES = {"registration_rate", "registration_rate_per_address", "resolution_rate", "unreachable_rate",
+          "anonymous_resolution_rate",
           "door_request_rate", "refusal_log_per_address", "refusal_log_total"}
 _ATTEMPTS = {"attempts_per_identity_and_address", "attempts_per_address"}
 _COUNTS = {"max_held_per_channel", "max_pending_per_channel", "max_connections",
@@ -206,6 +207,10 @@ class World:
             for n in range(int(item.split()[0])):
                 other = gate.open_channel(DOOR_ASAP, f"10.1.0.{n}", True, NOW)
                 assert gate.identified(other, None, NOW) == [Opened(other)]
+        elif item.startswith("1 anonymous resolution from "):
+            other = gate.open_channel(DOOR_ASAP, item.split()[-1], True, NOW)
+            gate.identified(other, None, NOW)
+            assert gate.admit_resolution(other, b"echo", NOW) is None
         elif item.startswith("1 from "):
             assert gate.open_channel(DOOR_ASAP, item.split()[2], True, NOW) is not None
         elif item.startswith("in ") and item.endswith(" pools"):
@@ -345,6 +350,8 @@ def check_decision(world: World, result, decision: str, cause: str) -> None:
             assert adm.allowed[(ask.action, ask.pool_handle)] is (result is None)
         elif extra == "not cached":
             assert world.ask is None or (world.ask.action, world.ask.pool_handle) not in adm.allowed
+        elif extra == "paused":
+            assert adm.paused_until == NOW + gate.policy.rate_limited_pause
         elif extra == "cache empty":
             assert adm.allowed == {}
         elif extra == "identity none":

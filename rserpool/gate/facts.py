@@ -128,6 +128,12 @@ class GatePolicy:
     registration_rate_per_address: RateLimit = RateLimit(rate=500.0, burst=1000.0)
     # Per identity, or per source address for anonymous pool users.
     resolution_rate: RateLimit = RateLimit(rate=2000.0, burst=4000.0)
+    # All anonymous resolutions together (whatever their addresses): what
+    # is left of the registrar is kept for pool users with an identity.
+    anonymous_resolution_rate: RateLimit = RateLimit(rate=20_000.0, burst=40_000.0)
+    # A channel refused for a resolution rate is not read for this long
+    # (seconds): a flood costs the registrar one refusal per pause.
+    rate_limited_pause: float = 0.25
     unreachable_rate: RateLimit = RateLimit(rate=1.0, burst=10.0)
     # Requests at the peer and admin doors, per identity.
     door_request_rate: RateLimit = RateLimit(rate=100.0, burst=200.0)
@@ -177,6 +183,8 @@ class GatePolicy:
             raise ValueError("authenticated_reserve must be at least 0 and below 1")
         if self.evict_idle_after <= 0:
             raise ValueError("evict_idle_after must be positive")
+        if self.rate_limited_pause < 0:
+            raise ValueError("rate_limited_pause must not be negative")
 
 
 # -- which connection limit a newcomer meets (Gate.room_needed) ----------------------------------
@@ -204,7 +212,7 @@ class Admission:
 
     __slots__ = ("door", "address", "source", "tls", "fingerprint", "state", "identity", "mechanism", "groups",
                  "principal", "rate_key", "base", "exchanged", "attempt", "anonymous", "allowed", "pending",
-                 "held", "epoch", "change_barrier", "session", "channel", "_last_address")
+                 "held", "epoch", "change_barrier", "session", "channel", "paused_until", "_last_address")
 
     def __init__(self, door: str, address: str, tls: bool, fingerprint: str | None, source: str = "") -> None:
         self.door = door
@@ -224,6 +232,7 @@ class Admission:
         self.exchanged: Identity | None = None  # the identity an SRP/CHAP exchange proved
         self.attempt: str | None = None  # the identity an admitted SRP/CHAP attempt tries to prove
         self.anonymous = False  # counted among the open anonymous ASAP channels
+        self.paused_until = 0.0  # rate limited: read nothing more before then
         self.allowed: dict[tuple[str, bytes], bool] = {}
         self.pending = 0
         self.held = 0

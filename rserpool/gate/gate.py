@@ -94,6 +94,7 @@ _TOO_MANY_PENDING = "too many authorizations pending"
 _RATE_ADDRESS = "rate limited (address)"
 _RATE_IDENTITY = "rate limited (identity)"
 _RATE = "rate limited"
+_RATE_ANONYMOUS = "rate limited (all anonymous resolutions)"
 _ADDRESS_MISMATCH = "registers address {address}, not the channel's"
 _BOUND = "PE {pe_id:08x} is bound to another identity"
 _PEER_CERTIFICATE = "a peer must present a certificate"
@@ -123,6 +124,7 @@ class Gate(AuthenticationDecisions):
         self._registrations = RateLimiter(policy.registration_rate)
         self._registrations_by_address = RateLimiter(policy.registration_rate_per_address)
         self._resolutions = RateLimiter(policy.resolution_rate)
+        self._anonymous_resolutions = RateLimiter(policy.anonymous_resolution_rate, max_keys=1)
         self._reports = RateLimiter(policy.unreachable_rate)
         self._door_requests = RateLimiter(policy.door_request_rate)
         self.attempts = AttemptBudgets(policy.attempts_per_identity_and_address, policy.attempts_per_address,
@@ -380,7 +382,10 @@ class Gate(AuthenticationDecisions):
         return self._authorize(adm, ACTION_OPAQUE, handle, decided, now)
 
     def admit_resolution(self, adm: Admission, handle: bytes, now: float) -> None | int | AskAuthorizer:
-        """A handle resolution (anonymous pool users welcome)."""
+        """A handle resolution (anonymous pool users welcome): per requester
+        (identity, or address key) and, for anonymous ones, all together.
+        A rate-limited channel is also paused (``adm.paused_until``: the
+        shell reads nothing more from it before then)."""
         if adm.state is not OPEN:
             return self._refuse(adm, _what("resolve", handle), _NOT_OPEN[adm.state], CAUSE_SECURITY, now)
         if adm.door is not DOOR_ASAP:
@@ -388,7 +393,11 @@ class Gate(AuthenticationDecisions):
         if not adm.tls and not self.policy.allow_insecure_channels:
             return self._refuse(adm, _what("resolve", handle), _NO_TLS, CAUSE_SECURITY, now)
         if not self._resolutions.allow(adm.rate_key, now):
+            adm.paused_until = now + self.policy.rate_limited_pause
             return self._refuse(adm, _what("resolve", handle), _RATE, CAUSE_LACK_OF_RESOURCES, now)
+        if adm.identity is None and not self._anonymous_resolutions.allow(None, now):
+            adm.paused_until = now + self.policy.rate_limited_pause
+            return self._refuse(adm, _what("resolve", handle), _RATE_ANONYMOUS, CAUSE_LACK_OF_RESOURCES, now)
         if not self.policy.authorize_resolution:
             return None
         decided = adm.allowed.get(("resolve", handle))

@@ -40,6 +40,7 @@ from zope.interface import implementer
 
 from rserpool.asap.registrar import (
     Close,
+    PauseInput,
     PoolElementAdded,
     PoolElementRemoved,
     RegistrarCore,
@@ -578,6 +579,8 @@ class RegistrarService(MultiService):
                 self._authorize(output)
             elif kind is Close:
                 output.session.channel.close()
+            elif kind is PauseInput:
+                output.session.channel.pause_input(output.until)
             elif kind is PoolElementAdded:
                 if output.created:
                     _log.info("PE {pe_id:08x} registered in pool {handle} by {identity}",
