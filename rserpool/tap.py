@@ -568,6 +568,11 @@ def makeService(options: Options) -> IService:
     except (ConfigError, PluginError, ValueError, OSError, LookupError) as exc:
         # rserpool.startup.check built it already: only a file changed since.
         _fail([" ".join((str(exc) or type(exc).__name__).split())])
+    from twisted.logger import LogLevel
+
+    # Every PE's registration and routine removal, one line each, at debug
+    # (otherwise counted: a summary line a minute).
+    registrar.log_pe_changes = options.log_level == LogLevel.debug
     registrar.setServiceParent(top)
     if not options["demo"]:
         return top

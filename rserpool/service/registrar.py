@@ -77,6 +77,10 @@ _log = Logger()
 
 _LEVELS = {"info": _log.info, "warn": _log.warn, "error": _log.error}
 
+#: Removals that happen in every PE's life: counted, not logged one by one
+#: (see ``RegistrarService.log_pe_changes``).
+_ROUTINE_REMOVALS = ("deregistered", "ASAP channel lost", "registration life expired")
+
 #: The core's log lines that repeat what the service logs from the core's outputs.
 _LOGGED_FROM_OUTPUTS = frozenset({"removed PE {pe_id:08x} from pool {handle!r}: {reason}"})
 
@@ -135,6 +139,14 @@ class RegistrarService(MultiService):
     #: a Twisted log event costs a few microseconds even when every observer
     #: filters it out, and this one would be built for every new session.
     log_channels: bool = False
+    #: Log every PE registered, deregistered, lost with its channel or
+    #: expired (debug level).  Off by default: those are counted and summed
+    #: up in one info line every ``pe_log_interval`` seconds (a written log
+    #: line costs about 100 us, two per session); removals for any other
+    #: reason (keep-alive, unreachability, revocation) are always logged.
+    #: ``twistd ... --log-level debug`` turns it on.
+    log_pe_changes: bool = False
+    pe_log_interval: float = 60.0
 
     def __init__(
         self,
@@ -207,6 +219,8 @@ class RegistrarService(MultiService):
         self.ports: list[Any] = []
         self.listening_addresses: list[Any] = []
         self._timer: IDelayedCall | None = None
+        self._pe_counts = dict.fromkeys(("registered", *_ROUTINE_REMOVALS), 0)
+        self._pe_summary_call: IDelayedCall | None = None
         self._timer_at: float | None = None
         #: Called with every PoolElementAdded / PoolElementRemoved (the ENRP
         #: service turns them into handle updates to peers).
@@ -237,6 +251,7 @@ class RegistrarService(MultiService):
         super().startService()
         self.started = self.clock.seconds()
         self.live_certificates.start()
+        self._pe_summary_call = self.clock.callLater(self.pe_log_interval, self._log_pe_summary)
         for description in self.listen:
             factory: Any = _RegistrarFactory(self, tls=self.tls_options is not None)
             if self.tls_options is not None:
@@ -253,6 +268,9 @@ class RegistrarService(MultiService):
     @defer.inlineCallbacks
     def stopService(self):  # noqa: N802 (Twisted)
         self.live_certificates.stop()
+        if self._pe_summary_call is not None and self._pe_summary_call.active():
+            self._pe_summary_call.cancel()
+        self._pe_summary_call = None
         yield self.announcer.stop()
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
@@ -583,17 +601,43 @@ class RegistrarService(MultiService):
                 output.session.channel.pause_input(output.until)
             elif kind is PoolElementAdded:
                 if output.created:
-                    _log.info("PE {pe_id:08x} registered in pool {handle} by {identity}",
-                              pe_id=output.entry.pe_id, handle=pool_handle_text(output.entry.pool_handle),
-                              identity=output.entry.identity)
+                    self._pe_added(output.entry)
                 for listener in self.change_listeners:
                     listener(output)
             elif kind is PoolElementRemoved:
-                _log.info("PE {pe_id:08x} left pool {handle}: {reason}", pe_id=output.entry.pe_id,
-                          handle=pool_handle_text(output.entry.pool_handle), reason=output.reason)
+                self._pe_removed(output.entry, output.reason)
                 for listener in self.change_listeners:
                     listener(output)
         self._arm_timer()
+
+    # -- the PE log: routine changes counted, a summary a minute ----------------------------------
+
+    def _pe_added(self, entry: Any) -> None:
+        if self.log_pe_changes:
+            _log.debug("PE {pe_id:08x} registered in pool {handle} by {identity}", pe_id=entry.pe_id,
+                       handle=pool_handle_text(entry.pool_handle), identity=entry.identity)
+        else:
+            self._pe_counts["registered"] += 1
+
+    def _pe_removed(self, entry: Any, reason: str) -> None:
+        if reason in _ROUTINE_REMOVALS and not self.log_pe_changes:
+            self._pe_counts[reason] += 1
+            return
+        (_log.info if reason not in _ROUTINE_REMOVALS else _log.debug)(
+            "PE {pe_id:08x} left pool {handle}: {reason}", pe_id=entry.pe_id,
+            handle=pool_handle_text(entry.pool_handle), reason=reason)
+
+    def _log_pe_summary(self) -> None:
+        """Every ``pe_log_interval``: one line for the routine changes counted."""
+        self._pe_summary_call = self.clock.callLater(self.pe_log_interval, self._log_pe_summary)
+        counts = self._pe_counts
+        if any(counts.values()):
+            _log.info("PEs in the last {interval:g} s: {registered} registered, {left} left ({details}); "
+                      "{now} in the handlespace", interval=self.pe_log_interval, registered=counts["registered"],
+                      left=sum(counts[r] for r in _ROUTINE_REMOVALS),
+                      details=", ".join(f"{counts[r]} {r}" for r in _ROUTINE_REMOVALS if counts[r]) or "none",
+                      now=len(self.handlespace))
+            self._pe_counts = dict.fromkeys(counts, 0)
 
     def _authorize(self, ask: AskAuthorizer) -> None:
         # A plain answer (the rules authorizer) is handled without any
