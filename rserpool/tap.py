@@ -572,7 +572,7 @@ def makeService(options: Options) -> IService:
 
     # Every PE's registration and routine removal, one line each, at debug
     # (otherwise counted: a summary line a minute).
-    registrar.log_pe_changes = options.log_level == LogLevel.debug
+    registrar.pe_log.every_change = options.log_level == LogLevel.debug
     registrar.setServiceParent(top)
     if not options["demo"]:
         return top

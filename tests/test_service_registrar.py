@@ -157,14 +157,12 @@ class RegistrarOverTLS(RegistrarClientsMixin, unittest.TestCase):
             yield noticed
         lines = [formatEvent(e) for e in events if e.get("log_namespace") == "rserpool.service.registrar"]
         self.assertFalse([line for line in lines if "00000ab" in line])
-        self.assertEqual(self.registrar._pe_counts["registered"], 2)
-        self.registrar._pe_summary_call.cancel()
-        self.registrar._log_pe_summary()
+        self.assertEqual(self.registrar.pe_log.counts["registered"], 2)
+        self.registrar.pe_log.summary()
         (summary,) = [formatEvent(e) for e in events if "PEs in the last" in formatEvent(e)]
         self.assertEqual(summary, "PEs in the last 60 s: 2 registered, 2 left (2 ASAP channel lost); "
                                   "0 in the handlespace")
-        self.registrar._pe_summary_call.cancel()
-        self.registrar._log_pe_summary()  # nothing new: no line
+        self.registrar.pe_log.summary()  # nothing new: no line
         self.assertEqual(len([e for e in events if "PEs in the last" in formatEvent(e)]), 1)
 
     @defer.inlineCallbacks
@@ -174,7 +172,7 @@ class RegistrarOverTLS(RegistrarClientsMixin, unittest.TestCase):
         events = []
         globalLogPublisher.addObserver(events.append)
         self.addCleanup(globalLogPublisher.removeObserver, events.append)
-        self.registrar.log_pe_changes = True  # one line per PE (--log-level debug)
+        self.registrar.pe_log.every_change = True  # one line per PE (--log-level debug)
         pe = yield self.connect(self.pki.pe1)
         reply = yield pe.request(AsapRegistration(b"echo", make_pe(0xABC)))
         self.assertFalse(reply.reject)

@@ -65,6 +65,7 @@ from rserpool.service.auth import RegistrarAuthenticator
 from rserpool.service.announce import ServerAnnouncer, listening_transports
 from rserpool.service.channel import Channel, ChannelSettings, address_text
 from rserpool.service.live_revocation import LiveCertificates
+from rserpool.service.pe_log import PeChangeLog
 from rserpool.service.slots import IdleEviction
 from rserpool.service.tlsfactory import TLSServerFactory
 from rserpool.stats import EventCounts
@@ -76,10 +77,6 @@ __all__ = ["RegistrarService"]
 _log = Logger()
 
 _LEVELS = {"info": _log.info, "warn": _log.warn, "error": _log.error}
-
-#: Removals that happen in every PE's life: counted, not logged one by one
-#: (see ``RegistrarService.log_pe_changes``).
-_ROUTINE_REMOVALS = ("deregistered", "ASAP channel lost", "registration life expired")
 
 #: The core's log lines that repeat what the service logs from the core's outputs.
 _LOGGED_FROM_OUTPUTS = frozenset({"removed PE {pe_id:08x} from pool {handle!r}: {reason}"})
@@ -139,14 +136,6 @@ class RegistrarService(MultiService):
     #: a Twisted log event costs a few microseconds even when every observer
     #: filters it out, and this one would be built for every new session.
     log_channels: bool = False
-    #: Log every PE registered, deregistered, lost with its channel or
-    #: expired (debug level).  Off by default: those are counted and summed
-    #: up in one info line every ``pe_log_interval`` seconds (a written log
-    #: line costs about 100 us, two per session); removals for any other
-    #: reason (keep-alive, unreachability, revocation) are always logged.
-    #: ``twistd ... --log-level debug`` turns it on.
-    log_pe_changes: bool = False
-    pe_log_interval: float = 60.0
 
     def __init__(
         self,
@@ -219,8 +208,8 @@ class RegistrarService(MultiService):
         self.ports: list[Any] = []
         self.listening_addresses: list[Any] = []
         self._timer: IDelayedCall | None = None
-        self._pe_counts = dict.fromkeys(("registered", *_ROUTINE_REMOVALS), 0)
-        self._pe_summary_call: IDelayedCall | None = None
+        # PE changes: routine ones counted, a summary a minute (rserpool.service.pe_log).
+        self.pe_log = PeChangeLog(reactor, lambda: len(self.handlespace), _log)
         self._timer_at: float | None = None
         #: Called with every PoolElementAdded / PoolElementRemoved (the ENRP
         #: service turns them into handle updates to peers).
@@ -251,7 +240,7 @@ class RegistrarService(MultiService):
         super().startService()
         self.started = self.clock.seconds()
         self.live_certificates.start()
-        self._pe_summary_call = self.clock.callLater(self.pe_log_interval, self._log_pe_summary)
+        self.pe_log.start()
         for description in self.listen:
             factory: Any = _RegistrarFactory(self, tls=self.tls_options is not None)
             if self.tls_options is not None:
@@ -268,9 +257,7 @@ class RegistrarService(MultiService):
     @defer.inlineCallbacks
     def stopService(self):  # noqa: N802 (Twisted)
         self.live_certificates.stop()
-        if self._pe_summary_call is not None and self._pe_summary_call.active():
-            self._pe_summary_call.cancel()
-        self._pe_summary_call = None
+        self.pe_log.stop()
         yield self.announcer.stop()
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
@@ -601,43 +588,14 @@ class RegistrarService(MultiService):
                 output.session.channel.pause_input(output.until)
             elif kind is PoolElementAdded:
                 if output.created:
-                    self._pe_added(output.entry)
+                    self.pe_log.added(output.entry)
                 for listener in self.change_listeners:
                     listener(output)
             elif kind is PoolElementRemoved:
-                self._pe_removed(output.entry, output.reason)
+                self.pe_log.removed(output.entry, output.reason)
                 for listener in self.change_listeners:
                     listener(output)
         self._arm_timer()
-
-    # -- the PE log: routine changes counted, a summary a minute ----------------------------------
-
-    def _pe_added(self, entry: Any) -> None:
-        if self.log_pe_changes:
-            _log.debug("PE {pe_id:08x} registered in pool {handle} by {identity}", pe_id=entry.pe_id,
-                       handle=pool_handle_text(entry.pool_handle), identity=entry.identity)
-        else:
-            self._pe_counts["registered"] += 1
-
-    def _pe_removed(self, entry: Any, reason: str) -> None:
-        if reason in _ROUTINE_REMOVALS and not self.log_pe_changes:
-            self._pe_counts[reason] += 1
-            return
-        (_log.info if reason not in _ROUTINE_REMOVALS else _log.debug)(
-            "PE {pe_id:08x} left pool {handle}: {reason}", pe_id=entry.pe_id,
-            handle=pool_handle_text(entry.pool_handle), reason=reason)
-
-    def _log_pe_summary(self) -> None:
-        """Every ``pe_log_interval``: one line for the routine changes counted."""
-        self._pe_summary_call = self.clock.callLater(self.pe_log_interval, self._log_pe_summary)
-        counts = self._pe_counts
-        if any(counts.values()):
-            _log.info("PEs in the last {interval:g} s: {registered} registered, {left} left ({details}); "
-                      "{now} in the handlespace", interval=self.pe_log_interval, registered=counts["registered"],
-                      left=sum(counts[r] for r in _ROUTINE_REMOVALS),
-                      details=", ".join(f"{counts[r]} {r}" for r in _ROUTINE_REMOVALS if counts[r]) or "none",
-                      now=len(self.handlespace))
-            self._pe_counts = dict.fromkeys(counts, 0)
 
     def _authorize(self, ask: AskAuthorizer) -> None:
         # A plain answer (the rules authorizer) is handled without any
