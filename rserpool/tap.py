@@ -414,7 +414,9 @@ def _authorizer(config: Config, reactor: Any, site_dirs: Any, built: list[Any]) 
 
         options = ldap_options(config, "authorizer")
     authorizer = _load("authorizer", name, options, reactor, site_dirs, built, "[security] authorizer")
-    _log.info("pool authorization by the {name!r} plugin ({authorizer!r})", name=name, authorizer=authorizer)
+    detail = {"file": f"rules {options.get('rules')}", "radius": f"servers {options.get('servers')}",
+              "ldap": f"directory {options.get('uri')}"}.get(name, "a site plugin")
+    _log.info("pool authorization by the {name} plugin ({detail})", name=name, detail=detail)
     return authorizer
 
 

@@ -65,6 +65,13 @@ def test_candidate_validation() -> None:
     with pytest.raises(ValueError):
         Candidate("127.0.0.1", 1, "")
     assert Candidate("::1", 5, "x").describe().startswith("[::1]:5")
+    # One form of an address in log lines; the TLS name and the origin only when they add something.
+    assert Candidate("127.0.0.1", 3864, "127.0.0.1", Origin.STATIC, "127.0.0.1:3864").describe() \
+        == "127.0.0.1:3864 (static)"
+    assert Candidate("127.0.0.1", 9911, "registrar-a.test", Origin.STATIC, "127.0.0.1:9911").describe() \
+        == "127.0.0.1:9911 (registrar-a.test, static)"
+    assert Candidate("192.0.2.7", 3864, "192.0.2.7", Origin.ANNOUNCE, "from 192.0.2.7").describe() \
+        == "192.0.2.7:3864 (announce from 192.0.2.7)"
     assert Candidate("::1", 5, "x").family == 6
 
 

@@ -3,6 +3,7 @@ and not one line above info in the log, from start to stop."""
 
 from __future__ import annotations
 
+import re
 import tempfile
 from pathlib import Path
 
@@ -69,8 +70,23 @@ rules = {tmp / 'authz.rules'}
         self.assertFalse([line for line in lines if "Starting factory" in line or "Port" in line
                           and "Closed" in line])
         self.assertTrue([line for line in self.lines(LogLevel.debug) if "Starting factory" in line])
-        # Handles and addresses in one form: no bytes reprs, no address objects.
-        self.assertFalse([line for line in lines if "b'echo'" in line or "IPv4Address(" in line])
+        # Handles and addresses in one form: no reprs of bytes, addresses or objects.
+        self.assertFalse([line for line in lines if re.search(r"\bb'|b\"|IPv[46]Address\(| at 0x[0-9a-f]+|"
+                                                              r"Authorizer\(|\(name '", line)])
+        # A PE names the registrar it registered at (the address every line uses).
+        registered = [line for line in lines if re.match(r"PE [0-9a-f]{8} registered in pool echo", line)]
+        self.assertTrue(registered)
+        port = self.registrar.listening_addresses[0].port
+        self.assertEqual([line for line in registered if not line.endswith(f" at registrar 127.0.0.1:{port}")],
+                         [])
+        self.assertTrue([line for line in lines if re.fullmatch(r'demo: sent "hello \d+", PE [0-9a-f]{8} echoed it',
+                                                                line)])
+        # Nothing said twice: one line per failover (the session layer's) and
+        # one per unreachability report (the pool user's).
+        for pattern in (r"failover from PE (\w+) to PE (\w+)", r"reporting PE (\w+) of pool echo"):
+            said = [m.groups() for m in (re.search(pattern, line) for line in lines) if m]
+            self.assertTrue(said, pattern)
+            self.assertEqual(len(said), len(set(said)), said)
 
 
 def _sleep(seconds: float) -> defer.Deferred:

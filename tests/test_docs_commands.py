@@ -281,3 +281,152 @@ def test_the_parser_reads_continuations_and_outputs(tmp_path):
     doc.write_text("text\n```console\n$ one \\\n   two\nout 1\n$ three\n```\n    $ not this\n")
     commands = console_commands(doc)
     assert [(c.text, c.expected) for c in commands] == [("one two", ["out 1"]), ("three", [])]
+
+
+# -- README: "A cluster of three registrars" --------------------------------------------------
+
+CLUSTER_PORTS = ("3871", "3872", "3873", "9911", "9912", "9913")
+
+
+def section_commands(path: Path, title: str) -> list[str]:
+    """The commands of the indented (four-space) blocks of the section
+    ``## title`` of ``path``, one per line (a trailing backslash continues)."""
+    text = path.read_text().split(f"\n## {title}\n", 1)[1].split("\n## ", 1)[0]
+    commands: list[str] = []
+    pending = ""
+    for line in text.splitlines():
+        if not line.startswith("    ") or not line.strip():
+            continue
+        pending = f"{pending} {line.strip()}" if pending else line.strip()
+        if pending.endswith("\\"):
+            pending = pending[:-1].rstrip()
+            continue
+        commands.append(pending)
+        pending = ""
+    return commands
+
+
+class ClusterPorts:
+    """The cluster example's fixed ports and the free ones used instead."""
+
+    def __init__(self) -> None:
+        self.map = {port: str(free_port()) for port in CLUSTER_PORTS}
+
+    def __call__(self, text: str) -> str:
+        return re.sub(r"\b(387[1-3]|991[1-3])\b", lambda m: self.map[m.group(1)], text)
+
+
+class Background:
+    """A command of the example that runs until stopped (a registrar, a PE)."""
+
+    def __init__(self, directory: Path, env: dict[str, str], text: str, name: str) -> None:
+        self.text = text
+        self.log_path = directory / f"{name}.log"
+        self.log = open(self.log_path, "w")
+        self.process = subprocess.Popen(["bash", "-c", "exec " + text], cwd=directory, env=env,
+                                        stdout=self.log, stderr=subprocess.STDOUT,
+                                        stdin=subprocess.DEVNULL, start_new_session=True)
+
+    def lines(self) -> list[str]:
+        return self.log_path.read_text(errors="replace").splitlines()
+
+    def wait_for(self, pattern: str, timeout: float = SERVER_TIMEOUT) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(re.search(pattern, line) for line in self.lines()):
+                return
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.2)
+        pytest.fail(f"$ {self.text}\nnever logged /{pattern}/ (exit status {self.process.poll()}):\n"
+                    + "\n".join(self.lines()[-40:]))
+
+    def stop(self) -> int | None:
+        """Ctrl-C, as in its terminal."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        self.log.close()
+        return self.process.returncode
+
+
+def _pe_ids(resolve_output: str) -> set[str]:
+    return {line.split()[0] for line in resolve_output.splitlines() if line.startswith("0x")}
+
+
+def test_the_readme_cluster_example_works_as_written(tmp_path):
+    """The README's three registrars, three echo PEs, resolution and echo
+    through another registrar, and a stopped PE gone everywhere: the
+    section's own commands, run in a scratch checkout on free ports."""
+    commands = section_commands(ROOT / "README.md", "A cluster of three registrars")
+    registrars = [c for c in commands if "twistd" in c.split()[0]]
+    pes = [c for c in commands if c.startswith("etc/cluster/echo-pe ")]
+    resolve = [c for c in commands if " resolve " in c]
+    echo = [c for c in commands if "/rserpool echo " in c]
+    setup = [c for c in commands if c not in registrars + pes + resolve + echo]
+    assert (len(registrars), len(pes), len(resolve), len(echo), len(setup)) == (3, 3, 1, 1, 1), commands
+    workspace = Workspace(tmp_path)
+    ports = ClusterPorts()
+    for path in (tmp_path / "etc" / "cluster").iterdir():
+        path.write_text(ports(path.read_text()))
+
+    def run(text: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["bash", "-c", ports(text)], cwd=tmp_path, env=workspace.env,
+                              capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+
+    made = run(setup[0])
+    assert made.returncode == 0 and "pu: var/cluster/pki/pu.pem" in made.stdout, made.stdout + made.stderr
+    running: list[Background] = []
+    try:
+        for text in registrars:
+            running.append(Background(tmp_path, workspace.env, ports(text), text.split()[-1].split("/")[-1]))
+        for server in running:
+            server.wait_for(r"listening for ASAP on 127\.0\.0\.1:\d+ \(TLS\)")
+        for server, others in zip(running, ("bc", "ac", "ab")):
+            for other in others:  # "Each logs its peers coming up"
+                server.wait_for(rf"ENRP peer registrar-{other}\.rserpool\.test@127\.0\.0\.1 \(server \w+\) is up")
+        pe_runs = []
+        for text in pes:
+            name, home = text.split()[1:3]
+            pe = Background(tmp_path, workspace.env, ports(text), name)
+            running.append(pe)
+            pe_runs.append(pe)
+            # "each registers at the registrar named"
+            home_port = ports(str(3871 + "abc".index(home)))
+            pe.wait_for(rf"PE \w+ registered in pool echo at registrar 127\.0\.0\.1:{home_port}\b")
+        # "resolve the pool at any registrar: all three PEs are there"
+        deadline = time.monotonic() + 30
+        while True:
+            result = run(resolve[0])
+            if result.returncode == 0 and len(_pe_ids(result.stdout)) == 3:
+                break
+            assert time.monotonic() < deadline, result.stdout + result.stderr
+            time.sleep(0.5)
+        answered = run(echo[0])
+        assert answered.returncode == 0 and answered.stdout == "hello\n", answered.stdout + answered.stderr
+        # "Stop a PE and it disappears everywhere"
+        assert pe_runs[1].stop() == 0
+        gone = re.search(r"PE (\w+) deregistered from pool echo \(confirmed\)", "\n".join(pe_runs[1].lines()))
+        assert gone, "\n".join(pe_runs[1].lines())
+        for port in ("3871", "3872", "3873"):
+            at = resolve[0].replace("127.0.0.1:3872", f"127.0.0.1:{port}")
+            deadline = time.monotonic() + 30
+            while True:
+                result = run(at)
+                if result.returncode == 0 and len(_pe_ids(result.stdout)) == 2:
+                    break
+                assert time.monotonic() < deadline, f"{port}: {result.stdout}{result.stderr}"
+                time.sleep(0.5)
+            assert "0x" + gone.group(1) not in _pe_ids(result.stdout)
+    finally:
+        # The PEs first (each deregisters), then the registrars.
+        statuses = [(server.text, server.stop()) for server in reversed(running)]
+    loud = [f"{server.log_path.name}: {line}" for server in running for line in server.lines()
+            if re.search(r"#(warn|error|critical)\]", line) or "Traceback" in line
+            or "Starting factory" in line]
+    assert loud == [], "\n".join(loud)
+    assert all(status in (0, -signal.SIGINT) for _, status in statuses), statuses

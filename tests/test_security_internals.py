@@ -88,7 +88,8 @@ def test_a_missing_capability_is_logged_once_at_its_level(logged):
         security.note_missing()
         cost.note_missing()
     assert len(lines(logged, LogLevel.warn)) == 1
-    assert len(lines(logged, LogLevel.info)) == 1
+    assert len(lines(logged, LogLevel.debug)) == 1  # a cost only: not shown by default
+    assert lines(logged, LogLevel.info) == []
     (warning,) = lines(logged, LogLevel.warn)
     assert "security feature unavailable (not bound by this pyOpenSSL (test)): the test fallback" == warning
     with pytest.raises(_internals.CapabilityUnavailable, match="cost feature"):
@@ -182,7 +183,7 @@ def test_ticket_count_falls_back_with_a_logged_reason(monkeypatch, logged):
     context = SSL.Context(SSL.TLS_METHOD)
     assert _internals.disable_tickets(context) is False
     assert _internals.disable_tickets(context) is False
-    (line,) = lines(logged, LogLevel.info)
+    (line,) = lines(logged, LogLevel.debug)
     assert "TLS 1.3 ticket count unavailable" in line
 
 
@@ -248,5 +249,5 @@ def test_a_missing_shortcut_is_logged_when_a_factory_is_made(pki, monkeypatch, l
     options = tls.server_options(pki.server.cert, pki.server.key, [pki.ca.cert], require_client_cert=False)
     tlsfactory.TLSServerFactory(options, Factory.forProtocol(_Record), Clock())
     tlsfactory.TLSServerFactory(options, Factory.forProtocol(_Record), Clock())
-    assert [line for line in lines(logged, LogLevel.info) if "fast TLS read/flush" in line] == [
+    assert [line for line in lines(logged, LogLevel.debug) if "fast TLS read/flush" in line] == [
         "fast TLS read/flush unavailable (not bound by this pyOpenSSL (test)): the test fallback"]

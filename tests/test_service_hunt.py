@@ -444,7 +444,7 @@ class HuntLoopbackTest(unittest.TestCase):
             self.assertEqual(self.client_events, [("ready", (channel.transport.getPeer().host,
                                                              self.ports[GOOD]))])
             text = texts(self.logged)
-            self.assertIn(f"name {BAD!r}", text)
+            self.assertIn(f"({BAD}, srv ", text)
             self.assertIn("name mismatch: expected", text)
             self.assertLess(text.index(BAD), text.index("home registrar"))
         finally:

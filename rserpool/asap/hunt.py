@@ -73,9 +73,20 @@ class Candidate:
         return ipaddress.ip_address(self.host).version
 
     def describe(self) -> str:
+        """The candidate in a log line: ``host:port`` (the one form of an
+        address), then the name its certificate must carry when that is not
+        the address itself, and where it came from:
+        ``127.0.0.1:3864 (static)``,
+        ``127.0.0.1:9911 (registrar-a.example, static)``,
+        ``192.0.2.7:3864 (announce from 192.0.2.7)``."""
         host = f"[{self.host}]" if ":" in self.host else self.host
-        via = f" via {self.origin.value} {self.source}" if self.source else f" via {self.origin.value}"
-        return f"{host}:{self.port} (name {self.tls_name!r}{via})"
+        address = f"{host}:{self.port}"
+        how = self.origin.value
+        if self.source and self.source != address:
+            how = f"{how} {self.source}"
+        if self.tls_name != self.host:
+            how = f"{self.tls_name}, {how}"
+        return f"{address} ({how})"
 
 
 def is_ip(text: str) -> bool:

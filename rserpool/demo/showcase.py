@@ -91,9 +91,7 @@ class DemoService(MultiService):
             pe.sessions = sessions
             self.pes.append(pe)
             yield pe.start()
-            yield pe.pe.registered()
-            _log.info("demo: echo PE {pe_id:08x} on {host}:{port} registered", pe_id=pe.pe.pe_id,
-                      host=pe.address[0], port=pe.address[1])
+            yield pe.pe.registered()  # logged by the PE: "PE ... registered in pool echo at ..."
         self.pu = PoolUser.connecting_to(self.reactor, [registrar], [ca])
         members = yield self.pu.resolve(b"echo")
         _log.info("demo: the PU resolved pool echo to {n} PEs: {ids}", n=len(members),
@@ -108,8 +106,12 @@ class DemoService(MultiService):
         self._loop.start(self.interval, now=True).addErrback(lambda f: _log.failure("demo loop", f))
 
     def _failover(self, old: Any, new: Any, cookie_echoed: bool) -> None:
-        _log.info("demo: failover from PE {old:08x} to PE {new:08x} (cookie echoed: {echoed})",
-                  old=old.pe_id, new=new.pe_id, echoed=cookie_echoed)
+        # The application's own failover callback (the session layer has
+        # logged the failover itself): what the application learnt.
+        _log.info("demo: the application's failover callback ran: PE {old:08x} -> PE {new:08x}, "
+                  "{cookie}", old=old.pe_id, new=new.pe_id,
+                  cookie="the new PE echoed the session cookie" if cookie_echoed
+                  else "no cookie echoed (the new PE starts afresh)")
 
     @defer.inlineCallbacks
     def _tick(self):
@@ -123,13 +125,17 @@ class DemoService(MultiService):
             raise
         except Exception as exc:  # the demo keeps going; the log says why
             if self._stopping:  # the session closed under the last echo: no failure
-                _log.info("demo: {line!r} not echoed: the demo is stopping", line=line)
+                _log.info("demo: message {n} not echoed: the demo is stopping", n=self._count)
             else:
                 _log.warn("demo: echo failed: {error}", error=exc)
             return
         current = self.session.client.current_pe
-        _log.info("demo: sent {line!r}, PE {pe_id:08x} echoed {echo!r}", line=line,
-                  pe_id=current.pe_id if current else 0, echo=echo)
+        pe_text = f"PE {current.pe_id:08x}" if current is not None else "the PE"
+        if echo == line:
+            _log.info("demo: sent \"{text}\", {pe} echoed it", text=line.decode(), pe=pe_text)
+        else:
+            _log.warn("demo: sent \"{text}\", {pe} answered \"{answer}\"", text=line.decode(), pe=pe_text,
+                      answer=echo.decode("utf-8", "backslashreplace")[:80])
         if self.restart_every and self._count % self.restart_every == 0:
             yield self._restart_serving_pe()
 

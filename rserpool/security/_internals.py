@@ -80,7 +80,8 @@ class Capability:
 
     ``fallback`` says what rserpool does instead; :meth:`note_missing` logs
     that once per process, at warning level when security is affected (a
-    feature refused) and at info level when only a cost is."""
+    feature refused) and at debug level when only a cost is (an operator
+    can do nothing about it; ``--log-level debug`` shows it)."""
 
     name: str
     available: bool
@@ -93,7 +94,7 @@ class Capability:
         if self.available or self._noted:
             return
         self._noted = True
-        emit = _log.warn if self.security else _log.info
+        emit = _log.warn if self.security else _log.debug
         emit("{capability} unavailable ({reason}): {fallback}", capability=self.name,
              reason=self.reason, fallback=self.fallback)
 

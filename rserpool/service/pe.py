@@ -316,9 +316,10 @@ class PoolElementService(Service):
             return
         self.channels.discard(channel)
         if channel is self.core.home:
-            # Closed by us (deregistered, stopping): expected; by the
-            # registrar or the network: the PE must find another registrar.
-            log = _log.info if channel.closing or self.core.state is PeState.STOPPED else _log.warn
+            # Closed by us (deregistered, stopping): expected, and the
+            # deregistration line said so already; by the registrar or the
+            # network: the PE must find another registrar.
+            log = _log.debug if channel.closing or self.core.state is PeState.STOPPED else _log.warn
             log("PE {pe_id:08x}: channel to home registrar {peer} closed: {reason}",
                 pe_id=self.pe_id, peer=address_text(channel.peer), reason=reason.getErrorMessage())
             address = _address_of(channel)
@@ -449,10 +450,10 @@ class PoolElementService(Service):
 
     def _registered(self, event: Registered) -> None:
         self.last_registered = event
-        _log.info("PE {pe_id:08x} {what} in pool {handle} (home registrar {server})",
+        _log.info("PE {pe_id:08x} {what} in pool {handle} at registrar {registrar}",
                   pe_id=event.pe_id, handle=pool_handle_text(self.pool_handle),
                   what="re-registered" if event.reregistration else "registered",
-                  server=_server(event.server_id))
+                  registrar=_registrar(self.core.home, event.server_id))
         if event.warning is not None:
             _log.warn("registrar warning with the registration: {warning}", warning=event.warning)
         waiting = self._waiting_registered + self._update_sent
@@ -544,6 +545,13 @@ class PoolElementService(Service):
 
 def _server(server_id: int | None) -> str:
     return "unknown" if server_id is None else f"{server_id:08x}"
+
+
+def _registrar(channel: Any, server_id: int | None) -> str:
+    """The home registrar in a log line: its address (what an operator can
+    look up), and its server identifier once the PE has learnt it."""
+    address = address_text(channel.peer) if channel is not None else "(channel gone)"
+    return address if server_id is None else f"{address} ({server_id:08x})"
 
 
 def _address_of(channel: Channel) -> tuple[str, int] | None:

@@ -147,7 +147,7 @@ class PoolUser:
             return False
         sent, outputs = self.core.report_unreachable(pool_handle, pe_id, self.reactor.seconds())
         if sent:
-            _log.info("reporting PE {pe_id:08x} of pool {handle} unreachable", pe_id=pe_id,
+            _log.info("pool user: reporting PE {pe_id:08x} of pool {handle} unreachable", pe_id=pe_id,
                       handle=pool_handle_text(pool_handle))
         self._carry_out(outputs)
         return sent

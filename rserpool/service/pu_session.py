@@ -379,8 +379,10 @@ class SessionClient:
         self.on_data(payload)
 
     def _report(self, action: ReportUnreachable) -> None:
-        _log.info("reporting PE {pe_id:08x} of pool {pool} unreachable",
-                  pe_id=action.pe_id, pool=pool_handle_text(action.pool_handle))
+        # At debug: the pool user that sends the report logs it at info
+        # (rserpool.service.pu.PoolUser.report_unreachable).
+        _log.debug("reporting PE {pe_id:08x} of pool {pool} unreachable",
+                   pe_id=action.pe_id, pool=pool_handle_text(action.pool_handle))
         d = defer.maybeDeferred(self.report_unreachable, action.pool_handle, action.pe_id)
         d.addErrback(lambda f: _log.failure("ENDPOINT_UNREACHABLE report failed", f))
 
