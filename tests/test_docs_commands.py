@@ -261,11 +261,74 @@ def test_documented_commands_do_what_the_text_says(tmp_path):
         for command in commands:
             if not command.is_server:
                 workspace.run(command)
+        check_readme_prometheus_job(workspace)
     finally:
         live.stop_cleanly()
     loud = [line for line in live.lines()
             if re.search(r"#(warn|error|critical)\]", line) or "Traceback" in line]
     assert loud == [], "the demo's log, at the default level, holds:\n" + "\n".join(loud)
+
+
+def readme_block_after(marker: str) -> str:
+    """The first indented (four-space) block of README.md after ``marker``."""
+    text = (ROOT / "README.md").read_text().split(marker, 1)[1]
+    block: list[str] = []
+    for line in text.splitlines():
+        if line.startswith("    "):
+            block.append(line[4:])
+        elif block and line.strip():
+            break
+    return "\n".join(block) + "\n"
+
+
+def check_readme_prometheus_job(workspace: Workspace) -> None:
+    """README "Point Prometheus at it": its scrape job, as written (paths
+    relative to the checkout, where the configuration file is), against the
+    live demo registrar; both queries it shows answer."""
+    import json
+    import urllib.parse
+    import urllib.request
+
+    executable = require_tool("prometheus")
+    job = readme_block_after("**Point Prometheus at it.**")
+    assert job.startswith("scrape_configs:"), job
+    # Only the interval is added: Prometheus' default (1 min) would make the test wait.
+    (workspace.dir / "prometheus.yml").write_text("global: {scrape_interval: 1s, scrape_timeout: 1s}\n"
+                                                  + workspace.ports(job))
+    port = free_port()
+    log = open(workspace.dir / "prometheus.log", "w")
+    process = subprocess.Popen(
+        [executable, f"--config.file={workspace.dir / 'prometheus.yml'}",
+         f"--storage.tsdb.path={workspace.dir / 'prometheus-data'}",
+         f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
+        cwd=workspace.dir, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+    def query(expression: str) -> list:
+        url = f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": expression})
+        with urllib.request.urlopen(url, timeout=5) as answer:
+            body = json.loads(answer.read())
+        assert body["status"] == "success", body
+        return body["data"]["result"]
+
+    try:
+        deadline = time.monotonic() + 60
+        result: list = []
+        while time.monotonic() < deadline and process.poll() is None:
+            try:
+                result = query('rserpool_pool_elements{pool="echo"}')
+            except OSError:
+                result = []
+            if result:
+                break
+            time.sleep(0.5)
+        log.flush()
+        assert result and float(result[0]["value"][1]) >= 1, \
+            (workspace.dir / "prometheus.log").read_text()[-2000:]
+        assert isinstance(query("rate(rserpool_refusals_total[5m])"), list)
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        log.close()
 
 
 def test_the_matcher_can_fail():
