@@ -5,7 +5,7 @@ most shippers take one object per line)::
 
     {"time": "2026-01-02T03:04:05.678901Z", "level": "info",
      "namespace": "rserpool.service.registrar",
-     "message": "PE 00000001 registered in pool b'echo' by pe1",
+     "message": "PE 00000001 registered in pool echo by pe1",
      "fields": {"pe_id": 1, "handle": "echo", "identity": "pe1"}}
 
 Events below info, and Twisted's connection bookkeeping ("Starting

@@ -26,13 +26,13 @@ from typing import Any, Iterable, Mapping
 
 from rserpool.handlespace import POLICY_NAMES, PoolElementEntry
 from rserpool.wire.codes import CAUSE_NAMES
+from rserpool.wire.params import pool_handle_text
 
 __all__ = [
     "EventCounts",
     "RefusalRecord",
     "cause_name",
     "counters",
-    "handle_text",
     "pe_page",
     "pe_view",
     "pool_views",
@@ -98,20 +98,9 @@ def cause_name(cause: int) -> str:
     return CAUSE_NAMES.get(cause, f"cause 0x{cause:x}")
 
 
-def handle_text(handle: bytes) -> str:
-    """A pool handle for people: its UTF-8 text when that is printable,
-    else ``hex:`` and its hex digits (the rules file's notation)."""
-    try:
-        text = handle.decode("utf-8")
-    except UnicodeDecodeError:
-        return "hex:" + handle.hex()
-    if text.isprintable() and not text.startswith("hex:"):
-        return text
-    return "hex:" + handle.hex()
-
-
 def parse_handle(text: str) -> bytes:
-    """The inverse of :func:`handle_text` (``ValueError`` on bad hex)."""
+    """The inverse of :func:`rserpool.wire.params.pool_handle_text`, the one
+    form of a pool handle for people (``ValueError`` on bad hex)."""
     if text.startswith("hex:"):
         return bytes.fromhex(text[4:])
     return text.encode("utf-8")
@@ -145,7 +134,7 @@ def recent_refusals(core: Any, limit: int = 50) -> list[dict[str, Any]]:
             "address": address,
             "identity": identity,
             "request": request,
-            "pool": handle_text(handle) if handle is not None else None,
+            "pool": pool_handle_text(handle) if handle is not None else None,
             "pe_id": None if pe_id is None else f"{pe_id:08x}",
             "cause": f"0x{cause:x}",
             "cause_name": cause_name(cause),
@@ -185,7 +174,7 @@ def pool_views(handlespace: Any) -> list[dict[str, Any]]:
         if info is None:
             continue
         views.append({
-            "handle": handle_text(handle),
+            "handle": pool_handle_text(handle),
             "handle_hex": handle.hex(),
             "policy": POLICY_NAMES.get(info.policy_type, f"0x{info.policy_type:08x}"),
             "policy_type": f"0x{info.policy_type:08x}",
@@ -241,7 +230,7 @@ def pe_page(handlespace: Any, handle: bytes, now: float, offset: int = 0,
     page = members[offset:offset + limit]
     end = offset + len(page)
     return {
-        "handle": handle_text(handle),
+        "handle": pool_handle_text(handle),
         "handle_hex": handle.hex(),
         "total": len(members),
         "offset": offset,

@@ -347,6 +347,9 @@ def test_pool_handles_are_written_one_way():
     assert pool_handle_text(b"\xff\x00") == "hex:ff00"
     assert pool_handle_text(b"a\nb") == "hex:610a62"
     assert pool_handle_text("gr\u00fc\u00df".encode()) == "gr\u00fc\u00df"
+    # A handle that looks like the hex notation is written in it: no two handles share a text.
+    assert pool_handle_text(b"hex:41") == "hex:6865783a3431"
+    assert pool_handle_text(b"") == "hex:"
 
 
 def test_open_anonymous_asap_channels_are_counted_through_every_change():

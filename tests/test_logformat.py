@@ -21,10 +21,10 @@ def _events(emit) -> list[dict]:
 
 
 def test_one_json_object_per_line_with_the_format_fields_only():
-    (record,) = _events(lambda log: log.info("PE {pe_id:08x} registered in pool {handle!r} by {identity}",
-                                             pe_id=1, handle=b"echo", identity="pe1", secret="hunter2"))
+    (record,) = _events(lambda log: log.info("PE {pe_id:08x} registered in pool {handle} by {identity}",
+                                             pe_id=1, handle="echo", identity="pe1", secret="hunter2"))
     assert record["level"] == "info" and record["namespace"] == "rserpool.test"
-    assert record["message"] == "PE 00000001 registered in pool b'echo' by pe1"
+    assert record["message"] == "PE 00000001 registered in pool echo by pe1"
     assert record["fields"] == {"pe_id": 1, "handle": "echo", "identity": "pe1"}
     assert "hunter2" not in json.dumps(record)
     assert record["time"].endswith("Z")

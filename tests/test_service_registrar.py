@@ -84,6 +84,23 @@ class RegistrarOverTLS(RegistrarClientsMixin, unittest.TestCase):
         self.assertEqual(self.authorizer.calls, [])
 
     @defer.inlineCallbacks
+    def test_a_registration_without_any_authentication_is_logged_once(self):
+        """The refusal line names the cause, the client's address (host:port,
+        as every registrar line writes it) and its identity, once each."""
+        from twisted.logger import formatEvent, globalLogPublisher
+
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        anonymous = yield self.connect()
+        reply = yield anonymous.request(AsapRegistration(b"echo", make_pe(0x51)))
+        self.assertEqual(reply.error.causes[0].code, CAUSE_SECURITY)
+        port = anonymous.channel.transport.getHost().port
+        lines = [formatEvent(e) for e in events if "refused" in formatEvent(e)]
+        self.assertEqual(lines, [f"refused register in pool echo from 127.0.0.1:{port} (anonymous): "
+                                 "no authenticated identity; cause 0xa"])
+
+    @defer.inlineCallbacks
     def test_spoofed_deregistration_refused(self):
         owner = yield self.connect(self.pki.pe1)
         reply = yield owner.request(AsapRegistration(b"echo", make_pe(77)))

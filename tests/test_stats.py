@@ -11,6 +11,7 @@ from rserpool.wire import (
     AsapDeregistration, AsapEndpointUnreachable, AsapHandleResolution, AsapRegistration, LeastUsedPolicy,
 )
 from rserpool.wire.codes import CAUSE_INVALID_VALUES, CAUSE_LACK_OF_RESOURCES, CAUSE_SECURITY
+from rserpool.wire.params import pool_handle_text
 from rserpool.testing import identified_session
 from tests.asaphelpers import make_pe
 from tests.test_asap_registrar import authorize_all, make_core, register
@@ -157,4 +158,4 @@ def test_pages_cover_a_pool_once(core):
 
 @pytest.mark.parametrize("handle", [b"echo", b"hex:x", b"\x00\x01", "\u00e9cho".encode(), b"a b"])
 def test_handle_text_round_trips(handle):
-    assert stats.parse_handle(stats.handle_text(handle)) == handle
+    assert stats.parse_handle(pool_handle_text(handle)) == handle

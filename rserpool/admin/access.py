@@ -138,7 +138,8 @@ class AdminAccess:
     def has_token(self) -> bool:
         return self._token is not None
 
-    def admit(self, channel: Any, transport: Any, address: str, authorization: bytes | None) -> defer.Deferred:
+    def admit(self, channel: Any, transport: Any, address: str, authorization: bytes | None,
+              port: int | None = None) -> defer.Deferred:
         """A Deferred firing with the :class:`Grant` for a request that came
         on ``channel`` (which keeps its gate admission in ``admission``) over
         ``transport`` from ``address`` with this ``Authorization`` header."""
@@ -150,7 +151,8 @@ class AdminAccess:
             return defer.succeed(self._by_token(authorization, None))
         admission = getattr(channel, "admission", None)
         if admission is None:
-            admission = self.gate.open_channel(DOOR_ADMIN, address, True, self.clock.seconds(), channel=channel)
+            admission = self.gate.open_channel(DOOR_ADMIN, address, True, self.clock.seconds(), channel=channel,
+                                               port=port)
             if admission is None:  # the gate's connection limits (logged there)
                 return defer.succeed(Grant(False, 503, "anonymous", reason="too many connections"))
             channel.admission = admission

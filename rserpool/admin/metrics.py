@@ -18,6 +18,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from rserpool import stats
 from rserpool.handlespace import POLICY_NAMES
+from rserpool.wire.params import pool_handle_text
 
 __all__ = ["RegistrarCollector", "exposition", "make_registry"]
 
@@ -63,7 +64,7 @@ class RegistrarCollector(Collector):
         for handle in handlespace.pool_handles():
             pool = handlespace.pool_info(handle)
             if pool is not None:
-                per_pool.add_metric([stats.handle_text(handle),
+                per_pool.add_metric([pool_handle_text(handle),
                                      POLICY_NAMES.get(pool.policy_type, f"0x{pool.policy_type:08x}")], pool.size)
         yield per_pool
         counts = core.stats

@@ -34,6 +34,7 @@ from twisted.web.server import NOT_DONE_YET
 from rserpool import stats
 from rserpool.admin.page import CONTENT_SECURITY_POLICY, MAX_POOLS, MAX_ROWS, pool_page, render, status_page
 from rserpool.admin.metrics import exposition, make_registry
+from rserpool.service.channel import address_text
 
 __all__ = ["AdminResource"]
 
@@ -85,8 +86,9 @@ class AdminResource(Resource):
         request.setHeader(b"x-content-type-options", b"nosniff")
         request.setHeader(b"referrer-policy", b"no-referrer")
         request.setHeader(b"content-security-policy", CONTENT_SECURITY_POLICY.encode())
-        peer = getattr(request.getClientAddress(), "host", "?")
-        d = self.access.admit(request.channel, request.channel.transport, peer, request.getHeader(b"authorization"))
+        client = request.getClientAddress()
+        d = self.access.admit(request.channel, request.channel.transport, getattr(client, "host", "?"),
+                              request.getHeader(b"authorization"), port=getattr(client, "port", None))
         finished: list[bool] = []
         request.notifyFinish().addBoth(finished.append)
         d.addCallback(self._admitted, request, finished)
@@ -98,7 +100,7 @@ class AdminResource(Resource):
             return  # the client went away while the decision was made
         events = self.registrar.events
         path = request.path.decode("ascii", "replace")
-        peer = getattr(request.getClientAddress(), "host", "?")
+        peer = address_text(request.getClientAddress())
         if not grant.covers(path):
             events.admin_request("refused")
             _log.warn("admin endpoint: refused {method} {path} from {peer} ({who}: {reason})",

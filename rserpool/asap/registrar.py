@@ -80,7 +80,7 @@ from rserpool.wire import codes
 from rserpool.wire.asap import encode_registration_response, encode_resolution_response
 from rserpool.wire.policy import LeastUsedPolicy, OpaquePolicy
 from rserpool.fastinit import fast_constructor
-from rserpool.wire.params import encode_pool_handle
+from rserpool.wire.params import encode_pool_handle, pool_handle_text
 from rserpool.wire.transports import OpaqueTransport, TcpTransport
 
 __all__ = [
@@ -91,9 +91,14 @@ __all__ = [
     "PoolElementRemoved",
     "RegistrarCore",
     "RegistrarSettings",
+    "REMOVED_FORMAT",
     "Send",
     "policy_settings",
 ]
+
+#: The core's line for a removed PE (the registrar service logs removals
+#: itself, from ``PoolElementRemoved``, and leaves this one out).
+REMOVED_FORMAT = "removed PE {pe_id:08x} from pool {handle}: {reason}"
 
 
 def policy_settings(policy: Any) -> PolicySettings:
@@ -609,8 +614,7 @@ class RegistrarCore:
         self.handlespace.deregister(entry.pool_handle, entry.pe_id)
         self._forget(entry)
         self.stats["removed"] += 1
-        self._log("removed PE {pe_id:08x} from pool {handle!r}: {reason}",
-                  pe_id=entry.pe_id, handle=entry.pool_handle, reason=reason)
+        self._log(REMOVED_FORMAT, pe_id=entry.pe_id, handle=pool_handle_text(entry.pool_handle), reason=reason)
         out.append(PoolElementRemoved(entry, reason))
 
     def _forget(self, entry: PoolElementEntry) -> None:

@@ -210,13 +210,16 @@ class Admission:
     changes them.  ``channel`` is the shell's handle for the connection and
     ``session`` the door's own per-channel state."""
 
-    __slots__ = ("door", "address", "source", "tls", "fingerprint", "state", "identity", "mechanism", "groups",
+    __slots__ = ("door", "address", "peer", "source", "tls", "fingerprint", "state", "identity", "mechanism", "groups",
                  "principal", "rate_key", "base", "exchanged", "attempt", "anonymous", "allowed", "pending",
                  "held", "epoch", "change_barrier", "session", "channel", "paused_until", "_last_address")
 
-    def __init__(self, door: str, address: str, tls: bool, fingerprint: str | None, source: str = "") -> None:
+    def __init__(self, door: str, address: str, tls: bool, fingerprint: str | None, source: str = "",
+                 peer: str = "") -> None:
         self.door = door
         self.address = address
+        # The address in log lines: ``host:port`` when the shell knows the port.
+        self.peer = peer or address
         # The address key per-address limits count by (an IPv6 /64 is one).
         self.source = source or address
         self.tls = tls

@@ -143,7 +143,7 @@ class Gate(AuthenticationDecisions):
     def _refuse(self, adm: Admission, what: str, reason: str, cause: int, now: float,
                 level: str = "info", dropped: bool = False) -> int:
         self.refused[cause] = self.refused.get(cause, 0) + 1
-        self.refusals.refused(now, what, adm.address, adm.who, reason, cause, level, dropped)
+        self.refusals.refused(now, what, adm.address, adm.who, reason, cause, level, dropped, adm.peer)
         return cause
 
     def _close(self, adm: Admission, reason: str, now: float, level: str = "warn") -> list[Output]:
@@ -170,8 +170,9 @@ class Gate(AuthenticationDecisions):
     # -- channels ------------------------------------------------------------------------------
 
     def open_channel(self, door: str, address: str, tls: bool, now: float, *, channel: Any = None,
-                     fingerprint: str | None = None) -> Admission | None:
-        """A connection came in by ``door`` from ``address``: its admission
+                     fingerprint: str | None = None, port: int | None = None) -> Admission | None:
+        """A connection came in by ``door`` from ``address`` (the host;
+        ``port``, when given, only shows in log lines): its admission
         (identity being established), or None when the connection limits
         are reached (logged; the shell drops the connection)."""
         for known in DOORS:  # the constant itself: doors are compared with ``is``
@@ -181,7 +182,8 @@ class Gate(AuthenticationDecisions):
             raise ValueError(f"unknown door {door!r} (known: {', '.join(DOORS)})")
         policy = self.policy
         key = address_key(address, policy.ipv6_prefix)  # an IPv6 /64 is one address
-        adm = Admission(known, address, tls, fingerprint, key)
+        peer = "" if port is None else (f"[{address}]:{port}" if ":" in address else f"{address}:{port}")
+        adm = Admission(known, address, tls, fingerprint, key, peer)
         adm.channel = channel
         if len(self.channels) >= policy.max_connections:
             self._refuse(adm, "connection", _CONNECTIONS.format(n=len(self.channels)), CHANNEL_CLOSED, now, "warn")

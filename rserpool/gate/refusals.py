@@ -43,7 +43,9 @@ class RefusalLog:
         self.written = 0
 
     def refused(self, now: float, what: str, address: str, who: str, reason: str, cause: int,
-                level: str = "info", dropped: bool = False) -> None:
+                level: str = "info", dropped: bool = False, shown: str | None = None) -> None:
+        """One refusal of ``what`` from ``address`` (the per-address limit's
+        key; ``shown``, e.g. with the port, is what the line says)."""
         if not (self._per_address.allow(address, now) and self._total.allow(None, now)):
             self.suppressed += 1
             return
@@ -52,5 +54,5 @@ class RefusalLog:
             suppressed = f" ({self.suppressed} more refusals not logged)"
             self.suppressed = 0
         self.written += 1
-        self._log(level, REFUSAL_FORMAT, what=what, address=address, who=who, reason=reason,
+        self._log(level, REFUSAL_FORMAT, what=what, address=shown or address, who=who, reason=reason,
                   cause=cause_text(cause, dropped), suppressed=suppressed)

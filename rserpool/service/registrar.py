@@ -43,6 +43,7 @@ from rserpool.asap.registrar import (
     PauseInput,
     PoolElementAdded,
     PoolElementRemoved,
+    REMOVED_FORMAT,
     RegistrarCore,
     RegistrarSettings,
 )
@@ -79,7 +80,7 @@ _log = Logger()
 _LEVELS = {"info": _log.info, "warn": _log.warn, "error": _log.error}
 
 #: The core's log lines that repeat what the service logs from the core's outputs.
-_LOGGED_FROM_OUTPUTS = frozenset({"removed PE {pe_id:08x} from pool {handle!r}: {reason}"})
+_LOGGED_FROM_OUTPUTS = frozenset({REMOVED_FORMAT})
 
 
 def _drop(transport: Any) -> None:
@@ -112,7 +113,8 @@ class _RegistrarFactory(Factory):
         now = service.clock.seconds()
         service.make_room(host, now, addr)
         channel = Channel(service, service.clock, service.channel_settings, tls=self.tls)
-        admission = service.gate.open_channel(DOOR_ASAP, host, self.tls, now, channel=channel)
+        admission = service.gate.open_channel(DOOR_ASAP, host, self.tls, now, channel=channel,
+                                              port=getattr(addr, "port", None))
         if admission is None:
             return _Refused()
         service.channels[channel] = admission

@@ -40,14 +40,18 @@ _POLICY_CLASSES = tuple(POLICY_CLASSES.values()) + (OpaquePolicy,)
 
 
 def pool_handle_text(handle: bytes) -> str:
-    """A pool handle in a log line: the one form every log line uses, which
-    is also how the rules file writes it (docs/authorization.md): the UTF-8
-    text when it is printable, else ``hex:`` and its lower-case hex."""
+    """A pool handle for people: the one form every log line, the admin
+    endpoint and the metrics use, which is also how the rules file writes it
+    (docs/authorization.md): the UTF-8 text when it is printable (and does
+    not itself start with ``hex:``), else ``hex:`` and its lower-case hex.
+    ``rserpool.stats.parse_handle`` reverses it."""
     try:
         text = handle.decode("utf-8")
     except UnicodeDecodeError:
         return "hex:" + handle.hex()
-    return text if text.isprintable() and text else "hex:" + handle.hex()
+    if text and text.isprintable() and not text.startswith("hex:"):
+        return text
+    return "hex:" + handle.hex()
 
 
 def format_handle(handle: bytes) -> str:
