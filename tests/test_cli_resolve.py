@@ -97,8 +97,8 @@ class ResolveCommand(unittest.TestCase):
         self.assertEqual(status, 0, err)
         lines = out.decode().splitlines()
         # Least used: the registrar's order, lowest load first.
-        self.assertEqual(lines, ["0x00000022 tcp 127.0.0.1 7034 LU(load=5)",
-                                 "0x00000011 tcp 127.0.0.1 7017 LU(load=100)"])
+        self.assertEqual(lines, ["00000022 tcp 127.0.0.1 7034 LU(load=5)",
+                                 "00000011 tcp 127.0.0.1 7017 LU(load=100)"])
 
     @defer.inlineCallbacks
     def test_cli_json_with_client_certificate_and_n(self):

@@ -321,3 +321,13 @@ def test_certificate_credentials_from_a_tls_connection(ca: pki.IssuedCertificate
     assert creds.fingerprint == fingerprint_sha256(cert)
     with pytest.raises(ValueError):
         CertificateCredentials(None)
+
+
+def test_a_refused_identity_is_shown_plain_unless_it_could_forge_a_line():
+    from rserpool.security.credentials import _shown
+
+    assert _shown("pe1") == "pe1"
+    assert _shown("CN=pe1,O=example") == "CN=pe1,O=example"
+    assert _shown("pe1\nrefused nothing") == "'pe1\\nrefused nothing'"
+    assert _shown(b"pe1") == "b'pe1'"  # not text: said so
+    assert _shown("") == "''"

@@ -83,7 +83,7 @@ def format_pe(pe: Any) -> str:
     transport = pe.user_transport
     addresses = ",".join(str(a) for a in getattr(transport, "all_addresses", ())) or "-"
     port = getattr(transport, "port", "-")
-    return (f"0x{pe.pe_id:08x} {getattr(transport, 'NAME', 'opaque')} {addresses} {port} "
+    return (f"{pe.pe_id:08x} {getattr(transport, 'NAME', 'opaque')} {addresses} {port} "
             f"{_policy_text(pe.policy)}")
 
 

@@ -123,7 +123,7 @@ class AuthenticationDecisions:
                                else REFUSED_IDENTITY_MISMATCH, now)
         self.stats["authenticated"] += 1
         self._set_identity(adm, identity, exchanged=True)
-        self._log("info", "{address} authenticated as {identity} by {mechanism}", address=adm.address,
+        self._log("info", "{address} authenticated as {identity} by {mechanism}", address=adm.peer,
                   identity=identity.name, mechanism=identity.mechanism)
         return []
 

@@ -174,9 +174,17 @@ def _as_outage(failure: Failure, what: str) -> Failure:
     return Failure(error)
 
 
+def _shown(identity: object) -> str:
+    """An identity as a log line shows it: as is when it is printable text,
+    else quoted and escaped (a malformed name must not forge a line)."""
+    if isinstance(identity, str) and identity.isprintable() and identity.strip() == identity and identity:
+        return identity
+    return ascii(identity)
+
+
 def _refuse(identity: object, mechanism: str, reason: str) -> Failure:
-    _log.info("authentication refused for {identity!r} ({mechanism}): {reason}",
-              identity=identity, mechanism=mechanism, reason=reason)
+    _log.info("authentication refused for {identity} ({mechanism}): {reason}",
+              identity=_shown(identity), mechanism=mechanism, reason=reason)
     return Failure(UnauthorizedLogin(_REFUSED))
 
 
@@ -380,7 +388,7 @@ class SrpChecker(_Checker):
                     and 0 < value < self.group.n):
                 salt, verifier, known = bytes(salt_in), value, True
             else:
-                _log.warn("unusable SRP verifier stored for {identity!r}; treated as unknown", identity=name)
+                _log.warn("unusable SRP verifier stored for {identity}; treated as unknown", identity=_shown(name))
         session = _srp.SrpServerSession(self.group, name.encode("utf-8"), salt, verifier, binding)
         return SrpChallenge(name, session, known)
 
