@@ -186,8 +186,11 @@ class ServerHunt:
         ordered = order_for_round(candidates, self._avoid | self._stalled)
         self.round = HuntRound(ordered, self.max_parallel)
         self._warned = False
-        _log.info("server hunt round {n}: {count} candidate(s), T5 {t5:g} s",
-                  n=self.rounds, count=len(ordered), t5=self.backoff.current)
+        # The first round at debug: its outcome ("home registrar: ...", or
+        # the failures) is what tells; a later round means trouble.
+        (_log.debug if self.rounds == 1 else _log.info)(
+            "server hunt round {n}: {count} candidate(s), T5 {t5:g} s",
+            n=self.rounds, count=len(ordered), t5=self.backoff.current)
         self._fill()
 
     def _announced(self, candidates: list[Candidate]) -> None:
@@ -282,7 +285,7 @@ class ServerHunt:
         channel = attempt.channel
         channel.handler = attempt.handler
         self.home = attempt.candidate
-        _log.info("home registrar: {candidate} (round {n})",
+        _log.info("home registrar: {candidate}, round {n}",
                   candidate=attempt.candidate.describe(), n=self.rounds)
         attempt.handler.channel_ready(channel)
         result.callback(channel)

@@ -348,7 +348,9 @@ class PoolElementService(Service):
             self._hunt_failed(Failure(PoolElementError("the registrar's channel closed before use")))
             return
         self.channels.add(channel)
-        _log.info("PE {pe_id:08x}: registrar channel to {peer} ready", pe_id=self.pe_id, peer=address_text(channel.peer))
+        # At debug: the hunt has just said "home registrar: ...".
+        _log.debug("PE {pe_id:08x}: registrar channel to {peer} ready", pe_id=self.pe_id,
+                   peer=address_text(channel.peer))
         if self.authenticator is not None:
             d = self.authenticator.authenticate(channel)
             d.addCallbacks(self._authenticated, self._authentication_failed,
