@@ -21,7 +21,7 @@ from rserpool.asap.registrar import (
 )
 from rserpool.enrp import (
     Announce, Close, Connect, EnrpCore, EnrpSettings, Initialized, PeerDead, PeerDown, PeerLimits,
-    PeerUp, Send,
+    PeerUp, Restarted, Send, TakenOver, TakeoverAborted, TakeoverStarted, TookOver,
 )
 from rserpool.handlespace import Handlespace, HandlespaceLimits
 from rserpool.wire import (
@@ -112,7 +112,8 @@ class Node:
             elif kind is Close:
                 output.link.channel.drop(f"{self.server_id:x}: {output.reason}")
             else:
-                assert kind in (Announce, Connect, PeerUp, PeerDown, PeerDead, Initialized), output
+                assert kind in (Announce, Connect, PeerUp, PeerDown, PeerDead, Initialized, TakeoverStarted,
+                                TakeoverAborted, TookOver, TakenOver, Restarted), output
                 self.events.append(output)
 
     def tick(self) -> None:

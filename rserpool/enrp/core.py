@@ -12,8 +12,12 @@ What it does (docs/enrp.md has the whole story):
 - peer list and server-ID binding (``rserpool.enrp.peers``); ENRP_PRESENCE
   with a reply-required one on every new channel, every PEER-HEARTBEAT-CYCLE
   (with jitter), and as the probe after MAX-TIME-LAST-HEARD; a peer silent
-  for MAX-TIME-NO-RESPONSE more is dead (``PeerDead``, where takeover will
-  start);
+  for MAX-TIME-NO-RESPONSE more is dead (``PeerDead``) and taken over
+  (3.5, ``rserpool.enrp.takeover``; docs/takeover.md);
+- a registrar not run for more than MAX-TIME-LAST-HEARD (stopped, frozen)
+  may have been taken over meanwhile: it restarts in place under a new
+  server ID (``Restarted``) rather than fight the takeover or serve stale
+  state;
 - joining (3.2): a mentor among the first linked peers, LIST_REQUEST /
   LIST_RESPONSE (R while this registrar is itself starting), the W=0
   handle-table download paged by the M flag; alone when no mentor answers
@@ -31,15 +35,17 @@ and heartbeat cycle (then counted), so a flood costs no flood of answers.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from typing import Any, Callable
 
 from rserpool.enrp.peers import BindRefused, PeerLink, PeerTable
 from rserpool.enrp.settings import (
-    Announce, Close, Connect, EnrpSettings, Initialized, PeerDead, PeerDown, PeerUp, Send,
+    Announce, Close, Connect, EnrpSettings, Initialized, PeerDead, PeerDown, PeerUp, Restarted, Send,
 )
 from rserpool.enrp.tables import Fetch, Serving, encoded_pe, next_page
-from rserpool.enrp.updates import Refused, UpdateApplier
+from rserpool.enrp.takeover import Takeover
+from rserpool.enrp.updates import Contested, Refused, UpdateApplier
 from rserpool.handlespace import Handlespace, PoolElementEntry
 from rserpool.wire import (
     EnrpError, EnrpHandleTableRequest, EnrpHandleTableResponse, EnrpHandleUpdate, EnrpInitTakeover,
@@ -73,8 +79,10 @@ class EnrpCore:
         self.rng = rng or random.Random()
         self._log = log or (lambda fmt, **kwargs: None)
         self.peers = PeerTable(settings.server_id, settings.max_peers)
-        self.applier = UpdateApplier(handlespace, settings.server_id, settings.peer_limits)
-        self.applier.on_removed = self._removed_by_peer
+        self.applier = self._new_applier()
+        self.takeover = Takeover(self)
+        self._yields: list[tuple[bytes, int]] = []
+        self._last_now: float | None = None
         #: This registrar's Server Information (its ENRP listener), set by the shell.
         self.server_info: ServerInformation | None = None
         self.initialized = False
@@ -104,6 +112,17 @@ class EnrpCore:
             self._initialize(None, now, out)
         return out
 
+    def _new_applier(self) -> UpdateApplier:
+        applier = UpdateApplier(self.handlespace, self.server_id, self.settings.peer_limits)
+        applier.on_removed = self._removed_by_peer
+        applier.holds = self._holds
+        applier.on_yielded = lambda handle, pe_id, origin: self._yields.append((handle, pe_id))
+        return applier
+
+    def _holds(self, server_id: int) -> bool:
+        link = self.peers.link_of(server_id)
+        return link is not None and not link.closed
+
     def _cycle(self) -> float:
         jitter = self.settings.jitter
         return self.settings.heartbeat_cycle * (1.0 - jitter + 2.0 * jitter * self.rng.random())
@@ -127,7 +146,13 @@ class EnrpCore:
         self._refusals.pop(link, None)
         if record is not None:
             out.append(PeerDown(link, reason))
+            self.takeover.link_gone(record.server_id, now, out)
+            self._flush(out)
         return out
+
+    def _close(self, link: PeerLink, why: str, now: float, out: list) -> None:
+        out.extend(self.link_down(link, now, why))
+        out.append(Close(link, why))
 
     def _abandon(self, link: PeerLink, now: float) -> None:
         """``link`` goes: its transfers end, and a mentor is looked for again."""
@@ -142,7 +167,7 @@ class EnrpCore:
 
     def message_received(self, link: PeerLink, message: Any, now: float) -> list:
         out: list = []
-        if link.closed:
+        if self._paused(now, out) or link.closed:
             return out
         if message.PPID != codes.PPID_ENRP:
             # RFC 5354 4: this port does not process ASAP; the sender learns why.
@@ -165,6 +190,7 @@ class EnrpCore:
                 out.append(Close(link, exc.reason))
                 return out
             out.append(PeerUp(link))
+            self.takeover.bound(sender)
             if loser is not None:
                 self._abandon(loser, now)
                 loser.closed = True
@@ -183,12 +209,22 @@ class EnrpCore:
                       peer=link.describe(), rid=message.receiver_id)
             return out
         self.peers.heard(link, now)
+        if sender in self.takeover.attempts:
+            self.takeover.heard(sender, now, out)
         handler = self._handlers.get(type(message))
         if handler is not None:
             handler(self, link, message, now, out)
-        if message.unrecognized:
+        if message.unrecognized and not link.closed:
             out.append(Send(link, message.error_reply(self.server_id, sender)))
+        if self._yields:
+            self._flush(out)
         return out
+
+    def _flush(self, out: list) -> None:
+        """Release what claims took from the PEs adopted here (DEL_PE to peers)."""
+        yields, self._yields = self._yields, []
+        for handle, pe_id in yields:
+            self.takeover.yielded(handle, pe_id, out)
 
     def wire_error(self, link: PeerLink, ppid: int, error: WireError) -> list:
         """A message that did not decode: report it (RFC 5354) or drop it."""
@@ -290,6 +326,9 @@ class EnrpCore:
         marked = set()
         if own_children_only:
             marked = {(e.pool_handle, e.pe_id) for e in self.handlespace.pes_owned_by(link.server_id)}
+            # PEs adopted from it (it was taken over, yet lives): those it no
+            # longer lists went while it was cut off (docs/takeover.md).
+            marked.update(key for key, origin in self.applier.adopted.items() if origin == link.server_id)
             self.stats["resyncs"] += 1
         link.fetch = Fetch(own_children_only, mentor, now + self.settings.max_time_no_response, marked)
         out.append(Send(link, EnrpHandleTableRequest(self.server_id, link.server_id, own_children_only)))
@@ -348,6 +387,8 @@ class EnrpCore:
                         applier.add_from_mentor(sender, homes, handle, pe, identity, now)
                     else:
                         applier.add(sender, handle, pe, identity, now)
+                except Contested:
+                    applier.defer(sender, handle, pe, identity, now)  # its home still holds it
                 except Refused as exc:
                     self._refuse(link, exc.cause, exc.reason, out)
                     if exc.cause == codes.CAUSE_LACK_OF_RESOURCES:
@@ -361,7 +402,8 @@ class EnrpCore:
             return
         link.fetch = None
         if fetch.own_children_only:
-            swept = applier.sweep(sender, marked)
+            swept = applier.sweep(sender, marked, now)
+            swept += self._sweep_adopted(sender, marked, out)
             if swept:
                 self._log("re-synchronized with {peer}: removed {n} PEs it no longer has",
                           peer=link.describe(), n=swept)
@@ -378,12 +420,24 @@ class EnrpCore:
             self._refuse(link, codes.CAUSE_LACK_OF_RESOURCES, "ENRP_HANDLE_UPDATE rate exceeded", out)
             return
         pe = msg.pool_element
+        applier = self.applier
         try:
             if msg.action == _ADD:
-                self.applier.add(sender, msg.pool_handle, pe, msg.identity, now)
+                applier.add(sender, msg.pool_handle, pe, msg.identity, now)
             else:
-                self.applier.delete(sender, msg.pool_handle, pe.pe_id)
+                applier.delete(sender, msg.pool_handle, pe.pe_id, now)
+        except Contested as exc:
+            # A PE its home still holds: not applied now; the claim waits for
+            # the home to let go (docs/takeover.md).  No error: the sender may
+            # well be right (the PE moved to it).
+            if applier.defer(sender, msg.pool_handle, pe, msg.identity, now):
+                self._refuse(link, exc.cause, exc.reason + " (claim kept until it lets go)", out, answer=False)
+            else:
+                self._refuse(link, codes.CAUSE_LACK_OF_RESOURCES, "too many contested claims", out)
+            return
         except Refused as exc:
+            if msg.action != _ADD and applier.withdraw(sender, msg.pool_handle, pe.pe_id):
+                return  # it let go of a PE it had claimed: its claim goes
             self._refuse(link, exc.cause, exc.reason, out)
             return
         if link.fetch is not None:
@@ -405,12 +459,16 @@ class EnrpCore:
 
     def pe_removed(self, entry: PoolElementEntry) -> list:
         """A PE homed here left (deregistration, expiry, keep-alive failure,
-        unreachability): tell every peer (RFC 5353 3.3.2)."""
+        unreachability): tell every peer (RFC 5353 3.3.2); a peer's claim
+        waiting for it applies."""
         key = (entry.pool_handle, entry.pe_id)
         self.applier.forget(entry)
         if self._announced.pop(key, None) is None and entry.home_server_id != self.server_id:
             return []
-        return self._fan_out(_DEL, entry)
+        out = self._fan_out(_DEL, entry)
+        if key in self.applier.claims and self.handlespace.get(*key) is None:
+            self.applier.settle(key, self._last_now or 0.0)
+        return out
 
     def _fan_out(self, action: int, entry: PoolElementEntry) -> list:
         pe_bytes = encoded_pe(entry)
@@ -430,7 +488,7 @@ class EnrpCore:
     def _removed_by_peer(self, entry: PoolElementEntry, why: str) -> None:
         self._announced.pop((entry.pool_handle, entry.pe_id), None)
 
-    # -- takeover (3.5): issue 14 builds it on these hooks ------------------------------------------
+    # -- takeover (3.5): rserpool.enrp.takeover ---------------------------------------------------
 
     def _on_init_takeover(self, link: PeerLink, msg: EnrpInitTakeover, now: float, out: list) -> None:
         if msg.target_id == self.server_id:
@@ -438,12 +496,27 @@ class EnrpCore:
             for peer in self.peers.active():
                 out.append(Send(peer, self._presence(peer.server_id)))
             return
-        self._log("{peer} starts a takeover of {target:08x}; takeover is not implemented yet",
-                  peer=link.describe(), target=msg.target_id)
+        self.takeover.on_init(link, msg, now, out)
 
-    def _on_takeover_other(self, link: PeerLink, msg: Any, now: float, out: list) -> None:
-        self._log("ignoring {message} from {peer} (takeover is not implemented yet)",
-                  message=msg.name, peer=link.describe())
+    def _on_init_takeover_ack(self, link: PeerLink, msg: EnrpInitTakeoverAck, now: float, out: list) -> None:
+        self.takeover.on_ack(link, msg, now, out)
+
+    def _on_takeover_server(self, link: PeerLink, msg: EnrpTakeoverServer, now: float, out: list) -> None:
+        self.takeover.on_server(link, msg, now, out)
+
+    def _sweep_adopted(self, sender: int, marked: set, out: list) -> int:
+        """After ``sender``'s whole table: PEs adopted from it that it did
+        not list are gone (it deleted them while cut off): removed, and the
+        peers told (this registrar is their home)."""
+        adopted = self.applier.adopted
+        doomed = [key for key in marked if adopted.get(key) == sender]
+        for key in doomed:
+            entry = self.handlespace.get(*key)
+            del adopted[key]
+            if entry is not None and entry.home_server_id == self.server_id:
+                self.handlespace.deregister(*key)
+                out.extend(self._fan_out(_DEL, entry))
+        return len(doomed)
 
     def _on_error(self, link: PeerLink, msg: EnrpError, now: float, out: list) -> None:
         self._log("ENRP_ERROR from {peer}: {causes}", peer=link.describe(),
@@ -451,15 +524,17 @@ class EnrpCore:
 
     # -- refusals --------------------------------------------------------------------------------
 
-    def _refuse(self, link: PeerLink, cause: int, reason: str, out: list) -> None:
-        """Log and answer the first refusal per peer and heartbeat cycle; count the rest."""
+    def _refuse(self, link: PeerLink, cause: int, reason: str, out: list, answer: bool = True) -> None:
+        """Log and answer (unless not ``answer``) the first refusal per peer
+        and heartbeat cycle; count the rest."""
         self.stats["refused"] += 1
         seen = self._refusals.get(link, 0)
         self._refusals[link] = seen + 1
         if seen:
             return
         self._log("refused from ENRP peer {peer}: {reason}", peer=link.describe(), reason=reason)
-        out.append(Send(link, EnrpError(self.server_id, link.server_id or 0, OperationError.of(cause))))
+        if answer:
+            out.append(Send(link, EnrpError(self.server_id, link.server_id or 0, OperationError.of(cause))))
 
     # -- timers ----------------------------------------------------------------------------------
 
@@ -481,11 +556,14 @@ class EnrpCore:
         for record in self.peers.records.values():
             if record.link is None:
                 deadlines.append(record.last_heard + settings.max_time_last_heard + settings.max_time_no_response)
+        deadlines.append(self.takeover.next_deadline())
         known = [d for d in deadlines if d is not None]
         return min(known) if known else None
 
     def on_timer(self, now: float) -> list:
         out: list = []
+        if self._paused(now, out):
+            return out
         settings = self.settings
         if self._presence_due is not None and now >= self._presence_due:
             self._presence_due = now + self._cycle()
@@ -497,6 +575,7 @@ class EnrpCore:
                     self._log("refused {n} more messages from ENRP peer {peer}", n=count - 1,
                               peer=link.describe())
             self._refusals.clear()
+            self.applier.drop_claims(older_than=now - settings.claim_ttl)
         for link in list(self.peers.links):
             if link.server_id is None or link.closed:
                 continue
@@ -513,7 +592,7 @@ class EnrpCore:
                 out.extend(self.link_down(link, now, why))
                 out.append(Close(link, why))
                 if dead:
-                    self._declare_dead(link.server_id, out)
+                    self._declare_dead(link.server_id, now, out)
                 continue
             if link.probe_deadline is None and now - link.last_heard >= settings.max_time_last_heard:
                 link.probe_deadline = now + settings.max_time_no_response
@@ -523,7 +602,7 @@ class EnrpCore:
         limit = settings.max_time_last_heard + settings.max_time_no_response
         for sid, record in list(self.peers.records.items()):
             if record.link is None and now - record.last_heard >= limit:
-                self._declare_dead(sid, out)
+                self._declare_dead(sid, now, out)
         if self.joining and self.mentor is None:
             if self._join_deadline is not None and now >= self._join_deadline:
                 self._log("no mentor answered within {t} s; starting alone", t=settings.mentor_discovery_timeout)
@@ -534,9 +613,11 @@ class EnrpCore:
                 if links:  # the one asked longest ago (never asked: first)
                     link = min(links, key=lambda l: self._asked.get(l.server_id, float("-inf")))
                     self._ask_mentor(link, now, out)
+        self.takeover.on_timer(now, out)
+        self._flush(out)
         return out
 
-    def _declare_dead(self, server_id: int, out: list) -> None:
+    def _declare_dead(self, server_id: int, now: float, out: list) -> None:
         record = self.peers.drop(server_id)
         if record is None or record.dead_reported:
             return
@@ -545,6 +626,55 @@ class EnrpCore:
         self._log("ENRP peer {sid:08x} ({identity}) is dead; {n} PEs are still homed at it",
                   sid=server_id, identity=record.identity, n=owned)
         out.append(PeerDead(server_id, record.identity, owned))
+        self.takeover.peer_dead(server_id, now, out)
+
+    # -- restarting in place ---------------------------------------------------------------------
+
+    def _paused(self, now: float, out: list) -> bool:
+        """Whether this registrar was not run for longer than
+        MAX-TIME-LAST-HEARD (its presence timer fires well inside that):
+        its peers may have taken it over, so it restarts in place."""
+        last, self._last_now = self._last_now, now
+        if last is None or now - last <= self.settings.max_time_last_heard:
+            return False
+        self._restart(now, now - last, out)
+        return True
+
+    def _restart(self, now: float, gap: float, out: list, why: str | None = None) -> None:
+        """Drop every link, peer and PE and join again as a new server (a
+        new random ID): the old one is its peers' to take over, and nothing
+        this registrar held is trusted or announced again (docs/takeover.md)."""
+        old = self.server_id
+        new = old
+        while new in (0, old):
+            new = self.rng.getrandbits(32)
+        self._log("restarting in place as {new:08x} (was {old:08x}): {why}", new=new, old=old,
+                  why=why or f"not run for {gap:.1f} s, more than MAX-TIME-LAST-HEARD")
+        for link in list(self.peers.links):
+            self._abandon(link, now)
+            link.closed = True
+            out.append(Close(link, "restarting in place"))
+        for entry in list(self.handlespace.entries()):
+            self.handlespace.deregister(entry.pool_handle, entry.pe_id)
+        self.server_id = new
+        self.settings = dataclasses.replace(self.settings, server_id=new)
+        self.peers = PeerTable(new, self.settings.max_peers)
+        self.applier = self._new_applier()
+        self.takeover.reset()
+        self._yields.clear()
+        self._announced.clear()
+        self._refusals.clear()
+        self._listed.clear()
+        self._asked.clear()
+        if self.server_info is not None:
+            self.server_info = dataclasses.replace(self.server_info, server_id=new)
+        self.initialized = False
+        self.joining = True
+        self.mentor = None
+        self._mentor_retry_at = None
+        self._join_deadline = now + self.settings.mentor_discovery_timeout
+        self._presence_due = now + self._cycle()
+        out.append(Restarted(old, new, gap))
 
     _handlers: dict = {
         EnrpPresence: _on_presence,
@@ -554,7 +684,7 @@ class EnrpCore:
         EnrpHandleTableResponse: _on_table_response,
         EnrpHandleUpdate: _on_update,
         EnrpInitTakeover: _on_init_takeover,
-        EnrpInitTakeoverAck: _on_takeover_other,
-        EnrpTakeoverServer: _on_takeover_other,
+        EnrpInitTakeoverAck: _on_init_takeover_ack,
+        EnrpTakeoverServer: _on_takeover_server,
         EnrpError: _on_error,
     }
