@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import random
 from collections import deque
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Callable, Union
 
 from rserpool.handlespace import (
@@ -42,6 +42,7 @@ from rserpool.handlespace import (
     PolicySettings,
 )
 from rserpool.handlespace.types import LEAST_USED, ROUND_ROBIN
+from rserpool.asap.registrar_sync import SyncHooks
 from rserpool.security.ratelimit import RateLimit, RateLimiter
 from rserpool.wire import (
     AsapDeregistration,
@@ -263,8 +264,10 @@ _CAUSE_SECURITY = codes.CAUSE_SECURITY
 _CAUSE_RESOURCES = codes.CAUSE_LACK_OF_RESOURCES
 
 
-class RegistrarCore:
+class RegistrarCore(SyncHooks):
     """ASAP registrar procedures over one handlespace (no I/O, no clock)."""
+
+    _close_output = Close  # for SyncHooks.restart_in_place
 
     def __init__(
         self,
@@ -294,9 +297,6 @@ class RegistrarCore:
         # last ones (now, address, identity, request, handle, PE id, cause).
         self.refused_by_cause: dict[int, int] = {}
         self.recent_refusals: deque = deque(maxlen=64)
-        # Resolutions waiting for the handlespace to be in sync (None: not holding).
-        self._held: deque | None = None
-        self.max_held = 1024
 
     # -- sessions --------------------------------------------------------------------
 
@@ -564,13 +564,9 @@ class RegistrarCore:
             self._complete_resolution(session, msg, out)
 
     def _complete_resolution(self, session: AsapSession, msg: AsapHandleResolution, out: list) -> None:
-        held = self._held
-        if held is not None:
-            if len(held) < self.max_held:
-                held.append((session, msg))
-            else:
-                out.append(Send(session, AsapHandleResolutionResponse(msg.pool_handle,
-                                                                      error=_cause(_CAUSE_RESOURCES))))
+        if self._held is not None:  # syncing with the ENRP peers (registrar_sync)
+            if not self._hold(session, msg):
+                out.append(Send(session, AsapHandleResolutionResponse(msg.pool_handle, error=_cause(_CAUSE_RESOURCES))))
             return
         handle = msg.pool_handle
         items = self.settings.max_resolution_items
@@ -721,46 +717,6 @@ class RegistrarCore:
         session = self._channel_of.pop(key, None)
         if session is not None:
             session.pes.discard(key)
-
-    # -- ENRP: serving only a handlespace in sync (docs/takeover.md) -------------------------
-
-    def hold_resolutions(self) -> None:
-        """Answer no resolution until ``release_resolutions``: the
-        handlespace is being synchronized with the peers (starting, or
-        restarting in place).  Up to ``max_held`` requests wait; beyond that
-        they are refused with cause 0x6 (the PU tries another registrar)."""
-        if self._held is None:
-            self._held = deque()
-
-    @property
-    def holding(self) -> bool:
-        return self._held is not None
-
-    def release_resolutions(self, now: float) -> list[Output]:
-        """The handlespace is in sync: answer the requests that waited."""
-        held, self._held = self._held, None
-        out: list[Output] = []
-        for session, msg in held or ():
-            if not session.closed:
-                self._complete_resolution(session, msg, out)
-        return out
-
-    def restart_in_place(self, server_id: int) -> list[Output]:
-        """This registrar rejoins its peers as ``server_id`` (its ENRP core
-        dropped the handlespace): every channel that registered PEs is
-        closed, so that they re-register through their server hunt, and
-        resolutions wait for the new sync."""
-        self.settings = replace(self.settings, server_id=server_id)
-        self._last_answer = (None, None, None, None, None)
-        self._awaiting_ack.clear()
-        self._channel_of.clear()
-        out: list[Output] = []
-        for session in list(self.sessions):
-            if session.pes:
-                session.pes.clear()
-                out.append(Close(session, "the registrar restarts in place"))
-        self.hold_resolutions()
-        return out
 
     # -- announces ------------------------------------------------------------------------
 

@@ -35,13 +35,13 @@ and heartbeat cycle (then counted), so a flood costs no flood of answers.
 
 from __future__ import annotations
 
-import dataclasses
 import random
 from typing import Any, Callable
 
 from rserpool.enrp.peers import BindRefused, PeerLink, PeerTable
+from rserpool.enrp.restart import paused, restart_in_place
 from rserpool.enrp.settings import (
-    Announce, Close, Connect, EnrpSettings, Initialized, PeerDead, PeerDown, PeerUp, Restarted, Send,
+    Announce, Close, Connect, EnrpSettings, Initialized, PeerDead, PeerDown, PeerUp, Send,
 )
 from rserpool.enrp.tables import Fetch, Serving, encoded_pe, next_page
 from rserpool.enrp.takeover import Takeover
@@ -81,7 +81,6 @@ class EnrpCore:
         self.peers = PeerTable(settings.server_id, settings.max_peers)
         self.applier = self._new_applier()
         self.takeover = Takeover(self)
-        self._yields: list[tuple[bytes, int]] = []
         self._last_now: float | None = None
         #: This registrar's Server Information (its ENRP listener), set by the shell.
         self.server_info: ServerInformation | None = None
@@ -116,7 +115,6 @@ class EnrpCore:
         applier = UpdateApplier(self.handlespace, self.server_id, self.settings.peer_limits)
         applier.on_removed = self._removed_by_peer
         applier.holds = self._holds
-        applier.on_yielded = lambda handle, pe_id, origin: self._yields.append((handle, pe_id))
         return applier
 
     def _holds(self, server_id: int) -> bool:
@@ -147,7 +145,6 @@ class EnrpCore:
         if record is not None:
             out.append(PeerDown(link, reason))
             self.takeover.link_gone(record.server_id, now, out)
-            self._flush(out)
         return out
 
     def _close(self, link: PeerLink, why: str, now: float, out: list) -> None:
@@ -216,15 +213,7 @@ class EnrpCore:
             handler(self, link, message, now, out)
         if message.unrecognized and not link.closed:
             out.append(Send(link, message.error_reply(self.server_id, sender)))
-        if self._yields:
-            self._flush(out)
         return out
-
-    def _flush(self, out: list) -> None:
-        """Release what claims took from the PEs adopted here (DEL_PE to peers)."""
-        yields, self._yields = self._yields, []
-        for handle, pe_id in yields:
-            self.takeover.yielded(handle, pe_id, out)
 
     def wire_error(self, link: PeerLink, ppid: int, error: WireError) -> list:
         """A message that did not decode: report it (RFC 5354) or drop it."""
@@ -328,7 +317,9 @@ class EnrpCore:
             marked = {(e.pool_handle, e.pe_id) for e in self.handlespace.pes_owned_by(link.server_id)}
             # PEs adopted from it (it was taken over, yet lives): those it no
             # longer lists went while it was cut off (docs/takeover.md).
-            marked.update(key for key, origin in self.applier.adopted.items() if origin == link.server_id)
+            own = self.server_id
+            marked.update(key for key, (origin, adopter) in self.applier.adopted.items()
+                          if origin == link.server_id and adopter == own)
             self.stats["resyncs"] += 1
         link.fetch = Fetch(own_children_only, mentor, now + self.settings.max_time_no_response, marked)
         out.append(Send(link, EnrpHandleTableRequest(self.server_id, link.server_id, own_children_only)))
@@ -403,7 +394,7 @@ class EnrpCore:
         link.fetch = None
         if fetch.own_children_only:
             swept = applier.sweep(sender, marked, now)
-            swept += self._sweep_adopted(sender, marked, out)
+            swept += self.takeover.sweep_adopted(sender, marked, out)
             if swept:
                 self._log("re-synchronized with {peer}: removed {n} PEs it no longer has",
                           peer=link.describe(), n=swept)
@@ -424,6 +415,8 @@ class EnrpCore:
         try:
             if msg.action == _ADD:
                 applier.add(sender, msg.pool_handle, pe, msg.identity, now)
+                if applier.adopted:
+                    applier.confirmed(msg.pool_handle, pe.pe_id, sender)
             else:
                 applier.delete(sender, msg.pool_handle, pe.pe_id, now)
         except Contested as exc:
@@ -497,26 +490,6 @@ class EnrpCore:
                 out.append(Send(peer, self._presence(peer.server_id)))
             return
         self.takeover.on_init(link, msg, now, out)
-
-    def _on_init_takeover_ack(self, link: PeerLink, msg: EnrpInitTakeoverAck, now: float, out: list) -> None:
-        self.takeover.on_ack(link, msg, now, out)
-
-    def _on_takeover_server(self, link: PeerLink, msg: EnrpTakeoverServer, now: float, out: list) -> None:
-        self.takeover.on_server(link, msg, now, out)
-
-    def _sweep_adopted(self, sender: int, marked: set, out: list) -> int:
-        """After ``sender``'s whole table: PEs adopted from it that it did
-        not list are gone (it deleted them while cut off): removed, and the
-        peers told (this registrar is their home)."""
-        adopted = self.applier.adopted
-        doomed = [key for key in marked if adopted.get(key) == sender]
-        for key in doomed:
-            entry = self.handlespace.get(*key)
-            del adopted[key]
-            if entry is not None and entry.home_server_id == self.server_id:
-                self.handlespace.deregister(*key)
-                out.extend(self._fan_out(_DEL, entry))
-        return len(doomed)
 
     def _on_error(self, link: PeerLink, msg: EnrpError, now: float, out: list) -> None:
         self._log("ENRP_ERROR from {peer}: {causes}", peer=link.describe(),
@@ -614,7 +587,6 @@ class EnrpCore:
                     link = min(links, key=lambda l: self._asked.get(l.server_id, float("-inf")))
                     self._ask_mentor(link, now, out)
         self.takeover.on_timer(now, out)
-        self._flush(out)
         return out
 
     def _declare_dead(self, server_id: int, now: float, out: list) -> None:
@@ -628,53 +600,13 @@ class EnrpCore:
         out.append(PeerDead(server_id, record.identity, owned))
         self.takeover.peer_dead(server_id, now, out)
 
-    # -- restarting in place ---------------------------------------------------------------------
+    # -- restarting in place (rserpool.enrp.restart) ------------------------------------------
 
     def _paused(self, now: float, out: list) -> bool:
-        """Whether this registrar was not run for longer than
-        MAX-TIME-LAST-HEARD (its presence timer fires well inside that):
-        its peers may have taken it over, so it restarts in place."""
-        last, self._last_now = self._last_now, now
-        if last is None or now - last <= self.settings.max_time_last_heard:
-            return False
-        self._restart(now, now - last, out)
-        return True
+        return paused(self, now, out)
 
     def _restart(self, now: float, gap: float, out: list, why: str | None = None) -> None:
-        """Drop every link, peer and PE and join again as a new server (a
-        new random ID): the old one is its peers' to take over, and nothing
-        this registrar held is trusted or announced again (docs/takeover.md)."""
-        old = self.server_id
-        new = old
-        while new in (0, old):
-            new = self.rng.getrandbits(32)
-        self._log("restarting in place as {new:08x} (was {old:08x}): {why}", new=new, old=old,
-                  why=why or f"not run for {gap:.1f} s, more than MAX-TIME-LAST-HEARD")
-        for link in list(self.peers.links):
-            self._abandon(link, now)
-            link.closed = True
-            out.append(Close(link, "restarting in place"))
-        for entry in list(self.handlespace.entries()):
-            self.handlespace.deregister(entry.pool_handle, entry.pe_id)
-        self.server_id = new
-        self.settings = dataclasses.replace(self.settings, server_id=new)
-        self.peers = PeerTable(new, self.settings.max_peers)
-        self.applier = self._new_applier()
-        self.takeover.reset()
-        self._yields.clear()
-        self._announced.clear()
-        self._refusals.clear()
-        self._listed.clear()
-        self._asked.clear()
-        if self.server_info is not None:
-            self.server_info = dataclasses.replace(self.server_info, server_id=new)
-        self.initialized = False
-        self.joining = True
-        self.mentor = None
-        self._mentor_retry_at = None
-        self._join_deadline = now + self.settings.mentor_discovery_timeout
-        self._presence_due = now + self._cycle()
-        out.append(Restarted(old, new, gap))
+        restart_in_place(self, now, gap, out, why)
 
     _handlers: dict = {
         EnrpPresence: _on_presence,
@@ -684,7 +616,7 @@ class EnrpCore:
         EnrpHandleTableResponse: _on_table_response,
         EnrpHandleUpdate: _on_update,
         EnrpInitTakeover: _on_init_takeover,
-        EnrpInitTakeoverAck: _on_init_takeover_ack,
-        EnrpTakeoverServer: _on_takeover_server,
+        EnrpInitTakeoverAck: lambda self, *args: self.takeover.on_ack(*args),
+        EnrpTakeoverServer: lambda self, *args: self.takeover.on_server(*args),
         EnrpError: _on_error,
     }

@@ -36,6 +36,12 @@ to ``out``):
   the PEs it was home of may be claimed by others (contested claims are
   settled), and its own claims go.
 
+Every registrar remembers which PEs a takeover re-homed (``adopted``: at the
+winner and at the peers its ENRP_TAKEOVER_SERVER reached): such a PE is held
+by nobody until it re-registers, so a peer's ADD_PE for it (the registrar
+the PE re-registered at) is applied at once, everywhere, with no gap in
+its resolvability.
+
 The core answers INIT_TAKEOVER for itself and restarts after a pause
 (``EnrpCore._restart``); this module keeps only takeover state.
 
@@ -49,12 +55,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rserpool.enrp.settings import Send, TakenOver, TakeoverAborted, TakeoverStarted, TookOver
-from rserpool.wire import (
-    EnrpHandleUpdate, EnrpInitTakeover, EnrpInitTakeoverAck, EnrpTakeoverServer, PoolElement,
-)
+from rserpool.wire import EnrpInitTakeover, EnrpInitTakeoverAck, EnrpTakeoverServer
 from rserpool.wire import codes
-from rserpool.wire.messages import frame_message
-from rserpool.wire.params import encode_pool_handle
 
 __all__ = ["Attempt", "Takeover"]
 
@@ -174,6 +176,7 @@ class Takeover:
         moved = core.handlespace.pes_owned_by(target)
         for entry in moved:
             applier.rehome(entry, winner)
+            applier.adopted[(entry.pool_handle, entry.pe_id)] = (target, winner)
         self._remember(target, winner, now)
         core._log("{winner:08x} took {target:08x} over: {n} PEs now homed there",
                   winner=winner, target=target, n=len(moved))
@@ -196,7 +199,7 @@ class Takeover:
         limit = core.settings.max_adopted_life
         for entry in adopted:
             applier.rehome(entry, sid)
-            applier.adopted[(entry.pool_handle, entry.pe_id)] = target
+            applier.adopted[(entry.pool_handle, entry.pe_id)] = (target, sid)
             life = entry.registration_life
             core.handlespace.schedule_expiry(entry, now + (limit if life < 0 or life > limit else life))
         self._remember(target, sid, now)
@@ -211,10 +214,11 @@ class Takeover:
     def _cede(self, target: int, winner: int) -> int:
         """Give the PEs adopted from ``target`` to ``winner`` (learned copies again)."""
         applier = self.core.applier
-        keys = [key for key, origin in applier.adopted.items() if origin == target]
+        own = self.core.server_id
+        keys = [key for key, (origin, adopter) in applier.adopted.items() if origin == target and adopter == own]
         for key in keys:
             entry = self.core.handlespace.get(*key)
-            del applier.adopted[key]
+            applier.adopted[key] = (target, winner)
             if entry is not None:
                 applier.rehome(entry, winner)
                 self.core.handlespace.cancel_expiry(entry)
@@ -252,29 +256,22 @@ class Takeover:
                 if not attempt.waiting:
                     self._win(attempt, now, out)
 
-    def yielded(self, pool_handle: bytes, pe_id: int, out: list) -> None:
-        """An adopted PE re-registered at another registrar (its claim took
-        it): the other peers, which took this registrar for its home, hear a
-        DEL_PE from it; their waiting claims then apply."""
+    def sweep_adopted(self, sender: int, marked: set, out: list) -> int:
+        """After ``sender``'s whole table (W=1): PEs adopted here from it
+        that it did not list went while it was cut off (it lives, it was
+        taken over by mistake or across a partition): removed, and the
+        peers told (this registrar is their home)."""
         core = self.core
-        entry = core.handlespace.get(pool_handle, pe_id)
-        payload = None if entry is None else entry.payload
-        if type(payload) is not PoolElement:
-            return
-        claimant = entry.home_server_id
-        released = PoolElement(pe_id, core.server_id, payload.registration_life, payload.user_transport,
-                               payload.policy)
-        links = [link for link in core.peers.active() if link.server_id != claimant]
-        if not links:
-            return
-        sid = core.server_id
-        data = frame_message(codes.ENRP_HANDLE_UPDATE, 0,
-                             sid.to_bytes(4, "big") + b"\0\0\0\0" + codes.UPDATE_DEL_PE.to_bytes(2, "big")
-                             + b"\0\0", [encode_pool_handle(pool_handle), released.encode()])
-        message = EnrpHandleUpdate(sid, 0, codes.UPDATE_DEL_PE, pool_handle, released)
-        core.stats["updates_sent"] += len(links)
-        for link in links:
-            out.append(Send(link, message, data))
+        adopted = core.applier.adopted
+        own = core.server_id
+        doomed = [key for key in marked if adopted.get(key) == (sender, own)]
+        for key in doomed:
+            entry = core.handlespace.get(*key)
+            del adopted[key]
+            if entry is not None and entry.home_server_id == own:
+                core.handlespace.deregister(*key)
+                out.extend(core._fan_out(codes.UPDATE_DEL_PE, entry))
+        return len(doomed)
 
     # -- timers ------------------------------------------------------------------------------
 

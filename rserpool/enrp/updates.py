@@ -8,8 +8,8 @@ A registrar takes a peer's word only about the PEs whose home the peer is:
   local copy of the PE, if any, may be homed elsewhere only if its home no
   longer holds it (docs/takeover.md, "re-homing"): a copy that is
   provisional (below), homed at a server that has no live channel to us
-  (dead, stopped, being taken over), or *adopted* here by a takeover and
-  not re-registered since.  A PE that its home still holds (registered
+  (dead, stopped, being taken over), or *adopted* by a takeover (here or
+  at the peer that won it) and not re-registered there since.  A PE that its home still holds (registered
   here, or homed at a live peer) is not rewritten: the sender's word is a
   ``Contested`` claim, kept (``defer``) until that home lets the PE go (its
   DEL_PE, a sweep, its channel closing, its takeover), then applied, or
@@ -92,9 +92,10 @@ class UpdateApplier:
         self.own_id = own_id
         self.limits = limits
         self.provisional: set[tuple[bytes, int]] = set()
-        #: PEs homed here by a takeover and not re-registered since: key ->
-        #: the server they were taken over from.
-        self.adopted: dict[tuple[bytes, int], int] = {}
+        #: PEs re-homed by a takeover and not re-registered since at their
+        #: new home: key -> (the server taken over, the winner: this
+        #: registrar or a peer).
+        self.adopted: dict[tuple[bytes, int], tuple[int, int]] = {}
         #: Contested claims, one per PE (the latest).
         self.claims: dict[tuple[bytes, int], Claim] = {}
         self.max_claims = max_claims
@@ -106,9 +107,6 @@ class UpdateApplier:
                       "claims_dropped": 0, "yielded": 0}
         #: Called with each entry this module removed (the core logs them).
         self.on_removed: Callable[[PoolElementEntry, str], None] = lambda entry, why: None
-        #: Called with an adopted entry a claim took away (before the move:
-        #: its key, and the server it had been adopted from).
-        self.on_yielded: Callable[[bytes, int, int], None] = lambda handle, pe_id, origin: None
 
     # -- rate ---------------------------------------------------------------------------
 
@@ -124,24 +122,31 @@ class UpdateApplier:
             self._refuse(_SECURITY, f"PE {pe.pe_id:08x} names home {pe.home_server_id:08x}, not the sender")
         key = (pool_handle, pe.pe_id)
         existing = self.handlespace.get(pool_handle, pe.pe_id)
-        origin = None
+        adopted = None
         if existing is not None and existing.home_server_id != sender:
             home = existing.home_server_id
-            if home == self.own_id:
-                origin = self.adopted.get(key)
-                if origin is None:
-                    self._contest(f"PE {pe.pe_id:08x} is homed at this registrar", home)
+            adopted = self.adopted.get(key)
+            if adopted is not None and adopted[1] == home:
+                pass  # held by a takeover only: the PE's re-registration takes it
+            elif home == self.own_id:
+                self._contest(f"PE {pe.pe_id:08x} is homed at this registrar", home)
             elif key not in self.provisional and self.holds(home):
                 self._contest(f"PE {pe.pe_id:08x} is homed at {home:08x}", home)
         entry = self._store(sender, pool_handle, pe, identity, existing, now)
         self.provisional.discard(key)
         self.claims.pop(key, None)
-        if origin is not None:
+        if adopted is not None:
             del self.adopted[key]
             self.stats["yielded"] += 1
-            self.on_yielded(pool_handle, pe.pe_id, origin)
         return entry
 
+    def confirmed(self, pool_handle: bytes, pe_id: int, sender: int) -> None:
+        """``sender``'s own update about a PE it adopted: the PE re-registered
+        there (a takeover no longer explains where it is)."""
+        key = (pool_handle, pe_id)
+        adopted = self.adopted.get(key)
+        if adopted is not None and adopted[1] == sender:
+            del self.adopted[key]
     def add_from_mentor(self, mentor: int, known_homes: set[int], pool_handle: bytes,
                         pe: PoolElement, identity: str | None, now: float) -> PoolElementEntry | None:
         """A join-download entry (RFC 5353 3.2.3).  The mentor's own PEs go
