@@ -154,10 +154,10 @@ def serve(spec_path: str) -> int:
 
     from rserpool.asap.registrar import RegistrarSettings
     from rserpool.backends.filestore import FileStore, RulesFileAuthorizer
-    from rserpool.security import exchange as ex
+    from rserpool.gate import GatePolicy
     from rserpool.security import tls
-    from rserpool.security.ratelimit import RateLimit
-    from rserpool.service.auth import RegistrarAuthenticator
+    from rserpool.security.credentials import CertificateChecker, ChapChecker, PskChecker, SrpChecker
+    from rserpool.security.ratelimit import AttemptLimit, RateLimit
     from rserpool.service.registrar import RegistrarService
 
     spec = json.loads(Path(spec_path).read_text())
@@ -165,24 +165,20 @@ def serve(spec_path: str) -> int:
                                     [LogLevelFilterPredicate(defaultLogLevel=LogLevel.warn)])
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
     unlimited = RateLimit(1e9, 2e9)
-    settings = RegistrarSettings(
-        server_id=0x5E55,
-        keepalive_interval=100_000, keepalive_timeout=100_000,
-        registration_rate=unlimited, registration_rate_per_address=unlimited, resolution_rate=unlimited,
-    )
+    settings = RegistrarSettings(server_id=0x5E55, keepalive_interval=100_000, keepalive_timeout=100_000)
+    # Raised for the benchmark: every session comes from 127.0.0.1 and the
+    # failure budgets must not throttle concurrent successful exchanges.
+    many = AttemptLimit(capacity=1_000_000, refill_interval=0.001)
+    policy = GatePolicy(registration_rate=unlimited, registration_rate_per_address=unlimited,
+                        resolution_rate=unlimited, attempts_per_identity=many, attempts_per_address=many,
+                        max_connections=100_000, max_connections_per_address=100_000)
     options = tls.server_options(spec["cert"], spec["key"], [spec["ca"]], require_client_cert=False,
                                  session_tickets=spec["tickets"], session_cache=spec["tickets"])
     store = FileStore(spec["credentials"])
-    # Raised for the benchmark: every session comes from 127.0.0.1 and the
-    # failure budgets must not throttle concurrent successful exchanges.
-    authenticator = RegistrarAuthenticator(
-        reactor, SERVER_SECRET, srp_store=store, chap_store=store,
-        limiter=ex.AttemptLimiter(capacity=1_000_000, refill_interval=0.001),
-        address_limiter=ex.AttemptLimiter(capacity=1_000_000, refill_interval=0.001))
+    checkers = [CertificateChecker(), PskChecker(), SrpChecker(store, SERVER_SECRET), ChapChecker(store)]
     service = RegistrarService(
         settings, reactor=reactor, listen=["tcp:0:interface=127.0.0.1"], tls_options=options,
-        authorizer=RulesFileAuthorizer(spec["rules"]), authenticator=authenticator,
-        max_connections=100_000, max_connections_per_address=100_000)
+        authorizer=RulesFileAuthorizer(spec["rules"]), gate_policy=policy, checkers=checkers)
     _install_window_hooks(spec["stats"], spec.get("profile"))
 
     def ready(_: Any) -> None:
@@ -205,9 +201,9 @@ _STAGES = (
     ("channel_data", "rserpool.service.channel", "Channel", "dataReceived"),
     ("channel_closed", "rserpool.service.registrar", "RegistrarService", "channel_closed"),
     # inside the above
-    ("peer_certificate", "rserpool.service.registrar", None, "peer_certificate"),
-    ("certificate_identity", "rserpool.service.registrar", "RegistrarService", "_certificate_identity"),
-    ("certidentity_derived", "rserpool.service.registrar", None, "identity_from_certificate"),
+    ("identify", "rserpool.security.credentials", "Authenticator", "authenticate"),
+    ("certidentity_derived", "rserpool.security.credentials", None, "identity_from_certificate"),
+    ("gate_identified", "rserpool.gate.gate", "Gate", "identified"),
     ("auth_exchange", "rserpool.service.auth", "RegistrarAuthenticator", "message_received"),
     ("asap_core", "rserpool.asap.registrar", "RegistrarCore", "message_received"),
     ("authorize", "rserpool.backends.filestore", "RulesFileAuthorizer", "authorize"),

@@ -169,10 +169,11 @@ SCHEMA: dict[str, dict[str, Option]] = {
     "security": {
         "allow_unauthenticated": _S(_bool, "no", "INSECURE: accept registrations from unauthenticated PEs"),
         "authenticators": _S(_list, "certificate",
-                             "PE authentication: certificate (TLS client certificate), psk (needs [tls] "
-                             "psk_file), srp and chap (ASAP authentication extension; backends in "
-                             "[authenticator:srp] store = file|ldap and [authenticator:chap] "
-                             "backend = file or verifier = radius)"),
+                             "authenticator plugins (twisted.cred checkers), in order: certificate (TLS client "
+                             "certificate), psk (TLS-PSK; implied by [tls] psk_file), srp and chap (ASAP "
+                             "authentication extension), or a site plugin; options in [authenticator:<name>] "
+                             "(e.g. [authenticator:srp] store = file|ldap, [authenticator:chap] backend = file "
+                             "or verifier = radius, [authenticator:certificate] mapping = file|ldap)"),
         "server_secret_file": _S(str, "", "file with at least 16 secret bytes from which SRP derives the fake "
                                           "salts of unknown identities (empty: a new secret per start)", path=True),
         "authorizer": _S(str, "file", "pool authorization plugin name"),
@@ -202,6 +203,33 @@ SCHEMA: dict[str, dict[str, Option]] = {
         "idle_timeout": _S(_positive_float, "60", "seconds before an idle admin connection is closed"),
         "refresh": _S(_positive_int, "5", "seconds between the status page's own refreshes"),
         "page_size": _S(_positive_int, "100", "PEs per page of the status page and of the JSON API (at most 500)"),
+    },
+    "enrp": {
+        "enabled": _S(_bool, "no", "ENRP with peer registrars (RFC 5353, docs/enrp.md); needs TLS: peers "
+                                   "authenticate each other by certificate and must be granted 'peer' in the rules"),
+        "listen": _S(_list, "tcp:port=9902:interface=127.0.0.1",
+                     "Twisted endpoint strings the ENRP service listens on; TLS with client certificates is added"),
+        "peers": _S(_list, "", "static peers, 'host:port [tls-name]' per line (host: IP address or DNS name; "
+                               "tls-name: the name their certificate must carry, default the host)"),
+        "srv_names": _S(_list, "", "domains whose SRV records (srv_service) list the peers"),
+        "srv_service": _S(str, "_enrp-tls._tcp", "SRV label of ENRP peers"),
+        "presence_listen": _S(str, "", "host:port of the UDP socket for ENRP_PRESENCE datagrams (hints only; "
+                                       "empty: none)"),
+        "presence_targets": _S(_list, "", "host:port UDP unicast targets of the periodic ENRP_PRESENCE"),
+        "presence_multicast": _S(str, "", "multicast group host:port for ENRP_PRESENCE as well (never used by tests)"),
+        "heartbeat_cycle": _S(_positive_float, "30", "PEER-HEARTBEAT-CYCLE: seconds between PRESENCEs (+/-50 % jitter)"),
+        "max_time_last_heard": _S(_positive_float, "61", "MAX-TIME-LAST-HEARD: seconds of silence before a peer "
+                                                         "is probed"),
+        "max_time_no_response": _S(_positive_float, "5", "MAX-TIME-NO-RESPONSE: seconds to wait for a probe, a "
+                                                         "list or a handle-table answer"),
+        "mentor_discovery_timeout": _S(_positive_float, "5", "seconds a starting registrar waits for a mentor before "
+                                                             "it starts alone"),
+        "max_peers": _S(_positive_int, "64", "peers in the peer list"),
+        "max_pes_per_peer": _S(_positive_int, "200000", "PEs homed at one peer this registrar accepts"),
+        "max_pools_per_peer": _S(_positive_int, "10000", "pools holding PEs of one peer"),
+        "update_rate": _S(_positive_float, "10000", "ENRP_HANDLE_UPDATEs per second per peer (burst: twice that)"),
+        "max_response_pes": _S(_positive_int, "4096", "PEs in one ENRP_HANDLE_TABLE_RESPONSE accepted"),
+        "page_pes": _S(_positive_int, "256", "PEs per ENRP_HANDLE_TABLE_RESPONSE sent"),
     },
     "plugins": {
         "directories": _S(_list, "", "site plugin directories (root-owned, not group/world-writable)", path=True),

@@ -1,9 +1,12 @@
-"""The zope.interface contracts that rserpool's backends and plugins implement.
+"""The zope.interface contracts that rserpool's plugins, backends and shells implement.
 
 Each interface is deliberately small: a backend provides only what it can
 do (a RADIUS server verifies CHAP but cannot reveal a secret; a directory
 stores SRP verifiers and groups; a rules file authorizes).  The registrar
-composes them.  See ``docs/plugins.md`` for how to write one.
+composes them.  Plugins are checked against their kind's interface with
+``zope.interface.verify.verifyObject`` when they are loaded.  See
+``docs/plugins.md`` for how to write one and :mod:`rserpool.testing` for
+fakes to test it with.
 
 Conventions shared by every method here:
 
@@ -24,9 +27,12 @@ from __future__ import annotations
 import types
 from collections.abc import Mapping
 
+from twisted.cred.checkers import ICredentialsChecker
+from twisted.cred.credentials import ICredentials
 from twisted.plugin import IPlugin
 from zope.interface import Attribute, Interface
 
+from rserpool.gate.facts import ACTIONS
 from rserpool.identity import Identity
 
 __all__ = [
@@ -34,19 +40,28 @@ __all__ = [
     "KIND_INTERFACES",
     "KINDS",
     "IBackendFactory",
+    "ICandidateSource",
+    "ICertificateCredentials",
     "ICertificateMapping",
+    "IChannelHandler",
+    "IChapCredentials",
     "IChapSecretStore",
     "IChapVerifier",
+    "IComposedFactory",
     "IGroupSource",
+    "IIdentityChecker",
+    "IPluginLoader",
     "IPoolAuthorizer",
+    "IPskCredentials",
     "IPskKeyStore",
     "IRSerPoolPlugin",
+    "ISessionApplication",
+    "ISrpChecker",
+    "ISrpCredentials",
     "ISrpVerifierStore",
+    "IWatchedCandidateSource",
     "Identity",
 ]
-
-#: What an authorizer is asked about (``rserpool.security.authz`` rules).
-ACTIONS: tuple[str, ...] = ("register", "deregister", "resolve", "peer", "admin")
 
 # ------------------------------------------------------------------ providers
 
@@ -58,13 +73,14 @@ class IPoolAuthorizer(Interface):
         """Decide one request.
 
         :param identity: the authenticated name (``str``), or ``None`` for an
-            anonymous pool user (only ever asked with ``resolve``).
+            anonymous pool user (``resolve``) or an anonymous PE (only with
+            the insecure ``allow_unauthenticated``).
         :param groups: ``frozenset[str]`` of the identity's groups.
         :param action: one of :data:`ACTIONS`: ``register``, ``deregister``,
-            ``resolve`` (a PU resolving the handle), ``peer`` (a registrar
-            acting as an ENRP peer; ``pool_handle`` is then ``b""``) or ``admin``
-            (an operator or Prometheus reading the admin endpoint;
-            ``pool_handle`` is ``b""``).
+            ``resolve`` (a PU resolving the handle), ``peer`` (an ENRP peer
+            acting as a registrar of this cluster) or ``admin`` (the
+            operators' endpoint); ``pool_handle`` is ``b""`` for the last
+            two.  An action the authorizer does not know is refused.
         :param pool_handle: the pool handle (``bytes``).
         :return: ``bool`` or a Deferred firing with one.  ``False`` is a
             refusal; a failure (:class:`~rserpool.errors.BackendUnavailable`)
@@ -129,11 +145,135 @@ class IGroupSource(Interface):
         """Deferred firing with a ``frozenset[str]`` (empty when unknown)."""
 
 
+# ------------------------------------------------------------- credentials
+
+
+class ICertificateCredentials(ICredentials):
+    """A client certificate the TLS layer has verified (chain, validity,
+    CRLs); the certificate's OCSP check, when configured, has passed."""
+
+    certificate = Attribute("the verified cryptography.x509.Certificate")
+    der = Attribute("the certificate's DER bytes")
+    fingerprint = Attribute("SHA-256 of the DER bytes, lower-case hex")
+    policy = Attribute("IdentityPolicy naming the holder when no mapping does")
+
+
+class IPskCredentials(ICredentials):
+    """A TLS-PSK identity whose key the TLS handshake has proven."""
+
+    identity = Attribute("the PSK identity (str)")
+
+
+class IChapCredentials(ICredentials):
+    """A CHAP response (RFC 1994) to a channel-bound challenge."""
+
+    identity = Attribute("the claimed identity (str)")
+    identifier = Attribute("CHAP identifier, 0-255")
+    challenge = Attribute("the effective 16-byte challenge")
+    response = Attribute("the 16-byte response")
+
+
+class ISrpCredentials(ICredentials):
+    """The client's answer (A, M1) in an SRP-6a run started by
+    :meth:`ISrpChecker.challenge`."""
+
+    identity = Attribute("the claimed identity (str)")
+    server_proof = Attribute("M2 once verify() succeeded, else None")
+
+    def verify():  # type: ignore[misc]
+        """Check the proof; return the server proof M2 or raise SrpError."""
+
+
+class IIdentityChecker(ICredentialsChecker):
+    """A checker that can say more than a name: mechanism, groups, attributes."""
+
+    def check(credentials):  # type: ignore[no-untyped-def]
+        """Deferred firing with the :class:`Identity` the credentials prove;
+        failing with ``UnauthorizedLogin`` (bad credentials) or
+        ``BackendUnavailable`` (no answer)."""
+
+
+class ISrpChecker(ICredentialsChecker):
+    """The checker of SRP credentials: SRP needs a challenge from the
+    verifier before the client can answer (docs/auth-exchanges.md)."""
+
+    def challenge(identity, channel_binding):  # type: ignore[no-untyped-def]
+        """Deferred firing with a :class:`rserpool.security.srp.SrpChallenge`
+        (``salt``, ``server_public``) for ``identity`` on the channel whose
+        binding is ``channel_binding``; an unknown identity gets a challenge
+        too (fake salt and verifier).  ``BackendUnavailable`` when the store
+        cannot answer.  The client's proof then goes to ``requestAvatarId``
+        as ``SrpCredentials``."""
+
+
+# ------------------------------------------------------------------ shells
+
+
+class IChannelHandler(Interface):
+    """What a :class:`rserpool.service.channel.Channel` reports to.  All
+    methods are called on the reactor thread."""
+
+    def channel_ready(channel):  # type: ignore[no-untyped-def]
+        """The channel is up (after the TLS handshake when TLS is used)."""
+
+    def message_received(channel, message, now):  # type: ignore[no-untyped-def]
+        """A decoded ASAP or ENRP message."""
+
+    def wire_error(channel, ppid, error, now):  # type: ignore[no-untyped-def]
+        """A message that could not be decoded (``error.cause`` says why)."""
+
+    def data_received(channel, ppid, payload, now):  # type: ignore[no-untyped-def]
+        """Application data (a PPID other than ASAP's and ENRP's)."""
+
+    def channel_closed(channel, reason):  # type: ignore[no-untyped-def]
+        """The channel is gone; no more calls follow."""
+
+
+class ICandidateSource(Interface):
+    """Where a server hunt finds its registrars (static list, DNS, announces)."""
+
+    def candidates():  # type: ignore[misc]
+        """The ordered candidates of a round (a list, or a Deferred firing with one)."""
+
+
+class IWatchedCandidateSource(ICandidateSource):
+    """A candidate source that also tells of new candidates as they come
+    (a registrar's announce), so a running hunt can try them at once."""
+
+    def add_listener(listener):  # type: ignore[no-untyped-def]
+        """Call ``listener(candidates)`` when new candidates are known."""
+
+    def remove_listener(listener):  # type: ignore[no-untyped-def]
+        """Stop calling ``listener``."""
+
+
+class ISessionApplication(Interface):
+    """What a PE's application implements to serve PU-PE sessions
+    (``rserpool.service.pe_session.SessionServer``)."""
+
+    def session_started(session):  # type: ignore[no-untyped-def]
+        """A PU connected (TLS handshake done)."""
+
+    def cookie_echoed(session, cookie):  # type: ignore[no-untyped-def]
+        """The PU failed over to us and echoed this cookie (check it yourself)."""
+
+    def business_card_received(session, pool_handle, pool_elements):  # type: ignore[no-untyped-def]
+        """The PU (a PU/PE combination) sent its pool handle and failover order."""
+
+    def data_received(session, payload):  # type: ignore[no-untyped-def]
+        """Application data from the PU."""
+
+    def session_ended(session, reason):  # type: ignore[no-untyped-def]
+        """The connection is gone."""
+
+
 # -------------------------------------------------------------------- plugins
 
 #: Plugin kinds and the interface the object a factory builds must provide.
 #: ``authenticator`` factories build twisted.cred checkers
-#: (:class:`twisted.cred.checkers.ICredentialsChecker`).
+#: (:class:`twisted.cred.checkers.ICredentialsChecker`; those that also
+#: provide :class:`IIdentityChecker` give groups, an SRP one must provide
+#: :class:`ISrpChecker`).
 KINDS: tuple[str, ...] = (
     "authorizer",
     "srp-store",
@@ -146,8 +286,6 @@ KINDS: tuple[str, ...] = (
 
 
 def _kind_interfaces() -> Mapping[str, type[Interface]]:
-    from twisted.cred.checkers import ICredentialsChecker
-
     return types.MappingProxyType({
         "authorizer": IPoolAuthorizer,
         "srp-store": ISrpVerifierStore,
@@ -188,3 +326,21 @@ class IBackendFactory(IRSerPoolPlugin):
             global one.
         :raise ValueError: bad or missing options.
         """
+
+
+class IPluginLoader(Interface):
+    """Builds plugins by kind and name (what :func:`rserpool.plugin.load_named`
+    does), handed to a :class:`IComposedFactory` for its sub-plugins."""
+
+    def load(kind, name, options):  # type: ignore[no-untyped-def]
+        """The provider built by the ``kind`` plugin ``name`` with ``options``;
+        ``PluginError`` when there is none or it cannot be built."""
+
+
+class IComposedFactory(IBackendFactory):
+    """A factory whose provider is built over other plugins (a checker over
+    a verifier store, a mapping, a group source)."""
+
+    def build(options, reactor, plugins):  # type: ignore[no-untyped-def]
+        """As :meth:`IBackendFactory.build`; ``plugins`` (an
+        :class:`IPluginLoader`) builds the sub-plugins the options name."""

@@ -12,6 +12,15 @@ same way (module-level objects providing ``IPlugin`` and the interface)
 but without Twisted's ``dropin.cache``, a pickle, so nothing is unpickled
 from a site directory.
 
+Every factory is checked with ``zope.interface.verify.verifyObject`` against
+:class:`~rserpool.interfaces.IBackendFactory` when it is found, and what it
+builds against its kind's interface (``KIND_INTERFACES``); a plugin that
+does not keep its contract is a :class:`~rserpool.errors.PluginError` that
+names it and says what is missing.  A factory providing
+:class:`~rserpool.interfaces.IComposedFactory` gets an
+:class:`~rserpool.interfaces.IPluginLoader` for the sub-plugins its options
+name (an authenticator over a verifier store, a mapping, a group source).
+
 Importing a plugin module runs its code with the registrar's privileges, so
 a site directory and everything in it must be owned by root or by the user running rserpool and
 must not be writable by group or others; otherwise
@@ -31,11 +40,15 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from twisted.plugin import IPlugin, getPlugins
+from zope.interface import implementer
+from zope.interface.exceptions import Invalid
+from zope.interface.verify import verifyObject
 
 from rserpool.errors import PluginError, PluginNotFound, UnsafePluginDirectory
-from rserpool.interfaces import KIND_INTERFACES, KINDS, IBackendFactory
+from rserpool.interfaces import KIND_INTERFACES, KINDS, IBackendFactory, IComposedFactory, IPluginLoader
 
-__all__ = ["check_site_directory", "find_factories", "find_plugins", "load_named", "site_modules"]
+__all__ = ["PluginLoader", "check_site_directory", "find_factories", "find_plugins", "load_named",
+           "site_modules", "verify_provider"]
 
 _SITE_PREFIX = "_rserpool_site_plugins_"
 _MAX_ENTRIES = 10_000
@@ -139,22 +152,44 @@ def find_plugins(interface: Any, site_dirs: Iterable[str] = ()) -> list[Any]:
     return found
 
 
+def verify_provider(interface: Any, provider: Any, what: str) -> None:
+    """``verifyObject(interface, provider)``, as a :class:`PluginError`
+    naming ``what`` and what is missing."""
+    try:
+        verifyObject(interface, provider)
+    except Invalid as exc:
+        detail = " ".join(str(exc).split())
+        raise PluginError(f"{what} does not provide {interface.__name__}: {detail}") from None
+
+
 def find_factories(kind: str | None = None, site_dirs: Iterable[str] = ()) -> list[Any]:
-    """The :class:`IBackendFactory` plugins, optionally of one ``kind``."""
+    """The :class:`IBackendFactory` plugins, optionally of one ``kind``; each
+    is checked against the interface (a broken one is a PluginError naming it)."""
     if kind is not None and kind not in KINDS:
         raise PluginError(f"unknown plugin kind {kind!r} (known: {', '.join(KINDS)})")
-    return [f for f in find_plugins(IBackendFactory, site_dirs) if kind is None or f.kind == kind]
+    found = []
+    for factory in find_plugins(IBackendFactory, site_dirs):
+        verify_provider(IBackendFactory, factory, f"plugin {factory!r} ({type(factory).__module__})")
+        if factory.kind not in KINDS:
+            raise PluginError(f"plugin {factory.name!r} ({type(factory).__module__}) has unknown kind "
+                              f"{factory.kind!r} (known: {', '.join(KINDS)})")
+        if kind is None or factory.kind == kind:
+            found.append(factory)
+    return found
 
 
 def load_named(kind: str, name: str, options: Mapping[str, str] | None = None,
-               reactor: Any = None, site_dirs: Iterable[str] = ()) -> Any:
+               reactor: Any = None, site_dirs: Iterable[str] = (), built: list[Any] | None = None) -> Any:
     """Build the ``kind`` plugin called ``name`` with ``options``.
 
     Raises :class:`PluginNotFound` (listing the available names) for an
     unknown name, :class:`PluginError` when two plugins claim the name or
     the factory fails or builds something that does not provide the kind's
-    interface.
+    interface (``verifyObject``).  ``built``, when given, collects every
+    provider built, sub-plugins included (the application starts those that
+    are services).
     """
+    site_dirs = tuple(site_dirs)
     factories = find_factories(kind, site_dirs)
     matching = [f for f in factories if f.name == name]
     if not matching:
@@ -163,11 +198,27 @@ def load_named(kind: str, name: str, options: Mapping[str, str] | None = None,
         raise PluginError(f"{len(matching)} {kind} plugins are called {name!r}; remove all but one")
     factory = matching[0]
     try:
-        provider = factory.build(dict(options or {}), reactor)
+        if IComposedFactory.providedBy(factory):
+            provider = factory.build(dict(options or {}), reactor, PluginLoader(reactor, site_dirs, built))
+        else:
+            provider = factory.build(dict(options or {}), reactor)
     except (ValueError, OSError) as exc:
         raise PluginError(f"{kind} plugin {name!r}: {exc}") from exc
-    interface = KIND_INTERFACES[kind]
-    if not interface.providedBy(provider):
-        raise PluginError(f"{kind} plugin {name!r} built {provider!r}, which does not provide "
-                          f"{interface.__name__}")
+    verify_provider(KIND_INTERFACES[kind], provider, f"{kind} plugin {name!r} built {provider!r}, which")
+    if built is not None:
+        built.append(provider)
     return provider
+
+
+@implementer(IPluginLoader)
+class PluginLoader:
+    """Builds sub-plugins for an :class:`IComposedFactory`, from the same
+    site directories (and into the same ``built`` list) as its parent."""
+
+    def __init__(self, reactor: Any, site_dirs: Iterable[str] = (), built: list[Any] | None = None) -> None:
+        self.reactor = reactor
+        self.site_dirs = tuple(site_dirs)
+        self.built = built
+
+    def load(self, kind: str, name: str, options: Mapping[str, str]) -> Any:
+        return load_named(kind, name, options, self.reactor, self.site_dirs, self.built)

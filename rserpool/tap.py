@@ -92,10 +92,9 @@ def _target(text: str) -> tuple[str, int]:
 def build_registrar(config: Config, reactor: Any = None, *, demo: bool = False) -> Any:
     """The RegistrarService described by ``config``."""
     from rserpool.asap.registrar import RegistrarSettings
+    from rserpool.gate import GatePolicy
     from rserpool.handlespace import HandlespaceLimits
     from rserpool.security import devpki
-    from rserpool.errors import PluginError
-    from rserpool.plugin import load_named
     from rserpool.security.ratelimit import RateLimit
     from rserpool.service.channel import ChannelSettings
     from rserpool.service.registrar import RegistrarService
@@ -136,39 +135,9 @@ def build_registrar(config: Config, reactor: Any = None, *, demo: bool = False) 
     if security["allow_unauthenticated"]:
         _log.critical("INSECURE: registrations from unauthenticated pool elements are accepted")
     site_dirs = config["plugins"]["directories"]
-    authorizer_name = security["authorizer"]
-    authorizer_options = config.plugin_options("authorizer", authorizer_name)
-    if authorizer_name == "file":
-        rules_path = authorizer_options.setdefault("rules", security["rules"])
-        if not rules_path or not Path(rules_path).exists():
-            raise ConfigError(f"the rules file {rules_path!r} of the file authorizer does not exist "
-                              "(an empty file refuses everything)")
-    elif authorizer_name == "radius":
-        # [radius] holds the RADIUS settings; [authorizer:radius] may override them.
-        from rserpool.plugins.radius import options_from_section
-
-        authorizer_options = {**options_from_section(config["radius"]), **authorizer_options}
-    elif authorizer_name == "ldap":
-        # [ldap] holds the directory settings; [authorizer:ldap] may override them.
-        from rserpool.plugins.ldap import ldap_options
-
-        authorizer_options = ldap_options(config, "authorizer")
-    try:
-        authorizer = load_named("authorizer", authorizer_name, authorizer_options, reactor, site_dirs)
-    except PluginError as exc:
-        raise ConfigError(str(exc)) from None
-    _log.info("pool authorization by the {name!r} plugin ({authorizer!r})", name=authorizer_name,
-              authorizer=authorizer)
-    groups_of = None
-    if security["credentials"]:
-        from rserpool.backends.filestore import FileStore
-
-        groups_of = FileStore.shared(security["credentials"]).groups
-
-    authenticator, auth_services = _authenticator(config, reactor, site_dirs)
-    certificate_mapping = _certificate_mapping(config, reactor, site_dirs)
-    if certificate_mapping is not None and IService.providedBy(certificate_mapping):
-        auth_services.append(certificate_mapping)
+    built: list[Any] = []  # every plugin built, sub-plugins included: services start with the registrar
+    authorizer = _authorizer(config, reactor, site_dirs, built)
+    checkers = _checkers(config, reactor, site_dirs, built)
 
     limits = config["limits"]
     settings = RegistrarSettings(
@@ -177,17 +146,21 @@ def build_registrar(config: Config, reactor: Any = None, *, demo: bool = False) 
         keepalive_timeout=asap["keepalive_timeout"],
         max_bad_pe_reports=asap["max_bad_pe_reports"],
         max_resolution_items=asap["max_resolution_items"],
+        unreachable_removal_needs_failed_probe=asap["unreachable_removal_needs_failed_probe"],
+    )
+    gate_policy = GatePolicy(
         allow_insecure_channels=not tls_conf["enabled"],
         allow_unauthenticated=security["allow_unauthenticated"],
         authorize_resolution=security["authorize_resolution"],
         check_pe_addresses=security["check_pe_addresses"],
+        unreachable_requires_identity=security["unreachable_requires_identity"],
         registration_rate=RateLimit(security["registration_rate"], 2 * security["registration_rate"]),
         registration_rate_per_address=RateLimit(security["registration_rate_per_address"],
                                                 2 * security["registration_rate_per_address"]),
         resolution_rate=RateLimit(security["resolution_rate"], 2 * security["resolution_rate"]),
         unreachable_rate=RateLimit(security["unreachable_rate"], max(1.0, 10 * security["unreachable_rate"])),
-        unreachable_requires_identity=security["unreachable_requires_identity"],
-        unreachable_removal_needs_failed_probe=asap["unreachable_removal_needs_failed_probe"],
+        max_connections=limits["max_connections"],
+        max_connections_per_address=limits["max_connections_per_address"],
     )
     handlespace_limits = HandlespaceLimits(
         max_pools=limits["max_pools"],
@@ -208,7 +181,8 @@ def build_registrar(config: Config, reactor: Any = None, *, demo: bool = False) 
         listen=registrar["asap_listen"],
         tls_options=tls_options,
         authorizer=authorizer,
-        groups_of=groups_of,
+        gate_policy=gate_policy,
+        checkers=checkers,
         limits=handlespace_limits,
         channel_settings=channel_settings,
         announce_targets=[_target(t) for t in announce["targets"]],
@@ -216,30 +190,103 @@ def build_registrar(config: Config, reactor: Any = None, *, demo: bool = False) 
         announce_multicast=multicast,
         announce_ttl=announce["multicast_ttl"],
         rng=random.SystemRandom(),
-        max_connections=limits["max_connections"],
-        max_connections_per_address=limits["max_connections_per_address"],
         revocation=revocation,
-        authenticator=authenticator,
-        certificate_mapping=certificate_mapping,
     )
-    for child in auth_services:
-        if child is not authorizer and getattr(child, "parent", None) is None:
-            child.setServiceParent(service)
-    if crl_monitor is not None:
-        crl_monitor.setServiceParent(service)
-    if IService.providedBy(authorizer):
+    if service.authenticator is not None:
+        _log.info("PE authentication inside TLS: {mechanisms}",
+                  mechanisms=", ".join(service.authenticator.mechanisms))
+    started: list[Any] = []
+    for provider in built:
         # A plugin with resources (a RADIUS socket, a thread pool) starts and
         # stops with the registrar.
-        authorizer.setServiceParent(service)
+        if IService.providedBy(provider) and provider.parent is None and provider not in started:
+            started.append(provider)
+            provider.setServiceParent(service)
+    if crl_monitor is not None:
+        crl_monitor.setServiceParent(service)
     if config["admin"]["listen"]:
         _admin_service(config, service, tls_files, dev_pki, reactor).setServiceParent(service)
+    if config["enrp"]["enabled"]:
+        _enrp_service(config, service, tls_files, crls if tls_files else (), crl_monitor, reactor
+                      ).setServiceParent(service)
+    return service
+
+
+def _shared_gate(registrar: Any) -> Any:
+    """The registrar's one security gate (made here while the registrar has none)."""
+    from rserpool.admin.access import admin_gate
+
+    gate = getattr(registrar, "gate", None)
+    if gate is None:
+        gate = registrar.gate = admin_gate(registrar)
+    return gate
+
+
+def _enrp_service(config: Config, registrar: Any, tls_files: Any, crls: Any, crl_monitor: Any,
+                  reactor: Any) -> Any:
+    """The ENRP service of ``[enrp]`` (docs/enrp.md): mutual TLS with the
+    registrar's certificate, peers admitted by the gate's ``peer`` door."""
+    from rserpool.admin.access import certificate_identity_of
+    from rserpool.enrp import EnrpSettings, PeerLimits
+    from rserpool.security import tls
+    from rserpool.security.ratelimit import RateLimit
+    from rserpool.service.enrp import EnrpService
+    from rserpool.service.enrp_discovery import peer_candidates
+
+    enrp = config["enrp"]
+    if tls_files is None:
+        raise ConfigError("[enrp] enabled needs TLS: ENRP peers authenticate each other by certificate "
+                          "(RFC 5355 2.5, 2.15)")
+    cert, key, cas = tls_files
+    if not cas:
+        raise ConfigError("[enrp] enabled needs [tls] ca_certificates: peers present certificates from those CAs")
+    try:
+        limits = PeerLimits(max_pes=enrp["max_pes_per_peer"], max_pools=enrp["max_pools_per_peer"],
+                            update_rate=RateLimit(enrp["update_rate"], 2 * enrp["update_rate"]),
+                            max_response_pes=enrp["max_response_pes"])
+        settings = EnrpSettings(registrar.server_id, heartbeat_cycle=enrp["heartbeat_cycle"],
+                                max_time_last_heard=enrp["max_time_last_heard"],
+                                max_time_no_response=enrp["max_time_no_response"],
+                                mentor_discovery_timeout=enrp["mentor_discovery_timeout"],
+                                max_peers=enrp["max_peers"], page_pes=min(enrp["page_pes"], enrp["max_response_pes"]),
+                                peer_limits=limits)
+        candidates = None
+        if enrp["peers"] or enrp["srv_names"]:
+            candidates = peer_candidates(enrp["peers"], enrp["srv_names"], srv_service=enrp["srv_service"])
+        presence_listen = _target(enrp["presence_listen"]) if enrp["presence_listen"] else None
+        multicast = _target(enrp["presence_multicast"]) if enrp["presence_multicast"] else None
+    except ValueError as exc:
+        raise ConfigError(f"[enrp]: {exc}") from None
+    current_crls = [tuple(crls)]
+    server_tls = tls.ReloadableServerOptions(tls.server_options(cert, key, cas, require_client_cert=True,
+                                                                crls=current_crls[0]))
+
+    def client_tls(name: str) -> Any:
+        return tls.client_options(name, cas, client_cert=(cert, key), crls=current_crls[0])
+
+    if crl_monitor is not None:
+        def reloaded(loaded: Any) -> None:
+            current_crls[0] = tuple(loaded)
+            server_tls.replace(tls.server_options(cert, key, cas, require_client_cert=True, crls=loaded))
+
+        crl_monitor.monitor.add_reload_listener(reloaded)
+    service = EnrpService(settings, reactor=reactor, handlespace=registrar.handlespace, listen=enrp["listen"],
+                          server_tls=server_tls, client_tls=client_tls, gate=_shared_gate(registrar),
+                          authorizer=registrar.authorizer,
+                          identity_of=certificate_identity_of(registrar), candidates=candidates,
+                          presence_listen=presence_listen,
+                          presence_targets=[_target(t) for t in enrp["presence_targets"]],
+                          presence_multicast=multicast)
+    registrar.change_listeners.append(service.local_change)
+    _log.info("ENRP on {listen}; peers {peers}; SRV {srv}", listen=", ".join(enrp["listen"]),
+              peers=", ".join(enrp["peers"]) or "none", srv=", ".join(enrp["srv_names"]) or "none")
     return service
 
 
 def _admin_service(config: Config, registrar: Any, tls_files: Any, dev_pki: Any, reactor: Any) -> Any:
     """The HTTPS admin endpoint of ``[admin]`` (docs/operations.md)."""
     from rserpool.admin import AdminAccess, AdminService, AdminSettings, TokenError, load_token
-    from rserpool.admin.access import admin_gate, certificate_identity_of
+    from rserpool.admin.access import certificate_identity_of
     from rserpool.security import tls
 
     admin, tls_conf = config["admin"], config["tls"]
@@ -271,19 +318,62 @@ def _admin_service(config: Config, registrar: Any, tls_files: Any, dev_pki: Any,
         raise ConfigError(f"[admin]: {exc}") from None
     options = tls.server_options(cert, key, cas, require_client_cert=token is None, crls=tls_conf["crls"])
     access = AdminAccess(authorizer=registrar.authorizer, identity_of=certificate_identity_of(registrar),
-                         gate=admin_gate(registrar), clock=reactor,
-                         groups_of=registrar.groups_of, token=token, token_scope=admin["token_scope"],
+                         gate=_shared_gate(registrar), clock=reactor, token=token, token_scope=admin["token_scope"],
                          on_outage=lambda: registrar.events.outage("admin-authorizer"))
     return AdminService(registrar, reactor=reactor, listen=admin["listen"], tls_options=options,
                         access=access, settings=settings)
 
 
-_AUTHENTICATORS = ("certificate", "psk", "srp", "chap")
+def _load(kind: str, name: str, options: dict[str, str], reactor: Any, site_dirs: Any, built: list[Any],
+          where: str) -> Any:
+    from rserpool.errors import PluginError
+    from rserpool.plugin import load_named
+
+    try:
+        return load_named(kind, name, options, reactor, site_dirs, built)
+    except PluginError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
 
 
-def _backend_options(config: Config, kind: str, name: str) -> dict[str, str]:
-    """Options for a credential backend plugin: the shared sections first
-    ([security] credentials for file, [ldap], [radius]), then [<kind>:<name>]."""
+def _authorizer(config: Config, reactor: Any, site_dirs: Any, built: list[Any]) -> Any:
+    """The pool authorizer plugin ``[security] authorizer`` (default deny)."""
+    security = config["security"]
+    name = security["authorizer"]
+    options = config.plugin_options("authorizer", name)
+    if name == "file":
+        rules_path = options.setdefault("rules", security["rules"])
+        if not rules_path or not Path(rules_path).exists():
+            raise ConfigError(f"the rules file {rules_path!r} of the file authorizer does not exist "
+                              "(an empty file refuses everything)")
+    elif name == "radius":
+        # [radius] holds the RADIUS settings; [authorizer:radius] may override them.
+        from rserpool.plugins.radius import options_from_section
+
+        options = {**options_from_section(config["radius"]), **options}
+    elif name == "ldap":
+        # [ldap] holds the directory settings; [authorizer:ldap] may override them.
+        from rserpool.plugins.ldap import ldap_options
+
+        options = ldap_options(config, "authorizer")
+    authorizer = _load("authorizer", name, options, reactor, site_dirs, built, "[security] authorizer")
+    _log.info("pool authorization by the {name!r} plugin ({authorizer!r})", name=name, authorizer=authorizer)
+    return authorizer
+
+
+#: The built-in authenticators' sub-plugin roles (option name -> plugin kind)
+#: and defaults, filled from the shared sections of the configuration.
+_BUILTIN_ROLES: dict[str, dict[str, str]] = {
+    "certificate": {"mapping": "cert-mapping", "groups": "groups"},
+    "psk": {"groups": "groups"},
+    "srp": {"store": "srp-store", "groups": "groups"},
+    "chap": {"backend": "chap-store", "verifier": "chap-verifier", "groups": "groups"},
+}
+
+
+def _sub_options(config: Config, kind: str, name: str) -> dict[str, str]:
+    """A sub-plugin's options from the shared sections: [security]
+    credentials for ``file``, [ldap] for ``ldap``, [radius] for ``radius``,
+    then [<kind>:<name>]."""
     options: dict[str, str] = {}
     if name == "file":
         if not config["security"]["credentials"]:
@@ -301,92 +391,49 @@ def _backend_options(config: Config, kind: str, name: str) -> dict[str, str]:
     return options
 
 
-def _authenticator(config: Config, reactor: Any, site_dirs: Any) -> tuple[Any, list]:
-    """The SRP/CHAP authenticator for ``[security] authenticators`` (None if
-    neither is listed) and the backend services to start with the registrar."""
-    from rserpool.errors import PluginError
-    from rserpool.plugin import load_named
-    from rserpool.security import exchange
-    from rserpool.service.auth import RegistrarAuthenticator
+def _authenticator_options(config: Config, name: str) -> dict[str, str]:
+    """``[authenticator:<name>]``, and for a built-in authenticator its
+    sub-plugins' options from the shared sections (unless given there)."""
+    options = config.plugin_options("authenticator", name)
+    roles = _BUILTIN_ROLES.get(name)
+    if roles is None:
+        return options  # a site authenticator: its own section only
+    security = config["security"]
+    if "groups" not in options and security["credentials"]:
+        options["groups"] = "file"  # @group rules from the credentials file, as for every identity
+    if name == "srp":
+        options.setdefault("store", "file")
+        if security["server_secret_file"]:
+            options.setdefault("server_secret_file", security["server_secret_file"])
+        elif "server_secret_file" not in options:
+            _log.warn("no [security] server_secret_file: the fake SRP salts of unknown identities change "
+                      "at every start, which lets a prober tell restarts apart from real accounts")
+    if name == "chap" and "verifier" not in options:
+        options.setdefault("backend", "file")
+    for role, kind in roles.items():
+        sub = options.get(role, "").strip()
+        if not sub or sub == "none":
+            continue
+        for key, value in _sub_options(config, kind, sub).items():
+            options.setdefault(f"{role}.{key}", value)
+    return options
 
-    names = config["security"]["authenticators"]
-    unknown = sorted(set(names) - set(_AUTHENTICATORS))
-    if unknown:
-        raise ConfigError(f"[security] authenticators: unknown {', '.join(unknown)} "
-                          f"(known: {', '.join(_AUTHENTICATORS)})")
-    if "psk" in names and not config["tls"]["psk_file"]:
+
+def _checkers(config: Config, reactor: Any, site_dirs: Any, built: list[Any]) -> list[Any]:
+    """The authenticator plugins of ``[security] authenticators``, in order
+    (twisted.cred checkers: certificate, psk, srp, chap or a site one)."""
+    names = list(config["security"]["authenticators"])
+    psk_file = config["tls"]["psk_file"]
+    if "psk" in names and not psk_file:
         raise ConfigError("[security] authenticators lists psk but [tls] psk_file is empty")
-    if "srp" not in names and "chap" not in names:
-        return None, []
-
-    def load(kind: str, name: str) -> Any:
-        try:
-            return load_named(kind, name, _backend_options(config, kind, name), reactor, site_dirs)
-        except PluginError as exc:
-            raise ConfigError(str(exc)) from None
-
-    mechanisms, srp_store, chap_store, chap_verifier = [], None, None, None
-    if "srp" in names:
-        store_name = config.plugin_options("authenticator", "srp").get("store", "file").strip()
-        srp_store = load("srp-store", store_name)
-        mechanisms.append(exchange.MECH_SRP_SHA256_2048)
-    if "chap" in names:
-        options = config.plugin_options("authenticator", "chap")
-        if options.get("verifier", "").strip():
-            chap_verifier = load("chap-verifier", options["verifier"].strip())
-        else:
-            chap_store = load("chap-store", options.get("backend", "file").strip())
-        mechanisms.append(exchange.MECH_CHAP_MD5)
-    secret_file = config["security"]["server_secret_file"]
-    if secret_file:
-        try:
-            with open(secret_file, "rb") as handle:
-                server_secret = handle.read(4096).strip()
-        except OSError as exc:
-            raise ConfigError(f"[security] server_secret_file: {exc}") from None
-        if len(server_secret) < 16:
-            raise ConfigError(f"{secret_file}: the server secret must be at least 16 bytes")
-    else:
-        server_secret = secrets.token_bytes(32)
-        _log.warn("no [security] server_secret_file: the fake SRP salts of unknown identities change "
-                  "at every start, which lets a prober tell restarts apart from real accounts")
-    authenticator = RegistrarAuthenticator(reactor, server_secret, srp_store=srp_store, chap_store=chap_store,
-                                           chap_verifier=chap_verifier, mechanisms=tuple(mechanisms))
-    _log.info("PE authentication inside TLS: {mechanisms}", mechanisms=", ".join(authenticator.mechanisms))
-    services = []
-    for backend in (srp_store, chap_store, chap_verifier):
-        if backend is not None and IService.providedBy(backend) and backend not in services:
-            services.append(backend)
-    return authenticator, services
-
-
-class _NoCertificateIdentities:
-    """``certificate`` is not among the authenticators: a client certificate
-    is still verified by TLS but names nobody."""
-
-    def identity_for(self, cert: Any) -> None:
-        return None
-
-
-def _certificate_mapping(config: Config, reactor: Any, site_dirs: Any) -> Any:
-    """``[authenticator:certificate] mapping = file|ldap|<plugin>`` (None: the
-    certificate's own names, see docs/tls.md)."""
-    from rserpool.errors import PluginError
-    from rserpool.plugin import load_named
-
-    if "certificate" not in config["security"]["authenticators"]:
-        return _NoCertificateIdentities()
-    options = config.plugin_options("authenticator", "certificate")
-    unknown = sorted(set(options) - {"mapping"})
-    if unknown:
-        raise ConfigError(f"[authenticator:certificate]: unknown option(s) {', '.join(unknown)} (known: mapping)")
-    name = options.get("mapping", "").strip()
-    if not name or name == "none":
-        return None
-    try:
-        return load_named("cert-mapping", name, _backend_options(config, "cert-mapping", name), reactor, site_dirs)
-    except PluginError as exc:
-        raise ConfigError(str(exc)) from None
+    if psk_file and "psk" not in names:
+        # [tls] psk_file alone has always made TLS-PSK identities count.
+        _log.info("[tls] psk_file is set: TLS-PSK identities are checked by the psk authenticator")
+        names.append("psk")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"[security] authenticators names one twice: {', '.join(names)}")
+    return [_load("authenticator", name, _authenticator_options(config, name), reactor, site_dirs, built,
+                  f"[security] authenticators: {name}") for name in names]
 
 
 def _dev_crl_refresh(directory: Path) -> Any:

@@ -222,14 +222,17 @@ class BackendRegistrarMixin(RegistrarClientsMixin):
         self.assertFalse(registrar.authorizer.running)
 
     def outage_logged(self, start: int, identity: str) -> bool:
-        """Since event ``start``: the backend's unavailability, and the
-        registrar's authorization failure for ``identity`` because of it."""
+        """Since event ``start``: the backend's unavailability, and the gate's
+        refusal for ``identity`` because of it, logged as an outage (error
+        level, "authorization unavailable"), not as a "no"."""
+        from twisted.logger import LogLevel
+
         backend = self.backend_outage_line(start, identity)
         registrar = any(
-            event.get("log_failure") is not None
-            and event["log_failure"].check(self.outage_failure)
-            and event.get("identity") == identity
-            and "authorization backend failed" in (formatEvent(event) or "")
+            event.get("log_level") == LogLevel.error
+            and event.get("who") == identity
+            and event.get("reason", "").startswith("authorization unavailable")
+            and formatEvent(event).startswith("refused ")
             for event in self.events[start:])
         return backend and registrar
 

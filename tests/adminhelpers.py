@@ -119,8 +119,8 @@ class AdminHarness(RegistrarClientsMixin):
         options = tls.server_options(test_pki.server.cert, test_pki.server.key, [test_pki.ca.cert],
                                      require_client_cert=token is None)
         access = AdminAccess(authorizer=authorizer, identity_of=certificate_identity_of(self.registrar),
-                             gate=admin_gate(self.registrar), clock=reactor,
-                             groups_of=self.registrar.groups_of, token=token, token_scope=self.token_scope,
+                             gate=admin_gate(self.registrar), clock=reactor, token=token,
+                             token_scope=self.token_scope,
                              on_outage=lambda: self.registrar.events.outage("admin-authorizer"))
         self.admin = AdminService(self.registrar, reactor=reactor, listen=["tcp:0:interface=127.0.0.1"],
                                   tls_options=options, access=access, settings=self.settings)

@@ -9,7 +9,11 @@ from typing import Any
 from twisted.internet import defer, endpoints
 from twisted.internet.protocol import Factory
 
+from zope.interface import implementer
+
 from rserpool.asap.registrar import RegistrarSettings
+from rserpool.interfaces import IChannelHandler, IPoolAuthorizer
+from rserpool.testing import AllowAll
 from rserpool.security import tls
 from rserpool.service.channel import Channel, ChannelSettings
 from rserpool.service.registrar import RegistrarService
@@ -17,17 +21,7 @@ from rserpool.wire import PoolElement, RoundRobinPolicy, TcpTransport
 from ipaddress import IPv4Address
 
 
-class AllowAll:
-    """Test authorizer: says yes to everything (never use outside tests)."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple] = []
-
-    def authorize(self, identity, groups, action, pool_handle):
-        self.calls.append((identity, action, pool_handle))
-        return True
-
-
+@implementer(IPoolAuthorizer)
 class RulesFromDict:
     def __init__(self, allowed: set[tuple[str, str, bytes]]) -> None:
         self.allowed = allowed
@@ -36,8 +30,9 @@ class RulesFromDict:
         return (identity, action, pool_handle) in self.allowed
 
 
+@implementer(IChannelHandler)
 class RawClient:
-    """A ChannelHandler that queues every message; ``next()`` waits for one."""
+    """A channel handler that queues every message; ``next()`` waits for one."""
 
     def __init__(self) -> None:
         self.channel: Channel | None = None
@@ -170,7 +165,9 @@ class RegistrarClientsMixin:
         return [formatEvent(event) or "" for event in self.events[start:]]
 
     def refusal_logged(self, start: int, identity: str) -> bool:
-        return any(f"{identity} is not authorized" in line for line in self.log_lines(start))
+        """The gate logged that ``identity`` is not authorized (docs/gate.md)."""
+        return any(line.startswith("refused ") and f"({identity}): not authorized" in line
+                   for line in self.log_lines(start))
 
     def assert_refused(self, reply) -> None:
         from rserpool.wire import AsapRegistrationResponse

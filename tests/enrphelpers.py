@@ -19,15 +19,15 @@ from collections import deque
 from ipaddress import IPv4Address
 from typing import Any
 
-from rserpool.asap.registrar import (
-    Authorize, PoolElementAdded, PoolElementRemoved, RegistrarCore, RegistrarSettings,
-    Send as AsapSend,
-)
+from rserpool.asap.registrar import PoolElementAdded, PoolElementRemoved, RegistrarCore, RegistrarSettings
 from rserpool.enrp import (
     Announce, Close, Connect, EnrpCore, EnrpSettings, Initialized, PeerDead, PeerDown, PeerLimits,
     PeerUp, Restarted, Send, TakenOver, TakeoverAborted, TakeoverStarted, TookOver,
 )
+from rserpool.gate import AskAuthorizer, Gate, GatePolicy
 from rserpool.handlespace import Handlespace, HandlespaceLimits
+from rserpool.outputs import Send as AsapSend
+from rserpool.testing import identified_session
 from rserpool.wire import (
     AsapDeregistration, AsapRegistration, LeastUsedPolicy, PoolElement, SctpTransport,
     ServerInformation, TcpTransport, decode_message,
@@ -48,9 +48,9 @@ class Node:
         self.cluster = cluster
         self.handlespace = Handlespace(hs_limits or HandlespaceLimits(), rng=random.Random(server_id))
         self.asap = RegistrarCore(
-            RegistrarSettings(server_id, keepalive_interval=1e9, keepalive_timeout=1e9,
-                              check_pe_addresses=False),
-            self.handlespace, rng=random.Random(server_id), log=self._log)
+            RegistrarSettings(server_id, keepalive_interval=1e9, keepalive_timeout=1e9),
+            self.handlespace, gate=Gate(GatePolicy(check_pe_addresses=False)), rng=random.Random(server_id),
+            log=self._log)
         settings = dict(FAST)
         settings.update(enrp)
         self.enrp = EnrpCore(EnrpSettings(server_id, peer_limits=peer_limits or PeerLimits(), **settings),
@@ -68,8 +68,7 @@ class Node:
     def session(self, identity: str) -> Any:
         session = self.sessions.get(identity)
         if session is None:
-            session = self.sessions[identity] = self.asap.open_session(("pe", identity), "127.0.0.1",
-                                                                      True, identity)
+            session = self.sessions[identity] = identified_session(self.asap, "127.0.0.1", identity)
         return session
 
     # -- ASAP side -----------------------------------------------------------------
@@ -94,8 +93,8 @@ class Node:
         reply = None
         while outputs:
             output = outputs.pop(0)
-            if type(output) is Authorize:
-                outputs.extend(self.asap.authorization_done(output.session, output.token, True, now))
+            if type(output) is AskAuthorizer:
+                outputs.extend(self.asap.authorization_done(output, True, now))
             elif type(output) is AsapSend:
                 reply = output.message
                 self.asap_replies.append(reply)

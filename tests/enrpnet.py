@@ -15,11 +15,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 from twisted.internet import defer
+from zope.interface import implementer
 
 from rserpool.asap.registrar import RegistrarSettings
 from rserpool.enrp import EnrpSettings, PeerLimits
 from rserpool.security import pki, tls
-from rserpool.gate import ACTION_PEER, Gate, GatePolicy
+from rserpool.gate import ACTION_PEER
+from rserpool.interfaces import IPoolAuthorizer
 from rserpool.service.enrp import EnrpService
 from rserpool.service.registrar import RegistrarService
 from tests.tlshelpers import CertFiles, TestPKI
@@ -84,6 +86,7 @@ class Node:
         yield self.registrar.stopService()
 
 
+@implementer(IPoolAuthorizer)
 class PoolAndPeerRules:
     """PEs may do anything; only the listed identities may be peers."""
 
@@ -124,7 +127,7 @@ def start_node(reactor, test_pki: TestPKI, name: str, *, peers_allowed=("registr
     enrp = EnrpService(EnrpSettings(server_id, peer_limits=peer_limits or PeerLimits(), **settings),
                        reactor=reactor, handlespace=registrar.handlespace, listen=["tcp:0:interface=127.0.0.1"],
                        server_tls=server_tls, client_tls=client_tls,
-                       gate=Gate(GatePolicy()), authorizer=authorizer,
+                       gate=registrar.gate, authorizer=authorizer,
                        candidates=peers if expect_peers else None, **enrp_kw)
     registrar.change_listeners.append(enrp.local_change)
     enrp.setServiceParent(registrar)

@@ -18,6 +18,7 @@ from twisted.trial import unittest
 
 from rserpool.admin.metrics import exposition, make_registry
 from rserpool.wire import AsapDeregistration, AsapRegistration
+from rserpool.testing import identified_session
 from tests.aaahelpers import BackendProcess
 from tests.adminhelpers import TOKEN, AdminHarness, admin_cert
 from tests.asaphelpers import make_pe
@@ -49,7 +50,7 @@ def _samples(registrar) -> dict:
 
 def test_the_collector_reads_the_core_at_each_scrape():
     registrar = _FakeRegistrar()
-    session = registrar.core.open_session(object(), "127.0.0.1", secure=True, identity="pe1")
+    session = identified_session(registrar.core, "127.0.0.1", "pe1")
     before = _samples(registrar)
     assert before[("rserpool_handlespace_pool_elements", ())] == 0
     register(registrar.core, session, 1)
@@ -70,7 +71,7 @@ def test_the_collector_reads_the_core_at_each_scrape():
 
 def test_refusals_are_exported_by_cause():
     registrar = _FakeRegistrar()
-    anonymous = registrar.core.open_session(object(), "127.0.0.1", secure=True, identity=None)
+    anonymous = identified_session(registrar.core, "127.0.0.1", None)
     registrar.core.message_received(anonymous, AsapRegistration(b"echo", make_pe(1)), 0.0)
     samples = _samples(registrar)
     key = ("rserpool_refusals_total", (("cause", "0xa"), ("cause_name", "Rejected Due to Security Considerations")))
@@ -87,7 +88,7 @@ def test_openmetrics_when_asked():
 def test_a_scrape_never_walks_the_pes():
     """A scrape reads one size per pool: walking the PEs is forbidden here."""
     registrar = _FakeRegistrar()
-    session = registrar.core.open_session(object(), "127.0.0.1", secure=True, identity="pe1")
+    session = identified_session(registrar.core, "127.0.0.1", "pe1")
     for pe_id in range(1, 51):
         register(registrar.core, session, pe_id, handle=b"pool%d" % (pe_id % 5))
     handlespace = registrar.core.handlespace

@@ -25,6 +25,7 @@ from rserpool.admin.page import MAX_ROWS, render, status_page, tag
 from rserpool.admin.resource import AdminResource
 from rserpool.security import tls
 from rserpool.wire import AsapDeregistration
+from rserpool.testing import identified_session
 from tests.adminhelpers import AdminHarness, admin_cert
 from tests.conftest import IN_CI, require_tool
 from tests.tlshelpers import make_test_pki
@@ -81,7 +82,7 @@ def test_the_main_page_is_bounded():
             self.server_id = self.core.settings.server_id
 
     registrar = Registrar()
-    session = registrar.core.open_session(object(), "127.0.0.1", secure=True, identity="pe1")
+    session = identified_session(registrar.core, "127.0.0.1", "pe1")
     for pe_id in range(1, 3 * MAX_ROWS):
         register(registrar.core, session, pe_id, handle=b"pool%d" % (pe_id % 3))
     html = AdminResource(registrar, access=None)._status_page(0.0)

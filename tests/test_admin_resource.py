@@ -26,8 +26,9 @@ from rserpool.logformat import json_observer
 from rserpool.security import exchange as ex
 from rserpool.security import psk, tls
 from rserpool.security.authz import RulesAuthorizer, parse_rules
-from rserpool.security.srp import make_verifier
-from rserpool.service.auth import AuthenticationError, PeAuthenticator, RegistrarAuthenticator
+from rserpool.security.credentials import CertificateChecker, ChapChecker, PskChecker, SrpChecker
+from rserpool.service.auth import AuthenticationError, PeAuthenticator
+from rserpool.testing import MemoryChapStore, MemorySrpStore
 from rserpool.service.registrar import RegistrarService
 from rserpool.wire import AsapRegistration
 from tests.adminhelpers import AdminHarness, admin_cert
@@ -49,16 +50,9 @@ pe-chap    register,deregister   echo
 """
 
 
-class _Stores:
-    def __init__(self):
-        self.srp = {"pe-srp": make_verifier("pe-srp", SRP_PASSWORD)}
-        self.chap = {"pe-chap": CHAP_SECRET}
-
-    def srp_verifier(self, identity):
-        return defer.succeed(self.srp.get(identity))
-
-    def lookup_chap_secret(self, identity):
-        return self.chap.get(identity)
+def _checkers(srp_store: MemorySrpStore) -> list:
+    return [CertificateChecker(), PskChecker(), SrpChecker(srp_store, SERVER_SECRET),
+            ChapChecker(MemoryChapStore({"pe-chap": CHAP_SECRET}))]
 
 
 def _spellings(secret: bytes) -> list[bytes]:
@@ -79,15 +73,13 @@ class NoSecretsShown(AdminHarness, unittest.TestCase):
         self.log = io.StringIO()
         self.observer = json_observer(self.log)
         globalLogPublisher.addObserver(self.observer)
-        self.stores = _Stores()
+        self.srp_store = MemorySrpStore({"pe-srp": SRP_PASSWORD})
         options = psk.server_options(self.test_pki.server.cert, self.test_pki.server.key, [self.test_pki.ca.cert],
                                      psk_store=psk.FilePskStore({"pe-psk": PSK_KEY}))
         registrar = RegistrarService(
             RegistrarSettings(server_id=random.randrange(1, 2**32)), reactor=reactor,
             listen=["tcp:0:interface=127.0.0.1"], tls_options=options,
-            authorizer=RulesAuthorizer(parse_rules(RULES)),
-            authenticator=RegistrarAuthenticator(reactor, SERVER_SECRET, srp_store=self.stores,
-                                                 chap_store=self.stores))
+            authorizer=RulesAuthorizer(parse_rules(RULES)), checkers=_checkers(self.srp_store))
         d = defer.maybeDeferred(registrar.startService)
         d.addCallback(lambda _: self.start_admin(self.test_pki, registrar=registrar))
         return d
@@ -141,7 +133,7 @@ class NoSecretsShown(AdminHarness, unittest.TestCase):
         mechanisms = {(a["mechanism"], a["outcome"]) for a in status["counters"]["authentication"]}
         self.assertLessEqual({("certificate", "success"), (psk.MECHANISM, "success"), (ex.MECH_SRP_SHA256_2048, "success"),
                               (ex.MECH_CHAP_MD5, "success"), (ex.MECH_CHAP_MD5, "failure")}, mechanisms)
-        salt, verifier = self.stores.srp["pe-srp"]
+        salt, verifier = self.srp_store.entries["pe-srp"]
         secrets = {
             "PSK": PSK_KEY, "SRP password": SRP_PASSWORD.encode(), "SRP verifier": verifier,
             "CHAP secret": CHAP_SECRET, "wrong CHAP secret": b"wrong chap secret 99",

@@ -249,6 +249,11 @@ class TokenForEverything(_Base):
 
 class AuthorizerOutage(_Base):
     def setUp(self):
+        from zope.interface import implementer
+
+        from rserpool.interfaces import IPoolAuthorizer
+
+        @implementer(IPoolAuthorizer)
         class Broken:
             def authorize(self, identity, groups, action, pool_handle):
                 raise RuntimeError("directory down")

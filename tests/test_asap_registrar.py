@@ -6,10 +6,12 @@ import random
 
 import pytest
 
-from rserpool.asap.registrar import (
-    Authorize, PoolElementAdded, PoolElementRemoved, RegistrarCore, RegistrarSettings, Send,
-)
+from dataclasses import fields
+
+from rserpool.asap.registrar import PoolElementAdded, PoolElementRemoved, RegistrarCore, RegistrarSettings, Send
+from rserpool.gate import DOOR_ASAP, AskAuthorizer, Gate, GatePolicy
 from rserpool.handlespace import Handlespace, HandlespaceLimits
+from rserpool.identity import MECH_CERTIFICATE, Identity
 from rserpool.security.ratelimit import RateLimit
 from rserpool.wire import (
     AsapDeregistration, AsapDeregistrationResponse, AsapEndpointKeepAlive, AsapEndpointKeepAliveAck,
@@ -26,22 +28,35 @@ from tests.asaphelpers import make_pe
 SERVER = 0x5EED
 
 
-def make_core(**overrides):
-    settings = RegistrarSettings(server_id=SERVER, **overrides)
-    return RegistrarCore(settings, Handlespace(HandlespaceLimits(), rng=random.Random(1)), rng=random.Random(2))
+_GATE_FIELDS = {f.name for f in fields(GatePolicy)}
+
+
+def make_core(log=None, **overrides):
+    """A core whose RegistrarSettings and GatePolicy take ``overrides``
+    (``log``: the gate's log function)."""
+    policy = GatePolicy(**{k: v for k, v in overrides.items() if k in _GATE_FIELDS})
+    settings = RegistrarSettings(server_id=SERVER, **{k: v for k, v in overrides.items() if k not in _GATE_FIELDS})
+    return RegistrarCore(settings, Handlespace(HandlespaceLimits(), rng=random.Random(1)), Gate(policy, log=log),
+                         rng=random.Random(2))
+
+
+def open_session(core, address, secure=True, identity=None):
+    """A session whose channel the gate identified (``identity``: a certificate's name)."""
+    admission = core.gate.open_channel(DOOR_ASAP, address, secure, 0.0)
+    core.gate.identified(admission, None if identity is None else Identity(identity, MECH_CERTIFICATE), 0.0)
+    return core.open_session(object(), admission)
 
 
 def sends(outputs, session=None):
-    return [o.message for o in outputs if type(o) is Send and (session is None or o.session is session)]
+    return [o.message for o in outputs if type(o) is Send and (session is None or o.channel is session)]
 
 
 def authorize_all(core, session, outputs, now, allowed=True):
     """Answer every Authorize output; returns everything that followed."""
-    result = [o for o in outputs if type(o) is not Authorize]
+    result = [o for o in outputs if type(o) is not AskAuthorizer]
     for o in outputs:
-        if type(o) is Authorize:
-            result += authorize_all(core, session, core.authorization_done(o.session, o.token, allowed, now),
-                                    now, allowed)
+        if type(o) is AskAuthorizer:
+            result += authorize_all(core, session, core.authorization_done(o, allowed, now), now, allowed)
     return result
 
 
@@ -57,15 +72,15 @@ def core():
 
 @pytest.fixture
 def pe_session(core):
-    return core.open_session(object(), "127.0.0.1", secure=True, identity="pe1")
+    return open_session(core, "127.0.0.1", secure=True, identity="pe1")
 
 
 def test_registration_is_authorized_before_any_state(core, pe_session):
     out = core.message_received(pe_session, AsapRegistration(b"echo", make_pe(1)), 0.0)
-    assert [type(o) for o in out] == [Authorize]
+    assert [type(o) for o in out] == [AskAuthorizer]
     assert out[0].action == "register" and out[0].pool_handle == b"echo"
     assert len(core.handlespace) == 0  # nothing before the answer
-    done = core.authorization_done(pe_session, out[0].token, True, 0.0)
+    done = core.authorization_done(out[0], True, 0.0)
     (reply,) = sends(done)
     assert isinstance(reply, AsapRegistrationResponse) and not reply.reject
     assert any(type(o) is PoolElementAdded for o in done)
@@ -76,7 +91,7 @@ def test_registration_is_authorized_before_any_state(core, pe_session):
 
 def test_refused_authorization_creates_nothing_and_is_cached(core, pe_session):
     out = register_refused = core.message_received(pe_session, AsapRegistration(b"secret", make_pe(1)), 0.0)
-    done = core.authorization_done(pe_session, out[0].token, False, 0.0)
+    done = core.authorization_done(out[0], False, 0.0)
     (reply,) = sends(done)
     assert reply.reject and reply.error.causes[0].code == CAUSE_SECURITY
     assert len(core.handlespace) == 0
@@ -87,8 +102,8 @@ def test_refused_authorization_creates_nothing_and_is_cached(core, pe_session):
 
 
 def test_insecure_or_anonymous_sessions_are_refused_with_0xa(core):
-    plain = core.open_session(object(), "127.0.0.1", secure=False, identity="pe1")
-    anonymous = core.open_session(object(), "127.0.0.1", secure=True, identity=None)
+    plain = open_session(core, "127.0.0.1", secure=False, identity="pe1")
+    anonymous = open_session(core, "127.0.0.1", secure=True, identity=None)
     for session in (plain, anonymous):
         (reply,) = sends(core.message_received(session, AsapRegistration(b"echo", make_pe(1)), 0.0))
         assert reply.reject and reply.error.causes[0].code == CAUSE_SECURITY
@@ -99,7 +114,7 @@ def test_insecure_or_anonymous_sessions_are_refused_with_0xa(core):
 
 def test_insecure_options_allow_it_explicitly():
     core = make_core(allow_insecure_channels=True, allow_unauthenticated=True)
-    session = core.open_session(object(), "127.0.0.1", secure=False, identity=None)
+    session = open_session(core, "127.0.0.1", secure=False, identity=None)
     (reply,) = sends(register(core, session, 1))
     assert not reply.reject
     assert core.handlespace.get(b"echo", 1).identity == "addr:127.0.0.1"
@@ -113,7 +128,7 @@ def test_address_must_match_channel(core, pe_session):
 
 def test_pe_identifier_bound_to_identity(core, pe_session):
     register(core, pe_session, 7)
-    other = core.open_session(object(), "127.0.0.1", secure=True, identity="pe2")
+    other = open_session(core, "127.0.0.1", secure=True, identity="pe2")
     (reply,) = sends(register(core, other, 7, port=99))
     assert reply.reject and reply.error.causes[0].code == CAUSE_SECURITY
     (dereg,) = sends(authorize_all(core, other, core.message_received(other, AsapDeregistration(b"echo", 7), 0), 0))
@@ -142,7 +157,7 @@ def test_reregistration_updates_in_place(core, pe_session):
 def test_resolution_answers_policy_and_unknown_handle(core, pe_session):
     register(core, pe_session, 1, policy=LeastUsedPolicy(3))
     register(core, pe_session, 2, policy=LeastUsedPolicy(1))
-    pu = core.open_session(object(), "127.0.0.2", secure=True, identity=None)
+    pu = open_session(core, "127.0.0.2", secure=True, identity=None)
     (answer,) = sends(core.message_received(pu, AsapHandleResolution(b"echo"), 0.0))
     assert [p.pe_id for p in answer.pool_elements] == [2, 1]
     assert answer.policy is not None
@@ -152,17 +167,17 @@ def test_resolution_answers_policy_and_unknown_handle(core, pe_session):
 
 def test_round_robin_response_omits_policy(core, pe_session):
     register(core, pe_session, 1, policy=RoundRobinPolicy())
-    pu = core.open_session(object(), "127.0.0.2", secure=True, identity=None)
+    pu = open_session(core, "127.0.0.2", secure=True, identity=None)
     (answer,) = sends(core.message_received(pu, AsapHandleResolution(b"echo"), 0.0))
     assert answer.policy is None
 
 
 def test_resolution_authorization_optional():
     core = make_core(authorize_resolution=True)
-    pu = core.open_session(object(), "127.0.0.2", secure=True, identity="pu1")
+    pu = open_session(core, "127.0.0.2", secure=True, identity="pu1")
     out = core.message_received(pu, AsapHandleResolution(b"echo"), 0.0)
-    assert [type(o) for o in out] == [Authorize] and out[0].action == "resolve"
-    (answer,) = sends(core.authorization_done(pu, out[0].token, False, 0.0))
+    assert [type(o) for o in out] == [AskAuthorizer] and out[0].action == "resolve"
+    (answer,) = sends(core.authorization_done(out[0], False, 0.0))
     assert answer.error.causes[0].code == CAUSE_SECURITY
 
 
@@ -190,7 +205,7 @@ def test_keepalive_ack_from_other_session_ignored(core, pe_session):
     register(core, pe_session, 1)
     deadline = core.next_deadline()
     core.on_timer(deadline)
-    intruder = core.open_session(object(), "127.0.0.1", secure=True, identity="pe2")
+    intruder = open_session(core, "127.0.0.1", secure=True, identity="pe2")
     core.message_received(intruder, AsapEndpointKeepAliveAck(b"echo", 1), deadline)
     core.on_timer(deadline + core.settings.keepalive_timeout)
     assert core.handlespace.get(b"echo", 1) is None
@@ -213,9 +228,9 @@ def test_expiry_sends_deregistration_response(core, pe_session):
 
 def test_unreachable_probe_then_distinct_reporters_remove():
     core = make_core(max_bad_pe_reports=3)
-    pe = core.open_session(object(), "127.0.0.1", secure=True, identity="pe1")
+    pe = open_session(core, "127.0.0.1", secure=True, identity="pe1")
     register(core, pe, 1)
-    pus = [core.open_session(object(), f"127.0.0.{i}", secure=True, identity=None) for i in (2, 3, 4)]
+    pus = [open_session(core, f"127.0.0.{i}", secure=True, identity=None) for i in (2, 3, 4)]
     out = core.message_received(pus[0], AsapEndpointUnreachable(b"echo", 1), 1.0)
     (probe,) = sends(out, pe)
     assert isinstance(probe, AsapEndpointKeepAlive)  # RFC 5352 3.5: immediate probe
@@ -230,9 +245,9 @@ def test_reports_need_a_failed_probe_when_configured():
     # RFC 5355 2.13 hardening: three distinct reporters do not remove a PE
     # that answers its probe; one that leaves the probe unanswered goes.
     core = make_core(max_bad_pe_reports=3, unreachable_removal_needs_failed_probe=True)
-    pe = core.open_session(object(), "127.0.0.1", secure=True, identity="pe1")
+    pe = open_session(core, "127.0.0.1", secure=True, identity="pe1")
     register(core, pe, 1)
-    pus = [core.open_session(object(), f"127.0.0.{i}", secure=True, identity=None) for i in (2, 3, 4, 5)]
+    pus = [open_session(core, f"127.0.0.{i}", secure=True, identity=None) for i in (2, 3, 4, 5)]
     now = 1.0
     for pu in pus:
         now += 0.1
@@ -243,7 +258,7 @@ def test_reports_need_a_failed_probe_when_configured():
             core.message_received(pe, AsapEndpointKeepAliveAck(b"echo", 1), now)
     assert core.handlespace.get(b"echo", 1) is not None
     # Now the PE stops answering: the next report's probe times out.
-    out = core.message_received(core.open_session(object(), "127.0.0.6", secure=True, identity=None),
+    out = core.message_received(open_session(core, "127.0.0.6", secure=True, identity=None),
                                 AsapEndpointUnreachable(b"echo", 1), now + 0.1)
     assert [type(m) for m in sends(out, pe)] == [AsapEndpointKeepAlive]
     removed = [o for o in core.on_timer(now + 0.1 + core.settings.keepalive_timeout)
@@ -253,15 +268,15 @@ def test_reports_need_a_failed_probe_when_configured():
 
 def test_reports_from_anonymous_pool_users_dropped_when_configured():
     core = make_core(max_bad_pe_reports=2, unreachable_requires_identity=True)
-    pe = core.open_session(object(), "127.0.0.1", secure=True, identity="pe1")
+    pe = open_session(core, "127.0.0.1", secure=True, identity="pe1")
     register(core, pe, 1)
-    anonymous = [core.open_session(object(), f"127.0.0.{i}", secure=True, identity=None) for i in (2, 3, 4)]
+    anonymous = [open_session(core, f"127.0.0.{i}", secure=True, identity=None) for i in (2, 3, 4)]
     for i, pu in enumerate(anonymous):
         assert sends(core.message_received(pu, AsapEndpointUnreachable(b"echo", 1), 1.0 + i), pe) == []
     assert core.handlespace.get(b"echo", 1) is not None
     assert core.stats["refused"] == 3
     # Authenticated pool users are heard as before (probe, then removal).
-    known = [core.open_session(object(), "127.0.0.9", secure=True, identity=f"pu{i}") for i in (1, 2)]
+    known = [open_session(core, "127.0.0.9", secure=True, identity=f"pu{i}") for i in (1, 2)]
     assert [type(m) for m in sends(core.message_received(known[0], AsapEndpointUnreachable(b"echo", 1), 5.0), pe)] \
         == [AsapEndpointKeepAlive]
     out = core.message_received(known[1], AsapEndpointUnreachable(b"echo", 1), 5.1)
@@ -270,9 +285,9 @@ def test_reports_from_anonymous_pool_users_dropped_when_configured():
 
 def test_unreachable_flood_from_one_reporter_does_not_remove_healthy_pe():
     core = make_core(max_bad_pe_reports=3)
-    pe = core.open_session(object(), "127.0.0.1", secure=True, identity="pe1")
+    pe = open_session(core, "127.0.0.1", secure=True, identity="pe1")
     register(core, pe, 1)
-    attacker = core.open_session(object(), "127.0.0.9", secure=True, identity=None)
+    attacker = open_session(core, "127.0.0.9", secure=True, identity=None)
     now = 1.0
     probes = 0
     for i in range(1000):
@@ -287,7 +302,7 @@ def test_unreachable_flood_from_one_reporter_does_not_remove_healthy_pe():
 
 def test_registration_rate_limited_per_identity():
     core = make_core(registration_rate=RateLimit(1.0, 5.0))
-    session = core.open_session(object(), "127.0.0.1", secure=True, identity="pe1")
+    session = open_session(core, "127.0.0.1", secure=True, identity="pe1")
     replies = [sends(register(core, session, i, now=0.0))[0] for i in range(1, 11)]
     accepted = [r for r in replies if not r.reject]
     refused = [r for r in replies if r.reject]
@@ -298,9 +313,9 @@ def test_registration_rate_limited_per_identity():
 
 def test_pending_authorizations_bounded(core, pe_session):
     outs = [core.message_received(pe_session, AsapRegistration(f"p{i}".encode(), make_pe(i + 1)), 0.0)
-            for i in range(core.settings.max_pending_per_session + 3)]
-    authorizes = [o for out in outs for o in out if type(o) is Authorize]
-    assert len(authorizes) == core.settings.max_pending_per_session
+            for i in range(core.gate.policy.max_pending_per_channel + 3)]
+    authorizes = [o for out in outs for o in out if type(o) is AskAuthorizer]
+    assert len(authorizes) == core.gate.policy.max_pending_per_channel
     refusals = [m for out in outs for m in sends(out)]
     assert len(refusals) == 3 and all(m.error.causes[0].code == CAUSE_LACK_OF_RESOURCES for m in refusals)
 
@@ -318,17 +333,43 @@ def test_wire_errors_answered_per_rfc5354(core, pe_session):
 def test_answer_after_session_closed_is_dropped(core, pe_session):
     out = core.message_received(pe_session, AsapRegistration(b"echo", make_pe(1)), 0.0)
     core.close_session(pe_session, 0.5)
-    assert core.authorization_done(pe_session, out[0].token, True, 1.0) == []
+    assert core.authorization_done(out[0], True, 1.0) == []
     assert len(core.handlespace) == 0
 
 
 def test_backend_outage_is_refused_but_not_remembered(core, pe_session):
     out = core.message_received(pe_session, AsapRegistration(b"echo", make_pe(1)), 0.0)
-    (reply,) = sends(core.authorization_done(pe_session, out[0].token, None, 0.0))
+    (reply,) = sends(core.authorization_done(out[0], None, 0.0))
     assert reply.reject and reply.error.causes[0].code == CAUSE_SECURITY
     retry = core.message_received(pe_session, AsapRegistration(b"echo", make_pe(1)), 1.0)
-    assert [type(o) for o in retry] == [Authorize]  # asked again, not answered from a cache
+    assert [type(o) for o in retry] == [AskAuthorizer]  # asked again, not answered from a cache
 
+
+def test_every_refusal_is_logged_once_by_the_gate():
+    lines = []
+    core = make_core(log=lambda level, fmt, **fields: lines.append(fmt.format(**fields)))
+    pe = open_session(core, "127.0.0.1", identity="pe1")
+    register(core, pe, 1, policy=LeastUsedPolicy(3))
+    (reply,) = sends(register(core, pe, 2, policy=RandomPolicy()))  # the handlespace refuses
+    assert reply.error.causes[0].code == CAUSE_INCONSISTENT_POLICY
+    anonymous = open_session(core, "127.0.0.2")
+    sends(core.message_received(anonymous, AsapRegistration(b"echo", make_pe(3, address="127.0.0.2")), 0.0))
+    assert [line.split(": ", 1)[0] for line in lines] == [
+        "refused register in pool echo from 127.0.0.1 (pe1)",
+        "refused register in pool echo from 127.0.0.2 (anonymous)"]
+    assert lines[0].endswith("; cause 0x5") and lines[1].endswith("no authenticated identity; cause 0xa")
+
+
+def test_a_revoked_channels_pes_are_removed_at_once(core, pe_session):
+    register(core, pe_session, 1)
+    register(core, pe_session, 2)
+    decisions = core.gate.revoke(identity="pe1", reason="CRL", now=1.0)
+    removal = next(d for d in decisions if type(d).__name__ == "RemovePoolElements")
+    out = core.remove_pool_elements(removal.admission.session, removal.reason, 1.0)
+    assert sorted(o.entry.pe_id for o in out if type(o) is PoolElementRemoved) == [1, 2]
+    assert len(core.handlespace) == 0
+    (reply,) = sends(core.message_received(pe_session, AsapRegistration(b"echo", make_pe(3)), 2.0))
+    assert reply.reject and reply.error.causes[0].code == CAUSE_SECURITY  # the channel is closing
 
 def test_enrp_on_the_asap_port_is_refused(core, pe_session):
     """ENRP belongs on the ENRP port: an ENRP message on an ASAP channel is
@@ -355,6 +396,6 @@ def test_unreachable_report_about_a_pe_homed_elsewhere_is_only_logged(core):
                               transport_type=5, transport_use=0,
                               registration_life=30, home_server_id=0x99)
     for n in range(5):
-        pu = core.open_session(object(), f"127.0.0.{n + 2}", secure=True, identity=None)
+        pu = open_session(core, f"127.0.0.{n + 2}")
         assert core.message_received(pu, AsapEndpointUnreachable(b"echo", 7), 0.0) == []
     assert core.handlespace.get(b"echo", 7) is not None

@@ -31,7 +31,9 @@ from twisted.trial import unittest
 from rserpool.asap.pu import PuSettings
 from rserpool.asap.registrar import RegistrarSettings
 from rserpool.backends.filestore import RulesFileAuthorizer
+from rserpool.gate import GatePolicy
 from rserpool.security import tls
+from rserpool.security.credentials import CertificateChecker, PskChecker
 from rserpool.service.channel import Channel, ChannelSettings
 from rserpool.service.candidates import AnnounceReceiver, RegistrarCandidates, listen_for_announces
 from rserpool.service.hunt import ServerHunt, make_channel_factory
@@ -56,6 +58,7 @@ from rserpool.wire import (
     TcpTransport,
 )
 from rserpool.wire.codes import CAUSE_SECURITY, PPID_ASAP
+from rserpool.testing import MemoryGroups
 from tests.asaphelpers import AllowAll, RawClient, make_pe
 from tests.tlshelpers import make_test_pki
 
@@ -311,8 +314,8 @@ class AttacksOverTLS(unittest.TestCase):
             "pe1             register,deregister    echo\n"
             "@finance        register,deregister    payroll payroll-*\n")
         groups = {"pe1": ["finance"], "pe2": ["finance"]}
-        registrar = yield self.registrar(authorizer=RulesFileAuthorizer(str(rules)),
-                                         groups_of=lambda identity: groups.get(identity, ()))
+        checkers = [CertificateChecker(groups=MemoryGroups(groups)), PskChecker()]
+        registrar = yield self.registrar(authorizer=RulesFileAuthorizer(str(rules)), checkers=checkers)
         pe1 = yield self.open(registrar, self.pki.pe1)
         pe2 = yield self.open(registrar, self.pki.pe2)
         allowed = yield within(pe1.request(AsapRegistration(H, make_pe(1))))
@@ -539,7 +542,7 @@ class AttacksOverTLS(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_connections_over_the_per_address_limit_are_refused(self):
-        registrar = yield self.registrar(max_connections_per_address=3)
+        registrar = yield self.registrar(gate_policy=GatePolicy(max_connections_per_address=3))
         kept = yield self.open_many(registrar, 3, self.pki.pe1)
         self.assertTrue(all(c.ready.called for c in kept))
         yield within(registrar.spy.ready_count(3))
@@ -562,7 +565,7 @@ class AttacksOverTLS(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_a_burst_of_connections_from_one_address_is_limited(self):
-        registrar = yield self.registrar(max_connections_per_address=3)
+        registrar = yield self.registrar(gate_policy=GatePolicy(max_connections_per_address=3))
         attempts = [self.open(registrar, self.pki.pe1) for _ in range(8)]
         clients = yield within(defer.gatherResults(attempts))
         for client in clients:
@@ -573,7 +576,7 @@ class AttacksOverTLS(unittest.TestCase):
             defer.DeferredList([c.next(), c.closed], fireOnOneCallback=True, consumeErrors=True)
             for c in clients]))
         self.assertLessEqual(len(registrar.spy.ready), 3)
-        self.assertLessEqual(max(registrar.connections_per_address.values()), 3)
+        self.assertLessEqual(max(registrar.gate.connections.values()), 3)
 
     @defer.inlineCallbacks
     def test_oversize_and_garbage_framing_drop_only_the_offender(self):
@@ -614,12 +617,16 @@ class AttacksOverTLS(unittest.TestCase):
         for cert in (None, self.pki.pe2):
             peer = yield self.open(registrar, cert)
             received = registrar.spy.messages
-            peer.send(EnrpPresence(0x0BAD, registrar.server_id, 0, reply_required=True))
-            peer.send(EnrpHandleTableRequest(0x0BAD, registrar.server_id))
-            peer.send(EnrpListRequest(0x0BAD, registrar.server_id))
-            # Ordered channel: once this is answered, the ENRP requests were handled.
-            yield within(peer.request(AsapHandleResolution(b"nothing-here")))
-            self.assertEqual([type(m) for m in peer.messages], [])
+            # ENRP on the ASAP port: each refused with ENRP_ERROR, Unrecognized
+            # Message (docs/enrp.md), in order, before the ASAP answer.
+            answers = yield self.pipeline(peer, [
+                EnrpPresence(0x0BAD, registrar.server_id, 0, reply_required=True),
+                EnrpHandleTableRequest(0x0BAD, registrar.server_id),
+                EnrpListRequest(0x0BAD, registrar.server_id),
+                AsapHandleResolution(b"nothing-here")])
+            self.assertEqual([type(m).__name__ for m in answers], ["EnrpError"] * 3 + [
+                "AsapHandleResolutionResponse"])
+            self.assertEqual({c.code for m in answers[:3] for c in m.error.causes}, {0x2})
             self.assertEqual(registrar.spy.messages, received + 4)  # all four arrived
         self.assertEqual(contents(registrar), {(H, 0x42)})
 

@@ -134,8 +134,10 @@ def test_rules_file_authorizer(tmp_path) -> None:
     assert authorizer.authorize("pe1", frozenset(), "register", b"echo") is True
     assert authorizer.authorize("pe1", frozenset(), "deregister", b"echo") is False
     write(path, "@ops all *\n", mode=0o644, mtime=2_000_001)
-    # ``all`` never grants the peer door (``enrp`` is read as ``peer``).
+    # ``all`` never grants the peer or admin doors (``enrp`` is read as ``peer``).
+    assert authorizer.authorize("x", frozenset({"ops"}), "peer", b"") is False
     assert authorizer.authorize("x", frozenset({"ops"}), "enrp", b"") is False
+    assert authorizer.authorize("x", frozenset({"ops"}), "admin", b"") is False
     assert authorizer.authorize("x", frozenset({"ops"}), "resolve", b"echo") is True
     assert authorizer.authorize("pe1", frozenset(), "register", b"echo") is False
     write(path, "pe1 fly echo\n", mode=0o644, mtime=2_000_002)

@@ -59,6 +59,7 @@ def test_default_deny() -> None:
     assert result_of(authz.authorize(None, frozenset({"echo"}), "resolve", b"echo")) is False
     assert result_of(authz.authorize("pe1", frozenset(), "resolve", b"echo")) is False
     assert result_of(authz.authorize("pe1", frozenset(), "peer", b"")) is False
+    assert result_of(authz.authorize("pe1", frozenset(), "admin", b"")) is False
     assert result_of(authz.authorize("pe1", frozenset(), "register", b"\xff")) is False
 
 

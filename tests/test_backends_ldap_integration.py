@@ -177,7 +177,8 @@ class LdapAgainstSlapd(unittest.TestCase):
             self.assertFalse(await ask(by_group, "pe2", b"discard"))
             self.assertFalse(await ask(by_group, "pe3", b"echo"))
             self.assertFalse(await ask(by_group, "nobody", b"echo"))
-            self.assertFalse(await ask(by_group, "pe1", b"echo", "enrp"))
+            self.assertFalse(await ask(by_group, "pe1", b"echo", "peer"))
+            self.assertFalse(await ask(by_group, "pe1", b"echo", "admin"))
             self.assertTrue(await ask(by_attribute, "pe3", b"echo-2"))
             self.assertFalse(await ask(by_attribute, "pe3", b"discard"))
 

@@ -18,7 +18,6 @@ from rserpool.backends.radius_authz import (
     read_secret_file,
 )
 from rserpool.security.authz import RulesAuthorizer, parse_rules
-from rserpool.security.chap import ChapVerdict, VerifyChap
 from tests.test_backends_radius import (
     CHALLENGE, RESPONSE, A, B, FakeReactor, deliver, make_client, reply_to, result_of, writes,
 )
@@ -83,15 +82,16 @@ def test_chap_verifier_maps_decisions() -> None:
     client, reactor = make_client()
     authz = RadiusAuthorizer(None, reactor, sources=["class"])
     verifier = RadiusChapVerifier(client, ["class"], authz)
-    request = VerifyChap("pe1", 7, CHALLENGE, RESPONSE)
-    d = verifier.verify(request)
+    request = ("pe1", 7, CHALLENGE, RESPONSE)
+    d = verifier.verify_chap(*request)
     deliver(reactor, reply_to(writes(reactor)[0][0], Class=b"rserpool:pools=echo"))
-    assert result_of(d) == ChapVerdict(True, "")
+    accepted = result_of(d)
+    assert (accepted.name, accepted.mechanism) == ("pe1", "CHAP-MD5")
     assert authz.cached("pe1").pools == ("echo",)
-    d = verifier.verify(request)
+    d = verifier.verify_chap(*request)
     deliver(reactor, reply_to(writes(reactor)[1][0], code=_packet.AccessReject))
-    assert result_of(d).ok is False
-    d = verifier.verify(request)
+    assert result_of(d) is None
+    d = verifier.verify_chap(*request)
     reactor.pump([1.0] * 3)
     assert result_of(d).check(BackendUnavailable)
 

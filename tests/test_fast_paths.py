@@ -19,7 +19,11 @@ from twisted.internet.address import IPv4Address as TCPAddress
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
-from rserpool.asap.registrar import RegistrarCore, RegistrarSettings, Send, policy_settings
+from rserpool.asap.registrar import RegistrarCore, RegistrarSettings, policy_settings
+from rserpool.gate import DOOR_ASAP, AskAuthorizer, GatePolicy
+from rserpool.identity import MECH_CERTIFICATE, Identity
+from rserpool.outputs import Send
+from rserpool.testing import AllowAll
 from rserpool.handlespace import ROUND_ROBIN, Handlespace, HandlespaceError, HandlespaceLimits, PolicySettings
 from rserpool.handlespace import timers
 from rserpool.handlespace.timers import DeadlineQueue
@@ -132,18 +136,25 @@ def _core(items: int) -> RegistrarCore:
     return RegistrarCore(settings, Handlespace(HandlespaceLimits(), rng=random.Random(1)), rng=random.Random(2))
 
 
+def _session(core, channel=None):
+    """A session of a TLS channel from 127.0.0.1 whose certificate names "pe"."""
+    admission = core.gate.open_channel(DOOR_ASAP, "127.0.0.1", True, 0.0, channel=channel)
+    core.gate.identified(admission, Identity("pe", MECH_CERTIFICATE), 0.0)
+    return core.open_session(channel if channel is not None else object(), admission)
+
+
 def _register(core, session, pe, now=0.0):
     out = core.message_received(session, AsapRegistration(b"pool", pe), now)
     for output in out:
-        if type(output).__name__ == "Authorize":
-            core.authorization_done(session, output.token, True, now)
+        if type(output) is AskAuthorizer:
+            core.authorization_done(output, True, now)
 
 
 @SETTINGS
 @given(st.sampled_from(sorted(POLICIES)), st.data(), st.integers(0, 4))
 def test_resolution_answer_equals_the_generic_encoding(kind, data, items):
     core = _core(items)
-    session = core.open_session(object(), "127.0.0.1", secure=True, identity="pe")
+    session = _session(core)
     count = data.draw(st.integers(1, 6))
     for pe_id in range(1, count + 1):
         _register(core, session, _pe(pe_id, data.draw(POLICIES[kind])))
@@ -175,7 +186,7 @@ def test_encode_resolution_response_equals_the_message_encoding(handle, kind, da
 
 def test_a_foreign_payload_takes_the_generic_path():
     core = _core(0)
-    session = core.open_session(object(), "127.0.0.1", secure=True, identity="pe")
+    session = _session(core)
     _register(core, session, _pe(1, RoundRobinPolicy()))
     core.handlespace.get(b"pool", 1).payload = "not a PoolElement"
     try:
@@ -381,11 +392,6 @@ def test_re_registrations_push_nothing_onto_the_handlespace_queues():
     assert space.expire(59.0) == [entry] and len(space) == 0
 
 
-class _AllowAll:
-    def authorize(self, *args):
-        return True
-
-
 @settings(max_examples=40, deadline=None)
 @given(st.lists(st.tuples(st.sampled_from(["register", "deregister", "wait"]), st.integers(1, 4),
                           st.integers(0, 40), st.floats(0.0, 30.0)), max_size=25))
@@ -393,14 +399,14 @@ class _AllowAll:
 def test_no_deadline_is_missed(steps):
     clock = Clock()
     big = RateLimit(rate=1e9, burst=1e9)
-    settings_ = RegistrarSettings(server_id=7, keepalive_interval=20.0, keepalive_timeout=3.0,
-                                  registration_rate=big, registration_rate_per_address=big)
+    settings_ = RegistrarSettings(server_id=7, keepalive_interval=20.0, keepalive_timeout=3.0)
     service = RegistrarService(settings_, reactor=clock, listen=(), tls_options=object(),
-                               authorizer=_AllowAll(), rng=random.Random(3))
+                               authorizer=AllowAll(), rng=random.Random(3),
+                               gate_policy=GatePolicy(registration_rate=big, registration_rate_per_address=big))
     service.running = 1
     channel = Channel(service, clock, service.channel_settings, tls=True)
     channel.makeConnection(StringTransport(peerAddress=TCPAddress("TCP", "127.0.0.1", 4000)))
-    channel.session = service.core.open_session(channel, "127.0.0.1", True, "pe")
+    channel.session = _session(service.core, channel)
     sender = TcpMapConnection()
     channel.dataReceived(sender.initiate())
     for action, pe_id, life, wait in steps:
@@ -451,13 +457,13 @@ def test_encode_registration_response_equals_the_message_encoding(handle, pe_id)
 @given(st.sampled_from(sorted(POLICIES)), st.data())
 def test_registration_answers_and_stored_pes_equal_the_generic_ones(kind, data):
     core = _core(3)
-    session = core.open_session(object(), "127.0.0.1", secure=True, identity="pe")
+    session = _session(core)
     for step in range(data.draw(st.integers(1, 6))):
         pe = _pe(data.draw(st.integers(1, 3)), data.draw(POLICIES[kind]), data.draw(st.integers(-1, 100)))
         out = core.message_received(session, AsapRegistration(b"pool", pe), float(step))
         for output in out:
-            if type(output).__name__ == "Authorize":
-                out = core.authorization_done(session, output.token, True, float(step))
+            if type(output) is AskAuthorizer:
+                out = core.authorization_done(output, True, float(step))
         (send,) = [o for o in out if type(o) is Send]
         assert send.message == AsapRegistrationResponse(b"pool", pe.pe_id)
         assert send.data == send.message.encode()
@@ -470,8 +476,8 @@ def test_registration_answers_and_stored_pes_equal_the_generic_ones(kind, data):
 def _answered(core, session, message, now):
     out = core.message_received(session, message, now)
     for output in list(out):
-        if type(output).__name__ == "Authorize":
-            out = core.authorization_done(session, output.token, True, now)
+        if type(output) is AskAuthorizer:
+            out = core.authorization_done(output, True, now)
     return [o for o in out if type(o) is Send]
 
 
@@ -482,7 +488,7 @@ def _answered(core, session, message, now):
                           st.integers(0, 2), st.integers(-1, 100)), min_size=1, max_size=20))
 def test_the_kept_registration_answer_equals_the_generic_one(handles, pe_ids, steps):
     core = _core(3)
-    session = core.open_session(object(), "127.0.0.1", secure=True, identity="pe")
+    session = _session(core)
     answered = {}  # (handle, PE id) -> (entry, the message of its last answer)
     for now, (action, h, p, life) in enumerate(steps):
         handle, pe_id = handles[h % len(handles)], pe_ids[p % len(pe_ids)]
@@ -504,11 +510,11 @@ def test_the_kept_registration_answer_equals_the_generic_one(handles, pe_ids, st
 
 def test_the_address_check_compares_the_text_of_each_address_object():
     core = _core(3)
-    session = core.open_session(object(), "127.0.0.1", secure=True, identity="pe")
-    assert session.address_text(IPv4Address("127.0.0.1")) == "127.0.0.1"
+    session = _session(core)
+    assert session.admission.address_text(IPv4Address("127.0.0.1")) == "127.0.0.1"
     other = IPv4Address("127.0.0.2")
-    assert session.address_text(other) == "127.0.0.2"
-    assert session.address_text(IPv6Address("::1")) == "::1"
+    assert session.admission.address_text(other) == "127.0.0.2"
+    assert session.admission.address_text(IPv6Address("::1")) == "::1"
     for address, accepted in ((IPv4Address("127.0.0.1"), True), (other, False), (other, False),
                               (IPv4Address("127.0.0.1"), True)):
         pe = PoolElement(9, 0, 30, TcpTransport(80, address), RoundRobinPolicy())
@@ -625,13 +631,13 @@ def test_reregistration_lives_are_bounded_alike(life):
 
 def test_a_repeated_answer_is_reused_only_for_equal_values():
     core = _core(2)
-    session = core.open_session(object(), "127.0.0.1", secure=True, identity="pe")
+    session = _session(core)
     for handle in (b"pool", b"other"):
         for pe_id in (1, 2, 3):
             out = core.message_received(session, AsapRegistration(handle, _pe(pe_id, LeastUsedPolicy(pe_id))), 0.0)
             for output in out:
-                if type(output).__name__ == "Authorize":
-                    core.authorization_done(session, output.token, True, 0.0)
+                if type(output) is AskAuthorizer:
+                    core.authorization_done(output, True, 0.0)
     seen = []
     for step, (handle, load) in enumerate([(b"pool", None), (b"pool", None), (b"other", None), (b"pool", 9),
                                            (b"pool", None), (b"other", 0)]):

@@ -20,7 +20,7 @@ CERT = Identity.create("pe1", MECH_CERTIFICATE, attributes={"fingerprint_sha256"
 
 
 def opened(gate: Gate, identity: Identity | None = None, address: str = "127.0.0.1", door: str = DOOR_ASAP):
-    adm = gate.open_channel(door, address, True)
+    adm = gate.open_channel(door, address, True, 0.0)
     gate.identified(adm, identity, 0.0)
     return adm
 
@@ -184,7 +184,7 @@ def test_revoking_an_identity_closes_its_channels_and_removes_their_pes():
 
 def test_revoking_a_certificate_reaches_channels_still_being_identified():
     gate = Gate()
-    identifying = gate.open_channel(DOOR_ASAP, "127.0.0.1", True, fingerprint="bb" * 32)
+    identifying = gate.open_channel(DOOR_ASAP, "127.0.0.1", True, 0.0, fingerprint="bb" * 32)
     live = opened(gate, CERT)
     assert live.fingerprint == "aa" * 32  # from the certificate identity
     out = gate.revoke(fingerprint="bb" * 32, reason="CRL", now=0.0)
@@ -194,6 +194,35 @@ def test_revoking_a_certificate_reaches_channels_still_being_identified():
     assert gate.identified(identifying, CERT, 1.0) == []  # too late
     with pytest.raises(ValueError):
         gate.revoke(reason="nothing named", now=0.0)
+
+
+def test_revoking_closes_peer_and_admin_channels_but_only_asap_channels_have_pes():
+    gate = Gate()
+    peer = opened(gate, Identity("reg-b.test", MECH_CERTIFICATE), "127.0.0.2", DOOR_PEER)
+    admin = opened(gate, Identity("reg-b.test", MECH_CERTIFICATE), "127.0.0.3", DOOR_ADMIN)
+    asap = opened(gate, Identity("reg-b.test", MECH_CERTIFICATE), "127.0.0.4")
+    out = gate.revoke(identity="reg-b.test", reason="CRL", now=0.0)
+    assert sorted((type(o).__name__, o.admission.door) for o in out) == [
+        ("CloseChannel", DOOR_ADMIN), ("CloseChannel", DOOR_ASAP), ("CloseChannel", DOOR_PEER),
+        ("RemovePoolElements", DOOR_ASAP)]
+    assert peer.state == admin.state == asap.state == CLOSING
+
+
+def test_connection_limits_count_from_accept_to_close():
+    lines = []
+    gate = Gate(GatePolicy(max_connections=3, max_connections_per_address=2),
+                log=lambda level, fmt, **fields: lines.append(fmt.format(**fields)))
+    first = [gate.open_channel(DOOR_ASAP, "127.0.0.1", True, 0.0) for _ in range(2)]
+    assert gate.open_channel(DOOR_ASAP, "127.0.0.1", True, 0.0) is None
+    assert lines[-1] == ("refused connection from 127.0.0.1 (anonymous): 2 connections open from this "
+                         "address; channel closed")
+    other = gate.open_channel(DOOR_PEER, "127.0.0.2", True, 0.0)
+    assert gate.open_channel(DOOR_ASAP, "127.0.0.3", True, 0.0) is None
+    assert lines[-1] == "refused connection from 127.0.0.3 (anonymous): 3 connections open; channel closed"
+    gate.channel_closed(first[0])
+    gate.channel_closed(first[0])  # once only
+    assert gate.open_channel(DOOR_ASAP, "127.0.0.1", True, 0.0) is not None
+    assert other in gate.channels and len(gate.channels) == 3
 
 
 def test_closed_channels_are_forgotten():
@@ -210,9 +239,9 @@ def test_closed_channels_are_forgotten():
 def test_unknown_door_is_an_error_and_known_ones_are_canonical():
     gate = Gate()
     with pytest.raises(ValueError, match="unknown door"):
-        gate.open_channel("telnet", "127.0.0.1", True)
+        gate.open_channel("telnet", "127.0.0.1", True, 0.0)
     door = "".join(["pe", "er"])  # an equal string that is another object
-    assert gate.open_channel(door, "127.0.0.1", True).door is DOOR_PEER
+    assert gate.open_channel(door, "127.0.0.1", True, 0.0).door is DOOR_PEER
 
 
 def test_peer_and_admin_doors_serve_only_their_action():
@@ -222,7 +251,7 @@ def test_peer_and_admin_doors_serve_only_their_action():
     assert gate.admit(peer, "admin", b"", 0.0) == 0x2
     assert gate.admit(admin, "peer", b"", 0.0) == 0x2
     assert gate.admit_resolution(peer, b"echo", 0.0) == 0x2
-    assert gate.admit_report(admin, b"echo", 0.0) is False
+    assert gate.admit_report(admin, b"echo", 0.0) == 0x2
     assert isinstance(gate.admit(peer, "peer", b"", 0.0), AskAuthorizer)
 
 

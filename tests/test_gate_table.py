@@ -57,7 +57,8 @@ _FLAGS = {"allow_insecure_channels", "allow_unauthenticated", "authorize_resolut
 _RATES = {"registration_rate", "registration_rate_per_address", "resolution_rate", "unreachable_rate",
           "door_request_rate", "refusal_log_per_address", "refusal_log_total"}
 _ATTEMPTS = {"attempts_per_identity", "attempts_per_address"}
-_COUNTS = {"max_held_per_channel", "max_pending_per_channel"}
+_COUNTS = {"max_held_per_channel", "max_pending_per_channel", "max_connections",
+           "max_connections_per_address"}
 
 
 def policy_for(configuration: str) -> GatePolicy:
@@ -84,7 +85,8 @@ class World:
         self.row = row
         self.lines: list[tuple[str, str]] = []
         self.gate = Gate(policy_for(row["configuration"]), log=self.log)
-        self.adm = self.gate.open_channel(row["door"], ADDRESS, row["channel"] == "tls", FINGERPRINT)
+        self.adm = self.gate.open_channel(row["door"], ADDRESS, row["channel"] == "tls", NOW,
+                                          fingerprint=FINGERPRINT)
         self.ask: AskAuthorizer | None = None
         self.owner: str | None = None
         identity = row["identity"]
@@ -183,6 +185,8 @@ class World:
             return gate.identification_refused(adm, "certificate revoked", NOW)
         if words == "input":
             return gate.hold(adm, NOW)
+        if words.startswith("connect from "):
+            return gate.open_channel(self.row["door"], words.split()[2], True, NOW)
         if words.startswith("answer "):
             answer = {"allow": True, "deny": False, "outage": None}[words.split()[1]]
             return gate.authorization_answered(self.ask, answer, NOW, "backend down" if answer is None else "")
@@ -219,7 +223,7 @@ def check_decision(world: World, result, decision: str, cause: str) -> None:
         assert isinstance(result, AskAuthorizer), result
         assert (result.identity, result.admission) == (adm.identity, adm)
     elif main == "drop":
-        assert result is False, result
+        assert type(result) is int and result == int(cause, 16), result
     elif main == "hold":
         assert result == [] and adm.state != CLOSING
     elif main == "open":
@@ -228,6 +232,10 @@ def check_decision(world: World, result, decision: str, cause: str) -> None:
         assert [type(o) for o in result] == [CloseChannel] and adm.state == CLOSING, result
     elif main == "remove and close":
         assert [type(o) for o in result] == [RemovePoolElements, CloseChannel] and adm.state == CLOSING
+    elif main == "accept":
+        assert result is not None and result in gate.channels
+    elif main == "refuse connection":
+        assert result is None
     elif main == "nothing":
         assert result == [] and adm.state == OPEN
     elif main == "go":
@@ -255,8 +263,8 @@ def check_decision(world: World, result, decision: str, cause: str) -> None:
         elif extra == "identity none":
             assert adm.identity is None and adm.principal == "addr:" + ADDRESS
         elif extra == "tokens returned":
-            assert gate._attempts.tokens("pe1", NOW) == gate.policy.attempts_per_identity.capacity
-            assert gate._attempts_by_address.tokens(ADDRESS, NOW) == gate.policy.attempts_per_address.capacity
+            assert gate.attempts.tokens("pe1", NOW) == gate.policy.attempts_per_identity.capacity
+            assert gate.attempts_by_address.tokens(ADDRESS, NOW) == gate.policy.attempts_per_address.capacity
         else:
             raise AssertionError(f"unknown decision detail {extra!r}")
     if main in ("refuse", "refuse attempt") or cause not in ("-",):

@@ -105,6 +105,20 @@ def test_decision_cache_is_bounded(monkeypatch):
     assert len(authorizer._decisions) == 3
 
 
+def test_every_action_of_the_gate_is_known_and_denied_by_default():
+    from rserpool import gate
+
+    assert ACTIONS == frozenset(gate.ACTIONS)
+    empty = RulesAuthorizer(())
+    for action in gate.ACTIONS:
+        assert not empty.decide("pe1", ("ops",), action, b"")
+        assert parse_rules(f"pe1 {action} *")[0].actions == {action}
+
+
+def test_the_old_enrp_action_is_read_as_peer():
+    assert parse_rules("@registrars enrp *")[0].actions == {"peer"}
+
+
 def test_admin_is_granted_by_name_only_never_by_all():
     rules = parse_rules("ops  all  *\nroot  admin  *\n")
     authorizer = RulesAuthorizer(rules)

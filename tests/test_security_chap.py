@@ -15,7 +15,7 @@ from rserpool.security.chap import (
     ChapError,
     ChapServer,
     ChapVerdict,
-    VerifyChap,
+    ChapCredentials,
     chap_response,
     effective_challenge,
     verify_locally,
@@ -58,7 +58,7 @@ def test_round_trip_local_verification() -> None:
     server = ChapServer("pe1", CB, now=100.0)
     response = ChapClient(SECRET, CB).respond(server.identifier, server.nonce)
     request = server.response_received(response, now=101.0)
-    assert request == VerifyChap("pe1", server.identifier, server.challenge, response)
+    assert request == ChapCredentials("pe1", server.identifier, server.challenge, response)
     verdict = verify_locally(SECRET, request)
     assert verdict == ChapVerdict(True, "")
     assert server.verification_result(verdict.ok) is True

@@ -6,6 +6,8 @@ import datetime as dt
 from typing import Any
 
 import pytest
+from twisted.cred.checkers import ICredentialsChecker
+from twisted.cred.credentials import IUsernamePassword, UsernamePassword
 from twisted.cred.error import UnauthorizedLogin, UnhandledCredentials
 from twisted.internet import defer
 from twisted.python.failure import Failure
@@ -14,6 +16,7 @@ from zope.interface import implementer
 from rserpool.errors import BackendUnavailable
 from rserpool.interfaces import (
     ICertificateMapping,
+    IChapCredentials,
     IChapSecretStore,
     IChapVerifier,
     Identity,
@@ -126,16 +129,18 @@ def test_chap_outage_is_not_a_refusal(store: MemoryStore) -> None:
     assert not f.check(UnauthorizedLogin)
 
 
-def test_chap_verify_answers_a_verifychap_event(store: MemoryStore) -> None:
+def test_chap_checks_the_credentials_the_exchange_makes(store: MemoryStore) -> None:
     server = chap.ChapServer("pe1", CB, now=0.0)
     client_response = chap.chap_response(server.identifier, b"chap secret", server.challenge)
-    request = server.response_received(client_response, now=1.0)
+    credentials = server.response_received(client_response, now=1.0)
+    assert IChapCredentials.providedBy(credentials)  # the exchange's value is a cred credentials
     checker = ChapChecker(store)
-    assert result(checker.verify(request)).ok
-    bad = chap.VerifyChap("pe1", request.identifier, request.challenge, b"x" * 16)
-    assert not result(checker.verify(bad)).ok
+    assert result(checker.requestAvatarId(credentials)) == "pe1"
+    bad = ChapCredentials("pe1", credentials.identifier, credentials.challenge, b"x" * 16)
+    failure(checker.requestAvatarId(bad), UnauthorizedLogin)
+    assert "x" * 4 not in repr(bad)  # never the response
     store.down = BackendUnavailable("down")
-    failure(checker.verify(request), BackendUnavailable)
+    failure(checker.check(credentials), BackendUnavailable)
 
 
 @implementer(IChapVerifier)
@@ -270,9 +275,49 @@ def test_psk(store: MemoryStore) -> None:
 
 def test_authenticator_dispatch(store: MemoryStore) -> None:
     auth = Authenticator([ChapChecker(store, store), PskChecker()])
-    assert result(auth.authenticate(PskCredentials("pe9"))).mechanism == "psk"
+    assert result(auth.authenticate(PskCredentials("pe9"))).mechanism == "tls-psk"
     assert result(auth.authenticate(chap_creds("pe1", b"chap secret"))).groups == {"echo-servers"}
     failure(auth.authenticate(chap_creds("pe1", b"nope")), UnauthorizedLogin)
     failure(auth.authenticate(object()), UnhandledCredentials)
     with pytest.raises(TypeError):
         Authenticator([object()])  # type: ignore[list-item]
+
+
+@implementer(ICredentialsChecker)
+class _NameOnly:
+    """A site authenticator that provides nothing but ICredentialsChecker."""
+
+    credentialInterfaces = (IUsernamePassword,)
+
+    def requestAvatarId(self, credentials):  # noqa: N802 (twisted.cred)
+        if credentials.checkPassword(b"right"):
+            return defer.succeed(credentials.username)
+        return defer.fail(UnauthorizedLogin())
+
+
+def test_a_plain_icredentialschecker_names_the_identity() -> None:
+    auth = Authenticator([_NameOnly()])
+    identity = result(auth.authenticate(UsernamePassword(b"site-pe", b"right"), "site"))
+    assert (identity.name, identity.mechanism, identity.groups) == ("site-pe", "site", frozenset())
+    failure(auth.authenticate(UsernamePassword(b"site-pe", b"wrong")), UnauthorizedLogin)
+    failure(auth.authenticate(UsernamePassword(b"bad\x00name", b"right")), UnauthorizedLogin)
+
+
+def test_the_first_checker_for_an_interface_wins(store: MemoryStore) -> None:
+    first, second = PskChecker(), PskChecker(store)
+    auth = Authenticator([first, second])
+    assert auth.checker_for(PskCredentials("pe1")) is first
+    assert auth.srp_checker is None and not auth.handles(IChapCredentials)
+    auth = Authenticator([SrpChecker(store, b"s" * 16)])
+    assert auth.srp_checker is not None
+
+
+def test_certificate_credentials_from_a_tls_connection(ca: pki.IssuedCertificate) -> None:
+    from OpenSSL import crypto
+
+    cert = pki.create_client_certificate(ca, "pe1", NOW).certificate
+    creds = CertificateCredentials.from_x509(crypto.X509.from_cryptography(cert))
+    assert creds.certificate == cert
+    assert creds.fingerprint == fingerprint_sha256(cert)
+    with pytest.raises(ValueError):
+        CertificateCredentials(None)

@@ -143,3 +143,19 @@ def test_new_ca_gets_a_new_crl(tmp_path: Path) -> None:
     crl = pki.load_crl(reborn.crl)
     assert list(crl) == []
     verify_crl(crl, pki.load_certificate(reborn.ca_cert), NOW + 4000 * DAY)
+
+
+def test_cluster_pki_issues_one_registrar_certificate_per_name_and_reuses_them(tmp_path):
+    from rserpool.security.certidentity import identity_from_certificate
+    from rserpool.security.devpki import CLUSTER_REGISTRARS, ensure_cluster_pki
+    from rserpool.security.pki import load_certificate
+    from rserpool.service.enrp import PEER_IDENTITY_POLICY
+
+    files = ensure_cluster_pki(tmp_path / "pki")
+    assert set(files) == set(CLUSTER_REGISTRARS) | {"pe1", "pe2", "pe3"}
+    for name in CLUSTER_REGISTRARS:
+        cert = load_certificate(files[name][0])
+        assert identity_from_certificate(cert, PEER_IDENTITY_POLICY).name == name
+    before = {name: paths[0].read_bytes() for name, paths in files.items()}
+    again = ensure_cluster_pki(tmp_path / "pki")
+    assert {name: paths[0].read_bytes() for name, paths in again.items()} == before

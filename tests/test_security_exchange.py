@@ -1,475 +1,457 @@
-"""Negotiation and exchange state machines, server and client, end to end."""
+"""The SRP/CHAP exchange state machines over the wire messages, both sides,
+with the real checkers answering (``now`` passed in, no reactor)."""
 
 from __future__ import annotations
-
-from dataclasses import dataclass, field
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from twisted.cred.error import UnauthorizedLogin
+from twisted.python.failure import Failure
 
+from rserpool.errors import BackendUnavailable
+from rserpool.identity import Identity, normalize_identity
+from rserpool.outputs import Send
 from rserpool.security import srp
-from rserpool.security.chap import ChapVerdict
+from rserpool.security.credentials import Authenticator, ChapChecker, SrpChecker
 from rserpool.security.exchange import (
-    DEFAULT_MECHANISMS,
-    FAIL_AUTHENTICATION,
-    FAIL_PROTOCOL,
-    FAIL_RATE_LIMITED,
-    FAIL_TIMEOUT,
-    FAIL_UNAVAILABLE,
-    FAIL_UNSUPPORTED_MECHANISM,
-    MECH_CHAP_MD5,
-    MECH_SRP_SHA256_2048,
-    AttemptLimiter,
-    AuthFailed,
-    AuthFailure,
-    AuthSucceeded,
-    AuthSuccess,
-    ChapResponse,
-    ClientAuthenticated,
-    ClientExchange,
-    ClientFailed,
-    ClientHello,
-    MechanismOffer,
-    Send,
-    ServerExchange,
-    SrpChallenge,
-    SrpProof,
-    VerifyChap,
-    resolve_chap_locally,
+    FAIL_AUTHENTICATION, FAIL_CHANNEL_BINDING, FAIL_PROTOCOL, FAIL_RATE_LIMITED, FAIL_TIMEOUT,
+    FAIL_UNAVAILABLE, FAIL_UNSUPPORTED_MECHANISM, MECH_CHAP_MD5, MECH_SRP_SHA256_2048, Admit, AuthFailed,
+    Authenticated, AuthenticationFailed, AuthSucceeded, AuthUnavailable, ClientExchange, ServerExchange,
+    StartSrp, Verify, channel_refusal,
+)
+from rserpool.testing import MemoryChapStore, MemorySrpStore
+from rserpool.wire import AsapError, WireError, codes, decode_message, error_reply
+from rserpool.wire.auth import (
+    AsapAuthChapResponse, AsapAuthFailure, AsapAuthHello, AsapAuthRequest, AsapAuthSrpProof, AsapAuthSuccess,
 )
 
 CB = b"\xaa" * 32
 CB_OTHER = b"\xbb" * 32
 SERVER_SECRET = b"server-secret-0123456789"
+SRP, CHAP = MECH_SRP_SHA256_2048, MECH_CHAP_MD5
 
 
-@dataclass
-class Store:
-    srp_entries: dict[str, tuple[bytes, bytes]] = field(default_factory=dict)
-    chap_secrets: dict[str, bytes] = field(default_factory=dict)
-
-    def lookup_srp(self, identity: str) -> tuple[bytes, bytes] | None:
-        return self.srp_entries.get(identity)
-
-    def lookup_chap_secret(self, identity: str) -> bytes | None:
-        return self.chap_secrets.get(identity)
+def wire(message):
+    """Every message crosses the codec, as on a real channel."""
+    return decode_message(message.encode(), codes.PPID_ASAP)
 
 
-@pytest.fixture(scope="module")
-def store() -> Store:
-    s = Store()
-    s.srp_entries["pe1"] = srp.make_verifier("pe1", "pe1-password")
-    s.chap_secrets["pe1"] = b"pe1-secret"
-    return s
+def result(d):
+    out = []
+    d.addBoth(out.append)
+    assert out, "the Deferred has not fired"
+    return out[0]
 
 
-def server_for(store: Store, cb: bytes = CB, now: float = 0.0, **kw) -> ServerExchange:
-    return ServerExchange(store, cb, SERVER_SECRET, now, **kw)
+class Checkers:
+    """The registrar's checkers over in-memory stores."""
+
+    def __init__(self) -> None:
+        self.srp_store = MemorySrpStore({"pe1": "pe1-password"})
+        self.chap_store = MemoryChapStore({"pe1": b"pe1-secret", "pe2": b"chap secret of pe2"})
+        self.srp = SrpChecker(self.srp_store, SERVER_SECRET)
+        self.authenticator = Authenticator([self.srp, ChapChecker(self.chap_store)])
 
 
-def sends(events) -> list:
-    return [e.message for e in events if isinstance(e, Send)]
+class Run:
+    """Pumps messages between a ServerExchange and a ClientExchange, answering
+    the server's questions: the gate (``admit``: None, or (code, final)) and
+    the checkers."""
+
+    def __init__(self, server: ServerExchange, client: ClientExchange, checkers: Checkers | None = None,
+                 now: float = 100.0, admit=None) -> None:
+        self.server, self.client = server, client
+        self.checkers = checkers or Checkers()
+        self.now = now
+        self.admit = admit
+        self.to_server: list = []
+        self.to_client: list = []
+        self.transcript: list = []
+        self.server_results: list = []
+        self.client_results: list = []
+        self.verified: list = []
+
+    def server_events(self, events) -> None:
+        now = self.now
+        for event in events:
+            kind = type(event)
+            if kind is Send:
+                self.to_client.append(wire(event.message))
+            elif kind is Admit:
+                refusal = self.admit(event) if self.admit is not None else None
+                self.server_events(self.server.attempt_admitted(now) if refusal is None
+                                   else self.server.attempt_refused(*refusal, "refused by the test", now))
+            elif kind is StartSrp:
+                answer = result(self.checkers.srp.challenge(event.identity, event.channel_binding))
+                self.server_events(self.answer(answer, self.server.challenge_issued))
+            elif kind is Verify:
+                self.verified.append(event.credentials)
+                answer = result(self.checkers.authenticator.authenticate(event.credentials, event.mechanism))
+                self.server_events(self.answer(answer, self.server.verified))
+            else:
+                self.server_results.append(event)
+
+    def answer(self, answer, success):
+        if isinstance(answer, Failure):
+            if answer.check(UnauthorizedLogin):
+                return self.server.rejected("refused", self.now)
+            return self.server.unavailable(answer.getErrorMessage(), self.now)
+        return success(answer, self.now)
+
+    def client_events(self, events) -> None:
+        for event in events:
+            if type(event) is Send:
+                self.to_server.append(wire(event.message))
+            else:
+                self.client_results.append(event)
+
+    def go(self) -> "Run":
+        self.client_events((self.client.start(),))
+        for _ in range(40):
+            if self.to_server:
+                message = self.to_server.pop(0)
+                self.transcript.append(message)
+                self.server_events(self.server.receive(message, self.now))
+            elif self.to_client:
+                message = self.to_client.pop(0)
+                self.transcript.append(message)
+                self.client_events(self.client.receive(message, self.now))
+            else:
+                break
+        return self
 
 
-def results(events) -> list:
-    return [e for e in events if isinstance(e, (AuthSucceeded, AuthFailed))]
+def server(cb: bytes = CB, now: float = 100.0, **kw) -> ServerExchange:
+    return ServerExchange(cb, now, **kw)
 
 
-def run(server: ServerExchange, client: ClientExchange, store: Store, now: float = 0.0,
-        transcript: list | None = None) -> tuple[list, list]:
-    """Pump messages between the two sides; return (server results, client results)."""
-    server_results: list = []
-    client_results: list = []
-    to_client = [server.start().message]
-    while to_client:
-        to_server = []
-        for message in to_client:
-            if transcript is not None:
-                transcript.append(message)
-            for event in client.receive(message):
-                if isinstance(event, Send):
-                    to_server.append(event.message)
-                else:
-                    client_results.append(event)
-        to_client = []
-        for message in to_server:
-            if transcript is not None:
-                transcript.append(message)
-            events = list(server.receive(message, now))
-            while any(isinstance(e, VerifyChap) for e in events):
-                request = next(e for e in events if isinstance(e, VerifyChap))
-                events.remove(request)
-                events += server.chap_verified(resolve_chap_locally(store, request), now)
-            server_results += results(events)
-            to_client += sends(events)
-    return server_results, client_results
+def client(identity: str, secret, cb: bytes = CB, now: float = 100.0, **kw) -> ClientExchange:
+    return ClientExchange(identity, secret, cb, now, **kw)
 
 
-@pytest.mark.parametrize("mechanism", [MECH_SRP_SHA256_2048, MECH_CHAP_MD5])
-def test_full_exchange_succeeds(store: Store, mechanism: str) -> None:
-    server = server_for(store)
-    secret = "pe1-password" if mechanism == MECH_SRP_SHA256_2048 else "pe1-secret"
-    client = ClientExchange("pe1", secret, CB, preferences=(mechanism,))
-    server_results, client_results = run(server, client, store)
-    assert server_results == [AuthSucceeded("pe1", mechanism)]
-    assert client_results == [ClientAuthenticated(mechanism)]
-    assert server.authenticated_identity == "pe1"
-    assert server.deadline is None
+def messages(events) -> list:
+    return [e.message for e in events if type(e) is Send]
 
 
-def test_client_picks_first_preference_in_offer(store: Store) -> None:
-    server = server_for(store, mechanisms=(MECH_CHAP_MD5,))
-    client = ClientExchange("pe1", "pe1-secret", CB)  # prefers SRP, falls back
-    server_results, _ = run(server, client, store)
-    assert server_results == [AuthSucceeded("pe1", MECH_CHAP_MD5)]
+@pytest.mark.parametrize("mechanism, secret", [(SRP, "pe1-password"), (CHAP, b"pe1-secret")])
+def test_full_exchange_succeeds(mechanism, secret):
+    run = Run(server(), client("pe1", secret, preferences=(mechanism,))).go()
+    assert run.client_results == [Authenticated(mechanism)]
+    assert [type(r) for r in run.server_results] == [AuthSucceeded]
+    identity = run.server_results[0].identity
+    assert (identity.name, identity.mechanism) == ("pe1", mechanism)
+    assert run.server.identity == identity and run.server.deadline is None
+    assert [m.name for m in run.transcript] == (
+        ["ASAP_AUTH_REQUEST", "ASAP_AUTH_OFFER", "ASAP_AUTH_HELLO",
+         "ASAP_AUTH_SRP_CHALLENGE" if mechanism == SRP else "ASAP_AUTH_CHAP_CHALLENGE",
+         "ASAP_AUTH_SRP_PROOF" if mechanism == SRP else "ASAP_AUTH_CHAP_RESPONSE", "ASAP_AUTH_SUCCESS"])
 
 
-def test_no_common_mechanism(store: Store) -> None:
-    server = server_for(store, mechanisms=(MECH_CHAP_MD5,))
-    client = ClientExchange("pe1", "pw", CB, preferences=(MECH_SRP_SHA256_2048,))
-    events = client.receive(server.start().message)
-    assert events == (ClientFailed("no common mechanism"),)
+def test_the_credentials_are_twisted_cred_credentials():
+    from twisted.cred.credentials import ICredentials
+    from zope.interface.verify import verifyObject
+
+    from rserpool.interfaces import IChapCredentials, ISrpCredentials
+
+    for mechanism, secret, interface in ((SRP, "pe1-password", ISrpCredentials),
+                                         (CHAP, b"pe1-secret", IChapCredentials)):
+        run = Run(server(), client("pe1", secret, preferences=(mechanism,))).go()
+        (credentials,) = run.verified
+        assert ICredentials.providedBy(credentials) and verifyObject(interface, credentials)
 
 
-@pytest.mark.parametrize("mechanism", [MECH_SRP_SHA256_2048, MECH_CHAP_MD5])
-def test_relay_across_tls_sessions_fails(store: Store, mechanism: str) -> None:
-    server = server_for(store, cb=CB)
-    secret = "pe1-password" if mechanism == MECH_SRP_SHA256_2048 else "pe1-secret"
-    client = ClientExchange("pe1", secret, CB_OTHER, preferences=(mechanism,))
-    server_results, client_results = run(server, client, store)
-    assert [type(r) for r in server_results] == [AuthFailed]
-    assert client_results == [ClientFailed("server refused", FAIL_AUTHENTICATION, True)]
+def test_client_picks_its_first_preference_that_is_offered():
+    run = Run(server(mechanisms=(CHAP,)), client("pe1", b"pe1-secret")).go()  # prefers SRP
+    assert run.client_results == [Authenticated(CHAP)]
 
 
-@pytest.mark.parametrize("mechanism", [MECH_SRP_SHA256_2048, MECH_CHAP_MD5])
-def test_wrong_password_fails(store: Store, mechanism: str) -> None:
-    server = server_for(store)
-    client = ClientExchange("pe1", "not-it", CB, preferences=(mechanism,))
-    server_results, client_results = run(server, client, store)
-    assert len(server_results) == 1 and isinstance(server_results[0], AuthFailed)
-    assert server_results[0].final is False
-    assert client_results == [ClientFailed("server refused", FAIL_AUTHENTICATION, True)]
+def test_no_common_mechanism():
+    run = Run(server(mechanisms=(CHAP,)), client("pe1", "pw", preferences=(SRP,))).go()
+    assert run.client_results == [AuthenticationFailed("no common mechanism")]
 
 
-def _shape(transcript: list) -> list:
-    return [
-        (type(m).__name__, tuple(len(v) if isinstance(v, (bytes, str, tuple)) else type(v)
-                                 for v in (getattr(m, f) for f in m.__slots__)))
-        for m in transcript
-    ]
+@pytest.mark.parametrize("mechanism, secret", [(SRP, "pe1-password"), (CHAP, b"pe1-secret")])
+def test_relay_across_tls_sessions_fails(mechanism, secret):
+    """A client on another TLS channel (a relay) cannot complete the exchange."""
+    run = Run(server(cb=CB), client("pe1", secret, cb=CB_OTHER, preferences=(mechanism,))).go()
+    assert [type(r) for r in run.server_results] == [AuthFailed]
+    assert run.client_results[-1].code == FAIL_AUTHENTICATION
+    assert run.server.identity is None
 
 
-@pytest.mark.parametrize("mechanism", [MECH_SRP_SHA256_2048, MECH_CHAP_MD5])
-def test_unknown_identity_indistinguishable(store: Store, mechanism: str) -> None:
-    transcripts = {}
-    outcomes = {}
-    for name in ("pe1", "pe2"):  # pe2 is unknown; same length
-        server = server_for(store)
-        client = ClientExchange(name, "wrong-password", CB, preferences=(mechanism,))
-        transcript: list = []
-        server_results, client_results = run(server, client, store, transcript=transcript)
-        transcripts[name] = transcript
-        outcomes[name] = (server_results, client_results)
-    assert _shape(transcripts["pe1"]) == _shape(transcripts["pe2"])
-    assert transcripts["pe1"][-1] == transcripts["pe2"][-1] == AuthFailure(
-        FAIL_AUTHENTICATION, True
-    )
-    assert outcomes["pe1"][1] == outcomes["pe2"][1]
-    # only the log reason differs
-    assert outcomes["pe2"][0][0].reason_for_log == "unknown identity"
-    assert outcomes["pe1"][0][0].reason_for_log != "unknown identity"
+@pytest.mark.parametrize("mechanism", [SRP, CHAP])
+def test_wrong_secret_fails_and_may_be_retried(mechanism):
+    run = Run(server(), client("pe1", "not-it", preferences=(mechanism,))).go()
+    (failed,) = run.server_results
+    assert type(failed) is AuthFailed and failed.final is False and failed.identity == "pe1"
+    assert run.client_results == [AuthenticationFailed(
+        "authentication refused (wrong secret or unknown identity)", FAIL_AUTHENTICATION, True)]
 
 
-def test_unknown_identity_gets_a_stable_fake_salt(store: Store) -> None:
-    salts = []
-    for _ in range(2):
-        server = server_for(store)
-        server.start()
-        events = server.receive(ClientHello(MECH_SRP_SHA256_2048, "ghost"), 0.0)
-        challenge = sends(events)[0]
-        assert isinstance(challenge, SrpChallenge)
-        salts.append(challenge.salt)
-        assert len(challenge.salt) == srp.DEFAULT_SALT_LEN
-        assert len(challenge.server_public) == 256
-    assert salts[0] == salts[1]
-    other = server_for(store)
-    other.start()
-    other_salt = sends(other.receive(ClientHello(MECH_SRP_SHA256_2048, "ghost2"), 0.0))[0].salt
-    assert other_salt != salts[0]
-    # another server secret gives other fake salts
-    third = ServerExchange(store, CB, b"another-secret-0123456", 0.0)
-    third.start()
-    assert sends(third.receive(ClientHello(MECH_SRP_SHA256_2048, "ghost"), 0.0))[0].salt != salts[0]
+@pytest.mark.parametrize("mechanism", [SRP, CHAP])
+def test_unknown_identity_looks_like_a_wrong_secret(mechanism):
+    runs = {name: Run(server(), client(name, "wrong-password", preferences=(mechanism,))).go()
+            for name in ("pe1", "pe9")}  # pe9 is unknown; same length
+    shapes = {name: [(m.name, len(m.encode()), m.flags) for m in run.transcript if m.name != "ASAP_AUTH_HELLO"]
+              for name, run in runs.items()}
+    assert shapes["pe1"] == shapes["pe9"]
+    failures = {name: [m.encode() for m in run.transcript if type(m) is AsapAuthFailure]
+                for name, run in runs.items()}
+    assert failures["pe1"] == failures["pe9"]
+    assert runs["pe1"].client_results == runs["pe9"].client_results
 
 
-def test_replayed_srp_proof_rejected(store: Store) -> None:
-    transcript: list = []
-    run(server_for(store), ClientExchange("pe1", "pe1-password", CB,
-        preferences=(MECH_SRP_SHA256_2048,)), store, transcript=transcript)
-    proof = next(m for m in transcript if isinstance(m, SrpProof))
-    # a fresh server state (new b) for the replayed exchange
-    server = server_for(store)
-    server.start()
-    server.receive(ClientHello(MECH_SRP_SHA256_2048, "pe1"), 0.0)
-    events = server.receive(proof, 0.0)
-    assert sends(events) == [AuthFailure(FAIL_AUTHENTICATION, True)]
-    assert results(events)[0].reason_for_log.startswith("SRP: client proof")
+def test_a_replayed_srp_proof_is_rejected():
+    first = Run(server(), client("pe1", "pe1-password", preferences=(SRP,))).go()
+    proof = next(m for m in first.transcript if type(m) is AsapAuthSrpProof)
+    checkers = Checkers()
+    second = server()
+    second.receive(AsapAuthRequest(), 100.0)
+    run = Run(second, client("pe1", "x"), checkers)
+    run.server_events(second.receive(AsapAuthHello(SRP, "pe1"), 100.0))  # a fresh b
+    run.server_events(second.receive(proof, 100.0))
+    assert [type(r) for r in run.server_results] == [AuthFailed]
+    assert [m.name for m in run.to_client] == ["ASAP_AUTH_SRP_CHALLENGE", "ASAP_AUTH_FAILURE"]
+    assert run.to_client[-1].code == FAIL_AUTHENTICATION
 
 
-def test_replayed_chap_response_rejected(store: Store) -> None:
-    transcript: list = []
-    run(server_for(store), ClientExchange("pe1", "pe1-secret", CB,
-        preferences=(MECH_CHAP_MD5,)), store, transcript=transcript)
-    response = next(m for m in transcript if isinstance(m, ChapResponse))
-    server = server_for(store)
-    server.start()
-    challenge = sends(server.receive(ClientHello(MECH_CHAP_MD5, "pe1"), 0.0))[0]
-    forged = ChapResponse(challenge.identifier, response.response)
-    events = list(server.receive(forged, 0.0))
-    request = events[0]
-    assert isinstance(request, VerifyChap)
-    events = server.chap_verified(resolve_chap_locally(store, request), 0.0)
-    assert sends(events) == [AuthFailure(FAIL_AUTHENTICATION, True)]
+def test_a_replayed_chap_response_is_rejected():
+    first = Run(server(), client("pe2", b"chap secret of pe2", preferences=(CHAP,))).go()
+    response = next(m for m in first.transcript if type(m) is AsapAuthChapResponse)
+    # The same channel: the challenge is single use, and success ended the exchange.
+    again = first.server.receive(response, 101.0)
+    assert type(again[-1]) is AuthFailed and again[-1].final
+    # A new channel: a new challenge; the attacker copies its identifier, the response is old.
+    second = server()
+    second.receive(AsapAuthRequest(), 100.0)
+    run = Run(second, client("pe2", b"x"))
+    run.server_events(second.receive(AsapAuthHello(CHAP, "pe2"), 100.0))
+    challenge = run.to_client.pop()
+    run.server_events(second.receive(AsapAuthChapResponse(challenge.identifier, response.response), 100.0))
+    assert [type(r) for r in run.server_results] == [AuthFailed]
+    assert second.identity is None
 
 
-def test_chap_response_twice_in_one_exchange_rejected(store: Store) -> None:
-    server = server_for(store)
-    client = ClientExchange("pe1", "pe1-secret", CB, preferences=(MECH_CHAP_MD5,))
-    hello = sends(client.receive(server.start().message))[0]
-    challenge = sends(server.receive(hello, 0.0))[0]
-    response = sends(client.receive(challenge))[0]
-    (request,) = server.receive(response, 0.0)
-    events = server.chap_verified(resolve_chap_locally(store, request), 0.0)
-    assert isinstance(results(events)[0], AuthSucceeded)
-    again = server.receive(response, 0.0)
-    assert sends(again) == [AuthFailure(FAIL_PROTOCOL, False)]
-    assert results(again)[0].final is True
+def test_a_chap_response_twice_in_one_exchange_is_a_protocol_error():
+    run = Run(server(), client("pe1", b"pe1-secret", preferences=(CHAP,))).go()
+    response = next(m for m in run.transcript if type(m) is AsapAuthChapResponse)
+    events = run.server.receive(response, 100.0)
+    assert messages(events) == [AsapAuthFailure(FAIL_PROTOCOL, False)] and events[-1].final
 
 
 @pytest.mark.parametrize("value", ["zero", "N"])
-def test_srp_a_zero_or_n_rejected(store: Store, value: str) -> None:
-    server = server_for(store)
-    server.start()
-    server.receive(ClientHello(MECH_SRP_SHA256_2048, "pe1"), 0.0)
+def test_srp_a_zero_or_n_is_rejected(value):
+    s = server()
+    run = Run(s, client("pe1", "x"))
+    s.receive(AsapAuthRequest(), 100.0)
+    run.server_events(s.receive(AsapAuthHello(SRP, "pe1"), 100.0))
     number = 0 if value == "zero" else srp.DEFAULT_GROUP.n
-    events = server.receive(SrpProof(number.to_bytes(256, "big"), b"\x00" * 32), 0.0)
-    assert sends(events) == [AuthFailure(FAIL_AUTHENTICATION, True)]
-    assert "A " in results(events)[0].reason_for_log
+    run.server_events(s.receive(AsapAuthSrpProof(number.to_bytes(256, "big"), b"\x00" * 32), 100.0))
+    assert [m.code for m in run.to_client[1:]] == [FAIL_AUTHENTICATION]
+    assert [type(r) for r in run.server_results] == [AuthFailed]
 
 
-def test_attempts_per_exchange_bounded(store: Store) -> None:
-    server = server_for(store, max_attempts=2)
-    client = ClientExchange("pe1", "wrong", CB, preferences=(MECH_CHAP_MD5,))
-    first, _ = run(server, client, store)
-    assert first[0].final is False
-    events = client.retry()
-    challenge = sends(server.receive(sends(events)[0], 0.0))[0]
-    (request,) = server.receive(sends(client.receive(challenge))[0], 0.0)
-    final = server.chap_verified(resolve_chap_locally(store, request), 0.0)
-    assert sends(final) == [AuthFailure(FAIL_AUTHENTICATION, False)]
-    assert results(final)[0].final is True
-    assert server.state == "closed"
-    assert server.receive(ClientHello(MECH_CHAP_MD5, "pe1"), 0.0) == (
-        AuthFailed("message after the exchange was closed", final=True),
-    )
-
-
-def test_attempts_per_identity_bounded_across_exchanges(store: Store) -> None:
-    limiter = AttemptLimiter(capacity=2, refill_interval=60.0)
-    outcomes = []
-    for i in range(3):
-        server = server_for(store, limiter=limiter)
-        client = ClientExchange("pe1", "wrong", CB, preferences=(MECH_CHAP_MD5,))
-        server_results, client_results = run(server, client, store, now=float(i))
-        outcomes.append((server_results[0].reason_for_log, client_results[0].code))
-    assert outcomes[2] == ("rate limited", FAIL_RATE_LIMITED)
-    assert [code for _, code in outcomes[:2]] == [FAIL_AUTHENTICATION] * 2
-    # even the right secret is refused until a token comes back
-    server = server_for(store, limiter=limiter)
-    client = ClientExchange("pe1", "pe1-secret", CB, preferences=(MECH_CHAP_MD5,))
-    assert run(server, client, store, now=3.0)[1][0].code == FAIL_RATE_LIMITED
-    server = server_for(store, limiter=limiter, now=70.0)
-    client = ClientExchange("pe1", "pe1-secret", CB, preferences=(MECH_CHAP_MD5,))
-    assert run(server, client, store, now=70.0)[0] == [AuthSucceeded("pe1", MECH_CHAP_MD5)]
-    # unknown identities are limited the same way
+def test_attempts_per_exchange_are_bounded():
+    s = server(max_attempts=2)
+    run = Run(s, client("pe1", "x"))
+    s.receive(AsapAuthRequest(), 100.0)
     for _ in range(2):
-        run(server_for(store, limiter=limiter),
-            ClientExchange("ghost", "x", CB, preferences=(MECH_CHAP_MD5,)), store)
-    blocked = run(server_for(store, limiter=limiter),
-                  ClientExchange("ghost", "x", CB, preferences=(MECH_CHAP_MD5,)), store)
-    assert blocked[1][0].code == FAIL_RATE_LIMITED
+        run.server_events(s.receive(AsapAuthHello(CHAP, "pe1"), 100.0))
+        challenge = run.to_client.pop()
+        run.server_events(s.receive(AsapAuthChapResponse(challenge.identifier, b"\x00" * 16), 100.0))
+    assert [r.final for r in run.server_results] == [False, True]
+    assert s.state == "closed" and s.receive(AsapAuthHello(CHAP, "pe1"), 100.0) == ()
 
 
-def test_success_refunds_the_token(store: Store) -> None:
-    limiter = AttemptLimiter(capacity=1, refill_interval=1000.0)
-    for i in range(3):
-        server = server_for(store, limiter=limiter)
-        client = ClientExchange("pe1", "pe1-secret", CB, preferences=(MECH_CHAP_MD5,))
-        assert run(server, client, store, now=float(i))[0] == [AuthSucceeded("pe1", MECH_CHAP_MD5)]
+def test_the_gate_refuses_an_attempt_before_any_credential_work():
+    checkers = Checkers()
+    # Not final (the identity's budget is spent): the client may try again later.
+    run = Run(server(), client("pe1", "pe1-password"), checkers,
+              admit=lambda event: (FAIL_RATE_LIMITED, False)).go()
+    assert run.client_results[-1].code == FAIL_RATE_LIMITED
+    assert checkers.srp_store.asked == [] and run.verified == []
+    # Final (the address's budget is spent, another identity than the certificate's).
+    run = Run(server(), client("pe1", "pe1-password"), admit=lambda event: (FAIL_AUTHENTICATION, True)).go()
+    assert run.server_results[-1].final and run.server.state == "closed"
+    assert run.client_results[-1] == AuthenticationFailed(
+        "authentication refused (wrong secret or unknown identity)", FAIL_AUTHENTICATION, False)
 
 
-@pytest.mark.parametrize("mechanism", [MECH_SRP_SHA256_2048, MECH_CHAP_MD5])
-def test_expired_challenge_rejected(store: Store, mechanism: str) -> None:
-    server = server_for(store, step_lifetime=10.0)
-    secret = "pe1-password" if mechanism == MECH_SRP_SHA256_2048 else "pe1-secret"
-    client = ClientExchange("pe1", secret, CB, preferences=(mechanism,))
-    hello = sends(client.receive(server.start().message))[0]
-    challenge = sends(server.receive(hello, 0.0))[0]
-    answer = sends(client.receive(challenge))[0]
-    assert server.deadline == 10.0
-    events = server.receive(answer, 10.5)
-    assert sends(events) == [AuthFailure(FAIL_TIMEOUT, True)]
-    assert "expired" in results(events)[0].reason_for_log
+def test_the_gate_is_asked_with_the_normalized_identity():
+    asked = []
+    Run(server(), client("pe\uff11", "pe1-password"), admit=lambda event: asked.append(event)).go()
+    assert asked == [Admit("pe1", SRP)]  # NFKC: the fullwidth digit is "1"
 
 
-def test_timer_expiry(store: Store) -> None:
-    server = server_for(store, step_lifetime=10.0, exchange_lifetime=100.0)
-    server.start()
-    assert server.deadline == 100.0
-    server.receive(ClientHello(MECH_SRP_SHA256_2048, "pe1"), 1.0)
-    assert server.timer_expired(5.0) == ()
-    events = server.timer_expired(11.0)
-    assert sends(events) == [AuthFailure(FAIL_TIMEOUT, True)] and server.state == "await-hello"
-    events = server.timer_expired(100.0)
-    assert sends(events) == [AuthFailure(FAIL_TIMEOUT, False)] and server.state == "closed"
+@pytest.mark.parametrize("mechanism", [SRP, CHAP])
+def test_a_backend_outage_is_not_a_credential_failure(mechanism):
+    checkers = Checkers()
+    checkers.srp_store.fail()
+    checkers.chap_store.fail()
+    secret = "pe1-password" if mechanism == SRP else b"pe1-secret"
+    run = Run(server(), client("pe1", secret, preferences=(mechanism,)), checkers).go()
+    assert [type(r) for r in run.server_results] == [AuthUnavailable]
+    assert run.server_results[0].identity == "pe1"
+    (failure,) = [m for m in run.transcript if type(m) is AsapAuthFailure]
+    assert (failure.code, failure.may_retry) == (FAIL_UNAVAILABLE, False)
+    assert failure.error.causes[0].code == codes.CAUSE_SECURITY
+    assert run.server.state == "closed"
 
 
-def test_backend_unavailable_is_not_a_credential_failure(store: Store) -> None:
-    limiter = AttemptLimiter(capacity=1)
-    server = server_for(store, limiter=limiter)
-    client = ClientExchange("pe1", "pe1-secret", CB, preferences=(MECH_CHAP_MD5,))
-    hello = sends(client.receive(server.start().message))[0]
-    response = sends(client.receive(sends(server.receive(hello, 0.0))[0]))[0]
-    (request,) = server.receive(response, 0.0)
-    assert isinstance(request, VerifyChap) and request.identity == "pe1"
-    events = server.chap_unavailable("RADIUS timeout", 0.0)
-    assert sends(events) == [AuthFailure(FAIL_UNAVAILABLE, False)]
-    assert limiter.tokens("pe1", 0.0) == 1.0  # the attempt was given back
+def test_a_checker_answering_for_another_name_is_refused():
+    s = server()
+    run = Run(s, client("pe1", b"x"))
+    s.receive(AsapAuthRequest(), 100.0)
+    run.server_events(s.receive(AsapAuthHello(CHAP, "pe1"), 100.0))
+    challenge = run.to_client.pop()
+    (verify,) = s.receive(AsapAuthChapResponse(challenge.identifier, b"\x00" * 16), 100.0)
+    events = s.verified(Identity("pe2", CHAP), 100.0)
+    assert messages(events) == [AsapAuthFailure(FAIL_AUTHENTICATION, True)]
+    assert s.identity is None
 
 
-def test_delegated_verdict_drives_result(store: Store) -> None:
-    server = server_for(store)
-    server.start()
-    challenge = sends(server.receive(ClientHello(MECH_CHAP_MD5, "radius-user"), 0.0))[0]
-    (request,) = server.receive(ChapResponse(challenge.identifier, b"\x01" * 16), 0.0)
-    events = server.chap_verified(ChapVerdict(True), 0.0)  # e.g. RADIUS Access-Accept
-    assert results(events) == [AuthSucceeded("radius-user", MECH_CHAP_MD5)]
-    assert sends(events) == [AuthSuccess(MECH_CHAP_MD5, b"")]
+def test_expired_challenges_and_timers():
+    s = server(now=0.0, step_lifetime=10.0, exchange_lifetime=100.0)
+    assert s.deadline is None  # nothing started yet
+    s.receive(AsapAuthRequest(), 0.0)
+    assert s.deadline == 100.0
+    (admit,) = s.receive(AsapAuthHello(CHAP, "pe1"), 1.0)
+    challenge = messages(s.attempt_admitted(1.0))[0]
+    assert s.deadline == 11.0 and s.timer_expired(5.0) == ()
+    events = s.receive(AsapAuthChapResponse(challenge.identifier, b"\x00" * 16), 11.5)
+    assert messages(events) == [AsapAuthFailure(FAIL_TIMEOUT, True)]  # expired, may retry
+    s.receive(AsapAuthHello(SRP, "pe1"), 20.0)
+    (start,) = s.attempt_admitted(20.0)
+    assert type(start) is StartSrp
+    events = s.timer_expired(30.0)  # the challenge never came: the backend is stuck
+    assert messages(events) == [AsapAuthFailure(FAIL_UNAVAILABLE, False)]
+    assert type(events[-1]) is AuthUnavailable and s.state == "closed"
+    late = s.challenge_issued(object(), 31.0)
+    assert late == ()  # a late answer is ignored
+
+    s = server(now=0.0, exchange_lifetime=5.0)
+    s.receive(AsapAuthRequest(), 0.0)
+    events = s.timer_expired(5.0)
+    assert messages(events) == [AsapAuthFailure(FAIL_TIMEOUT, False)] and events[-1].final
+
+    c = client("pe1", "pw", now=100.0, timeout=30.0)
+    c.start()
+    assert c.deadline == 130.0 and c.timer_expired(129.0) == ()
+    (failed,) = c.timer_expired(130.0)
+    assert type(failed) is AuthenticationFailed and c.deadline is None
 
 
-@pytest.mark.parametrize(
-    "message",
-    [
-        SrpProof(b"\x01" * 256, b"\x00" * 32),
-        ChapResponse(1, b"\x00" * 16),
-        AuthSuccess(MECH_CHAP_MD5, b""),
-        "garbage",
-    ],
-)
-def test_unexpected_message_closes(store: Store, message: object) -> None:
-    server = server_for(store)
-    server.start()
-    events = server.receive(message, 0.0)
-    assert sends(events) == [AuthFailure(FAIL_PROTOCOL, False)]
-    assert results(events)[0].final
+@pytest.mark.parametrize("message", [AsapAuthSrpProof(b"\x01" * 256, b"\x00" * 32),
+                                     AsapAuthChapResponse(1, b"\x00" * 16), AsapAuthSuccess(CHAP, b"")])
+def test_protocol_errors_are_final(message):
+    s = server()
+    events = s.receive(message, 100.0)  # before the request
+    assert messages(events) == [AsapAuthFailure(FAIL_PROTOCOL, False)] and events[-1].final
+    s = server()
+    s.receive(AsapAuthRequest(), 100.0)
+    events = s.receive(message, 100.0)  # out of order
+    assert messages(events) == [AsapAuthFailure(FAIL_PROTOCOL, False)] and events[-1].final
+    s = server()
+    s.receive(AsapAuthRequest(), 100.0)
+    assert s.receive(AsapAuthRequest(), 100.0)[-1].final
 
 
-def test_unsupported_mechanism_and_bad_identity(store: Store) -> None:
-    server = server_for(store, mechanisms=(MECH_SRP_SHA256_2048,))
-    server.start()
-    events = server.receive(ClientHello(MECH_CHAP_MD5, "pe1"), 0.0)
-    assert sends(events) == [AuthFailure(FAIL_UNSUPPORTED_MECHANISM, True)]
-    events = server.receive(ClientHello(MECH_SRP_SHA256_2048, "bad\nname"), 0.0)
-    assert sends(events) == [AuthFailure(FAIL_PROTOCOL, False)]
+def test_a_message_while_the_server_waits_for_its_checker_is_a_protocol_error():
+    s = server()
+    s.receive(AsapAuthRequest(), 100.0)
+    s.receive(AsapAuthHello(SRP, "pe1"), 100.0)
+    s.attempt_admitted(100.0)  # StartSrp: the challenge is being made
+    events = s.receive(AsapAuthHello(SRP, "pe1"), 100.0)
+    assert messages(events) == [AsapAuthFailure(FAIL_PROTOCOL, False)] and events[-1].final
 
 
-def test_server_refuses_weak_configuration(store: Store) -> None:
+def test_success_then_more_messages_closes():
+    run = Run(server(), client("pe1", "pe1-password")).go()
+    events = run.server.receive(AsapAuthHello(SRP, "pe1"), 101.0)
+    assert events[-1] == AuthFailed("ASAP_AUTH_HELLO after successful authentication", "pe1", SRP, final=True)
+    assert run.server.identity is None
+
+
+def test_unsupported_mechanism_and_bad_identity():
+    s = server(mechanisms=(SRP,))
+    s.receive(AsapAuthRequest(), 100.0)
+    assert messages(s.receive(AsapAuthHello(CHAP, "pe1"), 100.0)) == [
+        AsapAuthFailure(FAIL_UNSUPPORTED_MECHANISM, True)]
+    events = s.receive(AsapAuthHello(SRP, "bad\u200bname"), 100.0)  # not printable
+    assert messages(events) == [AsapAuthFailure(FAIL_PROTOCOL, False)] and events[-1].final
+
+
+def test_weak_configurations_are_refused():
     with pytest.raises(ValueError):
-        ServerExchange(store, CB, b"short", 0.0)
+        ServerExchange(b"x", 0.0)
     with pytest.raises(ValueError):
-        ServerExchange(store, b"x", SERVER_SECRET, 0.0)
+        ServerExchange(CB, 0.0, mechanisms=("SRP-6a-SHA1-1024",))
     with pytest.raises(ValueError):
-        ServerExchange(store, CB, SERVER_SECRET, 0.0, mechanisms=("SRP-6a-SHA1-1024",))
+        ClientExchange("pe1", "pw", CB, 0.0, preferences=("SRP-6a-SHA1-1024",))
     with pytest.raises(ValueError):
-        ClientExchange("pe1", "pw", CB, preferences=("SRP-6a-SHA1-1024",))
+        ClientExchange("pe1", "pw", b"short", 0.0)
     with pytest.raises(ValueError):
-        ClientExchange("pe1", "pw", b"short")
+        ClientExchange("bad\nname", "pw", CB, 0.0)
 
 
-def test_client_detects_server_without_verifier(store: Store) -> None:
-    # A server that does not hold the verifier cannot produce M2.
-    client = ClientExchange("pe1", "pe1-password", CB, preferences=(MECH_SRP_SHA256_2048,))
-    client.receive(MechanismOffer(DEFAULT_MECHANISMS))
-    g = srp.DEFAULT_GROUP
-    fake = srp.SrpServerSession(g, b"pe1", b"s" * 16, 12345, CB)
-    client.receive(SrpChallenge(fake.salt, fake.server_public))
-    events = client.receive(AuthSuccess(MECH_SRP_SHA256_2048, b"\x00" * 32))
-    assert events == (ClientFailed("server proof mismatch"),)
+def test_the_client_detects_a_registrar_without_the_verifier():
+    c = client("pe1", "pe1-password", preferences=(SRP,))
+    c.start()
+    from rserpool.wire.auth import AsapAuthOffer, AsapAuthSrpChallenge
+
+    c.receive(AsapAuthOffer((SRP,)), 100.0)
+    fake = srp.SrpServerSession(srp.DEFAULT_GROUP, b"pe1", b"s" * 16, 12345, CB)
+    c.receive(AsapAuthSrpChallenge(fake.salt, fake.server_public), 100.0)
+    assert c.receive(AsapAuthSuccess(SRP, b"\x00" * 32), 100.0) == (
+        AuthenticationFailed("registrar proof mismatch"),)
 
 
-def test_attempt_limiter_bounds_memory() -> None:
-    limiter = AttemptLimiter(capacity=3, refill_interval=10.0, max_keys=4)
-    for i in range(10):
-        assert limiter.try_acquire(f"id{i}", 0.0)
-    assert len(limiter) == 4
-    assert limiter.tokens("id9", 0.0) == 2.0
-    assert limiter.tokens("id9", 10.0) == 3.0
-    assert limiter.tokens("id9", 1000.0) == 3.0
+def test_an_rfc_only_registrar_means_unsupported():
+    c = client("pe1", "pw")
+    request = c.start().message
+    report = error_reply(WireError(codes.CAUSE_UNRECOGNIZED_MESSAGE, "unknown", request.encode()),
+                         codes.PPID_ASAP)
+    (failed,) = c.receive(wire(report), 100.0)
+    assert failed.unsupported and "does not support" in failed.reason
+    c = client("pe1", "pw")
+    c.start()
+    other = AsapError(error_reply(WireError(codes.CAUSE_INVALID_VALUES, "x", b"\x01"), codes.PPID_ASAP).error)
+    (failed,) = c.receive(other, 100.0)
+    assert not failed.unsupported
 
 
-@settings(max_examples=40, deadline=None)
-@given(
-    steps=st.lists(
-        st.tuples(st.sampled_from(["acquire", "refund"]), st.floats(0, 30)), max_size=30
-    )
-)
-def test_attempt_limiter_never_exceeds_budget(steps) -> None:
-    limiter = AttemptLimiter(capacity=3, refill_interval=10.0)
-    now = 0.0
-    granted = refunded = 0
-    for action, delta in steps:
-        now += delta
-        if action == "acquire":
-            granted += limiter.try_acquire("k", now)
-        else:
-            limiter.refund("k", now)
-            refunded += 1
-        assert 0.0 <= limiter.tokens("k", now) <= 3.0
-    # granted attempts never exceed the bucket plus refills plus refunds
-    assert granted <= 3 + now / 10.0 + refunded
+def test_the_channel_refusal_reaches_the_client_with_its_code():
+    events = channel_refusal("TLSv1.2 without extended master secret")
+    assert events[-1].final
+    c = client("pe1", "pw")
+    c.start()
+    (failed,) = c.receive(wire(events[0].message), 100.0)
+    assert failed.code == FAIL_CHANNEL_BINDING and "TLS" in failed.reason
+
+
+def test_the_client_retries_only_what_may_get_better():
+    c = client("pe1", "pw", max_retries=1, preferences=(CHAP,))
+    c.start()
+    from rserpool.wire.auth import AsapAuthOffer
+
+    c.receive(AsapAuthOffer((CHAP,)), 100.0)
+    again = c.receive(AsapAuthFailure(FAIL_TIMEOUT, True), 100.0)
+    assert [m.name for m in messages(again)] == ["ASAP_AUTH_HELLO"]  # the challenge expired: once more
+    (failed,) = c.receive(AsapAuthFailure(FAIL_AUTHENTICATION, True), 100.0)
+    assert failed.code == FAIL_AUTHENTICATION  # a wrong secret never gets better
 
 
 @settings(max_examples=8, deadline=None)
-@given(
-    identity=st.text(st.characters(min_codepoint=0x21, max_codepoint=0x2FFF), min_size=1,
-                     max_size=30),
-    password=st.text(max_size=30),
-)
-def test_random_identities_round_trip(identity: str, password: str) -> None:
-    from rserpool.security.exchange import normalize_identity
-
+@given(identity=st.text(st.characters(min_codepoint=0x21, max_codepoint=0x2FFF), min_size=1, max_size=30),
+       password=st.text(max_size=30))
+def test_random_identities_round_trip(identity, password):
     name = normalize_identity(identity)
     if name is None:
         return
-    store = Store()
-    store.srp_entries[name] = srp.make_verifier(name, password)
-    store.chap_secrets[name] = srp.normalize_text(password, 1024, "p")
-    for mechanism in (MECH_SRP_SHA256_2048, MECH_CHAP_MD5):
-        server = server_for(store)
-        client = ClientExchange(identity, password, CB, preferences=(mechanism,))
-        assert run(server, client, store)[0] == [AuthSucceeded(name, mechanism)]
-
-
-def test_late_chap_verdict_after_timeout_is_ignored(store: Store) -> None:
-    server = server_for(store, step_lifetime=5.0)
-    server.start()
-    challenge = sends(server.receive(ClientHello(MECH_CHAP_MD5, "pe1"), 0.0))[0]
-    (request,) = server.receive(ChapResponse(challenge.identifier, b"\x00" * 16), 1.0)
-    assert isinstance(request, VerifyChap)
-    events = server.timer_expired(6.0)
-    assert sends(events) == [AuthFailure(FAIL_UNAVAILABLE, False)]
-    assert server.chap_verified(ChapVerdict(True), 7.0) == ()
-    assert server.authenticated_identity is None
-    with pytest.raises(RuntimeError):
-        server_for(store).chap_verified(ChapVerdict(True), 0.0)
+    checkers = Checkers()
+    checkers.srp_store.add(name, password)
+    checkers.chap_store.secrets[name] = srp.normalize_text(password, 1024, "p")
+    for mechanism in (SRP, CHAP):
+        run = Run(server(), client(identity, password, preferences=(mechanism,)), checkers).go()
+        assert [(type(r), r.identity.name) for r in run.server_results] == [(AuthSucceeded, name)]

@@ -1,4 +1,6 @@
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from rserpool.security.ratelimit import RateLimit, RateLimiter
 
@@ -22,3 +24,49 @@ def test_bounded_keys():
 def test_invalid():
     with pytest.raises(ValueError):
         RateLimit(rate=0, burst=1)
+
+
+# -- AttemptLimiter: failures only (a success gives the token back) ------------------------------
+
+
+def test_attempt_limiter_bounds_memory() -> None:
+    from rserpool.security.ratelimit import AttemptLimiter
+
+    limiter = AttemptLimiter(capacity=3, refill_interval=10.0, max_keys=4)
+    for i in range(10):
+        assert limiter.try_acquire(f"id{i}", 0.0)
+    assert len(limiter) == 4
+    assert limiter.tokens("id9", 0.0) == 2.0
+    assert limiter.tokens("id9", 10.0) == 3.0
+    assert limiter.tokens("id9", 1000.0) == 3.0
+
+
+def test_attempt_limit_is_checked() -> None:
+    from rserpool.security.ratelimit import AttemptLimit, AttemptLimiter
+
+    with pytest.raises(ValueError):
+        AttemptLimit(capacity=0, refill_interval=1.0)
+    with pytest.raises(ValueError):
+        AttemptLimiter(capacity=1, refill_interval=0.0)
+    limiter = AttemptLimiter.from_limit(AttemptLimit(2, 5.0, 7))
+    assert (limiter.capacity, limiter.refill_interval, limiter.max_keys) == (2, 5.0, 7)
+
+
+@settings(max_examples=40, deadline=None)
+@given(steps=st.lists(st.tuples(st.sampled_from(["acquire", "refund"]), st.floats(0, 30)), max_size=30))
+def test_attempt_limiter_never_exceeds_budget(steps) -> None:
+    from rserpool.security.ratelimit import AttemptLimiter
+
+    limiter = AttemptLimiter(capacity=3, refill_interval=10.0)
+    now = 0.0
+    granted = refunded = 0
+    for action, delta in steps:
+        now += delta
+        if action == "acquire":
+            granted += limiter.try_acquire("k", now)
+        else:
+            limiter.refund("k", now)
+            refunded += 1
+        assert 0.0 <= limiter.tokens("k", now) <= 3.0
+    # granted attempts never exceed the bucket plus refills plus refunds
+    assert granted <= 3 + now / 10.0 + refunded

@@ -14,16 +14,23 @@ from twisted.internet import defer, endpoints
 from twisted.internet.protocol import Factory
 from twisted.trial import unittest
 
-from rserpool.asap.auth import AuthenticationFailed
+from zope.interface import implementer
+
 from rserpool.asap.registrar import RegistrarSettings
 from rserpool.errors import BackendUnavailable
+from rserpool.gate import GatePolicy
+from rserpool.interfaces import IChapVerifier
 from rserpool.security import exchange as ex
 from rserpool.security import tls
-from rserpool.security.srp import make_verifier
-from rserpool.service import auth as service_auth
+from rserpool.security.credentials import (
+    Authenticator, CertificateChecker, ChapChecker, PskChecker, SrpChecker,
+)
+from rserpool.security.exchange import AuthenticationFailed
+from rserpool.security.ratelimit import AttemptLimit
 from rserpool.service.auth import (
     AuthenticationError, PeAuthenticator, RegistrarAuthenticator, channel_binding, read_secret,
 )
+from rserpool.testing import MemoryChapStore, MemorySrpStore, ScriptedAuthorizer
 from rserpool.service.channel import Channel, ChannelSettings
 from rserpool.service.candidates import RegistrarCandidates
 from rserpool.service.pe import AuthenticationFailedError, PoolElementService
@@ -43,24 +50,9 @@ CHAP = ex.MECH_CHAP_MD5
 SERVER_SECRET = b"0123456789abcdef-registrar"
 
 
-class Stores:
-    """SRP verifiers (Deferred interface) and CHAP secrets (sync), counting lookups."""
-
-    def __init__(self) -> None:
-        self.srp = {"pe-srp": make_verifier("pe-srp", "correct horse battery")}
-        self.chap = {"pe-chap": b"chap secret 0123"}
-        self.srp_lookups: list[str] = []
-
-    def srp_verifier(self, identity):
-        self.srp_lookups.append(identity)
-        return defer.succeed(self.srp.get(identity))
-
-    def lookup_chap_secret(self, identity):
-        return self.chap.get(identity)
-
-
+@implementer(IChapVerifier)
 class DownVerifier:
-    def verify(self, request):
+    def verify_chap(self, identity, identifier, challenge, response):
         return defer.fail(BackendUnavailable("RADIUS: no answer from any server"))
 
 
@@ -83,7 +75,8 @@ class AuthOverTLS(unittest.TestCase):
     def setUp(self):
         from twisted.internet import reactor
         self.reactor = reactor
-        self.stores = Stores()
+        self.srp_store = MemorySrpStore({"pe-srp": "correct horse battery"})
+        self.chap_store = MemoryChapStore({"pe-chap": b"chap secret 0123"})
         self.registrars = []
         self.services = []
         self.clients = []
@@ -105,19 +98,18 @@ class AuthOverTLS(unittest.TestCase):
                 yield registrar.stopService()
 
     # -- helpers
-    def authenticator(self, **kw) -> RegistrarAuthenticator:
-        kw.setdefault("srp_store", self.stores)
-        kw.setdefault("chap_store", self.stores)
-        return RegistrarAuthenticator(self.reactor, SERVER_SECRET, **kw)
+    def checkers(self, chap_backend=None) -> list:
+        return [CertificateChecker(), PskChecker(), SrpChecker(self.srp_store, SERVER_SECRET),
+                ChapChecker(chap_backend or self.chap_store)]
 
     @defer.inlineCallbacks
-    def registrar(self, authenticator="default"):
-        if authenticator == "default":
-            authenticator = self.authenticator()
+    def registrar(self, checkers="default", **kwargs):
+        if checkers == "default":
+            checkers = self.checkers()
         service = yield start_registrar(
-            self.reactor, self.pki, authenticator=authenticator,
+            self.reactor, self.pki, checkers=checkers,
             settings=RegistrarSettings(server_id=random.randrange(1, 2**32),
-                                       keepalive_interval=0.5, keepalive_timeout=0.5))
+                                       keepalive_interval=0.5, keepalive_timeout=0.5), **kwargs)
         self.registrars.append(service)
         return service
 
@@ -190,7 +182,7 @@ class AuthOverTLS(unittest.TestCase):
         entry = registrar.handlespace.get(H, pe.pe_id)
         self.assertEqual(entry.identity, "pe-srp")
         session = next(iter(registrar.core.sessions))
-        self.assertEqual((session.identity, session.mechanism), ("pe-srp", SRP))
+        self.assertEqual((session.identity, session.admission.mechanism), ("pe-srp", SRP))
         self.assertEqual(registrar.authenticator.stats["succeeded"], 1)
 
     @defer.inlineCallbacks
@@ -200,7 +192,7 @@ class AuthOverTLS(unittest.TestCase):
         pe.startService()
         yield within(pe.registered(), 10, self.reactor)
         self.assertEqual(registrar.handlespace.get(H, pe.pe_id).identity, "pe-chap")
-        self.assertEqual(self.stores.srp_lookups, [])
+        self.assertEqual(self.srp_store.asked, [])
 
     @defer.inlineCallbacks
     def test_wrong_password_is_refused_and_creates_no_state(self):
@@ -236,7 +228,7 @@ class AuthOverTLS(unittest.TestCase):
         registrar = yield self.registrar()
         port = registrar_port(registrar)
         for prefs in ((SRP,), (CHAP,)):
-            self.stores.chap["pe-srp"] = b"some chap secret"
+            self.chap_store.secrets["pe-srp"] = b"some chap secret"
             _, sent_w, got_w, wrong = yield self.transcript(port, "pe-srp", "wrong", *prefs)
             _, sent_u, got_u, unknown = yield self.transcript(port, "nobody-xy", "wrong", *prefs)
             shape = lambda msgs: [(m.name, len(m.encode()), m.flags) for m in msgs]  # noqa: E731
@@ -314,9 +306,9 @@ class AuthOverTLS(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_attempts_are_bounded_per_channel_and_per_identity(self):
-        authenticator = self.authenticator(max_attempts=2,
-                                           limiter=ex.AttemptLimiter(capacity=3, refill_interval=600))
-        registrar = yield self.registrar(authenticator)
+        registrar = yield self.registrar(
+            exchange_options={"max_attempts": 2},
+            gate_policy=GatePolicy(attempts_per_identity=AttemptLimit(capacity=3, refill_interval=600)))
         client = yield self.connect(registrar_port(registrar))
         yield within(client.request(AsapAuthRequest()), 10, self.reactor)
         answers = []
@@ -338,8 +330,8 @@ class AuthOverTLS(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_chap_backend_outage_fails_closed(self):
-        authenticator = self.authenticator(chap_verifier=DownVerifier())
-        registrar = yield self.registrar(authenticator)
+        registrar = yield self.registrar(self.checkers(chap_backend=DownVerifier()))
+        authenticator = registrar.authenticator
         client, _, received, result = yield self.transcript(
             registrar_port(registrar), "pe-chap", b"chap secret 0123", CHAP)
         self.assertIsInstance(result, AuthenticationError)
@@ -352,7 +344,8 @@ class AuthOverTLS(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_registrar_without_the_extension_reports_unrecognized_message(self):
-        registrar = yield self.registrar(authenticator=None)
+        registrar = yield self.registrar([CertificateChecker()])  # no SRP, no CHAP checker
+        self.assertIsNone(registrar.authenticator)
         client = yield self.connect(registrar_port(registrar))
         request = AsapAuthRequest()
         reply = yield within(client.request(request), 10, self.reactor)
@@ -384,6 +377,46 @@ class AuthOverTLS(unittest.TestCase):
         self.assertEqual(other.handlespace.get(H, pe.pe_id).identity, "pe-srp")
         self.assertEqual(home.authenticator.stats["succeeded"], 1)
         self.assertEqual(other.authenticator.stats["succeeded"], 1)
+
+    # -- identity changes on a channel (issue 11: the cache must not outlive the identity)
+    @defer.inlineCallbacks
+    def test_an_exchange_forgets_what_was_decided_for_the_anonymous_channel(self):
+        from rserpool.wire import AsapHandleResolution
+
+        authorizer = ScriptedAuthorizer({(None, "resolve", H): False, ("pe-srp", "resolve", H): True})
+        registrar = yield self.registrar(authorizer=authorizer, gate_policy=GatePolicy(authorize_resolution=True))
+        client = yield self.connect(registrar_port(registrar))
+        refused = yield within(client.request(AsapHandleResolution(H)), 10, self.reactor)
+        self.assertEqual(refused.error.causes[0].code, codes.CAUSE_SECURITY)
+        yield within(self.pe_auth("pe-srp", "correct horse battery").authenticate(client.channel),
+                     10, self.reactor)
+        answer = yield within(client.request(AsapHandleResolution(H)), 10, self.reactor)
+        # Asked again for pe-srp and allowed: the pool is empty, not forbidden.
+        self.assertEqual(answer.error.causes[0].code, codes.CAUSE_UNKNOWN_POOL_HANDLE)
+        self.assertEqual([(identity, action) for identity, _, action, _ in authorizer.calls],
+                         [(None, "resolve"), ("pe-srp", "resolve")])
+
+    @defer.inlineCallbacks
+    def test_a_second_exchange_closes_the_channel_and_nothing_it_sent_is_used(self):
+        # Anonymous registrations are allowed here, and pe-srp's "yes" for H
+        # is remembered: a registration read together with a second (refused)
+        # exchange must still be refused, not registered as anonymous.
+        registrar = yield self.registrar(gate_policy=GatePolicy(allow_unauthenticated=True))
+        client = yield self.connect(registrar_port(registrar))
+        yield within(self.pe_auth("pe-srp", "correct horse battery").authenticate(client.channel),
+                     10, self.reactor)
+        first = yield self.register_raw(client, 0x81)
+        self.assertFalse(first.reject, first)
+        channel = client.channel
+        burst = b"".join(channel.mapping.send_message(codes.PPID_ASAP, message.encode()) for message in (
+            AsapAuthRequest(), AsapRegistration(H, make_pe(0x82))))
+        channel.transport.write(burst)  # one TLS record: one read at the registrar
+        failure = yield within(client.next(), 10, self.reactor)
+        self.assertEqual((type(failure), failure.code), (AsapAuthFailure, ex.FAIL_PROTOCOL))
+        yield within(client.closed, 10, self.reactor)
+        self.assertIsNone(registrar.handlespace.get(H, 0x82))
+        refusals = [m for m in client.messages if m.name == "ASAP_REGISTRATION_RESPONSE"]
+        self.assertTrue(all(m.reject for m in refusals), refusals)
 
     @defer.inlineCallbacks
     def test_tls12_needs_the_extended_master_secret(self):
@@ -482,11 +515,15 @@ def test_authentication_error_classification():
     assert AuthenticationError(AuthenticationFailed("x", unsupported=True)).unsupported
 
 
-def test_authenticator_offers_only_mechanisms_with_a_backend():
+def test_authenticator_offers_only_mechanisms_with_a_checker():
     from twisted.internet.task import Clock
-    only_chap = RegistrarAuthenticator(Clock(), SERVER_SECRET, chap_store=Stores())
+
+    from rserpool.gate import Gate
+
+    only_chap = RegistrarAuthenticator(Clock(), Gate(), Authenticator([ChapChecker(MemoryChapStore())]))
     assert only_chap.mechanisms == (CHAP,)
+    both = RegistrarAuthenticator(Clock(), Gate(), Authenticator(
+        [SrpChecker(MemorySrpStore(), SERVER_SECRET), ChapChecker(MemoryChapStore())]))
+    assert both.mechanisms == (SRP, CHAP)
     with pytest.raises(ValueError):
-        RegistrarAuthenticator(Clock(), SERVER_SECRET)
-    with pytest.raises(ValueError):
-        RegistrarAuthenticator(Clock(), b"short", srp_store=Stores())
+        RegistrarAuthenticator(Clock(), Gate(), Authenticator([CertificateChecker()]))

@@ -115,6 +115,28 @@ class EnrpOverTLS(unittest.TestCase):
         self.assertGreaterEqual(late.enrp.core.stats["pages_received"], 3)
 
     @defer.inlineCallbacks
+    def test_revoking_a_peer_closes_its_enrp_channel_through_the_shared_gate(self):
+        """The registrar's gate is also the peer door's: revoking the peer's
+        identity (RegistrarService.revoke) closes its live ENRP channel and
+        removes no PE (a peer registers none on this registrar)."""
+        nodes = yield self.start("registrar-a", "registrar-b", peers_allowed=ALLOWED_AB)
+        connect_all(nodes)
+        yield until(nodes, lambda: all_linked(nodes))
+        a, b = nodes
+        pe = yield self.client(a, self.pki.pe1)
+        reply = yield pe.request(AsapRegistration(b"echo", make_pe(0x300)))
+        self.assertFalse(reply.reject, reply)
+        yield until(nodes, lambda: all(len(n.handlespace) == 1 for n in nodes))
+        (channel,) = a.enrp.channels
+        self.assertEqual(channel.admission.identity, "registrar-b.rserpool.test")
+        closed = channel.closed_deferred()
+        a.registrar.revoke(identity="registrar-b.rserpool.test", reason="test revocation")
+        yield closed
+        self.assertEqual(a.registrar.gate.stats["revoked"], 1)
+        self.assertIsNotNone(a.handlespace.get(b"echo", 0x300))  # A's own PE stays
+        self.assertFalse(pe.channel.closed)
+
+    @defer.inlineCallbacks
     def test_a_registrar_not_authorized_as_peer_is_refused(self):
         nodes = yield self.start("registrar-a", "registrar-b", peers_allowed=ALLOWED_AB,
                                  expect_peers=False)

@@ -25,6 +25,9 @@ from twisted.names import authority, client, dns, server
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
+from zope.interface import implementer
+
+from rserpool.interfaces import IWatchedCandidateSource
 from rserpool.asap.hunt import Candidate, Origin
 from rserpool.security import tls
 from rserpool.service.channel import Channel, ChannelSettings
@@ -43,6 +46,7 @@ def cand(n: int, origin: Origin = Origin.STATIC) -> Candidate:
 # --- fakes ---------------------------------------------------------------------------
 
 
+@implementer(IWatchedCandidateSource)
 class ListSource:
     """A candidate source returning a fixed list; counts rounds and their times."""
 

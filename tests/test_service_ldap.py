@@ -37,6 +37,8 @@ from rserpool.security.srp import make_verifier
 from rserpool.service.auth import AuthenticationError, PeAuthenticator
 from rserpool.tap import build_registrar
 from rserpool.wire import AsapHandleResolution, AsapRegistration
+from rserpool.outputs import Send
+from rserpool.wire.auth import AsapAuthHello
 from tests.aaahelpers import BackendProcess, BackendRegistrarMixin, client_cert, latency_report
 from tests.asaphelpers import make_pe
 from tests.conftest import require_tool
@@ -118,7 +120,7 @@ def spelled_client(spelling: str, m1_identity: str) -> type:
                 return events
             self._srp = _SpelledProof(self._srp.group, self._identity, m1_identity,
                                       self._secret, self._cb)
-            return (ex.Send(ex.ClientHello(self._mechanism, spelling)),)
+            return (Send(None, AsapAuthHello(self._mechanism, spelling)),)
 
     return Spelled
 
@@ -309,7 +311,7 @@ class RegistrarWithSlapd(BackendRegistrarMixin, unittest.TestCase):
         # of them (whatever identity it proves M1 for) is pe1 or nobody:
         # pe1's failure budget, pe1's quota, pe1's PEs.
         registrar = yield self.start_registrar()
-        limiter = registrar.authenticator.limiter
+        limiter = registrar.gate.attempts  # failures per identity
         outcomes = []
         pe_id = 0x500
         for spelling in ("PE1", "pe1 ", "Pe1", "pe1"):

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from twisted.internet import defer, reactor
 from twisted.trial import unittest
+from zope.interface import implementer
 
 from rserpool.asap.registrar import RegistrarSettings
 from rserpool.wire import (
@@ -15,6 +16,9 @@ from rserpool.wire import (
     LeastUsedPolicy,
 )
 from rserpool.wire.codes import CAUSE_SECURITY, CAUSE_UNKNOWN_POOL_HANDLE, PPID_ASAP
+from rserpool.errors import BackendUnavailable
+from rserpool.interfaces import ICertificateCredentials, IPoolAuthorizer
+from rserpool.testing import ScriptedAuthorizer
 from tests.asaphelpers import (
     AllowAll, RegistrarClientsMixin, make_pe, start_registrar,
 )
@@ -130,7 +134,8 @@ class RegistrarOverTLS(RegistrarClientsMixin, unittest.TestCase):
             yield client.request(AsapHandleResolution(b"nothing"))
         identities = sorted(c.session.identity for c in self.registrar.channels if c.session is not None)
         self.assertEqual(identities, ["pe1", "pe1", "pe2"])
-        self.assertEqual(len(self.registrar._certificate_names), 2)  # one entry per certificate
+        checker = self.registrar.checkers.checkers[ICertificateCredentials]
+        self.assertEqual(len(checker.names), 2)  # one entry per certificate
 
 
     @defer.inlineCallbacks
@@ -154,88 +159,90 @@ class RegistrarOverTLS(RegistrarClientsMixin, unittest.TestCase):
         self.assertFalse([line for line in lines if "removed PE" in line])
 
 
-class AuthorizeOutcomes(unittest.TestCase):
-    """``RegistrarService._authorize``: plain values are answered at once,
-    Deferreds are waited for, and a failure of either step refuses."""
+    @defer.inlineCallbacks
+    def test_revoking_an_identity_closes_its_live_channels_and_removes_its_pes_at_once(self):
+        pe1 = yield self.connect(self.pki.pe1)
+        other = yield self.connect(self.pki.pe2)
+        for client, pe_id in ((pe1, 0x91), (other, 0x92)):
+            reply = yield client.request(AsapRegistration(b"echo", make_pe(pe_id)))
+            self.assertFalse(reply.reject, reply)
+        self.registrar.revoke(identity="pe1", reason="certificate revoked (test)")
+        # At once, before the channel has even closed: resolutions no longer hand it out.
+        self.assertIsNone(self.registrar.handlespace.get(b"echo", 0x91))
+        self.assertIsNotNone(self.registrar.handlespace.get(b"echo", 0x92))
+        yield pe1.closed
+        answer = yield other.request(AsapHandleResolution(b"echo"))
+        self.assertEqual([pe.pe_id for pe in answer.pool_elements], [0x92])
 
-    def make(self, authorizer, groups_of=None):
+
+class AuthorizeOutcomes(unittest.TestCase):
+    """``RegistrarService._authorize``: the gate's question goes to the
+    authorizer as it is (identity, groups, action, handle); plain values are
+    answered at once, Deferreds are waited for, and a failure of either kind
+    is no decision (None), never a "no"."""
+
+    def make(self, authorizer):
         from twisted.internet.task import Clock
-        from rserpool.asap.registrar import Authorize
+
+        from rserpool.gate import AskAuthorizer
         from rserpool.service.registrar import RegistrarService
 
         service = RegistrarService(RegistrarSettings(server_id=1), reactor=Clock(), listen=(),
-                                   tls_options=object(), authorizer=authorizer, groups_of=groups_of)
+                                   tls_options=object(), authorizer=authorizer)
         answers = []
 
         class Core:
-            def authorization_done(self, session, token, allowed, now):
-                answers.append((session, token, allowed))
+            def authorization_done(self, ask, allowed, now, reason=""):
+                answers.append((ask, allowed, reason))
                 return []
 
         service.core = Core()
-
-        class Session:
-            identity = "pe1"
-
-        session = Session()
-        return service, answers, Authorize(7, session, "register", b"echo"), session
+        ask = AskAuthorizer(7, object(), "register", "pe1", frozenset({"g"}), b"echo", 1)
+        return service, answers, ask
 
     def test_plain_values_answer_at_once(self):
-        seen = []
-
-        class Authorizer:
-            def authorize(self, identity, groups, action, handle):
-                seen.append((identity, groups, action, handle))
-                return True
-
-        service, answers, request, session = self.make(Authorizer(), lambda identity: ["g"])
-        service._authorize(request)
-        self.assertEqual(seen, [("pe1", frozenset({"g"}), "register", b"echo")])
-        self.assertEqual(answers, [(session, 7, True)])
+        authorizer = ScriptedAuthorizer({("pe1", "register", b"echo"): True})
+        service, answers, ask = self.make(authorizer)
+        service._authorize(ask)
+        self.assertEqual(authorizer.calls, [("pe1", frozenset({"g"}), "register", b"echo")])
+        self.assertEqual(answers, [(ask, True, "")])
 
     def test_truthy_non_true_is_no(self):
+        @implementer(IPoolAuthorizer)
         class Authorizer:
             def authorize(self, identity, groups, action, handle):
                 return 1
 
-        service, answers, request, session = self.make(Authorizer())
-        service._authorize(request)
-        self.assertEqual(answers, [(session, 7, False)])
+        service, answers, ask = self.make(Authorizer())
+        service._authorize(ask)
+        self.assertEqual(answers, [(ask, False, "")])
 
-    def test_deferred_groups_and_answer_are_waited_for(self):
-        groups: defer.Deferred = defer.Deferred()
-        answer: defer.Deferred = defer.Deferred()
-
-        class Authorizer:
-            def authorize(self, identity, groups_, action, handle):
-                self.groups = groups_
-                return answer
-
-        authorizer = Authorizer()
-        service, answers, request, session = self.make(authorizer, lambda identity: groups)
-        service._authorize(request)
+    def test_deferred_answer_is_waited_for(self):
+        authorizer = ScriptedAuthorizer({("pe1", "register", b"echo"): True}, deferred=True)
+        service, answers, ask = self.make(authorizer)
+        service._authorize(ask)
         self.assertEqual(answers, [])
-        groups.callback(("a", "b"))
-        self.assertEqual(authorizer.groups, frozenset({"a", "b"}))
-        self.assertEqual(answers, [])
-        answer.callback(True)
-        self.assertEqual(answers, [(session, 7, True)])
+        authorizer.fire_pending()
+        self.assertEqual(answers, [(ask, True, "")])
 
-    def test_failures_refuse_with_none(self):
+    def test_failures_are_no_decision(self):
+        @implementer(IPoolAuthorizer)
         class Boom:
             def authorize(self, identity, groups, action, handle):
-                raise RuntimeError("backend down")
+                raise RuntimeError("backend broken")
 
-        class Failing:
+        outage = ScriptedAuthorizer({("pe1", "register", b"echo"): BackendUnavailable("RADIUS down")})
+        for authorizer in (Boom(), outage):
+            service, answers, ask = self.make(authorizer)
+            service._authorize(ask)
+            self.assertEqual([(a, allowed) for a, allowed, _ in answers], [(ask, None)])
+        self.assertEqual(answers[0][2], "RADIUS down")
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)  # the unexpected one only
+
+    def test_an_authorizer_without_the_interface_is_refused(self):
+        class Duck:
             def authorize(self, identity, groups, action, handle):
-                return defer.fail(RuntimeError("backend down"))
+                return True
 
-        def bad_groups(identity):
-            raise RuntimeError("directory down")
-
-        for authorizer, groups_of in ((Boom(), None), (Failing(), None), (Boom(), bad_groups)):
-            service, answers, request, session = self.make(authorizer, groups_of)
-            service._authorize(request)
-            self.assertEqual(answers, [(session, 7, None)])
-        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 3)
-
+        with self.assertRaises(TypeError):
+            self.make(Duck())

@@ -24,6 +24,7 @@ from twisted.internet.protocol import Factory
 from twisted.trial import unittest
 
 from rserpool.asap.registrar import RegistrarSettings
+from rserpool.gate import GatePolicy
 from rserpool.security import pki as pkimod
 from rserpool.security import tls
 from rserpool.security.ocsp import FailurePolicy, OcspCache, OcspDecision, OcspStatus
@@ -144,7 +145,7 @@ class CrlRevocation(_RegistrarTest):
         self.assertIsNone(reply)
         self.assertTrue(client.closed.called)
         self.assert_untouched(registrar)
-        self.assertEqual(registrar.channels, set())
+        self.assertEqual(registrar.channels, {})
         # A good certificate passes the same registrar.
         yield self.assert_registers(registrar, self.pki.pe1, 0x11)
         self.assertEqual(self.authorizer.calls, [("pe1", "register", H)])
@@ -294,7 +295,7 @@ class OcspRevocation(_RegistrarTest):
         self.assert_untouched(registrar)
         self.assertEqual(gate.stats["refused"], 1)
         yield defer.gatherResults([c.closed_deferred() for c in list(registrar.channels)])
-        self.assertEqual(registrar.channels, set())
+        self.assertEqual(registrar.channels, {})
 
     @defer.inlineCallbacks
     def test_good_certificate_passes_ocsp_and_crl(self):
@@ -387,7 +388,7 @@ class PendingCheck(_RegistrarTest):
 
     @defer.inlineCallbacks
     def test_flood_while_pending_closes_the_channel(self):
-        gate, registrar, arrived = yield self.start_with_fake(max_queued_during_check=4)
+        gate, registrar, arrived = yield self.start_with_fake(gate_policy=GatePolicy(max_held_per_channel=4))
         client = RawClient()
         self.clients.append(client)
         yield connect(registrar_port(registrar), self.creator(self.pki.pe1), client)
@@ -396,7 +397,7 @@ class PendingCheck(_RegistrarTest):
             client.send(AsapRegistration(H, make_pe(pe_id)))
         yield client.closed
         self.assert_untouched(registrar)
-        self.assertEqual(registrar._checking, {})
+        self.assertEqual((registrar._identifying, registrar._held), ({}, {}))
         # The pending check was cancelled when the channel went.
         self.assertTrue(gate.pending[0].called)
 

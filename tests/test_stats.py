@@ -11,6 +11,7 @@ from rserpool.wire import (
     AsapDeregistration, AsapEndpointUnreachable, AsapHandleResolution, AsapRegistration, LeastUsedPolicy,
 )
 from rserpool.wire.codes import CAUSE_INVALID_VALUES, CAUSE_LACK_OF_RESOURCES, CAUSE_SECURITY
+from rserpool.testing import identified_session
 from tests.asaphelpers import make_pe
 from tests.test_asap_registrar import authorize_all, make_core, register
 
@@ -30,7 +31,7 @@ def test_counters_start_at_zero_and_name_every_core_counter(core):
 
 
 def test_registrations_deregistrations_and_resolutions_are_counted(core):
-    session = core.open_session(object(), "127.0.0.1", secure=True, identity="pe1")
+    session = identified_session(core, "127.0.0.1", "pe1")
     register(core, session, 1)
     register(core, session, 1)
     core.message_received(session, AsapHandleResolution(b"echo"), 1.0)
@@ -42,9 +43,9 @@ def test_registrations_deregistrations_and_resolutions_are_counted(core):
 
 
 def test_refusals_are_counted_by_cause_and_the_last_ones_kept(core):
-    anonymous = core.open_session(object(), "127.0.0.9", secure=True, identity=None)
+    anonymous = identified_session(core, "127.0.0.9", None)
     core.message_received(anonymous, AsapRegistration(b"echo", make_pe(7, address="127.0.0.9")), 5.0)
-    pe = core.open_session(object(), "127.0.0.1", secure=True, identity="pe1")
+    pe = identified_session(core, "127.0.0.1", "pe1")
     # Not its own address: cause 0x3.
     core.message_received(pe, AsapRegistration(b"echo", make_pe(8, address="127.0.0.2")), 6.0)
     # The authorizer says no: cause 0xa, counted as unauthorized too.
@@ -63,16 +64,16 @@ def test_refusals_are_counted_by_cause_and_the_last_ones_kept(core):
 
 
 def test_an_authorizer_outage_is_counted_apart_from_a_refusal(core):
-    pe = core.open_session(object(), "127.0.0.1", secure=True, identity="pe1")
+    pe = identified_session(core, "127.0.0.1", "pe1")
     out = core.message_received(pe, AsapRegistration(b"echo", make_pe(1)), 0.0)
-    core.authorization_done(pe, out[0].token, None, 0.0)
+    core.authorization_done(out[0], None, 0.0)
     values = stats.counters(core)
     assert values["authorization_outages"] == 1 and values["unauthorized"] == 0
     assert values["refused_by_cause"] == {"0xa": 1}
 
 
 def test_the_refusal_log_is_bounded(core):
-    anonymous = core.open_session(object(), "127.0.0.9", secure=True, identity=None)
+    anonymous = identified_session(core, "127.0.0.9", None)
     for pe_id in range(1, 200):
         core.message_received(anonymous, AsapRegistration(b"echo", make_pe(pe_id, address="127.0.0.9")), 0.0)
     assert len(core.recent_refusals) == 64
@@ -82,9 +83,9 @@ def test_the_refusal_log_is_bounded(core):
 
 def test_unreachability_reports_and_keepalive_timeouts_are_counted():
     core = make_core(unreachable_rate=stats_rate(1.0, 1.0))
-    pe = core.open_session(object(), "127.0.0.1", secure=True, identity="pe1")
+    pe = identified_session(core, "127.0.0.1", "pe1")
     register(core, pe, 1)
-    pu = core.open_session(object(), "127.0.0.5", secure=True, identity=None)
+    pu = identified_session(core, "127.0.0.5", None)
     core.message_received(pu, AsapEndpointUnreachable(b"echo", 1), 1.0)
     core.message_received(pu, AsapEndpointUnreachable(b"echo", 1), 1.0)  # over the rate: refused
     values = stats.counters(core)
@@ -118,7 +119,7 @@ def test_event_counts_by_mechanism():
 
 
 def test_views_of_pools_and_pes(core):
-    pe = core.open_session(object(), "127.0.0.1", secure=True, identity="pe1")
+    pe = identified_session(core, "127.0.0.1", "pe1")
     register(core, pe, 0x1234, now=10.0, life=30)
     register(core, pe, 0x99, now=10.0, handle=b"lu", policy=LeastUsedPolicy(0x7FFFFFFF))
     register(core, pe, 0x5, now=10.0, handle=b"\xff\x00")
@@ -141,7 +142,7 @@ def test_views_of_pools_and_pes(core):
 
 
 def test_pages_cover_a_pool_once(core):
-    pe = core.open_session(object(), "127.0.0.1", secure=True, identity="pe1")
+    pe = identified_session(core, "127.0.0.1", "pe1")
     for pe_id in range(1, 26):
         register(core, pe, pe_id)
     seen, offset = [], 0

@@ -124,8 +124,13 @@ def codec_error_replies() -> list[tuple[int, bytes, str, WireError]]:
 
 def registrar_error_replies() -> list[tuple[str, object]]:
     """(scenario, reply message) for every refusal the registrar core makes."""
-    from rserpool.asap.registrar import Authorize, RegistrarCore, RegistrarSettings, Send
+    from dataclasses import fields
+
+    from rserpool.asap.registrar import RegistrarCore, RegistrarSettings
+    from rserpool.gate import AskAuthorizer, Gate, GatePolicy
     from rserpool.handlespace import Handlespace, HandlespaceLimits
+    from rserpool.outputs import Send
+    from rserpool.testing import identified_session
     from rserpool.security.ratelimit import RateLimit
     from rserpool.wire import (
         AsapDeregistration, AsapHandleResolution, AsapRegistration, LeastUsedPolicy,
@@ -137,9 +142,13 @@ def registrar_error_replies() -> list[tuple[str, object]]:
         return PoolElement(pe_id, 0, life, transport or TcpTransport(7, IPv4Address("127.0.0.1")),
                            policy or LeastUsedPolicy(0), None)
 
+    gate_fields = {f.name for f in fields(GatePolicy)}
+
     def core(limits: HandlespaceLimits = HandlespaceLimits(), **settings) -> RegistrarCore:
-        return RegistrarCore(RegistrarSettings(server_id=0x5EED, **settings),
-                             Handlespace(limits, rng=random.Random(1)), rng=random.Random(2))
+        policy = GatePolicy(**{k: v for k, v in settings.items() if k in gate_fields})
+        return RegistrarCore(RegistrarSettings(server_id=0x5EED, **{k: v for k, v in settings.items()
+                                                                     if k not in gate_fields}),
+                             Handlespace(limits, rng=random.Random(1)), Gate(policy), rng=random.Random(2))
 
     replies: list[tuple[str, object]] = []
 
@@ -147,15 +156,15 @@ def registrar_error_replies() -> list[tuple[str, object]]:
         outputs = registrar.message_received(session, message, 0.0)
         while outputs:
             output = outputs.pop(0)
-            if type(output) is Authorize:
-                outputs += registrar.authorization_done(output.session, output.token, allowed, 0.0)
+            if type(output) is AskAuthorizer:
+                outputs += registrar.authorization_done(output, allowed, 0.0)
             elif type(output) is Send:
                 error = getattr(output.message, "error", None)
                 if error is not None:
                     replies.append((what, output.message))
 
     def open_session(registrar, secure=True, identity="pe1", address="127.0.0.1"):
-        return registrar.open_session(object(), address, secure=secure, identity=identity)
+        return identified_session(registrar, address, identity, tls=secure)
 
     handle = b"echo"
     r = core()
@@ -199,7 +208,7 @@ def registrar_error_replies() -> list[tuple[str, object]]:
     for n in range(3):
         run("registration rate limit", limited, ls, AsapRegistration(handle, pe(10 + n)))
         run("resolution rate limit", limited, ls, AsapHandleResolution(handle))
-    pending = core(max_pending_per_session=1)
+    pending = core(max_pending_per_channel=1)
     ps = open_session(pending)
     pending.message_received(ps, AsapRegistration(b"a", pe(1)), 0.0)  # left pending
     run("too many pending authorizations", pending, ps, AsapRegistration(b"b", pe(2)))

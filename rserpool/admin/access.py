@@ -41,7 +41,6 @@ from twisted.logger import Logger, LogLevel
 from rserpool.gate import ACTION_ADMIN, DOOR_ADMIN, Gate, GatePolicy
 from rserpool.identity import MECH_CERTIFICATE, Identity
 from rserpool.security.certidentity import CertIdentityError
-from rserpool.security.revocation import verified_chain
 from rserpool.wire.codes import CAUSE_LACK_OF_RESOURCES, CAUSE_SECURITY
 from rserpool.security.tls import peer_certificate
 
@@ -151,7 +150,10 @@ class AdminAccess:
             return defer.succeed(self._by_token(authorization, None))
         admission = getattr(channel, "admission", None)
         if admission is None:
-            admission = channel.admission = self.gate.open_channel(DOOR_ADMIN, address, True)
+            admission = self.gate.open_channel(DOOR_ADMIN, address, True, self.clock.seconds(), channel=channel)
+            if admission is None:  # the gate's connection limits (logged there)
+                return defer.succeed(Grant(False, 503, "anonymous", reason="too many connections"))
+            channel.admission = admission
             d = defer.maybeDeferred(self.identity_of, cert, transport)
             d.addCallback(self._with_groups)
             d.addCallbacks(self._identified, self._identity_failed, callbackArgs=(admission,),
@@ -167,11 +169,11 @@ class AdminAccess:
         if admission is not None:
             self.gate.channel_closed(admission)
 
-    def _with_groups(self, name: str | None) -> Any:
-        if name is None:
-            return None
-        d = defer.maybeDeferred(self.groups_of, name)
-        return d.addCallback(lambda groups: Identity.create(name, MECH_CERTIFICATE, groups or ()))
+    def _with_groups(self, found: Identity | str | None) -> Any:
+        if found is None or isinstance(found, Identity):
+            return found  # an Identity: the registrar's checkers named it, with its groups
+        d = defer.maybeDeferred(self.groups_of, found)
+        return d.addCallback(lambda groups: Identity.create(found, MECH_CERTIFICATE, groups or ()))
 
     def _identified(self, identity: Identity | None, admission: Any) -> None:
         self.gate.identified(admission, identity, self.clock.seconds())
@@ -231,30 +233,15 @@ class AdminAccess:
 def certificate_identity_of(registrar: Any) -> Callable[[Any, Any], Any]:
     """``identity_of`` for :class:`AdminAccess` that names a certificate's
     holder exactly as ``registrar`` (a ``RegistrarService``) does on the
-    ASAP door: the certificate's own names under its identity policy, the
-    OCSP check when the registrar's revocation gate is on (a revoked
-    certificate names nobody), then its certificate mapping when one is
-    configured.  (CRLs are checked in the handshake.)"""
+    ASAP door (``RegistrarService.certificate_identity``): the OCSP check when
+    the registrar's is on (a revoked certificate names nobody), then the
+    registrar's certificate authenticator (its mapping, its groups).  (CRLs
+    are checked in the handshake.)"""
 
     def identity_of(cert: Any, transport: Any = None) -> Any:
-        identity = registrar._certificate_identity(cert)
-        gate = registrar.revocation
-        gated = gate is not None and gate.enabled and transport is not None
-        if registrar.certificate_mapping is None and not gated:
-            return identity
-        chain = verified_chain(transport) if gated else None
-        d = registrar._check_certificate(cert, chain, identity)
-        return d.addCallback(_checked)
+        return registrar.certificate_identity(cert, transport)
 
     return identity_of
-
-
-def _checked(result: tuple) -> str | None:
-    allowed, reason, identity = result
-    if not allowed:
-        _log.warn("admin access: certificate of {identity} refused: {reason}", identity=identity, reason=reason)
-        return None
-    return identity
 
 
 def _gate_log(level: str, fmt: str, **fields: Any) -> None:

@@ -39,6 +39,7 @@ import secrets
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Union
 
+from rserpool.outputs import Send
 from rserpool.security.ratelimit import RateLimit, RateLimiter
 from rserpool.wire import (
     AsapDeregistration,
@@ -152,12 +153,6 @@ class PeState(enum.Enum):
 
 
 # -- outputs --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Send:
-    channel: Any
-    message: Any
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,7 +22,7 @@
 Nothing here reads a clock or touches a socket.  The shell calls in with
 ``now`` and carries out the outputs:
 
-- ``Send(message)``: write on the home registrar's channel;
+- ``Send(None, message)``: write on the home registrar's channel;
 - ``StartHunt(reason)``: find a (new) home registrar; call ``home_up`` when
   one is connected (the current one may stay in use meanwhile) and
   ``home_lost`` when the home channel closes;
@@ -50,6 +50,7 @@ from rserpool.handlespace.types import (
     WEIGHTED_ROUND_ROBIN,
     PolicySettings,
 )
+from rserpool.outputs import Send
 from rserpool.wire import (
     AsapEndpointUnreachable,
     AsapHandleResolution,
@@ -174,11 +175,6 @@ class PuSettings:
 
 
 # --- outputs ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Send:
-    message: Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -373,7 +369,7 @@ class PuCore:
         self.stats["requests"] += 1
         if self.has_home:
             pending.sent += 1
-            return [Send(AsapHandleResolution(pool_handle))]
+            return [Send(None, AsapHandleResolution(pool_handle))]
         return self._want_hunt("no home registrar")
 
     def cancel(self, token: int) -> None:
@@ -403,9 +399,9 @@ class PuCore:
         for pending in self._pending.values():
             pending.deadline = now + self.settings.t1
             pending.sent += 1
-            out.append(Send(AsapHandleResolution(pending.pool_handle)))
+            out.append(Send(None, AsapHandleResolution(pending.pool_handle)))
         queued, self._queued_reports = self._queued_reports, []
-        out.extend(Send(report) for report in queued)
+        out.extend(Send(None, report) for report in queued)
         return out
 
     def home_lost(self, now: float) -> list[Output]:
@@ -509,7 +505,7 @@ class PuCore:
         self.stats["reports"] += 1
         report = AsapEndpointUnreachable(pool_handle, pe_id)
         if self.has_home:
-            return True, [Send(report)]
+            return True, [Send(None, report)]
         if len(self._queued_reports) >= self.settings.max_queued_reports:
             self._queued_reports.pop(0)
         self._queued_reports.append(report)
@@ -547,7 +543,7 @@ class PuCore:
             if self.has_home:
                 pending.sent += 1
                 self.stats["retransmissions"] += 1
-                out.append(Send(AsapHandleResolution(handle)))
+                out.append(Send(None, AsapHandleResolution(handle)))
         if hunt:
             out.extend(self._want_hunt("T1-ENRPrequest expired"))
         return out

@@ -5,19 +5,21 @@ channel.  The shell calls it with messages and the current time and carries
 out what comes back:
 
 - ``Send(session, message)``: write a message on a session's channel;
-- ``Authorize(token, session, action, pool_handle)``: ask the authorizer
-  whether ``session.identity`` may do ``action`` on ``pool_handle``; the
-  answer comes back through ``authorization_done(token, allowed, now)``;
+- ``AskAuthorizer`` (from the gate): ask the authorization plugins whether
+  the channel's identity may do an action on a pool handle; the answer comes
+  back through ``authorization_done(ask, answer, now)``;
 - ``Close(session, reason)``: drop a session's channel;
 - ``PoolElementAdded`` / ``PoolElementRemoved``: handlespace changes, for
   logging and the ENRP handle updates to peers (``rserpool.enrp``).
 
-The security gate (threats 2.1-2.4, RFC 5355 2.15) sits in front of every
-change: a registration or deregistration is refused with cause 0xa unless
-the session runs over TLS and carries an authenticated identity that the
-authorizer allowed for the pool; a PE identifier is bound to the identity
-that registered it; rate limits apply per identity and per source address.
-Nothing in the handlespace changes before all of that succeeded.
+Every admission decision is the security gate's (:mod:`rserpool.gate`,
+docs/gate.md): before a registration, deregistration, resolution or
+unreachability report is processed, the core asks it (TLS, identity, rate
+limits, the PE's addresses, the authorization cache or the authorizer), and
+before the handlespace changes it asks it about the PE-identity binding.
+Nothing in the handlespace changes before all of that succeeded.  The
+handlespace keeps its own consistency rules (policy, transport) and its own
+defensive identity check.
 
 Timers: ``next_deadline()`` is the earliest time ``on_timer(now)`` must run
 (registration expiry, keep-alive transmission and keep-alive timeout).
@@ -32,7 +34,7 @@ from __future__ import annotations
 
 import random
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Union
 
 from rserpool.handlespace import (
@@ -41,9 +43,17 @@ from rserpool.handlespace import (
     PoolElementEntry,
     PolicySettings,
 )
+from rserpool.gate import (
+    ACTION_DEREGISTER,
+    ACTION_REGISTER,
+    ACTION_RESOLVE,
+    Admission,
+    AskAuthorizer,
+    Gate,
+)
 from rserpool.handlespace.types import LEAST_USED, ROUND_ROBIN
 from rserpool.asap.registrar_sync import SyncHooks
-from rserpool.security.ratelimit import RateLimit, RateLimiter
+from rserpool.outputs import Send
 from rserpool.wire import (
     AsapDeregistration,
     AsapDeregistrationResponse,
@@ -63,17 +73,13 @@ from rserpool.wire import (
 )
 from rserpool.wire import codes
 from rserpool.wire.asap import encode_registration_response, encode_resolution_response
-from rserpool.wire.params import encode_pool_handle
 from rserpool.wire.policy import LeastUsedPolicy, OpaquePolicy
 from rserpool.fastinit import fast_constructor
+from rserpool.wire.params import encode_pool_handle
 from rserpool.wire.transports import TcpTransport
 
 __all__ = [
-    "ACTION_REGISTER",
-    "ACTION_DEREGISTER",
-    "ACTION_RESOLVE",
     "AsapSession",
-    "Authorize",
     "Close",
     "PoolElementAdded",
     "PoolElementRemoved",
@@ -83,30 +89,8 @@ __all__ = [
     "policy_settings",
 ]
 
-ACTION_REGISTER = "register"
-ACTION_DEREGISTER = "deregister"
-ACTION_RESOLVE = "resolve"
-
 
 # -- outputs -------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Send:
-    """Write ``message`` on ``session``'s channel.  ``data``, when set, is
-    ``message.encode()`` already made (the shell may write it as it is)."""
-
-    session: "AsapSession"
-    message: Any
-    data: bytes | None = field(default=None, compare=False, repr=False)
-
-
-@dataclass(frozen=True, slots=True)
-class Authorize:
-    token: int
-    session: "AsapSession"
-    action: str
-    pool_handle: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,7 +111,7 @@ class PoolElementRemoved:
     reason: str
 
 
-Output = Union[Send, Authorize, Close, PoolElementAdded, PoolElementRemoved]
+Output = Union[Send, AskAuthorizer, Close, PoolElementAdded, PoolElementRemoved]
 
 
 # -- configuration and per-channel state -------------------------------------------------
@@ -135,26 +119,16 @@ Output = Union[Send, Authorize, Close, PoolElementAdded, PoolElementRemoved]
 
 @dataclass(frozen=True, slots=True)
 class RegistrarSettings:
+    """The registrar's protocol settings (what it admits is the gate's
+    ``GatePolicy``)."""
+
     server_id: int
     keepalive_interval: float = 5.0
     keepalive_timeout: float = 5.0
     max_bad_pe_reports: int = 3
     max_resolution_items: int = 3  # 0: all PEs of the pool
-    allow_insecure_channels: bool = False  # INSECURE: accept non-TLS channels
-    allow_unauthenticated: bool = False  # INSECURE: accept PEs without identity
-    authorize_resolution: bool = False
-    check_pe_addresses: bool = True  # a PE may register only its own address
-    max_pending_per_session: int = 32
-    # Per authenticated identity, and per source address (threat 2.1).
-    registration_rate: RateLimit = RateLimit(rate=50.0, burst=100.0)
-    registration_rate_per_address: RateLimit = RateLimit(rate=500.0, burst=1000.0)
-    # Per identity, or per source address for anonymous pool users.
-    resolution_rate: RateLimit = RateLimit(rate=2000.0, burst=4000.0)
-    unreachable_rate: RateLimit = RateLimit(rate=1.0, burst=10.0)
-    # RFC 5355 2.13 hardening, both off by default (RFC 5352 behaviour):
-    # reports from PUs without an authenticated identity are dropped, and
-    # reports alone never remove a PE (only its failed probe keep-alive does).
-    unreachable_requires_identity: bool = False
+    # RFC 5355 2.13 hardening, off by default (RFC 5352 behaviour): reports
+    # alone never remove a PE (only its failed probe keep-alive does).
     unreachable_removal_needs_failed_probe: bool = False
 
     def __post_init__(self) -> None:
@@ -162,41 +136,38 @@ class RegistrarSettings:
             raise ValueError("the server ID is a non-zero 32-bit number")
 
 
-@dataclass(eq=False)
 class AsapSession:
-    """One ASAP channel: who is on it and what it registered.
+    """One ASAP channel: what it registered and what it waits for.
 
-    ``channel`` is the shell's handle (the Twisted protocol); ``identity``
-    is the authenticated identity (client certificate, TLS-PSK, SRP or CHAP)
-    or None; ``secure`` says the channel is TLS-protected; ``address`` is
-    the peer's IP address as text.
+    ``channel`` is the shell's handle (the Twisted protocol); ``admission``
+    is the gate's view of the channel (its identity, address, TLS, state).
     """
 
-    channel: Any
-    address: str
-    secure: bool
-    identity: str | None = None
-    mechanism: str | None = None  # set with ``identity`` by SRP/CHAP (rserpool.service.auth)
-    pes: set = field(default_factory=set)  # {(pool_handle, pe_id)}
-    allowed: dict = field(default_factory=dict)  # {(action, pool_handle): bool}
-    pending: dict = field(default_factory=dict)  # {token: (action, handle, message)}
-    closed: bool = False
-    # The last address object checked against ``address`` and its text (the
-    # decoder shares equal address objects, so a PE's re-registrations hit it).
-    _last_address: tuple = field(default=(None, ""), repr=False)
+    __slots__ = ("channel", "admission", "pes", "pending", "closed")
 
-    def address_text(self, address: Any) -> str:
-        """``str(address)``, remembered for the last address object."""
-        last = self._last_address
-        if last[0] is address:
-            return last[1]
-        text = str(address)
-        self._last_address = (address, text)
-        return text
+    def __init__(self, channel: Any, admission: Admission) -> None:
+        self.channel = channel
+        self.admission = admission
+        self.pes: set[tuple[bytes, int]] = set()
+        # token -> (AskAuthorizer, message) waiting for the authorizer
+        self.pending: dict[int, tuple[AskAuthorizer, Any]] = {}
+        self.closed = False
+
+    def __repr__(self) -> str:
+        return f"<AsapSession {self.admission!r}>"
 
     @property
-    def rate_key(self) -> str:
-        return self.identity if self.identity is not None else "addr:" + self.address
+    def identity(self) -> str | None:
+        """The channel's authenticated identity (the gate's)."""
+        return self.admission.identity
+
+    @property
+    def address(self) -> str:
+        return self.admission.address
+
+    @property
+    def secure(self) -> bool:
+        return self.admission.tls
 
 
 def policy_settings(policy: Any) -> PolicySettings:
@@ -260,8 +231,6 @@ _make_pool_element = fast_constructor(PoolElement)
 _make_registration_response = AsapRegistrationResponse._make
 _make_settings = fast_constructor(PolicySettings)
 _make_resolution_response = AsapHandleResolutionResponse._make  # no checks: for trusted values only
-_CAUSE_SECURITY = codes.CAUSE_SECURITY
-_CAUSE_RESOURCES = codes.CAUSE_LACK_OF_RESOURCES
 
 
 class RegistrarCore(SyncHooks):
@@ -273,22 +242,19 @@ class RegistrarCore(SyncHooks):
         self,
         settings: RegistrarSettings,
         handlespace: Handlespace,
+        gate: Gate | None = None,
         rng: random.Random | None = None,
         log: Callable[..., None] | None = None,
     ) -> None:
         self.settings = settings
         self.handlespace = handlespace
+        self.gate = gate if gate is not None else Gate()
         self.rng = rng or random.Random()
         self._log = log or (lambda *args, **kwargs: None)
-        self._next_token = 1
         self._channel_of: dict[tuple[bytes, int], AsapSession] = {}
         self._awaiting_ack: dict[tuple[bytes, int], float] = {}
         # (handle, PEs, policy, message, bytes) of the last positive resolution answer.
         self._last_answer: tuple = (None, None, None, None, None)
-        self._registration_limiter = RateLimiter(settings.registration_rate)
-        self._address_limiter = RateLimiter(settings.registration_rate_per_address)
-        self._resolution_limiter = RateLimiter(settings.resolution_rate)
-        self._unreachable_limiter = RateLimiter(settings.unreachable_rate)
         self.sessions: set[AsapSession] = set()
         self.stats = {"registrations": 0, "reregistrations": 0, "deregistrations": 0,
                       "resolutions": 0, "refused": 0, "removed": 0, "keepalive_timeouts": 0,
@@ -300,8 +266,10 @@ class RegistrarCore(SyncHooks):
 
     # -- sessions --------------------------------------------------------------------
 
-    def open_session(self, channel: Any, address: str, secure: bool, identity: str | None) -> AsapSession:
-        session = AsapSession(channel, address, secure, identity)
+    def open_session(self, channel: Any, admission: Admission) -> AsapSession:
+        """The gate opened ``admission`` (its identity is established)."""
+        session = AsapSession(channel, admission)
+        admission.session = session
         self.sessions.add(session)
         return session
 
@@ -317,6 +285,17 @@ class RegistrarCore(SyncHooks):
                     self._remove(entry, "ASAP channel lost", out)
         session.pes.clear()
         session.pending.clear()
+        return out
+
+    def remove_pool_elements(self, session: AsapSession, reason: str, now: float) -> list[Output]:
+        """Remove every PE the session registered, now (the gate's
+        ``RemovePoolElements``: its identity was revoked)."""
+        out: list[Output] = []
+        for key in list(session.pes):
+            if self._channel_of.get(key) is session:
+                entry = self.handlespace.get(*key)
+                if entry is not None:
+                    self._remove(entry, reason, out)
         return out
 
     # -- input -----------------------------------------------------------------------
@@ -336,10 +315,10 @@ class RegistrarCore(SyncHooks):
                 # RFC 5354 section 4: a type this registrar does not process (e.g. the
                 # authentication extension when it is disabled): discard and report.
                 self._log("reporting unrecognized {message} from {address}", message=message.name,
-                          address=session.address)
+                          address=session.admission.address)
                 cause = ErrorCause(codes.CAUSE_UNRECOGNIZED_MESSAGE, message.encode())
                 return [Send(session, error_reply((cause,), codes.PPID_ASAP))]
-            self._log("ignoring {message} from {address}", message=message.name, address=session.address)
+            self._log("ignoring {message} from {address}", message=message.name, address=session.admission.address)
             return []
         out: list[Output] = []
         handler(self, session, message, now, out)
@@ -363,39 +342,27 @@ class RegistrarCore(SyncHooks):
 
     # -- registration ------------------------------------------------------------------
 
-    def _gate(self, session: AsapSession, now: float) -> int | None:
-        """The security checks every state change passes; a cause or None."""
-        settings = self.settings
-        if not session.secure and not settings.allow_insecure_channels:
-            return _CAUSE_SECURITY  # RFC 5355 2.15: nothing unsecured reaches a secure registrar
-        if session.identity is None and not settings.allow_unauthenticated:
-            return _CAUSE_SECURITY
-        if not self._address_limiter.allow(session.address, now):
-            return _CAUSE_RESOURCES
-        if session.identity is not None and not self._registration_limiter.allow(session.identity, now):
-            return _CAUSE_RESOURCES
-        return None
-
     def _on_registration(self, session: AsapSession, msg: AsapRegistration, now: float, out: list) -> None:
-        handle, pe = msg.pool_handle, msg.pool_element
-        cause = self._gate(session, now)
-        info = b""
-        if cause is None and self.settings.check_pe_addresses:
-            for address in _addresses(pe.user_transport):
-                if session.address_text(address) != session.address:
-                    self._log("refusing registration of {pe_id:08x}: address {address} is not the"
-                              " channel's {peer}", pe_id=pe.pe_id, address=address, peer=session.address)
-                    cause, info = codes.CAUSE_INVALID_VALUES, pe.user_transport.encode()
-                    break
-        if cause is not None:
-            self._refused(cause, session, "registration", handle, pe.pe_id, now)
-            out.append(Send(session, AsapRegistrationResponse(handle, pe.pe_id, True, _cause(cause, info))))
-            return
-        self._authorized_then(session, ACTION_REGISTER, handle, msg, now, out)
+        verdict = self.gate.admit_change(session.admission, ACTION_REGISTER, msg.pool_handle,
+                                         _addresses(msg.pool_element.user_transport), now)
+        if verdict is None:
+            self._complete_registration(session, msg, now, out)
+        elif type(verdict) is int:
+            self._refuse(session, ACTION_REGISTER, msg, verdict, now, out)
+        else:
+            session.pending[verdict.token] = (verdict, msg)
+            out.append(verdict)
 
     def _complete_registration(self, session: AsapSession, msg: AsapRegistration, now: float, out: list) -> None:
         handle, pe = msg.pool_handle, msg.pool_element
         settings = self.settings
+        admission = session.admission
+        entry = self.handlespace.get(handle, pe.pe_id)
+        if entry is not None:  # the PE-identity binding: the gate's decision
+            cause = self.gate.check_owner(admission, entry.identity, ACTION_REGISTER, handle, pe.pe_id, now)
+            if cause is not None:
+                self._refuse(session, ACTION_REGISTER, msg, cause, now, out)
+                return
         # ``pe`` is a checked PoolElement (decoded or constructed) and the
         # server ID a checked non-zero 32-bit value: no need to check again.
         stored = _make_pool_element(pe.pe_id, settings.server_id, pe.registration_life, pe.user_transport,
@@ -410,11 +377,12 @@ class RegistrarCore(SyncHooks):
                 transport_use=_transport_use(pe.user_transport),
                 registration_life=pe.registration_life,
                 home_server_id=settings.server_id,
-                identity=session.identity if session.identity is not None else "addr:" + session.address,
+                identity=admission.principal,
                 payload=stored,
             )
         except HandlespaceError as exc:
             self._refused(exc.cause, session, "registration", handle, pe.pe_id, now)
+            self.gate.note_refusal(admission, ACTION_REGISTER, handle, exc.detail, exc.cause, now)
             if exc.cause == codes.CAUSE_INCONSISTENT_POLICY:
                 info = self._pool_policy_bytes(handle)  # RFC 5354 3.12.6
             elif exc.cause == codes.CAUSE_INCONSISTENT_TRANSPORT:
@@ -465,22 +433,30 @@ class RegistrarCore(SyncHooks):
     # -- deregistration -----------------------------------------------------------------
 
     def _on_deregistration(self, session: AsapSession, msg: AsapDeregistration, now: float, out: list) -> None:
-        cause = self._gate(session, now)
-        if cause is not None:
-            self._refused(cause, session, "deregistration", msg.pool_handle, msg.pe_id, now)
-            out.append(Send(session, AsapDeregistrationResponse(msg.pool_handle, msg.pe_id, _cause(cause))))
-            return
-        self._authorized_then(session, ACTION_DEREGISTER, msg.pool_handle, msg, now, out)
+        verdict = self.gate.admit_change(session.admission, ACTION_DEREGISTER, msg.pool_handle, None, now)
+        if verdict is None:
+            self._complete_deregistration(session, msg, now, out)
+        elif type(verdict) is int:
+            self._refuse(session, ACTION_DEREGISTER, msg, verdict, now, out)
+        else:
+            session.pending[verdict.token] = (verdict, msg)
+            out.append(verdict)
 
     def _complete_deregistration(self, session: AsapSession, msg: AsapDeregistration, now: float, out: list) -> None:
         handle, pe_id = msg.pool_handle, msg.pe_id
-        identity = session.identity if session.identity is not None else "addr:" + session.address
+        principal = session.admission.principal
+        entry = self.handlespace.get(handle, pe_id)
+        if entry is not None:  # the PE-identity binding: the gate's decision
+            cause = self.gate.check_owner(session.admission, entry.identity, ACTION_DEREGISTER, handle, pe_id,
+                                          now)
+            if cause is not None:
+                self._refuse(session, ACTION_DEREGISTER, msg, cause, now, out)
+                return
         try:
-            entry = self.handlespace.deregister(handle, pe_id, identity)
-        except HandlespaceError as exc:
+            entry = self.handlespace.deregister(handle, pe_id, principal)
+        except HandlespaceError as exc:  # the handlespace's own (defensive) check
             self._refused(exc.cause, session, "deregistration", handle, pe_id, now)
-            self._log("refusing deregistration of {pe_id:08x} in {handle!r} by {identity}: {detail}",
-                      pe_id=pe_id, handle=handle, identity=identity, detail=exc.detail)
+            self.gate.note_refusal(session.admission, ACTION_DEREGISTER, handle, exc.detail, exc.cause, now)
             out.append(Send(session, AsapDeregistrationResponse(handle, pe_id, _cause(exc.cause))))
             return
         if entry is not None:
@@ -492,43 +468,25 @@ class RegistrarCore(SyncHooks):
 
     # -- authorization -----------------------------------------------------------------------
 
-    def _authorized_then(self, session: AsapSession, action: str, handle: bytes, msg: Any,
-                         now: float, out: list) -> None:
-        decided = session.allowed.get((action, handle))
-        if decided is True:
-            self._complete(session, action, msg, now, out)
-            return
-        if decided is False:
-            self.stats["unauthorized"] += 1
-            self._refuse(session, action, msg, _CAUSE_SECURITY, now, out)
-            return
-        if len(session.pending) >= self.settings.max_pending_per_session:
-            self._refuse(session, action, msg, _CAUSE_RESOURCES, now, out)
-            return
-        token = self._next_token
-        self._next_token += 1
-        session.pending[token] = (action, handle, msg)
-        out.append(Authorize(token, session, action, handle))
-
-    def authorization_done(self, session: AsapSession, token: int, allowed: bool | None,
-                           now: float) -> list[Output]:
-        """The authorizer's answer to ``Authorize(token, ...)``: True, False,
-        or None when no decision could be had (a backend outage): that is
-        refused like False but not remembered, so a retry asks again."""
+    def authorization_done(self, ask: AskAuthorizer, answer: bool | None, now: float,
+                           reason: str = "") -> list[Output]:
+        """The authorizer's answer to ``ask``: True, False, or None when no
+        decision could be had (a backend outage, ``reason``): the gate
+        decides what follows."""
         out: list[Output] = []
-        pending = session.pending.pop(token, None)
+        session = ask.admission.session
+        if session is None:
+            return out
+        pending = session.pending.pop(ask.token, None)
         if pending is None or session.closed:
             return out
-        action, handle, msg = pending
-        if allowed is not None and (action, handle) not in session.allowed and len(session.allowed) < 1024:
-            session.allowed[(action, handle)] = bool(allowed)
-        if allowed:
-            self._complete(session, action, msg, now, out)
+        msg = pending[1]
+        cause = self.gate.authorization_answered(ask, answer, now, reason)
+        if cause is None:
+            self._complete(session, ask.action, msg, now, out)
         else:
-            self.stats["unauthorized" if allowed is not None else "authorization_outages"] += 1
-            self._log("{identity} is not authorized to {action} in pool {handle!r}",
-                      identity=session.identity, action=action, handle=handle)
-            self._refuse(session, action, msg, _CAUSE_SECURITY, now, out)
+            self.stats["unauthorized" if answer is not None else "authorization_outages"] += 1
+            self._refuse(session, ask.action, msg, cause, now, out)
         return out
 
     def _complete(self, session: AsapSession, action: str, msg: Any, now: float, out: list) -> None:
@@ -542,7 +500,10 @@ class RegistrarCore(SyncHooks):
     def _refuse(self, session: AsapSession, action: str, msg: Any, cause: int, now: float, out: list) -> None:
         if action == ACTION_REGISTER:
             self._refused(cause, session, "registration", msg.pool_handle, msg.pool_element.pe_id, now)
-            reply = AsapRegistrationResponse(msg.pool_handle, msg.pool_element.pe_id, True, _cause(cause))
+            # The gate's only Invalid Values refusal is the PE's address
+            # (RFC 5354 3.12.4: the offending TLV, the user transport).
+            info = msg.pool_element.user_transport.encode() if cause == codes.CAUSE_INVALID_VALUES else b""
+            reply = AsapRegistrationResponse(msg.pool_handle, msg.pool_element.pe_id, True, _cause(cause, info))
         elif action == ACTION_DEREGISTER:
             self._refused(cause, session, "deregistration", msg.pool_handle, msg.pe_id, now)
             reply = AsapDeregistrationResponse(msg.pool_handle, msg.pe_id, _cause(cause))
@@ -554,19 +515,19 @@ class RegistrarCore(SyncHooks):
     # -- handle resolution ------------------------------------------------------------------
 
     def _on_resolution(self, session: AsapSession, msg: AsapHandleResolution, now: float, out: list) -> None:
-        if not self._resolution_limiter.allow(session.rate_key, now):
-            self._refused(_CAUSE_RESOURCES, session, "resolution", msg.pool_handle, None, now)
-            out.append(Send(session, AsapHandleResolutionResponse(msg.pool_handle, error=_cause(_CAUSE_RESOURCES))))
-            return
-        if self.settings.authorize_resolution:
-            self._authorized_then(session, ACTION_RESOLVE, msg.pool_handle, msg, now, out)
-        else:
+        verdict = self.gate.admit_resolution(session.admission, msg.pool_handle, now)
+        if verdict is None:
             self._complete_resolution(session, msg, out)
+        elif type(verdict) is int:
+            self._refuse(session, ACTION_RESOLVE, msg, verdict, now, out)
+        else:
+            session.pending[verdict.token] = (verdict, msg)
+            out.append(verdict)
 
     def _complete_resolution(self, session: AsapSession, msg: AsapHandleResolution, out: list) -> None:
         if self._held is not None:  # syncing with the ENRP peers (registrar_sync)
             if not self._hold(session, msg):
-                out.append(Send(session, AsapHandleResolutionResponse(msg.pool_handle, error=_cause(_CAUSE_RESOURCES))))
+                out.append(Send(session, AsapHandleResolutionResponse(msg.pool_handle, error=_cause(codes.CAUSE_LACK_OF_RESOURCES))))
             return
         handle = msg.pool_handle
         items = self.settings.max_resolution_items
@@ -580,7 +541,7 @@ class RegistrarCore(SyncHooks):
         policy = None
         if entries and entries[0].settings.policy_type != ROUND_ROBIN:
             # RFC 5352 3.3: the pool's overall policy when it is not RR
-            # (``_overall_policy``, inlined: the first PE's).
+            # (the first PE's).
             policy = pes[0].policy
         last = self._last_answer
         if last[0] == handle and last[1] == pes and (last[2] is policy or last[2] == policy):
@@ -608,10 +569,6 @@ class RegistrarCore(SyncHooks):
             return
         out.append(Send(session, AsapHandleResolutionResponse(handle, pes, policy)))
 
-    @staticmethod
-    def _overall_policy(entry: PoolElementEntry) -> Any:
-        return entry.payload.policy
-
     # -- keep-alive and unreachability -----------------------------------------------------------
 
     def _keepalive_delay(self) -> float:
@@ -628,14 +585,12 @@ class RegistrarCore(SyncHooks):
 
     def _on_unreachable(self, session: AsapSession, msg: AsapEndpointUnreachable, now: float, out: list) -> None:
         # Threat 2.13 / RFC 5355 2.13: reports are rate limited per reporter
-        # and only distinct reporters count towards MAX-BAD-PE-REPORT.
+        # (the gate) and only distinct reporters count towards MAX-BAD-PE-REPORT.
         settings = self.settings
         self.stats["unreachable_reports"] += 1
-        if settings.unreachable_requires_identity and session.identity is None:
-            self._refused(_CAUSE_SECURITY, session, "unreachability report", msg.pool_handle, msg.pe_id, now)
-            return
-        if not self._unreachable_limiter.allow(session.rate_key, now):
-            self._refused(_CAUSE_RESOURCES, session, "unreachability report", msg.pool_handle, msg.pe_id, now)
+        dropped = self.gate.admit_report(session.admission, msg.pool_handle, now)
+        if dropped is not None:
+            self._refused(dropped, session, "unreachability report", msg.pool_handle, msg.pe_id, now)
             return
         entry = self.handlespace.get(msg.pool_handle, msg.pe_id)
         if entry is None:
@@ -646,7 +601,7 @@ class RegistrarCore(SyncHooks):
             self._log("ENDPOINT_UNREACHABLE for {pe_id:08x} from {address}: its home is {home:08x}",
                       pe_id=msg.pe_id, address=session.address, home=entry.home_server_id)
             return
-        count = self.handlespace.report_unreachable(msg.pool_handle, msg.pe_id, session.rate_key, now)
+        count = self.handlespace.report_unreachable(msg.pool_handle, msg.pe_id, session.admission.principal, now)
         if count >= settings.max_bad_pe_reports and not settings.unreachable_removal_needs_failed_probe:
             self._remove(entry, f"{count} unreachability reports", out)
             return
@@ -731,7 +686,3 @@ class RegistrarCore(SyncHooks):
         AsapEndpointUnreachable: _on_unreachable,
     }
 
-
-def announce_transport(port: int, address: Any) -> TcpTransport:
-    """The TCP transport a SERVER_ANNOUNCE carries for a TCP-mapped ASAP listener."""
-    return TcpTransport(port, address)

@@ -233,8 +233,8 @@ class FileStore:
                   "{groups} identities with groups", path=self.path, srp=len(data.srp),
                   chap=len(data.chap), certs=len(data.certs), groups=len(data.groups))
 
-    # -- synchronous (rserpool.security.exchange.CredentialStore)
-    # Lookups are by the normalized form of the identity (rserpool.identity).
+    # -- synchronous lookups (tools and tests), by the normalized form of the
+    # identity (rserpool.identity)
     def lookup_srp(self, identity: str) -> tuple[bytes, bytes] | None:
         entry = self.data().srp.get(normalize_identity(identity))  # type: ignore[arg-type]
         return None if entry is None else (entry.salt, entry.verifier)

@@ -1,7 +1,8 @@
 """RADIUS for the registrar: CHAP verifier, pool authorizer, configuration.
 
-- :class:`RadiusChapVerifier` answers the registrar's
-  :class:`~rserpool.security.chap.VerifyChap` through RADIUS.
+- :class:`RadiusChapVerifier` checks CHAP responses through RADIUS
+  (:class:`~rserpool.interfaces.IChapVerifier`, for the registrar's
+  ``ChapChecker``).
 - :class:`RadiusAuthorizer` is a pool authorizer
   (``authorize(identity, groups, action, pool_handle) -> Deferred[bool]``)
   from RADIUS reply attributes, cached, or fetched by authorize-only.
@@ -27,7 +28,6 @@ from rserpool.backends.radius_decision import (
 from rserpool.identity import normalize_identity
 from rserpool.interfaces import IChapVerifier, Identity, IPoolAuthorizer
 from rserpool.security.authz import pool_matches
-from rserpool.security.chap import ChapVerdict, VerifyChap
 
 #: The mechanism name of identities proven by RADIUS CHAP (as
 #: :data:`rserpool.security.credentials.MECH_CHAP`).
@@ -47,13 +47,9 @@ __all__ = [
 
 @implementer(IChapVerifier)
 class RadiusChapVerifier:
-    """Answers the registrar's :class:`VerifyChap` through RADIUS
-    (``verify``) and provides :class:`~rserpool.interfaces.IChapVerifier`
-    (``verify_chap``) for :class:`rserpool.security.credentials.ChapChecker`.
-
-    ``verify(request)`` fires with a :class:`ChapVerdict` (an Access-Reject,
-    unknown user or wrong response alike, gives ``ok=False``) or fails with
-    :class:`BackendUnavailable` (call ``chap_unavailable``).  An accepted
+    """:class:`~rserpool.interfaces.IChapVerifier` through RADIUS
+    (CHAP-Password and CHAP-Challenge) for
+    :class:`rserpool.security.credentials.ChapChecker`.  An accepted
     decision is handed to ``authorizer.remember`` so that the following
     registration is authorized from the same reply.
     """
@@ -63,20 +59,6 @@ class RadiusChapVerifier:
         self.client = client
         self.sources = frozenset(sources)
         self.authorizer = authorizer
-
-    def verify(self, request: VerifyChap) -> defer.Deferred[ChapVerdict]:
-        d = self.client.chap_verify(request.identity, request.identifier, request.challenge,
-                                    request.response)
-
-        def decided(decision: RadiusDecision) -> ChapVerdict:
-            if not decision.accepted:
-                return ChapVerdict(False, "RADIUS Access-Reject")
-            if self.authorizer is not None:
-                self.authorizer.remember(decision_from_attributes(
-                    decision.identity, True, decision.attributes, self.sources))
-            return ChapVerdict(True, "")
-
-        return d.addCallback(decided)
 
     def verify_chap(self, identity: str, identifier: int, challenge: bytes,
                     response: bytes) -> defer.Deferred[Identity | None]:

@@ -21,8 +21,10 @@ from typing import Any
 
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from rserpool.asap.session import DEFAULT_DATA_PPID, CookieError, CookieSealer
+from rserpool.interfaces import ISessionApplication
 from rserpool.service.channel import ChannelSettings
 from rserpool.service.pe_session import AcceptedSession, SessionServer
 
@@ -32,8 +34,9 @@ _log = Logger()
 _COUNT = struct.Struct("!Q")
 
 
+@implementer(ISessionApplication)
 class EchoSessionApplication:
-    """A :class:`~rserpool.service.pe_session.SessionApplication` that echoes."""
+    """An :class:`~rserpool.interfaces.ISessionApplication` that echoes."""
 
     def __init__(self, cookie_key: bytes, *, pool_handle: bytes = b"echo", clock: Any,
                  cookie_max_age: float | None = 3600.0, business_card: Any = None) -> None:

@@ -368,13 +368,14 @@ class EnrpCore:
         sender = msg.sender_id
         applier = self.applier
         marked = fetch.marked
+        homes = self._listed | self.peers.known_ids() if fetch.mentor else None
         for entry in msg.entries:
             handle = entry.pool_handle
+            identities = entry.identities
             for index, pe in enumerate(entry.pool_elements):
-                identity = entry.identity_of(index)
+                identity = identities[index] if identities else None
                 try:
-                    if fetch.mentor:
-                        homes = self._listed | self.peers.known_ids()
+                    if homes is not None:
                         applier.add_from_mentor(sender, homes, handle, pe, identity, now)
                     else:
                         applier.add(sender, handle, pe, identity, now)

@@ -105,6 +105,10 @@ class GatePolicy:
     # Failed SRP/CHAP attempts: a token per attempt, refunded on success.
     attempts_per_identity: AttemptLimit = AttemptLimit(capacity=5, refill_interval=60.0)
     attempts_per_address: AttemptLimit = AttemptLimit(capacity=20, refill_interval=6.0)
+    # Connections open at once, in all and from one address (counted from
+    # the moment a connection is accepted, before its TLS handshake).
+    max_connections: int = 10_000
+    max_connections_per_address: int = 256
     # Per channel: authorizations waiting, decisions remembered, inputs held
     # while the channel's identity is being established.
     max_pending_per_channel: int = 32
@@ -115,7 +119,8 @@ class GatePolicy:
     refusal_log_total: RateLimit = RateLimit(rate=20.0, burst=100.0)
 
     def __post_init__(self) -> None:
-        for name in ("max_pending_per_channel", "max_cached_decisions", "max_held_per_channel"):
+        for name in ("max_connections", "max_connections_per_address", "max_pending_per_channel",
+                     "max_cached_decisions", "max_held_per_channel"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
 
@@ -134,11 +139,12 @@ class Admission:
     """One channel as the gate sees it.  The doors read ``identity``,
     ``principal`` (the identity, or ``addr:<address>`` for an anonymous
     channel: what PEs are bound to), ``address`` and ``state``; only the gate
-    changes them.  ``session`` is the door's own per-channel state."""
+    changes them.  ``channel`` is the shell's handle for the connection and
+    ``session`` the door's own per-channel state."""
 
     __slots__ = ("door", "address", "tls", "fingerprint", "state", "identity", "mechanism", "groups",
                  "principal", "base", "exchanged", "allowed", "pending", "held", "epoch",
-                 "change_barrier", "session", "_last_address")
+                 "change_barrier", "session", "channel", "_last_address")
 
     def __init__(self, door: str, address: str, tls: bool, fingerprint: str | None) -> None:
         self.door = door
@@ -158,6 +164,7 @@ class Admission:
         self.epoch = 0
         self.change_barrier: tuple[int, str] | None = (CAUSE_SECURITY, NOT_OPEN[IDENTIFYING])
         self.session: Any = None
+        self.channel: Any = None
         self._last_address: tuple[Any, str] = (None, "")
 
     def __repr__(self) -> str:

@@ -93,6 +93,8 @@ _ADDRESS_MISMATCH = "registers address {address}, not the channel's"
 _BOUND = "PE {pe_id:08x} is bound to another identity"
 _PEER_CERTIFICATE = "a peer must present a certificate"
 _HELD_TOO_MANY = "over {n} messages before its identity was established"
+_CONNECTIONS = "{n} connections open"
+_CONNECTIONS_HERE = "{n} connections open from this address"
 
 
 def _no_log(level: str, fmt: str, **fields: Any) -> None:
@@ -115,9 +117,10 @@ class Gate:
         self._resolutions = RateLimiter(policy.resolution_rate)
         self._reports = RateLimiter(policy.unreachable_rate)
         self._door_requests = RateLimiter(policy.door_request_rate)
-        self._attempts = AttemptLimiter.from_limit(policy.attempts_per_identity)
-        self._attempts_by_address = AttemptLimiter.from_limit(policy.attempts_per_address)
+        self.attempts = AttemptLimiter.from_limit(policy.attempts_per_identity)
+        self.attempts_by_address = AttemptLimiter.from_limit(policy.attempts_per_address)
         self.channels: set[Admission] = set()
+        self.connections: dict[str, int] = {}  # open connections per address
         self._next_token = 1
         #: Refusals by RFC 5354 cause (0: dropped without reply, -1: channel closed).
         self.refused: dict[int, int] = {}
@@ -127,9 +130,9 @@ class Gate:
     # -- refusals -----------------------------------------------------------------------------
 
     def _refuse(self, adm: Admission, what: str, reason: str, cause: int, now: float,
-                level: str = "info") -> int:
+                level: str = "info", dropped: bool = False) -> int:
         self.refused[cause] = self.refused.get(cause, 0) + 1
-        self.refusals.refused(now, what, adm.address, adm.who, reason, cause, level)
+        self.refusals.refused(now, what, adm.address, adm.who, reason, cause, level, dropped)
         return cause
 
     def _close(self, adm: Admission, reason: str, now: float, level: str = "warn") -> list[Output]:
@@ -145,18 +148,43 @@ class Gate:
         adm.state = CLOSING
         adm.change_barrier = (CAUSE_SECURITY, _NOT_OPEN[CLOSING])
 
+    def note_refusal(self, adm: Admission, action: str, handle: bytes, reason: str, cause: int,
+                     now: float) -> None:
+        """A door refused a request for a reason of its own (the handlespace's
+        consistency rules, its quotas): logged like the gate's refusals, so
+        that every refusal has one line."""
+        self._refuse(adm, _what(action, handle), reason, cause, now)
+
     # -- channels ------------------------------------------------------------------------------
 
-    def open_channel(self, door: str, address: str, tls: bool, fingerprint: str | None = None) -> Admission:
-        """A channel came in by ``door``; its identity is being established."""
+    def open_channel(self, door: str, address: str, tls: bool, now: float, *, channel: Any = None,
+                     fingerprint: str | None = None) -> Admission | None:
+        """A connection came in by ``door`` from ``address``: its admission
+        (identity being established), or None when the connection limits
+        are reached (logged; the shell drops the connection)."""
         for known in DOORS:  # the constant itself: doors are compared with ``is``
             if door == known:
                 break
         else:
             raise ValueError(f"unknown door {door!r} (known: {', '.join(DOORS)})")
         adm = Admission(known, address, tls, fingerprint)
+        adm.channel = channel
+        policy = self.policy
+        if len(self.channels) >= policy.max_connections:
+            self._refuse(adm, "connection", _CONNECTIONS.format(n=len(self.channels)), CHANNEL_CLOSED, now, "warn")
+            return None
+        open_here = self.connections.get(address, 0)
+        if open_here >= policy.max_connections_per_address:
+            self._refuse(adm, "connection", _CONNECTIONS_HERE.format(n=open_here), CHANNEL_CLOSED, now, "warn")
+            return None
+        self.connections[address] = open_here + 1
         self.channels.add(adm)
         return adm
+
+    def certificate_seen(self, adm: Admission, fingerprint: str) -> None:
+        """The TLS handshake finished with a client certificate (verified by
+        TLS; its OCSP check and mapping may still be running)."""
+        adm.fingerprint = fingerprint
 
     def identified(self, adm: Admission, identity: Identity | None, now: float) -> list[Output]:
         """The channel's TLS identity (certificate or TLS-PSK), or None: it
@@ -196,7 +224,13 @@ class Gate:
 
     def channel_closed(self, adm: Admission) -> None:
         """The channel is gone."""
-        self.channels.discard(adm)
+        if adm in self.channels:
+            self.channels.discard(adm)
+            left = self.connections.get(adm.address, 1) - 1
+            if left > 0:
+                self.connections[adm.address] = left
+            else:
+                self.connections.pop(adm.address, None)
         adm.state = CLOSING
         adm.change_barrier = (CAUSE_SECURITY, _NOT_OPEN[CLOSING])
         adm.allowed = {}
@@ -280,22 +314,19 @@ class Gate:
             return None
         return self._authorize(adm, "resolve", handle, decided, now)
 
-    def admit_report(self, adm: Admission, handle: bytes, now: float) -> bool:
-        """An ENDPOINT_UNREACHABLE report (RFC 5355 2.13): count it or drop it."""
+    def admit_report(self, adm: Admission, handle: bytes, now: float) -> int | None:
+        """An ENDPOINT_UNREACHABLE report (RFC 5355 2.13): None to count it,
+        else the cause it is dropped for (never answered)."""
         what = _what("unreachability report", handle)
         if adm.state is not OPEN:
-            self._refuse(adm, what, _NOT_OPEN[adm.state], 0, now)
-            return False
+            return self._refuse(adm, what, _NOT_OPEN[adm.state], CAUSE_SECURITY, now, dropped=True)
         if adm.door is not DOOR_ASAP:
-            self._refuse(adm, what, _WRONG_DOOR, 0, now)
-            return False
+            return self._refuse(adm, what, _WRONG_DOOR, CAUSE_UNRECOGNIZED_MESSAGE, now, dropped=True)
         if self.policy.unreachable_requires_identity and adm.identity is None:
-            self._refuse(adm, what, _NO_IDENTITY, 0, now)
-            return False
+            return self._refuse(adm, what, _NO_IDENTITY, CAUSE_SECURITY, now, dropped=True)
         if not self._reports.allow(adm.principal, now):
-            self._refuse(adm, what, _RATE, 0, now)
-            return False
-        return True
+            return self._refuse(adm, what, _RATE, CAUSE_LACK_OF_RESOURCES, now, dropped=True)
+        return None
 
     def admit(self, adm: Admission, action: str, handle: bytes, now: float) -> None | int | AskAuthorizer:
         """A request at the peer or admin door (``peer``, ``admin``): TLS, an
@@ -382,10 +413,10 @@ class Gate:
         if adm.base is not None and claimed != adm.base.name:
             return self._refuse_attempt(adm, what, REFUSED_IDENTITY_MISMATCH,
                                         f"{REFUSED_IDENTITY_MISMATCH} ({adm.base.name})", True, now)
-        if not self._attempts_by_address.try_acquire(adm.address, now):
+        if not self.attempts_by_address.try_acquire(adm.address, now):
             return self._refuse_attempt(adm, what, REFUSED_RATE_ADDRESS, REFUSED_RATE_ADDRESS, True, now)
-        if not self._attempts.try_acquire(claimed, now):
-            self._attempts_by_address.refund(adm.address, now)
+        if not self.attempts.try_acquire(claimed, now):
+            self.attempts_by_address.refund(adm.address, now)
             return self._refuse_attempt(adm, what, REFUSED_RATE_IDENTITY, REFUSED_RATE_IDENTITY, False, now)
         return None
 
@@ -401,8 +432,8 @@ class Gate:
     def authenticated(self, adm: Admission, identity: Identity, now: float) -> list[Output]:
         """An exchange proved ``identity``: it becomes the channel's (every
         remembered decision is forgotten) and the attempt's tokens return."""
-        self._attempts.refund(identity.name, now)
-        self._attempts_by_address.refund(adm.address, now)
+        self.attempts.refund(identity.name, now)
+        self.attempts_by_address.refund(adm.address, now)
         if adm.state is not OPEN:
             return []
         if adm.exchanged is not None or (adm.base is not None and identity.name != adm.base.name):
@@ -435,8 +466,8 @@ class Gate:
         (its tokens return); the exchange ends and the channel closes."""
         self.stats["authentication_unavailable"] += 1
         if claimed is not None:
-            self._attempts.refund(claimed, now)
-        self._attempts_by_address.refund(adm.address, now)
+            self.attempts.refund(claimed, now)
+        self.attempts_by_address.refund(adm.address, now)
         what = f"{mechanism or 'SRP/CHAP'} authentication as {claimed or '?'}"
         return self._close(adm, f"{what}: backend unavailable ({reason})", now, "error")
 
@@ -456,7 +487,7 @@ class Gate:
                     or (fingerprint is not None and adm.fingerprint == fingerprint)):
                 continue
             self.stats["revoked"] += 1
-            if adm.state is OPEN:
+            if adm.state is OPEN and adm.door is DOOR_ASAP:  # only the ASAP door registers PEs
                 out.append(RemovePoolElements(adm, reason))
             out.extend(self._close(adm, f"revoked: {reason}", now))
         return out

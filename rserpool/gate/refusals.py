@@ -20,14 +20,13 @@ __all__ = ["REFUSAL_FORMAT", "RefusalLog", "cause_text", "pool_handle_text"]
 REFUSAL_FORMAT = "refused {what} from {address} ({who}): {reason}; {cause}{suppressed}"
 
 
-
-
-def cause_text(cause: int) -> str:
-    """``cause 0xa``; ``no reply`` for a request that is dropped (0) and
-    ``channel closed`` when the channel itself is refused (negative)."""
-    if cause > 0:
-        return f"cause 0x{cause:x}"
-    return "no reply" if cause == 0 else "channel closed"
+def cause_text(cause: int, dropped: bool = False) -> str:
+    """``cause 0xa``; ``cause 0xa, no reply`` for a request that is dropped
+    (an unreachability report is never answered); ``channel closed`` when
+    the channel itself is refused (a negative cause)."""
+    if cause < 0:
+        return "channel closed"
+    return f"cause 0x{cause:x}, no reply" if dropped else f"cause 0x{cause:x}"
 
 
 class RefusalLog:
@@ -44,7 +43,7 @@ class RefusalLog:
         self.written = 0
 
     def refused(self, now: float, what: str, address: str, who: str, reason: str, cause: int,
-                level: str = "info") -> None:
+                level: str = "info", dropped: bool = False) -> None:
         if not (self._per_address.allow(address, now) and self._total.allow(None, now)):
             self.suppressed += 1
             return
@@ -54,4 +53,4 @@ class RefusalLog:
             self.suppressed = 0
         self.written += 1
         self._log(level, REFUSAL_FORMAT, what=what, address=address, who=who, reason=reason,
-                  cause=cause_text(cause), suppressed=suppressed)
+                  cause=cause_text(cause, dropped), suppressed=suppressed)

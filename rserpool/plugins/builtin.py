@@ -12,7 +12,8 @@ cert-mapping   ``file``         ``path``
 groups         ``file``         ``path``
 authenticator  ``certificate``  ``mapping`` (cert-mapping plugin or ``none``),
                                 ``groups`` (groups plugin or ``none``),
-                                ``use_certificate_names`` (yes/no)
+                                ``use_certificate_names`` (yes/no; default
+                                no when a mapping is given)
 authenticator  ``psk``          ``groups``
 authenticator  ``chap``         ``backend`` (chap-store plugin) or
                                 ``verifier`` (chap-verifier plugin), ``groups``
@@ -20,10 +21,11 @@ authenticator  ``srp``          ``store`` (srp-store plugin), ``groups``,
                                 ``server_secret_file``
 =============  ===============  ==============================================
 
-An authenticator's sub-plugin options are given with the sub-plugin's role
-as prefix: ``mapping.path``, ``groups.path``, ``backend.path``...;
-``plugin_directories`` (comma-separated) names site directories to find
-sub-plugins in.  Unknown options are errors.
+The authenticators are :class:`~rserpool.interfaces.IComposedFactory`
+plugins: their sub-plugins (stores, mappings, group sources) are built by
+the loader they are given, from the same site directories.  A sub-plugin's
+options are given with its role as prefix: ``mapping.path``,
+``groups.path``, ``backend.path``...  Unknown options are errors.
 """
 
 from __future__ import annotations
@@ -33,9 +35,9 @@ from typing import Any
 
 from zope.interface import implementer
 
-from rserpool.interfaces import IBackendFactory
+from rserpool.interfaces import IBackendFactory, IComposedFactory, IPluginLoader
 
-__all__ = ["BuiltinFactory"]
+__all__ = ["BuiltinFactory", "ComposedFactory"]
 
 
 @implementer(IBackendFactory)
@@ -54,13 +56,27 @@ class BuiltinFactory:
     def __repr__(self) -> str:
         return f"<{self.kind} plugin {self.name!r}>"
 
-    def build(self, options: Mapping[str, str], reactor: Any) -> Any:
+    def _check_options(self, options: Mapping[str, str]) -> None:
         for key in options:
             prefix = key.split(".", 1)[0]
             if key not in self.options and not ("." in key and prefix in self.roles):
                 known = ", ".join(list(self.options) + [f"{r}.*" for r in self.roles]) or "none"
                 raise ValueError(f"unknown option {key!r} (known: {known})")
+
+    def build(self, options: Mapping[str, str], reactor: Any) -> Any:
+        self._check_options(options)
         return self._build(options, reactor)
+
+
+@implementer(IComposedFactory)
+class ComposedFactory(BuiltinFactory):
+    """A :class:`BuiltinFactory` whose provider is built over sub-plugins."""
+
+    def build(self, options: Mapping[str, str], reactor: Any, plugins: IPluginLoader | None = None) -> Any:
+        if plugins is None:
+            raise ValueError(f"the {self.kind} plugin {self.name!r} needs a plugin loader for its sub-plugins")
+        self._check_options(options)
+        return self._build(options, reactor, plugins)
 
 
 def _required(options: Mapping[str, str], key: str) -> str:
@@ -81,17 +97,14 @@ def _yes(options: Mapping[str, str], key: str, default: bool) -> bool:
     raise ValueError(f"option {key!r} must be yes or no")
 
 
-def _sub(options: Mapping[str, str], role: str, kind: str, reactor: Any, default: str | None) -> Any:
+def _sub(plugins: IPluginLoader, options: Mapping[str, str], role: str, kind: str, default: str | None) -> Any:
     """Build the sub-plugin for ``role`` (``none`` or absent without default: None)."""
-    from rserpool.plugin import load_named
-
     name = options.get(role, default)
     if name is None or name.strip().lower() == "none":
         return None
     prefix = role + "."
     sub_options = {k[len(prefix):]: v for k, v in options.items() if k.startswith(prefix)}
-    dirs = tuple(d.strip() for d in options.get("plugin_directories", "").split(",") if d.strip())
-    return load_named(kind, name.strip(), sub_options, reactor, dirs)
+    return plugins.load(kind, name.strip(), sub_options)
 
 
 # ---------------------------------------------------------------- builders
@@ -109,42 +122,44 @@ def _file_store(options: Mapping[str, str], reactor: Any) -> Any:
     return FileStore.shared(_required(options, "path"))
 
 
-def _certificate(options: Mapping[str, str], reactor: Any) -> Any:
+def _certificate(options: Mapping[str, str], reactor: Any, plugins: IPluginLoader) -> Any:
     from rserpool.security.credentials import CertificateChecker
 
+    mapping = _sub(plugins, options, "mapping", "cert-mapping", None)
     return CertificateChecker(
-        _sub(options, "mapping", "cert-mapping", reactor, None),
-        _sub(options, "groups", "groups", reactor, None),
-        use_certificate_names=_yes(options, "use_certificate_names", True),
+        mapping,
+        _sub(plugins, options, "groups", "groups", None),
+        # A configured mapping is authoritative unless told otherwise.
+        use_certificate_names=_yes(options, "use_certificate_names", mapping is None),
     )
 
 
-def _psk(options: Mapping[str, str], reactor: Any) -> Any:
+def _psk(options: Mapping[str, str], reactor: Any, plugins: IPluginLoader) -> Any:
     from rserpool.security.credentials import PskChecker
 
-    return PskChecker(_sub(options, "groups", "groups", reactor, None))
+    return PskChecker(_sub(plugins, options, "groups", "groups", None))
 
 
-def _chap(options: Mapping[str, str], reactor: Any) -> Any:
+def _chap(options: Mapping[str, str], reactor: Any, plugins: IPluginLoader) -> Any:
     from rserpool.security.credentials import ChapChecker
 
     if "verifier" in options and "backend" in options:
         raise ValueError("give either 'backend' (a chap-store) or 'verifier' (a chap-verifier)")
     if "verifier" in options:
-        backend = _sub(options, "verifier", "chap-verifier", reactor, None)
+        backend = _sub(plugins, options, "verifier", "chap-verifier", None)
     else:
-        backend = _sub(options, "backend", "chap-store", reactor, "file")
+        backend = _sub(plugins, options, "backend", "chap-store", "file")
     if backend is None:
         raise ValueError("the chap authenticator needs a backend or a verifier")
-    return ChapChecker(backend, _sub(options, "groups", "groups", reactor, None))
+    return ChapChecker(backend, _sub(plugins, options, "groups", "groups", None))
 
 
-def _srp(options: Mapping[str, str], reactor: Any) -> Any:
+def _srp(options: Mapping[str, str], reactor: Any, plugins: IPluginLoader) -> Any:
     import secrets
 
     from rserpool.security.credentials import SrpChecker
 
-    store = _sub(options, "store", "srp-store", reactor, "file")
+    store = _sub(plugins, options, "store", "srp-store", "file")
     if store is None:
         raise ValueError("the srp authenticator needs a store")
     secret_file = options.get("server_secret_file", "").strip()
@@ -155,10 +170,8 @@ def _srp(options: Mapping[str, str], reactor: Any) -> Any:
             raise ValueError(f"{secret_file}: the server secret must be at least 16 bytes")
     else:
         secret = secrets.token_bytes(32)
-    return SrpChecker(store, secret, _sub(options, "groups", "groups", reactor, None))
+    return SrpChecker(store, secret, _sub(plugins, options, "groups", "groups", None))
 
-
-_DIRS = ("plugin_directories",)
 
 file_authorizer = BuiltinFactory(
     "authorizer", "file", "rules file: identities and @groups to pool-handle patterns, default deny",
@@ -173,15 +186,14 @@ file_cert_mapping = BuiltinFactory(
     ("path",), _file_store)
 file_groups = BuiltinFactory(
     "groups", "file", "identity groups from the credentials file", ("path",), _file_store)
-certificate_authenticator = BuiltinFactory(
+certificate_authenticator = ComposedFactory(
     "authenticator", "certificate", "TLS client certificate (scenario A), mapped or by its names",
-    ("mapping", "groups", "use_certificate_names") + _DIRS, _certificate, ("mapping", "groups"))
-psk_authenticator = BuiltinFactory(
-    "authenticator", "psk", "TLS-PSK identity proven by the handshake", ("groups",) + _DIRS, _psk,
-    ("groups",))
-chap_authenticator = BuiltinFactory(
+    ("mapping", "groups", "use_certificate_names"), _certificate, ("mapping", "groups"))
+psk_authenticator = ComposedFactory(
+    "authenticator", "psk", "TLS-PSK identity proven by the handshake", ("groups",), _psk, ("groups",))
+chap_authenticator = ComposedFactory(
     "authenticator", "chap", "CHAP (RFC 1994) inside TLS, against a secret store or a verifier",
-    ("backend", "verifier", "groups") + _DIRS, _chap, ("backend", "verifier", "groups"))
-srp_authenticator = BuiltinFactory(
+    ("backend", "verifier", "groups"), _chap, ("backend", "verifier", "groups"))
+srp_authenticator = ComposedFactory(
     "authenticator", "srp", "SRP-6a (RFC 5054 2048-bit group, SHA-256) inside TLS",
-    ("store", "groups", "server_secret_file") + _DIRS, _srp, ("store", "groups"))
+    ("store", "groups", "server_secret_file"), _srp, ("store", "groups"))

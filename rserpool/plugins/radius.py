@@ -211,10 +211,6 @@ class RadiusChapVerifierService(_RadiusService):
                     response: bytes) -> defer.Deferred[Any]:
         return self.shared.verifier.verify_chap(identity, identifier, challenge, response)
 
-    def verify(self, request: Any) -> defer.Deferred[Any]:
-        """``VerifyChap`` -> ``ChapVerdict`` (``ServerExchange.chap_verified``)."""
-        return self.shared.verifier.verify(request)
-
 
 # ---------------------------------------------------------------- builders
 

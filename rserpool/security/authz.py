@@ -34,7 +34,10 @@ import re
 from dataclasses import dataclass
 from typing import Iterable
 
+from zope.interface import implementer
+
 from rserpool.identity import normalize_identity
+from rserpool.interfaces import IPoolAuthorizer
 
 __all__ = [
     "ACTIONS", "Rule", "RulesError", "RulesAuthorizer", "parse_rules", "load_rules", "pool_matches",
@@ -138,6 +141,7 @@ def load_rules(path: str) -> tuple[Rule, ...]:
 _DECISIONS_CACHED = 4096
 
 
+@implementer(IPoolAuthorizer)
 class RulesAuthorizer:
     """First matching rule decides; no match means no.
 

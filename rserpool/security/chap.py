@@ -15,8 +15,9 @@ recorded in (or relayed from) another TLS session answers a different
 challenge and fails.
 
 The verification itself is delegated: :meth:`ChapServer.response_received`
-returns a :class:`VerifyChap` request that the shell answers locally (with
-:func:`verify_locally`) or through RADIUS, and the answer goes back in with
+returns the :class:`ChapCredentials` (twisted.cred credentials, see
+:mod:`rserpool.security.credentials`) that a checker verifies, locally (with
+:func:`verify_locally`) or through RADIUS; the answer goes back in with
 :meth:`ChapServer.verification_result`.
 """
 
@@ -31,13 +32,13 @@ __all__ = [
     "CHALLENGE_LEN",
     "CHANNEL_BINDING_LEN",
     "ChapClient",
+    "ChapCredentials",
     "ChapError",
     "ChapServer",
     "ChapVerdict",
     "DEFAULT_LIFETIME",
     "NONCE_LEN",
     "RESPONSE_LEN",
-    "VerifyChap",
     "chap_response",
     "effective_challenge",
     "verify_locally",
@@ -75,8 +76,9 @@ def effective_challenge(channel_binding: bytes, nonce: bytes) -> bytes:
 
 
 @dataclass(frozen=True, slots=True)
-class VerifyChap:
-    """Request to check a CHAP response (locally or by RADIUS).
+class ChapCredentials:
+    """A CHAP response to check (locally or by RADIUS): the credentials a
+    ``ChapChecker`` verifies (``IChapCredentials``).
 
     ``challenge`` is the effective challenge (RADIUS CHAP-Challenge);
     ``identifier`` and ``response`` form CHAP-Password (ident || response).
@@ -87,10 +89,13 @@ class VerifyChap:
     challenge: bytes
     response: bytes
 
+    def __repr__(self) -> str:  # never the response
+        return f"ChapCredentials({self.identity!r})"
+
 
 @dataclass(frozen=True, slots=True)
 class ChapVerdict:
-    """The answer to a :class:`VerifyChap`; ``reason`` is for the log only."""
+    """The answer to a :class:`ChapCredentials`; ``reason`` is for the log only."""
 
     ok: bool
     reason: str = ""
@@ -99,8 +104,8 @@ class ChapVerdict:
 _DUMMY_SECRET = b"\x00" * 16
 
 
-def verify_locally(secret: bytes | None, request: VerifyChap) -> ChapVerdict:
-    """Check a :class:`VerifyChap` against a locally stored secret.
+def verify_locally(secret: bytes | None, request: ChapCredentials) -> ChapVerdict:
+    """Check a :class:`ChapCredentials` against a locally stored secret.
 
     ``secret`` None (unknown identity) costs the same MD5 and compare as a
     wrong secret and gives the same ``ok=False``; only ``reason`` differs.
@@ -149,7 +154,7 @@ class ChapServer:
         """``issued``, ``verifying``, ``succeeded`` or ``failed``."""
         return self._state
 
-    def response_received(self, response: bytes, now: float) -> VerifyChap:
+    def response_received(self, response: bytes, now: float) -> ChapCredentials:
         """Consume the challenge; return the check to perform.
 
         Raises ChapError if the challenge was already used (replay), has
@@ -164,7 +169,7 @@ class ChapServer:
         if len(response) != RESPONSE_LEN:
             raise ChapError(f"CHAP response must be {RESPONSE_LEN} bytes")
         self._state = "verifying"
-        return VerifyChap(self.identity, self.identifier, self.challenge, bytes(response))
+        return ChapCredentials(self.identity, self.identifier, self.challenge, bytes(response))
 
     def verification_result(self, ok: bool) -> bool:
         """Record the verdict of the delegated check; return it."""

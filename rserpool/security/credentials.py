@@ -1,21 +1,29 @@
-"""twisted.cred credentials and checkers for pool elements, users and peers.
+"""twisted.cred credentials and checkers: how the registrar learns who a peer is.
 
-Four ways to prove who you are (threats draft section 3.1, RFC 5355):
+Four ways to prove who you are (threats draft section 3.1, RFC 5355), each a
+credentials class made where the proof happens and a checker that verifies
+it (the contracts are in :mod:`rserpool.interfaces`):
 
-=========================  ==========================  =========================
-credentials                checker                     asks
-=========================  ==========================  =========================
-:class:`CertificateCredentials`  :class:`CertificateChecker`  an :class:`ICertificateMapping`, then the certificate's own names
-:class:`PskCredentials`    :class:`PskChecker`         nothing (TLS verified the key)
-:class:`SrpCredentials`    :class:`SrpChecker`         an :class:`ISrpVerifierStore`
-:class:`ChapCredentials`   :class:`ChapChecker`        an :class:`IChapVerifier` or :class:`IChapSecretStore`
-=========================  ==========================  =========================
+==========================================  =========================  ============================
+credentials (made by)                       checker                    asks
+==========================================  =========================  ============================
+:class:`CertificateCredentials` (TLS)       :class:`CertificateChecker`  an ``ICertificateMapping``, then the certificate's own names
+:class:`PskCredentials` (TLS-PSK)           :class:`PskChecker`        nothing (TLS verified the key)
+``SrpCredentials`` (``security.srp``,       :class:`SrpChecker`        an ``ISrpVerifierStore``
+the SRP exchange)
+``ChapCredentials`` (``security.chap``,     :class:`ChapChecker`       an ``IChapVerifier`` or ``IChapSecretStore``
+the CHAP exchange)
+==========================================  =========================  ============================
 
-Every checker implements :class:`twisted.cred.checkers.ICredentialsChecker`
-(``requestAvatarId`` fires with the identity *name*) and adds
-``check(credentials)``, which fires with the whole
-:class:`~rserpool.interfaces.Identity` (mechanism, groups from an optional
-:class:`IGroupSource`, attributes).  Results:
+Every checker provides :class:`~twisted.cred.checkers.ICredentialsChecker`
+(``requestAvatarId`` fires with the identity *name*) and
+:class:`~rserpool.interfaces.IIdentityChecker` (``check(credentials)``
+fires with the whole :class:`~rserpool.identity.Identity`: mechanism,
+groups from an optional ``IGroupSource``, attributes).  SRP's exchange
+has two steps: :class:`SrpChecker` also provides
+:class:`~rserpool.interfaces.ISrpChecker`, whose ``challenge`` issues the
+salt and B, and the final proof comes back as ``SrpCredentials`` to
+``requestAvatarId``/``check`` (docs/auth-exchanges.md).  Results:
 
 - bad credentials, an unknown identity (indistinguishable from a wrong
   secret), a certificate without a usable name:
@@ -36,22 +44,28 @@ from collections.abc import Iterable
 from typing import Any
 
 from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+from OpenSSL import crypto
 from twisted.cred.checkers import ICredentialsChecker
-from twisted.cred.credentials import ICredentials
 from twisted.cred.error import UnauthorizedLogin, UnhandledCredentials
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import Attribute, implementer
+from zope.interface import classImplements, implementer
 
 from rserpool.errors import BackendUnavailable
-from rserpool.identity import normalize_identity
+from rserpool.identity import MECH_CERTIFICATE, MECH_CHAP, MECH_PSK, Identity, normalize_identity
 from rserpool.interfaces import (
+    ICertificateCredentials,
     ICertificateMapping,
+    IChapCredentials,
     IChapSecretStore,
     IChapVerifier,
-    Identity,
     IGroupSource,
+    IIdentityChecker,
+    IPskCredentials,
+    ISrpChecker,
+    ISrpCredentials,
     ISrpVerifierStore,
 )
 from rserpool.security import chap as _chap
@@ -62,6 +76,8 @@ from rserpool.security.certidentity import (
     IdentityPolicy,
     identity_from_certificate,
 )
+from rserpool.security.chap import ChapCredentials
+from rserpool.security.srp import SrpChallenge, SrpCredentials
 
 __all__ = [
     "Authenticator",
@@ -69,13 +85,6 @@ __all__ = [
     "CertificateCredentials",
     "ChapChecker",
     "ChapCredentials",
-    "ICertificateCredentials",
-    "IChapCredentials",
-    "IPskCredentials",
-    "ISrpCredentials",
-    "MECH_CERTIFICATE",
-    "MECH_CHAP",
-    "MECH_PSK",
     "PskChecker",
     "PskCredentials",
     "SrpChallenge",
@@ -85,121 +94,71 @@ __all__ = [
 
 _log = Logger()
 
-MECH_CERTIFICATE = "certificate"
-MECH_PSK = "psk"
-MECH_CHAP = "CHAP-MD5"
 _REFUSED = "bad credentials"  # the only text a refusal carries
+#: Client certificates whose identity a CertificateChecker remembers (oldest dropped first).
+_CERTIFICATE_NAMES_CACHED = 4096
+
+# The exchanges (pure modules) make these; they are twisted.cred credentials.
+classImplements(ChapCredentials, IChapCredentials)
+classImplements(SrpCredentials, ISrpCredentials)
 
 
 # ------------------------------------------------------------ credentials
 
 
-class ICertificateCredentials(ICredentials):
-    """A client certificate the TLS layer has verified (chain, validity,
-    revocation)."""
-
-    certificate = Attribute("the verified cryptography.x509.Certificate")
-    policy = Attribute("IdentityPolicy naming the holder when no mapping does")
-
-
-class IPskCredentials(ICredentials):
-    """A TLS-PSK identity whose key the TLS handshake has proven."""
-
-    identity = Attribute("the PSK identity (str)")
-
-
-class ISrpCredentials(ICredentials):
-    """The client's answer in an SRP-6a run started by :meth:`SrpChecker.challenge`."""
-
-    identity = Attribute("the claimed identity (str)")
-
-    def verify():  # type: ignore[misc]
-        """Check the proof; return the server proof M2 or raise SrpError."""
-
-
-class IChapCredentials(ICredentials):
-    """A CHAP response (RFC 1994) to a channel-bound challenge."""
-
-    identity = Attribute("the claimed identity (str)")
-    identifier = Attribute("CHAP identifier, 0-255")
-    challenge = Attribute("the effective 16-byte challenge")
-    response = Attribute("the 16-byte response")
-
-
 @implementer(ICertificateCredentials)
 class CertificateCredentials:
-    def __init__(self, certificate: x509.Certificate, policy: IdentityPolicy = DEFAULT_POLICY) -> None:
-        self.certificate = certificate
+    """A client certificate TLS has verified (chain, validity, CRLs).
+
+    Made from a ``cryptography`` certificate, or with :meth:`from_x509` from
+    the pyOpenSSL one a TLS connection gives (then ``certificate`` is
+    converted only when a checker needs it)."""
+
+    __slots__ = ("_certificate", "_x509", "_der", "policy")
+
+    def __init__(self, certificate: x509.Certificate | None, policy: IdentityPolicy = DEFAULT_POLICY, *,
+                 x509_certificate: crypto.X509 | None = None) -> None:
+        if certificate is None and x509_certificate is None:
+            raise ValueError("a certificate is needed")
+        self._certificate = certificate
+        self._x509 = x509_certificate
+        self._der: bytes | None = None
         self.policy = policy
+
+    @classmethod
+    def from_x509(cls, certificate: crypto.X509, policy: IdentityPolicy = DEFAULT_POLICY) -> "CertificateCredentials":
+        return cls(None, policy, x509_certificate=certificate)
+
+    @property
+    def certificate(self) -> x509.Certificate:
+        if self._certificate is None:
+            assert self._x509 is not None
+            self._certificate = self._x509.to_cryptography()
+        return self._certificate
+
+    @property
+    def der(self) -> bytes:
+        if self._der is None:
+            if self._x509 is not None:
+                self._der = crypto.dump_certificate(crypto.FILETYPE_ASN1, self._x509)
+            else:
+                self._der = self.certificate.public_bytes(Encoding.DER)
+        return self._der
+
+    @property
+    def fingerprint(self) -> str:
+        """SHA-256 of the DER certificate, lower-case hex."""
+        return hashlib.sha256(self.der).hexdigest()
 
 
 @implementer(IPskCredentials)
 class PskCredentials:
+    """A TLS-PSK identity whose key the handshake proved."""
+
+    __slots__ = ("identity",)
+
     def __init__(self, identity: str) -> None:
         self.identity = identity
-
-
-@implementer(IChapCredentials)
-class ChapCredentials:
-    def __init__(self, identity: str, identifier: int, challenge: bytes, response: bytes) -> None:
-        self.identity = identity
-        self.identifier = identifier
-        self.challenge = challenge
-        self.response = response
-
-    @classmethod
-    def from_request(cls, request: _chap.VerifyChap) -> ChapCredentials:
-        """From the ``VerifyChap`` event of ``ChapServer`` / ``ServerExchange``."""
-        return cls(request.identity, request.identifier, request.challenge, request.response)
-
-    def __repr__(self) -> str:  # never the response
-        return f"ChapCredentials({self.identity!r})"
-
-
-class SrpChallenge:
-    """One pending SRP run: what to send (``salt``, ``server_public``) and the
-    single-use server session.  Made by :meth:`SrpChecker.challenge`."""
-
-    __slots__ = ("identity", "session", "known")
-
-    def __init__(self, identity: str, session: _srp.SrpServerSession, known: bool) -> None:
-        self.identity = identity
-        self.session = session
-        self.known = known
-
-    @property
-    def salt(self) -> bytes:
-        return self.session.salt
-
-    @property
-    def server_public(self) -> bytes:
-        return self.session.server_public
-
-    def __repr__(self) -> str:
-        return f"SrpChallenge({self.identity!r})"
-
-
-@implementer(ISrpCredentials)
-class SrpCredentials:
-    """The client's ``A`` and ``M1`` for a :class:`SrpChallenge`.  After a
-    successful check ``server_proof`` holds M2 for the client."""
-
-    def __init__(self, challenge: SrpChallenge, client_public: bytes, client_proof: bytes) -> None:
-        self.challenge = challenge
-        self.identity = challenge.identity
-        self.client_public = client_public
-        self.client_proof = client_proof
-        self.server_proof: bytes | None = None
-
-    def verify(self) -> bytes:
-        m2 = self.challenge.session.verify_client(self.client_public, self.client_proof)
-        if not self.challenge.known:  # a fake verifier cannot verify short of a collision
-            raise _srp.SrpError("unknown identity")
-        self.server_proof = m2
-        return m2
-
-    def __repr__(self) -> str:
-        return f"SrpCredentials({self.identity!r})"
 
 
 # ------------------------------------------------------------- checkers
@@ -223,10 +182,6 @@ def _refuse(identity: object, mechanism: str, reason: str) -> Failure:
 
 def _call(method: Any, *args: Any) -> defer.Deferred[Any]:
     return defer.maybeDeferred(method, *args)
-
-
-def _valid_name(name: object) -> str | None:
-    return normalize_identity(name)
 
 
 class _Checker:
@@ -257,14 +212,14 @@ class _Checker:
         return self.check(credentials).addCallback(lambda identity: identity.name)
 
 
-@implementer(ICredentialsChecker)
+@implementer(ICredentialsChecker, IIdentityChecker)
 class CertificateChecker(_Checker):
     """Identity of a verified client certificate (scenario A).
 
     ``mapping`` (a file store, LDAP) is asked first; when it does not know
     the certificate and ``use_certificate_names`` is true, the name comes
     from the certificate itself under the credentials' ``IdentityPolicy``
-    (URI/DNS/email SAN, CN).
+    (URI/DNS/email SAN, CN), remembered by the certificate's DER bytes.
     """
 
     credentialInterfaces = (ICertificateCredentials,)
@@ -276,33 +231,45 @@ class CertificateChecker(_Checker):
             raise TypeError(f"{mapping!r} does not provide ICertificateMapping")
         self.mapping = mapping
         self.use_certificate_names = use_certificate_names
+        # DER -> (policy, Identity): a pure function of the two, so a bounded
+        # cache skips re-deriving it for every new channel of the same PE.
+        self.names: dict[bytes, tuple[IdentityPolicy, Identity]] = {}
 
     def _check(self, credentials: ICertificateCredentials) -> Any:
-        cert = credentials.certificate
         if self.mapping is None:
             return self._from_names(None, credentials)
-        d = _call(self.mapping.identity_for, cert)
+        d = _call(self.mapping.identity_for, credentials.certificate)
         return d.addCallback(self._from_names, credentials)
 
     def _from_names(self, mapped: Identity | None, credentials: ICertificateCredentials) -> Any:
         if mapped is not None:
-            return mapped.with_mechanism(MECH_CERTIFICATE)
-        subject = credentials.certificate.subject.rfc4514_string()
+            return Identity(mapped.name, MECH_CERTIFICATE, mapped.groups, {
+                **mapped.attributes, "fingerprint_sha256": (credentials.fingerprint,)})
         if not self.use_certificate_names:
-            return _refuse(subject, MECH_CERTIFICATE, "certificate not in the mapping")
+            return _refuse(credentials.certificate.subject.rfc4514_string(), MECH_CERTIFICATE,
+                           "certificate not in the mapping")
+        key = credentials.der
+        known = self.names.get(key)
+        if known is not None and known[0] is credentials.policy:
+            return known[1]
         try:
             found = identity_from_certificate(credentials.certificate, credentials.policy)
         except CertIdentityError as exc:
-            return _refuse(subject, MECH_CERTIFICATE, str(exc))
-        return Identity.create(found.name, MECH_CERTIFICATE, (), {
+            return _refuse(credentials.certificate.subject.rfc4514_string(), MECH_CERTIFICATE, str(exc))
+        identity = Identity.create(found.name, MECH_CERTIFICATE, (), {
             "fingerprint_sha256": found.fingerprint_sha256,
             "subject": found.subject,
             "issuer": found.issuer,
+            "serial": str(credentials.certificate.serial_number),
             "source": found.source.value,
         })
+        if len(self.names) >= _CERTIFICATE_NAMES_CACHED:
+            del self.names[next(iter(self.names))]
+        self.names[key] = (credentials.policy, identity)
+        return identity
 
 
-@implementer(ICredentialsChecker)
+@implementer(ICredentialsChecker, IIdentityChecker)
 class PskChecker(_Checker):
     """TLS-PSK: the handshake proved the key, so only the identity's form is
     checked (and its groups looked up)."""
@@ -310,13 +277,13 @@ class PskChecker(_Checker):
     credentialInterfaces = (IPskCredentials,)
 
     def _check(self, credentials: IPskCredentials) -> Any:
-        name = _valid_name(credentials.identity)
+        name = normalize_identity(credentials.identity)
         if name is None:
             return _refuse(credentials.identity, MECH_PSK, "malformed PSK identity")
         return Identity.create(name, MECH_PSK)
 
 
-@implementer(ICredentialsChecker)
+@implementer(ICredentialsChecker, IIdentityChecker)
 class ChapChecker(_Checker):
     """CHAP responses, checked by an :class:`IChapVerifier` (RADIUS) or
     against an :class:`IChapSecretStore` in constant time.  An unknown
@@ -335,11 +302,11 @@ class ChapChecker(_Checker):
         self.backend = backend
 
     def _check(self, credentials: IChapCredentials) -> Any:
-        name = _valid_name(credentials.identity)
+        name = normalize_identity(credentials.identity)
         if name is None:
             return _refuse(credentials.identity, MECH_CHAP, "malformed identity")
-        request = _chap.VerifyChap(name, credentials.identifier, bytes(credentials.challenge),
-                                   bytes(credentials.response))
+        request = ChapCredentials(name, credentials.identifier, bytes(credentials.challenge),
+                                  bytes(credentials.response))
         if not 0 <= request.identifier <= 255 or len(request.response) != _chap.RESPONSE_LEN:
             return _refuse(name, MECH_CHAP, "malformed response")
         if IChapVerifier.providedBy(self.backend):
@@ -356,33 +323,21 @@ class ChapChecker(_Checker):
             return _refuse(name, MECH_CHAP, f"verifier answered for {identity.name!r}")
         return identity.with_mechanism(MECH_CHAP)
 
-    def _compare(self, secret: bytes | None, request: _chap.VerifyChap) -> Any:
+    def _compare(self, secret: bytes | None, request: ChapCredentials) -> Any:
         verdict = _chap.verify_locally(secret, request)
         if not verdict.ok:
             return _refuse(request.identity, MECH_CHAP, verdict.reason)
         return Identity.create(request.identity, MECH_CHAP)
 
-    def verify(self, request: _chap.VerifyChap) -> defer.Deferred[_chap.ChapVerdict]:
-        """Answer a ``VerifyChap`` event for ``ServerExchange.chap_verified``:
-        a refusal is ``ChapVerdict(False)``; an outage fails the Deferred
-        with BackendUnavailable (call ``chap_unavailable``)."""
-        d = self.check(ChapCredentials.from_request(request))
 
-        def refused(failure: Failure) -> _chap.ChapVerdict:
-            failure.trap(UnauthorizedLogin)
-            return _chap.ChapVerdict(False, "refused")
-
-        return d.addCallbacks(lambda _identity: _chap.ChapVerdict(True, ""), refused)
-
-
-@implementer(ICredentialsChecker)
+@implementer(ICredentialsChecker, IIdentityChecker, ISrpChecker)
 class SrpChecker(_Checker):
     """SRP-6a against an :class:`ISrpVerifierStore`, in two steps::
 
         challenge = yield checker.challenge(identity, channel_binding)
         # send challenge.salt, challenge.server_public; receive A, M1
-        creds = SrpCredentials(challenge, client_public, client_proof)
-        identity = yield checker.check(creds)     # creds.server_proof is M2
+        identity = yield checker.check(SrpCredentials(challenge, A, M1))
+        # the credentials' server_proof is M2
 
     An unknown identity gets a deterministic fake salt and verifier derived
     from ``server_secret`` (the same on every attempt), so it cannot be told
@@ -406,7 +361,7 @@ class SrpChecker(_Checker):
         """Look the verifier up and start a single-use server session.
         Fails with UnauthorizedLogin for a malformed identity and with
         BackendUnavailable when the store cannot answer."""
-        name = _valid_name(identity)
+        name = normalize_identity(identity)
         if name is None:
             return defer.fail(_refuse(identity, self.group.name, "malformed identity"))
         d = _call(self.store.srp_verifier, name)
@@ -414,13 +369,15 @@ class SrpChecker(_Checker):
         return d.addErrback(_as_outage, "SRP verifier store")
 
     def _start(self, entry: tuple[bytes, bytes] | None, name: str, binding: bytes) -> SrpChallenge:
-        fake_salt, fake_verifier = self._fake(name)
+        # The fake credentials are derived for every identity, known or not,
+        # so that both paths cost the same.
+        salt, verifier = self._fake(name)
         known = False
-        salt, verifier = fake_salt, fake_verifier
         if entry is not None:
             salt_in, verifier_bytes = entry
             value = int.from_bytes(verifier_bytes, "big")
-            if _srp.MIN_SALT_LEN <= len(salt_in) <= _srp.MAX_SALT_LEN and 0 < value < self.group.n:
+            if (_srp.MIN_SALT_LEN <= len(salt_in) <= _srp.MAX_SALT_LEN and len(verifier_bytes) <= self.group.n_len
+                    and 0 < value < self.group.n):
                 salt, verifier, known = bytes(salt_in), value, True
             else:
                 _log.warn("unusable SRP verifier stored for {identity!r}; treated as unknown", identity=name)
@@ -428,11 +385,14 @@ class SrpChecker(_Checker):
         return SrpChallenge(name, session, known)
 
     def _fake(self, name: str) -> tuple[bytes, int]:
+        """Salt and verifier of an unknown identity.  No exponentiation is
+        needed: v only ever appears masked in B = k*v + g^b, so any value in
+        [1, N) looks the same to the peer."""
         ident = name.encode("utf-8")
-        salt = hmac.new(self._secret, b"rserpool checker fake salt\x00" + ident,
+        salt = hmac.new(self._secret, b"rserpool srp fake salt\x00" + ident,
                         hashlib.sha256).digest()[:_srp.DEFAULT_SALT_LEN]
         stream = b"".join(
-            hmac.new(self._secret, b"rserpool checker fake verifier\x00" + bytes((i,)) + ident,
+            hmac.new(self._secret, b"rserpool srp fake verifier\x00" + bytes((i,)) + ident,
                      hashlib.sha256).digest()
             for i in range(self.group.n_len // 32 + 1))
         return salt, int.from_bytes(stream, "big") % (self.group.n - 1) + 1
@@ -449,15 +409,17 @@ class SrpChecker(_Checker):
 
 
 class Authenticator:
-    """Dispatch credentials to the checker registered for their interface."""
+    """Dispatch credentials to the checker registered for their interface
+    (the registrar's configured ``authenticator`` plugins, in order: the
+    first checker for an interface wins)."""
 
     def __init__(self, checkers: Iterable[ICredentialsChecker]) -> None:
-        self.checkers: dict[type, ICredentialsChecker] = {}
+        self.checkers: dict[Any, ICredentialsChecker] = {}
         for checker in checkers:
             if not ICredentialsChecker.providedBy(checker):
                 raise TypeError(f"{checker!r} does not provide ICredentialsChecker")
             for interface in checker.credentialInterfaces:
-                self.checkers[interface] = checker
+                self.checkers.setdefault(interface, checker)
 
     def checker_for(self, credentials: Any) -> ICredentialsChecker | None:
         for interface, checker in self.checkers.items():
@@ -465,15 +427,33 @@ class Authenticator:
                 return checker
         return None
 
-    def authenticate(self, credentials: Any) -> defer.Deferred[Identity]:
-        """Fires with the :class:`Identity` (``check`` when the checker has it,
-        else a bare identity from ``requestAvatarId``); fails with
-        UnauthorizedLogin, BackendUnavailable or UnhandledCredentials."""
+    def handles(self, interface: Any) -> bool:
+        return interface in self.checkers
+
+    @property
+    def srp_checker(self) -> ISrpChecker | None:
+        """The checker of SRP credentials, when it can issue challenges."""
+        checker = self.checkers.get(ISrpCredentials)
+        return checker if checker is not None and ISrpChecker.providedBy(checker) else None
+
+    def authenticate(self, credentials: Any, mechanism: str = "") -> defer.Deferred[Identity]:
+        """Fires with the :class:`Identity` (``check`` of an
+        ``IIdentityChecker``, else an identity named by ``requestAvatarId``,
+        with ``mechanism``); fails with UnauthorizedLogin, BackendUnavailable
+        or UnhandledCredentials."""
         checker = self.checker_for(credentials)
         if checker is None:
             return defer.fail(UnhandledCredentials(f"no checker for {type(credentials).__name__}"))
-        check = getattr(checker, "check", None)
-        if check is not None:
-            return check(credentials)
+        if IIdentityChecker.providedBy(checker):
+            return checker.check(credentials)
         d = defer.maybeDeferred(checker.requestAvatarId, credentials)
-        return d.addCallback(lambda name: Identity.create(str(name)))
+        d.addCallback(self._named, mechanism)
+        return d.addErrback(_as_outage, repr(checker))
+
+    @staticmethod
+    def _named(avatar_id: Any, mechanism: str) -> Identity:
+        name = avatar_id.decode("utf-8", "replace") if isinstance(avatar_id, bytes) else avatar_id
+        normalized = normalize_identity(name)
+        if normalized is None:
+            raise UnauthorizedLogin(_REFUSED)
+        return Identity.create(normalized, mechanism)

@@ -48,7 +48,8 @@ from rserpool.security.pki import (
     write_private_key,
 )
 
-__all__ = ["DEV_CRL_LIFETIME", "DEV_CRL_NAME", "DEV_CRL_REFRESH", "DevPKIPaths", "ensure_dev_crl",
+__all__ = ["CLUSTER_REGISTRARS", "DEV_CRL_LIFETIME", "DEV_CRL_NAME", "DEV_CRL_REFRESH", "DevPKIPaths",
+           "ensure_cluster_pki", "ensure_dev_crl",
            "ensure_dev_pki", "load_dev_ca", "revoke_dev_certificate"]
 
 #: The development CRL's file name in the PKI directory.
@@ -253,3 +254,38 @@ def revoke_dev_certificate(directory: str | Path, serial: int, now: _dt.datetime
     """Add ``serial`` to the development CRL in ``directory`` (signed by its CA)."""
     path, _ = ensure_dev_crl(directory, load_dev_ca(directory), now, revoke=[serial])
     return path
+
+
+#: The registrars of the three-registrar example (etc/cluster): each one's
+#: certificate names it by this one DNS name, its identity as an ENRP peer.
+CLUSTER_REGISTRARS = ("registrar-a.rserpool.test", "registrar-b.rserpool.test", "registrar-c.rserpool.test")
+
+
+def ensure_cluster_pki(directory: PathLike, registrars: Sequence[str] = CLUSTER_REGISTRARS, *,
+                       pe_names: Sequence[str] = ("pe1", "pe2", "pe3"), now: _dt.datetime | None = None,
+                       key_type: KeyType = "ec") -> dict[str, tuple[Path, Path]]:
+    """The development PKI of a cluster: :func:`ensure_dev_pki` (CA, CRL, a
+    PU certificate) plus one certificate per registrar (its DNS name, the
+    identity its peers authorize for ``peer``, and 127.0.0.1) and one client
+    certificate per PE name.  Reuses what is still valid; returns
+    ``{name: (cert, key)}`` for the registrars and the PEs."""
+    moment = as_utc(now) if now is not None else _dt.datetime.now(_dt.timezone.utc)
+    paths = ensure_dev_pki(directory, now=moment, pe_name=pe_names[0] if pe_names else "pe1", key_type=key_type)
+    ca = load_dev_ca(paths.directory)
+    out: dict[str, tuple[Path, Path]] = {}
+    day = _dt.timedelta(days=1)
+    wanted = [(name, "registrar") for name in registrars] + [(name, "pe") for name in pe_names]
+    for name, kind in wanted:
+        cert_path, key_path = paths.directory / f"{name}.pem", paths.directory / f"{name}.key"
+        fresh = (_usable(cert_path, key_path, moment, day)
+                 and load_certificate(cert_path).issuer == ca.certificate.subject
+                 and _aki(load_certificate(cert_path)) == _ski(ca.certificate))
+        if not fresh:
+            if kind == "registrar":
+                leaf = create_server_certificate(ca, [name, "127.0.0.1"], moment, key_type=key_type)
+            else:
+                leaf = create_client_certificate(ca, name, moment, role="pe", key_type=key_type)
+            write_private_key(key_path, leaf.private_key)
+            write_certificate(cert_path, leaf.certificate)
+        out[name] = (cert_path, key_path)
+    return out

@@ -1,56 +1,68 @@
-"""Mechanism negotiation and the SRP / CHAP exchange state machines (sans-IO).
+"""SRP-6a and CHAP inside TLS over the ASAP extension messages, sans-IO.
 
-Pure: no Twisted, no sockets, no clock (``now`` is passed in), no wire
-encoding.  The shell feeds decoded messages in and gets back a tuple of
-events: :class:`Send` (a message for the peer), :class:`VerifyChap` (a CHAP
-check to run locally or by RADIUS), :class:`AuthSucceeded` and
-:class:`AuthFailed` (the typed results; ``final`` says the shell must close
-the TLS connection).  The flow (``docs/auth-exchanges.md``)::
+One system: the exchange state machines negotiate and produce twisted.cred
+**credentials**, the registrar's checkers verify them, and the security
+gate (:mod:`rserpool.gate`) decides who may try and what a result means for
+the channel.  No Twisted, no sockets, no clock (``now`` is passed in); the
+messages are the wire's (:mod:`rserpool.wire.auth`).  docs/auth-exchanges.md
+describes the exchange and docs/asap-auth-extension.md the messages::
 
-    server                                  client
-    MechanismOffer(mechanisms)     ----->
-                                   <-----   ClientHello(mechanism, identity)
-    SrpChallenge(salt, B)          ----->                        (SRP)
-                                   <-----   SrpProof(A, M1)
-    AuthSuccess(mechanism, M2) | AuthFailure(code, may_retry)
-    ChapChallenge(identifier, nonce) --->                        (CHAP)
-                                   <-----   ChapResponse(identifier, response)
-    AuthSuccess(mechanism, b"")  | AuthFailure(code, may_retry)
+    registrar (ServerExchange)              PE (ClientExchange)
+                                   <-----   ASAP_AUTH_REQUEST
+    ASAP_AUTH_OFFER(mechanisms)    ----->
+                                   <-----   ASAP_AUTH_HELLO(mechanism, identity)
+        Admit(identity, mechanism)          (the gate: may this channel try?)
+    SRP:  StartSrp(identity)                (the SRP checker issues a challenge)
+    ASAP_AUTH_SRP_CHALLENGE(s, B)  ----->
+                                   <-----   ASAP_AUTH_SRP_PROOF(A, M1)
+          Verify(SrpCredentials)            (the SRP checker's requestAvatarId)
+    CHAP: ASAP_AUTH_CHAP_CHALLENGE ----->
+                                   <-----   ASAP_AUTH_CHAP_RESPONSE
+          Verify(ChapCredentials)           (the CHAP checker's requestAvatarId)
+    ASAP_AUTH_SUCCESS(mechanism, M2 | "") or ASAP_AUTH_FAILURE(code, may_retry)
 
-An unknown identity is indistinguishable from a wrong secret: SRP answers it
-with a salt and verifier derived from ``server_secret`` (so repeated probes
-see the same salt) and fails at the proof; CHAP issues the challenge and
-fails at the response.  Only ``AuthFailed.reason_for_log`` tells them apart.
+:class:`ServerExchange` (the registrar's side of one channel) returns events
+for the shell: :class:`~rserpool.outputs.Send`, :class:`Admit`,
+:class:`StartSrp`, :class:`Verify`, and the results :class:`AuthSucceeded`,
+:class:`AuthFailed` (``final``: the channel closes) and
+:class:`AuthUnavailable` (a backend could not answer; final).
+:class:`ClientExchange` (the PE's side) ends with :class:`Authenticated` or
+:class:`AuthenticationFailed`.
+
+An unknown identity is indistinguishable from a wrong secret: the SRP
+checker answers it with a salt and verifier derived from a server secret
+and the proof fails; CHAP issues the challenge and the response fails.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Union
 
-from rserpool.identity import normalize_identity
+from rserpool.identity import MECH_CHAP, MECH_SRP, Identity, normalize_identity
+from rserpool.outputs import Send
 from rserpool.security import chap as _chap
 from rserpool.security import srp as _srp
+from rserpool.wire import AsapError, codes
+from rserpool.wire.auth import (
+    AsapAuthChapChallenge, AsapAuthChapResponse, AsapAuthFailure, AsapAuthHello, AsapAuthOffer,
+    AsapAuthRequest, AsapAuthSrpChallenge, AsapAuthSrpProof, AsapAuthSuccess,
+)
 
 __all__ = [
-    "AttemptLimiter",
+    "AUTH_MESSAGES",
+    "Admit",
     "AuthFailed",
-    "AuthFailure",
     "AuthSucceeded",
-    "AuthSuccess",
-    "ChapChallenge",
-    "ChapResponse",
-    "ClientAuthenticated",
+    "AuthUnavailable",
+    "Authenticated",
+    "AuthenticationFailed",
+    "CHANNEL_BINDING_LEN",
     "ClientExchange",
-    "ClientFailed",
-    "ClientHello",
-    "CredentialStore",
     "DEFAULT_MECHANISMS",
     "EXPORTER_LABEL",
     "FAIL_AUTHENTICATION",
+    "FAIL_CHANNEL_BINDING",
     "FAIL_PROTOCOL",
     "FAIL_RATE_LIMITED",
     "FAIL_TIMEOUT",
@@ -58,14 +70,10 @@ __all__ = [
     "FAIL_UNSUPPORTED_MECHANISM",
     "MECH_CHAP_MD5",
     "MECH_SRP_SHA256_2048",
-    "MechanismOffer",
-    "Send",
     "ServerExchange",
-    "SrpChallenge",
-    "SrpProof",
-    "VerifyChap",
-    "normalize_identity",
-    "resolve_chap_locally",
+    "StartSrp",
+    "Verify",
+    "channel_refusal",
 ]
 
 #: TLS exporter label for the channel binding; the shell exports
@@ -73,121 +81,72 @@ __all__ = [
 EXPORTER_LABEL = b"EXPORTER-rserpool-auth"
 CHANNEL_BINDING_LEN = 32
 
-MECH_SRP_SHA256_2048 = _srp.GROUP_2048_SHA256.name  # "SRP-6a-SHA256-2048"
-MECH_CHAP_MD5 = "CHAP-MD5"
+MECH_SRP_SHA256_2048 = MECH_SRP  # "SRP-6a-SHA256-2048", the RFC 5054 2048-bit group
+MECH_CHAP_MD5 = MECH_CHAP  # "CHAP-MD5"
 DEFAULT_MECHANISMS: tuple[str, ...] = (MECH_SRP_SHA256_2048, MECH_CHAP_MD5)
-MAX_MECHANISMS = 8
-MAX_MECHANISM_NAME_LEN = 32
-MAX_IDENTITY_LEN = 255
 
-# Peer-facing failure codes (AuthFailure.code).
+# Failure codes (ASAP_AUTH_FAILURE).
 FAIL_AUTHENTICATION = 1  # wrong secret, unknown identity, bad proof, replay
 FAIL_UNSUPPORTED_MECHANISM = 2
-FAIL_PROTOCOL = 3  # unexpected or malformed message
+FAIL_PROTOCOL = 3  # unexpected or malformed message (always final)
 FAIL_RATE_LIMITED = 4
 FAIL_TIMEOUT = 5
-FAIL_UNAVAILABLE = 6  # the verification backend is down: try later
+FAIL_UNAVAILABLE = 6  # the verification backend could not answer: try later (final)
+FAIL_CHANNEL_BINDING = 7  # the TLS channel cannot be bound (final)
 
 DEFAULT_MAX_ATTEMPTS = 3
 DEFAULT_STEP_LIFETIME = 30.0
 DEFAULT_EXCHANGE_LIFETIME = 120.0
 
-
-# --------------------------------------------------------------- messages
-
-
-@dataclass(frozen=True, slots=True)
-class MechanismOffer:
-    """Server -> client: the mechanisms the server accepts, best first."""
-
-    mechanisms: tuple[str, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class ClientHello:
-    """Client -> server: the chosen mechanism and the identity (UTF-8)."""
-
-    mechanism: str
-    identity: str
-
-
-@dataclass(frozen=True, slots=True)
-class SrpChallenge:
-    """Server -> client: salt s (8..64 bytes) and PAD(B) (len(N) bytes)."""
-
-    salt: bytes
-    server_public: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class SrpProof:
-    """Client -> server: PAD(A) (len(N) bytes) and M1 (hash length)."""
-
-    client_public: bytes
-    client_proof: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class ChapChallenge:
-    """Server -> client: CHAP identifier (1 byte) and nonce (32 bytes)."""
-
-    identifier: int
-    nonce: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class ChapResponse:
-    """Client -> server: the identifier echoed and the 16-byte MD5 response."""
-
-    identifier: int
-    response: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class AuthSuccess:
-    """Server -> client: success; M2 for SRP, empty for CHAP."""
-
-    mechanism: str
-    server_proof: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class AuthFailure:
-    """Server -> client: failure code (FAIL_*) and whether a retry is allowed."""
-
-    code: int
-    may_retry: bool
-
-
-Message = (
-    MechanismOffer | ClientHello | SrpChallenge | SrpProof | ChapChallenge
-    | ChapResponse | AuthSuccess | AuthFailure
+AUTH_MESSAGES: tuple[type, ...] = (
+    AsapAuthRequest, AsapAuthOffer, AsapAuthHello, AsapAuthSrpChallenge, AsapAuthSrpProof,
+    AsapAuthChapChallenge, AsapAuthChapResponse, AsapAuthSuccess, AsapAuthFailure,
 )
 
-# ----------------------------------------------------------------- events
 
-VerifyChap = _chap.VerifyChap
+# -- server events ----------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
-class Send:
-    """Encode and send ``message`` to the peer."""
+class Admit:
+    """Ask the gate whether the channel may try to prove ``identity`` now;
+    answer with :meth:`ServerExchange.attempt_admitted` or ``attempt_refused``."""
 
-    message: Message
+    identity: str
+    mechanism: str
+
+
+@dataclass(frozen=True, slots=True)
+class StartSrp:
+    """Ask the SRP checker for a challenge for ``identity`` (bound to the
+    channel); answer with :meth:`ServerExchange.challenge_issued`."""
+
+    identity: str
+    channel_binding: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Verify:
+    """Give ``credentials`` (``ChapCredentials`` or ``SrpCredentials``) to the
+    checker; answer with ``verified``, ``rejected`` or ``unavailable``.
+    ``mechanism`` names the proof, for a checker that names only the
+    identity (a plain ``ICredentialsChecker``)."""
+
+    credentials: Any
+    mechanism: str
 
 
 @dataclass(frozen=True, slots=True)
 class AuthSucceeded:
-    """Server result: the peer proved ``identity`` with ``mechanism``."""
+    """The peer proved ``identity`` (name, mechanism, groups)."""
 
-    identity: str
-    mechanism: str
+    identity: Identity
 
 
 @dataclass(frozen=True, slots=True)
 class AuthFailed:
-    """Server result.  ``reason_for_log`` never reaches the peer; ``final``:
-    no attempt is left, close the TLS connection."""
+    """An attempt failed.  ``reason_for_log`` never reaches the peer;
+    ``final``: no attempt is left and the channel closes."""
 
     reason_for_log: str
     identity: str | None = None
@@ -196,159 +155,82 @@ class AuthFailed:
 
 
 @dataclass(frozen=True, slots=True)
-class ClientAuthenticated:
-    """Client result: the server accepted us (and, for SRP, proved the
-    verifier with M2)."""
+class AuthUnavailable:
+    """A backend (store, directory, RADIUS) could not answer: not the peer's
+    failure.  Final."""
 
-    mechanism: str
-
-
-@dataclass(frozen=True, slots=True)
-class ClientFailed:
-    """Client result; ``code`` is a FAIL_* code or 0 for a local failure."""
-
-    reason: str
-    code: int = 0
-    may_retry: bool = False
+    reason_for_log: str
+    identity: str | None = None
+    mechanism: str | None = None
 
 
-ServerEvent = Send | VerifyChap | AuthSucceeded | AuthFailed
-ClientEvent = Send | ClientAuthenticated | ClientFailed
+ServerEvent = Union[Send, Admit, StartSrp, Verify, AuthSucceeded, AuthFailed, AuthUnavailable]
 
 
-# ------------------------------------------------------------------ store
+def _send(message: Any) -> Send:
+    return Send(None, message)
 
 
-class CredentialStore(Protocol):
-    """The narrow store the server side asks (a sync lookup)."""
-
-    def lookup_srp(self, identity: str) -> tuple[bytes, bytes] | None:
-        """(salt, PAD(verifier)) for the production group, or None."""
-
-    def lookup_chap_secret(self, identity: str) -> bytes | None:
-        """The CHAP secret (cleartext, as RFC 1994 needs), or None."""
+def channel_refusal(reason: str) -> tuple[ServerEvent, ...]:
+    """What a registrar answers on a channel that cannot be bound (TLS too
+    old, no extended master secret, no TLS): a final failure, cause 0xa."""
+    return (_send(AsapAuthFailure(FAIL_CHANNEL_BINDING, False)),
+            AuthFailed(f"channel binding unavailable: {reason}", final=True))
 
 
-def resolve_chap_locally(store: CredentialStore, request: VerifyChap) -> _chap.ChapVerdict:
-    """Answer a :class:`VerifyChap` from a local store."""
-    return _chap.verify_locally(store.lookup_chap_secret(request.identity), request)
+# -- server --------------------------------------------------------------------------------------
 
-
-# ---------------------------------------------------------------- limiter
-
-
-class AttemptLimiter:
-    """Token bucket per key (identity, or source address), ``now`` passed in.
-
-    Each key holds up to ``capacity`` tokens and regains one every
-    ``refill_interval`` seconds.  An attempt takes a token
-    (:meth:`try_acquire`); a success gives it back (:meth:`refund`), so only
-    failures use up the budget.  At most ``max_keys`` keys are kept; the
-    least recently used (hence most refilled) bucket is dropped first.
-    """
-
-    __slots__ = ("capacity", "refill_interval", "max_keys", "_buckets")
-
-    def __init__(
-        self, capacity: int = 5, refill_interval: float = 60.0, max_keys: int = 100_000
-    ) -> None:
-        if capacity < 1 or refill_interval <= 0 or max_keys < 1:
-            raise ValueError("capacity, refill_interval and max_keys must be positive")
-        self.capacity = capacity
-        self.refill_interval = refill_interval
-        self.max_keys = max_keys
-        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
-
-    def __len__(self) -> int:
-        return len(self._buckets)
-
-    def tokens(self, key: str, now: float) -> float:
-        entry = self._buckets.get(key)
-        if entry is None:
-            return float(self.capacity)
-        tokens, updated = entry
-        elapsed = max(0.0, now - updated)
-        return min(float(self.capacity), tokens + elapsed / self.refill_interval)
-
-    def _store(self, key: str, tokens: float, now: float) -> None:
-        self._buckets[key] = (tokens, now)
-        self._buckets.move_to_end(key)
-        while len(self._buckets) > self.max_keys:
-            self._buckets.popitem(last=False)
-
-    def try_acquire(self, key: str, now: float) -> bool:
-        tokens = self.tokens(key, now)
-        if tokens < 1.0:
-            self._store(key, tokens, now)
-            return False
-        self._store(key, tokens - 1.0, now)
-        return True
-
-    def refund(self, key: str, now: float) -> None:
-        tokens = min(float(self.capacity), self.tokens(key, now) + 1.0)
-        self._store(key, tokens, now)
-
-
-# ----------------------------------------------------------------- server
-
+_IDLE = "idle"
 _AWAIT_HELLO = "await-hello"
-_SRP_AWAIT_PROOF = "srp-await-proof"
-_CHAP_AWAIT_RESPONSE = "chap-await-response"
-_CHAP_VERIFYING = "chap-verifying"
+_ADMITTING = "admitting"
+_CHALLENGING = "challenging"  # the SRP checker is making the challenge
+_AWAIT_PROOF = "await-proof"  # SRP
+_AWAIT_RESPONSE = "await-response"  # CHAP
+_VERIFYING = "verifying"
 _SUCCEEDED = "succeeded"
 _CLOSED = "closed"
+_WAITING = (_ADMITTING, _CHALLENGING, _VERIFYING)
 
 
 class ServerExchange:
-    """The server side of one TLS channel's authentication.
+    """The registrar's side of one TLS channel's authentication.
 
-    Call :meth:`start` once, then :meth:`receive` for each decoded client
-    message, :meth:`chap_verified` / :meth:`chap_unavailable` with the
-    answer to a :class:`VerifyChap`, and :meth:`timer_expired` when
-    :attr:`deadline` passes.  Every attempt starts with a fresh SRP or CHAP
-    state; at most ``max_attempts`` per exchange, and each takes a token from
-    ``limiter`` (keyed by identity) when one is given.
+    ``mechanisms`` are the ones a checker is configured for, offered in that
+    order.  At most ``max_attempts`` ASAP_AUTH_HELLOs per channel; each
+    challenge lives ``step_lifetime`` seconds and the whole exchange
+    ``exchange_lifetime``; call :meth:`timer_expired` at :attr:`deadline`.
     """
 
     def __init__(
         self,
-        store: CredentialStore,
         channel_binding: bytes,
-        server_secret: bytes,
         now: float,
         *,
         mechanisms: tuple[str, ...] = DEFAULT_MECHANISMS,
-        limiter: AttemptLimiter | None = None,
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         step_lifetime: float = DEFAULT_STEP_LIFETIME,
         exchange_lifetime: float = DEFAULT_EXCHANGE_LIFETIME,
     ) -> None:
         if len(channel_binding) != CHANNEL_BINDING_LEN:
             raise ValueError(f"channel binding must be {CHANNEL_BINDING_LEN} bytes")
-        if len(server_secret) < 16:
-            raise ValueError("server_secret must be at least 16 bytes")
-        unknown = [m for m in mechanisms if m != MECH_CHAP_MD5 and m not in _srp.GROUPS]
-        if unknown or not mechanisms or len(mechanisms) > MAX_MECHANISMS:
+        unknown = [m for m in mechanisms if m not in DEFAULT_MECHANISMS]
+        if unknown or not mechanisms:
             raise ValueError(f"bad mechanism list {mechanisms!r}")
-        self._store = store
         self._cb = bytes(channel_binding)
-        self._secret = bytes(server_secret)
         self._mechanisms = tuple(mechanisms)
-        self._limiter = limiter
         self._max_attempts = max_attempts
         self._step_lifetime = step_lifetime
         self._deadline = now + exchange_lifetime
         self._step_deadline: float | None = None
-        self._state = _AWAIT_HELLO
-        self._started = False
+        self._state = _IDLE
         self._attempts = 0
         self._identity: str | None = None
         self._mechanism: str | None = None
-        self._unknown = False
-        self._srp: _srp.SrpServerSession | None = None
+        self._challenge: Any = None  # the SRP checker's SrpChallenge
         self._chap: _chap.ChapServer | None = None
+        self._credentials: Any = None
+        self.identity: Identity | None = None  # after success
 
-    # -- introspection
     @property
     def state(self) -> str:
         return self._state
@@ -356,213 +238,210 @@ class ServerExchange:
     @property
     def deadline(self) -> float | None:
         """When the shell should call :meth:`timer_expired` (None: done)."""
-        if self._state in (_SUCCEEDED, _CLOSED):
+        if self._state in (_SUCCEEDED, _CLOSED, _IDLE):
             return None
         if self._step_deadline is not None:
             return min(self._deadline, self._step_deadline)
         return self._deadline
 
-    @property
-    def authenticated_identity(self) -> str | None:
-        return self._identity if self._state == _SUCCEEDED else None
-
-    # -- inputs
-    def start(self) -> Send:
-        if self._started:
-            raise RuntimeError("exchange already started")
-        self._started = True
-        return Send(MechanismOffer(self._mechanisms))
-
-    def receive(self, message: object, now: float) -> tuple[ServerEvent, ...]:
-        if self._state == _CLOSED:
-            return (AuthFailed("message after the exchange was closed", final=True),)
-        if self._state == _SUCCEEDED:
-            return self._close("message after successful authentication", FAIL_PROTOCOL)
+    # -- messages from the peer
+    def receive(self, message: Any, now: float) -> tuple[ServerEvent, ...]:
+        kind = type(message)
+        state = self._state
+        if state == _CLOSED:
+            return ()  # the shell is closing the channel
+        if state == _SUCCEEDED:
+            return self._close(f"{message.name} after successful authentication", FAIL_PROTOCOL)
+        if kind is AsapAuthRequest:
+            if state != _IDLE:
+                return self._close("second ASAP_AUTH_REQUEST", FAIL_PROTOCOL)
+            self._state = _AWAIT_HELLO
+            return (_send(AsapAuthOffer(self._mechanisms)),)
+        if state == _IDLE:
+            return self._close(f"{message.name} before ASAP_AUTH_REQUEST", FAIL_PROTOCOL)
+        if state in _WAITING:
+            return self._close(f"{message.name} while {state}", FAIL_PROTOCOL)
         if now > self._deadline:
             return self._close("exchange lifetime exceeded", FAIL_TIMEOUT)
-        if isinstance(message, ClientHello) and self._state == _AWAIT_HELLO:
-            return self._hello(message, now)
-        if isinstance(message, SrpProof) and self._state == _SRP_AWAIT_PROOF:
+        if kind is AsapAuthHello and state == _AWAIT_HELLO:
+            return self._hello(message)
+        if kind is AsapAuthSrpProof and state == _AWAIT_PROOF:
             return self._srp_proof(message, now)
-        if isinstance(message, ChapResponse) and self._state == _CHAP_AWAIT_RESPONSE:
+        if kind is AsapAuthChapResponse and state == _AWAIT_RESPONSE:
             return self._chap_response(message, now)
-        return self._close(
-            f"unexpected {type(message).__name__} in state {self._state}", FAIL_PROTOCOL
-        )
+        return self._close(f"unexpected {message.name} in state {state}", FAIL_PROTOCOL)
 
-    def chap_verified(self, verdict: _chap.ChapVerdict, now: float) -> tuple[ServerEvent, ...]:
-        """The answer to the pending :class:`VerifyChap`.
-
-        A late answer, after the exchange was closed (timeout, protocol
-        error), is ignored and returns no event.
-        """
-        if self._state == _CLOSED:
-            return ()
-        if self._state != _CHAP_VERIFYING or self._chap is None:
-            raise RuntimeError("no CHAP verification pending")
-        self._chap.verification_result(verdict.ok)
-        self._chap = None
-        if verdict.ok:
-            return self._succeed(b"", now)
-        return self._fail(verdict.reason or "wrong CHAP response", FAIL_AUTHENTICATION)
-
-    def chap_unavailable(self, reason: str, now: float) -> tuple[ServerEvent, ...]:
-        """The verification backend failed (not a credential failure)."""
-        if self._state == _CLOSED:
-            return ()
-        if self._state != _CHAP_VERIFYING or self._chap is None:
-            raise RuntimeError("no CHAP verification pending")
-        self._chap = None
-        if self._limiter is not None and self._identity is not None:
-            self._limiter.refund(self._identity, now)
-        return self._close(f"verification backend unavailable: {reason}", FAIL_UNAVAILABLE)
-
-    def timer_expired(self, now: float) -> tuple[ServerEvent, ...]:
-        deadline = self.deadline
-        if deadline is None or now < deadline:
-            return ()
-        if self._state == _CHAP_VERIFYING:
-            return self._close("CHAP verification timed out", FAIL_UNAVAILABLE)
-        if now >= self._deadline:
-            return self._close("exchange lifetime exceeded", FAIL_TIMEOUT)
-        return self._fail("challenge expired", FAIL_TIMEOUT)
-
-    # -- steps
-    def _hello(self, hello: ClientHello, now: float) -> tuple[ServerEvent, ...]:
+    def _hello(self, hello: AsapAuthHello) -> tuple[ServerEvent, ...]:
         self._attempts += 1
-        self._unknown = False
-        self._identity = None
-        self._mechanism = None
-        if not isinstance(hello.mechanism, str) or hello.mechanism not in self._mechanisms:
+        self._identity = self._mechanism = None
+        if hello.mechanism not in self._mechanisms:
             return self._fail("unsupported mechanism", FAIL_UNSUPPORTED_MECHANISM)
         identity = normalize_identity(hello.identity)
         if identity is None:
             return self._close("malformed identity", FAIL_PROTOCOL)
         self._identity = identity
         self._mechanism = hello.mechanism
-        if self._limiter is not None and not self._limiter.try_acquire(identity, now):
-            return self._fail("rate limited", FAIL_RATE_LIMITED)
+        self._state = _ADMITTING
+        return (Admit(identity, hello.mechanism),)
+
+    # -- answers from the shell
+    def attempt_admitted(self, now: float) -> tuple[ServerEvent, ...]:
+        """The gate lets this attempt go ahead."""
+        if self._state != _ADMITTING:
+            return ()
+        identity = self._identity
+        assert identity is not None
         self._step_deadline = now + self._step_lifetime
-        if hello.mechanism == MECH_CHAP_MD5:
+        if self._mechanism == MECH_CHAP_MD5:
             self._chap = _chap.ChapServer(identity, self._cb, now, lifetime=self._step_lifetime)
-            self._state = _CHAP_AWAIT_RESPONSE
-            return (Send(ChapChallenge(self._chap.identifier, self._chap.nonce)),)
-        group = _srp.GROUPS[hello.mechanism]
-        salt, verifier = self._srp_credentials(group, identity)
-        ident_bytes = identity.encode("utf-8")
-        self._srp = _srp.SrpServerSession(group, ident_bytes, salt, verifier, self._cb)
-        self._state = _SRP_AWAIT_PROOF
-        return (Send(SrpChallenge(self._srp.salt, self._srp.server_public)),)
+            self._state = _AWAIT_RESPONSE
+            return (_send(AsapAuthChapChallenge(self._chap.identifier, self._chap.nonce)),)
+        self._state = _CHALLENGING
+        return (StartSrp(identity, self._cb),)
 
-    def _srp_credentials(self, group: _srp.SrpGroup, identity: str) -> tuple[bytes, int]:
-        # The fake credentials are derived for every identity, known or not,
-        # so that both paths cost the same.
-        fake = self._fake_credentials(group, identity)
-        entry = self._store.lookup_srp(identity)
-        if entry is not None:
-            salt, verifier_bytes = entry
-            verifier = int.from_bytes(verifier_bytes, "big")
-            if (
-                _srp.MIN_SALT_LEN <= len(salt) <= _srp.MAX_SALT_LEN
-                and len(verifier_bytes) <= group.n_len
-                and 0 < verifier < group.n
-            ):
-                return bytes(salt), verifier
-        self._unknown = True  # no entry, or an unusable one: behave as unknown
-        return fake
+    def attempt_refused(self, code: int, final: bool, reason: str, now: float) -> tuple[ServerEvent, ...]:
+        """The gate refuses this attempt (``code``: the FAIL_* to send)."""
+        if self._state != _ADMITTING:
+            return ()
+        if final:
+            return self._close(reason, code)
+        return self._fail(reason, code)
 
-    def _fake_credentials(self, group: _srp.SrpGroup, identity: str) -> tuple[bytes, int]:
-        """Deterministic salt and verifier for an unknown identity.
+    def challenge_issued(self, challenge: Any, now: float) -> tuple[ServerEvent, ...]:
+        """The SRP checker's challenge (``salt``, ``server_public``)."""
+        if self._state != _CHALLENGING:
+            return ()
+        self._challenge = challenge
+        self._state = _AWAIT_PROOF
+        return (_send(AsapAuthSrpChallenge(challenge.salt, challenge.server_public)),)
 
-        No exponentiation is needed: v only ever appears masked inside
-        B = k*v + g^b, so any value in [1, N) looks the same to the peer.
-        """
-        ident = identity.encode("utf-8")
-        salt = hmac.new(
-            self._secret, b"rserpool srp fake salt\x00" + ident, hashlib.sha256
-        ).digest()[: _srp.DEFAULT_SALT_LEN]
-        stream = b""
-        counter = 0
-        while len(stream) < group.n_len + 16:
-            counter += 1
-            stream += hmac.new(
-                self._secret,
-                b"rserpool srp fake verifier\x00" + counter.to_bytes(4, "big") + ident,
-                hashlib.sha256,
-            ).digest()
-        verifier = int.from_bytes(stream, "big") % (group.n - 1) + 1
-        return salt, verifier
+    def verified(self, identity: Identity, now: float) -> tuple[ServerEvent, ...]:
+        """The checker accepted the credentials and names ``identity``."""
+        if self._state != _VERIFYING:
+            return ()
+        credentials, self._credentials = self._credentials, None
+        if self._chap is not None:
+            self._chap.verification_result(True)
+            self._chap = None
+        if identity.name != self._identity:  # a checker must answer for the claimed name
+            return self._fail(f"the checker answered for {identity.name!r}", FAIL_AUTHENTICATION)
+        server_proof = credentials.server_proof or b"" if type(credentials) is _srp.SrpCredentials else b""
+        self._state = _SUCCEEDED
+        self._step_deadline = None
+        self.identity = identity
+        return (_send(AsapAuthSuccess(self._mechanism, server_proof)), AuthSucceeded(identity))
 
-    def _srp_proof(self, proof: SrpProof, now: float) -> tuple[ServerEvent, ...]:
-        session, self._srp = self._srp, None
-        assert session is not None
+    def rejected(self, reason: str, now: float) -> tuple[ServerEvent, ...]:
+        """The checker refused the credentials (or the identity for SRP)."""
+        if self._state not in (_VERIFYING, _CHALLENGING):
+            return ()
+        if self._chap is not None:
+            self._chap.verification_result(False)
+        return self._fail(reason or "refused", FAIL_AUTHENTICATION)
+
+    def unavailable(self, reason: str, now: float) -> tuple[ServerEvent, ...]:
+        """The checker's backend could not answer (fail closed)."""
+        if self._state not in (_VERIFYING, _CHALLENGING):
+            return ()
+        return self._unavailable(reason)
+
+    def timer_expired(self, now: float) -> tuple[ServerEvent, ...]:
+        deadline = self.deadline
+        if deadline is None or now < deadline:
+            return ()
+        if self._state in (_VERIFYING, _CHALLENGING):
+            return self._unavailable("verification timed out")
+        if now >= self._deadline:
+            return self._close("exchange lifetime exceeded", FAIL_TIMEOUT)
+        return self._fail("challenge expired", FAIL_TIMEOUT)
+
+    # -- steps
+    def _srp_proof(self, proof: AsapAuthSrpProof, now: float) -> tuple[ServerEvent, ...]:
+        challenge, self._challenge = self._challenge, None
         if self._step_deadline is not None and now > self._step_deadline:
             return self._fail("challenge expired", FAIL_TIMEOUT)
-        if not isinstance(proof.client_public, bytes) or not isinstance(
-            proof.client_proof, bytes
-        ):
-            return self._close("malformed SRP proof", FAIL_PROTOCOL)
-        try:
-            m2 = session.verify_client(proof.client_public, proof.client_proof)
-        except _srp.SrpError as exc:
-            reason = "unknown identity" if self._unknown else f"SRP: {exc}"
-            return self._fail(reason, FAIL_AUTHENTICATION)
-        if self._unknown:  # cannot happen short of a hash collision
-            return self._fail("unknown identity", FAIL_AUTHENTICATION)
-        return self._succeed(m2, now)
+        self._credentials = _srp.SrpCredentials(challenge, proof.client_public, proof.client_proof)
+        self._state = _VERIFYING
+        return (Verify(self._credentials, MECH_SRP_SHA256_2048),)
 
-    def _chap_response(self, response: ChapResponse, now: float) -> tuple[ServerEvent, ...]:
+    def _chap_response(self, response: AsapAuthChapResponse, now: float) -> tuple[ServerEvent, ...]:
         server = self._chap
         assert server is not None
         if response.identifier != server.identifier:
             self._chap = None
             return self._fail("CHAP identifier mismatch", FAIL_AUTHENTICATION)
         try:
-            request = server.response_received(response.response, now)
+            credentials = server.response_received(response.response, now)
         except _chap.ChapError as exc:
             self._chap = None
             code = FAIL_TIMEOUT if "expired" in str(exc) else FAIL_AUTHENTICATION
             return self._fail(f"CHAP: {exc}", code)
-        self._state = _CHAP_VERIFYING
-        return (request,)
+        self._credentials = credentials
+        self._state = _VERIFYING
+        return (Verify(credentials, MECH_CHAP_MD5),)
 
     # -- outcomes
-    def _succeed(self, server_proof: bytes, now: float) -> tuple[ServerEvent, ...]:
-        assert self._identity is not None and self._mechanism is not None
-        self._state = _SUCCEEDED
+    def _forget(self) -> None:
+        self._challenge = self._chap = self._credentials = None
         self._step_deadline = None
-        if self._limiter is not None:
-            self._limiter.refund(self._identity, now)
-        return (
-            Send(AuthSuccess(self._mechanism, server_proof)),
-            AuthSucceeded(self._identity, self._mechanism),
-        )
 
     def _fail(self, reason: str, code: int) -> tuple[ServerEvent, ...]:
-        self._srp = None
-        self._chap = None
-        self._step_deadline = None
         if self._attempts >= self._max_attempts:
             return self._close(reason, code)
+        self._forget()
         self._state = _AWAIT_HELLO
-        return (
-            Send(AuthFailure(code, may_retry=True)),
-            AuthFailed(reason, self._identity, self._mechanism, final=False),
-        )
+        return (_send(AsapAuthFailure(code, True)),
+                AuthFailed(reason, self._identity, self._mechanism, final=False))
 
     def _close(self, reason: str, code: int) -> tuple[ServerEvent, ...]:
-        self._srp = None
-        self._chap = None
-        self._step_deadline = None
+        self._forget()
         self._state = _CLOSED
-        return (
-            Send(AuthFailure(code, may_retry=False)),
-            AuthFailed(reason, self._identity, self._mechanism, final=True),
-        )
+        self.identity = None
+        return (_send(AsapAuthFailure(code, False)),
+                AuthFailed(reason, self._identity, self._mechanism, final=True))
+
+    def _unavailable(self, reason: str) -> tuple[ServerEvent, ...]:
+        self._forget()
+        self._state = _CLOSED
+        return (_send(AsapAuthFailure(FAIL_UNAVAILABLE, False)),
+                AuthUnavailable(reason, self._identity, self._mechanism))
 
 
-# ----------------------------------------------------------------- client
+# -- client ------------------------------------------------------------------------------------
 
+
+@dataclass(frozen=True, slots=True)
+class Authenticated:
+    """The registrar accepted us (and, for SRP, proved the verifier with M2)."""
+
+    mechanism: str
+
+
+@dataclass(frozen=True, slots=True)
+class AuthenticationFailed:
+    """``code``: the registrar's failure code (0: decided here);
+    ``unsupported``: the registrar does not know the extension."""
+
+    reason: str
+    code: int = 0
+    may_retry: bool = False
+    unsupported: bool = False
+
+
+ClientEvent = Union[Send, Authenticated, AuthenticationFailed]
+
+_FAILURE_TEXT = {
+    FAIL_AUTHENTICATION: "authentication refused (wrong secret or unknown identity)",
+    FAIL_UNSUPPORTED_MECHANISM: "mechanism not supported by the registrar",
+    FAIL_PROTOCOL: "protocol error",
+    FAIL_RATE_LIMITED: "too many failed attempts",
+    FAIL_TIMEOUT: "authentication timed out at the registrar",
+    FAIL_UNAVAILABLE: "the registrar's verification backend is unavailable",
+    FAIL_CHANNEL_BINDING: "the TLS channel cannot be bound (TLS 1.3 or TLS 1.2 with "
+                          "extended master secret required)",
+}
+
+_C_START = "start"
 _C_AWAIT_OFFER = "await-offer"
 _C_AWAIT_CHALLENGE = "await-challenge"
 _C_AWAIT_RESULT = "await-result"
@@ -570,11 +449,18 @@ _C_DONE = "done"
 
 
 class ClientExchange:
-    """The client (PE) side: pick a mechanism, answer, check the result.
+    """The PE's authentication on one channel to a registrar.
 
-    ``secret`` is the password for SRP and the CHAP secret for CHAP.  For
-    SRP the server's M2 is checked, so a server that does not hold the
-    verifier is detected even if it says "success".
+    :meth:`start` gives the ASAP_AUTH_REQUEST; feed every message from the
+    registrar to :meth:`receive` until :class:`Authenticated` or
+    :class:`AuthenticationFailed` comes back; call :meth:`timer_expired` at
+    :attr:`deadline`.  ``secret`` is the SRP password or the CHAP secret;
+    ``preferences`` the mechanisms in the PE's order.  For SRP the
+    registrar's M2 is checked, so a registrar that does not hold the
+    verifier is detected even if it says "success".  The PE never retries
+    with the same secret after a refusal (it cannot get better);
+    ``max_retries`` allows retries the registrar marks possible for other
+    reasons (a backend that timed out, a challenge that expired).
     """
 
     def __init__(
@@ -582,70 +468,85 @@ class ClientExchange:
         identity: str,
         secret: str | bytes,
         channel_binding: bytes,
+        now: float,
         *,
         preferences: tuple[str, ...] = DEFAULT_MECHANISMS,
+        timeout: float = 30.0,
+        max_retries: int = 0,
     ) -> None:
         if len(channel_binding) != CHANNEL_BINDING_LEN:
             raise ValueError(f"channel binding must be {CHANNEL_BINDING_LEN} bytes")
         normalized = normalize_identity(identity)
         if normalized is None:
             raise ValueError("bad identity")
-        self._identity = normalized
-        self._secret = _srp.normalize_text(secret, _srp.MAX_PASSWORD_LEN, "secret")
-        unknown = [m for m in preferences if m != MECH_CHAP_MD5 and m not in _srp.GROUPS]
+        unknown = [m for m in preferences if m not in DEFAULT_MECHANISMS]
         if unknown or not preferences:
             raise ValueError(f"bad mechanism preferences {preferences!r}")
+        self._identity = normalized
+        self._secret = _srp.normalize_text(secret, _srp.MAX_PASSWORD_LEN, "secret")
         self._cb = bytes(channel_binding)
         self._preferences = tuple(preferences)
         self._offer: tuple[str, ...] | None = None
         self._mechanism: str | None = None
         self._srp: _srp.SrpClientSession | None = None
-        self._state = _C_AWAIT_OFFER
+        self._deadline: float | None = now + timeout
+        self._retries_left = max_retries
+        self._state = _C_START
 
     @property
     def state(self) -> str:
         return self._state
 
-    def receive(self, message: object) -> tuple[ClientEvent, ...]:
-        if isinstance(message, MechanismOffer) and self._state == _C_AWAIT_OFFER:
-            offered = tuple(message.mechanisms)[:MAX_MECHANISMS]
-            self._offer = offered
+    @property
+    def deadline(self) -> float | None:
+        return None if self._state == _C_DONE else self._deadline
+
+    @property
+    def done(self) -> bool:
+        return self._state == _C_DONE
+
+    def start(self) -> Send:
+        if self._state != _C_START:
+            raise RuntimeError("authentication already started")
+        self._state = _C_AWAIT_OFFER
+        return _send(AsapAuthRequest())
+
+    def receive(self, message: Any, now: float) -> tuple[ClientEvent, ...]:
+        state = self._state
+        if state == _C_DONE:
+            return ()
+        if state == _C_START:
+            return self._failed("message before the request")
+        kind = type(message)
+        if kind is AsapError:
+            return self._error(message)
+        if kind is AsapAuthOffer and state == _C_AWAIT_OFFER:
+            self._offer = tuple(message.mechanisms)
             return self._hello()
-        if isinstance(message, SrpChallenge) and self._state == _C_AWAIT_CHALLENGE:
-            if self._srp is None:
-                return self._failed("SRP challenge for a CHAP exchange")
+        if kind is AsapAuthSrpChallenge and state == _C_AWAIT_CHALLENGE and self._srp is not None:
             try:
                 a_pub, m1 = self._srp.process_challenge(message.salt, message.server_public)
             except (_srp.SrpError, TypeError) as exc:
                 return self._failed(f"bad SRP challenge: {exc}")
             self._state = _C_AWAIT_RESULT
-            return (Send(SrpProof(a_pub, m1)),)
-        if isinstance(message, ChapChallenge) and self._state == _C_AWAIT_CHALLENGE:
-            if self._mechanism != MECH_CHAP_MD5:
-                return self._failed("CHAP challenge for an SRP exchange")
+            return (_send(AsapAuthSrpProof(a_pub, m1)),)
+        if kind is AsapAuthChapChallenge and state == _C_AWAIT_CHALLENGE and self._mechanism == MECH_CHAP_MD5:
             try:
-                response = _chap.ChapClient(self._secret, self._cb).respond(
-                    message.identifier, message.nonce
-                )
+                response = _chap.ChapClient(self._secret, self._cb).respond(message.identifier, message.nonce)
             except _chap.ChapError as exc:
                 return self._failed(f"bad CHAP challenge: {exc}")
             self._state = _C_AWAIT_RESULT
-            return (Send(ChapResponse(message.identifier, response)),)
-        if isinstance(message, AuthSuccess) and self._state == _C_AWAIT_RESULT:
+            return (_send(AsapAuthChapResponse(message.identifier, response)),)
+        if kind is AsapAuthSuccess and state == _C_AWAIT_RESULT:
             return self._success(message)
-        if isinstance(message, AuthFailure) and self._state in (
-            _C_AWAIT_CHALLENGE, _C_AWAIT_RESULT,
-        ):
-            self._srp = None
-            self._state = _C_DONE
-            return (ClientFailed("server refused", message.code, message.may_retry),)
-        return self._failed(f"unexpected {type(message).__name__} in state {self._state}")
+        if kind is AsapAuthFailure:
+            return self._refused(message)
+        return self._failed(f"unexpected {message.name} in state {state}")
 
-    def retry(self) -> tuple[ClientEvent, ...]:
-        """Start a new attempt after a failure the server allows to retry."""
-        if self._state != _C_DONE or self._offer is None:
-            raise RuntimeError("nothing to retry")
-        return self._hello()
+    def timer_expired(self, now: float) -> tuple[ClientEvent, ...]:
+        if self._state == _C_DONE or self._deadline is None or now < self._deadline:
+            return ()
+        return self._failed("the registrar did not complete the authentication in time")
 
     def _hello(self) -> tuple[ClientEvent, ...]:
         assert self._offer is not None
@@ -653,31 +554,49 @@ class ClientExchange:
         if choice is None:
             return self._failed("no common mechanism")
         self._mechanism = choice
-        if choice == MECH_CHAP_MD5:
-            self._srp = None
-        else:
-            group = _srp.GROUPS[choice]
-            self._srp = _srp.SrpClientSession(group, self._identity, self._secret, self._cb)
+        self._srp = None
+        if choice != MECH_CHAP_MD5:
+            self._srp = _srp.SrpClientSession(_srp.GROUPS[choice], self._identity, self._secret, self._cb)
         self._state = _C_AWAIT_CHALLENGE
-        return (Send(ClientHello(choice, self._identity)),)
+        return (_send(AsapAuthHello(choice, self._identity)),)
 
-    def _success(self, message: AuthSuccess) -> tuple[ClientEvent, ...]:
+    def _success(self, message: AsapAuthSuccess) -> tuple[ClientEvent, ...]:
         mechanism = self._mechanism
-        self._state = _C_DONE
         if message.mechanism != mechanism:
-            return self._failed("server confirmed another mechanism")
+            return self._failed("registrar confirmed another mechanism")
         if self._srp is not None:
             session, self._srp = self._srp, None
             try:
                 session.verify_server(message.server_proof)
             except _srp.SrpError:
-                return self._failed("server proof mismatch")
+                return self._failed("registrar proof mismatch")
         elif message.server_proof:
-            return self._failed("unexpected server proof for CHAP")
+            return self._failed("unexpected registrar proof for CHAP")
         assert mechanism is not None
-        return (ClientAuthenticated(mechanism),)
+        self._state = _C_DONE
+        return (Authenticated(mechanism),)
+
+    def _refused(self, message: AsapAuthFailure) -> tuple[ClientEvent, ...]:
+        self._srp = None
+        if (message.may_retry and message.code not in (FAIL_AUTHENTICATION, 0) and self._retries_left > 0
+                and self._offer is not None and self._state in (_C_AWAIT_CHALLENGE, _C_AWAIT_RESULT)):
+            self._retries_left -= 1
+            return self._hello()
+        self._state = _C_DONE
+        reason = _FAILURE_TEXT.get(message.code, f"refused with code {message.code}")
+        return (AuthenticationFailed(reason, message.code, message.may_retry),)
+
+    def _error(self, message: AsapError) -> tuple[ClientEvent, ...]:
+        for cause in message.error.causes:
+            if (cause.code == codes.CAUSE_UNRECOGNIZED_MESSAGE and cause.info[:1]
+                    and cause.info[0] in {cls.TYPE for cls in AUTH_MESSAGES}):
+                self._state = _C_DONE
+                return (AuthenticationFailed(
+                    "the registrar does not support the authentication extension "
+                    "(ASAP_ERROR Unrecognized Message)", 0, False, unsupported=True),)
+        return self._failed(f"ASAP_ERROR during authentication: {message.error}")
 
     def _failed(self, reason: str) -> tuple[ClientEvent, ...]:
         self._srp = None
         self._state = _C_DONE
-        return (ClientFailed(reason),)
+        return (AuthenticationFailed(reason),)

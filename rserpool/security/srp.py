@@ -50,7 +50,9 @@ __all__ = [
     "GROUP_1024_SHA1",
     "GROUP_2048_SHA256",
     "GROUPS",
+    "SrpChallenge",
     "SrpClientSession",
+    "SrpCredentials",
     "SrpError",
     "SrpGroup",
     "SrpServerSession",
@@ -498,3 +500,57 @@ class SrpClientSession:
             raise SrpError("server proof mismatch")
         self.session_key = self._key
         return self._key  # type: ignore[return-value]
+
+
+# -- the server's half as twisted.cred sees it ---------------------------------------------------
+
+
+class SrpChallenge:
+    """One pending SRP run: what to send (``salt``, ``server_public``) and the
+    single-use server session.  An SRP checker issues it (``ISrpChecker.challenge``);
+    ``known`` is False when the salt and verifier are the fake ones of an
+    unknown identity."""
+
+    __slots__ = ("identity", "session", "known")
+
+    def __init__(self, identity: str, session: SrpServerSession, known: bool) -> None:
+        self.identity = identity
+        self.session = session
+        self.known = known
+
+    @property
+    def salt(self) -> bytes:
+        return self.session.salt
+
+    @property
+    def server_public(self) -> bytes:
+        return self.session.server_public
+
+    def __repr__(self) -> str:
+        return f"SrpChallenge({self.identity!r})"
+
+
+class SrpCredentials:
+    """The client's ``A`` and ``M1`` for a :class:`SrpChallenge`: the
+    credentials an SRP checker verifies (``ISrpCredentials``).  After a
+    successful check ``server_proof`` holds M2 for the client."""
+
+    __slots__ = ("challenge", "identity", "client_public", "client_proof", "server_proof")
+
+    def __init__(self, challenge: SrpChallenge, client_public: bytes, client_proof: bytes) -> None:
+        self.challenge = challenge
+        self.identity = challenge.identity
+        self.client_public = client_public
+        self.client_proof = client_proof
+        self.server_proof: bytes | None = None
+
+    def verify(self) -> bytes:
+        """Check the proof: M2, or SrpError (also for an unknown identity)."""
+        m2 = self.challenge.session.verify_client(self.client_public, self.client_proof)
+        if not self.challenge.known:  # a fake verifier cannot verify short of a collision
+            raise SrpError("unknown identity")
+        self.server_proof = m2
+        return m2
+
+    def __repr__(self) -> str:
+        return f"SrpCredentials({self.identity!r})"

@@ -1,17 +1,17 @@
 """SRP-6a / CHAP authentication over ASAP channels: the Twisted shell around
-``rserpool.asap.auth`` (registrar side and PE side).
+:mod:`rserpool.security.exchange` (registrar side and PE side).
 
 - :func:`channel_binding` checks the TLS version (TLS 1.3, or TLS 1.2 with
   the extended master secret) and exports 32 bytes with the label
   ``EXPORTER-rserpool-auth``; anything else raises
   :class:`ChannelBindingError` and the registrar refuses with cause 0xa.
-- :class:`RegistrarAuthenticator` runs a :class:`~rserpool.asap.auth.ServerAuth`
-  per channel for ``RegistrarService`` (``authenticator=``): it fetches SRP
-  verifiers from a store, checks CHAP locally or through a verifier such as
-  :class:`~rserpool.backends.radius_authz.RadiusChapVerifier` (an outage is
-  an ``AuthFailure`` with cause 0xa and an ERROR log line: fail closed),
-  keeps the exchange's timer, and on success sets ``session.identity`` and
-  ``session.mechanism``.
+- :class:`RegistrarAuthenticator` runs a
+  :class:`~rserpool.security.exchange.ServerExchange` per channel for
+  ``RegistrarService``: it asks the security gate before every attempt,
+  gives the credentials the exchange produces to the configured twisted.cred
+  checkers (an ``SrpChecker`` issues SRP's challenge first), reports every
+  result to the gate and carries out what the gate decides.  A backend
+  outage fails closed and is logged as such.
 - :class:`PeAuthenticator` authenticates a PE on a fresh channel before it
   registers (``PoolElementService(authenticator=...)``).
 
@@ -24,18 +24,24 @@ import os
 import stat
 from typing import Any
 
+from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
-from rserpool.asap.auth import (
-    AUTH_MESSAGES, AuthFailed, Authenticated, AuthenticationFailed, AuthSucceeded, ClientAuth,
-    LookupSrp, SendMessage, ServerAuth, channel_refusal,
+from rserpool.errors import BackendUnavailable
+from rserpool.gate import (
+    REFUSED_AFTER_SUCCESS, REFUSED_CLOSING, REFUSED_IDENTITY_MISMATCH, REFUSED_RATE_ADDRESS,
+    REFUSED_RATE_IDENTITY, CloseChannel, Gate,
 )
+from rserpool.identity import normalize_identity
+from rserpool.interfaces import IChannelHandler, IChapCredentials
+from rserpool.outputs import Send
 from rserpool.security import _internals
 from rserpool.security import exchange as ex
-from rserpool.security.chap import ChapVerdict, VerifyChap, verify_locally
+from rserpool.security.credentials import Authenticator
 from rserpool.security.tls import NotTLSError, export_keying_material, tls_connection
 from rserpool.stats import EventCounts
 
@@ -50,7 +56,16 @@ __all__ = [
 
 _log = Logger()
 
-_AUTH_TYPES = frozenset(AUTH_MESSAGES)
+_AUTH_TYPES = frozenset(ex.AUTH_MESSAGES)
+
+#: The failure code the peer gets when the gate refuses an attempt.
+_ATTEMPT_CODES = {
+    REFUSED_RATE_ADDRESS: ex.FAIL_RATE_LIMITED,
+    REFUSED_RATE_IDENTITY: ex.FAIL_RATE_LIMITED,
+    REFUSED_IDENTITY_MISMATCH: ex.FAIL_AUTHENTICATION,
+    REFUSED_AFTER_SUCCESS: ex.FAIL_PROTOCOL,
+    REFUSED_CLOSING: ex.FAIL_PROTOCOL,
+}
 
 
 class ChannelBindingError(Exception):
@@ -104,61 +119,49 @@ def read_secret(path: str) -> bytes:
 
 
 class _ChannelState:
-    __slots__ = ("auth", "timer")
+    __slots__ = ("exchange", "admission", "timer")
 
-    def __init__(self, auth: ServerAuth) -> None:
-        self.auth = auth
+    def __init__(self, exchange: ex.ServerExchange | None, admission: Any) -> None:
+        self.exchange = exchange
+        self.admission = admission
         self.timer: IDelayedCall | None = None
 
 
 class RegistrarAuthenticator:
-    """The registrar's SRP/CHAP authentication of PE channels.
+    """The registrar's SRP/CHAP authentication of its ASAP channels.
 
-    ``srp_store``: ``srp_verifier(identity) -> Deferred[(salt, verifier) | None]``
-    (``ISrpVerifierStore``) or a synchronous ``lookup_srp(identity)``.
-    CHAP: ``chap_verifier`` with ``verify(VerifyChap) -> Deferred[ChapVerdict]``
-    (RADIUS) takes precedence over ``chap_store`` (``chap_secret(identity)``
-    Deferred or ``lookup_chap_secret(identity)``).  A mechanism without a
-    backend is not offered.  ``server_secret`` (at least 16 bytes, stable
-    across restarts) derives the fake SRP salts of unknown identities.
+    ``checkers`` dispatches credentials to the configured authenticator
+    plugins; SRP is offered when one of them provides ``ISrpChecker``, CHAP
+    when one handles ``IChapCredentials``.  Every identity change goes
+    through ``gate``.
     """
 
     def __init__(
         self,
         clock: IReactorTime,
-        server_secret: bytes,
+        gate: Gate,
+        checkers: Authenticator,
         *,
-        srp_store: Any = None,
-        chap_store: Any = None,
-        chap_verifier: Any = None,
-        mechanisms: tuple[str, ...] = ex.DEFAULT_MECHANISMS,
-        limiter: ex.AttemptLimiter | None = None,
-        address_limiter: ex.AttemptLimiter | None = None,
         max_attempts: int = ex.DEFAULT_MAX_ATTEMPTS,
         step_lifetime: float = ex.DEFAULT_STEP_LIFETIME,
         exchange_lifetime: float = ex.DEFAULT_EXCHANGE_LIFETIME,
     ) -> None:
-        offered = tuple(m for m in mechanisms
-                        if (m == ex.MECH_CHAP_MD5 and (chap_store or chap_verifier) is not None)
-                        or (m != ex.MECH_CHAP_MD5 and srp_store is not None))
-        if not offered:
-            raise ValueError("no mechanism has a backend (give srp_store, chap_store or chap_verifier)")
-        if len(server_secret) < 16:
-            raise ValueError("server_secret must be at least 16 bytes")
+        mechanisms = []
+        if checkers.srp_checker is not None:
+            mechanisms.append(ex.MECH_SRP_SHA256_2048)
+        if checkers.handles(IChapCredentials):
+            mechanisms.append(ex.MECH_CHAP_MD5)
+        if not mechanisms:
+            raise ValueError("no SRP or CHAP checker is configured")
         self.clock = clock
-        self.mechanisms = offered
-        self._secret = bytes(server_secret)
-        self._srp_store = srp_store
-        self._chap_store = chap_store
-        self._chap_verifier = chap_verifier
-        self.limiter = limiter if limiter is not None else ex.AttemptLimiter()
-        self.address_limiter = (address_limiter if address_limiter is not None
-                                else ex.AttemptLimiter(capacity=20, refill_interval=6.0))
+        self.gate = gate
+        self.checkers = checkers
+        self.mechanisms = tuple(mechanisms)
         self._options = dict(max_attempts=max_attempts, step_lifetime=step_lifetime,
                              exchange_lifetime=exchange_lifetime)
         self._channels: dict[Any, _ChannelState] = {}
         self.stats = {"succeeded": 0, "failed": 0, "unavailable": 0}
-        # By mechanism, for operators; the registrar service shares its own.
+        # Counters for operators (rserpool.stats); the registrar shares its own.
         self.events = EventCounts()
 
     @staticmethod
@@ -175,15 +178,12 @@ class RegistrarAuthenticator:
             try:
                 cb = channel_binding(channel.transport)
             except ChannelBindingError as exc:
-                self._carry_out(channel, None, channel_refusal(str(exc)))
+                self._carry_out(channel, _ChannelState(None, session.admission), ex.channel_refusal(str(exc)))
                 return
-            certificate_identity = session.identity
-            state = _ChannelState(ServerAuth(
-                cb, self._secret, now, address=session.address,
-                certificate_identity=certificate_identity, mechanisms=self.mechanisms,
-                limiter=self.limiter, address_limiter=self.address_limiter, **self._options))
+            state = _ChannelState(ex.ServerExchange(cb, now, mechanisms=self.mechanisms, **self._options),
+                                  session.admission)
             self._channels[channel] = state
-        self._carry_out(channel, state, state.auth.receive(message, now))
+        self._carry_out(channel, state, state.exchange.receive(message, now))
 
     def channel_closed(self, channel: Any) -> None:
         state = self._channels.pop(channel, None)
@@ -191,55 +191,54 @@ class RegistrarAuthenticator:
             state.timer.cancel()
 
     # -- carrying out
-    def _carry_out(self, channel: Any, state: _ChannelState | None, events: tuple) -> None:
-        close = False
+    def _carry_out(self, channel: Any, state: _ChannelState, events: tuple) -> None:
+        gate, adm = self.gate, state.admission
         for event in events:
             kind = type(event)
-            if kind is SendMessage:
+            if kind is Send:
                 channel.send(event.message)
-            elif kind is LookupSrp:
-                self._lookup_srp(channel, state, event.identity)
-            elif kind is VerifyChap:
-                self._verify_chap(channel, state, event)
-            elif kind is AuthSucceeded:
-                self._succeeded(channel, event)
-            elif kind is AuthFailed:
-                close = self._failed(channel, event) or close
-        if state is not None:
+            elif kind is ex.Admit:
+                now = self.clock.seconds()
+                refused = gate.authentication_attempt(adm, event.identity, event.mechanism, now)
+                if refused is None:
+                    self._carry_out(channel, state, state.exchange.attempt_admitted(now))
+                else:
+                    self._carry_out(channel, state, state.exchange.attempt_refused(
+                        _ATTEMPT_CODES[refused.kind], refused.final, refused.kind, now))
+            elif kind is ex.StartSrp:
+                self._start_srp(channel, state, event)
+            elif kind is ex.Verify:
+                self._verify(channel, state, event)
+            elif kind is ex.AuthSucceeded:
+                self.stats["succeeded"] += 1
+                self.events.authenticated(event.identity.mechanism, True)
+                self._decided(channel, gate.authenticated(adm, event.identity, self.clock.seconds()))
+            elif kind is ex.AuthFailed:
+                self.stats["failed"] += 1
+                self.events.authenticated(event.mechanism or "unknown", False)
+                self._decided(channel, gate.authentication_failed(
+                    adm, event.identity, event.mechanism, event.reason_for_log, event.final,
+                    self.clock.seconds()))
+            elif kind is ex.AuthUnavailable:
+                self.stats["unavailable"] += 1
+                self.events.outage("authenticator")
+                self._decided(channel, gate.authentication_unavailable(
+                    adm, event.identity, event.mechanism, event.reason_for_log, self.clock.seconds()))
+        if state.exchange is not None:
             self._arm(channel, state)
-        if close:
-            self.channel_closed(channel)
-            channel.close()
 
-    def _succeeded(self, channel: Any, event: AuthSucceeded) -> None:
-        session = channel.session
-        self.stats["succeeded"] += 1
-        self.events.authenticated(event.mechanism, True)
-        session.identity = event.identity
-        session.mechanism = event.mechanism
-        _log.info("PE at {address} authenticated as {identity} by {mechanism}",
-                  address=session.address, identity=event.identity, mechanism=event.mechanism)
-
-    def _failed(self, channel: Any, event: AuthFailed) -> bool:
-        session = channel.session
-        self.stats["failed"] += 1
-        self.events.authenticated(event.mechanism or "unknown", False)
-        if session is not None and getattr(session, "mechanism", None) is not None:
-            # A protocol violation after success: the channel loses the identity.
-            session.identity = None
-            session.mechanism = None
-        _log.warn("authentication from {address} failed ({identity}, {mechanism}): {reason}"
-                  "{final}", address=getattr(session, "address", "?"), identity=event.identity,
-                  mechanism=event.mechanism, reason=event.reason_for_log,
-                  final="; closing the channel" if event.final else "")
-        return event.final
+    def _decided(self, channel: Any, decisions: list) -> None:
+        for decision in decisions:
+            if type(decision) is CloseChannel:
+                self.channel_closed(channel)
+                channel.close()
 
     def _arm(self, channel: Any, state: _ChannelState) -> None:
-        deadline = state.auth.deadline
+        deadline = state.exchange.deadline
         if state.timer is not None and state.timer.active():
             state.timer.cancel()
         state.timer = None
-        if deadline is None or channel.closed:
+        if deadline is None or channel.closed or self._channels.get(channel) is not state:
             return
         delay = max(0.0, deadline - self.clock.seconds())
         state.timer = self.clock.callLater(delay, self._expired, channel)
@@ -249,62 +248,42 @@ class RegistrarAuthenticator:
         if state is None:
             return
         state.timer = None
-        self._carry_out(channel, state, state.auth.timer_expired(self.clock.seconds()))
+        self._carry_out(channel, state, state.exchange.timer_expired(self.clock.seconds()))
 
     def _current(self, channel: Any, state: _ChannelState) -> bool:
         return self._channels.get(channel) is state and not channel.closed
 
-    def _lookup_srp(self, channel: Any, state: _ChannelState, identity: str) -> None:
-        store = self._srp_store
-        if hasattr(store, "srp_verifier"):
-            d = defer.maybeDeferred(store.srp_verifier, identity)
+    def _start_srp(self, channel: Any, state: _ChannelState, event: ex.StartSrp) -> None:
+        checker = self.checkers.srp_checker
+        d = defer.maybeDeferred(checker.challenge, event.identity, event.channel_binding)
+        d.addCallbacks(self._answer, self._failure, callbackArgs=(channel, state, "challenge"),
+                       errbackArgs=(channel, state, event.identity))
+
+    def _verify(self, channel: Any, state: _ChannelState, event: ex.Verify) -> None:
+        d = self.checkers.authenticate(event.credentials, event.mechanism)
+        d.addCallbacks(self._answer, self._failure, callbackArgs=(channel, state, "identity"),
+                       errbackArgs=(channel, state, event.credentials.identity))
+
+    def _answer(self, value: Any, channel: Any, state: _ChannelState, what: str) -> None:
+        if not self._current(channel, state):
+            return
+        now = self.clock.seconds()
+        if what == "challenge":
+            self._carry_out(channel, state, state.exchange.challenge_issued(value, now))
         else:
-            d = defer.maybeDeferred(store.lookup_srp, identity)
+            self._carry_out(channel, state, state.exchange.verified(value, now))
 
-        def found(entry: Any) -> None:
-            if self._current(channel, state):
-                self._carry_out(channel, state, state.auth.srp_entry(entry, self.clock.seconds()))
-
-        def failed(failure: Failure) -> None:
-            self.stats["unavailable"] += 1
-            self.events.outage("authenticator")
-            _log.error("SRP verifier store unavailable for {identity}: {error}; refusing "
-                       "(fail closed)", identity=identity, error=failure.getErrorMessage())
-            if self._current(channel, state):
-                self._carry_out(channel, state, state.auth.store_unavailable(
-                    failure.getErrorMessage(), self.clock.seconds()))
-
-        d.addCallbacks(found, failed)
-
-    def _verify_chap(self, channel: Any, state: _ChannelState, request: VerifyChap) -> None:
-        verifier, store = self._chap_verifier, self._chap_store
-        if verifier is not None and hasattr(verifier, "verify"):
-            d = defer.maybeDeferred(verifier.verify, request)
-        elif verifier is not None:  # IChapVerifier: Identity or None
-            d = defer.maybeDeferred(verifier.verify_chap, request.identity, request.identifier,
-                                    request.challenge, request.response)
-            d.addCallback(lambda found: ChapVerdict(found is not None,
-                                                    "" if found is not None else "refused"))
-        else:
-            lookup = store.chap_secret if hasattr(store, "chap_secret") else store.lookup_chap_secret
-            d = defer.maybeDeferred(lookup, request.identity)
-            d.addCallback(lambda secret: verify_locally(secret, request))
-
-        def decided(verdict: ChapVerdict) -> None:
-            if self._current(channel, state):
-                self._carry_out(channel, state, state.auth.chap_verified(verdict, self.clock.seconds()))
-
-        def failed(failure: Failure) -> None:
-            self.stats["unavailable"] += 1
-            self.events.outage("authenticator")
-            _log.error("CHAP verification backend unavailable for {identity}: {error}; "
-                       "refusing with cause 0xa (fail closed)", identity=request.identity,
-                       error=failure.getErrorMessage())
-            if self._current(channel, state):
-                self._carry_out(channel, state, state.auth.chap_unavailable(
-                    failure.getErrorMessage(), self.clock.seconds()))
-
-        d.addCallbacks(decided, failed)
+    def _failure(self, failure: Failure, channel: Any, state: _ChannelState, identity: str) -> None:
+        if not self._current(channel, state):
+            return
+        now = self.clock.seconds()
+        if failure.check(UnauthorizedLogin):
+            self._carry_out(channel, state, state.exchange.rejected("refused by the checker", now))
+            return
+        if not failure.check(BackendUnavailable):
+            _log.failure("SRP/CHAP checker failed for {identity}; refusing (fail closed)", failure,
+                         identity=identity)
+        self._carry_out(channel, state, state.exchange.unavailable(failure.getErrorMessage(), now))
 
 
 # -- PE side ----------------------------------------------------------------------------------
@@ -313,7 +292,7 @@ class RegistrarAuthenticator:
 class AuthenticationError(Exception):
     """The PE could not authenticate to a registrar.
 
-    ``event`` is the :class:`~rserpool.asap.auth.AuthenticationFailed`;
+    ``event`` is the :class:`~rserpool.security.exchange.AuthenticationFailed`;
     ``transient``: another try (or another registrar) may succeed (timeout,
     channel lost, backend unavailable, rate limited); ``unsupported``: the
     registrar knows only the RFCs.
@@ -321,22 +300,23 @@ class AuthenticationError(Exception):
 
     _TRANSIENT_CODES = (ex.FAIL_TIMEOUT, ex.FAIL_UNAVAILABLE, ex.FAIL_RATE_LIMITED)
 
-    def __init__(self, event: AuthenticationFailed, transient: bool | None = None) -> None:
+    def __init__(self, event: ex.AuthenticationFailed, transient: bool | None = None) -> None:
         super().__init__(event.reason)
         self.event = event
         self.unsupported = event.unsupported
         self.transient = (event.code in self._TRANSIENT_CODES if transient is None else transient)
 
 
+@implementer(IChannelHandler)
 class _AuthHandler:
     """The channel's handler while the PE authenticates."""
 
-    def __init__(self, authenticator: "PeAuthenticator", channel: Any, client: ClientAuth) -> None:
+    def __init__(self, authenticator: "PeAuthenticator", channel: Any, client: ex.ClientExchange) -> None:
         self.authenticator = authenticator
         self.channel = channel
         self.client = client
         self.previous = channel.handler
-        self.result: defer.Deferred[Authenticated] = defer.Deferred()
+        self.result: defer.Deferred[ex.Authenticated] = defer.Deferred()
         self.timer: IDelayedCall | None = None
 
     def start(self) -> None:
@@ -352,13 +332,13 @@ class _AuthHandler:
 
     def _events(self, events: tuple) -> None:
         for event in events:
-            if type(event) is SendMessage:
+            if type(event) is Send:
                 self.channel.send(event.message)
-            elif type(event) is Authenticated:
+            elif type(event) is ex.Authenticated:
                 self._finish()
                 self.channel.handler = self.previous
                 self.result.callback(event)
-            elif type(event) is AuthenticationFailed:
+            elif type(event) is ex.AuthenticationFailed:
                 self._fail(AuthenticationError(event))
 
     def _finish(self) -> None:
@@ -372,7 +352,7 @@ class _AuthHandler:
             self.result.errback(Failure(error))
         self.channel.abort()
 
-    # ChannelHandler
+    # IChannelHandler
     def channel_ready(self, channel: Any) -> None:
         pass
 
@@ -382,25 +362,24 @@ class _AuthHandler:
 
     def wire_error(self, channel: Any, ppid: int, error: Any, now: float) -> None:
         if not self.result.called:
-            self._fail(AuthenticationError(AuthenticationFailed(
+            self._fail(AuthenticationError(ex.AuthenticationFailed(
                 f"undecodable message during authentication: {error}")))
 
     def data_received(self, channel: Any, ppid: int, payload: bytes, now: float) -> None:
         if not self.result.called:
-            self._fail(AuthenticationError(AuthenticationFailed(
+            self._fail(AuthenticationError(ex.AuthenticationFailed(
                 f"data with PPID {ppid} during authentication")))
 
     def channel_closed(self, channel: Any, reason: Failure) -> None:
         self._finish()
         if not self.result.called:
-            self.result.errback(Failure(AuthenticationError(AuthenticationFailed(
+            self.result.errback(Failure(AuthenticationError(ex.AuthenticationFailed(
                 f"channel closed during authentication: {reason.getErrorMessage()}"),
                 transient=True)))
         if channel.handler is self:
             channel.handler = self.previous
-            closed = getattr(self.previous, "channel_closed", None)
-            if closed is not None:
-                closed(channel, reason)  # the owner learns of it too
+            if self.previous is not None:
+                self.previous.channel_closed(channel, reason)  # the owner learns of it too
 
 
 class PeAuthenticator:
@@ -413,7 +392,7 @@ class PeAuthenticator:
     def __init__(self, clock: IReactorTime, identity: str, secret: str | bytes, *,
                  preferences: tuple[str, ...] = ex.DEFAULT_MECHANISMS,
                  timeout: float = 30.0) -> None:
-        if ex.normalize_identity(identity) is None:
+        if normalize_identity(identity) is None:
             raise ValueError("bad identity")
         self.clock = clock
         self.identity = identity
@@ -426,18 +405,18 @@ class PeAuthenticator:
                   **kwargs: Any) -> "PeAuthenticator":
         return cls(clock, identity, read_secret(path), **kwargs)
 
-    def authenticate(self, channel: Any) -> defer.Deferred[Authenticated]:
+    def authenticate(self, channel: Any) -> defer.Deferred[ex.Authenticated]:
         """Run the exchange on ``channel`` (ready, TLS).  Fires with
-        :class:`Authenticated`; fails with :class:`AuthenticationError` (the
-        channel is then aborted).  The channel's handler is restored on
-        success."""
+        :class:`~rserpool.security.exchange.Authenticated`; fails with
+        :class:`AuthenticationError` (the channel is then aborted).  The
+        channel's handler is restored on success."""
         try:
             cb = channel_binding(channel.transport)
-            client = ClientAuth(self.identity, self._secret, cb, self.clock.seconds(),
-                                preferences=self.preferences, timeout=self.timeout)
+            client = ex.ClientExchange(self.identity, self._secret, cb, self.clock.seconds(),
+                                       preferences=self.preferences, timeout=self.timeout)
         except (ChannelBindingError, ValueError) as exc:
             channel.abort()
-            return defer.fail(AuthenticationError(AuthenticationFailed(
+            return defer.fail(AuthenticationError(ex.AuthenticationFailed(
                 f"cannot authenticate on this channel: {exc}")))
         handler = _AuthHandler(self, channel, client)
         channel.handler = handler

@@ -17,7 +17,7 @@ from __future__ import annotations
 import ipaddress
 import random
 import socket
-from typing import Any, Callable, Iterable, Protocol as TypingProtocol, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
@@ -26,16 +26,18 @@ from twisted.logger import Logger
 from twisted.names import dns
 from twisted.names.error import DNSNameError
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from rserpool.asap.hunt import (
     ASAP_TLS_PORT, AnnounceTable, AnnounceVerdict, Candidate, Origin, SrvTarget, StaticEntry,
     dedupe, srv_order,
 )
+from rserpool.interfaces import ICandidateSource, IWatchedCandidateSource
 from rserpool.wire import AsapServerAnnounce, Limits, TcpTransport, WireError, decode_message
 from rserpool.wire.codes import PPID_ASAP
 
 __all__ = [
-    "SRV_SERVICE", "CandidateSource", "RegistrarCandidates", "AnnounceReceiver",
+    "SRV_SERVICE", "RegistrarCandidates", "AnnounceReceiver",
     "listen_for_announces", "describe_failure", "resolve_addresses",
 ]
 
@@ -59,13 +61,6 @@ def describe_failure(failure: Failure) -> str:
     text = str(value) or repr(value)
     return f"{name}: {text}"
 
-
-
-class CandidateSource(TypingProtocol):
-    """Anything that yields the ordered candidates of a round."""
-
-    def candidates(self) -> defer.Deferred[list[Candidate]]:
-        ...
 
 
 # --- DNS ---------------------------------------------------------------------------
@@ -113,6 +108,7 @@ def resolve_addresses(resolver: Any, name: str, timeout: DnsTimeout) -> defer.De
     return defer.DeferredList(lookups, consumeErrors=True).addCallback(combine)
 
 
+@implementer(IWatchedCandidateSource)
 class RegistrarCandidates:
     """The candidate list of a PE or PU, rebuilt at the start of each round.
 
@@ -248,6 +244,7 @@ class RegistrarCandidates:
 # --- announces -----------------------------------------------------------------------
 
 
+@implementer(ICandidateSource)
 class AnnounceReceiver(DatagramProtocol):
     """Receives ASAP_SERVER_ANNOUNCE datagrams and keeps an ``AnnounceTable``.
 

@@ -5,7 +5,7 @@ A ``Channel`` is a Twisted ``Protocol``.  It only moves bytes and time:
 
 - incoming bytes go into ``TcpMapConnection.receive_data``; each delivered
   DATA chunk with PPID 11 (ASAP) or 12 (ENRP) is decoded and handed to the
-  ``ChannelHandler``; other PPIDs (the application's data on a PU-PE session,
+  handler (an :class:`~rserpool.interfaces.IChannelHandler`); other PPIDs (the application's data on a PU-PE session,
   RFC 5355 section 2.16) are handed over as bytes;
 - ``send(message)`` encodes and frames a message, ``send_encoded(ppid, bytes)``
   frames an encoded message or application data;
@@ -31,7 +31,7 @@ channel stays up.
 
 from __future__ import annotations
 
-from typing import Any, Protocol as TypingProtocol
+from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import (
@@ -43,6 +43,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from rserpool.interfaces import IChannelHandler
 from rserpool.wire import DEFAULT_LIMITS, DecodeCache, Limits, WireError
 from rserpool.wire.codes import PPID_ASAP, PPID_ENRP
 from rserpool.wire.tcpmap import (
@@ -52,28 +53,9 @@ from rserpool.wire.tcpmap import (
     TcpMapError,
 )
 
-__all__ = ["Channel", "ChannelHandler", "ChannelSettings", "address_text", "tls_client_endpoint"]
+__all__ = ["Channel", "ChannelSettings", "address_text", "tls_client_endpoint"]
 
 _log = Logger()
-
-
-class ChannelHandler(TypingProtocol):
-    """What a channel reports to.  All methods are called on the reactor thread."""
-
-    def channel_ready(self, channel: "Channel") -> None:
-        """The channel is up (after the TLS handshake when TLS is used)."""
-
-    def message_received(self, channel: "Channel", message: Any, now: float) -> None:
-        """A decoded ASAP or ENRP message."""
-
-    def wire_error(self, channel: "Channel", ppid: int, error: WireError, now: float) -> None:
-        """A message that could not be decoded (``error.cause`` says why)."""
-
-    def data_received(self, channel: "Channel", ppid: int, payload: bytes, now: float) -> None:
-        """Application data (a PPID other than ASAP's and ENRP's)."""
-
-    def channel_closed(self, channel: "Channel", reason: Failure) -> None:
-        """The channel is gone; no more calls follow."""
 
 
 class ChannelSettings:
@@ -139,7 +121,7 @@ class Channel(Protocol):
 
     def __init__(
         self,
-        handler: ChannelHandler,
+        handler: IChannelHandler,
         clock: IReactorTime,
         settings: ChannelSettings,
         *,

@@ -50,7 +50,7 @@ from rserpool.handlespace import Handlespace
 from rserpool.identity import MECH_CERTIFICATE, Identity
 from rserpool.security.certidentity import CertIdentityError, IdentityPolicy, identity_from_certificate
 from rserpool.security.tls import NotTLSError, peer_certificate
-from rserpool.service.channel import Channel, ChannelSettings
+from rserpool.service.channel import Channel, ChannelSettings, address_text
 from rserpool.service.enrp_discovery import PeerConnector, PresenceReceiver
 from rserpool.service.tlsfactory import TLSServerFactory
 from rserpool.wire import EnrpError, Limits, OperationError, WireError
@@ -95,7 +95,7 @@ class _ListenFactory(Factory):
                 or service._per_address.get(host, 0) >= service.max_connections_per_address):
             _log.warn("refusing ENRP connection from {addr}: too many connections", addr=addr)
             return _Refused()
-        return service.new_channel(initiator=False, host=host)
+        return service.new_channel(initiator=False, host=host) or _Refused()
 
 
 class EnrpService(MultiService):
@@ -200,7 +200,7 @@ class EnrpService(MultiService):
             self.ports.append(port)
             self.listening_addresses.append(port.getHost())
             _log.info("registrar {sid:08x} listening for ENRP peers on {address} (TLS, client certificates "
-                      "required)", sid=self.server_id, address=port.getHost())
+                      "required)", sid=self.server_id, address=address_text(port.getHost()))
         self.core.server_info = self._server_info()
         if self.presence_listen is not None or self.presence_targets or self.presence_multicast:
             host, port = self.presence_listen or ("127.0.0.1", 0)
@@ -251,11 +251,16 @@ class EnrpService(MultiService):
 
     # -- channels ------------------------------------------------------------------------
 
-    def new_channel(self, initiator: bool, host: str) -> Channel:
+    def new_channel(self, initiator: bool, host: str) -> Channel | None:
+        """A channel through the gate's peer door, or None when the gate's
+        connection limits refuse it (logged there)."""
         channel = Channel(self, self.clock, self.channel_settings, tls=True, initiator=initiator)
         channel.peer_host = host
-        channel.admission = self.gate.open_channel(DOOR_PEER, host, True)
-        channel.admission.session = channel
+        admission = self.gate.open_channel(DOOR_PEER, host, True, self.clock.seconds(), channel=channel)
+        if admission is None:
+            return None
+        channel.admission = admission
+        admission.session = channel
         self.channels.add(channel)
         self._per_address[host] = self._per_address.get(host, 0) + 1
         return channel
@@ -276,8 +281,12 @@ class EnrpService(MultiService):
         connecting.addErrback(lambda failure: ready.called or ready.errback(failure))
         return ready
 
-    def _dialled_channel(self, candidate: Any, ready: defer.Deferred) -> Channel:
+    def _dialled_channel(self, candidate: Any, ready: defer.Deferred) -> Protocol:
         channel = self.new_channel(initiator=True, host=candidate.host)
+        if channel is None:
+            if not ready.called:
+                ready.errback(Failure(ConnectionRefusedError("the gate's connection limits")))
+            return _Refused()
         channel.ready_deferred = ready
         channel.candidate = candidate
         return channel
@@ -301,9 +310,9 @@ class EnrpService(MultiService):
         check.addCallbacks(self._identified, self._identity_failed, callbackArgs=(channel,),
                            errbackArgs=(channel,))
 
-    def _with_groups(self, name: str | None) -> Any:
-        if name is None:
-            return None
+    def _with_groups(self, name: Identity | str | None) -> Any:
+        if name is None or isinstance(name, Identity):
+            return name  # an Identity: the registrar's checkers named it, with its groups
         d = defer.maybeDeferred(self.groups_of, name)
         return d.addCallback(lambda groups: Identity.create(name, MECH_CERTIFICATE, groups or ()))
 
@@ -397,7 +406,8 @@ class EnrpService(MultiService):
 
     def wire_error(self, channel: Channel, ppid: int, error: WireError, now: float) -> None:
         link = channel.session
-        _log.info("undecodable message on ENRP channel from {peer}: {error}", peer=channel.peer, error=error)
+        _log.info("undecodable message on ENRP channel from {peer}: {error}", peer=address_text(channel.peer),
+                  error=error)
         if link is None:
             self._not_admitted(channel, now)
             return
@@ -412,7 +422,7 @@ class EnrpService(MultiService):
 
     def data_received(self, channel: Channel, ppid: int, payload: bytes, now: float) -> None:
         _log.warn("closing ENRP channel from {peer}: PPID {ppid} is neither ENRP nor ASAP",
-                  peer=channel.peer, ppid=ppid)
+                  peer=address_text(channel.peer), ppid=ppid)
         channel.abort()
 
     def channel_closed(self, channel: Channel, reason: Failure) -> None:

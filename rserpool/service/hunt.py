@@ -1,7 +1,7 @@
 """ENRP server hunt for pool elements and pool users (RFC 5352 section 3.6),
 the Twisted shell around ``rserpool.asap.hunt``.
 
-The candidates of each round come from a ``CandidateSource``, usually
+The candidates of each round come from an ``ICandidateSource``, usually
 ``rserpool.service.candidates.RegistrarCandidates`` (static list, DNS, SRV,
 announces).
 
@@ -23,8 +23,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from rserpool.asap.hunt import MAX_PARALLEL, Backoff, Candidate, HuntRound, order_for_round
-from rserpool.service.candidates import CandidateSource, describe_failure
-from rserpool.service.channel import Channel, ChannelHandler, ChannelSettings, tls_client_endpoint
+from rserpool.service.candidates import describe_failure
+from rserpool.interfaces import ICandidateSource, IChannelHandler, IWatchedCandidateSource
+from rserpool.service.channel import Channel, ChannelSettings, tls_client_endpoint
 from rserpool.wire import WireError
 
 __all__ = ["ServerHunt", "make_channel_factory"]
@@ -33,7 +34,7 @@ _log = Logger()
 
 
 def make_channel_factory(
-    handler_factory: Callable[[Candidate], ChannelHandler],
+    handler_factory: Callable[[Candidate], IChannelHandler],
     clock: IReactorTime,
     settings: ChannelSettings | None = None,
 ) -> Callable[[Candidate], Channel]:
@@ -98,7 +99,7 @@ class ServerHunt:
     def __init__(
         self,
         reactor: Any,
-        source: CandidateSource,
+        source: ICandidateSource,
         tls_options_factory: Callable[[str], Any],
         channel_factory: Callable[[Candidate], Channel],
         *,
@@ -148,9 +149,8 @@ class ServerHunt:
         self._stalled = set()
         self.backoff.reset()
         self.rounds = 0
-        listen = getattr(self.source, "add_listener", None)
-        if listen is not None:
-            listen(self._announced)
+        if IWatchedCandidateSource.providedBy(self.source):
+            self.source.add_listener(self._announced)
         result = self._result
         self._start_round()
         return result
@@ -325,9 +325,8 @@ class ServerHunt:
         for key in list(self._attempts):
             self._cancel_attempt(key, "hunt over")
         self.round = None
-        unlisten = getattr(self.source, "remove_listener", None)
-        if unlisten is not None:
-            unlisten(self._announced)
+        if IWatchedCandidateSource.providedBy(self.source):
+            self.source.remove_listener(self._announced)
         return result
 
     def _cancel(self, _result: defer.Deferred[Channel]) -> None:

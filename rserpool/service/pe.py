@@ -39,7 +39,7 @@ service's life.
 from __future__ import annotations
 
 import secrets
-from typing import Any, Callable, Iterable, Protocol as TypingProtocol
+from typing import Any, Callable, Iterable
 
 from twisted.application.service import Service
 from twisted.internet import defer
@@ -66,11 +66,10 @@ __all__ = [
 _log = Logger()
 
 
-class Hunt(TypingProtocol):
-    """Find a home registrar: a Deferred firing with a ready ``Channel``.
-    ``avoid``: addresses (host, port) to try last (the registrar just lost)."""
-
-    def __call__(self, avoid: tuple[tuple[str, int], ...]) -> defer.Deferred[Channel]: ...
+#: Find a home registrar: ``hunt(avoid)`` returns a Deferred firing with a
+#: ready ``Channel``; ``avoid``: addresses (host, port) to try last (the
+#: registrar just lost).
+Hunt = Callable[[tuple[tuple[str, int], ...]], "defer.Deferred[Channel]"]
 
 
 class PoolElementError(Exception):
@@ -97,7 +96,7 @@ class AuthenticationFailedError(PoolElementError):
     def __init__(self, error: Any) -> None:
         super().__init__(f"authentication failed: {error}")
         self.error = error  # rserpool.service.auth.AuthenticationError
-        self.event = error.event  # rserpool.asap.auth.AuthenticationFailed
+        self.event = error.event  # rserpool.security.exchange.AuthenticationFailed
         self.unsupported = error.unsupported
 
 

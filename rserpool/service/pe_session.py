@@ -9,7 +9,7 @@ data PPID (default 0, configurable, never 11 or 12).
 
 :class:`SessionServer` is a Twisted factory of channels whose control
 messages go to a :class:`~rserpool.asap.pe_session.PeSession` and whose data
-goes to a :class:`SessionApplication`; the application sends data, cookies
+goes to a :class:`~rserpool.interfaces.ISessionApplication`; the application sends data, cookies
 and business cards through its :class:`AcceptedSession`.
 :func:`listen_sessions` puts it behind TLS on an endpoint string.
 """
@@ -17,7 +17,7 @@ and business cards through its :class:`AcceptedSession`.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, Protocol as TypingProtocol
+from typing import Any
 
 from twisted.internet import defer, endpoints
 from twisted.internet.protocol import Factory, Protocol
@@ -28,39 +28,19 @@ from rserpool.asap.pe_session import (
     BusinessCardReceived, CookieEchoReceived, PeSession, PeSessionSettings,
 )
 from rserpool.asap.session import DEFAULT_DATA_PPID, Ignored, check_data_ppid
+from rserpool.interfaces import ISessionApplication
 from rserpool.security import tls
 from rserpool.service.channel import Channel, ChannelSettings, address_text
 from rserpool.service.tlsfactory import TLSServerFactory
 from rserpool.wire import PoolElement, WireError
 
 __all__ = [
-    "SessionApplication",
     "SessionServer",
     "AcceptedSession",
     "listen_sessions",
 ]
 
 _log = Logger()
-
-
-class SessionApplication(TypingProtocol):
-    """What a PE's application implements to serve sessions."""
-
-    def session_started(self, session: AcceptedSession) -> None:
-        """A PU connected (TLS handshake done)."""
-
-    def cookie_echoed(self, session: AcceptedSession, cookie: bytes) -> None:
-        """The PU failed over to us and echoed this cookie (check it yourself)."""
-
-    def business_card_received(self, session: AcceptedSession, pool_handle: bytes,
-                               pool_elements: tuple[PoolElement, ...]) -> None:
-        """The PU (a PU/PE combination) sent its pool handle and failover order."""
-
-    def data_received(self, session: AcceptedSession, payload: bytes) -> None:
-        """Application data from the PU."""
-
-    def session_ended(self, session: AcceptedSession, reason: Failure) -> None:
-        """The connection is gone."""
 
 
 class AcceptedSession:
@@ -160,7 +140,7 @@ class SessionServer(Factory):
 
     def __init__(
         self,
-        application: SessionApplication,
+        application: ISessionApplication,
         *,
         reactor: Any,
         ppid: int = DEFAULT_DATA_PPID,

@@ -1,16 +1,22 @@
 """The registrar's Twisted service: listeners, TLS, timers and announces
-around ``rserpool.asap.registrar.RegistrarCore``.
+around ``rserpool.asap.registrar.RegistrarCore`` and the security gate.
 
-Everything protocol-related happens in the core; this module only
+Every protocol and admission decision happens in the cores (the registrar
+core and :mod:`rserpool.gate`); this module only
 
 - listens on Twisted endpoint strings and wraps every connection in TLS with
   the configured server options (client certificates requested; required
-  only when configured),
-- turns a finished TLS handshake into an ``AsapSession`` (the identity comes
-  from the verified client certificate, if any),
+  only when configured), after asking the gate whether the connection may
+  open at all;
+- reports what TLS proved to the gate: the client certificate or TLS-PSK
+  identity, checked by the configured twisted.cred checkers (and, for a
+  certificate, by OCSP first when configured), while the gate holds the
+  channel's input;
 - feeds messages and the reactor's time into the core and carries out what
-  it returns (send, close, ask the authorizer),
-- keeps one timer armed at the core's next deadline,
+  it returns (send, close, ask the authorization plugins);
+- runs SRP/CHAP inside TLS (``rserpool.service.auth.RegistrarAuthenticator``)
+  when a checker for them is configured;
+- keeps one timer armed at the core's next deadline;
 - sends ASAP_SERVER_ANNOUNCE over UDP to configured unicast targets (and a
   multicast group only when configured).
 """
@@ -19,32 +25,43 @@ from __future__ import annotations
 
 import ipaddress
 import random
-from typing import Any, Callable, Iterable, Protocol as TypingProtocol
+from typing import Any, Iterable
 
-from cryptography.hazmat.primitives.serialization import Encoding
 from OpenSSL import SSL, crypto
 from twisted.application.service import MultiService
+from twisted.cred.checkers import ICredentialsChecker
+from twisted.cred.error import UnauthorizedLogin, UnhandledCredentials
 from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime, ITCPTransport
 from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from rserpool.asap.registrar import (
-    Authorize,
     Close,
     PoolElementAdded,
     PoolElementRemoved,
     RegistrarCore,
     RegistrarSettings,
-    Send,
+)
+from rserpool.errors import BackendUnavailable
+from rserpool.gate import (
+    DOOR_ASAP, AskAuthorizer, CloseChannel, Gate, GatePolicy, Opened, RemovePoolElements,
 )
 from rserpool.handlespace import Handlespace, HandlespaceLimits
-from rserpool.security.certidentity import CertIdentityError, IdentityPolicy, identity_from_certificate
-from rserpool.security.psk import MECHANISM as PSK_MECHANISM, psk_identity
+from rserpool.identity import Identity
+from rserpool.interfaces import IChannelHandler, IChapCredentials, IPoolAuthorizer, ISrpCredentials
+from rserpool.outputs import Send
+from rserpool.security.certidentity import IdentityPolicy
+from rserpool.security.credentials import (
+    Authenticator, CertificateChecker, CertificateCredentials, PskChecker, PskCredentials,
+)
+from rserpool.security.psk import psk_identity
 from rserpool.security.revocation import RevocationGate, verified_chain
 from rserpool.security.tls import NotTLSError, tls_connection
+from rserpool.service.auth import RegistrarAuthenticator
 from rserpool.service.channel import Channel, ChannelSettings, address_text
 from rserpool.service.tlsfactory import TLSServerFactory
 from rserpool.stats import EventCounts
@@ -52,33 +69,29 @@ from rserpool.wire import WireError
 from rserpool.wire.params import pool_handle_text
 from rserpool.wire.transports import TcpTransport
 
-__all__ = ["PoolAuthorizer", "RegistrarService", "AnnounceProtocol"]
+__all__ = ["RegistrarService", "AnnounceProtocol"]
 
 _log = Logger()
+
+_LEVELS = {"info": _log.info, "warn": _log.warn, "error": _log.error}
 
 #: The core's log lines that repeat what the service logs from the core's outputs.
 _LOGGED_FROM_OUTPUTS = frozenset({"removed PE {pe_id:08x} from pool {handle!r}: {reason}"})
 
-#: Client certificates whose identity the registrar remembers (oldest dropped first).
-_CERTIFICATE_NAMES_CACHED = 4096
 
-
-class PoolAuthorizer(TypingProtocol):
-    """May ``identity`` do ``action`` in pool ``pool_handle``?  A bool or a
-    Deferred firing with one.  An exception (or a failed Deferred) counts as
-    "no" and is logged as a backend failure, not as a refusal."""
-
-    def authorize(self, identity: str | None, groups: frozenset[str], action: str,
-                  pool_handle: bytes) -> bool | defer.Deferred: ...
+def _drop(transport: Any) -> None:
+    if ITCPTransport.providedBy(transport):
+        transport.abortConnection()
+    else:
+        transport.loseConnection()
 
 
 class _Refused(Protocol):
     """Stands in for a refused connection: drops it at once (returning None
     from buildProtocol would break the TLS wrapper around the factory)."""
 
-    def connectionMade(self) -> None:
-        abort = getattr(self.transport, "abortConnection", None)
-        (abort or self.transport.loseConnection)()
+    def connectionMade(self) -> None:  # noqa: N802 (Twisted)
+        _drop(self.transport)
 
 
 class _RegistrarFactory(Factory):
@@ -86,28 +99,30 @@ class _RegistrarFactory(Factory):
         self.service = service
         self.tls = tls
 
-    def buildProtocol(self, addr: Any) -> Protocol:
+    def buildProtocol(self, addr: Any) -> Protocol:  # noqa: N802 (Twisted)
         # Connections count from the moment they are accepted, before the
         # TLS handshake: a burst of handshakes cannot get past the limits.
         service = self.service
-        if len(service.channels) >= service.max_connections:
-            _log.warn("refusing ASAP connection from {addr}: {n} connections open", addr=addr,
-                      n=len(service.channels))
-            return _Refused()
-        host = getattr(addr, "host", "")
-        per_address = service.connections_per_address.get(host, 0)
-        if per_address >= service.max_connections_per_address:
-            _log.warn("refusing ASAP connection from {addr}: too many from this address", addr=addr)
-            return _Refused()
         channel = Channel(service, service.clock, service.channel_settings, tls=self.tls)
-        channel.peer_host = host
-        service.channels.add(channel)
-        service.connections_per_address[host] = per_address + 1
+        admission = service.gate.open_channel(DOOR_ASAP, getattr(addr, "host", ""), self.tls,
+                                              service.clock.seconds(), channel=channel)
+        if admission is None:
+            return _Refused()
+        service.channels[channel] = admission
         return channel
 
 
+@implementer(IChannelHandler)
 class RegistrarService(MultiService):
-    """An ENRP server's ASAP service (its ENRP side: ``rserpool.service.enrp``)."""
+    """An ENRP server's ASAP service (its ENRP side: ``rserpool.service.enrp``).
+
+    ``checkers`` are the configured authenticators (twisted.cred
+    ``ICredentialsChecker`` providers, the ``authenticator`` plugins): the
+    first for each credentials interface names the holders of client
+    certificates, TLS-PSK keys and (enabling the ASAP authentication
+    extension) SRP and CHAP proofs.  Default: certificate names and PSK
+    identities, no SRP or CHAP.  ``gate_policy`` is what the gate admits.
+    """
 
     #: Log a debug line for every channel that becomes ready.  Off by default:
     #: a Twisted log event costs a few microseconds even when every observer
@@ -121,39 +136,26 @@ class RegistrarService(MultiService):
         reactor: Any,
         listen: Iterable[str],
         tls_options: Any | None,
-        authorizer: PoolAuthorizer,
+        authorizer: IPoolAuthorizer,
+        gate_policy: GatePolicy | None = None,
+        checkers: Iterable[ICredentialsChecker] | None = None,
         limits: HandlespaceLimits | None = None,
         channel_settings: ChannelSettings | None = None,
         identity_policy: IdentityPolicy | None = None,
-        groups_of: Callable[[str], Iterable[str] | defer.Deferred] | None = None,
         announce_targets: Iterable[tuple[str, int]] = (),
         announce_interval: float = 1.0,
         announce_multicast: tuple[str, int] | None = None,
         announce_ttl: int = 1,
         rng: random.Random | None = None,
-        max_connections: int = 10_000,
-        max_connections_per_address: int = 256,
         revocation: RevocationGate | None = None,
-        max_queued_during_check: int = 16,
-        authenticator: Any = None,
-        certificate_mapping: Any = None,
+        exchange_options: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        if not IPoolAuthorizer.providedBy(authorizer):
+            raise TypeError(f"{authorizer!r} does not provide IPoolAuthorizer")
         # Counters for operators (rserpool.stats); shared with the authenticator.
         self.events = EventCounts()
         self.started: float | None = None
-        # SRP/CHAP over the ASAP extension (rserpool.service.auth.RegistrarAuthenticator);
-        # None: the extension is disabled and its messages are reported as unrecognized.
-        self.authenticator = authenticator
-        if authenticator is not None:
-            authenticator.events = self.events
-        # ICertificateMapping: identity_for(cert) -> Identity | name | None (maybe a Deferred)
-        self.certificate_mapping = certificate_mapping
-        # OCSP gate: no session (so no state) until the client certificate's
-        # check allowed it; up to max_queued_during_check messages wait.
-        self.revocation = revocation
-        self.max_queued_during_check = max_queued_during_check
-        self._checking: dict[Channel, tuple[defer.Deferred, list]] = {}
         self.reactor = reactor
         self.clock: IReactorTime = reactor
         self.listen = tuple(listen)
@@ -162,23 +164,29 @@ class RegistrarService(MultiService):
         self.rng = rng or random.SystemRandom()
         self.channel_settings = channel_settings or ChannelSettings()
         self.identity_policy = identity_policy or IdentityPolicy()
-        # Verified client certificate (DER) -> identity: a pure function of the
-        # certificate and the policy, so a bounded cache skips re-deriving it
-        # on every new connection of the same PE (benchmarks/bench_sessions.py).
-        self._certificate_names: dict[bytes, str] = {}
-        self._certificate_names_policy = self.identity_policy
-        self.groups_of = groups_of or (lambda identity: ())
+        # OCSP: the gate holds a channel's input until its certificate's check answered.
+        self.revocation = revocation
+        self.gate = Gate(gate_policy, log=self._gate_log)
+        self.checkers = Authenticator(checkers if checkers is not None else (CertificateChecker(), PskChecker()))
+        # SRP/CHAP over the ASAP extension; None: the extension is disabled and
+        # its messages are reported as unrecognized.
+        self.authenticator: RegistrarAuthenticator | None = None
+        if self.checkers.srp_checker is not None or self.checkers.handles(IChapCredentials):
+            self.authenticator = RegistrarAuthenticator(reactor, self.gate, self.checkers,
+                                                        **(exchange_options or {}))
+            self.authenticator.events = self.events
+        elif self.checkers.handles(ISrpCredentials):
+            raise TypeError("the SRP checker does not provide ISrpChecker (it cannot issue challenges)")
         self.handlespace = Handlespace(limits or HandlespaceLimits(), rng=random.Random(self.rng.random()))
-        self.core = RegistrarCore(settings, self.handlespace, rng=random.Random(self.rng.random()),
+        self.core = RegistrarCore(settings, self.handlespace, self.gate, rng=random.Random(self.rng.random()),
                                   log=self._core_log)
         self.announce_targets = tuple(announce_targets)
         self.announce_interval = announce_interval
         self.announce_multicast = announce_multicast
         self.announce_ttl = announce_ttl
-        self.max_connections = max_connections
-        self.max_connections_per_address = max_connections_per_address
-        self.channels: set[Channel] = set()
-        self.connections_per_address: dict[str, int] = {}
+        self.channels: dict[Channel, Any] = {}  # every open connection -> its admission
+        self._held: dict[Channel, list] = {}  # input held while the channel is identified
+        self._identifying: dict[Channel, defer.Deferred] = {}
         self.ports: list[Any] = []
         self.listening_addresses: list[Any] = []
         self._timer: IDelayedCall | None = None
@@ -202,6 +210,10 @@ class RegistrarService(MultiService):
         if fmt not in _LOGGED_FROM_OUTPUTS:
             _log.info(fmt, **kwargs)
 
+    @staticmethod
+    def _gate_log(level: str, fmt: str, **kwargs: Any) -> None:
+        _LEVELS[level](fmt, **kwargs)
+
     # -- lifecycle ------------------------------------------------------------------
 
     @property
@@ -209,7 +221,7 @@ class RegistrarService(MultiService):
         return self.core.settings.server_id
 
     @defer.inlineCallbacks
-    def startService(self):
+    def startService(self):  # noqa: N802 (Twisted)
         super().startService()
         self.started = self.clock.seconds()
         for description in self.listen:
@@ -243,7 +255,7 @@ class RegistrarService(MultiService):
             return False
 
     @defer.inlineCallbacks
-    def stopService(self):
+    def stopService(self):  # noqa: N802 (Twisted)
         self.stopping = True
         if self._announce_call is not None and self._announce_call.active():
             self._announce_call.cancel()
@@ -265,113 +277,145 @@ class RegistrarService(MultiService):
         self._timer = None
         yield defer.maybeDeferred(super().stopService)
 
-    # -- ChannelHandler ---------------------------------------------------------------
+    # -- IChannelHandler ------------------------------------------------------------------
 
     def channel_ready(self, channel: Channel) -> None:
-        address = getattr(channel.peer, "host", "")
-        identity = None
-        mechanism = None
+        """TLS is up: name the channel's holder (certificate or PSK), after
+        the certificate's OCSP check when configured; the gate holds the
+        channel's input meanwhile."""
+        admission = self.channels.get(channel)
+        if admission is None:
+            channel.abort()
+            return
+        credentials: Any = None
         cert = None
-        gate = self.revocation
-        gated = gate is not None and gate.enabled
         if channel.tls:
             try:
-                peer = tls_connection(channel.transport).get_peer_certificate()
+                connection = tls_connection(channel.transport)
             except NotTLSError:
-                peer = None
+                connection = None
+            peer = connection.get_peer_certificate() if connection is not None else None
             if peer is not None:
-                # The identity cache is keyed by the DER straight from OpenSSL:
-                # the conversion to a cryptography certificate is only paid on
-                # a miss or when revocation or the mapping needs it.
-                if gated or self.certificate_mapping is not None:
-                    cert = peer.to_cryptography()
-                try:
-                    identity = self._certificate_identity(
-                        cert if cert is not None else peer,
-                        crypto.dump_certificate(crypto.FILETYPE_ASN1, peer))
-                    mechanism = "certificate"
-                except CertIdentityError as exc:
-                    self.events.authenticated("certificate", False)
-                    _log.warn("client certificate from {address} yields no identity: {error}",
-                              address=address, error=exc)
-            else:
-                identity = psk_identity(channel.transport)
-                mechanism = PSK_MECHANISM if identity is not None else None
-        if mechanism is not None and not gated and self.certificate_mapping is None:
-            self.events.authenticated(mechanism, True)
-        if cert is not None and (gated or self.certificate_mapping is not None):
-            # Nothing is created for this channel before OCSP allows it and
-            # the certificate mapping (a directory, perhaps) named its holder.
-            check = self._check_certificate(cert, verified_chain(channel.transport) if gated else None,
-                                            identity)
-            self._checking[channel] = (check, [])
-            check.addCallbacks(self._revocation_checked, self._revocation_failed,
-                               callbackArgs=(channel, address, mechanism),
-                               errbackArgs=(channel,))
+                credentials = CertificateCredentials.from_x509(peer, self.identity_policy)
+                self.gate.certificate_seen(admission, credentials.fingerprint)
+                cert = credentials
+            elif connection is not None:
+                name = psk_identity(connection)
+                if name is not None:
+                    credentials = PskCredentials(name)
+        self._held[channel] = []
+        gate = self.revocation
+        if cert is not None and gate is not None and gate.enabled:
+            d = gate.check(cert.certificate, verified_chain(channel.transport))
+            d.addCallback(self._revocation_checked, channel, cert)
+        elif credentials is not None:
+            d = self._authenticate(channel, credentials)
+        else:
+            self._identified(None, channel)
             return
-        self._open_session(channel, address, identity, mechanism)
+        if not d.called:
+            self._identifying[channel] = d
+        d.addCallbacks(self._identified, self._identification_failed, callbackArgs=(channel,),
+                       errbackArgs=(channel,))
 
-    def _certificate_identity(self, cert: Any, der: bytes | None = None) -> str:
-        """``identity_from_certificate(cert, self.identity_policy).name``, cached by DER.
+    def certificate_identity(self, certificate: Any, transport: Any = None) -> defer.Deferred[Identity | None]:
+        """Who a verified client certificate (``cryptography`` or pyOpenSSL)
+        names, as on the ASAP door: its OCSP check first when that is on and
+        ``transport`` gives the chain (refused: nobody), then the configured
+        certificate authenticator.  For the other doors (the admin endpoint)."""
+        if isinstance(certificate, crypto.X509):
+            credentials = CertificateCredentials.from_x509(certificate, self.identity_policy)
+        else:
+            credentials = CertificateCredentials(certificate, self.identity_policy)
+        gate = self.revocation
+        if gate is not None and gate.enabled and transport is not None:
+            d = gate.check(credentials.certificate, verified_chain(transport))
+            d.addCallback(self._revocation_checked, None, credentials)
+        else:
+            d = self._authenticate(None, credentials)
+        return d.addErrback(self._refused_certificate)
 
-        ``cert`` is a cryptography certificate or a pyOpenSSL ``X509`` (then
-        ``der`` must be given; it is converted only on a cache miss)."""
-        policy = self.identity_policy
-        names = self._certificate_names
-        if policy is not self._certificate_names_policy:
-            names.clear()
-            self._certificate_names_policy = policy
-        key = der if der is not None else cert.public_bytes(Encoding.DER)
-        name = names.get(key)
-        if name is None:
-            if isinstance(cert, crypto.X509):
-                cert = cert.to_cryptography()
-            name = identity_from_certificate(cert, policy).name  # CertIdentityError: not cached
-            if len(names) >= _CERTIFICATE_NAMES_CACHED:
-                del names[next(iter(names))]
-            names[key] = name
-        return name
+    @staticmethod
+    def _refused_certificate(failure: Failure) -> None:
+        failure.trap(_Revoked)
+        _log.warn("client certificate refused: {reason}", reason=failure.getErrorMessage())
+        return None
 
-    @defer.inlineCallbacks
-    def _check_certificate(self, cert: Any, chain: Any, identity: str | None):
-        """(allowed, reason, identity) for a client certificate: revocation
-        first, then the configured mapping (authoritative when configured:
-        a certificate it does not know yields no identity)."""
-        if chain is not None:
-            decision = yield self.revocation.check(cert, chain)
-            if not decision.allowed:
-                return False, decision.reason, identity
-        if self.certificate_mapping is not None:
-            mapped = yield defer.maybeDeferred(self.certificate_mapping.identity_for, cert)
-            name = getattr(mapped, "name", mapped)
-            if name is None:
-                _log.warn("client certificate {subject} is not mapped to an identity",
-                          subject=cert.subject.rfc4514_string())
-            identity = name
-        return True, "", identity
+    def _revocation_checked(self, decision: Any, channel: Channel, credentials: Any) -> Any:
+        if not decision.allowed:
+            raise _Revoked(decision.reason)
+        return self._authenticate(channel, credentials)
 
-    def _open_session(self, channel: Channel, address: str, identity: str | None,
-                      mechanism: str | None) -> None:
-        channel.session = self.core.open_session(channel, address, channel.tls, identity)
+    def _authenticate(self, channel: Channel, credentials: Any) -> defer.Deferred[Identity | None]:
+        d = self.checkers.authenticate(credentials)
+        d.addErrback(self._no_identity, channel, credentials)
+        return d
+
+    def _no_identity(self, failure: Failure, channel: Channel, credentials: Any) -> None:
+        failure.trap(UnauthorizedLogin, UnhandledCredentials)
+        if failure.check(UnauthorizedLogin):
+            certificate = isinstance(credentials, CertificateCredentials)
+            self.events.authenticated("certificate" if certificate else "tls-psk", False)
+            _log.warn("{what} from {peer} yields no identity",
+                      peer=address_text(channel.peer) if channel is not None else "another door",
+                      what="client certificate" if certificate else "TLS-PSK identity")
+        return None
+
+    def _identified(self, identity: Identity | None, channel: Channel) -> None:
+        self._identifying.pop(channel, None)
+        admission = self.channels.get(channel)
+        if admission is None or channel.closed:
+            return
+        if identity is not None:
+            self.events.authenticated(identity.mechanism, True)
+        self._decided(self.gate.identified(admission, identity, self.clock.seconds()))
+
+    def _identification_failed(self, failure: Failure, channel: Channel) -> None:
+        self._identifying.pop(channel, None)
+        admission = self.channels.get(channel)
+        if failure.check(defer.CancelledError) or admission is None or channel.closed:
+            return  # the channel went away first
+        if failure.check(_Revoked):
+            self.events.authenticated("certificate", False)
+            reason = f"certificate refused: {failure.value}"
+        elif failure.check(BackendUnavailable):
+            self.events.outage("certificate-check")
+            reason = f"identity unavailable: {failure.getErrorMessage()}"
+        else:
+            self.events.outage("certificate-check")
+            _log.failure("certificate check (revocation or mapping) failed; closing the channel", failure)
+            reason = f"certificate check failed: {failure.getErrorMessage()}"
+        self._decided(self.gate.identification_refused(admission, reason, self.clock.seconds()))
+
+    def _decided(self, decisions: list) -> None:
+        """Carry out what the gate decided about channels."""
+        now = self.clock.seconds()
+        for decision in decisions:
+            kind = type(decision)
+            channel = decision.admission.channel
+            if kind is Opened:
+                self._open_session(channel, decision.admission)
+            elif kind is CloseChannel:
+                self._held.pop(channel, None)
+                if channel is not None:
+                    # An ASAP or ENRP Channel closes cleanly; another door's
+                    # channel (the admin endpoint's HTTP channel) is dropped.
+                    close = getattr(channel, "close", None) or channel.loseConnection
+                    close()
+            elif kind is RemovePoolElements:
+                session = decision.admission.session
+                if session is not None:
+                    self._carry_out(self.core.remove_pool_elements(session, decision.reason, now))
+
+    def _open_session(self, channel: Channel, admission: Any) -> None:
+        channel.session = self.core.open_session(channel, admission)
         if self.log_channels:
             _log.debug("ASAP channel from {address} ready (identity {identity}, {mechanism})",
-                       address=address, identity=identity, mechanism=mechanism or "unauthenticated")
-
-    def _revocation_checked(self, result: tuple, channel: Channel, address: str,
-                            mechanism: str | None) -> None:
-        allowed, reason, identity = result
-        _, queued = self._checking.pop(channel, (None, []))
-        if channel.closed:
-            return
-        self.events.authenticated("certificate", allowed and identity is not None)
-        if not allowed:
-            _log.warn("closing ASAP channel from {address} ({identity}): {reason}", address=address,
-                      identity=identity, reason=reason)
-            channel.close()
-            return
-        self._open_session(channel, address, identity, mechanism if identity is not None else None)
-        for kind, item, ppid in queued:
-            if channel.closed:
+                       address=admission.address, identity=admission.identity,
+                       mechanism=admission.mechanism or "unauthenticated")
+        held = self._held.pop(channel, ())
+        for kind, item, ppid in held:
+            if channel.closed or channel.session is None:
                 break
             now = self.clock.seconds()
             if kind == "message":
@@ -379,35 +423,28 @@ class RegistrarService(MultiService):
             else:
                 self.wire_error(channel, ppid, item, now)
 
-    def _revocation_failed(self, failure: Failure, channel: Channel) -> None:
-        self._checking.pop(channel, None)
-        if failure.check(defer.CancelledError):
-            return  # the channel went away first
-        self.events.outage("certificate-check")
-        _log.failure("certificate check (revocation or mapping) failed; closing the channel", failure)
-        channel.abort()
-
-    def _hold(self, channel: Channel, kind: str, item: Any, ppid: int = 0) -> bool:
-        """Queue input of a channel whose revocation check is pending."""
-        pending = self._checking.get(channel)
-        if pending is None:
-            return False
-        queued = pending[1]
-        if len(queued) >= self.max_queued_during_check:
-            _log.warn("closing ASAP channel from {peer}: over {n} messages before its certificate "
-                      "check finished", peer=address_text(channel.peer), n=self.max_queued_during_check)
+    def _hold(self, channel: Channel, kind: str, item: Any, now: float, ppid: int = 0) -> None:
+        """Input of a channel whose identity is not established yet: the gate
+        says whether to keep it (bounded) or close the channel."""
+        held = self._held.get(channel)
+        admission = self.channels.get(channel)
+        if held is None or admission is None:
+            return  # closing: dropped
+        decisions = self.gate.hold(admission, now)
+        if decisions:
+            self._held.pop(channel, None)
             channel.abort()
         else:
-            queued.append((kind, item, ppid))
-        return True
+            held.append((kind, item, ppid))
 
     def message_received(self, channel: Channel, message: Any, now: float) -> None:
         session = channel.session
         if session is None:
-            self._hold(channel, "message", message)
+            self._hold(channel, "message", message, now)
             return
-        if self.authenticator is not None and self.authenticator.handles(message):
-            self.authenticator.message_received(channel, message, now)
+        authenticator = self.authenticator
+        if authenticator is not None and authenticator.handles(message):
+            authenticator.message_received(channel, message, now)
             return
         self._carry_out(self.core.message_received(session, message, now))
 
@@ -415,33 +452,38 @@ class RegistrarService(MultiService):
         session = channel.session
         _log.info("undecodable message from {peer}: {error}", peer=address_text(channel.peer), error=error)
         if session is None:
-            self._hold(channel, "wire", error, ppid)
+            self._hold(channel, "wire", error, now, ppid)
         else:
             self._carry_out(self.core.wire_error(session, error))
 
     def data_received(self, channel: Channel, ppid: int, payload: bytes, now: float) -> None:
-        _log.info("closing channel from {peer}: unexpected PPID {ppid}", peer=address_text(channel.peer), ppid=ppid)
+        _log.info("closing channel from {peer}: unexpected PPID {ppid}", peer=address_text(channel.peer),
+                  ppid=ppid)
         channel.abort()
 
     def channel_closed(self, channel: Channel, reason: Failure) -> None:
         session = channel.session
         if self.authenticator is not None:
             self.authenticator.channel_closed(channel)
-        checking = self._checking.pop(channel, None)
-        if checking is not None:
-            checking[0].cancel()
         if channel.tls and not channel.ready and reason is not None and reason.check(SSL.Error):
             self.events.tls_handshake_failures += 1
-        if channel in self.channels:
-            self.channels.discard(channel)
-            address = getattr(channel, "peer_host", "")
-            left = self.connections_per_address.get(address, 1) - 1
-            if left > 0:
-                self.connections_per_address[address] = left
-            else:
-                self.connections_per_address.pop(address, None)
+        self._held.pop(channel, None)
+        identifying = self._identifying.pop(channel, None)
+        if identifying is not None:
+            identifying.cancel()
+        admission = self.channels.pop(channel, None)
+        if admission is not None:
+            self.gate.channel_closed(admission)
         if session is not None:
             self._carry_out(self.core.close_session(session, self.clock.seconds()))
+
+    # -- revocation of live channels ---------------------------------------------------------
+
+    def revoke(self, *, identity: str | None = None, fingerprint: str | None = None, reason: str) -> None:
+        """An identity or a certificate (SHA-256 fingerprint) was revoked:
+        the gate closes every channel it authenticated and their PEs go now."""
+        self._decided(self.gate.revoke(identity=identity, fingerprint=fingerprint, reason=reason,
+                                       now=self.clock.seconds()))
 
     # -- carrying out the core's decisions ---------------------------------------------------
 
@@ -449,14 +491,14 @@ class RegistrarService(MultiService):
         for output in outputs:
             kind = type(output)
             if kind is Send:
-                session = output.session
+                session = output.channel
                 if not session.closed:
                     data = output.data
                     if data is None:
                         session.channel.send(output.message)
                     else:
                         session.channel.send_encoded(output.message.PPID, data)
-            elif kind is Authorize:
+            elif kind is AskAuthorizer:
                 self._authorize(output)
             elif kind is Close:
                 output.session.channel.close()
@@ -474,40 +516,30 @@ class RegistrarService(MultiService):
                     listener(output)
         self._arm_timer()
 
-    def _authorize(self, request: Authorize) -> None:
-        # Plain values (the rules authorizer, static groups) are handled
-        # without any Deferred; a Deferred from either step is waited for.
-        identity = request.session.identity
+    def _authorize(self, ask: AskAuthorizer) -> None:
+        # A plain answer (the rules authorizer) is handled without any
+        # Deferred; a Deferred is waited for.
         try:
-            groups = self.groups_of(identity) if identity is not None else ()
-            if isinstance(groups, defer.Deferred):
-                result: Any = groups.addCallback(self._ask_authorizer, identity, request)
-            else:
-                result = self._ask_authorizer(groups, identity, request)
+            result = self.authorizer.authorize(ask.identity, ask.groups, ask.action, ask.pool_handle)
         except Exception:
-            self._authorization_failed(Failure(), request, identity)
+            self._authorization_failed(Failure(), ask)
             return
         if isinstance(result, defer.Deferred):
             result.addCallbacks(self._authorization_answered, self._authorization_failed,
-                                callbackArgs=(request,), errbackArgs=(request, identity))
+                                callbackArgs=(ask,), errbackArgs=(ask,))
         else:
-            self._authorization_answered(result, request)
+            self._authorization_answered(result, ask)
 
-    def _ask_authorizer(self, groups: Any, identity: str | None, request: Authorize) -> Any:
-        return self.authorizer.authorize(identity, frozenset(groups or ()), request.action,
-                                         request.pool_handle)
+    def _authorization_answered(self, allowed: Any, ask: AskAuthorizer) -> None:
+        self._carry_out(self.core.authorization_done(ask, allowed is True, self.clock.seconds()))
 
-    def _authorization_answered(self, allowed: Any, request: Authorize) -> None:
-        self._carry_out(self.core.authorization_done(request.session, request.token, allowed is True,
-                                                     self.clock.seconds()))
-
-    def _authorization_failed(self, failure: Failure, request: Authorize, identity: str | None) -> None:
+    def _authorization_failed(self, failure: Failure, ask: AskAuthorizer) -> None:
         self.events.outage("authorizer")
-        _log.failure("authorization backend failed for {identity} ({action} in pool {handle}); refusing",
-                     failure, identity=identity, action=request.action,
-                     handle=pool_handle_text(request.pool_handle))
-        self._carry_out(self.core.authorization_done(request.session, request.token, None,
-                                                     self.clock.seconds()))
+        if not failure.check(BackendUnavailable):
+            _log.failure("authorization backend failed for {identity} ({action} in pool {handle})", failure,
+                         identity=ask.identity, action=ask.action, handle=pool_handle_text(ask.pool_handle))
+        self._carry_out(self.core.authorization_done(ask, None, self.clock.seconds(),
+                                                     failure.getErrorMessage()))
 
     # -- timers --------------------------------------------------------------------------
 
@@ -591,6 +623,10 @@ class RegistrarService(MultiService):
         if self.announce_multicast:
             self._announce_port.write(data, self.announce_multicast)
         self._schedule_announce()
+
+
+class _Revoked(Exception):
+    """The certificate's OCSP check refused it."""
 
 
 class AnnounceProtocol(DatagramProtocol):

@@ -1,0 +1,25 @@
+"""Outputs every sans-IO protocol core shares with its shell.
+
+A core (the registrar, a PE, a PU, an authentication exchange) never writes
+to a socket: it returns what to send, and the shell writes it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Send"]
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Write ``message`` on ``channel``: the core's handle for the channel
+    (the registrar's ``AsapSession``, a PE's channel), or None for the one
+    channel a core talks on (a PU's home registrar, an exchange's TLS
+    channel).  ``data``, when set, is ``message.encode()`` already made (the
+    shell may write it as it is)."""
+
+    channel: Any
+    message: Any
+    data: bytes | None = field(default=None, compare=False, repr=False)
