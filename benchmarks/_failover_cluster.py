@@ -157,7 +157,7 @@ class Cluster:
     def __init__(self, reactor: Any, directory: Path, *, registrars: int = 3, timers: Timers = Timers(),
                  pe_hosts: int = 0, pe_identities: int | None = None, pool: str = "echo",
                  max_resolution_items: int = 4096, on_pe_event: Callable[[PeHostSpec, dict], None] | None = None,
-                 extra_ini: str = "") -> None:
+                 extra_ini: str = "", pool_patterns: str | None = None) -> None:
         from rserpool.security.devpki import ensure_cluster_pki
 
         self.reactor = reactor
@@ -176,7 +176,7 @@ class Cluster:
         self.registrars = [RegistrarSpec(name, ports[2 * i], ports[2 * i + 1], self.dir / f"{name.split('.')[0]}.ini")
                            for i, name in enumerate(names)]
         rules = [f"{name}  peer  *" for name in names]
-        rules += [f"{identity}  register,deregister  {pool}" for identity in identities]
+        rules += [f"{identity}  register,deregister  {pool_patterns or pool}" for identity in identities]
         rules.append("*  resolve  *")
         (self.dir / "authz.rules").write_text("\n".join(rules) + "\n")
         for spec in self.registrars:
@@ -255,7 +255,8 @@ max_adopted_life = {t.registration_life}
 
     # -- PE hosts -------------------------------------------------------------------------
 
-    def start_pe_host(self, index: int, count: int | None = None) -> Proc:
+    def start_pe_host(self, index: int, count: int | None = None, *, pool: str | None = None,
+                      first: int | None = None, stagger: float | None = None, t5: float | None = None) -> Proc:
         spec = self.pe_hosts[index]
         if count is not None:
             spec.count = count
@@ -264,7 +265,7 @@ max_adopted_life = {t.registration_life}
         name = f"pes{index}"
         proc = Proc(name, self.dir / f"{name}.log", lambda p, event: self._pe_event(spec, event), json_lines=True)
         args = [sys.executable, str(HERE / "_failover_pe_host.py"), "--count", str(spec.count),
-                "--rotate", str(index), "--pool", self.pool, "--ca", str(self.ca),
+                "--rotate", str(index), "--pool", pool or self.pool, "--ca", str(self.ca),
                 "--cert", str(self.pki / f"{spec.identity}.pem"), "--key", str(self.pki / f"{spec.identity}.key"),
                 "--server-cert", str(self.pki / "registrar.pem"), "--server-key", str(self.pki / "registrar.key"),
                 "--cookie-key", self.cookie_key, "--life", str(self.timers.registration_life),
@@ -272,6 +273,12 @@ max_adopted_life = {t.registration_life}
                 "--dead-after", str(self.timers.channel_dead_after),
                 "--attempt-timeout", str(self.timers.hunt_attempt_timeout),
                 "--log", str(self.dir / f"{name}.twisted.log")]
+        if first is not None:
+            args += ["--first", str(first)]
+        if stagger is not None:
+            args += ["--stagger", str(stagger)]
+        if t5 is not None:
+            args += ["--t5", str(t5)]
         for registrar in self.registrars:
             args += ["--registrar", registrar.entry]
         self.reactor.spawnProcess(proc, sys.executable, args, env=dict(os.environ), path=str(ROOT))

@@ -51,6 +51,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="'host:port tls-name' of a registrar (repeat)")
     parser.add_argument("--count", type=int, default=50)
     parser.add_argument("--rotate", type=int, default=0, help="rotation of the registrar list for PE 0")
+    parser.add_argument("--first", type=int, default=None,
+                        help="every PE hunts this registrar (index) first, then the others, rotated")
     parser.add_argument("--pool", default="echo")
     parser.add_argument("--ca", required=True)
     parser.add_argument("--cert", required=True)
@@ -63,6 +65,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dead-after", type=float, default=2.0, help="channel dead-peer timeout (s)")
     parser.add_argument("--attempt-timeout", type=float, default=2.0, help="server hunt attempt timeout (s)")
     parser.add_argument("--stagger", type=float, default=0.01, help="seconds between PE starts")
+    parser.add_argument("--t5", type=float, default=1.0, help="T5-Serverhunt: first round's length (s)")
     parser.add_argument("--log", help="Twisted log file (info level)")
     args = parser.parse_args(argv)
 
@@ -88,15 +91,20 @@ def main(argv: list[str] | None = None) -> None:
 
     @defer.inlineCallbacks
     def start_one(index: int):
-        shift = (args.rotate + index) % len(registrars)
-        order = registrars[shift:] + registrars[:shift]
+        if args.first is None:
+            shift = (args.rotate + index) % len(registrars)
+            order = registrars[shift:] + registrars[:shift]
+        else:
+            others = registrars[:args.first] + registrars[args.first + 1:]
+            shift = (args.rotate + index) % max(1, len(others))
+            order = [registrars[args.first]] + others[shift:] + others[:shift]
         app = EchoSessionApplication(cookie_key, pool_handle=pool, clock=reactor)
         sessions = SessionServer(app, reactor=reactor, channel_settings=channel_settings)
         pe = EchoPoolElement(
             reactor, server_tls_options=server_tls, pool_handle=pool, protocol_factory=sessions,
             registration_life=args.life, candidates=RegistrarCandidates(static=order),
             tls_options_factory=tls_options_factory, channel_settings=channel_settings,
-            hunt_options={"max_parallel": 1, "t5_initial": 1.0, "t5_max": 4.0,
+            hunt_options={"max_parallel": 1, "t5_initial": args.t5, "t5_max": max(4.0, args.t5),
                           "attempt_timeout": args.attempt_timeout},
             hunt_retry=(0.2, 2.0))
         pes.append(pe)
