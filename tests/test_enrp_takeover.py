@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from ipaddress import IPv4Address
 
-from rserpool.enrp import PeerDead, Restarted, TakenOver, TakeoverAborted, TakeoverStarted, TookOver
+from rserpool.enrp import TakenOver, TakeoverAborted, TakeoverStarted, TookOver
 from rserpool.wire import (
-    EnrpHandleTableRequest, EnrpHandleTableResponse, EnrpHandleUpdate, EnrpInitTakeover, EnrpInitTakeoverAck,
+    EnrpHandleTableResponse, EnrpHandleUpdate, EnrpInitTakeover, EnrpInitTakeoverAck,
     EnrpPresence, EnrpTakeoverServer, LeastUsedPolicy, PoolElement, TcpTransport,
 )
 from rserpool.wire import codes
@@ -311,45 +311,3 @@ def test_a_partitioned_registrar_taken_over_gets_its_live_pes_back_and_its_delet
     cluster.settle()
     assert homes(a) == homes(b) == homes(c) == {0x31: C}
     cluster.assert_consistent()
-
-
-# -- restarting in place (item 3) --------------------------------------------------------------
-
-
-def test_a_registrar_stopped_past_max_time_last_heard_restarts_in_place_and_does_not_fight():
-    cluster = started()
-    a, b, c = cluster.nodes
-    c.register(b"echo", 0x31, "pe31", life=-1)  # its PE will die while C is stopped
-    c.register(b"echo", 0x32, "pe32", life=-1)
-    a.register(b"echo", 0x11, "pe11", life=-1)
-    cluster.deliver_all()
-    cluster.pause(c)
-    run_until(cluster, lambda: events(b, TookOver), DEAD_AFTER + ACK_TIMEOUT + 2)
-    cluster.deliver_all()
-    a.deregister(b"echo", 0x11, "pe11")  # deleted while C was away
-    b.register(b"echo", 0x32, "pe32")  # pe32 found B
-    cluster.deliver_all()
-    cluster.resume(c)
-    cluster.advance(1)
-    [restart] = events(c, Restarted)
-    assert restart.old_id == C and restart.new_id not in (0, C)
-    assert not c.enrp.initialized and len(c.handlespace) == 0  # nothing stale is kept or served
-    assert c.asap.holding and c.asap.settings.server_id == restart.new_id
-    cluster.settle()
-    assert c.enrp.initialized
-    # Nothing resurrected, nothing fought over: pe11 stays deleted, pe31 stays
-    # with the takeover's winner (until its life), pe32 with B.
-    for node in cluster.nodes:
-        assert homes(node) == {0x31: B, 0x32: B}, (hex(node.server_id), homes(node))
-    assert C not in {link.server_id for node in (a, b) for link in node.enrp.peers.active()}
-    cluster.assert_consistent()
-
-
-def test_a_registrar_told_it_was_taken_over_restarts_in_place():
-    cluster = started()
-    a = cluster.nodes[0]
-    probe = Probe(a, "registrar-e", EVIL)
-    probe.send(EnrpPresence(EVIL, 0, 0xFFFF))
-    probe.send(EnrpTakeoverServer(EVIL, A, A))
-    [restart] = events(a, Restarted)
-    assert restart.old_id == A and a.enrp.server_id == restart.new_id
