@@ -24,6 +24,7 @@ from rserpool.handlespace.entries import (
     PoolInfo,
     RegistrationResult,
 )
+from rserpool.handlespace.bulk import NewEntry
 from rserpool.handlespace.handlespace import Handlespace
 from rserpool.handlespace.policies import (
     is_known_policy_type,
@@ -79,6 +80,7 @@ __all__ = [
     "USE_DATA_AND_CONTROL",
     "USE_DATA_ONLY",
     "Handlespace",
+    "NewEntry",
     "HandlespaceError",
     "HandlespaceLimits",
     "PoolElementEntry",

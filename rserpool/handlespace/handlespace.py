@@ -16,7 +16,7 @@ raise ``HandlespaceError`` with the RFC 5354 cause code and change nothing.
 from __future__ import annotations
 
 import random
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 from rserpool.fastinit import fast_constructor
 from rserpool.handlespace.entries import (
@@ -25,36 +25,15 @@ from rserpool.handlespace.entries import (
     INFINITE_LIFE, MAX_INT32, TRANSPORT_TYPES, USE_DATA_AND_CONTROL, USE_DATA_ONLY,
     HandlespaceError, HandlespaceLimits, PoolElementEntry, PoolInfo, RegistrationResult,
 )
+from rserpool.handlespace._store import Owner as _Owner, Pool as _Pool, check_uint32 as _check_uint32
+from rserpool.handlespace.bulk import NewEntry, insert_new
 from rserpool.handlespace.policies import is_reserved_policy_type, make_policy
 from rserpool.handlespace.timers import DeadlineQueue
 from rserpool.handlespace.types import MAX_UINT32, PolicySettings, SelectionPolicy
 from rserpool.identity import normalize_identity
-from rserpool.wire.checksum import finish, pe_checksum, pe_sum
+from rserpool.wire.checksum import finish, pe_checksum
 
-__all__ = ["Handlespace", "PolicyFactory"]
-
-class _Pool:
-    __slots__ = ("handle", "policy", "policy_type", "transport_type", "transport_use", "members", "handle_sum")
-
-    def __init__(self, handle: bytes, policy: SelectionPolicy, policy_type: int, transport_type: int, use: int):
-        self.handle = handle
-        self.policy = policy
-        self.policy_type = policy_type
-        self.transport_type = transport_type
-        self.transport_use = use
-        self.members: dict[int, PoolElementEntry] = {}
-        # pe_sum is linear: pe_sum(h, id) == pe_sum(h, 0) + (id >> 16) + (id & 0xffff).
-        self.handle_sum = pe_sum(handle, 0)
-
-
-class _Owner:
-    __slots__ = ("members", "total", "pools")
-
-    def __init__(self) -> None:
-        self.members: dict[PoolElementEntry, None] = {}
-        self.total = 0
-        self.pools: dict[bytes, int] = {}  # pool handle -> PEs of this owner in it
-
+__all__ = ["Handlespace", "NewEntry", "PolicyFactory"]
 
 PolicyFactory = Callable[[int], SelectionPolicy]
 
@@ -368,6 +347,13 @@ class Handlespace:
             self._expiry.schedule(entry, now + registration_life_used)  # sets entry.expires_at
         return RegistrationResult(entry, created, previous_owner)
 
+    def insert_new(self, pool_handle: bytes, home_server_id: int, items: Sequence[tuple]) -> list[PoolElementEntry]:
+        """Add the new PEs ``items`` (``NewEntry`` tuples) of one home to one
+        pool at once, all of them or none (``HandlespaceError``, nothing
+        changed), checked as ``register`` checks each; they get no
+        registration deadline (learned PEs).  See :mod:`rserpool.handlespace.bulk`."""
+        return insert_new(self, pool_handle, home_server_id, items)
+
     def deregister(self, pool_handle: bytes, pe_id: int, identity: str | None = None) -> PoolElementEntry | None:
         """Remove a PE (RFC 5352 section 3.2); ``None`` if it is unknown
         (the registrar answers that as success).  With ``identity`` given, a
@@ -556,8 +542,3 @@ class Handlespace:
 
 
 _make_result = fast_constructor(RegistrationResult)
-
-
-def _check_uint32(name: str, value: int) -> None:
-    if not isinstance(value, int) or not 0 <= value <= MAX_UINT32:
-        raise HandlespaceError(CAUSE_INVALID_VALUES, f"{name} out of the 32-bit range")
