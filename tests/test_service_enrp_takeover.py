@@ -141,7 +141,7 @@ class TakeoverOverTLS(unittest.TestCase):
         self.assertTrue(entry is None or entry.home_server_id != new)
 
     @defer.inlineCallbacks
-    def test_pes_whose_channels_close_because_the_registrar_stops_are_not_deleted_at_its_peers(self):
+    def test_pes_whose_channels_close_because_the_registrar_stops_get_no_del_pe(self):
         nodes = yield self.start("registrar-a", "registrar-b")
         a, b = nodes
         connect_all(nodes)
@@ -151,11 +151,15 @@ class TakeoverOverTLS(unittest.TestCase):
         other = yield self.client(a, self.pki.pe2)
         yield other.request(AsapRegistration(b"echo", make_pe(0x62, port=8)))
         yield until(nodes, lambda: len(b.handlespace) == 2)
-        other.channel.abort()  # an ordinary lost channel: the PE is removed everywhere
+        deleted = b.enrp.core.applier.stats["deleted"]
+        other.channel.abort()  # an ordinary lost channel: its DEL_PE removes the PE everywhere
         yield until(nodes, lambda: b.handlespace.get(b"echo", 0x62) is None)
+        self.assertEqual(b.enrp.core.applier.stats["deleted"], deleted + 1)
         a.registrar.stopping = True  # the registrar is shutting down and closes its channels itself
         pe.channel.abort()
         yield pe.closed
         yield until([a], lambda: a.handlespace.get(b"echo", 0x61) is None)
-        yield task.deferLater(reactor, 0.5, lambda: None)
+        yield a.stop()  # (a live registrar's next PRESENCE would have its peers' audit drop it)
+        yield task.deferLater(reactor, 0.2, lambda: None)
+        self.assertEqual(b.enrp.core.applier.stats["deleted"], deleted + 1)  # no DEL_PE for it
         self.assertIsNotNone(b.handlespace.get(b"echo", 0x61))  # it will re-register elsewhere
