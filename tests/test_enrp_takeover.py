@@ -311,3 +311,20 @@ def test_a_partitioned_registrar_taken_over_gets_its_live_pes_back_and_its_delet
     cluster.settle()
     assert homes(a) == homes(b) == homes(c) == {0x31: C}
     cluster.assert_consistent()
+
+
+def test_an_unreachability_report_about_an_adopted_pe_removes_it_everywhere():
+    from rserpool.wire import AsapEndpointUnreachable
+
+    cluster = started()
+    a, b, c = cluster.nodes
+    c.register(b"echo", 0x31, "pe31", life=-1)
+    cluster.deliver_all()
+    cluster.kill(c)
+    run_until(cluster, lambda: events(b, TookOver), DEAD_AFTER + ACK_TIMEOUT)
+    cluster.deliver_all()
+    # The winner has no channel to probe it: one report from a PU that
+    # failed over away from it is enough.
+    b.asap_input(b.asap.message_received(b.session("pu"), AsapEndpointUnreachable(b"echo", 0x31), cluster.now))
+    cluster.deliver_all()
+    assert homes(a) == homes(b) == {}
