@@ -191,7 +191,7 @@ class Storm:
             return
         live = self.storm_pes
         self.missing_max = max(self.missing_max, len(live - set(view)))
-        for pe_id in self.dead_pes & set(view):
+        if self.dead_pes & set(view):
             self.stale_max = max(self.stale_max, asked - self.kill_at)
 
     def say(self, text: str) -> None:
@@ -264,7 +264,8 @@ class Storm:
         stale_deadline = self.timers.peer_dead_after + self.timers.takeover_ack_timeout + args.life + 10
         yield self.until(lambda: all(not (self.dead_pes & set(self.views.get(i, (0, None))[1] or {}))
                                      for i in (1, 2)), stale_deadline, "the dead PEs expiring")
-        lost = len([p for p in self.storm_pes if p not in (self.views[1][1] or {}) or p not in (self.views[2][1] or {})])
+        at_b, at_c = self.views[1][1] or {}, self.views[2][1] or {}
+        lost = len([p for p in self.storm_pes if p not in at_b or p not in at_c])
         for observer in observers:
             observer.loop.stop()
         yield cluster.stop_all()
