@@ -208,6 +208,7 @@ def test_takeover_server_rehomes_the_targets_pes_at_every_peer():
     other.send(EnrpTakeoverServer(D, A, EVIL))
     assert homes(a) == {0x71: D} and EVIL not in a.enrp.peers.records
     assert events(a, TakenOver) == [TakenOver(EVIL, D, 1)]
+    assert probe.closed  # its channel, if it lives, starts again from a clean slate
 
 
 # -- re-homing (docs/takeover.md) --------------------------------------------------------------

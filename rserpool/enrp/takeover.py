@@ -171,7 +171,7 @@ class Takeover:
             ceded = self._cede(target, winner)
             core._log("ceding {n} PEs taken over from {target:08x} to {winner:08x} (larger ID)",
                       n=ceded, target=target, winner=winner)
-        core.peers.drop(target)
+        self._stop_monitoring(target, winner, now, out)
         applier.settle_home(target, now)  # claims on the dead server's PEs first
         moved = core.handlespace.pes_owned_by(target)
         for entry in moved:
