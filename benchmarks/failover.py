@@ -75,7 +75,7 @@ class Campaign:
     def __init__(self, reactor: Any, args: argparse.Namespace, directory: Path) -> None:
         self.reactor = reactor
         self.args = args
-        self.timers = Timers()
+        self.timers = Timers(**args.timers)
         self.bounds = bounds_for(self.timers)
         self.inv = Invariants(self.bounds, POOL, 3)
         self.cluster = Cluster(reactor, directory, pe_hosts=args.pe_procs, timers=self.timers,
@@ -341,7 +341,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plot", help="write the timeline PNG here (needs matplotlib: pip install -e .[plot])")
     parser.add_argument("--dir", help="run directory (default: a temporary one, removed unless --keep)")
     parser.add_argument("--keep", action="store_true", help="keep the run directory (logs, configs, PKI)")
+    parser.add_argument("--timer", action="append", default=[], metavar="NAME=SECONDS",
+                        help="change one of the short timers (_failover_cluster.Timers), e.g. "
+                             "max_time_last_heard=3; the bounds follow")
     args = parser.parse_args(argv)
+    args.timers = {}
+    for item in args.timer:
+        name, _, value = item.partition("=")
+        if name not in Timers.__dataclass_fields__ or not value:
+            parser.error(f"--timer {item}: one of {', '.join(Timers.__dataclass_fields__)} = a number")
+        args.timers[name] = int(value) if name == "registration_life" else float(value)
     args.pes = args.pes or (90 if args.quick else 300)
     args.pe_procs = args.pe_procs or (3 if args.quick else 6)
     args.pus = args.pus or (2 if args.quick else 4)
