@@ -6,6 +6,10 @@ ASAP ``RegistrarCore`` and the ``EnrpCore``, with time passed in.  A
 ENRP messages (a channel's order guarantee), delivered only when a test says
 so, so that messages can be delayed, interleaved across channels, and lost
 when a wire is dropped.  Every message crosses the real codec.
+
+A node taken out of ``Cluster.nodes`` (``Cluster.pause``) is not run: no
+timer, no message delivered to it (a stopped process); ``Cluster.kill``
+also drops its wires (a killed one); ``Cluster.resume`` runs it again.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from typing import Any
 from rserpool.asap.registrar import PoolElementAdded, PoolElementRemoved, RegistrarCore, RegistrarSettings
 from rserpool.enrp import (
     Announce, Close, Connect, EnrpCore, EnrpSettings, Initialized, PeerDead, PeerDown, PeerLimits,
-    PeerUp, Send,
+    PeerUp, Restarted, Send, TakenOver, TakeoverAborted, TakeoverStarted, TookOver,
 )
 from rserpool.gate import AskAuthorizer, Gate, GatePolicy
 from rserpool.handlespace import Handlespace, HandlespaceLimits
@@ -40,6 +44,7 @@ class Node:
     def __init__(self, server_id: int, cluster: "Cluster", *, peer_limits: PeerLimits | None = None,
                  hs_limits: HandlespaceLimits | None = None, **enrp: Any) -> None:
         self.server_id = server_id
+        self.identity = f"registrar-{server_id:x}"  # its certificate's name: kept across restarts
         self.cluster = cluster
         self.handlespace = Handlespace(hs_limits or HandlespaceLimits(), rng=random.Random(server_id))
         self.asap = RegistrarCore(
@@ -110,8 +115,14 @@ class Node:
                 wire.carry(self, output.message.PPID, data)
             elif kind is Close:
                 output.link.channel.drop(f"{self.server_id:x}: {output.reason}")
+            elif kind is Restarted:
+                self.events.append(output)
+                self.server_id = output.new_id
+                self.sessions.clear()
+                self.asap_input(self.asap.restart_in_place(output.new_id))
             else:
-                assert kind in (Announce, Connect, PeerUp, PeerDown, PeerDead, Initialized), output
+                assert kind in (Announce, Connect, PeerUp, PeerDown, PeerDead, Initialized, TakeoverStarted,
+                                TakeoverAborted, TookOver, TakenOver), output
                 self.events.append(output)
 
     def tick(self) -> None:
@@ -144,7 +155,7 @@ class Wire:
 
     def identity_of(self, node: Node) -> str:
         other = self.ends[1] if node is self.ends[0] else self.ends[0]
-        return f"registrar-{other.server_id:x}"
+        return other.identity
 
     def other(self, node: Node) -> Node:
         return self.ends[1] if node is self.ends[0] else self.ends[0]
@@ -182,8 +193,27 @@ class Cluster:
         self.nodes = [Node(i, self, **node_kw) for i in ids]
         self.wires: dict[tuple[int, int], Wire] = {}
 
+        self.stopped: list[Node] = []
+
     def node(self, server_id: int) -> Node:
-        return next(n for n in self.nodes if n.server_id == server_id)
+        return next(n for n in self.nodes + self.stopped if n.server_id == server_id)
+
+    def pause(self, node: Node) -> None:
+        """SIGSTOP: the node runs no timer and reads nothing; its channels stay up."""
+        self.nodes.remove(node)
+        self.stopped.append(node)
+
+    def kill(self, node: Node) -> None:
+        """SIGKILL: paused for good, and its channels close."""
+        self.pause(node)
+        for wire in list(self.wires.values()):
+            if node in wire.ends and wire.up:
+                wire.drop("killed")
+
+    def resume(self, node: Node) -> None:
+        """SIGCONT."""
+        self.stopped.remove(node)
+        self.nodes.append(node)
 
     def start(self, expect_peers: bool = True) -> None:
         for node in self.nodes:
@@ -192,7 +222,7 @@ class Cluster:
     def connect(self, a: Node, b: Node) -> Wire:
         key = (min(a.server_id, b.server_id), max(a.server_id, b.server_id))
         wire = self.wires.get(key)
-        if wire is None or not wire.up:
+        if wire is None or not wire.up or wire.ends not in ((a, b), (b, a)):
             first, second = (a, b) if a.server_id < b.server_id else (b, a)
             wire = self.wires[key] = Wire(first, second, self.now)
         return wire
@@ -203,7 +233,8 @@ class Cluster:
                 self.connect(a, b)
 
     def queues(self) -> list[tuple[Wire, Node]]:
-        return [(w, n) for w in self.wires.values() if w.up for n in w.ends if w.queues[n]]
+        running = self.nodes
+        return [(w, n) for w in self.wires.values() if w.up for n in w.ends if w.queues[n] and n in running]
 
     def deliver_all(self, limit: int = 200_000, shuffle: bool = True) -> int:
         """Deliver until every queue is empty (channels interleaved at random)."""
