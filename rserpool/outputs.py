@@ -15,7 +15,7 @@ __all__ = ["Send"]
 @dataclass(frozen=True, slots=True)
 class Send:
     """Write ``message`` on ``channel``: the core's handle for the channel
-    (the registrar's ``AsapSession``, a PE's channel), or None for the one
+    (the registrar's ``AsapChannelState``, a PE's channel), or None for the one
     channel a core talks on (a PU's home registrar, an exchange's TLS
     channel).  ``data``, when set, is ``message.encode()`` already made (the
     shell may write it as it is)."""

@@ -144,7 +144,7 @@ def recent_refusals(core: Any, limit: int = 50) -> list[dict[str, Any]]:
     return result
 
 
-def registrar_view(core: Any, *, now: float, started: float, sessions: int,
+def registrar_view(core: Any, *, now: float, started: float, channels: int,
                    events: EventCounts | None = None, listening: Iterable[str] = (),
                    peers: Iterable[Mapping[str, Any]] = ()) -> dict[str, Any]:
     """The registrar itself: identity, uptime, sizes, peers and counters."""
@@ -155,7 +155,7 @@ def registrar_view(core: Any, *, now: float, started: float, sessions: int,
         "uptime": max(0.0, now - started),
         "now": now,
         "asap_listening": list(listening),
-        "asap_sessions": sessions,
+        "asap_channels": channels,
         "pools": handlespace.pool_count,
         "pool_elements": len(handlespace),
         "owned_pool_elements": handlespace.owned_count(core.settings.server_id),

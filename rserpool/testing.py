@@ -16,7 +16,7 @@ plugin tested with them.
 - :func:`connected_channels`: two :class:`~rserpool.service.channel.Channel`
   objects connected back to back over in-memory transports, on a
   :class:`twisted.internet.task.Clock`;
-- :func:`identified_session`: an ASAP session of a ``RegistrarCore`` whose
+- :func:`identified_channel`: the per-channel state of a ``RegistrarCore`` whose
   channel the gate opened with a given identity (for tests of code that
   reads the registrar: metrics, pages, the core itself).
 
@@ -61,7 +61,7 @@ __all__ = [
     "RecordingHandler",
     "ScriptedAuthorizer",
     "connected_channels",
-    "identified_session",
+    "identified_channel",
 ]
 
 
@@ -302,9 +302,9 @@ def connected_channels(client_handler: Any = None, server_handler: Any = None, *
     return pair
 
 
-def identified_session(core: Any, address: str = "127.0.0.1", identity: str | None = None, *,
+def identified_channel(core: Any, address: str = "127.0.0.1", identity: str | None = None, *,
                        tls: bool = True, mechanism: str = MECH_CERTIFICATE, now: float = 0.0) -> Any:
-    """An ``AsapSession`` of ``core`` (a ``RegistrarCore``) on a channel from
+    """An ``AsapChannelState`` of ``core`` (a ``RegistrarCore``) on a channel from
     ``address`` that the gate opened with ``identity`` (proven by
     ``mechanism``; None: anonymous)."""
     from rserpool.gate import DOOR_ASAP
@@ -313,4 +313,4 @@ def identified_session(core: Any, address: str = "127.0.0.1", identity: str | No
     if admission is None:
         raise RuntimeError("the gate refused the connection (its connection limits)")
     core.gate.identified(admission, None if identity is None else Identity(identity, mechanism), now)
-    return core.open_session(object(), admission)
+    return core.open_channel(object(), admission)

@@ -27,7 +27,7 @@ from rserpool.enrp import (
 from rserpool.gate import AskAuthorizer, Gate, GatePolicy
 from rserpool.handlespace import Handlespace, HandlespaceLimits
 from rserpool.outputs import Send as AsapSend
-from rserpool.testing import identified_session
+from rserpool.testing import identified_channel
 from rserpool.wire import (
     AsapDeregistration, AsapRegistration, LeastUsedPolicy, PoolElement, SctpTransport,
     ServerInformation, TcpTransport, decode_message,
@@ -57,7 +57,7 @@ class Node:
                              self.handlespace, rng=random.Random(server_id), log=self._log)
         self.enrp.server_info = ServerInformation(
             server_id, SctpTransport(9902, (IPv4Address("127.0.0.1"),)))
-        self.sessions: dict[str, Any] = {}
+        self.asap_channels: dict[str, Any] = {}
         self.events: list = []
         self.logs: list[str] = []
         self.asap_replies: list = []
@@ -65,28 +65,28 @@ class Node:
     def _log(self, fmt: str, **kwargs: Any) -> None:
         self.logs.append(fmt.format(**kwargs))
 
-    def session(self, identity: str) -> Any:
-        session = self.sessions.get(identity)
-        if session is None:
-            session = self.sessions[identity] = identified_session(self.asap, "127.0.0.1", identity)
-        return session
+    def asap_channel(self, identity: str) -> Any:
+        state = self.asap_channels.get(identity)
+        if state is None:
+            state = self.asap_channels[identity] = identified_channel(self.asap, "127.0.0.1", identity)
+        return state
 
     # -- ASAP side -----------------------------------------------------------------
 
     def register(self, handle: bytes, pe_id: int, identity: str, *, load: int = 0, life: int = -1,
                  port: int = 7) -> Any:
         pe = PoolElement(pe_id, 0, life, TcpTransport(port, IPv4Address("127.0.0.1")), LeastUsedPolicy(load))
-        return self.asap_input(self.asap.message_received(self.session(identity),
+        return self.asap_input(self.asap.message_received(self.asap_channel(identity),
                                                           AsapRegistration(handle, pe), self.cluster.now))
 
     def deregister(self, handle: bytes, pe_id: int, identity: str) -> Any:
-        return self.asap_input(self.asap.message_received(self.session(identity),
+        return self.asap_input(self.asap.message_received(self.asap_channel(identity),
                                                           AsapDeregistration(handle, pe_id), self.cluster.now))
 
-    def close_session(self, identity: str) -> None:
-        session = self.sessions.pop(identity, None)
-        if session is not None:
-            self.asap_input(self.asap.close_session(session, self.cluster.now))
+    def close_asap_channel(self, identity: str) -> None:
+        state = self.asap_channels.pop(identity, None)
+        if state is not None:
+            self.asap_input(self.asap.close_channel(state, self.cluster.now))
 
     def asap_input(self, outputs: list) -> Any:
         now = self.cluster.now
@@ -118,7 +118,7 @@ class Node:
             elif kind is Restarted:
                 self.events.append(output)
                 self.server_id = output.new_id
-                self.sessions.clear()
+                self.asap_channels.clear()
                 self.asap_input(self.asap.restart_in_place(output.new_id))
             else:
                 assert kind in (Announce, Connect, PeerUp, PeerDown, PeerDead, Initialized, TakeoverStarted,

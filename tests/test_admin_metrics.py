@@ -18,7 +18,7 @@ from twisted.trial import unittest
 
 from rserpool.admin.metrics import exposition, make_registry
 from rserpool.wire import AsapDeregistration, AsapRegistration
-from rserpool.testing import identified_session
+from rserpool.testing import identified_channel
 from tests.aaahelpers import BackendProcess
 from tests.adminhelpers import TOKEN, AdminHarness, admin_cert
 from tests.asaphelpers import make_pe
@@ -50,12 +50,12 @@ def _samples(registrar) -> dict:
 
 def test_the_collector_reads_the_core_at_each_scrape():
     registrar = _FakeRegistrar()
-    session = identified_session(registrar.core, "127.0.0.1", "pe1")
+    channel = identified_channel(registrar.core, "127.0.0.1", "pe1")
     before = _samples(registrar)
     assert before[("rserpool_handlespace_pool_elements", ())] == 0
-    register(registrar.core, session, 1)
-    register(registrar.core, session, 2)
-    register(registrar.core, session, 3, handle=b"\xff")
+    register(registrar.core, channel, 1)
+    register(registrar.core, channel, 2)
+    register(registrar.core, channel, 3, handle=b"\xff")
     registrar.events.authenticated("certificate", True)
     registrar.events.outage("authorizer")
     after = _samples(registrar)
@@ -71,7 +71,7 @@ def test_the_collector_reads_the_core_at_each_scrape():
 
 def test_refusals_are_exported_by_cause():
     registrar = _FakeRegistrar()
-    anonymous = identified_session(registrar.core, "127.0.0.1", None)
+    anonymous = identified_channel(registrar.core, "127.0.0.1", None)
     registrar.core.message_received(anonymous, AsapRegistration(b"echo", make_pe(1)), 0.0)
     samples = _samples(registrar)
     key = ("rserpool_refusals_total", (("cause", "0xa"), ("cause_name", "Rejected Due to Security Considerations")))
@@ -88,9 +88,9 @@ def test_openmetrics_when_asked():
 def test_a_scrape_never_walks_the_pes():
     """A scrape reads one size per pool: walking the PEs is forbidden here."""
     registrar = _FakeRegistrar()
-    session = identified_session(registrar.core, "127.0.0.1", "pe1")
+    channel = identified_channel(registrar.core, "127.0.0.1", "pe1")
     for pe_id in range(1, 51):
-        register(registrar.core, session, pe_id, handle=b"pool%d" % (pe_id % 5))
+        register(registrar.core, channel, pe_id, handle=b"pool%d" % (pe_id % 5))
     handlespace = registrar.core.handlespace
 
     def forbidden(*args, **kwargs):

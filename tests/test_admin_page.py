@@ -25,7 +25,7 @@ from rserpool.admin.page import MAX_ROWS, render, status_page, tag
 from rserpool.admin.resource import AdminResource
 from rserpool.security import tls
 from rserpool.wire import AsapDeregistration
-from rserpool.testing import identified_session
+from rserpool.testing import identified_channel
 from tests.adminhelpers import AdminHarness, admin_cert
 from tests.conftest import IN_CI, require_tool
 from tests.tlshelpers import make_test_pki
@@ -35,7 +35,7 @@ ARTIFACTS = Path(os.environ.get("RSERPOOL_TEST_ARTIFACTS", Path(__file__).resolv
 
 
 def _view(**overrides):
-    view = {"server_id": "00001234", "started": 0.0, "uptime": 3725.0, "now": 3725.0, "asap_sessions": 2,
+    view = {"server_id": "00001234", "started": 0.0, "uptime": 3725.0, "now": 3725.0, "asap_channels": 2,
             "pools": 1, "pool_elements": 1, "peers": [], "counters": {"refused_by_cause": {"0xa": 2}, "refused": 2}}
     view.update(overrides)
     return view
@@ -82,9 +82,9 @@ def test_the_main_page_is_bounded():
             self.server_id = self.core.settings.server_id
 
     registrar = Registrar()
-    session = identified_session(registrar.core, "127.0.0.1", "pe1")
+    channel = identified_channel(registrar.core, "127.0.0.1", "pe1")
     for pe_id in range(1, 3 * MAX_ROWS):
-        register(registrar.core, session, pe_id, handle=b"pool%d" % (pe_id % 3))
+        register(registrar.core, channel, pe_id, handle=b"pool%d" % (pe_id % 3))
     html = AdminResource(registrar, access=None)._status_page(0.0)
     assert html.count(b'class="pe"') == MAX_ROWS
     assert b"all " in html and b"/pool/" in html

@@ -201,7 +201,7 @@ def test_a_pe_moving_to_another_registrar_converges():
     a, b, c = cluster.nodes
     a.register(b"echo", 0x11, "pe1")
     cluster.deliver_all()
-    a.close_session("pe1")  # its channel to A broke
+    a.close_asap_channel("pe1")  # its channel to A broke
     b.register(b"echo", 0x11, "pe1", load=3)  # and it found B
     # C hears from B first: the PE is still A's there, so B's word is refused ...
     wire_bc = cluster.wires[(B, C)]
@@ -219,7 +219,7 @@ def test_resolution_at_any_registrar_sees_the_whole_pool():
         node.register(b"echo", 0x100 + index, f"pe{index}")
     cluster.deliver_all()
     for node in cluster.nodes:
-        session = node.session("pu")
+        session = node.asap_channel("pu")
         from rserpool.asap.registrar import Send as AsapSend
         [reply] = [o.message for o in node.asap.message_received(session, AsapHandleResolution(b"echo"),
                                                                    cluster.now) if type(o) is AsapSend]
@@ -243,7 +243,7 @@ def test_unreachable_report_at_a_non_home_registrar_removes_nothing():
     a.register(b"echo", 0x11, "pe1")
     cluster.deliver_all()
     for reporter in ("pu1", "pu2", "pu3", "pu4"):
-        b.asap_input(b.asap.message_received(b.session(reporter), AsapEndpointUnreachable(b"echo", 0x11),
+        b.asap_input(b.asap.message_received(b.asap_channel(reporter), AsapEndpointUnreachable(b"echo", 0x11),
                                              cluster.now))
     assert b.handlespace.get(b"echo", 0x11) is not None
     assert any("its home is 0000000a" in line for line in b.logs)
@@ -253,7 +253,7 @@ def test_enrp_on_the_asap_port_is_refused_with_unrecognized_message():
     from rserpool.asap.registrar import Send as AsapSend
     cluster = alone()
     a = cluster.nodes[0]
-    outputs = a.asap.message_received(a.session("pu"), EnrpHandleTableRequest(EVIL, 0), cluster.now)
+    outputs = a.asap.message_received(a.asap_channel("pu"), EnrpHandleTableRequest(EVIL, 0), cluster.now)
     [reply] = [o.message for o in outputs if type(o) is AsapSend]
     assert type(reply) is EnrpError and reply.error.causes[0].code == codes.CAUSE_UNRECOGNIZED_MESSAGE
     assert len(a.handlespace) == 0

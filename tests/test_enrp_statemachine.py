@@ -70,7 +70,7 @@ class EnrpCluster(RuleBasedStateMachine):
         self.refresh()
         index = self.home.get(pe_id)
         if index is not None:
-            self.node(index).close_session(f"pe{pe_id}")
+            self.node(index).close_asap_channel(f"pe{pe_id}")
             self.refresh()
 
     @rule(count=st.integers(1, 20), data=st.data())

@@ -326,6 +326,6 @@ def test_an_unreachability_report_about_an_adopted_pe_removes_it_everywhere():
     cluster.deliver_all()
     # The winner has no channel to probe it: one report from a PU that
     # failed over away from it is enough.
-    b.asap_input(b.asap.message_received(b.session("pu"), AsapEndpointUnreachable(b"echo", 0x31), cluster.now))
+    b.asap_input(b.asap.message_received(b.asap_channel("pu"), AsapEndpointUnreachable(b"echo", 0x31), cluster.now))
     cluster.deliver_all()
     assert homes(a) == homes(b) == {}

@@ -69,7 +69,7 @@ class TakeoverCluster(RuleBasedStateMachine):
         old = self.at.get(pe_id)
         if old is not None and old is not node:
             if old in self.running:
-                old.close_session(f"pe{pe_id}")  # it leaves its old registrar first
+                old.close_asap_channel(f"pe{pe_id}")  # it leaves its old registrar first
             else:
                 self.closing.setdefault(old, set()).add(pe_id)
         self._register(pe_id, node)
@@ -78,7 +78,7 @@ class TakeoverCluster(RuleBasedStateMachine):
     def pe_dies(self, pe_id: int) -> None:
         node = self.at.get(pe_id)
         if node is not None and node in self.running:
-            node.close_session(f"pe{pe_id}")
+            node.close_asap_channel(f"pe{pe_id}")
             del self.at[pe_id]
 
     # -- registrars --------------------------------------------------------------------------
@@ -117,7 +117,7 @@ class TakeoverCluster(RuleBasedStateMachine):
         before = len([e for e in node.events if type(e) is Restarted])
         self.cluster.resume(node)
         for pe_id in self.closing.pop(node, set()):
-            node.close_session(f"pe{pe_id}")  # the channels it missed closing
+            node.close_asap_channel(f"pe{pe_id}")  # the channels it missed closing
         node.tick()
         if len([e for e in node.events if type(e) is Restarted]) > before:
             self._restarted(node)

@@ -136,15 +136,15 @@ def _core(items: int) -> RegistrarCore:
     return RegistrarCore(settings, Handlespace(HandlespaceLimits(), rng=random.Random(1)), rng=random.Random(2))
 
 
-def _session(core, channel=None):
-    """A session of a TLS channel from 127.0.0.1 whose certificate names "pe"."""
+def _channel_state(core, channel=None):
+    """The channel state of a TLS channel from 127.0.0.1 whose certificate names "pe"."""
     admission = core.gate.open_channel(DOOR_ASAP, "127.0.0.1", True, 0.0, channel=channel)
     core.gate.identified(admission, Identity("pe", MECH_CERTIFICATE), 0.0)
-    return core.open_session(channel if channel is not None else object(), admission)
+    return core.open_channel(channel if channel is not None else object(), admission)
 
 
-def _register(core, session, pe, now=0.0):
-    out = core.message_received(session, AsapRegistration(b"pool", pe), now)
+def _register(core, state, pe, now=0.0):
+    out = core.message_received(state, AsapRegistration(b"pool", pe), now)
     for output in out:
         if type(output) is AskAuthorizer:
             core.authorization_done(output, True, now)
@@ -154,15 +154,15 @@ def _register(core, session, pe, now=0.0):
 @given(st.sampled_from(sorted(POLICIES)), st.data(), st.integers(0, 4))
 def test_resolution_answer_equals_the_generic_encoding(kind, data, items):
     core = _core(items)
-    session = _session(core)
+    state = _channel_state(core)
     count = data.draw(st.integers(1, 6))
     for pe_id in range(1, count + 1):
-        _register(core, session, _pe(pe_id, data.draw(POLICIES[kind])))
+        _register(core, state, _pe(pe_id, data.draw(POLICIES[kind])))
     for step in range(data.draw(st.integers(1, 5))):
         if data.draw(st.booleans()):  # a re-registration replaces the payload (and its cache)
-            _register(core, session, _pe(data.draw(st.integers(1, count)), data.draw(POLICIES[kind]), 40),
+            _register(core, state, _pe(data.draw(st.integers(1, count)), data.draw(POLICIES[kind]), 40),
                       float(step))
-        (send,) = core.message_received(session, AsapHandleResolution(b"pool"), float(step))
+        (send,) = core.message_received(state, AsapHandleResolution(b"pool"), float(step))
         assert type(send) is Send and send.data is not None
         message = send.message
         entries = [core.handlespace.get(b"pool", pe.pe_id) for pe in message.pool_elements]
@@ -186,11 +186,11 @@ def test_encode_resolution_response_equals_the_message_encoding(handle, kind, da
 
 def test_a_foreign_payload_takes_the_generic_path():
     core = _core(0)
-    session = _session(core)
-    _register(core, session, _pe(1, RoundRobinPolicy()))
+    state = _channel_state(core)
+    _register(core, state, _pe(1, RoundRobinPolicy()))
     core.handlespace.get(b"pool", 1).payload = "not a PoolElement"
     try:
-        core.message_received(session, AsapHandleResolution(b"pool"), 0.0)
+        core.message_received(state, AsapHandleResolution(b"pool"), 0.0)
     except ValueError as exc:  # the checking constructor refuses it, as before
         assert "not a PoolElement" in str(exc)
     else:
@@ -406,7 +406,7 @@ def test_no_deadline_is_missed(steps):
     service.running = 1
     channel = Channel(service, clock, service.channel_settings, tls=True)
     channel.makeConnection(StringTransport(peerAddress=TCPAddress("TCP", "127.0.0.1", 4000)))
-    channel.session = _session(service.core, channel)
+    channel.state = _channel_state(service.core, channel)
     sender = TcpMapConnection()
     channel.dataReceived(sender.initiate())
     for action, pe_id, life, wait in steps:
@@ -457,10 +457,10 @@ def test_encode_registration_response_equals_the_message_encoding(handle, pe_id)
 @given(st.sampled_from(sorted(POLICIES)), st.data())
 def test_registration_answers_and_stored_pes_equal_the_generic_ones(kind, data):
     core = _core(3)
-    session = _session(core)
+    state = _channel_state(core)
     for step in range(data.draw(st.integers(1, 6))):
         pe = _pe(data.draw(st.integers(1, 3)), data.draw(POLICIES[kind]), data.draw(st.integers(-1, 100)))
-        out = core.message_received(session, AsapRegistration(b"pool", pe), float(step))
+        out = core.message_received(state, AsapRegistration(b"pool", pe), float(step))
         for output in out:
             if type(output) is AskAuthorizer:
                 out = core.authorization_done(output, True, float(step))
@@ -473,8 +473,8 @@ def test_registration_answers_and_stored_pes_equal_the_generic_ones(kind, data):
         assert entry.keepalive_due is not None and entry.unreachable is None
 
 
-def _answered(core, session, message, now):
-    out = core.message_received(session, message, now)
+def _answered(core, state, message, now):
+    out = core.message_received(state, message, now)
     for output in list(out):
         if type(output) is AskAuthorizer:
             out = core.authorization_done(output, True, now)
@@ -488,15 +488,15 @@ def _answered(core, session, message, now):
                           st.integers(0, 2), st.integers(-1, 100)), min_size=1, max_size=20))
 def test_the_kept_registration_answer_equals_the_generic_one(handles, pe_ids, steps):
     core = _core(3)
-    session = _session(core)
+    state = _channel_state(core)
     answered = {}  # (handle, PE id) -> (entry, the message of its last answer)
     for now, (action, h, p, life) in enumerate(steps):
         handle, pe_id = handles[h % len(handles)], pe_ids[p % len(pe_ids)]
         if action == "deregister":
-            _answered(core, session, AsapDeregistration(handle, pe_id), float(now))
+            _answered(core, state, AsapDeregistration(handle, pe_id), float(now))
             assert core.handlespace.get(handle, pe_id) is None
             continue
-        (send,) = _answered(core, session, AsapRegistration(handle, _pe(pe_id, RoundRobinPolicy(), life)), float(now))
+        (send,) = _answered(core, state, AsapRegistration(handle, _pe(pe_id, RoundRobinPolicy(), life)), float(now))
         generic = AsapRegistrationResponse(handle, pe_id)
         assert send.message == generic and type(send.message) is type(generic)
         assert send.data == generic.encode() and decode_message(send.data, PPID_ASAP) == generic
@@ -510,15 +510,15 @@ def test_the_kept_registration_answer_equals_the_generic_one(handles, pe_ids, st
 
 def test_the_address_check_compares_the_text_of_each_address_object():
     core = _core(3)
-    session = _session(core)
-    assert session.admission.address_text(IPv4Address("127.0.0.1")) == "127.0.0.1"
+    state = _channel_state(core)
+    assert state.admission.address_text(IPv4Address("127.0.0.1")) == "127.0.0.1"
     other = IPv4Address("127.0.0.2")
-    assert session.admission.address_text(other) == "127.0.0.2"
-    assert session.admission.address_text(IPv6Address("::1")) == "::1"
+    assert state.admission.address_text(other) == "127.0.0.2"
+    assert state.admission.address_text(IPv6Address("::1")) == "::1"
     for address, accepted in ((IPv4Address("127.0.0.1"), True), (other, False), (other, False),
                               (IPv4Address("127.0.0.1"), True)):
         pe = PoolElement(9, 0, 30, TcpTransport(80, address), RoundRobinPolicy())
-        out = core.message_received(session, AsapRegistration(b"pool", pe), 0.0)
+        out = core.message_received(state, AsapRegistration(b"pool", pe), 0.0)
         refused = [o for o in out if type(o) is Send and o.message.reject]
         assert bool(refused) is not accepted
 
@@ -631,10 +631,10 @@ def test_reregistration_lives_are_bounded_alike(life):
 
 def test_a_repeated_answer_is_reused_only_for_equal_values():
     core = _core(2)
-    session = _session(core)
+    state = _channel_state(core)
     for handle in (b"pool", b"other"):
         for pe_id in (1, 2, 3):
-            out = core.message_received(session, AsapRegistration(handle, _pe(pe_id, LeastUsedPolicy(pe_id))), 0.0)
+            out = core.message_received(state, AsapRegistration(handle, _pe(pe_id, LeastUsedPolicy(pe_id))), 0.0)
             for output in out:
                 if type(output) is AskAuthorizer:
                     core.authorization_done(output, True, 0.0)
@@ -642,10 +642,10 @@ def test_a_repeated_answer_is_reused_only_for_equal_values():
     for step, (handle, load) in enumerate([(b"pool", None), (b"pool", None), (b"other", None), (b"pool", 9),
                                            (b"pool", None), (b"other", 0)]):
         if load is not None:
-            _register(core, session, _pe(1, LeastUsedPolicy(load)), float(step))
+            _register(core, state, _pe(1, LeastUsedPolicy(load)), float(step))
             if handle == b"other":
-                core.message_received(session, AsapRegistration(b"other", _pe(1, LeastUsedPolicy(load))), 0.0)
-        (send,) = core.message_received(session, AsapHandleResolution(handle), float(step))
+                core.message_received(state, AsapRegistration(b"other", _pe(1, LeastUsedPolicy(load))), 0.0)
+        (send,) = core.message_received(state, AsapHandleResolution(handle), float(step))
         entries = [core.handlespace.get(handle, pe.pe_id) for pe in send.message.pool_elements]
         generic = AsapHandleResolutionResponse(handle, tuple(e.payload for e in entries), LeastUsedPolicy(
             entries[0].payload.policy.load))

@@ -282,7 +282,7 @@ class RegistrarWithPsk(unittest.TestCase):
         self.assertFalse(reply.reject, reply)
         self.assertEqual(self.authorizer.calls, [("pe-psk", "register", b"echo")])
         self.assertEqual(self.registrar.handlespace.get(b"echo", 0x77).identity, "pe-psk")
-        (session,) = [c.session for c in self.registrar.channels]
+        (session,) = [c.state for c in self.registrar.channels]
         self.assertEqual(session.identity, "pe-psk")
 
     @defer.inlineCallbacks
@@ -294,7 +294,7 @@ class RegistrarWithPsk(unittest.TestCase):
             reply = yield client.request(AsapRegistration(b"echo", make_pe(0x80 + n)))
             self.assertFalse(reply.reject, reply)
             self.assertEqual(self.registrar.handlespace.get(b"echo", 0x80 + n).identity, "pe-psk")
-        self.assertEqual({c.session.identity for c in self.registrar.channels}, {"pe-psk"})
+        self.assertEqual({c.state.identity for c in self.registrar.channels}, {"pe-psk"})
         self.assertEqual(self.registrar.handlespace.identity_count("pe-psk"), 3)
 
     @defer.inlineCallbacks
@@ -327,7 +327,7 @@ class RegistrarWithPsk(unittest.TestCase):
         self.assertEqual(reply.error.causes[0].code, CAUSE_SECURITY)
         self.assertEqual(len(self.registrar.handlespace), 0)
         self.assertEqual(self.authorizer.calls, [])
-        self.assertEqual({c.session.identity for c in self.registrar.channels}, {None})
+        self.assertEqual({c.state.identity for c in self.registrar.channels}, {None})
 
     @defer.inlineCallbacks
     def test_wrong_key_gets_no_channel_and_no_state(self):
@@ -335,7 +335,7 @@ class RegistrarWithPsk(unittest.TestCase):
         self.assertFalse(client.ready.called)
         self.assertEqual(len(self.registrar.handlespace), 0)
         self.assertEqual(self.authorizer.calls, [])
-        self.assertEqual(self.registrar.core.sessions, set())
+        self.assertEqual(self.registrar.core.channel_states, set())
 
     @defer.inlineCallbacks
     def test_anonymous_tls_client_without_psk_is_refused(self):

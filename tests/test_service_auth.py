@@ -181,7 +181,7 @@ class AuthOverTLS(unittest.TestCase):
         yield within(pe.registered(), 10, self.reactor)
         entry = registrar.handlespace.get(H, pe.pe_id)
         self.assertEqual(entry.identity, "pe-srp")
-        session = next(iter(registrar.core.sessions))
+        session = next(iter(registrar.core.channel_states))
         self.assertEqual((session.identity, session.admission.mechanism), ("pe-srp", SRP))
         self.assertEqual(registrar.authenticator.stats["succeeded"], 1)
 
@@ -293,7 +293,7 @@ class AuthOverTLS(unittest.TestCase):
         self.assertEqual([m.name for m in relay.to_registrar],
                          ["ASAP_AUTH_REQUEST", "ASAP_AUTH_HELLO", "ASAP_AUTH_SRP_PROOF"])
         self.assertEqual(registrar.authenticator.stats["succeeded"], 0)
-        self.assertTrue(all(s.identity is None for s in registrar.core.sessions))
+        self.assertTrue(all(s.identity is None for s in registrar.core.channel_states))
         # The relay cannot use its registrar channel: registration refused.
         reply = yield self.register_raw(relay.back, 0x77)
         self.assertTrue(reply.reject)

@@ -359,7 +359,7 @@ class ServerSide:
         self.ready.append(channel)
 
     def channel_closed(self, channel: Channel, reason: Failure) -> None:
-        channel.session.callback(None)
+        channel.state.callback(None)
 
     def message_received(self, channel: Channel, message: Any, now: float) -> None:
         pass
@@ -372,8 +372,8 @@ class _ServerFactory(protocol.Factory):
 
     def buildProtocol(self, addr: Any) -> Channel:
         channel = Channel(self.side, self.reactor, ChannelSettings(), tls=True)
-        channel.session = defer.Deferred()
-        self.side.closed.append(channel.session)
+        channel.state = defer.Deferred()
+        self.side.closed.append(channel.state)
         return channel
 
 

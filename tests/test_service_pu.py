@@ -300,8 +300,8 @@ class PoolUserOverTLS(unittest.TestCase):
 
         pu = self.user()
         yield pu.resolve(H)
-        (server_side,) = [c for c in self.registrar.channels if c.session is not None
-                          and c.session.identity is None]
+        (server_side,) = [c for c in self.registrar.channels if c.state is not None
+                          and c.state.identity is None]
         seen = {}
         original = self.registrar.channel_closed
 
@@ -374,7 +374,7 @@ class PoolUserOverTLS(unittest.TestCase):
         self.users.append(pu)
         pes = yield pu.resolve(H)
         self.assertEqual(len(pes), 3)
-        identities = {s.identity for s in (c.session for c in self.registrar.channels)}
+        identities = {s.identity for s in (c.state for c in self.registrar.channels)}
         self.assertIn("pu1", identities)
 
     @defer.inlineCallbacks

@@ -149,7 +149,7 @@ class RegistrarOverTLS(RegistrarClientsMixin, unittest.TestCase):
         other = yield self.connect(self.pki.pe2)
         for client in (first, second, other):  # a round trip: the server side is ready
             yield client.request(AsapHandleResolution(b"nothing"))
-        identities = sorted(c.session.identity for c in self.registrar.channels if c.session is not None)
+        identities = sorted(c.state.identity for c in self.registrar.channels if c.state is not None)
         self.assertEqual(identities, ["pe1", "pe1", "pe2"])
         checker = self.registrar.checkers.checkers[ICertificateCredentials]
         self.assertEqual(len(checker.names), 2)  # one entry per certificate

@@ -126,7 +126,7 @@ class _RegistrarTest(unittest.TestCase):
         self.assertEqual(len(registrar.handlespace), 0)
         self.assertEqual(self.authorizer.calls, [])
         self.assertEqual(registrar.core.stats["registrations"], 0)
-        self.assertEqual(registrar.core.sessions, set())
+        self.assertEqual(registrar.core.channel_states, set())
 
     @defer.inlineCallbacks
     def assert_registers(self, registrar, cert, pe_id):

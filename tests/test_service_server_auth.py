@@ -174,7 +174,7 @@ class ServerAuthentication(unittest.TestCase):
         self.assertEqual(events["messages"], 0)
         self.assertEqual(len(registrar.handlespace), 0)
         self.assertEqual(set(registrar.core.stats.values()), {0}, registrar.core.stats)
-        self.assertEqual(registrar.core.sessions, set())
+        self.assertEqual(registrar.core.channel_states, set())
 
     # -- the PE library ------------------------------------------------------------------
 

@@ -12,7 +12,7 @@ from rserpool.wire import (
 )
 from rserpool.wire.codes import CAUSE_INVALID_VALUES, CAUSE_LACK_OF_RESOURCES, CAUSE_SECURITY
 from rserpool.wire.params import pool_handle_text
-from rserpool.testing import identified_session
+from rserpool.testing import identified_channel
 from tests.asaphelpers import make_pe
 from tests.test_asap_registrar import authorize_all, make_core, register
 
@@ -32,11 +32,11 @@ def test_counters_start_at_zero_and_name_every_core_counter(core):
 
 
 def test_registrations_deregistrations_and_resolutions_are_counted(core):
-    session = identified_session(core, "127.0.0.1", "pe1")
-    register(core, session, 1)
-    register(core, session, 1)
-    core.message_received(session, AsapHandleResolution(b"echo"), 1.0)
-    authorize_all(core, session, core.message_received(session, AsapDeregistration(b"echo", 1), 2.0), 2.0)
+    channel = identified_channel(core, "127.0.0.1", "pe1")
+    register(core, channel, 1)
+    register(core, channel, 1)
+    core.message_received(channel, AsapHandleResolution(b"echo"), 1.0)
+    authorize_all(core, channel, core.message_received(channel, AsapDeregistration(b"echo", 1), 2.0), 2.0)
     values = stats.counters(core)
     assert (values["registrations"], values["reregistrations"], values["resolutions"],
             values["deregistrations"]) == (1, 1, 1, 1)
@@ -44,9 +44,9 @@ def test_registrations_deregistrations_and_resolutions_are_counted(core):
 
 
 def test_refusals_are_counted_by_cause_and_the_last_ones_kept(core):
-    anonymous = identified_session(core, "127.0.0.9", None)
+    anonymous = identified_channel(core, "127.0.0.9", None)
     core.message_received(anonymous, AsapRegistration(b"echo", make_pe(7, address="127.0.0.9")), 5.0)
-    pe = identified_session(core, "127.0.0.1", "pe1")
+    pe = identified_channel(core, "127.0.0.1", "pe1")
     # Not its own address: cause 0x3.
     core.message_received(pe, AsapRegistration(b"echo", make_pe(8, address="127.0.0.2")), 6.0)
     # The authorizer says no: cause 0xa, counted as unauthorized too.
@@ -65,7 +65,7 @@ def test_refusals_are_counted_by_cause_and_the_last_ones_kept(core):
 
 
 def test_an_authorizer_outage_is_counted_apart_from_a_refusal(core):
-    pe = identified_session(core, "127.0.0.1", "pe1")
+    pe = identified_channel(core, "127.0.0.1", "pe1")
     out = core.message_received(pe, AsapRegistration(b"echo", make_pe(1)), 0.0)
     core.authorization_done(out[0], None, 0.0)
     values = stats.counters(core)
@@ -74,7 +74,7 @@ def test_an_authorizer_outage_is_counted_apart_from_a_refusal(core):
 
 
 def test_the_refusal_log_is_bounded(core):
-    anonymous = identified_session(core, "127.0.0.9", None)
+    anonymous = identified_channel(core, "127.0.0.9", None)
     for pe_id in range(1, 200):
         core.message_received(anonymous, AsapRegistration(b"echo", make_pe(pe_id, address="127.0.0.9")), 0.0)
     assert len(core.recent_refusals) == 64
@@ -84,9 +84,9 @@ def test_the_refusal_log_is_bounded(core):
 
 def test_unreachability_reports_and_keepalive_timeouts_are_counted():
     core = make_core(unreachable_rate=stats_rate(1.0, 1.0))
-    pe = identified_session(core, "127.0.0.1", "pe1")
+    pe = identified_channel(core, "127.0.0.1", "pe1")
     register(core, pe, 1)
-    pu = identified_session(core, "127.0.0.5", None)
+    pu = identified_channel(core, "127.0.0.5", None)
     core.message_received(pu, AsapEndpointUnreachable(b"echo", 1), 1.0)
     core.message_received(pu, AsapEndpointUnreachable(b"echo", 1), 1.0)  # over the rate: refused
     values = stats.counters(core)
@@ -120,7 +120,7 @@ def test_event_counts_by_mechanism():
 
 
 def test_views_of_pools_and_pes(core):
-    pe = identified_session(core, "127.0.0.1", "pe1")
+    pe = identified_channel(core, "127.0.0.1", "pe1")
     register(core, pe, 0x1234, now=10.0, life=30)
     register(core, pe, 0x99, now=10.0, handle=b"lu", policy=LeastUsedPolicy(0x7FFFFFFF))
     register(core, pe, 0x5, now=10.0, handle=b"\xff\x00")
@@ -135,7 +135,7 @@ def test_views_of_pools_and_pes(core):
     (lu,) = stats.pe_page(core.handlespace, b"lu", now=15.0)["pool_elements"]
     assert lu["policy"] == "LeastUsed" and lu["load_percent"] == 50.0
     assert stats.pe_page(core.handlespace, b"nope", now=0.0) is None
-    view = stats.registrar_view(core, now=20.0, started=5.0, sessions=1, events=stats.EventCounts(),
+    view = stats.registrar_view(core, now=20.0, started=5.0, channels=1, events=stats.EventCounts(),
                                 listening=["127.0.0.1:3864"])
     assert view["server_id"] == f"{core.settings.server_id:08x}" and view["uptime"] == 15.0
     assert view["pools"] == 3 and view["pool_elements"] == 3 and view["owned_pool_elements"] == 3
@@ -143,7 +143,7 @@ def test_views_of_pools_and_pes(core):
 
 
 def test_pages_cover_a_pool_once(core):
-    pe = identified_session(core, "127.0.0.1", "pe1")
+    pe = identified_channel(core, "127.0.0.1", "pe1")
     for pe_id in range(1, 26):
         register(core, pe, pe_id)
     seen, offset = [], 0

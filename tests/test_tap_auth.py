@@ -273,7 +273,7 @@ secrets_file = site.secrets
         reply = yield client.request(AsapRegistration(b"echo", make_pe(0x71)))
         self.assertFalse(reply.reject, reply)
         self.assertEqual(self.registrar.handlespace.get(b"echo", 0x71).identity, "site-pe")
-        session = next(iter(self.registrar.core.sessions))
+        session = next(iter(self.registrar.core.channel_states))
         self.assertEqual(session.admission.mechanism, exchange.MECH_CHAP_MD5)
         site_checker = self.registrar.checkers.checker_for(
             ChapCredentials("x", 0, b"c" * 16, b"r" * 16))

@@ -135,7 +135,7 @@ def test_identified_session_opens_a_gate_admission():
     from tests.test_asap_registrar import make_core
 
     core = make_core()
-    session = testing.identified_session(core, "127.0.0.7", "pe1")
-    assert (session.identity, session.address, session.admission.principal) == ("pe1", "127.0.0.7", "pe1")
-    anonymous = testing.identified_session(core, "127.0.0.8")
+    channel = testing.identified_channel(core, "127.0.0.7", "pe1")
+    assert (channel.identity, channel.address, channel.admission.principal) == ("pe1", "127.0.0.7", "pe1")
+    anonymous = testing.identified_channel(core, "127.0.0.8")
     assert anonymous.identity is None and anonymous.admission.principal == "addr:127.0.0.8"

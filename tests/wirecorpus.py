@@ -130,7 +130,7 @@ def registrar_error_replies() -> list[tuple[str, object]]:
     from rserpool.gate import AskAuthorizer, Gate, GatePolicy
     from rserpool.handlespace import Handlespace, HandlespaceLimits
     from rserpool.outputs import Send
-    from rserpool.testing import identified_session
+    from rserpool.testing import identified_channel
     from rserpool.security.ratelimit import RateLimit
     from rserpool.wire import (
         AsapDeregistration, AsapHandleResolution, AsapRegistration, LeastUsedPolicy,
@@ -152,8 +152,8 @@ def registrar_error_replies() -> list[tuple[str, object]]:
 
     replies: list[tuple[str, object]] = []
 
-    def run(what: str, registrar: RegistrarCore, session, message, allowed: bool = True) -> None:
-        outputs = registrar.message_received(session, message, 0.0)
+    def run(what: str, registrar: RegistrarCore, channel, message, allowed: bool = True) -> None:
+        outputs = registrar.message_received(channel, message, 0.0)
         while outputs:
             output = outputs.pop(0)
             if type(output) is AskAuthorizer:
@@ -163,33 +163,33 @@ def registrar_error_replies() -> list[tuple[str, object]]:
                 if error is not None:
                     replies.append((what, output.message))
 
-    def open_session(registrar, secure=True, identity="pe1", address="127.0.0.1"):
-        return identified_session(registrar, address, identity, tls=secure)
+    def open_asap_channel(registrar, secure=True, identity="pe1", address="127.0.0.1"):
+        return identified_channel(registrar, address, identity, tls=secure)
 
     handle = b"echo"
     r = core()
-    run("registration over a channel without TLS", r, open_session(r, secure=False),
+    run("registration over a channel without TLS", r, open_asap_channel(r, secure=False),
         AsapRegistration(handle, pe(1)))
-    run("registration without an identity", r, open_session(r, identity=None),
+    run("registration without an identity", r, open_asap_channel(r, identity=None),
         AsapRegistration(handle, pe(1)))
-    run("deregistration without an identity", r, open_session(r, identity=None),
+    run("deregistration without an identity", r, open_asap_channel(r, identity=None),
         AsapDeregistration(handle, 1))
-    run("registration of another address", r, open_session(r, address="127.0.0.9"),
+    run("registration of another address", r, open_asap_channel(r, address="127.0.0.9"),
         AsapRegistration(handle, pe(1)))
-    run("registration not authorized", r, open_session(r), AsapRegistration(b"secret", pe(1)),
+    run("registration not authorized", r, open_asap_channel(r), AsapRegistration(b"secret", pe(1)),
         allowed=False)
     r2 = core(authorize_resolution=True)
-    run("resolution not authorized", r2, open_session(r2), AsapHandleResolution(handle), allowed=False)
-    s = open_session(r)
+    run("resolution not authorized", r2, open_asap_channel(r2), AsapHandleResolution(handle), allowed=False)
+    s = open_asap_channel(r)
     run("first registration", r, s, AsapRegistration(handle, pe(1)))
     run("inconsistent policy", r, s, AsapRegistration(handle, pe(2, policy=RoundRobinPolicy())))
     run("inconsistent transport", r, s, AsapRegistration(
         handle, pe(3, transport=UdpTransport(7, IPv4Address("127.0.0.1")))))
     run("inconsistent data/control", r, s, AsapRegistration(
         handle, pe(4, transport=TcpTransport(7, IPv4Address("127.0.0.1"), 1))))
-    run("PE identifier bound to another identity", r, open_session(r, identity="pe2"),
+    run("PE identifier bound to another identity", r, open_asap_channel(r, identity="pe2"),
         AsapRegistration(handle, pe(1)))
-    run("deregistration by another identity", r, open_session(r, identity="pe2"),
+    run("deregistration by another identity", r, open_asap_channel(r, identity="pe2"),
         AsapDeregistration(handle, 1))
     run("invalid registration life", r, s, AsapRegistration(b"life", pe(5, life=-2)))
     run("invalid transport use", r, s, AsapRegistration(
@@ -198,18 +198,18 @@ def registrar_error_replies() -> list[tuple[str, object]]:
     run("unknown pool", r, s, AsapHandleResolution(b"nowhere"))
     run("pool handle too long", r, s, AsapRegistration(b"h" * 65, pe(8)))
     full = core(HandlespaceLimits(max_pes_per_pool=1, max_pools=1, max_pes_per_identity=2))
-    fs = open_session(full)
+    fs = open_asap_channel(full)
     run("first registration", full, fs, AsapRegistration(handle, pe(1)))
     run("pool full", full, fs, AsapRegistration(handle, pe(2)))
     run("too many pools", full, fs, AsapRegistration(b"other", pe(3)))
     limited = core(registration_rate=RateLimit(rate=0.001, burst=1.0),
                    resolution_rate=RateLimit(rate=0.001, burst=1.0))
-    ls = open_session(limited)
+    ls = open_asap_channel(limited)
     for n in range(3):
         run("registration rate limit", limited, ls, AsapRegistration(handle, pe(10 + n)))
         run("resolution rate limit", limited, ls, AsapHandleResolution(handle))
     pending = core(max_pending_per_channel=1)
-    ps = open_session(pending)
+    ps = open_asap_channel(pending)
     pending.message_received(ps, AsapRegistration(b"a", pe(1)), 0.0)  # left pending
     run("too many pending authorizations", pending, ps, AsapRegistration(b"b", pe(2)))
     run("authentication extension disabled (unrecognized message)", r, s, AsapAuthRequest())

@@ -55,7 +55,7 @@ class RegistrarCollector(Collector):
         if started is not None:
             yield GaugeMetricFamily("rserpool_registrar_start_time_seconds",
                                     "When the registrar started (Unix time)", value=started)
-        yield GaugeMetricFamily("rserpool_asap_sessions", "Open ASAP channels", value=len(core.sessions))
+        yield GaugeMetricFamily("rserpool_asap_channels", "Open ASAP channels", value=len(core.channel_states))
         yield GaugeMetricFamily("rserpool_pools", "Pools in the handlespace", value=handlespace.pool_count)
         yield GaugeMetricFamily("rserpool_handlespace_pool_elements", "PEs in all pools", value=len(handlespace))
         yield GaugeMetricFamily("rserpool_owned_pool_elements", "PEs whose home registrar is this one",

@@ -149,7 +149,7 @@ def status_page(registrar: dict[str, Any], pools: list[dict[str, Any]], pe_pages
     counters = registrar["counters"]
     summary = _table(("server ID", "started", "uptime", "ASAP channels", "pools", "PEs"), [tag(
         "tr", _td(tag("code", registrar["server_id"])), _td(_time(registrar["started"])),
-        _td(_duration(registrar["uptime"])), _td(str(registrar["asap_sessions"]), class_="num"),
+        _td(_duration(registrar["uptime"])), _td(str(registrar["asap_channels"]), class_="num"),
         _td(str(registrar["pools"]), class_="num"),
         _td(str(registrar["pool_elements"]), class_="num", id="pe-count"))], id="registrar")
     if registrar["peers"]:

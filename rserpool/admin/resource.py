@@ -182,7 +182,7 @@ class AdminResource(Resource):
         registrar = self.registrar
         view = stats.registrar_view(
             registrar.core, now=now, started=registrar.started if registrar.started is not None else now,
-            sessions=len(registrar.core.sessions), events=registrar.events,
+            channels=len(registrar.core.channel_states), events=registrar.events,
             listening=[f"{a.host}:{a.port}" for a in registrar.listening_addresses if hasattr(a, "port")],
             peers=self._peers())
         view["pool_list"] = stats.pool_views(registrar.handlespace)

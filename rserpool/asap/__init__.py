@@ -14,7 +14,7 @@ __all__, __getattr__, __dir__ = lazy_exports(
         # registrar
         "RegistrarCore": "registrar",
         "RegistrarSettings": "registrar",
-        "AsapSession": "registrar",
+        "AsapChannelState": "registrar",
         # pool element registration
         "PeRegistration": "pe",
         "PeSettings": "pe",

@@ -1,14 +1,15 @@
 """The registrar's ASAP side (RFC 5352 section 3), sans-IO.
 
-``RegistrarCore`` holds the handlespace and one ``AsapSession`` per ASAP
+``RegistrarCore`` holds the handlespace and one ``AsapChannelState`` per ASAP
 channel.  The shell calls it with messages and the current time and carries
 out what comes back:
 
-- ``Send(session, message)``: write a message on a session's channel;
+- ``Send(state, message)``: write a message on the channel of ``state`` (an
+  ``AsapChannelState``);
 - ``AskAuthorizer`` (from the gate): ask the authorization plugins whether
   the channel's identity may do an action on a pool handle; the answer comes
   back through ``authorization_done(ask, answer, now)``;
-- ``Close(session, reason)``: drop a session's channel;
+- ``Close(state, reason)``: drop that channel;
 - ``PoolElementAdded`` / ``PoolElementRemoved``: handlespace changes, for
   logging and the ENRP handle updates to peers (``rserpool.enrp``).
 
@@ -37,7 +38,7 @@ from collections import deque
 from typing import Any, Callable
 
 from rserpool.asap.registrar_types import (  # re-exported: the core's vocabulary
-    AsapSession,
+    AsapChannelState,
     Close,
     Output,
     PauseInput,
@@ -90,7 +91,7 @@ from rserpool.wire.params import encode_pool_handle, pool_handle_text
 from rserpool.wire.transports import OpaqueTransport, TcpTransport
 
 __all__ = [
-    "AsapSession",
+    "AsapChannelState",
     "Close",
     "PauseInput",
     "PoolElementAdded",
@@ -188,12 +189,12 @@ class RegistrarCore(SyncHooks):
         self.gate = gate if gate is not None else Gate()
         self.rng = rng or random.Random()
         self._log = log or (lambda *args, **kwargs: None)
-        self._channel_of: dict[tuple[bytes, int], AsapSession] = {}
+        self._channel_of: dict[tuple[bytes, int], AsapChannelState] = {}
         self._awaiting_ack: dict[tuple[bytes, int], float] = {}
         self._last_keepalive: dict[tuple[bytes, int], float] = {}  # when each PE was last sent one
         # (handle, PEs, policy, message, bytes) of the last positive resolution answer.
         self._last_answer: tuple = (None, None, None, None, None)
-        self.sessions: set[AsapSession] = set()
+        self.channel_states: set[AsapChannelState] = set()
         self.stats = {"registrations": 0, "reregistrations": 0, "deregistrations": 0,
                       "resolutions": 0, "refused": 0, "removed": 0, "keepalive_timeouts": 0,
                       "unreachable_reports": 0, "unauthorized": 0, "authorization_outages": 0}
@@ -202,35 +203,35 @@ class RegistrarCore(SyncHooks):
         self.refused_by_cause: dict[int, int] = {}
         self.recent_refusals: deque = deque(maxlen=64)
 
-    # -- sessions --------------------------------------------------------------------
+    # -- channels --------------------------------------------------------------------
 
-    def open_session(self, channel: Any, admission: Admission) -> AsapSession:
+    def open_channel(self, channel: Any, admission: Admission) -> AsapChannelState:
         """The gate opened ``admission`` (its identity is established)."""
-        session = AsapSession(channel, admission)
-        admission.session = session
-        self.sessions.add(session)
-        return session
+        state = AsapChannelState(channel, admission)
+        admission.door_state = state
+        self.channel_states.add(state)
+        return state
 
-    def close_session(self, session: AsapSession, now: float) -> list[Output]:
+    def close_channel(self, state: AsapChannelState, now: float) -> list[Output]:
         """The channel is gone: its PEs can no longer be kept alive."""
-        session.closed = True
-        self.sessions.discard(session)
+        state.closed = True
+        self.channel_states.discard(state)
         out: list[Output] = []
-        for key in list(session.pes):
-            if self._channel_of.get(key) is session:
+        for key in list(state.pes):
+            if self._channel_of.get(key) is state:
                 entry = self.handlespace.get(*key)
                 if entry is not None:
                     self._remove(entry, "ASAP channel lost", out)
-        session.pes.clear()
-        session.pending.clear()
+        state.pes.clear()
+        state.pending.clear()
         return out
 
-    def remove_pool_elements(self, session: AsapSession, reason: str, now: float) -> list[Output]:
-        """Remove every PE the session registered, now (the gate's
+    def remove_pool_elements(self, state: AsapChannelState, reason: str, now: float) -> list[Output]:
+        """Remove every PE registered on the channel, now (the gate's
         ``RemovePoolElements``: its identity was revoked)."""
         out: list[Output] = []
-        for key in list(session.pes):
-            if self._channel_of.get(key) is session:
+        for key in list(state.pes):
+            if self._channel_of.get(key) is state:
                 entry = self.handlespace.get(*key)
                 if entry is not None:
                     self._remove(entry, reason, out)
@@ -238,70 +239,70 @@ class RegistrarCore(SyncHooks):
 
     # -- input -----------------------------------------------------------------------
 
-    def message_received(self, session: AsapSession, message: Any, now: float) -> list[Output]:
+    def message_received(self, state: AsapChannelState, message: Any, now: float) -> list[Output]:
         handler = self._handlers.get(type(message))
         if handler is None:
             if message.PPID == codes.PPID_ENRP:
                 # ENRP belongs on the ENRP port, between authenticated peers
                 # (docs/enrp.md): refused as RFC 5354 section 4 says.
                 self._log("refusing {message} on the ASAP channel of {address}", message=message.name,
-                          address=session.address)
+                          address=state.address)
                 cause = ErrorCause(codes.CAUSE_UNRECOGNIZED_MESSAGE, message.encode())
-                return [Send(session, error_reply((cause,), codes.PPID_ENRP, self.settings.server_id,
+                return [Send(state, error_reply((cause,), codes.PPID_ENRP, self.settings.server_id,
                                                   message.sender_id))]
             if message.TYPE & 0xC0 == codes.UNKNOWN_MESSAGE_REPORT:
                 # RFC 5354 section 4: a type this registrar does not process (e.g. the
                 # authentication extension when it is disabled): discard and report.
                 self._log("reporting unrecognized {message} from {address}", message=message.name,
-                          address=session.admission.address)
+                          address=state.admission.address)
                 cause = ErrorCause(codes.CAUSE_UNRECOGNIZED_MESSAGE, message.encode())
-                return [Send(session, error_reply((cause,), codes.PPID_ASAP))]
-            self._log("ignoring {message} from {address}", message=message.name, address=session.admission.address)
+                return [Send(state, error_reply((cause,), codes.PPID_ASAP))]
+            self._log("ignoring {message} from {address}", message=message.name, address=state.admission.address)
             return []
         out: list[Output] = []
-        handler(self, session, message, now, out)
+        handler(self, state, message, now, out)
         report = message.error_reply() if message.unrecognized else None
         if report is not None:
-            out.append(Send(session, report))
+            out.append(Send(state, report))
         return out
 
-    def wire_error(self, session: AsapSession, error: WireError) -> list[Output]:
+    def wire_error(self, state: AsapChannelState, error: WireError) -> list[Output]:
         """A message that did not decode: report it (RFC 5354) or drop it."""
         if error.report is None:
             return []
-        return [Send(session, error_reply(error, codes.PPID_ASAP))]
+        return [Send(state, error_reply(error, codes.PPID_ASAP))]
 
-    def _refused(self, cause: int, session: AsapSession, request: str, handle: bytes | None,
+    def _refused(self, cause: int, state: AsapChannelState, request: str, handle: bytes | None,
                  pe_id: int | None, now: float) -> None:
         """Count a refusal (only refusals pay this, never accepted requests)."""
         self.stats["refused"] += 1
         self.refused_by_cause[cause] = self.refused_by_cause.get(cause, 0) + 1
-        self.recent_refusals.append((now, session.address, session.identity, request, handle, pe_id, cause))
+        self.recent_refusals.append((now, state.address, state.identity, request, handle, pe_id, cause))
 
     # -- registration ------------------------------------------------------------------
 
-    def _on_registration(self, session: AsapSession, msg: AsapRegistration, now: float, out: list) -> None:
-        verdict = self.gate.admit_change(session.admission, ACTION_REGISTER, msg.pool_handle,
+    def _on_registration(self, state: AsapChannelState, msg: AsapRegistration, now: float, out: list) -> None:
+        verdict = self.gate.admit_change(state.admission, ACTION_REGISTER, msg.pool_handle,
                                          _addresses(msg.pool_element.user_transport), now)
         if verdict is None:
-            self._complete_registration(session, msg, now, out)
+            self._complete_registration(state, msg, now, out)
         elif type(verdict) is int:
-            self._refuse(session, ACTION_REGISTER, msg, verdict, now, out)
+            self._refuse(state, ACTION_REGISTER, msg, verdict, now, out)
         else:
-            session.pending[verdict.token] = (verdict, msg)
+            state.pending[verdict.token] = (verdict, msg)
             out.append(verdict)
 
-    def _complete_registration(self, session: AsapSession, msg: AsapRegistration, now: float, out: list) -> None:
+    def _complete_registration(self, state: AsapChannelState, msg: AsapRegistration, now: float, out: list) -> None:
         handle, pe = msg.pool_handle, msg.pool_element
         settings = self.settings
-        admission = session.admission
+        admission = state.admission
         if type(pe.user_transport) is OpaqueTransport:  # no address to check: the gate asks for the right
             verdict = self.gate.admit_opaque_transport(admission, handle, now)
             if type(verdict) is int:
-                self._refuse(session, ACTION_OPAQUE, msg, verdict, now, out)
+                self._refuse(state, ACTION_OPAQUE, msg, verdict, now, out)
                 return
             if verdict is not None:
-                session.pending[verdict.token] = (verdict, msg)
+                state.pending[verdict.token] = (verdict, msg)
                 out.append(verdict)
                 return
         handlespace = self.handlespace
@@ -309,14 +310,14 @@ class RegistrarCore(SyncHooks):
         if entry is not None:  # the PE-identity binding: the gate's decision
             cause = self.gate.check_owner(admission, entry.identity, ACTION_REGISTER, handle, pe.pe_id, now)
             if cause is not None:
-                self._refuse(session, ACTION_REGISTER, msg, cause, now, out)
+                self._refuse(state, ACTION_REGISTER, msg, cause, now, out)
                 return
         elif not handlespace.identity_in_pool(admission.principal, handle):  # the pool quota: the gate's
             cause = self.gate.admit_new_pool(admission, handle, handlespace.identity_pools(admission.principal),
                                              now)
             if cause is not None:
-                self._refused(cause, session, "registration", handle, pe.pe_id, now)
-                out.append(Send(session, AsapRegistrationResponse(handle, pe.pe_id, True, _cause(cause))))
+                self._refused(cause, state, "registration", handle, pe.pe_id, now)
+                out.append(Send(state, AsapRegistrationResponse(handle, pe.pe_id, True, _cause(cause))))
                 return
         # ``pe`` is a checked PoolElement (decoded or constructed) and the
         # server ID a checked non-zero 32-bit value: no need to check again.
@@ -336,7 +337,7 @@ class RegistrarCore(SyncHooks):
                 payload=stored,
             )
         except HandlespaceError as exc:
-            self._refused(exc.cause, session, "registration", handle, pe.pe_id, now)
+            self._refused(exc.cause, state, "registration", handle, pe.pe_id, now)
             self.gate.note_refusal(admission, ACTION_REGISTER, handle, exc.detail, exc.cause, now)
             if exc.cause == codes.CAUSE_INCONSISTENT_POLICY:
                 info = self._pool_policy_bytes(handle)  # RFC 5354 3.12.6
@@ -346,16 +347,16 @@ class RegistrarCore(SyncHooks):
                 info = _offending_tlv(exc.field, msg)  # RFC 5354 3.12.4
             else:
                 info = b""  # the other causes carry no information
-            out.append(Send(session, AsapRegistrationResponse(handle, pe.pe_id, True, _cause(exc.cause, info))))
+            out.append(Send(state, AsapRegistrationResponse(handle, pe.pe_id, True, _cause(exc.cause, info))))
             return
         entry = result.entry
         key = (handle, pe.pe_id)
         previous = self._channel_of.get(key)
-        if previous is not session:
+        if previous is not state:
             if previous is not None:
                 previous.pes.discard(key)
-            self._channel_of[key] = session
-        session.pes.add(key)
+            self._channel_of[key] = state
+        state.pes.add(key)
         self._awaiting_ack.pop(key, None)
         # (register() has cleared the unreachability reports.)
         self.handlespace.schedule_entry_keepalive(entry, now + self._keepalive_delay())
@@ -366,7 +367,7 @@ class RegistrarCore(SyncHooks):
         if reply is None:
             reply = entry.reply_cache = (_make_registration_response(handle, pe.pe_id, False, None),
                                          encode_registration_response(handle, pe.pe_id))
-        out.append(_make_send(session, reply[0], reply[1]))
+        out.append(_make_send(state, reply[0], reply[1]))
         out.append(_make_added(entry, result.created))
 
     def _pool_policy_bytes(self, handle: bytes) -> bytes:
@@ -387,39 +388,39 @@ class RegistrarCore(SyncHooks):
 
     # -- deregistration -----------------------------------------------------------------
 
-    def _on_deregistration(self, session: AsapSession, msg: AsapDeregistration, now: float, out: list) -> None:
-        verdict = self.gate.admit_change(session.admission, ACTION_DEREGISTER, msg.pool_handle, None, now)
+    def _on_deregistration(self, state: AsapChannelState, msg: AsapDeregistration, now: float, out: list) -> None:
+        verdict = self.gate.admit_change(state.admission, ACTION_DEREGISTER, msg.pool_handle, None, now)
         if verdict is None:
-            self._complete_deregistration(session, msg, now, out)
+            self._complete_deregistration(state, msg, now, out)
         elif type(verdict) is int:
-            self._refuse(session, ACTION_DEREGISTER, msg, verdict, now, out)
+            self._refuse(state, ACTION_DEREGISTER, msg, verdict, now, out)
         else:
-            session.pending[verdict.token] = (verdict, msg)
+            state.pending[verdict.token] = (verdict, msg)
             out.append(verdict)
 
-    def _complete_deregistration(self, session: AsapSession, msg: AsapDeregistration, now: float, out: list) -> None:
+    def _complete_deregistration(self, state: AsapChannelState, msg: AsapDeregistration, now: float, out: list) -> None:
         handle, pe_id = msg.pool_handle, msg.pe_id
-        principal = session.admission.principal
+        principal = state.admission.principal
         entry = self.handlespace.get(handle, pe_id)
         if entry is not None:  # the PE-identity binding: the gate's decision
-            cause = self.gate.check_owner(session.admission, entry.identity, ACTION_DEREGISTER, handle, pe_id,
+            cause = self.gate.check_owner(state.admission, entry.identity, ACTION_DEREGISTER, handle, pe_id,
                                           now)
             if cause is not None:
-                self._refuse(session, ACTION_DEREGISTER, msg, cause, now, out)
+                self._refuse(state, ACTION_DEREGISTER, msg, cause, now, out)
                 return
         try:
             entry = self.handlespace.deregister(handle, pe_id, principal)
         except HandlespaceError as exc:  # the handlespace's own (defensive) check
-            self._refused(exc.cause, session, "deregistration", handle, pe_id, now)
-            self.gate.note_refusal(session.admission, ACTION_DEREGISTER, handle, exc.detail, exc.cause, now)
-            out.append(Send(session, AsapDeregistrationResponse(handle, pe_id, _cause(exc.cause))))
+            self._refused(exc.cause, state, "deregistration", handle, pe_id, now)
+            self.gate.note_refusal(state.admission, ACTION_DEREGISTER, handle, exc.detail, exc.cause, now)
+            out.append(Send(state, AsapDeregistrationResponse(handle, pe_id, _cause(exc.cause))))
             return
         if entry is not None:
             self.stats["deregistrations"] += 1
             self._forget(entry)
             out.append(PoolElementRemoved(entry, "deregistered"))
         # RFC 5352 3.2: an unknown PE counts as deregistered.
-        out.append(Send(session, AsapDeregistrationResponse(handle, pe_id)))
+        out.append(Send(state, AsapDeregistrationResponse(handle, pe_id)))
 
     # -- authorization -----------------------------------------------------------------------
 
@@ -429,70 +430,70 @@ class RegistrarCore(SyncHooks):
         decision could be had (a backend outage, ``reason``): the gate
         decides what follows."""
         out: list[Output] = []
-        session = ask.admission.session
-        if session is None:
+        state = ask.admission.door_state
+        if state is None:
             return out
-        pending = session.pending.pop(ask.token, None)
-        if pending is None or session.closed:
+        pending = state.pending.pop(ask.token, None)
+        if pending is None or state.closed:
             return out
         msg = pending[1]
         cause = self.gate.authorization_answered(ask, answer, now, reason)
         if cause is None:
-            self._complete(session, ask.action, msg, now, out)
+            self._complete(state, ask.action, msg, now, out)
         else:
             self.stats["unauthorized" if answer is not None else "authorization_outages"] += 1
-            self._refuse(session, ask.action, msg, cause, now, out)
+            self._refuse(state, ask.action, msg, cause, now, out)
         return out
 
-    def _complete(self, session: AsapSession, action: str, msg: Any, now: float, out: list) -> None:
+    def _complete(self, state: AsapChannelState, action: str, msg: Any, now: float, out: list) -> None:
         if action == ACTION_REGISTER or action == ACTION_OPAQUE:
-            self._complete_registration(session, msg, now, out)
+            self._complete_registration(state, msg, now, out)
         elif action == ACTION_DEREGISTER:
-            self._complete_deregistration(session, msg, now, out)
+            self._complete_deregistration(state, msg, now, out)
         else:
-            self._complete_resolution(session, msg, out)
+            self._complete_resolution(state, msg, out)
 
-    def _refuse(self, session: AsapSession, action: str, msg: Any, cause: int, now: float, out: list) -> None:
+    def _refuse(self, state: AsapChannelState, action: str, msg: Any, cause: int, now: float, out: list) -> None:
         if action == ACTION_REGISTER or action == ACTION_OPAQUE:
-            self._refused(cause, session, "registration", msg.pool_handle, msg.pool_element.pe_id, now)
+            self._refused(cause, state, "registration", msg.pool_handle, msg.pool_element.pe_id, now)
             # The gate's only Invalid Values refusal is the PE's address
             # (RFC 5354 3.12.4: the offending TLV, the user transport).
             info = msg.pool_element.user_transport.encode() if cause == codes.CAUSE_INVALID_VALUES else b""
             reply = AsapRegistrationResponse(msg.pool_handle, msg.pool_element.pe_id, True, _cause(cause, info))
         elif action == ACTION_DEREGISTER:
-            self._refused(cause, session, "deregistration", msg.pool_handle, msg.pe_id, now)
+            self._refused(cause, state, "deregistration", msg.pool_handle, msg.pe_id, now)
             reply = AsapDeregistrationResponse(msg.pool_handle, msg.pe_id, _cause(cause))
         else:
-            self._refused(cause, session, "resolution", msg.pool_handle, None, now)
+            self._refused(cause, state, "resolution", msg.pool_handle, None, now)
             reply = AsapHandleResolutionResponse(msg.pool_handle, error=_cause(cause))
-        out.append(Send(session, reply))
+        out.append(Send(state, reply))
 
     # -- handle resolution ------------------------------------------------------------------
 
-    def _on_resolution(self, session: AsapSession, msg: AsapHandleResolution, now: float, out: list) -> None:
-        admission = session.admission
+    def _on_resolution(self, state: AsapChannelState, msg: AsapHandleResolution, now: float, out: list) -> None:
+        admission = state.admission
         verdict = self.gate.admit_resolution(admission, msg.pool_handle, now)
         if verdict is None:
-            self._complete_resolution(session, msg, out)
+            self._complete_resolution(state, msg, out)
         elif type(verdict) is int:
-            self._refuse(session, ACTION_RESOLVE, msg, verdict, now, out)
+            self._refuse(state, ACTION_RESOLVE, msg, verdict, now, out)
             if admission.paused_until > now:
-                out.append(PauseInput(session, admission.paused_until))
+                out.append(PauseInput(state, admission.paused_until))
         else:
-            session.pending[verdict.token] = (verdict, msg)
+            state.pending[verdict.token] = (verdict, msg)
             out.append(verdict)
 
-    def _complete_resolution(self, session: AsapSession, msg: AsapHandleResolution, out: list) -> None:
+    def _complete_resolution(self, state: AsapChannelState, msg: AsapHandleResolution, out: list) -> None:
         if self._held is not None:  # syncing with the ENRP peers (registrar_sync)
-            if not self._hold(session, msg):
-                out.append(Send(session, AsapHandleResolutionResponse(msg.pool_handle, error=_cause(codes.CAUSE_LACK_OF_RESOURCES))))
+            if not self._hold(state, msg):
+                out.append(Send(state, AsapHandleResolutionResponse(msg.pool_handle, error=_cause(codes.CAUSE_LACK_OF_RESOURCES))))
             return
         handle = msg.pool_handle
         items = self.settings.max_resolution_items
         try:
             entries = self.handlespace.resolve(handle, items or None)
         except HandlespaceError as exc:
-            out.append(Send(session, AsapHandleResolutionResponse(handle, error=_cause(exc.cause))))
+            out.append(Send(state, AsapHandleResolutionResponse(handle, error=_cause(exc.cause))))
             return
         self.stats["resolutions"] += 1
         pes = tuple([entry.payload for entry in entries])
@@ -506,7 +507,7 @@ class RegistrarCore(SyncHooks):
             # The same PEs as the previous answer (a stable LU or PRIO pool):
             # equal values encode to the same bytes.  (``is`` first: the
             # same policy object spares the dataclass __eq__ call.)
-            out.append(_make_send(session, last[3], last[4]))
+            out.append(_make_send(state, last[3], last[4]))
             return
         encoded = []
         for entry in entries:
@@ -523,9 +524,9 @@ class RegistrarCore(SyncHooks):
             reply = _make_resolution_response(handle, pes, policy, None, False)
             data = encode_resolution_response(handle, None if policy is None else policy.encode(), encoded)
             self._last_answer = (handle, pes, policy, reply, data)
-            out.append(_make_send(session, reply, data))
+            out.append(_make_send(state, reply, data))
             return
-        out.append(Send(session, AsapHandleResolutionResponse(handle, pes, policy)))
+        out.append(Send(state, AsapHandleResolutionResponse(handle, pes, policy)))
 
     # -- keep-alive and unreachability -----------------------------------------------------------
 
@@ -533,24 +534,24 @@ class RegistrarCore(SyncHooks):
         # RFC 5352 3.5: vary the interval randomly by plus/minus 50 percent.
         return self.settings.keepalive_interval * (0.5 + self.rng.random())
 
-    def _on_keepalive_ack(self, session: AsapSession, msg: AsapEndpointKeepAliveAck, now: float, out: list) -> None:
+    def _on_keepalive_ack(self, state: AsapChannelState, msg: AsapEndpointKeepAliveAck, now: float, out: list) -> None:
         key = (msg.pool_handle, msg.pe_id)
-        if self._channel_of.get(key) is not session:
+        if self._channel_of.get(key) is not state:
             return  # not this channel's PE: ignore
         if self._awaiting_ack.pop(key, None) is None:
             return
         self.handlespace.schedule_keepalive(msg.pool_handle, msg.pe_id, now + self._keepalive_delay())
 
-    def _on_unreachable(self, session: AsapSession, msg: AsapEndpointUnreachable, now: float, out: list) -> None:
+    def _on_unreachable(self, state: AsapChannelState, msg: AsapEndpointUnreachable, now: float, out: list) -> None:
         # Threat 2.13 / RFC 5355 2.13: reports are rate limited per reporter
         # and only distinct reporters count; the gate says what a report does
         # (by default: at most one probe per keep-alive interval, never a
         # removal without an unanswered probe).
         settings = self.settings
         self.stats["unreachable_reports"] += 1
-        dropped = self.gate.admit_report(session.admission, msg.pool_handle, now)
+        dropped = self.gate.admit_report(state.admission, msg.pool_handle, now)
         if dropped is not None:
-            self._refused(dropped, session, "unreachability report", msg.pool_handle, msg.pe_id, now)
+            self._refused(dropped, state, "unreachability report", msg.pool_handle, msg.pe_id, now)
             return
         entry = self.handlespace.get(msg.pool_handle, msg.pe_id)
         if entry is None:
@@ -559,9 +560,9 @@ class RegistrarCore(SyncHooks):
             # Keep-alives and removal are the home registrar's (docs/enrp.md):
             # a report about a PE learned by ENRP is only logged here.
             self._log("ENDPOINT_UNREACHABLE for {pe_id:08x} from {address}: its home is {home:08x}",
-                      pe_id=msg.pe_id, address=session.address, home=entry.home_server_id)
+                      pe_id=msg.pe_id, address=state.address, home=entry.home_server_id)
             return
-        count = self.handlespace.report_unreachable(msg.pool_handle, msg.pe_id, session.admission.rate_key, now)
+        count = self.handlespace.report_unreachable(msg.pool_handle, msg.pe_id, state.admission.rate_key, now)
         key = (msg.pool_handle, msg.pe_id)
         effect = self.gate.report_counted(count, self._last_keepalive.get(key), key in self._awaiting_ack,
                                           settings.keepalive_interval, now)
@@ -575,14 +576,14 @@ class RegistrarCore(SyncHooks):
         key = (entry.pool_handle, entry.pe_id)
         if key in self._awaiting_ack:
             return  # a probe is already outstanding
-        session = self._channel_of.get(key)
-        if session is None or session.closed:
+        state = self._channel_of.get(key)
+        if state is None or state.closed:
             self._remove(entry, "no ASAP channel for keep-alive", out)
             return
         self._awaiting_ack[key] = now + self.settings.keepalive_timeout
         self._last_keepalive[key] = now
         self.handlespace.schedule_keepalive(entry.pool_handle, entry.pe_id, now + self.settings.keepalive_timeout)
-        out.append(Send(session, AsapEndpointKeepAlive(self.settings.server_id, entry.pool_handle)))
+        out.append(Send(state, AsapEndpointKeepAlive(self.settings.server_id, entry.pool_handle)))
 
     # -- timers -------------------------------------------------------------------------
 
@@ -599,13 +600,13 @@ class RegistrarCore(SyncHooks):
         """Run what is due: expiries, keep-alives, keep-alive timeouts."""
         out: list[Output] = []
         for entry in self.handlespace.expire(now, budget):
-            session = self._channel_of.get((entry.pool_handle, entry.pe_id))
+            state = self._channel_of.get((entry.pool_handle, entry.pe_id))
             self._forget(entry)
             self.stats["removed"] += 1
             out.append(PoolElementRemoved(entry, "registration life expired"))
-            if session is not None and not session.closed:
+            if state is not None and not state.closed:
                 # RFC 5352 3.2: tell the PE its registration ended.
-                out.append(Send(session, AsapDeregistrationResponse(entry.pool_handle, entry.pe_id)))
+                out.append(Send(state, AsapDeregistrationResponse(entry.pool_handle, entry.pe_id)))
         for entry in self.handlespace.due_keepalives(now, budget):
             key = (entry.pool_handle, entry.pe_id)
             deadline = self._awaiting_ack.get(key)
@@ -633,9 +634,9 @@ class RegistrarCore(SyncHooks):
         key = (entry.pool_handle, entry.pe_id)
         self._awaiting_ack.pop(key, None)
         self._last_keepalive.pop(key, None)
-        session = self._channel_of.pop(key, None)
-        if session is not None:
-            session.pes.discard(key)
+        state = self._channel_of.pop(key, None)
+        if state is not None:
+            state.pes.discard(key)
 
     # -- announces ------------------------------------------------------------------------
 

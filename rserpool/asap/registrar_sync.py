@@ -42,17 +42,17 @@ class SyncHooks:
         """The handlespace is in sync: answer the requests that waited."""
         held, self._held = self._held, None
         out: list[Any] = []
-        for session, msg in held or ():
-            if not session.closed:
-                self._complete_resolution(session, msg, out)  # type: ignore[attr-defined]
+        for state, msg in held or ():
+            if not state.closed:
+                self._complete_resolution(state, msg, out)  # type: ignore[attr-defined]
         return out
 
-    def _hold(self, session: Any, msg: Any) -> bool:
+    def _hold(self, state: Any, msg: Any) -> bool:
         """Queue a resolution while holding; False when the queue is full."""
         held = self._held
         if held is None or len(held) >= self.max_held:
             return False
-        held.append((session, msg))
+        held.append((state, msg))
         return True
 
     def restart_in_place(self, server_id: int) -> list[Any]:
@@ -62,9 +62,9 @@ class SyncHooks:
         self._awaiting_ack.clear()  # type: ignore[attr-defined]
         self._channel_of.clear()  # type: ignore[attr-defined]
         out: list[Any] = []
-        for session in list(self.sessions):  # type: ignore[attr-defined]
-            if session.pes:
-                session.pes.clear()
-                out.append(self._close_output(session, "the registrar restarts in place"))  # type: ignore
+        for state in list(self.channel_states):  # type: ignore[attr-defined]
+            if state.pes:
+                state.pes.clear()
+                out.append(self._close_output(state, "the registrar restarts in place"))  # type: ignore
         self.hold_resolutions()
         return out

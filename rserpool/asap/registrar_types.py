@@ -14,7 +14,7 @@ from rserpool.handlespace import PoolElementEntry
 from rserpool.outputs import Send
 
 __all__ = [
-    "AsapSession",
+    "AsapChannelState",
     "Close",
     "Output",
     "PauseInput",
@@ -29,16 +29,16 @@ __all__ = [
 
 @dataclass(frozen=True, slots=True)
 class Close:
-    session: "AsapSession"
+    channel_state: "AsapChannelState"
     reason: str
 
 
 @dataclass(frozen=True, slots=True)
 class PauseInput:
-    """Read nothing more from the session's channel before ``until`` (the
-    gate rate limited it)."""
+    """Read nothing more from the channel before ``until`` (the gate rate
+    limited it)."""
 
-    session: "AsapSession"
+    channel_state: "AsapChannelState"
     until: float
 
 
@@ -75,7 +75,7 @@ class RegistrarSettings:
             raise ValueError("the server ID is a non-zero 32-bit number")
 
 
-class AsapSession:
+class AsapChannelState:
     """One ASAP channel: what it registered and what it waits for.
 
     ``channel`` is the shell's handle (the Twisted protocol); ``admission``
@@ -93,7 +93,7 @@ class AsapSession:
         self.closed = False
 
     def __repr__(self) -> str:
-        return f"<AsapSession {self.admission!r}>"
+        return f"<AsapChannelState {self.admission!r}>"
 
     @property
     def identity(self) -> str | None:

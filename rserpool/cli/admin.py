@@ -179,7 +179,7 @@ def format_status(status: dict[str, Any]) -> str:
     counters = status["counters"]
     lines = [
         f"registrar {status['server_id']}  up {_duration(status['uptime'])}  "
-        f"ASAP channels {status['asap_sessions']}",
+        f"ASAP channels {status['asap_channels']}",
         f"pools {status['pools']}  PEs {status['pool_elements']} ({status['owned_pool_elements']} owned)",
         "peers: " + (", ".join(f"{p.get('server_id')} {p.get('state', '')}".strip() for p in status["peers"])
                      or "none"),

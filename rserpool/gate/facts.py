@@ -208,11 +208,11 @@ class Admission:
     ``principal`` (the identity, or ``addr:<address>`` for an anonymous
     channel: what PEs are bound to), ``address`` and ``state``; only the gate
     changes them.  ``channel`` is the shell's handle for the connection and
-    ``session`` the door's own per-channel state."""
+    ``door_state`` the door's own per-channel state."""
 
     __slots__ = ("door", "address", "peer", "source", "tls", "fingerprint", "state", "identity", "mechanism", "groups",
                  "principal", "rate_key", "base", "exchanged", "attempt", "anonymous", "allowed", "pending",
-                 "held", "epoch", "change_barrier", "session", "channel", "paused_until", "_last_address")
+                 "held", "epoch", "change_barrier", "door_state", "channel", "paused_until", "_last_address")
 
     def __init__(self, door: str, address: str, tls: bool, fingerprint: str | None, source: str = "",
                  peer: str = "") -> None:
@@ -241,7 +241,7 @@ class Admission:
         self.held = 0
         self.epoch = 0
         self.change_barrier: tuple[int, str] | None = (CAUSE_SECURITY, NOT_OPEN[IDENTIFYING])
-        self.session: Any = None
+        self.door_state: Any = None
         self.channel: Any = None
         self._last_address: tuple[Any, str] = (None, "")
 

@@ -172,18 +172,18 @@ class RegistrarAuthenticator:
 
     # -- from the registrar service
     def message_received(self, channel: Any, message: Any, now: float) -> None:
-        session = channel.session
-        if session is None:
+        asap = channel.state
+        if asap is None:
             return
         state = self._channels.get(channel)
         if state is None:
             try:
                 cb = channel_binding(channel.transport)
             except ChannelBindingError as exc:
-                self._carry_out(channel, _ChannelState(None, session.admission), ex.channel_refusal(str(exc)))
+                self._carry_out(channel, _ChannelState(None, asap.admission), ex.channel_refusal(str(exc)))
                 return
             state = _ChannelState(ex.ServerExchange(cb, now, mechanisms=self.mechanisms, **self._options),
-                                  session.admission)
+                                  asap.admission)
             self._channels[channel] = state
         self._carry_out(channel, state, state.exchange.receive(message, now))
 

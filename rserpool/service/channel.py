@@ -169,7 +169,7 @@ class Channel(Protocol):
         # True once close() or abort() was called: the end is ours, not the peer's.
         self.closing = False
         self.peer: Any = None
-        self.session: Any = None  # the handler's per-channel state
+        self.state: Any = None  # the handler's per-channel state
         self._timer: IDelayedCall | None = None
         # While dataReceived runs: the chunks to write when it ends (one
         # transport write, hence one TLS record, per read); None otherwise.

@@ -260,7 +260,7 @@ class EnrpService(MultiService):
         if admission is None:
             return None
         channel.admission = admission
-        admission.session = channel
+        admission.door_state = channel
         self.channels.add(channel)
         self._per_address[host] = self._per_address.get(host, 0) + 1
         return channel
@@ -376,14 +376,14 @@ class EnrpService(MultiService):
         adm = channel.admission
         link, outputs = self.core.link_up(channel, adm.identity, adm.address, channel.initiator,
                                           self.clock.seconds())
-        channel.session = link
+        channel.state = link
         _log.info("ENRP channel with {identity}@{address} admitted", identity=adm.identity, address=adm.address)
         self._carry_out(outputs)
 
     def _gate_outputs(self, channel: Channel, outputs: list) -> None:
         for output in outputs:
             if type(output) is CloseChannel:
-                target = output.admission.session
+                target = output.admission.door_state
                 if target is not None:
                     self._refuse(target, CAUSE_SECURITY)
             elif type(output) is not Opened:
@@ -398,14 +398,14 @@ class EnrpService(MultiService):
         channel.close()
 
     def message_received(self, channel: Channel, message: Any, now: float) -> None:
-        link = channel.session
+        link = channel.state
         if link is None:
             self._not_admitted(channel, now)
             return
         self._carry_out(self.core.message_received(link, message, now))
 
     def wire_error(self, channel: Channel, ppid: int, error: WireError, now: float) -> None:
-        link = channel.session
+        link = channel.state
         _log.info("undecodable message on ENRP channel from {peer}: {error}", peer=address_text(channel.peer),
                   error=error)
         if link is None:
@@ -441,7 +441,7 @@ class EnrpService(MultiService):
                 self._per_address[host] = left
             else:
                 self._per_address.pop(host, None)
-        link = channel.session
+        link = channel.state
         self.connector.channel_closed(channel, link)
         if link is not None:
             self._carry_out(self.core.link_down(link, self.clock.seconds(), "channel closed"))

@@ -136,7 +136,7 @@ class RegistrarService(MultiService):
 
     #: Log a debug line for every channel that becomes ready.  Off by default:
     #: a Twisted log event costs a few microseconds even when every observer
-    #: filters it out, and this one would be built for every new session.
+    #: filters it out, and this one would be built for every new connection.
     log_channels: bool = False
 
     def __init__(
@@ -226,7 +226,7 @@ class RegistrarService(MultiService):
     def _core_log(self, fmt: str, **kwargs: Any) -> None:
         """The core's log lines, at info; a removal is left out: the service
         logs it itself from the ``PoolElementRemoved`` output ("PE ... left
-        pool ..."), and a log event costs some microseconds per session."""
+        pool ..."), and a log event costs some microseconds per connection."""
         if fmt not in _LOGGED_FROM_OUTPUTS:
             _log.info(fmt, **kwargs)
 
@@ -398,7 +398,7 @@ class RegistrarService(MultiService):
             kind = type(decision)
             channel = decision.admission.channel
             if kind is Opened:
-                self._open_session(channel, decision.admission)
+                self._open_channel_state(channel, decision.admission)
             elif kind is CloseChannel:
                 self._held.pop(channel, None)
                 if channel is not None:
@@ -407,9 +407,9 @@ class RegistrarService(MultiService):
                     close = getattr(channel, "close", None) or channel.loseConnection
                     close()
             elif kind is RemovePoolElements:
-                session = decision.admission.session
-                if session is not None:
-                    self._carry_out(self.core.remove_pool_elements(session, decision.reason, now))
+                state = decision.admission.door_state
+                if state is not None:
+                    self._carry_out(self.core.remove_pool_elements(state, decision.reason, now))
             elif kind is NeedRoom:
                 # Anonymous channels hold all they may: an idle one gives its
                 # slot, or this one closes.
@@ -420,15 +420,15 @@ class RegistrarService(MultiService):
                 else:
                     self._decided(self.gate.no_room(decision.admission, now))
 
-    def _open_session(self, channel: Channel, admission: Any) -> None:
-        channel.session = self.core.open_session(channel, admission)
+    def _open_channel_state(self, channel: Channel, admission: Any) -> None:
+        channel.state = self.core.open_channel(channel, admission)
         if self.log_channels:
             _log.debug("ASAP channel from {address} ready (identity {identity}, {mechanism})",
                        address=admission.address, identity=admission.identity,
                        mechanism=admission.mechanism or "unauthenticated")
         held = self._held.pop(channel, ())
         for kind, item, ppid in held:
-            if channel.closed or channel.session is None:
+            if channel.closed or channel.state is None:
                 break
             now = self.clock.seconds()
             if kind == "message":
@@ -451,23 +451,23 @@ class RegistrarService(MultiService):
             held.append((kind, item, ppid))
 
     def message_received(self, channel: Channel, message: Any, now: float) -> None:
-        session = channel.session
-        if session is None:
+        state = channel.state
+        if state is None:
             self._hold(channel, "message", message, now)
             return
         authenticator = self.authenticator
         if authenticator is not None and authenticator.handles(message):
             authenticator.message_received(channel, message, now)
             return
-        self._carry_out(self.core.message_received(session, message, now))
+        self._carry_out(self.core.message_received(state, message, now))
 
     def wire_error(self, channel: Channel, ppid: int, error: WireError, now: float) -> None:
-        session = channel.session
+        state = channel.state
         _log.info("undecodable message from {peer}: {error}", peer=address_text(channel.peer), error=error)
-        if session is None:
+        if state is None:
             self._hold(channel, "wire", error, now, ppid)
         else:
-            self._carry_out(self.core.wire_error(session, error))
+            self._carry_out(self.core.wire_error(state, error))
 
     def data_received(self, channel: Channel, ppid: int, payload: bytes, now: float) -> None:
         _log.info("closing channel from {peer}: unexpected PPID {ppid}", peer=address_text(channel.peer),
@@ -475,7 +475,7 @@ class RegistrarService(MultiService):
         channel.abort()
 
     def channel_closed(self, channel: Channel, reason: Failure) -> None:
-        session = channel.session
+        state = channel.state
         if self.authenticator is not None:
             self.authenticator.channel_closed(channel)
         if channel.tls and not channel.ready and reason is not None and reason.check(SSL.Error):
@@ -488,8 +488,8 @@ class RegistrarService(MultiService):
         admission = self.channels.pop(channel, None)
         if admission is not None:
             self.gate.channel_closed(admission, self.clock.seconds())
-        if session is not None:
-            self._carry_out(self.core.close_session(session, self.clock.seconds()))
+        if state is not None:
+            self._carry_out(self.core.close_channel(state, self.clock.seconds()))
 
     def psk_attempt(self, identity: str, tls_protocol: Any) -> bool:
         """A TLS-PSK handshake (``tls_protocol``, Twisted's TLS protocol
@@ -510,8 +510,8 @@ class RegistrarService(MultiService):
         admission = self.channels.get(channel)
         if admission is None:
             return None
-        session = channel.session
-        return self.gate.evictable(admission, channel.last_message_at, session is not None and bool(session.pes))
+        state = channel.state
+        return self.gate.evictable(admission, channel.last_message_at, state is not None and bool(state.pes))
 
     def make_room(self, host: str, now: float, newcomer: Any) -> None:
         """When the gate would refuse a connection from ``host`` for lack of
@@ -579,19 +579,19 @@ class RegistrarService(MultiService):
         for output in outputs:
             kind = type(output)
             if kind is Send:
-                session = output.channel
-                if not session.closed:
+                state = output.channel
+                if not state.closed:
                     data = output.data
                     if data is None:
-                        session.channel.send(output.message)
+                        state.channel.send(output.message)
                     else:
-                        session.channel.send_encoded(output.message.PPID, data)
+                        state.channel.send_encoded(output.message.PPID, data)
             elif kind is AskAuthorizer:
                 self._authorize(output)
             elif kind is Close:
-                output.session.channel.close()
+                output.channel_state.channel.close()
             elif kind is PauseInput:
-                output.session.channel.pause_input(output.until)
+                output.channel_state.channel.pause_input(output.until)
             elif kind is PoolElementAdded:
                 if output.created:
                     self.pe_log.added(output.entry)
