@@ -27,9 +27,9 @@ from rserpool.security import pki as pki_module
 from rserpool.security.certidentity import fingerprint_sha256
 from rserpool.security.srp import (
     DEFAULT_GROUP,
-    SrpClientSession,
+    SrpClientRun,
     SrpError,
-    SrpServerSession,
+    SrpServerRun,
     make_verifier,
 )
 from tests.aaahelpers import StallTicker
@@ -125,8 +125,8 @@ class LdapAgainstSlapd(unittest.TestCase):
             salt, verifier = stored
             for password, ok in ((PE1_PASSWORD, True), ("wrong", False)):
                 binding = secrets.token_bytes(32)
-                server = SrpServerSession(DEFAULT_GROUP, b"pe1", salt, verifier, binding)
-                client = SrpClientSession(DEFAULT_GROUP, "pe1", password, binding)
+                server = SrpServerRun(DEFAULT_GROUP, b"pe1", salt, verifier, binding)
+                client = SrpClientRun(DEFAULT_GROUP, "pe1", password, binding)
                 a_pub, m1 = client.process_challenge(server.salt, server.server_public)
                 if ok:
                     m2 = server.verify_client(a_pub, m1)

@@ -178,7 +178,7 @@ def test_chap_checker_needs_a_backend() -> None:
 def srp_run(checker: SrpChecker, identity: str, password: str, server_cb: bytes = CB,
             client_cb: bytes = CB) -> tuple[SrpCredentials, defer.Deferred[Any]]:
     challenge = result(checker.challenge(identity, server_cb))
-    client = srp.SrpClientSession(srp.DEFAULT_GROUP, identity.encode(), password.encode(), client_cb)
+    client = srp.SrpClientRun(srp.DEFAULT_GROUP, identity.encode(), password.encode(), client_cb)
     client_public, client_proof = client.process_challenge(challenge.salt, challenge.server_public)
     creds = SrpCredentials(challenge, client_public, client_proof)
     return creds, checker.check(creds)

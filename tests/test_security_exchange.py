@@ -401,7 +401,7 @@ def test_the_client_detects_a_registrar_without_the_verifier():
     from rserpool.wire.auth import AsapAuthOffer, AsapAuthSrpChallenge
 
     c.receive(AsapAuthOffer((SRP,)), 100.0)
-    fake = srp.SrpServerSession(srp.DEFAULT_GROUP, b"pe1", b"s" * 16, 12345, CB)
+    fake = srp.SrpServerRun(srp.DEFAULT_GROUP, b"pe1", b"s" * 16, 12345, CB)
     c.receive(AsapAuthSrpChallenge(fake.salt, fake.server_public), 100.0)
     assert c.receive(AsapAuthSuccess(SRP, b"\x00" * 32), 100.0) == (
         AuthenticationFailed("registrar proof mismatch"),)

@@ -14,9 +14,9 @@ from rserpool.security.srp import (
     DEFAULT_GROUP,
     GROUP_1024_SHA1,
     GROUP_2048_SHA256,
-    SrpClientSession,
+    SrpClientRun,
     SrpError,
-    SrpServerSession,
+    SrpServerRun,
 )
 
 
@@ -103,9 +103,9 @@ class TestRfc5054Vectors:
         assert srp.compute_client_premaster(self.g, RFC_B, RFC_a, RFC_X, RFC_U) == RFC_PREMASTER
 
     def test_sessions_with_fixed_ephemerals(self) -> None:
-        server = SrpServerSession(self.g, RFC_I, RFC_S, RFC_V, CB, b=RFC_b)
+        server = SrpServerRun(self.g, RFC_I, RFC_S, RFC_V, CB, b=RFC_b)
         assert server.server_public == RFC_B.to_bytes(128, "big")
-        client = SrpClientSession(self.g, "alice", "password123", CB, a=RFC_a)
+        client = SrpClientRun(self.g, "alice", "password123", CB, a=RFC_a)
         assert client.client_public == RFC_A.to_bytes(128, "big")
         a_pub, m1 = client.process_challenge(RFC_S, server.server_public)
         m2 = server.verify_client(a_pub, m1)
@@ -172,10 +172,10 @@ def _run(
     client_password: str | None = None,
     cb_server: bytes = CB,
     cb_client: bytes = CB,
-) -> tuple[SrpServerSession, SrpClientSession, bytes, bytes]:
+) -> tuple[SrpServerRun, SrpClientRun, bytes, bytes]:
     salt, verifier = srp.make_verifier(identity, password)
-    server = SrpServerSession(DEFAULT_GROUP, identity.encode(), salt, verifier, cb_server)
-    client = SrpClientSession(
+    server = SrpServerRun(DEFAULT_GROUP, identity.encode(), salt, verifier, cb_server)
+    client = SrpClientRun(
         DEFAULT_GROUP, identity, password if client_password is None else client_password, cb_client
     )
     a_pub, m1 = client.process_challenge(server.salt, server.server_public)
@@ -205,8 +205,8 @@ def test_relay_into_other_channel_fails() -> None:
 
 def test_client_rejects_server_proof_from_other_channel() -> None:
     salt, verifier = srp.make_verifier("pe-1", "pw")
-    server = SrpServerSession(DEFAULT_GROUP, b"pe-1", salt, verifier, CB)
-    client = SrpClientSession(DEFAULT_GROUP, "pe-1", "pw", CB)
+    server = SrpServerRun(DEFAULT_GROUP, b"pe-1", salt, verifier, CB)
+    client = SrpClientRun(DEFAULT_GROUP, "pe-1", "pw", CB)
     a_pub, m1 = client.process_challenge(server.salt, server.server_public)
     m2 = server.verify_client(a_pub, m1)
     with pytest.raises(SrpError, match="server proof"):
@@ -226,7 +226,7 @@ def test_replayed_proof_fails_against_fresh_server_state() -> None:
     server, _, a_pub, m1 = _run("pe-1", "pw")
     server.verify_client(a_pub, m1)
     salt, verifier = srp.make_verifier("pe-1", "pw", salt=server.salt)
-    fresh = SrpServerSession(DEFAULT_GROUP, b"pe-1", salt, verifier, CB)
+    fresh = SrpServerRun(DEFAULT_GROUP, b"pe-1", salt, verifier, CB)
     with pytest.raises(SrpError, match="client proof"):
         fresh.verify_client(a_pub, m1)
 
@@ -235,7 +235,7 @@ def test_replayed_proof_fails_against_fresh_server_state() -> None:
 def test_server_rejects_bad_a(value: str) -> None:
     g = DEFAULT_GROUP
     salt, verifier = srp.make_verifier("pe-1", "pw")
-    server = SrpServerSession(g, b"pe-1", salt, verifier, CB)
+    server = SrpServerRun(g, b"pe-1", salt, verifier, CB)
     numbers = {"zero": 0, "N": g.n, "one": 1, "N-1": g.n - 1, "2N-ish": 2**2048 - 1}
     with pytest.raises(SrpError, match="A "):
         server.verify_client(numbers[value].to_bytes(256, "big"), b"\x00" * 32)
@@ -243,7 +243,7 @@ def test_server_rejects_bad_a(value: str) -> None:
 
 def test_server_rejects_wrong_length_a() -> None:
     salt, verifier = srp.make_verifier("pe-1", "pw")
-    server = SrpServerSession(DEFAULT_GROUP, b"pe-1", salt, verifier, CB)
+    server = SrpServerRun(DEFAULT_GROUP, b"pe-1", salt, verifier, CB)
     with pytest.raises(SrpError, match="256 bytes"):
         server.verify_client(b"\x01" * 255, b"\x00" * 32)
 
@@ -251,10 +251,10 @@ def test_server_rejects_wrong_length_a() -> None:
 @pytest.mark.parametrize("b_value", [0, 1])
 def test_client_rejects_bad_b(b_value: int) -> None:
     g = DEFAULT_GROUP
-    client = SrpClientSession(g, "pe-1", "pw", CB)
+    client = SrpClientRun(g, "pe-1", "pw", CB)
     with pytest.raises(SrpError, match="B "):
         client.process_challenge(b"s" * 16, b_value.to_bytes(256, "big"))
-    client = SrpClientSession(g, "pe-1", "pw", CB)
+    client = SrpClientRun(g, "pe-1", "pw", CB)
     with pytest.raises(SrpError, match="B "):
         client.process_challenge(b"s" * 16, g.n.to_bytes(256, "big"))
 
@@ -262,7 +262,7 @@ def test_client_rejects_bad_b(b_value: int) -> None:
 def test_ephemerals_are_random_and_long() -> None:
     values = set()
     for _ in range(4):
-        client = SrpClientSession(DEFAULT_GROUP, "pe-1", "pw", CB)
+        client = SrpClientRun(DEFAULT_GROUP, "pe-1", "pw", CB)
         values.add(client.client_public)
         assert srp.EPHEMERAL_BITS >= 256
     assert len(values) == 4
@@ -270,10 +270,10 @@ def test_ephemerals_are_random_and_long() -> None:
 
 def test_channel_binding_length_enforced() -> None:
     with pytest.raises(SrpError):
-        SrpClientSession(DEFAULT_GROUP, "pe-1", "pw", b"short")
+        SrpClientRun(DEFAULT_GROUP, "pe-1", "pw", b"short")
     salt, verifier = srp.make_verifier("pe-1", "pw")
     with pytest.raises(SrpError):
-        SrpServerSession(DEFAULT_GROUP, b"pe-1", salt, verifier, b"x" * 31)
+        SrpServerRun(DEFAULT_GROUP, b"pe-1", salt, verifier, b"x" * 31)
 
 
 def test_make_verifier_checks() -> None:
@@ -306,13 +306,13 @@ def test_unicode_normalisation_is_stable() -> None:
 def test_random_credentials_round_trip(identity: str, password: str, other: str) -> None:
     salt, verifier = srp.make_verifier(identity, password)
     ident = srp.normalize_text(identity, 255, "identity")
-    server = SrpServerSession(DEFAULT_GROUP, ident, salt, verifier, CB)
-    client = SrpClientSession(DEFAULT_GROUP, identity, password, CB)
+    server = SrpServerRun(DEFAULT_GROUP, ident, salt, verifier, CB)
+    client = SrpClientRun(DEFAULT_GROUP, identity, password, CB)
     a_pub, m1 = client.process_challenge(salt, server.server_public)
     assert client.verify_server(server.verify_client(a_pub, m1)) == server.session_key
     if srp.normalize_text(other, 1024, "p") != srp.normalize_text(password, 1024, "p"):
-        server = SrpServerSession(DEFAULT_GROUP, ident, salt, verifier, CB)
-        client = SrpClientSession(DEFAULT_GROUP, identity, other, CB)
+        server = SrpServerRun(DEFAULT_GROUP, ident, salt, verifier, CB)
+        client = SrpClientRun(DEFAULT_GROUP, identity, other, CB)
         a_pub, m1 = client.process_challenge(salt, server.server_public)
         with pytest.raises(SrpError):
             server.verify_client(a_pub, m1)

@@ -82,7 +82,7 @@ def test_the_stores_plug_into_the_real_checkers():
     srp_checker = SrpChecker(testing.MemorySrpStore({"pe1": "pw"}), b"s" * 16, testing.MemoryGroups({"pe1": ["g"]}))
     challenge = result(srp_checker.challenge("pe1", b"\x01" * 32))
     assert challenge.known
-    client = srp.SrpClientSession(srp.DEFAULT_GROUP, "pe1", "pw", b"\x01" * 32)
+    client = srp.SrpClientRun(srp.DEFAULT_GROUP, "pe1", "pw", b"\x01" * 32)
     a_pub, m1 = client.process_challenge(challenge.salt, challenge.server_public)
     identity = result(srp_checker.check(srp.SrpCredentials(challenge, a_pub, m1)))
     assert (identity.name, identity.groups) == ("pe1", frozenset({"g"}))

@@ -84,12 +84,9 @@ __all__ = [
     "CertificateChecker",
     "CertificateCredentials",
     "ChapChecker",
-    "ChapCredentials",
     "PskChecker",
     "PskCredentials",
-    "SrpChallenge",
     "SrpChecker",
-    "SrpCredentials",
 ]
 
 _log = Logger()
@@ -389,8 +386,8 @@ class SrpChecker(_Checker):
                 salt, verifier, known = bytes(salt_in), value, True
             else:
                 _log.warn("unusable SRP verifier stored for {identity}; treated as unknown", identity=_shown(name))
-        session = _srp.SrpServerSession(self.group, name.encode("utf-8"), salt, verifier, binding)
-        return SrpChallenge(name, session, known)
+        run = _srp.SrpServerRun(self.group, name.encode("utf-8"), salt, verifier, binding)
+        return SrpChallenge(name, run, known)
 
     def _fake(self, name: str) -> tuple[bytes, int]:
         """Salt and verifier of an unknown identity.  No exponentiation is

@@ -488,7 +488,7 @@ class ClientExchange:
         self._preferences = tuple(preferences)
         self._offer: tuple[str, ...] | None = None
         self._mechanism: str | None = None
-        self._srp: _srp.SrpClientSession | None = None
+        self._srp: _srp.SrpClientRun | None = None
         self._deadline: float | None = now + timeout
         self._retries_left = max_retries
         self._state = _C_START
@@ -556,7 +556,7 @@ class ClientExchange:
         self._mechanism = choice
         self._srp = None
         if choice != MECH_CHAP_MD5:
-            self._srp = _srp.SrpClientSession(_srp.GROUPS[choice], self._identity, self._secret, self._cb)
+            self._srp = _srp.SrpClientRun(_srp.GROUPS[choice], self._identity, self._secret, self._cb)
         self._state = _C_AWAIT_CHALLENGE
         return (_send(AsapAuthHello(choice, self._identity)),)
 

@@ -51,11 +51,11 @@ __all__ = [
     "GROUP_2048_SHA256",
     "GROUPS",
     "SrpChallenge",
-    "SrpClientSession",
+    "SrpClientRun",
     "SrpCredentials",
     "SrpError",
     "SrpGroup",
-    "SrpServerSession",
+    "SrpServerRun",
     "compute_client_premaster",
     "compute_client_public",
     "compute_k",
@@ -366,10 +366,10 @@ def _new_ephemeral() -> int:
             return value
 
 
-class SrpServerSession:
+class SrpServerRun:
     """The server's half of one SRP-6a run: one challenge, one proof check.
 
-    A session is single-use: after ``verify_client`` (successful or not) any
+    A run is single-use: after ``verify_client`` (successful or not) any
     further call raises, so a replayed or repeated proof is never accepted.
     """
 
@@ -416,7 +416,7 @@ class SrpServerSession:
     def verify_client(self, client_public: bytes, client_proof: bytes) -> bytes:
         """Check A and M1; return M2.  Raises SrpError on any failure."""
         if self._used:
-            raise SrpError("SRP server session already used")
+            raise SrpError("SRP server run already used")
         self._used = True
         group = self.group
         a_pub = group.to_int(client_public)
@@ -436,7 +436,7 @@ class SrpServerSession:
         return compute_m2(group, a_pub, expected, key, self._channel_binding)
 
 
-class SrpClientSession:
+class SrpClientRun:
     """The client's half of one SRP-6a run."""
 
     __slots__ = (
@@ -471,7 +471,7 @@ class SrpClientSession:
     def process_challenge(self, salt: bytes, server_public: bytes) -> tuple[bytes, bytes]:
         """Take (s, B); return ``(PAD(A), M1)``.  Raises SrpError."""
         if self._expected_m2 is not None or not self._a:
-            raise SrpError("SRP client session already used")
+            raise SrpError("SRP client run already used")
         _check_salt(salt)
         group = self.group
         b_pub = group.to_int(server_public)
@@ -507,24 +507,24 @@ class SrpClientSession:
 
 class SrpChallenge:
     """One pending SRP run: what to send (``salt``, ``server_public``) and the
-    single-use server session.  An SRP checker issues it (``ISrpChecker.challenge``);
+    single-use :class:`SrpServerRun`.  An SRP checker issues it (``ISrpChecker.challenge``);
     ``known`` is False when the salt and verifier are the fake ones of an
     unknown identity."""
 
-    __slots__ = ("identity", "session", "known")
+    __slots__ = ("identity", "run", "known")
 
-    def __init__(self, identity: str, session: SrpServerSession, known: bool) -> None:
+    def __init__(self, identity: str, run: SrpServerRun, known: bool) -> None:
         self.identity = identity
-        self.session = session
+        self.run = run
         self.known = known
 
     @property
     def salt(self) -> bytes:
-        return self.session.salt
+        return self.run.salt
 
     @property
     def server_public(self) -> bytes:
-        return self.session.server_public
+        return self.run.server_public
 
     def __repr__(self) -> str:
         return f"SrpChallenge({self.identity!r})"
@@ -546,7 +546,7 @@ class SrpCredentials:
 
     def verify(self) -> bytes:
         """Check the proof: M2, or SrpError (also for an unknown identity)."""
-        m2 = self.challenge.session.verify_client(self.client_public, self.client_proof)
+        m2 = self.challenge.run.verify_client(self.client_public, self.client_proof)
         if not self.challenge.known:  # a fake verifier cannot verify short of a collision
             raise SrpError("unknown identity")
         self.server_proof = m2
