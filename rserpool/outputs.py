@@ -1,7 +1,8 @@
 """Outputs every sans-IO protocol core shares with its shell.
 
 A core (the registrar, a PE, a PU, an authentication exchange) never writes
-to a socket: it returns what to send, and the shell writes it.
+to a socket: it returns what to send, and the shell writes it; and what it
+dropped, for the shell's log.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Send"]
+__all__ = ["Ignored", "Send"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,3 +24,18 @@ class Send:
     channel: Any
     message: Any
     data: bytes | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Ignored:
+    """Input a core dropped, and why (for the shell's log): ``what`` is the
+    message (or a description of the input, e.g. ``"selected PE"``),
+    ``reason`` says why it was not acted on."""
+
+    what: Any
+    reason: str
+
+    @property
+    def what_text(self) -> str:
+        """``what`` in a log line: a message's name, else its text."""
+        return str(getattr(self.what, "name", self.what))

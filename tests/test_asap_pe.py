@@ -9,10 +9,11 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from rserpool.asap.pe import (
-    KEEPALIVE_OVER_LIMIT, CloseChannel, Deregistered, Failed, HomeChanged, Ignored,
+    KEEPALIVE_OVER_LIMIT, CloseChannel, Deregistered, RegistrationFailed, HomeChanged,
     KeepAliveDropped, NeedServer, PeSettings, PeState, PeRegistration, Registered,
     RegistrationLost, RegistrationRefused, Send, random_pe_id, reregistration_delay,
 )
+from rserpool.outputs import Ignored
 from rserpool.security.ratelimit import RateLimit
 from rserpool.wire import (
     AsapDeregistration, AsapDeregistrationResponse, AsapEndpointKeepAlive,
@@ -114,7 +115,7 @@ def test_t2_expiry_hunts_for_another_server_then_max_reg_attempt_fails():
     out = pe.channel_up(B, 31.0)
     assert sent(out, AsapRegistration) and out[0].channel is B
     out = pe.timer(61.0)  # second attempt (MAX-REG-ATTEMPT = 2) times out as well
-    assert events(out, Failed) == [Failed("T2-registration expired", 2)]
+    assert events(out, RegistrationFailed) == [RegistrationFailed("T2-registration expired", 2)]
     assert events(out, NeedServer) == []
     assert pe.state is PeState.FAILED
     # The application may try again: counts start over.
@@ -127,7 +128,7 @@ def test_channel_lost_while_registering_counts_as_an_attempt():
     pe.start(0.0)
     pe.channel_up(A, 0.0)
     out = pe.channel_down(A, 1.0)
-    assert events(out, Failed) and not events(out, CloseChannel)
+    assert events(out, RegistrationFailed) and not events(out, CloseChannel)
 
 
 def test_unlimited_attempts():
@@ -149,7 +150,7 @@ def test_success_resets_the_attempt_count():
     assert pe.attempts == 0
     pe.timer(pe.next_deadline())  # T4: re-registration
     out = pe.timer(pe.next_deadline())  # its T2 expires: one failure is not yet fatal
-    assert events(out, NeedServer) and not events(out, Failed)
+    assert events(out, NeedServer) and not events(out, RegistrationFailed)
 
 
 def test_refusal_stops_retrying_until_corrected():

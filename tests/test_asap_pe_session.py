@@ -8,7 +8,7 @@ import pytest
 from rserpool.asap.pe_session import (
     BusinessCardReceived, CookieEchoReceived, PeSession, PeSessionSettings,
 )
-from rserpool.asap.session import Ignored
+from rserpool.outputs import Ignored
 from rserpool.wire import AsapBusinessCard, AsapCookie, AsapCookieEcho, decode_message
 from rserpool.wire.codes import PPID_ASAP
 from tests.asaphelpers import make_pe

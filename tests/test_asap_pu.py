@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from rserpool.asap.pu import (
-    Failed, NoUsablePoolElement, PuBusy, PuCore, PuSettings, Resolved, ResolutionRefused,
+    ResolutionFailed, NoUsablePoolElement, PuBusy, PuCore, PuSettings, Resolved, ResolutionRefused,
     ResolutionTimeout, Send, StartHunt, UnknownPool,
 )
 from rserpool.wire import (
@@ -156,7 +156,7 @@ def test_t1_retransmits_then_gives_up():
     assert sends(out) == [AsapHandleResolution(H)]
     assert not [o for o in out if type(o) is StartHunt]  # the hunt is already asked for
     out = c.on_timer(45.0)
-    assert len(out) == 1 and type(out[0]) is Failed
+    assert len(out) == 1 and type(out[0]) is ResolutionFailed
     assert isinstance(out[0].error, ResolutionTimeout)
     assert out[0].error.attempts == 3
     assert c.next_deadline() is None
@@ -420,7 +420,7 @@ def test_every_caller_gets_exactly_one_answer(ops):
 
     def take(out):
         for o in out:
-            if type(o) in (Resolved, Failed):
+            if type(o) in (Resolved, ResolutionFailed):
                 for t in o.tokens:
                     answered[t] += 1
                     open_tokens.discard(t)

@@ -9,7 +9,8 @@ from rserpool.asap.pu_session import (
     Connect, Established, GiveUp, PuSession, PuSessionSettings, PuState, ReportUnreachable,
     RunFailoverCallback, Select, SendControl, SendData,
 )
-from rserpool.asap.session import Ignored, SessionBusyError, SessionClosedError
+from rserpool.asap.session import SessionBusyError, SessionClosedError
+from rserpool.outputs import Ignored
 from rserpool.wire import AsapBusinessCard, AsapCookie, AsapCookieEcho, AsapHandleResolution
 from tests.asaphelpers import make_pe
 

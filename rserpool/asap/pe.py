@@ -8,7 +8,7 @@ time in as ``now`` and carries out what each call returns, a list of
 - ``CloseChannel(channel, reason)``: drop a channel the PE gave up on;
 - events for the application: ``NeedServer`` (start a server hunt, then
   call ``channel_up``), ``Registered``, ``RegistrationRefused``,
-  ``HomeChanged``, ``RegistrationLost``, ``Deregistered``, ``Failed`` and
+  ``HomeChanged``, ``RegistrationLost``, ``Deregistered``, ``RegistrationFailed`` and
   ``Ignored`` (something was dropped; for the log), with its subclass
   ``KeepAliveDropped`` (a keep-alive over the channel's rate limit).
 
@@ -40,7 +40,7 @@ import secrets
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Union
 
-from rserpool.outputs import Send
+from rserpool.outputs import Ignored, Send
 from rserpool.security.ratelimit import RateLimit, RateLimiter
 from rserpool.wire import (
     AsapDeregistration,
@@ -59,7 +59,7 @@ from rserpool.wire.transports import Transport
 __all__ = [
     "PeSettings", "PeState", "PeRegistration", "reregistration_delay", "random_pe_id",
     "Send", "CloseChannel", "NeedServer", "Registered", "RegistrationRefused", "HomeChanged",
-    "RegistrationLost", "Deregistered", "Failed", "Ignored", "KeepAliveDropped", "Output",
+    "RegistrationLost", "Deregistered", "RegistrationFailed", "KeepAliveDropped", "Output",
     "KEEPALIVE_OVER_LIMIT",
 ]
 
@@ -72,7 +72,7 @@ class PeSettings:
     """RFC 5352 section 7 timers and thresholds (seconds).
 
     ``max_reg_attempts``: registration attempts (T2 expiries or channels lost
-    while waiting for the response) after which the PE reports ``Failed``
+    while waiting for the response) after which the PE reports ``RegistrationFailed``
     and stops (section 3.1); ``None`` retries for ever.
 
     ``keepalive_rate`` (per second) and ``keepalive_burst``: the token bucket
@@ -233,17 +233,11 @@ class Deregistered:
 
 
 @dataclass(frozen=True, slots=True)
-class Failed:
+class RegistrationFailed:
     """MAX-REG-ATTEMPT registration attempts failed in a row."""
 
     reason: str
     attempts: int
-
-
-@dataclass(frozen=True, slots=True)
-class Ignored:
-    message: Any
-    reason: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,7 +258,7 @@ KEEPALIVE_OVER_LIMIT = "keep-alive over the rate limit: not answered (RFC 5355 2
 _MAX_KEEPALIVE_CHANNELS = 16
 
 Output = Union[Send, CloseChannel, NeedServer, Registered, RegistrationRefused, HomeChanged,
-               RegistrationLost, Deregistered, Failed, Ignored, KeepAliveDropped]
+               RegistrationLost, Deregistered, RegistrationFailed, Ignored, KeepAliveDropped]
 
 
 # -- the state machine --------------------------------------------------------------------
@@ -446,7 +440,7 @@ class PeRegistration:
                 out.append(NeedServer("retrying the registration"))
         return out
 
-    retry = update  # after Failed: try again (counts reset)
+    retry = update  # after RegistrationFailed: try again (counts reset)
 
     def stop(self, now: float) -> list[Output]:
         """Deregister (D1-D4) and stop; T3 bounds the wait."""
@@ -490,7 +484,7 @@ class PeRegistration:
         self.home_server_id = None
         if limit is not None and self.attempts >= limit:
             self.state = PeState.FAILED
-            out.append(Failed(reason, self.attempts))
+            out.append(RegistrationFailed(reason, self.attempts))
             return
         # Section 3.1: hunt for another registrar, then register again.
         self.state = PeState.HUNTING

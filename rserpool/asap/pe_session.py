@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Union
 
-from rserpool.asap.session import Ignored
+from rserpool.outputs import Ignored
 from rserpool.wire import AsapBusinessCard, AsapCookie, AsapCookieEcho, PoolElement
 
 __all__ = [

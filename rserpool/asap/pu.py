@@ -28,7 +28,7 @@ Nothing here reads a clock or touches a socket.  The shell calls in with
   ``home_lost`` when the home channel closes;
 - ``Resolved(tokens, handle, pool_elements)``: the callers ``tokens`` get
   their answer;
-- ``Failed(tokens, handle, error)``: the callers get ``error`` (a ``PuError``).
+- ``ResolutionFailed(tokens, handle, error)``: the callers get ``error`` (a ``PuError``).
 
 ``next_deadline()`` tells when ``on_timer(now)`` must run.  See
 docs/pu-library.md.
@@ -62,7 +62,7 @@ from rserpool.wire.params import pool_handle_text
 
 __all__ = [
     "CacheEntry",
-    "Failed",
+    "ResolutionFailed",
     "NoUsablePoolElement",
     "PuBusy",
     "PuCore",
@@ -190,13 +190,13 @@ class Resolved:
 
 
 @dataclass(frozen=True, slots=True)
-class Failed:
+class ResolutionFailed:
     tokens: tuple[int, ...]
     pool_handle: bytes
     error: PuError
 
 
-Output = Union[Send, StartHunt, Resolved, Failed]
+Output = Union[Send, StartHunt, Resolved, ResolutionFailed]
 
 
 # --- state --------------------------------------------------------------------------
@@ -352,7 +352,7 @@ class PuCore:
         if pending is not None:
             if token is not None:
                 if len(pending.tokens) >= self.settings.max_waiters:
-                    return [Failed((token,), pool_handle,
+                    return [ResolutionFailed((token,), pool_handle,
                                    PuBusy(f"too many callers waiting for pool {pool_handle_text(pool_handle)}"))]
                 pending.tokens.append(token)
                 self._token_handle[token] = pool_handle
@@ -360,7 +360,7 @@ class PuCore:
         if len(self._pending) >= self.settings.max_pending:
             if token is None:
                 return []
-            return [Failed((token,), pool_handle, PuBusy("too many pending handle resolutions"))]
+            return [ResolutionFailed((token,), pool_handle, PuBusy("too many pending handle resolutions"))]
         pending = _Pending(pool_handle, now, now + self.settings.t1)
         if token is not None:
             pending.tokens.append(token)
@@ -442,7 +442,7 @@ class PuCore:
                 error: PuError = UnknownPool(handle)
             else:
                 error = ResolutionRefused(handle, cause)
-            return [Failed(tokens, handle, error)] if tokens else []
+            return [ResolutionFailed(tokens, handle, error)] if tokens else []
         entry = self._store(handle, msg, now)
         return [Resolved(tokens, handle, entry.pool_elements)] if tokens else []
 
@@ -535,7 +535,7 @@ class PuCore:
                     self._token_handle.pop(token, None)
                 if tokens:
                     error = ResolutionTimeout(handle, pending.sent, now - pending.created)
-                    out.append(Failed(tokens, handle, error))
+                    out.append(ResolutionFailed(tokens, handle, error))
                 continue
             pending.retransmissions += 1
             pending.deadline = now + self.settings.t1

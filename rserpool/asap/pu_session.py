@@ -20,7 +20,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Union
 
-from rserpool.asap.session import Ignored, SessionBusyError, SessionClosedError, SessionError
+from rserpool.asap.session import SessionBusyError, SessionClosedError, SessionError
+from rserpool.outputs import Ignored
 from rserpool.wire import AsapBusinessCard, AsapCookie, AsapCookieEcho, PoolElement
 
 __all__ = [

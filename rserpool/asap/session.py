@@ -8,7 +8,8 @@ multiplexed (RFC 5355 2.16: over TCP they MUST share one connection, so both
 are protected by the same TLS session or neither is).
 
 This module holds what both ends share: the data PPID rule, the errors
-raised to the application, :class:`Ignored` input, and :class:`CookieSealer`.
+raised to the application and :class:`CookieSealer` (dropped input is the
+shared :class:`rserpool.outputs.Ignored`).
 The two state machines, neither of which touches a socket or a clock, are
 in their own modules:
 
@@ -40,7 +41,6 @@ __all__ = [
     "DEFAULT_DATA_PPID",
     "CookieError",
     "CookieSealer",
-    "Ignored",
     "OpenedCookie",
     "SESSION_ID_SIZE",
     "SessionCookies",
@@ -74,14 +74,6 @@ class SessionClosedError(SessionError):
 
 class SessionBusyError(SessionError):
     """A failover is under way and the bounded send queue is full."""
-
-
-@dataclass(frozen=True, slots=True)
-class Ignored:
-    """Input that was dropped, with the reason (for the shell's log)."""
-
-    what: str
-    why: str
 
 
 # --------------------------------------------------------------------------

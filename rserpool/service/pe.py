@@ -23,7 +23,7 @@ Deferred API::
 Observers (``add_observer``) receive every event of ``rserpool.asap.pe``
 (``Registered``, ``RegistrationRefused``, ``HomeChanged``, ``NeedServer``
 with ``failover=True`` when the home registrar was lost, ``RegistrationLost``,
-``Deregistered``, ``Failed``, ``Ignored``, ``KeepAliveDropped``).  See
+``Deregistered``, ``RegistrationFailed``, ``Ignored``, ``KeepAliveDropped``).  See
 docs/pe-library.md.
 
 Keep-alives over ``PeSettings.keepalive_rate``/``keepalive_burst`` on a
@@ -48,9 +48,10 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from rserpool.asap.pe import (
-    CloseChannel, Deregistered, Failed, HomeChanged, Ignored, KeepAliveDropped, NeedServer,
+    CloseChannel, Deregistered, RegistrationFailed, HomeChanged, KeepAliveDropped, NeedServer,
     PeSettings, PeState, PeRegistration, Registered, RegistrationLost, RegistrationRefused, Send,
 )
+from rserpool.outputs import Ignored
 from rserpool.service.channel import Channel, ChannelSettings, address_text
 from rserpool.service.keepalive_log import KeepAliveDropLog
 from rserpool.wire import AsapEndpointKeepAliveAck, AsapRegistration, WireError, error_reply
@@ -84,7 +85,7 @@ class RegistrationRefusedError(PoolElementError):
 
 
 class RegistrationFailedError(PoolElementError):
-    def __init__(self, event: Failed) -> None:
+    def __init__(self, event: RegistrationFailed) -> None:
         super().__init__(f"registration failed after {event.attempts} attempt(s): {event.reason}")
         self.event = event
 
@@ -276,7 +277,7 @@ class PoolElementService(Service):
         return self.update(policy=policy)
 
     def retry(self) -> defer.Deferred[Registered]:
-        """After ``Failed`` or a refusal: try again (attempts counted anew)."""
+        """After ``RegistrationFailed`` or a refusal: try again (attempts counted anew)."""
         if self._auth_blocked:
             self._auth_blocked = False
             d = self.next_registration()
@@ -468,7 +469,7 @@ class PoolElementService(Service):
                    pe_id=self.pe_id, handle=pool_handle_text(self.pool_handle), cause=event.cause)
         self._fail_waiters(RegistrationRefusedError(event))
 
-    def _failed(self, event: Failed) -> None:
+    def _failed(self, event: RegistrationFailed) -> None:
         _log.error("PE {pe_id:08x}: giving up registration after {n} attempt(s): {reason}",
                    pe_id=self.pe_id, n=event.attempts, reason=event.reason)
         self._fail_waiters(RegistrationFailedError(event))
@@ -496,7 +497,7 @@ class PoolElementService(Service):
 
     def _ignored(self, event: Ignored) -> None:
         _log.info("PE {pe_id:08x} ignoring {message}: {reason}", pe_id=self.pe_id,
-                  message=getattr(event.message, "name", event.message), reason=event.reason)
+                  message=event.what_text, reason=event.reason)
 
     def _keepalive_dropped(self, event: KeepAliveDropped) -> None:
         self.stats["keepalives_dropped"] += 1
@@ -507,7 +508,7 @@ class PoolElementService(Service):
         NeedServer: _need_server,
         Registered: _registered,
         RegistrationRefused: _refused,
-        Failed: _failed,
+        RegistrationFailed: _failed,
         HomeChanged: _home_changed,
         RegistrationLost: _lost,
         Deregistered: _deregistered,

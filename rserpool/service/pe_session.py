@@ -27,7 +27,8 @@ from twisted.python.failure import Failure
 from rserpool.asap.pe_session import (
     BusinessCardReceived, CookieEchoReceived, PeSession, PeSessionSettings,
 )
-from rserpool.asap.session import DEFAULT_DATA_PPID, Ignored, check_data_ppid
+from rserpool.asap.session import DEFAULT_DATA_PPID, check_data_ppid
+from rserpool.outputs import Ignored
 from rserpool.interfaces import ISessionApplication
 from rserpool.security import tls
 from rserpool.service.channel import Channel, ChannelSettings, address_text
@@ -103,7 +104,7 @@ class AcceptedSession:
                 app.business_card_received(self, event.pool_handle, event.pool_elements)
             elif type(event) is Ignored:
                 _log.info("session from {peer} ignored {what}: {why}", peer=address_text(channel.peer),
-                          what=event.what, why=event.why)
+                          what=event.what_text, why=event.reason)
 
     def wire_error(self, channel: Channel, ppid: int, error: WireError, now: float) -> None:
         _log.warn("undecodable control message from {peer}: {error}", peer=address_text(channel.peer), error=error)

@@ -33,7 +33,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from rserpool.asap.pu import (
-    Failed, NoUsablePoolElement, PuCore, PuSettings, Resolved, Send, StartHunt,
+    ResolutionFailed, NoUsablePoolElement, PuCore, PuSettings, Resolved, Send, StartHunt,
 )
 from rserpool.service.channel import Channel, ChannelSettings, address_text
 from rserpool.wire import PoolElement, WireError
@@ -227,7 +227,7 @@ class PoolUser:
                     d = self._waiters.pop(token, None)
                     if d is not None:
                         d.callback(list(pes))
-            elif kind is Failed:
+            elif kind is ResolutionFailed:
                 for token in output.tokens:
                     d = self._waiters.pop(token, None)
                     if d is not None:

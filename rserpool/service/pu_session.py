@@ -36,7 +36,8 @@ from rserpool.asap.pu_session import (
     Connect, Established, GiveUp, PuSession, PuSessionSettings, PuState, ReportUnreachable,
     RunFailoverCallback, Select, SendControl, SendData,
 )
-from rserpool.asap.session import DEFAULT_DATA_PPID, Ignored, SessionClosedError, check_data_ppid
+from rserpool.asap.session import DEFAULT_DATA_PPID, SessionClosedError, check_data_ppid
+from rserpool.outputs import Ignored
 from rserpool.security import tls
 from rserpool.security.tlserrors import connection_error_text
 from rserpool.service.channel import Channel, ChannelSettings, tls_client_endpoint
@@ -259,7 +260,7 @@ class SessionClient:
                 self._end(SessionClosedError(action.reason))
             elif kind is Ignored:
                 _log.info("session with pool {pool} ignored {what}: {why}",
-                          pool=pool_handle_text(self.pool_handle), what=action.what, why=action.why)
+                          pool=pool_handle_text(self.pool_handle), what=action.what_text, why=action.reason)
 
     def _channel(self) -> Channel:
         conn = self._conn
