@@ -74,6 +74,12 @@ PEER_LIMITS = PeerLimits(max_pes=1_000_000, update_rate=RateLimit(rate=1e9, burs
 APPLY_PAGE = getattr(enrp_module, "ApplyPage", None)
 
 
+def _link(send: Send) -> object:
+    """The PeerLink a Send goes to: ``channel`` of rserpool.outputs.Send, the
+    one Send (``link`` of the ENRP core's own Send in earlier revisions)."""
+    return getattr(send, "link", None) or send.channel
+
+
 def pool_elements(home: int, count: int) -> list[PoolElement]:
     """The PEs of ``bench_enrp.py``'s mentor."""
     address = IPv4Address("127.0.0.1")
@@ -139,7 +145,7 @@ class Net:
         for output in outputs:
             if type(output) is Send:
                 data = output.data if output.data is not None else output.message.encode()
-                peer = output.link.channel
+                peer = _link(output).channel
                 chunk = side.mappings[peer].send_message(output.message.PPID, data)
                 self.queue.append((self.sides[peer], side.core.server_id, chunk))
         side.charge(what, clock() - started)
@@ -244,7 +250,7 @@ def update_run(updates: int, pool_size: int, cached: bool) -> dict[str, float]:
             if pe_added is not None:
                 for output in pe_added(entry):
                     if type(output) is Send:
-                        peer = output.link.channel
+                        peer = _link(output).channel
                         chunks.append((peer, mappings[peer].send_message(12, output.data)))
         timings["home" if side is home else "twin"] = clock() - started
     first = peers[0]

@@ -110,7 +110,7 @@ class Node:
         for output in outputs:
             kind = type(output)
             if kind is Send:
-                wire = output.link.channel
+                wire = output.channel.channel
                 data = output.data if output.data is not None else output.message.encode()
                 wire.carry(self, output.message.PPID, data)
             elif kind is Close:

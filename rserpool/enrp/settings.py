@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Union
 
+from rserpool.outputs import Send  # the one Send: ``channel`` is the PeerLink to write on
 from rserpool.security.ratelimit import RateLimit
 
 __all__ = [
@@ -111,15 +112,6 @@ class EnrpSettings:
 
 
 # -- outputs --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Send:
-    """Write ``message`` on ``link``'s channel (``data``: its encoding, if made)."""
-
-    link: Any
-    message: Any
-    data: bytes | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)

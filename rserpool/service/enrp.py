@@ -476,7 +476,7 @@ class EnrpService(MultiService):
         for output in outputs:
             kind = type(output)
             if kind is Send:
-                channel = output.link.channel
+                channel = output.channel.channel  # the PeerLink's channel
                 if not channel.closed:
                     if output.data is not None:
                         channel.send_encoded(output.message.PPID, output.data)
