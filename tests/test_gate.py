@@ -1,5 +1,6 @@
 """rserpool.gate beyond the decision table: identity changes and the cache,
-revocation of live channels, the refusal log, bounds."""
+revocation of live channels, bounds (the refusal log:
+tests/test_gate_refusals.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from rserpool.gate import (
     CLOSING, DOOR_ADMIN, DOOR_ASAP, DOOR_PEER, OPEN, AskAuthorizer, AttemptRefused, CloseChannel, Gate, GatePolicy,
-    RemovePoolElements, pool_handle_text,
+    RemovePoolElements,
 )
 from rserpool.identity import MECH_CERTIFICATE, MECH_CHAP, MECH_SRP, Identity
 from rserpool.security.ratelimit import RateLimit
@@ -322,34 +323,6 @@ def test_pending_authorizations_are_bounded_and_released():
     assert gate.admit_change(adm, "register", b"p9", None, 0.0) == 0x6
     gate.authorization_answered(asks[0], True, 0.0)
     assert isinstance(gate.admit_change(adm, "register", b"p9", None, 0.0), AskAuthorizer)
-
-
-# -- the refusal log ------------------------------------------------------------------------------
-
-
-def test_refusals_over_the_log_rate_are_counted_and_reported_with_the_next_line():
-    lines = []
-    policy = replace(GatePolicy(), refusal_log_per_address=RateLimit(rate=1.0, burst=2.0),
-                     refusal_log_total=RateLimit(rate=100.0, burst=100.0))
-    gate = Gate(policy, log=lambda level, fmt, **fields: lines.append(fmt.format(**fields)))
-    anonymous = opened(gate)
-    for _ in range(50):  # a flood from one address
-        assert gate.admit_change(anonymous, "register", b"echo", None, 0.0) == 0xA
-    assert len(lines) == 2 and gate.refused[0xA] == 50
-    assert gate.refusals.suppressed == 48
-    gate.admit_change(anonymous, "register", b"echo", None, 1.5)  # a token back
-    assert lines[-1].endswith("; cause 0xa (48 more refusals not logged)")
-    assert gate.refusals.suppressed == 0
-
-
-def test_pool_handles_are_written_one_way():
-    assert pool_handle_text(b"echo") == "echo"
-    assert pool_handle_text(b"\xff\x00") == "hex:ff00"
-    assert pool_handle_text(b"a\nb") == "hex:610a62"
-    assert pool_handle_text("gr\u00fc\u00df".encode()) == "gr\u00fc\u00df"
-    # A handle that looks like the hex notation is written in it: no two handles share a text.
-    assert pool_handle_text(b"hex:41") == "hex:6865783a3431"
-    assert pool_handle_text(b"") == "hex:"
 
 
 def test_open_anonymous_asap_channels_are_counted_through_every_change():
