@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Ignored", "Send"]
+__all__ = ["Close", "Ignored", "Send"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +24,15 @@ class Send:
     channel: Any
     message: Any
     data: bytes | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    """Drop ``channel`` (the core's handle for it, as in :class:`Send`):
+    ``reason`` says why, for the log."""
+
+    channel: Any
+    reason: str
 
 
 @dataclass(frozen=True, slots=True)

@@ -114,7 +114,7 @@ class Node:
                 data = output.data if output.data is not None else output.message.encode()
                 wire.carry(self, output.message.PPID, data)
             elif kind is Close:
-                output.link.channel.drop(f"{self.server_id:x}: {output.reason}")
+                output.channel.channel.drop(f"{self.server_id:x}: {output.reason}")
             elif kind is Restarted:
                 self.events.append(output)
                 self.server_id = output.new_id

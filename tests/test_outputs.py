@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 
 from rserpool.asap.pe import KeepAliveDropped
-from rserpool.outputs import Ignored, Send
+from rserpool.outputs import Close, Ignored, Send
 from rserpool.wire import AsapHandleResolution
 
 
@@ -29,3 +29,11 @@ def test_every_core_drops_input_with_the_one_ignored():
 
     assert pe.Ignored is pe_session.Ignored is pu_session.Ignored is Ignored
     assert issubclass(KeepAliveDropped, Ignored)
+
+
+def test_the_registrar_and_enrp_cores_write_and_close_with_the_one_send_and_close():
+    from rserpool.asap import registrar
+    from rserpool import enrp
+
+    assert registrar.Send is enrp.Send is Send
+    assert registrar.Close is enrp.Close is Close

@@ -131,7 +131,7 @@ def test_connected_channels_carry_messages_both_ways_on_a_clock():
     assert pair.client.transport.disconnected and pair.server.transport.disconnected
 
 
-def test_identified_session_opens_a_gate_admission():
+def test_identified_channel_opens_a_gate_admission():
     from tests.test_asap_registrar import make_core
 
     core = make_core()

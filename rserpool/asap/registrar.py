@@ -9,7 +9,8 @@ out what comes back:
 - ``AskAuthorizer`` (from the gate): ask the authorization plugins whether
   the channel's identity may do an action on a pool handle; the answer comes
   back through ``authorization_done(ask, answer, now)``;
-- ``Close(state, reason)``: drop that channel;
+- ``Close(state, reason)``: drop that channel (``Send`` and ``Close`` are
+  the ones of :mod:`rserpool.outputs`, shared by every core);
 - ``PoolElementAdded`` / ``PoolElementRemoved``: handlespace changes, for
   logging and the ENRP handle updates to peers (``rserpool.enrp``).
 

@@ -11,7 +11,7 @@ from typing import Any, Union
 
 from rserpool.gate import Admission, AskAuthorizer
 from rserpool.handlespace import PoolElementEntry
-from rserpool.outputs import Send
+from rserpool.outputs import Close, Send
 
 __all__ = [
     "AsapChannelState",
@@ -28,17 +28,11 @@ __all__ = [
 
 
 @dataclass(frozen=True, slots=True)
-class Close:
-    channel_state: "AsapChannelState"
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
 class PauseInput:
-    """Read nothing more from the channel before ``until`` (the gate rate
-    limited it)."""
+    """Read nothing more from ``channel`` (an :class:`AsapChannelState`)
+    before ``until`` (the gate rate limited it)."""
 
-    channel_state: "AsapChannelState"
+    channel: "AsapChannelState"
     until: float
 
 

@@ -328,7 +328,7 @@ class EnrpCore:
         serving = link.serving
         if serving is None or serving.own_children_only != msg.own_children_only:
             busy = sum(1 for other in self.peers.links if other.serving is not None and other is not link)
-            if not self.initialized or busy >= self.settings.max_serving_sessions:
+            if not self.initialized or busy >= self.settings.max_serving_downloads:
                 link.serving = None
                 out.append(Send(link, EnrpHandleTableResponse(self.server_id, msg.sender_id, reject=True)))
                 return

@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Union
 
-from rserpool.outputs import Send  # the one Send: ``channel`` is the PeerLink to write on
+# The one Send and Close: their ``channel`` is the PeerLink to write on or drop.
+from rserpool.outputs import Close, Send
 from rserpool.security.ratelimit import RateLimit
 
 __all__ = [
@@ -78,7 +79,7 @@ class EnrpSettings:
     mentor_retry: float = 1.0
     page_pes: int = 256
     page_bytes: int = 60_000
-    max_serving_sessions: int = 8
+    max_serving_downloads: int = 8
     max_peers: int = 64
     peer_limits: PeerLimits = field(default_factory=PeerLimits)
     takeover_ack_timeout: float = 5.0
@@ -98,8 +99,8 @@ class EnrpSettings:
             raise ValueError("page_pes must be >= 1 and page_bytes within 1024..65000")
         if self.page_pes > self.peer_limits.max_response_pes:
             raise ValueError("page_pes must not exceed what peers accept (max_response_pes)")
-        if self.max_serving_sessions < 1 or self.max_peers < 1:
-            raise ValueError("max_serving_sessions and max_peers must be at least 1")
+        if self.max_serving_downloads < 1 or self.max_peers < 1:
+            raise ValueError("max_serving_downloads and max_peers must be at least 1")
         if self.heartbeat_cycle * (1.0 + self.jitter) >= self.max_time_last_heard:
             raise ValueError("heartbeat_cycle (with its jitter) must be shorter than max_time_last_heard")
 
@@ -112,14 +113,6 @@ class EnrpSettings:
 
 
 # -- outputs --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Close:
-    """Drop ``link``'s channel."""
-
-    link: Any
-    reason: str
 
 
 @dataclass(frozen=True, slots=True)

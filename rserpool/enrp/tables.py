@@ -1,8 +1,8 @@
 """Handle-table transfers (RFC 5353 3.2.3 and 3.6.3), both directions.
 
-- ``Serving``: a download session this registrar serves: the keys of the PEs
-  to send (all of them, or only its own for the W flag), taken when the
-  session starts, and how far it got.  ``next_page`` builds one
+- ``Serving``: a handle-table download this registrar serves: the keys of
+  the PEs to send (all of them, or only its own for the W flag), taken when
+  the download starts, and how far it got.  ``next_page`` builds one
   ENRP_HANDLE_TABLE_RESPONSE bounded in PEs and bytes, sets the M flag while
   keys remain, and reads each PE as it is *now* (one that left since is
   skipped): a later page never undoes an update sent before it on the same

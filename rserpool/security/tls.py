@@ -327,7 +327,7 @@ def has_client_auth_usage(cert: x509.Certificate) -> bool:
 
 #: SHA-256 of a client certificate's DER -> it has clientAuth (a property of
 #: the bytes alone): the key usage is parsed once per certificate, not once
-#: per handshake (about 30 us of the registrar's work per session).
+#: per handshake (about 30 us of the registrar's work per TLS handshake).
 _CLIENT_AUTH_SEEN: OrderedDict[bytes, bool] = OrderedDict()
 _CLIENT_AUTH_SEEN_MAX = 4096
 

@@ -483,10 +483,10 @@ class EnrpService(MultiService):
                     else:
                         channel.send(output.message)
             elif kind is Close:
-                _log.info("closing ENRP channel of {peer}: {reason}", peer=output.link.describe(),
-                          reason=output.reason)
-                self.connector.closing(output.link.channel, output.link, output.reason)
-                output.link.channel.close()
+                link = output.channel  # the PeerLink
+                _log.info("closing ENRP channel of {peer}: {reason}", peer=link.describe(), reason=output.reason)
+                self.connector.closing(link.channel, link, output.reason)
+                link.channel.close()
             elif kind is Connect:
                 self.connector.hint(output.server_id, output.host, output.port)
             elif kind is Announce:

@@ -5,7 +5,7 @@ CRLs are enforced in every TLS handshake and OCSP right after it
 certificate was revoked would keep registering.  :class:`LiveCertificates`
 asks ``live()`` for the verified client certificates of the registrar's
 live channels (read from their TLS connections only when news arrives: no
-cost per session) and reports the revoked ones, by SHA-256 fingerprint, to
+cost per connection) and reports the revoked ones, by SHA-256 fingerprint, to
 ``revoke(fingerprint, reason)`` (``RegistrarService.revoke``): the security
 gate then closes their channels and their PEs are removed at once, by the
 normal removal path (the ENRP peers hear of it as of any removal).

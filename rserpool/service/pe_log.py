@@ -1,6 +1,6 @@
 """The registrar's log of PE changes: routine ones counted, a summary line
-a minute (issue 12: a written log line costs about 100 us, and a new
-session made two).
+a minute (issue 12: a written log line costs about 100 us, and each new
+certificate-authenticated connection made two).
 
 ``added`` and ``removed`` are told of every PE registered and removed.  With
 ``every_change`` off (the default) registrations and the removals that

@@ -589,9 +589,9 @@ class RegistrarService(MultiService):
             elif kind is AskAuthorizer:
                 self._authorize(output)
             elif kind is Close:
-                output.channel_state.channel.close()
+                output.channel.channel.close()  # the AsapChannelState's channel
             elif kind is PauseInput:
-                output.channel_state.channel.pause_input(output.until)
+                output.channel.channel.pause_input(output.until)
             elif kind is PoolElementAdded:
                 if output.created:
                     self.pe_log.added(output.entry)

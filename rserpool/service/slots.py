@@ -74,7 +74,7 @@ class IdleEviction:
         if victim is None:
             if host is None:
                 # Look again once one may have become evictable, and at least
-                # once a second (sessions change: a PE may deregister its last PE).
+                # once a second (channels change: a PE may deregister its last PE).
                 self._scan_after = min(soonest, now + 1.0)
             return None
         self.remove(victim)
