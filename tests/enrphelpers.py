@@ -5,7 +5,10 @@ ASAP ``RegistrarCore`` and the ``EnrpCore``, with time passed in.  A
 ``Cluster`` joins nodes pairwise with ``Wire``s: two FIFO queues of encoded
 ENRP messages (a channel's order guarantee), delivered only when a test says
 so, so that messages can be delayed, interleaved across channels, and lost
-when a wire is dropped.  Every message crosses the real codec.
+when a wire is dropped.  Every message crosses the real codec.  A table page
+the core holds back (``ApplyPage``) waits in its node's ``Later`` queue,
+delivered like a wire's messages: at random among them, or not before the
+next message of its link (which the core then applies first).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from typing import Any
 
 from rserpool.asap.registrar import PoolElementAdded, PoolElementRemoved, RegistrarCore, RegistrarSettings
 from rserpool.enrp import (
-    Announce, Close, Connect, EnrpCore, EnrpSettings, Initialized, PeerDead, PeerDown, PeerLimits,
+    Announce, ApplyPage, Close, Connect, EnrpCore, EnrpSettings, Initialized, PeerDead, PeerDown, PeerLimits,
     PeerUp, Send,
 )
 from rserpool.gate import AskAuthorizer, Gate, GatePolicy
@@ -56,6 +59,7 @@ class Node:
         self.events: list = []
         self.logs: list[str] = []
         self.asap_replies: list = []
+        self.later = Later(self)
 
     def _log(self, fmt: str, **kwargs: Any) -> None:
         self.logs.append(fmt.format(**kwargs))
@@ -110,6 +114,8 @@ class Node:
                 wire.carry(self, output.message.PPID, data)
             elif kind is Close:
                 output.link.channel.drop(f"{self.server_id:x}: {output.reason}")
+            elif kind is ApplyPage:
+                self.later.queue.append(output.link)
             else:
                 assert kind in (Announce, Connect, PeerUp, PeerDown, PeerDead, Initialized), output
                 self.events.append(output)
@@ -126,6 +132,23 @@ class Node:
 
     def own(self) -> dict:
         return {k: v for k, v in self.snapshot().items() if v[0] == self.server_id}
+
+
+class Later:
+    """The pages a node's core holds back (``ApplyPage``), applied when
+    delivered (the shell's later reactor turn)."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.queue: deque = deque()
+        self.up = True
+
+    def deliver_one(self, to: Node) -> bool:
+        if not self.queue:
+            return False
+        link = self.queue.popleft()
+        to.enrp_output(to.enrp.apply_page(link, to.cluster.now))
+        return True
 
 
 class Wire:
@@ -202,8 +225,11 @@ class Cluster:
             for b in self.nodes[i + 1:]:
                 self.connect(a, b)
 
-    def queues(self) -> list[tuple[Wire, Node]]:
-        return [(w, n) for w in self.wires.values() if w.up for n in w.ends if w.queues[n]]
+    def queues(self) -> list[tuple[Any, Node]]:
+        """What can be delivered: a wire's next message to a node, or a
+        node's next held-back page (``Later``)."""
+        return ([(w, n) for w in self.wires.values() if w.up for n in w.ends if w.queues[n]]
+                + [(n.later, n) for n in self.nodes if n.later.queue])
 
     def deliver_all(self, limit: int = 200_000, shuffle: bool = True) -> int:
         """Deliver until every queue is empty (channels interleaved at random)."""

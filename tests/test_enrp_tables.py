@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from ipaddress import IPv4Address
 
 from rserpool.enrp.tables import Serving, encoded_pe, next_page
@@ -81,3 +82,15 @@ def test_encoded_pe_is_cached_with_its_payload():
     assert data == entry.payload.encode() and encoded_pe(entry) is data
     entry.payload = "not a pool element"
     assert encoded_pe(entry) is None
+
+
+def test_a_full_download_sends_each_pool_home_by_home():
+    hs = filled(30)  # homes alternate within every pool
+    serving = Serving.start(hs, OWN, False, 0.0)
+    order = [(key[0], hs.get(*key).home_server_id) for key in serving.keys]
+    runs = [run for run, _ in itertools.groupby(order)]
+    assert len(runs) == len(set(runs)) == 6  # one run per pool and home
+    assert sorted(serving.keys) == sorted((e.pool_handle, e.pe_id) for e in hs.entries())
+    pages = drain(hs, serving, 4, 60_000)
+    sent = [(e.pool_handle, pe.pe_id, pe.home_server_id) for p in pages for e in p.entries for pe in e.pool_elements]
+    assert [(h, home) for h, _, home in sent] == order

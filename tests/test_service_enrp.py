@@ -115,6 +115,39 @@ class EnrpOverTLS(unittest.TestCase):
         self.assertGreaterEqual(late.enrp.core.stats["pages_received"], 3)
 
     @defer.inlineCallbacks
+    def test_a_join_whose_mentor_channel_breaks_mid_table_completes_on_the_next_channel(self):
+        """Pages are applied a turn after the next one is asked for; the
+        channel breaks while one waits: that page goes with the channel, and
+        the next channel to the mentor downloads the table afresh."""
+        nodes = yield self.start("registrar-a", timers={"page_pes": 8}, expect_peers=False)
+        pe = yield self.client(nodes[0], self.pki.pe1)
+        for i in range(40):
+            pe.send(AsapRegistration(b"echo", make_pe(0x400 + i, port=8000 + i)))
+        yield until(nodes, lambda: len(nodes[0].handlespace) == 40)
+        late = yield start_node(reactor, self.pki, "registrar-c", timers={"page_pes": 8})
+        self.nodes.append(late)
+        core = late.enrp.core
+        apply_page = core.apply_page
+        broken = []
+
+        def break_first(link, now):
+            if not broken:  # the channel breaks while this page waits to be applied
+                broken.append(link)
+                link.channel.abort()
+                return []
+            return apply_page(link, now)
+
+        core.apply_page = break_first
+        late.peers.entries = [nodes[0].candidate()]
+        late.enrp.connector.rediscover()
+        yield until(self.nodes, lambda: all_linked(self.nodes) and views_agree(self.nodes))
+        self.assertEqual(len(broken), 1)
+        self.assertTrue(broken[0].closed)
+        self.assertEqual(core.stats["pages_dropped"], 1)
+        self.assertEqual(len(late.handlespace), 40)
+        self.assertGreaterEqual(core.stats["pages_received"], 6)  # the first channel's pages, then all again
+
+    @defer.inlineCallbacks
     def test_revoking_a_peer_closes_its_enrp_channel_through_the_shared_gate(self):
         """The registrar's gate is also the peer door's: revoking the peer's
         identity (RegistrarService.revoke) closes its live ENRP channel and

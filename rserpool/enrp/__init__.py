@@ -13,13 +13,13 @@ The Twisted shell is ``rserpool.service.enrp``; docs/enrp.md explains both.
 from rserpool.enrp.core import EnrpCore
 from rserpool.enrp.peers import BindRefused, PeerLink, PeerRecord, PeerTable
 from rserpool.enrp.settings import (
-    Announce, Close, Connect, EnrpSettings, Initialized, Output, PeerDead, PeerDown, PeerLimits,
+    Announce, ApplyPage, Close, Connect, EnrpSettings, Initialized, Output, PeerDead, PeerDown, PeerLimits,
     PeerUp, Send,
 )
 from rserpool.enrp.updates import Refused, UpdateApplier
 
 __all__ = [
     "EnrpCore", "EnrpSettings", "PeerLimits", "PeerLink", "PeerRecord", "PeerTable", "BindRefused",
-    "UpdateApplier", "Refused", "Announce", "Close", "Connect", "Initialized", "Output", "PeerDead",
+    "UpdateApplier", "Refused", "Announce", "ApplyPage", "Close", "Connect", "Initialized", "Output", "PeerDead",
     "PeerDown", "PeerUp", "Send",
 ]

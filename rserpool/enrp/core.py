@@ -16,8 +16,9 @@ What it does (docs/enrp.md has the whole story):
   start);
 - joining (3.2): a mentor among the first linked peers, LIST_REQUEST /
   LIST_RESPONSE (R while this registrar is itself starting), the W=0
-  handle-table download paged by the M flag; alone when no mentor answers
-  within ``mentor_discovery_timeout``;
+  handle-table download paged by the M flag, each next page asked for
+  before the last one is applied (``ApplyPage``, ``apply_page``); alone
+  when no mentor answers within ``mentor_discovery_timeout``;
 - handle updates (3.3): every change of a PE homed here goes to every peer;
   peers' updates pass the ownership rules and limits of
   ``rserpool.enrp.updates``;
@@ -36,9 +37,9 @@ from typing import Any, Callable
 
 from rserpool.enrp.peers import BindRefused, PeerLink, PeerTable
 from rserpool.enrp.settings import (
-    Announce, Close, Connect, EnrpSettings, Initialized, PeerDead, PeerDown, PeerUp, Send,
+    Announce, ApplyPage, Close, Connect, EnrpSettings, Initialized, PeerDead, PeerDown, PeerUp, Send,
 )
-from rserpool.enrp.tables import Fetch, Serving, encoded_pe, next_page
+from rserpool.enrp.tables import Fetch, Serving, apply_page, encoded_pe, next_page
 from rserpool.enrp.updates import Refused, UpdateApplier
 from rserpool.handlespace import Handlespace, PoolElementEntry
 from rserpool.wire import (
@@ -88,7 +89,7 @@ class EnrpCore:
         self._announced: dict[tuple[bytes, int], tuple[Any, str | None]] = {}
         self._refusals: dict[PeerLink, int] = {}
         self.stats = {"updates_sent": 0, "updates_received": 0, "resyncs": 0, "refused": 0,
-                      "pages_sent": 0, "pages_received": 0}
+                      "pages_sent": 0, "pages_received": 0, "pages_dropped": 0}
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -130,7 +131,10 @@ class EnrpCore:
         return out
 
     def _abandon(self, link: PeerLink, now: float) -> None:
-        """``link`` goes: its transfers end, and a mentor is looked for again."""
+        """``link`` goes: its transfers end (a page still waiting to be
+        applied with them), and a mentor is looked for again."""
+        if link.fetch is not None and link.fetch.pending is not None:
+            self.stats["pages_dropped"] += 1
         link.fetch = None
         link.serving = None
         link.list_deadline = None
@@ -183,6 +187,9 @@ class EnrpCore:
                       peer=link.describe(), rid=message.receiver_id)
             return out
         self.peers.heard(link, now)
+        fetch = link.fetch
+        if fetch is not None and fetch.pending is not None:
+            self._apply_pending(link, fetch, now, out)  # what came before this message goes first
         handler = self._handlers.get(type(message))
         if handler is not None:
             handler(self, link, message, now, out)
@@ -316,6 +323,9 @@ class EnrpCore:
         if fetch is None:
             self._refuse(link, codes.CAUSE_SECURITY, "an unrequested ENRP_HANDLE_TABLE_RESPONSE", out)
             return
+        if fetch.ended:  # the answer to the request that was out when a limit ended the transfer
+            link.fetch = None
+            return
         self.stats["pages_received"] += 1
         if msg.reject:
             link.fetch = None
@@ -335,40 +345,49 @@ class EnrpCore:
             if fetch.mentor:
                 self._mentor_refused(link, now, out)
             return
-        sender = msg.sender_id
-        applier = self.applier
-        marked = fetch.marked
-        homes = self._listed | self.peers.known_ids() if fetch.mentor else None
-        for entry in msg.entries:
-            handle = entry.pool_handle
-            identities = entry.identities
-            for index, pe in enumerate(entry.pool_elements):
-                identity = identities[index] if identities else None
-                try:
-                    if homes is not None:
-                        applier.add_from_mentor(sender, homes, handle, pe, identity, now)
-                    else:
-                        applier.add(sender, handle, pe, identity, now)
-                except Refused as exc:
-                    self._refuse(link, exc.cause, exc.reason, out)
-                    if exc.cause == codes.CAUSE_LACK_OF_RESOURCES:
-                        link.fetch = None  # a limit: this transfer ends here, nothing is swept
-                        return
-                    continue
-                marked.discard((handle, pe.pe_id))
         if msg.more:
+            # RFC 5353 3.2.3 step 3: M asks for the next page.  It is asked
+            # for before this one is applied (which the peer cannot tell),
+            # so that the peer builds it meanwhile: the shell applies this
+            # one on a later turn, once the request left (``ApplyPage``).
             fetch.deadline = now + self.settings.max_time_no_response
-            out.append(Send(link, EnrpHandleTableRequest(self.server_id, sender, fetch.own_children_only)))
+            out.append(Send(link, EnrpHandleTableRequest(self.server_id, msg.sender_id, fetch.own_children_only)))
+            fetch.pending = msg
+            out.append(ApplyPage(link))
+            return
+        if not self._apply(link, fetch, msg, now, out):
+            link.fetch = None  # a limit: this transfer ends here, nothing is swept
             return
         link.fetch = None
         if fetch.own_children_only:
-            swept = applier.sweep(sender, marked)
+            swept = self.applier.sweep(msg.sender_id, fetch.marked)
             if swept:
                 self._log("re-synchronized with {peer}: removed {n} PEs it no longer has",
                           peer=link.describe(), n=swept)
         if fetch.mentor:
             self._log("joined through mentor {peer}: {n} PEs", peer=link.describe(), n=len(self.handlespace))
-            self._initialize(sender, now, out)
+            self._initialize(msg.sender_id, now, out)
+
+    def apply_page(self, link: PeerLink, now: float) -> list:
+        """Apply the page an ``ApplyPage`` output held back (the shell calls
+        this on a later turn); nothing if it was applied meanwhile (the next
+        message of its link came first) or its link went (the page is then
+        dropped with the transfer)."""
+        out: list = []
+        fetch = link.fetch
+        if fetch is not None and fetch.pending is not None and not link.closed:
+            self._apply_pending(link, fetch, now, out)
+        return out
+
+    def _apply_pending(self, link: PeerLink, fetch: Fetch, now: float, out: list) -> None:
+        message, fetch.pending = fetch.pending, None
+        if not self._apply(link, fetch, message, now, out):
+            fetch.ended = True  # a limit: the answer to the request already out is dropped
+
+    def _apply(self, link: PeerLink, fetch: Fetch, msg: EnrpHandleTableResponse, now: float, out: list) -> bool:
+        homes = self._listed | self.peers.known_ids() if fetch.mentor else None
+        return apply_page(self.applier, fetch, msg, homes, now,
+                          lambda exc: self._refuse(link, exc.cause, exc.reason, out))
 
     # -- handle updates (3.3) ------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ __all__ = [
     "PeerDown",
     "PeerDead",
     "Initialized",
+    "ApplyPage",
     "Output",
 ]
 
@@ -159,4 +160,17 @@ class Initialized:
     pes: int
 
 
-Output = Union[Send, Close, Connect, Announce, PeerUp, PeerDown, PeerDead, Initialized]
+@dataclass(frozen=True, slots=True)
+class ApplyPage:
+    """A table page of ``link`` was received and its successor asked for
+    (the ``Send`` before this output); the shell calls
+    ``EnrpCore.apply_page(link, now)`` once that request has left, so that
+    the peer builds the next page while this one is applied.  A page still
+    waiting when the next message of its link arrives is applied first, so
+    the order of a channel always holds (a shell that never calls it is
+    still correct, one page behind)."""
+
+    link: Any
+
+
+Output = Union[Send, Close, Connect, Announce, PeerUp, PeerDown, PeerDead, Initialized, ApplyPage]

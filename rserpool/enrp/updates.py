@@ -26,12 +26,19 @@ another identity (cause 0xa): threat 2.3 holds across registrars.
 Learned PEs get no registration deadline here: their home expires them and
 announces it (``Handlespace.cancel_expiry``).
 
+Two shortcuts for table pages, each with the result of the rules above:
+``add_batch`` takes a run of new PEs of one home in one pool at once
+(``Handlespace.insert_new``, all or nothing) when none of the rules or
+limits would refuse one of them, else it changes nothing and the caller
+takes them one by one; ``add`` of a copy that is already exactly what the
+sender says (a re-synchronization of an unchanged table) changes nothing.
+
 Pure: no Twisted, no clock.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from rserpool.asap.registrar import policy_settings
 from rserpool.handlespace import Handlespace, HandlespaceError, PoolElementEntry
@@ -83,14 +90,59 @@ class UpdateApplier:
             self._refuse(_SECURITY, f"PE {pe.pe_id:08x} names home {pe.home_server_id:08x}, not the sender")
         key = (pool_handle, pe.pe_id)
         existing = self.handlespace.get(pool_handle, pe.pe_id)
-        if existing is not None and existing.home_server_id != sender:
-            if existing.home_server_id == self.own_id:
-                self._refuse(_SECURITY, f"PE {pe.pe_id:08x} is homed at this registrar")
-            if key not in self.provisional:
-                self._refuse(_SECURITY, f"PE {pe.pe_id:08x} is homed at {existing.home_server_id:08x}")
+        if existing is not None:
+            if existing.home_server_id != sender:
+                if existing.home_server_id == self.own_id:
+                    self._refuse(_SECURITY, f"PE {pe.pe_id:08x} is homed at this registrar")
+                if key not in self.provisional:
+                    self._refuse(_SECURITY, f"PE {pe.pe_id:08x} is homed at {existing.home_server_id:08x}")
+            elif ((identity is None or identity == existing.identity) and key not in self.provisional
+                  and (existing.payload is pe or existing.payload == pe)):
+                return existing  # the sender's word is what we hold: register would change nothing
         entry = self._store(sender, pool_handle, pe, identity, existing, now)
         self.provisional.discard(key)
         return entry
+
+    def add_batch(self, sender: int, pool_handle: bytes, pes: Sequence[PoolElement],
+                  identities: Sequence[str | None] | None, now: float,
+                  mentor_homes: set[int] | None = None) -> list[PoolElementEntry] | None:
+        """New PEs ``pes`` of one home in one pool, from ``sender``'s table
+        page, all at once: what ``add`` (``mentor_homes`` None) or
+        ``add_from_mentor`` (``mentor_homes``: the homes it accepts) would do
+        with each of them when it refuses and skips none.  None, with
+        nothing changed, when one of them needs those one by one: a copy
+        exists here, a rule or a limit (per peer or of the handlespace)
+        would refuse one."""
+        home = pes[0].home_server_id
+        provisional = home != sender
+        if provisional and (mentor_homes is None or home == self.own_id or home not in mentor_homes):
+            return None
+        hs = self.handlespace
+        get = hs.get
+        items = []
+        for index, pe in enumerate(pes):
+            if pe.home_server_id != home or get(pool_handle, pe.pe_id) is not None:
+                return None
+            transport = pe.user_transport
+            items.append((pe.pe_id, policy_settings(pe.policy), transport.PARAM_TYPE,
+                          getattr(transport, "transport_use", 0), pe.registration_life,
+                          identities[index] if identities else None, pe))
+        limits = self.limits
+        if hs.owned_count(home) + len(items) > limits.max_pes:
+            return None
+        if not hs.owns_in_pool(home, pool_handle) and hs.owned_pool_count(home) >= limits.max_pools:
+            return None
+        try:
+            entries = hs.insert_new(pool_handle, home, items)
+        except HandlespaceError:
+            return None
+        self.stats["applied"] += len(entries)
+        keys = [(pool_handle, pe.pe_id) for pe in pes]
+        if provisional:
+            self.provisional.update(keys)
+        elif self.provisional:
+            self.provisional.difference_update(keys)
+        return entries
 
     def add_from_mentor(self, mentor: int, known_homes: set[int], pool_handle: bytes,
                         pe: PoolElement, identity: str | None, now: float) -> PoolElementEntry | None:

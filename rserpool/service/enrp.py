@@ -37,7 +37,7 @@ from twisted.python.failure import Failure
 
 from rserpool.asap.registrar import PoolElementAdded, PoolElementRemoved
 from rserpool.enrp import (
-    Announce, Close, Connect, EnrpCore, EnrpSettings, Initialized, PeerDead, PeerDown, PeerUp, Send,
+    Announce, ApplyPage, Close, Connect, EnrpCore, EnrpSettings, Initialized, PeerDead, PeerDown, PeerUp, Send,
 )
 from rserpool.gate import ACTION_PEER, DOOR_PEER, AskAuthorizer, CloseChannel, Gate, Opened
 from rserpool.handlespace import Handlespace
@@ -417,9 +417,10 @@ class EnrpService(MultiService):
             else:
                 self._per_address.pop(host, None)
         link = channel.session
-        self.connector.channel_closed(channel, link)
         if link is not None:
             self._carry_out(self.core.link_down(link, self.clock.seconds(), "channel closed"))
+        # After the core unlinked it: the connector dials again only servers not linked.
+        self.connector.channel_closed(channel, link)
 
     # -- the registrar's own changes -----------------------------------------------------
 
@@ -455,6 +456,11 @@ class EnrpService(MultiService):
                           reason=output.reason)
                 self.connector.closing(output.link.channel, output.link, output.reason)
                 output.link.channel.close()
+            elif kind is ApplyPage:
+                # Two turns later: Twisted's TLS layer writes the request for
+                # the next page on the next turn and the socket takes it in
+                # that turn's poll, so the peer builds that page meanwhile.
+                self.reactor.callLater(0, self.reactor.callLater, 0, self._apply_page, output.link)
             elif kind is Connect:
                 self.connector.hint(output.server_id, output.host, output.port)
             elif kind is Announce:
@@ -474,6 +480,10 @@ class EnrpService(MultiService):
         self._arm_timer()
         for watcher in list(self.watchers):
             watcher()
+
+    def _apply_page(self, link: Any) -> None:
+        if not link.closed:
+            self._carry_out(self.core.apply_page(link, self.clock.seconds()))
 
     def _announce(self, message: Any) -> None:
         port = self._presence_port
