@@ -170,15 +170,19 @@ def test_add_batch_declines_what_needs_one_by_one_and_changes_nothing(pes, homes
     assert state(a) == before
 
 
-def test_add_of_an_unchanged_copy_changes_nothing():
+def test_a_table_entry_equal_to_the_copy_changes_nothing():
     a = applier()
     first = a.add(P, b"echo", pe(5, P), "pe5", 0.0)
     a.handlespace.report_unreachable(b"echo", 5, "pu", 0.0)
-    again = a.add(P, b"echo", pe(5, P), "pe5", 1.0)
+    again = a.add(P, b"echo", pe(5, P), "pe5", 1.0, keep_unchanged=True)
     assert again is first and first.payload == pe(5, P) and first.unreachable is not None
-    changed = a.add(P, b"echo", pe(5, P, LeastUsedPolicy(9)), None, 2.0)  # a real change goes through
+    assert a.stats["applied"] == 1
+    changed = a.add(P, b"echo", pe(5, P, LeastUsedPolicy(9)), None, 2.0, keep_unchanged=True)  # a change
     assert changed.payload.policy == LeastUsedPolicy(9) and changed.unreachable is None
+    a.handlespace.report_unreachable(b"echo", 5, "pu", 0.0)
+    a.add(P, b"echo", pe(5, P, LeastUsedPolicy(9)), None, 3.0)  # an update is applied as it is
+    assert a.handlespace.get(b"echo", 5).unreachable is None and a.stats["applied"] == 3
     a.add_from_mentor(Q, {P, Q}, b"echo", pe(6, P), None, 0.0)
     assert (b"echo", 6) in a.provisional
-    a.add(P, b"echo", pe(6, P), None, 0.0)  # the home confirms a provisional copy, equal or not
+    a.add(P, b"echo", pe(6, P), None, 0.0, keep_unchanged=True)  # the home confirms a provisional copy
     assert (b"echo", 6) not in a.provisional

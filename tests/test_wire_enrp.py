@@ -94,3 +94,23 @@ def test_fast_and_general_decoding_agree(monkeypatch, limits):
     differ = [(data.hex(), a, b) for data, a, b in zip(CORPUS, fast, general) if a != b]
     assert not differ, differ[:3]
     assert {kind for kind, *_ in fast} == {"ok", "error"}  # the corpus has both
+
+
+@pytest.mark.parametrize("policy", [LeastUsedPolicy(7), RoundRobinPolicy(), PriorityPolicy(0xFFFFFFFF)]
+                         + [OpaquePolicy(0x80000001, b"x" * n) for n in range(6)])
+@pytest.mark.parametrize("use", [0, 1])
+def test_a_tcp_pool_element_encodes_as_its_parts_do(policy, use):
+    """The one-pack encoding of a Pool Element with a TCP transport on one
+    IPv4 address: the bytes of the general rule (RFC 5354 3.10, the last
+    padding not counted)."""
+    import struct
+
+    from rserpool.wire.tlv import last_padding
+
+    pe = PoolElement(0x12345678, 0x0A, -1, TcpTransport(7, V4, use), policy)
+    parts = [pe.user_transport.encode(), policy.encode()]
+    body = b"".join(parts)
+    expected = struct.pack("!HHIIi", codes.PARAM_POOL_ELEMENT, 16 + len(body) - last_padding(parts), pe.pe_id,
+                           pe.home_server_id, pe.registration_life) + body
+    assert pe.encode() == expected
+    assert decode_message(EnrpHandleUpdate(0x0A, 0, 0, b"h", pe).encode(), PPID_ENRP).pool_element == pe

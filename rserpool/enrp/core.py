@@ -36,6 +36,7 @@ import random
 from typing import Any, Callable
 
 from rserpool.enrp.peers import BindRefused, PeerLink, PeerTable
+from rserpool.fastinit import fast_constructor
 from rserpool.enrp.settings import (
     Announce, ApplyPage, Close, Connect, EnrpSettings, Initialized, PeerDead, PeerDown, PeerUp, Send,
 )
@@ -57,6 +58,7 @@ __all__ = ["EnrpCore"]
 _ADD = codes.UPDATE_ADD_PE
 _DEL = codes.UPDATE_DEL_PE
 _make_update = EnrpHandleUpdate._make
+_make_send = fast_constructor(Send)
 
 
 def _ids(sender: int, receiver: int) -> bytes:
@@ -86,7 +88,11 @@ class EnrpCore:
         self._listed: set[int] = set()
         self._asked: dict[int, float] = {}  # mentor candidates: when each was asked
         self._presence_due: float | None = None
-        self._announced: dict[tuple[bytes, int], tuple[Any, str | None]] = {}
+        # (pool handle, PE id) -> (payload, identity, its encoding): what peers were told.
+        self._announced: dict[tuple[bytes, int], tuple[Any, str | None, bytes | None]] = {}
+        self._encoded: dict[Any, bytes] = {}  # see _keep_encoded
+        self._update_fixed = {action: _ids(self.server_id, 0) + action.to_bytes(2, "big") + b"\0\0"
+                              for action in (_ADD, _DEL)}
         self._refusals: dict[PeerLink, int] = {}
         self.stats = {"updates_sent": 0, "updates_received": 0, "resyncs": 0, "refused": 0,
                       "pages_sent": 0, "pages_received": 0, "pages_dropped": 0}
@@ -417,11 +423,16 @@ class EnrpCore:
         key = (entry.pool_handle, entry.pe_id)
         payload, identity = entry.payload, entry.identity
         previous = self._announced.get(key)
-        if previous is not None and (previous[0] is payload or previous[0] == payload) and previous[1] == identity:
+        if previous is not None and previous[0] is payload and previous[1] == identity:
             return []
-        self._announced[key] = (payload, identity)
-        self.applier.forget(entry)
-        return self._fan_out(_ADD, entry)
+        # Compared by the encoding, which the update needs anyway.
+        data = encoded_pe(entry)
+        self._announced[key] = (payload, identity, data)
+        if previous is not None and previous[1] == identity and data is not None and data == previous[2]:
+            return []
+        if self.applier.provisional:
+            self.applier.forget(entry)
+        return self._fan_out(_ADD, entry, data)
 
     def pe_removed(self, entry: PoolElementEntry) -> list:
         """A PE homed here left (deregistration, expiry, keep-alive failure,
@@ -430,22 +441,37 @@ class EnrpCore:
         self.applier.forget(entry)
         if self._announced.pop(key, None) is None and entry.home_server_id != self.server_id:
             return []
-        return self._fan_out(_DEL, entry)
+        return self._fan_out(_DEL, entry, encoded_pe(entry))
 
-    def _fan_out(self, action: int, entry: PoolElementEntry) -> list:
-        pe_bytes = encoded_pe(entry)
-        links = list(self.peers.active())
-        if pe_bytes is None or not links:
+    def _fan_out(self, action: int, entry: PoolElementEntry, pe_bytes: bytes | None) -> list:
+        """One ENRP_HANDLE_UPDATE, encoded once, the same bytes to every peer."""
+        links = self.peers.active()
+        if not links or pe_bytes is None:
             return []
-        parts = [encode_pool_handle(entry.pool_handle), pe_bytes]
+        handle = entry.pool_handle
         identity = entry.identity if action == _ADD else None
-        if identity is not None:
-            parts.append(encode_identity(identity))
-        data = frame_message(codes.ENRP_HANDLE_UPDATE, 0,
-                             _ids(self.server_id, 0) + action.to_bytes(2, "big") + b"\0\0", parts)
-        message = _make_update(self.server_id, 0, action, entry.pool_handle, entry.payload, identity)
+        encoded = self._encoded
+        handle_bytes = encoded.get(handle)
+        if handle_bytes is None:
+            handle_bytes = self._keep_encoded(handle, encode_pool_handle(handle))
+        if identity is None:
+            parts = [handle_bytes, pe_bytes]
+        else:
+            identity_bytes = encoded.get(identity)
+            if identity_bytes is None:
+                identity_bytes = self._keep_encoded(identity, encode_identity(identity))
+            parts = [handle_bytes, pe_bytes, identity_bytes]
+        data = frame_message(codes.ENRP_HANDLE_UPDATE, 0, self._update_fixed[action], parts)
+        message = _make_update(self.server_id, 0, action, handle, entry.payload, identity)
         self.stats["updates_sent"] += len(links)
-        return [Send(link, message, data) for link in links]
+        return [_make_send(link, message, data) for link in links]
+
+    def _keep_encoded(self, key: Any, data: bytes) -> bytes:
+        """Pool Handle and PE Identity parameters, by handle and identity (bounded)."""
+        if len(self._encoded) >= 4096:
+            self._encoded.clear()
+        self._encoded[key] = data
+        return data
 
     def _removed_by_peer(self, entry: PoolElementEntry, why: str) -> None:
         self._announced.pop((entry.pool_handle, entry.pe_id), None)

@@ -16,7 +16,7 @@ Pure: no Twisted, no clock.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 __all__ = ["PeerLink", "PeerRecord", "PeerTable", "BindRefused"]
 
@@ -82,12 +82,11 @@ class PeerTable:
     def add_link(self, link: PeerLink) -> None:
         self.links.add(link)
 
-    def active(self) -> Iterator[PeerLink]:
+    def active(self) -> list[PeerLink]:
         """Bound links, in server-ID order (a deterministic fan-out)."""
-        for server_id in sorted(self.records):
-            link = self.records[server_id].link
-            if link is not None and not link.closed:
-                yield link
+        records = self.records
+        return [link for link in [records[sid].link for sid in sorted(records)]
+                if link is not None and not link.closed]
 
     def link_of(self, server_id: int) -> PeerLink | None:
         record = self.records.get(server_id)

@@ -204,7 +204,7 @@ def apply_page(applier: UpdateApplier, fetch: Fetch, message: EnrpHandleTableRes
                     if homes is not None:
                         applier.add_from_mentor(sender, homes, handle, pe, identity, now)
                     else:
-                        applier.add(sender, handle, pe, identity, now)
+                        applier.add(sender, handle, pe, identity, now, keep_unchanged=True)
                 except Refused as exc:
                     refused(exc)
                     if exc.cause == _LACK_OF_RESOURCES:

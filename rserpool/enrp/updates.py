@@ -24,14 +24,15 @@ The PE identity (the rserpool extension parameter, docs/enrp.md) goes to
 another identity (cause 0xa): threat 2.3 holds across registrars.
 
 Learned PEs get no registration deadline here: their home expires them and
-announces it (``Handlespace.cancel_expiry``).
+announces it (``Handlespace.register(..., deadline=False)``).
 
 Two shortcuts for table pages, each with the result of the rules above:
 ``add_batch`` takes a run of new PEs of one home in one pool at once
 (``Handlespace.insert_new``, all or nothing) when none of the rules or
 limits would refuse one of them, else it changes nothing and the caller
-takes them one by one; ``add`` of a copy that is already exactly what the
-sender says (a re-synchronization of an unchanged table) changes nothing.
+takes them one by one; ``add(..., keep_unchanged=True)`` of a copy that is
+already exactly what the sender says (a re-synchronization of an unchanged
+table) changes nothing.
 
 Pure: no Twisted, no clock.
 """
@@ -84,8 +85,11 @@ class UpdateApplier:
     # -- additions -----------------------------------------------------------------------
 
     def add(self, sender: int, pool_handle: bytes, pe: PoolElement, identity: str | None,
-            now: float) -> PoolElementEntry:
-        """ADD_PE from ``sender`` about its own PE (or its table entry)."""
+            now: float, keep_unchanged: bool = False) -> PoolElementEntry:
+        """ADD_PE from ``sender`` about its own PE (or its table entry).
+        ``keep_unchanged`` (a table entry, which repeats what the sender sent
+        before more often than not): a copy that is already exactly that is
+        left as it is."""
         if pe.home_server_id != sender:
             self._refuse(_SECURITY, f"PE {pe.pe_id:08x} names home {pe.home_server_id:08x}, not the sender")
         key = (pool_handle, pe.pe_id)
@@ -96,8 +100,8 @@ class UpdateApplier:
                     self._refuse(_SECURITY, f"PE {pe.pe_id:08x} is homed at this registrar")
                 if key not in self.provisional:
                     self._refuse(_SECURITY, f"PE {pe.pe_id:08x} is homed at {existing.home_server_id:08x}")
-            elif ((identity is None or identity == existing.identity) and key not in self.provisional
-                  and (existing.payload is pe or existing.payload == pe)):
+            elif (keep_unchanged and (identity is None or identity == existing.identity)
+                  and key not in self.provisional and (existing.payload is pe or existing.payload == pe)):
                 return existing  # the sender's word is what we hold: register would change nothing
         entry = self._store(sender, pool_handle, pe, identity, existing, now)
         self.provisional.discard(key)
@@ -183,13 +187,12 @@ class UpdateApplier:
                 home_server_id=home,
                 identity=identity,
                 payload=pe,
+                deadline=False,
             )
         except HandlespaceError as exc:
             self._refuse(exc.cause, f"PE {pe.pe_id:08x}: {exc.detail}")
-        entry = result.entry
-        handlespace.cancel_expiry(entry)
         self.stats["applied"] += 1
-        return entry
+        return result.entry
 
     # -- removals ------------------------------------------------------------------------
 

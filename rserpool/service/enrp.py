@@ -47,7 +47,7 @@ from rserpool.security.tls import NotTLSError, peer_certificate
 from rserpool.service.channel import Channel, ChannelSettings, address_text
 from rserpool.service.enrp_discovery import PeerConnector, PresenceReceiver
 from rserpool.service.tlsfactory import TLSServerFactory
-from rserpool.wire import EnrpError, Limits, OperationError, WireError
+from rserpool.wire import EnrpError, EnrpHandleUpdate, Limits, OperationError, WireError
 from rserpool.wire.codes import CAUSE_SECURITY
 
 __all__ = ["EnrpService", "PEER_IDENTITY_POLICY", "certificate_name"]
@@ -377,7 +377,10 @@ class EnrpService(MultiService):
         if link is None:
             self._not_admitted(channel, now)
             return
-        self._carry_out(self.core.message_received(link, message, now))
+        outputs = self.core.message_received(link, message, now)
+        # A peer's update that was applied (no answer) moves no ENRP timer
+        # earlier: the timer need not be looked at again for each of them.
+        self._carry_out(outputs, rearm=bool(outputs) or type(message) is not EnrpHandleUpdate)
 
     def wire_error(self, channel: Channel, ppid: int, error: WireError, now: float) -> None:
         link = channel.session
@@ -427,10 +430,11 @@ class EnrpService(MultiService):
     def local_change(self, output: Any) -> None:
         """``RegistrarService.change_listeners`` hook."""
         kind = type(output)
+        # Only the updates to send come back, which move no timer.
         if kind is PoolElementAdded:
-            self._carry_out(self.core.pe_added(output.entry))
+            self._carry_out(self.core.pe_added(output.entry), rearm=False)
         elif kind is PoolElementRemoved:
-            self._carry_out(self.core.pe_removed(output.entry))
+            self._carry_out(self.core.pe_removed(output.entry), rearm=False)
 
     # -- discovery hints ------------------------------------------------------------------
 
@@ -441,7 +445,10 @@ class EnrpService(MultiService):
 
     # -- carrying out ---------------------------------------------------------------------
 
-    def _carry_out(self, outputs: list) -> None:
+    def _carry_out(self, outputs: list, rearm: bool = True) -> None:
+        """Carry out the core's ``outputs``; then look at the timer again
+        (``rearm``: unless the caller knows no deadline moved earlier) and
+        tell the watchers."""
         for output in outputs:
             kind = type(output)
             if kind is Send:
@@ -477,9 +484,11 @@ class EnrpService(MultiService):
                 _log.info("ENRP initialized ({how}); {n} PEs in the handlespace",
                           how="alone" if output.mentor is None else f"mentor {output.mentor:08x}",
                           n=output.pes)
-        self._arm_timer()
-        for watcher in list(self.watchers):
-            watcher()
+        if rearm:
+            self._arm_timer()
+        if self.watchers:
+            for watcher in list(self.watchers):
+                watcher()
 
     def _apply_page(self, link: Any) -> None:
         if not link.closed:

@@ -18,7 +18,7 @@ from rserpool.wire.tlv import (
     DECODERS, HDR, U16, U32, Ctx, frame, invalid, last_padding, malformed, nest, walk,
 )
 from rserpool.wire.transports import (
-    _MK_TCP, DccpTransport, OpaqueTransport, SctpTransport, TcpTransport, Transport, TRANSPORT_TYPES,
+    _MK_TCP, IPv4Address, DccpTransport, OpaqueTransport, SctpTransport, TcpTransport, Transport, TRANSPORT_TYPES,
     UdpLiteTransport, UdpTransport, _address,
 )
 
@@ -34,6 +34,8 @@ _PE_HDR = struct.Struct("!HHIIi")
 _PE_ID = struct.Struct("!HHI")
 # A PE's fixed fields, a TCP transport with one IPv4 address and the policy's header and type.
 _PE_TCP4 = struct.Struct("!IIiHHHHHH4sHHI")
+# The same with the PE's header, up to the policy (encoding).
+_PE_TCP4_HEAD = struct.Struct("!HHIIiHHHHHH4s")
 _CHECKSUM = struct.Struct("!HHHH")
 _SERVER = struct.Struct("!I")
 _TRANSPORT_CLASSES = (SctpTransport, TcpTransport, UdpTransport, UdpLiteTransport,
@@ -187,7 +189,17 @@ class PoolElement:
             raise ValueError("the ASAP transport must be an SctpTransport")
 
     def encode(self) -> bytes:
-        parts = [self.user_transport.encode(), self.policy.encode()]
+        transport = self.user_transport
+        if type(transport) is TcpTransport and self.asap_transport is None:
+            address = transport.address
+            if type(address) is IPv4Address:  # the common case, in one pack
+                policy = self.policy.encode()
+                n = 32 + len(policy) - (-((policy[2] << 8) | policy[3]) & 3)
+                if n <= 0xFFFF:
+                    return _PE_TCP4_HEAD.pack(10, n, self.pe_id, self.home_server_id, self.registration_life,
+                                              5, 16, transport.port, transport.transport_use, 1, 8,
+                                              address.packed) + policy
+        parts = [transport.encode(), self.policy.encode()]
         if self.asap_transport is not None:
             parts.append(self.asap_transport.encode())
         body = b"".join(parts)
