@@ -18,7 +18,8 @@ from twisted.trial import unittest
 
 from rserpool.security import tls
 from rserpool.wire import (
-    AsapDeregistration, AsapError, AsapHandleResolution, AsapRegistration, EnrpError, EnrpPresence,
+    AsapDeregistration, AsapError, AsapHandleResolution, AsapRegistration, EnrpError, EnrpHandleUpdate,
+    EnrpPresence,
 )
 from rserpool.wire.codes import CAUSE_SECURITY, CAUSE_UNRECOGNIZED_MESSAGE
 from rserpool.service.channel import Channel, ChannelSettings
@@ -229,3 +230,75 @@ class EnrpOverTLS(unittest.TestCase):
         self.assertIsInstance(reply, EnrpError)
         self.assertEqual(reply.error.causes[0].code, CAUSE_UNRECOGNIZED_MESSAGE)
         self.assertEqual(node.enrp.core.peers.records, {})
+
+
+class UpdatesWithoutTimerWork(unittest.TestCase):
+    """The shell around updates, on a task.Clock with in-memory channels:
+    local changes and peers' applied updates reach the channels and the
+    watchers without the timer being looked at again (they move no ENRP
+    deadline); a refused update, which is answered, is looked at."""
+
+    def setUp(self):
+        from ipaddress import IPv4Address
+
+        from twisted.internet.task import Clock
+        from twisted.internet.testing import StringTransport
+
+        from rserpool.enrp import EnrpSettings
+        from rserpool.gate import Gate, GatePolicy
+        from rserpool.handlespace import Handlespace
+        from rserpool.service.enrp import EnrpService
+        from rserpool.wire import LeastUsedPolicy, PoolElement, TcpTransport
+
+        self.clock = Clock()
+        self.clock.advance(1000)
+        self.hs = Handlespace()
+        self.service = EnrpService(EnrpSettings(0xA), reactor=self.clock, handlespace=self.hs, listen=[],
+                                   server_tls=object(), client_tls=lambda name: None, gate=Gate(GatePolicy()),
+                                   authorizer=None)
+        self.service.running = True
+        self.service.core.start(self.clock.seconds(), False)
+        self.channels = []
+        for peer in (0xB, 0xC):
+            channel = Channel(self.service, self.clock, self.service.channel_settings, initiator=True)
+            channel.admission = None  # not through the gate here: the core is fed directly
+            channel.handshakeCompleted = lambda: None
+            transport = StringTransport()
+            channel.makeConnection(transport)
+            link, _ = self.service.core.link_up(channel, f"registrar-{peer:x}", "127.0.0.1", True,
+                                                self.clock.seconds())
+            channel.session = link
+            self.service.core.message_received(link, EnrpPresence(peer, 0, 0xFFFF), self.clock.seconds())
+            transport.clear()
+            self.channels.append((channel, transport))
+        self.looked = []
+        next_deadline = self.service.core.next_deadline
+        self.service.core.next_deadline = lambda: self.looked.append(1) or next_deadline()
+        self.watched = []
+        self.service.watchers.append(lambda: self.watched.append(1))
+        self.pe = lambda pe_id, home: PoolElement(pe_id, home, 30, TcpTransport(7, IPv4Address("127.0.0.1")),
+                                                  LeastUsedPolicy(pe_id))
+
+    def test_a_local_change_goes_to_every_peer(self):
+        from rserpool.asap.registrar import PoolElementAdded, policy_settings
+
+        pe = self.pe(0x11, 0xA)
+        entry = self.hs.register(self.clock.seconds(), pool_handle=b"echo", pe_id=0x11,
+                                 settings=policy_settings(pe.policy), transport_type=5, transport_use=0,
+                                 registration_life=30, home_server_id=0xA, identity="pe1", payload=pe).entry
+        self.service.local_change(PoolElementAdded(entry, True))
+        sent = [transport.value() for _, transport in self.channels]
+        self.assertTrue(all(sent) and sent[0] == sent[1])  # the same bytes to both
+        self.assertIn(pe.encode(), sent[0])
+        self.assertEqual((self.looked, self.watched), ([], [1]))
+
+    def test_an_applied_update_needs_no_timer_work_and_a_refused_one_does(self):
+        channel, transport = self.channels[0]
+        self.service.message_received(channel, EnrpHandleUpdate(0xB, 0, 0, b"echo", self.pe(0x22, 0xB)),
+                                      self.clock.seconds())
+        self.assertEqual(self.hs.get(b"echo", 0x22).home_server_id, 0xB)
+        self.assertEqual((self.looked, self.watched, transport.value()), ([], [1], b""))
+        self.service.message_received(channel, EnrpHandleUpdate(0xB, 0, 0, b"echo", self.pe(0x33, 0xC)),
+                                      self.clock.seconds())  # not its PE: refused and answered
+        self.assertIsNone(self.hs.get(b"echo", 0x33))
+        self.assertTrue(transport.value() and self.looked)
