@@ -170,7 +170,7 @@ def serve(spec_path: str) -> int:
     # failure budgets must not throttle concurrent successful exchanges.
     many = AttemptLimit(capacity=1_000_000, refill_interval=0.001)
     policy = GatePolicy(registration_rate=unlimited, registration_rate_per_address=unlimited,
-                        resolution_rate=unlimited, attempts_per_identity=many, attempts_per_address=many,
+                        resolution_rate=unlimited, attempts_per_identity_and_address=many, attempts_per_address=many,
                         max_connections=100_000, max_connections_per_address=100_000)
     options = tls.server_options(spec["cert"], spec["key"], [spec["ca"]], require_client_cert=False,
                                  session_tickets=spec["tickets"], session_cache=spec["tickets"])

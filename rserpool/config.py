@@ -66,6 +66,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _ipv6_prefix(text: str) -> int:
+    value = int(text, 0)
+    if not 1 <= value <= 128:
+        raise ValueError("must be 1-128")
+    return value
+
+
 def _non_negative_float(text: str) -> float:
     value = float(text)
     if value < 0:
@@ -144,14 +151,25 @@ SCHEMA: dict[str, dict[str, Option]] = {
     "asap": {
         "keepalive_interval": _S(_positive_float, "5.0", "seconds between ENDPOINT_KEEP_ALIVE to each PE (with jitter)"),
         "keepalive_timeout": _S(_positive_float, "5.0", "seconds to wait for ENDPOINT_KEEP_ALIVE_ACK before removing the PE"),
-        "max_bad_pe_reports": _S(_positive_int, "3", "ENDPOINT_UNREACHABLE reports that remove a PE (MAX-BAD-PE-REPORT)"),
-        "unreachable_removal_needs_failed_probe": _S(_bool, "no", "reports alone never remove a PE: only a probe "
-                                                                  "keep-alive it leaves unanswered does (RFC 5355 2.13)"),
+        "max_bad_pe_reports": _S(_positive_int, "3", "distinct reporters whose ENDPOINT_UNREACHABLE reports remove a "
+                                                     "PE (MAX-BAD-PE-REPORT) when unreachable_removal_needs_failed_probe "
+                                                     "= no"),
+        "unreachable_removal_needs_failed_probe": _S(_bool, "yes", "reports alone never remove a PE: a report probes "
+                                                                   "it (at most once per keepalive_interval) and only "
+                                                                   "a probe it leaves unanswered removes it (RFC 5355 "
+                                                                   "2.13); no (INSECURE): max_bad_pe_reports anonymous "
+                                                                   "reporters remove a healthy PE"),
         "max_resolution_items": _S(_positive_int, "3", "PEs returned per handle resolution unless the pool holds fewer"),
         "max_registration_life": _S(_positive_int, "3600", "upper bound on a PE's registration life in seconds"),
         "heartbeat_interval": _S(_positive_float, "10.0", "seconds between TCP-mapping HEARTBEATs on an idle channel"),
         "heartbeat_timeout": _S(_positive_float, "20.0", "seconds without any data before a channel is closed as dead"),
         "max_message_size": _S(_positive_int, "65535", "largest ASAP message accepted"),
+        "chunk_timeout": _S(_positive_float, "10.0", "seconds within which a TCP-mapping chunk that has "
+                                                     "started to arrive must be complete"),
+        "handshake_timeout": _S(_positive_float, "10.0", "seconds within which a client must finish the "
+                                                         "TLS handshake"),
+        "first_message_timeout": _S(_positive_float, "10.0", "seconds within which a client must send its "
+                                                             "first message after the handshake"),
     },
     "announce": {
         "targets": _S(_list, "", "host:port UDP unicast targets of ASAP SERVER_ANNOUNCE (one per line)"),
@@ -164,7 +182,13 @@ SCHEMA: dict[str, dict[str, Option]] = {
         "max_pes_per_pool": _S(_positive_int, "100000", "PEs in one pool"),
         "max_pes_per_identity": _S(_positive_int, "1000", "PEs registered by one authenticated identity"),
         "max_connections": _S(_positive_int, "10000", "simultaneous ASAP connections"),
-        "max_connections_per_address": _S(_positive_int, "256", "simultaneous ASAP connections from one IP address"),
+        "max_connections_per_address": _S(_positive_int, "256", "simultaneous ASAP connections from one IP "
+                                                                "address (IPv6: one prefix, ipv6_prefix_length)"),
+        "ipv6_prefix_length": _S(_ipv6_prefix, "64", "IPv6 addresses in one prefix of this length count as one "
+                                                     "address for max_connections_per_address"),
+        "evict_idle_after": _S(_positive_float, "5.0", "seconds without a message after which an anonymous "
+                                                       "channel with no PE may be dropped to make room for a "
+                                                       "new connection when a connection limit is reached"),
     },
     "security": {
         "allow_unauthenticated": _S(_bool, "no", "INSECURE: accept registrations from unauthenticated PEs"),
@@ -304,7 +328,10 @@ def _parse_value(section: str, key: str, raw: str, base: str | None, source: str
     try:
         value = option.parse(raw)
     except ValueError as exc:
-        raise ConfigError(f"{source}: [{section}] {key} = {raw!r}: {exc}") from None
+        why = str(exc)
+        if why.startswith(("invalid literal for int()", "could not convert string to float")):
+            why = "not a number"
+        raise ConfigError(f"{source}: [{section}] {key} = {raw!r}: {why}") from None
     if option.path and base is not None:
         if isinstance(value, tuple):
             value = tuple(os.path.normpath(os.path.join(base, v)) for v in value)
@@ -314,7 +341,8 @@ def _parse_value(section: str, key: str, raw: str, base: str | None, source: str
 
 
 def load_config(path: str | None = None, text: str | None = None) -> Config:
-    """Parse ``path`` (or ``text``) against ``SCHEMA``; missing keys take defaults."""
+    """Parse ``path`` (or ``text``) against ``SCHEMA``; missing keys take defaults.
+    ConfigError lists every problem of the file, one per line."""
     parser = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=("#", ";"))
     parser.optionxform = str  # keys are case-sensitive
     source = path or "<text>"
@@ -325,9 +353,13 @@ def load_config(path: str | None = None, text: str | None = None) -> Config:
                 parser.read_file(handle, source=path)
         elif text is not None:
             parser.read_string(text, source=source)
-    except (OSError, configparser.Error) as exc:
-        raise ConfigError(f"{source}: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"{source}: cannot read the configuration file: "
+                          f"{(exc.strerror or str(exc)).lower()}") from None
+    except configparser.Error as exc:
+        raise ConfigError(f"{source}: {' '.join(str(exc).split())}") from None
     plugin_options: dict[tuple[str, str], dict[str, str]] = {}
+    problems: list[str] = []
     for section in parser.sections():
         kind, colon, name = section.partition(":")
         if not colon and section in FREEFORM_SECTIONS:
@@ -341,12 +373,13 @@ def load_config(path: str | None = None, text: str | None = None) -> Config:
             plugin_options[(kind, name)] = options
             continue
         if section not in SCHEMA:
-            raise ConfigError(f"{source}: unknown section [{section}] (known: {', '.join(SCHEMA)}, "
-                              f"and [<kind>:<plugin>] with kind one of {', '.join(PLUGIN_SECTION_KINDS)})")
+            problems.append(f"{source}: unknown section [{section}] (known: {', '.join(SCHEMA)}, "
+                            f"and [<kind>:<plugin>] with kind one of {', '.join(PLUGIN_SECTION_KINDS)})")
+            continue
         for key in parser[section]:
             if key not in SCHEMA[section]:
-                raise ConfigError(f"{source}: unknown key {key!r} in [{section}] "
-                                  f"(known: {', '.join(SCHEMA[section])})")
+                problems.append(f"{source}: unknown key {key!r} in [{section}] "
+                                f"(known: {', '.join(SCHEMA[section])})")
     values: dict[str, dict[str, Any]] = {}
     for section, options in SCHEMA.items():
         values[section] = {}
@@ -355,7 +388,13 @@ def load_config(path: str | None = None, text: str | None = None) -> Config:
                 raw, where = parser.get(section, key), base
             else:
                 raw, where = option.default, base
-            values[section][key] = _parse_value(section, key, raw, where, source)
+            try:
+                values[section][key] = _parse_value(section, key, raw, where, source)
+            except ConfigError as exc:
+                problems.append(str(exc))
+    if problems:
+        # Every problem of the file, one line each.
+        raise ConfigError("\n".join(problems))
     return Config(values, source, plugin_options)
 
 

@@ -11,7 +11,8 @@ differently and only a refusal may count as a failed attempt of the peer.
 
 from __future__ import annotations
 
-__all__ = ["BackendUnavailable", "PluginError", "PluginNotFound", "UnsafePluginDirectory"]
+__all__ = ["BackendUnavailable", "PluginError", "PluginNotFound", "UnsafePluginDirectory", "StartupError",
+           "describe_listen_error"]
 
 
 class BackendUnavailable(Exception):
@@ -41,3 +42,30 @@ class PluginNotFound(PluginError, LookupError):
 
 class UnsafePluginDirectory(PluginError):
     """A site plugin directory (or a file in it) could be changed by others."""
+
+
+class StartupError(Exception):
+    """The registrar cannot start; ``lines`` say why, one problem each
+    (rserpool.startup, rserpool.logs.LoggingRoot)."""
+
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__("; ".join(lines))
+        self.lines = lines
+
+
+def describe_listen_error(error: BaseException) -> str:
+    """Why an endpoint could not listen, in one line."""
+    import errno as errnos
+
+    from twisted.internet.error import CannotListenError
+
+    if isinstance(error, CannotListenError):
+        socket_error = error.socketError
+        code = getattr(socket_error, "errno", None)
+        reasons = {errnos.EADDRINUSE: "address already in use (another process listens there)",
+                   errnos.EADDRNOTAVAIL: f"this host has no address {error.interface}",
+                   errnos.EACCES: "permission denied (ports below 1024 need privileges)"}
+        reason = reasons.get(code, getattr(socket_error, "strerror", None) or str(socket_error))
+        where = f"{error.interface}:{error.port}" if error.interface else f"port {error.port}"
+        return f"cannot listen on {where}: {reason}"
+    return f"cannot listen: {error}"

@@ -78,9 +78,11 @@ class IPoolAuthorizer(Interface):
         :param groups: ``frozenset[str]`` of the identity's groups.
         :param action: one of :data:`ACTIONS`: ``register``, ``deregister``,
             ``resolve`` (a PU resolving the handle), ``peer`` (an ENRP peer
-            acting as a registrar of this cluster) or ``admin`` (the
-            operators' endpoint); ``pool_handle`` is ``b""`` for the last
-            two.  An action the authorizer does not know is refused.
+            acting as a registrar of this cluster), ``admin`` (the
+            operators' endpoint; ``pool_handle`` is ``b""`` for these two)
+            or ``opaque-transport`` (register a PE whose user transport is
+            an Opaque Transport, asked after ``register``).  An action the
+            authorizer does not know is refused.
         :param pool_handle: the pool handle (``bytes``).
         :return: ``bool`` or a Deferred firing with one.  ``False`` is a
             refusal; a failure (:class:`~rserpool.errors.BackendUnavailable`)

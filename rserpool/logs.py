@@ -20,17 +20,19 @@ from __future__ import annotations
 
 import re
 import sys
-from typing import Any, TextIO
+from contextlib import contextmanager
+from typing import Any, Iterator, TextIO
 
 from twisted.application.service import MultiService, Service
 from twisted.logger import (
     FilteringLogObserver, ILogFilterPredicate, ILogObserver, LogLevel, Logger, PredicateResult,
     textFileLogObserver,
 )
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 __all__ = ["LEVELS", "DEFAULT_LEVEL", "parse_level", "QuietPredicate", "quiet_observer",
-           "LoggingRoot", "start_tool_logging"]
+           "LoggingRoot", "start_tool_logging", "muted", "MUTED"]
 
 _log = Logger()
 
@@ -47,6 +49,28 @@ _NOISY_FORMATS = frozenset({
 })
 _NOISY_LEGACY = re.compile(r"^(?:\S.* starting on \d+|\(\S+ Port \d+ Closed\)"
                            r"|(?:Starting|Stopping) (?:factory|protocol) .*)$")
+
+
+#: Marks events logged inside ``muted()``: no observer of ours shows them.
+MUTED = "rserpool_muted"
+
+
+@contextmanager
+def muted() -> Iterator[None]:
+    """Log events emitted inside are marked and dropped by ``QuietPredicate``
+    (the registrar built only to be checked, ``rserpool.startup``, must not
+    log as if it were running).  The mark is set when the event is emitted,
+    so events Twisted buffers until logging starts are dropped too."""
+    from twisted.logger import globalLogPublisher
+
+    def mark(event: dict[str, Any]) -> None:
+        event[MUTED] = True
+
+    globalLogPublisher.addObserver(mark)
+    try:
+        yield
+    finally:
+        globalLogPublisher.removeObserver(mark)
 
 
 def parse_level(text: str) -> LogLevel:
@@ -80,6 +104,8 @@ class QuietPredicate:
         self._minimum = _ORDER[level]
 
     def __call__(self, event: dict[str, Any]) -> PredicateResult:
+        if event.get(MUTED):
+            return PredicateResult.no
         level = event.get("log_level", LogLevel.info)
         rank = _ORDER.get(level, 1)
         if rank == 1 and is_noise(event):
@@ -121,6 +147,67 @@ class LoggingRoot(MultiService):
         super().__init__()
         self.level = level
         self.twistd_options = twistd_options if twistd_options is not None else {}
+
+    def startService(self) -> None:
+        """Start the children; a child whose start has already failed (a
+        listening port that cannot be opened) ends twistd with one line:
+        exit status 1, the line on standard error in the foreground, and
+        through twistd's status pipe to the parent when daemonized."""
+        from twisted.internet import defer
+
+        Service.startService(self)
+        for child in self:
+            started = child.startService()
+            if not isinstance(started, defer.Deferred):
+                continue
+            outcome: list[Any] = []
+
+            def seen(result: Any, outcome: list[Any] = outcome) -> Any:
+                outcome.append(result)
+                return result
+
+            started.addBoth(seen)
+            if not outcome:
+                started.addErrback(self._late_start_failure, child)
+            elif isinstance(outcome[0], Failure):
+                started.addErrback(lambda _: None)  # reported here
+                self._start_failed(child, outcome[0])
+
+    def _start_failed(self, child: Any, failure: Failure) -> None:
+        from rserpool.errors import StartupError, describe_listen_error
+
+        if not failure.check(Exception):  # Ctrl-C before the reactor ran: not a start failure
+            failure.raiseException()
+
+        line = describe_listen_error(failure.value)
+        _log.critical("{service} cannot start: {why}", service=type(child).__name__, why=line)
+        if self.twistd_options.get("nodaemon"):
+            # twistd has redirected sys.stderr into the log by now.
+            stderr = sys.__stderr__ or sys.stderr
+            stderr.write(f"twistd rserpool-registrar: {line}\n")
+            stderr.flush()
+            raise SystemExit(1)
+        raise StartupError([line])
+
+    def _late_start_failure(self, failure: Failure, child: Any) -> None:
+        """A start that fails once the reactor runs: log it and stop with
+        exit status 1 rather than run without serving."""
+        import os
+
+        from twisted.internet import reactor
+
+        from rserpool.errors import describe_listen_error
+
+        _log.critical("{service} cannot start: {why}; stopping", service=type(child).__name__,
+                      why=describe_listen_error(failure.value))
+
+        def exit_failed() -> None:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(1)
+
+        reactor.addSystemEventTrigger("after", "shutdown", exit_failed)
+        reactor.stop()
 
     def stopService(self) -> Any:
         from twisted.internet import defer

@@ -203,7 +203,11 @@ def load_named(kind: str, name: str, options: Mapping[str, str] | None = None,
         else:
             provider = factory.build(dict(options or {}), reactor)
     except (ValueError, OSError) as exc:
-        raise PluginError(f"{kind} plugin {name!r}: {exc}") from exc
+        if isinstance(exc, OSError) and exc.filename and exc.strerror:
+            why = f"{exc.filename}: {exc.strerror}"  # not "[Errno 2] ...: '...'"
+        else:
+            why = str(exc)
+        raise PluginError(f"{kind} plugin {name!r}: {why}") from exc
     verify_provider(KIND_INTERFACES[kind], provider, f"{kind} plugin {name!r} built {provider!r}, which")
     if built is not None:
         built.append(provider)

@@ -57,28 +57,53 @@ class Options(usage.Options):
         self["announce"].append(target)
 
     def postOptions(self) -> None:
+        """Load the configuration and check everything that could stop the
+        registrar (rserpool.startup, with a trial bind of every listening
+        endpoint): a problem ends twistd here with one line each, before it
+        logs, daemonizes or binds anything, and exit status 1."""
         from rserpool.logs import parse_level
+        from rserpool.startup import check
 
+        problems: list[str] = []
         try:
             self.log_level = parse_level(self["log-level"])
         except ValueError as exc:
-            raise usage.UsageError(f"--log-level: {exc}") from None
+            problems.append(f"--log-level: {exc}")
+        if not self["config"]:
+            _fail(problems + ["--config FILE is required: the registrar's configuration (etc/registrar.ini "
+                              "is the annotated example; every key is in docs/configuration.md)"])
+        overrides = []
+        if self["listen"]:
+            overrides.append(("registrar", "asap_listen", "\n".join(self["listen"])))
+        if self["announce"]:
+            overrides.append(("announce", "targets", "\n".join(self["announce"])))
+        if self["server-id"]:
+            overrides.append(("registrar", "server_id", self["server-id"]))
+        if self["state-dir"]:
+            overrides.append(("registrar", "state_dir", str(Path(self["state-dir"]).absolute())))
+        if self["insecure-plaintext"]:
+            overrides.append(("tls", "enabled", "no"))
         try:
-            config = load_config(self["config"]) if self["config"] else load_config(text="")
-            overrides = []
-            if self["listen"]:
-                overrides.append(("registrar", "asap_listen", "\n".join(self["listen"])))
-            if self["announce"]:
-                overrides.append(("announce", "targets", "\n".join(self["announce"])))
-            if self["server-id"]:
-                overrides.append(("registrar", "server_id", self["server-id"]))
-            if self["state-dir"]:
-                overrides.append(("registrar", "state_dir", str(Path(self["state-dir"]).absolute())))
-            if self["insecure-plaintext"]:
-                overrides.append(("tls", "enabled", "no"))
-            self.config = config.with_overrides(overrides)
+            self.config = load_config(self["config"]).with_overrides(overrides)
         except ConfigError as exc:
-            raise usage.UsageError(str(exc)) from None
+            _fail(problems + str(exc).splitlines())
+        if self["demo"] and self.config["tls"]["certificate"]:
+            problems.append("--demo runs with the development PKI only: leave [tls] certificate empty")
+        if problems:
+            _fail(problems)
+        _fail(check(self.config, build=build_registrar, try_bind=True,
+                    from_command_line=frozenset((section, key) for section, key, _ in overrides)))
+
+
+def _fail(problems: list[str]) -> None:
+    """End twistd with one line per problem (none: carry on)."""
+    if problems:
+        import sys
+
+        for problem in problems:
+            sys.stderr.write(f"twistd rserpool-registrar: {problem}\n")
+        sys.stderr.flush()
+        raise SystemExit(1)
 
 
 def _target(text: str) -> tuple[str, int]:
@@ -89,8 +114,11 @@ def _target(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def build_registrar(config: Config, reactor: Any = None, *, demo: bool = False) -> Any:
-    """The RegistrarService described by ``config``."""
+def build_registrar(config: Config, reactor: Any = None, *, demo: bool = False,
+                    dev_pki_directory: Path | None = None) -> Any:
+    """The RegistrarService described by ``config``.  ``dev_pki_directory``
+    replaces ``state_dir/pki`` for the development PKI (``rserpool.startup``
+    builds a registrar only to check it, in a scratch directory)."""
     from rserpool.asap.registrar import RegistrarSettings
     from rserpool.gate import GatePolicy
     from rserpool.handlespace import HandlespaceLimits
@@ -112,7 +140,7 @@ def build_registrar(config: Config, reactor: Any = None, *, demo: bool = False) 
         cert, key, cas = tls_conf["certificate"], tls_conf["private_key"], tls_conf["ca_certificates"]
         crls, refresh = tls_conf["crls"], None
         if not cert:
-            paths = devpki.ensure_dev_pki(Path(registrar["state_dir"]) / "pki",
+            paths = devpki.ensure_dev_pki(dev_pki_directory or Path(registrar["state_dir"]) / "pki",
                                        server_names=(tls_conf["server_name"], "localhost", "127.0.0.1", "::1"))
             cert, key = str(paths.server_cert), str(paths.server_key)
             cas = cas or (str(paths.ca_cert),)
@@ -144,16 +172,20 @@ def build_registrar(config: Config, reactor: Any = None, *, demo: bool = False) 
         server_id=server_id,
         keepalive_interval=asap["keepalive_interval"],
         keepalive_timeout=asap["keepalive_timeout"],
-        max_bad_pe_reports=asap["max_bad_pe_reports"],
         max_resolution_items=asap["max_resolution_items"],
-        unreachable_removal_needs_failed_probe=asap["unreachable_removal_needs_failed_probe"],
     )
+    if not asap["unreachable_removal_needs_failed_probe"]:
+        _log.warn("INSECURE: [asap] unreachable_removal_needs_failed_probe = no: {n} ENDPOINT_UNREACHABLE "
+                  "reporters (anonymous pool users on {n} addresses) remove a PE that still answers its "
+                  "keep-alives (RFC 5355 2.13)", n=asap["max_bad_pe_reports"])
     gate_policy = GatePolicy(
         allow_insecure_channels=not tls_conf["enabled"],
         allow_unauthenticated=security["allow_unauthenticated"],
         authorize_resolution=security["authorize_resolution"],
         check_pe_addresses=security["check_pe_addresses"],
         unreachable_requires_identity=security["unreachable_requires_identity"],
+        unreachable_removal_needs_failed_probe=asap["unreachable_removal_needs_failed_probe"],
+        max_bad_pe_reports=asap["max_bad_pe_reports"],
         registration_rate=RateLimit(security["registration_rate"], 2 * security["registration_rate"]),
         registration_rate_per_address=RateLimit(security["registration_rate_per_address"],
                                                 2 * security["registration_rate_per_address"]),
@@ -161,6 +193,7 @@ def build_registrar(config: Config, reactor: Any = None, *, demo: bool = False) 
         unreachable_rate=RateLimit(security["unreachable_rate"], max(1.0, 10 * security["unreachable_rate"])),
         max_connections=limits["max_connections"],
         max_connections_per_address=limits["max_connections_per_address"],
+        ipv6_prefix=limits["ipv6_prefix_length"],
     )
     handlespace_limits = HandlespaceLimits(
         max_pools=limits["max_pools"],
@@ -172,6 +205,9 @@ def build_registrar(config: Config, reactor: Any = None, *, demo: bool = False) 
         heartbeat_interval=asap["heartbeat_interval"],
         dead_after=asap["heartbeat_timeout"],
         limits=Limits(max_message_size=asap["max_message_size"]),
+        chunk_timeout=asap["chunk_timeout"],
+        handshake_timeout=asap["handshake_timeout"],
+        first_message_timeout=asap["first_message_timeout"],
     )
     announce = config["announce"]
     multicast = _target(announce["multicast_group"]) if announce["multicast_group"] else None
@@ -191,6 +227,7 @@ def build_registrar(config: Config, reactor: Any = None, *, demo: bool = False) 
         announce_ttl=announce["multicast_ttl"],
         rng=random.SystemRandom(),
         revocation=revocation,
+        evict_idle_after=limits["evict_idle_after"],
     )
     if service.authenticator is not None:
         _log.info("PE authentication inside TLS: {mechanisms}",
@@ -205,7 +242,8 @@ def build_registrar(config: Config, reactor: Any = None, *, demo: bool = False) 
     if crl_monitor is not None:
         crl_monitor.setServiceParent(service)
     if config["admin"]["listen"]:
-        _admin_service(config, service, tls_files, dev_pki, reactor).setServiceParent(service)
+        _admin_service(config, service, tls_files, dev_pki, reactor,
+                       crls if tls_files else (), demo=demo).setServiceParent(service)
     if config["enrp"]["enabled"]:
         _enrp_service(config, service, tls_files, crls if tls_files else (), crl_monitor, reactor
                       ).setServiceParent(service)
@@ -283,8 +321,10 @@ def _enrp_service(config: Config, registrar: Any, tls_files: Any, crls: Any, crl
     return service
 
 
-def _admin_service(config: Config, registrar: Any, tls_files: Any, dev_pki: Any, reactor: Any) -> Any:
-    """The HTTPS admin endpoint of ``[admin]`` (docs/operations.md)."""
+def _admin_service(config: Config, registrar: Any, tls_files: Any, dev_pki: Any, reactor: Any,
+                   crls: Any = (), *, demo: bool = False) -> Any:
+    """The HTTPS admin endpoint of ``[admin]`` (docs/operations.md); ``crls``
+    are the registrar's (the development PKI's CRL by default)."""
     from rserpool.admin import AdminAccess, AdminService, AdminSettings, TokenError, load_token
     from rserpool.admin.access import certificate_identity_of
     from rserpool.security import tls
@@ -306,8 +346,10 @@ def _admin_service(config: Config, registrar: Any, tls_files: Any, dev_pki: Any,
         from rserpool.admin.devcert import ensure_admin_certificate
 
         issued = ensure_admin_certificate(dev_pki)
-        _log.warn("admin endpoint: DEVELOPMENT admin certificate {cert} (key {key}, browser bundle {p12})",
-                  cert=issued.cert, key=issued.key, p12=issued.p12)
+        # A warning, except with --demo, which runs on the development PKI only.
+        (_log.info if demo else _log.warn)(
+            "admin endpoint: DEVELOPMENT admin certificate {cert} (key {key}, browser bundle {p12})",
+            cert=issued.cert, key=issued.key, p12=issued.p12)
     try:
         settings = AdminSettings(
             max_connections=admin["max_connections"],
@@ -316,7 +358,7 @@ def _admin_service(config: Config, registrar: Any, tls_files: Any, dev_pki: Any,
             refresh=admin["refresh"], page_size=admin["page_size"])
     except ValueError as exc:
         raise ConfigError(f"[admin]: {exc}") from None
-    options = tls.server_options(cert, key, cas, require_client_cert=token is None, crls=tls_conf["crls"])
+    options = tls.server_options(cert, key, cas, require_client_cert=token is None, crls=crls)
     access = AdminAccess(authorizer=registrar.authorizer, identity_of=certificate_identity_of(registrar),
                          gate=_shared_gate(registrar), clock=reactor, token=token, token_scope=admin["token_scope"],
                          on_outage=lambda: registrar.events.outage("admin-authorizer"))
@@ -487,12 +529,18 @@ def _server_security(tls_conf: Any, cert: str, key: str, cas: Any, reactor: Any,
 
 
 def makeService(options: Options) -> IService:
+    from rserpool.errors import PluginError
     from rserpool.logs import LoggingRoot
 
     # The root service gives twistd's application the log observer, filtered
-    # at --log-level (rserpool.logs).
-    top = LoggingRoot(options.log_level, getattr(options, "parent", None))
-    registrar = build_registrar(options.config, demo=options["demo"])
+    # at --log-level (rserpool.logs), and turns a failed start into one line.
+    twistd_options = getattr(options, "parent", None)
+    top = LoggingRoot(options.log_level, twistd_options)
+    try:
+        registrar = build_registrar(options.config, demo=options["demo"])
+    except (ConfigError, PluginError, ValueError, OSError, LookupError) as exc:
+        # rserpool.startup.check built it already: only a file changed since.
+        _fail([" ".join((str(exc) or type(exc).__name__).split())])
     registrar.setServiceParent(top)
     if not options["demo"]:
         return top
@@ -500,7 +548,5 @@ def makeService(options: Options) -> IService:
 
     from rserpool.demo.showcase import DemoService
 
-    if options.config["tls"]["certificate"]:
-        raise usage.UsageError("--demo runs with the development PKI only (leave [tls] certificate empty)")
     DemoService(registrar, Path(options.config["registrar"]["state_dir"]) / "pki", reactor).setServiceParent(top)
     return top

@@ -10,6 +10,9 @@ to do, and ``pass_time(seconds)`` moves the clock in small steps with a
 ``run()`` after each.  Real TLS (pyOpenSSL memory BIOs) runs over it
 unchanged, with no socket and no wall clock.
 
+A client's ``bindAddress`` host is its source address (default
+127.0.0.1), so that tests can play clients from several addresses.
+
 ``Link.hang_server()`` makes the accepting side stop reading (a process
 that hangs with its connection open); ``Link.break_()`` drops a connection
 as a reset would.
@@ -220,13 +223,15 @@ class MemoryNetwork(MemoryReactorClock):
         connector = _Connector(IPv4Address("TCP", host, port))
         factory.doStart()
         factory.startedConnecting(connector)
-        self.callLater(0, self._complete, host, port, factory, connector)
+        source = bindAddress[0] if bindAddress and bindAddress[0] else "127.0.0.1"
+        self.callLater(0, self._complete, host, port, factory, connector, source)
         return connector
 
-    def _complete(self, host: str, port: int, factory: Any, connector: _Connector) -> None:
+    def _complete(self, host: str, port: int, factory: Any, connector: _Connector,
+                  source: str = "127.0.0.1") -> None:
         listener = self.listening.get((host, port))
         server_address = IPv4Address("TCP", host, port)
-        client_address = IPv4Address("TCP", "127.0.0.1", self._port_number())
+        client_address = IPv4Address("TCP", source, self._port_number())
         server = listener.factory.buildProtocol(client_address) if listener else None
         if server is None:
             self.refused.append((host, port))

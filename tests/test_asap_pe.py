@@ -268,6 +268,27 @@ def test_keepalive_bucket_refills_with_now():
     assert pe.keepalives_dropped == 12 + 1 + 1 + 1 + 12
 
 
+def test_the_home_registrars_spaced_keepalives_are_always_answered():
+    # RFC 5355 2.13/2.14 together: whatever the bucket says, a keep-alive on
+    # the home channel a spacing after the last one processed there is
+    # answered, so the home registrar's probes never fail for the limiter.
+    pe = registered(make(settings=PeSettings(keepalive_rate=0.01, keepalive_burst=1)))
+    assert pe.home is A
+    assert len(sent(flood(pe, A, 10, 1.0))) == 1  # the burst; the flood is dropped
+    for step in range(1, 200):  # then one a second: every one answered
+        assert sent(pe.message_received(A, AsapEndpointKeepAlive(1, H), 1.0 + step))
+    # A flood from the home still gets at most one more answer per spacing.
+    assert len(sent(flood(pe, A, 1000, 201.0))) == 1
+    assert not sent(pe.message_received(A, AsapEndpointKeepAlive(1, H), 201.5))
+    assert sent(pe.message_received(A, AsapEndpointKeepAlive(1, H), 202.0))
+    # Another registrar's channel has only its bucket.
+    assert len(sent(flood(pe, B, 10, 203.0))) == 1
+    assert not sent(pe.message_received(B, AsapEndpointKeepAlive(2, H), 205.0))
+    for bad in (0, -1, float("nan"), float("inf"), True, None):
+        with pytest.raises(ValueError, match="home_keepalive_spacing"):
+            PeSettings(home_keepalive_spacing=bad)
+
+
 def test_normal_rate_is_answered_under_the_default_limit():
     pe = registered(make())
     # Every 0.25 s (4/s, close to the 5/s rate) for 10 minutes: all answered.

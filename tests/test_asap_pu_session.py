@@ -298,3 +298,17 @@ def test_random_event_sequences_keep_the_invariants(events):
         assert s.attempts <= 3
         if s.state is PuState.FAILED:
             assert s.queued == 0
+
+
+def test_give_up_says_why_the_last_attempt_failed():
+    s = PuSession(POOL, PuSessionSettings(max_attempts=2))
+    assert s.start(0.0) == [Select(0.0)]
+    s.selection_failed("unknown pool handle echo", 0.0)
+    s.pe_selected(A, 1.0)
+    out = s.connection_lost(1.1, "connection refused (nothing listens there)")
+    assert out[-1] == GiveUp(f"connection failed after 2 attempts (last: PE {A.pe_id:08x}: "
+                             "connection refused (nothing listens there))", 0)
+    s = PuSession(POOL, PuSessionSettings(max_attempts=1))
+    s.start(0.0)
+    assert s.selection_failed("unknown pool handle echo", 0.0)[-1] == GiveUp(
+        "connection failed after 1 attempts (last: unknown pool handle echo)", 0)

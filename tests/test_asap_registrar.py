@@ -226,8 +226,10 @@ def test_expiry_sends_deregistration_response(core, pe_session):
     assert len(core.handlespace) == 0
 
 
-def test_unreachable_probe_then_distinct_reporters_remove():
-    core = make_core(max_bad_pe_reports=3)
+def test_distinct_reporters_remove_only_when_configured():
+    # RFC 5352's rule (INSECURE, RFC 5355 2.13): MAX-BAD-PE-REPORT distinct
+    # reporters remove the PE even though it answered its probe.
+    core = make_core(max_bad_pe_reports=3, unreachable_removal_needs_failed_probe=False)
     pe = open_session(core, "127.0.0.1", secure=True, identity="pe1")
     register(core, pe, 1)
     pus = [open_session(core, f"127.0.0.{i}", secure=True, identity=None) for i in (2, 3, 4)]
@@ -241,33 +243,69 @@ def test_unreachable_probe_then_distinct_reporters_remove():
     assert any(type(o) is PoolElementRemoved for o in out)
 
 
-def test_reports_need_a_failed_probe_when_configured():
-    # RFC 5355 2.13 hardening: three distinct reporters do not remove a PE
-    # that answers its probe; one that leaves the probe unanswered goes.
-    core = make_core(max_bad_pe_reports=3, unreachable_removal_needs_failed_probe=True)
+def test_reports_never_remove_a_pe_that_answers_its_probe():
+    # The default (RFC 5355 2.13): distinct reporters do not remove a PE that
+    # answers its probe; one that leaves the probe unanswered goes.
+    core = make_core()
+    assert core.gate.policy.unreachable_removal_needs_failed_probe
     pe = open_session(core, "127.0.0.1", secure=True, identity="pe1")
     register(core, pe, 1)
+    interval = core.settings.keepalive_interval
     pus = [open_session(core, f"127.0.0.{i}", secure=True, identity=None) for i in (2, 3, 4, 5)]
     now = 1.0
+    probes = 0
     for pu in pus:
-        now += 0.1
+        now += interval  # each report comes after a keep-alive interval: each may probe
         out = core.message_received(pu, AsapEndpointUnreachable(b"echo", 1), now)
         assert not any(type(o) is PoolElementRemoved for o in out)
         for message in sends(out, pe):
             assert isinstance(message, AsapEndpointKeepAlive)
+            probes += 1
             core.message_received(pe, AsapEndpointKeepAliveAck(b"echo", 1), now)
+    assert probes == 4
     assert core.handlespace.get(b"echo", 1) is not None
     # Now the PE stops answering: the next report's probe times out.
+    now += interval
     out = core.message_received(open_session(core, "127.0.0.6", secure=True, identity=None),
-                                AsapEndpointUnreachable(b"echo", 1), now + 0.1)
+                                AsapEndpointUnreachable(b"echo", 1), now)
     assert [type(m) for m in sends(out, pe)] == [AsapEndpointKeepAlive]
-    removed = [o for o in core.on_timer(now + 0.1 + core.settings.keepalive_timeout)
+    removed = [o for o in core.on_timer(now + core.settings.keepalive_timeout)
                if type(o) is PoolElementRemoved]
     assert [o.entry.pe_id for o in removed] == [1]
 
 
+def test_many_reporters_probe_a_pe_at_most_once_per_keepalive_interval():
+    # Issue 12: twelve anonymous reporters at one report a second each must
+    # not make the registrar's keep-alives exceed what the PE library's
+    # limiter answers (RFC 5355 2.14): every keep-alive to the PE, periodic or
+    # probe, is at least half a keep-alive interval after the previous one.
+    core = make_core()
+    pe = open_session(core, "127.0.0.1", secure=True, identity="pe1")
+    register(core, pe, 1, life=1000)
+    reporters = [open_session(core, f"127.0.1.{i}", secure=True, identity=None) for i in range(12)]
+    sent: list[float] = []
+    now = 0.0
+    while now < 120.0:
+        now = round(now + 0.05, 2)
+        outputs = core.on_timer(now)
+        if abs(now - round(now)) < 1e-9:  # each reporter once a second
+            for reporter in reporters:
+                outputs += core.message_received(reporter, AsapEndpointUnreachable(b"echo", 1), now)
+        for message in sends(outputs, pe):
+            assert isinstance(message, AsapEndpointKeepAlive)
+            sent.append(now)
+            core.message_received(pe, AsapEndpointKeepAliveAck(b"echo", 1), now + 0.01)
+        assert not any(type(o) is PoolElementRemoved for o in outputs)
+    assert core.handlespace.get(b"echo", 1) is not None
+    gaps = [b - a for a, b in zip(sent, sent[1:])]
+    assert min(gaps) >= 0.5 * core.settings.keepalive_interval - 0.06
+    assert len(sent) <= 120.0 / (0.5 * core.settings.keepalive_interval) + 1
+    assert core.stats["unreachable_reports"] == 12 * 120
+
+
 def test_reports_from_anonymous_pool_users_dropped_when_configured():
-    core = make_core(max_bad_pe_reports=2, unreachable_requires_identity=True)
+    core = make_core(max_bad_pe_reports=2, unreachable_requires_identity=True,
+                     unreachable_removal_needs_failed_probe=False)
     pe = open_session(core, "127.0.0.1", secure=True, identity="pe1")
     register(core, pe, 1)
     anonymous = [open_session(core, f"127.0.0.{i}", secure=True, identity=None) for i in (2, 3, 4)]
@@ -399,3 +437,33 @@ def test_unreachable_report_about_a_pe_homed_elsewhere_is_only_logged(core):
         pu = open_session(core, f"127.0.0.{n + 2}")
         assert core.message_received(pu, AsapEndpointUnreachable(b"echo", 7), 0.0) == []
     assert core.handlespace.get(b"echo", 7) is not None
+
+
+def test_an_opaque_transport_needs_its_own_authorization():
+    # Issue 12: an Opaque Transport has no address the gate can compare with
+    # the channel's: "register" is not enough, "opaque-transport" is asked too.
+    from rserpool.wire import OpaqueTransport, PoolElement
+
+    core = make_core()
+    pe = open_session(core, "127.0.0.1", secure=True, identity="pe1")
+    element = PoolElement(5, 0, 30, OpaqueTransport(b"http://10.1.2.3/evil"), RoundRobinPolicy())
+    out = core.message_received(pe, AsapRegistration(b"echo", element), 0.0)
+    (ask,) = out
+    assert (ask.action, ask.pool_handle) == ("register", b"echo")
+    out = core.authorization_done(ask, True, 0.0)
+    (ask,) = out
+    assert (ask.action, ask.identity, ask.pool_handle) == ("opaque-transport", "pe1", b"echo")
+    (refused,) = sends(core.authorization_done(ask, False, 0.0), pe)
+    assert refused.reject and refused.error.causes[0].code == CAUSE_SECURITY
+    assert len(core.handlespace) == 0
+    # Remembered: the next one is refused without asking; a TCP transport is fine.
+    assert sends(core.message_received(pe, AsapRegistration(b"echo", element), 1.0), pe)[0].reject
+    assert not sends(register(core, pe, 6, now=1.0), pe)[0].reject
+    # Allowed by name: registered.
+    other = open_session(core, "127.0.0.2", secure=True, identity="pe2")
+    out = core.message_received(other, AsapRegistration(b"legacy", PoolElement(
+        8, 0, 30, OpaqueTransport(b"x"), RoundRobinPolicy())), 2.0)
+    assert [type(o) for o in out] == [AskAuthorizer]
+    out = authorize_all(core, other, out, 2.0)
+    assert not sends(out, other)[0].reject
+    assert core.handlespace.get(b"legacy", 8) is not None

@@ -189,3 +189,16 @@ def test_from_config_errors(tmp_path: Path, extra: dict[str, str]) -> None:
                "bind_password_file": password_file(tmp_path), "ca_file": "/ca.pem", **extra}
     with pytest.raises(LdapError):
         ldap_from_config(Clock(), section)
+
+
+def test_an_opaque_transport_is_granted_by_the_rules_file_only() -> None:
+    # The directory grants pools for register/deregister; registering an
+    # Opaque Transport (no address to check) needs a rule naming the action.
+    authz, _ = authorizer()
+    assert result_of(authz.authorize("pe1", frozenset(), "register", b"echo")) is True
+    assert result_of(authz.authorize("pe1", frozenset(), "opaque-transport", b"echo")) is False
+    rules = RulesAuthorizer(parse_rules("pe1 all echo\npe2 opaque-transport echo\n"))
+    with_rules, _ = authorizer(rules=rules)
+    assert result_of(with_rules.authorize("pe1", frozenset(), "opaque-transport", b"echo")) is False
+    assert result_of(with_rules.authorize("pe2", frozenset(), "opaque-transport", b"echo")) is True
+    assert result_of(with_rules.authorize("pe2", frozenset(), "opaque-transport", b"discard")) is False

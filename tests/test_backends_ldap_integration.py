@@ -34,7 +34,9 @@ from rserpool.security.srp import (
 )
 from tests.aaahelpers import StallTicker
 from tests.conftest import require_tool
-from tests.ldap_fixture import GROUP_BASE, PE_BASE, SERVICE_DN, SERVICE_PASSWORD, SUFFIX, Slapd
+from tests.ldap_fixture import (
+    GROUP_BASE, PE_BASE, SERVICE_DN, SERVICE_PASSWORD, SUFFIX, Slapd, ldif_value,
+)
 from tests.tlshelpers import TestPKI, make_test_pki
 
 pytestmark = pytest.mark.integration
@@ -261,6 +263,28 @@ class LdapAgainstSlapd(unittest.TestCase):
             self.assertIn("doesn't match any name", str(caught.exception))
             # the name the administrator configured is accepted
             self.assertIsNotNone(await named.srp_verifier("pe1"))
+
+        return defer.ensureDeferred(run())
+
+    def test_a_second_entry_for_an_identity_is_an_outage_not_a_choice(self) -> defer.Deferred:
+        # An attacker who can add an entry (or a careless import) puts a
+        # second pe1 in the directory, spelled PE1, with a verifier of its
+        # own.  slapd finds both for any spelling: the registrar uses
+        # neither (refused as an outage, logged), never the attacker's.
+        own = self.own_slapd("duplicate")
+        salt, verifier = make_verifier("pe1", "attacker-password")
+        own.ldap_tool("ldapadd", "\n".join([
+            f"dn: uid=PE1,ou=services,{SUFFIX}", "objectClass: account",
+            "objectClass: rserpoolPoolElement", "uid: PE1",
+            ldif_value("rserpoolSrpSalt", salt), ldif_value("rserpoolSrpVerifier", verifier)]) + "\n")
+        ldap = self.make(own)
+
+        async def run() -> None:
+            for spelling in ("pe1", "PE1", " Pe1"):
+                with self.assertRaises(LdapUnavailable) as caught:
+                    await ldap.srp_verifier(spelling)
+                self.assertIn("2 entries match", str(caught.exception))
+            self.assertIsNotNone(await ldap.entry("pe2"))  # others unaffected
 
         return defer.ensureDeferred(run())
 

@@ -244,6 +244,41 @@ def test_bad_replies_are_dropped_and_request_survives(kind: str) -> None:
     assert d.called and client.stats["accepts"] == 1
 
 
+def test_a_replayed_reply_does_not_answer_a_later_request_with_the_same_id() -> None:
+    """An Accept recorded on the wire for one request, replayed when a later
+    request happens to use the same id: its Response Authenticator covers
+    the earlier request's authenticator, so it is dropped."""
+    client, reactor = make_client()
+    first = chap(client, "pe1")
+    request1 = writes(reactor)[0][0]
+    accept1 = reply_to(request1, Class=b"rserpool:pools=echo")
+    deliver(reactor, accept1)
+    assert result_of(first).accepted
+    sock = reactor.ports[0].protocol
+    sock._next = request1[1]  # the next request gets the same id
+    second = chap(client, "pe1")
+    request2 = writes(reactor)[1][0]
+    assert request2[1] == request1[1] and request2[4:20] != request1[4:20]
+    deliver(reactor, accept1)  # the replay
+    assert not second.called and client.stats["dropped"] == 1
+    deliver(reactor, reply_to(request2, code=_packet.AccessReject))
+    assert result_of(second).accepted is False
+
+
+def test_a_flood_of_forged_replies_is_dropped_and_costs_no_request() -> None:
+    client, reactor = make_client()
+    d = chap(client)
+    data = writes(reactor)[0][0]
+    forged = [reply_to(data, secret=b"guess-%d" % n) for n in range(200)]
+    for n in range(5000):
+        deliver(reactor, forged[n % len(forged)] if n % 2 else bytes([2, data[1]]) + bytes(30))
+        deliver(reactor, reply_to(data), ("127.0.0.%d" % (2 + n % 200), A.port))  # from elsewhere
+    assert not d.called and client.stats["dropped"] == 10000 and client.in_flight == 1
+    assert len(writes(reactor)) == 1  # no retransmission, no new request caused
+    deliver(reactor, reply_to(data))
+    assert result_of(d).accepted and client.stats["accepts"] == 1
+
+
 def test_wrong_message_authenticator_with_right_response_authenticator() -> None:
     """A reply whose Response Authenticator is right but whose
     Message-Authenticator is not (the BlastRADIUS shape) is dropped."""

@@ -121,3 +121,17 @@ def test_from_config(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="authorization source"):
         radius_from_config(reactor, {"servers": "127.0.0.1", "secret_file": str(secret),
                                      "authorization": "ldap"})
+
+
+def test_an_opaque_transport_is_granted_by_the_rules_file_only() -> None:
+    # The reply's pools grant register/deregister; registering an Opaque
+    # Transport (no address to check) needs a rule naming the action.
+    rules = RulesAuthorizer(parse_rules("a all echo\nb opaque-transport echo\n"))
+    for authz in (RadiusAuthorizer(FakeClient(), task.Clock()),
+                  RadiusAuthorizer(FakeClient(), task.Clock(), rules=rules)):
+        for name in ("a", "b"):
+            authz.remember(RadiusDecision(True, name, pools=("echo",)))
+        assert result_of(authz.authorize("a", frozenset(), "register", b"echo")) is True
+        assert result_of(authz.authorize("a", frozenset(), "opaque-transport", b"echo")) is False
+        expected = authz.rules is not None
+        assert result_of(authz.authorize("b", frozenset(), "opaque-transport", b"echo")) is expected

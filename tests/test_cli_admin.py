@@ -132,3 +132,28 @@ class AdminCommands(AdminHarness, unittest.TestCase):
         self.assertIn("no credentials", err)
         code, _, err = yield self.run_cli(["status", "--ca", str(self.pki.ca.cert)])
         self.assertIn("no admin endpoint", err)
+
+
+def test_mistakes_before_connecting_are_one_line_each_and_exit_2(tmp_path):
+    pki = make_test_pki(tmp_path)
+    status, out, err = _run(["status", "--admin", "https://127.0.0.1:1", "--ca", str(tmp_path / "nope.pem"),
+                             "--cert", str(pki.pu1.cert), "--key", str(pki.pe1.key)])
+    assert (status, out) == (2, "")
+    assert err.splitlines() == [
+        f"rserpool status: --ca {tmp_path / 'nope.pem'}: no such file",
+        f"rserpool status: --key {pki.pe1.key}: this private key does not match the certificate "
+        f"in {pki.pu1.cert}"]
+
+
+def test_an_endpoint_that_is_down_is_one_line_and_exit_1(tmp_path):
+    import socket
+
+    pki = make_test_pki(tmp_path)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    status, out, err = _run(["handlespace", "dump", "--admin", f"https://127.0.0.1:{port}", "--ca",
+                             str(pki.ca.cert), "--cert", str(pki.pu1.cert), "--key", str(pki.pu1.key)])
+    assert (status, out) == (1, "")
+    assert err == (f"rserpool handlespace dump: cannot reach the admin endpoint at "
+                   f"https://127.0.0.1:{port}: connection refused\n")

@@ -27,4 +27,5 @@ def test_config_check_reports_an_invalid_file(tmp_path, capsys) -> None:
     assert main(["config-check", str(path)]) == 1
     captured = capsys.readouterr()
     assert captured.out == ""
-    assert captured.err.startswith("invalid: ") and "no_such_key" in captured.err
+    assert captured.err == (f"{path}: unknown key 'no_such_key' in [registrar] "
+                            "(known: server_id, asap_listen, state_dir)\n")

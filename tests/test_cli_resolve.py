@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from twisted.internet import defer, reactor
+from twisted.internet import defer, reactor, task
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial import unittest
 
@@ -120,14 +120,82 @@ class ResolveCommand(unittest.TestCase):
         out, err, status = yield cli_in_child(self.argv("nope"))
         self.assertEqual(status, 1)
         self.assertEqual(out, b"")
-        self.assertIn(b"unknown pool 'nope'", err)
+        self.assertEqual(err, b"rserpool resolve: unknown pool nope\n")
 
     @defer.inlineCallbacks
-    def test_cli_connection_refused_exits_1_with_reason(self):
-        out, err, status = yield cli_in_child(self.argv("echo", "--timeout", "1.5", port=free_port()))
-        self.assertEqual(status, 1)
-        self.assertIn(b"cannot reach an authenticated registrar", err)
-        self.assertIn(b"refused", err.lower())
+    def failing(self, argv: list[str], expected: str, status: int = 1, within: float = 5.0):
+        """``argv`` ends with ``status`` in well under its ``--timeout`` (20 s),
+        with exactly one line on stderr, ``expected`` (a regex)."""
+        started = reactor.seconds()
+        out, err, code = yield cli_in_child(argv + ["--timeout", "20"])
+        elapsed = reactor.seconds() - started
+        lines = err.decode().splitlines()
+        self.assertEqual((code, out), (status, b""), err)
+        self.assertEqual(len(lines), 1, lines)
+        self.assertRegex(lines[0], "^rserpool resolve: " + expected + "$")
+        for junk in ("Traceback", "Error(", "[(", "b'"):
+            self.assertNotIn(junk, lines[0])
+        self.assertLess(elapsed, within)
+
+    def test_registrar_down(self):
+        return self.failing(self.argv("echo", port=free_port()),
+                            r"cannot reach registrar 127\.0\.0\.1:\d+: connection refused .*")
+
+    def test_wrong_ca(self):
+        argv = self.argv("echo")
+        argv[argv.index(str(self.pki.ca.cert))] = str(self.pki.rogue_ca.cert)
+        return self.failing(argv, r"cannot reach registrar 127\.0\.0\.1:\d+: certificate verify "
+                                  r"failed: unknown CA .*")
+
+    def test_wrong_name(self):
+        argv = self.argv("echo")
+        argv[argv.index("localhost")] = "not-the-registrar.test"
+        return self.failing(argv, r"cannot reach registrar 127\.0\.0\.1:\d+: name mismatch: "
+                                  r"expected not-the-registrar\.test, certificate is for .*localhost.*")
+
+    def test_key_not_matching_certificate(self):
+        return self.failing(self.argv("echo", "--cert", str(self.pki.pu1.cert), "--key",
+                                      str(self.pki.pe1.key)),
+                            r"--key .*pe1\.key: this private key does not match the certificate "
+                            r"in .*pu1\.pem", status=2)
+
+    def test_bad_pem(self):
+        bad = Path(self._tmp.name) / "bad.pem"
+        bad.write_text("not a certificate\n")
+        argv = self.argv("echo")
+        argv[argv.index(str(self.pki.ca.cert))] = str(bad)
+        return self.failing(argv, r"--ca .*bad\.pem: not a PEM certificate file", status=2)
+
+    def test_missing_file(self):
+        argv = self.argv("echo")
+        argv[argv.index(str(self.pki.ca.cert))] = str(Path(self._tmp.name) / "missing.pem")
+        return self.failing(argv, r"--ca .*missing\.pem: no such file", status=2)
+
+    def test_key_given_for_the_certificate(self):
+        return self.failing(self.argv("echo", "--cert", str(self.pki.pu1.key), "--key",
+                                      str(self.pki.pu1.key)),
+                            r"--cert .*pu1\.key: holds a private key, not a certificate", status=2)
+
+    def test_malformed_registrar(self):
+        argv = self.argv("echo")
+        argv[argv.index(f"127.0.0.1:{self.port}")] = "127.0.0.1:port"
+        return self.failing(argv, r"--registrar 127\.0\.0\.1:port: bad port in .*", status=2)
+
+    @defer.inlineCallbacks
+    def test_deadline_holds_when_the_registrar_never_answers(self):
+        # A TCP listener that never speaks TLS: only the deadline ends it.
+        from twisted.internet.protocol import Factory, Protocol
+
+        port = yield reactor.listenTCP(0, Factory.forProtocol(Protocol), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        started = reactor.seconds()
+        out, err, code = yield cli_in_child(self.argv("echo", "--timeout", "2",
+                                                      port=port.getHost().port))
+        elapsed = reactor.seconds() - started
+        self.assertEqual(code, 1, err)
+        self.assertRegex(err.decode(), r"^rserpool resolve: (no answer within 2 s|cannot reach "
+                                       r"registrar .*: no authenticated connection within 2 s).*\n$")
+        self.assertLess(elapsed, 6)
 
     @defer.inlineCallbacks
     def test_in_process_success_and_wrong_name(self):
@@ -138,20 +206,19 @@ class ResolveCommand(unittest.TestCase):
         argv[argv.index("localhost")] = "not-the-registrar.test"
         status, out, err = yield self.in_process(argv)
         self.assertEqual(status, 1)
-        self.assertIn("cannot reach an authenticated registrar", err)
-        self.assertIn("not-the-registrar.test", err)
-        self.assertEqual(len(self.registrar.channels), 1)  # only the PE's
+        self.assertIn("name mismatch: expected not-the-registrar.test", err)
+        # The refused connection is gone at the registrar too: only the PE's stays.
+        for _ in range(100):
+            if len(self.registrar.channels) == 1:
+                break
+            yield task.deferLater(reactor, 0.05, lambda: None)
+        self.assertEqual(len(self.registrar.channels), 1)
 
     @defer.inlineCallbacks
     def test_in_process_usage_problems(self):
         status, _, err = yield self.in_process(self.argv("echo", "--cert", str(self.pki.pu1.cert)))
-        self.assertEqual(status, 1)
-        self.assertIn("--cert and --key", err)
-        argv = self.argv("echo")
-        argv[argv.index(str(self.pki.ca.cert))] = str(Path(self._tmp.name) / "missing.pem")
-        status, _, err = yield self.in_process(argv)
-        self.assertEqual(status, 1)
-        self.assertIn("missing.pem", err)
+        self.assertEqual(status, 2)
+        self.assertIn("--cert and --key go together", err)
 
 
 def test_resolve_requires_registrar_and_ca():

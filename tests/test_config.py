@@ -54,10 +54,11 @@ def test_tap_options_build_a_registrar(tmp_path):
 def test_missing_rules_file_is_an_error(tmp_path):
     ini = tmp_path / "r.ini"
     ini.write_text(f"[registrar]\nstate_dir = {tmp_path}/var\n[security]\nrules = missing.rules\n")
-    options = Options()
-    options.parseOptions(["--config", str(ini)])
-    with pytest.raises(ConfigError):
-        build_registrar(options.config)
+    with pytest.raises(ConfigError, match="missing.rules"):
+        build_registrar(load_config(str(ini)))
+    with pytest.raises(SystemExit) as exit:  # twistd's options stop there, one line
+        Options().parseOptions(["--config", str(ini)])
+    assert exit.value.code == 1
 
 
 def test_plugin_sections(tmp_path):

@@ -270,7 +270,7 @@ rules = {self.dir / "authz.rules"}
         """The message count the echo PEs sealed into ``cookie``."""
         if cookie is None:
             return None
-        state = CookieSealer(self.cookie_key, context=POOL).open(cookie, reactor.seconds())
+        state = CookieSealer(self.cookie_key, context=POOL).open(cookie, reactor.seconds()).state
         return int.from_bytes(state, "big")
 
     # -- the scenario ---------------------------------------------------------------------------

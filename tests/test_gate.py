@@ -10,7 +10,7 @@ from hypothesis import settings, strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from rserpool.gate import (
-    CLOSING, DOOR_ADMIN, DOOR_ASAP, DOOR_PEER, OPEN, AskAuthorizer, CloseChannel, Gate, GatePolicy,
+    CLOSING, DOOR_ADMIN, DOOR_ASAP, DOOR_PEER, OPEN, AskAuthorizer, AttemptRefused, CloseChannel, Gate, GatePolicy,
     RemovePoolElements, pool_handle_text,
 )
 from rserpool.identity import MECH_CERTIFICATE, MECH_CHAP, MECH_SRP, Identity
@@ -80,6 +80,40 @@ def test_a_failed_exchange_after_success_loses_the_identity_and_closes():
     assert gate.admit_change(adm, "register", b"echo", None, 1.0) == 0xA
 
 
+@pytest.mark.parametrize("second", [
+    "attempt same identity", "attempt other identity", "success same identity", "success other identity",
+    "failure", "final failure", "backend outage",
+])
+def test_every_second_exchange_or_failure_after_success_forgets_every_decision(second):
+    # Issue 11/12: whatever a channel does after its exchange succeeded, the
+    # decisions made for its identity are gone and nothing else is let through.
+    gate = Gate(GatePolicy(allow_unauthenticated=True, authorize_resolution=True))
+    adm = opened(gate)
+    assert gate.authentication_attempt(adm, "pe1", MECH_SRP, 0.0) is None
+    gate.authenticated(adm, Identity("pe1", MECH_SRP), 0.0)
+    allow(gate, adm)
+    allow(gate, adm, "resolve")
+    pending = gate.admit_change(adm, "deregister", b"echo", None, 0.5)  # asked, not answered yet
+    assert isinstance(pending, AskAuthorizer) and len(adm.allowed) == 2
+    name = "pe2" if "other" in second else "pe1"
+    if second.startswith("attempt"):
+        refused = gate.authentication_attempt(adm, name, MECH_CHAP, 1.0)
+        assert refused is not None and refused.final
+    elif second.startswith("success"):
+        assert [type(o) for o in gate.authenticated(adm, Identity(name, MECH_CHAP), 1.0)] == [CloseChannel]
+    elif second == "backend outage":
+        assert [type(o) for o in gate.authentication_unavailable(adm, "pe1", MECH_SRP, "down", 1.0)] \
+            == [CloseChannel]
+    else:
+        out = gate.authentication_failed(adm, "pe1", MECH_SRP, "protocol violation", second == "final failure", 1.0)
+        assert [type(o) for o in out] == [CloseChannel]
+    assert (adm.identity, adm.exchanged, adm.allowed, adm.state) == (None, None, {}, CLOSING)
+    assert gate.admit_change(adm, "register", b"echo", None, 2.0) == 0xA
+    assert gate.admit_resolution(adm, b"echo", 2.0) == 0xA
+    assert gate.authorization_answered(pending, True, 2.0) == 0xA
+    assert adm.allowed == {}
+
+
 def test_an_answer_for_the_previous_identity_is_not_used():
     gate = Gate()
     adm = opened(gate, CERT)
@@ -144,7 +178,7 @@ class CacheFollowsIdentity(RuleBasedStateMachine):
     @rule(name=st.sampled_from(["pe1", "pe2"]), succeed=st.booleans(), final=st.booleans())
     def exchange(self, name, succeed, final):
         refused = self.gate.authentication_attempt(self.adm, name, MECH_SRP, self.tick())
-        if refused is not None:
+        if isinstance(refused, AttemptRefused):
             self.gate.authentication_failed(self.adm, name, MECH_SRP, refused.kind, True, self.now)
         elif succeed:
             self.gate.authenticated(self.adm, Identity(name, MECH_SRP), self.tick())
@@ -223,6 +257,21 @@ def test_connection_limits_count_from_accept_to_close():
     gate.channel_closed(first[0])  # once only
     assert gate.open_channel(DOOR_ASAP, "127.0.0.1", True, 0.0) is not None
     assert other in gate.channels and len(gate.channels) == 3
+
+
+def test_ipv6_connections_count_per_prefix():
+    # One host owns a whole /64: its addresses share one per-address limit.
+    gate = Gate(GatePolicy(max_connections_per_address=2), log=lambda *a, **k: None)
+    first = [gate.open_channel(DOOR_ASAP, f"2001:db8:1:2::{n}", True, 0.0) for n in (1, 2)]
+    assert gate.open_channel(DOOR_ASAP, "2001:db8:1:2:ffff::3", True, 0.0) is None
+    assert gate.open_channel(DOOR_ASAP, "2001:db8:1:3::1", True, 0.0) is not None
+    assert gate.connections == {"2001:db8:1:2::/64": 2, "2001:db8:1:3::/64": 1}
+    gate.channel_closed(first[0])
+    assert gate.connections["2001:db8:1:2::/64"] == 1
+    exact = Gate(GatePolicy(max_connections_per_address=1, ipv6_prefix=128), log=lambda *a, **k: None)
+    assert all(exact.open_channel(DOOR_ASAP, f"2001:db8::{n}", True, 0.0) for n in (1, 2))
+    with pytest.raises(ValueError):
+        GatePolicy(ipv6_prefix=0)
 
 
 def test_closed_channels_are_forgotten():

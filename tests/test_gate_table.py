@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from rserpool.gate import (
-    CHANNEL_CLOSED, CLOSING, OPEN, AskAuthorizer, AttemptRefused, CloseChannel, Gate, GatePolicy, Opened,
+    ACTION_OPAQUE, CHANNEL_CLOSED, CLOSING, DOOR_ASAP, OPEN, REPORT_COUNTED, REPORT_PROBE, REPORT_REMOVE, AskAuthorizer,
+    AttemptDelayed, AttemptRefused, CloseChannel, Gate, GatePolicy, Opened,
     RemovePoolElements,
 )
 from rserpool.identity import MECH_CERTIFICATE, MECH_PSK, MECH_SRP, Identity
@@ -27,6 +28,7 @@ DOC = Path(__file__).resolve().parent.parent / "docs" / "gate.md"
 ADDRESS = "127.0.0.1"
 FINGERPRINT = "ab" * 32
 NOW = 100.0
+KEEPALIVE_INTERVAL = 5.0
 
 
 def table_rows() -> list[dict[str, str]]:
@@ -53,10 +55,10 @@ def test_the_table_is_there_and_numbered():
 # -- building a row's world ------------------------------------------------------------------------
 
 _FLAGS = {"allow_insecure_channels", "allow_unauthenticated", "authorize_resolution", "check_pe_addresses",
-          "unreachable_requires_identity"}
+          "unreachable_requires_identity", "unreachable_removal_needs_failed_probe"}
 _RATES = {"registration_rate", "registration_rate_per_address", "resolution_rate", "unreachable_rate",
           "door_request_rate", "refusal_log_per_address", "refusal_log_total"}
-_ATTEMPTS = {"attempts_per_identity", "attempts_per_address"}
+_ATTEMPTS = {"attempts_per_identity_and_address", "attempts_per_address"}
 _COUNTS = {"max_held_per_channel", "max_pending_per_channel", "max_connections",
            "max_connections_per_address"}
 
@@ -89,6 +91,10 @@ class World:
                                           fingerprint=FINGERPRINT)
         self.ask: AskAuthorizer | None = None
         self.owner: str | None = None
+        # The reported PE (an admitted unreachability report).
+        self.reporters = 0
+        self.last_keepalive: float | None = None
+        self.probing = False
         identity = row["identity"]
         if identity != "identifying":
             self.gate.identified(self.adm, self.identity_of(identity), NOW)
@@ -123,6 +129,8 @@ class World:
             return gate.admit_change(adm, action, handle, addresses, NOW)
         if action == "resolve":
             return gate.admit_resolution(adm, handle, NOW)
+        if action == "opaque":
+            return gate.admit_opaque_transport(adm, handle, NOW)
         if action == "unreachable":
             return gate.admit_report(adm, handle, NOW)
         if action in ("peer", "admin"):
@@ -140,12 +148,17 @@ class World:
     def prepare(self, item: str) -> None:
         gate, adm = self.gate, self.adm
         request = self.row["input"] if self.row["input"].split()[0] in (
-            "register", "deregister", "resolve", "unreachable", "peer", "admin") else self.default_request()
+            "register", "deregister", "resolve", "unreachable", "peer", "admin", "opaque") else self.default_request()
         if item in ("cached allow", "cached deny"):
             action, _, handle = request.partition(" ")
             action = "resolve" if self.row["input"].startswith("exchange") else action
             handle = b"echo" if self.row["input"].startswith("exchange") else handle.split(" ")[0].encode()
             adm.allowed[(action, handle)] = item == "cached allow"
+        elif item in ("opaque allowed", "opaque denied"):
+            adm.allowed[(ACTION_OPAQUE, b"echo")] = item == "opaque allowed"
+        elif item == "opaque asked":
+            self.ask = gate.admit_opaque_transport(adm, b"echo", NOW)
+            assert isinstance(self.ask, AskAuthorizer) and self.ask.action == ACTION_OPAQUE, self.ask
         elif item == "asked":
             self.ask = self.request(self.default_request())
             assert isinstance(self.ask, AskAuthorizer), self.ask
@@ -172,6 +185,22 @@ class World:
             assert isinstance(self.request(self.row["input"]), int)
         elif item.startswith("owner "):
             self.owner = item.split()[1]
+        elif " failures for " in item:
+            # "5 failures for pe1 from other addresses [150 s ago]"
+            words = item.split()
+            count, claimed = int(words[0]), words[3]
+            when = NOW - float(words[-3]) if item.endswith(" s ago") else NOW
+            for n in range(count):
+                other = gate.open_channel(DOOR_ASAP, f"10.0.{n}.1", True, when)
+                gate.identified(other, None, when)
+                assert not isinstance(gate.authentication_attempt(other, claimed, MECH_SRP, when), AttemptRefused)
+                gate.authentication_failed(other, claimed, MECH_SRP, "wrong proof", True, when)
+        elif item.endswith(" reporters"):
+            self.reporters = int(item.split()[0])
+        elif item.startswith("keep-alive sent ") and item.endswith(" s ago"):
+            self.last_keepalive = NOW - float(item.split()[2])
+        elif item == "probe outstanding":
+            self.probing = True
         elif item == "closing":
             gate.revoke(identity=adm.identity, reason="test", now=NOW)
         else:
@@ -200,6 +229,8 @@ class World:
             return gate.authentication_failed(adm, "pe1", MECH_SRP, "wrong proof", words.endswith("final"), NOW)
         if words == "exchange unavailable":
             return gate.authentication_unavailable(adm, "pe1", MECH_SRP, "backend down", NOW)
+        if words == "report counted":
+            return gate.report_counted(self.reporters, self.last_keepalive, self.probing, KEEPALIVE_INTERVAL, NOW)
         if words == "revoke fingerprint":
             return gate.revoke(fingerprint=FINGERPRINT, reason="CRL reloaded", now=NOW)
         if words.startswith("revoke "):
@@ -240,12 +271,18 @@ def check_decision(world: World, result, decision: str, cause: str) -> None:
         assert result == [] and adm.state == OPEN
     elif main == "go":
         assert result is None
+    elif main.startswith("go after "):
+        assert isinstance(result, AttemptDelayed) and result.delay == float(main.split()[2]), result
+        assert adm.state == OPEN
     elif main == "refuse attempt":
         assert isinstance(result, AttemptRefused), result
         assert result.final == ("final" in words)
         assert (adm.state == CLOSING) == result.final
     elif main == "keep":
         assert result == [] and adm.state == OPEN
+    elif main in ("probe PE", "count only", "remove PE"):
+        assert result is {"probe PE": REPORT_PROBE, "count only": REPORT_COUNTED,
+                          "remove PE": REPORT_REMOVE}[main], result
     elif main.startswith("identity "):
         assert result == [] and adm.identity == main.split()[1] and adm.mechanism == MECH_SRP
     else:
@@ -263,8 +300,8 @@ def check_decision(world: World, result, decision: str, cause: str) -> None:
         elif extra == "identity none":
             assert adm.identity is None and adm.principal == "addr:" + ADDRESS
         elif extra == "tokens returned":
-            assert gate.attempts.tokens("pe1", NOW) == gate.policy.attempts_per_identity.capacity
-            assert gate.attempts_by_address.tokens(ADDRESS, NOW) == gate.policy.attempts_per_address.capacity
+            assert gate.attempts.tokens("pe1", ADDRESS, NOW) == gate.policy.attempts_per_identity_and_address.capacity
+            assert gate.attempts.per_source.tokens(ADDRESS, NOW) == gate.policy.attempts_per_address.capacity
         else:
             raise AssertionError(f"unknown decision detail {extra!r}")
     if main in ("refuse", "refuse attempt") or cause not in ("-",):
@@ -296,7 +333,7 @@ def test_every_refusal_cause_in_the_table_is_counted():
         before = dict(world.gate.refused)
         world.run(row["input"])
         logged_or_counted = sum(world.gate.refused.values()) - sum(before.values())
-        if row["decision"].startswith(("refuse", "drop", "close", "remove")) and row["given"] != "attempt pe2 refused":
+        if row["decision"].startswith(("refuse", "drop", "close", "remove and")) and row["given"] != "attempt pe2 refused":
             assert logged_or_counted == 1, row
         if row["cause"] != "-" and row["decision"].startswith("refuse") and "attempt" not in row["decision"]:
             assert world.gate.refused.get(int(row["cause"], 16)) == before.get(int(row["cause"], 16), 0) + 1

@@ -44,7 +44,7 @@ def test_identity_names_are_checked(bad: str) -> None:
 
 def test_kinds_map_to_interfaces() -> None:
     assert set(KINDS) == set(KIND_INTERFACES)
-    assert set(ACTIONS) == {"register", "deregister", "resolve", "peer", "admin"}
+    assert set(ACTIONS) == {"register", "deregister", "resolve", "peer", "admin", "opaque-transport"}
 
 
 def test_file_store_provides_every_store_interface(tmp_path) -> None:

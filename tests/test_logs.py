@@ -120,3 +120,26 @@ def test_root_stops_children_one_by_one_last_first():
     assert order == ["stop demo", "stopped demo", "stop registrar"]
     gates["registrar"].callback(None)
     assert done.called
+
+
+def test_root_ends_twistd_when_a_child_cannot_listen(capfd):
+    from twisted.internet.error import CannotListenError
+
+    from rserpool.errors import StartupError
+
+    class Refused(Service):
+        def startService(self):
+            super().startService()
+            return defer.fail(CannotListenError("127.0.0.1", 3864, OSError(98, "in use")))
+
+    root = LoggingRoot(LogLevel.info, {"nodaemon": True})
+    Refused().setServiceParent(root)
+    with pytest.raises(SystemExit) as exit:
+        root.startService()
+    assert exit.value.code == 1
+    assert capfd.readouterr().err == ("twistd rserpool-registrar: cannot listen on 127.0.0.1:3864: "
+                                       "address already in use (another process listens there)\n")
+    daemon = LoggingRoot(LogLevel.info, {"nodaemon": False})
+    Refused().setServiceParent(daemon)
+    with pytest.raises(StartupError):  # twistd's daemon parent reports it through its status pipe
+        daemon.startService()

@@ -225,3 +225,44 @@ def test_openssl_agrees(tmp_path: Path) -> None:
     revoked = verify("-crl_check", "-CRLfile", str(crl_path), str(paths.pe_cert))
     assert revoked.returncode != 0 and "revoked" in revoked.stdout + revoked.stderr
     assert verify("-crl_check", "-CRLfile", str(crl_path), str(paths.pu_cert)).returncode == 0
+
+
+# --- files that cannot be used: one line naming the file --------------------------
+
+
+def test_unusable_files_say_which_and_why(tmp_path: Path, ca: pki.IssuedCertificate) -> None:
+    cert, key = tmp_path / "c.pem", tmp_path / "k.pem"
+    pki.write_certificate(cert, ca.certificate)
+    pki.write_private_key(key, ca.private_key)
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not pem\n")
+    cases = [
+        (lambda: pki.load_certificates(tmp_path / "missing.pem"), "missing.pem: no such file"),
+        (lambda: pki.load_certificates(tmp_path), ": a directory, not a file"),
+        (lambda: pki.load_certificates(garbage), "garbage.pem: not a PEM certificate file"),
+        (lambda: pki.load_certificates(key), "k.pem: holds a private key, not a certificate"),
+        (lambda: pki.load_private_key(cert), "c.pem: holds a certificate, not a private key"),
+        (lambda: pki.load_private_key(garbage), "garbage.pem: not a PEM private key"),
+        (lambda: pki.load_crl(garbage), "garbage.pem: not a PEM or DER CRL"),
+    ]
+    for call, text in cases:
+        with pytest.raises(pki.PkiFileError) as info:
+            call()
+        assert text in str(info.value) and "\n" not in str(info.value)
+
+
+def test_encrypted_key_is_named(tmp_path: Path) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    path = tmp_path / "enc.key"
+    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                       serialization.BestAvailableEncryption(b"secret")))
+    with pytest.raises(pki.PkiFileError, match="enc.key: an encrypted private key"):
+        pki.load_private_key(path)
+
+
+def test_key_pair_check(ca: pki.IssuedCertificate) -> None:
+    other = pki.create_ca("other CA", NOW)
+    pki.check_key_pair(ca.certificate, ca.private_key, "c.pem", "k.pem")
+    with pytest.raises(pki.PkiFileError,
+                       match=r"^k.pem: this private key does not match the certificate in c.pem$"):
+        pki.check_key_pair(ca.certificate, other.private_key, "c.pem", "k.pem")

@@ -20,7 +20,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from OpenSSL import SSL
-from service_identity import VerificationError
 from twisted.internet import defer
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IOpenSSLServerConnectionCreator
 from twisted.internet.testing import StringTransport
@@ -29,6 +28,7 @@ from twisted.trial import unittest
 from zope.interface import implementer
 
 from rserpool.security import pki, tls
+from rserpool.security.tlserrors import CertificateRejected
 from tests.tlshelpers import (
     PairResult, TestPKI, _store, connect_pair, make_test_pki, reason_text,
 )
@@ -123,13 +123,17 @@ class ServerAuthenticationTests(TLSTestCase):
     def test_wrong_host_name(self) -> Any:
         result = yield self.connect(self.server(), self.client(hostname="other.rserpool.test"))
         self.assert_rejected(result)
-        self.assertIsInstance(result.client_reason.value, VerificationError)
+        self.assertIsInstance(result.client_reason.value, CertificateRejected)
+        self.assertRegex(str(result.client_reason.value),
+                         r"^name mismatch: expected other\.rserpool\.test, certificate is for \S")
 
     @defer.inlineCallbacks
     def test_wrong_ip_address(self) -> Any:
         result = yield self.connect(self.server(), self.client(hostname="127.0.0.2"))
         self.assert_rejected(result)
-        self.assertIsInstance(result.client_reason.value, VerificationError)
+        self.assertIsInstance(result.client_reason.value, CertificateRejected)
+        self.assertRegex(str(result.client_reason.value),
+                         r"^IP address mismatch: expected 127\.0\.0\.2, certificate is for ")
 
     @defer.inlineCallbacks
     def test_untrusted_server_ca(self) -> Any:
@@ -137,6 +141,8 @@ class ServerAuthenticationTests(TLSTestCase):
                                     self.pki.ca.cert, environ={})
         result = yield self.connect(server, self.client())
         self.assert_rejected(result, "certificate verify failed")
+        self.assertRegex(str(result.client_reason.value),
+                         r"^certificate verify failed: unknown CA \(.*\) for CN=")
 
     @defer.inlineCallbacks
     def test_client_certificate_cannot_act_as_server(self) -> Any:
@@ -222,7 +228,7 @@ class RevocationTests(TLSTestCase):
     def test_failed_reload_keeps_current_options(self) -> None:
         reloadable = tls.ReloadableServerOptions(self.server())
         current = reloadable.current
-        with self.assertRaises(FileNotFoundError):
+        with self.assertRaisesRegex(pki.PkiFileError, "missing.pem: no such file"):
             reloadable.reload(crls=[self.pki.directory / "missing.pem"], environ={})
         self.assertIs(reloadable.current, current)
 

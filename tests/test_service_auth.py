@@ -305,10 +305,11 @@ class AuthOverTLS(unittest.TestCase):
                      10, self.reactor)
 
     @defer.inlineCallbacks
-    def test_attempts_are_bounded_per_channel_and_per_identity(self):
+    def test_attempts_are_bounded_per_channel_and_per_identity_and_address(self):
         registrar = yield self.registrar(
             exchange_options={"max_attempts": 2},
-            gate_policy=GatePolicy(attempts_per_identity=AttemptLimit(capacity=3, refill_interval=600)))
+            gate_policy=GatePolicy(attempts_per_identity_and_address=AttemptLimit(capacity=3,
+                                                                                  refill_interval=600)))
         client = yield self.connect(registrar_port(registrar))
         yield within(client.request(AsapAuthRequest()), 10, self.reactor)
         answers = []
@@ -319,7 +320,9 @@ class AuthOverTLS(unittest.TestCase):
             answers.append((answer.code, answer.may_retry))
         self.assertEqual(answers, [(ex.FAIL_AUTHENTICATION, True), (ex.FAIL_AUTHENTICATION, False)])
         yield within(client.closed, 10, self.reactor)  # the registrar closed the channel
-        # One more failure uses the identity's last token; then even the right secret is limited.
+        # One more failure uses the last token of (pe-chap, 127.0.0.1); then even
+        # the right secret is limited from this address (not from others:
+        # tests/test_attacks_gate.py).
         _, _, _, third = yield self.transcript(registrar_port(registrar), "pe-chap", b"bad", CHAP)
         self.assertEqual(third.event.code, ex.FAIL_AUTHENTICATION)
         _, _, _, limited = yield self.transcript(registrar_port(registrar), "pe-chap",

@@ -25,8 +25,15 @@ from rserpool.wire import TcpTransport
 
 
 def test_describe_failure() -> None:
-    assert describe_failure(Failure(ConnectionRefusedError("x"))).startswith("ConnectionRefused")
+    from twisted.internet import error
+
+    from rserpool.security.tlserrors import CertificateRejected
+
+    assert describe_failure(Failure(error.ConnectionRefusedError())) == \
+        "connection refused (nothing listens there)"
     assert describe_failure(Failure(defer.CancelledError())) == "cancelled"
+    assert describe_failure(Failure(CertificateRejected("certificate verify failed: x"))) == \
+        "certificate verify failed: x"
 
 
 # --- announces --------------------------------------------------------------------------------

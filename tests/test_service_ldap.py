@@ -311,7 +311,7 @@ class RegistrarWithSlapd(BackendRegistrarMixin, unittest.TestCase):
         # of them (whatever identity it proves M1 for) is pe1 or nobody:
         # pe1's failure budget, pe1's quota, pe1's PEs.
         registrar = yield self.start_registrar()
-        limiter = registrar.gate.attempts  # failures per identity
+        budgets = registrar.gate.attempts  # failures per (identity, address)
         outcomes = []
         pe_id = 0x500
         for spelling in ("PE1", "pe1 ", "Pe1", "pe1"):
@@ -337,9 +337,10 @@ class RegistrarWithSlapd(BackendRegistrarMixin, unittest.TestCase):
         failed = [o for o in outcomes if o[2] is None]
         self.assertEqual(len(failed), 3, outcomes)
         now = reactor.seconds()
-        self.assertLessEqual(limiter.tokens("pe1", now), limiter.capacity - 3 + 0.5)
+        capacity = budgets.per_identity_source.capacity
+        self.assertLessEqual(budgets.tokens("pe1", "127.0.0.1", now), capacity - 3 + 0.5)
         for spelling in ("PE1", "pe1 ", "Pe1"):
-            self.assertEqual(limiter.tokens(spelling, now), limiter.capacity)
+            self.assertEqual(budgets.tokens(spelling, "127.0.0.1", now), capacity)
         self.assertEqual(registrar.handlespace.identity_count("pe1"), 4)
         self.assertEqual({e.identity for e in registrar.handlespace.entries()}, {"pe1"})
 

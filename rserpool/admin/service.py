@@ -33,6 +33,7 @@ from twisted.web.server import Site
 
 from rserpool.admin.access import AdminAccess
 from rserpool.admin.resource import AdminResource
+from rserpool.service.channel import address_text
 
 __all__ = ["AdminService", "AdminSettings"]
 
@@ -200,7 +201,8 @@ class AdminService(Service):
         for description in self.listen:
             port = yield serverFromString(self.reactor, description).listen(factory)
             self.ports.append(port)
-            _log.info("admin endpoint listening on {address} (HTTPS; {who})", address=port.getHost(),
+            _log.info("admin endpoint listening on {address} (HTTPS; {who})",
+                      address=address_text(port.getHost()),
                       who="client certificate or bearer token" if self.access.has_token
                       else "client certificate")
 

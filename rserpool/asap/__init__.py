@@ -34,6 +34,8 @@ __all__, __getattr__, __dir__ = lazy_exports(
         "PuSession": "pu_session",
         "PuSessionSettings": "pu_session",
         "CookieSealer": "session",
+        "SessionCookies": "session",
+        "CookieError": "session",
         "SessionError": "session",
         "SessionClosedError": "session",
         "SessionBusyError": "session",

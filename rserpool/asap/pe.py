@@ -25,10 +25,11 @@ time ``timer(now)`` must run.
 
 Keep-alives (RFC 5352 3.4; RFC 5355 2.14): the PE answers at most
 ``PeSettings.keepalive_rate`` per second, ``keepalive_burst`` at once, per
-registrar channel (a token bucket of ``rserpool.security.ratelimit``); the
-rest are dropped unanswered (``KeepAliveDropped``, counted in
-``keepalives_dropped``) and their H flag is not acted on.  A channel's bucket
-is released by ``channel_down``.
+registrar channel (a token bucket of ``rserpool.security.ratelimit``), and
+on its home registrar's channel always one keep-alive per
+``home_keepalive_spacing``; the rest are dropped unanswered
+(``KeepAliveDropped``, counted in ``keepalives_dropped``) and their H flag
+is not acted on.  A channel's bucket is released by ``channel_down``.
 """
 
 from __future__ import annotations
@@ -81,15 +82,22 @@ class PeSettings:
     takes a token; one that finds none is not answered.  The defaults leave
     a well-behaved registrar well alone: RFC 5352 3.5's periodic keep-alives
     are seconds apart (ours: ``keepalive_interval`` 5 s, at least 2.5 s with
-    the jitter, 0.4/s at most), and each further keep-alive is the immediate
-    probe for an admitted ENDPOINT_UNREACHABLE report.  Our registrar sends
-    those one at a time (one outstanding per PE), admits 1 report/s with a
-    burst of 10 per reporter, and removes the PE at the third distinct
-    reporter (MAX-BAD-PE-REPORT), so it probes at most about 2 + 0.4 per
-    second in the long run and about 2 x 10 in a burst.  Rate 5/s and burst
-    40 are twice that; a flood gets at most 40 answers, then 5 a second.
-    A registrar that sends faster sees no ACK for the excess (and may drop
-    the PE: RFC 5352 3.5); raise the values for such a registrar.
+    the jitter), and each further keep-alive is the immediate probe for an
+    ENDPOINT_UNREACHABLE report.  Our registrar probes a PE only when it sent
+    it no keep-alive within the last ``keepalive_interval``, one probe at a
+    time, however many reports arrive (the security gate's rule), so any two
+    of its keep-alives to one PE are at least 2.5 s apart: 0.4/s at most.
+    Rate 5/s and burst 40 are far above that; a flood gets at most 40
+    answers, then 5 a second.  A registrar that sends faster sees no ACK
+    for the excess (and may drop the PE: RFC 5352 3.5); raise the values for
+    such a registrar.
+
+    ``home_keepalive_spacing``: on the home registrar's channel a keep-alive
+    that arrives at least this long (seconds) after the last one processed
+    there is answered even when the bucket is empty, so a home registrar
+    that spaces its keep-alives (ours: at least half of ``keepalive_interval``
+    apart, however many unreachability reports arrive) is always answered,
+    and a flood from it gets at most one more answer per spacing.
     """
 
     t2_registration: float = 30.0
@@ -99,6 +107,7 @@ class PeSettings:
     max_reg_attempts: int | None = 2
     keepalive_rate: float = 5.0
     keepalive_burst: float = 40.0
+    home_keepalive_spacing: float = 1.0
 
     def __post_init__(self) -> None:
         if self.t2_registration <= 0 or self.t3_deregistration <= 0:
@@ -114,6 +123,10 @@ class PeSettings:
         if isinstance(burst, bool) or not isinstance(burst, (int, float)) \
                 or not math.isfinite(burst) or burst < 1:
             raise ValueError(f"keepalive_burst must be a finite number >= 1, not {burst!r}")
+        spacing = self.home_keepalive_spacing
+        if isinstance(spacing, bool) or not isinstance(spacing, (int, float)) \
+                or not math.isfinite(spacing) or spacing <= 0:
+            raise ValueError(f"home_keepalive_spacing must be a finite number > 0, not {spacing!r}")
 
     @property
     def keepalive_limit(self) -> RateLimit:
@@ -295,6 +308,7 @@ class PeRegistration:
         # RFC 5355 2.14: one keep-alive bucket per registrar channel.
         self._keepalive_limit = self.settings.keepalive_limit
         self._keepalive_buckets: dict[Any, RateLimiter] = {}
+        self._home_keepalive_at: float | None = None  # the last keep-alive processed from the home
         self.keepalives_answered = 0
         self.keepalives_dropped = 0
 
@@ -489,7 +503,15 @@ class PeRegistration:
             if len(buckets) >= _MAX_KEEPALIVE_CHANNELS:
                 del buckets[next(iter(buckets))]  # the oldest
             bucket = buckets[channel] = RateLimiter(self._keepalive_limit, max_keys=1)
-        return bucket.allow(None, now)
+        allowed = bucket.allow(None, now)
+        if channel is self.home and channel is not None:
+            # The home registrar's spaced keep-alives are always processed.
+            last = self._home_keepalive_at
+            if not allowed and (last is None or now - last >= self.settings.home_keepalive_spacing):
+                allowed = True
+            if allowed:
+                self._home_keepalive_at = now
+        return allowed
 
     def _on_keepalive(self, channel: Any, msg: AsapEndpointKeepAlive, now: float,
                       out: list[Output]) -> None:

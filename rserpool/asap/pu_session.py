@@ -175,6 +175,14 @@ class _Episode:
     attempts: int = 0
     tried: set[int] = field(default_factory=set)
     reported: set[int] = field(default_factory=set)
+    # Why attempts failed, for GiveUp: a PE's connection failure says more
+    # than the "no usable pool element" selection that follows it.
+    connection_error: str = ""
+    selection_error: str = ""
+
+    @property
+    def last_error(self) -> str:
+        return self.connection_error or self.selection_error
 
 
 class PuSession:
@@ -211,6 +219,11 @@ class PuSession:
         """Connection attempts of the running failover (0 when none runs)."""
         return self._episode.attempts if self._episode is not None else 0
 
+    @property
+    def last_error(self) -> str:
+        """Why the last attempt of the running failover failed ("" if none)."""
+        return self._episode.last_error if self._episode is not None else ""
+
     # -- connection management ---------------------------------------------
 
     def start(self, now: float) -> list[Action]:
@@ -240,6 +253,7 @@ class PuSession:
             return []
         assert self._episode is not None
         self._episode.attempts += 1
+        self._episode.selection_error = why
         return [Ignored("selection", why), *self._next_attempt()]
 
     def connected(self, now: float) -> list[Action]:
@@ -279,8 +293,9 @@ class PuSession:
         self.current = None
         return [Ignored("PE", f"failover callback refused it: {why}"), *self._next_attempt()]
 
-    def connection_lost(self, now: float) -> list[Action]:
-        """The connection (or the attempt to make it) failed or died."""
+    def connection_lost(self, now: float, why: str = "") -> list[Action]:
+        """The connection (or the attempt to make it) failed or died;
+        ``why`` (one line) is kept for the GiveUp reason."""
         state = self.state
         if state is PuState.ESTABLISHED:
             assert self.current is not None
@@ -296,6 +311,8 @@ class PuSession:
             failed = self.current
             episode.tried.add(failed.pe_id)
             episode.attempts += 1
+            if why:
+                episode.connection_error = f"PE {failed.pe_id:08x}: {why}"
             self.current = None
             return self._report(failed) + self._next_attempt()
         return []
@@ -385,7 +402,8 @@ class PuSession:
             self.state = PuState.FAILED
             dropped = self._clear_queue()
             what = "failover" if episode.old_pe is not None else "connection"
-            return [GiveUp(f"{what} failed after {episode.attempts} attempts", dropped)]
+            last = f" (last: {episode.last_error})" if episode.last_error else ""
+            return [GiveUp(f"{what} failed after {episode.attempts} attempts{last}", dropped)]
         delay = self.settings.delay(episode.attempts)
         for pe in self.business_card:
             if pe.pe_id not in episode.tried:

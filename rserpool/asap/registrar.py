@@ -40,8 +40,11 @@ from rserpool.handlespace import (
 )
 from rserpool.gate import (
     ACTION_DEREGISTER,
+    ACTION_OPAQUE,
     ACTION_REGISTER,
     ACTION_RESOLVE,
+    REPORT_PROBE,
+    REPORT_REMOVE,
     Admission,
     AskAuthorizer,
     Gate,
@@ -70,7 +73,7 @@ from rserpool.wire.asap import encode_registration_response, encode_resolution_r
 from rserpool.wire.policy import LeastUsedPolicy, OpaquePolicy
 from rserpool.fastinit import fast_constructor
 from rserpool.wire.params import encode_pool_handle
-from rserpool.wire.transports import TcpTransport
+from rserpool.wire.transports import OpaqueTransport, TcpTransport
 
 __all__ = [
     "AsapSession",
@@ -113,17 +116,13 @@ Output = Union[Send, AskAuthorizer, Close, PoolElementAdded, PoolElementRemoved]
 
 @dataclass(frozen=True, slots=True)
 class RegistrarSettings:
-    """The registrar's protocol settings (what it admits is the gate's
-    ``GatePolicy``)."""
+    """The registrar's protocol settings (what it admits, and what an
+    unreachability report does, is the gate's ``GatePolicy``)."""
 
     server_id: int
     keepalive_interval: float = 5.0
     keepalive_timeout: float = 5.0
-    max_bad_pe_reports: int = 3
     max_resolution_items: int = 3  # 0: all PEs of the pool
-    # RFC 5355 2.13 hardening, off by default (RFC 5352 behaviour): reports
-    # alone never remove a PE (only its failed probe keep-alive does).
-    unreachable_removal_needs_failed_probe: bool = False
 
     def __post_init__(self) -> None:
         if type(self.server_id) is not int or not 1 <= self.server_id <= 0xFFFFFFFF:
@@ -245,6 +244,7 @@ class RegistrarCore:
         self._log = log or (lambda *args, **kwargs: None)
         self._channel_of: dict[tuple[bytes, int], AsapSession] = {}
         self._awaiting_ack: dict[tuple[bytes, int], float] = {}
+        self._last_keepalive: dict[tuple[bytes, int], float] = {}  # when each PE was last sent one
         # (handle, PEs, policy, message, bytes) of the last positive resolution answer.
         self._last_answer: tuple = (None, None, None, None, None)
         self.sessions: set[AsapSession] = set()
@@ -349,6 +349,15 @@ class RegistrarCore:
         handle, pe = msg.pool_handle, msg.pool_element
         settings = self.settings
         admission = session.admission
+        if type(pe.user_transport) is OpaqueTransport:  # no address to check: the gate asks for the right
+            verdict = self.gate.admit_opaque_transport(admission, handle, now)
+            if type(verdict) is int:
+                self._refuse(session, ACTION_OPAQUE, msg, verdict, now, out)
+                return
+            if verdict is not None:
+                session.pending[verdict.token] = (verdict, msg)
+                out.append(verdict)
+                return
         entry = self.handlespace.get(handle, pe.pe_id)
         if entry is not None:  # the PE-identity binding: the gate's decision
             cause = self.gate.check_owner(admission, entry.identity, ACTION_REGISTER, handle, pe.pe_id, now)
@@ -482,7 +491,7 @@ class RegistrarCore:
         return out
 
     def _complete(self, session: AsapSession, action: str, msg: Any, now: float, out: list) -> None:
-        if action == ACTION_REGISTER:
+        if action == ACTION_REGISTER or action == ACTION_OPAQUE:
             self._complete_registration(session, msg, now, out)
         elif action == ACTION_DEREGISTER:
             self._complete_deregistration(session, msg, now, out)
@@ -490,7 +499,7 @@ class RegistrarCore:
             self._complete_resolution(session, msg, out)
 
     def _refuse(self, session: AsapSession, action: str, msg: Any, cause: int, now: float, out: list) -> None:
-        if action == ACTION_REGISTER:
+        if action == ACTION_REGISTER or action == ACTION_OPAQUE:
             self._refused(cause, session, "registration", msg.pool_handle, msg.pool_element.pe_id, now)
             # The gate's only Invalid Values refusal is the PE's address
             # (RFC 5354 3.12.4: the offending TLV, the user transport).
@@ -573,7 +582,9 @@ class RegistrarCore:
 
     def _on_unreachable(self, session: AsapSession, msg: AsapEndpointUnreachable, now: float, out: list) -> None:
         # Threat 2.13 / RFC 5355 2.13: reports are rate limited per reporter
-        # (the gate) and only distinct reporters count towards MAX-BAD-PE-REPORT.
+        # and only distinct reporters count; the gate says what a report does
+        # (by default: at most one probe per keep-alive interval, never a
+        # removal without an unanswered probe).
         settings = self.settings
         self.stats["unreachable_reports"] += 1
         dropped = self.gate.admit_report(session.admission, msg.pool_handle, now)
@@ -590,11 +601,14 @@ class RegistrarCore:
                       pe_id=msg.pe_id, address=session.address, home=entry.home_server_id)
             return
         count = self.handlespace.report_unreachable(msg.pool_handle, msg.pe_id, session.admission.principal, now)
-        if count >= settings.max_bad_pe_reports and not settings.unreachable_removal_needs_failed_probe:
+        key = (msg.pool_handle, msg.pe_id)
+        effect = self.gate.report_counted(count, self._last_keepalive.get(key), key in self._awaiting_ack,
+                                          settings.keepalive_interval, now)
+        if effect is REPORT_REMOVE:
             self._remove(entry, f"{count} unreachability reports", out)
-            return
-        # RFC 5352 3.5: probe the PE at once; no ACK in time removes it.
-        self._send_keepalive(entry, now, out)
+        elif effect is REPORT_PROBE:
+            # RFC 5352 3.5: probe the PE at once; no ACK in time removes it.
+            self._send_keepalive(entry, now, out)
 
     def _send_keepalive(self, entry: PoolElementEntry, now: float, out: list) -> None:
         key = (entry.pool_handle, entry.pe_id)
@@ -605,6 +619,7 @@ class RegistrarCore:
             self._remove(entry, "no ASAP channel for keep-alive", out)
             return
         self._awaiting_ack[key] = now + self.settings.keepalive_timeout
+        self._last_keepalive[key] = now
         self.handlespace.schedule_keepalive(entry.pool_handle, entry.pe_id, now + self.settings.keepalive_timeout)
         out.append(Send(session, AsapEndpointKeepAlive(self.settings.server_id, entry.pool_handle)))
 
@@ -657,6 +672,7 @@ class RegistrarCore:
     def _forget(self, entry: PoolElementEntry) -> None:
         key = (entry.pool_handle, entry.pe_id)
         self._awaiting_ack.pop(key, None)
+        self._last_keepalive.pop(key, None)
         session = self._channel_of.pop(key, None)
         if session is not None:
             session.pes.discard(key)

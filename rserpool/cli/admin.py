@@ -33,6 +33,11 @@ class AdminError(Exception):
     """The endpoint could not be reached, refused, or answered nonsense."""
 
 
+class AdminUsageError(AdminError):
+    """The command line is wrong (a missing option, a file that cannot be
+    used): exit status 2.  ``str()`` may hold several lines, one problem each."""
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
     env = os.environ.get
     parser.add_argument("--admin", metavar="URL", default=env("RSERPOOL_ADMIN_URL"),
@@ -108,10 +113,12 @@ class AdminClient:
         except ssl.SSLCertVerificationError as exc:
             raise AdminError(f"{self.url}: the endpoint's certificate is not trusted: {exc.verify_message}") from None
         except (ssl.SSLError, ConnectionResetError, BrokenPipeError) as exc:
-            raise AdminError(f"{self.url}: TLS failed ({exc}); the endpoint may require a client "
-                             "certificate (--cert/--key) it trusts") from None
+            reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or type(exc).__name__
+            raise AdminError(f"{self.url}: TLS failed ({str(reason).replace('_', ' ').lower()}); the "
+                             "endpoint may require a client certificate (--cert/--key) it trusts") from None
         except OSError as exc:
-            raise AdminError(f"cannot reach the admin endpoint at {self.url}: {exc}") from None
+            reason = exc.strerror or str(exc) or type(exc).__name__
+            raise AdminError(f"cannot reach the admin endpoint at {self.url}: {reason.lower()}") from None
         except http.client.HTTPException as exc:
             raise AdminError(f"{self.url}: bad HTTP answer: {exc}") from None
         finally:
@@ -131,12 +138,17 @@ class AdminClient:
 
 
 def _client(args: argparse.Namespace) -> AdminClient:
+    from rserpool.cli.network import check_tls_files
+
     if not args.admin:
-        raise AdminError("no admin endpoint: give --admin URL (or set RSERPOOL_ADMIN_URL)")
+        raise AdminUsageError("no admin endpoint: give --admin URL (or set RSERPOOL_ADMIN_URL)")
     if not args.ca:
-        raise AdminError("no trust roots: give --ca PEM (or set RSERPOOL_ADMIN_CA)")
+        raise AdminUsageError("no trust roots: give --ca PEM (or set RSERPOOL_ADMIN_CA)")
     if args.key and not args.cert:
-        raise AdminError("--key needs --cert")
+        raise AdminUsageError("--key needs --cert")
+    problems = check_tls_files([args.ca], args.cert, args.key if args.cert else None)
+    if problems:  # each file named, before any connection
+        raise AdminUsageError("\n".join(problems))
     token = None
     if args.token_file:
         try:
@@ -229,13 +241,18 @@ def dump(client: AdminClient, pool: str | None) -> list[dict[str, Any]]:
     return result
 
 
+def _failed(prog: str, exc: Exception, err: TextIO) -> int:
+    for line in str(exc).splitlines() or [type(exc).__name__]:
+        err.write(f"{prog}: {line}\n")
+    return 2 if isinstance(exc, AdminUsageError) else 1
+
+
 def run_status(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
     out, err = out or sys.stdout, err or sys.stderr
     try:
         status = _client(args).get("/api/v1/status")
     except (AdminError, LookupError) as exc:
-        err.write(f"rserpool status: {exc}\n")
-        return 1
+        return _failed("rserpool status", exc, err)
     out.write(json.dumps(status, indent=1) + "\n" if args.json else format_status(status))
     return 0
 
@@ -245,8 +262,7 @@ def run_dump(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | 
     try:
         pools = dump(_client(args), args.pool)
     except AdminError as exc:
-        err.write(f"rserpool handlespace dump: {exc}\n")
-        return 1
+        return _failed("rserpool handlespace dump", exc, err)
     if args.json:
         out.write(json.dumps({"pools": pools}, indent=1) + "\n")
         return 0

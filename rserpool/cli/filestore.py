@@ -266,6 +266,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("rules_file", metavar="FILE")
     p.add_argument("--identity", help="the identity asking (default: anonymous)")
     p.add_argument("--groups", help="comma-separated groups of the identity")
-    p.add_argument("--action", choices=("register", "deregister", "resolve", "peer", "admin", "enrp"),
+    p.add_argument("--action", choices=("register", "deregister", "resolve", "peer", "admin", "opaque-transport",
+                                        "enrp"),
                    help="the action asked about ('enrp' is read as 'peer')")
     p.add_argument("--pool", help="pool handle (UTF-8)")

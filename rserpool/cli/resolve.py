@@ -8,7 +8,11 @@ The registrar is authenticated first: its certificate must chain to
 Output: one line per PE, ``pe-id transport address[,address...] port
 policy``, or with ``--json`` one JSON object.  Exit status 0 on success, 1
 when the pool is unknown, the resolution is refused, or no registrar could
-be reached (with the reason on standard error), 2 for usage errors.
+be reached (one line per reason on standard error: refused, certificate
+verify failed, name mismatch...), 2 for mistakes in the command line
+(found before connecting: a file that is missing or not PEM, a key that
+does not match its certificate).  ``--timeout`` bounds the whole command;
+it ends sooner when every registrar has failed.
 """
 
 from __future__ import annotations
@@ -47,7 +51,10 @@ def register(subparsers: Any) -> None:
                         help="print at most N pool elements (default: all returned)")
     parser.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
                         help="give up after this long (default 10)")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log to standard error")
+    parser.add_argument("--log-level", metavar="LEVEL", default=None,
+                        help="log the library's lines at LEVEL (debug, info, warn, error) on "
+                             "standard error (default: no log)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="the same as --log-level info")
     parser.set_defaults(func=run)
 
 
@@ -100,49 +107,46 @@ def pe_to_json(pe: Any) -> dict[str, Any]:
 
 def _error(err: TextIO, text: str) -> int:
     err.write(f"rserpool resolve: {text}\n")
+    err.flush()
     return 1
-
-
-def _hunt_failures(pu: Any) -> list[str]:
-    hunt_round = getattr(pu.hunt, "round", None)
-    failures = getattr(hunt_round, "failures", None) or []
-    return [f"{candidate.host}:{candidate.port}: {why}" for candidate, why in failures]
 
 
 def resolve_command(args: argparse.Namespace, reactor: Any, out: TextIO, err: TextIO) -> Any:
     """Resolve ``args.pool`` and print the answer; a Deferred firing with the
-    exit status (it never fails)."""
+    exit status (it never fails): 0 success, 1 failure (one line each on
+    ``err``), 2 a mistake in the command line found before connecting."""
     from twisted.internet import defer
-    from twisted.logger import globalLogBeginner, textFileLogObserver
 
-    from rserpool.asap.pu import (
-        PuError, PuSettings, ResolutionRefused, ResolutionTimeout, UnknownPool, policy_name,
-    )
-    from rserpool.security import tls
+    from rserpool.asap.pu import PuError, PuSettings, ResolutionRefused, UnknownPool, policy_name
+    from rserpool.cli.network import Attempt, ToolFailure, check_registrars, check_tls_files, report
+    from rserpool.logs import start_tool_logging
+    from rserpool.security.tlserrors import connection_error_text
     from rserpool.service.pu import PoolUser
+    from rserpool.wire.params import pool_handle_text
 
-    if args.verbose:
-        globalLogBeginner.beginLoggingTo([textFileLogObserver(err)], redirectStandardIO=False)
-    if (args.cert is None) != (args.key is None):
-        return defer.succeed(_error(err, "--cert and --key go together"))
-    if args.timeout <= 0 or args.n < 0:
-        return defer.succeed(_error(err, "--timeout must be positive and -n not negative"))
+    start_tool_logging("info" if args.verbose and args.log_level is None else args.log_level, err)
+    problems = []
+    if args.timeout <= 0:
+        problems.append("--timeout must be positive")
+    if args.n < 0:
+        problems.append("-n must not be negative")
     handle = args.pool.encode("utf-8")
     if not handle:
-        return defer.succeed(_error(err, "empty pool handle"))
+        problems.append("the pool handle is empty")
+    problems += check_registrars(args.registrar)
+    problems += check_tls_files(args.ca, args.cert, args.key)
+    if problems:
+        report("rserpool resolve", problems, err)
+        return defer.succeed(2)
     client_cert = (args.cert, args.key) if args.cert is not None else None
-    try:
-        # Load the trust roots and the certificate now, for a clear message.
-        tls.client_options(args.server_name or "localhost", list(args.ca), client_cert=client_cert)
-        settings = PuSettings(t1=args.timeout / 3, max_request_retransmit=2)
-        pu = PoolUser.connecting_to(
-            reactor, args.registrar, list(args.ca), client_cert=client_cert,
-            # One hunt round within the timeout (each registrar tried once; a
-            # later round would forget the reasons of this one's failures).
-            server_name=args.server_name, settings=settings, t5_initial=2 * args.timeout,
-            attempt_timeout=min(7.5, args.timeout / 2))
-    except Exception as exc:  # bad files or addresses: say which
-        return defer.succeed(_error(err, f"{type(exc).__name__}: {exc}"))
+    # One request, retransmitted once, within the deadline; the hunt's round
+    # outlives the deadline (its T5), so each registrar is tried once and a
+    # round in which all failed ends the command at once.
+    settings = PuSettings(t1=args.timeout / 2, max_request_retransmit=1)
+    pu = PoolUser.connecting_to(
+        reactor, args.registrar, list(args.ca), client_cert=client_cert,
+        server_name=args.server_name, settings=settings, t5_initial=2 * args.timeout,
+        attempt_timeout=min(7.5, args.timeout))
 
     def show(pes: list) -> int:
         if args.n:
@@ -159,25 +163,21 @@ def resolve_command(args: argparse.Namespace, reactor: Any, out: TextIO, err: Te
 
     def failed(failure: Any) -> int:
         error = failure.value
+        if isinstance(error, ToolFailure):
+            report("rserpool resolve", error.lines, err)
+            return 1
         if isinstance(error, UnknownPool):
-            return _error(err, f"unknown pool {args.pool!r}")
+            return _error(err, f"unknown pool {pool_handle_text(handle)}")
         if isinstance(error, ResolutionRefused):
-            return _error(err, f"the registrar refused to resolve {args.pool!r}: {error}")
-        if isinstance(error, ResolutionTimeout):
-            if pu.home is None:
-                reasons = _hunt_failures(pu)
-                detail = "; ".join(reasons) if reasons else "no answer"
-                return _error(err, f"cannot reach an authenticated registrar within "
-                                   f"{args.timeout:g} s ({detail})")
-            return _error(err, f"the registrar did not answer within {args.timeout:g} s")
+            return _error(err, str(error))
         if isinstance(error, PuError):
             return _error(err, str(error))
-        return _error(err, f"{type(error).__name__}: {error}")
+        return _error(err, connection_error_text(failure))
 
     def finish(status: int) -> Any:
         return pu.stop().addBoth(lambda _: status)
 
-    d = pu.resolve(handle)
+    d = Attempt(reactor, args.timeout, pu, "answer").run(lambda: pu.resolve(handle))
     d.addCallbacks(show, failed)
     d.addCallback(finish)
     return d

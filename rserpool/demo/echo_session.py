@@ -2,11 +2,13 @@
 
 :class:`EchoSessionApplication` echoes every data message back and keeps one
 piece of per-session state, the number of messages echoed, in an
-HMAC-sealed cookie (``rserpool.asap.session.CookieSealer``): after each echo
-it sends the PU a fresh ASAP_COOKIE; when a PU fails over to this PE and
-echoes a cookie, the PE checks the seal (key shared by the pool's PEs,
-context = the pool handle) and continues the count.  A cookie that does not
-verify ends the session: the PE never trusts state it did not seal.
+HMAC-sealed, session-bound cookie (``rserpool.asap.session.SessionCookies``):
+after each echo it sends the PU a fresh ASAP_COOKIE; when a PU fails over to
+this PE and echoes a cookie, the PE checks the seal (key shared by the
+pool's PEs, context = the pool handle) and its freshness (not older than
+what this PE has seen of the session, the session not live on another
+connection here) and continues the count.  A cookie that fails ends the
+session: the PE never trusts state it did not seal, nor a stale copy of it.
 
 Plug it into the demo echo PE (``rserpool.demo.echo_pe``)::
 
@@ -23,7 +25,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from rserpool.asap.session import DEFAULT_DATA_PPID, CookieError, CookieSealer
+from rserpool.asap.session import DEFAULT_DATA_PPID, CookieError, SessionCookies
 from rserpool.interfaces import ISessionApplication
 from rserpool.service.channel import ChannelSettings
 from rserpool.service.pe_session import AcceptedSession, SessionServer
@@ -40,7 +42,7 @@ class EchoSessionApplication:
 
     def __init__(self, cookie_key: bytes, *, pool_handle: bytes = b"echo", clock: Any,
                  cookie_max_age: float | None = 3600.0, business_card: Any = None) -> None:
-        self.sealer = CookieSealer(cookie_key, context=pool_handle, max_age=cookie_max_age)
+        self.cookies = SessionCookies(cookie_key, context=pool_handle, max_age=cookie_max_age)
         self.pool_handle = pool_handle
         self.clock = clock
         #: ``callable() -> tuple[PoolElement, ...]`` giving the failover order to send
@@ -53,6 +55,7 @@ class EchoSessionApplication:
     def session_started(self, session: AcceptedSession) -> None:
         self.sessions_started += 1
         session.state = 0
+        self.cookies.start(session)
         if self.business_card is not None:
             pes = tuple(self.business_card())
             if pes:
@@ -60,7 +63,8 @@ class EchoSessionApplication:
 
     def cookie_echoed(self, session: AcceptedSession, cookie: bytes) -> None:
         try:
-            state = self.sealer.open(cookie, self.clock.seconds())
+            opened = self.cookies.resume(cookie, session, self.clock.seconds())
+            state = opened.state
             if len(state) != _COUNT.size:
                 raise CookieError("unexpected cookie contents")
         except CookieError as exc:
@@ -80,10 +84,10 @@ class EchoSessionApplication:
     def data_received(self, session: AcceptedSession, payload: bytes) -> None:
         session.send(payload)
         session.state = (session.state or 0) + 1
-        session.send_cookie(self.sealer.seal(_COUNT.pack(session.state), self.clock.seconds()))
+        session.send_cookie(self.cookies.issue(session, _COUNT.pack(session.state), self.clock.seconds()))
 
     def session_ended(self, session: AcceptedSession, reason: Failure) -> None:
-        pass
+        self.cookies.end(session)
 
 
 def echo_session_server(

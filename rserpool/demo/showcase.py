@@ -117,6 +117,10 @@ class DemoService(MultiService):
         line = f"hello {self._count}".encode()
         try:
             echo = yield self.session.send(line)
+        except defer.CancelledError:
+            if self._stopping:
+                return  # stopping: the session closed under this echo
+            raise
         except Exception as exc:  # the demo keeps going; the log says why
             if self._stopping:  # the session closed under the last echo: no failure
                 _log.info("demo: {line!r} not echoed: the demo is stopping", line=line)

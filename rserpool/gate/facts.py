@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Union
 
+from rserpool.gate.attempts import REFUSED_RATE_ADDRESS, REFUSED_RATE_IDENTITY, Slowdown
 from rserpool.identity import Identity
 from rserpool.security.ratelimit import AttemptLimit, RateLimit
 from rserpool.wire.codes import CAUSE_SECURITY
@@ -16,12 +17,14 @@ __all__ = [
     "ACTIONS",
     "ACTION_ADMIN",
     "ACTION_DEREGISTER",
+    "ACTION_OPAQUE",
     "ACTION_PEER",
     "ACTION_REGISTER",
     "ACTION_RESOLVE",
     "ACTION_UNREACHABLE",
     "Admission",
     "AskAuthorizer",
+    "AttemptDelayed",
     "AttemptRefused",
     "CLOSING",
     "CloseChannel",
@@ -37,11 +40,15 @@ __all__ = [
     "Opened",
     "Output",
     "RemovePoolElements",
+    "Slowdown",
     "REFUSED_AFTER_SUCCESS",
     "REFUSED_CLOSING",
     "REFUSED_IDENTITY_MISMATCH",
     "REFUSED_RATE_ADDRESS",
     "REFUSED_RATE_IDENTITY",
+    "REPORT_COUNTED",
+    "REPORT_PROBE",
+    "REPORT_REMOVE",
 ]
 
 # -- doors and actions ----------------------------------------------------------------------------
@@ -59,11 +66,15 @@ ACTION_DEREGISTER = "deregister"
 ACTION_RESOLVE = "resolve"
 ACTION_PEER = "peer"
 ACTION_ADMIN = "admin"
+#: Registering an Opaque Transport (parameter 0x10): its address cannot be
+#: checked, so the authorizer must allow it by name for the identity and pool.
+ACTION_OPAQUE = "opaque-transport"
 #: An ENDPOINT_UNREACHABLE report: rate limited, never asked of an authorizer.
 ACTION_UNREACHABLE = "unreachable"
 
 #: What the authorization plugins answer (default deny for each).
-ACTIONS: tuple[str, ...] = (ACTION_REGISTER, ACTION_DEREGISTER, ACTION_RESOLVE, ACTION_PEER, ACTION_ADMIN)
+ACTIONS: tuple[str, ...] = (ACTION_REGISTER, ACTION_DEREGISTER, ACTION_RESOLVE, ACTION_PEER, ACTION_ADMIN,
+                            ACTION_OPAQUE)
 
 #: The requests each door serves.
 DOOR_ACTIONS: dict[str, frozenset[str]] = {
@@ -74,11 +85,20 @@ DOOR_ACTIONS: dict[str, frozenset[str]] = {
 
 # -- why an authentication attempt is refused (AttemptRefused.kind) ------------------------------
 
-REFUSED_RATE_ADDRESS = "too many failed attempts from this address"
-REFUSED_RATE_IDENTITY = "too many failed attempts for this identity"
 REFUSED_IDENTITY_MISMATCH = "identity differs from the channel's"
 REFUSED_AFTER_SUCCESS = "already authenticated"
 REFUSED_CLOSING = "channel closing"
+
+# -- what an admitted ENDPOINT_UNREACHABLE report does (Gate.report_counted) --------------------
+
+#: Counted only: a probe is outstanding, or the PE was sent a keep-alive
+#: less than one keep-alive interval ago.
+REPORT_COUNTED = "counted"
+#: Probe the PE at once (RFC 5352 3.5); an unanswered probe removes it.
+REPORT_PROBE = "probe"
+#: Remove the PE now (MAX-BAD-PE-REPORT distinct reporters; only with
+#: ``unreachable_removal_needs_failed_probe`` off).
+REPORT_REMOVE = "remove"
 
 
 # -- configuration ----------------------------------------------------------------------------
@@ -94,6 +114,12 @@ class GatePolicy:
     authorize_resolution: bool = False  # ask the authorizer about resolutions too
     check_pe_addresses: bool = True  # a PE may register only its channel's address
     unreachable_requires_identity: bool = False  # RFC 5355 2.13 hardening
+    # RFC 5355 2.13: reports alone never remove a PE; each admitted report may
+    # probe it (at most one keep-alive per PE per keep-alive interval) and
+    # only a probe left unanswered removes it.  False (INSECURE): RFC 5352's
+    # rule, ``max_bad_pe_reports`` distinct reporters remove a PE.
+    unreachable_removal_needs_failed_probe: bool = True
+    max_bad_pe_reports: int = 3  # MAX-BAD-PE-REPORT (RFC 5352 section 5)
     # Per authenticated identity, and per source address (threat 2.1).
     registration_rate: RateLimit = RateLimit(rate=50.0, burst=100.0)
     registration_rate_per_address: RateLimit = RateLimit(rate=500.0, burst=1000.0)
@@ -102,13 +128,20 @@ class GatePolicy:
     unreachable_rate: RateLimit = RateLimit(rate=1.0, burst=10.0)
     # Requests at the peer and admin doors, per identity.
     door_request_rate: RateLimit = RateLimit(rate=100.0, burst=200.0)
-    # Failed SRP/CHAP attempts: a token per attempt, refunded on success.
-    attempts_per_identity: AttemptLimit = AttemptLimit(capacity=5, refill_interval=60.0)
+    # Failed SRP/CHAP attempts (rserpool.gate.attempts): a token per attempt,
+    # refunded on success, per (identity, source address) and per source
+    # address; per identity only a slowdown, so that outsiders cannot lock
+    # an identity out.
+    attempts_per_identity_and_address: AttemptLimit = AttemptLimit(capacity=5, refill_interval=60.0)
     attempts_per_address: AttemptLimit = AttemptLimit(capacity=20, refill_interval=6.0)
+    identity_slowdown: Slowdown = Slowdown()
     # Connections open at once, in all and from one address (counted from
     # the moment a connection is accepted, before its TLS handshake).
     max_connections: int = 10_000
     max_connections_per_address: int = 256
+    # IPv6 addresses in one prefix of this length count as one address
+    # (rserpool.addresses.address_key): one host owns a whole /64.
+    ipv6_prefix: int = 64
     # Per channel: authorizations waiting, decisions remembered, inputs held
     # while the channel's identity is being established.
     max_pending_per_channel: int = 32
@@ -120,9 +153,11 @@ class GatePolicy:
 
     def __post_init__(self) -> None:
         for name in ("max_connections", "max_connections_per_address", "max_pending_per_channel",
-                     "max_cached_decisions", "max_held_per_channel"):
+                     "max_cached_decisions", "max_held_per_channel", "max_bad_pe_reports"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
+        if not 1 <= self.ipv6_prefix <= 128:
+            raise ValueError("ipv6_prefix must be 1-128")
 
 
 # -- per channel ------------------------------------------------------------------------------
@@ -143,7 +178,7 @@ class Admission:
     ``session`` the door's own per-channel state."""
 
     __slots__ = ("door", "address", "tls", "fingerprint", "state", "identity", "mechanism", "groups",
-                 "principal", "base", "exchanged", "allowed", "pending", "held", "epoch",
+                 "principal", "base", "exchanged", "attempt", "allowed", "pending", "held", "epoch",
                  "change_barrier", "session", "channel", "_last_address")
 
     def __init__(self, door: str, address: str, tls: bool, fingerprint: str | None) -> None:
@@ -158,6 +193,7 @@ class Admission:
         self.principal = "addr:" + address
         self.base: Identity | None = None  # the identity TLS proved (certificate, PSK)
         self.exchanged: Identity | None = None  # the identity an SRP/CHAP exchange proved
+        self.attempt: str | None = None  # the identity an admitted SRP/CHAP attempt tries to prove
         self.allowed: dict[tuple[str, bytes], bool] = {}
         self.pending = 0
         self.held = 0
@@ -224,6 +260,14 @@ class RemovePoolElements:
 
     admission: Admission
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptDelayed:
+    """Let the SRP/CHAP attempt go ahead after ``delay`` seconds (its
+    identity failed recently: the per-identity slowdown)."""
+
+    delay: float
 
 
 @dataclass(frozen=True, slots=True)

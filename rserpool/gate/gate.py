@@ -38,7 +38,9 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterable
 
+from rserpool.addresses import address_key
 from rserpool.gate.facts import (
+    ACTION_OPAQUE,
     ACTION_PEER,
     CLOSING,
     IDENTIFYING,
@@ -52,9 +54,11 @@ from rserpool.gate.facts import (
     REFUSED_AFTER_SUCCESS,
     REFUSED_CLOSING,
     REFUSED_IDENTITY_MISMATCH,
-    REFUSED_RATE_ADDRESS,
-    REFUSED_RATE_IDENTITY,
+    REPORT_COUNTED,
+    REPORT_PROBE,
+    REPORT_REMOVE,
     AskAuthorizer,
+    AttemptDelayed,
     AttemptRefused,
     CloseChannel,
     GatePolicy,
@@ -64,7 +68,8 @@ from rserpool.gate.facts import (
 )
 from rserpool.gate.refusals import RefusalLog, pool_handle_text
 from rserpool.identity import MECH_CERTIFICATE, Identity
-from rserpool.security.ratelimit import AttemptLimiter, RateLimiter
+from rserpool.gate.attempts import REFUSED_RATE_ADDRESS, AttemptBudgets
+from rserpool.security.ratelimit import RateLimiter
 from rserpool.wire.codes import (
     CAUSE_INVALID_VALUES,
     CAUSE_LACK_OF_RESOURCES,
@@ -117,8 +122,8 @@ class Gate:
         self._resolutions = RateLimiter(policy.resolution_rate)
         self._reports = RateLimiter(policy.unreachable_rate)
         self._door_requests = RateLimiter(policy.door_request_rate)
-        self.attempts = AttemptLimiter.from_limit(policy.attempts_per_identity)
-        self.attempts_by_address = AttemptLimiter.from_limit(policy.attempts_per_address)
+        self.attempts = AttemptBudgets(policy.attempts_per_identity_and_address, policy.attempts_per_address,
+                                       policy.identity_slowdown)
         self.channels: set[Admission] = set()
         self.connections: dict[str, int] = {}  # open connections per address
         self._next_token = 1
@@ -173,11 +178,12 @@ class Gate:
         if len(self.channels) >= policy.max_connections:
             self._refuse(adm, "connection", _CONNECTIONS.format(n=len(self.channels)), CHANNEL_CLOSED, now, "warn")
             return None
-        open_here = self.connections.get(address, 0)
+        key = address_key(address, policy.ipv6_prefix)  # an IPv6 /64 is one address
+        open_here = self.connections.get(key, 0)
         if open_here >= policy.max_connections_per_address:
             self._refuse(adm, "connection", _CONNECTIONS_HERE.format(n=open_here), CHANNEL_CLOSED, now, "warn")
             return None
-        self.connections[address] = open_here + 1
+        self.connections[key] = open_here + 1
         self.channels.add(adm)
         return adm
 
@@ -226,11 +232,12 @@ class Gate:
         """The channel is gone."""
         if adm in self.channels:
             self.channels.discard(adm)
-            left = self.connections.get(adm.address, 1) - 1
+            key = address_key(adm.address, self.policy.ipv6_prefix)
+            left = self.connections.get(key, 1) - 1
             if left > 0:
-                self.connections[adm.address] = left
+                self.connections[key] = left
             else:
-                self.connections.pop(adm.address, None)
+                self.connections.pop(key, None)
         adm.state = CLOSING
         adm.change_barrier = (CAUSE_SECURITY, _NOT_OPEN[CLOSING])
         adm.allowed = {}
@@ -297,6 +304,16 @@ class Gate:
             return None
         return self._authorize(adm, action, handle, decided, now)
 
+    def admit_opaque_transport(self, adm: Admission, handle: bytes, now: float) -> None | int | AskAuthorizer:
+        """A registration (already admitted) whose user transport is an
+        Opaque Transport: no address in it can be checked against the
+        channel's, so the authorizer must allow ``opaque-transport`` for the
+        identity and pool (default deny; ``all`` never grants it)."""
+        decided = adm.allowed.get((ACTION_OPAQUE, handle))
+        if decided is True:
+            return None
+        return self._authorize(adm, ACTION_OPAQUE, handle, decided, now)
+
     def admit_resolution(self, adm: Admission, handle: bytes, now: float) -> None | int | AskAuthorizer:
         """A handle resolution (anonymous pool users welcome)."""
         if adm.state is not OPEN:
@@ -327,6 +344,23 @@ class Gate:
         if not self._reports.allow(adm.principal, now):
             return self._refuse(adm, what, _RATE, CAUSE_LACK_OF_RESOURCES, now, dropped=True)
         return None
+
+    def report_counted(self, reporters: int, last_keepalive: float | None, probing: bool,
+                       keepalive_interval: float, now: float) -> str:
+        """What an admitted unreachability report does to its PE (RFC 5355
+        2.13), given the facts: ``reporters`` distinct reporters so far,
+        when the PE was last sent a keep-alive (None: never), whether a probe
+        is outstanding.  By default reports never remove a PE: they may
+        probe it, at most once per keep-alive interval however many reports
+        come, so the registrar's keep-alives stay within what the PE
+        library's keep-alive limit (RFC 5355 2.14) always answers, and only
+        a probe left unanswered removes the PE."""
+        policy = self.policy
+        if not policy.unreachable_removal_needs_failed_probe and reporters >= policy.max_bad_pe_reports:
+            return REPORT_REMOVE
+        if probing or (last_keepalive is not None and now - last_keepalive < keepalive_interval):
+            return REPORT_COUNTED
+        return REPORT_PROBE
 
     def admit(self, adm: Admission, action: str, handle: bytes, now: float) -> None | int | AskAuthorizer:
         """A request at the peer or admin door (``peer``, ``admin``): TLS, an
@@ -401,10 +435,12 @@ class Gate:
     # -- authentication inside the channel (SRP, CHAP) -----------------------------------------
 
     def authentication_attempt(self, adm: Admission, claimed: str, mechanism: str,
-                               now: float) -> AttemptRefused | None:
+                               now: float) -> AttemptRefused | AttemptDelayed | None:
         """May the channel try to prove ``claimed`` with ``mechanism`` now?
-        Before any credential work; takes a token from the identity's and
-        the address's failure budgets (a success gives them back)."""
+        Before any credential work; takes a token from the failure budgets
+        of (identity, address) and of the address (a success gives them
+        back), and says how long to wait first when the identity failed
+        recently, from anywhere (:mod:`rserpool.gate.attempts`)."""
         what = f"{mechanism} authentication as {claimed}"
         if adm.state is not OPEN:
             return self._refuse_attempt(adm, what, REFUSED_CLOSING, REFUSED_CLOSING, True, now)
@@ -413,12 +449,12 @@ class Gate:
         if adm.base is not None and claimed != adm.base.name:
             return self._refuse_attempt(adm, what, REFUSED_IDENTITY_MISMATCH,
                                         f"{REFUSED_IDENTITY_MISMATCH} ({adm.base.name})", True, now)
-        if not self.attempts_by_address.try_acquire(adm.address, now):
-            return self._refuse_attempt(adm, what, REFUSED_RATE_ADDRESS, REFUSED_RATE_ADDRESS, True, now)
-        if not self.attempts.try_acquire(claimed, now):
-            self.attempts_by_address.refund(adm.address, now)
-            return self._refuse_attempt(adm, what, REFUSED_RATE_IDENTITY, REFUSED_RATE_IDENTITY, False, now)
-        return None
+        refused = self.attempts.take(claimed, adm.address, now)
+        if refused is not None:
+            return self._refuse_attempt(adm, what, refused, refused, refused == REFUSED_RATE_ADDRESS, now)
+        adm.attempt = claimed
+        delay = self.attempts.delay(claimed, now)
+        return AttemptDelayed(delay) if delay else None
 
     def _refuse_attempt(self, adm: Admission, what: str, kind: str, reason: str, final: bool,
                         now: float) -> AttemptRefused:
@@ -432,8 +468,8 @@ class Gate:
     def authenticated(self, adm: Admission, identity: Identity, now: float) -> list[Output]:
         """An exchange proved ``identity``: it becomes the channel's (every
         remembered decision is forgotten) and the attempt's tokens return."""
-        self.attempts.refund(identity.name, now)
-        self.attempts_by_address.refund(adm.address, now)
+        adm.attempt = None
+        self.attempts.refund(identity.name, adm.address, now)
         if adm.state is not OPEN:
             return []
         if adm.exchanged is not None or (adm.base is not None and identity.name != adm.base.name):
@@ -450,6 +486,9 @@ class Gate:
         """An exchange failed (its tokens stay spent).  After a success the
         channel loses its identity and closes; a final failure closes it."""
         self.stats["authentication_failed"] += 1
+        if claimed is not None and adm.attempt == claimed:  # credentials were checked, and wrong
+            self.attempts.failed(claimed, now)  # the identity's slowdown
+        adm.attempt = None
         what = f"{mechanism or 'SRP/CHAP'} authentication as {claimed or '?'}"
         if adm.state is CLOSING:  # refused already (logged then): close
             return [CloseChannel(adm, reason)]
@@ -465,9 +504,8 @@ class Gate:
         """The credential backend could not answer: not the peer's failure
         (its tokens return); the exchange ends and the channel closes."""
         self.stats["authentication_unavailable"] += 1
-        if claimed is not None:
-            self.attempts.refund(claimed, now)
-        self.attempts_by_address.refund(adm.address, now)
+        adm.attempt = None
+        self.attempts.refund(claimed, adm.address, now)
         what = f"{mechanism or 'SRP/CHAP'} authentication as {claimed or '?'}"
         return self._close(adm, f"{what}: backend unavailable ({reason})", now, "error")
 

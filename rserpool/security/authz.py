@@ -15,8 +15,11 @@ The embedded authorizer reads a rules file, one rule per line::
 - *actions*: ``register``, ``deregister``, ``resolve``, ``peer`` (act as an
   ENRP peer, the security gate's ``peer`` door; ``enrp`` is read as
   ``peer``), ``admin`` (read the admin endpoint), both with an empty pool
-  handle, so grant them with the pattern ``*``, or ``all`` (every action
-  but ``peer`` and ``admin``, which are only ever granted by name).
+  handle, so grant them with the pattern ``*``), ``opaque-transport``
+  (register a PE whose user transport is an Opaque Transport, parameter
+  0x10, whose address the registrar cannot check), or ``all`` (every action
+  but ``peer``, ``admin`` and ``opaque-transport``, which are only ever
+  granted by name).
 - *patterns* are shell-style globs (``fnmatch``, case-sensitive) over the pool
   handle, which is read as UTF-8; a handle that is not valid UTF-8 only
   matches ``*`` or a ``hex:`` pattern such as ``hex:0a0b*``.
@@ -43,9 +46,10 @@ __all__ = [
     "ACTIONS", "Rule", "RulesError", "RulesAuthorizer", "parse_rules", "load_rules", "pool_matches",
 ]
 
-ACTIONS = frozenset({"register", "deregister", "resolve", "peer", "admin"})
-#: What ``all`` stands for: the peer and admin doors are never granted by a wildcard.
-_ALL_ACTIONS = ACTIONS - {"admin", "peer"}
+ACTIONS = frozenset({"register", "deregister", "resolve", "peer", "admin", "opaque-transport"})
+#: What ``all`` stands for: the peer and admin doors, and registering an
+#: Opaque Transport, are never granted by a wildcard.
+_ALL_ACTIONS = ACTIONS - {"admin", "peer", "opaque-transport"}
 #: Older names of actions, read as the current ones.
 _ALIASES = {"enrp": "peer"}
 _MAX_RULES = 100_000

@@ -38,6 +38,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 __all__ = [
     "CertificateProfileError",
+    "PkiFileError",
+    "check_key_pair",
     "IssuedCertificate",
     "KeyType",
     "PrivateKey",
@@ -479,10 +481,33 @@ def write_crl(path: PathLike, crl: x509.CertificateRevocationList) -> Path:
     return _write_bytes(path, crl.public_bytes(serialization.Encoding.PEM), 0o644)
 
 
+class PkiFileError(ValueError):
+    """A certificate, key or CRL file that cannot be used.  ``str()`` is one
+    line that names the file and says what is wrong with it."""
+
+
+def _read(path: PathLike) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except FileNotFoundError:
+        raise PkiFileError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise PkiFileError(f"{path}: a directory, not a file") from None
+    except PermissionError:
+        raise PkiFileError(f"{path}: permission denied") from None
+    except OSError as exc:
+        raise PkiFileError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+
+
 def load_certificates(path: PathLike) -> list[x509.Certificate]:
     """All PEM certificates in a file (a bundle or a leaf plus its chain)."""
-    certs = x509.load_pem_x509_certificates(Path(path).read_bytes())
-    return list(certs)
+    data = _read(path)
+    try:
+        return list(x509.load_pem_x509_certificates(data))
+    except ValueError:
+        if b"PRIVATE KEY-----" in data and b"CERTIFICATE-----" not in data:
+            raise PkiFileError(f"{path}: holds a private key, not a certificate") from None
+        raise PkiFileError(f"{path}: not a PEM certificate file") from None
 
 
 def load_certificate(path: PathLike) -> x509.Certificate:
@@ -491,14 +516,34 @@ def load_certificate(path: PathLike) -> x509.Certificate:
 
 
 def load_private_key(path: PathLike) -> PrivateKey:
-    key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
+    data = _read(path)
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except TypeError:  # it needs a password
+        raise PkiFileError(f"{path}: an encrypted private key (not supported: store it "
+                           "unencrypted, mode 0600)") from None
+    except ValueError:
+        if b"CERTIFICATE-----" in data and b"PRIVATE KEY-----" not in data:
+            raise PkiFileError(f"{path}: holds a certificate, not a private key") from None
+        raise PkiFileError(f"{path}: not a PEM private key") from None
     if not isinstance(key, (ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey)):
-        raise CertificateProfileError("only EC and RSA private keys are supported")
+        raise CertificateProfileError(f"{path}: only EC and RSA private keys are supported")
     return key
 
 
+def check_key_pair(certificate: x509.Certificate, key: PrivateKey, cert_path: PathLike,
+                   key_path: PathLike) -> None:
+    """PkiFileError unless ``key`` is the private key of ``certificate``."""
+    if certificate.public_key().public_numbers() != key.public_key().public_numbers():
+        raise PkiFileError(f"{key_path}: this private key does not match the certificate "
+                           f"in {cert_path}")
+
+
 def load_crl(path: PathLike) -> x509.CertificateRevocationList:
-    data = Path(path).read_bytes()
-    if b"-----BEGIN" in data:
-        return x509.load_pem_x509_crl(data)
-    return x509.load_der_x509_crl(data)
+    data = _read(path)
+    try:
+        if b"-----BEGIN" in data:
+            return x509.load_pem_x509_crl(data)
+        return x509.load_der_x509_crl(data)
+    except ValueError:
+        raise PkiFileError(f"{path}: not a PEM or DER CRL") from None

@@ -18,7 +18,8 @@ What is checked, and by whom:
   before anything else: chain to the configured roots, validity, EKU
   serverAuth (OpenSSL), optional CRLs, then the host name or IP address with
   ``service_identity`` exactly like :func:`twisted.internet.ssl.optionsForClientTLS`
-  (a mismatch ends the connection with ``service_identity.VerificationError``).
+  (a refused certificate or a wrong name ends the connection with a
+  ``rserpool.security.tlserrors.CertificateRejected`` saying why).
 
 A ``Context`` cannot be changed once it has made a connection (pyOpenSSL 26),
 so every creator builds its context completely up front.  To change CRLs on a
@@ -56,6 +57,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from rserpool.security import _internals, pki
+from rserpool.security.tlserrors import CertificateRejected, name_mismatch_text, verify_error_text
 
 __all__ = [
     "disable_session_tickets",
@@ -221,7 +223,9 @@ def _load_identity(
 ) -> tuple[pki.PrivateKey, x509.Certificate, list[x509.Certificate]]:
     """Key, leaf and chain (pyOpenSSL 26 takes ``cryptography`` objects directly)."""
     certs = pki.load_certificates(cert_path)
-    return pki.load_private_key(key_path), certs[0], certs[1:]
+    key = pki.load_private_key(key_path)
+    pki.check_key_pair(certs[0], key, cert_path, key_path)
+    return key, certs[0], certs[1:]
 
 
 def _finish_context(
@@ -507,15 +511,24 @@ class ClientTLSOptions:
             connection.set_tlsext_host_name(self._sni)
         holder: list[Any] = [tlsProtocol]
 
+        def fail(reason: str) -> None:
+            # The connection ends with this reason (one readable line)
+            # rather than OpenSSL's "certificate verify failed".
+            if holder[0] is not None:
+                holder[0].failVerification(Failure(CertificateRejected(reason)))
+                holder[0] = None
+
         def verify(conn: SSL.Connection, cert: crypto.X509, errno: int, depth: int, ok: int) -> bool:
             try:
-                if not ok or depth != 0:
-                    return bool(ok)
+                if not ok:
+                    fail(verify_error_text(errno, depth, cert))
+                    return False
+                if depth != 0:
+                    return True
                 try:
                     self._verify_identity(cert.to_cryptography())
                 except (VerificationError, CertificateError):
-                    if holder[0] is not None:
-                        holder[0].failVerification(Failure())
+                    fail(name_mismatch_text(self.settings.hostname, cert.to_cryptography()))
                     return False
                 return True
             except BaseException:  # never raise into OpenSSL

@@ -7,7 +7,8 @@
   :class:`ChannelBindingError` and the registrar refuses with cause 0xa.
 - :class:`RegistrarAuthenticator` runs a
   :class:`~rserpool.security.exchange.ServerExchange` per channel for
-  ``RegistrarService``: it asks the security gate before every attempt,
+  ``RegistrarService``: it asks the security gate before every attempt
+  (which may refuse it or, for an identity that failed recently, delay it),
   gives the credentials the exchange produces to the configured twisted.cred
   checkers (an ``SrpChecker`` issues SRP's challenge first), reports every
   result to the gate and carries out what the gate decides.  A backend
@@ -34,7 +35,7 @@ from zope.interface import implementer
 from rserpool.errors import BackendUnavailable
 from rserpool.gate import (
     REFUSED_AFTER_SUCCESS, REFUSED_CLOSING, REFUSED_IDENTITY_MISMATCH, REFUSED_RATE_ADDRESS,
-    REFUSED_RATE_IDENTITY, CloseChannel, Gate,
+    REFUSED_RATE_IDENTITY, AttemptDelayed, CloseChannel, Gate,
 )
 from rserpool.identity import normalize_identity
 from rserpool.interfaces import IChannelHandler, IChapCredentials
@@ -119,12 +120,13 @@ def read_secret(path: str) -> bytes:
 
 
 class _ChannelState:
-    __slots__ = ("exchange", "admission", "timer")
+    __slots__ = ("exchange", "admission", "timer", "delayed")
 
     def __init__(self, exchange: ex.ServerExchange | None, admission: Any) -> None:
         self.exchange = exchange
         self.admission = admission
         self.timer: IDelayedCall | None = None
+        self.delayed: IDelayedCall | None = None  # an attempt the gate slowed down
 
 
 class RegistrarAuthenticator:
@@ -187,8 +189,11 @@ class RegistrarAuthenticator:
 
     def channel_closed(self, channel: Any) -> None:
         state = self._channels.pop(channel, None)
-        if state is not None and state.timer is not None and state.timer.active():
-            state.timer.cancel()
+        if state is None:
+            return
+        for call in (state.timer, state.delayed):
+            if call is not None and call.active():
+                call.cancel()
 
     # -- carrying out
     def _carry_out(self, channel: Any, state: _ChannelState, events: tuple) -> None:
@@ -202,6 +207,9 @@ class RegistrarAuthenticator:
                 refused = gate.authentication_attempt(adm, event.identity, event.mechanism, now)
                 if refused is None:
                     self._carry_out(channel, state, state.exchange.attempt_admitted(now))
+                elif type(refused) is AttemptDelayed:
+                    # The identity failed recently: go ahead, later (never refused for it).
+                    state.delayed = self.clock.callLater(refused.delay, self._admit_later, channel, state)
                 else:
                     self._carry_out(channel, state, state.exchange.attempt_refused(
                         _ATTEMPT_CODES[refused.kind], refused.final, refused.kind, now))
@@ -242,6 +250,11 @@ class RegistrarAuthenticator:
             return
         delay = max(0.0, deadline - self.clock.seconds())
         state.timer = self.clock.callLater(delay, self._expired, channel)
+
+    def _admit_later(self, channel: Any, state: _ChannelState) -> None:
+        state.delayed = None
+        if self._current(channel, state):
+            self._carry_out(channel, state, state.exchange.attempt_admitted(self.clock.seconds()))
 
     def _expired(self, channel: Any) -> None:
         state = self._channels.get(channel)

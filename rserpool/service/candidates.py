@@ -51,15 +51,12 @@ DnsTimeout = Sequence[float]
 
 
 def describe_failure(failure: Failure) -> str:
-    """A one-line reason for the logs (e.g. a certificate for the wrong name)."""
-    value = failure.value
-    name = type(value).__name__
-    if name in ("VerificationError", "CertificateError"):
-        return f"server certificate does not match the expected name: {value}"
-    if isinstance(value, defer.CancelledError):
-        return "cancelled"
-    text = str(value) or repr(value)
-    return f"{name}: {text}"
+    """A one-line reason for the logs and the tools (e.g. "certificate verify
+    failed: unknown CA ...", "name mismatch: expected X, certificate is for
+    Y", "connection refused"): see ``rserpool.security.tlserrors``."""
+    from rserpool.security.tlserrors import connection_error_text
+
+    return connection_error_text(failure)
 
 
 
@@ -139,6 +136,7 @@ class RegistrarCandidates:
         default_port: int = ASAP_TLS_PORT,
         rng: random.Random | None = None,
     ) -> None:
+        self.lookup_failures: list[str] = []
         if srv_name_check not in ("target", "domain"):
             raise ValueError("srv_name_check must be 'target' or 'domain'")
         self.static = tuple(
@@ -172,6 +170,9 @@ class RegistrarCandidates:
             self.announces.listeners.remove(listener)
 
     def candidates(self) -> defer.Deferred[list[Candidate]]:
+        # Why names of this round gave no address ("name: why"), for tools
+        # that report every failure.
+        self.lookup_failures: list[str] = []
         parts: list[defer.Deferred[list[Candidate]]] = []
         for entry in self.static:
             parts.append(self._static(entry))
@@ -198,6 +199,7 @@ class RegistrarCandidates:
         def build(addresses: list[str]) -> list[Candidate]:
             if not addresses:
                 _log.warn("registrar {name}: no A/AAAA records", name=entry.host)
+                self.lookup_failures.append(f"{entry.host}: no A/AAAA records")
             return [Candidate(a, entry.port, entry.tls_name, Origin.STATIC, source)
                     for a in addresses]
 
@@ -215,6 +217,7 @@ class RegistrarCandidates:
             targets = srv_order(targets, self.rng)
             if not targets:
                 _log.warn("SRV {name}: no usable records", name=name)
+                self.lookup_failures.append(f"{name}: no usable SRV records")
             lookups = []
             for target in targets:
                 known = _addresses_in(additional, target.target)
@@ -235,9 +238,10 @@ class RegistrarCandidates:
 
         return d.addCallback(ordered).addErrback(self._dns_failed, name)
 
-    @staticmethod
-    def _dns_failed(failure: Failure, name: str) -> list[Candidate]:
-        _log.warn("DNS lookup of {name} failed: {why}", name=name, why=describe_failure(failure))
+    def _dns_failed(self, failure: Failure, name: str) -> list[Candidate]:
+        why = describe_failure(failure)
+        _log.warn("DNS lookup of {name} failed: {why}", name=name, why=why)
+        self.lookup_failures.append(f"{name}: {why}")
         return []
 
 

@@ -12,7 +12,17 @@ A ``Channel`` is a Twisted ``Protocol``.  It only moves bytes and time:
 - a heartbeat timer on the injected clock sends a HEARTBEAT when the channel
   has been idle for ``heartbeat_interval`` and closes the channel when
   nothing at all arrived for ``dead_after`` seconds (the draft leaves failure
-  detection to the implementation; see docs/tcp-mapping.md).
+  detection to the implementation; see docs/tcp-mapping.md);
+- the same timer enforces deadlines a slow client cannot stretch by
+  trickling bytes: a chunk that has started must be complete within
+  ``chunk_timeout``; on the accepting side the TLS handshake must finish
+  within ``handshake_timeout`` of the connection and the first message must
+  arrive within ``first_message_timeout`` of the handshake (None turns one
+  off);
+- on the accepting side, at most ``max_events_per_turn`` events of a read
+  are handled at once: the rest wait (in order, the connection's reading
+  paused) for later reactor turns, so that one client's pipelined flood
+  cannot make every other client wait behind it.
 
 ``close()`` ends a channel cleanly: what was received is acknowledged first
 (the draft makes an ACK mandatory for every delivered DATA chunk, so the
@@ -31,6 +41,7 @@ channel stays up.
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
@@ -57,12 +68,16 @@ __all__ = ["Channel", "ChannelSettings", "address_text", "tls_client_endpoint"]
 
 _log = Logger()
 
+#: Held output is written once it reaches this size (about one TLS record).
+_HELD_LIMIT = 16000
+
 
 class ChannelSettings:
     """Timing and limits of a channel; one instance is shared by a factory."""
 
     __slots__ = ("heartbeat_interval", "dead_after", "limits", "max_chunk_size", "decoder",
-                 "close_timeout")
+                 "close_timeout", "chunk_timeout", "handshake_timeout", "first_message_timeout",
+                 "max_events_per_turn")
 
     def __init__(
         self,
@@ -71,14 +86,29 @@ class ChannelSettings:
         limits: Limits = DEFAULT_LIMITS,
         max_chunk_size: int | None = None,
         close_timeout: float = 5.0,
+        *,
+        chunk_timeout: float | None = 10.0,
+        handshake_timeout: float | None = 10.0,
+        first_message_timeout: float | None = 10.0,
+        max_events_per_turn: int = 8,
     ) -> None:
         if heartbeat_interval <= 0 or dead_after <= heartbeat_interval:
             raise ValueError("need 0 < heartbeat_interval < dead_after")
         if close_timeout <= 0:
             raise ValueError("need 0 < close_timeout")
+        for name, value in (("chunk_timeout", chunk_timeout), ("handshake_timeout", handshake_timeout),
+                            ("first_message_timeout", first_message_timeout)):
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be positive (or None: no deadline)")
+        if max_events_per_turn < 1:
+            raise ValueError("max_events_per_turn must be at least 1")
         self.heartbeat_interval = heartbeat_interval
         self.dead_after = dead_after
         self.close_timeout = close_timeout
+        self.chunk_timeout = chunk_timeout
+        self.handshake_timeout = handshake_timeout
+        self.first_message_timeout = first_message_timeout
+        self.max_events_per_turn = max_events_per_turn
         self.limits = limits
         # A DATA chunk holds one message: its header is at most 16 bytes.
         self.max_chunk_size = max_chunk_size or min(0xFFFF, limits.max_message_size + 16)
@@ -147,14 +177,34 @@ class Channel(Protocol):
         self._last_heard = 0.0
         self._on_close: list[Deferred] = []
         self._close_timer: IDelayedCall | None = None
+        #: When the last message (a DATA chunk) arrived; heartbeats do not count.
+        self.last_message_at = 0.0
+        self._got_message = False
+        # Deadlines (clock seconds; None: none): the handshake and then the
+        # first message (accepting side), the completion of a started chunk.
+        self._setup_deadline: float | None = None
+        self._setup_what = ""
+        self._chunk_deadline: float | None = None
+        self._timer_at = 0.0
+        # Accepting side: events of earlier reads not handled yet (more than
+        # max_events_per_turn arrived); reading is paused until they are.
+        self._backlog: deque | None = None
+        self._resume_call: IDelayedCall | None = None
+        # While a backlog is worked off: the bytes of its turns, written in
+        # TLS-record-sized pieces rather than one small record per turn.
+        self._held: list[bytes] = []
+        self._held_size = 0
 
     # -- Twisted callbacks ----------------------------------------------------
 
     def connectionMade(self) -> None:
         self.peer = self.transport.getPeer()
         _no_delay(self.transport)
-        self._last_heard = self.clock.seconds()
-        self._arm_timer()
+        now = self._last_heard = self.last_message_at = self.clock.seconds()
+        if not self.initiator and self.tls and self.settings.handshake_timeout is not None:
+            self._setup_deadline = now + self.settings.handshake_timeout
+            self._setup_what = "TLS handshake not finished"
+        self._arm_timer(now)
         if self.initiator:
             self.transport.write(self.mapping.initiate())
         if not self.tls:
@@ -167,6 +217,12 @@ class Channel(Protocol):
     def _become_ready(self) -> None:
         if not self.ready:
             self.ready = True
+            self._setup_deadline = None
+            timeout = self.settings.first_message_timeout
+            if not self.initiator and timeout is not None and not self._got_message:
+                self._setup_deadline = self.clock.seconds() + timeout
+                self._setup_what = "no message"
+                self._rearm_before(self._setup_deadline)
             self.handler.channel_ready(self)
 
     def dataReceived(self, data: bytes) -> None:
@@ -174,13 +230,63 @@ class Channel(Protocol):
             return
         now = self.clock.seconds()
         self._last_heard = now
+        mapping = self.mapping
         try:
-            events = self.mapping.receive_data(data, now)
+            events = mapping.receive_data(data, now)
         except TcpMapError as exc:
             _log.warn("closing channel from {peer}: framing error: {error}",
                       peer=address_text(self.peer), error=exc)
             self.abort()
             return
+        if mapping.buffered:  # a chunk started and is not complete: it has a deadline
+            if self._chunk_deadline is None or events:
+                timeout = self.settings.chunk_timeout
+                if timeout is not None:
+                    self._chunk_deadline = now + timeout
+                    self._rearm_before(self._chunk_deadline)
+        elif self._chunk_deadline is not None:
+            self._chunk_deadline = None
+        backlog = self._backlog
+        if backlog is not None:  # still working off earlier reads: keep the order
+            backlog.extend(events)
+            acks = mapping.data_to_send()
+            if acks:
+                self._hold(acks)
+            return
+        if len(events) > self.settings.max_events_per_turn and not self.initiator:
+            self._defer_rest(events)
+            events = self._next_turn()
+        self._handle(events, now)
+
+    # -- fair service (accepting side) ----------------------------------------------
+
+    def _defer_rest(self, events: list) -> None:
+        """Keep ``events`` for later turns; stop reading until they are handled."""
+        self._backlog = deque(events)
+        self.transport.pauseProducing()
+
+    def _next_turn(self) -> list:
+        """At most ``max_events_per_turn`` events off the backlog; when more
+        remain, the next batch is handled in a later reactor turn, after the
+        other connections' reads."""
+        backlog = self._backlog
+        assert backlog is not None
+        take = min(len(backlog), self.settings.max_events_per_turn)
+        events = [backlog.popleft() for _ in range(take)]
+        if backlog:
+            self._resume_call = self.clock.callLater(0, self._turn)
+        else:
+            self._backlog = None
+            self.transport.resumeProducing()
+        return events
+
+    def _turn(self) -> None:
+        self._resume_call = None
+        if self.closed or self.closing or self._backlog is None:
+            return
+        self._handle(self._next_turn(), self.clock.seconds())
+
+    def _handle(self, events: list, now: float) -> None:
         handler = self.handler
         decode = self.settings.decoder.decode
         # Everything sent while handling this read (the handler's answers,
@@ -191,6 +297,10 @@ class Channel(Protocol):
         try:
             for event in events:
                 if type(event) is MessageReceived:
+                    if not self._got_message:
+                        self._got_message = True
+                        self._setup_deadline = None
+                    self.last_message_at = now
                     ppid = event.ppid
                     if ppid == PPID_ASAP or ppid == PPID_ENRP:
                         try:
@@ -215,19 +325,48 @@ class Channel(Protocol):
             if pending:
                 out.append(pending)
             if out:
-                self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+                data = out[0] if len(out) == 1 else b"".join(out)
+                if self._backlog is not None:
+                    self._hold(data)
+                else:
+                    if self._held:
+                        data = self._take_held() + data
+                    self.transport.write(data)
+            elif self._held and self._backlog is None:
+                self.transport.write(self._take_held())
         elif pending:  # the batch was flushed early (close or abort)
             self.transport.write(pending)
+
+    def _hold(self, data: bytes) -> None:
+        self._held.append(data)
+        self._held_size += len(data)
+        if self._held_size >= _HELD_LIMIT:
+            self.transport.write(self._take_held())
+
+    def _take_held(self) -> bytes:
+        data = b"".join(self._held)
+        self._held = []
+        self._held_size = 0
+        return data
 
     def _flush_batch(self) -> None:
         out = self._out
         if out is not None:
             self._out = None
-            if out and not self.closed:
-                self.transport.write(b"".join(out))
+            if (out or self._held) and not self.closed:
+                self.transport.write(self._take_held() + b"".join(out))
+        elif self._held and not self.closed:
+            self.transport.write(self._take_held())
+
+    def _drop_backlog(self) -> None:
+        self._backlog = None
+        if self._resume_call is not None and self._resume_call.active():
+            self._resume_call.cancel()
+        self._resume_call = None
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self.closed = True
+        self._drop_backlog()
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
@@ -259,6 +398,8 @@ class Channel(Protocol):
         out = self._out
         if out is not None:
             out.append(chunk)
+        elif self._held:  # keep the stream in TSN order
+            self.transport.write(self._take_held() + chunk)
         else:
             self.transport.write(chunk)
 
@@ -270,6 +411,8 @@ class Channel(Protocol):
         out = self._out
         if out is not None:
             out.append(chunk)
+        elif self._held:  # keep the stream in TSN order
+            self.transport.write(self._take_held() + chunk)
         else:
             self.transport.write(chunk)
 
@@ -280,6 +423,7 @@ class Channel(Protocol):
         if self.closed or self.closing or self.transport is None:
             return
         self.closing = True
+        self._drop_backlog()  # what was read and not handled yet is dropped
         self._flush_batch()
         owed = self.mapping.data_to_send() if not self.mapping.failed else b""
         if owed:
@@ -299,6 +443,7 @@ class Channel(Protocol):
         if self.closed or self.transport is None:
             return
         self.closing = True
+        self._drop_backlog()
         self._flush_batch()
         self._abort_transport()
 
@@ -311,14 +456,33 @@ class Channel(Protocol):
 
     # -- liveness -----------------------------------------------------------------
 
-    def _arm_timer(self) -> None:
-        self._timer = self.clock.callLater(self.settings.heartbeat_interval, self._tick)
+    def _arm_timer(self, now: float) -> None:
+        at = now + self.settings.heartbeat_interval
+        for deadline in (self._setup_deadline, self._chunk_deadline):
+            if deadline is not None and deadline < at:
+                at = deadline
+        self._timer_at = at
+        self._timer = self.clock.callLater(max(0.0, at - now), self._tick)
+
+    def _rearm_before(self, deadline: float) -> None:
+        """Make the timer fire no later than ``deadline``."""
+        timer = self._timer
+        if timer is not None and deadline < self._timer_at and timer.active():
+            self._timer_at = deadline
+            timer.reset(max(0.0, deadline - self.clock.seconds()))
 
     def _tick(self) -> None:
         self._timer = None
         if self.closed or self.closing:
             return
         now = self.clock.seconds()
+        for deadline, what in ((self._setup_deadline, self._setup_what),
+                               (self._chunk_deadline, "chunk not completed")):
+            if deadline is not None and now >= deadline:
+                _log.info("closing channel from {peer}: {what} in time",
+                          peer=address_text(self.peer), what=what)
+                self.abort()
+                return
         idle = now - self._last_heard
         if idle >= self.settings.dead_after:
             _log.info("closing channel to {peer}: nothing heard for {idle:.1f} s",
@@ -327,7 +491,7 @@ class Channel(Protocol):
             return
         if idle >= self.settings.heartbeat_interval:
             self.transport.write(self.mapping.heartbeat(now=now))
-        self._arm_timer()
+        self._arm_timer(now)
 
 
 @implementer(IStreamClientEndpoint)

@@ -9,6 +9,9 @@ announces).
   first ``Channel`` whose TLS handshake completed (server authenticated):
   at most three attempts at once (SH1), T5-Serverhunt back-off between
   rounds (SH5), losers cancelled and closed.
+- ``ServerHunt.exhausted_observers`` hear each round in which every
+  candidate failed, with the reasons (a tool can stop there instead of
+  waiting for the next round).
 
 See docs/server-hunt.md.
 """
@@ -129,6 +132,9 @@ class ServerHunt:
         self._stalled: set[tuple[str, int]] = set()
         self._round_token = 0
         self._warned = False
+        # Called with the round's [(candidate, why)] when every candidate of
+        # a round has failed (a command-line tool gives up there).
+        self.exhausted_observers: list[Callable[[list[tuple[Candidate, str]]], None]] = []
 
     @property
     def hunting(self) -> bool:
@@ -203,6 +209,9 @@ class ServerHunt:
             _log.warn("server hunt round {n}: no registrar reachable ({failed} failed); "
                       "next round in {delay:.1f} s",
                       n=self.rounds, failed=len(hunt_round.failures), delay=max(delay, 0.0))
+            failures = list(hunt_round.failures)
+            for observer in list(self.exhausted_observers):
+                observer(failures)
 
     def _t5_expired(self) -> None:
         self._t5 = None

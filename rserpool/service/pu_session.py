@@ -38,6 +38,7 @@ from rserpool.asap.pu_session import (
 )
 from rserpool.asap.session import DEFAULT_DATA_PPID, Ignored, SessionClosedError, check_data_ppid
 from rserpool.security import tls
+from rserpool.security.tlserrors import connection_error_text
 from rserpool.service.channel import Channel, ChannelSettings, tls_client_endpoint
 from rserpool.wire import PoolElement, TcpTransport, WireError
 from rserpool.wire.params import pool_handle_text
@@ -358,9 +359,9 @@ class SessionClient:
         running, self._callback_running = self._callback_running, None
         if running is not None and not running.called:
             running.cancel()  # re-keying with a dead PE is moot
-        _log.info("connection to PE {pe_id:08x} lost: {reason}", pe_id=conn.pe.pe_id,
-                  reason=reason.getErrorMessage())
-        self._carry_out(self.core.connection_lost(self.clock.seconds()))
+        why = connection_error_text(reason)
+        _log.info("connection to PE {pe_id:08x} lost: {reason}", pe_id=conn.pe.pe_id, reason=why)
+        self._carry_out(self.core.connection_lost(self.clock.seconds(), why))
 
     # -- traffic -------------------------------------------------------------------------
 

@@ -63,6 +63,7 @@ from rserpool.security.revocation import RevocationGate, verified_chain
 from rserpool.security.tls import NotTLSError, tls_connection
 from rserpool.service.auth import RegistrarAuthenticator
 from rserpool.service.channel import Channel, ChannelSettings, address_text
+from rserpool.service.slots import IdleEviction
 from rserpool.service.tlsfactory import TLSServerFactory
 from rserpool.stats import EventCounts
 from rserpool.wire import WireError
@@ -102,13 +103,18 @@ class _RegistrarFactory(Factory):
     def buildProtocol(self, addr: Any) -> Protocol:  # noqa: N802 (Twisted)
         # Connections count from the moment they are accepted, before the
         # TLS handshake: a burst of handshakes cannot get past the limits.
+        # A full listener (or address) first makes room by dropping an idle
+        # anonymous channel (rserpool.service.slots), if there is one.
         service = self.service
+        host = getattr(addr, "host", "")
+        now = service.clock.seconds()
+        service.make_room(host, now, addr)
         channel = Channel(service, service.clock, service.channel_settings, tls=self.tls)
-        admission = service.gate.open_channel(DOOR_ASAP, getattr(addr, "host", ""), self.tls,
-                                              service.clock.seconds(), channel=channel)
+        admission = service.gate.open_channel(DOOR_ASAP, host, self.tls, now, channel=channel)
         if admission is None:
             return _Refused()
         service.channels[channel] = admission
+        service.eviction.add(host, channel)
         return channel
 
 
@@ -149,6 +155,7 @@ class RegistrarService(MultiService):
         rng: random.Random | None = None,
         revocation: RevocationGate | None = None,
         exchange_options: dict[str, Any] | None = None,
+        evict_idle_after: float = 5.0,
     ) -> None:
         super().__init__()
         if not IPoolAuthorizer.providedBy(authorizer):
@@ -185,6 +192,11 @@ class RegistrarService(MultiService):
         self.announce_multicast = announce_multicast
         self.announce_ttl = announce_ttl
         self.channels: dict[Channel, Any] = {}  # every open connection -> its admission
+        # Idle anonymous channels give their slot to newcomers when a limit is reached.
+        self.eviction = IdleEviction(self.gate.policy.ipv6_prefix)
+        self.evict_idle_after = evict_idle_after
+        self._logged_at: dict[str, float] = {}
+        self._unlogged: dict[str, int] = {}
         self._held: dict[Channel, list] = {}  # input held while the channel is identified
         self._identifying: dict[Channel, defer.Deferred] = {}
         self.ports: list[Any] = []
@@ -467,11 +479,58 @@ class RegistrarService(MultiService):
         identifying = self._identifying.pop(channel, None)
         if identifying is not None:
             identifying.cancel()
+        self.eviction.remove(channel)
         admission = self.channels.pop(channel, None)
         if admission is not None:
             self.gate.channel_closed(admission)
         if session is not None:
             self._carry_out(self.core.close_session(session, self.clock.seconds()))
+
+    # -- making room for newcomers ------------------------------------------------------------
+
+    def evictable(self, channel: Channel, now: float) -> float | None:
+        """From when ``channel`` may give its slot to a newcomer: never (None)
+        once it has an identity or a PE, or while its identity is being
+        established; else ``evict_idle_after`` seconds after its last message."""
+        admission = self.channels.get(channel)
+        if admission is None or admission.identity is not None or channel in self._identifying:
+            return None
+        session = channel.session
+        if session is not None and session.pes:
+            return None
+        return channel.last_message_at + self.evict_idle_after
+
+    def make_room(self, host: str, now: float, newcomer: Any) -> None:
+        """When the gate would refuse a connection from ``host`` for lack of
+        room, drop the idle anonymous channel that has waited longest (from
+        ``host``'s address if that is what is full)."""
+        gate = self.gate
+        policy = gate.policy
+        if gate.connections.get(self.eviction.key_of(host), 0) >= policy.max_connections_per_address:
+            victim = self.eviction.pick(host, now, self.evictable)
+        elif len(gate.channels) >= policy.max_connections:
+            victim = self.eviction.pick(None, now, self.evictable)
+        else:
+            return
+        if victim is None:
+            return
+        admission = self.channels.pop(victim, None)
+        if admission is not None:
+            self.gate.channel_closed(admission)  # its slot is free now; its close follows
+        if self._log_now("evicted"):
+            _log.info("dropping idle anonymous ASAP channel from {peer} to make room for {addr} "
+                      "({more} more since the last such line)", peer=address_text(victim.peer),
+                      addr=address_text(newcomer), more=self._unlogged.pop("evicted", 0))
+        victim.abort()
+
+    def _log_now(self, kind: str) -> bool:
+        """The first line of a kind, then at most one a minute (the others counted)."""
+        now = self.clock.seconds()
+        if now - self._logged_at.get(kind, float("-inf")) < 60.0:
+            self._unlogged[kind] = self._unlogged.get(kind, 0) + 1
+            return False
+        self._logged_at[kind] = now
+        return True
 
     # -- revocation of live channels ---------------------------------------------------------
 

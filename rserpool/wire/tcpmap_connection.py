@@ -159,6 +159,11 @@ class TcpMapConnection:
         return self._unacked
 
     @property
+    def buffered(self) -> int:
+        """Bytes received of a chunk that is not complete yet (0: none started)."""
+        return len(self._decoder._buf)
+
+    @property
     def missed_heartbeats(self) -> int:
         """Our heartbeats not (yet) answered since the last answered one."""
         return len(self._hb_outstanding)
