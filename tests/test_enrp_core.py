@@ -587,3 +587,21 @@ def test_a_page_of_mixed_homes_keeps_every_rule():
     assert joiner.enrp.applier.provisional == {(b"x", 3), (b"x", 4)}  # B's, on the mentor's word
     assert causes(mentor.received) == [codes.CAUSE_SECURITY]  # 7 and 8 are homed at C: refused, once answered
     assert joiner.enrp.stats["refused"] == 2 and joiner.enrp.initialized
+
+
+def test_a_re_synchronization_refused_by_a_starting_peer_is_asked_for_again():
+    """Updates lost while there was no channel come back only with a W=1
+    re-synchronization (the PE checksum does not cover attributes): one that
+    the peer refuses while it is starting (R) is asked for again later."""
+    cluster = alone()
+    a = cluster.nodes[0]
+    probe = Probe(a, "registrar-b", B)
+    probe.send(EnrpPresence(B, 0, 0xFFFF))
+    assert [r.own_children_only for r in probe.of_type(EnrpHandleTableRequest)] == [True]
+    probe.send(EnrpHandleTableResponse(B, A, reject=True))  # B is still joining
+    cluster.advance(FAST["mentor_retry"] / 2, step=0.1, deliver=False)
+    assert len(probe.of_type(EnrpHandleTableRequest)) == 1
+    cluster.advance(FAST["mentor_retry"], step=0.1, deliver=False)
+    assert [r.own_children_only for r in probe.of_type(EnrpHandleTableRequest)] == [True, True]
+    probe.send(page(pe(1, B, load=4), more=False, sender=B, receiver=A))
+    assert a.handlespace.get(b"x", 1).payload.policy == LeastUsedPolicy(4)

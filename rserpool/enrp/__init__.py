@@ -5,7 +5,8 @@
 - ``EnrpSettings`` / ``PeerLimits`` and the outputs (``settings``);
 - ``PeerLink`` / ``PeerTable`` (``peers``): server IDs bound to identities;
 - ``UpdateApplier`` (``updates``): ownership rules and per-peer limits;
-- ``Serving`` / ``Fetch`` (``tables``): handle-table transfers.
+- ``Serving`` / ``Fetch`` (``tables``): handle-table pages; their exchange
+  (``transfers``, a part of ``EnrpCore``).
 
 The Twisted shell is ``rserpool.service.enrp``; docs/enrp.md explains both.
 """

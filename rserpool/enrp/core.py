@@ -16,15 +16,16 @@ What it does (docs/enrp.md has the whole story):
   start);
 - joining (3.2): a mentor among the first linked peers, LIST_REQUEST /
   LIST_RESPONSE (R while this registrar is itself starting), the W=0
-  handle-table download paged by the M flag, each next page asked for
-  before the last one is applied (``ApplyPage``, ``apply_page``); alone
-  when no mentor answers within ``mentor_discovery_timeout``;
+  handle-table download paged by the M flag (``rserpool.enrp.transfers``:
+  each next page asked for before the last one is applied); alone when no
+  mentor answers within ``mentor_discovery_timeout``;
 - handle updates (3.3): every change of a PE homed here goes to every peer;
   peers' updates pass the ownership rules and limits of
   ``rserpool.enrp.updates``;
 - audit (3.6): each PRESENCE's checksum is compared with the local view of
   the sender's PEs; a mismatch, and every new channel once initialized,
-  starts the W=1 re-synchronization (mark, replace, sweep).
+  starts the W=1 re-synchronization (mark, replace, sweep), asked for again
+  a little later when the peer refuses it while it is starting.
 
 Refusals are answered with ENRP_ERROR and logged, at most once per peer
 and heartbeat cycle (then counted), so a flood costs no flood of answers.
@@ -36,17 +37,18 @@ import random
 from typing import Any, Callable
 
 from rserpool.enrp.peers import BindRefused, PeerLink, PeerTable
-from rserpool.fastinit import fast_constructor
 from rserpool.enrp.settings import (
-    Announce, ApplyPage, Close, Connect, EnrpSettings, Initialized, PeerDead, PeerDown, PeerUp, Send,
+    Announce, Close, Connect, EnrpSettings, Initialized, PeerDead, PeerDown, PeerUp, Send,
 )
-from rserpool.enrp.tables import Fetch, Serving, apply_page, encoded_pe, next_page
+from rserpool.enrp.tables import encoded_pe
+from rserpool.enrp.transfers import TableTransfers
 from rserpool.enrp.updates import Refused, UpdateApplier
+from rserpool.fastinit import fast_constructor
 from rserpool.handlespace import Handlespace, PoolElementEntry
 from rserpool.wire import (
     EnrpError, EnrpHandleTableRequest, EnrpHandleTableResponse, EnrpHandleUpdate, EnrpInitTakeover,
     EnrpInitTakeoverAck, EnrpListRequest, EnrpListResponse, EnrpPresence, EnrpTakeoverServer,
-    ErrorCause, OperationError, PoolElement, ServerInformation, WireError, error_reply,
+    ErrorCause, OperationError, ServerInformation, WireError, error_reply,
 )
 from rserpool.wire import codes
 from rserpool.wire.enrp import encode_identity
@@ -65,7 +67,7 @@ def _ids(sender: int, receiver: int) -> bytes:
     return sender.to_bytes(4, "big") + receiver.to_bytes(4, "big")
 
 
-class EnrpCore:
+class EnrpCore(TableTransfers):
     """ENRP procedures over one handlespace (no I/O, no clock)."""
 
     def __init__(self, settings: EnrpSettings, handlespace: Handlespace,
@@ -144,6 +146,7 @@ class EnrpCore:
         link.fetch = None
         link.serving = None
         link.list_deadline = None
+        link.resync_at = None
         if self.mentor is link:
             self.mentor = None
             self._mentor_retry_at = now + self.settings.mentor_retry
@@ -294,107 +297,6 @@ class EnrpCore:
             if link.server_id != mentor:
                 self._start_fetch(link, True, now, out)
 
-    # -- table transfers ---------------------------------------------------------------------
-
-    def _start_fetch(self, link: PeerLink, own_children_only: bool, now: float, out: list,
-                     mentor: bool = False) -> None:
-        if link.fetch is not None or link.server_id is None:
-            return
-        marked = set()
-        if own_children_only:
-            marked = {(e.pool_handle, e.pe_id) for e in self.handlespace.pes_owned_by(link.server_id)}
-            self.stats["resyncs"] += 1
-        link.fetch = Fetch(own_children_only, mentor, now + self.settings.max_time_no_response, marked)
-        out.append(Send(link, EnrpHandleTableRequest(self.server_id, link.server_id, own_children_only)))
-
-    def _on_table_request(self, link: PeerLink, msg: EnrpHandleTableRequest, now: float, out: list) -> None:
-        serving = link.serving
-        if serving is None or serving.own_children_only != msg.own_children_only:
-            busy = sum(1 for other in self.peers.links if other.serving is not None and other is not link)
-            if not self.initialized or busy >= self.settings.max_serving_sessions:
-                link.serving = None
-                out.append(Send(link, EnrpHandleTableResponse(self.server_id, msg.sender_id, reject=True)))
-                return
-            serving = link.serving = Serving.start(self.handlespace, self.server_id, msg.own_children_only, now)
-        message, data = next_page(self.handlespace, serving, self.server_id, msg.sender_id,
-                                  self.settings.page_pes, self.settings.page_bytes)
-        self.stats["pages_sent"] += 1
-        link.serving = None if serving.done else serving
-        if not serving.done:
-            serving.deadline = now + 3 * self.settings.max_time_no_response
-        out.append(Send(link, message, data))
-
-    def _on_table_response(self, link: PeerLink, msg: EnrpHandleTableResponse, now: float, out: list) -> None:
-        fetch = link.fetch
-        if fetch is None:
-            self._refuse(link, codes.CAUSE_SECURITY, "an unrequested ENRP_HANDLE_TABLE_RESPONSE", out)
-            return
-        if fetch.ended:  # the answer to the request that was out when a limit ended the transfer
-            link.fetch = None
-            return
-        self.stats["pages_received"] += 1
-        if msg.reject:
-            link.fetch = None
-            if fetch.mentor:
-                self._mentor_refused(link, now, out)
-            return
-        limits = self.settings.peer_limits
-        count = sum(len(entry.pool_elements) for entry in msg.entries)
-        fetch.received += count
-        fetch.pages += 1
-        total = self.handlespace.limits.max_pes if fetch.mentor else limits.max_pes
-        if count > limits.max_response_pes or fetch.received > total:
-            link.fetch = None
-            what = (f"{count} PEs in one response (at most {limits.max_response_pes})"
-                    if count > limits.max_response_pes else f"a table of more than {total} PEs")
-            self._refuse(link, codes.CAUSE_LACK_OF_RESOURCES, what, out)
-            if fetch.mentor:
-                self._mentor_refused(link, now, out)
-            return
-        if msg.more:
-            # RFC 5353 3.2.3 step 3: M asks for the next page.  It is asked
-            # for before this one is applied (which the peer cannot tell),
-            # so that the peer builds it meanwhile: the shell applies this
-            # one on a later turn, once the request left (``ApplyPage``).
-            fetch.deadline = now + self.settings.max_time_no_response
-            out.append(Send(link, EnrpHandleTableRequest(self.server_id, msg.sender_id, fetch.own_children_only)))
-            fetch.pending = msg
-            out.append(ApplyPage(link))
-            return
-        if not self._apply(link, fetch, msg, now, out):
-            link.fetch = None  # a limit: this transfer ends here, nothing is swept
-            return
-        link.fetch = None
-        if fetch.own_children_only:
-            swept = self.applier.sweep(msg.sender_id, fetch.marked)
-            if swept:
-                self._log("re-synchronized with {peer}: removed {n} PEs it no longer has",
-                          peer=link.describe(), n=swept)
-        if fetch.mentor:
-            self._log("joined through mentor {peer}: {n} PEs", peer=link.describe(), n=len(self.handlespace))
-            self._initialize(msg.sender_id, now, out)
-
-    def apply_page(self, link: PeerLink, now: float) -> list:
-        """Apply the page an ``ApplyPage`` output held back (the shell calls
-        this on a later turn); nothing if it was applied meanwhile (the next
-        message of its link came first) or its link went (the page is then
-        dropped with the transfer)."""
-        out: list = []
-        fetch = link.fetch
-        if fetch is not None and fetch.pending is not None and not link.closed:
-            self._apply_pending(link, fetch, now, out)
-        return out
-
-    def _apply_pending(self, link: PeerLink, fetch: Fetch, now: float, out: list) -> None:
-        message, fetch.pending = fetch.pending, None
-        if not self._apply(link, fetch, message, now, out):
-            fetch.ended = True  # a limit: the answer to the request already out is dropped
-
-    def _apply(self, link: PeerLink, fetch: Fetch, msg: EnrpHandleTableResponse, now: float, out: list) -> bool:
-        homes = self._listed | self.peers.known_ids() if fetch.mentor else None
-        return apply_page(self.applier, fetch, msg, homes, now,
-                          lambda exc: self._refuse(link, exc.cause, exc.reason, out))
-
     # -- handle updates (3.3) ------------------------------------------------------------------
 
     def _on_update(self, link: PeerLink, msg: EnrpHandleUpdate, now: float, out: list) -> None:
@@ -524,6 +426,8 @@ class EnrpCore:
                 deadlines.append(link.serving.deadline)
             if link.list_deadline is not None:
                 deadlines.append(link.list_deadline)
+            if link.resync_at is not None:
+                deadlines.append(link.resync_at)
         for record in self.peers.records.values():
             if record.link is None:
                 deadlines.append(record.last_heard + settings.max_time_last_heard + settings.max_time_no_response)
@@ -566,6 +470,10 @@ class EnrpCore:
                 out.append(Send(link, self._presence(link.server_id, reply_required=True)))
             if link.serving is not None and now >= link.serving.deadline:
                 link.serving = None
+            if link.resync_at is not None and now >= link.resync_at:
+                link.resync_at = None
+                if self.initialized:
+                    self._start_fetch(link, True, now, out)
         limit = settings.max_time_last_heard + settings.max_time_no_response
         for sid, record in list(self.peers.records.items()):
             if record.link is None and now - record.last_heard >= limit:
@@ -596,8 +504,8 @@ class EnrpCore:
         EnrpPresence: _on_presence,
         EnrpListRequest: _on_list_request,
         EnrpListResponse: _on_list_response,
-        EnrpHandleTableRequest: _on_table_request,
-        EnrpHandleTableResponse: _on_table_response,
+        EnrpHandleTableRequest: TableTransfers._on_table_request,
+        EnrpHandleTableResponse: TableTransfers._on_table_response,
         EnrpHandleUpdate: _on_update,
         EnrpInitTakeover: _on_init_takeover,
         EnrpInitTakeoverAck: _on_takeover_other,

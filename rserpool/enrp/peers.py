@@ -50,6 +50,8 @@ class PeerLink:
     serving: Any = None
     # LIST_REQUEST sent to this link as a mentor: its deadline.
     list_deadline: float | None = None
+    # A re-synchronization the peer refused while it was starting (R): when to ask again.
+    resync_at: float | None = None
 
     @property
     def bound(self) -> bool:
