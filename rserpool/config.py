@@ -253,7 +253,7 @@ SCHEMA: dict[str, dict[str, Option]] = {
         "max_pools_per_peer": _S(_positive_int, "10000", "pools holding PEs of one peer"),
         "update_rate": _S(_positive_float, "10000", "ENRP_HANDLE_UPDATEs per second per peer (burst: twice that)"),
         "max_response_pes": _S(_positive_int, "4096", "PEs in one ENRP_HANDLE_TABLE_RESPONSE accepted"),
-        "page_pes": _S(_positive_int, "256", "PEs per ENRP_HANDLE_TABLE_RESPONSE sent"),
+        "page_pes": _S(_positive_int, "1024", "PEs per ENRP_HANDLE_TABLE_RESPONSE sent (and at most 60,000 bytes)"),
     },
     "plugins": {
         "directories": _S(_list, "", "site plugin directories (root-owned, not group/world-writable)", path=True),

@@ -71,7 +71,7 @@ class EnrpSettings:
     jitter: float = 0.5
     mentor_discovery_timeout: float = 5.0
     mentor_retry: float = 1.0
-    page_pes: int = 256
+    page_pes: int = 1024
     page_bytes: int = 60_000
     max_serving_sessions: int = 8
     max_peers: int = 64
