@@ -63,7 +63,12 @@ class Serving:
             # each run of one home's new PEs at once.
             keys = []
             for pool_handle in handlespace.pool_handles():
-                members = sorted(handlespace.pool_members(pool_handle), key=_home)
+                members = handlespace.pool_members(pool_handle)
+                home = members[0].home_server_id
+                for entry in members:
+                    if entry.home_server_id != home:
+                        members.sort(key=_home)
+                        break
                 keys.extend([(pool_handle, e.pe_id) for e in members])
         return cls(own_children_only, keys, deadline)
 

@@ -122,10 +122,9 @@ class UpdateApplier:
         if provisional and (mentor_homes is None or home == self.own_id or home not in mentor_homes):
             return None
         hs = self.handlespace
-        get = hs.get
         items = []
         for index, pe in enumerate(pes):
-            if pe.home_server_id != home or get(pool_handle, pe.pe_id) is not None:
+            if pe.home_server_id != home:
                 return None
             transport = pe.user_transport
             items.append((pe.pe_id, policy_settings(pe.policy), transport.PARAM_TYPE,
@@ -138,7 +137,7 @@ class UpdateApplier:
             return None
         try:
             entries = hs.insert_new(pool_handle, home, items)
-        except HandlespaceError:
+        except HandlespaceError:  # a copy exists (0x4), or a rule or limit of the handlespace
             return None
         self.stats["applied"] += len(entries)
         keys = [(pool_handle, pe.pe_id) for pe in pes]

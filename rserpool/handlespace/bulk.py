@@ -35,13 +35,13 @@ from rserpool.handlespace.entries import (
     CAUSE_INVALID_VALUES, CAUSE_LACK_OF_RESOURCES, CAUSE_NON_UNIQUE_PE_ID, CAUSE_SECURITY, INFINITE_LIFE,
     MAX_INT32, TRANSPORT_TYPES, USE_DATA_AND_CONTROL, USE_DATA_ONLY, HandlespaceError, PoolElementEntry,
 )
-from rserpool.handlespace.policies import is_reserved_policy_type
-from rserpool.handlespace.types import MAX_UINT32, PolicySettings
+from rserpool.handlespace.types import ADAPTIVE_BIT, MAX_UINT32, PolicySettings
 from rserpool.identity import normalize_identity
 
 __all__ = ["NewEntry", "insert_new"]
 
 _USES = (USE_DATA_ONLY, USE_DATA_AND_CONTROL)
+_NOT_RESERVED = ~ADAPTIVE_BIT & MAX_UINT32  # 0 and 0x40000000 are reserved (RFC 5356 7.1)
 _UNSEEN = object()
 
 
@@ -110,7 +110,7 @@ def insert_new(handlespace: Any, pool_handle: bytes, home_server_id: int,
         elif life > max_life:
             life = max_life
         policy_type = settings.policy_type
-        if is_reserved_policy_type(policy_type):
+        if not policy_type & _NOT_RESERVED:  # is_reserved_policy_type, inline
             raise HandlespaceError(CAUSE_INVALID_VALUES, "reserved policy type (RFC 5356 section 7.1)", "policy")
         if pe_id in members or pe_id in seen:
             raise HandlespaceError(CAUSE_NON_UNIQUE_PE_ID, f"PE {pe_id:08x} is already in the pool")
