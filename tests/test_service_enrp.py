@@ -302,3 +302,44 @@ class UpdatesWithoutTimerWork(unittest.TestCase):
                                       self.clock.seconds())  # not its PE: refused and answered
         self.assertIsNone(self.hs.get(b"echo", 0x33))
         self.assertTrue(transport.value() and self.looked)
+
+
+class PagesTwoTurnsLater(UpdatesWithoutTimerWork):
+    """The shell applies a page held back by the core (``ApplyPage``) two
+    reactor turns after the request for the next one was written."""
+
+    def page(self, *pe_ids, more=True):
+        from rserpool.wire import EnrpHandleTableResponse, PoolEntry
+
+        return EnrpHandleTableResponse(0xB, 0xA, (PoolEntry(b"echo", tuple(self.pe(i, 0xB) for i in pe_ids)),),
+                                       more=more)
+
+    def test_a_page_is_applied_two_turns_after_the_next_request(self):
+        channel, transport = self.channels[0]
+        self.service.message_received(channel, self.page(1, 2), self.clock.seconds())
+        self.assertTrue(transport.value())  # the request for the next page is written at once
+        self.assertEqual(len(self.hs), 0)
+        link = channel.session
+        first = self.service._page_calls[link]
+        first.func(*first.args)  # the first turn: it only waits for one more
+        first.cancel()
+        self.assertEqual(len(self.hs), 0)
+        self.assertIsNot(self.service._page_calls[link], first)
+        self.clock.advance(0)  # the second turn
+        self.assertEqual(len(self.hs), 2)
+        self.assertEqual(self.service._page_calls, {})
+
+    def test_a_newer_page_takes_the_place_of_the_waiting_one_and_stopping_cancels(self):
+        channel, _ = self.channels[0]
+        self.service.message_received(channel, self.page(1, 2), self.clock.seconds())
+        first = self.service._page_calls[channel.session]
+        self.service.message_received(channel, self.page(3), self.clock.seconds())  # page 1 goes first
+        self.assertEqual(len(self.hs), 2)
+        self.assertFalse(first.active())
+        second = self.service._page_calls[channel.session]
+        self.service.stopService()
+        self.assertFalse(second.active())
+        self.assertEqual(self.service._page_calls, {})
+        self.clock.advance(0)
+        self.clock.advance(0)
+        self.assertEqual(len(self.hs), 2)  # page 3 waits for the next message (the channel is gone)

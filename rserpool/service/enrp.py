@@ -144,6 +144,7 @@ class EnrpService(MultiService):
         self.ports: list[Any] = []
         self.listening_addresses: list[Any] = []
         self._timer: IDelayedCall | None = None
+        self._page_calls: dict[Any, IDelayedCall] = {}  # link -> the call applying its waiting page
         self.connector = PeerConnector(reactor, self._dial, candidates, rng=self.rng,
                                        linked=lambda sid: self.core.peers.link_of(sid) is not None,
                                        connect_timeout=connect_timeout)
@@ -210,6 +211,10 @@ class EnrpService(MultiService):
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
+        for call in self._page_calls.values():
+            if call.active():
+                call.cancel()
+        self._page_calls.clear()
         if self._presence_port is not None:
             yield defer.maybeDeferred(self._presence_port.stopListening)
             self._presence_port = None
@@ -464,10 +469,7 @@ class EnrpService(MultiService):
                 self.connector.closing(output.link.channel, output.link, output.reason)
                 output.link.channel.close()
             elif kind is ApplyPage:
-                # Two turns later: Twisted's TLS layer writes the request for
-                # the next page on the next turn and the socket takes it in
-                # that turn's poll, so the peer builds that page meanwhile.
-                self.reactor.callLater(0, self.reactor.callLater, 0, self._apply_page, output.link)
+                self._apply_later(output.link)
             elif kind is Connect:
                 self.connector.hint(output.server_id, output.host, output.port)
             elif kind is Announce:
@@ -490,7 +492,20 @@ class EnrpService(MultiService):
             for watcher in list(self.watchers):
                 watcher()
 
-    def _apply_page(self, link: Any) -> None:
+    def _apply_later(self, link: Any) -> None:
+        """Apply ``link``'s waiting page two turns later: Twisted's TLS layer
+        writes the request for the next page on the next turn and the socket
+        takes it in that turn's poll, so the peer builds that page meanwhile."""
+        earlier = self._page_calls.pop(link, None)
+        if earlier is not None and earlier.active():
+            earlier.cancel()
+        self._page_calls[link] = self.reactor.callLater(0, self._apply_turn, link, 1)
+
+    def _apply_turn(self, link: Any, turns_left: int) -> None:
+        if turns_left:
+            self._page_calls[link] = self.reactor.callLater(0, self._apply_turn, link, turns_left - 1)
+            return
+        self._page_calls.pop(link, None)
         if not link.closed:
             self._carry_out(self.core.apply_page(link, self.clock.seconds()))
 
