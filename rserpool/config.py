@@ -73,6 +73,13 @@ def _ipv6_prefix(text: str) -> int:
     return value
 
 
+def _reserve(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 0.9:
+        raise ValueError("must be 0 to 0.9")
+    return value
+
+
 def _non_negative_float(text: str) -> float:
     value = float(text)
     if value < 0:
@@ -142,6 +149,10 @@ SCHEMA: dict[str, dict[str, Option]] = {
                                       "soft (allow, with a warning, when the responder cannot answer) or hard"),
         "ocsp_responder": _S(str, "", "OCSP responder URL used instead of the certificates' AIA URLs"),
         "ocsp_timeout": _S(_positive_float, "5.0", "seconds to wait for the OCSP responder"),
+        "ocsp_recheck_interval": _S(_non_negative_float, "60", "seconds between OCSP re-checks of the certificates "
+                                                              "of open channels (an answer is reused until its "
+                                                              "nextUpdate; a verified 'revoked' closes the channels "
+                                                              "and removes their PEs; 0: never)"),
         "ocsp_allow_remote": _S(_bool, "no", "query OCSP responders on non-loopback hosts (no: loopback only)"),
         "ocsp_require_nonce": _S(_bool, "no", "refuse OCSP responses that do not echo the request's nonce"),
         "psk_file": _S(str, "", "TLS-PSK keys, 'identity key-hex' per line, mode 0600 (empty: no TLS-PSK)",
@@ -181,6 +192,9 @@ SCHEMA: dict[str, dict[str, Option]] = {
         "max_pools": _S(_positive_int, "10000", "pools in the handlespace"),
         "max_pes_per_pool": _S(_positive_int, "100000", "PEs in one pool"),
         "max_pes_per_identity": _S(_positive_int, "1000", "PEs registered by one authenticated identity"),
+        "max_pools_per_identity": _S(_positive_int, "100", "pools one identity (or, with allow_unauthenticated, one "
+                                                           "address) may have PEs in; keep it well below max_pools "
+                                                           "so that a few identities cannot fill the pool table"),
         "max_connections": _S(_positive_int, "10000", "simultaneous ASAP connections"),
         "max_connections_per_address": _S(_positive_int, "256", "simultaneous ASAP connections from one IP "
                                                                 "address (IPv6: one prefix, ipv6_prefix_length)"),
@@ -189,6 +203,8 @@ SCHEMA: dict[str, dict[str, Option]] = {
         "evict_idle_after": _S(_positive_float, "5.0", "seconds without a message after which an anonymous "
                                                        "channel with no PE may be dropped to make room for a "
                                                        "new connection when a connection limit is reached"),
+        "authenticated_reserve": _S(_reserve, "0.1", "share of max_connections that anonymous channels never "
+                                                     "hold: kept for channels with an identity (PEs), 0 to 0.9"),
     },
     "security": {
         "allow_unauthenticated": _S(_bool, "no", "INSECURE: accept registrations from unauthenticated PEs"),
@@ -209,6 +225,10 @@ SCHEMA: dict[str, dict[str, Option]] = {
         "registration_rate": _S(_positive_float, "50", "registrations per second per identity (burst: twice that)"),
         "registration_rate_per_address": _S(_positive_float, "500", "registrations per second per source address"),
         "resolution_rate": _S(_positive_float, "2000", "handle resolutions per second per identity or address"),
+        "anonymous_resolution_rate": _S(_positive_float, "20000", "handle resolutions per second from all "
+                                                                  "anonymous pool users together (burst: twice "
+                                                                  "that); the rest of the registrar is kept for "
+                                                                  "pool users with an identity"),
         "unreachable_rate": _S(_positive_float, "1", "ENDPOINT_UNREACHABLE reports per second per reporter"),
         "unreachable_requires_identity": _S(_bool, "no", "drop ENDPOINT_UNREACHABLE from pool users without an "
                                                          "authenticated identity (RFC 5355 2.13)"),

@@ -136,6 +136,9 @@ def build_registrar(config: Config, reactor: Any = None, *, demo: bool = False,
     server_id = registrar["server_id"] or (secrets.randbits(32) or 1)
 
     tls_options = revocation = crl_monitor = tls_files = dev_pki = None
+    # TLS-PSK keys are tried only as the registrar's gate allows (its failure
+    # budgets); the registrar is made after its TLS options, hence the relay.
+    psk_admit = _PskAdmit()
     if tls_conf["enabled"]:
         cert, key, cas = tls_conf["certificate"], tls_conf["private_key"], tls_conf["ca_certificates"]
         crls, refresh = tls_conf["crls"], None
@@ -155,7 +158,8 @@ def build_registrar(config: Config, reactor: Any = None, *, demo: bool = False,
         if not crls and tls_conf["ocsp"] == "off":
             _log.warn("NO REVOCATION CHECK: [tls] crls is empty and [tls] ocsp = off, so a revoked client "
                       "certificate is accepted")
-        tls_options, revocation, crl_monitor = _server_security(tls_conf, cert, key, cas, reactor, crls, refresh)
+        tls_options, revocation, crl_monitor = _server_security(tls_conf, cert, key, cas, reactor, crls, refresh,
+                                                                psk_admit)
         tls_files = (cert, key, cas)
     else:
         _log.critical("INSECURE: TLS is disabled by configuration")
@@ -190,11 +194,20 @@ def build_registrar(config: Config, reactor: Any = None, *, demo: bool = False,
         registration_rate_per_address=RateLimit(security["registration_rate_per_address"],
                                                 2 * security["registration_rate_per_address"]),
         resolution_rate=RateLimit(security["resolution_rate"], 2 * security["resolution_rate"]),
+        anonymous_resolution_rate=RateLimit(security["anonymous_resolution_rate"],
+                                            2 * security["anonymous_resolution_rate"]),
         unreachable_rate=RateLimit(security["unreachable_rate"], max(1.0, 10 * security["unreachable_rate"])),
         max_connections=limits["max_connections"],
         max_connections_per_address=limits["max_connections_per_address"],
         ipv6_prefix=limits["ipv6_prefix_length"],
+        authenticated_reserve=limits["authenticated_reserve"],
+        evict_idle_after=limits["evict_idle_after"],
+        max_pools_per_identity=limits["max_pools_per_identity"],
     )
+    if 10 * limits["max_pools_per_identity"] > limits["max_pools"]:
+        _log.warn("[limits] max_pools_per_identity = {per} is not well below max_pools = {total}: "
+                  "{n} identities can fill the pool table", per=limits["max_pools_per_identity"],
+                  total=limits["max_pools"], n=-(-limits["max_pools"] // limits["max_pools_per_identity"]))
     handlespace_limits = HandlespaceLimits(
         max_pools=limits["max_pools"],
         max_pes_per_pool=limits["max_pes_per_pool"],
@@ -227,8 +240,11 @@ def build_registrar(config: Config, reactor: Any = None, *, demo: bool = False,
         announce_ttl=announce["multicast_ttl"],
         rng=random.SystemRandom(),
         revocation=revocation,
-        evict_idle_after=limits["evict_idle_after"],
+        ocsp_recheck_interval=tls_conf["ocsp_recheck_interval"] if tls_conf["enabled"] else 0.0,
     )
+    psk_admit.target = service.psk_attempt
+    if crl_monitor is not None:  # a CRL reload reaches the channels already open
+        crl_monitor.monitor.add_reload_listener(service.crls_reloaded)
     if service.authenticator is not None:
         _log.info("PE authentication inside TLS: {mechanisms}",
                   mechanisms=", ".join(service.authenticator.mechanisms))
@@ -489,8 +505,19 @@ def _dev_crl_refresh(directory: Path) -> Any:
     return refresh
 
 
+class _PskAdmit:
+    """``admit(identity, tls_protocol)`` of the PSK server options, relayed
+    to the registrar once it exists (refused until then)."""
+
+    def __init__(self) -> None:
+        self.target: Any = None
+
+    def __call__(self, identity: str, tls_protocol: Any) -> bool:
+        return self.target is not None and self.target(identity, tls_protocol)
+
+
 def _server_security(tls_conf: Any, cert: str, key: str, cas: Any, reactor: Any, crls: Any = None,
-                     refresh: Any = None) -> tuple[Any, Any, Any]:
+                     refresh: Any = None, psk_admit: Any = None) -> tuple[Any, Any, Any]:
     """Server TLS options (TLS-PSK when ``psk_file`` is set; CRLs reloadable),
     the OCSP gate (``ocsp``) and the CRL monitor service (``crl_check_interval``).
 
@@ -515,7 +542,7 @@ def _server_security(tls_conf: Any, cert: str, key: str, cas: Any, reactor: Any,
     def build(crls: Any) -> Any:
         base = tls.server_options(cert, key, cas, require_client_cert=tls_conf["require_client_certificate"],
                                   crls=crls)
-        return psk.PskServerOptions(base, store, hint) if store is not None else base
+        return psk.PskServerOptions(base, store, hint, psk_admit) if store is not None else base
 
     options = tls.ReloadableServerOptions(build(crls))
     monitor = None
@@ -541,6 +568,11 @@ def makeService(options: Options) -> IService:
     except (ConfigError, PluginError, ValueError, OSError, LookupError) as exc:
         # rserpool.startup.check built it already: only a file changed since.
         _fail([" ".join((str(exc) or type(exc).__name__).split())])
+    from twisted.logger import LogLevel
+
+    # Every PE's registration and routine removal, one line each, at debug
+    # (otherwise counted: a summary line a minute).
+    registrar.pe_log.every_change = options.log_level == LogLevel.debug
     registrar.setServiceParent(top)
     if not options["demo"]:
         return top

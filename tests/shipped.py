@@ -37,12 +37,14 @@ def shipped_ini(directory: Path) -> Path:
     return ini
 
 
-def shipped_registrar(directory: Path, reactor: Any, *, rules: str = "", changes: tuple = ()) -> Any:
+def shipped_registrar(directory: Path, reactor: Any, *, rules: str = "", changes: tuple = (),
+                      extra: str = "") -> Any:
     """The RegistrarService ``twistd rserpool-registrar`` builds from the
     shipped files (see :func:`shipped_ini`), not started.  ``rules`` is
     appended to the shipped authz.rules (a site granting more identities);
-    ``changes`` are further ``(pattern, replacement)`` edits of the ini, for
-    the tests that show what an option changes."""
+    ``changes`` are further ``(pattern, replacement)`` edits of the ini and
+    ``extra`` is appended to it, for the tests that show what an option
+    changes."""
     from rserpool.config import load_config
     from rserpool.tap import build_registrar
 
@@ -52,7 +54,7 @@ def shipped_registrar(directory: Path, reactor: Any, *, rules: str = "", changes
         text, count = re.subn(pattern, replacement, text)
         if count != 1:
             raise AssertionError(f"expected one line matching {pattern!r}")
-    ini.write_text(text)
+    ini.write_text(text + extra)
     if rules:
         with open(directory / "authz.rules", "a") as handle:
             handle.write(rules)

@@ -11,6 +11,7 @@ from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 
 from rserpool.admin import AdminSettings
+from rserpool.security.ocsp import OcspStatus
 from rserpool.wire import AsapDeregistration
 from tests.adminhelpers import TOKEN, AdminHarness, admin_cert
 from tests.tlshelpers import make_test_pki
@@ -271,6 +272,7 @@ class AuthorizerOutage(_Base):
 class _Decision:
     def __init__(self, allowed, reason=""):
         self.allowed, self.reason = allowed, reason
+        self.status = None if allowed else OcspStatus.REVOKED
 
 
 class _RevocationGate:

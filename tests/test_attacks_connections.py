@@ -85,14 +85,13 @@ class ConnectionSlotAttacks(unittest.TestCase):
             yield within(client.closed)
 
     @defer.inlineCallbacks
-    def registrar(self, channel_settings: ChannelSettings | None = None, *,
-                  evict_idle_after: float = 5.0, **limits: Any):
+    def registrar(self, channel_settings: ChannelSettings | None = None, **limits: Any):
         options = tls.server_options(self.pki.server.cert, self.pki.server.key, [self.pki.ca.cert],
                                      require_client_cert=False)
         service = RegistrarService(
             RegistrarSettings(server_id=random.randrange(1, 2**32)), reactor=reactor,
             listen=["tcp:0:interface=127.0.0.1"], tls_options=options, authorizer=AllowAll(),
-            gate_policy=GatePolicy(**limits), evict_idle_after=evict_idle_after,
+            gate_policy=GatePolicy(**limits),
             channel_settings=channel_settings or ChannelSettings())
         yield service.startService()
         self.addCleanup(service.stopService)

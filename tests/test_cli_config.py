@@ -29,3 +29,19 @@ def test_config_check_reports_an_invalid_file(tmp_path, capsys) -> None:
     assert captured.out == ""
     assert captured.err == (f"{path}: unknown key 'no_such_key' in [registrar] "
                             "(known: server_id, asap_listen, state_dir)\n")
+
+
+def test_config_check_refuses_a_psk_shorter_than_the_registrar_takes(tmp_path, capsys) -> None:
+    # Issue 12: config-check called a configuration with a 2-byte PSK valid,
+    # and that configuration then stopped the registrar at start-up.
+    from tests.shipped import shipped_ini
+
+    keys = tmp_path / "psk.keys"
+    keys.write_text("pe-psk 0011\n")
+    keys.chmod(0o600)
+    ini = shipped_ini(tmp_path)
+    ini.write_text(ini.read_text().replace("\npsk_file =\n", "\npsk_file = psk.keys\n"))
+    assert main(["config-check", str(ini)]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert f"[tls] psk_file: {keys}:1: a PSK has 16 to 512 bytes" in captured.err

@@ -347,3 +347,43 @@ def test_pool_handles_are_written_one_way():
     assert pool_handle_text(b"\xff\x00") == "hex:ff00"
     assert pool_handle_text(b"a\nb") == "hex:610a62"
     assert pool_handle_text("gr\u00fc\u00df".encode()) == "gr\u00fc\u00df"
+
+
+def test_open_anonymous_asap_channels_are_counted_through_every_change():
+    # The reserve for channels with an identity (issue 12) rests on this count.
+    gate = Gate(GatePolicy(max_connections=10))
+    assert gate.anonymous_limit == 9
+    anonymous = [opened(gate, address=f"127.0.0.{n}") for n in range(1, 4)]
+    opened(gate, CERT, address="127.0.0.9")
+    opened(gate, CERT, door=DOOR_PEER)
+    assert gate.anonymous == 3
+    assert gate.authentication_attempt(anonymous[0], "pe1", MECH_SRP, 1.0) is None
+    gate.authenticated(anonymous[0], Identity("pe1", MECH_SRP), 1.0)
+    assert gate.anonymous == 2  # it has an identity now
+    gate.authentication_failed(anonymous[0], "pe1", MECH_SRP, "after success", True, 2.0)
+    assert gate.anonymous == 2  # closing: neither anonymous nor counted
+    gate.channel_closed(anonymous[1], 3.0)
+    gate.channel_closed(anonymous[1], 3.0)
+    assert gate.anonymous == 1
+    gate.channel_closed(anonymous[0], 3.0)
+    gate.channel_closed(anonymous[2], 3.0)
+    assert gate.anonymous == 0
+
+
+def test_an_ipv6_prefix_is_one_source_for_failure_budgets_and_anonymous_rates():
+    # One host owns a /64 (issue 12): rotating addresses inside it gets no
+    # fresh budget.
+    from rserpool.security.ratelimit import AttemptLimit
+
+    gate = Gate(GatePolicy(attempts_per_address=AttemptLimit(capacity=2, refill_interval=1e9),
+                           resolution_rate=RateLimit(1e-9, 2)))
+    for n in range(2):
+        adm = opened(gate, address=f"2001:db8:1:2::{n + 1}")
+        assert gate.authentication_attempt(adm, f"pe{n}", MECH_SRP, 0.0) is None
+        gate.authentication_failed(adm, f"pe{n}", MECH_SRP, "wrong", True, 0.0)
+    other_host = opened(gate, address="2001:db8:1:2::ff")
+    assert gate.authentication_attempt(other_host, "pe9", MECH_SRP, 0.0).kind == "too many failed attempts from this address"
+    elsewhere = opened(gate, address="2001:db8:1:3::1")
+    assert gate.authentication_attempt(elsewhere, "pe9", MECH_SRP, 0.0) is None
+    resolvers = [opened(gate, address=f"2001:db8:9:9::{n + 1}") for n in range(3)]
+    assert [gate.admit_resolution(adm, b"echo", 0.0) for adm in resolvers] == [None, None, 0x6]

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from rserpool.gate import (
-    ACTION_OPAQUE, CHANNEL_CLOSED, CLOSING, DOOR_ASAP, OPEN, REPORT_COUNTED, REPORT_PROBE, REPORT_REMOVE, AskAuthorizer,
-    AttemptDelayed, AttemptRefused, CloseChannel, Gate, GatePolicy, Opened,
+    ACTION_OPAQUE, CHANNEL_CLOSED, CLOSING, DOOR_ASAP, IDENTIFYING, OPEN, REPORT_COUNTED, REPORT_PROBE, REPORT_REMOVE, AskAuthorizer,
+    ROOM_ADDRESS, ROOM_TOTAL, AttemptDelayed, AttemptRefused, CloseChannel, Gate, GatePolicy, NeedRoom, Opened,
     RemovePoolElements,
 )
 from rserpool.identity import MECH_CERTIFICATE, MECH_PSK, MECH_SRP, Identity
@@ -57,10 +57,11 @@ def test_the_table_is_there_and_numbered():
 _FLAGS = {"allow_insecure_channels", "allow_unauthenticated", "authorize_resolution", "check_pe_addresses",
           "unreachable_requires_identity", "unreachable_removal_needs_failed_probe"}
 _RATES = {"registration_rate", "registration_rate_per_address", "resolution_rate", "unreachable_rate",
+          "anonymous_resolution_rate",
           "door_request_rate", "refusal_log_per_address", "refusal_log_total"}
 _ATTEMPTS = {"attempts_per_identity_and_address", "attempts_per_address"}
 _COUNTS = {"max_held_per_channel", "max_pending_per_channel", "max_connections",
-           "max_connections_per_address"}
+           "max_connections_per_address", "max_pools_per_identity"}
 
 
 def policy_for(configuration: str) -> GatePolicy:
@@ -95,6 +96,7 @@ class World:
         self.reporters = 0
         self.last_keepalive: float | None = None
         self.probing = False
+        self.pools_held = 0  # pools the channel's principal has PEs in
         identity = row["identity"]
         if identity != "identifying":
             self.gate.identified(self.adm, self.identity_of(identity), NOW)
@@ -195,6 +197,24 @@ class World:
                 gate.identified(other, None, when)
                 assert not isinstance(gate.authentication_attempt(other, claimed, MECH_SRP, when), AttemptRefused)
                 gate.authentication_failed(other, claimed, MECH_SRP, "wrong proof", True, when)
+        elif item == "psk attempt pe1":
+            assert gate.psk_attempt(adm, "pe1", NOW) is True
+        elif item == "1 psk failure":
+            other = gate.open_channel(DOOR_ASAP, ADDRESS, True, NOW)
+            assert gate.psk_attempt(other, "pe1", NOW) is True
+            gate.channel_closed(other, NOW)
+        elif item.endswith(" anonymous open"):
+            for n in range(int(item.split()[0])):
+                other = gate.open_channel(DOOR_ASAP, f"10.1.0.{n}", True, NOW)
+                assert gate.identified(other, None, NOW) == [Opened(other)]
+        elif item.startswith("1 anonymous resolution from "):
+            other = gate.open_channel(DOOR_ASAP, item.split()[-1], True, NOW)
+            gate.identified(other, None, NOW)
+            assert gate.admit_resolution(other, b"echo", NOW) is None
+        elif item.startswith("1 from "):
+            assert gate.open_channel(DOOR_ASAP, item.split()[2], True, NOW) is not None
+        elif item.startswith("in ") and item.endswith(" pools"):
+            self.pools_held = int(item.split()[1])
         elif item.endswith(" reporters"):
             self.reporters = int(item.split()[0])
         elif item.startswith("keep-alive sent ") and item.endswith(" s ago"):
@@ -229,6 +249,21 @@ class World:
             return gate.authentication_failed(adm, "pe1", MECH_SRP, "wrong proof", words.endswith("final"), NOW)
         if words == "exchange unavailable":
             return gate.authentication_unavailable(adm, "pe1", MECH_SRP, "backend down", NOW)
+        if words.startswith("evictable, last message "):
+            ago = float(words.split()[3])
+            return gate.evictable(adm, NOW - ago, words.endswith("holds PEs"))
+        if words.startswith("room for "):
+            return gate.room_needed(words.split()[2])
+        if words == "no room":
+            return gate.no_room(adm, NOW)
+        if words.startswith("psk attempt "):
+            return gate.psk_attempt(adm, words.split()[2], NOW)
+        if words == "channel gone":
+            return gate.channel_closed(adm, NOW)
+        if words == "handshake finished":
+            return gate.handshake_finished(adm, NOW)
+        if words.startswith("join pool "):
+            return gate.admit_new_pool(adm, words.split()[2].encode(), self.pools_held, NOW)
         if words == "report counted":
             return gate.report_counted(self.reporters, self.last_keepalive, self.probing, KEEPALIVE_INTERVAL, NOW)
         if words == "revoke fingerprint":
@@ -280,6 +315,26 @@ def check_decision(world: World, result, decision: str, cause: str) -> None:
         assert (adm.state == CLOSING) == result.final
     elif main == "keep":
         assert result == [] and adm.state == OPEN
+    elif main == "need room":
+        assert result == [NeedRoom(adm)] and adm.state == IDENTIFYING
+    elif main == "evictable":
+        assert result is not None and result <= NOW, result
+    elif main.startswith("evictable in "):
+        assert result == NOW + float(main.split()[2]), result
+    elif main == "stays":
+        assert result is None
+    elif main in ("room from the address", "room from anywhere", "no room needed"):
+        assert result == {"room from the address": ROOM_ADDRESS, "room from anywhere": ROOM_TOTAL,
+                          "no room needed": None}[main]
+    elif main in ("try key", "refuse key"):
+        assert result is (main == "try key")
+        assert adm.attempt == ("pe1" if main == "try key" else None)
+    elif main == "count failure":
+        assert result is None and adm.attempt is None
+        assert gate.attempts.tokens("pe1", ADDRESS, NOW) == gate.policy.attempts_per_identity_and_address.capacity - 1
+        assert gate.attempts.score("pe1", NOW) == 1
+    elif main == "forget attempt":
+        assert result is None and adm.attempt is None and adm.state == IDENTIFYING
     elif main in ("probe PE", "count only", "remove PE"):
         assert result is {"probe PE": REPORT_PROBE, "count only": REPORT_COUNTED,
                           "remove PE": REPORT_REMOVE}[main], result
@@ -295,6 +350,8 @@ def check_decision(world: World, result, decision: str, cause: str) -> None:
             assert adm.allowed[(ask.action, ask.pool_handle)] is (result is None)
         elif extra == "not cached":
             assert world.ask is None or (world.ask.action, world.ask.pool_handle) not in adm.allowed
+        elif extra == "paused":
+            assert adm.paused_until == NOW + gate.policy.rate_limited_pause
         elif extra == "cache empty":
             assert adm.allowed == {}
         elif extra == "identity none":

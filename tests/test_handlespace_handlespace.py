@@ -253,7 +253,7 @@ def test_checksums_match_recomputation_after_random_operations() -> None:
     handles = [b"a", b"bb", b"ccc", b"dddd", b"eeeee\x00\xff"]
     for step in range(600):
         handle = rnd.choice(handles)
-        pe_id = rnd.randrange(0, 40) * 0x01010101 & 0xFFFFFFFF
+        pe_id = rnd.randrange(1, 40) * 0x01010101 & 0xFFFFFFFF
         if rnd.random() < 0.7:
             reg(hs, handle=handle, pe_id=pe_id, home_server_id=rnd.choice([1, 2, 3]), now=step)
         else:
@@ -269,11 +269,11 @@ def test_checksums_match_recomputation_after_random_operations() -> None:
 
 def test_take_over_and_set_owner() -> None:
     hs = make_hs()
-    for pe_id in range(5):
+    for pe_id in range(1, 6):
         reg(hs, pe_id=pe_id, home_server_id=1)
     reg(hs, handle=b"other", pe_id=9, home_server_id=2)
     moved = hs.take_over(1, 3)
-    assert sorted(e.pe_id for e in moved) == list(range(5))
+    assert sorted(e.pe_id for e in moved) == list(range(1, 6))
     assert hs.owned_count(1) == 0 and hs.owned_count(3) == 5
     assert hs.checksum(3) == hs.recompute_checksum(3) and hs.checksum(1) == 0xFFFF
     hs.set_owner(b"other", 9, 3)
@@ -306,10 +306,10 @@ def test_expiry_of_registration_life() -> None:
 
 def test_expire_limit_and_order() -> None:
     hs = make_hs()
-    for pe_id in range(10):
+    for pe_id in range(1, 11):
         reg(hs, pe_id=pe_id, registration_life=100 - pe_id)
     first = hs.expire(1000.0, limit=3)
-    assert [e.pe_id for e in first] == [9, 8, 7]
+    assert [e.pe_id for e in first] == [10, 9, 8]
     assert len(hs.expire(1000.0)) == 7 and hs.pool_count == 0
 
 
@@ -377,6 +377,35 @@ def test_limit_pes_per_identity() -> None:
     reg(hs, pe_id=4, identity="bob")
     hs.expire(1e9)
     assert hs.identity_count("alice") == 0 and hs.identity_count("bob") == 0
+
+
+def test_pe_identifier_zero_is_refused_with_invalid_values() -> None:
+    hs = make_hs()
+    with pytest.raises(HandlespaceError) as info:
+        reg(hs, pe_id=0)
+    assert (info.value.cause, info.value.field) == (CAUSE_INVALID_VALUES, "pe_id")
+    assert len(hs) == 0 and hs.pool_count == 0
+
+
+def test_pools_per_identity_are_counted() -> None:
+    # The facts the gate's max_pools_per_identity decides on (issue 12).
+    hs = make_hs()
+    assert hs.identity_pools("alice") == 0 and not hs.identity_in_pool("alice", b"pool")
+    reg(hs, pe_id=1, identity="alice")
+    reg(hs, pe_id=2, identity="alice")
+    reg(hs, handle=b"x", pe_id=1, identity="Alice")  # one identity, any spelling
+    reg(hs, handle=b"y", pe_id=3)  # unbound: counted for nobody
+    assert hs.identity_pools("ALICE") == 2
+    assert hs.identity_in_pool("alice", b"pool") and hs.identity_in_pool("alice", b"x")
+    assert not hs.identity_in_pool("alice", b"y")
+    reg(hs, handle=b"y", pe_id=3, identity="alice")  # binding an unbound PE joins its pool
+    assert hs.identity_pools("alice") == 3
+    hs.deregister(b"pool", 1)
+    assert hs.identity_in_pool("alice", b"pool")  # PE 2 is still there
+    hs.deregister(b"pool", 2)
+    assert not hs.identity_in_pool("alice", b"pool") and hs.identity_pools("alice") == 2
+    hs.expire(1e9)
+    assert hs.identity_pools("alice") == 0
 
 
 # --------------------------------------------------------------- identity

@@ -43,7 +43,7 @@ LIMITS = HandlespaceLimits(
     max_pool_handle_length=4,
 )
 HANDLES = [b"a", b"bc", b"def\x00", b"ghij", b"toolong"]
-PE_IDS = [0, 1, 0x10000, 0xFFFFFFFF, 0x12345678]
+PE_IDS = [1, 2, 0x10000, 0xFFFFFFFF, 0x12345678]  # 0 is refused (test_handlespace_handlespace)
 OWNERS = [1, 2, 0xFFFFFFFF]
 IDENTITIES = [None, "alice", "bob"]
 SETTINGS = [

@@ -142,7 +142,7 @@ def test_tls13_is_bound_without_the_query(pki, monkeypatch):
 def test_psk_functions_refuse_without_the_capability(monkeypatch):
     monkeypatch.setattr(_internals, "PSK", missing("TLS-PSK"))
     context = SSL.Context(SSL.TLS_METHOD)
-    for call in (lambda: _internals.enable_psk_server(context, lambda name: None, 16),
+    for call in (lambda: _internals.enable_psk_server(context, lambda name, connection: None, 16),
                  lambda: _internals.enable_psk_client(context, b"pe", bytes(16)),
                  lambda: _internals.set_psk_identity_hint(context, b"hint"),
                  lambda: _internals.psk_server_connection(context)):

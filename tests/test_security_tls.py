@@ -19,7 +19,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from OpenSSL import SSL
+from OpenSSL import SSL, crypto
 from twisted.internet import defer
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IOpenSSLServerConnectionCreator
 from twisted.internet.testing import StringTransport
@@ -462,6 +462,27 @@ class ClientKeyUsageTests(TLSTestCase):
         self.assertTrue(tls.has_client_auth_usage(self.pki.pe1.issued.certificate))
         self.assertTrue(tls.has_client_auth_usage(self.pki.server.issued.certificate))
         self.assertFalse(tls.has_client_auth_usage(self.pki.ocsp.issued.certificate))
+
+
+    def test_a_certificates_key_usage_is_parsed_once_and_a_refusal_never_remembered(self) -> None:
+        calls = []
+        real = tls.has_client_auth_usage
+
+        def counting(cert: Any) -> bool:
+            calls.append(cert.subject.rfc4514_string())
+            return real(cert)
+
+        self.patch(tls, "has_client_auth_usage", counting)
+        tls._CLIENT_AUTH_SEEN.clear()
+        good = crypto.X509.from_cryptography(self.pki.pe1.issued.certificate)
+        bad = crypto.X509.from_cryptography(
+            _client_certificate_with_usages(self.pki.ca.issued, "x", self.pki.now, None).certificate)
+        for _ in range(3):
+            self.assertTrue(tls._verify_client_certificate(None, good, 0, 0, 1))
+            self.assertFalse(tls._verify_client_certificate(None, bad, 0, 0, 1))
+            self.assertFalse(tls._verify_client_certificate(None, good, 20, 0, 0))  # OpenSSL said no
+        self.assertEqual(len([c for c in calls if "pe1" in c]), 1)
+        self.assertEqual(len([c for c in calls if "CN=x" in c]), 3)
 
 
 class ConfigurationTests(TLSTestCase):

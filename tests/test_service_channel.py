@@ -655,3 +655,57 @@ def test_the_initiating_side_handles_a_read_at_once() -> None:
     channel.makeConnection(StringTransport())
     channel.dataReceived(pipelined(20)[1])
     assert len(handler.messages) == 20
+
+
+class Pausing(Echo):
+    """Answers, and pauses the channel for a second at the messages named."""
+
+    def __init__(self, pause_at: set[bytes]) -> None:
+        super().__init__()
+        self.pause_at = pause_at
+
+    def message_received(self, channel: Channel, message: Any, now: float) -> None:
+        super().message_received(channel, message, now)
+        if message.pool_handle in self.pause_at:
+            channel.pause_input(now + 1.0)
+
+
+def test_a_paused_channel_handles_nothing_until_the_pause_ends_and_keeps_the_order() -> None:
+    # The gate rate limited the channel (issue 12): what it sent meanwhile
+    # waits, reading paused, and costs nothing until then.
+    clock = task.Clock()
+    handler = Pausing({b"p2", b"p5"})
+    channel = Channel(handler, clock, ChannelSettings(first_message_timeout=None, max_events_per_turn=8),
+                      tls=False)
+    transport = StringTransport()
+    channel.makeConnection(transport)
+    peer, data = pipelined(7)
+    channel.dataReceived(data)
+    assert [m.pool_handle for _, m in handler.messages] == [b"p0", b"p1", b"p2"]
+    assert transport.producerState == "paused"
+    more = b"".join(peer.send_message(PPID_ASAP, AsapHandleResolution(b"late%d" % n).encode()) for n in range(2))
+    channel.dataReceived(more)  # what TLS had already decrypted waits too
+    clock.advance(0.99)
+    assert len(handler.messages) == 3
+    clock.advance(0.01)
+    assert [m.pool_handle for _, m in handler.messages][3:] == [b"p3", b"p4", b"p5"]  # paused again at p5
+    clock.advance(1.0)
+    assert [m.pool_handle for _, m in handler.messages][6:] == [b"p6", b"late0", b"late1"]
+    assert transport.producerState == "producing"
+    echoed = [e for e in peer.receive_data(transport.value()) if hasattr(e, "payload")]
+    assert len(echoed) == 9 and peer.unacked == 0
+
+
+def test_a_pause_after_the_last_message_still_stops_reading_until_it_ends() -> None:
+    clock = task.Clock()
+    handler = Pausing({b"p0"})
+    channel = Channel(handler, clock, ChannelSettings(first_message_timeout=None), tls=False)
+    transport = StringTransport()
+    channel.makeConnection(transport)
+    peer, data = pipelined(1)
+    channel.dataReceived(data)
+    assert transport.producerState == "paused"
+    clock.advance(1.0)
+    assert transport.producerState == "producing"
+    channel.dataReceived(peer.send_message(PPID_ASAP, AsapHandleResolution(b"next").encode()))
+    assert handler.messages[-1][1].pool_handle == b"next"

@@ -139,12 +139,40 @@ class RegistrarOverTLS(RegistrarClientsMixin, unittest.TestCase):
 
 
     @defer.inlineCallbacks
+    def test_routine_pe_changes_are_counted_and_summed_up_once_a_minute(self):
+        # Two written log lines per session cost about 200 us (issue 12): by
+        # default registrations and routine removals are counted instead.
+        from twisted.logger import formatEvent, globalLogPublisher
+
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        for pe_id in (0xAB1, 0xAB2):
+            pe = yield self.connect(self.pki.pe1)
+            reply = yield pe.request(AsapRegistration(b"echo", make_pe(pe_id)))
+            self.assertFalse(reply.reject)
+            (server_side,) = self.registrar.channels
+            noticed = server_side.closed_deferred()
+            pe.channel.abort()
+            yield noticed
+        lines = [formatEvent(e) for e in events if e.get("log_namespace") == "rserpool.service.registrar"]
+        self.assertFalse([line for line in lines if "00000ab" in line])
+        self.assertEqual(self.registrar.pe_log.counts["registered"], 2)
+        self.registrar.pe_log.summary()
+        (summary,) = [formatEvent(e) for e in events if "PEs in the last" in formatEvent(e)]
+        self.assertEqual(summary, "PEs in the last 60 s: 2 registered, 2 left (2 ASAP channel lost); "
+                                  "0 in the handlespace")
+        self.registrar.pe_log.summary()  # nothing new: no line
+        self.assertEqual(len([e for e in events if "PEs in the last" in formatEvent(e)]), 1)
+
+    @defer.inlineCallbacks
     def test_a_removal_is_logged_once(self):
         from twisted.logger import formatEvent, globalLogPublisher
 
         events = []
         globalLogPublisher.addObserver(events.append)
         self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        self.registrar.pe_log.every_change = True  # one line per PE (--log-level debug)
         pe = yield self.connect(self.pki.pe1)
         reply = yield pe.request(AsapRegistration(b"echo", make_pe(0xABC)))
         self.assertFalse(reply.reject)

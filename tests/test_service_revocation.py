@@ -237,8 +237,9 @@ class ShippedConfigurationChecksRevocation(unittest.TestCase):
         self.assertFalse(monitor.revoked(pkimod.load_certificate(pki_dir / "pu.pem"), ca))
 
 
-@pytest.mark.integration
-class OcspRevocation(_RegistrarTest):
+class _OcspResponder(_RegistrarTest):
+    """``openssl ocsp`` on a free loopback port (pe1 good, pe_revoked revoked)."""
+
     @pytest.fixture(autouse=True)
     def _openssl(self) -> None:
         self.openssl = require_tool("openssl")
@@ -284,6 +285,9 @@ class OcspRevocation(_RegistrarTest):
                               cache=OcspCache())
         return RevocationGate(checker, [self.pki.ca.issued.certificate])
 
+
+@pytest.mark.integration
+class OcspRevocation(_OcspResponder):
     @defer.inlineCallbacks
     def test_revoked_by_ocsp_is_closed_before_its_registration_is_processed(self):
         self.start_responder()
@@ -324,6 +328,83 @@ class OcspRevocation(_RegistrarTest):
         self.assertIsNone(reply)
         self.assert_untouched(registrar)
         self.assertEqual(gate.stats["refused"], 1)
+
+
+@pytest.mark.integration
+class OcspRevocationOfLiveChannels(_OcspResponder):
+    """Issue 12: a PE whose responder turned to "revoked" kept re-registering
+    on its open channel.  Now a verified "revoked", from the periodic
+    re-check or from any new connection's check, closes the live channels
+    and removes their PEs."""
+
+    def setUp(self):
+        super().setUp()
+        (self.work / "index.txt").write_text(
+            index_line(self.pki.ocsp.issued.certificate) + index_line(self.pki.pe1.issued.certificate)
+            + index_line(self.pki.pe2.issued.certificate))
+
+    def revoke_pe1(self) -> None:
+        """The responder now says pe1 is revoked (a new index, restarted)."""
+        self.stop_responder()
+        revoked_at = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(minutes=1)
+        (self.work / "index.txt").write_text(
+            index_line(self.pki.ocsp.issued.certificate)
+            + index_line(self.pki.pe1.issued.certificate, revoked_at, "keyCompromise")
+            + index_line(self.pki.pe2.issued.certificate))
+        self.start_responder()
+
+    @defer.inlineCallbacks
+    def live_pe1(self, gate: RevocationGate, **kwargs):
+        registrar = yield self.start(revocation=gate, **kwargs)
+        removed = []
+        registrar.change_listeners.append(removed.append)  # the normal removal path (ENRP's too)
+        client = yield self.assert_registers(registrar, self.pki.pe1, 0x40)
+        other = yield self.assert_registers(registrar, self.pki.pe2, 0x41)
+        return registrar, client, other, removed
+
+    @defer.inlineCallbacks
+    def test_the_periodic_recheck_closes_a_revoked_live_channel(self):
+        self.start_responder()
+        gate = self.gate(OcspMode.SOFT)
+        registrar, client, other, removed = yield self.live_pe1(gate, ocsp_recheck_interval=3600)
+        yield registrar.live_certificates.recheck()  # "good", answered from the cache
+        self.assertIsNotNone(registrar.handlespace.get(H, 0x40))
+        self.revoke_pe1()
+        gate.checker.cache.clear()  # the cached "good" reached its nextUpdate
+        yield registrar.live_certificates.recheck()
+        yield client.closed.addTimeout(10, reactor)
+        self.assertIsNone(registrar.handlespace.get(H, 0x40))
+        self.assertEqual([(type(o).__name__, o.entry.pe_id) for o in removed][-1:], [("PoolElementRemoved", 0x40)])
+        self.assertIsNotNone(registrar.handlespace.get(H, 0x41))  # pe2 is not revoked
+        self.assertFalse(other.closed.called)
+        self.assertEqual(registrar.live_certificates.stats["revoked_by_ocsp"], 1)
+        # ... and pe1 cannot come back.
+        again, reply = yield self.eager(registrar, self.pki.pe1, 0x42)
+        self.assertIsNone(reply)
+
+    @defer.inlineCallbacks
+    def test_a_new_connections_revoked_answer_closes_the_live_ones(self):
+        self.start_responder()
+        gate = self.gate(OcspMode.HARD)
+        registrar, client, other, removed = yield self.live_pe1(gate)
+        self.revoke_pe1()
+        gate.checker.cache.clear()
+        again, reply = yield self.eager(registrar, self.pki.pe1, 0x43)
+        self.assertIsNone(reply)
+        yield client.closed.addTimeout(10, reactor)
+        self.assertIsNone(registrar.handlespace.get(H, 0x40))
+        self.assertIsNotNone(registrar.handlespace.get(H, 0x41))
+
+    @defer.inlineCallbacks
+    def test_a_responder_that_cannot_answer_closes_no_live_channel(self):
+        self.start_responder()
+        gate = self.gate(OcspMode.HARD)
+        registrar, client, other, removed = yield self.live_pe1(gate, ocsp_recheck_interval=3600)
+        self.stop_responder()
+        gate.checker.cache.clear()
+        yield registrar.live_certificates.recheck()
+        self.assertFalse(client.closed.called)
+        self.assertIsNotNone(registrar.handlespace.get(H, 0x40))
 
 
 class FakeGate:
@@ -382,7 +463,7 @@ class PendingCheck(_RegistrarTest):
         yield connect(registrar_port(registrar), self.creator(self.pki.pe1), client)
         yield arrived
         gate.pending[0].callback(OcspDecision(False, OcspStatus.REVOKED, None, "revoked"))
-        yield client.closed
+        yield client.closed.addTimeout(10, reactor)
         self.assertEqual(client.messages, [])
         self.assert_untouched(registrar)
 
@@ -395,7 +476,7 @@ class PendingCheck(_RegistrarTest):
         yield client.ready
         for pe_id in range(1, 11):
             client.send(AsapRegistration(H, make_pe(pe_id)))
-        yield client.closed
+        yield client.closed.addTimeout(10, reactor)
         self.assert_untouched(registrar)
         self.assertEqual((registrar._identifying, registrar._held), ({}, {}))
         # The pending check was cancelled when the channel went.

@@ -29,9 +29,17 @@ from __future__ import annotations
 
 import random
 from collections import deque
-from dataclasses import dataclass
-from typing import Any, Callable, Union
+from typing import Any, Callable
 
+from rserpool.asap.registrar_types import (  # re-exported: the core's vocabulary
+    AsapSession,
+    Close,
+    Output,
+    PauseInput,
+    PoolElementAdded,
+    PoolElementRemoved,
+    RegistrarSettings,
+)
 from rserpool.handlespace import (
     Handlespace,
     HandlespaceError,
@@ -78,6 +86,7 @@ from rserpool.wire.transports import OpaqueTransport, TcpTransport
 __all__ = [
     "AsapSession",
     "Close",
+    "PauseInput",
     "PoolElementAdded",
     "PoolElementRemoved",
     "RegistrarCore",
@@ -85,82 +94,6 @@ __all__ = [
     "Send",
     "policy_settings",
 ]
-
-
-# -- outputs -------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Close:
-    session: "AsapSession"
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class PoolElementAdded:
-    entry: PoolElementEntry
-    created: bool
-
-
-@dataclass(frozen=True, slots=True)
-class PoolElementRemoved:
-    entry: PoolElementEntry
-    reason: str
-
-
-Output = Union[Send, AskAuthorizer, Close, PoolElementAdded, PoolElementRemoved]
-
-
-# -- configuration and per-channel state -------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class RegistrarSettings:
-    """The registrar's protocol settings (what it admits, and what an
-    unreachability report does, is the gate's ``GatePolicy``)."""
-
-    server_id: int
-    keepalive_interval: float = 5.0
-    keepalive_timeout: float = 5.0
-    max_resolution_items: int = 3  # 0: all PEs of the pool
-
-    def __post_init__(self) -> None:
-        if type(self.server_id) is not int or not 1 <= self.server_id <= 0xFFFFFFFF:
-            raise ValueError("the server ID is a non-zero 32-bit number")
-
-
-class AsapSession:
-    """One ASAP channel: what it registered and what it waits for.
-
-    ``channel`` is the shell's handle (the Twisted protocol); ``admission``
-    is the gate's view of the channel (its identity, address, TLS, state).
-    """
-
-    __slots__ = ("channel", "admission", "pes", "pending", "closed")
-
-    def __init__(self, channel: Any, admission: Admission) -> None:
-        self.channel = channel
-        self.admission = admission
-        self.pes: set[tuple[bytes, int]] = set()
-        # token -> (AskAuthorizer, message) waiting for the authorizer
-        self.pending: dict[int, tuple[AskAuthorizer, Any]] = {}
-        self.closed = False
-
-    def __repr__(self) -> str:
-        return f"<AsapSession {self.admission!r}>"
-
-    @property
-    def identity(self) -> str | None:
-        """The channel's authenticated identity (the gate's)."""
-        return self.admission.identity
-
-    @property
-    def address(self) -> str:
-        return self.admission.address
-
-    @property
-    def secure(self) -> bool:
-        return self.admission.tls
 
 
 def policy_settings(policy: Any) -> PolicySettings:
@@ -212,7 +145,7 @@ def _offending_tlv(field: str | None, msg: AsapRegistration) -> bytes:
         return pe.policy.encode()
     if field == "pool_handle":
         return encode_pool_handle(msg.pool_handle)
-    if field == "registration_life":
+    if field in ("registration_life", "pe_id"):
         return pe.encode()  # a fixed field of the Pool Element parameter
     return b""
 
@@ -358,11 +291,19 @@ class RegistrarCore:
                 session.pending[verdict.token] = (verdict, msg)
                 out.append(verdict)
                 return
-        entry = self.handlespace.get(handle, pe.pe_id)
+        handlespace = self.handlespace
+        entry = handlespace.get(handle, pe.pe_id)
         if entry is not None:  # the PE-identity binding: the gate's decision
             cause = self.gate.check_owner(admission, entry.identity, ACTION_REGISTER, handle, pe.pe_id, now)
             if cause is not None:
                 self._refuse(session, ACTION_REGISTER, msg, cause, now, out)
+                return
+        elif not handlespace.identity_in_pool(admission.principal, handle):  # the pool quota: the gate's
+            cause = self.gate.admit_new_pool(admission, handle, handlespace.identity_pools(admission.principal),
+                                             now)
+            if cause is not None:
+                self._refused(cause, session, "registration", handle, pe.pe_id, now)
+                out.append(Send(session, AsapRegistrationResponse(handle, pe.pe_id, True, _cause(cause))))
                 return
         # ``pe`` is a checked PoolElement (decoded or constructed) and the
         # server ID a checked non-zero 32-bit value: no need to check again.
@@ -516,11 +457,14 @@ class RegistrarCore:
     # -- handle resolution ------------------------------------------------------------------
 
     def _on_resolution(self, session: AsapSession, msg: AsapHandleResolution, now: float, out: list) -> None:
-        verdict = self.gate.admit_resolution(session.admission, msg.pool_handle, now)
+        admission = session.admission
+        verdict = self.gate.admit_resolution(admission, msg.pool_handle, now)
         if verdict is None:
             self._complete_resolution(session, msg, out)
         elif type(verdict) is int:
             self._refuse(session, ACTION_RESOLVE, msg, verdict, now, out)
+            if admission.paused_until > now:
+                out.append(PauseInput(session, admission.paused_until))
         else:
             session.pending[verdict.token] = (verdict, msg)
             out.append(verdict)
@@ -600,7 +544,7 @@ class RegistrarCore:
             self._log("ENDPOINT_UNREACHABLE for {pe_id:08x} from {address}: its home is {home:08x}",
                       pe_id=msg.pe_id, address=session.address, home=entry.home_server_id)
             return
-        count = self.handlespace.report_unreachable(msg.pool_handle, msg.pe_id, session.admission.principal, now)
+        count = self.handlespace.report_unreachable(msg.pool_handle, msg.pe_id, session.admission.rate_key, now)
         key = (msg.pool_handle, msg.pe_id)
         effect = self.gate.report_counted(count, self._last_keepalive.get(key), key in self._awaiting_ack,
                                           settings.keepalive_interval, now)

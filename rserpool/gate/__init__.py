@@ -35,9 +35,11 @@ from rserpool.gate.facts import (
     GatePolicy,
     Opened,
     Output,
+    NeedRoom,
     RemovePoolElements,
     Slowdown,
 )
+from rserpool.gate.facts import ROOM_ADDRESS, ROOM_TOTAL
 from rserpool.gate.facts import CLOSING, IDENTIFYING, OPEN, Admission
 from rserpool.gate.gate import CHANNEL_CLOSED, Gate
 from rserpool.gate.refusals import REFUSAL_FORMAT, pool_handle_text
@@ -78,6 +80,9 @@ __all__ = [
     "REPORT_COUNTED",
     "REPORT_PROBE",
     "REPORT_REMOVE",
+    "NeedRoom",
+    "ROOM_ADDRESS",
+    "ROOM_TOTAL",
     "RemovePoolElements",
     "Slowdown",
     "pool_handle_text",

@@ -36,6 +36,9 @@ __all__ = [
     "GatePolicy",
     "IDENTIFYING",
     "NOT_OPEN",
+    "NeedRoom",
+    "ROOM_ADDRESS",
+    "ROOM_TOTAL",
     "OPEN",
     "Opened",
     "Output",
@@ -125,6 +128,12 @@ class GatePolicy:
     registration_rate_per_address: RateLimit = RateLimit(rate=500.0, burst=1000.0)
     # Per identity, or per source address for anonymous pool users.
     resolution_rate: RateLimit = RateLimit(rate=2000.0, burst=4000.0)
+    # All anonymous resolutions together (whatever their addresses): what
+    # is left of the registrar is kept for pool users with an identity.
+    anonymous_resolution_rate: RateLimit = RateLimit(rate=20_000.0, burst=40_000.0)
+    # A channel refused for a resolution rate is not read for this long
+    # (seconds): a flood costs the registrar one refusal per pause.
+    rate_limited_pause: float = 0.25
     unreachable_rate: RateLimit = RateLimit(rate=1.0, burst=10.0)
     # Requests at the peer and admin doors, per identity.
     door_request_rate: RateLimit = RateLimit(rate=100.0, burst=200.0)
@@ -142,6 +151,17 @@ class GatePolicy:
     # IPv6 addresses in one prefix of this length count as one address
     # (rserpool.addresses.address_key): one host owns a whole /64.
     ipv6_prefix: int = 64
+    # The share of max_connections anonymous ASAP channels can never hold:
+    # kept for channels with an identity (PEs), however many anonymous
+    # clients are connected.
+    authenticated_reserve: float = 0.1
+    # An anonymous ASAP channel with no PE and no message for this long may
+    # be dropped to make room for a newcomer when a connection limit is reached.
+    evict_idle_after: float = 5.0
+    # Pools one identity (or, unauthenticated, one address) may have PEs in:
+    # well below the handlespace's max_pools (10000), so that a few
+    # identities cannot fill the pool table for everyone.
+    max_pools_per_identity: int = 100
     # Per channel: authorizations waiting, decisions remembered, inputs held
     # while the channel's identity is being established.
     max_pending_per_channel: int = 32
@@ -153,11 +173,24 @@ class GatePolicy:
 
     def __post_init__(self) -> None:
         for name in ("max_connections", "max_connections_per_address", "max_pending_per_channel",
-                     "max_cached_decisions", "max_held_per_channel", "max_bad_pe_reports"):
+                     "max_cached_decisions", "max_held_per_channel", "max_bad_pe_reports",
+                     "max_pools_per_identity"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
         if not 1 <= self.ipv6_prefix <= 128:
             raise ValueError("ipv6_prefix must be 1-128")
+        if not 0.0 <= self.authenticated_reserve < 1.0:
+            raise ValueError("authenticated_reserve must be at least 0 and below 1")
+        if self.evict_idle_after <= 0:
+            raise ValueError("evict_idle_after must be positive")
+        if self.rate_limited_pause < 0:
+            raise ValueError("rate_limited_pause must not be negative")
+
+
+# -- which connection limit a newcomer meets (Gate.room_needed) ----------------------------------
+
+ROOM_ADDRESS = "address"  # max_connections_per_address: room must come from the same address
+ROOM_TOTAL = "total"  # max_connections: room may come from anywhere
 
 
 # -- per channel ------------------------------------------------------------------------------
@@ -177,13 +210,15 @@ class Admission:
     changes them.  ``channel`` is the shell's handle for the connection and
     ``session`` the door's own per-channel state."""
 
-    __slots__ = ("door", "address", "tls", "fingerprint", "state", "identity", "mechanism", "groups",
-                 "principal", "base", "exchanged", "attempt", "allowed", "pending", "held", "epoch",
-                 "change_barrier", "session", "channel", "_last_address")
+    __slots__ = ("door", "address", "source", "tls", "fingerprint", "state", "identity", "mechanism", "groups",
+                 "principal", "rate_key", "base", "exchanged", "attempt", "anonymous", "allowed", "pending",
+                 "held", "epoch", "change_barrier", "session", "channel", "paused_until", "_last_address")
 
-    def __init__(self, door: str, address: str, tls: bool, fingerprint: str | None) -> None:
+    def __init__(self, door: str, address: str, tls: bool, fingerprint: str | None, source: str = "") -> None:
         self.door = door
         self.address = address
+        # The address key per-address limits count by (an IPv6 /64 is one).
+        self.source = source or address
         self.tls = tls
         self.fingerprint = fingerprint  # of the client certificate, if any
         self.state = IDENTIFYING
@@ -191,9 +226,13 @@ class Admission:
         self.mechanism: str | None = None
         self.groups: frozenset[str] = frozenset()
         self.principal = "addr:" + address
+        # What per-requester rate limits key on: the identity, or the source.
+        self.rate_key = "addr:" + self.source
         self.base: Identity | None = None  # the identity TLS proved (certificate, PSK)
         self.exchanged: Identity | None = None  # the identity an SRP/CHAP exchange proved
         self.attempt: str | None = None  # the identity an admitted SRP/CHAP attempt tries to prove
+        self.anonymous = False  # counted among the open anonymous ASAP channels
+        self.paused_until = 0.0  # rate limited: read nothing more before then
         self.allowed: dict[tuple[str, bytes], bool] = {}
         self.pending = 0
         self.held = 0
@@ -263,6 +302,16 @@ class RemovePoolElements:
 
 
 @dataclass(frozen=True, slots=True)
+class NeedRoom:
+    """The channel turned out anonymous while anonymous channels hold all
+    they may (``max_connections`` less the ``authenticated_reserve``): drop
+    an idle anonymous channel (one ``Gate.evictable`` allows) and report the
+    identity again, or else tell the gate ``no_room``."""
+
+    admission: Admission
+
+
+@dataclass(frozen=True, slots=True)
 class AttemptDelayed:
     """Let the SRP/CHAP attempt go ahead after ``delay`` seconds (its
     identity failed recently: the per-identity slowdown)."""
@@ -279,4 +328,4 @@ class AttemptRefused:
     final: bool
 
 
-Output = Union[AskAuthorizer, Opened, CloseChannel, RemovePoolElements]
+Output = Union[AskAuthorizer, Opened, CloseChannel, RemovePoolElements, NeedRoom]

@@ -41,6 +41,7 @@ from typing import Any, Callable, Iterable
 from rserpool.addresses import address_key
 from rserpool.gate.facts import (
     ACTION_OPAQUE,
+    ACTION_REGISTER,
     ACTION_PEER,
     CLOSING,
     IDENTIFYING,
@@ -51,24 +52,23 @@ from rserpool.gate.facts import (
     DOOR_ASAP,
     DOOR_PEER,
     DOORS,
-    REFUSED_AFTER_SUCCESS,
-    REFUSED_CLOSING,
-    REFUSED_IDENTITY_MISMATCH,
+    ROOM_ADDRESS,
+    ROOM_TOTAL,
     REPORT_COUNTED,
     REPORT_PROBE,
     REPORT_REMOVE,
     AskAuthorizer,
-    AttemptDelayed,
-    AttemptRefused,
     CloseChannel,
     GatePolicy,
+    NeedRoom,
     Opened,
     Output,
     RemovePoolElements,
 )
 from rserpool.gate.refusals import RefusalLog, pool_handle_text
 from rserpool.identity import MECH_CERTIFICATE, Identity
-from rserpool.gate.attempts import REFUSED_RATE_ADDRESS, AttemptBudgets
+from rserpool.gate.attempts import AttemptBudgets
+from rserpool.gate.authentication import AuthenticationDecisions
 from rserpool.security.ratelimit import RateLimiter
 from rserpool.wire.codes import (
     CAUSE_INVALID_VALUES,
@@ -94,10 +94,13 @@ _TOO_MANY_PENDING = "too many authorizations pending"
 _RATE_ADDRESS = "rate limited (address)"
 _RATE_IDENTITY = "rate limited (identity)"
 _RATE = "rate limited"
+_RATE_ANONYMOUS = "rate limited (all anonymous resolutions)"
 _ADDRESS_MISMATCH = "registers address {address}, not the channel's"
 _BOUND = "PE {pe_id:08x} is bound to another identity"
 _PEER_CERTIFICATE = "a peer must present a certificate"
 _HELD_TOO_MANY = "over {n} messages before its identity was established"
+_POOLS = "has PEs in {n} pools already (max_pools_per_identity)"
+_ANONYMOUS_FULL = "{n} anonymous channels open, the rest is kept for channels with an identity"
 _CONNECTIONS = "{n} connections open"
 _CONNECTIONS_HERE = "{n} connections open from this address"
 
@@ -110,8 +113,9 @@ def _what(action: str, handle: bytes) -> str:
     return f"{action} in pool {pool_handle_text(handle)}" if handle else action
 
 
-class Gate:
-    """Every admission decision, for every door (see the module docstring)."""
+class Gate(AuthenticationDecisions):
+    """Every admission decision, for every door (see the module docstring;
+    the authentication decisions are :mod:`rserpool.gate.authentication`'s)."""
 
     def __init__(self, policy: GatePolicy | None = None, log: Callable[..., Any] | None = None) -> None:
         self.policy = policy = policy or GatePolicy()
@@ -120,12 +124,14 @@ class Gate:
         self._registrations = RateLimiter(policy.registration_rate)
         self._registrations_by_address = RateLimiter(policy.registration_rate_per_address)
         self._resolutions = RateLimiter(policy.resolution_rate)
+        self._anonymous_resolutions = RateLimiter(policy.anonymous_resolution_rate, max_keys=1)
         self._reports = RateLimiter(policy.unreachable_rate)
         self._door_requests = RateLimiter(policy.door_request_rate)
         self.attempts = AttemptBudgets(policy.attempts_per_identity_and_address, policy.attempts_per_address,
                                        policy.identity_slowdown)
         self.channels: set[Admission] = set()
-        self.connections: dict[str, int] = {}  # open connections per address
+        self.connections: dict[str, int] = {}  # open connections per address key
+        self.anonymous = 0  # open anonymous ASAP channels
         self._next_token = 1
         #: Refusals by RFC 5354 cause (0: dropped without reply, -1: channel closed).
         self.refused: dict[int, int] = {}
@@ -152,6 +158,7 @@ class Gate:
         self._set_identity(adm, None)
         adm.state = CLOSING
         adm.change_barrier = (CAUSE_SECURITY, _NOT_OPEN[CLOSING])
+        self._track(adm)
 
     def note_refusal(self, adm: Admission, action: str, handle: bytes, reason: str, cause: int,
                      now: float) -> None:
@@ -172,13 +179,13 @@ class Gate:
                 break
         else:
             raise ValueError(f"unknown door {door!r} (known: {', '.join(DOORS)})")
-        adm = Admission(known, address, tls, fingerprint)
-        adm.channel = channel
         policy = self.policy
+        key = address_key(address, policy.ipv6_prefix)  # an IPv6 /64 is one address
+        adm = Admission(known, address, tls, fingerprint, key)
+        adm.channel = channel
         if len(self.channels) >= policy.max_connections:
             self._refuse(adm, "connection", _CONNECTIONS.format(n=len(self.channels)), CHANNEL_CLOSED, now, "warn")
             return None
-        key = address_key(address, policy.ipv6_prefix)  # an IPv6 /64 is one address
         open_here = self.connections.get(key, 0)
         if open_here >= policy.max_connections_per_address:
             self._refuse(adm, "connection", _CONNECTIONS_HERE.format(n=open_here), CHANNEL_CLOSED, now, "warn")
@@ -186,6 +193,46 @@ class Gate:
         self.connections[key] = open_here + 1
         self.channels.add(adm)
         return adm
+
+    def room_needed(self, address: str) -> str | None:
+        """Which connection limit a newcomer from ``address`` would meet
+        (``ROOM_ADDRESS`` first, then ``ROOM_TOTAL``), or None: the shell may
+        first drop a channel that ``evictable`` allows, from the same address
+        key for ``ROOM_ADDRESS``."""
+        policy = self.policy
+        if self.connections.get(address_key(address, policy.ipv6_prefix), 0) >= policy.max_connections_per_address:
+            return ROOM_ADDRESS
+        if len(self.channels) >= policy.max_connections:
+            return ROOM_TOTAL
+        return None
+
+    def evictable(self, adm: Admission, last_message_at: float, holds_pes: bool) -> float | None:
+        """From when the channel may give its slot to a newcomer (None:
+        never): an open anonymous ASAP channel that holds no PE, once it has
+        sent nothing for ``evict_idle_after`` seconds.  Channels with an
+        identity, PEs, or whose identity is being established stay."""
+        if adm.state is not OPEN or adm.identity is not None or adm.door is not DOOR_ASAP or holds_pes:
+            return None
+        return last_message_at + self.policy.evict_idle_after
+
+    def no_room(self, adm: Admission, now: float) -> list[Output]:
+        """After a ``NeedRoom``: no anonymous channel could make room."""
+        if adm.state is not IDENTIFYING:
+            return []
+        return self._close(adm, _ANONYMOUS_FULL.format(n=self.anonymous), now, "info")
+
+    @property
+    def anonymous_limit(self) -> int:
+        """How many open anonymous ASAP channels there may be."""
+        policy = self.policy
+        return policy.max_connections - int(policy.max_connections * policy.authenticated_reserve)
+
+    def _track(self, adm: Admission) -> None:
+        """Keep ``anonymous`` (open anonymous ASAP channels) up to date."""
+        now_anonymous = adm.state is OPEN and adm.identity is None and adm.door is DOOR_ASAP
+        if now_anonymous is not adm.anonymous:
+            adm.anonymous = now_anonymous
+            self.anonymous += 1 if now_anonymous else -1
 
     def certificate_seen(self, adm: Admission, fingerprint: str) -> None:
         """The TLS handshake finished with a client certificate (verified by
@@ -204,6 +251,8 @@ class Gate:
                 return self._close(adm, _NO_IDENTITY, now)
             if adm.door is DOOR_PEER and identity.mechanism != MECH_CERTIFICATE:
                 return self._close(adm, _PEER_CERTIFICATE, now)
+        elif identity is None and self.anonymous >= self.anonymous_limit:
+            return [NeedRoom(adm)]  # the rest is kept for channels with an identity
         adm.base = identity
         if identity is not None and adm.fingerprint is None:
             adm.fingerprint = identity.fingerprint
@@ -228,11 +277,14 @@ class Gate:
             return self._close(adm, _HELD_TOO_MANY.format(n=self.policy.max_held_per_channel), now)
         return []
 
-    def channel_closed(self, adm: Admission) -> None:
-        """The channel is gone."""
+    def channel_closed(self, adm: Admission, now: float | None = None) -> None:
+        """The channel is gone (``now``: when, for the failure accounting of
+        a TLS-PSK handshake that never finished)."""
+        if adm.state is IDENTIFYING and adm.attempt is not None and now is not None:
+            self._psk_failed(adm, now)
         if adm in self.channels:
             self.channels.discard(adm)
-            key = address_key(adm.address, self.policy.ipv6_prefix)
+            key = adm.source
             left = self.connections.get(key, 1) - 1
             if left > 0:
                 self.connections[key] = left
@@ -241,6 +293,7 @@ class Gate:
         adm.state = CLOSING
         adm.change_barrier = (CAUSE_SECURITY, _NOT_OPEN[CLOSING])
         adm.allowed = {}
+        self._track(adm)
 
     def _set_identity(self, adm: Admission, identity: Identity | None, exchanged: bool = False) -> None:
         """Every change of identity goes through here: a new epoch and an
@@ -250,17 +303,19 @@ class Gate:
             adm.identity = adm.mechanism = None
             adm.groups = frozenset()
             adm.principal = "addr:" + adm.address
+            adm.rate_key = "addr:" + adm.source
             adm.exchanged = None
         else:
             adm.identity = identity.name
             adm.mechanism = identity.mechanism
             adm.groups = identity.groups
-            adm.principal = identity.name
+            adm.principal = adm.rate_key = identity.name
             if exchanged:
                 adm.exchanged = identity
         adm.epoch += 1
         adm.allowed = {}
         adm.change_barrier = self._barrier(adm)
+        self._track(adm)
 
     def _barrier(self, adm: Admission) -> tuple[int, str] | None:
         """Why no registration or deregistration may come from this channel
@@ -286,7 +341,7 @@ class Gate:
         if barrier is not None:
             return self._refuse(adm, _what(action, handle), barrier[1], barrier[0],
                                 now)
-        if not self._registrations_by_address.allow(adm.address, now):
+        if not self._registrations_by_address.allow(adm.source, now):
             return self._refuse(adm, _what(action, handle), _RATE_ADDRESS,
                                 CAUSE_LACK_OF_RESOURCES, now)
         identity = adm.identity
@@ -304,6 +359,18 @@ class Gate:
             return None
         return self._authorize(adm, action, handle, decided, now)
 
+    def admit_new_pool(self, adm: Admission, handle: bytes, pools_held: int, now: float) -> None | int:
+        """A registration (already admitted) would put the channel's
+        principal in a pool where it has no PE yet, ``pools_held`` being the
+        number of pools it has PEs in: refused with cause 0x6 at
+        ``max_pools_per_identity``, so that a few identities cannot fill the
+        pool table (``max_pools``) for everyone."""
+        limit = self.policy.max_pools_per_identity
+        if pools_held < limit:
+            return None
+        return self._refuse(adm, _what(ACTION_REGISTER, handle), _POOLS.format(n=pools_held),
+                            CAUSE_LACK_OF_RESOURCES, now)
+
     def admit_opaque_transport(self, adm: Admission, handle: bytes, now: float) -> None | int | AskAuthorizer:
         """A registration (already admitted) whose user transport is an
         Opaque Transport: no address in it can be checked against the
@@ -315,15 +382,22 @@ class Gate:
         return self._authorize(adm, ACTION_OPAQUE, handle, decided, now)
 
     def admit_resolution(self, adm: Admission, handle: bytes, now: float) -> None | int | AskAuthorizer:
-        """A handle resolution (anonymous pool users welcome)."""
+        """A handle resolution (anonymous pool users welcome): per requester
+        (identity, or address key) and, for anonymous ones, all together.
+        A rate-limited channel is also paused (``adm.paused_until``: the
+        shell reads nothing more from it before then)."""
         if adm.state is not OPEN:
             return self._refuse(adm, _what("resolve", handle), _NOT_OPEN[adm.state], CAUSE_SECURITY, now)
         if adm.door is not DOOR_ASAP:
             return self._refuse(adm, _what("resolve", handle), _WRONG_DOOR, CAUSE_UNRECOGNIZED_MESSAGE, now)
         if not adm.tls and not self.policy.allow_insecure_channels:
             return self._refuse(adm, _what("resolve", handle), _NO_TLS, CAUSE_SECURITY, now)
-        if not self._resolutions.allow(adm.principal, now):
+        if not self._resolutions.allow(adm.rate_key, now):
+            adm.paused_until = now + self.policy.rate_limited_pause
             return self._refuse(adm, _what("resolve", handle), _RATE, CAUSE_LACK_OF_RESOURCES, now)
+        if adm.identity is None and not self._anonymous_resolutions.allow(None, now):
+            adm.paused_until = now + self.policy.rate_limited_pause
+            return self._refuse(adm, _what("resolve", handle), _RATE_ANONYMOUS, CAUSE_LACK_OF_RESOURCES, now)
         if not self.policy.authorize_resolution:
             return None
         decided = adm.allowed.get(("resolve", handle))
@@ -341,7 +415,7 @@ class Gate:
             return self._refuse(adm, what, _WRONG_DOOR, CAUSE_UNRECOGNIZED_MESSAGE, now, dropped=True)
         if self.policy.unreachable_requires_identity and adm.identity is None:
             return self._refuse(adm, what, _NO_IDENTITY, CAUSE_SECURITY, now, dropped=True)
-        if not self._reports.allow(adm.principal, now):
+        if not self._reports.allow(adm.rate_key, now):
             return self._refuse(adm, what, _RATE, CAUSE_LACK_OF_RESOURCES, now, dropped=True)
         return None
 
@@ -377,7 +451,7 @@ class Gate:
             return self._refuse(adm, what, _NO_IDENTITY, CAUSE_SECURITY, now)
         if action == ACTION_PEER and adm.mechanism != MECH_CERTIFICATE:
             return self._refuse(adm, what, _PEER_CERTIFICATE, CAUSE_SECURITY, now)
-        if not self._door_requests.allow(adm.principal, now):
+        if not self._door_requests.allow(adm.rate_key, now):
             return self._refuse(adm, what, _RATE, CAUSE_LACK_OF_RESOURCES, now)
         decided = adm.allowed.get((action, handle))
         if decided is True:
@@ -431,83 +505,6 @@ class Gate:
             return None
         return self._refuse(adm, _what(action, handle), _BOUND.format(pe_id=pe_id),
                             CAUSE_SECURITY, now)
-
-    # -- authentication inside the channel (SRP, CHAP) -----------------------------------------
-
-    def authentication_attempt(self, adm: Admission, claimed: str, mechanism: str,
-                               now: float) -> AttemptRefused | AttemptDelayed | None:
-        """May the channel try to prove ``claimed`` with ``mechanism`` now?
-        Before any credential work; takes a token from the failure budgets
-        of (identity, address) and of the address (a success gives them
-        back), and says how long to wait first when the identity failed
-        recently, from anywhere (:mod:`rserpool.gate.attempts`)."""
-        what = f"{mechanism} authentication as {claimed}"
-        if adm.state is not OPEN:
-            return self._refuse_attempt(adm, what, REFUSED_CLOSING, REFUSED_CLOSING, True, now)
-        if adm.exchanged is not None:
-            return self._refuse_attempt(adm, what, REFUSED_AFTER_SUCCESS, REFUSED_AFTER_SUCCESS, True, now)
-        if adm.base is not None and claimed != adm.base.name:
-            return self._refuse_attempt(adm, what, REFUSED_IDENTITY_MISMATCH,
-                                        f"{REFUSED_IDENTITY_MISMATCH} ({adm.base.name})", True, now)
-        refused = self.attempts.take(claimed, adm.address, now)
-        if refused is not None:
-            return self._refuse_attempt(adm, what, refused, refused, refused == REFUSED_RATE_ADDRESS, now)
-        adm.attempt = claimed
-        delay = self.attempts.delay(claimed, now)
-        return AttemptDelayed(delay) if delay else None
-
-    def _refuse_attempt(self, adm: Admission, what: str, kind: str, reason: str, final: bool,
-                        now: float) -> AttemptRefused:
-        """One line for the refusal; a final one shuts the channel (the
-        exchange's final failure then gets the CloseChannel)."""
-        self._refuse(adm, what, reason, CAUSE_SECURITY, now, "warn")
-        if final and adm.state is not CLOSING:
-            self._shut(adm)
-        return AttemptRefused(kind, final)
-
-    def authenticated(self, adm: Admission, identity: Identity, now: float) -> list[Output]:
-        """An exchange proved ``identity``: it becomes the channel's (every
-        remembered decision is forgotten) and the attempt's tokens return."""
-        adm.attempt = None
-        self.attempts.refund(identity.name, adm.address, now)
-        if adm.state is not OPEN:
-            return []
-        if adm.exchanged is not None or (adm.base is not None and identity.name != adm.base.name):
-            return self._close(adm, REFUSED_AFTER_SUCCESS if adm.exchanged is not None
-                               else REFUSED_IDENTITY_MISMATCH, now)
-        self.stats["authenticated"] += 1
-        self._set_identity(adm, identity, exchanged=True)
-        self._log("info", "{address} authenticated as {identity} by {mechanism}", address=adm.address,
-                  identity=identity.name, mechanism=identity.mechanism)
-        return []
-
-    def authentication_failed(self, adm: Admission, claimed: str | None, mechanism: str | None,
-                              reason: str, final: bool, now: float) -> list[Output]:
-        """An exchange failed (its tokens stay spent).  After a success the
-        channel loses its identity and closes; a final failure closes it."""
-        self.stats["authentication_failed"] += 1
-        if claimed is not None and adm.attempt == claimed:  # credentials were checked, and wrong
-            self.attempts.failed(claimed, now)  # the identity's slowdown
-        adm.attempt = None
-        what = f"{mechanism or 'SRP/CHAP'} authentication as {claimed or '?'}"
-        if adm.state is CLOSING:  # refused already (logged then): close
-            return [CloseChannel(adm, reason)]
-        if adm.exchanged is not None:
-            return self._close(adm, f"{what} failed after success: {reason}", now)
-        if final:
-            return self._close(adm, f"{what} failed: {reason}", now)
-        self._refuse(adm, what, reason, CAUSE_SECURITY, now, "warn")
-        return []
-
-    def authentication_unavailable(self, adm: Admission, claimed: str | None, mechanism: str | None,
-                                   reason: str, now: float) -> list[Output]:
-        """The credential backend could not answer: not the peer's failure
-        (its tokens return); the exchange ends and the channel closes."""
-        self.stats["authentication_unavailable"] += 1
-        adm.attempt = None
-        self.attempts.refund(claimed, adm.address, now)
-        what = f"{mechanism or 'SRP/CHAP'} authentication as {claimed or '?'}"
-        return self._close(adm, f"{what}: backend unavailable ({reason})", now, "error")
 
     # -- revocation --------------------------------------------------------------------------------
 

@@ -60,6 +60,7 @@ class Handlespace:
         self._pools: dict[bytes, _Pool] = {}
         self._owners: dict[int, _Owner] = {}
         self._identity_counts: dict[str, int] = {}
+        self._identity_pools: dict[str, dict[bytes, int]] = {}  # identity -> pool -> its PEs there
         self._count = 0
         # Lazy postponement: a re-registration or the next keep-alive moves a
         # deadline later, which then costs no heap push.
@@ -115,6 +116,16 @@ class Handlespace:
     def identity_count(self, identity: str) -> int:
         """PEs bound to ``identity`` (any spelling of it)."""
         return self._identity_counts.get(normalize_identity(identity) or "", 0)
+
+    def identity_pools(self, identity: str) -> int:
+        """The number of pools in which ``identity`` (any spelling) has PEs."""
+        pools = self._identity_pools.get(normalize_identity(identity) or "")
+        return 0 if pools is None else len(pools)
+
+    def identity_in_pool(self, identity: str, pool_handle: bytes) -> bool:
+        """Whether ``identity`` (any spelling) has a PE in the pool."""
+        pools = self._identity_pools.get(normalize_identity(identity) or "")
+        return pools is not None and pool_handle in pools
 
     # -------------------------------------------------------------- ownership
 
@@ -250,6 +261,8 @@ class Handlespace:
         if len(pool_handle) > limits.max_pool_handle_length:
             raise HandlespaceError(CAUSE_LACK_OF_RESOURCES, "pool handle too long")
         _check_uint32("pe_id", pe_id)
+        if pe_id == 0:  # no PE has identifier 0 (rsplib: "undefined"; the PE library never picks it)
+            raise HandlespaceError(CAUSE_INVALID_VALUES, "PE identifier 0 is reserved", "pe_id")
         _check_uint32("home_server_id", home_server_id)
         if transport_type not in TRANSPORT_TYPES:
             raise HandlespaceError(CAUSE_INVALID_VALUES, f"unknown transport type 0x{transport_type:x}",
@@ -328,6 +341,7 @@ class Handlespace:
             self._owner_add(pool, entry, home_server_id)
             if new_identity is not None:
                 self._identity_counts[new_identity] = self._identity_counts.get(new_identity, 0) + 1
+                self._pool_joined(new_identity, pool_handle)
             previous_owner = None
             created = True
         else:
@@ -339,6 +353,7 @@ class Handlespace:
             entry.unreachable = None
             if new_identity != entry.identity:  # only None -> identity here
                 self._identity_counts[new_identity] = self._identity_counts.get(new_identity, 0) + 1
+                self._pool_joined(new_identity, pool_handle)
                 entry.identity = new_identity
             previous_owner = entry.home_server_id
             self._move_owner(pool, entry, home_server_id)
@@ -514,6 +529,12 @@ class Handlespace:
         if not owner.members:
             del self._owners[server_id]
 
+    def _pool_joined(self, identity: str, pool_handle: bytes) -> None:
+        pools = self._identity_pools.get(identity)
+        if pools is None:
+            pools = self._identity_pools[identity] = {}
+        pools[pool_handle] = pools.get(pool_handle, 0) + 1
+
     def _move_owner(self, pool: _Pool, entry: PoolElementEntry, server_id: int) -> None:
         if entry.home_server_id != server_id:
             self._owner_remove(pool, entry)
@@ -532,6 +553,14 @@ class Handlespace:
                 self._identity_counts[identity] = left
             else:
                 del self._identity_counts[identity]
+            pools = self._identity_pools[identity]
+            here = pools[entry.pool_handle] - 1
+            if here:
+                pools[entry.pool_handle] = here
+            else:
+                del pools[entry.pool_handle]
+                if not pools:
+                    del self._identity_pools[identity]
         self._expiry.cancel(entry)
         self._keepalives.cancel(entry)
         entry.keepalive_due = None

@@ -231,9 +231,11 @@ def _pointer_key(ssl: Any) -> int:
 
 
 class _ServerCallback:
-    """OpenSSL's server PSK callback around ``lookup(name) -> key | None``."""
+    """OpenSSL's server PSK callback around ``lookup(name, connection) -> key
+    | None`` (``connection``: the server Connection, None if not made by
+    :func:`psk_server_connection`)."""
 
-    def __init__(self, lookup: Callable[[str], bytes | None], min_key: int) -> None:
+    def __init__(self, lookup: Callable[[str, Any], bytes | None], min_key: int) -> None:
         self.lookup = lookup
         self.min_key = min_key
 
@@ -248,9 +250,10 @@ class _ServerCallback:
             except UnicodeDecodeError:
                 name = None
             key = None
+            connection = _server_connections.get(_pointer_key(ssl))
             if name is not None:
                 try:
-                    key = self.lookup(name)
+                    key = self.lookup(name, connection)
                 except Exception:
                     _log.failure("PSK key store failed; refusing the handshake")
                     return 0
@@ -259,7 +262,6 @@ class _ServerCallback:
                 key = os.urandom(32)
                 name = None
             _FFI.memmove(psk, key, len(key))
-            connection = _server_connections.get(_pointer_key(ssl))
             if connection is not None:
                 if name is None:
                     _accepted.pop(connection, None)
@@ -271,7 +273,7 @@ class _ServerCallback:
             return 0
 
 
-def enable_psk_server(context: SSL.Context, lookup: Callable[[str], bytes | None],
+def enable_psk_server(context: SSL.Context, lookup: Callable[[str, Any], bytes | None],
                       min_key: int) -> PskCallbackHandle:
     """Install the server PSK callback on a context that has made no
     connection yet; connections must come from :func:`psk_server_connection`

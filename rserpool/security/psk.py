@@ -35,9 +35,10 @@ import hashlib
 import hmac
 import os
 import stat
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Union
+from typing import Any, Callable, Mapping, Union
 
 from OpenSSL import SSL
 from twisted.internet.interfaces import (
@@ -65,6 +66,7 @@ __all__ = [
     "load_psk_file",
     "negotiated_cipher",
     "psk_identity",
+    "psk_identity_offered",
     "require_bindings",
     "server_options",
 ]
@@ -237,11 +239,34 @@ def _server_cipher_list() -> bytes:
     return (_TLS12_CERT_CIPHERS + ":" + ":".join(TLS12_PSK_CIPHERS)).encode("ascii")
 
 
-def enable_server_psk(context: SSL.Context, store: IPskKeyStore, hint: str | None = None) -> Any:
+#: Server Connection -> the (normalized) identity its client offered a PSK for.
+_offered: "weakref.WeakKeyDictionary[SSL.Connection, str]" = weakref.WeakKeyDictionary()
+
+#: ``admit(identity, connection) -> bool``: may the connection's client try
+#: the key of ``identity`` now (the security gate's failure budgets)?  No:
+#: the handshake fails as with a wrong key, whatever key the client holds.
+PskAdmit = Callable[[str, Any], bool]
+
+
+def psk_identity_offered(transport_or_connection: Any) -> str | None:
+    """The identity a client offered a PSK for on this server connection
+    (known or not, proven or not), or None."""
+    connection = transport_or_connection
+    if not isinstance(connection, SSL.Connection):
+        try:
+            connection = tls.tls_connection(transport_or_connection)
+        except tls.NotTLSError:
+            return None
+    return _offered.get(connection)
+
+
+def enable_server_psk(context: SSL.Context, store: IPskKeyStore, hint: str | None = None,
+                      admit: PskAdmit | None = None) -> Any:
     """Install PSK on a server context that has not made a connection yet.
 
-    Returns the callback handle: keep it referenced as long as the context
-    (:class:`PskServerOptions` does).
+    ``admit`` is asked before a key is handed to OpenSSL (see
+    :data:`PskAdmit`).  Returns the callback handle: keep it referenced as
+    long as the context (:class:`PskServerOptions` does).
     """
     require_bindings()
     if not isinstance(context, SSL.Context):
@@ -256,10 +281,16 @@ def enable_server_psk(context: SSL.Context, store: IPskKeyStore, hint: str | Non
     # PSK was used (see psk_identity), and every connection proves the key.
     context.set_options(SSL.OP_NO_TICKET)
     context.set_session_cache_mode(SSL.SESS_CACHE_OFF)
-    def lookup(offered: str) -> bytes | None:
+    def lookup(offered: str, connection: Any) -> bytes | None:
         # Any spelling of an identity is that identity (rserpool.identity).
         name = normalize_identity(offered)
-        return store.psk_key(name) if name is not None else None
+        if name is None:
+            return None
+        if connection is not None:
+            _offered[connection] = name
+            if admit is not None and not admit(name, connection):
+                return None  # refused: fails like a wrong key (no oracle)
+        return store.psk_key(name)
 
     return _internals.enable_psk_server(context, lookup, MIN_KEY_LENGTH)
 
@@ -271,18 +302,31 @@ class PskServerOptions:
     ``base`` must be fresh (no connection made from its context yet).
     """
 
-    def __init__(self, base: tls.ServerTLSOptions, store: IPskKeyStore, hint: str | None = None) -> None:
+    def __init__(self, base: tls.ServerTLSOptions, store: IPskKeyStore, hint: str | None = None,
+                 admit: Callable[[str, Any], bool] | None = None) -> None:
+        """``admit(identity, tls_protocol) -> bool``: asked before the key
+        of ``identity`` is used on the connection of ``tls_protocol`` (the
+        Twisted TLS protocol that asked for the connection)."""
         self.base = base
         self.store = store
         self.context = base.context
-        self._callback = enable_server_psk(self.context, store, hint)
+        self._protocols: weakref.WeakKeyDictionary[SSL.Connection, Any] = weakref.WeakKeyDictionary()
+        admit_connection = None
+        if admit is not None:
+            protocols = self._protocols
+
+            def admit_connection(name: str, connection: Any) -> bool:
+                return admit(name, protocols.get(connection))
+        self._callback = enable_server_psk(self.context, store, hint, admit_connection)
 
     @property
     def settings(self) -> tls.ServerTLSSettings:
         return self.base.settings
 
     def serverConnectionForTLS(self, tlsProtocol: object) -> SSL.Connection:  # noqa: N802 (Twisted)
-        return _internals.psk_server_connection(self.context)
+        connection = _internals.psk_server_connection(self.context)
+        self._protocols[connection] = tlsProtocol
+        return connection
 
 
 def server_options(
@@ -292,6 +336,7 @@ def server_options(
     *,
     psk_store: IPskKeyStore,
     hint: str | None = None,
+    admit: Callable[[str, Any], bool] | None = None,
     require_client_cert: bool = False,
     **kwargs: Any,
 ) -> PskServerOptions:
@@ -303,7 +348,7 @@ def server_options(
     """
     base = tls.server_options(cert_path, key_path, trust_roots,
                               require_client_cert=require_client_cert, **kwargs)
-    return PskServerOptions(base, psk_store, hint)
+    return PskServerOptions(base, psk_store, hint, admit)
 
 
 # --- client ----------------------------------------------------------------------------

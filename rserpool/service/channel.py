@@ -190,6 +190,8 @@ class Channel(Protocol):
         # max_events_per_turn arrived); reading is paused until they are.
         self._backlog: deque | None = None
         self._resume_call: IDelayedCall | None = None
+        # No input is handled before this time (pause_input: rate limited).
+        self._paused_until = 0.0
         # While a backlog is worked off: the bytes of its turns, written in
         # TLS-record-sized pieces rather than one small record per turn.
         self._held: list[bytes] = []
@@ -247,6 +249,12 @@ class Channel(Protocol):
         elif self._chunk_deadline is not None:
             self._chunk_deadline = None
         backlog = self._backlog
+        if backlog is None and self._paused_until > now and events:
+            self._defer_front(events, now)  # paused: keep it for later, in order
+            acks = mapping.data_to_send()
+            if acks:
+                self._hold(acks)
+            return
         if backlog is not None:  # still working off earlier reads: keep the order
             backlog.extend(events)
             acks = mapping.data_to_send()
@@ -275,10 +283,34 @@ class Channel(Protocol):
         events = [backlog.popleft() for _ in range(take)]
         if backlog:
             self._resume_call = self.clock.callLater(0, self._turn)
+        elif self._paused_until > self.clock.seconds():
+            self._schedule_turn(self.clock.seconds())  # empty, but reading stays paused until then
         else:
             self._backlog = None
             self.transport.resumeProducing()
         return events
+
+    def pause_input(self, until: float) -> None:
+        """Handle none of this connection's input before ``until`` (the
+        security gate rate limited it): what was read and is not handled yet,
+        and what arrives, waits in order, reading paused (accepting side)."""
+        if until > self._paused_until and not self.initiator:
+            self._paused_until = until
+
+    def _defer_front(self, events: list, now: float) -> None:
+        """``events`` wait, before any backlog, until the pause ends."""
+        backlog = self._backlog
+        if backlog is None:
+            self._backlog = deque(events)
+            self.transport.pauseProducing()
+        else:
+            backlog.extendleft(reversed(events))
+        self._schedule_turn(now)
+
+    def _schedule_turn(self, now: float) -> None:
+        if self._resume_call is not None and self._resume_call.active():
+            self._resume_call.cancel()
+        self._resume_call = self.clock.callLater(max(0.0, self._paused_until - now), self._turn)
 
     def _turn(self) -> None:
         self._resume_call = None
@@ -295,7 +327,7 @@ class Channel(Protocol):
         out: list[bytes] = []
         self._out = out
         try:
-            for event in events:
+            for index, event in enumerate(events):
                 if type(event) is MessageReceived:
                     if not self._got_message:
                         self._got_message = True
@@ -314,6 +346,9 @@ class Channel(Protocol):
                     if self.closed or self.closing:  # the handler closed or aborted it
                         self._out = None
                         return
+                    if self._paused_until > now:  # the handler paused it: the rest waits
+                        self._defer_front(events[index + 1:], now)
+                        break
                 elif type(event) is HeartbeatAckReceived:
                     pass  # any data counts as a sign of life
         except BaseException:
@@ -324,15 +359,19 @@ class Channel(Protocol):
             self._out = None
             if pending:
                 out.append(pending)
+            # While a backlog is worked off turn after turn, the answers are
+            # held and written in large pieces; a pause (pause_input) ends
+            # the batch for a while: what is held goes out now.
+            batching = self._backlog is not None and self._paused_until <= now
             if out:
                 data = out[0] if len(out) == 1 else b"".join(out)
-                if self._backlog is not None:
+                if batching:
                     self._hold(data)
                 else:
                     if self._held:
                         data = self._take_held() + data
                     self.transport.write(data)
-            elif self._held and self._backlog is None:
+            elif self._held and not batching:
                 self.transport.write(self._take_held())
         elif pending:  # the batch was flushed early (close or abort)
             self.transport.write(pending)

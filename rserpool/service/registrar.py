@@ -23,7 +23,6 @@ core and :mod:`rserpool.gate`); this module only
 
 from __future__ import annotations
 
-import ipaddress
 import random
 from typing import Any, Iterable
 
@@ -34,13 +33,14 @@ from twisted.cred.error import UnauthorizedLogin, UnhandledCredentials
 from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IDelayedCall, IReactorTime, ITCPTransport
-from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
+from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from rserpool.asap.registrar import (
     Close,
+    PauseInput,
     PoolElementAdded,
     PoolElementRemoved,
     RegistrarCore,
@@ -48,7 +48,7 @@ from rserpool.asap.registrar import (
 )
 from rserpool.errors import BackendUnavailable
 from rserpool.gate import (
-    DOOR_ASAP, AskAuthorizer, CloseChannel, Gate, GatePolicy, Opened, RemovePoolElements,
+    CLOSING, DOOR_ASAP, ROOM_ADDRESS, AskAuthorizer, CloseChannel, Gate, GatePolicy, NeedRoom, Opened, RemovePoolElements,
 )
 from rserpool.handlespace import Handlespace, HandlespaceLimits
 from rserpool.identity import Identity
@@ -62,15 +62,17 @@ from rserpool.security.psk import psk_identity
 from rserpool.security.revocation import RevocationGate, verified_chain
 from rserpool.security.tls import NotTLSError, tls_connection
 from rserpool.service.auth import RegistrarAuthenticator
+from rserpool.service.announce import ServerAnnouncer, listening_transports
 from rserpool.service.channel import Channel, ChannelSettings, address_text
+from rserpool.service.live_revocation import LiveCertificates
+from rserpool.service.pe_log import PeChangeLog
 from rserpool.service.slots import IdleEviction
 from rserpool.service.tlsfactory import TLSServerFactory
 from rserpool.stats import EventCounts
 from rserpool.wire import WireError
 from rserpool.wire.params import pool_handle_text
-from rserpool.wire.transports import TcpTransport
 
-__all__ = ["RegistrarService", "AnnounceProtocol"]
+__all__ = ["RegistrarService"]
 
 _log = Logger()
 
@@ -155,7 +157,7 @@ class RegistrarService(MultiService):
         rng: random.Random | None = None,
         revocation: RevocationGate | None = None,
         exchange_options: dict[str, Any] | None = None,
-        evict_idle_after: float = 5.0,
+        ocsp_recheck_interval: float = 60.0,
     ) -> None:
         super().__init__()
         if not IPoolAuthorizer.providedBy(authorizer):
@@ -173,6 +175,10 @@ class RegistrarService(MultiService):
         self.identity_policy = identity_policy or IdentityPolicy()
         # OCSP: the gate holds a channel's input until its certificate's check answered.
         self.revocation = revocation
+        # Revocation news (a CRL reload, an OCSP "revoked") for live channels.
+        self.live_certificates = LiveCertificates(
+            reactor, self._live_certificates, self._revoked, revocation=revocation,
+            recheck_interval=ocsp_recheck_interval, trust_roots=getattr(revocation, "trust_roots", ()))
         self.gate = Gate(gate_policy, log=self._gate_log)
         self.checkers = Authenticator(checkers if checkers is not None else (CertificateChecker(), PskChecker()))
         # SRP/CHAP over the ASAP extension; None: the extension is disabled and
@@ -187,14 +193,14 @@ class RegistrarService(MultiService):
         self.handlespace = Handlespace(limits or HandlespaceLimits(), rng=random.Random(self.rng.random()))
         self.core = RegistrarCore(settings, self.handlespace, self.gate, rng=random.Random(self.rng.random()),
                                   log=self._core_log)
-        self.announce_targets = tuple(announce_targets)
-        self.announce_interval = announce_interval
-        self.announce_multicast = announce_multicast
-        self.announce_ttl = announce_ttl
+        self.announcer = ServerAnnouncer(reactor, self.announce_message, targets=announce_targets,
+                                         interval=announce_interval, multicast=announce_multicast,
+                                         ttl=announce_ttl, rng=self.rng)
+        self.announce_targets = self.announcer.targets
         self.channels: dict[Channel, Any] = {}  # every open connection -> its admission
-        # Idle anonymous channels give their slot to newcomers when a limit is reached.
+        # Idle anonymous channels give their slot to newcomers when a limit is
+        # reached (which ones may go is the gate's decision).
         self.eviction = IdleEviction(self.gate.policy.ipv6_prefix)
-        self.evict_idle_after = evict_idle_after
         self._logged_at: dict[str, float] = {}
         self._unlogged: dict[str, int] = {}
         self._held: dict[Channel, list] = {}  # input held while the channel is identified
@@ -202,9 +208,9 @@ class RegistrarService(MultiService):
         self.ports: list[Any] = []
         self.listening_addresses: list[Any] = []
         self._timer: IDelayedCall | None = None
+        # PE changes: routine ones counted, a summary a minute (rserpool.service.pe_log).
+        self.pe_log = PeChangeLog(reactor, lambda: len(self.handlespace), _log)
         self._timer_at: float | None = None
-        self._announce_call: IDelayedCall | None = None
-        self._announce_port: Any = None
         #: Called with every PoolElementAdded / PoolElementRemoved (the ENRP
         #: service turns them into handle updates to peers).
         self.change_listeners: list[Callable[[Any], None]] = []
@@ -233,6 +239,8 @@ class RegistrarService(MultiService):
     def startService(self):  # noqa: N802 (Twisted)
         super().startService()
         self.started = self.clock.seconds()
+        self.live_certificates.start()
+        self.pe_log.start()
         for description in self.listen:
             factory: Any = _RegistrarFactory(self, tls=self.tls_options is not None)
             if self.tls_options is not None:
@@ -244,33 +252,13 @@ class RegistrarService(MultiService):
             _log.info("registrar {server_id:08x} listening for ASAP on {address} ({tls})",
                       server_id=self.server_id, address=address_text(port.getHost()),
                       tls="TLS" if self.tls_options is not None else "PLAINTEXT")
-        if self.announce_multicast:
-            _log.info("announcing to multicast group {group}", group=self.announce_multicast)
-            self._announce_port = self.reactor.listenMulticast(0, AnnounceProtocol())
-            self._announce_port.setTTL(self.announce_ttl)
-        elif self.announce_targets:
-            interface = "127.0.0.1" if self._loopback_only() else ""
-            self._announce_port = self.reactor.listenUDP(0, AnnounceProtocol(), interface=interface)
-        if self._announce_port is not None:
-            self._schedule_announce()
-
-    def _loopback_only(self) -> bool:
-        hosts = [h for h, _ in self.announce_targets]
-        if self.announce_multicast:
-            return False
-        try:
-            return all(ipaddress.ip_address(h).is_loopback for h in hosts)
-        except ValueError:
-            return False
+        self.announcer.start()
 
     @defer.inlineCallbacks
     def stopService(self):  # noqa: N802 (Twisted)
-        if self._announce_call is not None and self._announce_call.active():
-            self._announce_call.cancel()
-        self._announce_call = None
-        if self._announce_port is not None:
-            yield self._announce_port.stopListening()
-            self._announce_port = None
+        self.live_certificates.stop()
+        self.pe_log.stop()
+        yield self.announcer.stop()
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
@@ -298,6 +286,7 @@ class RegistrarService(MultiService):
         credentials: Any = None
         cert = None
         if channel.tls:
+            self.gate.handshake_finished(admission, self.clock.seconds())
             try:
                 connection = tls_connection(channel.transport)
             except NotTLSError:
@@ -350,6 +339,7 @@ class RegistrarService(MultiService):
         return None
 
     def _revocation_checked(self, decision: Any, channel: Channel, credentials: Any) -> Any:
+        self.live_certificates.ocsp_decided(credentials.fingerprint, decision)  # its live channels too
         if not decision.allowed:
             raise _Revoked(decision.reason)
         return self._authenticate(channel, credentials)
@@ -414,6 +404,15 @@ class RegistrarService(MultiService):
                 session = decision.admission.session
                 if session is not None:
                     self._carry_out(self.core.remove_pool_elements(session, decision.reason, now))
+            elif kind is NeedRoom:
+                # Anonymous channels hold all they may: an idle one gives its
+                # slot, or this one closes.
+                victim = self.eviction.pick(None, now, self.evictable)
+                if victim is not None:
+                    self._evict(victim, channel.peer)
+                    self._decided(self.gate.identified(decision.admission, None, now))
+                else:
+                    self._decided(self.gate.no_room(decision.admission, now))
 
     def _open_session(self, channel: Channel, admission: Any) -> None:
         channel.session = self.core.open_session(channel, admission)
@@ -482,38 +481,44 @@ class RegistrarService(MultiService):
         self.eviction.remove(channel)
         admission = self.channels.pop(channel, None)
         if admission is not None:
-            self.gate.channel_closed(admission)
+            self.gate.channel_closed(admission, self.clock.seconds())
         if session is not None:
             self._carry_out(self.core.close_session(session, self.clock.seconds()))
+
+    def psk_attempt(self, identity: str, tls_protocol: Any) -> bool:
+        """A TLS-PSK handshake (``tls_protocol``, Twisted's TLS protocol
+        around one of our channels) offers a key for ``identity``: the gate's
+        failure budgets say whether it may be tried (no: the handshake fails
+        as with a wrong key).  Installed by ``rserpool.tap`` as the PSK
+        server options' ``admit``."""
+        admission = self.channels.get(getattr(tls_protocol, "wrappedProtocol", None))
+        if admission is None:
+            return False
+        return self.gate.psk_attempt(admission, identity, self.clock.seconds())
 
     # -- making room for newcomers ------------------------------------------------------------
 
     def evictable(self, channel: Channel, now: float) -> float | None:
-        """From when ``channel`` may give its slot to a newcomer: never (None)
-        once it has an identity or a PE, or while its identity is being
-        established; else ``evict_idle_after`` seconds after its last message."""
+        """From when ``channel`` may give its slot to a newcomer (None:
+        never): the gate decides from the facts (its last message, its PEs)."""
         admission = self.channels.get(channel)
-        if admission is None or admission.identity is not None or channel in self._identifying:
+        if admission is None:
             return None
         session = channel.session
-        if session is not None and session.pes:
-            return None
-        return channel.last_message_at + self.evict_idle_after
+        return self.gate.evictable(admission, channel.last_message_at, session is not None and bool(session.pes))
 
     def make_room(self, host: str, now: float, newcomer: Any) -> None:
         """When the gate would refuse a connection from ``host`` for lack of
         room, drop the idle anonymous channel that has waited longest (from
         ``host``'s address if that is what is full)."""
-        gate = self.gate
-        policy = gate.policy
-        if gate.connections.get(self.eviction.key_of(host), 0) >= policy.max_connections_per_address:
-            victim = self.eviction.pick(host, now, self.evictable)
-        elif len(gate.channels) >= policy.max_connections:
-            victim = self.eviction.pick(None, now, self.evictable)
-        else:
+        full = self.gate.room_needed(host)
+        if full is None:
             return
-        if victim is None:
-            return
+        victim = self.eviction.pick(host if full is ROOM_ADDRESS else None, now, self.evictable)
+        if victim is not None:
+            self._evict(victim, newcomer)
+
+    def _evict(self, victim: Channel, newcomer: Any) -> None:
         admission = self.channels.pop(victim, None)
         if admission is not None:
             self.gate.channel_closed(admission)  # its slot is free now; its close follows
@@ -540,6 +545,28 @@ class RegistrarService(MultiService):
         self._decided(self.gate.revoke(identity=identity, fingerprint=fingerprint, reason=reason,
                                        now=self.clock.seconds()))
 
+    def crls_reloaded(self, crls: Any) -> None:
+        """New CRLs are in force (a ``CrlMonitor`` reload listener): the live
+        channels whose certificates they revoke close, at every door."""
+        self.live_certificates.crls_reloaded(crls)
+
+    def _revoked(self, fingerprint: str, reason: str) -> None:
+        self.revoke(fingerprint=fingerprint, reason=reason)
+
+    def _live_certificates(self) -> Iterable[Any]:
+        """(fingerprint, certificate, verified chain) of every live channel
+        of every door that came with a client certificate."""
+        for admission in list(self.gate.channels):
+            if admission.fingerprint is None or admission.state is CLOSING or admission.channel is None:
+                continue
+            transport = getattr(admission.channel, "transport", None)
+            try:
+                peer = tls_connection(transport).get_peer_certificate()
+            except NotTLSError:
+                continue
+            if peer is not None:
+                yield admission.fingerprint, peer.to_cryptography(), verified_chain(transport)
+
     # -- carrying out the core's decisions ---------------------------------------------------
 
     def _carry_out(self, outputs: list) -> None:
@@ -557,16 +584,15 @@ class RegistrarService(MultiService):
                 self._authorize(output)
             elif kind is Close:
                 output.session.channel.close()
+            elif kind is PauseInput:
+                output.session.channel.pause_input(output.until)
             elif kind is PoolElementAdded:
                 if output.created:
-                    _log.info("PE {pe_id:08x} registered in pool {handle} by {identity}",
-                              pe_id=output.entry.pe_id, handle=pool_handle_text(output.entry.pool_handle),
-                              identity=output.entry.identity)
+                    self.pe_log.added(output.entry)
                 for listener in self.change_listeners:
                     listener(output)
             elif kind is PoolElementRemoved:
-                _log.info("PE {pe_id:08x} left pool {handle}: {reason}", pe_id=output.entry.pe_id,
-                          handle=pool_handle_text(output.entry.pool_handle), reason=output.reason)
+                self.pe_log.removed(output.entry, output.reason)
                 for listener in self.change_listeners:
                     listener(output)
         self._arm_timer()
@@ -625,45 +651,11 @@ class RegistrarService(MultiService):
 
     # -- announces ------------------------------------------------------------------------
 
-    def _schedule_announce(self) -> None:
-        # T6 with +/-12.5 % jitter so that registrars do not synchronise.
-        delay = self.announce_interval * (0.875 + 0.25 * self.rng.random())
-        self._announce_call = self.clock.callLater(delay, self._announce)
-
     def announce_message(self) -> Any:
-        transports = []
-        for address in self.listening_addresses:
-            host = getattr(address, "host", None)
-            try:
-                ip = ipaddress.ip_address(host)
-            except (TypeError, ValueError):
-                continue
-            # A wildcard address stands for "the address this datagram came
-            # from"; receivers substitute the sender's address.
-            transports.append(TcpTransport(address.port, ip))
-        return self.core.server_announce(tuple(transports))
-
-    def _announce(self) -> None:
-        self._announce_call = None
-        if self._announce_port is None:
-            return
-        data = self.announce_message().encode()
-        for target in self.announce_targets:
-            try:
-                self._announce_port.write(data, target)
-            except Exception as exc:  # a bad target must not stop the others
-                _log.warn("announce to {target} failed: {error}", target=target, error=exc)
-        if self.announce_multicast:
-            self._announce_port.write(data, self.announce_multicast)
-        self._schedule_announce()
+        """This registrar's ASAP_SERVER_ANNOUNCE (its listening transports)."""
+        return self.core.server_announce(listening_transports(self.listening_addresses))
 
 
 class _Revoked(Exception):
     """The certificate's OCSP check refused it."""
 
-
-class AnnounceProtocol(DatagramProtocol):
-    """The registrar's announce socket: it only sends."""
-
-    def datagramReceived(self, data: bytes, addr: Any) -> None:
-        pass
