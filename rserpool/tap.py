@@ -303,7 +303,8 @@ def _enrp_service(config: Config, registrar: Any, tls_files: Any, crls: Any, crl
                                 max_time_no_response=enrp["max_time_no_response"],
                                 mentor_discovery_timeout=enrp["mentor_discovery_timeout"],
                                 max_peers=enrp["max_peers"], page_pes=min(enrp["page_pes"], enrp["max_response_pes"]),
-                                peer_limits=limits)
+                                peer_limits=limits, takeover_ack_timeout=enrp["takeover_ack_timeout"],
+                                max_adopted_life=enrp["max_adopted_life"])
         candidates = None
         if enrp["peers"] or enrp["srv_names"]:
             candidates = peer_candidates(enrp["peers"], enrp["srv_names"], srv_service=enrp["srv_service"])
@@ -330,7 +331,7 @@ def _enrp_service(config: Config, registrar: Any, tls_files: Any, crls: Any, crl
                           identity_of=certificate_identity_of(registrar), candidates=candidates,
                           presence_listen=presence_listen,
                           presence_targets=[_target(t) for t in enrp["presence_targets"]],
-                          presence_multicast=multicast)
+                          presence_multicast=multicast, registrar=registrar)
     registrar.change_listeners.append(service.local_change)
     _log.info("ENRP on {listen}; peers {peers}; SRV {srv}", listen=", ".join(enrp["listen"]),
               peers=", ".join(enrp["peers"]) or "none", srv=", ".join(enrp["srv_names"]) or "none")

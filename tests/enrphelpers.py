@@ -9,6 +9,10 @@ when a wire is dropped.  Every message crosses the real codec.  A table page
 the core holds back (``ApplyPage``) waits in its node's ``Later`` queue,
 delivered like a wire's messages: at random among them, or not before the
 next message of its link (which the core then applies first).
+
+A node taken out of ``Cluster.nodes`` (``Cluster.pause``) is not run: no
+timer, no message delivered to it (a stopped process); ``Cluster.kill``
+also drops its wires (a killed one); ``Cluster.resume`` runs it again.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from typing import Any
 from rserpool.asap.registrar import PoolElementAdded, PoolElementRemoved, RegistrarCore, RegistrarSettings
 from rserpool.enrp import (
     Announce, ApplyPage, Close, Connect, EnrpCore, EnrpSettings, Initialized, PeerDead, PeerDown, PeerLimits,
-    PeerUp, Send,
+    PeerUp, Restarted, Send, TakenOver, TakeoverAborted, TakeoverStarted, TookOver,
 )
 from rserpool.gate import AskAuthorizer, Gate, GatePolicy
 from rserpool.handlespace import Handlespace, HandlespaceLimits
@@ -43,6 +47,7 @@ class Node:
     def __init__(self, server_id: int, cluster: "Cluster", *, peer_limits: PeerLimits | None = None,
                  hs_limits: HandlespaceLimits | None = None, **enrp: Any) -> None:
         self.server_id = server_id
+        self.identity = f"registrar-{server_id:x}"  # its certificate's name: kept across restarts
         self.cluster = cluster
         self.handlespace = Handlespace(hs_limits or HandlespaceLimits(), rng=random.Random(server_id))
         self.asap = RegistrarCore(
@@ -116,8 +121,14 @@ class Node:
                 output.link.channel.drop(f"{self.server_id:x}: {output.reason}")
             elif kind is ApplyPage:
                 self.later.queue.append(output.link)
+            elif kind is Restarted:
+                self.events.append(output)
+                self.server_id = output.new_id
+                self.sessions.clear()
+                self.asap_input(self.asap.restart_in_place(output.new_id))
             else:
-                assert kind in (Announce, Connect, PeerUp, PeerDown, PeerDead, Initialized), output
+                assert kind in (Announce, Connect, PeerUp, PeerDown, PeerDead, Initialized, TakeoverStarted,
+                                TakeoverAborted, TookOver, TakenOver), output
                 self.events.append(output)
 
     def tick(self) -> None:
@@ -167,7 +178,7 @@ class Wire:
 
     def identity_of(self, node: Node) -> str:
         other = self.ends[1] if node is self.ends[0] else self.ends[0]
-        return f"registrar-{other.server_id:x}"
+        return other.identity
 
     def other(self, node: Node) -> Node:
         return self.ends[1] if node is self.ends[0] else self.ends[0]
@@ -205,8 +216,27 @@ class Cluster:
         self.nodes = [Node(i, self, **node_kw) for i in ids]
         self.wires: dict[tuple[int, int], Wire] = {}
 
+        self.stopped: list[Node] = []
+
     def node(self, server_id: int) -> Node:
-        return next(n for n in self.nodes if n.server_id == server_id)
+        return next(n for n in self.nodes + self.stopped if n.server_id == server_id)
+
+    def pause(self, node: Node) -> None:
+        """SIGSTOP: the node runs no timer and reads nothing; its channels stay up."""
+        self.nodes.remove(node)
+        self.stopped.append(node)
+
+    def kill(self, node: Node) -> None:
+        """SIGKILL: paused for good, and its channels close."""
+        self.pause(node)
+        for wire in list(self.wires.values()):
+            if node in wire.ends and wire.up:
+                wire.drop("killed")
+
+    def resume(self, node: Node) -> None:
+        """SIGCONT."""
+        self.stopped.remove(node)
+        self.nodes.append(node)
 
     def start(self, expect_peers: bool = True) -> None:
         for node in self.nodes:
@@ -215,7 +245,7 @@ class Cluster:
     def connect(self, a: Node, b: Node) -> Wire:
         key = (min(a.server_id, b.server_id), max(a.server_id, b.server_id))
         wire = self.wires.get(key)
-        if wire is None or not wire.up:
+        if wire is None or not wire.up or wire.ends not in ((a, b), (b, a)):
             first, second = (a, b) if a.server_id < b.server_id else (b, a)
             wire = self.wires[key] = Wire(first, second, self.now)
         return wire
@@ -226,10 +256,11 @@ class Cluster:
                 self.connect(a, b)
 
     def queues(self) -> list[tuple[Any, Node]]:
-        """What can be delivered: a wire's next message to a node, or a
-        node's next held-back page (``Later``)."""
-        return ([(w, n) for w in self.wires.values() if w.up for n in w.ends if w.queues[n]]
-                + [(n.later, n) for n in self.nodes if n.later.queue])
+        """What can be delivered: a wire's next message to a running node,
+        or a running node's next held-back page (``Later``)."""
+        running = self.nodes
+        return ([(w, n) for w in self.wires.values() if w.up for n in w.ends if w.queues[n] and n in running]
+                + [(n.later, n) for n in running if n.later.queue])
 
     def deliver_all(self, limit: int = 200_000, shuffle: bool = True) -> int:
         """Deliver until every queue is empty (channels interleaved at random)."""

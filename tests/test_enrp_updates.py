@@ -186,3 +186,90 @@ def test_a_table_entry_equal_to_the_copy_changes_nothing():
     assert (b"echo", 6) in a.provisional
     a.add(P, b"echo", pe(6, P), None, 0.0, keep_unchanged=True)  # the home confirms a provisional copy
     assert (b"echo", 6) not in a.provisional
+
+
+# -- re-homing: contested claims and adopted PEs (docs/takeover.md) -----------------------------
+
+
+def test_a_claim_on_a_pe_its_live_home_holds_is_contested_kept_and_applied_when_the_home_lets_go():
+    from rserpool.enrp.updates import Contested
+
+    a = applier()
+    a.add(P, b"echo", pe(5, P), "pe5", 0.0)
+    with pytest.raises(Contested) as info:
+        a.add(Q, b"echo", pe(5, Q), "pe5", 1.0)
+    assert info.value.home == P and a.handlespace.get(b"echo", 5).home_server_id == P
+    assert a.defer(Q, b"echo", pe(5, Q), "pe5", 1.0)
+    a.delete(P, b"echo", 5, 2.0)  # its home lets go: the claim applies at once
+    assert a.handlespace.get(b"echo", 5).home_server_id == Q and not a.claims
+    assert a.stats["claims_applied"] == 1
+
+
+def test_a_claim_on_a_pe_whose_home_has_no_live_channel_applies_at_once():
+    a = applier()
+    a.add(P, b"echo", pe(5, P), "pe5", 0.0)
+    a.holds = lambda server_id: server_id != P  # P's channel is gone
+    a.add(Q, b"echo", pe(5, Q), "pe5", 1.0)
+    assert a.handlespace.get(b"echo", 5).home_server_id == Q
+
+
+def test_waiting_claims_settle_when_their_home_goes_and_the_claimant_can_withdraw():
+    a = applier()
+    for pe_id in (5, 6):
+        a.add(P, b"echo", pe(pe_id, P), f"pe{pe_id}", 0.0)
+        a.defer(Q, b"echo", pe(pe_id, Q), f"pe{pe_id}", 1.0)
+    assert a.withdraw(Q, b"echo", 6) and not a.withdraw(Q, b"echo", 6) and not a.withdraw(P, b"echo", 5)
+    a.holds = lambda server_id: server_id != P
+    assert a.settle_home(P, 2.0) == 1
+    assert a.handlespace.get(b"echo", 5).home_server_id == Q and a.handlespace.get(b"echo", 6).home_server_id == P
+
+
+def test_claims_keep_the_identity_binding_and_old_or_orphaned_claims_go():
+    a = applier()
+    a.add(P, b"echo", pe(5, P), "pe5", 0.0)
+    a.defer(Q, b"echo", pe(5, Q), "mallory", 1.0)
+    a.holds = lambda server_id: False
+    assert a.settle((b"echo", 5), 2.0) is None  # refused for good (another identity): dropped
+    assert not a.claims and a.handlespace.get(b"echo", 5).identity == "pe5"
+    a.defer(Q, b"echo", pe(5, Q), "pe5", 1.0)
+    assert a.drop_claims(older_than=1.5) == 1
+    a.defer(Q, b"echo", pe(5, Q), "pe5", 3.0)
+    assert a.drop_claims(sender=Q) == 1 and not a.claims
+
+
+def test_claims_are_bounded():
+    a = UpdateApplier(Handlespace(), OWN, PeerLimits(), max_claims=1)
+    assert a.defer(Q, b"echo", pe(5, Q), None, 0.0)
+    assert a.defer(Q, b"echo", pe(5, Q), None, 1.0)  # the latest replaces it
+    assert not a.defer(Q, b"echo", pe(6, Q), None, 1.0)
+
+
+def test_own_registrations_are_contested_but_adopted_pes_yield_to_a_claim():
+    from rserpool.enrp.updates import Contested
+
+    a = applier()
+    a.handlespace.register(0.0, pool_handle=b"echo", pe_id=5, settings=policy_settings(LeastUsedPolicy(0)),
+                           transport_type=5, transport_use=0, registration_life=30, home_server_id=OWN,
+                           identity="pe5", payload=pe(5, OWN))
+    with pytest.raises(Contested):
+        a.add(P, b"echo", pe(5, P), "pe5", 1.0)  # registered here: the claim waits
+    entry = a.handlespace.get(b"echo", 5)
+    a.adopted[(b"echo", 5)] = (Q, OWN)  # taken over from Q, not re-registered since
+    a.add(P, b"echo", pe(5, P), "pe5", 1.0)
+    assert entry.home_server_id == P and not a.adopted and a.stats["yielded"] == 1
+    assert entry.expires_at is None  # a learned copy again
+
+
+def test_a_pe_adopted_by_a_peer_yields_to_a_claim_and_its_winners_update_confirms_it():
+    a = applier()
+    a.add(P, b"echo", pe(5, P), "pe5", 0.0)
+    a.add(P, b"echo", pe(6, P), "pe6", 0.0)
+    for pe_id in (5, 6):
+        a.rehome(a.handlespace.get(b"echo", pe_id), Q)  # Q took P over
+        a.adopted[(b"echo", pe_id)] = (P, Q)
+    assert a.handlespace.get(b"echo", 5).payload.home_server_id == Q
+    a.add(OWN + 10, b"echo", pe(5, OWN + 10), "pe5", 1.0)  # re-registered at another peer: applies now
+    assert a.handlespace.get(b"echo", 5).home_server_id == OWN + 10
+    a.add(Q, b"echo", pe(6, Q), "pe6", 1.0)
+    a.confirmed(b"echo", 6, Q)  # Q's own update: it re-registered there
+    assert (b"echo", 6) not in a.adopted

@@ -23,6 +23,11 @@ defensive identity check.
 
 Timers: ``next_deadline()`` is the earliest time ``on_timer(now)`` must run
 (registration expiry, keep-alive transmission and keep-alive timeout).
+
+With ENRP (docs/takeover.md) resolutions wait while the handlespace is not
+in sync with the peers (``hold_resolutions`` / ``release_resolutions``),
+and a registrar that restarts in place takes a new server ID and lets its
+PEs go (``restart_in_place``).
 """
 
 from __future__ import annotations
@@ -58,6 +63,7 @@ from rserpool.gate import (
     Gate,
 )
 from rserpool.handlespace.types import LEAST_USED, ROUND_ROBIN
+from rserpool.asap.registrar_sync import SyncHooks
 from rserpool.outputs import Send
 from rserpool.wire import (
     AsapDeregistration,
@@ -159,8 +165,10 @@ _make_settings = fast_constructor(PolicySettings)
 _make_resolution_response = AsapHandleResolutionResponse._make  # no checks: for trusted values only
 
 
-class RegistrarCore:
+class RegistrarCore(SyncHooks):
     """ASAP registrar procedures over one handlespace (no I/O, no clock)."""
+
+    _close_output = Close  # for SyncHooks.restart_in_place
 
     def __init__(
         self,
@@ -470,6 +478,10 @@ class RegistrarCore:
             out.append(verdict)
 
     def _complete_resolution(self, session: AsapSession, msg: AsapHandleResolution, out: list) -> None:
+        if self._held is not None:  # syncing with the ENRP peers (registrar_sync)
+            if not self._hold(session, msg):
+                out.append(Send(session, AsapHandleResolutionResponse(msg.pool_handle, error=_cause(codes.CAUSE_LACK_OF_RESOURCES))))
+            return
         handle = msg.pool_handle
         items = self.settings.max_resolution_items
         try:

@@ -6,7 +6,8 @@
 - ``PeerLink`` / ``PeerTable`` (``peers``): server IDs bound to identities;
 - ``UpdateApplier`` (``updates``): ownership rules and per-peer limits;
 - ``Serving`` / ``Fetch`` (``tables``): handle-table pages; their exchange
-  (``transfers``, a part of ``EnrpCore``).
+  (``transfers``, a part of ``EnrpCore``);
+- ``Takeover`` (``takeover``): taking over a dead peer, re-homing its PEs.
 
 The Twisted shell is ``rserpool.service.enrp``; docs/enrp.md explains both.
 """
@@ -15,12 +16,14 @@ from rserpool.enrp.core import EnrpCore
 from rserpool.enrp.peers import BindRefused, PeerLink, PeerRecord, PeerTable
 from rserpool.enrp.settings import (
     Announce, ApplyPage, Close, Connect, EnrpSettings, Initialized, Output, PeerDead, PeerDown, PeerLimits,
-    PeerUp, Send,
+    PeerUp, Restarted, Send, TakenOver, TakeoverAborted, TakeoverStarted, TookOver,
 )
-from rserpool.enrp.updates import Refused, UpdateApplier
+from rserpool.enrp.takeover import Takeover
+from rserpool.enrp.updates import Contested, Refused, UpdateApplier
 
 __all__ = [
     "EnrpCore", "EnrpSettings", "PeerLimits", "PeerLink", "PeerRecord", "PeerTable", "BindRefused",
-    "UpdateApplier", "Refused", "Announce", "ApplyPage", "Close", "Connect", "Initialized", "Output", "PeerDead",
-    "PeerDown", "PeerUp", "Send",
+    "UpdateApplier", "Refused", "Contested", "Takeover", "Announce", "ApplyPage", "Close", "Connect",
+    "Initialized", "Output", "PeerDead", "PeerDown", "PeerUp", "Restarted", "Send", "TakenOver",
+    "TakeoverAborted", "TakeoverStarted", "TookOver",
 ]

@@ -12,8 +12,12 @@ What it does (docs/enrp.md has the whole story):
 - peer list and server-ID binding (``rserpool.enrp.peers``); ENRP_PRESENCE
   with a reply-required one on every new channel, every PEER-HEARTBEAT-CYCLE
   (with jitter), and as the probe after MAX-TIME-LAST-HEARD; a peer silent
-  for MAX-TIME-NO-RESPONSE more is dead (``PeerDead``, where takeover will
-  start);
+  for MAX-TIME-NO-RESPONSE more is dead (``PeerDead``) and taken over
+  (3.5, ``rserpool.enrp.takeover``; docs/takeover.md);
+- a registrar not run for more than MAX-TIME-LAST-HEARD (stopped, frozen)
+  may have been taken over meanwhile: it restarts in place under a new
+  server ID (``Restarted``) rather than fight the takeover or serve stale
+  state;
 - joining (3.2): a mentor among the first linked peers, LIST_REQUEST /
   LIST_RESPONSE (R while this registrar is itself starting), the W=0
   handle-table download paged by the M flag (``rserpool.enrp.transfers``:
@@ -37,12 +41,14 @@ import random
 from typing import Any, Callable
 
 from rserpool.enrp.peers import BindRefused, PeerLink, PeerTable
+from rserpool.enrp.restart import paused, restart_in_place
 from rserpool.enrp.settings import (
     Announce, Close, Connect, EnrpSettings, Initialized, PeerDead, PeerDown, PeerUp, Send,
 )
 from rserpool.enrp.tables import encoded_pe
+from rserpool.enrp.takeover import Takeover
 from rserpool.enrp.transfers import TableTransfers
-from rserpool.enrp.updates import Refused, UpdateApplier
+from rserpool.enrp.updates import Contested, Refused, UpdateApplier
 from rserpool.fastinit import fast_constructor
 from rserpool.handlespace import Handlespace, PoolElementEntry
 from rserpool.wire import (
@@ -78,8 +84,9 @@ class EnrpCore(TableTransfers):
         self.rng = rng or random.Random()
         self._log = log or (lambda fmt, **kwargs: None)
         self.peers = PeerTable(settings.server_id, settings.max_peers)
-        self.applier = UpdateApplier(handlespace, settings.server_id, settings.peer_limits)
-        self.applier.on_removed = self._removed_by_peer
+        self.applier = self._new_applier()
+        self.takeover = Takeover(self)
+        self._last_now: float | None = None
         #: This registrar's Server Information (its ENRP listener), set by the shell.
         self.server_info: ServerInformation | None = None
         self.initialized = False
@@ -93,8 +100,7 @@ class EnrpCore(TableTransfers):
         # (pool handle, PE id) -> (payload, identity, its encoding): what peers were told.
         self._announced: dict[tuple[bytes, int], tuple[Any, str | None, bytes | None]] = {}
         self._encoded: dict[Any, bytes] = {}  # see _keep_encoded
-        self._update_fixed = {action: _ids(self.server_id, 0) + action.to_bytes(2, "big") + b"\0\0"
-                              for action in (_ADD, _DEL)}
+        self._update_fixed = self._update_headers()
         self._refusals: dict[PeerLink, int] = {}
         self.stats = {"updates_sent": 0, "updates_received": 0, "resyncs": 0, "refused": 0,
                       "pages_sent": 0, "pages_received": 0, "pages_dropped": 0}
@@ -112,6 +118,16 @@ class EnrpCore(TableTransfers):
         else:
             self._initialize(None, now, out)
         return out
+
+    def _new_applier(self) -> UpdateApplier:
+        applier = UpdateApplier(self.handlespace, self.server_id, self.settings.peer_limits)
+        applier.on_removed = self._removed_by_peer
+        applier.holds = self._holds
+        return applier
+
+    def _holds(self, server_id: int) -> bool:
+        link = self.peers.link_of(server_id)
+        return link is not None and not link.closed
 
     def _cycle(self) -> float:
         jitter = self.settings.jitter
@@ -136,7 +152,12 @@ class EnrpCore(TableTransfers):
         self._refusals.pop(link, None)
         if record is not None:
             out.append(PeerDown(link, reason))
+            self.takeover.link_gone(record.server_id, now, out)
         return out
+
+    def _close(self, link: PeerLink, why: str, now: float, out: list) -> None:
+        out.extend(self.link_down(link, now, why))
+        out.append(Close(link, why))
 
     def _abandon(self, link: PeerLink, now: float) -> None:
         """``link`` goes: its transfers end (a page still waiting to be
@@ -155,7 +176,7 @@ class EnrpCore(TableTransfers):
 
     def message_received(self, link: PeerLink, message: Any, now: float) -> list:
         out: list = []
-        if link.closed:
+        if self._paused(now, out) or link.closed:
             return out
         if message.PPID != codes.PPID_ENRP:
             # RFC 5354 4: this port does not process ASAP; the sender learns why.
@@ -178,6 +199,7 @@ class EnrpCore(TableTransfers):
                 out.append(Close(link, exc.reason))
                 return out
             out.append(PeerUp(link))
+            self.takeover.bound(sender)
             if loser is not None:
                 self._abandon(loser, now)
                 loser.closed = True
@@ -199,10 +221,12 @@ class EnrpCore(TableTransfers):
         fetch = link.fetch
         if fetch is not None and fetch.pending is not None:
             self._apply_pending(link, fetch, now, out)  # what came before this message goes first
+        if sender in self.takeover.attempts:
+            self.takeover.heard(sender, now, out)
         handler = self._handlers.get(type(message))
         if handler is not None:
             handler(self, link, message, now, out)
-        if message.unrecognized:
+        if message.unrecognized and not link.closed:
             out.append(Send(link, message.error_reply(self.server_id, sender)))
         return out
 
@@ -306,12 +330,26 @@ class EnrpCore(TableTransfers):
             self._refuse(link, codes.CAUSE_LACK_OF_RESOURCES, "ENRP_HANDLE_UPDATE rate exceeded", out)
             return
         pe = msg.pool_element
+        applier = self.applier
         try:
             if msg.action == _ADD:
-                self.applier.add(sender, msg.pool_handle, pe, msg.identity, now)
+                applier.add(sender, msg.pool_handle, pe, msg.identity, now)
+                if applier.adopted:
+                    applier.confirmed(msg.pool_handle, pe.pe_id, sender)
             else:
-                self.applier.delete(sender, msg.pool_handle, pe.pe_id)
+                applier.delete(sender, msg.pool_handle, pe.pe_id, now)
+        except Contested as exc:
+            # A PE its home still holds: not applied now; the claim waits for
+            # the home to let go (docs/takeover.md).  No error: the sender may
+            # well be right (the PE moved to it).
+            if applier.defer(sender, msg.pool_handle, pe, msg.identity, now):
+                self._refuse(link, exc.cause, exc.reason + " (claim kept until it lets go)", out, answer=False)
+            else:
+                self._refuse(link, codes.CAUSE_LACK_OF_RESOURCES, "too many contested claims", out)
+            return
         except Refused as exc:
+            if msg.action != _ADD and applier.withdraw(sender, msg.pool_handle, pe.pe_id):
+                return  # it let go of a PE it had claimed: its claim goes
             self._refuse(link, exc.cause, exc.reason, out)
             return
         if link.fetch is not None:
@@ -332,18 +370,23 @@ class EnrpCore(TableTransfers):
         self._announced[key] = (payload, identity, data)
         if previous is not None and previous[1] == identity and data is not None and data == previous[2]:
             return []
-        if self.applier.provisional:
-            self.applier.forget(entry)
+        applier = self.applier
+        if applier.provisional or applier.adopted:
+            applier.forget(entry)
         return self._fan_out(_ADD, entry, data)
 
     def pe_removed(self, entry: PoolElementEntry) -> list:
         """A PE homed here left (deregistration, expiry, keep-alive failure,
-        unreachability): tell every peer (RFC 5353 3.3.2)."""
+        unreachability): tell every peer (RFC 5353 3.3.2); a peer's claim
+        waiting for it applies."""
         key = (entry.pool_handle, entry.pe_id)
         self.applier.forget(entry)
         if self._announced.pop(key, None) is None and entry.home_server_id != self.server_id:
             return []
-        return self._fan_out(_DEL, entry, encoded_pe(entry))
+        out = self._fan_out(_DEL, entry, encoded_pe(entry))
+        if key in self.applier.claims and self.handlespace.get(*key) is None:
+            self.applier.settle(key, self._last_now or 0.0)
+        return out
 
     def _fan_out(self, action: int, entry: PoolElementEntry, pe_bytes: bytes | None) -> list:
         """One ENRP_HANDLE_UPDATE, encoded once, the same bytes to every peer."""
@@ -368,6 +411,11 @@ class EnrpCore(TableTransfers):
         self.stats["updates_sent"] += len(links)
         return [_make_send(link, message, data) for link in links]
 
+    def _update_headers(self) -> dict[int, bytes]:
+        """The fixed part of an ENRP_HANDLE_UPDATE per action (this server's
+        ID in it: set again when it changes, ``rserpool.enrp.restart``)."""
+        return {action: _ids(self.server_id, 0) + action.to_bytes(2, "big") + b"\0\0" for action in (_ADD, _DEL)}
+
     def _keep_encoded(self, key: Any, data: bytes) -> bytes:
         """Pool Handle and PE Identity parameters, by handle and identity (bounded)."""
         if len(self._encoded) >= 4096:
@@ -378,7 +426,7 @@ class EnrpCore(TableTransfers):
     def _removed_by_peer(self, entry: PoolElementEntry, why: str) -> None:
         self._announced.pop((entry.pool_handle, entry.pe_id), None)
 
-    # -- takeover (3.5): issue 14 builds it on these hooks ------------------------------------------
+    # -- takeover (3.5): rserpool.enrp.takeover ---------------------------------------------------
 
     def _on_init_takeover(self, link: PeerLink, msg: EnrpInitTakeover, now: float, out: list) -> None:
         if msg.target_id == self.server_id:
@@ -386,12 +434,7 @@ class EnrpCore(TableTransfers):
             for peer in self.peers.active():
                 out.append(Send(peer, self._presence(peer.server_id)))
             return
-        self._log("{peer} starts a takeover of {target:08x}; takeover is not implemented yet",
-                  peer=link.describe(), target=msg.target_id)
-
-    def _on_takeover_other(self, link: PeerLink, msg: Any, now: float, out: list) -> None:
-        self._log("ignoring {message} from {peer} (takeover is not implemented yet)",
-                  message=msg.name, peer=link.describe())
+        self.takeover.on_init(link, msg, now, out)
 
     def _on_error(self, link: PeerLink, msg: EnrpError, now: float, out: list) -> None:
         self._log("ENRP_ERROR from {peer}: {causes}", peer=link.describe(),
@@ -399,15 +442,17 @@ class EnrpCore(TableTransfers):
 
     # -- refusals --------------------------------------------------------------------------------
 
-    def _refuse(self, link: PeerLink, cause: int, reason: str, out: list) -> None:
-        """Log and answer the first refusal per peer and heartbeat cycle; count the rest."""
+    def _refuse(self, link: PeerLink, cause: int, reason: str, out: list, answer: bool = True) -> None:
+        """Log and answer (unless not ``answer``) the first refusal per peer
+        and heartbeat cycle; count the rest."""
         self.stats["refused"] += 1
         seen = self._refusals.get(link, 0)
         self._refusals[link] = seen + 1
         if seen:
             return
         self._log("refused from ENRP peer {peer}: {reason}", peer=link.describe(), reason=reason)
-        out.append(Send(link, EnrpError(self.server_id, link.server_id or 0, OperationError.of(cause))))
+        if answer:
+            out.append(Send(link, EnrpError(self.server_id, link.server_id or 0, OperationError.of(cause))))
 
     # -- timers ----------------------------------------------------------------------------------
 
@@ -431,11 +476,14 @@ class EnrpCore(TableTransfers):
         for record in self.peers.records.values():
             if record.link is None:
                 deadlines.append(record.last_heard + settings.max_time_last_heard + settings.max_time_no_response)
+        deadlines.append(self.takeover.next_deadline())
         known = [d for d in deadlines if d is not None]
         return min(known) if known else None
 
     def on_timer(self, now: float) -> list:
         out: list = []
+        if self._paused(now, out):
+            return out
         settings = self.settings
         if self._presence_due is not None and now >= self._presence_due:
             self._presence_due = now + self._cycle()
@@ -447,6 +495,7 @@ class EnrpCore(TableTransfers):
                     self._log("refused {n} more messages from ENRP peer {peer}", n=count - 1,
                               peer=link.describe())
             self._refusals.clear()
+            self.applier.drop_claims(older_than=now - settings.claim_ttl)
         for link in list(self.peers.links):
             if link.server_id is None or link.closed:
                 continue
@@ -463,7 +512,7 @@ class EnrpCore(TableTransfers):
                 out.extend(self.link_down(link, now, why))
                 out.append(Close(link, why))
                 if dead:
-                    self._declare_dead(link.server_id, out)
+                    self._declare_dead(link.server_id, now, out)
                 continue
             if link.probe_deadline is None and now - link.last_heard >= settings.max_time_last_heard:
                 link.probe_deadline = now + settings.max_time_no_response
@@ -477,7 +526,7 @@ class EnrpCore(TableTransfers):
         limit = settings.max_time_last_heard + settings.max_time_no_response
         for sid, record in list(self.peers.records.items()):
             if record.link is None and now - record.last_heard >= limit:
-                self._declare_dead(sid, out)
+                self._declare_dead(sid, now, out)
         if self.joining and self.mentor is None:
             if self._join_deadline is not None and now >= self._join_deadline:
                 self._log("no mentor answered within {t} s; starting alone", t=settings.mentor_discovery_timeout)
@@ -488,9 +537,10 @@ class EnrpCore(TableTransfers):
                 if links:  # the one asked longest ago (never asked: first)
                     link = min(links, key=lambda l: self._asked.get(l.server_id, float("-inf")))
                     self._ask_mentor(link, now, out)
+        self.takeover.on_timer(now, out)
         return out
 
-    def _declare_dead(self, server_id: int, out: list) -> None:
+    def _declare_dead(self, server_id: int, now: float, out: list) -> None:
         record = self.peers.drop(server_id)
         if record is None or record.dead_reported:
             return
@@ -499,6 +549,15 @@ class EnrpCore(TableTransfers):
         self._log("ENRP peer {sid:08x} ({identity}) is dead; {n} PEs are still homed at it",
                   sid=server_id, identity=record.identity, n=owned)
         out.append(PeerDead(server_id, record.identity, owned))
+        self.takeover.peer_dead(server_id, now, out)
+
+    # -- restarting in place (rserpool.enrp.restart) ------------------------------------------
+
+    def _paused(self, now: float, out: list) -> bool:
+        return paused(self, now, out)
+
+    def _restart(self, now: float, gap: float, out: list, why: str | None = None) -> None:
+        restart_in_place(self, now, gap, out, why)
 
     _handlers: dict = {
         EnrpPresence: _on_presence,
@@ -508,7 +567,7 @@ class EnrpCore(TableTransfers):
         EnrpHandleTableResponse: TableTransfers._on_table_response,
         EnrpHandleUpdate: _on_update,
         EnrpInitTakeover: _on_init_takeover,
-        EnrpInitTakeoverAck: _on_takeover_other,
-        EnrpTakeoverServer: _on_takeover_other,
+        EnrpInitTakeoverAck: lambda self, *args: self.takeover.on_ack(*args),
+        EnrpTakeoverServer: lambda self, *args: self.takeover.on_server(*args),
         EnrpError: _on_error,
     }

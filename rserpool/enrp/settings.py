@@ -23,6 +23,11 @@ __all__ = [
     "PeerDead",
     "Initialized",
     "ApplyPage",
+    "TakeoverStarted",
+    "TakeoverAborted",
+    "TookOver",
+    "TakenOver",
+    "Restarted",
     "Output",
 ]
 
@@ -76,12 +81,15 @@ class EnrpSettings:
     max_serving_sessions: int = 8
     max_peers: int = 64
     peer_limits: PeerLimits = field(default_factory=PeerLimits)
+    takeover_ack_timeout: float = 5.0
+    max_adopted_life: float = 300.0
 
     def __post_init__(self) -> None:
         if type(self.server_id) is not int or not 1 <= self.server_id <= 0xFFFFFFFF:
             raise ValueError("the server ID is a non-zero 32-bit number")
         for name in ("heartbeat_cycle", "max_time_last_heard", "max_time_no_response",
-                     "mentor_discovery_timeout", "mentor_retry"):
+                     "mentor_discovery_timeout", "mentor_retry", "takeover_ack_timeout",
+                     "max_adopted_life"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive")
         if not 0 <= self.jitter < 1:
@@ -92,6 +100,15 @@ class EnrpSettings:
             raise ValueError("page_pes must not exceed what peers accept (max_response_pes)")
         if self.max_serving_sessions < 1 or self.max_peers < 1:
             raise ValueError("max_serving_sessions and max_peers must be at least 1")
+        if self.heartbeat_cycle * (1.0 + self.jitter) >= self.max_time_last_heard:
+            raise ValueError("heartbeat_cycle (with its jitter) must be shorter than max_time_last_heard")
+
+    @property
+    def claim_ttl(self) -> float:
+        """How long a contested claim (docs/takeover.md) waits for the PE's
+        current home to let it go: beyond the time a silent home needs to
+        be declared dead and taken over."""
+        return 2.0 * (self.max_time_last_heard + self.max_time_no_response) + self.takeover_ack_timeout
 
 
 # -- outputs --------------------------------------------------------------------------
@@ -173,4 +190,52 @@ class ApplyPage:
     link: Any
 
 
-Output = Union[Send, Close, Connect, Announce, PeerUp, PeerDown, PeerDead, Initialized, ApplyPage]
+@dataclass(frozen=True, slots=True)
+class TakeoverStarted:
+    """ENRP_INIT_TAKEOVER went to ``peers`` (server IDs) about ``target``."""
+
+    target: int
+    peers: tuple
+
+
+@dataclass(frozen=True, slots=True)
+class TakeoverAborted:
+    target: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class TookOver:
+    """This registrar won the takeover of ``target`` and is now the home of
+    its ``pes`` PEs (``missing``: peers whose ACK never came)."""
+
+    target: int
+    pes: int
+    missing: tuple
+
+
+@dataclass(frozen=True, slots=True)
+class TakenOver:
+    """``winner`` took ``target`` over (its ENRP_TAKEOVER_SERVER): ``pes``
+    PEs now homed at the winner."""
+
+    target: int
+    winner: int
+    pes: int
+
+
+@dataclass(frozen=True, slots=True)
+class Restarted:
+    """This registrar was not run for ``gap`` seconds (more than
+    MAX-TIME-LAST-HEARD: stopped, or frozen): it dropped its state and
+    rejoins as ``new_id`` (docs/takeover.md).  The shell closes the PEs'
+    channels (they re-register through their server hunt) and holds
+    resolutions until ``Initialized``."""
+
+    old_id: int
+    new_id: int
+    gap: float
+
+
+Output = Union[Send, Close, Connect, Announce, PeerUp, PeerDown, PeerDead, Initialized, ApplyPage,
+               TakeoverStarted, TakeoverAborted, TookOver, TakenOver, Restarted]

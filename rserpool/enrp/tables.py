@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from operator import attrgetter
 from typing import Any, Callable
 
-from rserpool.enrp.updates import Refused, UpdateApplier
+from rserpool.enrp.updates import Contested, Refused, UpdateApplier
 from rserpool.handlespace import Handlespace, PoolElementEntry
 from rserpool.wire import EnrpHandleTableResponse, PoolElement, PoolEntry
 from rserpool.wire import codes
@@ -210,6 +210,8 @@ def apply_page(applier: UpdateApplier, fetch: Fetch, message: EnrpHandleTableRes
                         applier.add_from_mentor(sender, homes, handle, pe, identity, now)
                     else:
                         applier.add(sender, handle, pe, identity, now, keep_unchanged=True)
+                except Contested:
+                    applier.defer(sender, handle, pe, identity, now)  # its home still holds it
                 except Refused as exc:
                     refused(exc)
                     if exc.cause == _LACK_OF_RESOURCES:

@@ -11,6 +11,9 @@ first, one that waits when its link goes is dropped with the transfer.  A
 re-synchronization the peer refuses while it is starting (R) is asked for
 again after ``mentor_retry``.  The pages themselves: ``rserpool.enrp.tables``.
 
+A W=1 re-synchronization also marks the PEs this registrar adopted from the
+peer (it was taken over, yet lives) and ends with ``Takeover.sweep_adopted``.
+
 Pure: no Twisted, no clock.
 """
 
@@ -29,15 +32,16 @@ __all__ = ["TableTransfers"]
 
 class TableTransfers:
     """The table transfers of ``EnrpCore``, which provides ``settings``,
-    ``handlespace``, ``server_id``, ``peers``, ``applier``, ``stats``,
-    ``initialized``, ``_listed``, ``_log``, ``_refuse``, ``_mentor_refused``
-    and ``_initialize``."""
+    ``handlespace``, ``server_id``, ``peers``, ``applier``, ``takeover``,
+    ``stats``, ``initialized``, ``_listed``, ``_log``, ``_refuse``,
+    ``_mentor_refused`` and ``_initialize``."""
 
     settings: Any
     handlespace: Any
     server_id: int
     peers: Any
     applier: Any
+    takeover: Any
     stats: dict
     initialized: bool
     _listed: set
@@ -50,6 +54,11 @@ class TableTransfers:
         marked = set()
         if own_children_only:
             marked = {(e.pool_handle, e.pe_id) for e in self.handlespace.pes_owned_by(link.server_id)}
+            # PEs adopted from it (it was taken over, yet lives): those it no
+            # longer lists went while it was cut off (docs/takeover.md).
+            own = self.server_id
+            marked.update(key for key, (origin, adopter) in self.applier.adopted.items()
+                          if origin == link.server_id and adopter == own)
             self.stats["resyncs"] += 1
         link.fetch = Fetch(own_children_only, mentor, now + self.settings.max_time_no_response, marked)
         out.append(Send(link, EnrpHandleTableRequest(self.server_id, link.server_id, own_children_only)))
@@ -118,7 +127,8 @@ class TableTransfers:
             return
         link.fetch = None
         if fetch.own_children_only:
-            swept = self.applier.sweep(msg.sender_id, fetch.marked)
+            swept = self.applier.sweep(msg.sender_id, fetch.marked, now)
+            swept += self.takeover.sweep_adopted(msg.sender_id, fetch.marked, out)
             if swept:
                 self._log("re-synchronized with {peer}: removed {n} PEs it no longer has",
                           peer=link.describe(), n=swept)

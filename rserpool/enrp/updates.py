@@ -4,12 +4,18 @@ per-peer limits (RFC 5353 3.3 and 3.2.3 merge rules; RFC 5355 2.5, 2.17).
 A registrar takes a peer's word only about the PEs whose home the peer is:
 
 - ``add(sender, ...)`` (an ADD_PE, or an entry of a table the sender sent
-  about its own PEs) needs the PE parameter's home to be the sender, and the
-  local copy of the PE, if any, to be homed at the sender too (or to be
-  "provisional", see below).  A PE homed here or at another peer is never
-  rewritten: no peer can steal, rewrite or delete another registrar's PEs.
-  (A PE that really moved to the sender reaches us once its old home
-  announced its removal; the audit of RFC 5353 3.6 then brings it in.)
+  about its own PEs) needs the PE parameter's home to be the sender.  The
+  local copy of the PE, if any, may be homed elsewhere only if its home no
+  longer holds it (docs/takeover.md, "re-homing"): a copy that is
+  provisional (below), homed at a server that has no live channel to us
+  (dead, stopped, being taken over), or *adopted* by a takeover (here or
+  at the peer that won it) and not re-registered there since.  A PE that its home still holds (registered
+  here, or homed at a live peer) is not rewritten: the sender's word is a
+  ``Contested`` claim, kept (``defer``) until that home lets the PE go (its
+  DEL_PE, a sweep, its channel closing, its takeover), then applied, or
+  dropped after ``claim_ttl``.  So no peer can steal, rewrite or delete a PE
+  that a live registrar holds; a PE whose registrar died moves to the
+  registrar it re-registered at as soon as that one says so.
 - ``delete(sender, ...)`` removes a PE only if it is homed at the sender.
 - ``add_from_mentor`` takes the join download's entries about third
   servers' PEs (RFC 5353 3.2.3): only for a home the mentor listed or that
@@ -39,6 +45,7 @@ Pure: no Twisted, no clock.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Sequence
 
 from rserpool.asap.registrar import policy_settings
@@ -48,7 +55,7 @@ from rserpool.security.ratelimit import RateLimiter
 from rserpool.wire import PoolElement
 from rserpool.wire import codes
 
-__all__ = ["Refused", "UpdateApplier"]
+__all__ = ["Claim", "Contested", "Refused", "UpdateApplier"]
 
 
 class Refused(Exception):
@@ -60,6 +67,26 @@ class Refused(Exception):
         self.reason = reason
 
 
+class Contested(Refused):
+    """A claim on a PE that its current home (``home``) still holds: not
+    applied now; the caller may ``defer`` it."""
+
+    def __init__(self, cause: int, reason: str, home: int) -> None:
+        super().__init__(cause, reason)
+        self.home = home
+
+
+@dataclass(slots=True)
+class Claim:
+    """A contested ADD_PE (or table entry) kept until the PE's home lets go."""
+
+    sender: int
+    pool_handle: bytes
+    pe: PoolElement
+    identity: str | None
+    at: float
+
+
 _SECURITY = codes.CAUSE_SECURITY
 _RESOURCES = codes.CAUSE_LACK_OF_RESOURCES
 
@@ -67,13 +94,25 @@ _RESOURCES = codes.CAUSE_LACK_OF_RESOURCES
 class UpdateApplier:
     """The ownership checks and limits between peers and the handlespace."""
 
-    def __init__(self, handlespace: Handlespace, own_id: int, limits: PeerLimits) -> None:
+    def __init__(self, handlespace: Handlespace, own_id: int, limits: PeerLimits,
+                 max_claims: int = 65536) -> None:
         self.handlespace = handlespace
         self.own_id = own_id
         self.limits = limits
         self.provisional: set[tuple[bytes, int]] = set()
+        #: PEs re-homed by a takeover and not re-registered since at their
+        #: new home: key -> (the server taken over, the winner: this
+        #: registrar or a peer).
+        self.adopted: dict[tuple[bytes, int], tuple[int, int]] = {}
+        #: Contested claims, one per PE (the latest).
+        self.claims: dict[tuple[bytes, int], Claim] = {}
+        self.max_claims = max_claims
+        #: Whether ``server_id`` still holds its PEs (a live channel to it);
+        #: the core answers, alone every home is taken as live.
+        self.holds: Callable[[int], bool] = lambda server_id: True
         self._rates = RateLimiter(limits.update_rate, max_keys=4096)
-        self.stats = {"applied": 0, "deleted": 0, "refused": 0, "swept": 0}
+        self.stats = {"applied": 0, "deleted": 0, "refused": 0, "swept": 0, "claims_applied": 0,
+                      "claims_dropped": 0, "yielded": 0}
         #: Called with each entry this module removed (the core logs them).
         self.on_removed: Callable[[PoolElementEntry, str], None] = lambda entry, why: None
 
@@ -94,18 +133,39 @@ class UpdateApplier:
             self._refuse(_SECURITY, f"PE {pe.pe_id:08x} names home {pe.home_server_id:08x}, not the sender")
         key = (pool_handle, pe.pe_id)
         existing = self.handlespace.get(pool_handle, pe.pe_id)
+        adopted = None
         if existing is not None:
-            if existing.home_server_id != sender:
-                if existing.home_server_id == self.own_id:
-                    self._refuse(_SECURITY, f"PE {pe.pe_id:08x} is homed at this registrar")
-                if key not in self.provisional:
-                    self._refuse(_SECURITY, f"PE {pe.pe_id:08x} is homed at {existing.home_server_id:08x}")
+            home = existing.home_server_id
+            if home != sender:
+                adopted = self.adopted.get(key)
+                if adopted is not None and adopted[1] == home:
+                    pass  # held by a takeover only: the PE's re-registration takes it
+                elif home == self.own_id:
+                    self._contest(f"PE {pe.pe_id:08x} is homed at this registrar", home)
+                elif key not in self.provisional and self.holds(home):
+                    self._contest(f"PE {pe.pe_id:08x} is homed at {home:08x}", home)
             elif (keep_unchanged and (identity is None or identity == existing.identity)
                   and key not in self.provisional and (existing.payload is pe or existing.payload == pe)):
-                return existing  # the sender's word is what we hold: register would change nothing
+                # The sender's word is what we hold: register would change
+                # nothing; the rest is what storing it does.
+                if self.claims:
+                    self.claims.pop(key, None)
+                return existing
         entry = self._store(sender, pool_handle, pe, identity, existing, now)
         self.provisional.discard(key)
+        self.claims.pop(key, None)
+        if adopted is not None:
+            del self.adopted[key]
+            self.stats["yielded"] += 1
         return entry
+
+    def confirmed(self, pool_handle: bytes, pe_id: int, sender: int) -> None:
+        """``sender``'s own update about a PE it adopted: the PE re-registered
+        there (a takeover no longer explains where it is)."""
+        key = (pool_handle, pe_id)
+        adopted = self.adopted.get(key)
+        if adopted is not None and adopted[1] == sender:
+            del self.adopted[key]
 
     def add_batch(self, sender: int, pool_handle: bytes, pes: Sequence[PoolElement],
                   identities: Sequence[str | None] | None, now: float,
@@ -113,9 +173,11 @@ class UpdateApplier:
         """New PEs ``pes`` of one home in one pool, from ``sender``'s table
         page, all at once: what ``add`` (``mentor_homes`` None) or
         ``add_from_mentor`` (``mentor_homes``: the homes it accepts) would do
-        with each of them when it refuses and skips none.  None, with
-        nothing changed, when one of them needs those one by one: a copy
-        exists here, a rule or a limit (per peer or of the handlespace)
+        with each of them when it refuses and skips none (a new PE has no
+        home that holds it, so none is contested; a claim waiting on it
+        goes, as ``add`` drops it).  None, with nothing changed, when one of
+        them needs those one by one: a copy exists here (held, provisional
+        or adopted), a rule or a limit (per peer or of the handlespace)
         would refuse one."""
         home = pes[0].home_server_id
         provisional = home != sender
@@ -142,9 +204,14 @@ class UpdateApplier:
         self.stats["applied"] += len(entries)
         keys = [(pool_handle, pe.pe_id) for pe in pes]
         if provisional:
-            self.provisional.update(keys)
-        elif self.provisional:
+            self.provisional.update(keys)  # add_from_mentor: a claim on it stays
+            return entries
+        if self.provisional:
             self.provisional.difference_update(keys)
+        claims = self.claims
+        if claims:
+            for key in keys:
+                claims.pop(key, None)
         return entries
 
     def add_from_mentor(self, mentor: int, known_homes: set[int], pool_handle: bytes,
@@ -195,38 +262,121 @@ class UpdateApplier:
 
     # -- removals ------------------------------------------------------------------------
 
-    def delete(self, sender: int, pool_handle: bytes, pe_id: int) -> PoolElementEntry | None:
+    def delete(self, sender: int, pool_handle: bytes, pe_id: int, now: float = 0.0) -> PoolElementEntry | None:
         """DEL_PE from ``sender``: only a PE homed at it (None: unknown PE,
-        nothing to do, RFC 5353 3.3.2)."""
+        nothing to do, RFC 5353 3.3.2).  A claim waiting for it is applied."""
         entry = self.handlespace.get(pool_handle, pe_id)
         if entry is None:
             return None
         if entry.home_server_id != sender:
             self._refuse(_SECURITY, f"PE {pe_id:08x} is homed at {entry.home_server_id:08x}, not the sender")
-        self._remove(entry, "deleted by its home registrar")
+        self._remove(entry, "deleted by its home registrar", now)
         self.stats["deleted"] += 1
         return entry
 
-    def sweep(self, sender: int, marked: set) -> int:
+    def sweep(self, sender: int, marked: set, now: float = 0.0) -> int:
         """Remove the marked PEs still homed at ``sender`` (RFC 5353 3.6.3 step 5)."""
         count = 0
         for pool_handle, pe_id in list(marked):
             entry = self.handlespace.get(pool_handle, pe_id)
             if entry is not None and entry.home_server_id == sender:
-                self._remove(entry, "not in its home registrar's table")
+                self._remove(entry, "not in its home registrar's table", now)
                 count += 1
         self.stats["swept"] += count
         return count
 
-    def _remove(self, entry: PoolElementEntry, why: str) -> None:
+    def _remove(self, entry: PoolElementEntry, why: str, now: float) -> None:
+        key = (entry.pool_handle, entry.pe_id)
         self.handlespace.deregister(entry.pool_handle, entry.pe_id)
-        self.provisional.discard((entry.pool_handle, entry.pe_id))
+        self.provisional.discard(key)
+        self.adopted.pop(key, None)
         self.on_removed(entry, why)
+        self.settle(key, now)
 
     def forget(self, entry: Any) -> None:
-        """A PE left by other means (e.g. re-registered here): not provisional."""
-        self.provisional.discard((entry.pool_handle, entry.pe_id))
+        """A PE left by other means (e.g. re-registered here): not provisional,
+        not adopted."""
+        key = (entry.pool_handle, entry.pe_id)
+        self.provisional.discard(key)
+        self.adopted.pop(key, None)
 
     def _refuse(self, cause: int, reason: str) -> None:
         self.stats["refused"] += 1
         raise Refused(cause, reason)
+
+    def _contest(self, reason: str, home: int) -> None:
+        raise Contested(_SECURITY, reason, home)
+
+    # -- re-homing: adopted PEs and contested claims (docs/takeover.md) -----------------------
+
+    def rehome(self, entry: PoolElementEntry, home: int) -> None:
+        """Make ``home`` the home of ``entry`` (a takeover), its Pool Element
+        parameter saying so too."""
+        self.handlespace.set_owner(entry.pool_handle, entry.pe_id, home)
+        payload = entry.payload
+        if type(payload) is PoolElement and payload.home_server_id != home:
+            entry.payload = replace(payload, home_server_id=home)
+            entry.payload_cache = None
+        self.provisional.discard((entry.pool_handle, entry.pe_id))
+
+    def defer(self, sender: int, pool_handle: bytes, pe: PoolElement, identity: str | None,
+              now: float) -> bool:
+        """Keep a contested claim (the latest per PE); False if there are
+        too many already."""
+        key = (pool_handle, pe.pe_id)
+        if key not in self.claims and len(self.claims) >= self.max_claims:
+            self.stats["claims_dropped"] += 1
+            return False
+        self.claims[key] = Claim(sender, pool_handle, pe, identity, now)
+        return True
+
+    def withdraw(self, sender: int, pool_handle: bytes, pe_id: int) -> bool:
+        """``sender`` let go of a PE it had claimed (its DEL_PE for a PE homed
+        elsewhere here): its claim goes; whether there was one."""
+        key = (pool_handle, pe_id)
+        claim = self.claims.get(key)
+        if claim is None or claim.sender != sender:
+            return False
+        del self.claims[key]
+        return True
+
+    def settle(self, key: tuple[bytes, int], now: float) -> PoolElementEntry | None:
+        """Apply the claim on ``key`` if the PE's home let it go meanwhile
+        (the entry is gone, or its home no longer holds it)."""
+        claim = self.claims.get(key)
+        if claim is None:
+            return None
+        try:
+            entry = self.add(claim.sender, claim.pool_handle, claim.pe, claim.identity, now)
+        except Contested:
+            return None  # still held: the claim waits
+        except Refused:
+            self.claims.pop(key, None)
+            self.stats["claims_dropped"] += 1
+            return None
+        self.stats["claims_applied"] += 1
+        return entry
+
+    def settle_home(self, home: int, now: float) -> int:
+        """``home`` no longer holds its PEs (its channel closed, it was taken
+        over): apply the claims on them."""
+        applied = 0
+        for key in [k for k in self.claims if self._home_of(k) in (home, None)]:
+            if self.settle(key, now) is not None:
+                applied += 1
+        return applied
+
+    def drop_claims(self, sender: int | None = None, older_than: float | None = None) -> int:
+        """Forget the claims of ``sender`` (its channel closed), or those
+        made before ``older_than``."""
+        doomed = [key for key, claim in self.claims.items()
+                  if (sender is not None and claim.sender == sender)
+                  or (older_than is not None and claim.at < older_than)]
+        for key in doomed:
+            del self.claims[key]
+        self.stats["claims_dropped"] += len(doomed)
+        return len(doomed)
+
+    def _home_of(self, key: tuple[bytes, int]) -> int | None:
+        entry = self.handlespace.get(*key)
+        return None if entry is None else entry.home_server_id

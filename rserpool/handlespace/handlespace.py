@@ -416,6 +416,12 @@ class Handlespace:
             return keepalive
         return expiry
 
+    def schedule_expiry(self, entry: PoolElementEntry, deadline: float) -> None:
+        """Expire a registered ``entry`` at ``deadline``: a PE this registrar
+        took over from a dead peer (docs/takeover.md), kept until it
+        re-registers or its registration life has passed."""
+        self._expiry.schedule(entry, deadline)  # sets entry.expires_at
+
     def cancel_expiry(self, entry: PoolElementEntry) -> None:
         """Keep a registered ``entry`` without a registration deadline: an
         entry learned from an ENRP peer, which its home registrar expires and

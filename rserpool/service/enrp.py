@@ -18,6 +18,11 @@
   out what comes back, and keeps one timer at the core's next deadline.
 - The periodic PRESENCE also goes over UDP to configured unicast targets
   (multicast only when configured): a hint for discovery, never trusted.
+- With its registrar (``registrar``, or the parent service): resolutions
+  wait until the handlespace is in sync (joining at start, rejoining after
+  a restart in place), PEs adopted by a takeover get their expiry timer,
+  and the registrar's own shutdown deletes nothing at the peers (its PEs
+  re-register elsewhere; docs/takeover.md).
 
 See docs/enrp.md.
 """
@@ -37,7 +42,8 @@ from twisted.python.failure import Failure
 
 from rserpool.asap.registrar import PoolElementAdded, PoolElementRemoved
 from rserpool.enrp import (
-    Announce, ApplyPage, Close, Connect, EnrpCore, EnrpSettings, Initialized, PeerDead, PeerDown, PeerUp, Send,
+    Announce, ApplyPage, Close, Connect, EnrpCore, EnrpSettings, Initialized, PeerDead, PeerDown, PeerUp,
+    Restarted, Send, TakenOver, TakeoverAborted, TakeoverStarted, TookOver,
 )
 from rserpool.gate import ACTION_PEER, DOOR_PEER, AskAuthorizer, CloseChannel, Gate, Opened
 from rserpool.handlespace import Handlespace
@@ -53,6 +59,7 @@ from rserpool.wire.codes import CAUSE_SECURITY
 __all__ = ["EnrpService", "PEER_IDENTITY_POLICY", "certificate_name"]
 
 _log = Logger()
+_TAKEOVER_EVENTS = (TakeoverStarted, TakeoverAborted, TookOver, TakenOver, Restarted)
 
 #: A registrar's identity as an ENRP peer is the one DNS name of its
 #: certificate (the name its peers dial and verify).  A certificate with
@@ -116,6 +123,7 @@ class EnrpService(MultiService):
         max_connections_per_address: int = 16,
         rng: random.Random | None = None,
         connect_timeout: float = 5.0,
+        registrar: Any = None,
     ) -> None:
         super().__init__()
         if server_tls is None:
@@ -157,6 +165,10 @@ class EnrpService(MultiService):
         #: Called (no arguments) after every batch of the core's outputs:
         #: lets a watcher (a test, a status page) look again without polling.
         self.watchers: list[Callable[[], None]] = []
+        #: The RegistrarService sharing the handlespace (default: the parent
+        #: service, when it is one).
+        self.registrar = registrar
+        self.takeover_events: list[Any] = []  # the last takeover outputs, for operators
 
     @property
     def server_id(self) -> int:
@@ -167,9 +179,22 @@ class EnrpService(MultiService):
 
     # -- lifecycle --------------------------------------------------------------------
 
+    def _registrar(self) -> Any:
+        registrar = self.registrar
+        if registrar is None:
+            parent = self.parent
+            if getattr(parent, "handlespace", None) is self.core.handlespace and hasattr(parent, "core"):
+                registrar = self.registrar = parent
+        return registrar
+
     @defer.inlineCallbacks
     def startService(self):
         super().startService()
+        registrar = self._registrar()
+        if registrar is not None and self.expect_peers:
+            registrar.hold_resolutions()  # until joined: no answer from an empty handlespace
+        if registrar is not None and not hasattr(registrar, "peer_views"):
+            registrar.peer_views = self.peer_views
         for description in self.listen:
             factory = TLSServerFactory(self.server_tls, _ListenFactory(self), clock=self.reactor)
             port = yield serverFromString(self.reactor, description).listen(factory)
@@ -439,6 +464,13 @@ class EnrpService(MultiService):
         if kind is PoolElementAdded:
             self._carry_out(self.core.pe_added(output.entry), rearm=False)
         elif kind is PoolElementRemoved:
+            registrar = self._registrar()
+            if registrar is not None and getattr(registrar, "stopping", False) and \
+                    output.reason == "ASAP channel lost":
+                # Our own shutdown closed its channel: the PE lives and
+                # re-registers elsewhere; the peers keep it meanwhile.
+                self.core.applier.forget(output.entry)
+                return
             self._carry_out(self.core.pe_removed(output.entry), rearm=False)
 
     # -- discovery hints ------------------------------------------------------------------
@@ -486,6 +518,11 @@ class EnrpService(MultiService):
                 _log.info("ENRP initialized ({how}); {n} PEs in the handlespace",
                           how="alone" if output.mentor is None else f"mentor {output.mentor:08x}",
                           n=output.pes)
+                registrar = self._registrar()
+                if registrar is not None:
+                    registrar.release_resolutions()
+            elif kind in _TAKEOVER_EVENTS:
+                self._takeover_event(output)
         if rearm:
             self._arm_timer()
         if self.watchers:
@@ -508,6 +545,51 @@ class EnrpService(MultiService):
         self._page_calls.pop(link, None)
         if not link.closed:
             self._carry_out(self.core.apply_page(link, self.clock.seconds()))
+
+    def _takeover_event(self, output: Any) -> None:
+        kind = type(output)
+        self.takeover_events.append((self.clock.seconds(), output))
+        del self.takeover_events[:-64]
+        if kind is TakeoverStarted:
+            _log.warn("starting the takeover of ENRP peer {target:08x} (asking {n} peers)",
+                      target=output.target, n=len(output.peers))
+        elif kind is TakeoverAborted:
+            _log.info("takeover of {target:08x} aborted: {reason}", target=output.target, reason=output.reason)
+        elif kind is TookOver:
+            _log.warn("took ENRP peer {target:08x} over: now the home of its {n} PEs (they expire unless "
+                      "they re-register){missing}", target=output.target, n=output.pes,
+                      missing="" if not output.missing else
+                      "; no ACK from " + ", ".join(f"{m:08x}" for m in output.missing))
+            registrar = self._registrar()
+            if registrar is not None:
+                registrar.timers_changed()
+        elif kind is TakenOver:
+            _log.warn("ENRP peer {winner:08x} took {target:08x} over ({n} PEs)", winner=output.winner,
+                      target=output.target, n=output.pes)
+        elif kind is Restarted:
+            _log.warn("registrar {old:08x} was not run for {gap:.1f} s (more than MAX-TIME-LAST-HEARD): "
+                      "restarting in place as {new:08x}", old=output.old_id, gap=output.gap, new=output.new_id)
+            self.connector.own_id = output.new_id
+            registrar = self._registrar()
+            if registrar is not None:
+                registrar.restart_in_place(output.new_id)
+            self.connector.kick()
+
+    def peer_views(self) -> list[dict[str, Any]]:
+        """The peer list for the admin endpoint (``/api/v1/status``)."""
+        core = self.core
+        views = []
+        for sid, record in sorted(core.peers.records.items()):
+            link = record.link
+            views.append({
+                "server_id": f"{sid:08x}",
+                "identity": record.identity,
+                "state": "linked" if link is not None and not link.closed else "unlinked",
+                "last_heard": record.last_heard,
+                "checksum": f"{core.handlespace.checksum(sid):04x}",
+                "taking_over": sid in core.takeover.attempts,
+            })
+        return views
 
     def _announce(self, message: Any) -> None:
         port = self._presence_port

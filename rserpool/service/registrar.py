@@ -214,6 +214,9 @@ class RegistrarService(MultiService):
         #: Called with every PoolElementAdded / PoolElementRemoved (the ENRP
         #: service turns them into handle updates to peers).
         self.change_listeners: list[Callable[[Any], None]] = []
+        #: Set when stopService begins: the PEs' channels are about to be
+        #: closed by us, which is no news for the ENRP peers (docs/takeover.md).
+        self.stopping = False
         if tls_options is None:
             _log.critical("INSECURE: the ASAP listener runs WITHOUT TLS; anyone on the network "
                           "can read and forge registrations")
@@ -256,6 +259,7 @@ class RegistrarService(MultiService):
 
     @defer.inlineCallbacks
     def stopService(self):  # noqa: N802 (Twisted)
+        self.stopping = True
         self.live_certificates.stop()
         self.pe_log.stop()
         yield self.announcer.stop()
@@ -648,6 +652,28 @@ class RegistrarService(MultiService):
         self._timer = None
         self._timer_at = None
         self._carry_out(self.core.on_timer(self.clock.seconds()))
+
+    # -- ENRP hooks (rserpool.service.enrp; docs/takeover.md) ------------------------------
+
+    def hold_resolutions(self) -> None:
+        """Answer no resolution until ``release_resolutions`` (the ENRP
+        service syncs the handlespace)."""
+        self.core.hold_resolutions()
+
+    def release_resolutions(self) -> None:
+        self._carry_out(self.core.release_resolutions(self.clock.seconds()))
+
+    def restart_in_place(self, server_id: int) -> None:
+        """Rejoin as ``server_id``: the PEs' channels close (they re-register
+        through their server hunt); resolutions wait for the new sync."""
+        _log.warn("registrar {old:08x} restarts in place as {new:08x}; closing the channels of its PEs",
+                  old=self.server_id, new=server_id)
+        self._carry_out(self.core.restart_in_place(server_id))
+
+    def timers_changed(self) -> None:
+        """Deadlines were set in the handlespace from outside the ASAP core
+        (PEs adopted by a takeover): arm the timer for them."""
+        self._arm_timer()
 
     # -- announces ------------------------------------------------------------------------
 
