@@ -6,7 +6,7 @@ nothing stale, resurrects nothing and does not fight the takeover."""
 from __future__ import annotations
 
 from rserpool.enrp import Restarted, TookOver
-from rserpool.wire import EnrpPresence, EnrpTakeoverServer
+from rserpool.wire import EnrpHandleUpdate, EnrpPresence, EnrpTakeoverServer
 from tests.enrphelpers import Probe
 from tests.test_enrp_takeover import ACK_TIMEOUT, DEAD_AFTER, events, homes, run_until, started
 
@@ -51,6 +51,23 @@ def test_a_registrar_told_it_was_taken_over_restarts_in_place():
     probe.send(EnrpTakeoverServer(EVIL, A, A))
     [restart] = events(a, Restarted)
     assert restart.old_id == A and a.enrp.server_id == restart.new_id
+
+
+def test_a_restarted_registrar_sends_its_updates_under_its_new_id():
+    """Updates are framed with a header encoded once per server ID: a new ID
+    needs a new header (a peer would otherwise see the old ID and close)."""
+    cluster = started()
+    a = cluster.nodes[0]
+    probe = Probe(a, "registrar-e", EVIL)
+    probe.send(EnrpPresence(EVIL, 0, 0xFFFF))
+    probe.send(EnrpTakeoverServer(EVIL, A, A))
+    [restart] = events(a, Restarted)
+    again = Probe(a, "registrar-e", EVIL)
+    again.send(EnrpPresence(EVIL, 0, 0xFFFF))
+    a.register(b"echo", 0x77, "pe77")
+    a.deregister(b"echo", 0x77, "pe77")
+    updates = again.of_type(EnrpHandleUpdate)
+    assert [u.sender_id for u in updates] == [restart.new_id, restart.new_id]
 
 
 def test_a_short_pause_is_no_restart():

@@ -57,6 +57,7 @@ def restart_in_place(core: Any, now: float, gap: float, out: list, why: str | No
         handlespace.deregister(entry.pool_handle, entry.pe_id)
     core.server_id = new
     core.settings = dataclasses.replace(core.settings, server_id=new)
+    core._update_fixed = core._update_headers()
     core.peers = PeerTable(new, core.settings.max_peers)
     core.applier = core._new_applier()
     core.takeover.reset()
