@@ -542,12 +542,16 @@ def test_a_held_back_page_goes_before_the_next_message_of_its_link():
     assert joiner.enrp.initialized and set(joiner.snapshot()) == {(b"x", 1), (b"x", 3), (b"x", 4)}
 
 
-def test_a_channel_dropped_mid_table_drops_the_held_back_page():
+def test_a_channel_dropped_mid_table_applies_the_held_back_page_and_the_next_starts_afresh():
+    """The page came before the channel closed: it is applied as it would
+    have been on arrival (takeover may need its PEs), the transfer ends."""
     cluster, joiner, mentor = joining_through_probe()
     mentor.send(page(pe(1, A), pe(2, A)))
+    assert len(joiner.handlespace) == 0
     mentor.drop("dropped mid-table")
+    assert set(joiner.snapshot()) == {(b"x", 1), (b"x", 2)} and joiner.enrp.stats["pages_dropped"] == 0
     assert joiner.enrp.apply_page(mentor.link, cluster.now) == [] and joiner.later.deliver_one(joiner)
-    assert len(joiner.handlespace) == 0 and not joiner.enrp.initialized and joiner.enrp.mentor is None
+    assert len(joiner.handlespace) == 2 and not joiner.enrp.initialized and joiner.enrp.mentor is None
     again = Probe(joiner, "registrar-a", A)  # the next channel starts the download afresh
     again.send(EnrpPresence(A, 0, 0xFFFF))
     assert again.of_type(EnrpListRequest)

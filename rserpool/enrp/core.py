@@ -159,11 +159,16 @@ class EnrpCore(TableTransfers):
         out.extend(self.link_down(link, now, why))
         out.append(Close(link, why))
 
-    def _abandon(self, link: PeerLink, now: float) -> None:
-        """``link`` goes: its transfers end (a page still waiting to be
-        applied with them), and a mentor is looked for again."""
-        if link.fetch is not None and link.fetch.pending is not None:
-            self.stats["pages_dropped"] += 1
+    def _abandon(self, link: PeerLink, now: float, drop_page: bool = False) -> None:
+        """``link`` goes: a page of it still waiting is applied (it came
+        before; unless ``drop_page``: a restart in place drops everything),
+        its transfers end, and a mentor is looked for again."""
+        fetch = link.fetch
+        if fetch is not None and fetch.pending is not None:
+            if drop_page:
+                self.stats["pages_dropped"] += 1
+            else:  # the answers to its refusals have no channel left
+                self._apply_pending(link, fetch, now, [])
         link.fetch = None
         link.serving = None
         link.list_deadline = None
@@ -541,6 +546,7 @@ class EnrpCore(TableTransfers):
         return out
 
     def _declare_dead(self, server_id: int, now: float, out: list) -> None:
+        self.apply_waiting_pages(now, out)  # what came before goes first
         record = self.peers.drop(server_id)
         if record is None or record.dead_reported:
             return

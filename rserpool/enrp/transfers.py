@@ -7,12 +7,17 @@ A fetch asks for each next page as soon as a page with the M flag arrives
 and before that page is applied (``ApplyPage``, ``apply_page``), so that
 the peer builds the next page while this registrar applies the last one; a
 page still waiting when the next message of its link arrives is applied
-first, one that waits when its link goes is dropped with the transfer.  A
+first, and so is one whose link goes (it came before the channel closed).  A
 re-synchronization the peer refuses while it is starting (R) is asked for
 again after ``mentor_retry``.  The pages themselves: ``rserpool.enrp.tables``.
 
-A W=1 re-synchronization also marks the PEs this registrar adopted from the
-peer (it was taken over, yet lives) and ends with ``Takeover.sweep_adopted``.
+A page waiting to be applied is what its peer said before anything that
+arrives later, so every waiting page is applied before a takeover changes
+who is a peer or the home of which PEs (``apply_waiting_pages``, from
+``rserpool.enrp.takeover`` and when a peer is declared dead): a pipelined
+download ends exactly as one applied page by page on arrival would.  A W=1
+re-synchronization also marks the PEs this registrar adopted from the peer
+(it was taken over, yet lives) and ends with ``Takeover.sweep_adopted``.
 
 Pure: no Twisted, no clock.
 """
@@ -30,11 +35,15 @@ from rserpool.wire import codes
 __all__ = ["TableTransfers"]
 
 
+def _server_id(link: PeerLink) -> int:
+    return link.server_id or 0
+
+
 class TableTransfers:
     """The table transfers of ``EnrpCore``, which provides ``settings``,
     ``handlespace``, ``server_id``, ``peers``, ``applier``, ``takeover``,
     ``stats``, ``initialized``, ``_listed``, ``_log``, ``_refuse``,
-    ``_mentor_refused`` and ``_initialize``."""
+    ``_mentor_refused``, ``_initialize`` and ``_paused``."""
 
     settings: Any
     handlespace: Any
@@ -139,13 +148,23 @@ class TableTransfers:
     def apply_page(self, link: PeerLink, now: float) -> list:
         """Apply the page an ``ApplyPage`` output held back (the shell calls
         this on a later turn); nothing if it was applied meanwhile (the next
-        message of its link came first) or its link went (the page is then
-        dropped with the transfer)."""
+        message of its link came first, or its link went) or this registrar
+        restarted in place (it was not run meanwhile: everything went)."""
         out: list = []
+        if self._paused(now, out):  # type: ignore[attr-defined]
+            return out  # restarted in place: every transfer went
         fetch = link.fetch
         if fetch is not None and fetch.pending is not None and not link.closed:
             self._apply_pending(link, fetch, now, out)
         return out
+
+    def apply_waiting_pages(self, now: float, out: list) -> None:
+        """Apply every page still waiting, whichever its link (before a
+        takeover re-homes PEs or drops a peer: what came first goes first)."""
+        for link in sorted(self.peers.links, key=_server_id):
+            fetch = link.fetch
+            if fetch is not None and fetch.pending is not None and not link.closed:
+                self._apply_pending(link, fetch, now, out)
 
     def _apply_pending(self, link: PeerLink, fetch: Fetch, now: float, out: list) -> None:
         message, fetch.pending = fetch.pending, None
