@@ -258,6 +258,25 @@ def test_a_mentors_page_still_waiting_is_applied_before_a_takeover_rehomes_its_p
     assert joiner.enrp.initialized and homes(joiner) == {0x11: A, 0x71: D, 0x72: D}
 
 
+def test_a_server_the_mentor_listed_that_never_links_is_declared_dead_and_taken_over():
+    """The mentor's table lists PEs homed at a server this registrar never
+    reaches (stopped, then killed), and the mentor dies too: that server is
+    a peer from the LIST on (RFC 5353 3.2.2), declared dead when it never
+    links, taken over, and its PEs expire instead of staying for ever."""
+    cluster = Cluster([C], max_adopted_life=10.0)
+    joiner = cluster.nodes[0]
+    joiner.enrp_output(joiner.enrp.start(cluster.now, expect_peers=True))
+    mentor = Probe(joiner, "registrar-a", A)
+    mentor.send(EnrpPresence(A, 0, 0xFFFF))
+    mentor.send(EnrpListResponse(A, C, (ServerInformation(EVIL, SctpTransport(9902, (IPv4Address("127.0.0.5"),))),)))
+    mentor.send(EnrpHandleTableResponse(A, C, (PoolEntry(b"echo", (pe(0x11, A), pe(0x71, EVIL))),)))
+    assert joiner.enrp.initialized and homes(joiner) == {0x11: A, 0x71: EVIL}
+    mentor.drop("killed")
+    run_until(cluster, lambda: not homes(joiner), DEAD_AFTER + 15)
+    assert sorted(e.target for e in events(joiner, TookOver)) == [A, EVIL]
+    assert not joiner.enrp.peers.records
+
+
 # -- re-homing (docs/takeover.md) --------------------------------------------------------------
 
 

@@ -300,6 +300,7 @@ class EnrpCore(TableTransfers):
             self._listed.add(info.server_id)
             if info.server_id == self.server_id or self.peers.link_of(info.server_id) is not None:
                 continue
+            self.peers.listed(info.server_id, now)  # declared dead if it never links (3.2.2, 3.4.3)
             addresses = info.transport.addresses
             if addresses:
                 out.append(Connect(info.server_id, str(addresses[0]), info.transport.port))
