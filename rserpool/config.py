@@ -273,7 +273,7 @@ SCHEMA: dict[str, dict[str, Option]] = {
         "max_pools_per_peer": _S(_positive_int, "10000", "pools holding PEs of one peer"),
         "update_rate": _S(_positive_float, "10000", "ENRP_HANDLE_UPDATEs per second per peer (burst: twice that)"),
         "max_response_pes": _S(_positive_int, "4096", "PEs in one ENRP_HANDLE_TABLE_RESPONSE accepted"),
-        "page_pes": _S(_positive_int, "256", "PEs per ENRP_HANDLE_TABLE_RESPONSE sent"),
+        "page_pes": _S(_positive_int, "1024", "PEs per ENRP_HANDLE_TABLE_RESPONSE sent (and at most 60,000 bytes)"),
         "takeover_ack_timeout": _S(_positive_float, "5", "seconds a takeover initiator waits for the "
                                                          "ENRP_INIT_TAKEOVER_ACKs before it goes on with the peers "
                                                          "that answered (docs/takeover.md)"),

@@ -5,7 +5,10 @@ ASAP ``RegistrarCore`` and the ``EnrpCore``, with time passed in.  A
 ``Cluster`` joins nodes pairwise with ``Wire``s: two FIFO queues of encoded
 ENRP messages (a channel's order guarantee), delivered only when a test says
 so, so that messages can be delayed, interleaved across channels, and lost
-when a wire is dropped.  Every message crosses the real codec.
+when a wire is dropped.  Every message crosses the real codec.  A table page
+the core holds back (``ApplyPage``) waits in its node's ``Later`` queue,
+delivered like a wire's messages: at random among them, or not before the
+next message of its link (which the core then applies first).
 
 A node taken out of ``Cluster.nodes`` (``Cluster.pause``) is not run: no
 timer, no message delivered to it (a stopped process); ``Cluster.kill``
@@ -21,7 +24,7 @@ from typing import Any
 
 from rserpool.asap.registrar import PoolElementAdded, PoolElementRemoved, RegistrarCore, RegistrarSettings
 from rserpool.enrp import (
-    Announce, Close, Connect, EnrpCore, EnrpSettings, Initialized, PeerDead, PeerDown, PeerLimits,
+    Announce, ApplyPage, Close, Connect, EnrpCore, EnrpSettings, Initialized, PeerDead, PeerDown, PeerLimits,
     PeerUp, Restarted, Send, TakenOver, TakeoverAborted, TakeoverStarted, TookOver,
 )
 from rserpool.gate import AskAuthorizer, Gate, GatePolicy
@@ -61,6 +64,7 @@ class Node:
         self.events: list = []
         self.logs: list[str] = []
         self.asap_replies: list = []
+        self.later = Later(self)
 
     def _log(self, fmt: str, **kwargs: Any) -> None:
         self.logs.append(fmt.format(**kwargs))
@@ -115,6 +119,8 @@ class Node:
                 wire.carry(self, output.message.PPID, data)
             elif kind is Close:
                 output.channel.channel.drop(f"{self.server_id:x}: {output.reason}")
+            elif kind is ApplyPage:
+                self.later.queue.append(output.link)
             elif kind is Restarted:
                 self.events.append(output)
                 self.server_id = output.new_id
@@ -137,6 +143,23 @@ class Node:
 
     def own(self) -> dict:
         return {k: v for k, v in self.snapshot().items() if v[0] == self.server_id}
+
+
+class Later:
+    """The pages a node's core holds back (``ApplyPage``), applied when
+    delivered (the shell's later reactor turn)."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.queue: deque = deque()
+        self.up = True
+
+    def deliver_one(self, to: Node) -> bool:
+        if not self.queue:
+            return False
+        link = self.queue.popleft()
+        to.enrp_output(to.enrp.apply_page(link, to.cluster.now))
+        return True
 
 
 class Wire:
@@ -232,9 +255,12 @@ class Cluster:
             for b in self.nodes[i + 1:]:
                 self.connect(a, b)
 
-    def queues(self) -> list[tuple[Wire, Node]]:
+    def queues(self) -> list[tuple[Any, Node]]:
+        """What can be delivered: a wire's next message to a running node,
+        or a running node's next held-back page (``Later``)."""
         running = self.nodes
-        return [(w, n) for w in self.wires.values() if w.up for n in w.ends if w.queues[n] and n in running]
+        return ([(w, n) for w in self.wires.values() if w.up for n in w.ends if w.queues[n] and n in running]
+                + [(n.later, n) for n in running if n.later.queue])
 
     def deliver_all(self, limit: int = 200_000, shuffle: bool = True) -> int:
         """Deliver until every queue is empty (channels interleaved at random)."""

@@ -192,6 +192,13 @@ def views_agree(nodes: list[Node]) -> bool:
                for node in nodes for sid, owner in zip(ids, nodes))
 
 
+def transfers_done(nodes: list[Node]) -> bool:
+    """No table transfer under way or due (a re-synchronization a starting
+    peer refused is asked for again a little later)."""
+    return all(link.fetch is None and link.resync_at is None
+               for node in nodes for link in node.enrp.core.peers.links)
+
+
 def all_linked(nodes: list[Node]) -> bool:
     ids = {node.registrar.server_id for node in nodes}
     return all(node.enrp.core.initialized and

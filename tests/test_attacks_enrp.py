@@ -32,7 +32,7 @@ from rserpool.wire import (
 )
 from rserpool.wire.codes import CAUSE_LACK_OF_RESOURCES, CAUSE_SECURITY, UPDATE_ADD_PE, UPDATE_DEL_PE
 from tests.asaphelpers import connect_raw, make_pe
-from tests.enrpnet import registrar_cert, start_node, until, views_agree, all_linked
+from tests.enrpnet import all_linked, registrar_cert, start_node, transfers_done, until, views_agree
 
 pytestmark = pytest.mark.integration
 
@@ -91,7 +91,7 @@ class EnrpAttacks(unittest.TestCase):
             client = yield self.client(node, cert, node.asap_port)
             reply = yield client.request(AsapRegistration(H, make_pe(pe_id)))
             self.assertFalse(reply.reject, reply)
-        yield until([a, b], lambda: len(a.handlespace) == 2 and views_agree([a, b]))
+        yield until([a, b], lambda: len(a.handlespace) == 2 and views_agree([a, b]) and transfers_done([a, b]))
         return a, b
 
     @defer.inlineCallbacks

@@ -85,3 +85,19 @@ def test_heard_clears_the_probe_and_unlink_keeps_the_record():
     record = table.unlink(first)
     assert record is table.records[0x10] and record.link is None and first.closed
     assert list(table.active()) == [] and table.drop(0x10) is record
+
+
+def test_a_server_a_mentor_listed_is_an_unlinked_record_whose_identity_the_first_channel_binds():
+    table = PeerTable(OWN, 3)
+    for server_id in (0x10, 0x20, 0, OWN, 0x30, 0x40):  # 0 and our own ID never; then the list is full
+        table.listed(server_id, 5.0)
+    assert sorted(table.records) == [0x10, 0x20, 0x30] and table.records[0x10].identity is None
+    assert table.active() == [] and table.records[0x10].last_heard == 5.0
+    first = link("reg-a")
+    table.bind(first, 0x10, 6.0)
+    assert table.records[0x10].identity == "reg-a" and table.active() == [first]
+    table.unlink(first)
+    with pytest.raises(BindRefused, match="held by reg-a"):  # bound from then on, as any peer
+        table.bind(link("reg-b"), 0x10, 7.0)
+    table.listed(0x10, 8.0)  # listed again: nothing changes
+    assert table.records[0x10].identity == "reg-a" and table.records[0x10].last_heard == 6.0

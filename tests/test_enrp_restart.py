@@ -6,9 +6,9 @@ nothing stale, resurrects nothing and does not fight the takeover."""
 from __future__ import annotations
 
 from rserpool.enrp import Restarted, TookOver
-from rserpool.wire import EnrpPresence, EnrpTakeoverServer
-from tests.enrphelpers import Probe
-from tests.test_enrp_takeover import ACK_TIMEOUT, DEAD_AFTER, events, homes, run_until, started
+from rserpool.wire import EnrpHandleTableResponse, EnrpHandleUpdate, EnrpPresence, EnrpTakeoverServer, PoolEntry
+from tests.enrphelpers import FAST, Probe
+from tests.test_enrp_takeover import ACK_TIMEOUT, DEAD_AFTER, events, homes, pe, run_until, started
 
 A, B, C = 0x0A, 0x0B, 0x0C
 EVIL = 0x0E
@@ -51,6 +51,37 @@ def test_a_registrar_told_it_was_taken_over_restarts_in_place():
     probe.send(EnrpTakeoverServer(EVIL, A, A))
     [restart] = events(a, Restarted)
     assert restart.old_id == A and a.enrp.server_id == restart.new_id
+
+
+def test_a_restarted_registrar_sends_its_updates_under_its_new_id():
+    """Updates are framed with a header encoded once per server ID: a new ID
+    needs a new header (a peer would otherwise see the old ID and close)."""
+    cluster = started()
+    a = cluster.nodes[0]
+    probe = Probe(a, "registrar-e", EVIL)
+    probe.send(EnrpPresence(EVIL, 0, 0xFFFF))
+    probe.send(EnrpTakeoverServer(EVIL, A, A))
+    [restart] = events(a, Restarted)
+    again = Probe(a, "registrar-e", EVIL)
+    again.send(EnrpPresence(EVIL, 0, 0xFFFF))
+    a.register(b"echo", 0x77, "pe77")
+    a.deregister(b"echo", 0x77, "pe77")
+    updates = again.of_type(EnrpHandleUpdate)
+    assert [u.sender_id for u in updates] == [restart.new_id, restart.new_id]
+
+
+def test_a_held_back_page_whose_turn_comes_after_a_pause_restarts_and_applies_nothing():
+    """The shell's later turn for a pipelined page is an entry point with
+    ``now`` too: after a pause it restarts in place like any other."""
+    cluster = started()
+    a = cluster.nodes[0]
+    probe = Probe(a, "registrar-e", EVIL)
+    probe.send(EnrpPresence(EVIL, 0, 0xFFFF))  # A re-synchronizes with EVIL (W=1)
+    probe.send(EnrpHandleTableResponse(EVIL, A, (PoolEntry(b"echo", (pe(0x71, EVIL),)),), more=True))
+    cluster.now += FAST["max_time_last_heard"] + 1
+    assert a.later.deliver_one(a)
+    [restart] = events(a, Restarted)
+    assert len(a.handlespace) == 0 and a.enrp.stats["pages_dropped"] == 1 and probe.closed
 
 
 def test_a_short_pause_is_no_restart():

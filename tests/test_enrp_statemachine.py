@@ -32,7 +32,7 @@ def handle_of(pe_id: int) -> bytes:
 class EnrpCluster(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
-        self.cluster = Cluster(IDS, seed=1)
+        self.cluster = Cluster(IDS, seed=1, page_pes=2)
         self.cluster.start(expect_peers=True)
         self.cluster.connect_all()
         self.home: dict[int, int] = {}  # PE id -> index of the registrar it is registered at

@@ -12,8 +12,9 @@ from ipaddress import IPv4Address
 
 from rserpool.enrp import TakenOver, TakeoverAborted, TakeoverStarted, TookOver
 from rserpool.wire import (
-    EnrpHandleTableResponse, EnrpHandleUpdate, EnrpInitTakeover, EnrpInitTakeoverAck,
-    EnrpPresence, EnrpTakeoverServer, LeastUsedPolicy, PoolElement, TcpTransport,
+    EnrpHandleTableRequest, EnrpHandleTableResponse, EnrpHandleUpdate, EnrpInitTakeover, EnrpInitTakeoverAck,
+    EnrpListResponse, EnrpPresence, EnrpTakeoverServer, LeastUsedPolicy, PoolElement, PoolEntry, SctpTransport,
+    ServerInformation, TcpTransport,
 )
 from rserpool.wire import codes
 from tests.enrphelpers import FAST, Cluster, Probe
@@ -209,6 +210,71 @@ def test_takeover_server_rehomes_the_targets_pes_at_every_peer():
     assert homes(a) == {0x71: D} and EVIL not in a.enrp.peers.records
     assert events(a, TakenOver) == [TakenOver(EVIL, D, 1)]
     assert probe.closed  # its channel, if it lives, starts again from a clean slate
+
+
+# -- pipelined table pages (rserpool.enrp.transfers) meet a takeover ----------------------------
+
+
+def test_a_page_of_the_target_still_waiting_is_applied_before_its_pes_are_rehomed():
+    """A page received (its successor asked for) and not applied yet came
+    before the TAKEOVER_SERVER: its PEs are re-homed with the others."""
+    cluster = started()
+    a = cluster.nodes[0]
+    probe = Probe(a, "registrar-e", EVIL)
+    probe.send(EnrpPresence(EVIL, 0, 0xFFFF))  # A re-synchronizes with EVIL (W=1)
+    other = Probe(a, "registrar-d", D)
+    other.send(EnrpPresence(D, 0, 0xFFFF))
+    other.send(EnrpHandleTableResponse(D, A, ()))
+    probe.send(EnrpHandleTableResponse(EVIL, A, (PoolEntry(b"echo", (pe(0x71, EVIL), pe(0x72, EVIL))),),
+                                       more=True))
+    assert homes(a) == {} and a.later.queue  # held back for the shell's later turn
+    other.send(EnrpTakeoverServer(D, A, EVIL))
+    assert homes(a) == {0x71: D, 0x72: D} and events(a, TakenOver) == [TakenOver(EVIL, D, 2)]
+    assert a.enrp.applier.adopted == {(b"echo", 0x71): (EVIL, D), (b"echo", 0x72): (EVIL, D)}
+    assert a.later.deliver_one(a) and homes(a) == {0x71: D, 0x72: D}  # nothing left to apply
+
+
+def test_a_mentors_page_still_waiting_is_applied_before_a_takeover_rehomes_its_pes():
+    """A joiner's download from its mentor lists PEs of a third server; that
+    server's takeover arrives on another channel before the page's turn: the
+    PEs are adopted by the winner as if the page had been applied on arrival
+    (else they would stay homed at a server gone for good)."""
+    cluster = Cluster([C])
+    joiner = cluster.nodes[0]
+    joiner.enrp_output(joiner.enrp.start(cluster.now, expect_peers=True))
+    mentor = Probe(joiner, "registrar-a", A)
+    mentor.send(EnrpPresence(A, 0, 0xFFFF))
+    mentor.send(EnrpListResponse(A, C, (ServerInformation(EVIL, SctpTransport(9902, (IPv4Address("127.0.0.5"),))),)))
+    assert mentor.of_type(EnrpHandleTableRequest)
+    winner = Probe(joiner, "registrar-d", D)
+    winner.send(EnrpPresence(D, 0, 0xFFFF))
+    mentor.send(EnrpHandleTableResponse(A, C, (PoolEntry(b"echo", (pe(0x11, A), pe(0x71, EVIL), pe(0x72, EVIL))),),
+                                        more=True))
+    assert homes(joiner) == {}
+    winner.send(EnrpTakeoverServer(D, C, EVIL))
+    assert homes(joiner) == {0x11: A, 0x71: D, 0x72: D} and events(joiner, TakenOver) == [TakenOver(EVIL, D, 2)]
+    assert joiner.enrp.applier.adopted == {(b"echo", 0x71): (EVIL, D), (b"echo", 0x72): (EVIL, D)}
+    mentor.send(EnrpHandleTableResponse(A, C, (), more=False))
+    assert joiner.enrp.initialized and homes(joiner) == {0x11: A, 0x71: D, 0x72: D}
+
+
+def test_a_server_the_mentor_listed_that_never_links_is_declared_dead_and_taken_over():
+    """The mentor's table lists PEs homed at a server this registrar never
+    reaches (stopped, then killed), and the mentor dies too: that server is
+    a peer from the LIST on (RFC 5353 3.2.2), declared dead when it never
+    links, taken over, and its PEs expire instead of staying for ever."""
+    cluster = Cluster([C], max_adopted_life=10.0)
+    joiner = cluster.nodes[0]
+    joiner.enrp_output(joiner.enrp.start(cluster.now, expect_peers=True))
+    mentor = Probe(joiner, "registrar-a", A)
+    mentor.send(EnrpPresence(A, 0, 0xFFFF))
+    mentor.send(EnrpListResponse(A, C, (ServerInformation(EVIL, SctpTransport(9902, (IPv4Address("127.0.0.5"),))),)))
+    mentor.send(EnrpHandleTableResponse(A, C, (PoolEntry(b"echo", (pe(0x11, A), pe(0x71, EVIL))),)))
+    assert joiner.enrp.initialized and homes(joiner) == {0x11: A, 0x71: EVIL}
+    mentor.drop("killed")
+    run_until(cluster, lambda: not homes(joiner), DEAD_AFTER + 15)
+    assert sorted(e.target for e in events(joiner, TookOver)) == [A, EVIL]
+    assert not joiner.enrp.peers.records
 
 
 # -- re-homing (docs/takeover.md) --------------------------------------------------------------

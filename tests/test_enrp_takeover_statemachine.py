@@ -1,7 +1,10 @@
 """Hypothesis state machine: registrars that die, stop, come back and are
 replaced, with PEs that re-register elsewhere or die with them (takeover,
 re-homing and restarting in place, docs/takeover.md), while ENRP messages
-are delayed, interleaved and lost with dropped channels.
+are delayed, interleaved and lost with dropped channels.  Table pages hold
+two PEs, so downloads are pipelined (a page applied when the test delivers
+its turn, like a message) and runs of new PEs go in at once, while
+takeovers, claims and adoptions happen around them.
 
 The model keeps, for every PE, the registrar it is registered at (or none:
 dead).  A PE whose registrar is killed either re-registers at another
@@ -26,12 +29,13 @@ from tests.enrphelpers import FAST, Cluster, Node
 IDS = [0x10, 0x20, 0x30]
 PE_IDS = [1, 2, 3, 4, 5]
 LIFE = 15  # the adopted PEs' bound (max_adopted_life); registrations are for ever (-1)
+PAGE_PES = 2
 
 
 class TakeoverCluster(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
-        self.cluster = Cluster(IDS, seed=2, max_adopted_life=float(LIFE))
+        self.cluster = Cluster(IDS, seed=2, max_adopted_life=float(LIFE), page_pes=PAGE_PES)
         self.cluster.start(expect_peers=True)
         self.cluster.connect_all()
         self.cluster.deliver_all()
@@ -128,7 +132,7 @@ class TakeoverCluster(RuleBasedStateMachine):
         if self.replaced >= len(self.killed):
             return
         self.replaced += 1
-        node = Node(self.next_id, self.cluster, max_adopted_life=float(LIFE))
+        node = Node(self.next_id, self.cluster, max_adopted_life=float(LIFE), page_pes=PAGE_PES)
         self.next_id += 0x10
         self.cluster.nodes.append(node)
         node.enrp_output(node.enrp.start(self.cluster.now, True))

@@ -121,6 +121,73 @@ def test_sweep_removes_only_marked_pes_still_homed_at_the_sender():
     assert removed == [1] and len(a.handlespace) == 3
 
 
+# -- the shortcuts for table pages ---------------------------------------------------------
+
+
+def state(a: UpdateApplier) -> list:
+    hs = a.handlespace
+    return ([(e.pool_handle, e.pe_id, e.home_server_id, e.identity, e.payload, e.expires_at) for e in hs.entries()]
+            + [sorted(a.provisional), {o: hs.checksum(o) for o in hs.owners()}])
+
+
+def test_add_batch_does_what_add_does_for_each():
+    batch, single = applier(), applier()
+    pes = [pe(i, P, LeastUsedPolicy(i)) for i in range(1, 6)]
+    identities = ["pe1", None, "PE3", None, "pe5"]
+    entries = batch.add_batch(P, b"echo", pes, identities, 0.0)
+    for one, identity in zip(pes, identities):
+        single.add(P, b"echo", one, identity, 0.0)
+    assert [e.pe_id for e in entries] == [1, 2, 3, 4, 5] and state(batch) == state(single)
+    assert batch.handlespace.next_deadline() is None and batch.stats["applied"] == 5
+
+
+def test_add_batch_of_a_mentor_takes_third_homes_as_provisional_copies():
+    a = applier()
+    entries = a.add_batch(P, b"echo", [pe(1, Q), pe(2, Q)], (), 0.0, mentor_homes={P, Q})
+    assert [e.home_server_id for e in entries] == [Q, Q] and a.provisional == {(b"echo", 1), (b"echo", 2)}
+    assert a.add_batch(P, b"echo", [pe(3, P), pe(4, P)], (), 0.0, mentor_homes={P, Q}) is not None
+    assert a.provisional == {(b"echo", 1), (b"echo", 2)}
+
+
+@pytest.mark.parametrize("pes, homes, limits", [
+    ([pe(1, Q), pe(2, Q)], None, {}),  # not the sender's: add refuses them
+    ([pe(1, 0x99), pe(2, 0x99)], {P, Q}, {}),  # a home the mentor did not list: skipped one by one
+    ([pe(1, OWN), pe(2, OWN)], {P, Q, OWN}, {}),  # ours
+    ([pe(1, P), pe(2, Q)], None, {}),  # two homes
+    ([pe(6, P), pe(7, P)], None, {"held": 7}),  # 7 is held already
+    ([pe(1, P), pe(2, P), pe(3, P)], None, {"max_pes": 3}),  # one more than the peer may own
+    ([pe(1, P), pe(2, P)], None, {"max_pools": 1}),  # a second pool of the peer
+    ([pe(1, P), pe(2, P, RoundRobinPolicy())], None, {}),  # the handlespace refuses the second
+])
+def test_add_batch_declines_what_needs_one_by_one_and_changes_nothing(pes, homes, limits):
+    held = limits.pop("held", None)
+    a = applier(**limits)
+    a.add(P, b"other", pe(5, P), None, 0.0)
+    if held is not None:
+        a.add(P, b"echo", pe(held, P), None, 0.0)
+    before = state(a)
+    assert a.add_batch(P, b"echo", pes, (), 0.0, mentor_homes=homes) is None
+    assert state(a) == before
+
+
+def test_a_table_entry_equal_to_the_copy_changes_nothing():
+    a = applier()
+    first = a.add(P, b"echo", pe(5, P), "pe5", 0.0)
+    a.handlespace.report_unreachable(b"echo", 5, "pu", 0.0)
+    again = a.add(P, b"echo", pe(5, P), "pe5", 1.0, keep_unchanged=True)
+    assert again is first and first.payload == pe(5, P) and first.unreachable is not None
+    assert a.stats["applied"] == 1
+    changed = a.add(P, b"echo", pe(5, P, LeastUsedPolicy(9)), None, 2.0, keep_unchanged=True)  # a change
+    assert changed.payload.policy == LeastUsedPolicy(9) and changed.unreachable is None
+    a.handlespace.report_unreachable(b"echo", 5, "pu", 0.0)
+    a.add(P, b"echo", pe(5, P, LeastUsedPolicy(9)), None, 3.0)  # an update is applied as it is
+    assert a.handlespace.get(b"echo", 5).unreachable is None and a.stats["applied"] == 3
+    a.add_from_mentor(Q, {P, Q}, b"echo", pe(6, P), None, 0.0)
+    assert (b"echo", 6) in a.provisional
+    a.add(P, b"echo", pe(6, P), None, 0.0, keep_unchanged=True)  # the home confirms a provisional copy
+    assert (b"echo", 6) not in a.provisional
+
+
 # -- re-homing: contested claims and adopted PEs (docs/takeover.md) -----------------------------
 
 

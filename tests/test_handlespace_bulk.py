@@ -42,7 +42,8 @@ def state(hs: Handlespace) -> Any:
     owners = {o: (hs.checksum_total(o), hs.owned_pool_count(o), sorted((e.pool_handle, e.pe_id)
                                                                        for e in hs.pes_owned_by(o)))
               for o in hs.owners()}
-    identities = {i: hs.identity_count(i) for i in ("alice", "bob", "carol")}
+    identities = {i: (hs.identity_count(i), hs.identity_pools(i),
+                      [h for h in hs.pool_handles() if hs.identity_in_pool(i, h)]) for i in ("alice", "bob", "carol")}
     return len(hs), pools, owners, identities, hs.next_deadline()
 
 
@@ -97,6 +98,7 @@ def test_a_new_pool_takes_its_settings_from_the_first_pe():
     (b"", [item(2)], CAUSE_INVALID_VALUES),
     (b"toolong", [item(2)], CAUSE_LACK_OF_RESOURCES),
     (b"p", [item(2), item(-1)], CAUSE_INVALID_VALUES),
+    (b"p", [item(2), item(0)], CAUSE_INVALID_VALUES),  # PE identifier 0
     (b"p", [item(2), item(3, transport=0x99)], CAUSE_INVALID_VALUES),
     (b"p", [item(2), item(3, use=7)], CAUSE_INVALID_VALUES),
     (b"p", [item(2), item(3, life=-5)], CAUSE_INVALID_VALUES),
@@ -131,10 +133,10 @@ def test_a_refused_batch_changes_nothing(handle, items, cause):
 
 def test_a_full_handlespace_refuses_the_whole_batch():
     hs = Handlespace(HandlespaceLimits(max_pes=5))
-    hs.insert_new(b"a", HOME, [item(i, identity=None) for i in range(3)])
+    hs.insert_new(b"a", HOME, [item(i, identity=None) for i in range(1, 4)])
     before = state(hs)
     with pytest.raises(HandlespaceError) as refused:
-        hs.insert_new(b"b", HOME, [item(i, identity=None) for i in range(3)])
+        hs.insert_new(b"b", HOME, [item(i, identity=None) for i in range(1, 4)])
     assert refused.value.cause == CAUSE_LACK_OF_RESOURCES and "handlespace is full" in str(refused.value)
     assert state(hs) == before and hs.pool_count == 1
 
@@ -163,7 +165,7 @@ def test_a_failing_policy_leaves_nothing_half_added():
 
 
 BATCH = st.lists(st.tuples(
-    st.sampled_from([1, 2, 3, 0xFFFFFFFF]),
+    st.sampled_from([1, 2, 3, 0xFFFFFFFF, 0]),
     st.sampled_from([LU, PolicySettings(LEAST_USED, load=9), PolicySettings(ROUND_ROBIN),
                      PolicySettings(RANDOM)]),
     st.sampled_from([TRANSPORT_TCP, TRANSPORT_TCP, TRANSPORT_SCTP]),

@@ -586,3 +586,16 @@ def test_cancel_expiry_keeps_an_entry_until_registered_again() -> None:
     assert hs.expire(1e9) == [] and hs.get(b"a", 1) is entry
     reg(hs, b"a", 1, now=5.0, registration_life=10)
     assert entry.expires_at == 15.0 and hs.expire(20.0) == [entry]
+
+
+def test_a_registration_without_deadline_keeps_none() -> None:
+    hs = make_hs()
+    entry = reg(hs, b"a", 1, registration_life=10, deadline=False).entry  # a new PE
+    assert entry.expires_at is None and hs.next_deadline() is None and entry.registration_life == 10
+    reg(hs, b"a", 1, now=5.0, registration_life=20, deadline=False)  # the fast path of a re-registration
+    reg(hs, b"a", 1, now=5.0, registration_life=20, identity="alice", deadline=False)  # the general one
+    assert entry.expires_at is None and hs.expire(1e9) == [] and entry.registration_life == 20
+    reg(hs, b"a", 1, now=6.0, registration_life=10)  # its own registration sets one again
+    assert entry.expires_at == 16.0
+    reg(hs, b"a", 1, now=7.0, registration_life=10, deadline=False)  # and this takes it away
+    assert entry.expires_at is None and hs.next_deadline() is None and hs.get(b"a", 1) is entry

@@ -18,7 +18,8 @@ from twisted.trial import unittest
 
 from rserpool.security import tls
 from rserpool.wire import (
-    AsapDeregistration, AsapError, AsapHandleResolution, AsapRegistration, EnrpError, EnrpPresence,
+    AsapDeregistration, AsapError, AsapHandleResolution, AsapRegistration, EnrpError, EnrpHandleUpdate,
+    EnrpPresence,
 )
 from rserpool.wire.codes import CAUSE_SECURITY, CAUSE_UNRECOGNIZED_MESSAGE
 from rserpool.service.channel import Channel, ChannelSettings
@@ -115,6 +116,40 @@ class EnrpOverTLS(unittest.TestCase):
         self.assertGreaterEqual(late.enrp.core.stats["pages_received"], 3)
 
     @defer.inlineCallbacks
+    def test_a_join_whose_mentor_channel_breaks_mid_table_completes_on_the_next_channel(self):
+        """Pages are applied a turn after the next one is asked for; the
+        channel breaks while one waits: that page is applied as the channel
+        goes (it came first), and the next channel to the mentor downloads
+        the table afresh."""
+        nodes = yield self.start("registrar-a", timers={"page_pes": 8}, expect_peers=False)
+        pe = yield self.client(nodes[0], self.pki.pe1)
+        for i in range(40):
+            pe.send(AsapRegistration(b"echo", make_pe(0x400 + i, port=8000 + i)))
+        yield until(nodes, lambda: len(nodes[0].handlespace) == 40)
+        late = yield start_node(reactor, self.pki, "registrar-c", timers={"page_pes": 8})
+        self.nodes.append(late)
+        core = late.enrp.core
+        apply_page = core.apply_page
+        broken = []
+
+        def break_first(link, now):
+            if not broken:  # the channel breaks while this page waits to be applied
+                broken.append(link)
+                link.channel.abort()
+                return []
+            return apply_page(link, now)
+
+        core.apply_page = break_first
+        late.peers.entries = [nodes[0].candidate()]
+        late.enrp.connector.rediscover()
+        yield until(self.nodes, lambda: all_linked(self.nodes) and views_agree(self.nodes))
+        self.assertEqual(len(broken), 1)
+        self.assertTrue(broken[0].closed)
+        self.assertEqual(core.stats["pages_dropped"], 0)
+        self.assertEqual(len(late.handlespace), 40)
+        self.assertGreaterEqual(core.stats["pages_received"], 6)  # the first channel's pages, then all again
+
+    @defer.inlineCallbacks
     def test_revoking_a_peer_closes_its_enrp_channel_through_the_shared_gate(self):
         """The registrar's gate is also the peer door's: revoking the peer's
         identity (RegistrarService.revoke) closes its live ENRP channel and
@@ -196,3 +231,116 @@ class EnrpOverTLS(unittest.TestCase):
         self.assertIsInstance(reply, EnrpError)
         self.assertEqual(reply.error.causes[0].code, CAUSE_UNRECOGNIZED_MESSAGE)
         self.assertEqual(node.enrp.core.peers.records, {})
+
+
+class UpdatesWithoutTimerWork(unittest.TestCase):
+    """The shell around updates, on a task.Clock with in-memory channels:
+    local changes and peers' applied updates reach the channels and the
+    watchers without the timer being looked at again (they move no ENRP
+    deadline); a refused update, which is answered, is looked at."""
+
+    def setUp(self):
+        from ipaddress import IPv4Address
+
+        from twisted.internet.task import Clock
+        from twisted.internet.testing import StringTransport
+
+        from rserpool.enrp import EnrpSettings
+        from rserpool.gate import Gate, GatePolicy
+        from rserpool.handlespace import Handlespace
+        from rserpool.service.enrp import EnrpService
+        from rserpool.wire import LeastUsedPolicy, PoolElement, TcpTransport
+
+        self.clock = Clock()
+        self.clock.advance(1000)
+        self.hs = Handlespace()
+        self.service = EnrpService(EnrpSettings(0xA), reactor=self.clock, handlespace=self.hs, listen=[],
+                                   server_tls=object(), client_tls=lambda name: None, gate=Gate(GatePolicy()),
+                                   authorizer=None)
+        self.service.running = True
+        self.service.core.start(self.clock.seconds(), False)
+        self.channels = []
+        for peer in (0xB, 0xC):
+            channel = Channel(self.service, self.clock, self.service.channel_settings, initiator=True)
+            channel.admission = None  # not through the gate here: the core is fed directly
+            channel.handshakeCompleted = lambda: None
+            transport = StringTransport()
+            channel.makeConnection(transport)
+            link, _ = self.service.core.link_up(channel, f"registrar-{peer:x}", "127.0.0.1", True,
+                                                self.clock.seconds())
+            channel.state = link
+            self.service.core.message_received(link, EnrpPresence(peer, 0, 0xFFFF), self.clock.seconds())
+            transport.clear()
+            self.channels.append((channel, transport))
+        self.looked = []
+        next_deadline = self.service.core.next_deadline
+        self.service.core.next_deadline = lambda: self.looked.append(1) or next_deadline()
+        self.watched = []
+        self.service.watchers.append(lambda: self.watched.append(1))
+        self.pe = lambda pe_id, home: PoolElement(pe_id, home, 30, TcpTransport(7, IPv4Address("127.0.0.1")),
+                                                  LeastUsedPolicy(pe_id))
+
+    def test_a_local_change_goes_to_every_peer(self):
+        from rserpool.asap.registrar import PoolElementAdded, policy_settings
+
+        pe = self.pe(0x11, 0xA)
+        entry = self.hs.register(self.clock.seconds(), pool_handle=b"echo", pe_id=0x11,
+                                 settings=policy_settings(pe.policy), transport_type=5, transport_use=0,
+                                 registration_life=30, home_server_id=0xA, identity="pe1", payload=pe).entry
+        self.service.local_change(PoolElementAdded(entry, True))
+        sent = [transport.value() for _, transport in self.channels]
+        self.assertTrue(all(sent) and sent[0] == sent[1])  # the same bytes to both
+        self.assertIn(pe.encode(), sent[0])
+        self.assertEqual((self.looked, self.watched), ([], [1]))
+
+    def test_an_applied_update_needs_no_timer_work_and_a_refused_one_does(self):
+        channel, transport = self.channels[0]
+        self.service.message_received(channel, EnrpHandleUpdate(0xB, 0, 0, b"echo", self.pe(0x22, 0xB)),
+                                      self.clock.seconds())
+        self.assertEqual(self.hs.get(b"echo", 0x22).home_server_id, 0xB)
+        self.assertEqual((self.looked, self.watched, transport.value()), ([], [1], b""))
+        self.service.message_received(channel, EnrpHandleUpdate(0xB, 0, 0, b"echo", self.pe(0x33, 0xC)),
+                                      self.clock.seconds())  # not its PE: refused and answered
+        self.assertIsNone(self.hs.get(b"echo", 0x33))
+        self.assertTrue(transport.value() and self.looked)
+
+
+class PagesTwoTurnsLater(UpdatesWithoutTimerWork):
+    """The shell applies a page held back by the core (``ApplyPage``) two
+    reactor turns after the request for the next one was written."""
+
+    def page(self, *pe_ids, more=True):
+        from rserpool.wire import EnrpHandleTableResponse, PoolEntry
+
+        return EnrpHandleTableResponse(0xB, 0xA, (PoolEntry(b"echo", tuple(self.pe(i, 0xB) for i in pe_ids)),),
+                                       more=more)
+
+    def test_a_page_is_applied_two_turns_after_the_next_request(self):
+        channel, transport = self.channels[0]
+        self.service.message_received(channel, self.page(1, 2), self.clock.seconds())
+        self.assertTrue(transport.value())  # the request for the next page is written at once
+        self.assertEqual(len(self.hs), 0)
+        link = channel.state
+        first = self.service._page_calls[link]
+        first.func(*first.args)  # the first turn: it only waits for one more
+        first.cancel()
+        self.assertEqual(len(self.hs), 0)
+        self.assertIsNot(self.service._page_calls[link], first)
+        self.clock.advance(0)  # the second turn
+        self.assertEqual(len(self.hs), 2)
+        self.assertEqual(self.service._page_calls, {})
+
+    def test_a_newer_page_takes_the_place_of_the_waiting_one_and_stopping_cancels(self):
+        channel, _ = self.channels[0]
+        self.service.message_received(channel, self.page(1, 2), self.clock.seconds())
+        first = self.service._page_calls[channel.state]
+        self.service.message_received(channel, self.page(3), self.clock.seconds())  # page 1 goes first
+        self.assertEqual(len(self.hs), 2)
+        self.assertFalse(first.active())
+        second = self.service._page_calls[channel.state]
+        self.service.stopService()
+        self.assertFalse(second.active())
+        self.assertEqual(self.service._page_calls, {})
+        self.clock.advance(0)
+        self.clock.advance(0)
+        self.assertEqual(len(self.hs), 2)  # page 3 waits for the next message (the channel is gone)

@@ -5,7 +5,8 @@
 - ``EnrpSettings`` / ``PeerLimits`` and the outputs (``settings``);
 - ``PeerLink`` / ``PeerTable`` (``peers``): server IDs bound to identities;
 - ``UpdateApplier`` (``updates``): ownership rules and per-peer limits;
-- ``Serving`` / ``Fetch`` (``tables``): handle-table transfers;
+- ``Serving`` / ``Fetch`` (``tables``): handle-table pages; their exchange
+  (``transfers``, a part of ``EnrpCore``);
 - ``Takeover`` (``takeover``): taking over a dead peer, re-homing its PEs.
 
 The Twisted shell is ``rserpool.service.enrp``; docs/enrp.md explains both.
@@ -14,7 +15,7 @@ The Twisted shell is ``rserpool.service.enrp``; docs/enrp.md explains both.
 from rserpool.enrp.core import EnrpCore
 from rserpool.enrp.peers import BindRefused, PeerLink, PeerRecord, PeerTable
 from rserpool.enrp.settings import (
-    Announce, Close, Connect, EnrpSettings, Initialized, Output, PeerDead, PeerDown, PeerLimits,
+    Announce, ApplyPage, Close, Connect, EnrpSettings, Initialized, Output, PeerDead, PeerDown, PeerLimits,
     PeerUp, Restarted, Send, TakenOver, TakeoverAborted, TakeoverStarted, TookOver,
 )
 from rserpool.enrp.takeover import Takeover
@@ -22,7 +23,7 @@ from rserpool.enrp.updates import Contested, Refused, UpdateApplier
 
 __all__ = [
     "EnrpCore", "EnrpSettings", "PeerLimits", "PeerLink", "PeerRecord", "PeerTable", "BindRefused",
-    "UpdateApplier", "Refused", "Contested", "Takeover", "Announce", "Close", "Connect", "Initialized",
-    "Output", "PeerDead", "PeerDown", "PeerUp", "Restarted", "Send", "TakenOver", "TakeoverAborted",
-    "TakeoverStarted", "TookOver",
+    "UpdateApplier", "Refused", "Contested", "Takeover", "Announce", "ApplyPage", "Close", "Connect",
+    "Initialized", "Output", "PeerDead", "PeerDown", "PeerUp", "Restarted", "Send", "TakenOver",
+    "TakeoverAborted", "TakeoverStarted", "TookOver",
 ]

@@ -20,14 +20,16 @@ What it does (docs/enrp.md has the whole story):
   state;
 - joining (3.2): a mentor among the first linked peers, LIST_REQUEST /
   LIST_RESPONSE (R while this registrar is itself starting), the W=0
-  handle-table download paged by the M flag; alone when no mentor answers
-  within ``mentor_discovery_timeout``;
+  handle-table download paged by the M flag (``rserpool.enrp.transfers``:
+  each next page asked for before the last one is applied); alone when no
+  mentor answers within ``mentor_discovery_timeout``;
 - handle updates (3.3): every change of a PE homed here goes to every peer;
   peers' updates pass the ownership rules and limits of
   ``rserpool.enrp.updates``;
 - audit (3.6): each PRESENCE's checksum is compared with the local view of
   the sender's PEs; a mismatch, and every new channel once initialized,
-  starts the W=1 re-synchronization (mark, replace, sweep).
+  starts the W=1 re-synchronization (mark, replace, sweep), asked for again
+  a little later when the peer refuses it while it is starting.
 
 Refusals are answered with ENRP_ERROR and logged, at most once per peer
 and heartbeat cycle (then counted), so a flood costs no flood of answers.
@@ -43,14 +45,16 @@ from rserpool.enrp.restart import paused, restart_in_place
 from rserpool.enrp.settings import (
     Announce, Close, Connect, EnrpSettings, Initialized, PeerDead, PeerDown, PeerUp, Send,
 )
-from rserpool.enrp.tables import Fetch, Serving, encoded_pe, next_page
+from rserpool.enrp.tables import encoded_pe
 from rserpool.enrp.takeover import Takeover
+from rserpool.enrp.transfers import TableTransfers
 from rserpool.enrp.updates import Contested, Refused, UpdateApplier
+from rserpool.fastinit import fast_constructor
 from rserpool.handlespace import Handlespace, PoolElementEntry
 from rserpool.wire import (
     EnrpError, EnrpHandleTableRequest, EnrpHandleTableResponse, EnrpHandleUpdate, EnrpInitTakeover,
     EnrpInitTakeoverAck, EnrpListRequest, EnrpListResponse, EnrpPresence, EnrpTakeoverServer,
-    ErrorCause, OperationError, PoolElement, ServerInformation, WireError, error_reply,
+    ErrorCause, OperationError, ServerInformation, WireError, error_reply,
 )
 from rserpool.wire import codes
 from rserpool.wire.enrp import encode_identity
@@ -62,13 +66,14 @@ __all__ = ["EnrpCore"]
 _ADD = codes.UPDATE_ADD_PE
 _DEL = codes.UPDATE_DEL_PE
 _make_update = EnrpHandleUpdate._make
+_make_send = fast_constructor(Send)
 
 
 def _ids(sender: int, receiver: int) -> bytes:
     return sender.to_bytes(4, "big") + receiver.to_bytes(4, "big")
 
 
-class EnrpCore:
+class EnrpCore(TableTransfers):
     """ENRP procedures over one handlespace (no I/O, no clock)."""
 
     def __init__(self, settings: EnrpSettings, handlespace: Handlespace,
@@ -92,10 +97,13 @@ class EnrpCore:
         self._listed: set[int] = set()
         self._asked: dict[int, float] = {}  # mentor candidates: when each was asked
         self._presence_due: float | None = None
-        self._announced: dict[tuple[bytes, int], tuple[Any, str | None]] = {}
+        # (pool handle, PE id) -> (payload, identity, its encoding): what peers were told.
+        self._announced: dict[tuple[bytes, int], tuple[Any, str | None, bytes | None]] = {}
+        self._encoded: dict[Any, bytes] = {}  # see _keep_encoded
+        self._update_fixed = self._update_headers()
         self._refusals: dict[PeerLink, int] = {}
         self.stats = {"updates_sent": 0, "updates_received": 0, "resyncs": 0, "refused": 0,
-                      "pages_sent": 0, "pages_received": 0}
+                      "pages_sent": 0, "pages_received": 0, "pages_dropped": 0}
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -151,11 +159,20 @@ class EnrpCore:
         out.extend(self.link_down(link, now, why))
         out.append(Close(link, why))
 
-    def _abandon(self, link: PeerLink, now: float) -> None:
-        """``link`` goes: its transfers end, and a mentor is looked for again."""
+    def _abandon(self, link: PeerLink, now: float, drop_page: bool = False) -> None:
+        """``link`` goes: a page of it still waiting is applied (it came
+        before; unless ``drop_page``: a restart in place drops everything),
+        its transfers end, and a mentor is looked for again."""
+        fetch = link.fetch
+        if fetch is not None and fetch.pending is not None:
+            if drop_page:
+                self.stats["pages_dropped"] += 1
+            else:  # the answers to its refusals have no channel left
+                self._apply_pending(link, fetch, now, [])
         link.fetch = None
         link.serving = None
         link.list_deadline = None
+        link.resync_at = None
         if self.mentor is link:
             self.mentor = None
             self._mentor_retry_at = now + self.settings.mentor_retry
@@ -206,6 +223,9 @@ class EnrpCore:
                       peer=link.describe(), rid=message.receiver_id)
             return out
         self.peers.heard(link, now)
+        fetch = link.fetch
+        if fetch is not None and fetch.pending is not None:
+            self._apply_pending(link, fetch, now, out)  # what came before this message goes first
         if sender in self.takeover.attempts:
             self.takeover.heard(sender, now, out)
         handler = self._handlers.get(type(message))
@@ -280,6 +300,7 @@ class EnrpCore:
             self._listed.add(info.server_id)
             if info.server_id == self.server_id or self.peers.link_of(info.server_id) is not None:
                 continue
+            self.peers.listed(info.server_id, now)  # declared dead if it never links (3.2.2, 3.4.3)
             addresses = info.transport.addresses
             if addresses:
                 out.append(Connect(info.server_id, str(addresses[0]), info.transport.port))
@@ -305,103 +326,6 @@ class EnrpCore:
         for link in list(self.peers.active()):
             if link.server_id != mentor:
                 self._start_fetch(link, True, now, out)
-
-    # -- table transfers ---------------------------------------------------------------------
-
-    def _start_fetch(self, link: PeerLink, own_children_only: bool, now: float, out: list,
-                     mentor: bool = False) -> None:
-        if link.fetch is not None or link.server_id is None:
-            return
-        marked = set()
-        if own_children_only:
-            marked = {(e.pool_handle, e.pe_id) for e in self.handlespace.pes_owned_by(link.server_id)}
-            # PEs adopted from it (it was taken over, yet lives): those it no
-            # longer lists went while it was cut off (docs/takeover.md).
-            own = self.server_id
-            marked.update(key for key, (origin, adopter) in self.applier.adopted.items()
-                          if origin == link.server_id and adopter == own)
-            self.stats["resyncs"] += 1
-        link.fetch = Fetch(own_children_only, mentor, now + self.settings.max_time_no_response, marked)
-        out.append(Send(link, EnrpHandleTableRequest(self.server_id, link.server_id, own_children_only)))
-
-    def _on_table_request(self, link: PeerLink, msg: EnrpHandleTableRequest, now: float, out: list) -> None:
-        serving = link.serving
-        if serving is None or serving.own_children_only != msg.own_children_only:
-            busy = sum(1 for other in self.peers.links if other.serving is not None and other is not link)
-            if not self.initialized or busy >= self.settings.max_serving_downloads:
-                link.serving = None
-                out.append(Send(link, EnrpHandleTableResponse(self.server_id, msg.sender_id, reject=True)))
-                return
-            serving = link.serving = Serving.start(self.handlespace, self.server_id, msg.own_children_only, now)
-        message, data = next_page(self.handlespace, serving, self.server_id, msg.sender_id,
-                                  self.settings.page_pes, self.settings.page_bytes)
-        self.stats["pages_sent"] += 1
-        link.serving = None if serving.done else serving
-        if not serving.done:
-            serving.deadline = now + 3 * self.settings.max_time_no_response
-        out.append(Send(link, message, data))
-
-    def _on_table_response(self, link: PeerLink, msg: EnrpHandleTableResponse, now: float, out: list) -> None:
-        fetch = link.fetch
-        if fetch is None:
-            self._refuse(link, codes.CAUSE_SECURITY, "an unrequested ENRP_HANDLE_TABLE_RESPONSE", out)
-            return
-        self.stats["pages_received"] += 1
-        if msg.reject:
-            link.fetch = None
-            if fetch.mentor:
-                self._mentor_refused(link, now, out)
-            return
-        limits = self.settings.peer_limits
-        count = sum(len(entry.pool_elements) for entry in msg.entries)
-        fetch.received += count
-        fetch.pages += 1
-        total = self.handlespace.limits.max_pes if fetch.mentor else limits.max_pes
-        if count > limits.max_response_pes or fetch.received > total:
-            link.fetch = None
-            what = (f"{count} PEs in one response (at most {limits.max_response_pes})"
-                    if count > limits.max_response_pes else f"a table of more than {total} PEs")
-            self._refuse(link, codes.CAUSE_LACK_OF_RESOURCES, what, out)
-            if fetch.mentor:
-                self._mentor_refused(link, now, out)
-            return
-        sender = msg.sender_id
-        applier = self.applier
-        marked = fetch.marked
-        homes = self._listed | self.peers.known_ids() if fetch.mentor else None
-        for entry in msg.entries:
-            handle = entry.pool_handle
-            identities = entry.identities
-            for index, pe in enumerate(entry.pool_elements):
-                identity = identities[index] if identities else None
-                try:
-                    if homes is not None:
-                        applier.add_from_mentor(sender, homes, handle, pe, identity, now)
-                    else:
-                        applier.add(sender, handle, pe, identity, now)
-                except Contested:
-                    applier.defer(sender, handle, pe, identity, now)  # its home still holds it
-                except Refused as exc:
-                    self._refuse(link, exc.cause, exc.reason, out)
-                    if exc.cause == codes.CAUSE_LACK_OF_RESOURCES:
-                        link.fetch = None  # a limit: this transfer ends here, nothing is swept
-                        return
-                    continue
-                marked.discard((handle, pe.pe_id))
-        if msg.more:
-            fetch.deadline = now + self.settings.max_time_no_response
-            out.append(Send(link, EnrpHandleTableRequest(self.server_id, sender, fetch.own_children_only)))
-            return
-        link.fetch = None
-        if fetch.own_children_only:
-            swept = applier.sweep(sender, marked, now)
-            swept += self.takeover.sweep_adopted(sender, marked, out)
-            if swept:
-                self._log("re-synchronized with {peer}: removed {n} PEs it no longer has",
-                          peer=link.describe(), n=swept)
-        if fetch.mentor:
-            self._log("joined through mentor {peer}: {n} PEs", peer=link.describe(), n=len(self.handlespace))
-            self._initialize(sender, now, out)
 
     # -- handle updates (3.3) ------------------------------------------------------------------
 
@@ -445,11 +369,17 @@ class EnrpCore:
         key = (entry.pool_handle, entry.pe_id)
         payload, identity = entry.payload, entry.identity
         previous = self._announced.get(key)
-        if previous is not None and (previous[0] is payload or previous[0] == payload) and previous[1] == identity:
+        if previous is not None and previous[0] is payload and previous[1] == identity:
             return []
-        self._announced[key] = (payload, identity)
-        self.applier.forget(entry)
-        return self._fan_out(_ADD, entry)
+        # Compared by the encoding, which the update needs anyway.
+        data = encoded_pe(entry)
+        self._announced[key] = (payload, identity, data)
+        if previous is not None and previous[1] == identity and data is not None and data == previous[2]:
+            return []
+        applier = self.applier
+        if applier.provisional or applier.adopted:
+            applier.forget(entry)
+        return self._fan_out(_ADD, entry, data)
 
     def pe_removed(self, entry: PoolElementEntry) -> list:
         """A PE homed here left (deregistration, expiry, keep-alive failure,
@@ -459,25 +389,45 @@ class EnrpCore:
         self.applier.forget(entry)
         if self._announced.pop(key, None) is None and entry.home_server_id != self.server_id:
             return []
-        out = self._fan_out(_DEL, entry)
+        out = self._fan_out(_DEL, entry, encoded_pe(entry))
         if key in self.applier.claims and self.handlespace.get(*key) is None:
             self.applier.settle(key, self._last_now or 0.0)
         return out
 
-    def _fan_out(self, action: int, entry: PoolElementEntry) -> list:
-        pe_bytes = encoded_pe(entry)
-        links = list(self.peers.active())
-        if pe_bytes is None or not links:
+    def _fan_out(self, action: int, entry: PoolElementEntry, pe_bytes: bytes | None) -> list:
+        """One ENRP_HANDLE_UPDATE, encoded once, the same bytes to every peer."""
+        links = self.peers.active()
+        if not links or pe_bytes is None:
             return []
-        parts = [encode_pool_handle(entry.pool_handle), pe_bytes]
+        handle = entry.pool_handle
         identity = entry.identity if action == _ADD else None
-        if identity is not None:
-            parts.append(encode_identity(identity))
-        data = frame_message(codes.ENRP_HANDLE_UPDATE, 0,
-                             _ids(self.server_id, 0) + action.to_bytes(2, "big") + b"\0\0", parts)
-        message = _make_update(self.server_id, 0, action, entry.pool_handle, entry.payload, identity)
+        encoded = self._encoded
+        handle_bytes = encoded.get(handle)
+        if handle_bytes is None:
+            handle_bytes = self._keep_encoded(handle, encode_pool_handle(handle))
+        if identity is None:
+            parts = [handle_bytes, pe_bytes]
+        else:
+            identity_bytes = encoded.get(identity)
+            if identity_bytes is None:
+                identity_bytes = self._keep_encoded(identity, encode_identity(identity))
+            parts = [handle_bytes, pe_bytes, identity_bytes]
+        data = frame_message(codes.ENRP_HANDLE_UPDATE, 0, self._update_fixed[action], parts)
+        message = _make_update(self.server_id, 0, action, handle, entry.payload, identity)
         self.stats["updates_sent"] += len(links)
-        return [Send(link, message, data) for link in links]
+        return [_make_send(link, message, data) for link in links]
+
+    def _update_headers(self) -> dict[int, bytes]:
+        """The fixed part of an ENRP_HANDLE_UPDATE per action (this server's
+        ID in it: set again when it changes, ``rserpool.enrp.restart``)."""
+        return {action: _ids(self.server_id, 0) + action.to_bytes(2, "big") + b"\0\0" for action in (_ADD, _DEL)}
+
+    def _keep_encoded(self, key: Any, data: bytes) -> bytes:
+        """Pool Handle and PE Identity parameters, by handle and identity (bounded)."""
+        if len(self._encoded) >= 4096:
+            self._encoded.clear()
+        self._encoded[key] = data
+        return data
 
     def _removed_by_peer(self, entry: PoolElementEntry, why: str) -> None:
         self._announced.pop((entry.pool_handle, entry.pe_id), None)
@@ -527,6 +477,8 @@ class EnrpCore:
                 deadlines.append(link.serving.deadline)
             if link.list_deadline is not None:
                 deadlines.append(link.list_deadline)
+            if link.resync_at is not None:
+                deadlines.append(link.resync_at)
         for record in self.peers.records.values():
             if record.link is None:
                 deadlines.append(record.last_heard + settings.max_time_last_heard + settings.max_time_no_response)
@@ -573,6 +525,10 @@ class EnrpCore:
                 out.append(Send(link, self._presence(link.server_id, reply_required=True)))
             if link.serving is not None and now >= link.serving.deadline:
                 link.serving = None
+            if link.resync_at is not None and now >= link.resync_at:
+                link.resync_at = None
+                if self.initialized:
+                    self._start_fetch(link, True, now, out)
         limit = settings.max_time_last_heard + settings.max_time_no_response
         for sid, record in list(self.peers.records.items()):
             if record.link is None and now - record.last_heard >= limit:
@@ -591,6 +547,7 @@ class EnrpCore:
         return out
 
     def _declare_dead(self, server_id: int, now: float, out: list) -> None:
+        self.apply_waiting_pages(now, out)  # what came before goes first
         record = self.peers.drop(server_id)
         if record is None or record.dead_reported:
             return
@@ -613,8 +570,8 @@ class EnrpCore:
         EnrpPresence: _on_presence,
         EnrpListRequest: _on_list_request,
         EnrpListResponse: _on_list_response,
-        EnrpHandleTableRequest: _on_table_request,
-        EnrpHandleTableResponse: _on_table_response,
+        EnrpHandleTableRequest: TableTransfers._on_table_request,
+        EnrpHandleTableResponse: TableTransfers._on_table_response,
         EnrpHandleUpdate: _on_update,
         EnrpInitTakeover: _on_init_takeover,
         EnrpInitTakeoverAck: lambda self, *args: self.takeover.on_ack(*args),

@@ -9,6 +9,11 @@ a link that changes its ID, or claims an ID another identity holds, is
 refused.  ``PeerRecord`` is what survives a link: the identity, when the peer
 was last heard and its Server Information, so that a peer whose channel
 broke can still be declared dead (RFC 5353 3.4.3) and listed for joiners.
+A server a mentor's ENRP_LIST_RESPONSE names joins the list unlinked and
+without an identity (``listed``, RFC 5353 3.2.2): the first channel that
+names it binds its identity, and one never linked is declared dead like a
+peer whose channel broke (so the PEs the mentor listed for it are taken
+over, not kept for ever).
 
 Pure: no Twisted, no clock.
 """
@@ -16,7 +21,7 @@ Pure: no Twisted, no clock.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 __all__ = ["PeerLink", "PeerRecord", "PeerTable", "BindRefused"]
 
@@ -50,6 +55,8 @@ class PeerLink:
     serving: Any = None
     # LIST_REQUEST sent to this link as a mentor: its deadline.
     list_deadline: float | None = None
+    # A re-synchronization the peer refused while it was starting (R): when to ask again.
+    resync_at: float | None = None
 
     @property
     def bound(self) -> bool:
@@ -63,7 +70,7 @@ class PeerLink:
 @dataclass
 class PeerRecord:
     server_id: int
-    identity: str
+    identity: str | None  # None: listed by a mentor, never linked yet
     last_heard: float
     info: Any = None  # the peer's ServerInformation, from its PRESENCE
     link: PeerLink | None = None
@@ -82,12 +89,11 @@ class PeerTable:
     def add_link(self, link: PeerLink) -> None:
         self.links.add(link)
 
-    def active(self) -> Iterator[PeerLink]:
+    def active(self) -> list[PeerLink]:
         """Bound links, in server-ID order (a deterministic fan-out)."""
-        for server_id in sorted(self.records):
-            link = self.records[server_id].link
-            if link is not None and not link.closed:
-                yield link
+        records = self.records
+        return [link for link in [records[sid].link for sid in sorted(records)]
+                if link is not None and not link.closed]
 
     def link_of(self, server_id: int) -> PeerLink | None:
         record = self.records.get(server_id)
@@ -102,7 +108,7 @@ class PeerTable:
         if server_id == self.own_id:
             raise BindRefused("claims this registrar's own server ID")
         record = self.records.get(server_id)
-        if record is not None and record.identity != link.identity:
+        if record is not None and record.identity is not None and record.identity != link.identity:
             raise BindRefused(f"claims server ID {server_id:08x}, held by {record.identity}")
         loser = None
         if record is not None and record.link is not None and not record.link.closed:
@@ -120,12 +126,19 @@ class PeerTable:
             if len(self.records) >= self.max_peers:
                 raise BindRefused(f"peer list full ({self.max_peers})")
             record = self.records[server_id] = PeerRecord(server_id, link.identity, now)
+        record.identity = link.identity
         record.link = link
         record.last_heard = now
         record.dead_reported = False
         link.server_id = server_id
         link.last_heard = now
         return loser
+
+    def listed(self, server_id: int, now: float) -> None:
+        """A mentor listed ``server_id``: a peer not linked yet (if room)."""
+        if server_id not in (0, self.own_id) and server_id not in self.records \
+                and len(self.records) < self.max_peers:
+            self.records[server_id] = PeerRecord(server_id, None, now)
 
     def unlink(self, link: PeerLink) -> PeerRecord | None:
         """Forget ``link`` (its channel is gone); its record stays."""

@@ -49,7 +49,7 @@ def restart_in_place(core: Any, now: float, gap: float, out: list, why: str | No
     core._log("restarting in place as {new:08x} (was {old:08x}): {why}", new=new, old=old,
               why=why or f"not run for {gap:.1f} s, more than MAX-TIME-LAST-HEARD")
     for link in list(core.peers.links):
-        core._abandon(link, now)
+        core._abandon(link, now, drop_page=True)
         link.closed = True
         out.append(Close(link, "restarting in place"))
     handlespace = core.handlespace
@@ -57,6 +57,7 @@ def restart_in_place(core: Any, now: float, gap: float, out: list, why: str | No
         handlespace.deregister(entry.pool_handle, entry.pe_id)
     core.server_id = new
     core.settings = dataclasses.replace(core.settings, server_id=new)
+    core._update_fixed = core._update_headers()
     core.peers = PeerTable(new, core.settings.max_peers)
     core.applier = core._new_applier()
     core.takeover.reset()

@@ -24,6 +24,7 @@ __all__ = [
     "PeerDown",
     "PeerDead",
     "Initialized",
+    "ApplyPage",
     "TakeoverStarted",
     "TakeoverAborted",
     "TookOver",
@@ -77,7 +78,7 @@ class EnrpSettings:
     jitter: float = 0.5
     mentor_discovery_timeout: float = 5.0
     mentor_retry: float = 1.0
-    page_pes: int = 256
+    page_pes: int = 1024
     page_bytes: int = 60_000
     max_serving_downloads: int = 8
     max_peers: int = 64
@@ -162,6 +163,19 @@ class Initialized:
 
 
 @dataclass(frozen=True, slots=True)
+class ApplyPage:
+    """A table page of ``link`` was received and its successor asked for
+    (the ``Send`` before this output); the shell calls
+    ``EnrpCore.apply_page(link, now)`` once that request has left, so that
+    the peer builds the next page while this one is applied.  A page still
+    waiting when the next message of its link arrives is applied first, so
+    the order of a channel always holds (a shell that never calls it is
+    still correct, one page behind)."""
+
+    link: Any
+
+
+@dataclass(frozen=True, slots=True)
 class TakeoverStarted:
     """ENRP_INIT_TAKEOVER went to ``peers`` (server IDs) about ``target``."""
 
@@ -208,5 +222,5 @@ class Restarted:
     gap: float
 
 
-Output = Union[Send, Close, Connect, Announce, PeerUp, PeerDown, PeerDead, Initialized, TakeoverStarted,
-               TakeoverAborted, TookOver, TakenOver, Restarted]
+Output = Union[Send, Close, Connect, Announce, PeerUp, PeerDown, PeerDead, Initialized, ApplyPage,
+               TakeoverStarted, TakeoverAborted, TookOver, TakenOver, Restarted]

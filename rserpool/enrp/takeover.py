@@ -42,6 +42,11 @@ by nobody until it re-registers, so a peer's ADD_PE for it (the registrar
 the PE re-registered at) is applied at once, everywhere, with no gap in
 its resolvability.
 
+Table pages still waiting to be applied (pipelined downloads,
+``rserpool.enrp.transfers``) are applied before any of these steps drops a
+peer or re-homes PEs: they came before, and a takeover treats their PEs as
+it would have had they been applied on arrival.
+
 The core answers INIT_TAKEOVER for itself and restarts after a pause
 (``EnrpCore._restart``); this module keeps only takeover state.
 
@@ -55,6 +60,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rserpool.enrp.settings import Send, TakenOver, TakeoverAborted, TakeoverStarted, TookOver
+from rserpool.enrp.tables import encoded_pe
 from rserpool.wire import EnrpInitTakeover, EnrpInitTakeoverAck, EnrpTakeoverServer
 from rserpool.wire import codes
 
@@ -127,6 +133,7 @@ class Takeover:
             del self.attempts[target]
             self.stats["aborted"] += 1
             out.append(TakeoverAborted(target, f"{initiator:08x} has the larger server ID"))
+        core.apply_waiting_pages(now, out)  # pages that came before: applied before the target goes
         self._stop_monitoring(target, initiator, now, out)
         self.stats["acked"] += 1
         out.append(Send(link, EnrpInitTakeoverAck(core.server_id, initiator, target)))
@@ -159,6 +166,7 @@ class Takeover:
             # core did not notice).  Rejoin under a new ID rather than fight.
             core._restart(now, 0.0, out, why=f"{winner:08x} took this registrar over")
             return
+        core.apply_waiting_pages(now, out)  # pages that came before: applied before the re-homing
         attempt = self.attempts.pop(target, None)
         if attempt is not None:
             out.append(TakeoverAborted(target, f"{winner:08x} took it over first"))
@@ -186,6 +194,7 @@ class Takeover:
 
     def _win(self, attempt: Attempt, now: float, out: list) -> None:
         core = self.core
+        core.apply_waiting_pages(now, out)  # pages that came before: applied before the adoption
         target = attempt.target
         self.attempts.pop(target, None)
         sid = core.server_id
@@ -270,7 +279,7 @@ class Takeover:
             del adopted[key]
             if entry is not None and entry.home_server_id == own:
                 core.handlespace.deregister(*key)
-                out.extend(core._fan_out(codes.UPDATE_DEL_PE, entry))
+                out.extend(core._fan_out(codes.UPDATE_DEL_PE, entry, encoded_pe(entry)))
         return len(doomed)
 
     # -- timers ------------------------------------------------------------------------------

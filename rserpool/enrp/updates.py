@@ -30,7 +30,15 @@ The PE identity (the rserpool extension parameter, docs/enrp.md) goes to
 another identity (cause 0xa): threat 2.3 holds across registrars.
 
 Learned PEs get no registration deadline here: their home expires them and
-announces it (``Handlespace.cancel_expiry``).
+announces it (``Handlespace.register(..., deadline=False)``).
+
+Two shortcuts for table pages, each with the result of the rules above:
+``add_batch`` takes a run of new PEs of one home in one pool at once
+(``Handlespace.insert_new``, all or nothing) when none of the rules or
+limits would refuse one of them, else it changes nothing and the caller
+takes them one by one; ``add(..., keep_unchanged=True)`` of a copy that is
+already exactly what the sender says (a re-synchronization of an unchanged
+table) changes nothing.
 
 Pure: no Twisted, no clock.
 """
@@ -38,7 +46,7 @@ Pure: no Twisted, no clock.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from rserpool.asap.registrar import policy_settings
 from rserpool.handlespace import Handlespace, HandlespaceError, PoolElementEntry
@@ -116,22 +124,33 @@ class UpdateApplier:
     # -- additions -----------------------------------------------------------------------
 
     def add(self, sender: int, pool_handle: bytes, pe: PoolElement, identity: str | None,
-            now: float) -> PoolElementEntry:
-        """ADD_PE from ``sender`` about its own PE (or its table entry)."""
+            now: float, keep_unchanged: bool = False) -> PoolElementEntry:
+        """ADD_PE from ``sender`` about its own PE (or its table entry).
+        ``keep_unchanged`` (a table entry, which repeats what the sender sent
+        before more often than not): a copy that is already exactly that is
+        left as it is."""
         if pe.home_server_id != sender:
             self._refuse(_SECURITY, f"PE {pe.pe_id:08x} names home {pe.home_server_id:08x}, not the sender")
         key = (pool_handle, pe.pe_id)
         existing = self.handlespace.get(pool_handle, pe.pe_id)
         adopted = None
-        if existing is not None and existing.home_server_id != sender:
+        if existing is not None:
             home = existing.home_server_id
-            adopted = self.adopted.get(key)
-            if adopted is not None and adopted[1] == home:
-                pass  # held by a takeover only: the PE's re-registration takes it
-            elif home == self.own_id:
-                self._contest(f"PE {pe.pe_id:08x} is homed at this registrar", home)
-            elif key not in self.provisional and self.holds(home):
-                self._contest(f"PE {pe.pe_id:08x} is homed at {home:08x}", home)
+            if home != sender:
+                adopted = self.adopted.get(key)
+                if adopted is not None and adopted[1] == home:
+                    pass  # held by a takeover only: the PE's re-registration takes it
+                elif home == self.own_id:
+                    self._contest(f"PE {pe.pe_id:08x} is homed at this registrar", home)
+                elif key not in self.provisional and self.holds(home):
+                    self._contest(f"PE {pe.pe_id:08x} is homed at {home:08x}", home)
+            elif (keep_unchanged and (identity is None or identity == existing.identity)
+                  and key not in self.provisional and (existing.payload is pe or existing.payload == pe)):
+                # The sender's word is what we hold: register would change
+                # nothing; the rest is what storing it does.
+                if self.claims:
+                    self.claims.pop(key, None)
+                return existing
         entry = self._store(sender, pool_handle, pe, identity, existing, now)
         self.provisional.discard(key)
         self.claims.pop(key, None)
@@ -147,6 +166,54 @@ class UpdateApplier:
         adopted = self.adopted.get(key)
         if adopted is not None and adopted[1] == sender:
             del self.adopted[key]
+
+    def add_batch(self, sender: int, pool_handle: bytes, pes: Sequence[PoolElement],
+                  identities: Sequence[str | None] | None, now: float,
+                  mentor_homes: set[int] | None = None) -> list[PoolElementEntry] | None:
+        """New PEs ``pes`` of one home in one pool, from ``sender``'s table
+        page, all at once: what ``add`` (``mentor_homes`` None) or
+        ``add_from_mentor`` (``mentor_homes``: the homes it accepts) would do
+        with each of them when it refuses and skips none (a new PE has no
+        home that holds it, so none is contested; a claim waiting on it
+        goes, as ``add`` drops it).  None, with nothing changed, when one of
+        them needs those one by one: a copy exists here (held, provisional
+        or adopted), a rule or a limit (per peer or of the handlespace)
+        would refuse one."""
+        home = pes[0].home_server_id
+        provisional = home != sender
+        if provisional and (mentor_homes is None or home == self.own_id or home not in mentor_homes):
+            return None
+        hs = self.handlespace
+        items = []
+        for index, pe in enumerate(pes):
+            if pe.home_server_id != home:
+                return None
+            transport = pe.user_transport
+            items.append((pe.pe_id, policy_settings(pe.policy), transport.PARAM_TYPE,
+                          getattr(transport, "transport_use", 0), pe.registration_life,
+                          identities[index] if identities else None, pe))
+        limits = self.limits
+        if hs.owned_count(home) + len(items) > limits.max_pes:
+            return None
+        if not hs.owns_in_pool(home, pool_handle) and hs.owned_pool_count(home) >= limits.max_pools:
+            return None
+        try:
+            entries = hs.insert_new(pool_handle, home, items)
+        except HandlespaceError:  # a copy exists (0x4), or a rule or limit of the handlespace
+            return None
+        self.stats["applied"] += len(entries)
+        keys = [(pool_handle, pe.pe_id) for pe in pes]
+        if provisional:
+            self.provisional.update(keys)  # add_from_mentor: a claim on it stays
+            return entries
+        if self.provisional:
+            self.provisional.difference_update(keys)
+        claims = self.claims
+        if claims:
+            for key in keys:
+                claims.pop(key, None)
+        return entries
+
     def add_from_mentor(self, mentor: int, known_homes: set[int], pool_handle: bytes,
                         pe: PoolElement, identity: str | None, now: float) -> PoolElementEntry | None:
         """A join-download entry (RFC 5353 3.2.3).  The mentor's own PEs go
@@ -186,13 +253,12 @@ class UpdateApplier:
                 home_server_id=home,
                 identity=identity,
                 payload=pe,
+                deadline=False,
             )
         except HandlespaceError as exc:
             self._refuse(exc.cause, f"PE {pe.pe_id:08x}: {exc.detail}")
-        entry = result.entry
-        handlespace.cancel_expiry(entry)
         self.stats["applied"] += 1
-        return entry
+        return result.entry
 
     # -- removals ------------------------------------------------------------------------
 

@@ -6,9 +6,9 @@ rules A and B) and a peer's re-synchronization (3.6.3).
 ``Handlespace.insert_new``) adds PEs none of which is registered yet.  Each
 item is checked exactly as ``Handlespace.register`` checks a new PE, in
 order and as if the items before it had been registered: identity
-(normalized, 0xa), values (0x3), consistency with the pool, or with the
-first item when the pool is new (0x5, 0x7, 0x8), and every limit (pools,
-PEs per pool, PEs, PEs per identity: 0x6).  A PE already in the pool, or
+(normalized, 0xa), values (0x3, PE identifier 0 included), consistency
+with the pool, or with the first item when the pool is new (0x5, 0x7,
+0x8), and every limit (pools, PEs per pool, PEs, PEs per identity: 0x6).  A PE already in the pool, or
 twice in ``items``, is refused too (0x4): this path adds, it never
 re-registers.  The first refusal raises ``HandlespaceError`` with that
 item's cause and **nothing is changed**; otherwise all are added, in
@@ -16,7 +16,8 @@ order, with the state ``register`` would leave (selection order, owner
 index and PE checksum, identity counts), except that they get no
 registration deadline: PEs learned from their home registrar are expired
 by it, which announces it (what ``cancel_expiry`` after ``register``
-does).
+does).  Identity counts and the pools per identity are kept as
+``register`` keeps them.
 
 Checking first and then adding, with the per-owner index, the checksum and
 the identity counts updated once per call instead of once per PE, costs
@@ -35,13 +36,13 @@ from rserpool.handlespace.entries import (
     CAUSE_INVALID_VALUES, CAUSE_LACK_OF_RESOURCES, CAUSE_NON_UNIQUE_PE_ID, CAUSE_SECURITY, INFINITE_LIFE,
     MAX_INT32, TRANSPORT_TYPES, USE_DATA_AND_CONTROL, USE_DATA_ONLY, HandlespaceError, PoolElementEntry,
 )
-from rserpool.handlespace.policies import is_reserved_policy_type
-from rserpool.handlespace.types import MAX_UINT32, PolicySettings
+from rserpool.handlespace.types import ADAPTIVE_BIT, MAX_UINT32, PolicySettings
 from rserpool.identity import normalize_identity
 
 __all__ = ["NewEntry", "insert_new"]
 
 _USES = (USE_DATA_ONLY, USE_DATA_AND_CONTROL)
+_NOT_RESERVED = ~ADAPTIVE_BIT & MAX_UINT32  # 0 and 0x40000000 are reserved (RFC 5356 7.1)
 _UNSEEN = object()
 
 
@@ -97,6 +98,8 @@ def insert_new(handlespace: Any, pool_handle: bytes, home_server_id: int,
                 raise HandlespaceError(CAUSE_LACK_OF_RESOURCES, "pool handle too long")
         if type(pe_id) is not int or not 0 <= pe_id <= MAX_UINT32:
             check_uint32("pe_id", pe_id)  # raises for what is not an int in range
+        if pe_id == 0:  # as register: no PE has identifier 0
+            raise HandlespaceError(CAUSE_INVALID_VALUES, "PE identifier 0 is reserved", "pe_id")
         if first:
             check_uint32("home_server_id", home_server_id)
         if transport_type not in TRANSPORT_TYPES:
@@ -110,7 +113,7 @@ def insert_new(handlespace: Any, pool_handle: bytes, home_server_id: int,
         elif life > max_life:
             life = max_life
         policy_type = settings.policy_type
-        if is_reserved_policy_type(policy_type):
+        if not policy_type & _NOT_RESERVED:  # is_reserved_policy_type, inline
             raise HandlespaceError(CAUSE_INVALID_VALUES, "reserved policy type (RFC 5356 section 7.1)", "policy")
         if pe_id in members or pe_id in seen:
             raise HandlespaceError(CAUSE_NON_UNIQUE_PE_ID, f"PE {pe_id:08x} is already in the pool")
@@ -174,6 +177,11 @@ def insert_new(handlespace: Any, pool_handle: bytes, home_server_id: int,
     owner.members.update(dict.fromkeys(entries))
     owner.total += total
     owner.pools[pool_handle] = owner.pools.get(pool_handle, 0) + len(entries)
+    identity_pools = hs._identity_pools
     for norm, more in added.items():
         identity_counts[norm] = identity_counts.get(norm, 0) + more
+        pools = identity_pools.get(norm)
+        if pools is None:
+            pools = identity_pools[norm] = {}
+        pools[pool_handle] = pools.get(pool_handle, 0) + more
     return entries

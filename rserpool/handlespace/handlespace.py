@@ -206,6 +206,7 @@ class Handlespace:
         home_server_id: int,
         identity: str | None = None,
         payload: Any = None,
+        deadline: bool = True,
     ) -> RegistrationResult:
         """Register a PE or re-register it in place (RFC 5352 section 3.1).
 
@@ -214,6 +215,9 @@ class Handlespace:
         only be re-registered by that identity (cause 0xa); ``identity=None``
         (e.g. an update learned from an ENRP peer) keeps the existing
         binding; an unbound PE becomes bound to the first identity given.
+        ``deadline=False``: the PE keeps no registration deadline (one
+        learned from its home registrar, which expires it; as
+        ``cancel_expiry`` afterwards).
         Raises ``HandlespaceError`` and changes nothing on refusal.
         """
         limits = self.limits
@@ -240,7 +244,7 @@ class Handlespace:
                 previous_owner = entry.home_server_id
                 if previous_owner != home_server_id:
                     self._move_owner(pool, entry, home_server_id)
-                if life == INFINITE_LIFE:
+                if life == INFINITE_LIFE or not deadline:
                     entry.expires_at = None
                     self._expiry.cancel(entry)
                 else:
@@ -355,7 +359,7 @@ class Handlespace:
             self._move_owner(pool, entry, home_server_id)
             created = False
 
-        if registration_life_used == INFINITE_LIFE:
+        if registration_life_used == INFINITE_LIFE or not deadline:
             entry.expires_at = None
             self._expiry.cancel(entry)
         else:

@@ -42,8 +42,8 @@ from twisted.python.failure import Failure
 
 from rserpool.asap.registrar import PoolElementAdded, PoolElementRemoved
 from rserpool.enrp import (
-    Announce, Close, Connect, EnrpCore, EnrpSettings, Initialized, PeerDead, PeerDown, PeerUp, Restarted,
-    Send, TakenOver, TakeoverAborted, TakeoverStarted, TookOver,
+    Announce, ApplyPage, Close, Connect, EnrpCore, EnrpSettings, Initialized, PeerDead, PeerDown, PeerUp,
+    Restarted, Send, TakenOver, TakeoverAborted, TakeoverStarted, TookOver,
 )
 from rserpool.gate import ACTION_PEER, DOOR_PEER, AskAuthorizer, CloseChannel, Gate, Opened
 from rserpool.handlespace import Handlespace
@@ -53,7 +53,7 @@ from rserpool.security.tls import NotTLSError, peer_certificate
 from rserpool.service.channel import Channel, ChannelSettings, address_text
 from rserpool.service.enrp_discovery import PeerConnector, PresenceReceiver
 from rserpool.service.tlsfactory import TLSServerFactory
-from rserpool.wire import EnrpError, Limits, OperationError, WireError
+from rserpool.wire import EnrpError, EnrpHandleUpdate, Limits, OperationError, WireError
 from rserpool.wire.codes import CAUSE_SECURITY
 
 __all__ = ["EnrpService", "PEER_IDENTITY_POLICY", "certificate_name"]
@@ -152,6 +152,7 @@ class EnrpService(MultiService):
         self.ports: list[Any] = []
         self.listening_addresses: list[Any] = []
         self._timer: IDelayedCall | None = None
+        self._page_calls: dict[Any, IDelayedCall] = {}  # link -> the call applying its waiting page
         self.connector = PeerConnector(reactor, self._dial, candidates, rng=self.rng,
                                        linked=lambda sid: self.core.peers.link_of(sid) is not None,
                                        connect_timeout=connect_timeout)
@@ -235,6 +236,10 @@ class EnrpService(MultiService):
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
+        for call in self._page_calls.values():
+            if call.active():
+                call.cancel()
+        self._page_calls.clear()
         if self._presence_port is not None:
             yield defer.maybeDeferred(self._presence_port.stopListening)
             self._presence_port = None
@@ -402,7 +407,10 @@ class EnrpService(MultiService):
         if link is None:
             self._not_admitted(channel, now)
             return
-        self._carry_out(self.core.message_received(link, message, now))
+        outputs = self.core.message_received(link, message, now)
+        # A peer's update that was applied (no answer) moves no ENRP timer
+        # earlier: the timer need not be looked at again for each of them.
+        self._carry_out(outputs, rearm=bool(outputs) or type(message) is not EnrpHandleUpdate)
 
     def wire_error(self, channel: Channel, ppid: int, error: WireError, now: float) -> None:
         link = channel.state
@@ -442,17 +450,19 @@ class EnrpService(MultiService):
             else:
                 self._per_address.pop(host, None)
         link = channel.state
-        self.connector.channel_closed(channel, link)
         if link is not None:
             self._carry_out(self.core.link_down(link, self.clock.seconds(), "channel closed"))
+        # After the core unlinked it: the connector dials again only servers not linked.
+        self.connector.channel_closed(channel, link)
 
     # -- the registrar's own changes -----------------------------------------------------
 
     def local_change(self, output: Any) -> None:
         """``RegistrarService.change_listeners`` hook."""
         kind = type(output)
+        # Only the updates to send come back, which move no timer.
         if kind is PoolElementAdded:
-            self._carry_out(self.core.pe_added(output.entry))
+            self._carry_out(self.core.pe_added(output.entry), rearm=False)
         elif kind is PoolElementRemoved:
             registrar = self._registrar()
             if registrar is not None and getattr(registrar, "stopping", False) and \
@@ -461,7 +471,7 @@ class EnrpService(MultiService):
                 # re-registers elsewhere; the peers keep it meanwhile.
                 self.core.applier.forget(output.entry)
                 return
-            self._carry_out(self.core.pe_removed(output.entry))
+            self._carry_out(self.core.pe_removed(output.entry), rearm=False)
 
     # -- discovery hints ------------------------------------------------------------------
 
@@ -472,7 +482,10 @@ class EnrpService(MultiService):
 
     # -- carrying out ---------------------------------------------------------------------
 
-    def _carry_out(self, outputs: list) -> None:
+    def _carry_out(self, outputs: list, rearm: bool = True) -> None:
+        """Carry out the core's ``outputs``; then look at the timer again
+        (``rearm``: unless the caller knows no deadline moved earlier) and
+        tell the watchers."""
         for output in outputs:
             kind = type(output)
             if kind is Send:
@@ -487,6 +500,8 @@ class EnrpService(MultiService):
                 _log.info("closing ENRP channel of {peer}: {reason}", peer=link.describe(), reason=output.reason)
                 self.connector.closing(link.channel, link, output.reason)
                 link.channel.close()
+            elif kind is ApplyPage:
+                self._apply_later(output.link)
             elif kind is Connect:
                 self.connector.hint(output.server_id, output.host, output.port)
             elif kind is Announce:
@@ -508,9 +523,28 @@ class EnrpService(MultiService):
                     registrar.release_resolutions()
             elif kind in _TAKEOVER_EVENTS:
                 self._takeover_event(output)
-        self._arm_timer()
-        for watcher in list(self.watchers):
-            watcher()
+        if rearm:
+            self._arm_timer()
+        if self.watchers:
+            for watcher in list(self.watchers):
+                watcher()
+
+    def _apply_later(self, link: Any) -> None:
+        """Apply ``link``'s waiting page two turns later: Twisted's TLS layer
+        writes the request for the next page on the next turn and the socket
+        takes it in that turn's poll, so the peer builds that page meanwhile."""
+        earlier = self._page_calls.pop(link, None)
+        if earlier is not None and earlier.active():
+            earlier.cancel()
+        self._page_calls[link] = self.reactor.callLater(0, self._apply_turn, link, 1)
+
+    def _apply_turn(self, link: Any, turns_left: int) -> None:
+        if turns_left:
+            self._page_calls[link] = self.reactor.callLater(0, self._apply_turn, link, turns_left - 1)
+            return
+        self._page_calls.pop(link, None)
+        if not link.closed:
+            self._carry_out(self.core.apply_page(link, self.clock.seconds()))
 
     def _takeover_event(self, output: Any) -> None:
         kind = type(output)

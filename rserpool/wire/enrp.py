@@ -16,7 +16,8 @@ from rserpool.wire.params import (
     OperationError, PeChecksum, PoolElement, ServerInformation, check32, check_tuple,
     encode_pool_handle, format_handle,
 )
-from rserpool.wire.tlv import DECODERS, Ctx, frame, invalid, malformed, tlv_bytes, walk
+from rserpool.wire.errors import WireError
+from rserpool.wire.tlv import DECODERS, HDR, Ctx, frame, invalid, malformed, tlv_bytes, walk
 
 __all__ = [
     "MAX_IDENTITY", "check_identity", "encode_identity",
@@ -49,13 +50,26 @@ def encode_identity(identity: str) -> bytes:
     return frame(ID, identity.encode("utf-8"))
 
 
+# Decoded identities are immutable and few (one per PE owner): equal ones
+# are shared (bounded cache, as the addresses of rserpool.wire.transports).
+_IDENTITIES: dict[bytes, str] = {}
+_MAX_IDENTITIES = 4096
+
+
 def _dec_identity(data: bytes, s: int, e: int, depth: int, ctx: Ctx) -> str:
     if not 1 <= e - s <= MAX_IDENTITY:
         raise invalid(f"PE identity of {e - s} bytes (1..{MAX_IDENTITY} allowed)", data[s - 4:e])
-    try:
-        return data[s:e].decode("utf-8")
-    except UnicodeDecodeError:
-        raise invalid("PE identity is not UTF-8", data[s - 4:e]) from None
+    raw = data[s:e]
+    identity = _IDENTITIES.get(raw)
+    if identity is None:
+        try:
+            identity = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise invalid("PE identity is not UTF-8", data[s - 4:e]) from None
+        if len(_IDENTITIES) >= _MAX_IDENTITIES:
+            _IDENTITIES.clear()
+        _IDENTITIES[raw] = identity
+    return identity
 
 
 DECODERS[ID] = _dec_identity
@@ -234,6 +248,16 @@ class EnrpHandleTableResponse(_Enrp, Message):
     @classmethod
     def _decode(cls, data: bytes, flags: int, length: int, ctx: Ctx):
         sender, receiver = cls._ids(data, length)
+        entries = _entries_fast(data, length, ctx)
+        if entries is None:
+            entries = cls._entries(data, length, ctx)
+        return cls._make(sender, receiver, tuple(entries), bool(flags & codes.FLAG_MORE_TO_SEND),
+                         bool(flags & codes.FLAG_REJECT))
+
+    @classmethod
+    def _entries(cls, data: bytes, length: int, ctx: Ctx) -> list:
+        """The pool entries through the generic ``walk``: every rule and
+        error report of RFC 5354 section 3."""
         subs = walk(data, 12, length, 1, ctx)
         entries = []
         i, n = 0, len(subs)
@@ -260,8 +284,90 @@ class EnrpHandleTableResponse(_Enrp, Message):
             has_identity = any(identity is not None for identity in identities)
             entries.append(_MK_ENTRY(subs[i][1], tuple(pes), tuple(identities) if has_identity else ()))
             i = j
-        return cls._make(sender, receiver, tuple(entries), bool(flags & codes.FLAG_MORE_TO_SEND),
-                   bool(flags & codes.FLAG_REJECT))
+        return entries
+
+
+def _entries_fast(data: bytes, length: int, ctx: Ctx) -> list | None:
+    """The pool entries of an ENRP_HANDLE_TABLE_RESPONSE made only of Pool
+    Handle, Pool Element and PE Identity parameters in their order, in one
+    pass (no intermediate parameter list); None, with ``ctx`` as it was, for
+    anything else (an unknown parameter, a fault): the generic path then
+    decodes it, and reports what it must."""
+    count0, unrecognized0 = ctx.count, ctx.unrecognized
+    limits = ctx.limits
+    max_parameters = limits.max_parameters
+    max_handle = limits.max_pool_handle
+    count = count0
+    unpack = HDR.unpack_from
+    dec_pe = DECODERS[PE]
+    identities_seen = _IDENTITIES
+    entries: list = []
+    handle = None
+    pes: list = []
+    identities: list = []
+    after_pe = False
+    pos = 12
+    try:
+        while pos < length:
+            if length - pos < 4:
+                raise _Fallback
+            ptype, plen = unpack(data, pos)
+            end = pos + plen
+            if plen < 4 or end > length:
+                raise _Fallback
+            count += 1
+            if count > max_parameters:
+                raise _Fallback
+            if ptype == PE:
+                if handle is None:
+                    raise _Fallback
+                ctx.count = count
+                pes.append(dec_pe(data, pos + 4, end, 1, ctx))
+                count = ctx.count
+                identities.append(None)
+                after_pe = True
+            elif ptype == ID:
+                if not after_pe:
+                    raise _Fallback
+                raw = data[pos + 4:end]
+                identity = identities_seen.get(raw)
+                if identity is None:  # the decoder checks it and keeps it
+                    identity = _dec_identity(data, pos + 4, end, 1, ctx)
+                identities[-1] = identity
+                after_pe = False
+            elif ptype == H:
+                if handle is not None:
+                    if not pes:
+                        raise _Fallback
+                    entries.append(_entry(handle, pes, identities))
+                if not 0 < plen - 4 <= max_handle:
+                    raise _Fallback
+                handle = data[pos + 4:end]
+                pes, identities = [], []
+                after_pe = False
+            else:
+                raise _Fallback
+            pos = (end + 3) & ~3
+        if handle is not None:
+            if not pes:
+                raise _Fallback
+            entries.append(_entry(handle, pes, identities))
+    except (_Fallback, WireError):
+        ctx.count, ctx.unrecognized = count0, unrecognized0
+        return None
+    ctx.count = count
+    return entries
+
+
+class _Fallback(Exception):
+    """The fast path of ``_entries_fast`` does not apply."""
+
+
+def _entry(handle: bytes, pes: list, identities: list) -> PoolEntry:
+    for identity in identities:
+        if identity is not None:
+            return _MK_ENTRY(handle, tuple(pes), tuple(identities))
+    return _MK_ENTRY(handle, tuple(pes), ())
 
 
 @register
