@@ -220,6 +220,7 @@ def stalls(directory: Path, scrapes: int) -> dict:
     from rserpool.security import pki as pkimod
     from rserpool.security import tls
     from rserpool.service.registrar import RegistrarService
+    from rserpool.testing import AllowAll  # nothing registers over ASAP here: fill() writes the handlespace
 
     import datetime as dt
 
@@ -231,7 +232,7 @@ def stalls(directory: Path, scrapes: int) -> dict:
     key = pkimod.write_private_key(directory / "stall-server.key", server.private_key)
     registrar = RegistrarService(RegistrarSettings(server_id=0x5ca1e), reactor=reactor, listen=[],
                                  tls_options=tls.server_options(cert, key, [ca_path], require_client_cert=False),
-                                 authorizer=None, limits=HandlespaceLimits(max_pes_per_identity=1_000_000))
+                                 authorizer=AllowAll(), limits=HandlespaceLimits(max_pes_per_identity=1_000_000))
     pools = {b"pool-%03d" % n: 1000 for n in range(50)}
     pools[b"big"] = 50_000
     started = time.monotonic()

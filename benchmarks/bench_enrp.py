@@ -189,7 +189,7 @@ def serve(ini: str, populate: int) -> int:
         settings = [policy_settings(pe.policy) for pe in pes]
         started = time.perf_counter()
         for pe, policy in zip(pes, settings):
-            hs.register(0.0, pool_handle=b"big-pool", pe_id=pe.pe_id, settings=policy, transport_type=5,
+            hs.register(reactor.seconds(), pool_handle=b"big-pool", pe_id=pe.pe_id, settings=policy, transport_type=5,
                         transport_use=0, registration_life=3600, home_server_id=own, identity="bench-pe0",
                         payload=pe)
         elapsed = time.perf_counter() - started

@@ -228,7 +228,10 @@ class Storm:
             count = per_host if index < args.pe_procs else args.dead
             # A long first T5 round: under the start's load registrar a is slow,
             # but every PE must end up homed there.
-            cluster.start_pe_host(index, count, pool=self.pools[index].decode(), first=0, stagger=0.002, t5=30.0)
+            # PEs start at --start-rate in all (each process staggers its own),
+            # so that registrar a, alone, homes every one of them.
+            cluster.start_pe_host(index, count, pool=self.pools[index].decode(), first=0,
+                                  stagger=(args.pe_procs + 1) / args.start_rate, t5=30.0)
         total = per_host * args.pe_procs + args.dead
         self.say(f"{total} PEs registering at registrar a ({args.pe_procs} processes + {args.dead} doomed)")
         yield self.until(lambda: len(self.first_regs) >= total, 300, "PEs registering")
@@ -246,18 +249,29 @@ class Storm:
         cluster.registrars[0].proc.signal("KILL")
         cluster.pe_hosts[-1].proc.signal("KILL")
 
+        state = {"at": "start"}
+
         def recovered() -> bool:
-            if not self.storm_pes <= set(self.fo_regs):
+            waiting = len(self.storm_pes - set(self.fo_regs))
+            if waiting:
+                state["at"] = f"{waiting} PEs not re-registered yet"
                 return False
             for index in (1, 2):
                 asked, view = self.views.get(index, (0.0, None))
                 if view is None or asked <= self.kill_at:
+                    state["at"] = f"no fresh view of registrar {index}"
                     return False
-                if not self.storm_pes <= set(view) or dead_home in {view[p] for p in self.storm_pes}:
+                missing = len(self.storm_pes - set(view))
+                stale = len([p for p in self.storm_pes if view.get(p) == dead_home])
+                if missing or stale:
+                    state["at"] = f"registrar {index}: {missing} PEs missing, {stale} still homed at the dead one"
                     return False
             return True
 
-        recovery = yield self.until(recovered, 300, "the storm's recovery")
+        try:
+            recovery = yield self.until(recovered, 120, "the storm's recovery")
+        except RuntimeError as exc:
+            raise RuntimeError(f"{exc} ({state['at']})") from None
         last_fo = max(self.fo_regs[p] for p in self.storm_pes)
         registrations = len(self.storm_pes)
         self.say(f"recovered in {recovery:.2f} s; last re-registration {last_fo - self.kill_at:.2f} s after the kill")
@@ -301,6 +315,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pes", type=int, default=None)
     parser.add_argument("--pe-procs", type=int, default=None)
     parser.add_argument("--dead", type=int, default=20, help="PEs that die with the registrar")
+    parser.add_argument("--start-rate", type=float, default=250.0,
+                        help="PEs started per second in all before the kill (default 250): registrar a "
+                             "alone must home every one, so this stays below its session rate")
     parser.add_argument("--life", type=int, default=None, help="PE registration life (s)")
     parser.add_argument("--json", help="write the figures here ('-': stdout only)")
     parser.add_argument("--dir", help="run directory (kept)")

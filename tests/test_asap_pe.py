@@ -422,6 +422,34 @@ def test_failover_reregisters_same_pe_id_elsewhere():
     assert ev.failover and ev.reregistration and ev.server_id == 42
 
 
+@pytest.mark.parametrize("how", ["channel closed", "T2 expired"])
+def test_a_reregistration_lost_with_its_registrar_is_a_failover(how):
+    """The home registrar dies while a re-registration (T4) is in flight:
+    the registration that ends the hunt is a failover, like one after a
+    channel lost while registered (found by bench_storm: such PEs said
+    failover=False)."""
+    pe = registered(make(life=30))
+    pe_id = pe.pe_id
+    t4 = pe.next_deadline()
+    out = pe.timer(t4)
+    assert pe.state is PeState.REGISTERING and sent(out, AsapRegistration)
+    if how == "channel closed":
+        out = pe.channel_down(A, t4 + 0.1)
+    else:
+        out = pe.timer(pe.next_deadline())
+    (need,) = events(out, NeedServer)
+    assert need.failover
+    pe.channel_up(B, t4 + 40.0, server_id=42)
+    out = pe.message_received(B, AsapRegistrationResponse(H, pe_id), t4 + 40.5)
+    (ev,) = events(out, Registered)
+    assert ev.failover and ev.reregistration and ev.server_id == 42
+    # the next one at the new home is an ordinary re-registration
+    out = pe.timer(pe.next_deadline())
+    out = pe.message_received(B, AsapRegistrationResponse(H, pe_id), t4 + 60.0)
+    (ev,) = events(out, Registered)
+    assert not ev.failover
+
+
 def test_update_while_registering_is_sent_after_the_response():
     pe = make()
     pe.start(0.0)

@@ -486,8 +486,12 @@ class PeRegistration:
             self.state = PeState.FAILED
             out.append(RegistrationFailed(reason, self.attempts))
             return
-        # Section 3.1: hunt for another registrar, then register again.
+        # Section 3.1: hunt for another registrar, then register again.  A
+        # re-registration that failed with its registrar is a failover too:
+        # the registration that ends the hunt says so.
         self.state = PeState.HUNTING
+        if self.ever_registered:
+            self._failover = True
         out.append(NeedServer(reason, failover=self.ever_registered))
 
     def _keepalive_allowed(self, channel: Any, now: float) -> bool:
