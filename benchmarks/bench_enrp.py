@@ -354,7 +354,8 @@ def run_load(loadgen: Path, script: Path, server: Child, port: int, ca: Path) ->
 
 
 def registration_run(directory: Path, cluster: ClusterPKI, loadgen: Path, with_peers: bool, rep: int,
-                     conns: int, per_conn: int, warmup: float, measure: float) -> dict[str, Any]:
+                     conns: int, per_conn: int, warmup: float, measure: float,
+                     peers_cpu: str | None = None) -> dict[str, Any]:
     tag = f"{'peers' if with_peers else 'alone'}{rep}"
     children: list[Child] = []
     try:
@@ -371,7 +372,7 @@ def registration_run(directory: Path, cluster: ClusterPKI, loadgen: Path, with_p
                 others = [(ports["a"], br.SERVER_NAME)] + [(ports[x], n) for x, n in (("b", PEERS[0]), ("c", PEERS[1]))
                                                            if x != letter]
                 ini = write_ini(directory, f"{letter}-{tag}", cluster, cluster.peers[name], ports[letter], others)
-                child = Child(ini, directory / f"{letter}-{tag}.log")
+                child = Child(ini, directory / f"{letter}-{tag}.log", pin=peers_cpu)
                 children.append(child)
                 port = int(child.wait_for("READY")[1])
                 b_port = b_port or port
@@ -443,6 +444,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON object on the last line")
     parser.add_argument("--repetitions", type=int, default=None, help="default 3 (1 with --quick)")
     parser.add_argument("--join-pes", type=int, default=None, help="default 100000 (20000 with --quick)")
+    parser.add_argument("--peers-cpu", default=br.GENERATOR_CPU,
+                        help="CPU of peers B and C (default: the generator's, so that A's core does only A's "
+                             "work, as when the peers run on other machines; 'any': unpinned)")
     parser.add_argument("--serve", metavar="INI", help=argparse.SUPPRESS)
     parser.add_argument("--populate", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -450,6 +454,7 @@ def main(argv: list[str] | None = None) -> int:
         return serve(args.serve, args.populate)
 
     reps = args.repetitions or (1 if args.quick else 3)
+    peers_cpu = None if args.peers_cpu == "any" else args.peers_cpu
     join_pes = args.join_pes or (20_000 if args.quick else 100_000)
     conns, per_conn = 50, 20
     warmup, measure = (0.5, 2.0) if args.quick else (1.0, 4.0)
@@ -461,11 +466,12 @@ def main(argv: list[str] | None = None) -> int:
         loadgen = br.build_loadgen(directory)
         say(f"ENRP benchmark: A on CPU {br.SERVER_CPU}, load generator on CPU {br.GENERATOR_CPU} ({conns} TLS "
             f"connections, {conns * per_conn} PEs, re-registrations that all change the load), peers B and C "
-            f"unpinned; {reps} repetition(s) of {warmup:.1f} s + {measure:.1f} s; join of {join_pes} PEs")
+            f"on CPU {args.peers_cpu}; {reps} repetition(s) of {warmup:.1f} s + {measure:.1f} s; join of {join_pes} PEs")
         for rep in range(reps):
             order = (True, False) if rep % 2 == 0 else (False, True)
             for with_peers in order:
-                run = registration_run(directory, cluster, loadgen, with_peers, rep, conns, per_conn, warmup, measure)
+                run = registration_run(directory, cluster, loadgen, with_peers, rep, conns, per_conn, warmup, measure,
+                                       peers_cpu)
                 key = "peers" if with_peers else "alone"
                 runs[key].append(run)
                 say(f"  A {key:5s} #{rep + 1}: {run['rate_per_s']:8.0f} re-registrations/s, errors {run['errors']}"
@@ -490,6 +496,7 @@ def main(argv: list[str] | None = None) -> int:
         "enrp_join_ratio": round(join["join_pes_per_s"] / join["in_process_pes_per_s"], 3),
         "targets": {"enrp_registration_ratio": TARGET_REGISTRATION_RATIO, "enrp_join_ratio": TARGET_JOIN_RATIO},
         "repetitions": reps,
+        "peers_cpu": args.peers_cpu,
         "quick": args.quick,
         "duration_s": round(time.monotonic() - started, 1),
     }
