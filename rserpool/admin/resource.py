@@ -190,7 +190,7 @@ class AdminResource(Resource):
         return view
 
     def _peers(self) -> list[dict[str, Any]]:
-        peers = getattr(self.registrar, "peer_views", None)  # ENRP (issue 9), when it exists
+        peers = getattr(self.registrar, "peer_views", None)  # set by the ENRP service when [enrp] is on
         return list(peers()) if callable(peers) else []
 
     def _status_page(self, now: float) -> bytes:
