@@ -81,6 +81,9 @@ def test_the_main_page_is_bounded():
             self.listening_addresses = []
             self.server_id = self.core.settings.server_id
 
+        def peer_views(self):
+            return []
+
     registrar = Registrar()
     channel = identified_channel(registrar.core, "127.0.0.1", "pe1")
     for pe_id in range(1, 3 * MAX_ROWS):

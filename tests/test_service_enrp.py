@@ -150,6 +150,18 @@ class EnrpOverTLS(unittest.TestCase):
         self.assertGreaterEqual(core.stats["pages_received"], 6)  # the first channel's pages, then all again
 
     @defer.inlineCallbacks
+    def test_the_registrars_peer_list_for_the_admin_endpoint_is_the_enrp_services(self):
+        nodes = yield self.start("registrar-a", "registrar-b")
+        connect_all(nodes)
+        yield until(nodes, lambda: all_linked(nodes))
+        a, b = nodes
+        (peer,) = a.registrar.peer_views()
+        self.assertEqual(peer["server_id"], f"{b.enrp.core.server_id:08x}")
+        self.assertEqual((peer["identity"], peer["state"]), ("registrar-b.rserpool.test", "linked"))
+        from rserpool.admin.resource import AdminResource
+        self.assertEqual(AdminResource(a.registrar, access=None).status(0.0)["peers"], [peer])
+
+    @defer.inlineCallbacks
     def test_revoking_a_peer_closes_its_enrp_channel_through_the_shared_gate(self):
         """The registrar's gate is also the peer door's: revoking the peer's
         identity (RegistrarService.revoke) closes its live ENRP channel and

@@ -190,8 +190,7 @@ class AdminResource(Resource):
         return view
 
     def _peers(self) -> list[dict[str, Any]]:
-        peers = getattr(self.registrar, "peer_views", None)  # set by the ENRP service when [enrp] is on
-        return list(peers()) if callable(peers) else []
+        return self.registrar.peer_views()
 
     def _status_page(self, now: float) -> bytes:
         view = self.status(now)

@@ -193,8 +193,8 @@ class EnrpService(MultiService):
         registrar = self._registrar()
         if registrar is not None and self.expect_peers:
             registrar.hold_resolutions()  # until joined: no answer from an empty handlespace
-        if registrar is not None and not hasattr(registrar, "peer_views"):
-            registrar.peer_views = self.peer_views
+        if registrar is not None:
+            registrar.peer_source = self.peer_views
         for description in self.listen:
             factory = TLSServerFactory(self.server_tls, _ListenFactory(self), clock=self.reactor)
             port = yield serverFromString(self.reactor, description).listen(factory)

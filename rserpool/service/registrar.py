@@ -24,6 +24,7 @@ core and :mod:`rserpool.gate`); this module only
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from typing import Any, Iterable
 
 from OpenSSL import SSL, crypto
@@ -206,6 +207,8 @@ class RegistrarService(MultiService):
         self._logged_at: dict[str, float] = {}
         self._unlogged: dict[str, int] = {}
         self._held: dict[Channel, list] = {}  # input held while the channel is identified
+        # The ENRP service's peer list (None: no ENRP), for peer_views().
+        self.peer_source: Callable[[], list[dict[str, Any]]] | None = None
         self._identifying: dict[Channel, defer.Deferred] = {}
         self.ports: list[Any] = []
         self.listening_addresses: list[Any] = []
@@ -656,6 +659,11 @@ class RegistrarService(MultiService):
         self._carry_out(self.core.on_timer(self.clock.seconds()))
 
     # -- ENRP hooks (rserpool.service.enrp; docs/takeover.md) ------------------------------
+
+    def peer_views(self) -> list[dict[str, Any]]:
+        """The ENRP peers for the admin endpoint (none without ENRP)."""
+        source = self.peer_source
+        return [] if source is None else source()
 
     def hold_resolutions(self) -> None:
         """Answer no resolution until ``release_resolutions`` (the ENRP
