@@ -343,6 +343,9 @@ def run_load(loadgen: Path, script: Path, server: Child, port: int, ca: Path) ->
         word, _, rest = line.strip().partition(" ")
         if word in ("START", "END"):
             window[word] = time.monotonic()
+            fields = rest.split()
+            if len(fields) >= 2 and int(fields[1]) >= 0:
+                window[word + "_server_ns"] = int(fields[1])  # A's CPU time then (benchgen.h)
         elif word == "RESULT":
             results.append(json.loads(rest))
     if proc.wait(timeout=120) != 0:
@@ -398,7 +401,12 @@ def registration_run(directory: Path, cluster: ClusterPKI, loadgen: Path, with_p
         latencies = []
         if probe is not None and window:
             latencies = [lat for at, lat in probe.samples if window["START"] <= at <= window["END"]]
+        # A's CPU over the measured window (the generator reads A's schedstat at its edges)
+        a_cpu_s = (window["END_server_ns"] - window["START_server_ns"]) / 1e9 \
+            if "END_server_ns" in window and "START_server_ns" in window else None
         return {"rate_per_s": rereg["completed"] / rereg["window_s"] if rereg["window_s"] else 0.0,
+                "a_us_per_reregistration": a_cpu_s / rereg["completed"] * 1e6 if a_cpu_s and rereg["completed"] else None,
+                "a_cpu_share": a_cpu_s / (window["END"] - window["START"]) if a_cpu_s else None,
                 "errors": rereg["unexpected"] + rereg["rejected"], "latencies": latencies}
     finally:
         for child in reversed(children):
@@ -474,7 +482,9 @@ def main(argv: list[str] | None = None) -> int:
                                        peers_cpu)
                 key = "peers" if with_peers else "alone"
                 runs[key].append(run)
-                say(f"  A {key:5s} #{rep + 1}: {run['rate_per_s']:8.0f} re-registrations/s, errors {run['errors']}"
+                say(f"  A {key:5s} #{rep + 1}: {run['rate_per_s']:8.0f} re-registrations/s, "
+                    f"A {run['a_us_per_reregistration'] or 0:.1f} us CPU each (CPU {100 * (run['a_cpu_share'] or 0):.0f}%), "
+                    f"errors {run['errors']}"
                     + (f", {len(run['latencies'])} visibility samples" if with_peers else ""))
         join = join_run(directory, cluster, join_pes)
         say(f"  join: {join_pes} PEs in {join['join_s']:.2f} s ({join['join_pes_per_s']:.0f} PEs/s); in-process "
@@ -482,10 +492,21 @@ def main(argv: list[str] | None = None) -> int:
     with_peers = statistics.median(r["rate_per_s"] for r in runs["peers"])
     alone = statistics.median(r["rate_per_s"] for r in runs["alone"])
     latencies = [lat * 1000 for r in runs["peers"] for lat in r["latencies"]]
+    cpu = {key: statistics.median(r["a_us_per_reregistration"] for r in runs[key]
+                                  if r["a_us_per_reregistration"] is not None) for key in runs}
+    share = {key: statistics.median(r["a_cpu_share"] for r in runs[key] if r["a_cpu_share"] is not None)
+             for key in runs}
     summary = {
         "enrp_registration_ratio": round(with_peers / alone, 3) if alone else None,
         "enrp_registrations_per_s_with_peers": round(with_peers),
         "enrp_registrations_per_s_alone": round(alone),
+        # A's CPU per accepted re-registration: with its peers' updates, and alone;
+        # their ratio is what the updates cost A, whatever the machine's other load.
+        "a_us_per_reregistration_with_peers": round(cpu["peers"], 1),
+        "a_us_per_reregistration_alone": round(cpu["alone"], 1),
+        "enrp_registration_cpu_ratio": round(cpu["alone"] / cpu["peers"], 3),
+        "a_cpu_share_with_peers": round(share["peers"], 3),
+        "a_cpu_share_alone": round(share["alone"], 3),
         "enrp_visibility_p50_ms": None if not latencies else round(statistics.median(latencies), 2),
         "enrp_visibility_p99_ms": None if not latencies else round(percentile(latencies, 0.99), 2),
         "enrp_visibility_samples": len(latencies),
@@ -500,6 +521,9 @@ def main(argv: list[str] | None = None) -> int:
         "quick": args.quick,
         "duration_s": round(time.monotonic() - started, 1),
     }
+    say(f"A's CPU per re-registration: {summary['a_us_per_reregistration_with_peers']} us with peers, "
+        f"{summary['a_us_per_reregistration_alone']} us alone (CPU ratio {summary['enrp_registration_cpu_ratio']}; "
+        f"A busy {100 * summary['a_cpu_share_with_peers']:.0f}% and {100 * summary['a_cpu_share_alone']:.0f}%)")
     say(f"registration ratio {summary['enrp_registration_ratio']} (target {TARGET_REGISTRATION_RATIO}); "
         f"visibility p50 {summary['enrp_visibility_p50_ms']} ms, p99 {summary['enrp_visibility_p99_ms']} ms "
         f"({len(latencies)} samples); join {summary['enrp_join_pes_per_s']} PEs/s, ratio "
