@@ -199,3 +199,68 @@ class RegistrarClientsMixin:
             self.assertIn(expected_pe, [pe.pe_id for pe in answer.pool_elements])
         return latencies
 
+
+
+def within(d: defer.Deferred, seconds: float, reactor) -> defer.Deferred:
+    """``d``, failing with a timeout after ``seconds``."""
+    return d.addTimeout(seconds, reactor)
+
+
+class LoopbackRegistrarsMixin:
+    """For trial TestCases: the test PKI for the class (``self.pki``),
+    registrars on loopback TLS started by :meth:`registrar`
+    (``self.registrars``) and PE services the test appends to
+    ``self.services``; all stopped after each test."""
+
+    @classmethod
+    def setUpClass(cls):
+        import tempfile
+        from pathlib import Path
+
+        from tests.tlshelpers import make_test_pki
+
+        cls._tmp = tempfile.TemporaryDirectory()
+        cls.pki = make_test_pki(Path(cls._tmp.name))
+
+    @classmethod
+    def tearDownClass(cls):
+        cls._tmp.cleanup()
+
+    def setUp(self):
+        from twisted.internet import reactor
+
+        self.reactor = reactor
+        self.registrars = []
+        self.services = []
+
+    @defer.inlineCallbacks
+    def tearDown(self):
+        for service in self.services:
+            if service.running:
+                yield service.stopService()
+        for registrar in self.registrars:
+            if registrar.running:
+                yield registrar.stopService()
+
+    @defer.inlineCallbacks
+    def registrar(self, **settings):
+        """A started registrar (keep-alives every 0.2 s unless ``settings`` say otherwise)."""
+        settings.setdefault("keepalive_interval", 0.2)
+        settings.setdefault("keepalive_timeout", 0.2)
+        service = yield start_registrar(
+            self.reactor, self.pki, settings=RegistrarSettings(server_id=random.randrange(1, 2**32), **settings))
+        self.registrars.append(service)
+        return service
+
+    def client_tls(self, name):
+        return tls.client_options(name, [self.pki.ca.cert], client_cert=self.pki.pe1.pair)
+
+    def pe_options(self, *registrars):
+        """Server hunt options for a PE (certificate ``pe1``) that knows ``registrars``."""
+        from rserpool.service.candidates import RegistrarCandidates
+
+        return dict(
+            candidates=RegistrarCandidates(static=[f"127.0.0.1:{registrar_port(r)} localhost" for r in registrars]),
+            tls_options_factory=self.client_tls,
+            hunt_options=dict(t5_initial=1.0, t5_max=2.0, attempt_timeout=2.0),
+        )

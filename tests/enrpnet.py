@@ -204,3 +204,62 @@ def all_linked(nodes: list[Node]) -> bool:
     return all(node.enrp.core.initialized and
                {link.server_id for link in node.enrp.core.peers.active()} == ids - {node.registrar.server_id}
                for node in nodes)
+
+
+class EnrpClusterMixin:
+    """For trial TestCases: the test PKI for the class (``self.pki``),
+    registrars started with :meth:`start` (``self.nodes``) and raw TLS
+    clients from :meth:`client` (``self.clients``); all closed and stopped
+    after each test."""
+
+    @classmethod
+    def setUpClass(cls):
+        import tempfile
+
+        from tests.tlshelpers import make_test_pki
+
+        cls._tmp = tempfile.TemporaryDirectory()
+        cls.pki = make_test_pki(Path(cls._tmp.name))
+
+    @classmethod
+    def tearDownClass(cls):
+        cls._tmp.cleanup()
+
+    def setUp(self):
+        self.nodes = []
+        self.clients = []
+
+    @defer.inlineCallbacks
+    def tearDown(self):
+        for client in self.clients:
+            if client.channel is not None and not client.channel.closed:
+                client.channel.abort()
+                yield client.closed
+        for node in self.nodes:
+            if node.registrar.running:
+                yield node.stop()
+
+    @defer.inlineCallbacks
+    def start(self, *names, **kw):
+        """Start a node per name (``start_node``'s keywords); the started nodes."""
+        from twisted.internet import reactor
+
+        started = []
+        for name in names:
+            node = yield start_node(reactor, self.pki, name, **kw)
+            self.nodes.append(node)
+            started.append(node)
+        return started
+
+    @defer.inlineCallbacks
+    def client(self, node, cert=None, port=None):
+        """A raw TLS client of ``node`` (its ASAP port unless ``port``), with ``cert``."""
+        from twisted.internet import reactor
+
+        from tests.asaphelpers import connect_raw
+
+        creator = tls.client_options(f"{node.name}.rserpool.test", [self.pki.ca.cert],
+                                     client_cert=cert.pair if cert is not None else None)
+        client = yield connect_raw(reactor, port or node.asap_port, creator)
+        self.clients.append(client)
+        return client

@@ -12,9 +12,7 @@ that the attacker changed nothing it does not own and that A kept serving.
 from __future__ import annotations
 
 import socket
-import tempfile
 from ipaddress import IPv4Address
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -31,8 +29,8 @@ from rserpool.wire import (
     ServerInformation, TcpTransport,
 )
 from rserpool.wire.codes import CAUSE_LACK_OF_RESOURCES, CAUSE_SECURITY, UPDATE_ADD_PE, UPDATE_DEL_PE
-from tests.asaphelpers import connect_raw, make_pe
-from tests.enrpnet import all_linked, registrar_cert, start_node, transfers_done, until, views_agree
+from tests.asaphelpers import make_pe
+from tests.enrpnet import EnrpClusterMixin, all_linked, registrar_cert, start_node, transfers_done, until, views_agree
 
 pytestmark = pytest.mark.integration
 
@@ -51,32 +49,8 @@ def snapshot(node) -> dict:
             for e in node.handlespace.entries()}
 
 
-class EnrpAttacks(unittest.TestCase):
+class EnrpAttacks(EnrpClusterMixin, unittest.TestCase):
     timeout = 60
-
-    @classmethod
-    def setUpClass(cls):
-        from tests.tlshelpers import make_test_pki
-
-        cls._tmp = tempfile.TemporaryDirectory()
-        cls.pki = make_test_pki(Path(cls._tmp.name))
-
-    @classmethod
-    def tearDownClass(cls):
-        cls._tmp.cleanup()
-
-    def setUp(self):
-        self.nodes = []
-        self.clients = []
-
-    @defer.inlineCallbacks
-    def tearDown(self):
-        for client in self.clients:
-            if client.channel is not None and not client.channel.closed:
-                client.channel.abort()
-                yield client.closed
-        for node in self.nodes:
-            yield node.stop()
 
     @defer.inlineCallbacks
     def victim(self, **kw):
@@ -94,13 +68,9 @@ class EnrpAttacks(unittest.TestCase):
         yield until([a, b], lambda: len(a.handlespace) == 2 and views_agree([a, b]) and transfers_done([a, b]))
         return a, b
 
-    @defer.inlineCallbacks
     def client(self, node, cert, port=None):
-        creator = tls.client_options(f"{node.name}.rserpool.test", [self.pki.ca.cert],
-                                     client_cert=cert.pair if cert is not None else None)
-        client = yield connect_raw(reactor, port or node.enrp_port, creator)
-        self.clients.append(client)
-        return client
+        """A raw TLS client of ``node``'s ENRP port unless ``port`` says otherwise."""
+        return super().client(node, cert, port or node.enrp_port)
 
     @defer.inlineCallbacks
     def insider(self, a, server_id: int = EVIL):

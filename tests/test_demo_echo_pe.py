@@ -4,22 +4,15 @@ echoing over loopback TLS."""
 
 from __future__ import annotations
 
-import random
-import tempfile
-from pathlib import Path
-
 import pytest
 from twisted.internet import defer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
 
-from rserpool.asap.registrar import RegistrarSettings
 from rserpool.demo.echo_pe import EchoPoolElement, EchoProtocol, echo_pool_element
 from rserpool.security import tls
-from rserpool.service.candidates import RegistrarCandidates
-from tests.asaphelpers import registrar_port, start_registrar
-from tests.tlshelpers import make_test_pki
+from tests.asaphelpers import LoopbackRegistrarsMixin, registrar_port, within
 
 
 def test_echo_protocol_pauses_reading_when_the_peer_does_not_read():
@@ -31,54 +24,9 @@ def test_echo_protocol_pauses_reading_when_the_peer_does_not_read():
     assert transport.value() == b"ping"
 
 
-def within(d: defer.Deferred, seconds: float, reactor) -> defer.Deferred:
-    return d.addTimeout(seconds, reactor)
-
-
 @pytest.mark.integration
-class EchoPoolElementOverTLS(unittest.TestCase):
+class EchoPoolElementOverTLS(LoopbackRegistrarsMixin, unittest.TestCase):
     timeout = 30
-
-    @classmethod
-    def setUpClass(cls):
-        cls._tmp = tempfile.TemporaryDirectory()
-        cls.pki = make_test_pki(Path(cls._tmp.name))
-
-    @classmethod
-    def tearDownClass(cls):
-        cls._tmp.cleanup()
-
-    def setUp(self):
-        from twisted.internet import reactor
-        self.reactor = reactor
-        self.registrars = []
-        self.services = []
-
-    @defer.inlineCallbacks
-    def tearDown(self):
-        for service in self.services:
-            if service.running:
-                yield service.stopService()
-        for registrar in self.registrars:
-            if registrar.running:
-                yield registrar.stopService()
-
-    @defer.inlineCallbacks
-    def registrar(self):
-        service = yield start_registrar(
-            self.reactor, self.pki,
-            settings=RegistrarSettings(server_id=random.randrange(1, 2**32), keepalive_interval=0.2,
-                                       keepalive_timeout=0.2))
-        self.registrars.append(service)
-        return service
-
-    def pe_options(self, registrar):
-        return dict(
-            candidates=RegistrarCandidates(static=[f"127.0.0.1:{registrar_port(registrar)} localhost"]),
-            tls_options_factory=lambda name: tls.client_options(name, [self.pki.ca.cert],
-                                                                client_cert=self.pki.pe1.pair),
-            hunt_options=dict(t5_initial=1.0, t5_max=2.0, attempt_timeout=2.0),
-        )
 
     @defer.inlineCallbacks
     def test_echo_pe_registers_and_echoes(self):

@@ -9,9 +9,6 @@ channel-level refusals of RFC 5355 2.5 and 2.15.
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
-
 from twisted.internet import defer, endpoints, reactor
 from twisted.internet.protocol import Factory
 from twisted.trial import unittest
@@ -23,52 +20,14 @@ from rserpool.wire import (
 )
 from rserpool.wire.codes import CAUSE_SECURITY, CAUSE_UNRECOGNIZED_MESSAGE
 from rserpool.service.channel import Channel, ChannelSettings
-from tests.asaphelpers import RawClient, connect_raw, make_pe
-from tests.enrpnet import all_linked, connect_all, registrar_cert, start_node, until, views_agree
-from tests.tlshelpers import make_test_pki
+from tests.asaphelpers import RawClient, make_pe
+from tests.enrpnet import EnrpClusterMixin, all_linked, connect_all, registrar_cert, start_node, until, views_agree
 
 ALLOWED_AB = ("registrar-a.rserpool.test", "registrar-b.rserpool.test")
 
 
-class EnrpOverTLS(unittest.TestCase):
+class EnrpOverTLS(EnrpClusterMixin, unittest.TestCase):
     timeout = 60
-
-    @classmethod
-    def setUpClass(cls):
-        cls._tmp = tempfile.TemporaryDirectory()
-        cls.pki = make_test_pki(Path(cls._tmp.name))
-
-    @classmethod
-    def tearDownClass(cls):
-        cls._tmp.cleanup()
-
-    def setUp(self):
-        self.nodes = []
-        self.clients = []
-
-    @defer.inlineCallbacks
-    def tearDown(self):
-        for client in self.clients:
-            if client.channel is not None and not client.channel.closed:
-                client.channel.abort()
-                yield client.closed
-        for node in self.nodes:
-            yield node.stop()
-
-    @defer.inlineCallbacks
-    def start(self, *names, **kw):
-        for name in names:
-            node = yield start_node(reactor, self.pki, name, **kw)
-            self.nodes.append(node)
-        return self.nodes
-
-    @defer.inlineCallbacks
-    def client(self, node, cert=None, port=None):
-        creator = tls.client_options(f"{node.name}.rserpool.test", [self.pki.ca.cert],
-                                     client_cert=cert.pair if cert is not None else None)
-        client = yield connect_raw(reactor, port or node.asap_port, creator)
-        self.clients.append(client)
-        return client
 
     @defer.inlineCallbacks
     def test_three_registrars_serve_one_pool(self):

@@ -8,62 +8,17 @@ processes and signals: tests/test_failover_campaign.py.)
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
-
 from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 
 from rserpool.enrp.restart import restart_in_place
-from rserpool.security import tls
 from rserpool.wire import AsapHandleResolution, AsapRegistration
-from tests.asaphelpers import connect_raw, make_pe
-from tests.enrpnet import all_linked, connect_all, start_node, until, views_agree
-from tests.tlshelpers import make_test_pki
+from tests.asaphelpers import make_pe
+from tests.enrpnet import EnrpClusterMixin, all_linked, connect_all, until, views_agree
 
 
-class TakeoverOverTLS(unittest.TestCase):
+class TakeoverOverTLS(EnrpClusterMixin, unittest.TestCase):
     timeout = 60
-
-    @classmethod
-    def setUpClass(cls):
-        cls._tmp = tempfile.TemporaryDirectory()
-        cls.pki = make_test_pki(Path(cls._tmp.name))
-
-    @classmethod
-    def tearDownClass(cls):
-        cls._tmp.cleanup()
-
-    def setUp(self):
-        self.nodes = []
-        self.clients = []
-
-    @defer.inlineCallbacks
-    def tearDown(self):
-        for client in self.clients:
-            if client.channel is not None and not client.channel.closed:
-                client.channel.abort()
-                yield client.closed
-        for node in self.nodes:
-            if node.registrar.running:
-                yield node.stop()
-
-    @defer.inlineCallbacks
-    def start(self, *names, **kw):
-        started = []
-        for name in names:
-            node = yield start_node(reactor, self.pki, name, **kw)
-            self.nodes.append(node)
-            started.append(node)
-        return started
-
-    @defer.inlineCallbacks
-    def client(self, node, cert=None):
-        creator = tls.client_options(f"{node.name}.rserpool.test", [self.pki.ca.cert],
-                                     client_cert=cert.pair if cert is not None else None)
-        client = yield connect_raw(reactor, node.asap_port, creator)
-        self.clients.append(client)
-        return client
 
     @defer.inlineCallbacks
     def test_a_joining_registrar_answers_resolutions_only_once_in_sync(self):

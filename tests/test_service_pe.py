@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import random
 import re
-import tempfile
 from ipaddress import IPv4Address
-from pathlib import Path
 
 import pytest
 from twisted.internet import address, defer, task
@@ -19,10 +17,7 @@ from twisted.python.failure import Failure
 from twisted.trial import unittest
 
 from rserpool.asap.pe import Deregistered, HomeChanged, KeepAliveDropped, NeedServer, PeState
-from rserpool.asap.registrar import RegistrarSettings
-from rserpool.security import tls
 from rserpool.service.channel import Channel, ChannelSettings
-from rserpool.service.candidates import RegistrarCandidates
 from rserpool.service.pe import (
     PoolElementService, PoolElementStopped, RegistrationFailedError, RegistrationRefusedError,
 )
@@ -33,8 +28,7 @@ from rserpool.wire import (
 )
 from rserpool.wire.codes import CAUSE_SECURITY, PPID_ASAP
 from rserpool.wire.tcpmap import MessageReceived, TcpMapConnection
-from tests.asaphelpers import registrar_port, start_registrar
-from tests.tlshelpers import make_test_pki
+from tests.asaphelpers import LoopbackRegistrarsMixin, within
 
 H = b"echo"
 TRANSPORT = TcpTransport(7, IPv4Address("127.0.0.1"))
@@ -464,59 +458,13 @@ def test_hunt_returning_a_closed_channel_is_retried_later():
 # -- integration over loopback TLS ---------------------------------------------------------
 
 
-def within(d: defer.Deferred, seconds: float, reactor) -> defer.Deferred:
-    return d.addTimeout(seconds, reactor)
-
-
 @pytest.mark.integration
-class PoolElementOverTLS(unittest.TestCase):
+class PoolElementOverTLS(LoopbackRegistrarsMixin, unittest.TestCase):
     timeout = 30
 
-    @classmethod
-    def setUpClass(cls):
-        cls._tmp = tempfile.TemporaryDirectory()
-        cls.pki = make_test_pki(Path(cls._tmp.name))
-
-    @classmethod
-    def tearDownClass(cls):
-        cls._tmp.cleanup()
-
-    def setUp(self):
-        from twisted.internet import reactor
-        self.reactor = reactor
-        self.registrars = []
-        self.services = []
-
-    @defer.inlineCallbacks
-    def tearDown(self):
-        for service in self.services:
-            if service.running:
-                yield service.stopService()
-        for registrar in self.registrars:
-            if registrar.running:
-                yield registrar.stopService()
-
-    @defer.inlineCallbacks
-    def registrar(self, **settings):
-        settings.setdefault("keepalive_interval", 0.2)
-        settings.setdefault("keepalive_timeout", 0.2)
-        service = yield start_registrar(
-            self.reactor, self.pki,
-            settings=RegistrarSettings(server_id=random.randrange(1, 2**32), **settings))
-        self.registrars.append(service)
-        return service
-
-    def client_tls(self, name):
-        return tls.client_options(name, [self.pki.ca.cert], client_cert=self.pki.pe1.pair)
-
     def pe_options(self, *registrars):
-        return dict(
-            candidates=RegistrarCandidates(
-                static=[f"127.0.0.1:{registrar_port(r)} localhost" for r in registrars]),
-            tls_options_factory=self.client_tls,
-            hunt_options=dict(t5_initial=1.0, t5_max=2.0, attempt_timeout=2.0),
-            channel_settings=ChannelSettings(heartbeat_interval=0.5, dead_after=2.0),
-        )
+        return dict(super().pe_options(*registrars),
+                    channel_settings=ChannelSettings(heartbeat_interval=0.5, dead_after=2.0))
 
     def make_pe(self, *registrars, port=7, **kw) -> PoolElementService:
         pe = PoolElementService(self.reactor, H, TcpTransport(port, IPv4Address("127.0.0.1")),
