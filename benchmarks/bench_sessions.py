@@ -184,7 +184,7 @@ def serve(spec_path: str) -> int:
     service = RegistrarService(
         settings, reactor=reactor, listen=["tcp:0:interface=127.0.0.1"], tls_options=options,
         authorizer=RulesFileAuthorizer(spec["rules"]), gate_policy=policy, checkers=checkers)
-    _install_window_hooks(spec["stats"], spec.get("profile"))
+    _install_window_hooks(spec["stats"], spec.get("profile"), spec.get("stages", False))
 
     def ready(_: Any) -> None:
         print(f"READY {service.listening_addresses[0].port}", flush=True)
@@ -215,17 +215,20 @@ _STAGES = (
 )
 
 
-def _install_window_hooks(stats_path: str, profile_dir: str | None) -> None:
+def _install_window_hooks(stats_path: str, profile_dir: str | None, stages: bool) -> None:
     """SIGUSR1 opens a measured window, SIGUSR2 closes it and appends the
     stages' CPU (and the number of sessions made ready) as a JSON line to
     ``stats_path``; with ``profile_dir``, cProfile (CPU-time clock) runs in
-    the window and writes ``DIR/windowN.prof``."""
+    the window and writes ``DIR/windowN.prof``.  The stages are timed only
+    with ``stages`` (``--stages``): the two ``thread_time`` calls around each
+    of a session's 10-20 timed calls cost the registrar 20-60 us per session
+    that the bare TLS server of the baseline does not pay."""
     import cProfile
     import importlib
     import signal
 
     cells: dict[str, list[float]] = {}
-    for label, module_name, owner_name, attribute in _STAGES:
+    for label, module_name, owner_name, attribute in _STAGES if stages else ():
         module = importlib.import_module(module_name)
         owner = getattr(module, owner_name) if owner_name else module
         if not hasattr(owner, attribute):  # the registrar changed: time what exists
@@ -336,7 +339,8 @@ def generate(spec_path: str) -> int:
             self.endpoint = endpoints.wrapClientTLS(
                 self.creator, endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", spec["port"]))
             self.auth = PeAuthenticator(reactor, identity(mechanism, self.index),
-                                        secret(mechanism, self.index), preferences=(wanted,), timeout=30.0)
+                                        secret(mechanism, self.index), preferences=(wanted,), timeout=30.0,
+                                        pipelined=spec.get("pipelined", True))
             self.done = False
 
         def start(self) -> None:
@@ -495,7 +499,7 @@ def stage_figures(stats: Path, run: dict[str, Any]) -> dict[str, Any]:
     except (OSError, IndexError, ValueError):
         return {}
     completed = run["completed"]
-    if not completed:
+    if not completed or not window["cpu_s"]:
         return {}
     stages = {label: round(cpu / completed * 1e6, 1) for label, cpu in window["cpu_s"].items()}
     app = sum(stages[k] for k in ("build_protocol", "channel_ready", "channel_data", "channel_closed"))
@@ -521,6 +525,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", choices=MECHANISMS, action="append", help="run only these mechanisms")
     parser.add_argument("--no-baseline", action="store_true", help="skip the bare TLS server baseline")
     parser.add_argument("--profile", metavar="DIR", help="cProfile the registrar in each measured window")
+    parser.add_argument("--sequential-auth", action="store_true",
+                        help="the PE library's SRP/CHAP exchange without pipelining (the hello waits for the offer)")
+    parser.add_argument("--stages", action="store_true",
+                        help="time the registrar's stages (adds 20-60 us of timing calls per session)")
     parser.add_argument("--serve", metavar="SPEC", help=argparse.SUPPRESS)
     parser.add_argument("--generate", metavar="SPEC", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -581,6 +589,7 @@ def main(argv: list[str] | None = None) -> int:
                 spec.write_text(json.dumps({
                     "cert": str(bench_pki.server_cert), "key": str(bench_pki.server_key), "ca": str(bench_pki.ca),
                     "credentials": str(credentials), "rules": str(rules), "tickets": tickets,
+                    "stages": args.stages,
                     "stats": str(directory / f"server{rep}{int(tickets)}.stats"),
                     "profile": str(Path(args.profile).resolve() / f"rep{rep + 1}-tickets{int(tickets)}")
                     if args.profile else None,
@@ -598,6 +607,7 @@ def main(argv: list[str] | None = None) -> int:
                                 "port": server.port, "ca": str(bench_pki.ca), "mechanism": mechanism,
                                 "identities": args.identities, "resume": tickets, "slots": args.py_slots,
                                 "warmup": warmup, "measure": measure, "server_pid": server.pid,
+                                "pipelined": not args.sequential_auth,
                             }))
                             gen = [sys.executable, str(Path(__file__).resolve()), "--generate", str(gspec)]
                         run = figures(run_generator(["taskset", "-c", GENERATOR_CPU, *gen], server, True))
@@ -676,7 +686,8 @@ def summarize(runs: dict[str, list[dict[str, Any]]], reps: int, warmup: float, m
         "cert_slots": args.cert_slots, "py_slots": args.py_slots, "tls": "TLSv1.3, ECDSA P-256 server certificate",
         "generators": {"cert": "sessgen.c (C, OpenSSL)", "srp": "Python (Twisted, PeAuthenticator)",
                        "chap": "Python (Twisted, PeAuthenticator)"},
-        "instrumented": "profile" if args.profile else "none",
+        "instrumented": "profile" if args.profile else "stages" if args.stages else "none",
+        "auth_pipelined": not args.sequential_auth,
         "runs": runs,
     })
     return summary
@@ -710,7 +721,8 @@ def report(s: dict[str, Any]) -> None:
     if any(s["errors"].values()):
         say(f"  ** errors: {s['errors']} **")
     if s["instrumented"] != "none":
-        say("  ** instrumented run (--profile): rates are lower than uninstrumented ones **")
+        say(f"  ** instrumented run (--{s['instrumented']}): the registrar's figures include the "
+            "instrumentation **")
 
 
 if __name__ == "__main__":

@@ -23,7 +23,8 @@ from rserpool.security.exchange import (
 from rserpool.testing import MemoryChapStore, MemorySrpStore
 from rserpool.wire import AsapError, WireError, codes, decode_message, error_reply
 from rserpool.wire.auth import (
-    AsapAuthChapResponse, AsapAuthFailure, AsapAuthHello, AsapAuthRequest, AsapAuthSrpProof, AsapAuthSuccess,
+    AsapAuthChapResponse, AsapAuthFailure, AsapAuthHello, AsapAuthOffer, AsapAuthRequest, AsapAuthSrpProof,
+    AsapAuthSuccess,
 )
 
 CB = b"\xaa" * 32
@@ -106,8 +107,8 @@ class Run:
             else:
                 self.client_results.append(event)
 
-    def go(self) -> "Run":
-        self.client_events((self.client.start(),))
+    def go(self, pipelined: bool = False) -> "Run":
+        self.client_events(self.client.start_pipelined() if pipelined else (self.client.start(),))
         for _ in range(40):
             if self.to_server:
                 message = self.to_server.pop(0)
@@ -405,6 +406,63 @@ def test_the_client_detects_a_registrar_without_the_verifier():
     c.receive(AsapAuthSrpChallenge(fake.salt, fake.server_public), 100.0)
     assert c.receive(AsapAuthSuccess(SRP, b"\x00" * 32), 100.0) == (
         AuthenticationFailed("registrar proof mismatch"),)
+
+
+@pytest.mark.parametrize("mechanism, secret", [(SRP, "pe1-password"), (CHAP, b"pe1-secret")])
+def test_a_pipelined_hello_saves_a_round_trip(mechanism, secret):
+    run = Run(server(), client("pe1", secret, preferences=(mechanism,))).go(pipelined=True)
+    assert run.client_results == [Authenticated(mechanism)]
+    assert [type(r) for r in run.server_results] == [AuthSucceeded]
+    challenge = "ASAP_AUTH_SRP_CHALLENGE" if mechanism == SRP else "ASAP_AUTH_CHAP_CHALLENGE"
+    # Both go before anything comes back; the registrar answers them in order.
+    assert [m.name for m in run.transcript] == [
+        "ASAP_AUTH_REQUEST", "ASAP_AUTH_HELLO", "ASAP_AUTH_OFFER", challenge,
+        "ASAP_AUTH_SRP_PROOF" if mechanism == SRP else "ASAP_AUTH_CHAP_RESPONSE", "ASAP_AUTH_SUCCESS"]
+
+
+def test_a_pipelined_hello_for_a_mechanism_not_offered_falls_back_to_the_offer():
+    run = Run(server(mechanisms=(CHAP,)), client("pe1", b"pe1-secret", preferences=(SRP, CHAP))).go(pipelined=True)
+    assert run.client_results == [Authenticated(CHAP)]
+    names = [m.name for m in run.transcript]
+    assert names[:4] == ["ASAP_AUTH_REQUEST", "ASAP_AUTH_HELLO", "ASAP_AUTH_OFFER", "ASAP_AUTH_FAILURE"]
+    assert names[4:] == ["ASAP_AUTH_HELLO", "ASAP_AUTH_CHAP_CHALLENGE", "ASAP_AUTH_CHAP_RESPONSE",
+                         "ASAP_AUTH_SUCCESS"]
+    refusal = run.transcript[3]
+    assert (refusal.code, refusal.may_retry) == (FAIL_UNSUPPORTED_MECHANISM, True)
+    # The guess cost one of the channel's attempts, and the server saw no identity in it.
+    (failed, succeeded) = run.server_results
+    assert type(failed) is AuthFailed and failed.identity is None and not failed.final
+    assert type(succeeded) is AuthSucceeded
+
+
+def test_a_pipelined_hello_with_no_common_mechanism_fails():
+    run = Run(server(mechanisms=(CHAP,)), client("pe1", "pw", preferences=(SRP,))).go(pipelined=True)
+    assert run.client_results == [AuthenticationFailed("no common mechanism")]
+
+
+def test_a_pipelined_start_is_a_start():
+    c = client("pe1", "pw", preferences=(SRP,))
+    request, hello = messages(c.start_pipelined())
+    assert type(request) is AsapAuthRequest and (hello.mechanism, hello.identity) == (SRP, "pe1")
+    with pytest.raises(RuntimeError):
+        c.start()
+    with pytest.raises(RuntimeError):
+        c.start_pipelined()
+    # An offer after the pipelined hello is no second hello.
+    assert c.receive(AsapAuthOffer((SRP, CHAP)), 100.0) == ()
+    # A second offer is a protocol error.
+    (failed,) = c.receive(AsapAuthOffer((SRP,)), 100.0)
+    assert type(failed) is AuthenticationFailed and "unexpected" in failed.reason
+
+
+def test_an_rfc_only_registrar_means_unsupported_also_when_pipelined():
+    c = client("pe1", "pw")
+    request, _ = messages(c.start_pipelined())
+    report = error_reply(WireError(codes.CAUSE_UNRECOGNIZED_MESSAGE, "unknown", request.encode()),
+                         codes.PPID_ASAP)
+    (failed,) = c.receive(wire(report), 100.0)
+    assert failed.unsupported and "does not support" in failed.reason
+    assert c.receive(wire(report), 100.0) == ()  # the hello's error changes nothing
 
 
 def test_an_rfc_only_registrar_means_unsupported():

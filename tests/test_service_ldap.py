@@ -114,8 +114,8 @@ def spelled_client(spelling: str, m1_identity: str) -> type:
     """A ClientExchange that claims ``spelling`` in its hello (see _SpelledProof)."""
 
     class Spelled(ex.ClientExchange):
-        def _hello(self):
-            events = super()._hello()
+        def _hello_for(self, choice):
+            events = super()._hello_for(choice)
             if self._srp is None:
                 return events
             self._srp = _SpelledProof(self._srp.group, self._identity, m1_identity,

@@ -393,14 +393,13 @@ class SrpChecker(_Checker):
         """Salt and verifier of an unknown identity.  No exponentiation is
         needed: v only ever appears masked in B = k*v + g^b, so any value in
         [1, N) looks the same to the peer."""
-        ident = name.encode("utf-8")
-        salt = hmac.new(self._secret, b"rserpool srp fake salt\x00" + ident,
-                        hashlib.sha256).digest()[:_srp.DEFAULT_SALT_LEN]
-        stream = b"".join(
-            hmac.new(self._secret, b"rserpool srp fake verifier\x00" + bytes((i,)) + ident,
-                     hashlib.sha256).digest()
-            for i in range(self.group.n_len // 32 + 1))
-        return salt, int.from_bytes(stream, "big") % (self.group.n - 1) + 1
+        # One keyed PRF call per identity, expanded by SHAKE-256 into the salt
+        # and 16 bytes more than the verifier needs (the reduction's bias is
+        # then below 2^-128).
+        key = hmac.new(self._secret, b"rserpool srp fake\x00" + name.encode("utf-8"), hashlib.sha256).digest()
+        salt_len = _srp.DEFAULT_SALT_LEN
+        stream = hashlib.shake_256(key).digest(salt_len + self.group.n_len + 16)
+        return stream[:salt_len], int.from_bytes(stream[salt_len:], "big") % (self.group.n - 1) + 1
 
     def _check(self, credentials: ISrpCredentials) -> Any:
         try:

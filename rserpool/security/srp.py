@@ -17,7 +17,7 @@ group, so the concatenation is unambiguous.
 
 Big-number arithmetic uses gmpy2 (GMP) when it is installed and Python's
 ``pow`` otherwise; both give identical results.  Fixed-base exponentiations
-(g^a, g^b, g^x) use a precomputed per-group table.
+(g^a, g^b, g^x) use a precomputed per-group table (8-bit windows).
 """
 
 from __future__ import annotations
@@ -92,17 +92,20 @@ def _hex(text: str) -> int:
 
 
 class _FixedBase:
-    """Fixed-base exponentiation with a 4-bit windowed table (lazily built).
+    """Fixed-base exponentiation with an 8-bit windowed table (lazily built).
 
-    ``table[i][j] = base^(j * 16^i) mod n``; an exponent of up to ``max_bits``
-    bits costs at most ``max_bits / 4`` modular multiplications instead of a
-    full square-and-multiply ladder.  Longer exponents fall back to powmod.
+    ``table[i][j] = base^(j * 256^i) mod n``; an exponent of up to
+    ``max_bits`` bits costs at most ``max_bits / 8`` modular multiplications
+    instead of a full square-and-multiply ladder (for the 2048-bit group and
+    256-bit exponents: 32 products, about 2.2 MB of table built once in
+    ~15 ms, against 64 products with a 4-bit window).  Longer exponents fall
+    back to powmod.
     """
 
     __slots__ = ("_base", "_n", "_max_bits", "_table")
-    _WINDOW = 4
+    _WINDOW = 8
 
-    def __init__(self, base: int, n: int, max_bits: int = 512) -> None:
+    def __init__(self, base: int, n: int, max_bits: int = 256) -> None:
         self._base = base
         self._n = n
         self._max_bits = max_bits
