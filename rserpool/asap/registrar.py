@@ -166,6 +166,7 @@ def _offending_tlv(field: str | None, msg: AsapRegistration) -> bytes:
 # Constructors without checks, for values known to be valid.
 _make_send = fast_constructor(Send)
 _make_added = fast_constructor(PoolElementAdded)
+_make_removed = fast_constructor(PoolElementRemoved)
 _make_pool_element = fast_constructor(PoolElement)
 _make_registration_response = AsapRegistrationResponse._make
 _make_settings = fast_constructor(PolicySettings)
@@ -184,8 +185,14 @@ class RegistrarCore(SyncHooks):
         gate: Gate | None = None,
         rng: random.Random | None = None,
         log: Callable[..., None] | None = None,
+        *,
+        log_removals: bool = True,
     ) -> None:
         self.settings = settings
+        # False: a shell that logs removals itself from ``PoolElementRemoved``
+        # (the registrar service) is not given ``REMOVED_FORMAT`` lines, which
+        # are then not even formatted.
+        self.log_removals = log_removals
         self.handlespace = handlespace
         self.gate = gate if gate is not None else Gate()
         self.rng = rng or random.Random()
@@ -628,8 +635,9 @@ class RegistrarCore(SyncHooks):
         self.handlespace.deregister(entry.pool_handle, entry.pe_id)
         self._forget(entry)
         self.stats["removed"] += 1
-        self._log(REMOVED_FORMAT, pe_id=entry.pe_id, handle=pool_handle_text(entry.pool_handle), reason=reason)
-        out.append(PoolElementRemoved(entry, reason))
+        if self.log_removals:
+            self._log(REMOVED_FORMAT, pe_id=entry.pe_id, handle=pool_handle_text(entry.pool_handle), reason=reason)
+        out.append(_make_removed(entry, reason))
 
     def _forget(self, entry: PoolElementEntry) -> None:
         key = (entry.pool_handle, entry.pe_id)

@@ -462,11 +462,11 @@ class Gate(AuthenticationDecisions):
 
     def _authorize(self, adm: Admission, action: str, handle: bytes, decided: bool | None,
                    now: float) -> int | AskAuthorizer:
-        what = _what(action, handle)
+        # (The request's text for a refusal line is made only for a refusal.)
         if decided is False:
-            return self._refuse(adm, what, _NOT_AUTHORIZED_CACHED, CAUSE_SECURITY, now)
+            return self._refuse(adm, _what(action, handle), _NOT_AUTHORIZED_CACHED, CAUSE_SECURITY, now)
         if adm.pending >= self.policy.max_pending_per_channel:
-            return self._refuse(adm, what, _TOO_MANY_PENDING, CAUSE_LACK_OF_RESOURCES, now)
+            return self._refuse(adm, _what(action, handle), _TOO_MANY_PENDING, CAUSE_LACK_OF_RESOURCES, now)
         adm.pending += 1
         token = self._next_token
         self._next_token = token + 1
@@ -482,22 +482,22 @@ class Gate(AuthenticationDecisions):
         if adm.pending > 0:
             adm.pending -= 1
         action, handle = ask.action, ask.pool_handle
-        what = _what(action, handle)
         if adm.state is not OPEN:
-            return self._refuse(adm, what, _NOT_OPEN[adm.state], CAUSE_SECURITY, now)
+            return self._refuse(adm, _what(action, handle), _NOT_OPEN[adm.state], CAUSE_SECURITY, now)
         if ask.epoch != adm.epoch:
-            return self._refuse(adm, what, _IDENTITY_CHANGED, CAUSE_SECURITY, now)
+            return self._refuse(adm, _what(action, handle), _IDENTITY_CHANGED, CAUSE_SECURITY, now)
         if answer is None:
             self.stats["authorizer_unavailable"] += 1
-            return self._refuse(adm, what, f"{_UNAVAILABLE} ({reason})" if reason else _UNAVAILABLE,
-                                CAUSE_SECURITY, now, "error")
+            return self._refuse(adm, _what(action, handle),
+                                f"{_UNAVAILABLE} ({reason})" if reason else _UNAVAILABLE, CAUSE_SECURITY, now,
+                                "error")
         allowed = answer is True
         cache = adm.allowed
         if len(cache) < self.policy.max_cached_decisions:
             cache[(action, handle)] = allowed
         if allowed:
             return None
-        return self._refuse(adm, what, _NOT_AUTHORIZED, CAUSE_SECURITY, now)
+        return self._refuse(adm, _what(action, handle), _NOT_AUTHORIZED, CAUSE_SECURITY, now)
 
     def check_owner(self, adm: Admission, owner: str | None, action: str, handle: bytes, pe_id: int,
                     now: float) -> None | int:

@@ -44,7 +44,6 @@ from rserpool.asap.registrar import (
     PauseInput,
     PoolElementAdded,
     PoolElementRemoved,
-    REMOVED_FORMAT,
     RegistrarCore,
     RegistrarSettings,
 )
@@ -79,9 +78,6 @@ __all__ = ["RegistrarService"]
 _log = Logger()
 
 _LEVELS = {"info": _log.info, "warn": _log.warn, "error": _log.error}
-
-#: The core's log lines that repeat what the service logs from the core's outputs.
-_LOGGED_FROM_OUTPUTS = frozenset({REMOVED_FORMAT})
 
 
 def _drop(transport: Any) -> None:
@@ -194,8 +190,10 @@ class RegistrarService(MultiService):
         elif self.checkers.handles(ISrpCredentials):
             raise TypeError("the SRP checker does not provide ISrpChecker (it cannot issue challenges)")
         self.handlespace = Handlespace(limits or HandlespaceLimits(), rng=random.Random(self.rng.random()))
+        # Removals are logged from the core's ``PoolElementRemoved`` outputs
+        # (rserpool.service.pe_log): the core's own line is not even formatted.
         self.core = RegistrarCore(settings, self.handlespace, self.gate, rng=random.Random(self.rng.random()),
-                                  log=self._core_log)
+                                  log=_log.info, log_removals=False)
         self.announcer = ServerAnnouncer(reactor, self.announce_message, targets=announce_targets,
                                          interval=announce_interval, multicast=announce_multicast,
                                          ttl=announce_ttl, rng=self.rng)
@@ -225,13 +223,6 @@ class RegistrarService(MultiService):
         if tls_options is None:
             _log.critical("INSECURE: the ASAP listener runs WITHOUT TLS; anyone on the network "
                           "can read and forge registrations")
-
-    def _core_log(self, fmt: str, **kwargs: Any) -> None:
-        """The core's log lines, at info; a removal is left out: the service
-        logs it itself from the ``PoolElementRemoved`` output ("PE ... left
-        pool ..."), and a log event costs some microseconds per connection."""
-        if fmt not in _LOGGED_FROM_OUTPUTS:
-            _log.info(fmt, **kwargs)
 
     @staticmethod
     def _gate_log(level: str, fmt: str, **kwargs: Any) -> None:
@@ -309,16 +300,23 @@ class RegistrarService(MultiService):
                 name = psk_identity(connection)
                 if name is not None:
                     credentials = PskCredentials(name)
-        self._held[channel] = []
         gate = self.revocation
         if cert is not None and gate is not None and gate.enabled:
             d = gate.check(cert.certificate, verified_chain(channel.transport))
             d.addCallback(self._revocation_checked, channel, cert)
         elif credentials is not None:
-            d = self._authenticate(channel, credentials)
+            d = self.checkers.authenticate(credentials)
+            result = d.result if d.called else None
+            if isinstance(result, Identity):
+                # The checker answered at once (names from the certificate, a
+                # PSK identity): no input can have arrived meanwhile.
+                self._identified(result, channel)
+                return
+            d.addErrback(self._no_identity, channel, credentials)
         else:
             self._identified(None, channel)
             return
+        self._held[channel] = []  # input waits (bounded by the gate) until the identity is known
         if not d.called:
             self._identifying[channel] = d
         d.addCallbacks(self._identified, self._identification_failed, callbackArgs=(channel,),
@@ -578,7 +576,9 @@ class RegistrarService(MultiService):
 
     # -- carrying out the core's decisions ---------------------------------------------------
 
-    def _carry_out(self, outputs: list) -> None:
+    def _carry_out(self, outputs: list, arm: bool = True) -> None:
+        """Carry out the core's outputs, then arm the timer for its deadlines
+        (``arm`` False: the caller is carrying out outputs and arms it after)."""
         for output in outputs:
             kind = type(output)
             if kind is Send:
@@ -604,7 +604,8 @@ class RegistrarService(MultiService):
                 self.pe_log.removed(output.entry, output.reason)
                 for listener in self.change_listeners:
                     listener(output)
-        self._arm_timer()
+        if arm:
+            self._arm_timer()
 
     def _authorize(self, ask: AskAuthorizer) -> None:
         # A plain answer (the rules authorizer) is handled without any
@@ -617,8 +618,8 @@ class RegistrarService(MultiService):
         if isinstance(result, defer.Deferred):
             result.addCallbacks(self._authorization_answered, self._authorization_failed,
                                 callbackArgs=(ask,), errbackArgs=(ask,))
-        else:
-            self._authorization_answered(result, ask)
+        else:  # inside _carry_out, which arms the timer afterwards
+            self._carry_out(self.core.authorization_done(ask, result is True, self.clock.seconds()), False)
 
     def _authorization_answered(self, allowed: Any, ask: AskAuthorizer) -> None:
         self._carry_out(self.core.authorization_done(ask, allowed is True, self.clock.seconds()))
