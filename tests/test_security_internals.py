@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
-from OpenSSL import SSL
+from OpenSSL import SSL, crypto
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
@@ -74,7 +76,7 @@ def missing(name, security=True):
 # -- every capability is there on the versions the project pins -------------------------------
 
 
-@pytest.mark.parametrize("name", ["EXTENDED_MASTER", "PSK", "FAST_HANDSHAKE", "FAST_TLS_IO"])
+@pytest.mark.parametrize("name", ["EXTENDED_MASTER", "PSK", "FAST_HANDSHAKE", "FAST_TLS_IO", "CERT_DIGEST"])
 def test_capability_present_on_this_pyopenssl_and_twisted(name):
     capability = getattr(_internals, name)
     assert capability.available, capability.reason
@@ -251,3 +253,25 @@ def test_a_missing_shortcut_is_logged_when_a_factory_is_made(pki, monkeypatch, l
     tlsfactory.TLSServerFactory(options, Factory.forProtocol(_Record), Clock())
     assert [line for line in lines(logged, LogLevel.debug) if "fast TLS read/flush" in line] == [
         "fast TLS read/flush unavailable (not bound by this pyOpenSSL (test)): the test fallback"]
+
+
+# -- certificate digests ---------------------------------------------------------------------------
+
+
+def test_certificate_digest_is_present_and_is_the_sha256_of_the_der(pki):
+    assert _internals.CERT_DIGEST.available, _internals.CERT_DIGEST.reason
+    for files in (pki.pe1, pki.server, pki.ca):
+        cert = crypto.load_certificate(crypto.FILETYPE_PEM, files.cert.read_bytes())
+        expected = hashlib.sha256(crypto.dump_certificate(crypto.FILETYPE_ASN1, cert)).digest()
+        assert _internals.certificate_sha256(cert) == expected
+
+
+def test_without_the_one_call_digest_the_der_is_hashed_with_a_logged_reason(pki, monkeypatch, logged):
+    monkeypatch.setattr(_internals, "CERT_DIGEST", missing("certificate digest in one call", security=False))
+    monkeypatch.setattr(_internals, "_SHA256", None)
+    cert = crypto.load_certificate(crypto.FILETYPE_PEM, pki.pe1.cert.read_bytes())
+    expected = hashlib.sha256(crypto.dump_certificate(crypto.FILETYPE_ASN1, cert)).digest()
+    assert _internals.certificate_sha256(cert) == expected
+    assert _internals.certificate_sha256(cert) == expected
+    (line,) = lines(logged, LogLevel.debug)
+    assert line.startswith("certificate digest in one call unavailable")

@@ -23,6 +23,8 @@ capability             what it gives                            when missing
 ``FAST_TLS_IO``        :class:`ServerTLSProtocol` looks at      fall back: Twisted's read and
                        ``SSL_pending`` and the memory BIOs      flush loops
                        before reading
+``CERT_DIGEST``        :func:`certificate_sha256` in one        fall back: the DER copied out
+                       OpenSSL call (``X509_digest``)           and hashed by ``hashlib``
 =====================  =======================================  =================================
 
 ``tests/test_security_internals.py`` tests each capability, present and
@@ -34,12 +36,13 @@ reports the files that do).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from OpenSSL import SSL
+from OpenSSL import SSL, crypto
 from OpenSSL.SSL import Error, WantReadError, ZeroReturnError
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
@@ -48,6 +51,7 @@ from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 
 __all__ = [
+    "CERT_DIGEST",
     "Capability",
     "CapabilityUnavailable",
     "EXTENDED_MASTER",
@@ -63,6 +67,7 @@ __all__ = [
     "extended_master_secret",
     "psk_identity_accepted",
     "psk_server_connection",
+    "certificate_sha256",
     "session_reused",
     "set_psk_identity_hint",
 ]
@@ -197,6 +202,52 @@ def disable_tickets(context: SSL.Context) -> bool:
         NUM_TICKETS.note_missing()
         return False
     return bool(_LIB.SSL_CTX_set_num_tickets(context._context, 0))
+
+
+# -- certificate digests ------------------------------------------------------------------------
+
+
+def _cert_digest() -> tuple[Capability, Any]:
+    """The capability and OpenSSL's SHA-256 (an ``EVP_MD*``, None when missing)."""
+    problems = []
+    md = None
+    if _LIB is None:
+        problems.append(_NO_BINDINGS)
+    else:
+        missing = [symbol for symbol in ("X509_digest", "EVP_get_digestbyname") if not hasattr(_LIB, symbol)]
+        if missing:
+            problems.append(f"OpenSSL functions not bound by pyOpenSSL: {', '.join(missing)}")
+        else:
+            md = _LIB.EVP_get_digestbyname(b"SHA256")
+            if md == _FFI.NULL:
+                problems.append("OpenSSL knows no SHA256 digest by that name")
+                md = None
+    if getattr(crypto.X509(), "_x509", None) is None:
+        problems.append("pyOpenSSL X509 has no _x509 (X509*) attribute any more")
+        md = None
+    capability = Capability("certificate digest in one call", not problems, "; ".join(problems),
+                            "the DER is copied out and hashed with hashlib", security=False)
+    return capability, md
+
+
+#: ``certificate_sha256`` by ``X509_digest``.
+CERT_DIGEST, _SHA256 = _cert_digest()
+
+
+def certificate_sha256(certificate: crypto.X509) -> bytes:
+    """SHA-256 of ``certificate``'s DER encoding (what
+    ``hashlib.sha256(crypto.dump_certificate(FILETYPE_ASN1, certificate))``
+    gives), computed by OpenSSL without copying the DER into Python: a TLS
+    verify callback pays it once per handshake."""
+    md = _SHA256
+    if md is not None:
+        digest = _FFI.new("unsigned char[64]")  # EVP_MAX_MD_SIZE
+        length = _FFI.new("unsigned int *")
+        if _LIB.X509_digest(certificate._x509, md, digest, length) == 1:
+            return _FFI.buffer(digest, length[0])[:]
+    else:
+        CERT_DIGEST.note_missing()
+    return hashlib.sha256(crypto.dump_certificate(crypto.FILETYPE_ASN1, certificate)).digest()
 
 
 # -- TLS-PSK ----------------------------------------------------------------------------------
