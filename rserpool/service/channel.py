@@ -149,6 +149,41 @@ def _no_delay(transport: Any) -> None:
 class Channel(Protocol):
     """A TCP-mapping channel carrying ASAP/ENRP messages (and session data)."""
 
+    # Per-connection state whose start value is the same for every channel is
+    # a class attribute, set on the instance only when it changes: a new
+    # connection (one per session on the registrar) sets up a handful of
+    # attributes rather than two dozen.
+    ready = False
+    closed = False
+    #: True once close() or abort() was called: the end is ours, not the peer's.
+    closing = False
+    peer: Any = None
+    state: Any = None  # the handler's per-channel state
+    _timer: IDelayedCall | None = None
+    # While dataReceived runs: the chunks to write when it ends (one
+    # transport write, hence one TLS record, per read); None otherwise.
+    _out: list[bytes] | None = None
+    _on_close: "list[Deferred] | tuple[()]" = ()  # a list once closed_deferred is called
+    _close_timer: IDelayedCall | None = None
+    _got_message = False
+    # Deadlines (clock seconds; None: none): the handshake and then the
+    # first message (accepting side), the completion of a started chunk.
+    _setup_deadline: float | None = None
+    _setup_what = ""
+    _chunk_deadline: float | None = None
+    _timer_at = 0.0
+    # Accepting side: events of earlier reads not handled yet (more than
+    # max_events_per_turn arrived); reading is paused until they are.
+    _backlog: deque | None = None
+    _resume_call: IDelayedCall | None = None
+    # No input is handled before this time (pause_input: rate limited).
+    _paused_until = 0.0
+    # While a backlog is worked off: the bytes of its turns, written in
+    # TLS-record-sized pieces rather than one small record per turn (a
+    # list once there are some).
+    _held: "list[bytes] | tuple[()]" = ()
+    _held_size = 0
+
     def __init__(
         self,
         handler: IChannelHandler,
@@ -164,43 +199,15 @@ class Channel(Protocol):
         self.tls = tls
         self.initiator = initiator
         self.mapping = TcpMapConnection(max_chunk_size=settings.max_chunk_size)
-        self.ready = False
-        self.closed = False
-        # True once close() or abort() was called: the end is ours, not the peer's.
-        self.closing = False
-        self.peer: Any = None
-        self.state: Any = None  # the handler's per-channel state
-        self._timer: IDelayedCall | None = None
-        # While dataReceived runs: the chunks to write when it ends (one
-        # transport write, hence one TLS record, per read); None otherwise.
-        self._out: list[bytes] | None = None
         self._last_heard = 0.0
-        self._on_close: list[Deferred] = []
-        self._close_timer: IDelayedCall | None = None
         #: When the last message (a DATA chunk) arrived; heartbeats do not count.
         self.last_message_at = 0.0
-        self._got_message = False
-        # Deadlines (clock seconds; None: none): the handshake and then the
-        # first message (accepting side), the completion of a started chunk.
-        self._setup_deadline: float | None = None
-        self._setup_what = ""
-        self._chunk_deadline: float | None = None
-        self._timer_at = 0.0
-        # Accepting side: events of earlier reads not handled yet (more than
-        # max_events_per_turn arrived); reading is paused until they are.
-        self._backlog: deque | None = None
-        self._resume_call: IDelayedCall | None = None
-        # No input is handled before this time (pause_input: rate limited).
-        self._paused_until = 0.0
-        # While a backlog is worked off: the bytes of its turns, written in
-        # TLS-record-sized pieces rather than one small record per turn.
-        self._held: list[bytes] = []
-        self._held_size = 0
 
     # -- Twisted callbacks ----------------------------------------------------
 
     def connectionMade(self) -> None:
-        self.peer = self.transport.getPeer()
+        if self.peer is None:  # (an accepting factory may have set it from buildProtocol's address)
+            self.peer = self.transport.getPeer()
         _no_delay(self.transport)
         now = self._last_heard = self.last_message_at = self.clock.seconds()
         if not self.initiator and self.tls and self.settings.handshake_timeout is not None:
@@ -319,6 +326,14 @@ class Channel(Protocol):
         self._handle(self._next_turn(), self.clock.seconds())
 
     def _handle(self, events: list, now: float) -> None:
+        if len(events) == 1 and type(events[0]) is not MessageReceived and not self._held \
+                and self._backlog is None:
+            # One control chunk (the peer's INIT, an ACK, a HEARTBEAT): at
+            # most a HEARTBEAT ACK to send, nothing for the handler.
+            pending = self.mapping.data_to_send()
+            if pending:
+                self.transport.write(pending)
+            return
         handler = self.handler
         decode = self.settings.decoder.decode
         # Everything sent while handling this read (the handler's answers,
@@ -377,14 +392,16 @@ class Channel(Protocol):
             self.transport.write(pending)
 
     def _hold(self, data: bytes) -> None:
-        self._held.append(data)
+        if not self._held:
+            self._held = []
+        self._held.append(data)  # type: ignore[union-attr]
         self._held_size += len(data)
         if self._held_size >= _HELD_LIMIT:
             self.transport.write(self._take_held())
 
     def _take_held(self) -> bytes:
         data = b"".join(self._held)
-        self._held = []
+        self._held = ()
         self._held_size = 0
         return data
 
@@ -415,7 +432,7 @@ class Channel(Protocol):
         try:
             self.handler.channel_closed(self, reason)
         finally:
-            waiting, self._on_close = self._on_close, []
+            waiting, self._on_close = self._on_close, ()
             for d in waiting:
                 d.callback(None)
 
@@ -424,7 +441,9 @@ class Channel(Protocol):
         if self.closed:
             return succeed(None)
         d: Deferred = Deferred()
-        self._on_close.append(d)
+        if not self._on_close:
+            self._on_close = []
+        self._on_close.append(d)  # type: ignore[union-attr]
         return d
 
     # -- sending ----------------------------------------------------------------

@@ -110,6 +110,7 @@ class _RegistrarFactory(Factory):
         now = service.clock.seconds()
         service.make_room(host, now, addr)
         channel = Channel(service, service.clock, service.channel_settings, tls=self.tls)
+        channel.peer = addr  # what the transport's getPeer() would give
         admission = service.gate.open_channel(DOOR_ASAP, host, self.tls, now, channel=channel,
                                               port=getattr(addr, "port", None))
         if admission is None:
