@@ -65,6 +65,7 @@ from rserpool.gate.facts import (
     Output,
     RemovePoolElements,
 )
+from rserpool.fastinit import fast_constructor
 from rserpool.gate.refusals import RefusalLog, pool_handle_text
 from rserpool.identity import MECH_CERTIFICATE, Identity
 from rserpool.gate.attempts import AttemptBudgets
@@ -103,6 +104,10 @@ _POOLS = "has PEs in {n} pools already (max_pools_per_identity)"
 _ANONYMOUS_FULL = "{n} anonymous channels open, the rest is kept for channels with an identity"
 _CONNECTIONS = "{n} connections open"
 _CONNECTIONS_HERE = "{n} connections open from this address"
+
+
+#: AskAuthorizer without the dataclass __init__ (its values come from the gate's own state).
+_make_ask = fast_constructor(AskAuthorizer)
 
 
 def _no_log(level: str, fmt: str, **fields: Any) -> None:
@@ -470,7 +475,7 @@ class Gate(AuthenticationDecisions):
         adm.pending += 1
         token = self._next_token
         self._next_token = token + 1
-        return AskAuthorizer(token, adm, action, adm.identity, adm.groups, handle, adm.epoch)
+        return _make_ask(token, adm, action, adm.identity, adm.groups, handle, adm.epoch)
 
     def authorization_answered(self, ask: AskAuthorizer, answer: bool | None, now: float,
                                reason: str = "") -> None | int:

@@ -364,7 +364,7 @@ class Handlespace:
             self._expiry.cancel(entry)
         else:
             self._expiry.schedule(entry, now + registration_life_used)  # sets entry.expires_at
-        return RegistrationResult(entry, created, previous_owner)
+        return _make_result(entry, created, previous_owner)
 
     def insert_new(self, pool_handle: bytes, home_server_id: int, items: Sequence[tuple]) -> list[PoolElementEntry]:
         """Add the new PEs ``items`` (``NewEntry`` tuples) of one home to one

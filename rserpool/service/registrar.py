@@ -395,13 +395,14 @@ class RegistrarService(MultiService):
 
     def _decided(self, decisions: list) -> None:
         """Carry out what the gate decided about channels."""
-        now = self.clock.seconds()
         for decision in decisions:
             kind = type(decision)
             channel = decision.admission.channel
             if kind is Opened:
                 self._open_channel_state(channel, decision.admission)
-            elif kind is CloseChannel:
+                continue
+            now = self.clock.seconds()
+            if kind is CloseChannel:
                 self._held.pop(channel, None)
                 if channel is not None:
                     # An ASAP or ENRP Channel closes cleanly; another door's
@@ -488,10 +489,11 @@ class RegistrarService(MultiService):
             identifying.cancel()
         self.eviction.remove(channel)
         admission = self.channels.pop(channel, None)
+        now = self.clock.seconds()
         if admission is not None:
-            self.gate.channel_closed(admission, self.clock.seconds())
+            self.gate.channel_closed(admission, now)
         if state is not None:
-            self._carry_out(self.core.close_channel(state, self.clock.seconds()))
+            self._carry_out(self.core.close_channel(state, now))
 
     def psk_attempt(self, identity: str, tls_protocol: Any) -> bool:
         """A TLS-PSK handshake (``tls_protocol``, Twisted's TLS protocol

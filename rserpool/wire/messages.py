@@ -177,7 +177,7 @@ class DecodeCache:
     decoded (and raise) every time.
     """
 
-    __slots__ = ("limits", "max_entries", "max_message_size", "hits", "misses", "_by_ppid")
+    __slots__ = ("limits", "max_entries", "max_message_size", "hits", "misses", "_by_ppid", "_size")
 
     def __init__(self, limits: Limits = DEFAULT_LIMITS, max_entries: int = 4096,
                  max_message_size: int = 512) -> None:
@@ -189,13 +189,15 @@ class DecodeCache:
         self.hits = 0
         self.misses = 0
         self._by_ppid: dict[int, dict[bytes, Message]] = {ppid: {} for ppid in _BY_PPID}
+        self._size = 0  # messages kept, ASAP and ENRP together
 
     def __len__(self) -> int:
-        return sum(len(kept) for kept in self._by_ppid.values())
+        return self._size
 
     def clear(self) -> None:
         for kept in self._by_ppid.values():
             kept.clear()
+        self._size = 0
 
     def decode(self, data: bytes, ppid: int) -> Message:
         """What ``decode_message(data, ppid, self.limits)`` returns or raises."""
@@ -209,9 +211,10 @@ class DecodeCache:
         self.misses += 1
         message = decode_message(data, ppid, self.limits)
         if len(data) <= self.max_message_size:
-            if len(self) >= self.max_entries:  # ASAP and ENRP together
+            if self._size >= self.max_entries:  # ASAP and ENRP together
                 self.clear()
-            kept[data] = message
+            kept[data] = message  # a miss: a new key
+            self._size += 1
         return message
 
 

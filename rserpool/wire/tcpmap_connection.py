@@ -187,10 +187,11 @@ class TcpMapConnection:
     def send_message(self, ppid: int, payload: bytes, *, stream_id: int = 0, unordered: bool = False) -> bytes:
         """The DATA chunk carrying ``payload``."""
         omit = self._omit
-        if omit == 0 and not unordered and self._initiated and len(payload) <= self._max_payload \
+        if omit == 0 and not unordered and len(payload) <= self._max_payload \
                 and 0 <= ppid < _SERIAL_32 and 0 <= stream_id < _SERIAL_16:
-            # The common case (all fields sent, ordered, INIT already
-            # sent): the general path below, without its other branches.
+            # The common case (all fields sent, ordered): the general path
+            # below, without its other branches.
+            prefix = b"" if self._initiated else self.initiate()
             tsn = self._next_tsn
             self._next_tsn = (tsn + 1) % _SERIAL_32
             self._unacked += 1
@@ -199,7 +200,8 @@ class TcpMapConnection:
             stream_seq = self._stream_seq
             seq = stream_seq.get(stream_id, 0)
             stream_seq[stream_id] = (seq + 1) % _SERIAL_16
-            return layout.pack(CHUNK_DATA, 0, length, tsn, stream_id, seq, ppid) + payload + _PADDING[length & 3]
+            chunk = layout.pack(CHUNK_DATA, 0, length, tsn, stream_id, seq, ppid) + payload + _PADDING[length & 3]
+            return prefix + chunk if prefix else chunk
         if len(payload) > self._max_payload:
             raise ValueError(f"message of {len(payload)} bytes does not fit one DATA chunk")
         if omit & INIT_OMIT_PPID and ppid:
