@@ -116,7 +116,6 @@ class _RegistrarFactory(Factory):
         if admission is None:
             return _Refused()
         service.channels[channel] = admission
-        service.eviction.add(host, channel)
         return channel
 
 
@@ -201,7 +200,8 @@ class RegistrarService(MultiService):
         self.announce_targets = self.announcer.targets
         self.channels: dict[Channel, Any] = {}  # every open connection -> its admission
         # Idle anonymous channels give their slot to newcomers when a limit is
-        # reached (which ones may go is the gate's decision).
+        # reached (which ones may go is the gate's decision); only channels
+        # that open anonymous are indexed.
         self.eviction = IdleEviction(self.gate.policy.ipv6_prefix)
         self._logged_at: dict[str, float] = {}
         self._unlogged: dict[str, int] = {}
@@ -425,6 +425,11 @@ class RegistrarService(MultiService):
 
     def _open_channel_state(self, channel: Channel, admission: Any) -> None:
         channel.state = self.core.open_channel(channel, admission)
+        if admission.identity is None:
+            # Only a channel that opens anonymous can ever give its slot to a
+            # newcomer (Gate.evictable; an identity is never taken away from
+            # an open channel): only those are indexed for IdleEviction.
+            self.eviction.add(admission.address, channel)
         if self.log_channels:
             _log.debug("ASAP channel from {address} ready (identity {identity}, {mechanism})",
                        address=admission.address, identity=admission.identity,
