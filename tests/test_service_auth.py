@@ -56,6 +56,22 @@ class DownVerifier:
         return defer.fail(BackendUnavailable("RADIUS: no answer from any server"))
 
 
+@implementer(IChapVerifier)
+class HeldVerifier:
+    """A CHAP backend whose verdicts the test gives (a slow RADIUS server)."""
+
+    def __init__(self) -> None:
+        self.asked: defer.Deferred = defer.Deferred()
+        self.verdicts: list[defer.Deferred] = []
+
+    def verify_chap(self, identity, identifier, challenge, response):
+        verdict = defer.Deferred()
+        self.verdicts.append(verdict)
+        if not self.asked.called:
+            self.asked.callback(identity)
+        return verdict
+
+
 def within(d: defer.Deferred, seconds: float, reactor) -> defer.Deferred:
     return d.addTimeout(seconds, reactor)
 
@@ -438,6 +454,78 @@ class AuthOverTLS(unittest.TestCase):
         self.assertEqual(type(reply), AsapAuthFailure)
         self.assertEqual(reply.code, 7)
         self.assertEqual(reply.error.causes[0].code, codes.CAUSE_SECURITY)
+
+
+    # -- a PE sends its registration right behind its CHAP response or SRP
+    # proof; the registrar handles it only after its verdict
+    @defer.inlineCallbacks
+    def held_behind_a_slow_verdict(self, count: int = 1):
+        from rserpool.service.auth import RegistrarAuthenticator
+
+        verifier = HeldVerifier()
+        registrar = yield self.registrar(checkers=[CertificateChecker(), ChapChecker(verifier)])
+        held = defer.Deferred()
+        original = RegistrarAuthenticator.hold
+
+        def spy(authenticator, channel, message):
+            kept = original(authenticator, channel, message)
+            if not held.called and (not kept or len(authenticator._channels[channel].held) == count):
+                held.callback(kept)
+            return kept
+
+        self.patch(RegistrarAuthenticator, "hold", spy)
+        client = yield self.connect(registrar_port(registrar))
+        registrations = [AsapRegistration(H, make_pe(0x90 + i)) for i in range(count)]
+
+        def behind_the_response():
+            for message in registrations:
+                client.channel.send(message)
+
+        result = self.pe_auth("pe-chap", b"chap secret 0123", CHAP).authenticate(
+            client.channel, then=behind_the_response)
+        yield within(verifier.asked, 10, self.reactor)
+        kept = yield within(held, 10, self.reactor)
+        return registrar, verifier, client, result, kept
+
+    @defer.inlineCallbacks
+    def test_the_registration_waits_for_the_verdict_and_has_the_proved_identity(self):
+        registrar, verifier, client, result, kept = yield self.held_behind_a_slow_verdict()
+        self.assertTrue(kept)
+        self.assertIsNone(registrar.handlespace.get(H, 0x90))  # nothing before the verdict
+        from rserpool.identity import Identity
+
+        verifier.verdicts[0].callback(Identity.create("pe-chap", CHAP))
+        yield within(result, 10, self.reactor)
+        answer = yield within(client.next(), 10, self.reactor)
+        self.assertEqual(answer.name, "ASAP_REGISTRATION_RESPONSE")
+        self.assertFalse(answer.reject, answer)
+        self.assertEqual(registrar.handlespace.get(H, 0x90).identity, "pe-chap")
+
+    @defer.inlineCallbacks
+    def test_a_registration_behind_a_refused_response_is_refused(self):
+        registrar, verifier, client, result, _ = yield self.held_behind_a_slow_verdict()
+        verifier.verdicts[0].callback(None)  # wrong response
+        failure = yield within(self.assertFailure(result, AuthenticationError), 10, self.reactor)
+        self.assertEqual(failure.event.code, ex.FAIL_AUTHENTICATION)
+        yield within(client.closed, 10, self.reactor)
+        self.assertIsNone(registrar.handlespace.get(H, 0x90))
+        self.assertEqual(registrar.handlespace.identity_count("pe-chap"), 0)
+
+    @defer.inlineCallbacks
+    def test_too_many_messages_behind_a_step_close_the_channel(self):
+        registrar, verifier, client, result, kept = yield self.held_behind_a_slow_verdict(
+            count=registrar_limit() + 1)
+        self.assertFalse(kept)
+        yield within(client.closed, 10, self.reactor)
+        yield within(self.assertFailure(result, AuthenticationError), 10, self.reactor)
+        from rserpool.identity import Identity
+
+        verifier.verdicts[0].callback(Identity.create("pe-chap", CHAP))  # too late: nothing is handled
+        self.assertEqual(len(registrar.handlespace), 0)
+
+
+def registrar_limit() -> int:
+    return GatePolicy().max_held_per_channel
 
 
 class Relay:

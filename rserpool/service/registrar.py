@@ -191,6 +191,7 @@ class RegistrarService(MultiService):
             self.authenticator = RegistrarAuthenticator(reactor, self.gate, self.checkers,
                                                         **(exchange_options or {}))
             self.authenticator.events = self.events
+            self.authenticator.deliver = self.message_received
         elif self.checkers.handles(ISrpCredentials):
             raise TypeError("the SRP checker does not provide ISrpChecker (it cannot issue challenges)")
         self.handlespace = Handlespace(limits or HandlespaceLimits(), rng=random.Random(self.rng.random()))
@@ -459,9 +460,16 @@ class RegistrarService(MultiService):
             self._hold(channel, "message", message, now)
             return
         authenticator = self.authenticator
-        if authenticator is not None and authenticator.handles(message):
-            authenticator.message_received(channel, message, now)
-            return
+        if authenticator is not None:
+            if authenticator.handles(message):
+                authenticator.message_received(channel, message, now)
+                return
+            if authenticator.waiting(channel):  # in order: behind the exchange's step
+                if not authenticator.hold(channel, message):
+                    _log.info("closing channel from {peer}: more than {n} messages behind its "
+                              "authentication", peer=address_text(channel.peer), n=authenticator.max_held)
+                    channel.abort()
+                return
         self._carry_out(self.core.message_received(state, message, now))
 
     def wire_error(self, channel: Channel, ppid: int, error: WireError, now: float) -> None:
