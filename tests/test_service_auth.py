@@ -618,3 +618,72 @@ def test_authenticator_offers_only_mechanisms_with_a_checker():
     assert both.mechanisms == (SRP, CHAP)
     with pytest.raises(ValueError):
         RegistrarAuthenticator(Clock(), Gate(), Authenticator([CertificateChecker()]))
+
+
+# -- the exchange's timer, on a deterministic clock -----------------------------------------
+
+
+class _QuietChannel:
+    """What RegistrarAuthenticator uses of a channel: its state, sends, close."""
+
+    def __init__(self, admission) -> None:
+        from types import SimpleNamespace
+
+        self.state = SimpleNamespace(admission=admission)
+        self.transport = None
+        self.sent: list = []
+        self.closed = False
+
+    def send(self, message) -> None:
+        self.sent.append(message)
+
+    def close(self) -> None:
+        self.closed = True
+
+    abort = close
+
+
+def test_the_exchange_timer_ends_a_silent_step_and_then_the_exchange(monkeypatch):
+    from twisted.internet import task
+
+    from rserpool.gate import Gate
+    from rserpool.service import auth as auth_module
+
+    monkeypatch.setattr(auth_module, "channel_binding", lambda transport: b"\x01" * 32)
+    clock = task.Clock()
+    clock.advance(1000.0)
+    gate = Gate(GatePolicy(attempts_per_identity_and_address=AttemptLimit(capacity=100, refill_interval=1.0),
+                           attempts_per_address=AttemptLimit(capacity=100, refill_interval=1.0)))
+    admission = gate.open_channel("asap", "127.0.0.1", True, clock.seconds())
+    gate.identified(admission, None, clock.seconds())
+    authenticator = RegistrarAuthenticator(
+        clock, gate, Authenticator([ChapChecker(MemoryChapStore({"pe-chap": b"chap secret 0123"}))]),
+        step_lifetime=30.0, exchange_lifetime=100.0, max_attempts=10)
+    channel = _QuietChannel(admission)
+
+    def receive(message) -> None:
+        authenticator.message_received(channel, message, clock.seconds())
+
+    receive(AsapAuthRequest())
+    receive(AsapAuthHello(CHAP, "pe-chap"))
+    assert [m.name for m in channel.sent] == ["ASAP_AUTH_OFFER", "ASAP_AUTH_CHAP_CHALLENGE"]
+    clock.advance(29.9)
+    assert len(channel.sent) == 2 and not channel.closed  # not yet
+    clock.advance(0.2)  # the challenge's lifetime is over: a failure that may be retried
+    (failure,) = channel.sent[2:]
+    assert (failure.code, failure.may_retry) == (ex.FAIL_TIMEOUT, True) and not channel.closed
+    # A new hello later: a new step deadline, later than the old timer's.
+    clock.advance(10.0)
+    receive(AsapAuthHello(CHAP, "pe-chap"))
+    assert channel.sent[-1].name == "ASAP_AUTH_CHAP_CHALLENGE"
+    clock.advance(29.9)
+    assert channel.sent[-1].name == "ASAP_AUTH_CHAP_CHALLENGE"
+    clock.advance(0.2)
+    assert (channel.sent[-1].code, channel.sent[-1].may_retry) == (ex.FAIL_TIMEOUT, True)
+    # The exchange's own lifetime (100 s from the request) ends it for good.
+    receive(AsapAuthHello(CHAP, "pe-chap"))
+    clock.advance(100.0 - 70.2 - 0.1)
+    assert not channel.closed
+    clock.advance(0.2)
+    assert channel.closed and (channel.sent[-1].code, channel.sent[-1].may_retry) == (ex.FAIL_TIMEOUT, False)
+    assert not clock.getDelayedCalls()  # and no timer is left behind

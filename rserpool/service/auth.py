@@ -282,7 +282,10 @@ class RegistrarAuthenticator:
                 channel.close()
 
     def _arm(self, channel: Any, state: _ChannelState) -> None:
-        """One timer per exchange, at its deadline: moved, not replaced."""
+        """One timer per exchange, never later than its deadline.  A timer
+        that fires early finds nothing due and is armed again (``_expired``),
+        so the steps of a quick exchange, each of which moves the deadline a
+        little later, cost no timer operation at all."""
         deadline = state.exchange.deadline
         timer = state.timer
         if timer is not None and not timer.active():
@@ -292,9 +295,12 @@ class RegistrarAuthenticator:
                 timer.cancel()
                 state.timer = None
             return
-        if timer is not None and timer.getTime() == deadline:
+        if timer is not None and timer.getTime() <= deadline:
             return
-        delay = max(0.0, deadline - self.clock.seconds())
+        now = self.clock.seconds()
+        # The first wake-up no later than a step's lifetime from now: the
+        # step deadlines that follow are later than it.
+        delay = max(0.0, min(deadline - now, self._options["step_lifetime"]))
         if timer is not None:
             timer.reset(delay)
         else:
