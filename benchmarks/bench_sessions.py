@@ -20,17 +20,19 @@ each without and with TLS session resumption (server: session tickets on;
 client: offers the session of its previous connection).  A bare Twisted TLS
 server (``_echo_server.py``: same TLS settings, client certificate required,
 answers the registration with precomputed bytes) driven by the same C
-generator gives the certificate sessions' ceiling (``baseline``).  The
-registrar times its own stages with ``time.thread_time`` (certificate
-identity, channel set-up, authentication exchange, registration, close), so
-its CPU per session splits into its own work and TLS + reactor + kernel.
+generator gives the certificate sessions' ceiling (``baseline``); it runs
+right before each mechanism, and each mechanism's ratio is to that window.
+With ``--stages`` the registrar times its own stages with
+``time.thread_time`` (certificate identity, channel set-up, authentication
+exchange, registration, close), so its CPU per session splits into its own
+work and TLS + reactor + kernel.
 
 The primary, load-robust figure is the registrar's CPU time per session
 (``/proc/PID/task/*/schedstat`` read at the window boundaries);
 ``*_per_core_s`` = 1e6 / that (what one fully used core would do) is a
 **projection**.  Measured sessions/s come next to the generator's CPU share.
 
-    .venv/bin/python benchmarks/bench_sessions.py [--quick] [--json] [--profile DIR]
+    .venv/bin/python benchmarks/bench_sessions.py [--quick] [--json] [--stages] [--profile DIR]
 
 Needs ``gcc``, the OpenSSL headers and ``taskset``.
 """
