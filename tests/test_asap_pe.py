@@ -131,6 +131,24 @@ def test_channel_lost_while_registering_counts_as_an_attempt():
     assert events(out, RegistrationFailed) and not events(out, CloseChannel)
 
 
+def test_a_registration_sent_behind_a_refused_authentication_is_taken_back():
+    # The PE library sends the registration right behind its SRP proof; the
+    # registrar refuses the proof, so it never handled the registration.
+    pe = make(settings=PeSettings(max_reg_attempts=1))
+    pe.start(0.0)
+    assert sent(pe.channel_up(A, 0.0), AsapRegistration)
+    assert pe.channel_refused(A, 0.5) == []
+    assert pe.state is PeState.HUNTING and pe.home is None and pe.attempts == 0
+    assert pe.next_deadline() is None  # no T2 left for it
+    assert pe.channel_down(A, 0.6) == []  # its close afterwards changes nothing
+    # Another registrar: still the first attempt of one allowed.
+    out = pe.channel_up(B, 1.0)
+    assert sent(out, AsapRegistration) and pe.attempts == 1
+    assert pe.channel_refused(A, 1.1) == [] and pe.home is B  # not the home channel: ignored
+    pe.message_received(B, AsapRegistrationResponse(H, pe.pe_id), 1.2)
+    assert pe.state is PeState.REGISTERED
+
+
 def test_unlimited_attempts():
     pe = make(settings=PeSettings(max_reg_attempts=None))
     pe.start(0.0)

@@ -56,6 +56,22 @@ class DownVerifier:
         return defer.fail(BackendUnavailable("RADIUS: no answer from any server"))
 
 
+@implementer(IChapVerifier)
+class HeldVerifier:
+    """A CHAP backend whose verdicts the test gives (a slow RADIUS server)."""
+
+    def __init__(self) -> None:
+        self.asked: defer.Deferred = defer.Deferred()
+        self.verdicts: list[defer.Deferred] = []
+
+    def verify_chap(self, identity, identifier, challenge, response):
+        verdict = defer.Deferred()
+        self.verdicts.append(verdict)
+        if not self.asked.called:
+            self.asked.callback(identity)
+        return verdict
+
+
 def within(d: defer.Deferred, seconds: float, reactor) -> defer.Deferred:
     return d.addTimeout(seconds, reactor)
 
@@ -440,6 +456,78 @@ class AuthOverTLS(unittest.TestCase):
         self.assertEqual(reply.error.causes[0].code, codes.CAUSE_SECURITY)
 
 
+    # -- a PE sends its registration right behind its CHAP response or SRP
+    # proof; the registrar handles it only after its verdict
+    @defer.inlineCallbacks
+    def held_behind_a_slow_verdict(self, count: int = 1):
+        from rserpool.service.auth import RegistrarAuthenticator
+
+        verifier = HeldVerifier()
+        registrar = yield self.registrar(checkers=[CertificateChecker(), ChapChecker(verifier)])
+        held = defer.Deferred()
+        original = RegistrarAuthenticator.hold
+
+        def spy(authenticator, channel, message):
+            kept = original(authenticator, channel, message)
+            if not held.called and (not kept or len(authenticator._channels[channel].held) == count):
+                held.callback(kept)
+            return kept
+
+        self.patch(RegistrarAuthenticator, "hold", spy)
+        client = yield self.connect(registrar_port(registrar))
+        registrations = [AsapRegistration(H, make_pe(0x90 + i)) for i in range(count)]
+
+        def behind_the_response():
+            for message in registrations:
+                client.channel.send(message)
+
+        result = self.pe_auth("pe-chap", b"chap secret 0123", CHAP).authenticate(
+            client.channel, then=behind_the_response)
+        yield within(verifier.asked, 10, self.reactor)
+        kept = yield within(held, 10, self.reactor)
+        return registrar, verifier, client, result, kept
+
+    @defer.inlineCallbacks
+    def test_the_registration_waits_for_the_verdict_and_has_the_proved_identity(self):
+        registrar, verifier, client, result, kept = yield self.held_behind_a_slow_verdict()
+        self.assertTrue(kept)
+        self.assertIsNone(registrar.handlespace.get(H, 0x90))  # nothing before the verdict
+        from rserpool.identity import Identity
+
+        verifier.verdicts[0].callback(Identity.create("pe-chap", CHAP))
+        yield within(result, 10, self.reactor)
+        answer = yield within(client.next(), 10, self.reactor)
+        self.assertEqual(answer.name, "ASAP_REGISTRATION_RESPONSE")
+        self.assertFalse(answer.reject, answer)
+        self.assertEqual(registrar.handlespace.get(H, 0x90).identity, "pe-chap")
+
+    @defer.inlineCallbacks
+    def test_a_registration_behind_a_refused_response_is_refused(self):
+        registrar, verifier, client, result, _ = yield self.held_behind_a_slow_verdict()
+        verifier.verdicts[0].callback(None)  # wrong response
+        failure = yield within(self.assertFailure(result, AuthenticationError), 10, self.reactor)
+        self.assertEqual(failure.event.code, ex.FAIL_AUTHENTICATION)
+        yield within(client.closed, 10, self.reactor)
+        self.assertIsNone(registrar.handlespace.get(H, 0x90))
+        self.assertEqual(registrar.handlespace.identity_count("pe-chap"), 0)
+
+    @defer.inlineCallbacks
+    def test_too_many_messages_behind_a_step_close_the_channel(self):
+        registrar, verifier, client, result, kept = yield self.held_behind_a_slow_verdict(
+            count=registrar_limit() + 1)
+        self.assertFalse(kept)
+        yield within(client.closed, 10, self.reactor)
+        yield within(self.assertFailure(result, AuthenticationError), 10, self.reactor)
+        from rserpool.identity import Identity
+
+        verifier.verdicts[0].callback(Identity.create("pe-chap", CHAP))  # too late: nothing is handled
+        self.assertEqual(len(registrar.handlespace), 0)
+
+
+def registrar_limit() -> int:
+    return GatePolicy().max_held_per_channel
+
+
 class Relay:
     """A man in the middle: a TLS server for the PE, a TLS client to the registrar,
     forwarding every message verbatim both ways."""
@@ -530,3 +618,72 @@ def test_authenticator_offers_only_mechanisms_with_a_checker():
     assert both.mechanisms == (SRP, CHAP)
     with pytest.raises(ValueError):
         RegistrarAuthenticator(Clock(), Gate(), Authenticator([CertificateChecker()]))
+
+
+# -- the exchange's timer, on a deterministic clock -----------------------------------------
+
+
+class _QuietChannel:
+    """What RegistrarAuthenticator uses of a channel: its state, sends, close."""
+
+    def __init__(self, admission) -> None:
+        from types import SimpleNamespace
+
+        self.state = SimpleNamespace(admission=admission)
+        self.transport = None
+        self.sent: list = []
+        self.closed = False
+
+    def send(self, message) -> None:
+        self.sent.append(message)
+
+    def close(self) -> None:
+        self.closed = True
+
+    abort = close
+
+
+def test_the_exchange_timer_ends_a_silent_step_and_then_the_exchange(monkeypatch):
+    from twisted.internet import task
+
+    from rserpool.gate import Gate
+    from rserpool.service import auth as auth_module
+
+    monkeypatch.setattr(auth_module, "channel_binding", lambda transport: b"\x01" * 32)
+    clock = task.Clock()
+    clock.advance(1000.0)
+    gate = Gate(GatePolicy(attempts_per_identity_and_address=AttemptLimit(capacity=100, refill_interval=1.0),
+                           attempts_per_address=AttemptLimit(capacity=100, refill_interval=1.0)))
+    admission = gate.open_channel("asap", "127.0.0.1", True, clock.seconds())
+    gate.identified(admission, None, clock.seconds())
+    authenticator = RegistrarAuthenticator(
+        clock, gate, Authenticator([ChapChecker(MemoryChapStore({"pe-chap": b"chap secret 0123"}))]),
+        step_lifetime=30.0, exchange_lifetime=100.0, max_attempts=10)
+    channel = _QuietChannel(admission)
+
+    def receive(message) -> None:
+        authenticator.message_received(channel, message, clock.seconds())
+
+    receive(AsapAuthRequest())
+    receive(AsapAuthHello(CHAP, "pe-chap"))
+    assert [m.name for m in channel.sent] == ["ASAP_AUTH_OFFER", "ASAP_AUTH_CHAP_CHALLENGE"]
+    clock.advance(29.9)
+    assert len(channel.sent) == 2 and not channel.closed  # not yet
+    clock.advance(0.2)  # the challenge's lifetime is over: a failure that may be retried
+    (failure,) = channel.sent[2:]
+    assert (failure.code, failure.may_retry) == (ex.FAIL_TIMEOUT, True) and not channel.closed
+    # A new hello later: a new step deadline, later than the old timer's.
+    clock.advance(10.0)
+    receive(AsapAuthHello(CHAP, "pe-chap"))
+    assert channel.sent[-1].name == "ASAP_AUTH_CHAP_CHALLENGE"
+    clock.advance(29.9)
+    assert channel.sent[-1].name == "ASAP_AUTH_CHAP_CHALLENGE"
+    clock.advance(0.2)
+    assert (channel.sent[-1].code, channel.sent[-1].may_retry) == (ex.FAIL_TIMEOUT, True)
+    # The exchange's own lifetime (100 s from the request) ends it for good.
+    receive(AsapAuthHello(CHAP, "pe-chap"))
+    clock.advance(100.0 - 70.2 - 0.1)
+    assert not channel.closed
+    clock.advance(0.2)
+    assert channel.closed and (channel.sent[-1].code, channel.sent[-1].may_retry) == (ex.FAIL_TIMEOUT, False)
+    assert not clock.getDelayedCalls()  # and no timer is left behind

@@ -161,6 +161,25 @@ def test_asap_messages_are_decoded_and_other_ppids_are_data() -> None:
     assert [type(e) for e in s.sent()] == [AckReceived] * 3  # one per DATA chunk
 
 
+def test_a_handler_that_hands_the_channel_on_mid_read_is_replaced_for_the_rest_of_it() -> None:
+    # The PE's authenticator gives the channel back on ASAP_AUTH_SUCCESS; the
+    # answer to the registration sent behind the proof may be in the same read.
+    s = Setup()
+    first, second = s.handler, Handler()
+
+    class HandsOn(Handler):
+        def message_received(self, channel: Channel, message: Any, now: float) -> None:
+            first.message_received(channel, message, now)
+            channel.handler = second
+
+    s.channel.handler = HandsOn()
+    one, two = AsapHandleResolution(POOL), AsapRegistrationResponse(POOL, 1)
+    s.feed(s.peer.send_message(PPID_ASAP, one.encode()) + s.peer.send_message(PPID_ASAP, two.encode())
+           + s.peer.send_message(47, b"data"))
+    assert [m for m, _ in first.messages] == [one]
+    assert [m for m, _ in second.messages] == [two] and second.data == [(47, b"data")]
+
+
 def test_a_message_that_does_not_decode_goes_to_the_handler_and_the_channel_stays() -> None:
     s = Setup()
     s.feed(s.peer.send_message(PPID_ASAP, b"\x0b\x00\x00\x05x")   # truncated

@@ -154,6 +154,18 @@ class RegistrarOverTLS(RegistrarClientsMixin, unittest.TestCase):
         checker = self.registrar.checkers.checkers[ICertificateCredentials]
         self.assertEqual(len(checker.names), 2)  # one entry per certificate
 
+    @defer.inlineCallbacks
+    def test_identified_at_once_no_input_is_held_and_only_anonymous_channels_can_be_evicted(self):
+        pe = yield self.connect(self.pki.pe1)
+        anonymous = yield self.connect()
+        for client in (pe, anonymous):  # a round trip: the server side is ready
+            yield client.request(AsapHandleResolution(b"nothing"))
+        self.assertEqual(self.registrar._held, {})  # the certificate's identity was known at once
+        indexed = {c.state.identity: getattr(c, "slot_key", None) for c in self.registrar.channels}
+        self.assertEqual(indexed, {"pe1": None, None: "127.0.0.1"})
+        self.assertEqual(self.registrar.eviction.by_key, {"127.0.0.1": {c for c in self.registrar.channels
+                                                                      if c.state.identity is None}})
+
 
     @defer.inlineCallbacks
     def test_routine_pe_changes_are_counted_and_summed_up_once_a_minute(self):

@@ -372,6 +372,23 @@ class PeRegistration:
             out.append(CloseChannel(channel, f"not needed ({state.value})"))
         return out
 
+    def channel_refused(self, channel: Any, now: float) -> list[Output]:
+        """The registrar refused the PE's authentication on ``channel`` after
+        :meth:`channel_up` already sent the registration behind the PE's
+        proof: the registrar never handled it.  The channel is forgotten as
+        if it had never come up (no attempt counted, no failover); the shell
+        decides what to do about the refusal."""
+        if channel is None or channel is not self.home:
+            return []
+        self._keepalive_buckets.pop(channel, None)
+        self.home = None
+        self.home_server_id = None
+        if self.state is PeState.REGISTERING:
+            self._t2 = None
+            self.attempts -= 1
+            self.state = PeState.HUNTING
+        return []
+
     def channel_down(self, channel: Any, now: float) -> list[Output]:
         """A channel closed (connection lost, or dead-peer detection)."""
         out: list[Output] = []

@@ -236,6 +236,13 @@ class ServerExchange:
         return self._state
 
     @property
+    def waiting(self) -> bool:
+        """A step of the exchange awaits the shell (the gate, the SRP
+        checker's challenge, the checker's verdict): the channel's other
+        input waits behind it, in order."""
+        return self._state in _WAITING
+
+    @property
     def deadline(self) -> float | None:
         """When the shell should call :meth:`timer_expired` (None: done)."""
         if self._state in (_SUCCEEDED, _CLOSED, _IDLE):
@@ -505,6 +512,12 @@ class ClientExchange:
     @property
     def done(self) -> bool:
         return self._state == _C_DONE
+
+    @property
+    def proved(self) -> bool:
+        """The PE's last message of the exchange (SRP proof, CHAP response)
+        is out and the registrar's verdict is awaited."""
+        return self._state == _C_AWAIT_RESULT
 
     def start(self) -> Send:
         """The ASAP_AUTH_REQUEST alone: the hello follows the registrar's offer."""

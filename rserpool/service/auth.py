@@ -120,13 +120,14 @@ def read_secret(path: str) -> bytes:
 
 
 class _ChannelState:
-    __slots__ = ("exchange", "admission", "timer", "delayed")
+    __slots__ = ("exchange", "admission", "timer", "delayed", "held")
 
     def __init__(self, exchange: ex.ServerExchange | None, admission: Any) -> None:
         self.exchange = exchange
         self.admission = admission
         self.timer: IDelayedCall | None = None
         self.delayed: IDelayedCall | None = None  # an attempt the gate slowed down
+        self.held: list[Any] | None = None  # input behind a waiting step, in order
 
 
 class RegistrarAuthenticator:
@@ -147,6 +148,7 @@ class RegistrarAuthenticator:
         max_attempts: int = ex.DEFAULT_MAX_ATTEMPTS,
         step_lifetime: float = ex.DEFAULT_STEP_LIFETIME,
         exchange_lifetime: float = ex.DEFAULT_EXCHANGE_LIFETIME,
+        max_held: int | None = None,
     ) -> None:
         mechanisms = []
         if checkers.srp_checker is not None:
@@ -165,6 +167,13 @@ class RegistrarAuthenticator:
         self.stats = {"succeeded": 0, "failed": 0, "unavailable": 0}
         # Counters for operators (rserpool.stats); the registrar shares its own.
         self.events = EventCounts()
+        #: Where the input held behind a waiting step goes once the step is
+        #: decided, in order: ``deliver(channel, message, now)`` (the
+        #: registrar service's ``message_received``).
+        self.deliver: Any = None
+        #: At most this many messages wait behind one channel's step (the
+        #: gate's bound for input held while a channel is identified).
+        self.max_held = gate.policy.max_held_per_channel if max_held is None else max_held
 
     @staticmethod
     def handles(message: Any) -> bool:
@@ -186,6 +195,35 @@ class RegistrarAuthenticator:
                                   asap.admission)
             self._channels[channel] = state
         self._carry_out(channel, state, state.exchange.receive(message, now))
+
+    def waiting(self, channel: Any) -> bool:
+        """The channel's exchange awaits a decision here (the gate, a
+        checker): its other input must wait (:meth:`hold`)."""
+        state = self._channels.get(channel)
+        return state is not None and state.exchange is not None and state.exchange.waiting
+
+    def hold(self, channel: Any, message: Any) -> bool:
+        """Keep ``message`` until the waiting step is decided (a PE sends its
+        registration right behind its proof): it is then handed to
+        ``deliver`` under the identity the exchange established, or none.
+        False when ``max_held`` are waiting already: the caller closes the
+        channel."""
+        state = self._channels[channel]
+        held = state.held
+        if held is None:
+            held = state.held = []
+        if len(held) >= self.max_held:
+            return False
+        held.append(message)
+        return True
+
+    def _release(self, channel: Any, state: _ChannelState) -> None:
+        held, state.held = state.held, None
+        now = self.clock.seconds()
+        for message in held or ():
+            if not self._current(channel, state):
+                return  # the outcome closed the channel: the rest is dropped
+            self.deliver(channel, message, now)
 
     def channel_closed(self, channel: Any) -> None:
         state = self._channels.pop(channel, None)
@@ -234,6 +272,8 @@ class RegistrarAuthenticator:
                     adm, event.identity, event.mechanism, event.reason_for_log, self.clock.seconds()))
         if state.exchange is not None:
             self._arm(channel, state)
+            if state.held and not state.exchange.waiting and self._current(channel, state):
+                self._release(channel, state)
 
     def _decided(self, channel: Any, decisions: list) -> None:
         for decision in decisions:
@@ -242,7 +282,10 @@ class RegistrarAuthenticator:
                 channel.close()
 
     def _arm(self, channel: Any, state: _ChannelState) -> None:
-        """One timer per exchange, at its deadline: moved, not replaced."""
+        """One timer per exchange, never later than its deadline.  A timer
+        that fires early finds nothing due and is armed again (``_expired``),
+        so the steps of a quick exchange, each of which moves the deadline a
+        little later, cost no timer operation at all."""
         deadline = state.exchange.deadline
         timer = state.timer
         if timer is not None and not timer.active():
@@ -252,9 +295,12 @@ class RegistrarAuthenticator:
                 timer.cancel()
                 state.timer = None
             return
-        if timer is not None and timer.getTime() == deadline:
+        if timer is not None and timer.getTime() <= deadline:
             return
-        delay = max(0.0, deadline - self.clock.seconds())
+        now = self.clock.seconds()
+        # The first wake-up no later than a step's lifetime from now: the
+        # step deadlines that follow are later than it.
+        delay = max(0.0, min(deadline - now, self._options["step_lifetime"]))
         if timer is not None:
             timer.reset(delay)
         else:
@@ -340,6 +386,7 @@ class _AuthHandler:
         self.previous = channel.handler
         self.result: defer.Deferred[ex.Authenticated] = defer.Deferred()
         self.timer: IDelayedCall | None = None
+        self.then: Any = None  # called once, right behind the PE's proof
 
     def start(self) -> None:
         clock = self.authenticator.clock
@@ -366,6 +413,9 @@ class _AuthHandler:
                 self.result.callback(event)
             elif type(event) is ex.AuthenticationFailed:
                 self._fail(AuthenticationError(event))
+        if self.then is not None and self.client.proved and not self.channel.closed:
+            then, self.then = self.then, None
+            then()
 
     def _finish(self) -> None:
         if self.timer is not None and self.timer.active():
@@ -435,11 +485,19 @@ class PeAuthenticator:
                   **kwargs: Any) -> "PeAuthenticator":
         return cls(clock, identity, read_secret(path), **kwargs)
 
-    def authenticate(self, channel: Any) -> defer.Deferred[ex.Authenticated]:
+    def authenticate(self, channel: Any, then: Any = None) -> defer.Deferred[ex.Authenticated]:
         """Run the exchange on ``channel`` (ready, TLS).  Fires with
         :class:`~rserpool.security.exchange.Authenticated`; fails with
         :class:`AuthenticationError` (the channel is then aborted).  The
-        channel's handler is restored on success."""
+        channel's handler is restored on success.
+
+        ``then``, if given, is called once right after the PE's proof (or
+        CHAP response) is written, before the verdict: what it sends goes in
+        the same flight, and the registrar handles it after the verdict,
+        under the identity just proved (or none: then the PE has given up
+        the channel already).  The registrar is authenticated by its TLS
+        certificate before any of this; the SRP M2 check still decides the
+        Deferred's outcome."""
         try:
             cb = channel_binding(channel.transport)
             client = ex.ClientExchange(self.identity, self._secret, cb, self.clock.seconds(),
@@ -449,6 +507,7 @@ class PeAuthenticator:
             return defer.fail(AuthenticationError(ex.AuthenticationFailed(
                 f"cannot authenticate on this channel: {exc}")))
         handler = _AuthHandler(self, channel, client)
+        handler.then = then
         channel.handler = handler
         handler.start()
         return handler.result

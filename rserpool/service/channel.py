@@ -334,7 +334,10 @@ class Channel(Protocol):
             if pending:
                 self.transport.write(pending)
             return
-        handler = self.handler
+        # self.handler is read for every message: a handler may hand the
+        # channel on in the middle of a read (the PE's authenticator gives it
+        # back on success, and the answer to the registration sent behind the
+        # proof may be in the same read).
         decode = self.settings.decoder.decode
         # Everything sent while handling this read (the handler's answers,
         # then the mandatory ACKs) goes out in one write, in the same order
@@ -353,11 +356,11 @@ class Channel(Protocol):
                         try:
                             message = decode(event.payload, ppid)
                         except WireError as exc:
-                            handler.wire_error(self, ppid, exc, now)
+                            self.handler.wire_error(self, ppid, exc, now)
                         else:
-                            handler.message_received(self, message, now)
+                            self.handler.message_received(self, message, now)
                     else:
-                        handler.data_received(self, ppid, event.payload, now)
+                        self.handler.data_received(self, ppid, event.payload, now)
                     if self.closed or self.closing:  # the handler closed or aborted it
                         self._out = None
                         return

@@ -157,6 +157,7 @@ class PoolElementService(Service):
         self._hunt_retry_call: IDelayedCall | None = None
         self._avoid: tuple[tuple[str, int], ...] = ()
         self.channels: set[Channel] = set()
+        self._up_early: set[Channel] = set()  # channel_up given behind the proof, verdict pending
         self._timer: IDelayedCall | None = None
         self._timer_at: float | None = None
         self._observers: list[Callable[[Any], None]] = []
@@ -353,20 +354,34 @@ class PoolElementService(Service):
         _log.debug("PE {pe_id:08x}: registrar channel to {peer} ready", pe_id=self.pe_id,
                    peer=address_text(channel.peer))
         if self.authenticator is not None:
-            d = self.authenticator.authenticate(channel)
+            # The registration goes right behind the proof (one round trip
+            # less); the registrar handles it after its verdict.
+            d = self.authenticator.authenticate(channel, then=lambda: self._proof_sent(channel))
             d.addCallbacks(self._authenticated, self._authentication_failed,
                            callbackArgs=(channel,), errbackArgs=(channel,))
             return
         self._carry_out(self.core.channel_up(channel, self.reactor.seconds()))
 
+    def _proof_sent(self, channel: Channel) -> None:
+        if channel.closed or channel not in self.channels:
+            return
+        self._up_early.add(channel)
+        self._carry_out(self.core.channel_up(channel, self.reactor.seconds()))
+
     def _authenticated(self, event: Any, channel: Channel) -> None:
+        early = channel in self._up_early
+        self._up_early.discard(channel)
         if channel.closed or channel not in self.channels:
             return
         _log.info("PE {pe_id:08x} authenticated to {peer} by {mechanism}", pe_id=self.pe_id,
                   peer=address_text(channel.peer), mechanism=event.mechanism)
-        self._carry_out(self.core.channel_up(channel, self.reactor.seconds()))
+        if not early:
+            self._carry_out(self.core.channel_up(channel, self.reactor.seconds()))
 
     def _authentication_failed(self, failure: Failure, channel: Channel) -> None:
+        if channel in self._up_early:  # the registration behind the proof was never handled
+            self._up_early.discard(channel)
+            self._carry_out(self.core.channel_refused(channel, self.reactor.seconds()))
         self.channels.discard(channel)
         error = failure.value
         address = _address_of(channel)

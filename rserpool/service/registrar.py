@@ -33,8 +33,7 @@ from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.error import UnauthorizedLogin, UnhandledCredentials
 from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.interfaces import IDelayedCall, IReactorTime, ITCPTransport
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -49,7 +48,7 @@ from rserpool.asap.registrar import (
 )
 from rserpool.errors import BackendUnavailable
 from rserpool.gate import (
-    CLOSING, DOOR_ASAP, ROOM_ADDRESS, AskAuthorizer, CloseChannel, Gate, GatePolicy, NeedRoom, Opened, RemovePoolElements,
+    CLOSING, ROOM_ADDRESS, AskAuthorizer, CloseChannel, Gate, GatePolicy, NeedRoom, Opened, RemovePoolElements,
 )
 from rserpool.handlespace import Handlespace, HandlespaceLimits
 from rserpool.identity import Identity
@@ -67,6 +66,7 @@ from rserpool.service.announce import ServerAnnouncer, listening_transports
 from rserpool.service.channel import Channel, ChannelSettings, address_text
 from rserpool.service.live_revocation import LiveCertificates
 from rserpool.service.pe_log import PeChangeLog
+from rserpool.service.registrar_accept import RegistrarFactory as _RegistrarFactory
 from rserpool.service.slots import IdleEviction
 from rserpool.service.tlsfactory import TLSServerFactory
 from rserpool.stats import EventCounts
@@ -78,45 +78,6 @@ __all__ = ["RegistrarService"]
 _log = Logger()
 
 _LEVELS = {"info": _log.info, "warn": _log.warn, "error": _log.error}
-
-
-def _drop(transport: Any) -> None:
-    if ITCPTransport.providedBy(transport):
-        transport.abortConnection()
-    else:
-        transport.loseConnection()
-
-
-class _Refused(Protocol):
-    """Stands in for a refused connection: drops it at once (returning None
-    from buildProtocol would break the TLS wrapper around the factory)."""
-
-    def connectionMade(self) -> None:  # noqa: N802 (Twisted)
-        _drop(self.transport)
-
-
-class _RegistrarFactory(Factory):
-    def __init__(self, service: "RegistrarService", tls: bool) -> None:
-        self.service = service
-        self.tls = tls
-
-    def buildProtocol(self, addr: Any) -> Protocol:  # noqa: N802 (Twisted)
-        # Connections count from the moment they are accepted, before the
-        # TLS handshake: a burst of handshakes cannot get past the limits.
-        # A full listener (or address) first makes room by dropping an idle
-        # anonymous channel (rserpool.service.slots), if there is one.
-        service = self.service
-        host = getattr(addr, "host", "")
-        now = service.clock.seconds()
-        service.make_room(host, now, addr)
-        channel = Channel(service, service.clock, service.channel_settings, tls=self.tls)
-        channel.peer = addr  # what the transport's getPeer() would give
-        admission = service.gate.open_channel(DOOR_ASAP, host, self.tls, now, channel=channel,
-                                              port=getattr(addr, "port", None))
-        if admission is None:
-            return _Refused()
-        service.channels[channel] = admission
-        return channel
 
 
 @implementer(IChannelHandler)
@@ -187,6 +148,7 @@ class RegistrarService(MultiService):
             self.authenticator = RegistrarAuthenticator(reactor, self.gate, self.checkers,
                                                         **(exchange_options or {}))
             self.authenticator.events = self.events
+            self.authenticator.deliver = self.message_received
         elif self.checkers.handles(ISrpCredentials):
             raise TypeError("the SRP checker does not provide ISrpChecker (it cannot issue challenges)")
         self.handlespace = Handlespace(limits or HandlespaceLimits(), rng=random.Random(self.rng.random()))
@@ -464,9 +426,16 @@ class RegistrarService(MultiService):
             self._hold(channel, "message", message, now)
             return
         authenticator = self.authenticator
-        if authenticator is not None and authenticator.handles(message):
-            authenticator.message_received(channel, message, now)
-            return
+        if authenticator is not None:
+            if authenticator.handles(message):
+                authenticator.message_received(channel, message, now)
+                return
+            if authenticator.waiting(channel):  # in order: behind the exchange's step
+                if not authenticator.hold(channel, message):
+                    _log.info("closing channel from {peer}: more than {n} messages behind its "
+                              "authentication", peer=address_text(channel.peer), n=authenticator.max_held)
+                    channel.abort()
+                return
         self._carry_out(self.core.message_received(state, message, now))
 
     def wire_error(self, channel: Channel, ppid: int, error: WireError, now: float) -> None:
