@@ -13,9 +13,15 @@ wall clock).  The TLS handshake itself (OpenSSL inside Twisted's TLS
 protocol) and the client's work are not counted.
 
     .venv/bin/python benchmarks/bench_session_work.py [--sessions N] [--repetitions N] [--json]
+    .venv/bin/python benchmarks/bench_session_work.py --bytecodes [--sessions 200]
 
 The figure, ``registrar_us_per_session``, is the median over repetitions of
-the registrar's own CPU per session; the stages split it.
+the registrar's own CPU per session; the stages split it.  On a loaded
+machine CPU times move by 10-20 % between runs; ``--bytecodes`` instead
+counts the Python bytecodes the registrar executes in the same entry points
+(``sys.settrace`` opcode events: the times are then meaningless, the count
+is exact and repeatable), an A/B measure of per-session trims that does not
+see work done in C (OpenSSL, dict and struct operations).
 """
 
 from __future__ import annotations
@@ -37,6 +43,52 @@ sys.path.insert(0, str(ROOT))
 STAGES = ("verify", "connection", "handshake", "reads", "close")
 #: label -> [CPU seconds, calls], filled by the wrappers ``_timed`` installs once.
 CELLS: dict[str, list[float]] = {}
+#: label -> Python bytecodes executed (``--bytecodes``), filled by ``_count``'s wrappers.
+BYTECODES: dict[str, int] = {}
+
+
+def _count(counts: dict[str, int]) -> None:
+    """Trace the same entry points as ``_timed`` (installed first, so inside
+    its wrappers) and count the bytecodes executed under each, by stage."""
+    if counts:
+        return  # installed already
+    from rserpool.security import tls as tls_module
+    from rserpool.service import channel as channel_module
+    from rserpool.service import registrar as registrar_module
+
+    counts.update(dict.fromkeys(STAGES, 0))
+    active: list[str] = []  # the stage counted now (an entry point called inside another counts in it)
+
+    def opcodes(frame: Any, event: str, arg: Any) -> Any:
+        if event == "opcode":
+            counts[active[0]] += 1
+        return opcodes
+
+    def trace(frame: Any, event: str, arg: Any) -> Any:
+        frame.f_trace_opcodes = True
+        return opcodes
+
+    def counted(original: Any, label: str, accepting_only: bool) -> Any:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            if active or (accepting_only and args[0].initiator):
+                return original(*args, **kwargs)
+            active.append(label)
+            sys.settrace(trace)
+            try:
+                return original(*args, **kwargs)
+            finally:
+                sys.settrace(None)
+                active.clear()
+
+        return wrapper
+
+    tls_module._verify_client_certificate = counted(tls_module._verify_client_certificate, "verify", False)
+    factory = registrar_module._RegistrarFactory
+    factory.buildProtocol = counted(factory.buildProtocol, "connection", False)
+    for attribute, label in (("connectionMade", "connection"), ("handshakeCompleted", "handshake"),
+                             ("dataReceived", "reads"), ("connectionLost", "close")):
+        setattr(channel_module.Channel, attribute,
+                counted(getattr(channel_module.Channel, attribute), label, True))
 
 
 def _timed(cells: dict[str, list[float]]) -> None:
@@ -86,7 +138,7 @@ def _timed(cells: dict[str, list[float]]) -> None:
     wrap(channel_module.Channel, "connectionLost", "close", True)
 
 
-def run(sessions: int, directory: Path) -> dict[str, Any]:
+def run(sessions: int, directory: Path, bytecodes: bool = False) -> dict[str, Any]:
     from twisted.internet import endpoints
 
     from rserpool.asap.registrar import RegistrarSettings
@@ -100,6 +152,8 @@ def run(sessions: int, directory: Path) -> dict[str, Any]:
     from tests.memnet import MemoryNetwork
     from tests.tlshelpers import make_test_pki
 
+    if bytecodes:
+        _count(BYTECODES)  # inside the timing wrappers
     _timed(CELLS)  # before the server's TLS context takes the verify callback
     pki = make_test_pki(directory)
     net = MemoryNetwork()
@@ -152,12 +206,19 @@ def run(sessions: int, directory: Path) -> dict[str, Any]:
     cells = CELLS
     for cell in cells.values():
         cell[0] = cell[1] = 0
+    for label in BYTECODES:
+        BYTECODES[label] = 0
     answered = sum(session(1000 + n) for n in range(sessions))
     registrar.stopService()
     net.run()
     us = {label: round(cells[label][0] / sessions * 1e6, 2) for label in STAGES}
-    return {"sessions": sessions, "answered": answered, "stages_us": us,
-            "registrar_us_per_session": round(sum(us.values()), 2)}
+    result = {"sessions": sessions, "answered": answered, "stages_us": us,
+              "registrar_us_per_session": round(sum(us.values()), 2)}
+    if bytecodes:
+        counted = {label: round(BYTECODES[label] / sessions) for label in STAGES}
+        result["stages_bytecodes"] = counted
+        result["bytecodes_per_session"] = sum(counted.values())
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -168,9 +229,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log-level", choices=("warn", "info"), default="info",
                         help="the registrar's log level: its lines are formatted into memory as twistd "
                              "writes them to its log (default info, as twistd runs it)")
+    parser.add_argument("--bytecodes", action="store_true",
+                        help="count the Python bytecodes the registrar executes per session (exact, slow; "
+                             "one repetition of 200 sessions unless given)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     sessions, reps = (500, 1) if args.quick else (args.sessions, args.repetitions)
+    if args.bytecodes:
+        sessions = sessions if "--sessions" in (argv if argv is not None else sys.argv) else 200
+        reps = 1
     import io
 
     from twisted.logger import (
@@ -184,12 +251,18 @@ def main(argv: list[str] | None = None) -> int:
     runs = []
     for rep in range(reps):
         with tempfile.TemporaryDirectory(prefix="rserpool-bench-session-work-") as tmp:
-            result = run(sessions, Path(tmp))
+            result = run(sessions, Path(tmp), args.bytecodes)
         runs.append(result)
+        if args.bytecodes:
+            print(f"{result['bytecodes_per_session']} Python bytecodes of the registrar per session "
+                  f"({', '.join(f'{k} {v}' for k, v in result['stages_bytecodes'].items())}); "
+                  f"the times below are under tracing", flush=True)
         print(f"#{rep + 1}: {result['registrar_us_per_session']:.1f} us of registrar CPU per session "
               f"({', '.join(f'{k} {v:.1f}' for k, v in result['stages_us'].items())}); "
               f"{result['answered']}/{result['sessions']} registered", flush=True)
     summary = {
+        **({"bytecodes_per_session": runs[0]["bytecodes_per_session"],
+            "stages_bytecodes": runs[0]["stages_bytecodes"]} if args.bytecodes else {}),
         "registrar_us_per_session": round(statistics.median(r["registrar_us_per_session"] for r in runs), 2),
         "stages_us": {label: round(statistics.median(r["stages_us"][label] for r in runs), 2) for label in STAGES},
         "sessions": sessions, "repetitions": reps, "log_level": args.log_level, "runs": runs,
