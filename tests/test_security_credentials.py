@@ -319,8 +319,25 @@ def test_certificate_credentials_from_a_tls_connection(ca: pki.IssuedCertificate
     creds = CertificateCredentials.from_x509(crypto.X509.from_cryptography(cert))
     assert creds.certificate == cert
     assert creds.fingerprint == fingerprint_sha256(cert)
+    # OpenSSL's digest of the pyOpenSSL certificate is the DER's SHA-256.
+    fresh = CertificateCredentials.from_x509(crypto.X509.from_cryptography(cert))
+    assert fresh.sha256 == CertificateCredentials(cert).sha256 == bytes.fromhex(fingerprint_sha256(cert))
     with pytest.raises(ValueError):
         CertificateCredentials(None)
+
+
+def test_a_checker_that_raises_is_an_outage_not_a_refusal_or_a_crash(ca: pki.IssuedCertificate) -> None:
+    checker = CertificateChecker()
+
+    def broken(credentials: Any) -> Any:
+        raise RuntimeError("bug in a site plugin")
+
+    checker._check = broken  # type: ignore[method-assign]
+    cert = pki.create_client_certificate(ca, "pe1", NOW).certificate
+    failures: list = []
+    checker.check(CertificateCredentials(cert)).addErrback(failures.append)
+    assert failures and failures[0].check(BackendUnavailable)
+    assert "bug in a site plugin" in failures[0].getErrorMessage()
 
 
 def test_a_refused_identity_is_shown_plain_unless_it_could_forge_a_line():

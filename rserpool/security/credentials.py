@@ -68,6 +68,7 @@ from rserpool.interfaces import (
     ISrpCredentials,
     ISrpVerifierStore,
 )
+from rserpool.security import _internals
 from rserpool.security import chap as _chap
 from rserpool.security import srp as _srp
 from rserpool.security.certidentity import (
@@ -111,7 +112,7 @@ class CertificateCredentials:
     the pyOpenSSL one a TLS connection gives (then ``certificate`` is
     converted only when a checker needs it)."""
 
-    __slots__ = ("_certificate", "_x509", "_der", "policy")
+    __slots__ = ("_certificate", "_x509", "_der", "_sha256", "policy")
 
     def __init__(self, certificate: x509.Certificate | None, policy: IdentityPolicy = DEFAULT_POLICY, *,
                  x509_certificate: crypto.X509 | None = None) -> None:
@@ -120,6 +121,7 @@ class CertificateCredentials:
         self._certificate = certificate
         self._x509 = x509_certificate
         self._der: bytes | None = None
+        self._sha256: bytes | None = None
         self.policy = policy
 
     @classmethod
@@ -143,9 +145,20 @@ class CertificateCredentials:
         return self._der
 
     @property
+    def sha256(self) -> bytes:
+        """SHA-256 of the DER certificate (from OpenSSL for a pyOpenSSL
+        certificate, without copying the DER into Python)."""
+        if self._sha256 is None:
+            if self._x509 is not None and self._der is None:
+                self._sha256 = _internals.certificate_sha256(self._x509)
+            else:
+                self._sha256 = hashlib.sha256(self.der).digest()
+        return self._sha256
+
+    @property
     def fingerprint(self) -> str:
         """SHA-256 of the DER certificate, lower-case hex."""
-        return hashlib.sha256(self.der).hexdigest()
+        return self.sha256.hex()
 
 
 @implementer(IPskCredentials)
@@ -200,6 +213,18 @@ class _Checker:
         self.group_source = groups
 
     def check(self, credentials: Any) -> defer.Deferred[Identity]:
+        if self.group_source is None:
+            # The common case, without Deferred plumbing when the answer is
+            # there at once (an exception still becomes an outage).
+            try:
+                result = self._check(credentials)
+            except Exception:
+                return defer.fail().addErrback(_as_outage, type(self).__name__)
+            if type(result) is Identity:
+                return defer.succeed(result)
+            if not isinstance(result, defer.Deferred):
+                result = defer.fail(result) if isinstance(result, Failure) else defer.succeed(result)
+            return result.addErrback(_as_outage, type(self).__name__)
         d = defer.maybeDeferred(self._check, credentials)
         d.addCallback(self._add_groups)
         return d.addErrback(_as_outage, type(self).__name__)
@@ -236,8 +261,9 @@ class CertificateChecker(_Checker):
             raise TypeError(f"{mapping!r} does not provide ICertificateMapping")
         self.mapping = mapping
         self.use_certificate_names = use_certificate_names
-        # DER -> (policy, Identity): a pure function of the two, so a bounded
-        # cache skips re-deriving it for every new channel of the same PE.
+        # SHA-256 of the DER -> (policy, Identity): a pure function of the
+        # two, so a bounded cache skips re-deriving it for every new channel
+        # of the same PE.
         self.names: dict[bytes, tuple[IdentityPolicy, Identity]] = {}
 
     def _check(self, credentials: ICertificateCredentials) -> Any:
@@ -253,7 +279,8 @@ class CertificateChecker(_Checker):
         if not self.use_certificate_names:
             return _refuse(credentials.certificate.subject.rfc4514_string(), MECH_CERTIFICATE,
                            "certificate not in the mapping")
-        key = credentials.der
+        key = credentials.sha256 if isinstance(credentials, CertificateCredentials) else \
+            hashlib.sha256(credentials.der).digest()
         known = self.names.get(key)
         if known is not None and known[0] is credentials.policy:
             return known[1]
