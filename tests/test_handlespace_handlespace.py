@@ -599,3 +599,55 @@ def test_a_registration_without_deadline_keeps_none() -> None:
     assert entry.expires_at == 16.0
     reg(hs, b"a", 1, now=7.0, registration_life=10, deadline=False)  # and this takes it away
     assert entry.expires_at is None and hs.next_deadline() is None and hs.get(b"a", 1) is entry
+
+
+def test_identity_pools_joining_gives_both_facts_in_one_call() -> None:
+    hs = make_hs()
+    assert hs.identity_pools_joining("alice", b"pool") == 0
+    reg(hs, pe_id=1, identity="alice")
+    reg(hs, handle=b"x", pe_id=1, identity="alice")
+    assert hs.identity_pools_joining("ALICE", b"pool") is None  # has a PE there: no new pool
+    assert hs.identity_pools_joining(" alice", b"y") == 2  # would join a third pool
+    for handle in (b"pool", b"x", b"y"):
+        joining = hs.identity_pools_joining("alice", handle)
+        assert joining == (None if hs.identity_in_pool("alice", handle) else hs.identity_pools("alice"))
+
+
+def test_remove_entry_removes_only_the_registered_entry() -> None:
+    hs = make_hs()
+    first = reg(hs, pe_id=1, identity="alice").entry
+    hs.deregister(b"pool", 1)
+    second = reg(hs, pe_id=1, identity="alice").entry
+    assert not hs.remove_entry(first)  # an older entry under the same key: nothing changes
+    assert hs.get(b"pool", 1) is second and len(hs) == 1
+    assert hs.remove_entry(second)
+    assert hs.get(b"pool", 1) is None and len(hs) == 0 and hs.pool_count == 0
+    assert hs.identity_count("alice") == 0 and hs.checksum_total(100) == 0
+    assert not hs.remove_entry(second)  # gone already
+
+
+@pytest.mark.parametrize("field, value, cause", [
+    ("pool_handle", b"", CAUSE_INVALID_VALUES),
+    ("pool_handle", "pool", CAUSE_INVALID_VALUES),
+    ("pool_handle", b"x" * 100_000, CAUSE_LACK_OF_RESOURCES),
+    ("pe_id", -1, CAUSE_INVALID_VALUES),
+    ("pe_id", 1 << 32, CAUSE_INVALID_VALUES),
+    ("pe_id", 1.0, CAUSE_INVALID_VALUES),
+    ("home_server_id", 1 << 32, CAUSE_INVALID_VALUES),
+    ("transport_type", 0x7777, CAUSE_INVALID_VALUES),
+    ("transport_use", 2, CAUSE_INVALID_VALUES),
+    ("registration_life", -2, CAUSE_INVALID_VALUES),
+    ("registration_life", 1 << 31, CAUSE_INVALID_VALUES),
+])
+def test_register_refuses_each_bad_value_and_changes_nothing(field: str, value: Any, cause: int) -> None:
+    hs = make_hs()
+    with pytest.raises(HandlespaceError) as info:
+        reg(hs, **{"pe_id": 2, ("handle" if field == "pool_handle" else field): value})
+    assert info.value.cause == cause
+    assert len(hs) == 0 and hs.pool_count == 0
+
+
+def test_register_takes_int_subclasses_and_infinite_life_as_before() -> None:
+    hs = make_hs()
+    assert reg(hs, pe_id=True).entry.pe_id == 1  # isinstance(True, int): as the field-by-field checks say
+    assert reg(hs, pe_id=5, registration_life=INFINITE_LIFE).entry.expires_at is None

@@ -34,3 +34,19 @@ def test_pe_checksum_parameter_bytes():
     data = bytes.fromhex("01 00 0012 0a0b0c0d 00000000 000f 0006 29a5 0000")
     assert msg.encode() == data
     assert decode_message(data, PPID_ENRP) == msg
+
+
+def test_pe_sum_matches_the_definition_for_every_handle_length() -> None:
+    # The sum of the 16-bit words of the zero-padded block, written out.
+    import random
+
+    def by_definition(handle: bytes, pe_id: int) -> int:
+        block = handle + bytes(-len(handle) % 4) + (pe_id & 0xFFFFFFFF).to_bytes(4, "big")
+        return sum((block[i] << 8) | block[i + 1] for i in range(0, len(block), 2))
+
+    rng = random.Random(5)
+    for size in list(range(0, 300)) + [1023, 4096]:
+        handle = bytes(rng.getrandbits(8) for _ in range(size))
+        for pe_id in (0, 1, 0xFFFFFFFF, rng.getrandbits(32)):
+            assert pe_sum(handle, pe_id) == by_definition(handle, pe_id)
+    assert pe_sum(bytearray(b"abc"), 1) == 0xC463

@@ -320,9 +320,9 @@ class RegistrarCore(SyncHooks):
             if cause is not None:
                 self._refuse(state, ACTION_REGISTER, msg, cause, now, out)
                 return
-        elif not handlespace.identity_in_pool(admission.principal, handle):  # the pool quota: the gate's
-            cause = self.gate.admit_new_pool(admission, handle, handlespace.identity_pools(admission.principal),
-                                             now)
+        else:  # the pool quota (for a pool the principal has no PE in yet): the gate's
+            held = handlespace.identity_pools_joining(admission.principal, handle)
+            cause = None if held is None else self.gate.admit_new_pool(admission, handle, held, now)
             if cause is not None:
                 self._refused(cause, state, "registration", handle, pe.pe_id, now)
                 out.append(Send(state, AsapRegistrationResponse(handle, pe.pe_id, True, _cause(cause))))
@@ -630,9 +630,8 @@ class RegistrarCore(SyncHooks):
     # -- removal ------------------------------------------------------------------------
 
     def _remove(self, entry: PoolElementEntry, reason: str, out: list) -> None:
-        if self.handlespace.get(entry.pool_handle, entry.pe_id) is not entry:
+        if not self.handlespace.remove_entry(entry):
             return
-        self.handlespace.deregister(entry.pool_handle, entry.pe_id)
         self._forget(entry)
         self.stats["removed"] += 1
         if self.log_removals:

@@ -127,6 +127,14 @@ class Handlespace:
         pools = self._identity_pools.get(normalize_identity(identity) or "")
         return pools is not None and pool_handle in pools
 
+    def identity_pools_joining(self, identity: str, pool_handle: bytes) -> int | None:
+        """For a registration by ``identity`` (any spelling) in the pool:
+        None when it has a PE there already, else ``identity_pools``."""
+        pools = self._identity_pools.get(normalize_identity(identity) or "")
+        if pools is None:
+            return 0
+        return None if pool_handle in pools else len(pools)
+
     # -------------------------------------------------------------- ownership
 
     def owners(self) -> list[int]:
@@ -255,23 +263,16 @@ class Handlespace:
             identity = normalize_identity(identity)
             if identity is None:
                 raise HandlespaceError(CAUSE_SECURITY, "not a valid identity")
-        # Validation (cause 0x3) and the handle length limit (0x6).
-        if not isinstance(pool_handle, bytes) or not pool_handle:
-            raise HandlespaceError(CAUSE_INVALID_VALUES, "empty or non-bytes pool handle", "pool_handle")
-        if len(pool_handle) > limits.max_pool_handle_length:
-            raise HandlespaceError(CAUSE_LACK_OF_RESOURCES, "pool handle too long")
-        _check_uint32("pe_id", pe_id)
-        if pe_id == 0:  # no PE has identifier 0 (rsplib: "undefined"; the PE library never picks it)
-            raise HandlespaceError(CAUSE_INVALID_VALUES, "PE identifier 0 is reserved", "pe_id")
-        _check_uint32("home_server_id", home_server_id)
-        if transport_type not in TRANSPORT_TYPES:
-            raise HandlespaceError(CAUSE_INVALID_VALUES, f"unknown transport type 0x{transport_type:x}",
-                                   "transport")
-        if transport_use not in (USE_DATA_ONLY, USE_DATA_AND_CONTROL):
-            raise HandlespaceError(CAUSE_INVALID_VALUES, f"invalid transport use {transport_use}", "transport")
-        if registration_life != INFINITE_LIFE and not 0 <= registration_life <= MAX_INT32:
-            raise HandlespaceError(CAUSE_INVALID_VALUES, f"invalid registration life {registration_life}",
-                                   "registration_life")
+        # Validation (cause 0x3) and the handle length limit (0x6): plain
+        # values pass one test; anything else is checked field by field.
+        if not (type(pool_handle) is bytes and 0 < len(pool_handle) <= limits.max_pool_handle_length
+                and type(pe_id) is int and 0 < pe_id <= MAX_UINT32
+                and type(home_server_id) is int and 0 <= home_server_id <= MAX_UINT32
+                and transport_type in TRANSPORT_TYPES
+                and (transport_use == USE_DATA_ONLY or transport_use == USE_DATA_AND_CONTROL)
+                and type(registration_life) is int and 0 <= registration_life <= MAX_INT32):
+            _check_values(limits, pool_handle, pe_id, home_server_id, transport_type, transport_use,
+                          registration_life)
         # A finite max_registration_life also bounds an infinite life.
         registration_life_used = registration_life
         if registration_life == INFINITE_LIFE:
@@ -385,6 +386,15 @@ class Handlespace:
             raise HandlespaceError(CAUSE_SECURITY, "PE identifier bound to another identity")
         self._remove(entry)
         return entry
+
+    def remove_entry(self, entry: PoolElementEntry) -> bool:
+        """Remove ``entry`` if it is still the PE registered under its key
+        (False: it is not, nothing changed); no identity check."""
+        pool = self._pools.get(entry.pool_handle)
+        if pool is None or pool.members.get(entry.pe_id) is not entry:
+            return False
+        self._remove(entry)
+        return True
 
     def expire(self, now: float, limit: int | None = None) -> list[PoolElementEntry]:
         """Remove and return the PEs whose registration life has run out
@@ -572,6 +582,27 @@ class Handlespace:
         entry.keepalive_due = None
         if not pool.members:
             del self._pools[entry.pool_handle]
+
+
+def _check_values(limits: HandlespaceLimits, pool_handle: Any, pe_id: Any, home_server_id: Any,
+                  transport_type: Any, transport_use: Any, registration_life: Any) -> None:
+    """``register``'s checks one by one (the first failure is the refusal)."""
+    if not isinstance(pool_handle, bytes) or not pool_handle:
+        raise HandlespaceError(CAUSE_INVALID_VALUES, "empty or non-bytes pool handle", "pool_handle")
+    if len(pool_handle) > limits.max_pool_handle_length:
+        raise HandlespaceError(CAUSE_LACK_OF_RESOURCES, "pool handle too long")
+    _check_uint32("pe_id", pe_id)
+    if pe_id == 0:  # no PE has identifier 0 (rsplib: "undefined"; the PE library never picks it)
+        raise HandlespaceError(CAUSE_INVALID_VALUES, "PE identifier 0 is reserved", "pe_id")
+    _check_uint32("home_server_id", home_server_id)
+    if transport_type not in TRANSPORT_TYPES:
+        raise HandlespaceError(CAUSE_INVALID_VALUES, f"unknown transport type 0x{transport_type:x}",
+                               "transport")
+    if transport_use not in (USE_DATA_ONLY, USE_DATA_AND_CONTROL):
+        raise HandlespaceError(CAUSE_INVALID_VALUES, f"invalid transport use {transport_use}", "transport")
+    if registration_life != INFINITE_LIFE and not 0 <= registration_life <= MAX_INT32:
+        raise HandlespaceError(CAUSE_INVALID_VALUES, f"invalid registration life {registration_life}",
+                               "registration_life")
 
 
 _make_result = fast_constructor(RegistrationResult)

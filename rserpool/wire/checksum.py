@@ -16,6 +16,7 @@ no PEs has total 0 and checksum 0xffff, as RFC 1071 gives for empty data.
 
 from __future__ import annotations
 
+import struct
 from typing import Iterable
 
 __all__ = ["pe_sum", "finish", "pe_checksum"]
@@ -23,13 +24,17 @@ __all__ = ["pe_sum", "finish", "pe_checksum"]
 
 def pe_sum(pool_handle: bytes, pe_id: int) -> int:
     """The plain (unfolded) sum of the 16-bit words of one PE's block."""
-    pad = (-len(pool_handle)) % 4
-    block = pool_handle + b"\x00" * pad
-    total = 0
-    for i in range(0, len(block), 2):
-        total += (block[i] << 8) | block[i + 1]
+    size = len(pool_handle)
+    block = pool_handle + _PAD[size & 3]
+    total = sum(struct.unpack(_WORDS[size] if size <= 256 else f"!{len(block) >> 1}H", block))
     pe_id &= 0xFFFFFFFF
     return total + (pe_id >> 16) + (pe_id & 0xFFFF)
+
+
+#: Zero padding to a multiple of 4 bytes, by the length's remainder.
+_PAD = (b"", b"\x00\x00\x00", b"\x00\x00", b"\x00")
+#: The struct format of the 16-bit words of a padded handle of each short length.
+_WORDS = tuple(f"!{((n + 3) & ~3) >> 1}H" for n in range(257))
 
 
 def finish(total: int) -> int:
