@@ -495,6 +495,16 @@ def test_policy_settings_equal_the_generic_mapping(policy):
     assert policy_settings(policy) == _generic_policy_settings(policy)
 
 
+def test_least_used_settings_are_shared_by_load_and_bounded():
+    from rserpool.asap import registrar as core_module
+
+    first = policy_settings(LeastUsedPolicy(77))
+    assert policy_settings(LeastUsedPolicy(77)) is first == _generic_policy_settings(LeastUsedPolicy(77))
+    for load in range(3000):
+        assert policy_settings(LeastUsedPolicy(load)).load == load
+    assert len(core_module._LEAST_USED_SETTINGS) <= 1024
+
+
 @SETTINGS
 @given(st.binary(min_size=1, max_size=300), U32)
 def test_encode_registration_response_equals_the_message_encoding(handle, pe_id):

@@ -113,7 +113,13 @@ def policy_settings(policy: Any) -> PolicySettings:
     """The handlespace's view of a wire Pool Member Selection Policy."""
     kind = type(policy)
     if kind is LeastUsedPolicy:  # the common case; wire values are 32-bit already
-        return _make_settings(LEAST_USED, 0, 0, policy.load, 0, b"")
+        load = policy.load
+        settings = _LEAST_USED_SETTINGS.get(load)
+        if settings is None:
+            if len(_LEAST_USED_SETTINGS) >= 1024:
+                _LEAST_USED_SETTINGS.clear()
+            settings = _LEAST_USED_SETTINGS[load] = _make_settings(LEAST_USED, 0, 0, load, 0, b"")
+        return settings
     if kind is OpaquePolicy:
         return PolicySettings(policy.policy_type, opaque=policy.data)
     return PolicySettings(
@@ -123,6 +129,10 @@ def policy_settings(policy: Any) -> PolicySettings:
         load=getattr(policy, "load", 0),
         load_degradation=getattr(policy, "load_degradation", 0),
     )
+
+
+#: Least-used settings by load (immutable values, shared; at most 1,024 kept).
+_LEAST_USED_SETTINGS: dict[int, PolicySettings] = {}
 
 
 def _transport_use(transport: Any) -> int:
