@@ -357,6 +357,7 @@ def _parse_heartbeat_info(name: str, buf: bytes, start: int, end: int) -> bytes:
 
 
 _ACK_WITHOUT_TSN = AckChunk(None)
+_unpack_header = _HEADER.unpack_from
 
 
 def _parse_control(chunk_type: int, flags: int, buf: bytes, start: int, end: int) -> Chunk:
@@ -472,58 +473,54 @@ class ChunkDecoder:
             if not data:
                 return []
             work = data if type(data) is bytes else bytes(data)
+        # The chunks of ``work`` (one loop, no call per read).
+        out: list[Any] = []
+        offset = 0
+        size = len(work)
+        need = 4
         try:
-            chunks, offset = self._parse(work, raw)
+            while size - offset >= 4:
+                chunk_type, flags, length = _unpack_header(work, offset)
+                if length < 4:
+                    raise TcpMapError(f"chunk length {length} is less than 4 (chunk {self.chunks_decoded})")
+                if length > self._max:
+                    raise TcpMapError(
+                        f"{chunk_name(chunk_type)} chunk length {length} exceeds the limit of {self._max} bytes"
+                    )
+                total = (length + 3) & ~3
+                if size - offset < total:
+                    need = total
+                    break
+                end = offset + length
+                if chunk_type == CHUNK_DATA:
+                    layout = self._layout
+                    hsize = layout.size
+                    if length < hsize:
+                        raise TcpMapError(
+                            f"DATA chunk length {length} is shorter than its {hsize}-byte header "
+                            f"(INIT flags 0x{self._omit:02x})"
+                        )
+                    if raw:
+                        chunk: Any = (layout.unpack_from(work, offset), work[offset + hsize : end], self._omit)
+                    else:
+                        chunk = _build_data(layout.unpack_from(work, offset), self._omit,
+                                            work[offset + hsize : end])
+                else:
+                    chunk = _parse_control(chunk_type, flags, work, offset, end)
+                    if chunk_type == CHUNK_INIT:
+                        if self._started:
+                            raise TcpMapError("INIT chunk after the start of the stream")
+                        self._omit = flags & INIT_FLAG_MASK
+                        self._layout = _DATA_STRUCTS[self._omit]
+                self._started = True
+                self.chunks_decoded += 1
+                out.append(chunk)
+                offset += total
         except TcpMapError as exc:
             self._error = exc
             self._buf = bytearray()
             raise
-        if offset < len(work):
-            self._buf = bytearray(memoryview(work)[offset:])
-        return chunks
-
-    def _parse(self, work: bytes, raw: bool) -> tuple[list[Any], int]:
-        out: list[Any] = []
-        offset = 0
-        size = len(work)
-        limit = self._max
-        unpack_header = _HEADER.unpack_from
-        layout = self._layout
-        need = 4
-        while size - offset >= 4:
-            chunk_type, flags, length = unpack_header(work, offset)
-            if length < 4:
-                raise TcpMapError(f"chunk length {length} is less than 4 (chunk {self.chunks_decoded})")
-            if length > limit:
-                raise TcpMapError(
-                    f"{chunk_name(chunk_type)} chunk length {length} exceeds the limit of {limit} bytes"
-                )
-            total = (length + 3) & ~3
-            if size - offset < total:
-                need = total
-                break
-            end = offset + length
-            if chunk_type == CHUNK_DATA:
-                hsize = layout.size
-                if length < hsize:
-                    raise TcpMapError(
-                        f"DATA chunk length {length} is shorter than its {hsize}-byte header "
-                        f"(INIT flags 0x{self._omit:02x})"
-                    )
-                if raw:
-                    chunk: Any = (layout.unpack_from(work, offset), work[offset + hsize : end], self._omit)
-                else:
-                    chunk = _build_data(layout.unpack_from(work, offset), self._omit, work[offset + hsize : end])
-            else:
-                chunk = _parse_control(chunk_type, flags, work, offset, end)
-                if chunk_type == CHUNK_INIT:
-                    if self._started:
-                        raise TcpMapError("INIT chunk after the start of the stream")
-                    self._omit = flags & INIT_FLAG_MASK
-                    layout = self._layout = _DATA_STRUCTS[self._omit]
-            self._started = True
-            self.chunks_decoded += 1
-            out.append(chunk)
-            offset += total
         self._need = need
-        return out, offset
+        if offset < size:
+            self._buf = bytearray(memoryview(work)[offset:])
+        return out
