@@ -70,3 +70,12 @@ def test_attempt_limiter_never_exceeds_budget(steps) -> None:
         assert 0.0 <= limiter.tokens("k", now) <= 3.0
     # granted attempts never exceed the bucket plus refills plus refunds
     assert granted <= 3 + now / 10.0 + refunded
+
+
+def test_a_new_limit_takes_effect_for_the_next_requests() -> None:
+    limiter = RateLimiter(RateLimit(rate=1.0, burst=1.0))
+    assert limiter.allow("a", 0.0) and not limiter.allow("a", 0.0)
+    limiter.limit = RateLimit(rate=1.0, burst=3.0)
+    assert limiter.limit == RateLimit(rate=1.0, burst=3.0)
+    assert [limiter.allow("b", 0.0) for _ in range(4)] == [True, True, True, False]
+    assert limiter.allow("a", 2.0) and limiter.allow("a", 2.0) and not limiter.allow("a", 2.0)  # refilled to 2

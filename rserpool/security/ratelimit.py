@@ -35,7 +35,7 @@ class RateLimit:
 class RateLimiter:
     """Token buckets per key, bounded in the number of keys."""
 
-    __slots__ = ("limit", "max_keys", "_buckets", "refused")
+    __slots__ = ("_limit", "_rate", "_burst", "max_keys", "_buckets", "refused")
 
     def __init__(self, limit: RateLimit, max_keys: int = 100_000) -> None:
         if max_keys < 1:
@@ -46,22 +46,30 @@ class RateLimiter:
         self._buckets: OrderedDict[Hashable, list[float]] = OrderedDict()
         self.refused = 0
 
+    @property
+    def limit(self) -> RateLimit:
+        return self._limit
+
+    @limit.setter
+    def limit(self, limit: RateLimit) -> None:
+        self._limit = limit
+        self._rate, self._burst = limit.rate, limit.burst  # read by every allow()
+
     def __len__(self) -> int:
         return len(self._buckets)
 
     def allow(self, key: Hashable, now: float, cost: float = 1.0) -> bool:
         buckets = self._buckets
         bucket = buckets.get(key)
-        limit = self.limit
         if bucket is None:
             if len(buckets) >= self.max_keys:
                 self._evict(now)
-            bucket = buckets[key] = [limit.burst, now]
+            bucket = buckets[key] = [self._burst, now]
         else:
             buckets.move_to_end(key)
             elapsed = now - bucket[1]
             if elapsed > 0:
-                bucket[0] = min(limit.burst, bucket[0] + elapsed * limit.rate)
+                bucket[0] = min(self._burst, bucket[0] + elapsed * self._rate)
                 bucket[1] = now
         if bucket[0] >= cost:
             bucket[0] -= cost
