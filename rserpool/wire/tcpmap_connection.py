@@ -119,23 +119,32 @@ class TcpMapConnection:
             raise ValueError(f"unknown INIT flags 0x{omit_flags:02x}")
         if max_outstanding_heartbeats < 1:
             raise ValueError("max_outstanding_heartbeats must be at least 1")
-        self._omit = omit_flags
-        self._layout = _DATA_STRUCTS[omit_flags]
+        if omit_flags:
+            self._omit = omit_flags
+            self._layout = _DATA_STRUCTS[omit_flags]
+            self._max_payload = MAX_CHUNK_SIZE - self._layout.size
         self._decoder = ChunkDecoder(max_chunk_size)
-        self._max_payload = MAX_CHUNK_SIZE - self._layout.size
-        self._initiated = False
-        self._next_tsn = 0
         self._stream_seq: dict[int, int] = {}
-        self._unacked = 0
-        self._next_ack_tsn = 0
-        self._peer_init: int | None = None
-        self._recv_tsn = 0
         self._recv_seq: dict[int, int] = {}
         self._pending: list[bytes] = []
-        self._hb_counter = 0
         self._hb_outstanding: dict[bytes, float | None] = {}
-        self._max_hb = max_outstanding_heartbeats
-        self.last_received_at: float | None = None
+        if max_outstanding_heartbeats != 16:
+            self._max_hb = max_outstanding_heartbeats
+
+    # Per-connection state whose start value is the same for every
+    # connection: class attributes, set on the instance when it changes.
+    _omit = 0
+    _layout = _DATA_STRUCTS[0]
+    _max_payload = MAX_CHUNK_SIZE - _DATA_STRUCTS[0].size
+    _max_hb = 16
+    _initiated = False
+    _next_tsn = 0
+    _unacked = 0
+    _next_ack_tsn = 0
+    _peer_init: int | None = None
+    _recv_tsn = 0
+    _hb_counter = 0
+    last_received_at: float | None = None
 
     # -- state -----------------------------------------------------------
 
