@@ -457,7 +457,11 @@ class RegistrarCore(SyncHooks):
         msg = pending[1]
         cause = self.gate.authorization_answered(ask, answer, now, reason)
         if cause is None:
-            self._complete(state, ask.action, msg, now, out)
+            action = ask.action
+            if action is ACTION_REGISTER:  # the common case, without _complete's dispatch
+                self._complete_registration(state, msg, now, out)
+            else:
+                self._complete(state, action, msg, now, out)
         else:
             self.stats["unauthorized" if answer is not None else "authorization_outages"] += 1
             self._refuse(state, ask.action, msg, cause, now, out)

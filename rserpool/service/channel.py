@@ -425,7 +425,8 @@ class Channel(Protocol):
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self.closed = True
-        self._drop_backlog()
+        if self._backlog is not None or self._resume_call is not None:
+            self._drop_backlog()
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
