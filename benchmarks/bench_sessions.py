@@ -98,15 +98,17 @@ def registration(mechanism: str, index: int) -> Any:
 # -- files -------------------------------------------------------------------------------
 
 
-def write_credentials(directory: Path, identities: int) -> tuple[Path, Path]:
-    """The file store (SRP verifiers, CHAP secrets) and the rules file."""
+def write_credentials(directory: Path, identities: int) -> tuple[Path, Path, list[bytes]]:
+    """The file store (SRP verifiers, CHAP secrets), the rules file and the
+    SRP identities' salts (the C generator precomputes x for them)."""
     from rserpool.backends.filestore_format import chap_line, srp_line
     from rserpool.security.srp import make_verifier
 
-    lines = []
+    lines, salts = [], []
     for i in range(identities):
         name = identity("srp", i)
         salt, verifier = make_verifier(name, secret("srp", i))
+        salts.append(salt)
         lines.append(srp_line(name, salt, verifier))
         lines.append(chap_line(identity("chap", i), secret("chap", i).encode()))
     credentials = directory / "credentials"
@@ -115,19 +117,99 @@ def write_credentials(directory: Path, identities: int) -> tuple[Path, Path]:
     rules = directory / "bench.rules"
     rules.write_text("".join(f"{identity(m, i)} register,deregister {POOL}\n"
                              for m in MECHANISMS for i in range(identities)))
-    return credentials, rules
+    return credentials, rules, salts
+
+
+# -- sessgen's script (its format is described at the top of sessgen.c) ----------------------
+
+SESSGEN_SCRIPT_VERSION = 2
+KIND_CERT, KIND_SRP, KIND_CHAP = 0, 1, 2
+
+
+def _b16(value: bytes) -> bytes:
+    return struct.pack("!H", len(value)) + value
+
+
+def _b32(value: bytes) -> bytes:
+    return struct.pack("!I", len(value)) + value
+
+
+def _script_header(count: int) -> bytearray:
+    from rserpool.security.srp import GROUP_2048_SHA256 as group
+
+    return bytearray(b"RSSG" + struct.pack("!II", SESSGEN_SCRIPT_VERSION, count) + _b16(group.pad(group.n))
+                     + _b16(group.pad(group.g)))
 
 
 def write_sessgen_script(path: Path, bench_pki: BenchPKI) -> None:
-    out = bytearray(b"RSSG") + struct.pack("!II", 1, len(bench_pki.clients))
-
-    def text(value: str) -> bytes:
-        raw = value.encode()
-        return struct.pack("!H", len(raw)) + raw
-
+    """Certificate sessions: one identity per client certificate."""
+    out = _script_header(len(bench_pki.clients))
     for index, (_, cert, key) in enumerate(bench_pki.clients):
         request = INIT_CHUNK + data_chunk(registration("cert", index))
-        out += text(str(cert)) + text(str(key)) + struct.pack("!I", len(request)) + request
+        out += bytes((KIND_CERT,)) + _b16(str(cert).encode()) + _b16(str(key).encode()) + _b32(request)
+    path.write_bytes(bytes(out))
+
+
+def field_offsets(blank: bytes, full: bytes, sizes: tuple[int, int]) -> tuple[int, int]:
+    """Where a chunk encoded with two fields all zeros (``blank``) and all
+    ones (``full``) differs: exactly two runs of ``sizes`` bytes; their offsets."""
+    if len(blank) != len(full):
+        raise ValueError("the two encodings differ in size")
+    runs: list[list[int]] = []
+    for position, (a, b) in enumerate(zip(blank, full)):
+        if a != b:
+            if runs and runs[-1][0] + runs[-1][1] == position:
+                runs[-1][1] += 1
+            else:
+                runs.append([position, 1])
+    if tuple(size for _, size in runs) != sizes:
+        raise ValueError(f"fields {runs} are not of sizes {sizes}")
+    return runs[0][0], runs[1][0]
+
+
+def write_auth_script(path: Path, mechanism: str, identities: int, salts: list[bytes]) -> None:
+    """SRP or CHAP sessions of the PE library's pipelined flow, for sessgen:
+    per identity the first write (INIT, ASAP_AUTH_REQUEST, ASAP_AUTH_HELLO),
+    the second write's template (the proof or CHAP response with its fields
+    blank, then the registration) with the fields' offsets, and the secret
+    (CHAP) or what SRP's client side can compute ahead: x and k*g^x mod N
+    for the salt the store holds (checked against the stored verifier)."""
+    from rserpool.identity import normalize_identity
+    from rserpool.security import exchange as ex
+    from rserpool.security import srp
+    from rserpool.wire.auth import AsapAuthChapResponse, AsapAuthHello, AsapAuthRequest, AsapAuthSrpProof
+
+    group = srp.GROUP_2048_SHA256
+    if mechanism == "srp":
+        mech = ex.MECH_SRP_SHA256_2048
+        blank = data_chunk(AsapAuthSrpProof(bytes(group.n_len), bytes(32)))
+        full = data_chunk(AsapAuthSrpProof(b"\xff" * group.n_len, b"\xff" * 32))
+        offsets = field_offsets(blank, full, (group.n_len, 32))
+    else:
+        mech = ex.MECH_CHAP_MD5
+        blank = data_chunk(AsapAuthChapResponse(0, bytes(16)))
+        full = data_chunk(AsapAuthChapResponse(255, b"\xff" * 16))
+        offsets = field_offsets(blank, full, (1, 16))
+    out = _script_header(identities)
+    for i in range(identities):
+        name = normalize_identity(identity(mechanism, i))
+        assert name is not None
+        first = INIT_CHUNK + data_chunk(AsapAuthRequest()) + data_chunk(AsapAuthHello(mech, name))
+        template = blank + data_chunk(registration(mechanism, i))
+        out += bytes((KIND_SRP if mechanism == "srp" else KIND_CHAP,)) + _b16(mech.encode()) + \
+            _b16(name.encode()) + _b32(first) + _b32(template) + struct.pack("!HH", *offsets)
+        # As ClientExchange: the normalized identity, the secret NFKC-normalized.
+        ident = srp.normalize_text(name, srp.MAX_IDENTITY_LEN, "identity")
+        password = srp.normalize_text(secret(mechanism, i), srp.MAX_PASSWORD_LEN, "secret")
+        if mechanism == "srp":
+            x = srp.compute_x(group, salts[i], ident, password)
+            if srp.make_verifier(name, secret(mechanism, i), group, salts[i]) != \
+                    (salts[i], group.pad(group.g_pow(x))):
+                raise AssertionError("x does not give the stored verifier")
+            kgx = group.k * group.g_pow(x) % group.n
+            out += _b16(salts[i]) + _b16(x.to_bytes(32, "big")) + _b16(group.pad(kgx))
+        else:
+            out += _b16(password)
     path.write_bytes(bytes(out))
 
 
@@ -528,8 +610,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repetitions", type=int, default=None, help="default 3 (1 with --quick)")
     parser.add_argument("--measure", type=float, default=None, help="seconds per measured window")
     parser.add_argument("--identities", type=int, default=64, help="identities per mechanism")
-    parser.add_argument("--cert-slots", type=int, default=64, help="concurrent sessions of the C generator")
+    parser.add_argument("--c-slots", "--cert-slots", dest="c_slots", type=int, default=64,
+                        help="concurrent sessions of the C generator (all mechanisms and the baseline)")
+    parser.add_argument("--py-generator", action="store_true",
+                        help="drive SRP and CHAP with the Python generator (Twisted, the PE library's "
+                             "PeAuthenticator) instead of sessgen.c; it saturates its core first")
     parser.add_argument("--py-slots", type=int, default=32, help="concurrent sessions of the Python generator")
+    parser.add_argument("--warmup", type=float, default=None, help="seconds of warm-up per window (default 1, "
+                        "0.5 with --quick)")
     parser.add_argument("--only", choices=MECHANISMS, action="append", help="run only these mechanisms")
     parser.add_argument("--no-baseline", action="store_true", help="skip the bare TLS server baseline")
     parser.add_argument("--profile", metavar="DIR", help="cProfile the registrar in each measured window")
@@ -547,10 +635,12 @@ def main(argv: list[str] | None = None) -> int:
         return generate(args.generate)
 
     reps = args.repetitions or (1 if args.quick else 3)
-    warmup = 0.5 if args.quick else 1.0
+    warmup = args.warmup if args.warmup is not None else 0.5 if args.quick else 1.0
     measure = args.measure or (1.0 if args.quick else 3.0)
     mechanisms = tuple(args.only or MECHANISMS)
-    slots = max(args.cert_slots, args.py_slots)
+    if args.sequential_auth and not args.py_generator:
+        parser.error("--sequential-auth needs --py-generator (sessgen.c pipelines as the PE library does)")
+    slots = max(args.c_slots, args.py_slots if args.py_generator else 0)
     if args.identities < slots:
         parser.error("--identities must be at least the number of slots (one session per identity at a time)")
     started = time.monotonic()
@@ -558,19 +648,23 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="rserpool-bench-sessions-") as tmp:
         directory = Path(tmp)
         bench_pki = make_pki(directory, args.identities)
-        credentials, rules = write_credentials(directory, args.identities)
+        credentials, rules, salts = write_credentials(directory, args.identities)
         sessgen = build_sessgen(directory)
-        script = directory / "cert.sg"
-        write_sessgen_script(script, bench_pki)
+        scripts = {"cert": directory / "cert.sg"}
+        write_sessgen_script(scripts["cert"], bench_pki)
+        for mechanism in ("srp", "chap"):
+            scripts[mechanism] = directory / f"{mechanism}.sg"
+            write_auth_script(scripts[mechanism], mechanism, args.identities, salts)
         say(f"session benchmark: {', '.join(mechanisms)}, with and without resumption; {reps} repetition(s) of "
             f"{warmup:.1f} s warm-up + {measure:.1f} s measured; registrar on CPU {SERVER_CPU}, generators on "
-            f"CPU {GENERATOR_CPU} (C: {args.cert_slots} slots, Python: {args.py_slots} slots)")
+            f"CPU {GENERATOR_CPU} (C: {args.c_slots} slots"
+            + (f"; SRP and CHAP: Python, {args.py_slots} slots)" if args.py_generator else ")"))
         echo_spec = directory / "echo.json"
         write_echo_spec(echo_spec, bench_pki)
 
-        def sessgen_argv(server: Server, resume: bool) -> list[str]:
-            return [str(sessgen), "-p", str(server.port), "-s", str(script), "-A", str(bench_pki.ca),
-                    "-n", SERVER_NAME, "-c", str(args.cert_slots), "-w", str(int(warmup * 1000)),
+        def sessgen_argv(server: Server, resume: bool, mechanism: str = "cert") -> list[str]:
+            return [str(sessgen), "-p", str(server.port), "-s", str(scripts[mechanism]), "-A", str(bench_pki.ca),
+                    "-n", SERVER_NAME, "-c", str(args.c_slots), "-w", str(int(warmup * 1000)),
                     "-m", str(int(measure * 1000)), "-P", str(server.pid)] + (["-r"] if resume else [])
 
         def show(key: str, rep: int, run: dict[str, Any]) -> None:
@@ -616,8 +710,8 @@ def main(argv: list[str] | None = None) -> int:
                             # Each mechanism's ratio is to a baseline measured just
                             # before it: the host's speed drifts within a repetition.
                             paired = baseline(rep, mechanism)
-                        if mechanism == "cert":
-                            gen = sessgen_argv(server, tickets)
+                        if mechanism == "cert" or not args.py_generator:
+                            gen = sessgen_argv(server, tickets, mechanism)
                         else:
                             gspec = directory / f"gen-{key}-{rep}.json"
                             gspec.write_text(json.dumps({
@@ -703,11 +797,13 @@ def summarize(runs: dict[str, list[dict[str, Any]]], reps: int, warmup: float, m
     }
     summary.update({
         "repetitions": reps, "warmup_s": warmup, "measure_s": measure, "identities": args.identities,
-        "cert_slots": args.cert_slots, "py_slots": args.py_slots, "tls": "TLSv1.3, ECDSA P-256 server certificate",
-        "generators": {"cert": "sessgen.c (C, OpenSSL)", "srp": "Python (Twisted, PeAuthenticator)",
-                       "chap": "Python (Twisted, PeAuthenticator)"},
+        "c_slots": args.c_slots, "py_slots": args.py_slots if args.py_generator else None,
+        "tls": "TLSv1.3, ECDSA P-256 server certificate",
+        "generators": {"baseline": "sessgen.c (C, OpenSSL)", "cert": "sessgen.c (C, OpenSSL)",
+                       **{m: "Python (Twisted, PeAuthenticator)" if args.py_generator else "sessgen.c (C, OpenSSL)"
+                          for m in ("srp", "chap")}},
         "instrumented": "profile" if args.profile else "stages" if args.stages else "none",
-        "auth_pipelined": not args.sequential_auth,
+        "auth_pipelined": not args.sequential_auth,  # sessgen.c always pipelines
         "runs": runs,
     })
     return summary
