@@ -4,22 +4,24 @@ A registrar process (``RegistrarService`` with TLS 1.3 and an ECDSA P-256
 certificate, client certificates optional but verified, the file
 credential store with SRP verifiers and CHAP secrets, a rules file, the
 SRP/CHAP authenticator) runs pinned to CPU 0.  A load generator pinned to
-CPU 1 keeps C session slots busy; each session is
+CPU 1, ``sessgen.c`` (C, OpenSSL, epoll), keeps 64 session slots busy; each
+session is
 
     TCP connect, TLS handshake, authentication, one ASAP_REGISTRATION and
     its response, close
 
 - certificate (scenario A): the client certificate is the authentication;
-  the generator is ``sessgen.c`` (C, OpenSSL, epoll);
-- SRP-6a and CHAP (scenario B): the full ASAP authentication exchange bound
-  to the TLS exporter, then the registration; the generator is a Twisted
-  client in Python using the PE library's ``PeAuthenticator`` (no C SRP
-  client exists here), so it is usually the bottleneck;
+- SRP-6a and CHAP (scenario B): no client certificate; the PE library's
+  pipelined ASAP authentication exchange bound to the TLS exporter (request
+  and hello in one write, the proof or CHAP response and the registration in
+  the next), M2 verified for SRP; the client arithmetic in C, with x and
+  k*g^x precomputed here for each identity's stored salt
+  (``write_auth_script``);
 
 each without and with TLS session resumption (server: session tickets on;
 client: offers the session of its previous connection).  A bare Twisted TLS
 server (``_echo_server.py``: same TLS settings, client certificate required,
-answers the registration with precomputed bytes) driven by the same C
+answers the registration with precomputed bytes) driven by the same
 generator gives the certificate sessions' ceiling (``baseline``); it runs
 right before each mechanism, and each mechanism's ratio is to that window.
 With ``--stages`` the registrar times its own stages with
@@ -32,7 +34,13 @@ The primary, load-robust figure is the registrar's CPU time per session
 ``*_per_core_s`` = 1e6 / that (what one fully used core would do) is a
 **projection**.  Measured sessions/s come next to the generator's CPU share.
 
-    .venv/bin/python benchmarks/bench_sessions.py [--quick] [--json] [--stages] [--profile DIR]
+With ``--py-generator`` SRP and CHAP are driven instead by a Twisted client
+in Python running the PE library's ``PeAuthenticator`` (``_session_pygen.py``): an
+end-to-end check of the library, but it saturates its own core first, so
+the registrar works under a lighter load than in the baseline's window and
+its figures are not comparable to the baseline's.
+
+    .venv/bin/python benchmarks/bench_sessions.py [--quick] [--json] [--stages] [--profile DIR] [--py-generator]
 
 Needs ``gcc``, the OpenSSL headers and ``taskset``.
 """
@@ -41,8 +49,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import resource
 import statistics
 import struct
 import subprocess
@@ -98,17 +104,18 @@ def registration(mechanism: str, index: int) -> Any:
 # -- files -------------------------------------------------------------------------------
 
 
-def write_credentials(directory: Path, identities: int) -> tuple[Path, Path, list[bytes]]:
+def write_credentials(directory: Path, identities: int) -> tuple[Path, Path, list[tuple[bytes, bytes]]]:
     """The file store (SRP verifiers, CHAP secrets), the rules file and the
-    SRP identities' salts (the C generator precomputes x for them)."""
+    SRP identities' (salt, verifier) as stored (the C generator's script
+    holds x for that salt)."""
     from rserpool.backends.filestore_format import chap_line, srp_line
     from rserpool.security.srp import make_verifier
 
-    lines, salts = [], []
+    lines, verifiers = [], []
     for i in range(identities):
         name = identity("srp", i)
         salt, verifier = make_verifier(name, secret("srp", i))
-        salts.append(salt)
+        verifiers.append((salt, verifier))
         lines.append(srp_line(name, salt, verifier))
         lines.append(chap_line(identity("chap", i), secret("chap", i).encode()))
     credentials = directory / "credentials"
@@ -117,7 +124,7 @@ def write_credentials(directory: Path, identities: int) -> tuple[Path, Path, lis
     rules = directory / "bench.rules"
     rules.write_text("".join(f"{identity(m, i)} register,deregister {POOL}\n"
                              for m in MECHANISMS for i in range(identities)))
-    return credentials, rules, salts
+    return credentials, rules, verifiers
 
 
 # -- sessgen's script (its format is described at the top of sessgen.c) ----------------------
@@ -167,7 +174,7 @@ def field_offsets(blank: bytes, full: bytes, sizes: tuple[int, int]) -> tuple[in
     return runs[0][0], runs[1][0]
 
 
-def write_auth_script(path: Path, mechanism: str, identities: int, salts: list[bytes]) -> None:
+def write_auth_script(path: Path, mechanism: str, identities: int, verifiers: list[tuple[bytes, bytes]]) -> None:
     """SRP or CHAP sessions of the PE library's pipelined flow, for sessgen:
     per identity the first write (INIT, ASAP_AUTH_REQUEST, ASAP_AUTH_HELLO),
     the second write's template (the proof or CHAP response with its fields
@@ -202,12 +209,12 @@ def write_auth_script(path: Path, mechanism: str, identities: int, salts: list[b
         ident = srp.normalize_text(name, srp.MAX_IDENTITY_LEN, "identity")
         password = srp.normalize_text(secret(mechanism, i), srp.MAX_PASSWORD_LEN, "secret")
         if mechanism == "srp":
-            x = srp.compute_x(group, salts[i], ident, password)
-            if srp.make_verifier(name, secret(mechanism, i), group, salts[i]) != \
-                    (salts[i], group.pad(group.g_pow(x))):
-                raise AssertionError("x does not give the stored verifier")
+            salt, verifier = verifiers[i]
+            x = srp.compute_x(group, salt, ident, password)
+            if group.pad(group.g_pow(x)) != verifier:
+                raise ValueError(f"x of {name} does not give the stored verifier")
             kgx = group.k * group.g_pow(x) % group.n
-            out += _b16(salts[i]) + _b16(x.to_bytes(32, "big")) + _b16(group.pad(kgx))
+            out += _b16(salt) + _b16(x.to_bytes(32, "big")) + _b16(group.pad(kgx))
         else:
             out += _b16(password)
     path.write_bytes(bytes(out))
@@ -224,6 +231,14 @@ def write_echo_spec(path: Path, bench_pki: BenchPKI) -> None:
                                 "ca": str(bench_pki.ca), "responses": {str(request_len): answer.hex()}}))
 
 
+def sessgen_command(binary: Path, script: Path, ca: Path, server: Server, slots: int, warmup: float,
+                    measure: float, resume: bool) -> list[str]:
+    """sessgen's command line against ``server`` (run_generator's callers pin it)."""
+    return [str(binary), "-p", str(server.port), "-s", str(script), "-A", str(ca),
+            "-n", SERVER_NAME, "-c", str(slots), "-w", str(int(warmup * 1000)), "-m", str(int(measure * 1000)),
+            "-P", str(server.pid)] + (["-r"] if resume else [])
+
+
 def build_sessgen(directory: Path) -> Path:
     binary = directory / "sessgen"
     subprocess.run(["gcc", "-O2", "-Wall", "-o", str(binary), str(HERE / "sessgen.c"), "-lssl", "-lcrypto"],
@@ -232,6 +247,19 @@ def build_sessgen(directory: Path) -> Path:
 
 
 # -- the registrar child -------------------------------------------------------------------
+
+
+def start_registrar(directory: Path, name: str, bench_pki: BenchPKI, credentials: Path, rules: Path,
+                    tickets: bool, stages: bool = False, profile: str | None = None) -> Server:
+    """The registrar child (``serve``) pinned to CPU 0, with its spec, log
+    and stats files ``directory/name.*``; started and listening."""
+    spec = directory / f"{name}.json"
+    spec.write_text(json.dumps({
+        "cert": str(bench_pki.server_cert), "key": str(bench_pki.server_key), "ca": str(bench_pki.ca),
+        "credentials": str(credentials), "rules": str(rules), "tickets": tickets, "stages": stages,
+        "stats": str(directory / f"{name}.stats"), "profile": profile,
+    }))
+    return Server([sys.executable, str(Path(__file__).resolve()), "--serve", str(spec)], directory / f"{name}.log")
 
 
 def serve(spec_path: str) -> int:
@@ -346,181 +374,6 @@ def _install_window_hooks(stats_path: str, profile_dir: str | None, stages: bool
     signal.signal(signal.SIGUSR2, stop)
 
 
-# -- CPU accounting shared by both generators ---------------------------------------------
-
-
-def server_cpu_ns(pid: int) -> int:
-    total = 0
-    for task in os.listdir(f"/proc/{pid}/task"):
-        try:
-            with open(f"/proc/{pid}/task/{task}/schedstat") as handle:
-                total += int(handle.read().split()[0])
-        except (OSError, ValueError, IndexError):
-            pass
-    return total
-
-
-def cpu_jiffies() -> tuple[list[int], list[int]]:
-    busy, total = [-1, -1], [-1, -1]
-    with open("/proc/stat") as handle:
-        for line in handle:
-            name, *fields = line.split()
-            if name in ("cpu0", "cpu1"):
-                values = [int(v) for v in fields[:8]]
-                cpu = int(name[3:])
-                total[cpu] = sum(values)
-                busy[cpu] = total[cpu] - values[3] - values[4]
-    return busy, total
-
-
-def boundary_line(word: str, pid: int) -> str:
-    busy, total = cpu_jiffies()
-    return f"{word} window {server_cpu_ns(pid)} {busy[0]} {total[0]} {busy[1]} {total[1]}"
-
-
-# -- the Python generator (SRP and CHAP) ----------------------------------------------------
-
-
-def generate(spec_path: str) -> int:
-    """Child: C slots of TLS + SRP/CHAP (PeAuthenticator) + registration + close."""
-    from OpenSSL._util import lib as ssl_lib
-    from twisted.internet import endpoints, reactor
-    from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
-    from twisted.internet.protocol import Factory
-    from zope.interface import implementer
-
-    from rserpool.security import exchange as ex
-    from rserpool.security import tls
-    from rserpool.service.auth import PeAuthenticator
-    from rserpool.service.channel import Channel, ChannelSettings
-    from rserpool.wire import AsapRegistrationResponse
-
-    spec = json.loads(Path(spec_path).read_text())
-    mechanism, identities, resume = spec["mechanism"], spec["identities"], spec["resume"]
-    wanted = ex.MECH_SRP_SHA256_2048 if mechanism == "srp" else ex.MECH_CHAP_MD5
-    base = tls.client_options(SERVER_NAME, [spec["ca"]])
-    settings = ChannelSettings(heartbeat_interval=1000, dead_after=2000)
-    counts = {"completed": 0, "completed_total": 0, "resumed": 0}
-    errors = {"connect": 0, "auth": 0, "rejected": 0, "unexpected": 0, "closed": 0}
-    state = {"measuring": False, "stopping": False}
-    messages = [registration(mechanism, i) for i in range(identities)]
-    pipelined = spec.get("pipelined", True)
-
-    @implementer(IOpenSSLClientConnectionCreator)
-    class Creator:
-        def __init__(self) -> None:
-            self.session: Any = None
-
-        def clientConnectionForTLS(self, protocol: Any) -> Any:
-            connection = base.clientConnectionForTLS(protocol)
-            if resume and self.session is not None:
-                connection.set_session(self.session)
-            return connection
-
-    class Slot:
-        def __init__(self, index: int) -> None:
-            self.index = index % identities
-            self.creator = Creator()
-            self.endpoint = endpoints.wrapClientTLS(
-                self.creator, endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", spec["port"]))
-            self.auth = PeAuthenticator(reactor, identity(mechanism, self.index),
-                                        secret(mechanism, self.index), preferences=(wanted,), timeout=30.0,
-                                        pipelined=pipelined)
-            self.done = False
-
-        def start(self) -> None:
-            if state["stopping"]:
-                return
-            self.done = False
-            factory = Factory.forProtocol(lambda: Channel(self, reactor, settings, tls=True, initiator=True))
-            self.endpoint.connect(factory).addErrback(self.connect_failed)
-
-        def connect_failed(self, failure: Any) -> None:
-            errors["connect"] += 1
-            reactor.callLater(0.01, self.start)
-
-        # ChannelHandler
-        def channel_ready(self, channel: Any) -> None:
-            registration = messages[self.index]
-            if pipelined:  # as PoolElementService does: the registration right behind the proof
-                self.auth.authenticate(channel, then=lambda: channel.send(registration)).addErrback(
-                    self.auth_failed)
-            else:
-                self.auth.authenticate(channel).addCallbacks(lambda _: channel.send(registration),
-                                                             self.auth_failed)
-
-        def auth_failed(self, failure: Any) -> None:
-            if state["stopping"]:
-                return
-            errors["auth"] += 1
-            if errors["auth"] <= 3:
-                print(f"authentication failed: {failure.getErrorMessage()}", file=sys.stderr)
-
-        def message_received(self, channel: Any, message: Any, now: float) -> None:
-            if type(message) is not AsapRegistrationResponse or self.done:
-                errors["unexpected"] += 1
-                channel.abort()
-                return
-            if message.reject:
-                errors["rejected"] += 1
-                channel.abort()
-                return
-            self.done = True
-            counts["completed_total"] += 1
-            connection = tls.tls_connection(channel.transport)
-            if state["measuring"]:
-                counts["completed"] += 1
-                counts["resumed"] += 1 if ssl_lib.SSL_session_reused(connection._ssl) == 1 else 0
-            if resume:
-                self.creator.session = connection.get_session()
-            channel.close()
-
-        def wire_error(self, channel: Any, ppid: int, error: Any, now: float) -> None:
-            errors["unexpected"] += 1
-            channel.abort()
-
-        def data_received(self, channel: Any, ppid: int, payload: bytes, now: float) -> None:
-            errors["unexpected"] += 1
-            channel.abort()
-
-        def channel_closed(self, channel: Any, reason: Any) -> None:
-            if not self.done:
-                errors["closed"] += 1
-            self.start()
-
-    marks: dict[str, float] = {}
-
-    def rusage() -> tuple[float, float]:
-        usage = resource.getrusage(resource.RUSAGE_SELF)
-        return usage.ru_utime, usage.ru_stime
-
-    def begin() -> None:
-        marks["start"] = time.monotonic()
-        marks["user0"], marks["sys0"] = rusage()
-        state["measuring"] = True
-        print(boundary_line("START", spec["server_pid"]), flush=True)
-
-    def end() -> None:
-        state["measuring"] = False
-        state["stopping"] = True
-        marks["end"] = time.monotonic()
-        marks["user1"], marks["sys1"] = rusage()
-        print(boundary_line("END", spec["server_pid"]), flush=True)
-        result = {"window_s": marks["end"] - marks["start"], **counts,
-                  "gen_cpu_user_s": marks["user1"] - marks["user0"],
-                  "gen_cpu_sys_s": marks["sys1"] - marks["sys0"], "slots": spec["slots"], "errors": errors}
-        print("RESULT " + json.dumps(result), flush=True)
-        reactor.stop()
-
-    print("READY", flush=True)
-    for i in range(spec["slots"]):
-        Slot(i).start()
-    reactor.callLater(spec["warmup"], begin)
-    reactor.callLater(spec["warmup"] + spec["measure"], end)
-    reactor.run()
-    return 0
-
-
 # -- orchestration ------------------------------------------------------------------------------
 
 
@@ -627,12 +480,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stages", action="store_true",
                         help="time the registrar's stages (adds 20-60 us of timing calls per session)")
     parser.add_argument("--serve", metavar="SPEC", help=argparse.SUPPRESS)
-    parser.add_argument("--generate", metavar="SPEC", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve:
         return serve(args.serve)
-    if args.generate:
-        return generate(args.generate)
 
     reps = args.repetitions or (1 if args.quick else 3)
     warmup = args.warmup if args.warmup is not None else 0.5 if args.quick else 1.0
@@ -648,13 +498,13 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="rserpool-bench-sessions-") as tmp:
         directory = Path(tmp)
         bench_pki = make_pki(directory, args.identities)
-        credentials, rules, salts = write_credentials(directory, args.identities)
+        credentials, rules, verifiers = write_credentials(directory, args.identities)
         sessgen = build_sessgen(directory)
         scripts = {"cert": directory / "cert.sg"}
         write_sessgen_script(scripts["cert"], bench_pki)
         for mechanism in ("srp", "chap"):
             scripts[mechanism] = directory / f"{mechanism}.sg"
-            write_auth_script(scripts[mechanism], mechanism, args.identities, salts)
+            write_auth_script(scripts[mechanism], mechanism, args.identities, verifiers)
         say(f"session benchmark: {', '.join(mechanisms)}, with and without resumption; {reps} repetition(s) of "
             f"{warmup:.1f} s warm-up + {measure:.1f} s measured; registrar on CPU {SERVER_CPU}, generators on "
             f"CPU {GENERATOR_CPU} (C: {args.c_slots} slots"
@@ -663,9 +513,8 @@ def main(argv: list[str] | None = None) -> int:
         write_echo_spec(echo_spec, bench_pki)
 
         def sessgen_argv(server: Server, resume: bool, mechanism: str = "cert") -> list[str]:
-            return [str(sessgen), "-p", str(server.port), "-s", str(scripts[mechanism]), "-A", str(bench_pki.ca),
-                    "-n", SERVER_NAME, "-c", str(args.c_slots), "-w", str(int(warmup * 1000)),
-                    "-m", str(int(measure * 1000)), "-P", str(server.pid)] + (["-r"] if resume else [])
+            return sessgen_command(sessgen, scripts[mechanism], bench_pki.ca, server, args.c_slots, warmup, measure,
+                                   resume)
 
         def show(key: str, rep: int, run: dict[str, Any]) -> None:
             say(f"  {key:14s} #{rep + 1}: {run['sessions_per_s']:7.0f}/s measured, server "
@@ -691,17 +540,11 @@ def main(argv: list[str] | None = None) -> int:
 
         for rep in range(reps):
             for tickets in (False, True):
-                spec = directory / f"server{rep}{int(tickets)}.json"
-                spec.write_text(json.dumps({
-                    "cert": str(bench_pki.server_cert), "key": str(bench_pki.server_key), "ca": str(bench_pki.ca),
-                    "credentials": str(credentials), "rules": str(rules), "tickets": tickets,
-                    "stages": args.stages,
-                    "stats": str(directory / f"server{rep}{int(tickets)}.stats"),
-                    "profile": str(Path(args.profile).resolve() / f"rep{rep + 1}-tickets{int(tickets)}")
-                    if args.profile else None,
-                }))
-                server = Server([sys.executable, str(Path(__file__).resolve()), "--serve", str(spec)],
-                                directory / f"server{rep}{int(tickets)}.log")
+                name = f"server{rep}{int(tickets)}"
+                profile = str(Path(args.profile).resolve() / f"rep{rep + 1}-tickets{int(tickets)}") \
+                    if args.profile else None
+                server = start_registrar(directory, name, bench_pki, credentials, rules, tickets, args.stages,
+                                         profile)
                 try:
                     for mechanism in mechanisms:
                         key = mechanism + ("_resumed" if tickets else "")
@@ -720,9 +563,9 @@ def main(argv: list[str] | None = None) -> int:
                                 "warmup": warmup, "measure": measure, "server_pid": server.pid,
                                 "pipelined": not args.sequential_auth,
                             }))
-                            gen = [sys.executable, str(Path(__file__).resolve()), "--generate", str(gspec)]
+                            gen = [sys.executable, str(HERE / "_session_pygen.py"), str(gspec)]
                         run = figures(run_generator(["taskset", "-c", GENERATOR_CPU, *gen], server, True))
-                        run.update(stage_figures(directory / f"server{rep}{int(tickets)}.stats", run))
+                        run.update(stage_figures(directory / f"{name}.stats", run))
                         if paired is not None:
                             run["baseline_us_per_session"] = paired["server_us_per_session"]
                         runs.setdefault(key, []).append(run)
