@@ -32,7 +32,9 @@
  * CHAP arithmetic is rserpool/security/srp.py's and chap.py's
  * (docs/auth-exchanges.md), with what does not depend on the session (x and
  * k*g^x mod N, for the salt the registrar's store holds) precomputed by the
- * Python side.  With -r every slot offers the session (TLS 1.3 ticket) of its
+ * Python side.  As in the PE library, S = (B - k*g^x)^(a + u*x) is
+ * computed with BN_mod_exp_mont_consttime and A = g^a with a fixed-base table
+ * (8-bit windows, 32 products; 2 MB built at start).  With -r every slot offers the session (TLS 1.3 ticket) of its
  * previous connection.
  *
  * SCRIPT (big-endian): "RSSG" u32 version(2) u32 nid,
@@ -158,10 +160,13 @@ static uint64_t err_connect, err_handshake, err_io, err_rejected, err_unexpected
 
 /* the SRP group and the scratch values of one computation (one thread) */
 static BIGNUM *srp_n, *srp_n1, *srp_g, *bn_a, *bn_A, *bn_B, *bn_u, *bn_e, *bn_base, *bn_s;
-static BN_ULONG srp_g_word;
 static BN_CTX *bn_ctx;
 static BN_MONT_CTX *srp_mont;
 static unsigned char srp_hng[HASH_LEN]; /* H(N) xor H(PAD(g)) */
+/* g^a for a of 256 bits as the PE library computes it (srp.py's _FixedBase):
+ * g_table[i][j] = g^(j * 256^i) mod N in Montgomery form, 32 products. */
+#define EPHEMERAL_LEN 32
+static BIGNUM *g_table[EPHEMERAL_LEN][256], *g_one;
 static EVP_MD *md_sha256, *md_md5;
 static EVP_MD_CTX *md_ctx;
 
@@ -231,8 +236,22 @@ static void load_group(void) {
     if (!srp_n || !srp_g || !srp_n1 || !bn_ctx || !srp_mont) fail("BN allocation");
     if (!BN_sub(srp_n1, srp_n, BN_value_one())) fail("BN_sub");
     if (BN_is_zero(srp_g) || BN_cmp(srp_g, srp_n) >= 0) fail("bad SRP generator");
-    srp_g_word = BN_get_word(srp_g);
     if (!BN_MONT_CTX_set(srp_mont, srp_n, bn_ctx)) fail("BN_MONT_CTX_set");
+    BIGNUM *current = BN_new();
+    g_one = BN_new();
+    if (!current || !g_one || !BN_to_montgomery(current, srp_g, srp_mont, bn_ctx) ||
+        !BN_to_montgomery(g_one, BN_value_one(), srp_mont, bn_ctx))
+        fail("BN_to_montgomery");
+    for (int i = 0; i < EPHEMERAL_LEN; i++) {
+        g_table[i][1] = BN_dup(current);
+        for (int j = 2; j < 256; j++) {
+            g_table[i][j] = BN_new();
+            if (!g_table[i][j] || !BN_mod_mul_montgomery(g_table[i][j], g_table[i][j - 1], current, srp_mont, bn_ctx))
+                fail("building the g^a table");
+        }
+        if (!BN_mod_mul_montgomery(current, g_table[i][255], current, srp_mont, bn_ctx)) fail("building the g^a table");
+    }
+    BN_free(current);
     BIGNUM **scratch[] = {&bn_a, &bn_A, &bn_B, &bn_u, &bn_e, &bn_base, &bn_s};
     for (size_t i = 0; i < sizeof scratch / sizeof *scratch; i++)
         if (!(*scratch[i] = BN_new())) fail("BN_new");
@@ -397,6 +416,16 @@ static int auth_error(const char *what) {
     return -1;
 }
 
+/* r = g^a mod N, a given as EPHEMERAL_LEN big-endian bytes (the table) */
+static void g_pow(BIGNUM *r, const unsigned char a[EPHEMERAL_LEN]) {
+    if (!BN_copy(r, g_one)) fail("BN_copy");
+    for (int i = 0; i < EPHEMERAL_LEN; i++) {
+        unsigned digit = a[EPHEMERAL_LEN - 1 - i];
+        if (digit && !BN_mod_mul_montgomery(r, r, g_table[i][digit], srp_mont, bn_ctx)) fail("BN_mod_mul_montgomery");
+    }
+    if (!BN_from_montgomery(r, r, srp_mont, bn_ctx)) fail("BN_from_montgomery");
+}
+
 /* Is v a trivial group element or not below N (srp.py's _check_public)? */
 static int srp_bad_public(const BIGNUM *v) {
     return BN_cmp(v, srp_n) >= 0 || BN_is_zero(v) || BN_is_one(v) || BN_cmp(v, srp_n1) == 0;
@@ -415,13 +444,12 @@ static int srp_challenge(slot_t *s, ident_t *id, const unsigned char *m, size_t 
         return auth_error("the registrar's salt is not the script's");
     if (!BN_bin2bn(bpad.p, SRP_LEN, bn_B)) fail("BN_bin2bn");
     if (srp_bad_public(bn_B)) return auth_error("bad SRP B");
-    unsigned char apad[SRP_LEN], h[HASH_LEN], spad[SRP_LEN], key[HASH_LEN], m1[HASH_LEN];
+    unsigned char a[EPHEMERAL_LEN], apad[SRP_LEN], h[HASH_LEN], spad[SRP_LEN], key[HASH_LEN], m1[HASH_LEN];
     do { /* a: 256 random bits, not 0 */
-        if (RAND_bytes(h, sizeof h) != 1) fail("RAND_bytes");
-        if (!BN_bin2bn(h, sizeof h, bn_a)) fail("BN_bin2bn");
+        if (RAND_bytes(a, sizeof a) != 1) fail("RAND_bytes");
+        if (!BN_bin2bn(a, sizeof a, bn_a)) fail("BN_bin2bn");
     } while (BN_is_zero(bn_a));
-    /* A = g^a (g is a word: the fast path, as the Python side's fixed-base table is) */
-    if (!BN_mod_exp_mont_word(bn_A, srp_g_word, bn_a, srp_n, bn_ctx, srp_mont)) fail("BN_mod_exp_mont_word");
+    g_pow(bn_A, a); /* A = g^a */
     if (srp_bad_public(bn_A)) return auth_error("bad SRP A");
     if (BN_bn2binpad(bn_A, apad, SRP_LEN) != SRP_LEN) fail("BN_bn2binpad");
     SHA256_OF(h, B(apad, SRP_LEN), bpad); /* u = H(PAD(A) | PAD(B)) */
