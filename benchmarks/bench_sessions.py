@@ -4,22 +4,24 @@ A registrar process (``RegistrarService`` with TLS 1.3 and an ECDSA P-256
 certificate, client certificates optional but verified, the file
 credential store with SRP verifiers and CHAP secrets, a rules file, the
 SRP/CHAP authenticator) runs pinned to CPU 0.  A load generator pinned to
-CPU 1 keeps C session slots busy; each session is
+CPU 1, ``sessgen.c`` (C, OpenSSL, epoll), keeps 64 session slots busy; each
+session is
 
     TCP connect, TLS handshake, authentication, one ASAP_REGISTRATION and
     its response, close
 
 - certificate (scenario A): the client certificate is the authentication;
-  the generator is ``sessgen.c`` (C, OpenSSL, epoll);
-- SRP-6a and CHAP (scenario B): the full ASAP authentication exchange bound
-  to the TLS exporter, then the registration; the generator is a Twisted
-  client in Python using the PE library's ``PeAuthenticator`` (no C SRP
-  client exists here), so it is usually the bottleneck;
+- SRP-6a and CHAP (scenario B): no client certificate; the PE library's
+  pipelined ASAP authentication exchange bound to the TLS exporter (request
+  and hello in one write, the proof or CHAP response and the registration in
+  the next), M2 verified for SRP; the client arithmetic in C, with x and
+  k*g^x precomputed here for each identity's stored salt
+  (``write_auth_script``);
 
 each without and with TLS session resumption (server: session tickets on;
 client: offers the session of its previous connection).  A bare Twisted TLS
 server (``_echo_server.py``: same TLS settings, client certificate required,
-answers the registration with precomputed bytes) driven by the same C
+answers the registration with precomputed bytes) driven by the same
 generator gives the certificate sessions' ceiling (``baseline``); it runs
 right before each mechanism, and each mechanism's ratio is to that window.
 With ``--stages`` the registrar times its own stages with
@@ -32,7 +34,13 @@ The primary, load-robust figure is the registrar's CPU time per session
 ``*_per_core_s`` = 1e6 / that (what one fully used core would do) is a
 **projection**.  Measured sessions/s come next to the generator's CPU share.
 
-    .venv/bin/python benchmarks/bench_sessions.py [--quick] [--json] [--stages] [--profile DIR]
+With ``--py-generator`` SRP and CHAP are driven instead by a Twisted client
+in Python running the PE library's ``PeAuthenticator`` (``_session_pygen.py``): an
+end-to-end check of the library, but it saturates its own core first, so
+the registrar works under a lighter load than in the baseline's window and
+its figures are not comparable to the baseline's.
+
+    .venv/bin/python benchmarks/bench_sessions.py [--quick] [--json] [--stages] [--profile DIR] [--py-generator]
 
 Needs ``gcc``, the OpenSSL headers and ``taskset``.
 """
@@ -41,8 +49,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import resource
 import statistics
 import struct
 import subprocess
@@ -98,15 +104,18 @@ def registration(mechanism: str, index: int) -> Any:
 # -- files -------------------------------------------------------------------------------
 
 
-def write_credentials(directory: Path, identities: int) -> tuple[Path, Path]:
-    """The file store (SRP verifiers, CHAP secrets) and the rules file."""
+def write_credentials(directory: Path, identities: int) -> tuple[Path, Path, list[tuple[bytes, bytes]]]:
+    """The file store (SRP verifiers, CHAP secrets), the rules file and the
+    SRP identities' (salt, verifier) as stored (the C generator's script
+    holds x for that salt)."""
     from rserpool.backends.filestore_format import chap_line, srp_line
     from rserpool.security.srp import make_verifier
 
-    lines = []
+    lines, verifiers = [], []
     for i in range(identities):
         name = identity("srp", i)
         salt, verifier = make_verifier(name, secret("srp", i))
+        verifiers.append((salt, verifier))
         lines.append(srp_line(name, salt, verifier))
         lines.append(chap_line(identity("chap", i), secret("chap", i).encode()))
     credentials = directory / "credentials"
@@ -115,19 +124,99 @@ def write_credentials(directory: Path, identities: int) -> tuple[Path, Path]:
     rules = directory / "bench.rules"
     rules.write_text("".join(f"{identity(m, i)} register,deregister {POOL}\n"
                              for m in MECHANISMS for i in range(identities)))
-    return credentials, rules
+    return credentials, rules, verifiers
+
+
+# -- sessgen's script (its format is described at the top of sessgen.c) ----------------------
+
+SESSGEN_SCRIPT_VERSION = 2
+KIND_CERT, KIND_SRP, KIND_CHAP = 0, 1, 2
+
+
+def _b16(value: bytes) -> bytes:
+    return struct.pack("!H", len(value)) + value
+
+
+def _b32(value: bytes) -> bytes:
+    return struct.pack("!I", len(value)) + value
+
+
+def _script_header(count: int) -> bytearray:
+    from rserpool.security.srp import GROUP_2048_SHA256 as group
+
+    return bytearray(b"RSSG" + struct.pack("!II", SESSGEN_SCRIPT_VERSION, count) + _b16(group.pad(group.n))
+                     + _b16(group.pad(group.g)))
 
 
 def write_sessgen_script(path: Path, bench_pki: BenchPKI) -> None:
-    out = bytearray(b"RSSG") + struct.pack("!II", 1, len(bench_pki.clients))
-
-    def text(value: str) -> bytes:
-        raw = value.encode()
-        return struct.pack("!H", len(raw)) + raw
-
+    """Certificate sessions: one identity per client certificate."""
+    out = _script_header(len(bench_pki.clients))
     for index, (_, cert, key) in enumerate(bench_pki.clients):
         request = INIT_CHUNK + data_chunk(registration("cert", index))
-        out += text(str(cert)) + text(str(key)) + struct.pack("!I", len(request)) + request
+        out += bytes((KIND_CERT,)) + _b16(str(cert).encode()) + _b16(str(key).encode()) + _b32(request)
+    path.write_bytes(bytes(out))
+
+
+def field_offsets(blank: bytes, full: bytes, sizes: tuple[int, int]) -> tuple[int, int]:
+    """Where a chunk encoded with two fields all zeros (``blank``) and all
+    ones (``full``) differs: exactly two runs of ``sizes`` bytes; their offsets."""
+    if len(blank) != len(full):
+        raise ValueError("the two encodings differ in size")
+    runs: list[list[int]] = []
+    for position, (a, b) in enumerate(zip(blank, full)):
+        if a != b:
+            if runs and runs[-1][0] + runs[-1][1] == position:
+                runs[-1][1] += 1
+            else:
+                runs.append([position, 1])
+    if tuple(size for _, size in runs) != sizes:
+        raise ValueError(f"fields {runs} are not of sizes {sizes}")
+    return runs[0][0], runs[1][0]
+
+
+def write_auth_script(path: Path, mechanism: str, identities: int, verifiers: list[tuple[bytes, bytes]]) -> None:
+    """SRP or CHAP sessions of the PE library's pipelined flow, for sessgen:
+    per identity the first write (INIT, ASAP_AUTH_REQUEST, ASAP_AUTH_HELLO),
+    the second write's template (the proof or CHAP response with its fields
+    blank, then the registration) with the fields' offsets, and the secret
+    (CHAP) or what SRP's client side can compute ahead: x and k*g^x mod N
+    for the salt the store holds (checked against the stored verifier)."""
+    from rserpool.identity import normalize_identity
+    from rserpool.security import exchange as ex
+    from rserpool.security import srp
+    from rserpool.wire.auth import AsapAuthChapResponse, AsapAuthHello, AsapAuthRequest, AsapAuthSrpProof
+
+    group = srp.GROUP_2048_SHA256
+    if mechanism == "srp":
+        mech = ex.MECH_SRP_SHA256_2048
+        blank = data_chunk(AsapAuthSrpProof(bytes(group.n_len), bytes(32)))
+        full = data_chunk(AsapAuthSrpProof(b"\xff" * group.n_len, b"\xff" * 32))
+        offsets = field_offsets(blank, full, (group.n_len, 32))
+    else:
+        mech = ex.MECH_CHAP_MD5
+        blank = data_chunk(AsapAuthChapResponse(0, bytes(16)))
+        full = data_chunk(AsapAuthChapResponse(255, b"\xff" * 16))
+        offsets = field_offsets(blank, full, (1, 16))
+    out = _script_header(identities)
+    for i in range(identities):
+        name = normalize_identity(identity(mechanism, i))
+        assert name is not None
+        first = INIT_CHUNK + data_chunk(AsapAuthRequest()) + data_chunk(AsapAuthHello(mech, name))
+        template = blank + data_chunk(registration(mechanism, i))
+        out += bytes((KIND_SRP if mechanism == "srp" else KIND_CHAP,)) + _b16(mech.encode()) + \
+            _b16(name.encode()) + _b32(first) + _b32(template) + struct.pack("!HH", *offsets)
+        # As ClientExchange: the normalized identity, the secret NFKC-normalized.
+        ident = srp.normalize_text(name, srp.MAX_IDENTITY_LEN, "identity")
+        password = srp.normalize_text(secret(mechanism, i), srp.MAX_PASSWORD_LEN, "secret")
+        if mechanism == "srp":
+            salt, verifier = verifiers[i]
+            x = srp.compute_x(group, salt, ident, password)
+            if group.pad(group.g_pow(x)) != verifier:
+                raise ValueError(f"x of {name} does not give the stored verifier")
+            kgx = group.k * group.g_pow(x) % group.n
+            out += _b16(salt) + _b16(x.to_bytes(32, "big")) + _b16(group.pad(kgx))
+        else:
+            out += _b16(password)
     path.write_bytes(bytes(out))
 
 
@@ -142,6 +231,14 @@ def write_echo_spec(path: Path, bench_pki: BenchPKI) -> None:
                                 "ca": str(bench_pki.ca), "responses": {str(request_len): answer.hex()}}))
 
 
+def sessgen_command(binary: Path, script: Path, ca: Path, server: Server, slots: int, warmup: float,
+                    measure: float, resume: bool) -> list[str]:
+    """sessgen's command line against ``server`` (run_generator's callers pin it)."""
+    return [str(binary), "-p", str(server.port), "-s", str(script), "-A", str(ca),
+            "-n", SERVER_NAME, "-c", str(slots), "-w", str(int(warmup * 1000)), "-m", str(int(measure * 1000)),
+            "-P", str(server.pid)] + (["-r"] if resume else [])
+
+
 def build_sessgen(directory: Path) -> Path:
     binary = directory / "sessgen"
     subprocess.run(["gcc", "-O2", "-Wall", "-o", str(binary), str(HERE / "sessgen.c"), "-lssl", "-lcrypto"],
@@ -150,6 +247,19 @@ def build_sessgen(directory: Path) -> Path:
 
 
 # -- the registrar child -------------------------------------------------------------------
+
+
+def start_registrar(directory: Path, name: str, bench_pki: BenchPKI, credentials: Path, rules: Path,
+                    tickets: bool, stages: bool = False, profile: str | None = None) -> Server:
+    """The registrar child (``serve``) pinned to CPU 0, with its spec, log
+    and stats files ``directory/name.*``; started and listening."""
+    spec = directory / f"{name}.json"
+    spec.write_text(json.dumps({
+        "cert": str(bench_pki.server_cert), "key": str(bench_pki.server_key), "ca": str(bench_pki.ca),
+        "credentials": str(credentials), "rules": str(rules), "tickets": tickets, "stages": stages,
+        "stats": str(directory / f"{name}.stats"), "profile": profile,
+    }))
+    return Server([sys.executable, str(Path(__file__).resolve()), "--serve", str(spec)], directory / f"{name}.log")
 
 
 def serve(spec_path: str) -> int:
@@ -264,181 +374,6 @@ def _install_window_hooks(stats_path: str, profile_dir: str | None, stages: bool
     signal.signal(signal.SIGUSR2, stop)
 
 
-# -- CPU accounting shared by both generators ---------------------------------------------
-
-
-def server_cpu_ns(pid: int) -> int:
-    total = 0
-    for task in os.listdir(f"/proc/{pid}/task"):
-        try:
-            with open(f"/proc/{pid}/task/{task}/schedstat") as handle:
-                total += int(handle.read().split()[0])
-        except (OSError, ValueError, IndexError):
-            pass
-    return total
-
-
-def cpu_jiffies() -> tuple[list[int], list[int]]:
-    busy, total = [-1, -1], [-1, -1]
-    with open("/proc/stat") as handle:
-        for line in handle:
-            name, *fields = line.split()
-            if name in ("cpu0", "cpu1"):
-                values = [int(v) for v in fields[:8]]
-                cpu = int(name[3:])
-                total[cpu] = sum(values)
-                busy[cpu] = total[cpu] - values[3] - values[4]
-    return busy, total
-
-
-def boundary_line(word: str, pid: int) -> str:
-    busy, total = cpu_jiffies()
-    return f"{word} window {server_cpu_ns(pid)} {busy[0]} {total[0]} {busy[1]} {total[1]}"
-
-
-# -- the Python generator (SRP and CHAP) ----------------------------------------------------
-
-
-def generate(spec_path: str) -> int:
-    """Child: C slots of TLS + SRP/CHAP (PeAuthenticator) + registration + close."""
-    from OpenSSL._util import lib as ssl_lib
-    from twisted.internet import endpoints, reactor
-    from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
-    from twisted.internet.protocol import Factory
-    from zope.interface import implementer
-
-    from rserpool.security import exchange as ex
-    from rserpool.security import tls
-    from rserpool.service.auth import PeAuthenticator
-    from rserpool.service.channel import Channel, ChannelSettings
-    from rserpool.wire import AsapRegistrationResponse
-
-    spec = json.loads(Path(spec_path).read_text())
-    mechanism, identities, resume = spec["mechanism"], spec["identities"], spec["resume"]
-    wanted = ex.MECH_SRP_SHA256_2048 if mechanism == "srp" else ex.MECH_CHAP_MD5
-    base = tls.client_options(SERVER_NAME, [spec["ca"]])
-    settings = ChannelSettings(heartbeat_interval=1000, dead_after=2000)
-    counts = {"completed": 0, "completed_total": 0, "resumed": 0}
-    errors = {"connect": 0, "auth": 0, "rejected": 0, "unexpected": 0, "closed": 0}
-    state = {"measuring": False, "stopping": False}
-    messages = [registration(mechanism, i) for i in range(identities)]
-    pipelined = spec.get("pipelined", True)
-
-    @implementer(IOpenSSLClientConnectionCreator)
-    class Creator:
-        def __init__(self) -> None:
-            self.session: Any = None
-
-        def clientConnectionForTLS(self, protocol: Any) -> Any:
-            connection = base.clientConnectionForTLS(protocol)
-            if resume and self.session is not None:
-                connection.set_session(self.session)
-            return connection
-
-    class Slot:
-        def __init__(self, index: int) -> None:
-            self.index = index % identities
-            self.creator = Creator()
-            self.endpoint = endpoints.wrapClientTLS(
-                self.creator, endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", spec["port"]))
-            self.auth = PeAuthenticator(reactor, identity(mechanism, self.index),
-                                        secret(mechanism, self.index), preferences=(wanted,), timeout=30.0,
-                                        pipelined=pipelined)
-            self.done = False
-
-        def start(self) -> None:
-            if state["stopping"]:
-                return
-            self.done = False
-            factory = Factory.forProtocol(lambda: Channel(self, reactor, settings, tls=True, initiator=True))
-            self.endpoint.connect(factory).addErrback(self.connect_failed)
-
-        def connect_failed(self, failure: Any) -> None:
-            errors["connect"] += 1
-            reactor.callLater(0.01, self.start)
-
-        # ChannelHandler
-        def channel_ready(self, channel: Any) -> None:
-            registration = messages[self.index]
-            if pipelined:  # as PoolElementService does: the registration right behind the proof
-                self.auth.authenticate(channel, then=lambda: channel.send(registration)).addErrback(
-                    self.auth_failed)
-            else:
-                self.auth.authenticate(channel).addCallbacks(lambda _: channel.send(registration),
-                                                             self.auth_failed)
-
-        def auth_failed(self, failure: Any) -> None:
-            if state["stopping"]:
-                return
-            errors["auth"] += 1
-            if errors["auth"] <= 3:
-                print(f"authentication failed: {failure.getErrorMessage()}", file=sys.stderr)
-
-        def message_received(self, channel: Any, message: Any, now: float) -> None:
-            if type(message) is not AsapRegistrationResponse or self.done:
-                errors["unexpected"] += 1
-                channel.abort()
-                return
-            if message.reject:
-                errors["rejected"] += 1
-                channel.abort()
-                return
-            self.done = True
-            counts["completed_total"] += 1
-            connection = tls.tls_connection(channel.transport)
-            if state["measuring"]:
-                counts["completed"] += 1
-                counts["resumed"] += 1 if ssl_lib.SSL_session_reused(connection._ssl) == 1 else 0
-            if resume:
-                self.creator.session = connection.get_session()
-            channel.close()
-
-        def wire_error(self, channel: Any, ppid: int, error: Any, now: float) -> None:
-            errors["unexpected"] += 1
-            channel.abort()
-
-        def data_received(self, channel: Any, ppid: int, payload: bytes, now: float) -> None:
-            errors["unexpected"] += 1
-            channel.abort()
-
-        def channel_closed(self, channel: Any, reason: Any) -> None:
-            if not self.done:
-                errors["closed"] += 1
-            self.start()
-
-    marks: dict[str, float] = {}
-
-    def rusage() -> tuple[float, float]:
-        usage = resource.getrusage(resource.RUSAGE_SELF)
-        return usage.ru_utime, usage.ru_stime
-
-    def begin() -> None:
-        marks["start"] = time.monotonic()
-        marks["user0"], marks["sys0"] = rusage()
-        state["measuring"] = True
-        print(boundary_line("START", spec["server_pid"]), flush=True)
-
-    def end() -> None:
-        state["measuring"] = False
-        state["stopping"] = True
-        marks["end"] = time.monotonic()
-        marks["user1"], marks["sys1"] = rusage()
-        print(boundary_line("END", spec["server_pid"]), flush=True)
-        result = {"window_s": marks["end"] - marks["start"], **counts,
-                  "gen_cpu_user_s": marks["user1"] - marks["user0"],
-                  "gen_cpu_sys_s": marks["sys1"] - marks["sys0"], "slots": spec["slots"], "errors": errors}
-        print("RESULT " + json.dumps(result), flush=True)
-        reactor.stop()
-
-    print("READY", flush=True)
-    for i in range(spec["slots"]):
-        Slot(i).start()
-    reactor.callLater(spec["warmup"], begin)
-    reactor.callLater(spec["warmup"] + spec["measure"], end)
-    reactor.run()
-    return 0
-
-
 # -- orchestration ------------------------------------------------------------------------------
 
 
@@ -528,8 +463,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repetitions", type=int, default=None, help="default 3 (1 with --quick)")
     parser.add_argument("--measure", type=float, default=None, help="seconds per measured window")
     parser.add_argument("--identities", type=int, default=64, help="identities per mechanism")
-    parser.add_argument("--cert-slots", type=int, default=64, help="concurrent sessions of the C generator")
+    parser.add_argument("--c-slots", "--cert-slots", dest="c_slots", type=int, default=64,
+                        help="concurrent sessions of the C generator (all mechanisms and the baseline)")
+    parser.add_argument("--py-generator", action="store_true",
+                        help="drive SRP and CHAP with the Python generator (Twisted, the PE library's "
+                             "PeAuthenticator) instead of sessgen.c; it saturates its core first")
     parser.add_argument("--py-slots", type=int, default=32, help="concurrent sessions of the Python generator")
+    parser.add_argument("--warmup", type=float, default=None, help="seconds of warm-up per window (default 1, "
+                        "0.5 with --quick)")
     parser.add_argument("--only", choices=MECHANISMS, action="append", help="run only these mechanisms")
     parser.add_argument("--no-baseline", action="store_true", help="skip the bare TLS server baseline")
     parser.add_argument("--profile", metavar="DIR", help="cProfile the registrar in each measured window")
@@ -539,18 +480,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stages", action="store_true",
                         help="time the registrar's stages (adds 20-60 us of timing calls per session)")
     parser.add_argument("--serve", metavar="SPEC", help=argparse.SUPPRESS)
-    parser.add_argument("--generate", metavar="SPEC", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve:
         return serve(args.serve)
-    if args.generate:
-        return generate(args.generate)
 
     reps = args.repetitions or (1 if args.quick else 3)
-    warmup = 0.5 if args.quick else 1.0
+    warmup = args.warmup if args.warmup is not None else 0.5 if args.quick else 1.0
     measure = args.measure or (1.0 if args.quick else 3.0)
     mechanisms = tuple(args.only or MECHANISMS)
-    slots = max(args.cert_slots, args.py_slots)
+    if args.sequential_auth and not args.py_generator:
+        parser.error("--sequential-auth needs --py-generator (sessgen.c pipelines as the PE library does)")
+    slots = max(args.c_slots, args.py_slots if args.py_generator else 0)
     if args.identities < slots:
         parser.error("--identities must be at least the number of slots (one session per identity at a time)")
     started = time.monotonic()
@@ -558,20 +498,23 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="rserpool-bench-sessions-") as tmp:
         directory = Path(tmp)
         bench_pki = make_pki(directory, args.identities)
-        credentials, rules = write_credentials(directory, args.identities)
+        credentials, rules, verifiers = write_credentials(directory, args.identities)
         sessgen = build_sessgen(directory)
-        script = directory / "cert.sg"
-        write_sessgen_script(script, bench_pki)
+        scripts = {"cert": directory / "cert.sg"}
+        write_sessgen_script(scripts["cert"], bench_pki)
+        for mechanism in ("srp", "chap"):
+            scripts[mechanism] = directory / f"{mechanism}.sg"
+            write_auth_script(scripts[mechanism], mechanism, args.identities, verifiers)
         say(f"session benchmark: {', '.join(mechanisms)}, with and without resumption; {reps} repetition(s) of "
             f"{warmup:.1f} s warm-up + {measure:.1f} s measured; registrar on CPU {SERVER_CPU}, generators on "
-            f"CPU {GENERATOR_CPU} (C: {args.cert_slots} slots, Python: {args.py_slots} slots)")
+            f"CPU {GENERATOR_CPU} (C: {args.c_slots} slots"
+            + (f"; SRP and CHAP: Python, {args.py_slots} slots)" if args.py_generator else ")"))
         echo_spec = directory / "echo.json"
         write_echo_spec(echo_spec, bench_pki)
 
-        def sessgen_argv(server: Server, resume: bool) -> list[str]:
-            return [str(sessgen), "-p", str(server.port), "-s", str(script), "-A", str(bench_pki.ca),
-                    "-n", SERVER_NAME, "-c", str(args.cert_slots), "-w", str(int(warmup * 1000)),
-                    "-m", str(int(measure * 1000)), "-P", str(server.pid)] + (["-r"] if resume else [])
+        def sessgen_argv(server: Server, resume: bool, mechanism: str = "cert") -> list[str]:
+            return sessgen_command(sessgen, scripts[mechanism], bench_pki.ca, server, args.c_slots, warmup, measure,
+                                   resume)
 
         def show(key: str, rep: int, run: dict[str, Any]) -> None:
             say(f"  {key:14s} #{rep + 1}: {run['sessions_per_s']:7.0f}/s measured, server "
@@ -597,17 +540,11 @@ def main(argv: list[str] | None = None) -> int:
 
         for rep in range(reps):
             for tickets in (False, True):
-                spec = directory / f"server{rep}{int(tickets)}.json"
-                spec.write_text(json.dumps({
-                    "cert": str(bench_pki.server_cert), "key": str(bench_pki.server_key), "ca": str(bench_pki.ca),
-                    "credentials": str(credentials), "rules": str(rules), "tickets": tickets,
-                    "stages": args.stages,
-                    "stats": str(directory / f"server{rep}{int(tickets)}.stats"),
-                    "profile": str(Path(args.profile).resolve() / f"rep{rep + 1}-tickets{int(tickets)}")
-                    if args.profile else None,
-                }))
-                server = Server([sys.executable, str(Path(__file__).resolve()), "--serve", str(spec)],
-                                directory / f"server{rep}{int(tickets)}.log")
+                name = f"server{rep}{int(tickets)}"
+                profile = str(Path(args.profile).resolve() / f"rep{rep + 1}-tickets{int(tickets)}") \
+                    if args.profile else None
+                server = start_registrar(directory, name, bench_pki, credentials, rules, tickets, args.stages,
+                                         profile)
                 try:
                     for mechanism in mechanisms:
                         key = mechanism + ("_resumed" if tickets else "")
@@ -616,8 +553,8 @@ def main(argv: list[str] | None = None) -> int:
                             # Each mechanism's ratio is to a baseline measured just
                             # before it: the host's speed drifts within a repetition.
                             paired = baseline(rep, mechanism)
-                        if mechanism == "cert":
-                            gen = sessgen_argv(server, tickets)
+                        if mechanism == "cert" or not args.py_generator:
+                            gen = sessgen_argv(server, tickets, mechanism)
                         else:
                             gspec = directory / f"gen-{key}-{rep}.json"
                             gspec.write_text(json.dumps({
@@ -626,9 +563,9 @@ def main(argv: list[str] | None = None) -> int:
                                 "warmup": warmup, "measure": measure, "server_pid": server.pid,
                                 "pipelined": not args.sequential_auth,
                             }))
-                            gen = [sys.executable, str(Path(__file__).resolve()), "--generate", str(gspec)]
+                            gen = [sys.executable, str(HERE / "_session_pygen.py"), str(gspec)]
                         run = figures(run_generator(["taskset", "-c", GENERATOR_CPU, *gen], server, True))
-                        run.update(stage_figures(directory / f"server{rep}{int(tickets)}.stats", run))
+                        run.update(stage_figures(directory / f"{name}.stats", run))
                         if paired is not None:
                             run["baseline_us_per_session"] = paired["server_us_per_session"]
                         runs.setdefault(key, []).append(run)
@@ -703,11 +640,13 @@ def summarize(runs: dict[str, list[dict[str, Any]]], reps: int, warmup: float, m
     }
     summary.update({
         "repetitions": reps, "warmup_s": warmup, "measure_s": measure, "identities": args.identities,
-        "cert_slots": args.cert_slots, "py_slots": args.py_slots, "tls": "TLSv1.3, ECDSA P-256 server certificate",
-        "generators": {"cert": "sessgen.c (C, OpenSSL)", "srp": "Python (Twisted, PeAuthenticator)",
-                       "chap": "Python (Twisted, PeAuthenticator)"},
+        "c_slots": args.c_slots, "py_slots": args.py_slots if args.py_generator else None,
+        "tls": "TLSv1.3, ECDSA P-256 server certificate",
+        "generators": {"baseline": "sessgen.c (C, OpenSSL)", "cert": "sessgen.c (C, OpenSSL)",
+                       **{m: "Python (Twisted, PeAuthenticator)" if args.py_generator else "sessgen.c (C, OpenSSL)"
+                          for m in ("srp", "chap")}},
         "instrumented": "profile" if args.profile else "stages" if args.stages else "none",
-        "auth_pipelined": not args.sequential_auth,
+        "auth_pipelined": not args.sequential_auth,  # sessgen.c always pipelines
         "runs": runs,
     })
     return summary

@@ -143,9 +143,10 @@ static char *rdstr(void) {
     return s;
 }
 
-/* Reads the whole file into script and checks its magic and version 1;
- * script_pos is then just past them. */
-static void read_script(const char *path, const char magic[4]) {
+/* Reads the whole file into script and checks its magic and that its
+ * version is 1..max_version; script_pos is then just past them.  Returns
+ * the version. */
+static uint32_t read_script(const char *path, const char magic[4], uint32_t max_version) {
     FILE *f = fopen(path, "rb");
     if (!f) die("open script");
     fseek(f, 0, SEEK_END);
@@ -157,7 +158,9 @@ static void read_script(const char *path, const char magic[4]) {
     need(4);
     if (memcmp(script, magic, 4) != 0) fail("not a " BENCH_PROG " script");
     script_pos = 4;
-    if (rd32() != 1) fail("unknown script version");
+    uint32_t version = rd32();
+    if (version < 1 || version > max_version) fail("unknown script version");
+    return version;
 }
 
 /* -- the TCP mapping -------------------------------------------------------------- */

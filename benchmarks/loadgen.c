@@ -124,7 +124,7 @@ static uint8_t rd8(void) {
 static char **cert_paths, **key_paths;
 
 static void load_script(const char *path) {
-    read_script(path, "RSLG");
+    read_script(path, "RSLG", 1);
     nconn = (int)rd32();
     if (nconn < 1 || nconn > 10000) fail("bad connection count");
     cert_paths = calloc(nconn, sizeof(char *));

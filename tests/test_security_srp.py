@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import random
 
 import pytest
@@ -318,13 +319,43 @@ def test_random_credentials_round_trip(identity: str, password: str, other: str)
             server.verify_client(a_pub, m1)
 
 
-def test_pure_python_backend_matches_vectors(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Whatever backend is installed, the pow() fallback must give the same numbers.
-    monkeypatch.setattr(srp, "_powmod", pow)
-    monkeypatch.setattr(srp, "_to_num", int)
-    group = srp.SrpGroup("t", GROUP_1024_SHA1.n, 2, "sha1")  # fresh table, built with int
+@pytest.mark.parametrize("backend", ["openssl", "gmpy2", "python"])
+def test_every_backend_matches_the_vectors(monkeypatch: pytest.MonkeyPatch, backend: str) -> None:
+    # Whatever backend is installed, each of them must give the RFC 5054 numbers.
+    from rserpool.security import modexp
+
+    if backend == "openssl":
+        if os.environ.get("CI") == "true":
+            assert modexp.AVAILABLE, modexp.REASON  # Debian's libcrypto.so.3 is always there
+        elif not modexp.AVAILABLE:
+            pytest.skip(modexp.REASON)
+    else:
+        monkeypatch.setattr(modexp, "AVAILABLE", False)
+    if backend == "python":
+        monkeypatch.setattr(srp, "_powmod", pow)
+        monkeypatch.setattr(srp, "_to_num", int)
+    elif backend == "gmpy2" and srp.BACKEND != "gmpy2":
+        pytest.skip("gmpy2 is not installed")
+    group = srp.SrpGroup("t", GROUP_1024_SHA1.n, 2, "sha1")  # fresh table and backend
+    assert (group.modexp is not None) is (backend == "openssl")
     assert srp.compute_verifier(group, RFC_S, RFC_I, RFC_P) == RFC_V
     assert srp.compute_server_public(group, RFC_b, RFC_V) == RFC_B
     assert srp.compute_server_premaster(group, RFC_A, RFC_b, RFC_V, RFC_U) == RFC_PREMASTER
     assert srp.compute_client_premaster(group, RFC_B, RFC_a, RFC_X, RFC_U) == RFC_PREMASTER
     assert isinstance(group.g_pow(12345), int)
+
+
+def test_the_openssl_exponentiation_agrees_with_pow_on_edges() -> None:
+    from rserpool.security import modexp
+
+    if not modexp.AVAILABLE:
+        pytest.skip(modexp.REASON)
+    n = DEFAULT_GROUP.n
+    m = modexp.ModExp(n)
+    for base, exponent in ((0, 0), (0, 5), (1, 2**256 - 1), (n - 1, 2), (n + 5, 3), (2, 0),
+                           (123456789, 2**511 + 12345), (n - 2, n - 1)):
+        assert m.pow(base, exponent) == pow(base, exponent, n), (base, exponent)
+    with pytest.raises(ValueError):
+        m.pow(2, -1)
+    with pytest.raises(ValueError):
+        modexp.ModExp(10)

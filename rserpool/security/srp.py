@@ -15,9 +15,14 @@ with the TLS channel binding mixed in (see ``docs/auth-exchanges.md``)::
 In M1 the salt ``s`` is the only field whose length is not fixed by the
 group, so the concatenation is unambiguous.
 
-Big-number arithmetic uses gmpy2 (GMP) when it is installed and Python's
-``pow`` otherwise; both give identical results.  Fixed-base exponentiations
-(g^a, g^b, g^x) use a precomputed per-group table (8-bit windows).
+The two variable-base exponentiations with secret exponents (the server's
+``(A * v^u)^b``, the client's ``(B - k*g^x)^(a + u*x)``) use OpenSSL's
+constant-time ``BN_mod_exp_mont_consttime`` (:mod:`rserpool.security.modexp`)
+when libcrypto loads, else gmpy2 (GMP) when it is installed, else Python's
+``pow``; all give identical results.  Fixed-base exponentiations (g^a, g^b,
+g^x) use a precomputed per-group table (8-bit windows; its time depends on
+how many of the exponent's 8-bit digits are zero: the ephemerals a and b are
+used once).
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ import unicodedata
 from dataclasses import dataclass, field
 from collections.abc import Callable
 from typing import Any
+
+from rserpool.security import modexp as _modexp
 
 try:  # pragma: no cover - which branch runs depends on the installation
     import gmpy2 as _gmpy2
@@ -156,6 +163,8 @@ class SrpGroup:
     k: int = field(init=False, repr=False)
     h_ng: bytes = field(init=False, repr=False)
     _g_pow: _FixedBase = field(init=False, repr=False, compare=False)
+    #: OpenSSL's constant-time exponentiation modulo N, when libcrypto loads.
+    modexp: _modexp.ModExp | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         n_len = (self.n.bit_length() + 7) // 8
@@ -169,6 +178,7 @@ class SrpGroup:
             self, "k", int.from_bytes(hashlib.new(self.hash_name, nb + gb).digest(), "big")
         )
         object.__setattr__(self, "_g_pow", _FixedBase(self.g, self.n))
+        object.__setattr__(self, "modexp", _modexp.ModExp(self.n) if _modexp.AVAILABLE else None)
 
     def hash(self, *parts: bytes) -> bytes:
         h = hashlib.new(self.hash_name)
@@ -302,6 +312,9 @@ def compute_client_public(group: SrpGroup, a: int) -> int:
 
 def compute_server_premaster(group: SrpGroup, a_pub: int, b: int, verifier: int, u: int) -> int:
     """S = (A * v^u) ^ b mod N."""
+    modexp = group.modexp
+    if modexp is not None:  # constant time in the secret b
+        return modexp.pow(a_pub * modexp.pow(verifier, u) % group.n, b)
     n = _to_num(group.n)
     base = _to_num(a_pub) * _powmod(_to_num(verifier), _to_num(u), n) % n
     return int(_powmod(base, _to_num(b), n))
@@ -311,6 +324,9 @@ def compute_client_premaster(group: SrpGroup, b_pub: int, a: int, x: int, u: int
     """S = (B - k * g^x) ^ (a + u * x) mod N."""
     n = group.n
     base = (b_pub - group.k * group.g_pow(x)) % n
+    modexp = group.modexp
+    if modexp is not None:  # constant time in the secret a + u*x (x: from the password)
+        return modexp.pow(base, a + u * x)
     return int(_powmod(_to_num(base), _to_num(a + u * x), _to_num(n)))
 
 

@@ -87,12 +87,22 @@ def _check_bytes(name: str, value: object, low: int, high: int) -> None:
         raise ValueError(f"{name} must be {size} bytes, not {len(value)}")
 
 
+#: Mechanism names already found well-formed (a handful in practice; bounded).
+_GOOD_MECHANISMS: set[str] = set()
+_GOOD_MECHANISM_BYTES: dict[bytes, str] = {}
+_MAX_REMEMBERED = 64
+
+
 def _check_mechanism(value: object) -> None:
+    if type(value) is str and value in _GOOD_MECHANISMS:
+        return
     if not isinstance(value, str):
         raise ValueError("a mechanism name must be str")
     raw = value.encode("ascii", "replace")
     if not 1 <= len(raw) <= MAX_MECHANISM_LEN or not all(0x21 <= b < 0x7F for b in raw):
         raise ValueError(f"bad mechanism name {value!r}")
+    if type(value) is str and len(_GOOD_MECHANISMS) < _MAX_REMEMBERED:
+        _GOOD_MECHANISMS.add(value)
 
 
 def _check_identity(value: object) -> None:
@@ -120,9 +130,15 @@ def _dec_raw(data: bytes, start: int, end: int, depth: int, ctx: Ctx) -> bytes:
 
 def _dec_mechanism(data: bytes, start: int, end: int, depth: int, ctx: Ctx) -> str:
     raw = bytes(data[start:end])
+    known = _GOOD_MECHANISM_BYTES.get(raw)
+    if known is not None:
+        return known
     if not 1 <= len(raw) <= MAX_MECHANISM_LEN or not all(0x21 <= b < 0x7F for b in raw):
         raise invalid("Auth Mechanism: 1-32 printable ASCII bytes expected", data[start - 4:end])
-    return raw.decode("ascii")
+    name = raw.decode("ascii")
+    if len(_GOOD_MECHANISM_BYTES) < _MAX_REMEMBERED:
+        _GOOD_MECHANISM_BYTES[raw] = name
+    return name
 
 
 def _dec_identity(data: bytes, start: int, end: int, depth: int, ctx: Ctx) -> str:
