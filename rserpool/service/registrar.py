@@ -566,12 +566,6 @@ class RegistrarService(MultiService):
                         state.channel.send(output.message)
                     else:
                         state.channel.send_encoded(output.message.PPID, data)
-            elif kind is AskAuthorizer:
-                self._authorize(output)
-            elif kind is Close:
-                output.channel.channel.close()  # the AsapChannelState's channel
-            elif kind is PauseInput:
-                output.channel.channel.pause_input(output.until)
             elif kind is PoolElementAdded:
                 if output.created:
                     self.pe_log.added(output.entry)
@@ -581,6 +575,12 @@ class RegistrarService(MultiService):
                 self.pe_log.removed(output.entry, output.reason)
                 for listener in self.change_listeners:
                     listener(output)
+            elif kind is AskAuthorizer:
+                self._authorize(output)
+            elif kind is Close:
+                output.channel.channel.close()  # the AsapChannelState's channel
+            elif kind is PauseInput:
+                output.channel.channel.pause_input(output.until)
         if arm:
             self._arm_timer()
 
