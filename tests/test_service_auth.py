@@ -225,6 +225,10 @@ class AuthOverTLS(unittest.TestCase):
         self.assertEqual(len(registrar.handlespace), 0)
         self.assertEqual(registrar.core.stats["registrations"], 0)
         self.assertEqual(registrar.authenticator.stats["succeeded"], 0)
+        # The registration the PE sent behind its proof is taken back: no
+        # attempt counted, no home registrar left behind.
+        self.assertIsNone(pe.core.home)
+        self.assertEqual(pe.core.attempts, 0)
 
     @defer.inlineCallbacks
     def test_registration_before_authentication_is_refused(self):
