@@ -333,54 +333,6 @@ def test_a_lazy_deadline_queue_answers_as_a_plain_one(steps, slack):
         timers.COMPACT_SLACK = saved
 
 
-def _generic_lazy_queue() -> DeadlineQueue:
-    """A lazy queue with the generic (getattr/setattr) methods."""
-    queue = object.__new__(DeadlineQueue)
-    queue.__init__("token", queued_slot="queued", wanted_slot="due")
-    return queue
-
-
-def _slots(entries: list) -> list:
-    return [(e.token, e.queued and e.queued[:2], e.due) for e in entries]
-
-
-def test_a_lazy_queue_gets_methods_compiled_for_its_slots():
-    queue = _lazy_queue()
-    assert isinstance(queue, DeadlineQueue) and type(queue) is not DeadlineQueue
-    assert type(queue) is type(_lazy_queue())  # one class per set of names
-    assert type(DeadlineQueue("token")) is DeadlineQueue
-    assert type(_generic_lazy_queue()) is DeadlineQueue
-
-
-@settings(max_examples=300, deadline=None)
-@given(_QUEUE_STEPS, st.sampled_from([0, 1, 4, timers.COMPACT_SLACK]))
-def test_the_compiled_lazy_queue_steps_as_the_generic_one(steps, slack):
-    saved = timers.COMPACT_SLACK
-    timers.COMPACT_SLACK = slack
-    try:
-        compiled, generic = _lazy_queue(), _generic_lazy_queue()
-        ours = [_LazyEntry() for _ in range(6)]
-        theirs = [_LazyEntry() for _ in range(6)]
-        for action, a, b in steps:
-            if action in ("schedule", "later"):
-                deadline = float(b) if action == "schedule" or ours[a].due is None else ours[a].due + b
-                compiled.schedule(ours[a], deadline)
-                generic.schedule(theirs[a], deadline)
-            elif action == "cancel":
-                compiled.cancel(ours[a])
-                generic.cancel(theirs[a])
-            elif action == "pop":
-                assert [ours.index(e) for e in compiled.pop_due(float(a), b)] == \
-                    [theirs.index(e) for e in generic.pop_due(float(a), b)]
-            else:
-                assert compiled.next_deadline() == generic.next_deadline()
-            assert _slots(ours) == _slots(theirs)
-            assert (len(compiled), compiled.heap_size(), compiled.take_low()) == \
-                (len(generic), generic.heap_size(), generic.take_low())
-    finally:
-        timers.COMPACT_SLACK = saved
-
-
 def test_a_postponed_entry_is_due_at_its_new_deadline_only():
     queue = _lazy_queue()
     a = _LazyEntry()

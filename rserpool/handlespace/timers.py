@@ -28,7 +28,6 @@ Pure Python: no clock, deadlines are plain floats given by the caller.
 from __future__ import annotations
 
 import heapq
-import keyword
 from typing import Any, Generic, TypeVar
 
 __all__ = ["DeadlineQueue", "COMPACT_SLACK"]
@@ -55,14 +54,6 @@ class DeadlineQueue(Generic[T]):
     """
 
     __slots__ = ("_heap", "_slot", "_queued", "_wanted", "_next_token", "_live", "_low")
-
-    def __new__(cls, slot: str, queued_slot: str | None = None, wanted_slot: str | None = None) -> Any:
-        # The same queue with ``schedule`` and ``cancel`` compiled for these
-        # slot names (direct attribute access instead of getattr/setattr).
-        if cls is DeadlineQueue and queued_slot is not None and wanted_slot is not None \
-                and all(_plain_name(name) for name in (slot, queued_slot, wanted_slot)):
-            cls = _lazy_class(slot, queued_slot, wanted_slot)
-        return object.__new__(cls)
 
     def __init__(self, slot: str, queued_slot: str | None = None, wanted_slot: str | None = None) -> None:
         if (queued_slot is None) != (wanted_slot is None):
@@ -214,58 +205,3 @@ class DeadlineQueue(Generic[T]):
                     heap.append(item)
             self._heap = heap
         heapq.heapify(self._heap)
-
-
-def _plain_name(name: str) -> bool:
-    return isinstance(name, str) and name.isidentifier() and not keyword.iskeyword(name)
-
-
-_LAZY_TEMPLATE = """
-def schedule(self, entry, deadline):
-    token = self._next_token
-    self._next_token = token + 1
-    if entry.{slot} is None:
-        self._live += 1
-    elif entry.{queued}[0] <= deadline:
-        entry.{slot} = token
-        entry.{wanted} = deadline
-        return
-    low = self._low
-    if low is None or deadline < low:
-        self._low = deadline
-    item = (deadline, token, entry)
-    entry.{slot} = token
-    entry.{queued} = item
-    entry.{wanted} = deadline
-    heap = self._heap
-    _heappush(heap, item)
-    if len(heap) > 2 * self._live + COMPACT_SLACK:
-        self._compact()
-
-def cancel(self, entry):
-    if entry.{slot} is not None:
-        entry.{slot} = None
-        entry.{queued} = None
-        live = self._live = self._live - 1
-        if len(self._heap) > 2 * live + COMPACT_SLACK:
-            self._compact()
-"""
-
-_heappush = heapq.heappush
-_LAZY_CLASSES: dict[tuple[str, str, str], type] = {}
-
-
-def _lazy_class(slot: str, queued: str, wanted: str) -> type:
-    """A ``DeadlineQueue`` whose ``schedule`` and ``cancel`` are compiled
-    for one set of (checked) slot names: the same steps as the generic ones."""
-    key = (slot, queued, wanted)
-    cls = _LAZY_CLASSES.get(key)
-    if cls is None:
-        namespace: dict[str, Any] = {}
-        # This module's globals: COMPACT_SLACK is read when called, as in the generic methods.
-        exec(_LAZY_TEMPLATE.format(slot=slot, queued=queued, wanted=wanted), globals(), namespace)
-        cls = _LAZY_CLASSES[key] = type(f"DeadlineQueue_{slot}", (DeadlineQueue,), {
-            "__slots__": (), "__module__": __name__,
-            "schedule": namespace["schedule"], "cancel": namespace["cancel"],
-            "__doc__": DeadlineQueue.__doc__})
-    return cls
